@@ -1,0 +1,278 @@
+"""Entry kinds and their typed bodies.
+
+Each kind has one frozen dataclass. Its fields, in declaration order, are its
+canonical encoding (each field carries its :class:`FieldType` in metadata); its
+``check`` validates values that the types alone do not (positive amounts, a
+preimage that matches its hash). ``ROLES`` names who may author the kind.
+Money is integer millisatoshis, energy integer watt-hours, time integer ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from typing import Any, ClassVar
+
+from p2pgrid.ledger.codec import FieldType, MalformedError, Reader, Writer
+
+
+class Role(enum.IntEnum):
+    """Who an author is. The wire value is the enum value (one byte)."""
+
+    DEVICE = 0
+    OWNER = 1
+    UTILITY = 2
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry records. The wire value is the enum value (one byte)."""
+
+    METER_READING = 1
+    BUDGET = 2
+    ALLOCATION = 3
+    SHARE = 4
+    SALE = 5
+    CARRY_OVER = 6
+    INVOICE = 7
+    PAYMENT = 8
+    CURTAILMENT = 9
+    DISPUTE = 10
+    DEVICE_INFO = 11
+
+
+ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
+
+
+class BodyError(MalformedError):
+    """A body decodes but its values are not allowed."""
+
+
+def _wire(kind: FieldType) -> Any:
+    return dataclasses.field(metadata={"wire": kind})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Body:
+    """Base of all bodies; subclasses set ``KIND`` and ``ROLES``."""
+
+    KIND: ClassVar[EntryKind]
+    ROLES: ClassVar[frozenset[Role]]
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        """Raise :class:`BodyError` if the values are not allowed."""
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise BodyError(f"{name} must be positive, got {value}")
+
+
+_DEVICE = frozenset({Role.DEVICE})
+_OWNER = frozenset({Role.OWNER})
+_UTILITY = frozenset({Role.UTILITY})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeterReading(Body):
+    """The author device consumed ``energy_wh`` in an interval, paying ``cost_msat``."""
+
+    KIND = EntryKind.METER_READING
+    ROLES = _DEVICE
+    interval_start_ms: int = _wire(FieldType.U64)
+    interval_s: int = _wire(FieldType.U32)
+    energy_wh: int = _wire(FieldType.U64)
+    cost_msat: int = _wire(FieldType.U64)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("interval_s", self.interval_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budget(Body):
+    """The utility grants the site a capped budget for the entry's period."""
+
+    KIND = EntryKind.BUDGET
+    ROLES = _UTILITY
+    amount_msat: int = _wire(FieldType.U64)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Allocation(Body):
+    """The owner allocates ``amount_msat`` of the period's budget to a device (adds up)."""
+
+    KIND = EntryKind.ALLOCATION
+    ROLES = _OWNER
+    device: int = _wire(FieldType.U32)
+    amount_msat: int = _wire(FieldType.U64)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Share(Body):
+    """The author device gives part of its allocation to ``to_device``."""
+
+    KIND = EntryKind.SHARE
+    ROLES = _DEVICE
+    to_device: int = _wire(FieldType.U32)
+    amount_msat: int = _wire(FieldType.U64)
+    memo: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+        if self.to_device == author_index:
+            raise BodyError("a device cannot share with itself")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sale(Body):
+    """The author device (the buyer, who pays) buys ``energy_wh`` from ``seller``.
+
+    Authored by the payer so that nobody can spend another device's balance.
+    """
+
+    KIND = EntryKind.SALE
+    ROLES = _DEVICE
+    seller: int = _wire(FieldType.U32)
+    energy_wh: int = _wire(FieldType.U64)
+    amount_msat: int = _wire(FieldType.U64)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+        _positive("energy_wh", self.energy_wh)
+        if self.seller == author_index:
+            raise BodyError("a device cannot buy from itself")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CarryOver(Body):
+    """The author device carries ``amount_msat`` of its balance into the next period."""
+
+    KIND = EntryKind.CARRY_OVER
+    ROLES = _DEVICE
+    amount_msat: int = _wire(FieldType.U64)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invoice(Body):
+    """The utility invoices the site for the period (a BOLT11 invoice)."""
+
+    KIND = EntryKind.INVOICE
+    ROLES = _UTILITY
+    amount_msat: int = _wire(FieldType.U64)
+    energy_wh: int = _wire(FieldType.U64)
+    payment_hash: bytes = _wire(FieldType.HASH)
+    bolt11: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payment(Body):
+    """An invoice was paid; ``preimage`` proves it (SHA-256(preimage) == payment_hash)."""
+
+    KIND = EntryKind.PAYMENT
+    ROLES = frozenset({Role.DEVICE, Role.OWNER})
+    amount_msat: int = _wire(FieldType.U64)
+    payment_hash: bytes = _wire(FieldType.HASH)
+    preimage: bytes = _wire(FieldType.HASH)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+        if hashlib.sha256(self.preimage).digest() != self.payment_hash:
+            raise BodyError("preimage does not match payment_hash")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Curtailment(Body):
+    """The utility asks ``device`` (or ALL_DEVICES) to stay under ``max_power_w``."""
+
+    KIND = EntryKind.CURTAILMENT
+    ROLES = _UTILITY
+    device: int = _wire(FieldType.U32)
+    start_ms: int = _wire(FieldType.U64)
+    duration_s: int = _wire(FieldType.U32)
+    max_power_w: int = _wire(FieldType.U32)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("duration_s", self.duration_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dispute(Body):
+    """Any member contests another author's entry (by author and sequence number)."""
+
+    KIND = EntryKind.DISPUTE
+    ROLES = frozenset(Role)
+    target_role: int = _wire(FieldType.U8)
+    target_index: int = _wire(FieldType.U32)
+    target_seq: int = _wire(FieldType.U64)
+    reason: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        if self.target_role not in {r.value for r in Role}:
+            raise BodyError(f"unknown target role {self.target_role}")
+        _positive("target_seq", self.target_seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceInfo(Body):
+    """The owner describes a device: its class (``fridge``, ``hvac``...) and a label."""
+
+    KIND = EntryKind.DEVICE_INFO
+    ROLES = _OWNER
+    device: int = _wire(FieldType.U32)
+    device_class: str = _wire(FieldType.TEXT)
+    label: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        if not self.device_class:
+            raise BodyError("device_class must not be empty")
+
+
+BODY_TYPES: dict[EntryKind, type[Body]] = {
+    cls.KIND: cls
+    for cls in (
+        MeterReading,
+        Budget,
+        Allocation,
+        Share,
+        Sale,
+        CarryOver,
+        Invoice,
+        Payment,
+        Curtailment,
+        Dispute,
+        DeviceInfo,
+    )
+}
+_LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {
+    cls: tuple((f.name, f.metadata["wire"]) for f in dataclasses.fields(cls))
+    for cls in BODY_TYPES.values()
+}
+
+
+def encode_body(body: Body) -> bytes:
+    """The canonical bytes of a body: its fields in declaration order."""
+    writer = Writer()
+    for name, kind in _LAYOUT[type(body)]:
+        writer.field(kind, getattr(body, name))
+    return writer.getvalue()
+
+
+def decode_body(kind: EntryKind, data: bytes) -> Body:
+    """Decode a body of ``kind``; raises :class:`MalformedError` on any deviation."""
+    cls = BODY_TYPES[kind]
+    reader = Reader(data)
+    values = {name: reader.field(ftype) for name, ftype in _LAYOUT[cls]}
+    reader.expect_end()
+    return cls(**values)

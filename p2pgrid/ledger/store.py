@@ -1,0 +1,436 @@
+"""The local replica of a site's log: one SQLite database (WAL) per agent.
+
+Ingest verifies every entry (format, body schema, membership, role, signature,
+chain link, time order) before it touches the database, and writes a batch in
+one transaction, so a crash at any moment leaves the log as it was before or
+after the batch, never in between. Inserting an entry twice is one entry.
+
+Tables: ``entries`` is the log (per author, entries 1..n with each ``prev`` the
+id of a stored predecessor, plus equivocating siblings kept as evidence);
+``pending`` holds verified entries whose predecessor has not arrived yet.
+Heads (see :mod:`p2pgrid.ledger.heads`) are kept in memory, rebuilt from
+``entries`` on open, and only changed after a commit succeeds.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from p2pgrid.ledger.bodies import BodyError
+from p2pgrid.ledger.codec import HASH_LEN
+from p2pgrid.ledger.entry import Author, Entry, OversizedError, decode_entry
+from p2pgrid.ledger.errors import CorruptLogError, LedgerError, MalformedError, Outcome
+from p2pgrid.ledger.errors import RejectReason as Reason
+from p2pgrid.ledger.heads import ZERO_ACC, AuthorHead, Heads, xor32
+from p2pgrid.ledger.membership import Membership
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_PENDING = 10_000
+_ID_CHUNK = 500
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL, prev BLOB NOT NULL,
+    period INTEGER NOT NULL, ts INTEGER NOT NULL, kind INTEGER NOT NULL, raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_author_seq ON entries (author, seq);
+CREATE TABLE IF NOT EXISTS pending (
+    id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_author_seq ON pending (author, seq);
+"""
+_INSERT_ENTRY = "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PENDING = "INSERT INTO pending VALUES (?, ?, ?, ?)"
+_DELETE_PENDING = "DELETE FROM pending WHERE id = ?"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to one offered entry (``entry_id`` is None if it did not decode)."""
+
+    outcome: Outcome
+    entry_id: bytes | None = None
+    reason: Reason | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestReport:
+    """Results in the order offered, and every entry that joined the log (also
+    entries promoted from pending and equivocation evidence)."""
+
+    results: tuple[IngestResult, ...]
+    appended: tuple[Entry, ...]
+
+
+@dataclasses.dataclass(slots=True)
+class _Head:
+    seq: int = 0
+    count: int = 0
+    acc: bytes = ZERO_ACC
+    tips: dict[bytes, tuple[int, int]] = dataclasses.field(default_factory=dict)  # id->(ts,period)
+
+    def frozen(self, author: Author) -> AuthorHead:
+        tip = ZERO_ACC
+        for eid in self.tips:
+            tip = xor32(tip, eid)
+        return AuthorHead(author, self.seq, self.count, self.acc, tip)
+
+
+class LogStore:
+    """One agent's replica. Open with :meth:`open` (or ``async with``); close last."""
+
+    def __init__(self, conn: aiosqlite.Connection, membership: Membership, name: str) -> None:
+        self._conn = conn
+        self.membership = membership
+        self.name = name
+        self.max_pending = DEFAULT_MAX_PENDING
+        self.rejections: collections.Counter[Reason] = collections.Counter()
+        self._heads: dict[Author, _Head] = {}
+        self._pending: dict[Author, dict[int, int]] = {}  # author -> seq -> how many
+        self._flagged: set[Author] = set()
+        self._ops: list[tuple[str, tuple[object, ...]]] = []
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: Path, membership: Membership, *, name: str, max_pending: int | None = None
+    ) -> LogStore:
+        """Open (or create) the database at ``path`` and check it belongs to this site."""
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        store = cls(conn, membership, name)
+        if max_pending is not None:
+            store.max_pending = max_pending
+        try:
+            await store._setup()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def __aenter__(self) -> LogStore:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the database. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            await self._conn.close()
+
+    async def _setup(self) -> None:
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives a process crash; a power cut may lose
+        # the last commits but never leaves a torn log.
+        await self._conn.execute("PRAGMA synchronous=NORMAL")
+        await self._conn.executescript(_SCHEMA)
+        site = self.membership.site_hash
+        async with self._conn.execute("SELECT key, value FROM meta") as cur:
+            meta = {str(k): bytes(v) for k, v in await cur.fetchall()}
+        if not meta:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("schema", SCHEMA_VERSION.to_bytes(4, "big")), ("site", site)],
+            )
+            await self._conn.execute("COMMIT")
+        elif meta.get("site") != site:
+            raise CorruptLogError(f"[{self.name}] database belongs to another site")
+        elif int.from_bytes(meta.get("schema", b""), "big") != SCHEMA_VERSION:
+            raise CorruptLogError(f"[{self.name}] unknown schema version")
+        await self._check_integrity()
+        await self._load_state()
+
+    async def _check_integrity(self) -> None:
+        async with self._conn.execute("PRAGMA quick_check") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != "ok":
+            raise CorruptLogError(f"[{self.name}] SQLite quick_check failed: {row}")
+        query = (
+            "SELECT COUNT(*) FROM entries e WHERE (e.seq = 1 AND e.prev != ?) OR (e.seq > 1 AND"
+            " NOT EXISTS (SELECT 1 FROM entries p WHERE p.author = e.author"
+            " AND p.seq = e.seq - 1 AND p.id = e.prev))"
+        )
+        async with self._conn.execute(query, (bytes(HASH_LEN),)) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0]:
+            raise CorruptLogError(f"[{self.name}] {row and row[0]} entries without predecessor")
+
+    async def _load_state(self) -> None:
+        self._heads = {}
+        self._pending = {}
+        rows = await self._conn.execute_fetchall(
+            "SELECT author, seq, id, ts, period FROM entries ORDER BY author, seq"
+        )
+        for author_key, seq, eid, ts, period in rows:
+            author = Author.from_key(bytes(author_key))
+            head = self._heads.setdefault(author, _Head())
+            eid = bytes(eid)
+            head.count += 1
+            head.acc = xor32(head.acc, eid)
+            if seq > head.seq:
+                head.seq, head.tips = seq, {}
+            if seq == head.seq:
+                head.tips[eid] = (ts, period)
+        self._flagged = {a for a, h in self._heads.items() if h.count > h.seq}
+        for author_key, seq, count in await self._conn.execute_fetchall(
+            "SELECT author, seq, COUNT(*) FROM pending GROUP BY author, seq"
+        ):
+            self._pending.setdefault(Author.from_key(bytes(author_key)), {})[seq] = count
+
+    # -- reading --------------------------------------------------------------
+
+    def heads(self) -> Heads:
+        """The per-author heads of the log (not of pending entries)."""
+        return Heads(h.frozen(a) for a, h in self._heads.items())
+
+    def digest(self) -> bytes:
+        """A hash over the heads: equal digests mean equal logs."""
+        return self.heads().digest()
+
+    @property
+    def equivocators(self) -> frozenset[Author]:
+        """Authors that signed two different entries with the same sequence number."""
+        return frozenset(self._flagged)
+
+    @property
+    def pending_count(self) -> int:
+        return sum(sum(by_seq.values()) for by_seq in self._pending.values())
+
+    async def fetch_range(self, author: Author, first: int, last: int) -> list[bytes]:
+        """Wire bytes of the author's log entries with ``first <= seq <= last``, in
+        order of (seq, id): all siblings of a sequence number come together."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT raw FROM entries WHERE author = ? AND seq BETWEEN ? AND ? ORDER BY seq, id",
+            (author.key, first, last),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def tip_at(self, author: Author, seq: int) -> bytes:
+        """XOR of the ids of the author's log entries at ``seq`` (zeros if none)."""
+        acc = ZERO_ACC
+        for (eid,) in await self._conn.execute_fetchall(
+            "SELECT id FROM entries WHERE author = ? AND seq = ?", (author.key, seq)
+        ):
+            acc = xor32(acc, bytes(eid))
+        return acc
+
+    async def entries(self, *, period: int | None = None) -> list[Entry]:
+        """Log entries (with equivocation evidence), in fold order: by timestamp,
+        author, seq, id. Each author's entries keep their chain order."""
+        query = "SELECT raw FROM entries"
+        params: tuple[object, ...] = ()
+        if period is not None:
+            query, params = query + " WHERE period = ?", (period,)
+        rows = await self._conn.execute_fetchall(query + " ORDER BY ts, author, seq, id", params)
+        site = self.membership.site_hash
+        return [decode_entry(bytes(r[0]), site) for r in rows]
+
+    async def export(self) -> list[bytes]:
+        """Everything held, log then pending, in (author, seq, id) order: ingesting
+        it elsewhere merges this replica into that one."""
+        raws: list[bytes] = []
+        for table in ("entries", "pending"):
+            rows = await self._conn.execute_fetchall(
+                f"SELECT raw FROM {table} ORDER BY author, seq, id"  # noqa: S608 - fixed names
+            )
+            raws.extend(bytes(r[0]) for r in rows)
+        return raws
+
+    async def ids(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """The ids in the log and in pending (for tests and diagnostics)."""
+        out = []
+        for table in ("entries", "pending"):
+            rows = await self._conn.execute_fetchall(f"SELECT id FROM {table}")  # noqa: S608
+            out.append(frozenset(bytes(r[0]) for r in rows))
+        return out[0], out[1]
+
+    def next_position(self, author: Author) -> tuple[int, bytes, int, int]:
+        """For writing the author's next entry: (seq, prev, min timestamp, min period)."""
+        head = self._heads.get(author)
+        if head is None or not head.tips:
+            return 1, bytes(HASH_LEN), 0, 0
+        prev = min(head.tips)
+        ts, period = head.tips[prev]
+        return head.seq + 1, prev, ts, period
+
+    # -- ingest ---------------------------------------------------------------
+
+    async def ingest(self, raw: bytes) -> IngestReport:
+        return await self.ingest_many([raw])
+
+    async def ingest_many(self, raws: Sequence[bytes]) -> IngestReport:
+        """Verify and store a batch in one transaction; see :class:`Outcome`."""
+        if self._closed:
+            raise LedgerError(f"[{self.name}] store is closed")
+        results: list[IngestResult | None] = [None] * len(raws)
+        candidates: list[tuple[int, Entry]] = []
+        seen: set[bytes] = set()
+        for i, raw in enumerate(raws):
+            entry, reason = self._verify(raw)
+            if entry is None or reason is not None:
+                results[i] = self._reject(reason or Reason.MALFORMED, entry, None)
+            elif entry.id in seen:
+                results[i] = IngestResult(Outcome.DUPLICATE, entry.id)
+            else:
+                seen.add(entry.id)
+                candidates.append((i, entry))
+        held = await self._existing_ids([e.id for _, e in candidates])
+        appended: list[Entry] = []
+        heads_before = {a: dataclasses.replace(h, tips=dict(h.tips)) for a, h in self._heads.items()}
+        pending_before = {a: dict(s) for a, s in self._pending.items()}
+        flagged_before = set(self._flagged)
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i, entry in candidates:
+                if entry.id in held:
+                    results[i] = IngestResult(Outcome.DUPLICATE, entry.id)
+                else:
+                    results[i] = await self._place(entry, appended, from_pending=False)
+            await self._flush()
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            self._ops.clear()
+            self._heads, self._pending, self._flagged = heads_before, pending_before, flagged_before
+            await self._conn.execute("ROLLBACK")
+            raise
+        done = tuple(r for r in results if r is not None)
+        assert len(done) == len(raws)
+        return IngestReport(done, tuple(appended))
+
+    def _verify(self, raw: bytes) -> tuple[Entry | None, Reason | None]:
+        try:
+            entry = decode_entry(raw, self.membership.site_hash)
+        except OversizedError:
+            return None, Reason.OVERSIZED
+        except BodyError:
+            return None, Reason.BAD_BODY
+        except MalformedError:
+            return None, Reason.MALFORMED
+        return entry, self.membership.check(entry)
+
+    def _reject(self, reason: Reason, entry: Entry | None, detail: str | None) -> IngestResult:
+        self.rejections[reason] += 1
+        what = str(entry) if entry is not None else "undecodable entry"
+        log.info("[%s] rejected %s: %s%s", self.name, what, reason, f" ({detail})" if detail else "")
+        return IngestResult(Outcome.REJECTED, entry.id if entry else None, reason)
+
+    async def _existing_ids(self, ids: Iterable[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        id_list = list(ids)
+        for start in range(0, len(id_list), _ID_CHUNK):
+            chunk = id_list[start : start + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for table in ("entries", "pending"):
+                rows = await self._conn.execute_fetchall(
+                    f"SELECT id FROM {table} WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+                found.update(bytes(r[0]) for r in rows)
+        return found
+
+    async def _place(self, entry: Entry, appended: list[Entry], *, from_pending: bool) -> IngestResult:
+        """Put a verified, new entry in the log, in pending, or reject it."""
+        head = self._heads.get(entry.author) or _Head()
+        if entry.seq > head.seq + 1:
+            return self._hold(entry)
+        if entry.seq == head.seq + 1:
+            preds = head.tips if entry.seq > 1 else {}
+        else:
+            preds = await self._predecessors(entry)
+        if entry.seq > 1:
+            link = preds.get(entry.prev)
+            if link is None:
+                return self._reject(Reason.BROKEN_CHAIN, entry, "prev is not the stored predecessor")
+            if entry.timestamp_ms < link[0] or entry.period < link[1]:
+                return self._reject(Reason.TIME_REGRESSION, entry, "earlier than its predecessor")
+        self._ops.append((_INSERT_ENTRY, _row(entry)))
+        appended.append(entry)
+        head = self._heads.setdefault(entry.author, head)
+        head.count += 1
+        head.acc = xor32(head.acc, entry.id)
+        if entry.seq > head.seq:
+            head.seq, head.tips = entry.seq, {}
+        if entry.seq == head.seq:
+            head.tips[entry.id] = (entry.timestamp_ms, entry.period)
+        if head.count > head.seq:
+            if entry.author not in self._flagged:
+                log.warning("[%s] %s equivocated at seq %d", self.name, entry.author, entry.seq)
+            self._flagged.add(entry.author)
+            outcome = Outcome.EQUIVOCATION
+        else:
+            outcome = Outcome.STORED
+        if self._pending.get(entry.author, {}).get(entry.seq + 1):
+            await self._promote(entry.author, entry.seq + 1, appended)
+        return IngestResult(outcome, entry.id)
+
+    def _hold(self, entry: Entry) -> IngestResult:
+        if self.pending_count >= self.max_pending:
+            return self._reject(Reason.PENDING_FULL, entry, f"{self.max_pending} held")
+        self._ops.append((_INSERT_PENDING, (entry.id, entry.author.key, entry.seq, entry.raw)))
+        by_seq = self._pending.setdefault(entry.author, {})
+        by_seq[entry.seq] = by_seq.get(entry.seq, 0) + 1
+        return IngestResult(Outcome.PENDING, entry.id)
+
+    async def _predecessors(self, entry: Entry) -> dict[bytes, tuple[int, int]]:
+        if entry.seq == 1:
+            return {}
+        await self._flush()
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, ts, period FROM entries WHERE author = ? AND seq = ?",
+            (entry.author.key, entry.seq - 1),
+        )
+        return {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    async def _promote(self, author: Author, seq: int, appended: list[Entry]) -> None:
+        """Move pending entries at ``seq`` (now that ``seq - 1`` is in) into the log."""
+        await self._flush()
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, raw FROM pending WHERE author = ? AND seq = ? ORDER BY id",
+            (author.key, seq),
+        )
+        by_seq = self._pending[author]
+        del by_seq[seq]
+        if not by_seq:
+            del self._pending[author]
+        for eid, raw in rows:
+            self._ops.append((_DELETE_PENDING, (bytes(eid),)))
+            # Verified when it was held; decoding again only rebuilds the object.
+            entry = decode_entry(bytes(raw), self.membership.site_hash)
+            await self._place(entry, appended, from_pending=True)
+
+    async def _flush(self) -> None:
+        ops, self._ops = self._ops, []
+        start = 0
+        while start < len(ops):
+            sql = ops[start][0]
+            end = start
+            while end < len(ops) and ops[end][0] == sql:
+                end += 1
+            await self._conn.executemany(sql, [params for _, params in ops[start:end]])
+            start = end
+
+
+def _row(entry: Entry) -> tuple[object, ...]:
+    return (
+        entry.id,
+        entry.author.key,
+        entry.seq,
+        entry.prev,
+        entry.period,
+        entry.timestamp_ms,
+        int(entry.kind),
+        entry.raw,
+    )

@@ -1,0 +1,183 @@
+"""Replication of the log: announce new entries, and anti-entropy.
+
+The network is behind :class:`SyncTransport` (request/response over a direct
+stream, and publish on the site's log topic); ``p2pgrid.net`` implements it over
+libp2p and :mod:`p2pgrid.ledger.loopback` in memory for tests. The network layer
+delivers inbound traffic to :meth:`Replicator.handle_request` and
+:meth:`Replicator.handle_announce`.
+
+Anti-entropy with one peer (:meth:`Replicator.sync_with`): ask for its heads;
+for each author whose entries this replica does not provably hold, pull the
+missing range (or, when the chains diverge, the peer's whole chain of that
+author) in chunks; ingest verifies everything as usual. Run it with every peer
+now and then, on start, and when an announcement leaves an entry pending: a late
+joiner, a restarted agent or a healed partition then reaches the same log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from p2pgrid.errors import RetryableError
+from p2pgrid.ledger.entry import Author, Entry
+from p2pgrid.ledger.errors import MalformedError, Outcome
+from p2pgrid.ledger.heads import AuthorHead
+from p2pgrid.ledger.store import IngestReport, LogStore
+from p2pgrid.ledger.wire import (
+    MAX_RANGE_SEQS,
+    Announce,
+    ErrorReply,
+    HeadsReply,
+    HeadsRequest,
+    RangeReply,
+    RangeRequest,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+SYNC_PROTOCOL_ID = "/p2pgrid/log-sync/1.0.0"
+
+
+def log_topic(site_id: str) -> str:
+    """The pubsub topic on which a site's new entries are announced."""
+    return f"p2pgrid/log/1/{site_id}"
+
+
+class SyncTransport(Protocol):
+    """What the replicator needs from the network: bytes in, bytes out."""
+
+    async def request(self, peer: str, payload: bytes) -> bytes:
+        """Send ``payload`` to ``peer`` over a direct stream and return its one reply.
+
+        Raise :class:`p2pgrid.errors.RetryableError` if the peer cannot be reached.
+        """
+        ...
+
+    async def publish(self, payload: bytes) -> None:
+        """Publish ``payload`` on the site's log topic (best effort)."""
+        ...
+
+
+class SyncProtocolError(RetryableError):
+    """A peer answered with something that is not a valid reply; try another time."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one anti-entropy round with one peer did."""
+
+    peer: str
+    requests: int
+    received: int
+    appended: int
+    rejected: int
+
+
+class Replicator:
+    """Serves and pulls one store's log. Holds no tasks: the caller owns them."""
+
+    def __init__(self, store: LogStore, transport: SyncTransport) -> None:
+        self.store = store
+        self.transport = transport
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    async def publish(self, entries: Sequence[Entry]) -> None:
+        """Announce entries (already in the local store) on the log topic."""
+        if entries:
+            await self.transport.publish(encode(Announce(tuple(e.raw for e in entries))))
+
+    async def handle_announce(self, payload: bytes, from_peer: str | None) -> IngestReport:
+        """Ingest an announcement; if it leaves a gap, pull from its sender."""
+        try:
+            msg = decode(payload)
+        except MalformedError as exc:
+            log.info("[%s] dropped announcement from %s: %s", self.name, from_peer, exc)
+            return IngestReport((), ())
+        if not isinstance(msg, Announce):
+            log.info("[%s] dropped non-announcement from %s", self.name, from_peer)
+            return IngestReport((), ())
+        report = await self.store.ingest_many(msg.entries)
+        if from_peer is not None and any(r.outcome is Outcome.PENDING for r in report.results):
+            log.info("[%s] gap after announcement from %s: pulling", self.name, from_peer)
+            await self.sync_with(from_peer)
+        return report
+
+    async def handle_request(self, payload: bytes) -> bytes:
+        """Answer one request from a peer's direct stream."""
+        try:
+            msg = decode(payload)
+        except MalformedError as exc:
+            return encode(ErrorReply(f"malformed request: {exc}"))
+        if isinstance(msg, HeadsRequest):
+            return encode(HeadsReply(self.store.heads()))
+        if isinstance(msg, RangeRequest):
+            covered = min(msg.last, msg.first + MAX_RANGE_SEQS - 1)
+            raws = await self.store.fetch_range(msg.author, msg.first, covered)
+            return encode(RangeReply(covered, tuple(raws)))
+        return encode(ErrorReply(f"not a request: {type(msg).__name__}"))
+
+    async def _ask(self, peer: str, request: HeadsRequest | RangeRequest) -> HeadsReply | RangeReply:
+        reply = await self.transport.request(peer, encode(request))
+        try:
+            msg = decode(reply)
+        except MalformedError as exc:
+            raise SyncProtocolError(f"[{self.name}] bad reply from {peer}: {exc}") from exc
+        if isinstance(msg, ErrorReply):
+            raise SyncProtocolError(f"[{self.name}] {peer} refused: {msg.reason}")
+        expected = HeadsReply if isinstance(request, HeadsRequest) else RangeReply
+        if not isinstance(msg, expected):
+            raise SyncProtocolError(f"[{self.name}] {peer} sent {type(msg).__name__}")
+        return msg
+
+    async def _holds_all_of(self, their: AuthorHead) -> bool:
+        """True when this replica provably holds every entry the peer holds of the author."""
+        mine = self.store.heads().get(their.author)
+        if mine is not None and (mine.count, mine.accumulator) == (their.count, their.accumulator):
+            return True
+        if their.forked or their.seq == 0 or mine is None or mine.seq < their.seq:
+            return False
+        # Their chain is unforked and ends at their tip: a hash chain, so holding
+        # the tip at that height means holding the whole chain.
+        return await self.store.tip_at(their.author, their.seq) == their.tip
+
+    async def sync_with(self, peer: str) -> SyncReport:
+        """One anti-entropy round: pull from ``peer`` everything this replica lacks."""
+        counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
+        heads = await self._ask(peer, HeadsRequest())
+        assert isinstance(heads, HeadsReply)
+        for their in heads.heads.values():
+            if await self._holds_all_of(their):
+                continue
+            mine = self.store.heads().get(their.author)
+            my_seq = 0 if mine is None else mine.seq
+            if their.seq > my_seq and not their.forked:
+                await self._pull(peer, their.author, my_seq + 1, their.seq, counts)
+                if await self._holds_all_of(their):
+                    continue
+            log.info("[%s] %s diverges from %s: pulling its whole chain", self.name, their.author, peer)
+            await self._pull(peer, their.author, 1, their.seq, counts)
+        report = SyncReport(peer=peer, **counts)
+        log.debug("[%s] synced with %s: %s", self.name, peer, report)
+        return report
+
+    async def _pull(self, peer: str, author: Author, first: int, last: int, counts: dict[str, int]) -> None:
+        while first <= last:
+            reply = await self._ask(peer, RangeRequest(author, first, last))
+            assert isinstance(reply, RangeReply)
+            counts["requests"] += 1
+            if reply.covered < first:
+                raise SyncProtocolError(f"[{self.name}] {peer} covered nothing of {first}..{last}")
+            if reply.entries:
+                report = await self.store.ingest_many(reply.entries)
+                counts["received"] += len(reply.entries)
+                counts["appended"] += len(report.appended)
+                counts["rejected"] += sum(r.outcome is Outcome.REJECTED for r in report.results)
+            first = reply.covered + 1

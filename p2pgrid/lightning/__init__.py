@@ -1,0 +1,50 @@
+"""The Lightning layer: the ``LightningNode`` interface and its lnd REST backend."""
+
+from p2pgrid.lightning.errors import (
+    AuthError,
+    InvoiceError,
+    InvoiceExpired,
+    LightningError,
+    LndApiError,
+    NodeUnreachable,
+    PaymentFailed,
+)
+from p2pgrid.lightning.lnd import LndClient, LndEndpoint
+from p2pgrid.lightning.models import (
+    Channel,
+    ChannelBalance,
+    DecodedInvoice,
+    Invoice,
+    InvoiceState,
+    NodeInfo,
+    Payment,
+    PaymentStatus,
+    Peer,
+    PendingChannel,
+    WalletBalance,
+)
+from p2pgrid.lightning.node import LightningNode
+
+__all__ = [
+    "AuthError",
+    "Channel",
+    "ChannelBalance",
+    "DecodedInvoice",
+    "Invoice",
+    "InvoiceError",
+    "InvoiceExpired",
+    "InvoiceState",
+    "LightningError",
+    "LightningNode",
+    "LndApiError",
+    "LndClient",
+    "LndEndpoint",
+    "NodeInfo",
+    "NodeUnreachable",
+    "Payment",
+    "PaymentFailed",
+    "PaymentStatus",
+    "Peer",
+    "PendingChannel",
+    "WalletBalance",
+]

@@ -1,0 +1,43 @@
+"""Typed errors of the Lightning layer, split by what the caller should do."""
+
+from __future__ import annotations
+
+from p2pgrid.errors import P2PGridError, ReportableError, RetryableError
+
+
+class LightningError(P2PGridError):
+    """Root of the Lightning layer's errors."""
+
+
+class NodeUnreachable(LightningError, RetryableError):
+    """The node did not answer (down, starting, or the call timed out)."""
+
+
+class AuthError(LightningError, ReportableError):
+    """The node refused our macaroon or its TLS certificate did not verify."""
+
+
+class LndApiError(LightningError, ReportableError):
+    """The node answered the call with an error."""
+
+    def __init__(self, message: str, *, status: int = 0, code: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class InvoiceError(LightningError, ReportableError):
+    """An invoice is malformed, expired, or otherwise not payable."""
+
+
+class InvoiceExpired(InvoiceError):
+    """The invoice's expiry has passed; nothing was sent."""
+
+
+class PaymentFailed(LightningError, ReportableError):
+    """The payment failed; ``reason`` is lnd's failure reason (e.g. ``NO_ROUTE``)."""
+
+    def __init__(self, payment_hash: str, reason: str) -> None:
+        super().__init__(f"payment {payment_hash[:16]}... failed: {reason}")
+        self.payment_hash = payment_hash
+        self.reason = reason

@@ -1,0 +1,453 @@
+"""An asyncio client for lnd's REST API (httpx), implementing ``LightningNode``.
+
+TLS is verified against the node's own ``tls.cert``; the admin macaroon is read
+from disk and sent as ``Grpc-Metadata-macaroon``. Every call carries a timeout;
+streaming calls (``/v2/router/send``, ``/v1/invoices/subscribe``) return one JSON
+object per line, ``{"result": ...}`` or ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from p2pgrid.lightning.errors import (
+    AuthError,
+    InvoiceError,
+    InvoiceExpired,
+    LndApiError,
+    NodeUnreachable,
+    PaymentFailed,
+)
+from p2pgrid.lightning.models import (
+    Channel,
+    ChannelBalance,
+    DecodedInvoice,
+    Invoice,
+    NodeInfo,
+    Payment,
+    PaymentStatus,
+    Peer,
+    PendingChannel,
+    WalletBalance,
+)
+
+log = logging.getLogger(__name__)
+
+LND_CALL_TIMEOUT_S = 30.0
+"""Deadline of one unary REST call."""
+PAYMENT_GRACE_S = 30.0
+"""How much longer than lnd's own payment timeout we wait on a payment stream."""
+KEYSEND_RECORD = "5482373484"
+"""The TLV record type that carries a keysend preimage."""
+
+_ALREADY_PAID = "invoice is already paid"
+_IN_FLIGHT = "payment is in transition"
+_EXPIRED = "invoice expired"
+_NOT_READY = ("in the process of starting up", "not yet ready", "waiting to start", "server is still")
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LndEndpoint:
+    """Where an lnd node's REST API is and how to authenticate to it."""
+
+    name: str
+    rest_host: str
+    rest_port: int
+    tls_cert: Path
+    macaroon: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.rest_host}:{self.rest_port}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _b64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def _b64url(hex_value: str) -> str:
+    return base64.urlsafe_b64encode(bytes.fromhex(hex_value)).decode()
+
+
+def _txid_from_bytes(b64: str) -> str:
+    """lnd sends funding txids as bytes in internal order; txids are shown reversed."""
+    return base64.b64decode(b64)[::-1].hex()
+
+
+def _parse_invoice(raw: Mapping[str, Any]) -> Invoice:
+    return Invoice(
+        payment_hash=_b64_to_hex(raw["r_hash"]),
+        payment_request=raw.get("payment_request", ""),
+        memo=raw.get("memo", ""),
+        value_msat=int(raw.get("value_msat", 0)),
+        amt_paid_msat=int(raw.get("amt_paid_msat", 0)),
+        state=raw.get("state", "OPEN"),
+        add_index=int(raw.get("add_index", 0)),
+        settle_index=int(raw.get("settle_index", 0)),
+        creation_date=int(raw.get("creation_date", 0)),
+        expiry_s=int(raw.get("expiry", 0)),
+    )
+
+
+def _parse_payment(raw: Mapping[str, Any]) -> Payment:
+    reason = raw.get("failure_reason", "FAILURE_REASON_NONE")
+    return Payment(
+        payment_hash=raw["payment_hash"],
+        status=raw.get("status", "UNKNOWN"),
+        value_msat=int(raw.get("value_msat", 0)),
+        fee_msat=int(raw.get("fee_msat", 0)),
+        preimage=raw.get("payment_preimage", ""),
+        failure_reason=reason.removeprefix("FAILURE_REASON_"),
+        creation_time_ns=int(raw.get("creation_time_ns", 0)),
+    )
+
+
+class LndClient:
+    """One lnd node over REST. Use as ``async with LndClient(endpoint) as node:``."""
+
+    def __init__(self, endpoint: LndEndpoint) -> None:
+        self.endpoint = endpoint
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> LndClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Read the cert and macaroon and prepare the HTTP client."""
+        if self._client is not None:
+            return
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.endpoint.tls_cert))
+            macaroon = self.endpoint.macaroon.read_bytes().hex()
+        except (OSError, ssl.SSLError) as exc:
+            raise AuthError(
+                f"{self.endpoint.name}: cannot load TLS cert or macaroon: {exc}"
+            ) from exc
+        self._client = httpx.AsyncClient(
+            base_url=self.endpoint.base_url,
+            verify=ctx,
+            headers={"Grpc-Metadata-macaroon": macaroon},
+            timeout=httpx.Timeout(LND_CALL_TIMEOUT_S),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client; safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- transport -------------------------------------------------------------------------
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise NodeUnreachable(f"{self.endpoint.name}: client is not open")
+        return self._client
+
+    def _error(self, status: int, body: bytes) -> LndApiError | AuthError | NodeUnreachable:
+        try:
+            payload = json.loads(body)
+            message = str(payload.get("message") or payload.get("error") or body[:200])
+            code = int(payload.get("code", 0))
+        except (ValueError, AttributeError):
+            message, code = body[:200].decode(errors="replace"), 0
+        name = self.endpoint.name
+        if any(s in message for s in _NOT_READY):
+            return NodeUnreachable(f"{name}: {message}")
+        if status in (401, 403) or "macaroon" in message or "verification failed" in message:
+            return AuthError(f"{name}: {message}")
+        return LndApiError(f"{name}: {message}", status=status, code=code)
+
+    def _wrap_transport(self, exc: httpx.HTTPError) -> NodeUnreachable | AuthError:
+        name = self.endpoint.name
+        if isinstance(exc.__cause__, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return AuthError(f"{name}: TLS verification failed: {exc}")
+        return NodeUnreachable(f"{name}: {type(exc).__name__}: {exc}")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Json | None = None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> Json:
+        try:
+            response = await self._http.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise self._wrap_transport(exc) from exc
+        if response.status_code >= 400:
+            raise self._error(response.status_code, response.content)
+        result: Json = response.json()
+        return result
+
+    async def _stream(
+        self, method: str, path: str, *, body: Json | None = None, read_timeout_s: float | None
+    ) -> AsyncIterator[Json]:
+        timeout = httpx.Timeout(LND_CALL_TIMEOUT_S, read=read_timeout_s)
+        try:
+            async with self._http.stream(method, path, json=body, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    raise self._error(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    message = json.loads(line)
+                    if "error" in message:
+                        err = message["error"]
+                        raise self._error(int(err.get("http_code", 500)), json.dumps(err).encode())
+                    yield message["result"]
+        except httpx.HTTPError as exc:
+            raise self._wrap_transport(exc) from exc
+
+    # -- node ------------------------------------------------------------------------------
+
+    async def get_info(self) -> NodeInfo:
+        raw = await self._call("GET", "/v1/getinfo")
+        return NodeInfo(
+            pubkey=raw["identity_pubkey"],
+            alias=raw.get("alias", ""),
+            block_height=int(raw.get("block_height", 0)),
+            synced_to_chain=bool(raw.get("synced_to_chain", False)),
+            num_active_channels=int(raw.get("num_active_channels", 0)),
+            num_pending_channels=int(raw.get("num_pending_channels", 0)),
+            num_peers=int(raw.get("num_peers", 0)),
+        )
+
+    async def new_address(self) -> str:
+        raw = await self._call("GET", "/v1/newaddress", params={"type": "WITNESS_PUBKEY_HASH"})
+        return str(raw["address"])
+
+    async def wallet_balance(self) -> WalletBalance:
+        raw = await self._call("GET", "/v1/balance/blockchain")
+        return WalletBalance(
+            confirmed_sat=int(raw.get("confirmed_balance", 0)),
+            unconfirmed_sat=int(raw.get("unconfirmed_balance", 0)),
+        )
+
+    async def channel_balance(self) -> ChannelBalance:
+        raw = await self._call("GET", "/v1/balance/channels")
+
+        def msat(key: str) -> int:
+            return int(raw.get(key, {}).get("msat", 0))
+
+        return ChannelBalance(
+            local_msat=msat("local_balance"),
+            remote_msat=msat("remote_balance"),
+            pending_open_local_msat=msat("pending_open_local_balance"),
+        )
+
+    # -- peers and channels ----------------------------------------------------------------
+
+    async def connect_peer(self, pubkey: str, host: str) -> None:
+        body = {"addr": {"pubkey": pubkey, "host": host}, "perm": False, "timeout": "20"}
+        try:
+            await self._call("POST", "/v1/peers", body=body)
+        except LndApiError as exc:
+            if "already connected" not in str(exc):
+                raise
+
+    async def list_peers(self) -> list[Peer]:
+        raw = await self._call("GET", "/v1/peers")
+        return [Peer(pubkey=p["pub_key"], address=p["address"]) for p in raw.get("peers", [])]
+
+    async def open_channel(
+        self, pubkey: str, local_sat: int, *, push_sat: int = 0, private: bool = True
+    ) -> str:
+        """Open a channel; returns its channel point ``txid:index`` once broadcast."""
+        body = {
+            "node_pubkey": _b64(bytes.fromhex(pubkey)),
+            "local_funding_amount": str(local_sat),
+            "push_sat": str(push_sat),
+            "private": private,
+        }
+        raw = await self._call("POST", "/v1/channels", body=body)
+        txid = raw.get("funding_txid_str") or _txid_from_bytes(raw["funding_txid_bytes"])
+        return f"{txid}:{int(raw.get('output_index', 0))}"
+
+    async def list_channels(self) -> list[Channel]:
+        raw = await self._call("GET", "/v1/channels")
+        return [
+            Channel(
+                chan_id=int(c["chan_id"]),
+                remote_pubkey=c["remote_pubkey"],
+                channel_point=c["channel_point"],
+                capacity_sat=int(c.get("capacity", 0)),
+                local_balance_sat=int(c.get("local_balance", 0)),
+                remote_balance_sat=int(c.get("remote_balance", 0)),
+                active=bool(c.get("active", False)),
+                private=bool(c.get("private", False)),
+                initiator=bool(c.get("initiator", False)),
+                pending_htlcs=len(c.get("pending_htlcs", [])),
+            )
+            for c in raw.get("channels", [])
+        ]
+
+    async def pending_channels(self) -> list[PendingChannel]:
+        raw = await self._call("GET", "/v1/channels/pending")
+        return [
+            PendingChannel(
+                remote_pubkey=p["channel"]["remote_node_pub"],
+                channel_point=p["channel"]["channel_point"],
+                capacity_sat=int(p["channel"].get("capacity", 0)),
+            )
+            for p in raw.get("pending_open_channels", [])
+        ]
+
+    async def close_channel(self, channel_point: str, *, force: bool = False) -> str:
+        """Start a close; returns the closing txid once broadcast (mine to confirm)."""
+        txid, index = channel_point.split(":")
+        path = f"/v1/channels/{txid}/{index}?force={'true' if force else 'false'}"
+        async for update in self._stream("DELETE", path, read_timeout_s=LND_CALL_TIMEOUT_S):
+            pending = update.get("close_pending")
+            if pending:
+                return _txid_from_bytes(pending["txid"])
+        raise LndApiError(f"{self.endpoint.name}: close of {channel_point} gave no pending update")
+
+    # -- invoices --------------------------------------------------------------------------
+
+    async def add_invoice(
+        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, private: bool = True
+    ) -> Invoice:
+        """Create an invoice. ``private`` adds route hints for private channels."""
+        if amount_msat <= 0:
+            raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
+        body = {
+            "value_msat": str(amount_msat),
+            "memo": memo,
+            "expiry": str(expiry_s),
+            "private": private,
+        }
+        raw = await self._call("POST", "/v1/invoices", body=body)
+        return await self.lookup_invoice(_b64_to_hex(raw["r_hash"]))
+
+    async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
+        try:
+            raw = await self._call("GET", f"/v1/payreq/{payment_request}")
+        except LndApiError as exc:
+            raise InvoiceError(f"{self.endpoint.name}: cannot decode invoice: {exc}") from exc
+        return DecodedInvoice(
+            destination=raw["destination"],
+            payment_hash=raw["payment_hash"],
+            amount_msat=int(raw.get("num_msat", 0)),
+            timestamp=int(raw.get("timestamp", 0)),
+            expiry_s=int(raw.get("expiry", 0)),
+            description=raw.get("description", ""),
+        )
+
+    async def lookup_invoice(self, payment_hash: str) -> Invoice:
+        return _parse_invoice(await self._call("GET", f"/v1/invoice/{payment_hash}"))
+
+    async def list_invoices(self) -> list[Invoice]:
+        raw = await self._call("GET", "/v1/invoices", params={"num_max_invoices": 100000})
+        return [_parse_invoice(i) for i in raw.get("invoices", [])]
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        body = {"payment_hash": _b64(bytes.fromhex(payment_hash))}
+        await self._call("POST", "/v2/invoices/cancel", body=body)
+
+    async def subscribe_invoices(self, *, settle_index: int = 0) -> AsyncIterator[Invoice]:
+        """Every invoice added or settled from now on (and settled after ``settle_index``).
+
+        The stream has no read deadline; its owner ends it by closing the iterator.
+        """
+        path = f"/v1/invoices/subscribe?settle_index={settle_index}"
+        async for raw in self._stream("GET", path, read_timeout_s=None):
+            yield _parse_invoice(raw)
+
+    # -- payments --------------------------------------------------------------------------
+
+    async def _send(self, body: Json, payment_hash: str, timeout_s: int) -> Payment:
+        body = {**body, "timeout_seconds": timeout_s, "no_inflight_updates": True}
+        try:
+            async for raw in self._stream(
+                "POST", "/v2/router/send", body=body, read_timeout_s=timeout_s + PAYMENT_GRACE_S
+            ):
+                payment = _parse_payment(raw)
+                if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+                    return self._final(payment)
+        except LndApiError as exc:
+            text = str(exc)
+            if _ALREADY_PAID in text:
+                log.info(
+                    "%s: %s... already paid; returning the first payment",
+                    self.endpoint.name,
+                    payment_hash[:16],
+                )
+                return await self.track_payment(payment_hash)
+            if _IN_FLIGHT in text:
+                log.info("%s: %s... in flight; tracking it", self.endpoint.name, payment_hash[:16])
+                return await self.track_payment(payment_hash)
+            if _EXPIRED in text:
+                raise InvoiceExpired(f"{self.endpoint.name}: {text}") from exc
+            raise
+        return await self.track_payment(payment_hash)
+
+    def _final(self, payment: Payment) -> Payment:
+        if payment.status is PaymentStatus.FAILED:
+            raise PaymentFailed(payment.payment_hash, payment.failure_reason)
+        return payment
+
+    async def pay_invoice(
+        self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
+    ) -> Payment:
+        """Pay an invoice and wait for the outcome. Idempotent per payment hash.
+
+        Paying an invoice that this node already paid returns the first payment and
+        sends nothing. Raises :class:`PaymentFailed` (with lnd's reason),
+        :class:`InvoiceExpired` or :class:`InvoiceError`.
+        """
+        decoded = await self.decode_invoice(payment_request)
+        body = {"payment_request": payment_request, "fee_limit_msat": str(fee_limit_msat)}
+        return await self._send(body, decoded.payment_hash, timeout_s)
+
+    async def keysend(
+        self, pubkey: str, amount_msat: int, *, fee_limit_msat: int, timeout_s: int = 60
+    ) -> Payment:
+        """Spontaneous payment to ``pubkey`` (the receiver runs ``--accept-keysend``)."""
+        preimage = secrets.token_bytes(32)
+        payment_hash = hashlib.sha256(preimage).hexdigest()
+        body = {
+            "dest": _b64(bytes.fromhex(pubkey)),
+            "amt_msat": str(amount_msat),
+            "payment_hash": _b64(bytes.fromhex(payment_hash)),
+            "dest_custom_records": {KEYSEND_RECORD: _b64(preimage)},
+            "fee_limit_msat": str(fee_limit_msat),
+        }
+        return await self._send(body, payment_hash, timeout_s)
+
+    async def track_payment(self, payment_hash: str) -> Payment:
+        """Wait for a payment's final outcome (it may still be in flight)."""
+        path = f"/v2/router/track/{_b64url(payment_hash)}?no_inflight_updates=true"
+        async for raw in self._stream("GET", path, read_timeout_s=None):
+            payment = _parse_payment(raw)
+            if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+                return self._final(payment)
+        raise NodeUnreachable(f"{self.endpoint.name}: track of {payment_hash[:16]}... ended early")
+
+    async def list_payments(self) -> list[Payment]:
+        raw = await self._call(
+            "GET", "/v1/payments", params={"include_incomplete": "true", "max_payments": 100000}
+        )
+        return [_parse_payment(p) for p in raw.get("payments", [])]

@@ -1,0 +1,149 @@
+"""Finding and keeping peers (trio side): bootstrap list, learned peers, back-off redial.
+
+The :class:`Redialer` holds the peers we want to be connected to:
+
+- bootstrap peers from the config: dialled at start and redialled forever
+  (so an agent started alone waits for them to appear);
+- peers learned from hellos (peer exchange) and from mDNS: dialled while fewer
+  than ``target_peers`` are connected, redialled after they leave up to
+  ``reconnect_attempts`` times.
+
+Delays double from ``reconnect_min_s`` to ``reconnect_max_s`` with +-25 % jitter,
+and reset once a connection succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+from p2pgrid.net.config import NetConfig
+from p2pgrid.net.frames import PEER_ERRORS
+
+log = logging.getLogger(__name__)
+
+#: A single dial gives up after this long (py-libp2p's connect takes >= 250 ms).
+DIAL_TIMEOUT_S = 5.0
+MAX_CONCURRENT_DIALS = 8
+
+
+@dataclass
+class _Wanted:
+    addrs: list[multiaddr.Multiaddr]
+    bootstrap: bool
+    attempts: int = 0
+    next_at: float = 0.0
+    dialling: bool = False
+    delay: float = field(default=0.0)
+
+
+def parse_peer_addr(addr: str) -> PeerInfo:
+    """A multiaddr string ending in ``/p2p/<peer id>`` as a PeerInfo."""
+    return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+
+
+class Redialer:
+    """Dials wanted peers, with back-off; runs as one trio task."""
+
+    def __init__(
+        self,
+        host: IHost,
+        config: NetConfig,
+        *,
+        name: str,
+        is_connected: Callable[[ID], bool],
+    ) -> None:
+        self._host = host
+        self._config = config
+        self._name = name
+        self._is_connected = is_connected
+        self._wanted: dict[ID, _Wanted] = {}
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
+        self.dials = 0
+        self.dial_failures = 0
+
+    def want(self, info: PeerInfo, *, bootstrap: bool = False) -> None:
+        """Remember a peer to keep connected to (idempotent; merges addresses)."""
+        if info.peer_id == self._host.get_id() or not info.addrs:
+            return
+        entry = self._wanted.get(info.peer_id)
+        if entry is None:
+            self._wanted[info.peer_id] = _Wanted(list(info.addrs), bootstrap)
+        else:
+            entry.bootstrap = entry.bootstrap or bootstrap
+            for addr in info.addrs:
+                if addr not in entry.addrs:
+                    entry.addrs.append(addr)
+        self._wake.set()
+
+    def connected(self, peer_id: ID) -> None:
+        entry = self._wanted.get(peer_id)
+        if entry is not None:
+            entry.attempts = 0
+            entry.delay = 0.0
+
+    def lost(self, peer_id: ID) -> None:
+        """A peer left: redial it after the next back-off delay."""
+        entry = self._wanted.get(peer_id)
+        if entry is not None:
+            self._schedule_retry(entry)
+            self._wake.set()
+
+    def _schedule_retry(self, entry: _Wanted) -> None:
+        cfg = self._config
+        entry.delay = min(max(entry.delay * 2, cfg.reconnect_min_s), cfg.reconnect_max_s)
+        entry.next_at = trio.current_time() + entry.delay * random.uniform(0.75, 1.25)
+
+    def _connected_count(self) -> int:
+        return len(self._host.get_connected_peers())
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                next_at = now + self._config.reconnect_max_s
+                room = self._config.target_peers - self._connected_count()
+                for peer_id, entry in list(self._wanted.items()):
+                    if entry.dialling or self._is_connected(peer_id):
+                        continue
+                    if not entry.bootstrap and entry.attempts >= self._config.reconnect_attempts:
+                        del self._wanted[peer_id]
+                        continue
+                    if entry.next_at > now:
+                        next_at = min(next_at, entry.next_at)
+                        continue
+                    if not entry.bootstrap and room <= 0:
+                        continue
+                    room -= 1
+                    entry.dialling = True
+                    nursery.start_soon(self._dial, peer_id, entry)
+                self._wake = trio.Event()
+                with trio.move_on_at(next_at):
+                    await self._wake.wait()
+
+    async def _dial(self, peer_id: ID, entry: _Wanted) -> None:
+        try:
+            async with self._limiter:
+                entry.attempts += 1
+                self.dials += 1
+                with trio.move_on_after(DIAL_TIMEOUT_S) as scope:
+                    await self._host.connect(PeerInfo(peer_id, entry.addrs))
+                if scope.cancelled_caught:
+                    raise TimeoutError("dial timed out")
+            entry.delay = 0.0
+        except PEER_ERRORS as exc:
+            self.dial_failures += 1
+            log.debug("%s: dial %s failed (%s)", self._name, peer_id, exc)
+            self._schedule_retry(entry)
+        finally:
+            entry.dialling = False
+            self._wake.set()

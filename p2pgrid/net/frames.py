@@ -1,0 +1,101 @@
+"""Framing on direct streams, and the hello announcement's payload (trio side).
+
+A frame is a 4-byte big-endian length followed by that many bytes (one
+envelope). The hello payload is a list of the sender's listen multiaddrs and a
+list of peers it knows (multiaddrs ending in ``/p2p/<peer id>``), each list a
+``u8`` count of ``u16``-length-prefixed UTF-8 strings.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from libp2p.exceptions import BaseLibp2pError
+
+from p2pgrid.net.envelope import EnvelopeError
+
+#: What a peer that vanished mid-stream raises inside py-libp2p.
+PEER_ERRORS: tuple[type[BaseException], ...] = (BaseLibp2pError, OSError, EOFError)
+
+_LEN = struct.Struct(">I")
+MAX_HELLO_ADDRS = 64
+
+
+class _Stream(Protocol):
+    async def read(self, n: int | None = None) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+
+
+class FrameError(EnvelopeError):
+    """A frame was truncated or longer than allowed."""
+
+
+async def write_frame(stream: _Stream, data: bytes) -> None:
+    await stream.write(_LEN.pack(len(data)) + data)
+
+
+async def _read_exactly(stream: _Stream, n: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = n
+    while remaining:
+        chunk = await stream.read(remaining)
+        if not chunk:
+            raise FrameError(f"stream ended {remaining} bytes short of a frame")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+async def read_frame(stream: _Stream, max_bytes: int) -> bytes:
+    (length,) = _LEN.unpack(await _read_exactly(stream, _LEN.size))
+    if length > max_bytes:
+        raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
+    return await _read_exactly(stream, length)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A device's signed announcement: where it listens and whom it knows."""
+
+    listen_addrs: tuple[str, ...]
+    known_peers: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        return _encode_strings(self.listen_addrs) + _encode_strings(self.known_peers)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Hello:
+        listen, offset = _decode_strings(data, 0)
+        known, offset = _decode_strings(data, offset)
+        if offset != len(data):
+            raise FrameError("trailing bytes after hello")
+        return cls(listen, known)
+
+
+def _encode_strings(items: tuple[str, ...]) -> bytes:
+    items = items[:MAX_HELLO_ADDRS]
+    parts = [bytes([len(items)])]
+    for item in items:
+        raw = item.encode()
+        parts.append(struct.pack(">H", len(raw)) + raw)
+    return b"".join(parts)
+
+
+def _decode_strings(data: bytes, offset: int) -> tuple[tuple[str, ...], int]:
+    try:
+        count = data[offset]
+        offset += 1
+        items = []
+        for _ in range(count):
+            (length,) = struct.unpack_from(">H", data, offset)
+            offset += 2
+            raw = data[offset : offset + length]
+            if len(raw) != length:
+                raise FrameError("truncated hello string")
+            items.append(raw.decode())
+            offset += length
+    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise FrameError(f"malformed hello: {exc}") from exc
+    return tuple(items), offset

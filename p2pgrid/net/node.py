@@ -1,0 +1,436 @@
+"""The trio side of one host: py-libp2p, gossipsub, validators, hellos, direct streams.
+
+Everything here runs in the :class:`~p2pgrid.net.bridge.TrioBridge`'s trio run
+and reports to the asyncio side only through :class:`NodeEvents` callbacks,
+scheduled with ``bridge.to_asyncio``. Nothing in here awaits asyncio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import multiaddr
+import trio
+from libp2p import create_mplex_muxer_option, create_yamux_muxer_option, new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pgrid.net.bridge import TrioBridge
+from p2pgrid.net.config import NetConfig
+from p2pgrid.net.discovery import Redialer, parse_peer_addr
+from p2pgrid.net.envelope import (
+    KIND_HELLO,
+    MAX_ENVELOPE_BYTES,
+    MAX_STREAM_ENVELOPE_BYTES,
+    Envelope,
+    EnvelopeError,
+    Record,
+    parse,
+)
+from p2pgrid.net.frames import PEER_ERRORS, FrameError, Hello, read_frame, write_frame
+from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
+from p2pgrid.net.validator import EnvelopeValidator, Reason
+
+log = logging.getLogger(__name__)
+
+HELLO_PROTOCOL = f"{PROTOCOL_PREFIX}/hello"
+#: A hello exchange (open stream, both frames) must finish within this.
+HELLO_TIMEOUT_S = 5.0
+#: A request's frame must arrive within this after the stream opens.
+STREAM_READ_TIMEOUT_S = 10.0
+#: The asyncio handler of a request must answer within this.
+HANDLER_TIMEOUT_S = 30.0
+#: How many known peers a hello passes on.
+HELLO_KNOWN_PEERS = 32
+
+
+class RequestRefused(Exception):
+    """Trio-side: the remote closed the stream without answering."""
+
+
+@dataclass(frozen=True)
+class PeerRef:
+    """A connected peer whose signed hello named its site and device."""
+
+    peer_id: str
+    site_id: str
+    device_index: int
+    addrs: tuple[str, ...]
+
+
+Reply = Callable[[bytes | None], None]
+Sealer = Callable[[str, Sequence[Record], int], bytes]
+
+
+class NodeEvents(Protocol):
+    """What the trio node reports to the asyncio host (called on the loop)."""
+
+    def on_delivery(self, topic: str, envelope: Envelope) -> None: ...
+    def on_peer(self, joined: bool, peer: PeerRef) -> None: ...
+    def on_request(self, protocol: str, envelope: Envelope, peer_id: str, reply: Reply) -> None: ...
+
+
+class _Notifee(INotifee):
+    def __init__(self, node: TrioNode) -> None:
+        self._node = node
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._node.peer_connected(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._node.peer_disconnected(conn.muxed_conn.peer_id)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+class TrioNode:
+    """A py-libp2p host with gossipsub, p2pgrid validators, hellos and direct streams."""
+
+    def __init__(
+        self,
+        *,
+        config: NetConfig,
+        host_key_seed: bytes,
+        topics: Sequence[Topic],
+        validator: EnvelopeValidator,
+        sealer: Sealer,
+        events: NodeEvents,
+        bridge: TrioBridge,
+        name: str,
+    ) -> None:
+        self._config = config
+        self._topics = {topic.name: topic for topic in topics}
+        self._members = Membership(
+            frozenset(site for topic in topics for site in topic.members.sites),
+            max(topic.members.max_devices for topic in topics),
+        )
+        self._validator = validator
+        self._seal = sealer
+        self._events = events
+        self._bridge = bridge
+        self.name = name
+        muxer = (
+            create_mplex_muxer_option() if config.muxer == "mplex" else create_yamux_muxer_option()
+        )
+        self.host = new_host(
+            key_pair=create_new_key_pair(host_key_seed),
+            muxer_opt=muxer,
+            enable_mDNS=config.mdns,
+        )
+        self.peer_id: ID = self.host.get_id()
+        self.gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=config.mesh_degree,
+            degree_low=config.mesh_degree_low,
+            degree_high=config.mesh_degree_high,
+            heartbeat_interval=config.heartbeat_interval_s,
+            # Defaults that lose or leak on a small mesh (see docs/protocol-net.md):
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+            # Every peer of a one-machine test shares 127.0.0.1.
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        self.host.get_network().register_notifee(_Notifee(self))
+        self.host.set_stream_handler(TProtocol(HELLO_PROTOCOL), self._serve_hello)
+        self._redialer = Redialer(
+            self.host, config, name=name, is_connected=self._is_connected
+        )
+        self._peers: dict[ID, PeerRef] = {}
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self._finished = trio.Event()
+        self.listen_addrs: tuple[str, ...] = ()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the host until :meth:`stop`; reports its listen addresses once serving."""
+        listen = multiaddr.Multiaddr(
+            f"/ip4/{self._config.listen_host}/tcp/{self._config.listen_port}"
+        )
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with (
+                    self.host.run([listen]),
+                    background_trio_service(self.pubsub),
+                    background_trio_service(self.gossipsub),
+                ):
+                    await self.pubsub.wait_until_ready()
+                    subscriptions = []
+                    for name in self._topics:
+                        if self._config.enforce_membership:
+                            self.pubsub.set_topic_validator(
+                                name, self._topic_validator(name), is_async_validator=False
+                            )
+                        subscriptions.append((name, await self.pubsub.subscribe(name)))
+                    self.listen_addrs = tuple(
+                        str(addr) for addr in self.host.get_addrs()
+                    )
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        for name, sub in subscriptions:
+                            nursery.start_soon(self._read_topic, name, sub)
+                        nursery.start_soon(self._redialer.run)
+                        for addr in self._config.bootstrap:
+                            self._redialer.want(parse_peer_addr(addr), bootstrap=True)
+                        if self._config.mdns:
+                            peerDiscovery.register_peer_discovered_handler(self._on_mdns)
+                        task_status.started(self.listen_addrs)
+                        await trio.sleep_forever()
+        finally:
+            if self._config.mdns:
+                peerDiscovery.unregister_peer_discovered_handler(self._on_mdns)
+            self._nursery = None
+            self._finished.set()
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._finished.wait()
+
+    # -- topics ------------------------------------------------------------------
+
+    def _topic_validator(self, topic: str) -> Callable[[ID, rpc_pb2.Message], bool]:
+        members = self._topics[topic].members
+        max_bytes = self._config.max_envelope_bytes
+
+        def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            verdict = self._validator.check(
+                msg.data,
+                context=topic,
+                members=members,
+                sender_peer_id=msg.from_id,
+                max_bytes=max_bytes,
+            )
+            if isinstance(verdict, Reason):
+                log.info(
+                    "%s: rejected a message on %s from %s via %s: %s",
+                    self.name,
+                    topic,
+                    _b58(msg.from_id),
+                    forwarder,
+                    verdict,
+                )
+                return False
+            return True
+
+        return validate
+
+    async def _read_topic(self, topic: str, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                envelope = parse(msg.data, max_bytes=self._config.max_envelope_bytes)
+            except EnvelopeError:
+                continue  # only reachable with enforce_membership off
+            self._bridge.to_asyncio(self._events.on_delivery, topic, envelope)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self.pubsub.publish(topic, data)
+
+    # -- peers -------------------------------------------------------------------
+
+    def _is_connected(self, peer_id: ID) -> bool:
+        return bool(self.host.get_network().connections.get(peer_id))
+
+    def peer_connected(self, peer_id: ID) -> None:
+        self._redialer.connected(peer_id)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._say_hello, peer_id)
+
+    def peer_disconnected(self, peer_id: ID) -> None:
+        if self._is_connected(peer_id):
+            return
+        self._redialer.lost(peer_id)
+        peer = self._peers.pop(peer_id, None)
+        if peer is not None:
+            log.info("%s: peer %s left", self.name, peer_id)
+            self._bridge.to_asyncio(self._events.on_peer, False, peer)
+
+    def _on_mdns(self, info: PeerInfo) -> None:
+        """Called on zeroconf's thread: hand the peer over to trio."""
+        self._bridge.to_trio(self._redialer.want, info)
+
+    def _hello_bytes(self, exclude: ID) -> bytes:
+        known = tuple(
+            f"{addr}/p2p/{peer.peer_id}"
+            for pid, peer in list(self._peers.items())[:HELLO_KNOWN_PEERS]
+            if pid != exclude
+            for addr in peer.addrs[:1]
+        )
+        hello = Hello(listen_addrs=self.listen_addrs, known_peers=known)
+        return self._seal(HELLO_PROTOCOL, [Record(KIND_HELLO, hello.encode())], MAX_ENVELOPE_BYTES)
+
+    async def _say_hello(self, peer_id: ID) -> None:
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            try:
+                stream = await self.host.new_stream(peer_id, [TProtocol(HELLO_PROTOCOL)])
+                try:
+                    await write_frame(stream, self._hello_bytes(peer_id))
+                    data = await read_frame(stream, MAX_ENVELOPE_BYTES)
+                finally:
+                    await stream.close()
+            except (*PEER_ERRORS, FrameError) as exc:
+                log.debug("%s: hello to %s failed: %s", self.name, peer_id, exc)
+                return
+            self._accept_hello(peer_id, data)
+
+    async def _serve_hello(self, stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            try:
+                data = await read_frame(stream, MAX_ENVELOPE_BYTES)
+                await write_frame(stream, self._hello_bytes(peer_id))
+                await stream.close()
+            except (*PEER_ERRORS, FrameError) as exc:
+                log.debug("%s: hello from %s failed: %s", self.name, peer_id, exc)
+                return
+            self._accept_hello(peer_id, data)
+
+    def _accept_hello(self, peer_id: ID, data: bytes) -> None:
+        verdict = self._validator.check(
+            data,
+            context=HELLO_PROTOCOL,
+            members=self._members,
+            sender_peer_id=peer_id.to_bytes(),
+        )
+        if isinstance(verdict, Reason):
+            log.info("%s: rejected the hello of %s: %s", self.name, peer_id, verdict)
+            return
+        try:
+            hello = Hello.decode(verdict.records[0].data)
+        except FrameError as exc:
+            log.info("%s: malformed hello from %s: %s", self.name, peer_id, exc)
+            return
+        ref = PeerRef(
+            peer_id=str(peer_id),
+            site_id=verdict.site_id,
+            device_index=verdict.device_index,
+            addrs=hello.listen_addrs,
+        )
+        addrs = [multiaddr.Multiaddr(a) for a in hello.listen_addrs]
+        self._redialer.want(PeerInfo(peer_id, addrs))
+        for known in hello.known_peers:
+            try:
+                self._redialer.want(parse_peer_addr(known))
+            except (ValueError, *PEER_ERRORS) as exc:
+                log.debug("%s: ignoring known peer %r: %s", self.name, known, exc)
+        if not self._is_connected(peer_id):
+            return
+        is_new = peer_id not in self._peers
+        self._peers[peer_id] = ref
+        if is_new:
+            log.info(
+                "%s: peer %s joined (site %s device %d)",
+                self.name,
+                peer_id,
+                ref.site_id,
+                ref.device_index,
+            )
+            self._bridge.to_asyncio(self._events.on_peer, True, ref)
+
+    def peers(self) -> tuple[PeerRef, ...]:
+        return tuple(self._peers.values())
+
+    # -- direct streams ----------------------------------------------------------
+
+    def handle(self, protocol: str) -> None:
+        async def serve(stream: INetStream) -> None:
+            await self._serve_request(protocol, stream)
+
+        self.host.set_stream_handler(TProtocol(protocol), serve)
+
+    async def request(self, peer_id: str, protocol: str, frame: bytes, timeout_s: float) -> bytes:
+        """Send one frame on a new stream and return the answer frame.
+
+        Raises ``trio.TooSlowError`` after ``timeout_s``, :class:`RequestRefused`
+        if the peer closed without answering, or a py-libp2p error.
+        """
+        with trio.fail_after(timeout_s):
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+            try:
+                await write_frame(stream, frame)
+                try:
+                    return await read_frame(stream, MAX_STREAM_ENVELOPE_BYTES)
+                except FrameError as exc:
+                    raise RequestRefused(str(exc)) from exc
+            finally:
+                with trio.move_on_after(1):
+                    await stream.close()
+
+    async def _serve_request(self, protocol: str, stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            with trio.fail_after(STREAM_READ_TIMEOUT_S):
+                data = await read_frame(stream, MAX_STREAM_ENVELOPE_BYTES)
+            verdict = self._validator.check(
+                data,
+                context=protocol,
+                members=self._members,
+                sender_peer_id=peer_id.to_bytes(),
+                max_bytes=MAX_STREAM_ENVELOPE_BYTES,
+            )
+            if isinstance(verdict, Reason):
+                log.info("%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict)
+                await stream.reset()
+                return
+            send, receive = trio.open_memory_channel[bytes | None](1)
+            token = trio.lowlevel.current_trio_token()
+
+            def deliver(answer: bytes | None) -> None:
+                try:
+                    send.send_nowait(answer)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            def reply(answer: bytes | None) -> None:
+                try:
+                    token.run_sync_soon(deliver, answer)
+                except trio.RunFinishedError:
+                    pass
+
+            self._bridge.to_asyncio(self._events.on_request, protocol, verdict, str(peer_id), reply)
+            with trio.fail_after(HANDLER_TIMEOUT_S):
+                answer = await receive.receive()
+            if answer is None:
+                await stream.reset()
+                return
+            await write_frame(stream, answer)
+            await stream.close()
+        except (*PEER_ERRORS, FrameError, trio.TooSlowError) as exc:
+            log.info("%s: %s request from %s failed: %s", self.name, protocol, peer_id, exc)
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except PEER_ERRORS:
+                    pass
+
+
+def _b58(peer_id: bytes) -> str:
+    try:
+        return str(ID(peer_id))
+    except ValueError:
+        return peer_id.hex()

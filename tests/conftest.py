@@ -1,0 +1,1 @@
+"""Session-wide fixtures. Real daemons come from ``tests/regtest_fixtures.py``."""
