@@ -54,7 +54,12 @@ KEYSEND_RECORD = "5482373484"
 _ALREADY_PAID = "invoice is already paid"
 _IN_FLIGHT = "payment is in transition"
 _EXPIRED = "invoice expired"
-_NOT_READY = ("in the process of starting up", "not yet ready", "waiting to start", "server is still")
+_NOT_READY = (
+    "in the process of starting up",
+    "not yet ready",
+    "waiting to start",
+    "server is still",
+)
 
 Json = dict[str, Any]
 
@@ -304,6 +309,14 @@ class LndClient:
             for c in raw.get("channels", [])
         ]
 
+    async def channel_routable(self, chan_id: int) -> bool:
+        """True once this node's graph holds the channel with both sides' policies."""
+        try:
+            raw = await self._call("GET", f"/v1/graph/edge/{chan_id}")
+        except LndApiError:
+            return False
+        return bool(raw.get("node1_policy")) and bool(raw.get("node2_policy"))
+
     async def pending_channels(self) -> list[PendingChannel]:
         raw = await self._call("GET", "/v1/channels/pending")
         return [
@@ -328,7 +341,7 @@ class LndClient:
     # -- invoices --------------------------------------------------------------------------
 
     async def add_invoice(
-        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, private: bool = True
+        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, private: bool = False
     ) -> Invoice:
         """Create an invoice. ``private`` adds route hints for private channels."""
         if amount_msat <= 0:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +31,18 @@ class DaemonProcess:
 
 
 def spawn(args: list[str], log_path: Path) -> int:
-    """Start a daemon in its own session, output appended to ``log_path``."""
+    """Start a daemon in its own session, output appended to ``log_path``.
+
+    ``posix_spawn`` rather than ``subprocess.Popen``: the daemon is meant to outlive
+    this process, so there is no Popen object to keep (``alive`` reaps zombies).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return proc.pid
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(args[0], args, dict(os.environ), file_actions=actions, setsid=True)
 
 
 def alive(pid: int) -> bool:

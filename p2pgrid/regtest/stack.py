@@ -348,28 +348,42 @@ class Stack:
         self._say(f"{len(points)} channel(s) active")
 
     async def wait_channels_active(self, points: list[str]) -> None:
-        wanted = set(points)
-        for node in self.config.topology.nodes:
-            mine = {ch.opener for ch in self.config.topology.channels} | {
-                ch.peer for ch in self.config.topology.channels
-            }
-            if node.name not in mine:
-                continue
-            async with self.client(node.name) as client:
+        """Wait until each channel is active at both ends and routable everywhere.
 
-                async def active(client: LndClient = client, name: str = node.name) -> bool:
-                    chans = await client.list_channels()
-                    have = {c.channel_point for c in chans if c.active}
-                    expected = {
-                        p
-                        for p, ch in zip(points, self.config.topology.channels, strict=True)
-                        if name in (ch.opener, ch.peer)
-                    }
-                    return expected <= have & wanted
+        ``active`` alone is not enough: a payment made before the node's graph holds
+        both policies of a channel on its route fails (INSUFFICIENT_BALANCE or
+        NO_ROUTE). Public channels must reach every node's graph by gossip; private
+        ones only their two ends.
+        """
+        names = [n.name for n in self.config.topology.nodes]
+        for point, spec in zip(points, self.config.topology.channels, strict=True):
+            for name in (spec.opener, spec.peer):
+                async with self.client(name) as client:
 
-                await wait_until(
-                    active, timeout_s=CHANNEL_ACTIVE_TIMEOUT_S, what=f"{node.name} channels active"
+                    async def active(client: LndClient = client, point: str = point) -> bool:
+                        chans = await client.list_channels()
+                        return any(c.channel_point == point and c.active for c in chans)
+
+                    await wait_until(
+                        active,
+                        timeout_s=CHANNEL_ACTIVE_TIMEOUT_S,
+                        what=f"{name}: {point[:16]} active",
+                    )
+            async with self.client(spec.opener) as opener:
+                chan_id = next(
+                    c.chan_id for c in await opener.list_channels() if c.channel_point == point
                 )
+            for name in names if not spec.private else [spec.opener, spec.peer]:
+                async with self.client(name) as client:
+
+                    async def routable(client: LndClient = client, chan_id: int = chan_id) -> bool:
+                        return await client.channel_routable(chan_id)
+
+                    await wait_until(
+                        routable,
+                        timeout_s=CHANNEL_ACTIVE_TIMEOUT_S,
+                        what=f"{name}: channel {chan_id} in its graph",
+                    )
 
     # -- operate ---------------------------------------------------------------------------
 

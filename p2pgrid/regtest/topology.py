@@ -20,15 +20,16 @@ class NodeSpec:
 class ChannelSpec:
     """A channel ``opener`` -> ``peer``. ``push_sat`` starts on the peer's side.
 
-    Channels are private by default: invoices then carry route hints, so a payment
-    through the utility needs no gossip (see docs/operations.md).
+    Channels are public by default: the utility is a routing node, and lnd only
+    adds route hints for private channels whose peer is public, so device ->
+    device payments find their route through the announced graph.
     """
 
     opener: str
     peer: str
     capacity_sat: int
     push_sat: int = 0
-    private: bool = True
+    private: bool = False
 
 
 @dataclass(frozen=True)

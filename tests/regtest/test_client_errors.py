@@ -1,0 +1,53 @@
+"""The lnd client's typed errors, against the real daemons."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+
+from p2pgrid.lightning import AuthError, InvoiceError, LndClient, NodeUnreachable
+from p2pgrid.regtest import Stack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_wrong_macaroon_is_an_auth_error(stack: Stack) -> None:
+    other = stack.endpoint("dev-a")
+    endpoint = dataclasses.replace(stack.endpoint("utility"), macaroon=other.macaroon)
+    async with LndClient(endpoint) as client:
+        with pytest.raises(AuthError):
+            await client.get_info()
+
+
+async def test_tls_is_verified_against_the_nodes_own_cert(stack: Stack) -> None:
+    other = stack.endpoint("dev-a")
+    endpoint = dataclasses.replace(stack.endpoint("utility"), tls_cert=other.tls_cert)
+    async with LndClient(endpoint) as client:
+        with pytest.raises(AuthError, match="TLS"):
+            await client.get_info()
+
+
+async def test_node_that_does_not_answer_is_unreachable(stack: Stack) -> None:
+    endpoint = dataclasses.replace(stack.endpoint("utility"), rest_port=_free_port())
+    async with LndClient(endpoint) as client:
+        with pytest.raises(NodeUnreachable):
+            await client.get_info()
+
+
+async def test_missing_macaroon_file_is_an_auth_error(stack: Stack, tmp_path: object) -> None:
+    endpoint = dataclasses.replace(stack.endpoint("utility"), macaroon=stack.config.dir / "nope")
+    with pytest.raises(AuthError, match="macaroon"):
+        async with LndClient(endpoint):
+            pass
+
+
+async def test_malformed_invoice_is_an_invoice_error(stack: Stack) -> None:
+    async with stack.client("dev-a") as client:
+        with pytest.raises(InvoiceError):
+            await client.pay_invoice("lnbcrt1notaninvoice", fee_limit_msat=1000)
