@@ -40,6 +40,7 @@ LND_START_TIMEOUT_S = 120.0
 FUNDING_TIMEOUT_S = 60.0
 CHANNEL_ACTIVE_TIMEOUT_S = 120.0
 CHANNEL_CONFIRMATIONS = 6
+SETTLE_TIMEOUT_S = 30.0
 SEGWIT_BATCH_BLOCKS = 150
 PORT_SEARCH = range(21000, 40000, 100)
 PORTS_PER_NODE = 3
@@ -386,6 +387,16 @@ class Stack:
                     )
 
     # -- operate ---------------------------------------------------------------------------
+
+    async def wait_settled(self) -> None:
+        """Wait until no node has an HTLC in flight (channel balances are final)."""
+        for name in self.layout.node_names:
+            async with self.client(name) as client:
+
+                async def settled(client: LndClient = client) -> bool:
+                    return all(c.pending_htlcs == 0 for c in await client.list_channels())
+
+                await wait_until(settled, timeout_s=SETTLE_TIMEOUT_S, what=f"{name}: HTLCs settled")
 
     async def mine(self, blocks: int) -> list[str]:
         rpc = self.rpc()

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from p2pgrid.lightning import LndClient
-from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Daemons, Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.process import alive
 from p2pgrid.regtest.stack import default_root
@@ -83,10 +82,4 @@ async def _clean_after(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     if "stack" not in request.fixturenames:
         return
     stack: Stack = request.getfixturevalue("stack")
-    for name in stack.layout.node_names:
-        async with stack.client(name) as client:
-
-            async def settled(client: LndClient = client) -> bool:
-                return all(c.pending_htlcs == 0 for c in await client.list_channels())
-
-            await wait_until(settled, timeout_s=30, what=f"{name}: no pending HTLCs")
+    await stack.wait_settled()

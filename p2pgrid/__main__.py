@@ -1,0 +1,3 @@
+from p2pgrid.cli import main
+
+main()
