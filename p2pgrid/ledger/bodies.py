@@ -14,7 +14,8 @@ import enum
 import hashlib
 from typing import Any, ClassVar
 
-from p2pgrid.ledger.codec import FieldType, MalformedError, Reader, Writer
+from p2pgrid.ledger.codec import FieldType, Reader, Writer
+from p2pgrid.ledger.errors import MalformedError
 
 
 class Role(enum.IntEnum):

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import struct
 
 from p2pgrid.identity import SIGNATURE_LEN, Signer, SiteIdentity
 from p2pgrid.ledger.bodies import Body, BodyError, EntryKind, Role, decode_body, encode_body
-from p2pgrid.ledger.codec import HASH_LEN, MAX_U32, MAX_U63, U16, MalformedError, Reader, Writer
+from p2pgrid.ledger.codec import HASH_LEN, MAX_U32, MAX_U63, U16, Writer
+from p2pgrid.ledger.errors import MalformedError
 
 FORMAT_VERSION = 1
 DOMAIN_TAG = b"p2pgrid/log-entry/v1"
@@ -29,6 +31,9 @@ HEADER_LEN = 61
 MAX_ENTRY_BYTES = 4096
 MAX_BODY_BYTES = MAX_ENTRY_BYTES - HEADER_LEN - SIGNATURE_LEN
 GENESIS_PREV = bytes(HASH_LEN)
+# version, role, index, seq, prev, period, timestamp_ms, kind, body_len
+_HEADER = struct.Struct(">BBIQ32sIQBH")
+assert _HEADER.size == HEADER_LEN
 
 
 class OversizedError(MalformedError):
@@ -180,30 +185,23 @@ def decode_entry(raw: bytes, site: bytes) -> Entry:
     :class:`MalformedError`; does not check the signature."""
     if len(raw) > MAX_ENTRY_BYTES:
         raise OversizedError(f"entry of {len(raw)} bytes exceeds {MAX_ENTRY_BYTES}")
-    reader = Reader(raw)
-    version = reader.u8()
+    if len(raw) < HEADER_LEN:
+        raise MalformedError("truncated header")
+    version, role_byte, index, seq, prev, period, timestamp_ms, kind_byte, body_len = (
+        _HEADER.unpack_from(raw)
+    )
     if version != FORMAT_VERSION:
         raise MalformedError(f"unknown format version {version}")
-    role_byte = reader.u8()
     try:
         role = Role(role_byte)
-    except ValueError as exc:
-        raise MalformedError(f"unknown role {role_byte}") from exc
-    author = Author(role, reader.u32())
-    seq = reader.u64()
-    if seq < 1:
-        raise MalformedError("seq starts at 1")
-    prev = reader.hash32()
-    if (seq == 1) != (prev == GENESIS_PREV):
-        raise MalformedError("prev must be all zeros exactly when seq is 1")
-    period = reader.u32()
-    timestamp_ms = reader.u64()
-    kind_byte = reader.u8()
-    try:
         kind = EntryKind(kind_byte)
     except ValueError as exc:
-        raise MalformedError(f"unknown kind {kind_byte}") from exc
-    body_len = reader.u16()
+        raise MalformedError(f"unknown role {role_byte} or kind {kind_byte}") from exc
+    author = Author(role, index)
+    if not 1 <= seq <= MAX_U63 or timestamp_ms > MAX_U63:
+        raise MalformedError("seq or timestamp out of range")
+    if (seq == 1) != (prev == GENESIS_PREV):
+        raise MalformedError("prev must be all zeros exactly when seq is 1")
     body_bytes = raw[HEADER_LEN : HEADER_LEN + body_len]
     if len(raw) != HEADER_LEN + body_len + SIGNATURE_LEN:
         raise MalformedError("length does not match body_len + signature")

@@ -1,12 +1,13 @@
 """Per-author heads and the replica digest.
 
 A replica's log holds, for each author, entries 1..seq (contiguous) plus any
-equivocating siblings. Its head for that author is ``(seq, count, accumulator, tip)``
-where ``count`` is the number of entries held, ``accumulator`` the XOR of their
-ids and ``tip`` the XOR of the ids at ``seq`` (the tip's id when not forked). Two replicas hold the same entries of an author exactly when their
+equivocating siblings. Its head for that author is ``(seq, count, accumulator,
+tip)``: ``count`` is the number of entries held, ``accumulator`` the XOR of
+their ids and ``tip`` the XOR of the ids at ``seq`` (the tip's id when not
+forked). Two replicas hold the same entries of an author exactly when their
 heads agree (up to XOR collisions, which need a signing member to grind hashes
-and only hide a fork from the digest, never forge an entry). The digest is a
-hash over all heads, so equal digests mean equal logs at a glance.
+and would only hide a fork from the digest, never forge an entry). The digest
+is a hash over all heads, so equal digests mean equal logs at a glance.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from bitcoinlib.keys import HDKey
 from p2pgrid.identity import NETWORK, PUBKEY_LEN, SIGNATURE_LEN, SiteIdentity
 from p2pgrid.ledger.bodies import Role
 from p2pgrid.ledger.entry import Author, Entry, site_hash
-from p2pgrid.ledger.errors import LedgerError, RejectReason
+from p2pgrid.ledger.errors import LedgerError
+from p2pgrid.ledger.outcome import RejectReason
 
 DEFAULT_MAX_DEVICE_INDEX = 65_535
 

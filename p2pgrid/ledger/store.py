@@ -9,14 +9,17 @@ Tables: ``entries`` is the log (per author, entries 1..n with each ``prev`` the
 id of a stored predecessor, plus equivocating siblings kept as evidence);
 ``pending`` holds verified entries whose predecessor has not arrived yet.
 Heads (see :mod:`p2pgrid.ledger.heads`) are kept in memory, rebuilt from
-``entries`` on open, and only changed after a commit succeeds.
+``entries`` on open, updated with each batch and restored if it rolls back.
+Batches and queries take turns (one lock), so queries see committed entries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
+import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,10 +29,11 @@ import aiosqlite
 from p2pgrid.ledger.bodies import BodyError
 from p2pgrid.ledger.codec import HASH_LEN
 from p2pgrid.ledger.entry import Author, Entry, OversizedError, decode_entry
-from p2pgrid.ledger.errors import CorruptLogError, LedgerError, MalformedError, Outcome
-from p2pgrid.ledger.errors import RejectReason as Reason
+from p2pgrid.ledger.errors import CorruptLogError, LedgerError, MalformedError
 from p2pgrid.ledger.heads import ZERO_ACC, AuthorHead, Heads, xor32
 from p2pgrid.ledger.membership import Membership
+from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome
+from p2pgrid.ledger.outcome import RejectReason as Reason
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +55,7 @@ CREATE INDEX IF NOT EXISTS pending_author_seq ON pending (author, seq);
 _INSERT_ENTRY = "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_PENDING = "INSERT INTO pending VALUES (?, ?, ?, ?)"
 _DELETE_PENDING = "DELETE FROM pending WHERE id = ?"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What happened to one offered entry (``entry_id`` is None if it did not decode)."""
-
-    outcome: Outcome
-    entry_id: bytes | None = None
-    reason: Reason | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class IngestReport:
-    """Results in the order offered, and every entry that joined the log (also
-    entries promoted from pending and equivocation evidence)."""
-
-    results: tuple[IngestResult, ...]
-    appended: tuple[Entry, ...]
+_JOINED = frozenset({Outcome.STORED, Outcome.EQUIVOCATION})
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,6 +86,7 @@ class LogStore:
         self._flagged: set[Author] = set()
         self._ops: list[tuple[str, tuple[object, ...]]] = []
         self._closed = False
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -126,8 +114,10 @@ class LogStore:
 
     async def close(self) -> None:
         """Close the database. Safe to call twice."""
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True  # refuse new batches, let the one in flight finish
+        async with self._lock:
             await self._conn.close()
 
     async def _setup(self) -> None:
@@ -212,7 +202,7 @@ class LogStore:
     async def fetch_range(self, author: Author, first: int, last: int) -> list[bytes]:
         """Wire bytes of the author's log entries with ``first <= seq <= last``, in
         order of (seq, id): all siblings of a sequence number come together."""
-        rows = await self._conn.execute_fetchall(
+        rows = await self._read(
             "SELECT raw FROM entries WHERE author = ? AND seq BETWEEN ? AND ? ORDER BY seq, id",
             (author.key, first, last),
         )
@@ -221,7 +211,7 @@ class LogStore:
     async def tip_at(self, author: Author, seq: int) -> bytes:
         """XOR of the ids of the author's log entries at ``seq`` (zeros if none)."""
         acc = ZERO_ACC
-        for (eid,) in await self._conn.execute_fetchall(
+        for (eid,) in await self._read(
             "SELECT id FROM entries WHERE author = ? AND seq = ?", (author.key, seq)
         ):
             acc = xor32(acc, bytes(eid))
@@ -234,26 +224,22 @@ class LogStore:
         params: tuple[object, ...] = ()
         if period is not None:
             query, params = query + " WHERE period = ?", (period,)
-        rows = await self._conn.execute_fetchall(query + " ORDER BY ts, author, seq, id", params)
+        rows = await self._read(query + " ORDER BY ts, author, seq, id", params)
         site = self.membership.site_hash
         return [decode_entry(bytes(r[0]), site) for r in rows]
 
     async def export(self) -> list[bytes]:
-        """Everything held, log then pending, in (author, seq, id) order: ingesting
-        it elsewhere merges this replica into that one."""
-        raws: list[bytes] = []
-        for table in ("entries", "pending"):
-            rows = await self._conn.execute_fetchall(
-                f"SELECT raw FROM {table} ORDER BY author, seq, id"  # noqa: S608 - fixed names
-            )
-            raws.extend(bytes(r[0]) for r in rows)
-        return raws
+        """The log (not pending entries) in (author, seq, id) order: every entry
+        comes after its predecessor, so ingesting it elsewhere merges this log
+        into that replica, whatever that replica already holds."""
+        rows = await self._read("SELECT raw FROM entries ORDER BY author, seq, id")
+        return [bytes(r[0]) for r in rows]
 
     async def ids(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The ids in the log and in pending (for tests and diagnostics)."""
         out = []
         for table in ("entries", "pending"):
-            rows = await self._conn.execute_fetchall(f"SELECT id FROM {table}")  # noqa: S608
+            rows = await self._read(f"SELECT id FROM {table}")
             out.append(frozenset(bytes(r[0]) for r in rows))
         return out[0], out[1]
 
@@ -287,25 +273,34 @@ class LogStore:
             else:
                 seen.add(entry.id)
                 candidates.append((i, entry))
-        held = await self._existing_ids([e.id for _, e in candidates])
-        appended: list[Entry] = []
-        heads_before = {a: dataclasses.replace(h, tips=dict(h.tips)) for a, h in self._heads.items()}
-        pending_before = {a: dict(s) for a, s in self._pending.items()}
-        flagged_before = set(self._flagged)
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            for i, entry in candidates:
-                if entry.id in held:
-                    results[i] = IngestResult(Outcome.DUPLICATE, entry.id)
-                else:
-                    results[i] = await self._place(entry, appended, from_pending=False)
-            await self._flush()
-            await self._conn.execute("COMMIT")
-        except BaseException:
-            self._ops.clear()
-            self._heads, self._pending, self._flagged = heads_before, pending_before, flagged_before
-            await self._conn.execute("ROLLBACK")
-            raise
+        async with self._lock:  # one batch at a time: gossip and pulls interleave
+            if self._closed:
+                raise LedgerError(f"[{self.name}] store is closed")
+            held = await self._existing_ids([e.id for _, e in candidates if self._may_hold(e)])
+            appended: list[Entry] = []
+            heads_before = {
+                a: dataclasses.replace(h, tips=dict(h.tips)) for a, h in self._heads.items()
+            }
+            pending_before = {a: dict(s) for a, s in self._pending.items()}
+            flagged_before = set(self._flagged)
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i, entry in candidates:
+                    if entry.id in held:
+                        results[i] = IngestResult(Outcome.DUPLICATE, entry.id)
+                    else:
+                        results[i] = await self._place_and_promote(entry, appended)
+                await self._flush()
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                self._ops.clear()
+                self._heads, self._pending, self._flagged = (
+                    heads_before,
+                    pending_before,
+                    flagged_before,
+                )
+                await self._conn.execute("ROLLBACK")
+                raise
         done = tuple(r for r in results if r is not None)
         assert len(done) == len(raws)
         return IngestReport(done, tuple(appended))
@@ -324,8 +319,26 @@ class LogStore:
     def _reject(self, reason: Reason, entry: Entry | None, detail: str | None) -> IngestResult:
         self.rejections[reason] += 1
         what = str(entry) if entry is not None else "undecodable entry"
-        log.info("[%s] rejected %s: %s%s", self.name, what, reason, f" ({detail})" if detail else "")
+        log.info(
+            "[%s] rejected %s: %s%s", self.name, what, reason, f" ({detail})" if detail else ""
+        )
         return IngestResult(Outcome.REJECTED, entry.id if entry else None, reason)
+
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """A query outside ingest: waits for the batch in flight, so that it only
+        sees committed entries."""
+        async with self._lock:
+            if self._closed:
+                raise LedgerError(f"[{self.name}] store is closed")
+            return list(await self._conn.execute_fetchall(sql, params))
+
+    def _may_hold(self, entry: Entry) -> bool:
+        """False when the entry's (author, seq) is neither in the log nor pending,
+        so that it cannot be held already (saves a lookup per entry on sync)."""
+        head = self._heads.get(entry.author)
+        if head is not None and entry.seq <= head.seq:
+            return True
+        return bool(self._pending.get(entry.author, {}).get(entry.seq))
 
     async def _existing_ids(self, ids: Iterable[bytes]) -> set[bytes]:
         found: set[bytes] = set()
@@ -335,13 +348,28 @@ class LogStore:
             marks = ",".join("?" * len(chunk))
             for table in ("entries", "pending"):
                 rows = await self._conn.execute_fetchall(
-                    f"SELECT id FROM {table} WHERE id IN ({marks})",  # noqa: S608
+                    f"SELECT id FROM {table} WHERE id IN ({marks})",
                     chunk,
                 )
                 found.update(bytes(r[0]) for r in rows)
         return found
 
-    async def _place(self, entry: Entry, appended: list[Entry], *, from_pending: bool) -> IngestResult:
+    async def _place_and_promote(self, entry: Entry, appended: list[Entry]) -> IngestResult:
+        """Place an entry, then every pending entry that it (transitively) unblocks.
+
+        Iterative, not recursive: a gap of thousands of pending entries may close
+        at once. All siblings of a seq are placed before the next seq is tried.
+        """
+        result = await self._place(entry, appended)
+        todo = [(entry.author, entry.seq + 1)] if result.outcome in _JOINED else []
+        while todo:
+            author, seq = todo.pop()
+            for promoted in await self._take_pending(author, seq):
+                if (await self._place(promoted, appended)).outcome in _JOINED:
+                    todo.append((author, seq + 1))
+        return result
+
+    async def _place(self, entry: Entry, appended: list[Entry]) -> IngestResult:
         """Put a verified, new entry in the log, in pending, or reject it."""
         head = self._heads.get(entry.author) or _Head()
         if entry.seq > head.seq + 1:
@@ -353,11 +381,14 @@ class LogStore:
         if entry.seq > 1:
             link = preds.get(entry.prev)
             if link is None:
-                return self._reject(Reason.BROKEN_CHAIN, entry, "prev is not the stored predecessor")
+                return self._reject(
+                    Reason.BROKEN_CHAIN, entry, "prev is not the stored predecessor"
+                )
             if entry.timestamp_ms < link[0] or entry.period < link[1]:
                 return self._reject(Reason.TIME_REGRESSION, entry, "earlier than its predecessor")
         self._ops.append((_INSERT_ENTRY, _row(entry)))
         appended.append(entry)
+        sibling = entry.seq <= head.seq
         head = self._heads.setdefault(entry.author, head)
         head.count += 1
         head.acc = xor32(head.acc, entry.id)
@@ -365,15 +396,13 @@ class LogStore:
             head.seq, head.tips = entry.seq, {}
         if entry.seq == head.seq:
             head.tips[entry.id] = (entry.timestamp_ms, entry.period)
-        if head.count > head.seq:
+        if sibling:
             if entry.author not in self._flagged:
                 log.warning("[%s] %s equivocated at seq %d", self.name, entry.author, entry.seq)
             self._flagged.add(entry.author)
             outcome = Outcome.EQUIVOCATION
         else:
             outcome = Outcome.STORED
-        if self._pending.get(entry.author, {}).get(entry.seq + 1):
-            await self._promote(entry.author, entry.seq + 1, appended)
         return IngestResult(outcome, entry.id)
 
     def _hold(self, entry: Entry) -> IngestResult:
@@ -394,22 +423,25 @@ class LogStore:
         )
         return {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
-    async def _promote(self, author: Author, seq: int, appended: list[Entry]) -> None:
-        """Move pending entries at ``seq`` (now that ``seq - 1`` is in) into the log."""
+    async def _take_pending(self, author: Author, seq: int) -> list[Entry]:
+        """Remove and return the pending entries of ``author`` at ``seq``."""
+        by_seq = self._pending.get(author)
+        if not by_seq or seq not in by_seq:
+            return []
+        del by_seq[seq]
+        if not by_seq:
+            del self._pending[author]
         await self._flush()
         rows = await self._conn.execute_fetchall(
             "SELECT id, raw FROM pending WHERE author = ? AND seq = ? ORDER BY id",
             (author.key, seq),
         )
-        by_seq = self._pending[author]
-        del by_seq[seq]
-        if not by_seq:
-            del self._pending[author]
+        entries = []
         for eid, raw in rows:
             self._ops.append((_DELETE_PENDING, (bytes(eid),)))
             # Verified when it was held; decoding again only rebuilds the object.
-            entry = decode_entry(bytes(raw), self.membership.site_hash)
-            await self._place(entry, appended, from_pending=True)
+            entries.append(decode_entry(bytes(raw), self.membership.site_hash))
+        return entries
 
     async def _flush(self) -> None:
         ops, self._ops = self._ops, []

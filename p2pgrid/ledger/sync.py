@@ -16,16 +16,18 @@ joiner, a restarted agent or a healed partition then reaches the same log.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
-from p2pgrid.errors import RetryableError
+from p2pgrid.errors import P2PGridError, RetryableError
 from p2pgrid.ledger.entry import Author, Entry
-from p2pgrid.ledger.errors import MalformedError, Outcome
+from p2pgrid.ledger.errors import MalformedError
 from p2pgrid.ledger.heads import AuthorHead
-from p2pgrid.ledger.store import IngestReport, LogStore
+from p2pgrid.ledger.outcome import IngestReport, Outcome
+from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.wire import (
     MAX_RANGE_SEQS,
     Announce,
@@ -107,7 +109,10 @@ class Replicator:
         report = await self.store.ingest_many(msg.entries)
         if from_peer is not None and any(r.outcome is Outcome.PENDING for r in report.results):
             log.info("[%s] gap after announcement from %s: pulling", self.name, from_peer)
-            await self.sync_with(from_peer)
+            try:
+                await self.sync_with(from_peer)
+            except RetryableError as exc:  # the next anti-entropy round fills the gap
+                log.info("[%s] pull from %s failed: %s", self.name, from_peer, exc)
         return report
 
     async def handle_request(self, payload: bytes) -> bytes:
@@ -124,7 +129,9 @@ class Replicator:
             return encode(RangeReply(covered, tuple(raws)))
         return encode(ErrorReply(f"not a request: {type(msg).__name__}"))
 
-    async def _ask(self, peer: str, request: HeadsRequest | RangeRequest) -> HeadsReply | RangeReply:
+    async def _ask(
+        self, peer: str, request: HeadsRequest | RangeRequest
+    ) -> HeadsReply | RangeReply:
         reply = await self.transport.request(peer, encode(request))
         try:
             msg = decode(reply)
@@ -162,22 +169,52 @@ class Replicator:
                 await self._pull(peer, their.author, my_seq + 1, their.seq, counts)
                 if await self._holds_all_of(their):
                     continue
-            log.info("[%s] %s diverges from %s: pulling its whole chain", self.name, their.author, peer)
+            log.info(
+                "[%s] %s diverges from %s: pulling its whole chain", self.name, their.author, peer
+            )
             await self._pull(peer, their.author, 1, their.seq, counts)
         report = SyncReport(peer=peer, **counts)
         log.debug("[%s] synced with %s: %s", self.name, peer, report)
         return report
 
-    async def _pull(self, peer: str, author: Author, first: int, last: int, counts: dict[str, int]) -> None:
-        while first <= last:
-            reply = await self._ask(peer, RangeRequest(author, first, last))
+    async def _pull(
+        self, peer: str, author: Author, first: int, last: int, counts: dict[str, int]
+    ) -> None:
+        """Pull ``first..last`` in chunks; the next chunk is requested while the
+        current one is verified and stored (one request in flight at most)."""
+
+        async def fetch(start: int) -> RangeReply:
+            reply = await self._ask(peer, RangeRequest(author, start, last))
             assert isinstance(reply, RangeReply)
+            if reply.covered < start:
+                raise SyncProtocolError(f"[{self.name}] {peer} covered nothing of {start}..{last}")
+            return reply
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                await self._pull_chunks(tg, fetch, first, last, counts)
+        except ExceptionGroup as group:  # surface the one error, e.g. SyncProtocolError
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], P2PGridError):
+                raise group.exceptions[0] from None
+            raise
+
+    async def _pull_chunks(
+        self,
+        tg: asyncio.TaskGroup,
+        fetch: Callable[[int], Coroutine[Any, Any, RangeReply]],
+        first: int,
+        last: int,
+        counts: dict[str, int],
+    ) -> None:
+        reply = await fetch(first)
+        while True:
             counts["requests"] += 1
-            if reply.covered < first:
-                raise SyncProtocolError(f"[{self.name}] {peer} covered nothing of {first}..{last}")
+            ahead = tg.create_task(fetch(reply.covered + 1)) if reply.covered < last else None
             if reply.entries:
                 report = await self.store.ingest_many(reply.entries)
                 counts["received"] += len(reply.entries)
                 counts["appended"] += len(report.appended)
                 counts["rejected"] += sum(r.outcome is Outcome.REJECTED for r in report.results)
-            first = reply.covered + 1
+            if ahead is None:
+                return
+            reply = await ahead

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from p2pgrid.ledger.codec import MalformedError, Reader, Writer
+from p2pgrid.ledger.codec import Reader, Writer
 from p2pgrid.ledger.entry import MAX_ENTRY_BYTES, Author
+from p2pgrid.ledger.errors import MalformedError
 from p2pgrid.ledger.heads import AuthorHead, Heads
 
 WIRE_VERSION = 1

@@ -22,6 +22,7 @@ waits for the guest run to finish; it is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -97,10 +98,16 @@ class TrioBridge:
                 _resolve(ready, error)
             _resolve(self._done, None)
 
+        def soon_threadsafe(fn: Callable[[], object]) -> None:
+            loop.call_soon_threadsafe(fn)
+
+        def soon(fn: Callable[[], object]) -> None:
+            loop.call_soon(fn)
+
         trio.lowlevel.start_guest_run(
             trio_main,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
+            run_sync_soon_threadsafe=soon_threadsafe,
+            run_sync_soon_not_threadsafe=soon,
             done_callback=done_callback,
             host_uses_signal_set_wakeup_fd=True,
         )
@@ -113,10 +120,8 @@ class TrioBridge:
         self._stopping = True
         nursery, token = self._nursery, self._token
         if nursery is not None and token is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(nursery.cancel_scope.cancel)
-            except trio.RunFinishedError:
-                pass
         async with asyncio.timeout(BRIDGE_STOP_TIMEOUT_S):
             await asyncio.shield(self._done)
 
@@ -176,10 +181,8 @@ class TrioBridge:
             return await fut
         except asyncio.CancelledError:
             if self._token is not None:
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     self._token.run_sync_soon(box.cancel)
-                except trio.RunFinishedError:
-                    pass
             raise
 
     async def start_service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Any:

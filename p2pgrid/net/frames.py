@@ -32,6 +32,10 @@ class FrameError(EnvelopeError):
     """A frame was truncated or longer than allowed."""
 
 
+#: A peer that vanished, or one that sent a bad frame: the stream is done.
+STREAM_ERRORS: tuple[type[BaseException], ...] = (*PEER_ERRORS, FrameError)
+
+
 async def write_frame(stream: _Stream, data: bytes) -> None:
     await stream.write(_LEN.pack(len(data)) + data)
 

@@ -69,9 +69,7 @@ def owner_group_id(sites: Iterable[SiteIdentity]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def owner_topic(
-    sites: Iterable[SiteIdentity], *, max_devices: int = DEFAULT_MAX_DEVICES
-) -> Topic:
+def owner_topic(sites: Iterable[SiteIdentity], *, max_devices: int = DEFAULT_MAX_DEVICES) -> Topic:
     """The topic between the sites of one owner (every site lists the same sites)."""
     members = frozenset(sites)
     return Topic(

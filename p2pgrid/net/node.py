@@ -7,6 +7,7 @@ scheduled with ``bridge.to_asyncio``. Nothing in here awaits asyncio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ from p2pgrid.net.envelope import (
     Record,
     parse,
 )
-from p2pgrid.net.frames import PEER_ERRORS, FrameError, Hello, read_frame, write_frame
+from p2pgrid.net.frames import (
+    PEER_ERRORS,
+    STREAM_ERRORS,
+    FrameError,
+    Hello,
+    read_frame,
+    write_frame,
+)
 from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
 from p2pgrid.net.validator import EnvelopeValidator, Reason
 
@@ -154,9 +162,7 @@ class TrioNode:
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         self.host.get_network().register_notifee(_Notifee(self))
         self.host.set_stream_handler(TProtocol(HELLO_PROTOCOL), self._serve_hello)
-        self._redialer = Redialer(
-            self.host, config, name=name, is_connected=self._is_connected
-        )
+        self._redialer = Redialer(self.host, config, name=name, is_connected=self._is_connected)
         self._peers: dict[ID, PeerRef] = {}
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -187,7 +193,7 @@ class TrioNode:
                             )
                         subscriptions.append((name, await self.pubsub.subscribe(name)))
                     self.listen_addrs = tuple(
-                        str(addr) for addr in self.host.get_addrs()
+                        str(addr).split("/p2p/")[0] for addr in self.host.get_addrs()
                     )
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
@@ -251,6 +257,10 @@ class TrioNode:
     async def publish(self, topic: str, data: bytes) -> None:
         await self.pubsub.publish(topic, data)
 
+    async def wait_subscribed(self, peer_id: str, topic: str, timeout_s: float) -> None:
+        """Wait until ``peer_id`` announced ``topic`` to us; ``trio.TooSlowError`` if not."""
+        await self.pubsub.wait_for_subscription(ID.from_base58(peer_id), topic, timeout_s)
+
     # -- peers -------------------------------------------------------------------
 
     def _is_connected(self, peer_id: ID) -> bool:
@@ -293,7 +303,7 @@ class TrioNode:
                     data = await read_frame(stream, MAX_ENVELOPE_BYTES)
                 finally:
                     await stream.close()
-            except (*PEER_ERRORS, FrameError) as exc:
+            except STREAM_ERRORS as exc:
                 log.debug("%s: hello to %s failed: %s", self.name, peer_id, exc)
                 return
             self._accept_hello(peer_id, data)
@@ -305,7 +315,7 @@ class TrioNode:
                 data = await read_frame(stream, MAX_ENVELOPE_BYTES)
                 await write_frame(stream, self._hello_bytes(peer_id))
                 await stream.close()
-            except (*PEER_ERRORS, FrameError) as exc:
+            except STREAM_ERRORS as exc:
                 log.debug("%s: hello from %s failed: %s", self.name, peer_id, exc)
                 return
             self._accept_hello(peer_id, data)
@@ -336,7 +346,7 @@ class TrioNode:
         for known in hello.known_peers:
             try:
                 self._redialer.want(parse_peer_addr(known))
-            except (ValueError, *PEER_ERRORS) as exc:
+            except (ValueError, *PEER_ERRORS) as exc:  # type: ignore[misc]  # mypy: starred tuple
                 log.debug("%s: ignoring known peer %r: %s", self.name, known, exc)
         if not self._is_connected(peer_id):
             return
@@ -394,23 +404,23 @@ class TrioNode:
                 max_bytes=MAX_STREAM_ENVELOPE_BYTES,
             )
             if isinstance(verdict, Reason):
-                log.info("%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict)
+                log.info(
+                    "%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict
+                )
                 await stream.reset()
                 return
             send, receive = trio.open_memory_channel[bytes | None](1)
             token = trio.lowlevel.current_trio_token()
 
             def deliver(answer: bytes | None) -> None:
-                try:
+                with contextlib.suppress(
+                    trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+                ):
                     send.send_nowait(answer)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
 
             def reply(answer: bytes | None) -> None:
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(deliver, answer)
-                except trio.RunFinishedError:
-                    pass
 
             self._bridge.to_asyncio(self._events.on_request, protocol, verdict, str(peer_id), reply)
             with trio.fail_after(HANDLER_TIMEOUT_S):
@@ -420,13 +430,11 @@ class TrioNode:
                 return
             await write_frame(stream, answer)
             await stream.close()
-        except (*PEER_ERRORS, FrameError, trio.TooSlowError) as exc:
+        except (*STREAM_ERRORS, trio.TooSlowError) as exc:  # type: ignore[misc]  # starred tuple
             log.info("%s: %s request from %s failed: %s", self.name, protocol, peer_id, exc)
             with trio.move_on_after(1):
-                try:
+                with contextlib.suppress(*PEER_ERRORS):
                     await stream.reset()
-                except PEER_ERRORS:
-                    pass
 
 
 def _b58(peer_id: bytes) -> str:

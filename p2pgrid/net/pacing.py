@@ -69,8 +69,8 @@ class TopicPacer:
     async def next_batch(self) -> list[Record]:
         """Wait for a record and a token; return the records of one envelope."""
         await self._nonempty.wait()
-        while (delay := self.bucket.take()) > 0:
-            await asyncio.sleep(delay)  # pacing delay, not synchronisation
+        while (delay := self.bucket.take()) > 0:  # noqa: ASYNC110 - pacing, not a sync wait
+            await asyncio.sleep(delay)
         batch: list[Record] = []
         used = 0
         while self._pending and len(batch) < MAX_RECORDS:

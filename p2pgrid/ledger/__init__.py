@@ -1,0 +1,104 @@
+"""The replicated, signed consumption log of a site (see docs/protocol-log.md)."""
+
+from p2pgrid.ledger.bodies import (
+    ALL_DEVICES,
+    Allocation,
+    Body,
+    BodyError,
+    Budget,
+    CarryOver,
+    Curtailment,
+    DeviceInfo,
+    Dispute,
+    EntryKind,
+    Invoice,
+    MeterReading,
+    Payment,
+    Role,
+    Sale,
+    Share,
+)
+from p2pgrid.ledger.entry import (
+    MAX_ENTRY_BYTES,
+    Author,
+    Entry,
+    decode_entry,
+    sign_entry,
+    site_hash,
+)
+from p2pgrid.ledger.errors import (
+    CorruptLogError,
+    LedgerError,
+    MalformedError,
+)
+from p2pgrid.ledger.heads import AuthorHead, Heads
+from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
+from p2pgrid.ledger.loopback import LoopbackNetwork, LoopbackTransport, PeerUnreachable
+from p2pgrid.ledger.membership import Membership, MembershipConfig
+from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
+from p2pgrid.ledger.store import LogStore
+from p2pgrid.ledger.sync import (
+    SYNC_PROTOCOL_ID,
+    Replicator,
+    SyncProtocolError,
+    SyncReport,
+    SyncTransport,
+    log_topic,
+)
+from p2pgrid.ledger.views import DeviceAccount, LedgerView, PeriodView, fold
+from p2pgrid.ledger.writer import LogWriter
+
+__all__ = [
+    "ALL_DEVICES",
+    "MAX_ENTRY_BYTES",
+    "SYNC_PROTOCOL_ID",
+    "Allocation",
+    "Author",
+    "AuthorHead",
+    "Body",
+    "BodyError",
+    "Budget",
+    "CarryOver",
+    "CorruptLogError",
+    "Curtailment",
+    "DeviceAccount",
+    "DeviceInfo",
+    "Dispute",
+    "Entry",
+    "EntryKind",
+    "Finding",
+    "Heads",
+    "Inefficiency",
+    "IngestReport",
+    "IngestResult",
+    "Invoice",
+    "LedgerError",
+    "LedgerView",
+    "LogStore",
+    "LogWriter",
+    "LoopbackNetwork",
+    "LoopbackTransport",
+    "MalformedError",
+    "Membership",
+    "MembershipConfig",
+    "MeterReading",
+    "Outcome",
+    "Payment",
+    "PeerUnreachable",
+    "PeriodView",
+    "RejectReason",
+    "Replicator",
+    "Role",
+    "Sale",
+    "Share",
+    "SyncProtocolError",
+    "SyncReport",
+    "SyncTransport",
+    "consumption",
+    "decode_entry",
+    "fold",
+    "inefficiencies",
+    "log_topic",
+    "sign_entry",
+    "site_hash",
+]

@@ -1,0 +1,228 @@
+"""Views: pure folds over log entries into per-period, per-device accounts.
+
+The fold is deterministic: entries are taken per period in ascending order,
+within a period by (timestamp, author, seq, id). Of equivocating siblings only
+the one with the smallest id counts; the author is listed in ``equivocators``.
+
+Money rules (all integer msat):
+
+- ``allocation`` (owner) credits the device; ``carry_over`` debits it and
+  credits it again at the start of the next period.
+- ``share`` and ``sale`` move money from the author (the payer) to the other
+  device *only if the payer's balance covers the whole amount* at that point of
+  the fold; otherwise nothing moves and the amount is counted as ``unfunded``.
+  The same rule applies to ``carry_over``.
+- A ``meter_reading``'s cost is paid from the balance as far as it goes; the
+  rest is ``overdraft_msat`` (energy already used, owed to the utility).
+
+So a balance never goes negative, and within a period
+``sum(allocation + carried_in + received + sold) ==
+sum(balance + spent + given + bought + carried_out)`` over devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from p2pgrid.ledger.bodies import (
+    Allocation,
+    Budget,
+    CarryOver,
+    DeviceInfo,
+    Dispute,
+    Invoice,
+    MeterReading,
+    Payment,
+    Sale,
+    Share,
+)
+from p2pgrid.ledger.entry import Author, Entry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceAccount:
+    """One device's money and energy in one period."""
+
+    device: int
+    allocation_msat: int = 0
+    carried_in_msat: int = 0
+    received_msat: int = 0  # shares received
+    given_msat: int = 0  # shares given
+    bought_msat: int = 0  # paid for energy bought from other devices
+    sold_msat: int = 0  # earned by energy sold to other devices
+    spent_msat: int = 0  # metered cost paid from the balance
+    overdraft_msat: int = 0  # metered cost the balance did not cover
+    carried_out_msat: int = 0
+    unfunded_msat: int = 0  # shares/sales/carry-overs refused for lack of balance
+    energy_wh: int = 0  # metered consumption
+    bought_wh: int = 0
+    sold_wh: int = 0
+    balance_msat: int = 0  # left in the period
+
+    @property
+    def borrowed(self) -> bool:
+        return self.received_msat > 0
+
+    @property
+    def exceeded_allocation(self) -> bool:
+        """Consumed more than its own allocation (helped by others or overdrawn)."""
+        own = self.allocation_msat + self.carried_in_msat
+        return self.spent_msat + self.overdraft_msat + self.bought_msat > own
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodView:
+    """The site in one billing period."""
+
+    period: int
+    budget_msat: int
+    accounts: Mapping[int, DeviceAccount]
+    invoiced_msat: int
+    paid_msat: int
+    disputes: tuple[Entry, ...]
+
+    @property
+    def allocated_msat(self) -> int:
+        return sum(a.allocation_msat for a in self.accounts.values())
+
+    @property
+    def over_allocated(self) -> bool:
+        """The owner allocated more than the utility's budget (if one was set)."""
+        return self.budget_msat > 0 and self.allocated_msat > self.budget_msat
+
+    def account(self, device: int) -> DeviceAccount:
+        return self.accounts.get(device) or DeviceAccount(device)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LedgerView:
+    """All periods of a log, plus what is known about devices and authors."""
+
+    periods: Mapping[int, PeriodView]
+    device_classes: Mapping[int, str]
+    equivocators: frozenset[Author]
+
+    def period(self, period: int) -> PeriodView:
+        return self.periods.get(period) or PeriodView(period, 0, {}, 0, 0, ())
+
+    def account(self, device: int, period: int) -> DeviceAccount:
+        return self.period(period).account(device)
+
+
+def canonical(entries: Iterable[Entry]) -> tuple[list[Entry], frozenset[Author]]:
+    """Entries in fold order with equivocating siblings dropped, and the equivocators."""
+    chosen: dict[tuple[Author, int], Entry] = {}
+    flagged: set[Author] = set()
+    for entry in entries:
+        key = (entry.author, entry.seq)
+        other = chosen.get(key)
+        if other is not None and other.id != entry.id:
+            flagged.add(entry.author)
+        if other is None or entry.id < other.id:
+            chosen[key] = entry
+    ordered = sorted(
+        chosen.values(), key=lambda e: (e.period, e.timestamp_ms, e.author, e.seq, e.id)
+    )
+    return ordered, frozenset(flagged)
+
+
+class _Period:
+    def __init__(self, period: int, carried_in: Mapping[int, int]) -> None:
+        self.period = period
+        self.budget = 0
+        self.invoiced = 0
+        self.paid = 0
+        self.disputes: list[Entry] = []
+        self.accounts: dict[int, dict[str, int]] = {}
+        for device, amount in carried_in.items():
+            acc = self.acc(device)
+            acc["carried_in_msat"] += amount
+            acc["balance_msat"] += amount
+
+    def acc(self, device: int) -> dict[str, int]:
+        if device not in self.accounts:
+            fields = dataclasses.fields(DeviceAccount)
+            self.accounts[device] = {f.name: 0 for f in fields if f.name != "device"}
+        return self.accounts[device]
+
+    def debit(self, device: int, amount: int) -> bool:
+        """Take ``amount`` from the balance if it is all there; else count it unfunded."""
+        acc = self.acc(device)
+        if amount > acc["balance_msat"]:
+            acc["unfunded_msat"] += amount
+            return False
+        acc["balance_msat"] -= amount
+        return True
+
+    def apply(self, entry: Entry, classes: dict[int, str]) -> None:
+        body, me = entry.body, entry.author.index
+        if isinstance(body, Allocation):
+            acc = self.acc(body.device)
+            acc["allocation_msat"] += body.amount_msat
+            acc["balance_msat"] += body.amount_msat
+        elif isinstance(body, MeterReading):
+            acc = self.acc(me)
+            covered = min(body.cost_msat, acc["balance_msat"])
+            acc["energy_wh"] += body.energy_wh
+            acc["spent_msat"] += covered
+            acc["overdraft_msat"] += body.cost_msat - covered
+            acc["balance_msat"] -= covered
+        elif isinstance(body, Share):
+            if self.debit(me, body.amount_msat):
+                self.acc(me)["given_msat"] += body.amount_msat
+                other = self.acc(body.to_device)
+                other["received_msat"] += body.amount_msat
+                other["balance_msat"] += body.amount_msat
+        elif isinstance(body, Sale):
+            if self.debit(me, body.amount_msat):
+                buyer, seller = self.acc(me), self.acc(body.seller)
+                buyer["bought_msat"] += body.amount_msat
+                buyer["bought_wh"] += body.energy_wh
+                seller["sold_msat"] += body.amount_msat
+                seller["sold_wh"] += body.energy_wh
+                seller["balance_msat"] += body.amount_msat
+        elif isinstance(body, CarryOver):
+            if self.debit(me, body.amount_msat):
+                self.acc(me)["carried_out_msat"] += body.amount_msat
+        elif isinstance(body, Budget):
+            self.budget += body.amount_msat
+        elif isinstance(body, Invoice):
+            self.invoiced += body.amount_msat
+        elif isinstance(body, Payment):
+            self.paid += body.amount_msat
+        elif isinstance(body, Dispute):
+            self.disputes.append(entry)
+        elif isinstance(body, DeviceInfo):
+            classes[body.device] = body.device_class
+        # Curtailment changes no account.
+
+    def freeze(self) -> PeriodView:
+        accounts = {d: DeviceAccount(device=d, **v) for d, v in sorted(self.accounts.items())}
+        return PeriodView(
+            self.period, self.budget, accounts, self.invoiced, self.paid, tuple(self.disputes)
+        )
+
+
+def fold(entries: Iterable[Entry]) -> LedgerView:
+    """Fold log entries (any order, duplicates and siblings allowed) into a view."""
+    ordered, flagged = canonical(entries)
+    by_period: dict[int, list[Entry]] = {}
+    for entry in ordered:
+        by_period.setdefault(entry.period, []).append(entry)
+    classes: dict[int, str] = {}
+    periods: dict[int, PeriodView] = {}
+    carried: dict[int, int] = {}
+    todo = sorted(by_period)
+    while todo:
+        number = todo.pop(0)
+        state = _Period(number, carried)
+        for entry in by_period.get(number, []):
+            state.apply(entry, classes)
+        periods[number] = state.freeze()
+        carried = {
+            d: a["carried_out_msat"] for d, a in state.accounts.items() if a["carried_out_msat"]
+        }
+        if carried and (not todo or todo[0] != number + 1):
+            todo.insert(0, number + 1)
+    return LedgerView(periods, classes, flagged)

@@ -1,0 +1,56 @@
+"""Writing one's own entries: the next sequence number and link come from the store.
+
+An agent writes only through its :class:`LogWriter`, one at a time, and the
+entry is stored before it is published; so a restarted agent continues its chain
+from what it stored and never signs two entries with the same sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pgrid.identity import Signer
+from p2pgrid.ledger.bodies import Body
+from p2pgrid.ledger.entry import Author, Entry, sign_entry
+from p2pgrid.ledger.errors import LedgerError
+from p2pgrid.ledger.outcome import Outcome
+from p2pgrid.ledger.store import LogStore
+
+
+class LogWriter:
+    """Signs and stores the entries of one author."""
+
+    def __init__(self, store: LogStore, signer: Signer, author: Author) -> None:
+        if store.membership.pubkey(author) != signer.pubkey:
+            raise LedgerError(f"the signer's key is not {author}'s key in this site")
+        self.store = store
+        self.signer = signer
+        self.author = author
+        self._lock = asyncio.Lock()
+
+    async def append(self, body: Body, *, period: int, timestamp_ms: int) -> Entry:
+        """Sign ``body`` as the author's next entry and store it.
+
+        A timestamp earlier than the previous entry's is raised to it (the chain
+        is ordered; a clock that stepped back must not break it). A period
+        earlier than the previous entry's is a :class:`LedgerError`.
+        """
+        async with self._lock:
+            seq, prev, min_ts, min_period = self.store.next_position(self.author)
+            if period < min_period:
+                raise LedgerError(f"{self.author} already wrote in period {min_period} > {period}")
+            entry = sign_entry(
+                self.signer,
+                self.store.membership.site_hash,
+                author=self.author,
+                seq=seq,
+                prev=prev,
+                period=period,
+                timestamp_ms=max(timestamp_ms, min_ts),
+                body=body,
+            )
+            report = await self.store.ingest(entry.raw)
+            result = report.results[0]
+            if result.outcome is not Outcome.STORED:
+                raise LedgerError(f"own entry {entry} not stored: {result.outcome} {result.reason}")
+            return entry

@@ -1,0 +1,46 @@
+"""The peer-to-peer layer: libp2p hosts bridged into asyncio, signed site membership."""
+
+from p2pgrid.net.bridge import BridgeClosed, TrioBridge
+from p2pgrid.net.config import NetConfig
+from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES, EnvelopeError
+from p2pgrid.net.host import (
+    DeviceKey,
+    EventStream,
+    NetClosed,
+    NetStats,
+    PeerHost,
+    PeerUnreachable,
+    RequestRejected,
+    Subscription,
+)
+from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic, utility_topic
+from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, PeerRef, WireMessage
+from p2pgrid.net.validator import Reason
+
+__all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "BridgeClosed",
+    "Delivery",
+    "DeviceKey",
+    "EnvelopeError",
+    "EventStream",
+    "Membership",
+    "NetClosed",
+    "NetConfig",
+    "NetStats",
+    "PeerEvent",
+    "PeerHost",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerRef",
+    "PeerUnreachable",
+    "Reason",
+    "RequestRejected",
+    "Subscription",
+    "Topic",
+    "TrioBridge",
+    "WireMessage",
+    "owner_topic",
+    "site_topic",
+    "utility_topic",
+]

@@ -1,0 +1,581 @@
+"""PeerHost: the asyncio face of one agent's libp2p host.
+
+Agents use only this: ``start``/``stop``, ``publish`` (paced, batched, signed),
+``subscribe`` (async iterator of :class:`Delivery`), ``request``/``handle``
+(one signed frame each way over a direct stream), ``peers`` and ``events``
+(:class:`PeerJoined` / :class:`PeerLeft`). libp2p and trio stay behind
+:class:`~p2pgrid.net.node.TrioNode` and the :class:`TrioBridge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.peer.id import ID
+
+from p2pgrid.errors import ConfigError, ReportableError, RetryableError, TimeoutExpired
+from p2pgrid.identity import Signer, SiteIdentity
+from p2pgrid.net.bridge import BridgeClosed, TrioBridge
+from p2pgrid.net.config import NetConfig
+from p2pgrid.net.envelope import (
+    FIRST_APP_KIND,
+    MAX_STREAM_ENVELOPE_BYTES,
+    Envelope,
+    EnvelopeError,
+    Record,
+    overhead,
+    seal,
+)
+from p2pgrid.net.frames import PEER_ERRORS
+from p2pgrid.net.membership import Membership, Topic
+from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, WireMessage
+from p2pgrid.net.node import PeerRef, Reply, RequestRefused, TrioNode
+from p2pgrid.net.pacing import TokenBucket, TopicPacer
+from p2pgrid.net.validator import EnvelopeValidator, Reason
+
+log = logging.getLogger(__name__)
+
+#: Default deadline of a request/response round trip.
+REQUEST_TIMEOUT_S = 10.0
+#: Extra time the asyncio side allows past a trio-side deadline.
+BRIDGE_SLACK_S = 1.0
+#: How long ``stop`` lets pending publishes drain.
+DRAIN_TIMEOUT_S = 5.0
+#: Domain of the libp2p host key derived from the device key (stable peer id).
+HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v1"
+
+
+class NetClosed(RetryableError):
+    """The host is not running."""
+
+
+class PeerUnreachable(RetryableError):
+    """The peer could not be reached or dropped the stream."""
+
+
+class RequestRejected(ReportableError):
+    """The peer refused the request or answered with something invalid."""
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """Who this host speaks for: a device index of a site, and its signing key."""
+
+    site: SiteIdentity
+    device_index: int
+    signer: Signer = field(repr=False)
+
+
+@dataclass
+class NetStats:
+    """Counters of one host (a snapshot from :meth:`PeerHost.stats`)."""
+
+    published_records: int = 0
+    published_envelopes: int = 0
+    delivered_records: int = 0
+    #: Deliveries a slow subscriber's full queue dropped.
+    subscriber_drops: int = 0
+    #: Envelopes known lost: holes in a sender's per-topic sequence numbers.
+    sequence_gaps: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    peers: int = 0
+
+
+class Subscription:
+    """Deliveries of one topic; iterate with ``async for``; ends when closed or stopped."""
+
+    def __init__(self, host: PeerHost, topic: str, maxsize: int) -> None:
+        self._host = host
+        self.topic = topic
+        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize)
+        self._closed = False
+
+    def _offer(self, delivery: Delivery | None) -> bool:
+        try:
+            self._queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._host._subscriptions[self.topic].discard(self)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        item = await self._queue.get()
+        if item is None:
+            self._closed = True
+            raise StopAsyncIteration
+        return item
+
+    async def get(self) -> Delivery:
+        """The next delivery; raises :class:`NetClosed` if the subscription ended."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise NetClosed("subscription closed") from None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventStream:
+    """:class:`PeerJoined` / :class:`PeerLeft` events; iterate with ``async for``."""
+
+    def __init__(self, host: PeerHost, maxsize: int) -> None:
+        self._host = host
+        self._queue: asyncio.Queue[PeerEvent | None] = asyncio.Queue(maxsize)
+        host._event_queues.add(self._queue)
+
+    def close(self) -> None:
+        self._host._event_queues.discard(self._queue)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[PeerEvent]:
+        return self
+
+    async def __anext__(self) -> PeerEvent:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+RequestHandler = Callable[[Delivery], Awaitable[WireMessage]]
+
+
+class PeerHost:
+    """One agent's peer-to-peer host, usable from asyncio."""
+
+    def __init__(
+        self,
+        config: NetConfig,
+        device: DeviceKey,
+        topics: Sequence[Topic],
+        *,
+        bridge: TrioBridge | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not topics:
+            raise ConfigError("a PeerHost needs at least one topic")
+        self.config = config
+        self.device = device
+        self.topics = {topic.name: topic for topic in topics}
+        self.name = name or f"{device.site.site_id}/{device.device_index}"
+        self._members = Membership(
+            frozenset(site for topic in topics for site in topic.members.sites),
+            max(topic.members.max_devices for topic in topics),
+        )
+        self._bridge = bridge
+        self._owns_bridge = bridge is None
+        self._validator = EnvelopeValidator(replay_window_s=config.replay_window_s)
+        self._epoch = secrets.randbits(32)
+        self._seq: dict[str, int] = {}
+        self._last_seq: dict[tuple[str, str, int, int], int] = {}
+        self._subscriptions: dict[str, set[Subscription]] = {name: set() for name in self.topics}
+        self._event_queues: set[asyncio.Queue[PeerEvent | None]] = set()
+        self._handlers: dict[str, RequestHandler] = {}
+        self._pacers: dict[str, TopicPacer] = {}
+        self._stats = NetStats()
+        self._node: TrioNode | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._stop_requested = asyncio.Event()
+        self._state = "new"
+        self.peer_id = ""
+        self.listen_addrs: tuple[str, ...] = ()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        """Listen multiaddrs ending in ``/p2p/<peer id>`` (for others' bootstrap lists)."""
+        return tuple(f"{addr}/p2p/{self.peer_id}" for addr in self.listen_addrs)
+
+    async def start(self) -> None:
+        """Listen, subscribe, start discovery; returns once the host serves."""
+        if self._state != "new":
+            raise ConfigError(f"{self.name}: start called in state {self._state}")
+        self._state = "starting"
+        if self._bridge is None:
+            self._bridge = TrioBridge()
+            await self._bridge.start()
+        seed = hashlib.sha256(HOST_KEY_DOMAIN + self.device.signer.secret).digest()
+        self._node = TrioNode(
+            config=self.config,
+            host_key_seed=seed,
+            topics=list(self.topics.values()),
+            validator=self._validator,
+            sealer=self._seal_context,
+            events=self,
+            bridge=self._bridge,
+            name=self.name,
+        )
+        self.peer_id = str(self._node.peer_id)
+        room = self.config.max_envelope_bytes - overhead(len(self._node.peer_id.to_bytes()))
+        for topic in self.topics:
+            bucket = TokenBucket(self.config.envelopes_per_s, self.config.envelope_burst)
+            self._pacers[topic] = TopicPacer(
+                room_bytes=room, max_pending=self.config.max_pending_records, bucket=bucket
+            )
+        try:
+            self.listen_addrs = await self._bridge.start_service(self._node.serve)
+        except BaseException:
+            self._state = "stopped"
+            if self._owns_bridge:
+                await self._bridge.stop()
+            raise
+        ready = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(ready), name=f"net-host-{self.name}")
+        await ready.wait()
+        self._state = "running"
+        log.info("%s: listening on %s", self.name, ", ".join(self.addrs))
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        """Owns the host's asyncio tasks (one flush loop per topic, request handlers)."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            for topic, pacer in self._pacers.items():
+                self._loops.append(tasks.create_task(self._flush_loop(topic, pacer)))
+            ready.set()
+            await self._stop_requested.wait()
+            for task in self._loops:
+                task.cancel()
+
+    async def stop(self) -> None:
+        """Stop input, drain pending publishes, stop libp2p, end iterators. Idempotent."""
+        if self._state in ("stopping", "stopped", "new"):
+            self._state = "stopped" if self._state == "new" else self._state
+            return
+        self._state = "stopping"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                for pacer in self._pacers.values():
+                    await pacer.drained()
+        self._stop_requested.set()
+        if self._runner is not None:
+            await self._runner
+        if self._node is not None and self._bridge is not None and self._bridge.running:
+            with contextlib.suppress(BridgeClosed):
+                await self._bridge.run(self._node.stop)
+        if self._owns_bridge and self._bridge is not None:
+            await self._bridge.stop()
+        for subs in self._subscriptions.values():
+            for sub in list(subs):
+                sub.close()
+        for queue in self._event_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        self._state = "stopped"
+        log.info("%s: stopped", self.name)
+
+    async def __aenter__(self) -> PeerHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _running_node(self) -> tuple[TrioBridge, TrioNode]:
+        if self._state != "running" or self._bridge is None or self._node is None:
+            raise NetClosed(f"{self.name}: host is {self._state}")
+        return self._bridge, self._node
+
+    # -- sealing -----------------------------------------------------------------
+
+    def _seal_context(self, context: str, records: Sequence[Record], max_bytes: int) -> bytes:
+        if self._node is None:
+            raise NetClosed("host not started")
+        seq = self._seq.get(context, 0) + 1
+        self._seq[context] = seq
+        return seal(
+            self.device.signer,
+            context,
+            site_id=self.device.site.site_id,
+            device_index=self.device.device_index,
+            peer_id=self._node.peer_id.to_bytes(),
+            epoch=self._epoch,
+            seq=seq,
+            timestamp_ms=int(time.time() * 1000),
+            records=records,
+            max_bytes=max_bytes,
+        )
+
+    def seal(self, topic: str, messages: Sequence[WireMessage]) -> bytes:
+        """Sign ``messages`` as one envelope for ``topic`` now (see :meth:`publish_bytes`)."""
+        return self._seal_context(
+            topic, [_record(m) for m in messages], self.config.max_envelope_bytes
+        )
+
+    # -- publish / subscribe -----------------------------------------------------
+
+    def _topic(self, topic: Topic | str) -> str:
+        name = topic if isinstance(topic, str) else topic.name
+        if name not in self.topics:
+            raise ConfigError(f"{self.name}: {name} is not one of this host's topics")
+        return name
+
+    async def publish(self, topic: Topic | str, message: WireMessage) -> None:
+        """Queue ``message`` for ``topic``; it leaves signed, paced and batched.
+
+        Waits only while the topic's queue is full (back-pressure). Raises
+        :class:`EnvelopeError` if the message can never fit an envelope.
+        """
+        self._running_node()
+        record = _record(message)
+        pacer = self._pacers[self._topic(topic)]
+        if not pacer.fits(record):
+            raise EnvelopeError(
+                f"a {type(message).__name__} of {len(record.data)} bytes exceeds the "
+                f"{self.config.max_envelope_bytes}-byte envelope; send it over a stream"
+            )
+        await pacer.put(record)
+        self._stats.published_records += 1
+
+    async def flush(self) -> None:
+        """Wait until every message published so far was handed to libp2p."""
+        for pacer in self._pacers.values():
+            await pacer.drained()
+
+    async def publish_bytes(self, topic: str, data: bytes) -> None:
+        """Publish already sealed bytes as they are (relays, tools, adversarial tests)."""
+        bridge, node = self._running_node()
+        await bridge.run(node.publish, topic, data)
+
+    async def _flush_loop(self, topic: str, pacer: TopicPacer) -> None:
+        while True:
+            records = await pacer.next_batch()
+            data = self._seal_context(topic, records, self.config.max_envelope_bytes)
+            bridge, node = self._bridge, self._node
+            assert bridge is not None
+            assert node is not None
+            try:
+                await bridge.run(node.publish, topic, data)
+            except BridgeClosed:
+                return
+            except PEER_ERRORS as exc:
+                log.warning("%s: publish on %s failed: %s", self.name, topic, exc)
+            self._stats.published_envelopes += 1
+            pacer.sent()
+
+    def subscribe(self, topic: Topic | str) -> Subscription:
+        """Deliveries on ``topic`` from other members, from now on."""
+        name = self._topic(topic)
+        sub = Subscription(self, name, self.config.subscriber_queue)
+        if self._state in ("stopping", "stopped"):
+            sub.close()
+        else:
+            self._subscriptions[name].add(sub)
+        return sub
+
+    # -- NodeEvents (called on the loop by the trio side) ------------------------
+
+    def on_delivery(self, topic: str, envelope: Envelope) -> None:
+        if envelope.peer_id == (self._node.peer_id.to_bytes() if self._node else b""):
+            return  # our own publish, echoed by py-libp2p
+        self._count_gaps(topic, envelope)
+        peer_id = _peer_str(envelope.peer_id)
+        for record in envelope.records:
+            if record.kind < FIRST_APP_KIND:
+                continue
+            delivery = Delivery(
+                topic=topic,
+                site_id=envelope.site_id,
+                device_index=envelope.device_index,
+                peer_id=peer_id,
+                kind=record.kind,
+                data=record.data,
+                sent_at_ms=envelope.timestamp_ms,
+            )
+            self._stats.delivered_records += 1
+            for sub in self._subscriptions.get(topic, ()):
+                if not sub._offer(delivery):
+                    self._stats.subscriber_drops += 1
+
+    def _count_gaps(self, topic: str, envelope: Envelope) -> None:
+        key = (topic, envelope.site_id, envelope.device_index, envelope.epoch)
+        last = self._last_seq.get(key)
+        if last is None or envelope.seq > last:
+            if last is not None:
+                self._stats.sequence_gaps += envelope.seq - last - 1
+            self._last_seq[key] = envelope.seq
+        elif self._stats.sequence_gaps > 0:
+            self._stats.sequence_gaps -= 1  # a late arrival filled a hole
+
+    def on_peer(self, joined: bool, peer: PeerRef) -> None:
+        event: PeerEvent = PeerJoined(peer) if joined else PeerLeft(peer)
+        for queue in self._event_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    def on_request(self, protocol: str, envelope: Envelope, peer_id: str, reply: Reply) -> None:
+        handler = self._handlers.get(protocol)
+        if handler is None or self._tasks is None or self._state != "running":
+            reply(None)
+            return
+        self._tasks.create_task(self._answer(handler, protocol, envelope, peer_id, reply))
+
+    async def _answer(
+        self,
+        handler: RequestHandler,
+        protocol: str,
+        envelope: Envelope,
+        peer_id: str,
+        reply: Reply,
+    ) -> None:
+        record = envelope.records[0]
+        request = Delivery(
+            topic=protocol,
+            site_id=envelope.site_id,
+            device_index=envelope.device_index,
+            peer_id=peer_id,
+            kind=record.kind,
+            data=record.data,
+            sent_at_ms=envelope.timestamp_ms,
+        )
+        try:
+            answer = await handler(request)
+            data = self._seal_context(
+                _response_context(protocol, envelope.body + envelope.signature),
+                [_record(answer)],
+                MAX_STREAM_ENVELOPE_BYTES,
+            )
+        except ReportableError as exc:
+            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)
+            reply(None)
+        except Exception:
+            log.exception("%s: %s handler failed", self.name, protocol)
+            reply(None)
+        else:
+            reply(data)
+
+    # -- request / response ------------------------------------------------------
+
+    def handle(self, protocol: str, handler: RequestHandler) -> None:
+        """Answer requests on ``protocol`` (a libp2p protocol id) with ``handler``.
+
+        Only member devices reach the handler (signature, replay and peer binding
+        checked); raising a :class:`ReportableError` refuses the request.
+        """
+        bridge, node = self._running_node()
+        self._handlers[protocol] = handler
+        bridge.to_trio(node.handle, protocol)
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        message: WireMessage,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> Delivery:
+        """Send ``message`` to ``peer_id`` on a direct stream and return its signed answer.
+
+        Raises :class:`TimeoutExpired` after ``timeout_s``, :class:`PeerUnreachable`
+        if the peer is gone, :class:`RequestRejected` if it refused or answered
+        with an envelope that fails validation.
+        """
+        bridge, node = self._running_node()
+        frame = self._seal_context(protocol, [_record(message)], MAX_STREAM_ENVELOPE_BYTES)
+        try:
+            async with asyncio.timeout(timeout_s + BRIDGE_SLACK_S):
+                data = await bridge.run(node.request, peer_id, protocol, frame, timeout_s)
+        except (TimeoutError, trio.TooSlowError) as exc:
+            raise TimeoutExpired(f"{protocol} request to {peer_id} timed out") from exc
+        except RequestRefused as exc:
+            raise RequestRejected(f"{peer_id} refused {protocol}: {exc}") from exc
+        except PEER_ERRORS as exc:
+            raise PeerUnreachable(f"{peer_id} unreachable for {protocol}: {exc}") from exc
+        target = _peer_bytes(peer_id)
+        verdict = self._validator.check(
+            data,
+            context=_response_context(protocol, frame),
+            members=self._members,
+            sender_peer_id=target,
+            max_bytes=MAX_STREAM_ENVELOPE_BYTES,
+        )
+        if isinstance(verdict, Reason):
+            raise RequestRejected(
+                f"{peer_id} answered {protocol} with an invalid envelope: {verdict}"
+            )
+        record = verdict.records[0]
+        return Delivery(
+            topic=protocol,
+            site_id=verdict.site_id,
+            device_index=verdict.device_index,
+            peer_id=peer_id,
+            kind=record.kind,
+            data=record.data,
+            sent_at_ms=verdict.timestamp_ms,
+        )
+
+    # -- peers -------------------------------------------------------------------
+
+    async def wait_for_peer(self, peer_id: str, topic: Topic | str, *, timeout_s: float) -> None:
+        """Wait until ``peer_id`` is subscribed to ``topic`` as seen from here.
+
+        Raises :class:`TimeoutExpired` after ``timeout_s``.
+        """
+        bridge, node = self._running_node()
+        name = self._topic(topic)
+        try:
+            async with asyncio.timeout(timeout_s + BRIDGE_SLACK_S):
+                await bridge.run(node.wait_subscribed, peer_id, name, timeout_s)
+        except (TimeoutError, trio.TooSlowError) as exc:
+            raise TimeoutExpired(f"{peer_id} did not join {name} within {timeout_s}s") from exc
+
+    def peers(self) -> tuple[PeerRef, ...]:
+        """Connected peers that proved their device with a signed hello."""
+        return self._node.peers() if self._node is not None else ()
+
+    def events(self) -> EventStream:
+        """Peers joining and leaving from now on (``async for``); ends when the host stops."""
+        stream = EventStream(self, self.config.subscriber_queue)
+        if self._state in ("stopping", "stopped"):
+            stream.close()
+        return stream
+
+    def stats(self) -> NetStats:
+        snapshot = NetStats(**vars(self._stats))
+        snapshot.accepted = self._validator.accepted
+        snapshot.rejected = self._validator.counts()
+        snapshot.peers = len(self.peers())
+        return snapshot
+
+
+def _record(message: WireMessage) -> Record:
+    if message.KIND < FIRST_APP_KIND:
+        raise EnvelopeError(f"kind {message.KIND:#06x} is reserved for the net layer")
+    return Record(message.KIND, message.encode())
+
+
+def _response_context(protocol: str, request_frame: bytes) -> str:
+    return f"{protocol}#response/{hashlib.sha256(request_frame).hexdigest()[:32]}"
+
+
+def _peer_str(peer_id: bytes) -> str:
+    return str(ID(peer_id))
+
+
+def _peer_bytes(peer_id: str) -> bytes:
+    return ID.from_base58(peer_id).to_bytes()

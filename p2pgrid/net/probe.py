@@ -1,0 +1,328 @@
+"""A stand-alone agent process for multi-process tests and the latency benchmark.
+
+``python -m p2pgrid.net.probe --seed S --index I [--bootstrap ADDR ...]`` starts
+one host (device ``I`` of the site whose owner seed is ``S``), publishes a
+:class:`ProbeMsg` every ``--interval`` seconds on the site topic and prints JSON
+lines on stdout:
+
+- ``{"event": "listening", "peer_id", "addrs"}`` once it serves;
+- ``{"event": "heard", "from": index}`` the first time it hears a device (per run
+  of that device: a restarted sender is heard again);
+- ``{"event": "report", ...}`` at the end of a measured phase (see below);
+- ``{"event": "stopped"}`` when it exits.
+
+It reads commands, one JSON object per line, on stdin: ``{"cmd": "measure",
+"rate": R, "duration": D, "drain": T}`` publishes R messages/s for D seconds,
+waits T seconds and reports latency samples and counts; ``{"cmd": "stop"}`` or
+end of input stops it. ``--raw`` runs the same workload on plain py-libp2p
+gossipsub in ``trio.run`` (no bridge, no envelope, no signatures, no pacing),
+as the benchmark's baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+PROBE_KIND = 0x01F0
+_PROBE = struct.Struct(">IIBQq")  # sender, epoch, phase, seq, sent_ns
+PHASE_WARMUP = 0
+PHASE_MEASURE = 1
+RAW_TOPIC = "/p2pgrid-bench/raw"
+#: Gossipsub settings shared by both modes so the comparison is like for like.
+RAW_GOSSIP: dict[str, Any] = {
+    "degree": 6,
+    "degree_low": 4,
+    "degree_high": 12,
+    "heartbeat_interval": 1,
+    "adaptive_gossip_enabled": False,
+    "spam_protection_enabled": False,
+    "eclipse_protection_enabled": False,
+}
+
+
+@dataclass(frozen=True)
+class ProbeMsg:
+    KIND: ClassVar[int] = PROBE_KIND
+    sender: int
+    epoch: int
+    phase: int
+    seq: int
+    sent_ns: int
+
+    def encode(self) -> bytes:
+        return _PROBE.pack(self.sender, self.epoch, self.phase, self.seq, self.sent_ns)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        return cls(*_PROBE.unpack(data))
+
+
+def emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Tally:
+    """What one probe heard: first contact per (sender, epoch) and measured latencies."""
+
+    me: int
+    heard: set[tuple[int, int]] = field(default_factory=set)
+    latencies_ms: list[float] = field(default_factory=list)
+    received: dict[int, int] = field(default_factory=dict)
+
+    def add(self, msg: ProbeMsg) -> None:
+        if msg.sender == self.me:
+            return
+        if (msg.sender, msg.epoch) not in self.heard:
+            self.heard.add((msg.sender, msg.epoch))
+            emit(event="heard", **{"from": msg.sender})
+        if msg.phase == PHASE_MEASURE:
+            self.latencies_ms.append((time.time_ns() - msg.sent_ns) / 1e6)
+            self.received[msg.sender] = self.received.get(msg.sender, 0) + 1
+
+
+def report(tally: Tally, sent: int, extra: dict[str, Any]) -> None:
+    emit(
+        event="report",
+        sent=sent,
+        received=sum(tally.received.values()),
+        senders=len(tally.received),
+        latencies_ms=[round(x, 3) for x in tally.latencies_ms],
+        rss_mb=round(rss_mb(), 1),
+        **extra,
+    )
+
+
+async def _measure(
+    publish: Callable[[ProbeMsg], Any],
+    *,
+    me: int,
+    epoch: int,
+    rate: float,
+    duration: float,
+    sleep: Callable[[float], Any],
+) -> int:
+    """Publish ``rate`` messages/s for ``duration`` s on a fixed schedule; returns count."""
+    count = int(rate * duration)
+    start = time.monotonic()
+    for seq in range(count):
+        delay = start + seq / rate - time.monotonic()
+        if delay > 0:
+            await sleep(delay)
+        await publish(ProbeMsg(me, epoch, PHASE_MEASURE, seq, time.time_ns()))
+    return count
+
+
+# -- p2pgrid mode (asyncio) -------------------------------------------------------
+
+
+async def run_p2pgrid(args: argparse.Namespace) -> None:
+    from p2pgrid.identity import SiteOwner
+    from p2pgrid.net import DeviceKey, NetConfig, PeerHost, site_topic
+
+    owner = SiteOwner.from_seed(args.seed.encode())
+    topic = site_topic(owner.identity)
+    config = NetConfig(listen_port=args.port, bootstrap=tuple(args.bootstrap), muxer=args.muxer)
+    host = PeerHost(
+        config,
+        DeviceKey(owner.identity, args.index, owner.device_signer(args.index)),
+        [topic],
+        name=f"probe-{args.index}",
+    )
+    epoch = int.from_bytes(os.urandom(4), "big")
+    tally = Tally(args.index)
+    await host.start()
+    emit(event="listening", peer_id=host.peer_id, addrs=list(host.addrs))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def listen() -> None:
+        async for delivery in host.subscribe(topic):
+            tally.add(delivery.decode(ProbeMsg))
+
+    async def warmup() -> None:
+        seq = 0
+        while True:
+            await host.publish(
+                topic, ProbeMsg(args.index, epoch, PHASE_WARMUP, seq, time.time_ns())
+            )
+            seq += 1
+            await asyncio.sleep(args.interval)  # the probe's publishing schedule
+
+    async def publish(msg: ProbeMsg) -> None:
+        await host.publish(topic, msg)
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            listener = tasks.create_task(listen())
+            warm = tasks.create_task(warmup())
+            while line := await reader.readline():
+                command = json.loads(line)
+                if command["cmd"] == "stop":
+                    break
+                if command["cmd"] == "measure":
+                    warm.cancel()
+                    sent = await _measure(
+                        publish,
+                        me=args.index,
+                        epoch=epoch,
+                        rate=command["rate"],
+                        duration=command["duration"],
+                        sleep=asyncio.sleep,
+                    )
+                    await host.flush()
+                    await asyncio.sleep(command["drain"])  # let the last messages arrive
+                    stats = host.stats()
+                    report(
+                        tally,
+                        sent,
+                        {
+                            "envelopes": stats.published_envelopes,
+                            "gaps": stats.sequence_gaps,
+                            "drops": stats.subscriber_drops,
+                            "peers": stats.peers,
+                        },
+                    )
+            warm.cancel()
+            listener.cancel()
+    finally:
+        await host.stop()
+        emit(event="stopped")
+
+
+# -- raw py-libp2p mode (trio) ------------------------------------------------------
+
+
+async def run_raw(args: argparse.Namespace) -> None:
+    import hashlib
+
+    import multiaddr
+    import trio
+    from libp2p import create_mplex_muxer_option, create_yamux_muxer_option, new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    seed = hashlib.sha256(f"raw/{args.seed}/{args.index}".encode()).digest()
+    muxer = create_mplex_muxer_option() if args.muxer == "mplex" else create_yamux_muxer_option()
+    host = new_host(key_pair=create_new_key_pair(seed), muxer_opt=muxer)
+    gossipsub = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        **RAW_GOSSIP,
+    )
+    pubsub = Pubsub(host, gossipsub, strict_signing=True)
+    epoch = int.from_bytes(os.urandom(4), "big")
+    tally = Tally(args.index)
+    listen = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
+    async with (
+        host.run([listen]),
+        background_trio_service(pubsub),
+        background_trio_service(gossipsub),
+    ):
+        await pubsub.wait_until_ready()
+        sub = await pubsub.subscribe(RAW_TOPIC)
+        addrs = [str(a) for a in host.get_addrs()]
+        emit(event="listening", peer_id=str(host.get_id()), addrs=addrs)
+
+        async def connect(addr: str) -> None:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            while True:
+                with contextlib.suppress(Exception):
+                    await host.connect(info)
+                    return
+                await trio.sleep(0.25)  # retry a bootstrap peer that is not up yet
+
+        async def listen_loop() -> None:
+            while True:
+                msg = await sub.get()
+                tally.add(ProbeMsg.decode(msg.data))
+
+        async def publish(msg: ProbeMsg) -> None:
+            await pubsub.publish(RAW_TOPIC, msg.encode())
+
+        async def warmup(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                seq = 0
+                while True:
+                    await publish(ProbeMsg(args.index, epoch, PHASE_WARMUP, seq, time.time_ns()))
+                    seq += 1
+                    await trio.sleep(args.interval)
+
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        async with trio.open_nursery() as nursery:
+            for addr in args.bootstrap:
+                nursery.start_soon(connect, addr)
+            nursery.start_soon(listen_loop)
+            warm = await nursery.start(warmup)
+            buffer = b""
+            running = True
+            while running:
+                chunk = await stdin.receive_some(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    command = json.loads(line)
+                    if command["cmd"] == "stop":
+                        running = False
+                        break
+                    if command["cmd"] == "measure":
+                        warm.cancel()
+                        sent = await _measure(
+                            publish,
+                            me=args.index,
+                            epoch=epoch,
+                            rate=command["rate"],
+                            duration=command["duration"],
+                            sleep=trio.sleep,
+                        )
+                        await trio.sleep(command["drain"])
+                        report(tally, sent, {"peers": len(host.get_connected_peers())})
+            nursery.cancel_scope.cancel()
+    emit(event="stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m p2pgrid.net.probe")
+    parser.add_argument("--seed", required=True, help="site owner seed (test sites only)")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--bootstrap", action="append", default=[])
+    parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
+    parser.add_argument("--raw", action="store_true", help="plain py-libp2p baseline")
+    args = parser.parse_args(argv)
+    if args.raw:
+        import trio
+
+        trio.run(run_raw, args)
+    else:
+        asyncio.run(run_p2pgrid(args))
+
+
+if __name__ == "__main__":
+    main()

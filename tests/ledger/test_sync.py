@@ -1,0 +1,189 @@
+"""Anti-entropy and announcements over the in-memory LoopbackNetwork (a fake
+transport: no sockets; libp2p comes with p2pgrid.net)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pgrid.ledger import (
+    Author,
+    CarryOver,
+    LogWriter,
+    LoopbackNetwork,
+    MeterReading,
+    PeerUnreachable,
+    Replicator,
+    SyncProtocolError,
+    wire,
+)
+from p2pgrid.ledger.heads import Heads
+from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
+
+
+async def _write(site: Site, replicator: Replicator, device: int, n: int) -> None:
+    writer = LogWriter(replicator.store, site.owner.device_signer(device), Author.device(device))
+    for i in range(n):
+        entry = await writer.append(
+            MeterReading(T0_MS + i, 60, 5, 50), period=1, timestamp_ms=T0_MS + i
+        )
+        await replicator.publish([entry])
+
+
+async def test_announcements_reach_everyone(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a, b, c = [net.join(await open_store(n)) for n in "abc"]
+    await _write(site, a, 1, 3)
+    await _write(site, b, 2, 2)
+    assert a.store.digest() == b.store.digest() == c.store.digest()
+    assert a.store.heads().total == 5
+
+
+async def test_late_joiner_catches_up(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    b = net.join(await open_store("b"))
+    await _write(site, a, 1, 300)  # more than one range reply (MAX_RANGE_SEQS = 256)
+    await _write(site, b, 2, 10)
+    late = net.join(await open_store("late"))
+    report = await late.sync_with("a")
+    assert report.appended == 310
+    assert report.requests == 1 + 2 + 1  # heads, device 1 in two chunks, device 2
+    assert late.store.digest() == a.store.digest()
+    again = await late.sync_with("b")
+    assert (again.requests, again.appended) == (1, 0)
+
+
+async def test_restarted_agent_catches_up(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    b = net.join(await open_store("b"))
+    await _write(site, a, 1, 5)
+    await b.store.close()
+    net.leave("b")
+    await _write(site, a, 1, 5)
+    await _write(site, a, 2, 3)
+    b = net.join(await open_store("b"))
+    assert b.store.heads()[Author.device(1)].seq == 5
+    await b.sync_with("a")
+    assert b.store.digest() == a.store.digest()
+
+
+async def test_healed_partition_converges(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    reps = {n: net.join(await open_store(n)) for n in "abcd"}
+    await _write(site, reps["a"], 1, 2)
+    net.partition({"a", "b"}, {"c", "d"})
+    await _write(site, reps["a"], 1, 3)
+    await _write(site, reps["c"], 2, 4)
+    await _write(site, reps["d"], 3, 1)
+    assert reps["a"].store.digest() == reps["b"].store.digest() != reps["c"].store.digest()
+    with pytest.raises(PeerUnreachable):
+        await reps["a"].sync_with("c")
+    net.heal()
+    await reps["a"].sync_with("c")
+    await reps["c"].sync_with("a")
+    await reps["b"].sync_with("a")
+    await reps["d"].sync_with("c")
+    assert len({r.store.digest() for r in reps.values()}) == 1
+    assert reps["d"].store.heads().total == 10
+
+
+async def test_gap_after_announcement_is_pulled(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    b = net.join(await open_store("b"))
+    net.partition({"a"}, {"b"})
+    await _write(site, a, 1, 4)  # b misses these
+    net.heal()
+    await _write(site, a, 1, 1)  # b gets seq 5, holds it pending, pulls 1..4 from a
+    assert b.store.pending_count == 0
+    assert b.store.digest() == a.store.digest()
+
+
+async def test_forks_converge_and_are_flagged_everywhere(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    b = net.join(await open_store("b"))
+    chain = site.chain(Author.device(7))
+    base = [chain.next(CarryOver(i + 1)).raw for i in range(3)]
+    fork = chain.fork(CarryOver(99), at_seq=2)
+    fork_child = chain.sign(CarryOver(5), seq=3, prev=fork.id, ts=T0_MS + 9000)
+    fork_grandchild = chain.sign(CarryOver(6), seq=4, prev=fork_child.id, ts=T0_MS + 9001)
+    await a.store.ingest_many(base)
+    await b.store.ingest_many([base[0], fork.raw, fork_child.raw, fork_grandchild.raw])
+    assert a.store.equivocators == b.store.equivocators == frozenset()
+    await a.sync_with("b")
+    await b.sync_with("a")
+    assert a.store.digest() == b.store.digest()
+    assert a.store.equivocators == b.store.equivocators == {Author.device(7)}
+    assert a.store.heads().total == 6
+    # Once equal, a round moves nothing.
+    report = await a.sync_with("b")
+    assert (report.requests, report.received) == (1, 0)
+
+
+async def test_malformed_requests_get_an_error_reply(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    for bad in (b"", b"\x09\x01", wire.encode(wire.Announce(()))):
+        assert isinstance(wire.decode(await a.handle_request(bad)), wire.ErrorReply)
+    assert (await a.handle_announce(b"\x01\x01", from_peer="x")).results == ()
+
+
+async def test_bad_reply_is_a_retryable_protocol_error(site: Site, open_store: OpenStore) -> None:
+    class Liar:
+        async def request(self, peer: str, payload: bytes) -> bytes:
+            return b"\x01\x04junk"
+
+        async def publish(self, payload: bytes) -> None:
+            return None
+
+    rep = Replicator(await open_store("a"), Liar())
+    with pytest.raises(SyncProtocolError):
+        await rep.sync_with("liar")
+
+
+def test_wire_messages_round_trip() -> None:
+    heads = Heads()
+    messages: list[wire.Message] = [
+        wire.HeadsRequest(),
+        wire.HeadsReply(heads),
+        wire.RangeRequest(Author.device(3), 1, 9),
+        wire.RangeReply(9, (b"a", b"bc")),
+        wire.Announce((b"xyz",)),
+        wire.ErrorReply("nope"),
+    ]
+    for msg in messages:
+        assert wire.decode(wire.encode(msg)) == msg
+
+
+async def test_failed_gap_pull_is_left_to_the_next_round(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    b = net.join(await open_store("b"))
+    chain = site.chain(Author.device(1))
+    raws = [chain.next(CarryOver(i + 1)).raw for i in range(3)]
+    await a.store.ingest_many(raws)
+    net.leave("a")  # b cannot reach a for the pull
+    report = await b.handle_announce(wire.encode(wire.Announce((raws[2],))), from_peer="a")
+    assert [r.outcome.value for r in report.results] == ["pending"]
+    net.join(a.store)
+    await b.sync_with("a")
+    assert b.store.digest() == a.store.digest()
+    assert b.store.pending_count == 0
+
+
+async def test_concurrent_batches_and_queries(site: Site, open_store: OpenStore) -> None:
+    store = (net := LoopbackNetwork()).join(await open_store("a")).store
+    chains = [site.chain(Author.device(d)) for d in range(1, 5)]
+    batches = [[c.next(CarryOver(i + 1)).raw for i in range(30)] for c in chains]
+    async with asyncio.TaskGroup() as tg:
+        for batch in batches:
+            tg.create_task(store.ingest_many(batch[::-1]))
+            tg.create_task(store.ingest_many(batch))
+            tg.create_task(net.replicas["a"].handle_request(wire.encode(wire.HeadsRequest())))
+            tg.create_task(store.fetch_range(Author.device(1), 1, 30))
+    assert store.heads().total == 120
+    assert store.pending_count == 0

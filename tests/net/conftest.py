@@ -1,0 +1,86 @@
+"""Fixtures of the net tests: one trio bridge per session, sites, hosts and a test message."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+import pytest
+
+from p2pgrid.identity import SiteOwner
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge, site_topic
+
+
+@dataclass(frozen=True)
+class Note:
+    """A tiny application message for the tests."""
+
+    KIND: ClassVar[int] = 0x0101
+    n: int
+    text: str = ""
+
+    def encode(self) -> bytes:
+        return struct.pack(">Q", self.n) + self.text.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        (n,) = struct.unpack_from(">Q", data)
+        return cls(n, data[8:].decode())
+
+
+@pytest.fixture(scope="session")
+def owner() -> SiteOwner:
+    return SiteOwner.from_seed(b"p2pgrid-net-tests-site-a".ljust(32, b"."))
+
+
+@pytest.fixture(scope="session")
+def other_owner() -> SiteOwner:
+    return SiteOwner.from_seed(b"p2pgrid-net-tests-site-b".ljust(32, b"."))
+
+
+@pytest.fixture(scope="session")
+def topic(owner: SiteOwner) -> Topic:
+    return site_topic(owner.identity)
+
+
+@pytest.fixture(scope="session")
+async def bridge() -> AsyncIterator[TrioBridge]:
+    bridge = TrioBridge()
+    await bridge.start()
+    yield bridge
+    await bridge.stop()
+
+
+MakeHost = Callable[..., Awaitable[PeerHost]]
+
+
+@pytest.fixture
+async def make_host(bridge: TrioBridge, owner: SiteOwner, topic: Topic) -> AsyncIterator[MakeHost]:
+    """Start hosts on the shared bridge; every one is stopped after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(
+            index: int,
+            *,
+            signer_owner: SiteOwner | None = None,
+            site_owner: SiteOwner | None = None,
+            topics: list[Topic] | None = None,
+            **config: object,
+        ) -> PeerHost:
+            site = (site_owner or owner).identity
+            signer = (signer_owner or site_owner or owner).device_signer(index)
+            host = PeerHost(
+                NetConfig(**config),  # type: ignore[arg-type]
+                DeviceKey(site, index, signer),
+                topics or [topic],
+                bridge=bridge,
+                name=f"test-{index}",
+            )
+            await host.start()
+            stack.push_async_callback(host.stop)
+            return host
+
+        yield make

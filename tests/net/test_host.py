@@ -1,0 +1,210 @@
+"""Real py-libp2p hosts in this process (one shared trio bridge): pubsub, streams, validation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pgrid.errors import RetryableError
+from p2pgrid.identity import SiteOwner
+from p2pgrid.net import (
+    Delivery,
+    PeerHost,
+    PeerJoined,
+    PeerLeft,
+    RequestRejected,
+    Subscription,
+    Topic,
+    site_topic,
+)
+from tests.net.conftest import MakeHost, Note
+
+#: Deadline of each wait in these tests (they normally finish in milliseconds).
+WAIT_S = 10.0
+PROTOCOL = "/p2pgrid/test/echo/1"
+
+
+async def next_delivery(sub: Subscription) -> Delivery:
+    async with asyncio.timeout(WAIT_S):
+        return await sub.get()
+
+
+async def joined(a: PeerHost, b: PeerHost, topic: Topic) -> None:
+    await a.wait_for_peer(b.peer_id, topic, timeout_s=WAIT_S)
+    await b.wait_for_peer(a.peer_id, topic, timeout_s=WAIT_S)
+
+
+async def test_publish_subscribe_both_ways(make_host: MakeHost, topic: Topic) -> None:
+    a = await make_host(0)
+    b = await make_host(1, bootstrap=a.addrs)
+    await joined(a, b, topic)
+    sub_a, sub_b = a.subscribe(topic), b.subscribe(topic)
+    await b.publish(topic, Note(1, "from b"))
+    await a.publish(topic, Note(2, "from a"))
+    got_a, got_b = await next_delivery(sub_a), await next_delivery(sub_b)
+    assert got_a.decode(Note) == Note(1, "from b")
+    assert got_a.device_index == 1
+    assert got_b.decode(Note) == Note(2, "from a")
+    assert got_b.peer_id == a.peer_id
+
+
+async def test_burst_is_paced_and_batched_without_loss(make_host: MakeHost, topic: Topic) -> None:
+    a = await make_host(0)
+    b = await make_host(1, bootstrap=a.addrs, envelopes_per_s=10.0, envelope_burst=2)
+    await joined(a, b, topic)
+    sub = a.subscribe(topic)
+    for n in range(200):  # raw py-libp2p delivers ~16 of a 50-message burst
+        await b.publish(topic, Note(n))
+    received = [(await next_delivery(sub)).decode(Note).n for _ in range(200)]
+    assert received == list(range(200))
+    stats = b.stats()
+    assert stats.published_envelopes < 40  # batched: many records per envelope
+    assert a.stats().sequence_gaps == 0
+
+
+async def test_request_response_both_ways(make_host: MakeHost) -> None:
+    a = await make_host(0)
+    b = await make_host(1, bootstrap=a.addrs)
+
+    async def echo_for(host: PeerHost) -> None:
+        async def echo(request: Delivery) -> Note:
+            note = request.decode(Note)
+            return Note(note.n + 1, f"{host.name} saw device {request.device_index}")
+
+        host.handle(PROTOCOL, echo)
+
+    await echo_for(a)
+    await echo_for(b)
+    answer = await b.request(a.peer_id, PROTOCOL, Note(41))
+    assert answer.decode(Note) == Note(42, "test-0 saw device 1")
+    assert answer.device_index == 0
+    answer = await a.request(b.peer_id, PROTOCOL, Note(1))
+    assert answer.decode(Note) == Note(2, "test-1 saw device 0")
+
+
+async def test_request_to_a_gone_peer_fails_cleanly(make_host: MakeHost) -> None:
+    a = await make_host(0)
+    b = await make_host(1, bootstrap=a.addrs)
+
+    async def slow(request: Delivery) -> Note:
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError
+
+    a.handle(PROTOCOL, slow)
+    with pytest.raises(RetryableError, match="timed out"):
+        await b.request(a.peer_id, PROTOCOL, Note(1), timeout_s=0.5)
+    await a.stop()
+    with pytest.raises(RetryableError):
+        await b.request(a.peer_id, PROTOCOL, Note(1), timeout_s=2.0)
+
+
+async def test_handler_refusal_and_unknown_protocol(make_host: MakeHost) -> None:
+    a = await make_host(0)
+    b = await make_host(1, bootstrap=a.addrs)
+
+    async def refuse(request: Delivery) -> Note:
+        raise RequestRejected("no")
+
+    a.handle(PROTOCOL, refuse)
+    with pytest.raises(RequestRejected):
+        await b.request(a.peer_id, PROTOCOL, Note(1), timeout_s=WAIT_S)
+
+
+async def test_non_member_forgery_and_replay_are_rejected_and_counted(
+    make_host: MakeHost, topic: Topic, owner: SiteOwner, other_owner: SiteOwner
+) -> None:
+    victim = await make_host(0)
+    member = await make_host(1, bootstrap=victim.addrs)
+    # The attackers do not validate their own output (or they could not send it).
+    outsider = await make_host(
+        0, site_owner=other_owner, topics=[topic], bootstrap=victim.addrs, enforce_membership=False
+    )
+    forger = await make_host(
+        7, signer_owner=other_owner, bootstrap=victim.addrs, enforce_membership=False
+    )
+    for host in (member, outsider, forger):
+        await victim.wait_for_peer(host.peer_id, topic, timeout_s=WAIT_S)
+        await host.wait_for_peer(victim.peer_id, topic, timeout_s=WAIT_S)
+    sub = victim.subscribe(topic)
+
+    await outsider.publish(topic, Note(1, "outsider"))  # site b on site a's topic
+    await forger.publish(topic, Note(2, "forged"))  # claims device 7 of site a
+    sealed = member.seal(topic.name, [Note(3, "once")])
+    await member.publish_bytes(topic.name, sealed)
+    await member.publish_bytes(topic.name, sealed)  # replayed by its sender...
+    await forger.publish_bytes(topic.name, sealed)  # ...and by another peer
+    await member.publish(topic, Note(4, "marker"))
+
+    got = [(await next_delivery(sub)).decode(Note) for _ in range(2)]
+    assert got == [Note(3, "once"), Note(4, "marker")]
+    rejected = victim.stats().rejected
+    assert rejected["not_member"] == 1
+    assert rejected["bad_signature"] == 1
+    # The sender's own validator drops its replay; the forger's copy reaches the victim.
+    assert rejected["replay"] >= 1
+    assert member.stats().rejected["replay"] == 1
+
+
+async def test_peer_cannot_speak_for_another_device(make_host: MakeHost, topic: Topic) -> None:
+    victim = await make_host(0)
+    member = await make_host(1, bootstrap=victim.addrs)
+    relay = await make_host(2, bootstrap=victim.addrs, enforce_membership=False)
+    for host in (member, relay):
+        await victim.wait_for_peer(host.peer_id, topic, timeout_s=WAIT_S)
+    sub = victim.subscribe(topic)
+    stolen = member.seal(topic.name, [Note(5, "stolen")])  # never published by member
+    await relay.publish_bytes(topic.name, stolen)
+    await member.publish(topic, Note(6, "marker"))
+    assert (await next_delivery(sub)).decode(Note) == Note(6, "marker")
+    assert victim.stats().rejected["peer_mismatch"] == 1
+
+
+async def test_peer_events_and_alone_agent_waits(make_host: MakeHost, topic: Topic) -> None:
+    """B starts first with A's (fixed) address as bootstrap; joins once A appears."""
+    port = 47311
+    a_addr_probe = await make_host(0, listen_port=port)
+    a_addrs = a_addr_probe.addrs
+    await a_addr_probe.stop()  # A is gone; its peer id is stable (derived from the device key)
+
+    b = await make_host(1, bootstrap=a_addrs, reconnect_max_s=0.5)
+    events = b.events()
+    assert b.peers() == ()
+    a = await make_host(0, listen_port=port)
+    async with asyncio.timeout(WAIT_S):
+        event = await anext(events)
+    assert isinstance(event, PeerJoined)
+    assert event.peer.peer_id == a.peer_id
+    assert event.peer.device_index == 0
+    await a.stop()
+    async with asyncio.timeout(WAIT_S):
+        event = await anext(events)
+    assert isinstance(event, PeerLeft)
+    assert event.peer.peer_id == a.peer_id
+    a = await make_host(0, listen_port=port)  # restarts: B redials it
+    async with asyncio.timeout(WAIT_S):
+        event = await anext(events)
+    assert isinstance(event, PeerJoined)
+    await joined(a, b, topic)
+
+
+async def test_stop_is_idempotent_and_ends_iterators(make_host: MakeHost, topic: Topic) -> None:
+    a = await make_host(0)
+    sub = a.subscribe(topic)
+    events = a.events()
+    await a.stop()
+    await a.stop()
+    assert [d async for d in sub] == []
+    assert [e async for e in events] == []
+    with pytest.raises(RetryableError):
+        await a.publish(topic, Note(1))
+
+
+async def test_other_site_topics_are_separate(make_host: MakeHost, other_owner: SiteOwner) -> None:
+    other = site_topic(other_owner.identity)
+    a = await make_host(0, site_owner=other_owner, topics=[other])
+    b = await make_host(1, site_owner=other_owner, topics=[other], bootstrap=a.addrs)
+    await joined(a, b, other)
+    sub = a.subscribe(other)
+    await b.publish(other, Note(9))
+    assert (await next_delivery(sub)).decode(Note) == Note(9)
