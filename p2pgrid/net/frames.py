@@ -8,6 +8,7 @@ list of peers it knows (multiaddrs ending in ``/p2p/<peer id>``), each list a
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,21 @@ class FrameError(EnvelopeError):
 
 #: A peer that vanished, or one that sent a bad frame: the stream is done.
 STREAM_ERRORS: tuple[type[BaseException], ...] = (*PEER_ERRORS, FrameError)
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+async def close_stream(stream: _Closable) -> None:
+    """Close our end of a stream; a peer that is already gone is not an error.
+
+    py-libp2p 0.8.1's mplex raises ``RuntimeError("Failed to send close message
+    and Mplex isn't shutting down")`` when the connection died under the stream;
+    uncaught, it would take the whole host down.
+    """
+    with contextlib.suppress(*PEER_ERRORS, RuntimeError):
+        await stream.close()
 
 
 async def write_frame(stream: _Stream, data: bytes) -> None:

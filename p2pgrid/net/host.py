@@ -86,7 +86,10 @@ class NetStats:
     #: Envelopes known lost: holes in a sender's per-topic sequence numbers.
     sequence_gaps: int = 0
     accepted: int = 0
+    #: Rejected topic messages and requests, by reason (each message once).
     rejected: dict[str, int] = field(default_factory=dict)
+    #: Rejected hellos (a non-member or forger announcing itself), by reason.
+    rejected_hellos: dict[str, int] = field(default_factory=dict)
     peers: int = 0
 
 
@@ -129,6 +132,10 @@ class Subscription:
             return await self.__anext__()
         except StopAsyncIteration:
             raise NetClosed("subscription closed") from None
+
+    def pending(self) -> int:
+        """Deliveries received and not yet taken."""
+        return self._queue.qsize()
 
     def __enter__(self) -> Subscription:
         return self
@@ -200,6 +207,7 @@ class PeerHost:
         self._runner: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[None]] = set()  # request handlers in flight
         self._stop_requested = asyncio.Event()
         self._state = "new"
         self.peer_id = ""
@@ -259,7 +267,7 @@ class PeerHost:
                 self._loops.append(tasks.create_task(self._flush_loop(topic, pacer)))
             ready.set()
             await self._stop_requested.wait()
-            for task in self._loops:
+            for task in (*self._loops, *self._answering):  # an answer now would go nowhere
                 task.cancel()
 
     async def stop(self) -> None:
@@ -280,14 +288,17 @@ class PeerHost:
                 await self._bridge.run(self._node.stop)
         if self._owns_bridge and self._bridge is not None:
             await self._bridge.stop()
+        self._end_iterators()
+        self._state = "stopped"
+        log.info("%s: stopped", self.name)
+
+    def _end_iterators(self) -> None:
         for subs in self._subscriptions.values():
             for sub in list(subs):
                 sub.close()
         for queue in self._event_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-        self._state = "stopped"
-        log.info("%s: stopped", self.name)
 
     async def __aenter__(self) -> PeerHost:
         await self.start()
@@ -428,12 +439,22 @@ class PeerHost:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
+    def on_crash(self, error: BaseException) -> None:
+        """The libp2p host died: end subscriptions and event streams; calls now fail."""
+        if self._state != "running":
+            return
+        self._state = "crashed"
+        log.error("%s: the libp2p host crashed (%r); stop and restart the agent", self.name, error)
+        self._end_iterators()
+
     def on_request(self, protocol: str, envelope: Envelope, peer_id: str, reply: Reply) -> None:
         handler = self._handlers.get(protocol)
         if handler is None or self._tasks is None or self._state != "running":
             reply(None)
             return
-        self._tasks.create_task(self._answer(handler, protocol, envelope, peer_id, reply))
+        task = self._tasks.create_task(self._answer(handler, protocol, envelope, peer_id, reply))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
 
     async def _answer(
         self,
@@ -559,6 +580,7 @@ class PeerHost:
         snapshot = NetStats(**vars(self._stats))
         snapshot.accepted = self._validator.accepted
         snapshot.rejected = self._validator.counts()
+        snapshot.rejected_hellos = self._validator.counts(hellos=True)
         snapshot.peers = len(self.peers())
         return snapshot
 

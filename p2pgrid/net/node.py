@@ -43,6 +43,7 @@ from p2pgrid.net.frames import (
     PEER_ERRORS,
     STREAM_ERRORS,
     FrameError,
+    close_stream,
     Hello,
     read_frame,
     write_frame,
@@ -64,7 +65,11 @@ HELLO_KNOWN_PEERS = 32
 
 
 class RequestRefused(Exception):
-    """Trio-side: the remote closed the stream without answering."""
+    """Trio-side: the remote refused (an empty answer frame) or closed without answering."""
+
+
+#: The answer frame of a refused request: empty (a real answer is a signed envelope).
+REFUSAL = b""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class NodeEvents(Protocol):
     def on_delivery(self, topic: str, envelope: Envelope) -> None: ...
     def on_peer(self, joined: bool, peer: PeerRef) -> None: ...
     def on_request(self, protocol: str, envelope: Envelope, peer_id: str, reply: Reply) -> None: ...
+    def on_crash(self, error: BaseException) -> None: ...
 
 
 class _Notifee(INotifee):
@@ -176,6 +182,7 @@ class TrioNode:
         listen = multiaddr.Multiaddr(
             f"/ip4/{self._config.listen_host}/tcp/{self._config.listen_port}"
         )
+        serving = False
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -205,7 +212,15 @@ class TrioNode:
                         if self._config.mdns:
                             peerDiscovery.register_peer_discovered_handler(self._on_mdns)
                         task_status.started(self.listen_addrs)
+                        serving = True
                         await trio.sleep_forever()
+        except Exception as exc:
+            if not serving:
+                raise  # the start fails with it
+            # A py-libp2p task died (seen: mplex writing to a reset socket). The
+            # host is gone; the bridge and any other host on it live on.
+            log.exception("%s: the libp2p host crashed", self.name)
+            self._bridge.to_asyncio(self._events.on_crash, exc)
         finally:
             if self._config.mdns:
                 peerDiscovery.unregister_peer_discovered_handler(self._on_mdns)
@@ -302,7 +317,7 @@ class TrioNode:
                     await write_frame(stream, self._hello_bytes(peer_id))
                     data = await read_frame(stream, MAX_ENVELOPE_BYTES)
                 finally:
-                    await stream.close()
+                    await close_stream(stream)
             except STREAM_ERRORS as exc:
                 log.debug("%s: hello to %s failed: %s", self.name, peer_id, exc)
                 return
@@ -314,7 +329,7 @@ class TrioNode:
             try:
                 data = await read_frame(stream, MAX_ENVELOPE_BYTES)
                 await write_frame(stream, self._hello_bytes(peer_id))
-                await stream.close()
+                await close_stream(stream)
             except STREAM_ERRORS as exc:
                 log.debug("%s: hello from %s failed: %s", self.name, peer_id, exc)
                 return
@@ -326,6 +341,7 @@ class TrioNode:
             context=HELLO_PROTOCOL,
             members=self._members,
             sender_peer_id=peer_id.to_bytes(),
+            hello=True,
         )
         if isinstance(verdict, Reason):
             log.info("%s: rejected the hello of %s: %s", self.name, peer_id, verdict)
@@ -384,12 +400,15 @@ class TrioNode:
             try:
                 await write_frame(stream, frame)
                 try:
-                    return await read_frame(stream, MAX_STREAM_ENVELOPE_BYTES)
+                    answer = await read_frame(stream, MAX_STREAM_ENVELOPE_BYTES)
                 except FrameError as exc:
                     raise RequestRefused(str(exc)) from exc
+                if answer == REFUSAL:
+                    raise RequestRefused("the peer refused the request")
+                return answer
             finally:
                 with trio.move_on_after(1):
-                    await stream.close()
+                    await close_stream(stream)
 
     async def _serve_request(self, protocol: str, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
@@ -407,7 +426,8 @@ class TrioNode:
                 log.info(
                     "%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict
                 )
-                await stream.reset()
+                await write_frame(stream, REFUSAL)
+                await close_stream(stream)
                 return
             send, receive = trio.open_memory_channel[bytes | None](1)
             token = trio.lowlevel.current_trio_token()
@@ -425,11 +445,8 @@ class TrioNode:
             self._bridge.to_asyncio(self._events.on_request, protocol, verdict, str(peer_id), reply)
             with trio.fail_after(HANDLER_TIMEOUT_S):
                 answer = await receive.receive()
-            if answer is None:
-                await stream.reset()
-                return
-            await write_frame(stream, answer)
-            await stream.close()
+            await write_frame(stream, REFUSAL if answer is None else answer)
+            await close_stream(stream)
         except (*STREAM_ERRORS, trio.TooSlowError) as exc:  # type: ignore[misc]  # starred tuple
             log.info("%s: %s request from %s failed: %s", self.name, protocol, peer_id, exc)
             with trio.move_on_after(1):

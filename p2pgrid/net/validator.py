@@ -14,14 +14,18 @@ forwarded) and on every direct-stream frame. The checks, in order:
    signed the pubsub message / opened the stream (so no peer speaks for another
    device).
 
-Only accepted nonces are remembered, for twice the replay window.
+Only accepted nonces are remembered, for twice the replay window. py-libp2p
+does not mark a rejected message as seen, so every copy of it (one per
+forwarder) comes back here; a rejected message is counted once, by a bounded
+memory of recent rejections.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, parse
@@ -29,6 +33,8 @@ from p2pgrid.net.membership import Membership
 
 #: Accept envelopes whose timestamp is within this many seconds of our clock.
 REPLAY_WINDOW_S = 60.0
+#: Rejected messages remembered so that their other copies are not counted again.
+MAX_REMEMBERED_REJECTIONS = 4096
 
 
 class Reason(enum.StrEnum):
@@ -54,7 +60,9 @@ class EnvelopeValidator:
         self._clock = clock
         self._seen: dict[tuple[str, tuple[str, int, int, int]], int] = {}
         self._next_prune_ms = 0
-        self.rejected: Counter[Reason] = Counter()
+        self.rejected: Counter[Reason] = Counter()  # topic messages and requests
+        self.rejected_hellos: Counter[Reason] = Counter()  # peers' signed announcements
+        self._recent_rejections: OrderedDict[bytes, None] = OrderedDict()
         self.accepted = 0
 
     def check(
@@ -65,14 +73,28 @@ class EnvelopeValidator:
         members: Membership,
         sender_peer_id: bytes,
         max_bytes: int = MAX_ENVELOPE_BYTES,
+        hello: bool = False,
     ) -> Envelope | Reason:
-        """The accepted envelope, or the reason it was rejected (also counted)."""
+        """The accepted envelope, or the reason it was rejected (also counted, in
+        :attr:`rejected_hellos` for a peer's hello, else in :attr:`rejected`)."""
         verdict = self._check(data, context, members, sender_peer_id, max_bytes)
         if isinstance(verdict, Reason):
-            self.rejected[verdict] += 1
+            tally = self.rejected_hellos if hello else self.rejected
+            self._count_once(tally, verdict, data, context, sender_peer_id)
         else:
             self.accepted += 1
         return verdict
+
+    def _count_once(
+        self, tally: Counter[Reason], reason: Reason, data: bytes, context: str, sender: bytes
+    ) -> None:
+        key = hashlib.sha256(b"%b\0%b\0%b" % (context.encode(), sender, data)).digest()
+        if key in self._recent_rejections:
+            return  # another copy of a message already counted
+        self._recent_rejections[key] = None
+        if len(self._recent_rejections) > MAX_REMEMBERED_REJECTIONS:
+            self._recent_rejections.popitem(last=False)
+        tally[reason] += 1
 
     def _check(
         self,
@@ -113,6 +135,7 @@ class EnvelopeValidator:
         for nonce in expired:
             del self._seen[nonce]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, *, hellos: bool = False) -> dict[str, int]:
         """Rejections by reason, every reason present (zero if none)."""
-        return {reason.value: self.rejected[reason] for reason in Reason}
+        tally = self.rejected_hellos if hellos else self.rejected
+        return {reason.value: tally[reason] for reason in Reason}
