@@ -43,8 +43,8 @@ from p2pgrid.net.frames import (
     PEER_ERRORS,
     STREAM_ERRORS,
     FrameError,
-    close_stream,
     Hello,
+    close_stream,
     read_frame,
     write_frame,
 )
