@@ -1,0 +1,98 @@
+"""Billing periods as an explicit state machine, and a clock that can be compressed.
+
+A period (a month in real life) is a run of metering intervals (15 minutes in
+real life). :class:`PeriodClock` maps time to (period, interval); compressed,
+a whole period runs in seconds for the demo and tests, at full scale in real
+time. A period moves OPEN -> CLOSING -> CLOSED -> SETTLED, nothing else; each
+transition is checked against the table and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from p2pgrid.errors import ConfigError, FatalError
+
+log = logging.getLogger(__name__)
+
+REAL_INTERVAL_S: Final = 900.0  # 15-minute metering
+
+
+class PeriodState(enum.Enum):
+    OPEN = "open"  # metering; budget shares and sales allowed
+    CLOSING = "closing"  # last interval metered; trades drain, no new ones
+    CLOSED = "closed"  # the utility computes and issues invoices
+    SETTLED = "settled"  # every invoice paid or disputed and reported
+
+
+ALLOWED: Final[dict[PeriodState, frozenset[PeriodState]]] = {
+    PeriodState.OPEN: frozenset({PeriodState.CLOSING}),
+    PeriodState.CLOSING: frozenset({PeriodState.CLOSED}),
+    PeriodState.CLOSED: frozenset({PeriodState.SETTLED}),
+    PeriodState.SETTLED: frozenset(),
+}
+
+
+class TransitionError(FatalError):
+    """A transition that the table forbids: a bug, never a peer's doing."""
+
+
+@dataclass
+class BillingPeriod:
+    """One billing period of one participant (an agent or the utility)."""
+
+    number: int
+    owner: str  # who holds this state machine, for the log lines
+    state: PeriodState = PeriodState.OPEN
+    history: list[PeriodState] = field(default_factory=lambda: [PeriodState.OPEN])
+
+    def advance(self, to: PeriodState) -> None:
+        if to not in ALLOWED[self.state]:
+            raise TransitionError(
+                f"[{self.owner}] period {self.number}: {self.state.value} -> {to.value} forbidden"
+            )
+        log.info("[%s] period %d: %s -> %s", self.owner, self.number, self.state.value, to.value)
+        self.state = to
+        self.history.append(to)
+
+
+@dataclass(frozen=True)
+class PeriodClock:
+    """Time -> (period, interval). ``interval_s`` real seconds per metering
+    interval (900 in real life); ``start`` is the wall time of interval 0."""
+
+    intervals_per_period: int
+    interval_s: float = REAL_INTERVAL_S
+    start: float = 0.0
+    now: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.intervals_per_period < 1 or self.interval_s <= 0:
+            raise ConfigError("a period needs >= 1 interval and interval_s > 0")
+
+    def period_of(self, interval: int) -> int:
+        return interval // self.intervals_per_period
+
+    def first_interval(self, period: int) -> int:
+        return period * self.intervals_per_period
+
+    def is_last_of_period(self, interval: int) -> bool:
+        return (interval + 1) % self.intervals_per_period == 0
+
+    def current_interval(self) -> int:
+        return max(0, int((self.now() - self.start) // self.interval_s))
+
+    def time_of(self, interval: int) -> float:
+        return self.start + interval * self.interval_s
+
+    async def until_interval(self, interval: int) -> None:
+        """Return once interval ``interval`` has begun (a clock tick, not a sync)."""
+        delay = self.time_of(interval) - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)

@@ -1,0 +1,24 @@
+"""Meters: where a device's consumption and production readings come from."""
+
+from p2pgrid.meter.profiles import BDEW_PROFILES, INTERVALS_PER_DAY, bdew_profile, solar_profile
+from p2pgrid.meter.source import (
+    CsvSource,
+    MeterError,
+    MeterSource,
+    Reading,
+    SeriesSource,
+    to_integer_wh,
+)
+
+__all__ = [
+    "BDEW_PROFILES",
+    "INTERVALS_PER_DAY",
+    "CsvSource",
+    "MeterError",
+    "MeterSource",
+    "Reading",
+    "SeriesSource",
+    "bdew_profile",
+    "solar_profile",
+    "to_integer_wh",
+]
