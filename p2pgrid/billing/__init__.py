@@ -1,4 +1,4 @@
-"""Billing periods (state machine) and the clock that drives them."""
+"""Billing periods (state machine), the clock that drives them, tariffs and budget splits."""
 
 from p2pgrid.billing.period import (
     ALLOWED,
@@ -8,12 +8,24 @@ from p2pgrid.billing.period import (
     PeriodState,
     TransitionError,
 )
+from p2pgrid.billing.tariff import (
+    FlatTariff,
+    Tariff,
+    TimeOfUseTariff,
+    charge_msat,
+    split_budget,
+)
 
 __all__ = [
     "ALLOWED",
     "REAL_INTERVAL_S",
     "BillingPeriod",
+    "FlatTariff",
     "PeriodClock",
     "PeriodState",
+    "Tariff",
+    "TimeOfUseTariff",
     "TransitionError",
+    "charge_msat",
+    "split_budget",
 ]
