@@ -1,5 +1,14 @@
 """Billing periods (state machine), the clock that drives them, tariffs and budget splits."""
 
+from p2pgrid.billing.invoices import (
+    Bill,
+    bill,
+    invoice_memo,
+    invoice_preimage,
+    invoices_of,
+    metered_devices,
+    paid_hashes,
+)
 from p2pgrid.billing.period import (
     ALLOWED,
     REAL_INTERVAL_S,
@@ -19,6 +28,7 @@ from p2pgrid.billing.tariff import (
 __all__ = [
     "ALLOWED",
     "REAL_INTERVAL_S",
+    "Bill",
     "BillingPeriod",
     "FlatTariff",
     "PeriodClock",
@@ -26,6 +36,12 @@ __all__ = [
     "Tariff",
     "TimeOfUseTariff",
     "TransitionError",
+    "bill",
     "charge_msat",
+    "invoice_memo",
+    "invoice_preimage",
+    "invoices_of",
+    "metered_devices",
+    "paid_hashes",
     "split_budget",
 ]

@@ -164,10 +164,12 @@ class CarryOver(Body):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Invoice(Body):
-    """The utility invoices the site for the period (a BOLT11 invoice)."""
+    """The utility invoices ``device`` (or ALL_DEVICES: the whole site, per
+    contract) for the entry's period with a BOLT11 invoice: one per (device, period)."""
 
     KIND = EntryKind.INVOICE
     ROLES = _UTILITY
+    device: int = _wire(FieldType.U32)
     amount_msat: int = _wire(FieldType.U64)
     energy_wh: int = _wire(FieldType.U64)
     payment_hash: bytes = _wire(FieldType.HASH)

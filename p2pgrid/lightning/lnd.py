@@ -52,6 +52,7 @@ KEYSEND_RECORD = "5482373484"
 """The TLV record type that carries a keysend preimage."""
 
 _ALREADY_PAID = "invoice is already paid"
+_INVOICE_EXISTS = "invoice with payment hash already exists"
 _IN_FLIGHT = "payment is in transition"
 _EXPIRED = "invoice expired"
 _NOT_READY = (
@@ -341,18 +342,44 @@ class LndClient:
     # -- invoices --------------------------------------------------------------------------
 
     async def add_invoice(
-        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, private: bool = False
+        self,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        private: bool = False,
+        preimage: bytes | None = None,
     ) -> Invoice:
-        """Create an invoice. ``private`` adds route hints for private channels."""
+        """Create an invoice. ``private`` adds route hints for private channels.
+
+        With a ``preimage`` (32 bytes) the payment hash is its SHA-256, so the same
+        preimage always names the same invoice: adding it again returns the
+        invoice that exists (if amount and memo match) instead of a second one.
+        """
         if amount_msat <= 0:
             raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
-        body = {
+        body: dict[str, object] = {
             "value_msat": str(amount_msat),
             "memo": memo,
             "expiry": str(expiry_s),
             "private": private,
         }
-        raw = await self._call("POST", "/v1/invoices", body=body)
+        if preimage is not None:
+            if len(preimage) != 32:
+                raise InvoiceError("an invoice preimage is 32 bytes")
+            body["r_preimage"] = base64.b64encode(preimage).decode()
+        try:
+            raw = await self._call("POST", "/v1/invoices", body=body)
+        except LndApiError as exc:
+            if preimage is None or _INVOICE_EXISTS not in str(exc):
+                raise
+            existing = await self.lookup_invoice(hashlib.sha256(preimage).hexdigest())
+            if existing.value_msat != amount_msat or existing.memo != memo:
+                raise InvoiceError(
+                    f"{self.endpoint.name}: invoice {existing.payment_hash[:12]} exists with "
+                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}"
+                ) from exc
+            return existing
         return await self.lookup_invoice(_b64_to_hex(raw["r_hash"]))
 
     async def decode_invoice(self, payment_request: str) -> DecodedInvoice:

@@ -43,7 +43,13 @@ class LightningNode(Protocol):
     async def close_channel(self, channel_point: str, *, force: bool = False) -> str: ...
 
     async def add_invoice(
-        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, private: bool = False
+        self,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        private: bool = False,
+        preimage: bytes | None = None,
     ) -> Invoice: ...
     async def decode_invoice(self, payment_request: str) -> DecodedInvoice: ...
     async def lookup_invoice(self, payment_hash: str) -> Invoice: ...

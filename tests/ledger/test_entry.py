@@ -38,7 +38,7 @@ SAMPLES: list[tuple[Author, Body]] = [
     (Author.device(1), Share(2, 5_000, "fridge helps hvac")),
     (Author.device(1), Sale(4, 300, 30_000)),
     (Author.device(1), CarryOver(1_000)),
-    (Author.utility(), Invoice(9_000_000, 90_000, b"\x01" * 32, "lnbcrt90u1...")),
+    (Author.utility(), Invoice(2, 9_000_000, 90_000, b"\x01" * 32, "lnbcrt90u1...")),
     (Author.owner(), Payment(9_000_000, hashlib.sha256(PREIMAGE).digest(), PREIMAGE)),
     (Author.utility(), Curtailment(2**32 - 1, T0_MS, 3600, 1500)),
     (Author.device(2), Dispute(0, 1, 7, "reading too high")),

@@ -1,0 +1,131 @@
+"""The utility's per-period invoicing over Lightning.
+
+At a period's close the utility computes, from its replica of the site's log,
+each metered device's bill (:func:`p2pgrid.billing.bill`), creates one BOLT11
+invoice per (device, period) on its own lnd and records it in the log as an
+``invoice`` entry. The invoice's preimage is derived from the utility's secret
+and (site, device, period), so a utility that crashed between creating the lnd
+invoice and logging it re-creates the same invoice, never a second one; a
+(device, period) that already has an invoice entry is skipped.
+
+The utility must invoice period ``p`` before it writes any entry of ``p + 1``
+(its chain's periods never go back; see :class:`p2pgrid.ledger.LogWriter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+
+from p2pgrid.billing import (
+    Tariff,
+    bill,
+    invoice_memo,
+    invoice_preimage,
+    invoices_of,
+    metered_devices,
+)
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger import Entry, Invoice, LogStore, LogWriter
+from p2pgrid.lightning import InvoiceState, LightningNode
+
+log = logging.getLogger(__name__)
+
+#: How long a period's invoice stays payable (a day of modelled time is generous
+#: for agents that settle within seconds; a real deployment may want weeks).
+INVOICE_EXPIRY_S = 86_400
+
+
+class Collection(enum.Enum):
+    PAID = "paid"
+    OPEN = "open"  # not paid yet: retried by the agent, reported here
+    CANCELED = "canceled"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceStatus:
+    device: int
+    period: int
+    amount_msat: int
+    payment_hash: bytes
+    collection: Collection
+
+
+class Invoicer:
+    """Issues and follows the invoices of one site."""
+
+    def __init__(
+        self,
+        *,
+        site: SiteIdentity,
+        store: LogStore,
+        writer: LogWriter,
+        node: LightningNode,
+        tariff: Tariff,
+        secret: bytes,
+        name: str = "utility",
+        expiry_s: int = INVOICE_EXPIRY_S,
+    ) -> None:
+        self.site = site
+        self.store = store
+        self.writer = writer
+        self.node = node
+        self.tariff = tariff
+        self._secret = secret
+        self.name = name
+        self.expiry_s = expiry_s
+
+    async def invoice_period(self, period: int, *, timestamp_ms: int) -> list[Entry]:
+        """Invoice every metered device of ``period`` that has no invoice yet;
+        returns the invoice entries written now."""
+        entries = await self.store.entries(period=period)
+        written: list[Entry] = []
+        for device in metered_devices(entries, period):
+            if invoices_of(entries, device=device, period=period):
+                continue
+            due = bill(entries, device=device, period=period, tariff=self.tariff)
+            if due.amount_msat == 0:
+                continue
+            invoice = await self.node.add_invoice(
+                due.amount_msat,
+                invoice_memo(self.site.site_id, device, period),
+                expiry_s=self.expiry_s,
+                preimage=invoice_preimage(self._secret, self.site.site_id, device, period),
+            )
+            body = Invoice(
+                device=device,
+                amount_msat=due.amount_msat,
+                energy_wh=due.energy_wh,
+                payment_hash=bytes.fromhex(invoice.payment_hash),
+                bolt11=invoice.payment_request,
+            )
+            entry = await self.writer.append(body, period=period, timestamp_ms=timestamp_ms)
+            log.info(
+                "[%s] invoiced device %d for period %d: %d Wh, %d msat (%s...)",
+                self.name,
+                device,
+                period,
+                due.energy_wh,
+                due.amount_msat,
+                invoice.payment_hash[:12],
+            )
+            written.append(entry)
+        return written
+
+    async def status(self, period: int) -> list[InvoiceStatus]:
+        """Each invoice of ``period`` as lnd sees it: paid, open or canceled."""
+        out = []
+        for entry in await self.store.entries(period=period):
+            body = entry.body
+            if not isinstance(body, Invoice) or entry.author != self.writer.author:
+                continue
+            state = (await self.node.lookup_invoice(body.payment_hash.hex())).state
+            collection = {
+                InvoiceState.SETTLED: Collection.PAID,
+                InvoiceState.CANCELED: Collection.CANCELED,
+            }.get(state, Collection.OPEN)
+            out.append(
+                InvoiceStatus(body.device, period, body.amount_msat, body.payment_hash, collection)
+            )
+        return out

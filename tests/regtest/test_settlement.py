@@ -1,0 +1,169 @@
+"""Per-period invoices over real lnd: the utility invoices from its replica, the
+device agents check each invoice against their own replica before paying.
+
+Replicas here are merged by handing over exported entries (the transport is the
+net layer's business, tested elsewhere); the stores are real SQLite files, the
+payments real Lightning payments on the session's regtest stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pgrid.agent import InvoiceSettler, Settlement
+from p2pgrid.billing import FlatTariff, bill, invoice_memo, invoice_preimage
+from p2pgrid.ledger import Author, Dispute, Invoice, LogStore, LogWriter, MeterReading, Payment
+from p2pgrid.lightning import InvoiceState, LndClient
+from p2pgrid.regtest import Stack
+from p2pgrid.utility import Collection, Invoicer
+from tests.ledger.ledger_factory import T0_MS, Site
+
+TARIFF = FlatTariff(250_000)  # 250 sat/kWh
+SECRET = b"utility invoice secret for tests"
+QUARTER_MS = 900_000
+
+
+async def merge(into: LogStore, *sources: LogStore) -> None:
+    for source in sources:
+        await into.ingest_many(await source.export())
+
+
+async def meter(writer: LogWriter, period: int, wh: list[int]) -> None:
+    for i, energy in enumerate(wh):
+        reading = MeterReading(T0_MS + i * QUARTER_MS, 900, energy, energy * 250)
+        await writer.append(reading, period=period, timestamp_ms=T0_MS + i * QUARTER_MS)
+
+
+async def test_devices_pay_each_period_invoice_once_after_checking_it(
+    tmp_path: Path, stack: Stack, utility: LndClient, dev_a: LndClient, dev_b: LndClient
+) -> None:
+    site = Site.make(b"settlement test site")
+    period = 7
+    stores = {n: await site.open(tmp_path / f"{n}.db", n) for n in ("utility", "dev-a", "dev-b")}
+    try:
+        writers = {
+            "utility": LogWriter(stores["utility"], site.utility, Author.utility()),
+            "dev-a": LogWriter(stores["dev-a"], site.owner.device_signer(0), Author.device(0)),
+            "dev-b": LogWriter(stores["dev-b"], site.owner.device_signer(1), Author.device(1)),
+        }
+        await meter(writers["dev-a"], period, [400, 350, 1210])  # 1,960 Wh
+        await meter(writers["dev-b"], period, [90, 0, 33])  # 123 Wh
+        await merge(stores["utility"], stores["dev-a"], stores["dev-b"])
+        invoicer = Invoicer(
+            site=site.owner.identity,
+            store=stores["utility"],
+            writer=writers["utility"],
+            node=utility,
+            tariff=TARIFF,
+            secret=SECRET,
+        )
+        issued = await invoicer.invoice_period(period, timestamp_ms=T0_MS + 10 * QUARTER_MS)
+        assert [(e.body.device, e.body.amount_msat, e.body.energy_wh) for e in issued] == [  # type: ignore[union-attr]
+            (0, 490_000, 1960),
+            (1, 30_750, 123),
+        ]
+        assert await invoicer.invoice_period(period, timestamp_ms=T0_MS) == []  # once per period
+        for name in ("dev-a", "dev-b"):
+            await merge(stores[name], stores["utility"])
+
+        info = await utility.get_info()
+        before = {
+            n: (await c.channel_balance()).local_msat
+            for n, c in (("utility", utility), ("dev-a", dev_a), ("dev-b", dev_b))
+        }
+        fees = {}
+        for index, (name, node) in enumerate((("dev-a", dev_a), ("dev-b", dev_b))):
+            settler = InvoiceSettler(
+                device=index,
+                store=stores[name],
+                writer=writers[name],
+                node=node,
+                tariff=TARIFF,
+                utility_pubkey=info.pubkey,
+                name=name,
+            )
+            [result] = await settler.settle(period, now_period=period + 1, timestamp_ms=T0_MS)
+            assert result.outcome is Settlement.PAID, result.detail
+            fees[name] = result.fee_msat
+            [again] = await settler.settle(period, now_period=period + 1, timestamp_ms=T0_MS)
+            assert again.outcome is Settlement.ALREADY_PAID
+        await stack.wait_settled()  # the payee's side of the channel updates last
+        after = {
+            n: (await c.channel_balance()).local_msat
+            for n, c in (("utility", utility), ("dev-a", dev_a), ("dev-b", dev_b))
+        }
+        assert fees == {"dev-a": 0, "dev-b": 0}  # direct channels: no routing fee
+        assert before["dev-a"] - after["dev-a"] == 490_000
+        assert before["dev-b"] - after["dev-b"] == 30_750
+        assert after["utility"] - before["utility"] == 490_000 + 30_750
+
+        await merge(stores["utility"], stores["dev-a"], stores["dev-b"])
+        logged = await stores["utility"].entries()
+        proofs = [e.body for e in logged if isinstance(e.body, Payment)]
+        assert sorted(p.amount_msat for p in proofs) == [30_750, 490_000]
+        statuses = await invoicer.status(period)
+        assert {s.device: s.collection for s in statuses} == {
+            0: Collection.PAID,
+            1: Collection.PAID,
+        }
+
+        # A utility that crashed after creating an invoice re-creates the same one.
+        memo = invoice_memo(site.owner.identity.site_id, 0, period)
+        preimage = invoice_preimage(SECRET, site.owner.identity.site_id, 0, period)
+        same = await utility.add_invoice(490_000, memo, preimage=preimage)
+        assert same.payment_hash == issued[0].body.payment_hash.hex()  # type: ignore[union-attr]
+        assert same.state is InvoiceState.SETTLED
+    finally:
+        for store in stores.values():
+            await store.close()
+
+
+async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
+    tmp_path: Path, utility: LndClient, dev_a: LndClient
+) -> None:
+    site = Site.make(b"dispute test site")
+    period = 3
+    device_store = await site.open(tmp_path / "dev-a.db", "dev-a")
+    utility_store = await site.open(tmp_path / "utility.db", "utility")
+    try:
+        device_writer = LogWriter(device_store, site.owner.device_signer(0), Author.device(0))
+        utility_writer = LogWriter(utility_store, site.utility, Author.utility())
+        await meter(device_writer, period, [1000])
+        await merge(utility_store, device_store)
+        entries = await utility_store.entries()
+        due = bill(entries, device=0, period=period, tariff=TARIFF)
+        assert due.amount_msat == 250_000
+        # The utility bills 10% more than the log says.
+        inflated = await utility.add_invoice(275_000, "inflated")
+        await utility_writer.append(
+            Invoice(
+                0, 275_000, 1000, bytes.fromhex(inflated.payment_hash), inflated.payment_request
+            ),
+            period=period,
+            timestamp_ms=T0_MS,
+        )
+        await merge(device_store, utility_store)
+        before = (await dev_a.channel_balance()).local_msat
+        settler = InvoiceSettler(
+            device=0,
+            store=device_store,
+            writer=device_writer,
+            node=dev_a,
+            tariff=TARIFF,
+            utility_pubkey=(await utility.get_info()).pubkey,
+            name="dev-a",
+        )
+        [result] = await settler.settle(period, now_period=period, timestamp_ms=T0_MS)
+        assert result.outcome is Settlement.DISPUTED
+        assert "our log says 1000 Wh / 250000 msat" in result.detail
+        [again] = await settler.settle(period, now_period=period, timestamp_ms=T0_MS)
+        assert again.outcome is Settlement.ALREADY_DISPUTED
+        assert (await dev_a.channel_balance()).local_msat == before
+        assert (await utility.lookup_invoice(inflated.payment_hash)).state is InvoiceState.OPEN
+        disputes = [e.body for e in await device_store.entries() if isinstance(e.body, Dispute)]
+        assert len(disputes) == 1
+        assert disputes[0].target_seq == 1
+        await utility.cancel_invoice(inflated.payment_hash)
+    finally:
+        await device_store.close()
+        await utility_store.close()
