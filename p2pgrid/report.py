@@ -1,0 +1,142 @@
+"""The period report a site owner reads: a table and a picture (PNG).
+
+Per device: class, allocation, energy used and its cost, shares borrowed and
+given, energy bought and sold, carry-over, balance left, and the findings of
+the inefficiency view (:func:`p2pgrid.ledger.inefficiencies`): the devices that
+consume more than they should, against their own history and their class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rich.table import Table
+
+from p2pgrid.ledger import Inefficiency, LedgerView, inefficiencies
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceLine:
+    device: int
+    device_class: str
+    allocation_msat: int
+    energy_wh: int
+    spent_msat: int
+    overdraft_msat: int
+    borrowed_msat: int
+    given_msat: int
+    bought_wh: int
+    sold_wh: int
+    carried_out_msat: int
+    balance_msat: int
+    findings: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodReport:
+    site: str
+    period: int
+    lines: tuple[DeviceLine, ...]
+    invoiced_msat: int
+    paid_msat: int
+    disputes: int
+
+    @property
+    def wasteful(self) -> tuple[int, ...]:
+        """Devices flagged for using more than they should (not only for borrowing)."""
+        waste = {"exceeded_allocation", "above_history", "above_class"}
+        return tuple(line.device for line in self.lines if waste & set(line.findings))
+
+
+def period_report(view: LedgerView, period: int, *, site: str) -> PeriodReport:
+    found: dict[int, Inefficiency] = {f.device: f for f in inefficiencies(view, period)}
+    now = view.period(period)
+    lines = []
+    for device, acc in sorted(now.accounts.items()):
+        finding = found.get(device)
+        lines.append(
+            DeviceLine(
+                device=device,
+                device_class=view.device_classes.get(device, "?"),
+                allocation_msat=acc.allocation_msat + acc.carried_in_msat,
+                energy_wh=acc.energy_wh,
+                spent_msat=acc.spent_msat,
+                overdraft_msat=acc.overdraft_msat,
+                borrowed_msat=acc.received_msat,
+                given_msat=acc.given_msat,
+                bought_wh=acc.bought_wh,
+                sold_wh=acc.sold_wh,
+                carried_out_msat=acc.carried_out_msat,
+                balance_msat=acc.balance_msat,
+                findings=tuple(sorted(finding.findings)) if finding else (),
+            )
+        )
+    return PeriodReport(
+        site, period, tuple(lines), now.invoiced_msat, now.paid_msat, len(now.disputes)
+    )
+
+
+def _sat(msat: int) -> str:
+    return f"{msat / 1000:,.3f}"
+
+
+def report_table(report: PeriodReport) -> Table:
+    """The report as a rich table (amounts in sat, energy in Wh)."""
+    table = Table(
+        title=f"site {report.site}, period {report.period}",
+        caption=(
+            f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
+            f"{report.disputes} dispute(s)"
+        ),
+    )
+    for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "borrowed", "given",
+                 "bought Wh", "sold Wh", "carried", "left sat", "findings"):  # fmt: skip
+        table.add_column(name, justify="left" if name in {"class", "findings"} else "right")
+    for line in report.lines:
+        flagged = line.device in report.wasteful
+        table.add_row(
+            str(line.device),
+            line.device_class,
+            _sat(line.allocation_msat),
+            f"{line.energy_wh:,}",
+            _sat(line.spent_msat + line.overdraft_msat),
+            _sat(line.borrowed_msat),
+            _sat(line.given_msat),
+            f"{line.bought_wh:,}",
+            f"{line.sold_wh:,}",
+            _sat(line.carried_out_msat),
+            _sat(line.balance_msat),
+            ", ".join(line.findings) or "-",
+            style="bold red" if flagged else None,
+        )
+    return table
+
+
+def report_png(report: PeriodReport, path: Path) -> Path:
+    """Allocation against cost per device; wasteful devices in red. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file only
+    import matplotlib.pyplot as plt
+
+    labels = [f"{line.device}\n{line.device_class}" for line in report.lines]
+    xs = list(range(len(report.lines)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(xs) + 2), 4.0), dpi=100)
+    try:
+        ax.bar([x - 0.2 for x in xs], [ln.allocation_msat / 1000 for ln in report.lines],
+               width=0.4, label="allocation (sat)", color="#8fb3d9")  # fmt: skip
+        colors = ["#d9534f" if ln.device in report.wasteful else "#5cb85c" for ln in report.lines]
+        ax.bar([x + 0.2 for x in xs],
+               [(ln.spent_msat + ln.overdraft_msat) / 1000 for ln in report.lines],
+               width=0.4, label="energy cost (sat)", color=colors)  # fmt: skip
+        ax.set_xticks(xs, labels)
+        ax.set_ylabel("sat")
+        ax.set_title(f"site {report.site}, period {report.period} (red: uses more than it should)")
+        ax.legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path

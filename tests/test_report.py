@@ -1,0 +1,49 @@
+"""The period report: table rows from a real fold, and a PNG that decodes."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from rich.console import Console
+
+from p2pgrid.ledger import Allocation, Author, DeviceInfo, MeterReading, Share, fold
+from p2pgrid.report import period_report, report_png, report_table
+from tests.ledger.ledger_factory import T0_MS, Site
+
+
+def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -> None:
+    site = Site.make(b"report test")
+    owner = site.chain(Author.owner())
+    entries = [
+        owner.next(DeviceInfo(0, "fridge", "kitchen")),
+        owner.next(DeviceInfo(1, "fridge", "garage")),
+        owner.next(DeviceInfo(2, "fridge", "cellar")),
+    ]
+    entries += [owner.next(Allocation(d, 100_000)) for d in (0, 1, 2)]
+    for device, wh in ((0, 300), (1, 320), (2, 900)):
+        chain = site.chain(Author.device(device))
+        if device == 0:
+            entries.append(chain.next(Share(2, 40_000, "help"), ts=T0_MS + 10_000))
+        reading = MeterReading(T0_MS, 900, wh, wh * 250)
+        entries.append(chain.next(reading, ts=T0_MS + 20_000))  # after allocations and shares
+    report = period_report(fold(entries), 1, site="abc")
+    by_device = {line.device: line for line in report.lines}
+    assert by_device[2].findings == ("above_class", "borrowed", "exceeded_allocation")
+    assert by_device[2].borrowed_msat == 40_000
+    assert by_device[0].given_msat == 40_000
+    assert by_device[2].spent_msat + by_device[2].overdraft_msat == 225_000
+    assert report.wasteful == (2,)
+
+    console = Console(record=True, width=200)
+    console.print(report_table(report))
+    text = console.export_text()
+    assert "above_class, borrowed, exceeded_allocation" in text
+    assert "site abc, period 1" in text
+
+    png = report_png(report, tmp_path / "report.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 400
+    assert height == 400
