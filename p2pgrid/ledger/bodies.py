@@ -197,10 +197,11 @@ class Payment(Body):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Curtailment(Body):
-    """The utility asks ``device`` (or ALL_DEVICES) to stay under ``max_power_w``."""
+    """``device`` (or ALL_DEVICES) stays under ``max_power_w`` for a while: asked by
+    the utility, or recorded by a device that curtails itself for lack of budget."""
 
     KIND = EntryKind.CURTAILMENT
-    ROLES = _UTILITY
+    ROLES = frozenset({Role.UTILITY, Role.DEVICE})
     device: int = _wire(FieldType.U32)
     start_ms: int = _wire(FieldType.U64)
     duration_s: int = _wire(FieldType.U32)
@@ -208,6 +209,8 @@ class Curtailment(Body):
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("duration_s", self.duration_s)
+        if author_role is Role.DEVICE and self.device != author_index:
+            raise BodyError("a device can only curtail itself")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

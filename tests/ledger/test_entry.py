@@ -88,6 +88,7 @@ def test_same_content_signed_twice_has_one_id(site: Site) -> None:
         (Author.owner(), Payment(1, b"\x00" * 32, PREIMAGE)),  # preimage mismatch
         (Author.device(1), MeterReading(T0_MS, 0, 1, 1)),  # empty interval
         (Author.owner(), DeviceInfo(1, "", "")),
+        (Author.device(1), Curtailment(2, T0_MS, 900, 0)),  # curtails another device
     ],
 )
 def test_invalid_bodies_cannot_be_signed(site: Site, author: Author, body: Body) -> None:
