@@ -9,7 +9,11 @@ Measures, in one run on one machine:
    one sync reply), and its ratio to (1);
 3. the time for a fresh replica to sync all entries from a replica that holds
    them, through ``LoopbackNetwork`` -- the in-memory, in-process fake transport:
-   no sockets, no libp2p; every byte still goes through the wire codec.
+   no sockets, no libp2p; every byte still goes through the wire codec;
+4. the same over two REAL py-libp2p hosts (``NetReplica`` on ``PeerHost``, TCP on
+   127.0.0.1, Noise, mplex, signed envelopes), both in this process on one
+   TrioBridge: from the fresh replica's start (its peer-joined round) until its
+   digest equals the source's.
 
 Usage: .venv/bin/python bench/ledger_ingest.py [--entries 100000] [--devices 20]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import tempfile
 import time
@@ -37,6 +42,11 @@ from p2pgrid.ledger import (
     sign_entry,
 )
 from p2pgrid.ledger.entry import GENESIS_PREV
+from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
+
+#: Deadline of the sync over real hosts.
+NET_SYNC_TIMEOUT_S = 600.0
 
 BATCH = 256
 T0_MS = 1_700_000_000_000
@@ -113,9 +123,52 @@ async def run(total: int, devices: int) -> None:
                 f"(in-memory fake transport): {elapsed:.1f} s "
                 f"({report.appended / elapsed:,.0f} /s, {report.requests} requests)"
             )
+            over_net = await LogStore.open(Path(tmp) / "net.sqlite", membership, name="net")
+            try:
+                await sync_over_hosts(owner, source, over_net)
+            finally:
+                await over_net.close()
         finally:
             await fresh.close()
             await source.close()
+
+
+async def sync_over_hosts(owner: SiteOwner, source: LogStore, fresh: LogStore) -> None:
+    """Time a fresh NetReplica pulling everything from a serving one over real hosts."""
+    site = owner.identity
+    topic = log_net_topic(site, max_devices=64)
+    config = ReplicaConfig(anti_entropy_interval_s=3600.0)  # only the joined-peer round
+    bridge = TrioBridge()
+    await bridge.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            serving = PeerHost(
+                NetConfig(), DeviceKey(site, 0, owner.device_signer(0)), [topic], bridge=bridge
+            )
+            await stack.enter_async_context(serving)
+            client = PeerHost(
+                NetConfig(bootstrap=serving.addrs),
+                DeviceKey(site, 1, owner.device_signer(1)),
+                [topic],
+                bridge=bridge,
+            )
+            await stack.enter_async_context(client)
+            await stack.enter_async_context(NetReplica(source, serving, config))
+            start = time.perf_counter()
+            replica = await stack.enter_async_context(NetReplica(fresh, client, config))
+            target = source.digest()
+            async with asyncio.timeout(NET_SYNC_TIMEOUT_S):
+                await replica.wait_until(lambda: fresh.digest() == target)
+            elapsed = time.perf_counter() - start
+            stats = replica.stats()
+            n = fresh.heads().total
+            print(
+                f"fresh replica sync of {n} entries over 2 real py-libp2p hosts "
+                f"(TCP 127.0.0.1, one process): {elapsed:.1f} s ({n / elapsed:,.0f} /s, "
+                f"{stats.rounds} round(s), {stats.rounds_failed} failed)"
+            )
+    finally:
+        await bridge.stop()
 
 
 def main() -> None:

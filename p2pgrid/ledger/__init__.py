@@ -36,6 +36,17 @@ from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inef
 from p2pgrid.ledger.loopback import LoopbackNetwork, LoopbackTransport, PeerUnreachable
 from p2pgrid.ledger.membership import Membership, MembershipConfig
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
+from p2pgrid.ledger.replica import (
+    LOG_RECORD_KIND,
+    HostTransport,
+    LogRecord,
+    NetReplica,
+    ReplicaConfig,
+    ReplicaState,
+    ReplicaStats,
+    ReplicaStopped,
+    log_net_topic,
+)
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
@@ -50,6 +61,7 @@ from p2pgrid.ledger.writer import LogWriter
 
 __all__ = [
     "ALL_DEVICES",
+    "LOG_RECORD_KIND",
     "MAX_ENTRY_BYTES",
     "SYNC_PROTOCOL_ID",
     "Allocation",
@@ -68,12 +80,14 @@ __all__ = [
     "EntryKind",
     "Finding",
     "Heads",
+    "HostTransport",
     "Inefficiency",
     "IngestReport",
     "IngestResult",
     "Invoice",
     "LedgerError",
     "LedgerView",
+    "LogRecord",
     "LogStore",
     "LogWriter",
     "LoopbackNetwork",
@@ -82,11 +96,16 @@ __all__ = [
     "Membership",
     "MembershipConfig",
     "MeterReading",
+    "NetReplica",
     "Outcome",
     "Payment",
     "PeerUnreachable",
     "PeriodView",
     "RejectReason",
+    "ReplicaConfig",
+    "ReplicaState",
+    "ReplicaStats",
+    "ReplicaStopped",
     "Replicator",
     "Role",
     "Sale",
@@ -98,6 +117,7 @@ __all__ = [
     "decode_entry",
     "fold",
     "inefficiencies",
+    "log_net_topic",
     "log_topic",
     "sign_entry",
     "site_hash",

@@ -273,6 +273,27 @@ class LogStore:
             else:
                 seen.add(entry.id)
                 candidates.append((i, entry))
+        # Once started, a batch runs to its end even if the caller is cancelled
+        # (a replica stopping mid-pull): aiosqlite finishes every statement it was
+        # handed whatever happens to the awaiting task, so a cancel landing while
+        # COMMIT runs would otherwise roll the in-memory heads back under a
+        # committed batch.
+        batch = asyncio.ensure_future(self._write_batch(candidates, results))
+        cancelled = False
+        while not batch.done():
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                if batch.cancelled():
+                    raise
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return batch.result()
+
+    async def _write_batch(
+        self, candidates: list[tuple[int, Entry]], results: list[IngestResult | None]
+    ) -> IngestReport:
         async with self._lock:  # one batch at a time: gossip and pulls interleave
             if self._closed:
                 raise LedgerError(f"[{self.name}] store is closed")
@@ -302,7 +323,7 @@ class LogStore:
                 await self._conn.execute("ROLLBACK")
                 raise
         done = tuple(r for r in results if r is not None)
-        assert len(done) == len(raws)
+        assert len(done) == len(results)
         return IngestReport(done, tuple(appended))
 
     def _verify(self, raw: bytes) -> tuple[Entry | None, Reason | None]:

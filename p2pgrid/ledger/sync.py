@@ -1,10 +1,11 @@
 """Replication of the log: announce new entries, and anti-entropy.
 
 The network is behind :class:`SyncTransport` (request/response over a direct
-stream, and publish on the site's log topic); ``p2pgrid.net`` implements it over
-libp2p and :mod:`p2pgrid.ledger.loopback` in memory for tests. The network layer
-delivers inbound traffic to :meth:`Replicator.handle_request` and
-:meth:`Replicator.handle_announce`.
+stream, and publish on the site's log topic); :mod:`p2pgrid.ledger.replica`
+implements it over a libp2p host and :mod:`p2pgrid.ledger.loopback` in memory for
+tests. Inbound traffic goes to :meth:`Replicator.handle_request` and
+:meth:`Replicator.handle_announce` (or :meth:`Replicator.receive_announce`, which
+leaves the pull after a gap to the caller).
 
 Anti-entropy with one peer (:meth:`Replicator.sync_with`): ask for its heads;
 for each author whose entries this replica does not provably hold, pull the
@@ -80,6 +81,11 @@ class SyncReport:
     rejected: int
 
 
+def left_a_gap(report: IngestReport) -> bool:
+    """Whether an ingest held an entry pending: its predecessor must be pulled."""
+    return any(r.outcome is Outcome.PENDING for r in report.results)
+
+
 class Replicator:
     """Serves and pulls one store's log. Holds no tasks: the caller owns them."""
 
@@ -96,8 +102,9 @@ class Replicator:
         if entries:
             await self.transport.publish(encode(Announce(tuple(e.raw for e in entries))))
 
-    async def handle_announce(self, payload: bytes, from_peer: str | None) -> IngestReport:
-        """Ingest an announcement; if it leaves a gap, pull from its sender."""
+    async def receive_announce(self, payload: bytes, from_peer: str | None) -> IngestReport:
+        """Ingest an announcement, and only that: a gap it leaves is the caller's
+        to fill (see :meth:`handle_announce` and :func:`left_a_gap`)."""
         try:
             msg = decode(payload)
         except MalformedError as exc:
@@ -106,8 +113,12 @@ class Replicator:
         if not isinstance(msg, Announce):
             log.info("[%s] dropped non-announcement from %s", self.name, from_peer)
             return IngestReport((), ())
-        report = await self.store.ingest_many(msg.entries)
-        if from_peer is not None and any(r.outcome is Outcome.PENDING for r in report.results):
+        return await self.store.ingest_many(msg.entries)
+
+    async def handle_announce(self, payload: bytes, from_peer: str | None) -> IngestReport:
+        """Ingest an announcement; if it leaves a gap, pull from its sender now."""
+        report = await self.receive_announce(payload, from_peer)
+        if from_peer is not None and left_a_gap(report):
             log.info("[%s] gap after announcement from %s: pulling", self.name, from_peer)
             try:
                 await self.sync_with(from_peer)

@@ -1,0 +1,473 @@
+"""Replication of the log over real libp2p hosts (a :class:`p2pgrid.net.PeerHost`).
+
+The counterpart of :mod:`p2pgrid.ledger.loopback` for the real network: the
+:class:`Replicator` does the protocol, :class:`HostTransport` carries its bytes,
+and :class:`NetReplica` owns the tasks that feed it:
+
+- **gossip**: entries this agent wrote are published (``ANNOUNCE``) on the site's
+  log topic; announcements received there are ingested, and one that leaves a
+  gap makes this replica pull from its sender;
+- **anti-entropy**: with a peer of the same site when it joins, with a few
+  random peers every ``anti_entropy_interval_s``, and again (backing off) after a
+  round that failed. A late joiner, a restarted agent or a healed partition
+  thereby reaches the same log.
+
+Every sync message (the bytes of :mod:`p2pgrid.ledger.wire`) travels as one net
+record of kind :data:`LOG_RECORD_KIND`; the net layer signs and checks the
+envelope (member device of the site), :class:`Replicator` decodes the message
+once. The byte-level description is in docs/protocol-log.md, section 6.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import random
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, ClassVar, Self
+
+from p2pgrid.errors import ConfigError, RetryableError
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger.entry import Entry
+from p2pgrid.ledger.errors import LedgerError
+from p2pgrid.ledger.store import LogStore
+from p2pgrid.ledger.sync import (
+    SYNC_PROTOCOL_ID,
+    Replicator,
+    SyncProtocolError,
+    left_a_gap,
+    log_topic,
+)
+from p2pgrid.ledger.wire import MAX_ENTRIES_PER_MESSAGE
+from p2pgrid.net import (
+    Delivery,
+    EventStream,
+    PeerHost,
+    PeerJoined,
+    PeerLeft,
+    RequestRejected,
+    Subscription,
+    Topic,
+)
+from p2pgrid.net import Membership as NetMembership
+from p2pgrid.net.messages import WrongKind
+
+log = logging.getLogger(__name__)
+
+#: The net record kind of every log sync message (requests, replies, announcements).
+LOG_RECORD_KIND = 0x0200
+#: Largest ANNOUNCE published in one record; the pubsub envelope holds 64 KiB.
+MAX_ANNOUNCE_BYTES = 48 * 1024
+#: Deadline of one request/reply on the sync stream.
+SYNC_REQUEST_TIMEOUT_S = 30.0
+#: Deadline of one whole anti-entropy round with one peer (a fresh replica pulls
+#: ~100k entries in well under this).
+SYNC_ROUND_TIMEOUT_S = 300.0
+#: First delay before retrying a failed round with a peer; doubles up to the interval.
+RETRY_MIN_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One sync message (the encoding of :mod:`p2pgrid.ledger.wire`) as a net record."""
+
+    KIND: ClassVar[int] = LOG_RECORD_KIND
+    data: bytes
+
+    def encode(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        return cls(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaConfig:
+    """How a :class:`NetReplica` gossips and runs anti-entropy. Built once."""
+
+    #: Mean time between periodic anti-entropy rounds (jittered by +-50 %).
+    anti_entropy_interval_s: float = 10.0
+    #: Peers of the site pulled from in each periodic round, chosen at random.
+    peers_per_round: int = 2
+    #: Rounds with different peers that may run at the same time.
+    max_concurrent_rounds: int = 2
+    request_timeout_s: float = SYNC_REQUEST_TIMEOUT_S
+    round_timeout_s: float = SYNC_ROUND_TIMEOUT_S
+    #: TEST ONLY: drop this fraction of received announcements on receipt, as if
+    #: gossip had lost them (anti-entropy must make up for it). 0 in production.
+    gossip_loss: float = 0.0
+    #: Seed of the random choices (peers per round, jitter, gossip loss).
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gossip_loss <= 1.0:
+            raise ConfigError("gossip_loss must be within 0..1")
+        if self.anti_entropy_interval_s <= 0 or self.peers_per_round < 1:
+            raise ConfigError("anti_entropy_interval_s must be > 0 and peers_per_round >= 1")
+        if self.max_concurrent_rounds < 1:
+            raise ConfigError("max_concurrent_rounds must be >= 1")
+
+
+@dataclasses.dataclass
+class ReplicaStats:
+    """Counters of one :class:`NetReplica` (a snapshot from :meth:`NetReplica.stats`)."""
+
+    announced: int = 0  # entries this replica published
+    gossip_received: int = 0  # announcements received (before the test-only loss)
+    gossip_dropped: int = 0  # announcements dropped by ``gossip_loss``
+    gossip_appended: int = 0  # entries that joined the log from announcements
+    rounds: int = 0  # anti-entropy rounds completed
+    rounds_failed: int = 0
+    pulled_appended: int = 0  # entries that joined the log from anti-entropy
+    requests_served: int = 0
+
+
+class ReplicaState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS = {
+    ReplicaState.NEW: {ReplicaState.RUNNING, ReplicaState.STOPPED},
+    ReplicaState.RUNNING: {ReplicaState.STOPPING},
+    ReplicaState.STOPPING: {ReplicaState.STOPPED},
+    ReplicaState.STOPPED: set[ReplicaState](),
+}
+
+
+class ReplicaStopped(LedgerError):
+    """The replica is not running (a request reaching it is refused)."""
+
+
+def log_net_topic(
+    site: SiteIdentity, *, max_devices: int, extra_sites: Iterable[SiteIdentity] = ()
+) -> Topic:
+    """The net topic a site's log is announced on: give it to the :class:`PeerHost`.
+
+    Its members are the devices ``0..max_devices-1`` of the site and of
+    ``extra_sites`` (e.g. the utility's host, which runs under its own site
+    identity); a :class:`NetReplica` on this topic replicates with all of them.
+    Who may *author* entries is the log's membership, not this.
+    """
+    sites = frozenset({site, *extra_sites})
+    return Topic(log_topic(site.site_id), NetMembership(sites, max_devices))
+
+
+class HostTransport:
+    """:class:`~p2pgrid.ledger.sync.SyncTransport` over a :class:`PeerHost`."""
+
+    def __init__(self, host: PeerHost, topic: str, *, request_timeout_s: float) -> None:
+        self._host = host
+        self._topic = topic
+        self._timeout_s = request_timeout_s
+
+    async def request(self, peer: str, payload: bytes) -> bytes:
+        try:
+            reply = await self._host.request(
+                peer, SYNC_PROTOCOL_ID, LogRecord(payload), timeout_s=self._timeout_s
+            )
+            return reply.decode(LogRecord).data
+        except (RequestRejected, WrongKind) as exc:  # refused (e.g. not started yet)
+            raise SyncProtocolError(f"{peer}: {exc}") from exc
+
+    async def publish(self, payload: bytes) -> None:
+        await self._host.publish(self._topic, LogRecord(payload))
+
+
+class NetReplica:
+    """One agent's replica on the network: serves its log, gossips, runs anti-entropy.
+
+    The caller owns the store and the host: start the host, then the replica;
+    stop the replica, then the host, and close the store last.
+    """
+
+    def __init__(
+        self,
+        store: LogStore,
+        host: PeerHost,
+        config: ReplicaConfig,
+        *,
+        topic: Topic | str | None = None,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.config = config
+        site_id = store.membership.config.site.site_id
+        #: Sites whose hosts this replica gossips and syncs with: the topic's members.
+        self.sites = (
+            frozenset(s.site_id for s in topic.members.sites)
+            if isinstance(topic, Topic)
+            else frozenset({site_id})
+        )
+        if host.device.site.site_id not in self.sites:
+            raise ConfigError(f"[{store.name}] the host's site is not a member of the log topic")
+        name = topic if isinstance(topic, str) else topic.name if topic else log_topic(site_id)
+        self.topic = name
+        self.replicator = Replicator(
+            store, HostTransport(host, name, request_timeout_s=config.request_timeout_s)
+        )
+        self._rng = random.Random(config.seed)
+        self._stats = ReplicaStats()
+        self._state = ReplicaState.NEW
+        self._wanted: set[str] = set()  # peers to pull from as soon as a slot is free
+        self._syncing: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.max_concurrent_rounds)
+        self._changed = asyncio.Condition()
+        self._stop_requested = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._children: set[asyncio.Task[None]] = set()  # rounds and retry timers
+        self._subscription: Subscription | None = None
+        self._events: EventStream | None = None
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
+    def state(self) -> ReplicaState:
+        return self._state
+
+    def _move(self, state: ReplicaState) -> None:
+        if state not in _TRANSITIONS[self._state]:
+            raise LedgerError(f"[{self.name}] replica cannot go from {self._state} to {state}")
+        log.info("[%s] replica %s -> %s", self.name, self._state.value, state.value)
+        self._state = state
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe, serve sync requests, start the loops; returns once serving.
+
+        The host must be running and have the log topic (:func:`log_net_topic`).
+        """
+        if self._state is not ReplicaState.NEW:
+            raise LedgerError(f"[{self.name}] start called in state {self._state.value}")
+        if self.topic not in self.host.topics:
+            raise ConfigError(f"[{self.name}] the host is not on the log topic {self.topic}")
+        self._events = self.host.events()  # before the peer snapshot: no join is missed
+        self._subscription = self.host.subscribe(self.topic)
+        self.host.handle(SYNC_PROTOCOL_ID, self._serve)
+        self._move(ReplicaState.RUNNING)
+        ready = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(ready), name=f"replica-{self.name}")
+        await ready.wait()
+        for peer in self._site_peers():
+            self.request_sync(peer)
+        log.info("[%s] replica serving on %s", self.name, self.topic)
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        """Owns the replica's tasks: gossip, peer events, the scheduler, rounds."""
+        assert self._subscription is not None
+        assert self._events is not None
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            loops = [
+                tasks.create_task(self._gossip_loop(self._subscription)),
+                tasks.create_task(self._peer_loop(self._events)),
+                tasks.create_task(self._periodic_loop()),
+                tasks.create_task(self._schedule_loop()),
+            ]
+            ready.set()
+            await self._stop_requested.wait()
+            # Rounds in flight are cancelled too; a batch being written finishes
+            # first (LogStore.ingest_many is not interruptible once started).
+            for task in (*loops, *self._children):
+                task.cancel()
+        self._tasks = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a round or a retry timer in the replica's task group."""
+        if self._tasks is None or self._state is not ReplicaState.RUNNING:
+            coro.close()
+            return
+        task = self._tasks.create_task(coro)
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+
+    async def stop(self) -> None:
+        """Stop input (gossip, peer events, requests), end the rounds. Idempotent.
+
+        Does not stop the host nor close the store: their owner does, after this.
+        """
+        if self._state is ReplicaState.NEW:
+            self._move(ReplicaState.STOPPED)
+            return
+        if self._state is not ReplicaState.RUNNING:
+            if self._runner is not None:
+                await asyncio.shield(self._runner)
+            return
+        self._move(ReplicaState.STOPPING)
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._events is not None:
+            self._events.close()
+        self._stop_requested.set()
+        if self._runner is not None:
+            await self._runner
+        self._move(ReplicaState.STOPPED)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def __aenter__(self) -> NetReplica:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what agents and tests use -----------------------------------------------
+
+    async def publish(self, entries: Sequence[Entry]) -> None:
+        """Announce entries already in the store (written by this agent's LogWriter).
+
+        Best effort: if the host cannot publish now, anti-entropy spreads them later.
+        """
+        for chunk in _announce_chunks(entries):
+            try:
+                await self.replicator.publish(chunk)
+            except RetryableError as exc:
+                log.info("[%s] announcing %d entries failed: %s", self.name, len(chunk), exc)
+                return
+            self._stats.announced += len(chunk)
+        await self._notify()
+
+    def request_sync(self, peer: str) -> None:
+        """Run an anti-entropy round with ``peer`` soon (coalesced with one pending)."""
+        if self._state is ReplicaState.RUNNING:
+            self._wanted.add(peer)
+            self._wake.set()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, checked whenever this replica changed
+        the log (gossip, a round, a publish). The caller applies the deadline."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate() or self._stopped())
+
+    def stats(self) -> ReplicaStats:
+        return dataclasses.replace(self._stats)
+
+    # -- inbound -----------------------------------------------------------------
+
+    async def _serve(self, request: Delivery) -> LogRecord:
+        """The handler of SYNC_PROTOCOL_ID on the host: one request, one reply."""
+        if self._state is not ReplicaState.RUNNING:
+            raise ReplicaStopped(f"[{self.name}] replica is {self._state.value}")
+        if request.site_id not in self.sites:
+            raise LedgerError(f"[{self.name}] {request.peer_id} belongs to another site")
+        reply = await self.replicator.handle_request(request.decode(LogRecord).data)
+        self._stats.requests_served += 1
+        return LogRecord(reply)
+
+    async def _gossip_loop(self, subscription: Subscription) -> None:
+        async for delivery in subscription:
+            if delivery.site_id not in self.sites or delivery.kind != LOG_RECORD_KIND:
+                continue
+            self._stats.gossip_received += 1
+            if self.config.gossip_loss and self._rng.random() < self.config.gossip_loss:
+                self._stats.gossip_dropped += 1
+                continue
+            report = await self.replicator.receive_announce(delivery.data, delivery.peer_id)
+            self._stats.gossip_appended += len(report.appended)
+            if left_a_gap(report):
+                log.info("[%s] gap after announcement from %s", self.name, delivery.peer_id)
+                self.request_sync(delivery.peer_id)
+            if report.appended:
+                await self._notify()
+
+    async def _peer_loop(self, events: EventStream) -> None:
+        async for event in events:
+            peer = event.peer
+            if peer.site_id not in self.sites:
+                continue
+            if isinstance(event, PeerJoined):
+                log.info("[%s] peer %s joined: syncing", self.name, peer.peer_id)
+                self._failures.pop(peer.peer_id, None)
+                self.request_sync(peer.peer_id)
+            elif isinstance(event, PeerLeft):
+                self._wanted.discard(peer.peer_id)
+
+    # -- anti-entropy ------------------------------------------------------------
+
+    def _site_peers(self) -> list[str]:
+        return [p.peer_id for p in self.host.peers() if p.site_id in self.sites]
+
+    async def _periodic_loop(self) -> None:
+        interval = self.config.anti_entropy_interval_s
+        while True:
+            # A timer, not a synchronisation: rounds are due every ``interval``.
+            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
+            peers = self._site_peers()
+            for peer in self._rng.sample(peers, min(self.config.peers_per_round, len(peers))):
+                self.request_sync(peer)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for peer in sorted(self._wanted - self._syncing):
+                self._wanted.discard(peer)
+                self._syncing.add(peer)
+                self._spawn(self._round(peer))
+
+    async def _round(self, peer: str) -> None:
+        try:
+            async with self._slots:
+                async with asyncio.timeout(self.config.round_timeout_s):
+                    report = await self.replicator.sync_with(peer)
+        except (RetryableError, TimeoutError) as exc:
+            self._stats.rounds_failed += 1
+            fails = self._failures[peer] = self._failures.get(peer, 0) + 1
+            log.info("[%s] sync with %s failed (%d in a row): %s", self.name, peer, fails, exc)
+            self._spawn(self._retry_later(peer, fails))
+        else:
+            self._stats.rounds += 1
+            self._failures.pop(peer, None)
+            if report.appended:
+                self._stats.pulled_appended += report.appended
+                log.info("[%s] pulled %d entries from %s", self.name, report.appended, peer)
+                await self._notify()
+        finally:
+            self._syncing.discard(peer)
+            if peer in self._wanted:
+                self._wake.set()
+
+    async def _retry_later(self, peer: str, fails: int) -> None:
+        delay = min(RETRY_MIN_S * 2 ** (fails - 1), self.config.anti_entropy_interval_s)
+        await asyncio.sleep(delay)  # a back-off timer
+        if peer in self._site_peers():
+            self.request_sync(peer)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _stopped(self) -> bool:
+        return self._state is ReplicaState.STOPPED
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def _announce_chunks(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """Split entries into announcements that fit one pubsub record."""
+    chunks: list[list[Entry]] = []
+    size = 0
+    for entry in entries:
+        cost = len(entry.raw) + 4
+        if (
+            not chunks
+            or size + cost > MAX_ANNOUNCE_BYTES
+            or (len(chunks[-1]) >= MAX_ENTRIES_PER_MESSAGE)
+        ):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += cost
+    return chunks

@@ -1,0 +1,223 @@
+"""Replication of the log over REAL py-libp2p hosts (TCP on 127.0.0.1, Noise, mplex,
+GossipSub): ten agents, each a LogStore on its own SQLite file, a PeerHost and a
+NetReplica, all in this process on one shared TrioBridge (trio allows one guest
+run per thread). Waits are on events (NetReplica.wait_until) under deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.ledger import (
+    Author,
+    Entry,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    NetReplica,
+    ReplicaConfig,
+    log_net_topic,
+)
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from tests.ledger.ledger_factory import T0_MS, Site
+
+pytestmark = pytest.mark.slow
+
+AGENTS = 10
+#: Deadline for every replica to reach the reference digest.
+CONVERGE_S = 45.0
+#: Deadline for a host to see the hub on the log topic.
+JOIN_S = 20.0
+#: Every agent dials the hub (agent 0) and its predecessor; hellos spread the rest.
+BOOTSTRAP = {i: sorted({0, i - 1} - {i}) for i in range(AGENTS + 1)}
+
+
+@dataclasses.dataclass
+class Agent:
+    index: int
+    path: Path
+    store: LogStore
+    host: PeerHost
+    replica: NetReplica
+    writer: LogWriter
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+
+@dataclasses.dataclass
+class Cluster:
+    """The agents of one test; every one is stopped (replica, host, store) at the end."""
+
+    site: Site
+    bridge: TrioBridge
+    topic: Topic
+    tmp_path: Path
+    stack: AsyncExitStack
+    agents: dict[int, Agent] = dataclasses.field(default_factory=dict)
+    written: list[Entry] = dataclasses.field(default_factory=list)
+
+    async def start(self, index: int, config: ReplicaConfig, *, offline_writes: int = 0) -> Agent:
+        """Open (or reopen) agent ``index``'s store, write offline, then go online."""
+        path = self.tmp_path / f"agent-{index}.sqlite"
+        store = await self.site.open(path, f"agent-{index}")
+        self.stack.push_async_callback(store.close)
+        author = Author.device(index)
+        writer = LogWriter(store, self.site.owner.device_signer(index), author)
+        for _ in range(offline_writes):  # never announced: only anti-entropy spreads them
+            self.written.append(await _append(writer))
+        bootstrap = tuple(
+            addr
+            for peer in BOOTSTRAP[index]
+            if peer in self.agents and self.agents[peer].host.peer_id
+            for addr in self.agents[peer].host.addrs
+        )
+        host = PeerHost(
+            NetConfig(bootstrap=bootstrap),
+            DeviceKey(self.site.owner.identity, index, self.site.owner.device_signer(index)),
+            [self.topic],
+            bridge=self.bridge,
+            name=f"agent-{index}",
+        )
+        await host.start()
+        self.stack.push_async_callback(host.stop)
+        replica = NetReplica(store, host, config, topic=self.topic)
+        await replica.start()
+        self.stack.push_async_callback(replica.stop)
+        agent = Agent(index, path, store, host, replica, writer)
+        self.agents[index] = agent
+        return agent
+
+    async def stop(self, index: int) -> None:
+        """Take an agent off the network and close its database (in that order)."""
+        agent = self.agents.pop(index)
+        await agent.replica.stop()
+        await agent.host.stop()
+        await agent.store.close()
+
+    async def joined_hub(self) -> None:
+        hub = self.agents[0].host
+        for agent in self.agents.values():
+            if agent.index != 0:
+                await agent.host.wait_for_peer(hub.peer_id, self.topic, timeout_s=JOIN_S)
+                await hub.wait_for_peer(agent.host.peer_id, self.topic, timeout_s=JOIN_S)
+
+    async def write(self, indexes: Iterable[int], per_agent: int) -> None:
+        """Each listed agent appends and announces ``per_agent`` entries, concurrently."""
+
+        async def one(agent: Agent) -> None:
+            for _ in range(per_agent):
+                entry = await _append(agent.writer)
+                self.written.append(entry)
+                await agent.replica.publish([entry])
+
+        async with asyncio.TaskGroup() as tg:
+            for index in indexes:
+                tg.create_task(one(self.agents[index]))
+
+    async def reference_digest(self) -> bytes:
+        """The digest of a log holding exactly the entries written (in a fresh store)."""
+        ordered = sorted(self.written, key=lambda e: (e.author, e.seq))
+        async with await self.site.open(self.tmp_path / "reference.sqlite") as ref:
+            await ref.ingest_many([e.raw for e in ordered])
+            assert ref.heads().total == len(self.written)
+            return ref.digest()
+
+    async def converged(self) -> None:
+        """Wait until every running replica holds exactly the entries written."""
+        digest = await self.reference_digest()
+
+        async def one(agent: Agent) -> None:
+            await agent.replica.wait_until(lambda: agent.store.digest() == digest)
+
+        try:
+            async with asyncio.timeout(CONVERGE_S), asyncio.TaskGroup() as tg:
+                for agent in self.agents.values():
+                    tg.create_task(one(agent))
+        except TimeoutError:
+            lagging = {
+                a.name: a.store.heads().total
+                for a in self.agents.values()
+                if a.store.digest() != digest
+            }
+            pytest.fail(f"of {len(self.written)} entries, after {CONVERGE_S}s: {lagging}")
+        assert {a.store.digest() for a in self.agents.values()} == {digest}
+
+
+async def _append(writer: LogWriter) -> Entry:
+    seq = writer.store.next_position(writer.author)[0]
+    ts = T0_MS + 60_000 * seq
+    return await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
+
+
+@pytest.fixture(scope="module")
+async def bridge() -> AsyncIterator[TrioBridge]:
+    """One trio guest run for this module's hosts. Module-scoped, so that it has
+    ended before tests/net starts its own session bridge (one run per thread)."""
+    bridge = TrioBridge()
+    await bridge.start()
+    yield bridge
+    await bridge.stop()
+
+
+@pytest.fixture
+async def cluster(site: Site, bridge: TrioBridge, tmp_path: Path) -> AsyncIterator[Cluster]:
+    topic = log_net_topic(site.owner.identity, max_devices=64)
+    async with AsyncExitStack() as stack:
+        yield Cluster(site, bridge, topic, tmp_path, stack)
+
+
+def _config(index: int, *, gossip_loss: float = 0.0) -> ReplicaConfig:
+    return ReplicaConfig(
+        anti_entropy_interval_s=1.5,
+        peers_per_round=1,
+        max_concurrent_rounds=2,
+        gossip_loss=gossip_loss,
+        seed=index,
+    )
+
+
+async def test_ten_agents_converge_despite_lost_gossip(cluster: Cluster) -> None:
+    for i in range(AGENTS):
+        await cluster.start(i, _config(i, gossip_loss=0.3))
+    await cluster.joined_hub()
+    await cluster.write(range(AGENTS), per_agent=12)
+    await cluster.converged()
+    stats = [a.replica.stats() for a in cluster.agents.values()]
+    assert sum(s.gossip_dropped for s in stats) > 0  # the loss really happened...
+    assert sum(s.gossip_appended for s in stats) > 0  # ...gossip carried some...
+    assert sum(s.pulled_appended for s in stats) > 0  # ...and anti-entropy the rest
+
+
+async def test_restarted_agents_and_a_late_joiner_converge(cluster: Cluster) -> None:
+    for i in range(AGENTS):
+        await cluster.start(i, _config(i))
+    await cluster.joined_hub()
+    await cluster.write(range(AGENTS), per_agent=5)
+    await cluster.converged()
+    # Partition: agents 7-9 go down (their files stay); the others keep writing.
+    down = [7, 8, 9]
+    held_when_down = {i: cluster.agents[i].store.heads().total for i in down}
+    for i in down:
+        await cluster.stop(i)
+    await cluster.write(range(7), per_agent=10)
+    await cluster.converged()
+    # Heal: they come back on the same SQLite files, having written while offline;
+    # a fresh agent joins too.
+    for i in down:
+        agent = await cluster.start(i, _config(i), offline_writes=3)
+        assert agent.store.heads().total == held_when_down[i] + 3
+    await cluster.start(AGENTS, _config(AGENTS))
+    await cluster.converged()
+    assert len(cluster.agents) == AGENTS + 1
+    assert cluster.agents[AGENTS].store.heads().total == len(cluster.written) == 50 + 70 + 9
+    assert all(
+        a.replica.stats().pulled_appended > 0 for i, a in cluster.agents.items() if i in down
+    )
