@@ -11,11 +11,14 @@ from p2pgrid.billing.invoices import (
 )
 from p2pgrid.billing.period import (
     ALLOWED,
+    METER_INTERVAL_S,
+    MODEL_EPOCH_MS,
     REAL_INTERVAL_S,
     BillingPeriod,
     PeriodClock,
     PeriodState,
     TransitionError,
+    model_ms,
 )
 from p2pgrid.billing.tariff import (
     FlatTariff,
@@ -27,6 +30,8 @@ from p2pgrid.billing.tariff import (
 
 __all__ = [
     "ALLOWED",
+    "METER_INTERVAL_S",
+    "MODEL_EPOCH_MS",
     "REAL_INTERVAL_S",
     "Bill",
     "BillingPeriod",
@@ -42,6 +47,7 @@ __all__ = [
     "invoice_preimage",
     "invoices_of",
     "metered_devices",
+    "model_ms",
     "paid_hashes",
     "split_budget",
 ]

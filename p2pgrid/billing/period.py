@@ -22,6 +22,15 @@ from p2pgrid.errors import ConfigError, FatalError
 log = logging.getLogger(__name__)
 
 REAL_INTERVAL_S: Final = 900.0  # 15-minute metering
+#: Length of a metering interval in modelled time, as the log records it.
+METER_INTERVAL_S: Final = 900
+#: Modelled time of metering interval 0: 2024-01-01 00:00 UTC (the profiles' year).
+MODEL_EPOCH_MS: Final = 1_704_067_200_000
+
+
+def model_ms(model_interval: int) -> int:
+    """Modelled wall time (UTC, ms) of the start of metering interval ``model_interval``."""
+    return MODEL_EPOCH_MS + model_interval * METER_INTERVAL_S * 1000
 
 
 class PeriodState(enum.Enum):

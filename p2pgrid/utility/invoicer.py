@@ -66,6 +66,7 @@ class Invoicer:
         secret: bytes,
         name: str = "utility",
         expiry_s: int = INVOICE_EXPIRY_S,
+        overcharge_pct: dict[tuple[int, int], int] | None = None,
     ) -> None:
         self.site = site
         self.store = store
@@ -75,6 +76,9 @@ class Invoicer:
         self._secret = secret
         self.name = name
         self.expiry_s = expiry_s
+        #: TEST ONLY: bill (device, period) this many percent above the log, so
+        #: that end-to-end tests see an agent dispute a wrong invoice.
+        self.overcharge_pct = overcharge_pct or {}
 
     async def invoice_period(self, period: int, *, timestamp_ms: int) -> list[Entry]:
         """Invoice every metered device of ``period`` that has no invoice yet;
@@ -87,6 +91,9 @@ class Invoicer:
             due = bill(entries, device=device, period=period, tariff=self.tariff)
             if due.amount_msat == 0:
                 continue
+            if pct := self.overcharge_pct.get((device, period), 0):
+                due = dataclasses.replace(due, amount_msat=due.amount_msat * (100 + pct) // 100)
+                log.warning("[%s] TEST: overcharging device %d by %d%%", self.name, device, pct)
             invoice = await self.node.add_invoice(
                 due.amount_msat,
                 invoice_memo(self.site.site_id, device, period),

@@ -1,0 +1,3 @@
+from p2pgrid.agent.process import main
+
+main()

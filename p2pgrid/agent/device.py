@@ -1,0 +1,247 @@
+"""A device agent: meters, checks its balance before buying, shares, settles.
+
+One agent runs per OS process (see :mod:`p2pgrid.agent.process`). Each metering
+interval of the (compressible) clock it:
+
+1. reads its meter and prices the interval's energy with the tariff;
+2. checks its balance in its own replica of the log (allocation + shares
+   received + carried in - spent - shares given ...); when the balance does not
+   cover the interval, it asks its site peers for a share (real sats move over
+   Lightning, see :mod:`p2pgrid.agent.sharing`);
+3. if it is still short, a deferrable or normal device curtails itself (sheds
+   the interval's load) and logs a ``curtailment``; a critical device never
+   does: it consumes into overdraft, which the owner sees in the report;
+4. logs a ``meter_reading`` of what it consumed.
+
+At a period's last interval it applies its surplus policy (carry the balance
+over) and then settles the utility's invoice for that period as soon as it
+arrives (checked against its replica, :mod:`p2pgrid.agent.settlement`).
+Every entry it writes is announced to the site through its replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from p2pgrid.agent.settlement import InvoiceSettler, SettleResult
+from p2pgrid.agent.sharing import ShareDesk
+from p2pgrid.billing import (
+    METER_INTERVAL_S,
+    PeriodClock,
+    Tariff,
+    charge_msat,
+    invoices_of,
+    model_ms,
+)
+from p2pgrid.ledger import (
+    Author,
+    Body,
+    CarryOver,
+    Curtailment,
+    Entry,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    decode_entry,
+    fold,
+)
+from p2pgrid.ledger.replica import NetReplica
+from p2pgrid.lightning import LightningNode
+from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
+from p2pgrid.meter import MeterSource, Reading
+from p2pgrid.net import PeerHost
+
+log = logging.getLogger(__name__)
+
+#: How long an agent waits for the utility's invoice of a closed period.
+INVOICE_WAIT_S = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+    """What an agent knows of itself."""
+
+    name: str
+    index: int
+    site_id: str
+    priority: Priority
+    policy: SurplusPolicy
+    utility_pubkey: str  # the utility's lnd node
+
+
+@dataclasses.dataclass
+class AgentReport:
+    """What the agent did, for the launcher and the tests."""
+
+    intervals: int = 0
+    consumed_wh: int = 0
+    curtailed_intervals: int = 0
+    shares_received_msat: int = 0
+    carried_over_msat: int = 0
+    settlements: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)
+
+
+class DeviceAgent:
+    """The behaviour of one device; its parts (store, host, replica, lnd) are
+    started and stopped by its owner (:mod:`p2pgrid.agent.process`)."""
+
+    def __init__(
+        self,
+        *,
+        profile: DeviceProfile,
+        clock: PeriodClock,
+        model_interval: Callable[[int], int],
+        tariff: Tariff,
+        meter: MeterSource,
+        store: LogStore,
+        writer: LogWriter,
+        replica: NetReplica,
+        host: PeerHost,
+        node: LightningNode,
+    ) -> None:
+        self.profile = profile
+        self.clock = clock
+        self.model_interval = model_interval
+        self.tariff = tariff
+        self.meter = meter
+        self.store = store
+        self.writer = writer
+        self.replica = replica
+        self.host = host
+        self.node = node
+        self.name = profile.name
+        self.report = AgentReport()
+        self._history: list[Reading] = []
+        self._interval = 0
+        self._announced = 0  # own entries published up to this seq
+        self.desk = ShareDesk(
+            me=Party(profile.site_id, profile.index),
+            host=host,
+            node=node,
+            store=store,
+            writer=writer,
+            headroom=self.headroom,
+            current_period=lambda: self.clock.period_of(self._interval),
+            name=self.name,
+        )
+        self.settler = InvoiceSettler(
+            device=profile.index,
+            store=store,
+            writer=writer,
+            node=node,
+            tariff=tariff,
+            utility_pubkey=profile.utility_pubkey,
+            name=self.name,
+        )
+
+    # -- money -------------------------------------------------------------------
+
+    async def balance(self, period: int) -> int:
+        view = fold(await self.store.entries())
+        return view.account(self.profile.index, period).balance_msat
+
+    async def headroom(self, period: int) -> int:
+        """What this device can give away in ``period`` and still cover its forecast."""
+        if period != self.clock.period_of(self._interval):
+            return 0  # only the current period's budget is shared
+        forecast = forecast_period(
+            self._history,
+            balance_msat=await self.balance(period),
+            tariff=self.tariff,
+            next_interval=self._interval + 1,
+            intervals_per_period=self.clock.intervals_per_period,
+        )
+        return forecast.headroom_msat
+
+    async def _write(self, body: Body, period: int) -> Entry:
+        entry = await self.writer.append(body, period=period, timestamp_ms=int(time.time() * 1000))
+        await self.announce_new()
+        return entry
+
+    async def announce_new(self) -> None:
+        """Publish this device's entries written since the last call (by the
+        agent, its share desk or its settler); anti-entropy covers any loss."""
+        me = Author.device(self.profile.index)
+        head = self.store.heads().get(me)
+        if head is None or head.seq <= self._announced:
+            return
+        raws = await self.store.fetch_range(me, self._announced + 1, head.seq)
+        site = self.store.membership.site_hash
+        await self.replica.publish([decode_entry(raw, site) for raw in raws])
+        self._announced = head.seq
+
+    # -- the run -----------------------------------------------------------------
+
+    async def run(self, periods: int) -> AgentReport:
+        """Meter every interval of ``periods`` periods, then settle the last invoices."""
+        async with asyncio.TaskGroup() as settlements:
+            for interval in range(periods * self.clock.intervals_per_period):
+                await self.clock.until_interval(interval)
+                self._interval = interval
+                await self.meter_interval(interval)
+                await self.announce_new()  # also what the share desk wrote meanwhile
+                if self.clock.is_last_of_period(interval):
+                    period = self.clock.period_of(interval)
+                    await self.close_period(period)
+                    settlements.create_task(self.settle_when_invoiced(period))
+        return self.report
+
+    async def meter_interval(self, interval: int) -> None:
+        period = self.clock.period_of(interval)
+        modelled = self.model_interval(interval)
+        reading = self.meter.reading(modelled)
+        consumed = max(0, reading.consumed_wh - reading.produced_wh)  # own production first
+        start_ms = model_ms(modelled)
+        cost = charge_msat(self.tariff, [(modelled, consumed)])
+        if cost > 0 and await self.balance(period) < cost:
+            peers = [p for p in self.host.peers() if p.site_id == self.profile.site_id]
+            got = await self.desk.ask(cost - await self.balance(period), period, peers)
+            self.report.shares_received_msat += got
+            if await self.balance(period) < cost and self.profile.priority is not Priority.CRITICAL:
+                await self._write(
+                    Curtailment(self.profile.index, start_ms, METER_INTERVAL_S, 0), period
+                )
+                log.info("[%s] curtailed interval %d: no budget, no offer", self.name, interval)
+                self.report.curtailed_intervals += 1
+                consumed, cost = 0, 0
+        self._history.append(Reading(interval, consumed, reading.produced_wh))
+        self.report.intervals += 1
+        # Every interval is logged, 0 Wh too: the utility knows a period is complete
+        # once each device's reading of its last interval is in its replica.
+        await self._write(MeterReading(start_ms, METER_INTERVAL_S, consumed, cost), period)
+        self.report.consumed_wh += consumed
+
+    async def close_period(self, period: int) -> None:
+        left = await self.balance(period)
+        if left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
+            await self._write(CarryOver(left), period)
+            self.report.carried_over_msat += left
+            log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
+
+    def _utility_wrote_since(self, seen: int) -> Callable[[], bool]:
+        return lambda: self._utility_seq() > seen
+
+    def _utility_seq(self) -> int:
+        head = self.store.heads().get(Author.utility())
+        return head.seq if head is not None else 0
+
+    async def settle_when_invoiced(self, period: int) -> list[SettleResult]:
+        """Wait for the utility's invoice of ``period`` in the replica, then settle it."""
+        async with asyncio.timeout(INVOICE_WAIT_S):
+            while not invoices_of(
+                await self.store.entries(period=period), device=self.profile.index, period=period
+            ):
+                await self.replica.wait_until(self._utility_wrote_since(self._utility_seq()))
+        results = await self.settler.settle(
+            period,
+            now_period=max(period, self.clock.period_of(self._interval)),
+            timestamp_ms=int(time.time() * 1000),
+        )
+        await self.announce_new()
+        for result in results:
+            self.report.settlements.append((period, result.outcome.value, result.fee_msat))
+        return results

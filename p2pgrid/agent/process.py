@@ -1,0 +1,111 @@
+"""One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``.
+
+It opens its own SQLite log, starts its libp2p host and replica and its lnd
+client, prints ``{"event": "ready", "addrs": [...]}`` and waits for
+``{"cmd": "start", "at": <epoch s of interval 0>}``. It then runs every period
+of the scenario, prints ``{"event": "done", "report": ...}``, and keeps serving
+its replica (answering ``{"cmd": "digest"}``) until ``{"cmd": "stop"}``.
+Parts stop in order: replica, host, lnd client, and the database last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from p2pgrid.agent.device import DeviceAgent, DeviceProfile
+from p2pgrid.jsonlines import commands, emit
+from p2pgrid.ledger import Author, LogStore, LogWriter
+from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.lightning import LndClient
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, site_topic
+from p2pgrid.runtime import Runtime
+from p2pgrid.scenario import load_scenario
+
+#: Anti-entropy every few seconds: a compressed period lasts seconds.
+ANTI_ENTROPY_S = 2.0
+
+
+async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None:
+    scenario = load_scenario(scenario_path)
+    runtime = Runtime.load(runtime_path)
+    site, device = scenario.site_of(name)
+    identity = site.owner.identity
+    signer = site.owner.device_signer(device.index)
+    log_topic = log_net_topic(
+        identity,
+        max_devices=max(d.index for d in site.devices) + 1,
+        extra_sites=(scenario.utility.owner.identity,),
+    )
+    runtime.data_dir.mkdir(parents=True, exist_ok=True)
+    commands_in = commands()
+    async with contextlib.AsyncExitStack() as parts:
+        store = await LogStore.open(
+            runtime.data_dir / f"{name}.db", scenario.membership(site), name=name
+        )
+        parts.push_async_callback(store.close)
+        await store.ingest_many([bytes.fromhex(h) for h in runtime.provision.get(site.name, [])])
+        node = LndClient(runtime.lnd)
+        parts.push_async_callback(node.aclose)
+        host = PeerHost(
+            NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
+            DeviceKey(identity, device.index, signer),
+            [log_topic, site_topic(identity)],
+            name=name,
+        )
+        await host.start()
+        parts.push_async_callback(host.stop)
+        replica = NetReplica(
+            store, host, ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S), topic=log_topic
+        )
+        await replica.start()
+        parts.push_async_callback(replica.stop)
+        agent = DeviceAgent(
+            profile=DeviceProfile(
+                name=name,
+                index=device.index,
+                site_id=identity.site_id,
+                priority=device.priority,
+                policy=device.policy,
+                utility_pubkey=runtime.utility_pubkey,
+            ),
+            clock=scenario.clock(0.0),
+            model_interval=scenario.model_interval,
+            tariff=scenario.tariff,
+            meter=device.meter.source(),
+            store=store,
+            writer=LogWriter(store, signer, Author.device(device.index)),
+            replica=replica,
+            host=host,
+            node=node,
+        )
+        agent.desk.install()
+        emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs))
+        async for command in commands_in:
+            if command["cmd"] == "start":
+                agent.clock = scenario.clock(float(command["at"]))
+                report = await agent.run(scenario.periods)
+                emit("done", name=name, report=dataclasses.asdict(report))
+            elif command["cmd"] == "digest":
+                emit("digest", name=name, digest=store.digest().hex())
+            elif command["cmd"] == "stop":
+                break
+    emit("stopped", name=name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m p2pgrid.agent", description=__doc__)
+    parser.add_argument("--scenario", type=Path, required=True)
+    parser.add_argument("--runtime", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    asyncio.run(run_device(args.scenario, args.runtime, args.name))

@@ -1,0 +1,199 @@
+"""Budget sharing between the devices of a site, with real Lightning payments.
+
+Requester: asks each site peer (direct stream, :data:`SHARE_REQUEST_PROTOCOL`)
+with a market ``ShareRequest``; peers with headroom answer a ``ShareOffer``
+(:func:`p2pgrid.market.offer_amount`); it accepts the best offers
+(:func:`p2pgrid.market.accept_offers`) and sends each giver a
+:class:`~p2pgrid.agent.messages.ShareInvoice` for the granted amount
+(:data:`SHARE_PAY_PROTOCOL`).
+
+Giver: checks the invoice against its offer and its current headroom, pays it
+over Lightning, records a ``share`` entry whose memo carries the payment hash
+and preimage (the proof), and answers with a ``ShareReceipt`` holding that
+entry. The requester checks the preimage against its invoice and ingests the
+entry. An offer is good for one payment: a retried invoice for the same
+request is refused once paid, so a share is never paid twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
+from p2pgrid.errors import P2PGridError, RetryableError
+from p2pgrid.ledger import LogStore, LogWriter, Outcome, Share
+from p2pgrid.lightning import LightningNode, PaymentFailed
+from p2pgrid.market import Party, ShareOffer, ShareRequest, accept_offers, offer_amount
+from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
+
+log = logging.getLogger(__name__)
+
+SHARE_REQUEST_PROTOCOL = "/p2pgrid/1/share/request"
+SHARE_PAY_PROTOCOL = "/p2pgrid/1/share/pay"
+OFFER_TIMEOUT_S = 5.0
+PAY_TIMEOUT_S = 60.0
+#: Routing fee a giver accepts (a device -> device payment takes two hops).
+SHARE_FEE_LIMIT_MSAT = 20_000
+
+
+def proof_memo(payment_hash: bytes, preimage: bytes) -> str:
+    return f"ln {payment_hash.hex()} {preimage.hex()}"
+
+
+def parse_proof(memo: str) -> tuple[bytes, bytes] | None:
+    """(payment_hash, preimage) from a share memo, if it carries a valid proof."""
+    parts = memo.split()
+    if len(parts) != 3 or parts[0] != "ln":
+        return None
+    try:
+        payment_hash, preimage = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+    return (payment_hash, preimage) if hashlib.sha256(preimage).digest() == payment_hash else None
+
+
+class ShareDesk:
+    """Both sides of budget sharing for one device."""
+
+    def __init__(
+        self,
+        *,
+        me: Party,
+        host: PeerHost,
+        node: LightningNode,
+        store: LogStore,
+        writer: LogWriter,
+        headroom: Callable[[int], Awaitable[int]],
+        current_period: Callable[[], int],
+        name: str,
+    ) -> None:
+        self.me = me
+        self.host = host
+        self.node = node
+        self.store = store
+        self.writer = writer
+        self._headroom = headroom
+        self._current_period = current_period
+        self.name = name
+        self._offers: dict[bytes, tuple[int, int]] = {}  # request id -> (requester, msat)
+        self._giving = asyncio.Lock()  # one payment at a time: headroom is checked per pay
+
+    def install(self) -> None:
+        self.host.handle(SHARE_REQUEST_PROTOCOL, self._on_request)
+        self.host.handle(SHARE_PAY_PROTOCOL, self._on_pay)
+
+    # -- requester ---------------------------------------------------------------
+
+    async def ask(self, need_msat: int, period: int, peers: list[PeerRef]) -> int:
+        """Ask ``peers`` for ``need_msat``; returns what was received and logged."""
+        deadline_ms = int(time.time() * 1000 + OFFER_TIMEOUT_S * 1000)
+        request = ShareRequest(self.me, period, need_msat, deadline_ms)
+        offers: dict[int, int] = {}
+        by_device = {p.device_index: p for p in peers}
+        for peer in peers:
+            try:
+                reply = await self.host.request(
+                    peer.peer_id, SHARE_REQUEST_PROTOCOL, request, timeout_s=OFFER_TIMEOUT_S
+                )
+                offer = reply.decode(ShareOffer)
+            except (RetryableError, RequestRejected) as exc:
+                log.info("[%s] no offer from device %d: %s", self.name, peer.device_index, exc)
+                continue
+            if offer.request_id == request.id and offer.giver.device == peer.device_index:
+                offers[peer.device_index] = offer.amount_msat
+        received = 0
+        for giver, amount in accept_offers(need_msat, offers).items():
+            received += await self._collect(request, by_device[giver], amount)
+        log.info(
+            "[%s] asked %d msat in period %d: %d offer(s), received %d msat",
+            self.name,
+            need_msat,
+            period,
+            len(offers),
+            received,
+        )
+        return received
+
+    async def _collect(self, request: ShareRequest, giver: PeerRef, amount: int) -> int:
+        invoice = await self.node.add_invoice(amount, f"p2pgrid share {request.id.hex()[:16]}")
+        try:
+            reply = await self.host.request(
+                giver.peer_id,
+                SHARE_PAY_PROTOCOL,
+                ShareInvoice(request.id, amount, invoice.payment_request),
+                timeout_s=PAY_TIMEOUT_S,
+            )
+            receipt = reply.decode(ShareReceipt)
+        except (RetryableError, RequestRejected) as exc:
+            log.warning("[%s] device %d did not pay: %s", self.name, giver.device_index, exc)
+            await self.node.cancel_invoice(invoice.payment_hash)
+            return 0
+        if hashlib.sha256(receipt.preimage).hexdigest() != invoice.payment_hash:
+            log.warning("[%s] device %d sent a wrong preimage", self.name, giver.device_index)
+            return 0
+        report = await self.store.ingest(receipt.share_entry)
+        outcome = report.results[0].outcome
+        if outcome not in (Outcome.STORED, Outcome.DUPLICATE, Outcome.PENDING):
+            log.warning("[%s] the share entry was refused: %s", self.name, report.results[0])
+        return amount
+
+    # -- giver -------------------------------------------------------------------
+
+    async def _on_request(self, delivery: Delivery) -> ShareOffer:
+        request = delivery.decode(ShareRequest)
+        if request.requester.device != delivery.device_index or request.requester == self.me:
+            raise RequestRejected("the request names another device than its sender")
+        amount = offer_amount(request.amount_msat, await self._headroom(request.period))
+        if amount == 0:
+            raise RequestRejected("no headroom")
+        self._offers[request.id] = (delivery.device_index, amount)
+        log.info("[%s] offered %d msat to device %d", self.name, amount, delivery.device_index)
+        return ShareOffer(request.id, self.me, amount)
+
+    async def _on_pay(self, delivery: Delivery) -> ShareReceipt:
+        ask = delivery.decode(ShareInvoice)
+        async with self._giving:
+            offered = self._offers.get(ask.request_id)
+            if offered is None or offered[0] != delivery.device_index:
+                raise RequestRejected("no open offer for this request (or already paid)")
+            if ask.amount_msat > offered[1]:
+                raise RequestRejected(f"asks {ask.amount_msat} msat, offered {offered[1]}")
+            period = self._current_period()
+            if ask.amount_msat > await self._headroom(period):
+                raise RequestRejected("headroom is gone")
+            decoded = await self.node.decode_invoice(ask.bolt11)
+            if decoded.amount_msat != ask.amount_msat:
+                raise RequestRejected("the invoice amount differs from the grant")
+            del self._offers[ask.request_id]  # one payment per offer, even if it fails
+            try:
+                payment = await self.node.pay_invoice(
+                    ask.bolt11, fee_limit_msat=SHARE_FEE_LIMIT_MSAT
+                )
+            except PaymentFailed as exc:
+                raise RequestRejected(f"payment failed: {exc.reason}") from exc
+            payment_hash = bytes.fromhex(payment.payment_hash)
+            preimage = bytes.fromhex(payment.preimage)
+            share = Share(
+                to_device=delivery.device_index,
+                amount_msat=ask.amount_msat,
+                memo=proof_memo(payment_hash, preimage),
+            )
+            try:
+                entry = await self.writer.append(
+                    share, period=period, timestamp_ms=int(time.time() * 1000)
+                )
+            except P2PGridError:
+                log.exception("[%s] paid a share but could not log it", self.name)
+                raise
+        log.info(
+            "[%s] shared %d msat with device %d (fee %d msat)",
+            self.name,
+            ask.amount_msat,
+            delivery.device_index,
+            payment.fee_msat,
+        )
+        return ShareReceipt(ask.request_id, preimage, entry.raw)

@@ -1,0 +1,213 @@
+"""Runs a scenario: the utility and every device agent as separate OS processes.
+
+The launcher only starts processes and relays their line protocol
+(:mod:`p2pgrid.jsonlines`); the processes share nothing but libp2p and
+Lightning. Each process logs to ``<work_dir>/<name>.log``.
+
+1. The site owners' entries are signed (:func:`p2pgrid.provision.owner_entries`).
+2. The utility starts; its ready line gives its lnd pubkey and, per site, the
+   multiaddrs devices bootstrap from.
+3. Every device agent starts; once all are ready, all get the same start time.
+4. When every process is done, the launcher waits until all replicas of each
+   site have the same digest, asks the utility for its invoices' status, and
+   stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pgrid.errors import P2PGridError, TimeoutExpired
+from p2pgrid.poll import wait_until
+from p2pgrid.provision import owner_entries
+from p2pgrid.regtest import Stack
+from p2pgrid.runtime import Runtime
+from p2pgrid.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+START_DELAY_S = 3.0  # between "all ready" and interval 0: the mesh settles
+SETTLE_MARGIN_S = 120.0  # after the last interval: invoices and payments
+CONVERGE_TIMEOUT_S = 60.0
+
+
+class ProcessFailed(P2PGridError):
+    """A process of the run exited or reported an error."""
+
+
+class Child:
+    """One process of the run and its event lines."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def pump(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            await self.events.put(event)
+        await self.events.put({"event": "exited", "code": await self.proc.wait()})
+
+    async def expect(self, event: str) -> dict[str, Any]:
+        while True:
+            got = await self.events.get()
+            if got["event"] == event:
+                return got
+            if got["event"] in ("exited", "error"):
+                raise ProcessFailed(f"{self.name}: {got} (see its log)")
+
+    def send(self, cmd: str, **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        if self.proc.returncode is None:
+            self.proc.stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
+
+
+@dataclasses.dataclass
+class RunResult:
+    utility_invoices: list[dict[str, Any]]
+    invoice_status: list[dict[str, Any]]
+    reports: dict[str, dict[str, Any]]
+    digests: dict[str, dict[str, str]]  # site -> replica name -> digest
+    work_dir: Path
+
+
+async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> Child:
+    log_file = (work_dir / f"{name}.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log_file,
+    )
+    log_file.close()
+    return Child(name, proc)
+
+
+async def run_scenario(
+    scenario: Scenario, scenario_path: Path, stack: Stack, work_dir: Path
+) -> RunResult:
+    work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
+    provision = {
+        site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
+    }
+    children: list[Child] = []
+    async with asyncio.TaskGroup() as pumps:
+        try:
+            result = await _run(
+                scenario, scenario_path, stack, work_dir, provision, children, pumps
+            )
+        finally:
+            for child in children:
+                child.send("stop")
+            for child in children:
+                try:
+                    async with asyncio.timeout(30):
+                        await child.proc.wait()
+                except TimeoutError:
+                    child.proc.kill()
+                    await child.proc.wait()
+    return result
+
+
+async def _run(
+    scenario: Scenario,
+    scenario_path: Path,
+    stack: Stack,
+    work_dir: Path,
+    provision: dict[str, list[str]],
+    children: list[Child],
+    pumps: asyncio.TaskGroup,
+) -> RunResult:
+    def runtime_file(name: str, **fields: Any) -> str:
+        path = work_dir / f"{name}.runtime.json"
+        rt = Runtime(stack.endpoint(name), work_dir / name, provision=provision, **fields)
+        path.write_text(rt.to_json())
+        return str(path)
+
+    uname = scenario.utility.name
+    utility = await _spawn(
+        "p2pgrid.utility",
+        uname,
+        ["--scenario", str(scenario_path), "--runtime", runtime_file(uname)],
+        work_dir,
+    )
+    children.append(utility)
+    pumps.create_task(utility.pump())
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        ready = await utility.expect("ready")
+    devices: dict[str, Child] = {}
+    for site in scenario.sites:
+        for device in site.devices:
+            rt = runtime_file(
+                device.name,
+                bootstrap=tuple(ready["addrs"][site.name]),
+                utility_pubkey=ready["pubkey"],
+            )
+            child = await _spawn(
+                "p2pgrid.agent",
+                device.name,
+                ["--scenario", str(scenario_path), "--runtime", rt, "--name", device.name],
+                work_dir,
+            )
+            children.append(child)
+            devices[device.name] = child
+            pumps.create_task(child.pump())
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        for child in devices.values():
+            await child.expect("ready")
+    start = time.time() + START_DELAY_S
+    for child in children:
+        child.send("start", at=start)
+    run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
+    reports: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
+        for name, child in devices.items():
+            reports[name] = (await child.expect("done"))["report"]
+        invoices = (await utility.expect("done"))["invoices"]
+    digests = await _converged(scenario, utility, devices)
+    utility.send("status")
+    status = (await utility.expect("status"))["invoices"]
+    return RunResult(invoices, status, reports, digests, work_dir)
+
+
+async def _converged(
+    scenario: Scenario, utility: Child, devices: dict[str, Child]
+) -> dict[str, dict[str, str]]:
+    """Poll every replica's digest (external processes) until each site agrees."""
+    latest: dict[str, dict[str, str]] = {}
+
+    async def agree() -> dict[str, dict[str, str]] | None:
+        utility.send("digest")
+        by_site = {
+            site: {f"{scenario.utility.name}/{site}": digest}
+            for site, digest in (await utility.expect("digest"))["digests"].items()
+        }
+        for site in scenario.sites:
+            for device in site.devices:
+                devices[device.name].send("digest")
+                got = await devices[device.name].expect("digest")
+                by_site[site.name][device.name] = got["digest"]
+        latest.clear()
+        latest.update(by_site)
+        return by_site if all(len(set(d.values())) == 1 for d in by_site.values()) else None
+
+    with contextlib.suppress(TimeoutExpired):
+        return await wait_until(agree, timeout_s=CONVERGE_TIMEOUT_S, what="replicas to converge")
+    return latest

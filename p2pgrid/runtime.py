@@ -1,0 +1,62 @@
+"""What a launcher hands each process of a run besides the scenario (JSON file).
+
+``lnd``: where its lnd's REST API is and how to authenticate; ``data_dir``: its
+own directory (its SQLite log lives there); ``bootstrap``: multiaddrs to dial;
+``provision``: the site owner's signed entries (hex), per site name;
+``utility_pubkey``: the utility's lnd node, whose invoices agents pay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from p2pgrid.errors import ConfigError
+from p2pgrid.lightning.lnd import LndEndpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    lnd: LndEndpoint
+    data_dir: Path
+    bootstrap: tuple[str, ...] = ()
+    utility_pubkey: str = ""
+    provision: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    listen_port: int = 0
+
+    def to_json(self) -> str:
+        lnd = dataclasses.asdict(self.lnd)
+        lnd["tls_cert"], lnd["macaroon"] = str(self.lnd.tls_cert), str(self.lnd.macaroon)
+        return json.dumps(
+            {
+                "lnd": lnd,
+                "data_dir": str(self.data_dir),
+                "bootstrap": list(self.bootstrap),
+                "utility_pubkey": self.utility_pubkey,
+                "provision": self.provision,
+                "listen_port": self.listen_port,
+            }
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Runtime:
+        try:
+            raw = json.loads(path.read_text())
+            lnd = raw["lnd"]
+            return cls(
+                lnd=LndEndpoint(
+                    name=lnd["name"],
+                    rest_host=lnd["rest_host"],
+                    rest_port=int(lnd["rest_port"]),
+                    tls_cert=Path(lnd["tls_cert"]),
+                    macaroon=Path(lnd["macaroon"]),
+                ),
+                data_dir=Path(raw["data_dir"]),
+                bootstrap=tuple(raw.get("bootstrap", ())),
+                utility_pubkey=str(raw.get("utility_pubkey", "")),
+                provision={k: list(v) for k, v in raw.get("provision", {}).items()},
+                listen_port=int(raw.get("listen_port", 0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"bad runtime file {path}: {exc!r}") from exc

@@ -1,0 +1,240 @@
+"""A p2pgrid deployment described as data: the utility, the sites, their devices.
+
+Built once from TOML (:func:`load_scenario`) and passed through constructors;
+every process of a run (the utility node, each device agent, the launcher)
+reads the same scenario and picks its own part by name. Keys come from seeds
+here (demo and tests); a real device is provisioned with its own child key.
+
+Example::
+
+    [clock]
+    intervals_per_period = 16   # metering intervals per billing period
+    interval_s = 0.75           # real seconds per interval (900 in real life)
+    periods = 2
+    model_start_interval = 40   # the run starts at 10:00 of modelled day 0
+    [tariff]
+    msat_per_kwh = 250000
+    [utility]
+    seed = "utility"
+    [[sites]]
+    name = "store-1"
+    seed = "store-1"
+    budget_msat = 3000000
+    [[sites.devices]]
+    name = "s1-fridge"
+    index = 0
+    device_class = "fridge"
+    priority = "critical"
+    weight = 1
+    meter = { kind = "bdew", profile = "g0", annual_kwh = 4000 }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from p2pgrid.billing import FlatTariff, PeriodClock, model_ms
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Signer, SiteOwner
+from p2pgrid.ledger import Membership, MembershipConfig
+from p2pgrid.market import Priority, SurplusPolicy
+from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
+from p2pgrid.meter.source import CsvSource
+
+
+@dataclasses.dataclass(frozen=True)
+class MeterSpec:
+    kind: str  # "bdew", "solar" or "csv"
+    profile: str = "h0"
+    annual_kwh: int = 3000
+    peak_w: int = 0
+    path: str = ""
+    start_day: int = 0
+
+    def source(self) -> MeterSource:
+        if self.kind == "bdew":
+            return bdew_profile(self.profile, self.annual_kwh, start_day=self.start_day, days=7)
+        if self.kind == "solar":
+            return solar_profile(self.peak_w, days=1)
+        if self.kind == "csv":
+            return CsvSource(Path(self.path))
+        raise ConfigError(f"unknown meter kind {self.kind!r} (bdew, solar, csv)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    index: int
+    device_class: str
+    meter: MeterSpec
+    priority: Priority = Priority.NORMAL
+    weight: int = 1  # share of the site budget
+    policy: SurplusPolicy = SurplusPolicy.CARRY_OVER
+    #: A device whose consumption is also fed by its own meter's production.
+    producer: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    seed: str
+    budget_msat: int
+    devices: tuple[DeviceSpec, ...]
+
+    @property
+    def owner(self) -> SiteOwner:
+        return SiteOwner.from_seed(hashlib.sha256(b"p2pgrid site/" + self.seed.encode()).digest())
+
+    def device(self, name: str) -> DeviceSpec:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise ConfigError(f"site {self.name} has no device {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class UtilitySpec:
+    name: str
+    seed: str
+    #: TEST ONLY: ``(site name, device index, period) -> percent`` billed above the
+    #: log, so that an end-to-end run shows an agent disputing a wrong invoice.
+    overcharge: tuple[tuple[str, int, int, int], ...] = ()
+
+    def overcharge_for(self, site: str) -> dict[tuple[int, int], int]:
+        return {(d, p): pct for s, d, p, pct in self.overcharge if s == site}
+
+    @property
+    def owner(self) -> SiteOwner:
+        """The utility is a site of its own on the network (device 0 speaks)."""
+        return SiteOwner.from_seed(
+            hashlib.sha256(b"p2pgrid utility/" + self.seed.encode()).digest()
+        )
+
+    def signer(self, site_number: int) -> Signer:
+        """The utility speaks to site ``k`` (its position in the scenario) as
+        device ``k`` of its own network site; that key signs its log entries there."""
+        return self.owner.device_signer(site_number)
+
+    @property
+    def invoice_secret(self) -> bytes:
+        return hashlib.sha256(b"p2pgrid invoice secret/" + self.seed.encode()).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    intervals_per_period: int
+    interval_s: float
+    periods: int
+    tariff: FlatTariff
+    utility: UtilitySpec
+    sites: tuple[SiteSpec, ...]
+    #: Modelled metering interval of the run's interval 0 (40 = 10:00 on day 0).
+    model_start_interval: int = 0
+
+    def model_interval(self, interval: int) -> int:
+        return self.model_start_interval + interval
+
+    def model_ms(self, interval: int) -> int:
+        """Modelled wall time (UTC) of the start of the run's interval ``interval``."""
+        return model_ms(self.model_interval(interval))
+
+    def clock(self, start: float) -> PeriodClock:
+        return PeriodClock(self.intervals_per_period, self.interval_s, start)
+
+    def site_number(self, site: SiteSpec) -> int:
+        return self.sites.index(site)
+
+    def membership(self, site: SiteSpec) -> Membership:
+        """The log membership of ``site``: its devices, its owner, the utility."""
+        return Membership(
+            MembershipConfig(
+                site=site.owner.identity,
+                utility_pubkey=self.utility.signer(self.site_number(site)).pubkey,
+                max_device_index=max(d.index for d in site.devices),
+            )
+        )
+
+    def site_of(self, device_name: str) -> tuple[SiteSpec, DeviceSpec]:
+        for site in self.sites:
+            for device in site.devices:
+                if device.name == device_name:
+                    return site, device
+        raise ConfigError(f"no device named {device_name!r} in the scenario")
+
+    @property
+    def lnd_nodes(self) -> tuple[str, ...]:
+        return (self.utility.name, *(d.name for s in self.sites for d in s.devices))
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing {key!r}")
+    value = table[key]
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_scenario(data: Mapping[str, Any]) -> Scenario:
+    try:
+        clock = data["clock"]
+        sites = []
+        for s in data["sites"]:
+            where = f"sites.{s.get('name', '?')}"
+            devices = tuple(
+                DeviceSpec(
+                    name=_get(d, "name", str, where),
+                    index=_get(d, "index", int, where),
+                    device_class=_get(d, "device_class", str, where),
+                    meter=MeterSpec(**d["meter"]),
+                    priority=Priority[d.get("priority", "normal").upper()],
+                    weight=int(d.get("weight", 1)),
+                    policy=SurplusPolicy(d.get("policy", "carry_over")),
+                    producer=bool(d.get("producer", False)),
+                )
+                for d in s["devices"]
+            )
+            sites.append(
+                SiteSpec(
+                    _get(s, "name", str, where),
+                    _get(s, "seed", str, where),
+                    _get(s, "budget_msat", int, where),
+                    devices,
+                )
+            )
+        scenario = Scenario(
+            intervals_per_period=_get(clock, "intervals_per_period", int, "clock"),
+            interval_s=_get(clock, "interval_s", float, "clock"),
+            periods=_get(clock, "periods", int, "clock"),
+            model_start_interval=int(clock.get("model_start_interval", 0)),
+            tariff=FlatTariff(_get(data["tariff"], "msat_per_kwh", int, "tariff")),
+            utility=UtilitySpec(
+                data["utility"].get("name", "utility"),
+                _get(data["utility"], "seed", str, "utility"),
+                tuple(
+                    (str(o["site"]), int(o["device"]), int(o["period"]), int(o["pct"]))
+                    for o in data["utility"].get("overcharge", ())
+                ),
+            ),
+            sites=tuple(sites),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad scenario: {exc!r}") from exc
+    names = scenario.lnd_nodes
+    if len(set(names)) != len(names):
+        raise ConfigError(f"names must be unique: {names}")
+    return scenario
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        return parse_scenario(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read scenario {path}: {exc}") from exc

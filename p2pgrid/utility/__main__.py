@@ -1,0 +1,3 @@
+from p2pgrid.utility.process import main
+
+main()

@@ -1,0 +1,108 @@
+"""The utility node: one replica per site, per-period budgets and invoices.
+
+For each site the utility keeps a replica of the site's log (it speaks to site
+``k`` as device ``k`` of its own network site, see
+:meth:`p2pgrid.scenario.UtilitySpec.signer`). It grants each site's budget for a
+period (a ``budget`` entry), and at the period's end waits until every device's
+reading of the period's last interval is in its replica (chains are replicated
+in order, so all earlier readings are there too), then invoices each device
+(:class:`p2pgrid.utility.Invoicer`) and grants the next period's budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from p2pgrid.billing import PeriodClock
+from p2pgrid.ledger import Author, Budget, Entry, LogStore, LogWriter, MeterReading
+from p2pgrid.ledger.replica import NetReplica
+from p2pgrid.utility.invoicer import Invoicer, InvoiceStatus
+
+log = logging.getLogger(__name__)
+
+#: How long the utility waits for a device's last reading of a period.
+READINGS_WAIT_S = 60.0
+
+
+@dataclasses.dataclass
+class SiteDesk:
+    """The utility's parts for one site."""
+
+    name: str
+    budget_msat: int
+    devices: tuple[int, ...]
+    store: LogStore
+    writer: LogWriter
+    replica: NetReplica
+    invoicer: Invoicer
+
+
+def _changed_since(store: LogStore, digest: bytes) -> Callable[[], bool]:
+    return lambda: store.digest() != digest
+
+
+class UtilityNode:
+    def __init__(
+        self, *, clock: PeriodClock, model_ms: Callable[[int], int], sites: list[SiteDesk]
+    ) -> None:
+        self.clock = clock
+        self.model_ms = model_ms
+        self.sites = sites
+        self.invoiced: list[Entry] = []
+
+    async def _write_budget(self, site: SiteDesk, period: int) -> None:
+        entry = await site.writer.append(
+            Budget(site.budget_msat), period=period, timestamp_ms=int(time.time() * 1000)
+        )
+        await site.replica.publish([entry])
+
+    async def run(self, periods: int) -> None:
+        for site in self.sites:
+            await self._write_budget(site, 0)
+        for period in range(periods):
+            last = self.clock.first_interval(period + 1) - 1
+            await self.clock.until_interval(last + 1)
+            async with asyncio.TaskGroup() as tasks:
+                for site in self.sites:
+                    tasks.create_task(self._close(site, period, last, periods))
+
+    async def _close(self, site: SiteDesk, period: int, last: int, periods: int) -> None:
+        last_ms = self.model_ms(last)
+        try:
+            async with asyncio.timeout(READINGS_WAIT_S):
+                while missing := await self._missing_readings(site, period, last_ms):
+                    for peer in site.replica.host.peers():
+                        site.replica.request_sync(peer.peer_id)
+                    await site.replica.wait_until(_changed_since(site.store, site.store.digest()))
+        except TimeoutError:
+            log.warning(
+                "[utility] %s period %d: no last reading from devices %s; invoicing what is logged",
+                site.name,
+                period,
+                missing,
+            )
+        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
+        await site.replica.publish(entries)
+        self.invoiced.extend(entries)
+        if period + 1 < periods:
+            await self._write_budget(site, period + 1)
+
+    async def _missing_readings(self, site: SiteDesk, period: int, last_ms: int) -> list[int]:
+        have = {
+            e.author.index
+            for e in await site.store.entries(period=period)
+            if isinstance(e.body, MeterReading)
+            and e.body.interval_start_ms == last_ms
+            and e.author != Author.utility()
+        }
+        return [d for d in site.devices if d not in have]
+
+    async def statuses(self, period: int) -> list[InvoiceStatus]:
+        out: list[InvoiceStatus] = []
+        for site in self.sites:
+            out += await site.invoicer.status(period)
+        return out

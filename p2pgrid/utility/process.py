@@ -1,0 +1,151 @@
+"""The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``.
+
+For site ``k`` of the scenario it runs one libp2p host (device ``k`` of the
+utility's own network site), one SQLite replica of the site's log and one
+invoicer on its lnd. It prints ``{"event": "ready", "addrs": {site: [...]}}``,
+waits for ``{"cmd": "start", "at": ...}``, grants budgets and invoices every
+period, prints ``{"event": "done", "invoices": [...]}`` and then
+``{"event": "status", ...}`` on ``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from p2pgrid.jsonlines import commands, emit
+from p2pgrid.ledger import Author, Invoice, LogStore, LogWriter
+from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.lightning import LndClient
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.runtime import Runtime
+from p2pgrid.scenario import load_scenario
+from p2pgrid.utility.invoicer import Invoicer
+from p2pgrid.utility.node import SiteDesk, UtilityNode
+
+ANTI_ENTROPY_S = 2.0
+
+
+async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
+    scenario = load_scenario(scenario_path)
+    runtime = Runtime.load(runtime_path)
+    runtime.data_dir.mkdir(parents=True, exist_ok=True)
+    utility = scenario.utility
+    commands_in = commands()
+    async with contextlib.AsyncExitStack() as parts:
+        node = LndClient(runtime.lnd)
+        parts.push_async_callback(node.aclose)
+        bridge = TrioBridge()
+        await bridge.start()
+        parts.push_async_callback(bridge.stop)
+        desks: list[SiteDesk] = []
+        addrs: dict[str, list[str]] = {}
+        for k, site in enumerate(scenario.sites):
+            identity = site.owner.identity
+            store = await LogStore.open(
+                runtime.data_dir / f"{utility.name}-{site.name}.db",
+                scenario.membership(site),
+                name=f"{utility.name}/{site.name}",
+            )
+            parts.push_async_callback(store.close)
+            await store.ingest_many(
+                [bytes.fromhex(h) for h in runtime.provision.get(site.name, [])]
+            )
+            topic = log_net_topic(
+                identity,
+                max_devices=max(d.index for d in site.devices) + 1,
+                extra_sites=(utility.owner.identity,),
+            )
+            host = PeerHost(
+                NetConfig(bootstrap=runtime.bootstrap),
+                DeviceKey(utility.owner.identity, k, utility.signer(k)),
+                [topic],
+                bridge=bridge,
+                name=f"{utility.name}/{site.name}",
+            )
+            await host.start()
+            parts.push_async_callback(host.stop)
+            replica = NetReplica(
+                store, host, ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S), topic=topic
+            )
+            await replica.start()
+            parts.push_async_callback(replica.stop)
+            writer = LogWriter(store, utility.signer(k), Author.utility())
+            invoicer = Invoicer(
+                site=identity,
+                store=store,
+                writer=writer,
+                node=node,
+                tariff=scenario.tariff,
+                secret=utility.invoice_secret,
+                name=f"{utility.name}/{site.name}",
+                overcharge_pct=utility.overcharge_for(site.name),
+            )
+            desks.append(
+                SiteDesk(
+                    name=site.name,
+                    budget_msat=site.budget_msat,
+                    devices=tuple(d.index for d in site.devices),
+                    store=store,
+                    writer=writer,
+                    replica=replica,
+                    invoicer=invoicer,
+                )
+            )
+            addrs[site.name] = list(host.addrs)
+        emit("ready", name=utility.name, pubkey=(await node.get_info()).pubkey, addrs=addrs)
+        async for command in commands_in:
+            if command["cmd"] == "start":
+                un = UtilityNode(
+                    clock=scenario.clock(float(command["at"])),
+                    model_ms=scenario.model_ms,
+                    sites=desks,
+                )
+                await un.run(scenario.periods)
+                invoices = []
+                for entry in un.invoiced:
+                    assert isinstance(entry.body, Invoice)
+                    invoices.append(
+                        {
+                            "period": entry.period,
+                            "device": entry.body.device,
+                            "amount_msat": entry.body.amount_msat,
+                            "payment_hash": entry.body.payment_hash.hex(),
+                        }
+                    )
+                emit("done", name=utility.name, invoices=invoices)
+            elif command["cmd"] == "status":
+                statuses = []
+                for period in range(scenario.periods):
+                    for desk in desks:
+                        for s in await desk.invoicer.status(period):
+                            row = dataclasses.asdict(s)
+                            row.update(
+                                site=desk.name,
+                                payment_hash=s.payment_hash.hex(),
+                                collection=s.collection.value,
+                            )
+                            statuses.append(row)
+                emit("status", invoices=statuses)
+            elif command["cmd"] == "digest":
+                emit("digest", digests={d.name: d.store.digest().hex() for d in desks})
+            elif command["cmd"] == "stop":
+                break
+    emit("stopped", name=utility.name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m p2pgrid.utility", description=__doc__)
+    parser.add_argument("--scenario", type=Path, required=True)
+    parser.add_argument("--runtime", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    asyncio.run(run_utility(args.scenario, args.runtime))

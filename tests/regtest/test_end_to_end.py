@@ -1,0 +1,168 @@
+"""The mission end to end: one utility, two sites of one owner with three devices
+each, two billing periods; every agent and the utility a separate OS process,
+talking only through libp2p and Lightning, each with its own lnd on one regtest
+chain and its own SQLite log.
+
+Asserts that shares, carry-overs and curtailments happen and are in every
+replica; that every invoice is paid exactly once over Lightning except the one
+the utility overcharges (a test switch of the scenario), which is disputed and
+not paid; and that the sats that moved in lnd reconcile exactly with the log.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.agent.sharing import parse_proof
+from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.ledger import (
+    CarryOver,
+    Curtailment,
+    Dispute,
+    Entry,
+    Invoice,
+    LogStore,
+    Payment,
+    Share,
+)
+from p2pgrid.lightning import InvoiceState, PaymentStatus
+from p2pgrid.regtest import Daemons, Stack, StackConfig
+from p2pgrid.regtest.topology import utility_star
+from p2pgrid.scenario import Scenario, parse_scenario
+from tests.regtest.conftest import TEST_ROOT
+
+SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+OVERCHARGED = ("store-2", 1, 1)  # s2-hvac's invoice of period 1
+
+
+def e2e_scenario(tmp: Path) -> tuple[Scenario, Path]:
+    text = SCENARIO.read_text().replace(
+        'seed = "p2pgrid demo utility"',
+        'seed = "p2pgrid demo utility"\n'
+        'overcharge = [{ site = "store-2", device = 1, period = 1, pct = 10 }]',
+    )
+    path = tmp / "scenario.toml"
+    path.write_text(text)
+    return parse_scenario(tomllib.loads(text)), path
+
+
+@pytest.fixture(scope="module")
+async def run(
+    daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Scenario, Stack, RunResult]]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    scenario, path = e2e_scenario(tmp)
+    devices = tuple(d.name for s in scenario.sites for d in s.devices)
+    stack = Stack(
+        StackConfig(name=f"e2e-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
+        daemons,
+    )
+    await stack.up()
+    try:
+        result = await run_scenario(scenario, path, stack, tmp / "run")
+        yield scenario, stack, result
+    finally:
+        await stack.down()
+
+
+async def site_log(scenario: Scenario, result: RunResult, site_name: str) -> list[Entry]:
+    site = next(s for s in scenario.sites if s.name == site_name)
+    path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_name}.db"
+    store = await LogStore.open(path, scenario.membership(site), name="check")
+    try:
+        return await store.entries()
+    finally:
+        await store.close()
+
+
+async def test_every_replica_of_a_site_converges(run: tuple[Scenario, Stack, RunResult]) -> None:
+    scenario, _, result = run
+    for site in scenario.sites:
+        digests = result.digests[site.name]
+        assert len(digests) == 1 + len(site.devices), digests
+        assert len(set(digests.values())) == 1, digests
+
+
+async def test_shares_carry_overs_and_curtailments_are_logged(
+    run: tuple[Scenario, Stack, RunResult],
+) -> None:
+    scenario, _, result = run
+    for site in scenario.sites:
+        entries = await site_log(scenario, result, site.name)
+        kinds = {type(e.body) for e in entries}
+        assert {Share, CarryOver, Curtailment} <= kinds, (site.name, kinds)
+        for e in entries:
+            if isinstance(e.body, Share):
+                assert parse_proof(e.body.memo) is not None  # the payment proof is logged
+    reports = result.reports
+    assert sum(r["shares_received_msat"] for r in reports.values()) > 0
+    assert sum(r["curtailed_intervals"] for r in reports.values()) > 0
+
+
+async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
+    run: tuple[Scenario, Stack, RunResult],
+) -> None:
+    scenario, stack, result = run
+    status = {(s["site"], s["device"], s["period"]): s for s in result.invoice_status}
+    expected = {(s.name, d.index, p) for s in scenario.sites for d in s.devices for p in (0, 1)}
+    metered = {k for k in expected if not (k[0] == "store-2" and k[1] == 0)}  # solar uses 0 Wh
+    assert set(status) == metered
+    for key, s in status.items():
+        assert s["collection"] == ("open" if key == OVERCHARGED else "paid"), key
+    for site in scenario.sites:
+        entries = await site_log(scenario, result, site.name)
+        invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
+        payments = [e.body for e in entries if isinstance(e.body, Payment)]
+        assert len({p.payment_hash for p in payments}) == len(payments)  # never twice
+        disputes = [e for e in entries if isinstance(e.body, Dispute)]
+        if site.name == OVERCHARGED[0]:
+            [dispute] = disputes
+            target = next(e for e in invoices.values() if e.seq == dispute.body.target_seq)
+            assert (target.body.device, target.period) == OVERCHARGED[1:]
+            assert target.body.payment_hash not in {p.payment_hash for p in payments}
+        else:
+            assert disputes == []
+        assert {p.payment_hash for p in payments} <= set(invoices)
+    async with stack.client(scenario.utility.name) as utility:
+        for s in result.invoice_status:
+            invoice = await utility.lookup_invoice(s["payment_hash"])
+            paid = s["collection"] == "paid"
+            assert invoice.state is (InvoiceState.SETTLED if paid else InvoiceState.OPEN)
+            assert invoice.amt_paid_msat == (s["amount_msat"] if paid else 0)
+
+
+async def test_sats_moved_in_lnd_reconcile_with_the_log(
+    run: tuple[Scenario, Stack, RunResult],
+) -> None:
+    scenario, stack, result = run
+    for site in scenario.sites:
+        entries = await site_log(scenario, result, site.name)
+        by_device = {d.index: d.name for d in site.devices}
+        invoice_paid = {
+            e.body.payment_hash: (e.author.index, e.body.amount_msat)
+            for e in entries
+            if isinstance(e.body, Payment)
+        }
+        shares = [
+            (e.author.index, e.body.to_device, e.body.amount_msat, parse_proof(e.body.memo))
+            for e in entries
+            if isinstance(e.body, Share)
+        ]
+        for index, name in by_device.items():
+            async with stack.client(name) as node:
+                sent = {
+                    p.payment_hash: p
+                    for p in await node.list_payments()
+                    if p.status is PaymentStatus.SUCCEEDED
+                }
+            mine = {h.hex(): amt for h, (dev, amt) in invoice_paid.items() if dev == index}
+            given = {proof[0].hex(): amt for dev, _, amt, proof in shares if dev == index and proof}
+            # Every successful lnd payment of this device is in the log, with its amount.
+            assert set(sent) == set(mine) | set(given), name
+            for payment_hash, amount in {**mine, **given}.items():
+                assert sent[payment_hash].value_msat == amount, name
