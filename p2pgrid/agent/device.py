@@ -33,6 +33,7 @@ from p2pgrid.billing import (
     METER_INTERVAL_S,
     PeriodClock,
     Tariff,
+    bill,
     charge_msat,
     invoices_of,
     model_ms,
@@ -230,12 +231,27 @@ class DeviceAgent:
         return head.seq if head is not None else 0
 
     async def settle_when_invoiced(self, period: int) -> list[SettleResult]:
-        """Wait for the utility's invoice of ``period`` in the replica, then settle it."""
-        async with asyncio.timeout(INVOICE_WAIT_S):
-            while not invoices_of(
-                await self.store.entries(period=period), device=self.profile.index, period=period
-            ):
-                await self.replica.wait_until(self._utility_wrote_since(self._utility_seq()))
+        """Wait for the utility's invoice of ``period`` in the replica, then settle it.
+
+        A device that owes nothing for the period (by its own replica) expects no
+        invoice; one whose invoice does not come in time reports it and goes on."""
+        me = self.profile.index
+        entries = await self.store.entries(period=period)
+        if bill(entries, device=me, period=period, tariff=self.tariff).amount_msat == 0:
+            return []
+        try:
+            async with asyncio.timeout(INVOICE_WAIT_S):
+                while True:
+                    seen = self._utility_seq()  # before reading: no write slips between
+                    entries = await self.store.entries(period=period)
+                    if invoices_of(entries, device=me, period=period):
+                        break
+                    await self.replica.wait_until(self._utility_wrote_since(seen))
+        except TimeoutError:
+            log.warning("[%s] no invoice for period %d after %.0f s", self.name, period,
+                        INVOICE_WAIT_S)  # fmt: skip
+            self.report.settlements.append((period, "no_invoice", 0))
+            return []
         results = await self.settler.settle(
             period,
             now_period=max(period, self.clock.period_of(self._interval)),

@@ -72,12 +72,17 @@ class UtilityNode:
 
     async def _close(self, site: SiteDesk, period: int, last: int, periods: int) -> None:
         last_ms = self.model_ms(last)
+        missing: list[int] = []
         try:
             async with asyncio.timeout(READINGS_WAIT_S):
-                while missing := await self._missing_readings(site, period, last_ms):
+                while True:
+                    seen = site.store.digest()  # before reading: no change slips between
+                    missing = await self._missing_readings(site, period, last_ms)
+                    if not missing:
+                        break
                     for peer in site.replica.host.peers():
                         site.replica.request_sync(peer.peer_id)
-                    await site.replica.wait_until(_changed_since(site.store, site.store.digest()))
+                    await site.replica.wait_until(_changed_since(site.store, seen))
         except TimeoutError:
             log.warning(
                 "[utility] %s period %d: no last reading from devices %s; invoicing what is logged",
