@@ -1,0 +1,79 @@
+"""Agent pieces without the network: the payment handshake's codec, the share
+proof, the scenario file and the owner's provisioning (folded for real)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
+from p2pgrid.agent.sharing import parse_proof, proof_memo
+from p2pgrid.errors import ConfigError
+from p2pgrid.ledger import fold
+from p2pgrid.market import MessageError, Priority
+from p2pgrid.provision import owner_entries
+from p2pgrid.scenario import load_scenario, parse_scenario
+
+SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 2**63 - 1), st.text("lnbcrt0123456789"))
+def test_share_invoice_round_trips_and_rejects_truncation(
+    request_id: bytes, amount: int, bolt11: str
+) -> None:
+    message = ShareInvoice(request_id, amount, bolt11)
+    data = message.encode()
+    assert ShareInvoice.decode(data) == message
+    for cut in range(len(data)):
+        with pytest.raises(MessageError):
+            ShareInvoice.decode(data[:cut])
+    with pytest.raises(MessageError):
+        ShareInvoice.decode(data + b"\x00")
+
+
+def test_share_receipt_round_trips() -> None:
+    receipt = ShareReceipt(b"\x01" * 32, b"\x02" * 32, b"entry bytes")
+    assert ShareReceipt.decode(receipt.encode()) == receipt
+    with pytest.raises(MessageError):
+        ShareReceipt(b"\x01" * 31, b"\x02" * 32, b"")
+
+
+def test_share_proof_must_match_its_hash() -> None:
+    preimage = b"\x07" * 32
+    payment_hash = hashlib.sha256(preimage).digest()
+    assert parse_proof(proof_memo(payment_hash, preimage)) == (payment_hash, preimage)
+    assert parse_proof(proof_memo(b"\x00" * 32, preimage)) is None
+    assert parse_proof("help") is None
+
+
+def test_the_shipped_scenario_and_its_provisioning() -> None:
+    scenario = load_scenario(SCENARIO)
+    assert [len(s.devices) for s in scenario.sites] == [3, 3]
+    assert {d.priority for s in scenario.sites for d in s.devices} >= {
+        Priority.CRITICAL,
+        Priority.DEFERRABLE,
+    }
+    for site in scenario.sites:
+        view = fold(owner_entries(scenario, site))
+        for period in range(scenario.periods):
+            accounts = view.period(period).accounts
+            assert sum(a.allocation_msat for a in accounts.values()) == site.budget_msat
+        assert set(view.device_classes) == {d.index for d in site.devices}
+
+
+def test_a_bad_scenario_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="missing 'seed'"):
+        parse_scenario(
+            {
+                "clock": {"intervals_per_period": 4, "interval_s": 1, "periods": 1},
+                "tariff": {"msat_per_kwh": 1},
+                "utility": {"seed": "u"},
+                "sites": [{"name": "s", "budget_msat": 1, "devices": []}],
+            }
+        )
+    with pytest.raises(ConfigError, match="cannot read scenario"):
+        load_scenario(Path("/nonexistent.toml"))
