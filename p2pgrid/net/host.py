@@ -314,11 +314,18 @@ class PeerHost:
 
     # -- sealing -----------------------------------------------------------------
 
-    def _seal_context(self, context: str, records: Sequence[Record], max_bytes: int) -> bytes:
+    def _seal_context(
+        self, context: str, records: Sequence[Record], max_bytes: int, *, one_shot: bool = False
+    ) -> bytes:
+        """Seal for ``context``; ``one_shot`` contexts (a response's, unique per request)
+        always use seq 1 and are not remembered, so answering does not grow memory."""
         if self._node is None:
             raise NetClosed("host not started")
-        seq = self._seq.get(context, 0) + 1
-        self._seq[context] = seq
+        if one_shot:
+            seq = 1
+        else:
+            seq = self._seq.get(context, 0) + 1
+            self._seq[context] = seq
         return seal(
             self.device.signer,
             context,
@@ -480,6 +487,7 @@ class PeerHost:
                 _response_context(protocol, envelope.body + envelope.signature),
                 [_record(answer)],
                 MAX_STREAM_ENVELOPE_BYTES,
+                one_shot=True,
             )
         except ReportableError as exc:
             log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)

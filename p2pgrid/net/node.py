@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import multiaddr
 import trio
-from libp2p import create_mplex_muxer_option, create_yamux_muxer_option, new_host
+from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
@@ -25,6 +27,8 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pgrid.net.bridge import TrioBridge
@@ -49,6 +53,7 @@ from p2pgrid.net.frames import (
     write_frame,
 )
 from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
+from p2pgrid.net.muxer import muxer_options
 from p2pgrid.net.validator import EnvelopeValidator, Reason
 
 log = logging.getLogger(__name__)
@@ -144,12 +149,15 @@ class TrioNode:
         self._events = events
         self._bridge = bridge
         self.name = name
-        muxer = (
-            create_mplex_muxer_option() if config.muxer == "mplex" else create_yamux_muxer_option()
-        )
+        key_pair = create_new_key_pair(host_key_seed)
+        # Noise only. py-libp2p 0.8.1's default also accepts /plaintext/2.0.0 (and
+        # secio): a dialer choosing plaintext claims any peer id unauthenticated,
+        # which would void the hello's and the streams' peer-id binding.
+        noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
         self.host = new_host(
-            key_pair=create_new_key_pair(host_key_seed),
-            muxer_opt=muxer,
+            key_pair=key_pair,
+            muxer_opt=muxer_options(config.muxer),
+            sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
             enable_mDNS=config.mdns,
         )
         self.peer_id: ID = self.host.get_id()
@@ -166,6 +174,12 @@ class TrioNode:
             eclipse_protection_enabled=False,
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        # py-libp2p 0.8.1 starts its pubsub seqno counter at int(time.time()) and adds
+        # one per publish. Our peer id is stable (derived from the device key), so a
+        # restarted agent that published faster than 1/s before would reuse seqnos
+        # (from_id, seqno) that peers still hold in their 120 s seen-cache: its first
+        # messages would be dropped as duplicates. Start from nanoseconds like go-libp2p.
+        self.pubsub.counter = time.time_ns()
         self.host.get_network().register_notifee(_Notifee(self))
         self.host.set_stream_handler(TProtocol(HELLO_PROTOCOL), self._serve_hello)
         self._redialer = Redialer(self.host, config, name=name, is_connected=self._is_connected)

@@ -182,6 +182,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                     break
                 if command["cmd"] == "measure":
                     warm.cancel()
+                    before = host.stats()
                     sent = await _measure(
                         publish,
                         me=args.index,
@@ -197,7 +198,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                         tally,
                         sent,
                         {
-                            "envelopes": stats.published_envelopes,
+                            "envelopes": stats.published_envelopes - before.published_envelopes,
                             "gaps": stats.sequence_gaps,
                             "drops": stats.subscriber_drops,
                             "peers": stats.peers,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import multiaddr
 import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.exceptions import SwarmException
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from p2pgrid.errors import RetryableError
 from p2pgrid.identity import SiteOwner
@@ -16,8 +23,10 @@ from p2pgrid.net import (
     RequestRejected,
     Subscription,
     Topic,
+    TrioBridge,
     site_topic,
 )
+from p2pgrid.net.discovery import parse_peer_addr
 from p2pgrid.poll import wait_until
 from tests.net.conftest import MakeHost, Note
 
@@ -230,3 +239,23 @@ async def test_other_site_topics_are_separate(make_host: MakeHost, other_owner: 
     sub = a.subscribe(other)
     await b.publish(other, Note(9))
     assert (await next_delivery(sub)).decode(Note) == Note(9)
+
+
+async def test_plaintext_dial_is_refused(make_host: MakeHost, bridge: TrioBridge) -> None:
+    """Only /noise authenticates the remote peer id that hellos and requests are bound to."""
+    a = await make_host(0)
+
+    async def dial_in_plaintext() -> bool:
+        key_pair = create_new_key_pair(b"p2pgrid-plaintext-dialer".ljust(32, b"."))
+        plaintext = {TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(key_pair)}
+        dialer = new_host(key_pair=key_pair, sec_opt=plaintext)
+        async with dialer.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                with trio.fail_after(WAIT_S):
+                    await dialer.connect(parse_peer_addr(a.addrs[0]))
+            except SwarmException:
+                return False
+            return True
+
+    assert not await bridge.run(dial_in_plaintext), "a plaintext connection was accepted"
+    assert a.peers() == ()

@@ -1,0 +1,298 @@
+"""Benchmark of the net layer: delivery latency and loss with one OS process per agent.
+
+For each agent count, in one run on one machine, two fleets of probe processes
+(``python -m p2pgrid.net.probe``) are started one after the other:
+
+1. ``raw``: plain py-libp2p 0.8.1 gossipsub in ``trio.run`` (the baseline: no
+   bridge, no envelope, no signatures, no membership checks, no pacing), with the
+   same gossipsub settings as the p2pgrid host;
+2. ``p2pgrid``: :class:`p2pgrid.net.PeerHost` (trio guest run in asyncio, signed
+   envelopes, validators, hellos and peer exchange, paced publishing).
+
+Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
+``--fanout - 1`` random earlier agents (py-libp2p alone has no peer exchange that
+spreads peers; p2pgrid also dials the peers it learns from hellos).
+
+A fleet is measured once every agent has heard every other (warm-up messages at
+``--rate``). Then every agent publishes ``--rate`` messages/s for ``--duration``
+seconds and, ``--drain`` seconds later, reports the latency of each message it
+received (sender's wall clock to receiver's, same machine) and the counts. Loss
+is 1 - received / (sent x (agents - 1)). RSS is each agent's ``VmRSS`` read from
+``/proc/PID/status`` after the measured phase.
+
+Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
+       [--duration 20] [--drain 3] [--fanout 4] [--modes raw p2pgrid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pgrid.net.probe_driver import (
+    ProbeExited,
+    ProbeFleet,
+    ProbeProcess,
+    ProbeSpec,
+    Report,
+    wait_all,
+)
+
+SEED = "p2pgrid-bench-net-latency"
+#: Per agent: starting an interpreter that imports libp2p costs ~1 s of CPU
+#: (more on two cores shared with other work).
+START_S_PER_AGENT = 4.0
+#: Per agent: dialling, hellos, mesh grafting, one warm-up message heard.
+MESH_S_PER_AGENT = 1.5
+#: Reports may come this long after duration + drain.
+REPORT_SLACK_S = 15.0
+
+
+@dataclass(frozen=True)
+class Result:
+    agents: int
+    mode: str
+    sent: int
+    received: int
+    expected: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    rss_mb_median: float
+    rss_mb_max: float
+    mesh_s: float
+    #: Mean CPU of one agent over the measured phase (and drain), % of one core.
+    cpu_pct: float
+    notes: str
+
+    @property
+    def loss(self) -> float:
+        return 1.0 - self.received / self.expected if self.expected else 0.0
+
+
+def waves(agents: int) -> list[range]:
+    """Start order: agent 0, then doubling waves (at most 16 at once)."""
+    out, start, size = [range(1)], 1, 1
+    while start < agents:
+        out.append(range(start, min(agents, start + size)))
+        start += size
+        size = min(size * 2, 16)
+    return out
+
+
+def bootstrap_lists(agents: int, fanout: int, rng: random.Random) -> list[list[int]]:
+    """Whom agent ``i`` dials: agent 0, plus random agents of earlier waves."""
+    lists: list[list[int]] = [[] for _ in range(agents)]
+    for wave in waves(agents)[1:]:
+        earlier = list(range(1, wave.start))
+        for i in wave:
+            lists[i] = [0, *rng.sample(earlier, min(fanout - 1, len(earlier)))]
+    return lists
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (``nan`` if none)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+async def measure_fleet(
+    mode: str, agents: int, args: argparse.Namespace, log_dir: Path, plan: list[list[int]]
+) -> Result | None:
+    """Start a fleet, measure it, kill it; ``None`` (and why, on stderr) if it failed."""
+    async with ProbeFleet(log_dir) as fleet:
+        try:
+            return await measure(fleet, mode, agents, args, plan)
+        except (TimeoutError, ProbeExited) as exc:
+            explain_failure(fleet, exc)
+            return None
+
+
+async def measure(
+    fleet: ProbeFleet, mode: str, agents: int, args: argparse.Namespace, plan: list[list[int]]
+) -> Result:
+    raw = mode == "raw"
+    interval = 1.0 / args.rate
+    async with asyncio.timeout(START_S_PER_AGENT * agents + 20):
+        addrs: dict[int, str] = {}
+        probes: list[ProbeProcess] = []
+        for wave in waves(agents):  # each agent's bootstrap peers already listen
+            specs = [
+                ProbeSpec(
+                    SEED,
+                    i,
+                    bootstrap=tuple(addrs[j] for j in plan[i]),
+                    raw=raw,
+                    interval_s=interval,
+                    muxer=args.muxer,
+                )
+                for i in wave
+            ]
+            started = await fleet.start(specs)
+            probes += started
+            addrs.update((probe.spec.index, probe.addrs[0]) for probe in started)
+    started_at = time.monotonic()
+    everyone = set(range(agents))
+
+    def heard_all(probe: ProbeProcess) -> bool:
+        return set(probe.heard) >= everyone - {probe.spec.index}
+
+    try:
+        async with asyncio.timeout(MESH_S_PER_AGENT * agents + 20):
+            await wait_all(probes, heard_all)
+    except TimeoutError:
+        deaf = sum(not heard_all(p) for p in probes)
+        print(
+            f"{mode} x{agents}: {deaf} agents did not hear everyone; measuring anyway",
+            file=sys.stderr,
+        )
+    mesh_s = time.monotonic() - started_at
+    command = {"cmd": "measure", "rate": args.rate, "duration": args.duration}
+    command["drain"] = args.drain
+    cpu_before = [probe.cpu_seconds() for probe in probes]
+    measure_started = time.monotonic()
+    for probe in probes:
+        await probe.send(command)
+    try:
+        async with asyncio.timeout(args.duration + args.drain + REPORT_SLACK_S):
+            await wait_all(probes, lambda probe: probe.report is not None)
+    except TimeoutError:
+        late = [p.spec.index for p in probes if p.report is None]
+        print(f"{mode} x{agents}: no report from {late}: counted as lost", file=sys.stderr)
+    elapsed = time.monotonic() - measure_started
+    cpu = [p.cpu_seconds() - before for p, before in zip(probes, cpu_before, strict=True)]
+    cpu_pct = 100 * statistics.mean(cpu) / elapsed
+    rss_mb = sorted(probe.rss_kb() / 1024 for probe in probes)
+    reports = [probe.report for probe in probes if probe.report is not None]
+    unreported = (agents - len(reports)) * int(args.rate * args.duration)
+    return summarise(mode, agents, reports, rss_mb, mesh_s, unreported, cpu_pct)
+
+
+def explain_failure(fleet: ProbeFleet, exc: BaseException) -> None:
+    """Which probes were not listening or reporting, and the end of their stderr."""
+    print(f"  failed: {exc!r}", file=sys.stderr)
+    for probe in fleet.spawned:
+        if probe.listening is None or probe.report is None:
+            print(
+                f"  probe {probe.spec.index} pid {probe.pid} rc {probe.returncode} "
+                f"listening {probe.listening is not None}; stderr ({probe.log_path}):\n"
+                f"{probe.stderr_tail(5)}",
+                file=sys.stderr,
+            )
+
+
+def summarise(
+    mode: str,
+    agents: int,
+    reports: list[Report],
+    rss_mb: list[float],
+    mesh_s: float,
+    unreported: int,
+    cpu_pct: float,
+) -> Result:
+    """``unreported``: messages the agents that did not report were due to send."""
+    latencies = sorted(x for report in reports for x in report.latencies_ms)
+    sent = sum(report.sent for report in reports) + unreported
+    counters: dict[str, int] = {}
+    for report in reports:
+        for key, value in report.counters.items():
+            counters[key] = counters.get(key, 0) + value
+    peers = counters.pop("peers", 0)
+    notes = [f"peers/agent {peers / len(reports):.1f}"]
+    notes += [f"{key} {value}" for key, value in sorted(counters.items())]  # summed over agents
+    return Result(
+        agents=agents,
+        mode=mode,
+        sent=sent,
+        received=sum(report.received for report in reports),
+        expected=sent * (agents - 1),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else float("nan"),
+        rss_mb_median=statistics.median(rss_mb),
+        rss_mb_max=rss_mb[-1],
+        mesh_s=mesh_s,
+        cpu_pct=cpu_pct,
+        notes=", ".join(notes),
+    )
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"rate {args.rate} msg/s per agent, {args.duration} s measured, drain {args.drain} s, "
+        f"fanout {args.fanout}, muxer {args.muxer}"
+    )
+    print(
+        "| agents | mode | sent | received/expected | loss | p50 ms | p99 ms | max ms "
+        "| RSS MB/agent (median, max) | CPU %/agent | mesh s | notes |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in results:
+        print(
+            f"| {r.agents} | {r.mode} | {r.sent} | {r.received}/{r.expected} | {r.loss:.2%} "
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.max_ms:.1f} "
+            f"| {r.rss_mb_median:.0f}, {r.rss_mb_max:.0f} | {r.cpu_pct:.1f} | {r.mesh_s:.1f} "
+            f"| {r.notes} |"
+        )
+    print()
+    by_key = {(r.agents, r.mode): r for r in results}
+    for agents in args.agents:
+        layer, raw = by_key.get((agents, "p2pgrid")), by_key.get((agents, "raw"))
+        if layer is None or raw is None:
+            continue
+        print(
+            f"ratio p2pgrid/raw at {agents} agents: p50 {layer.p50_ms / raw.p50_ms:.2f}, "
+            f"p99 {layer.p99_ms / raw.p99_ms:.2f}, "
+            f"RSS {layer.rss_mb_median / raw.rss_mb_median:.2f}, "
+            f"CPU {layer.cpu_pct / raw.cpu_pct:.2f}, "
+            f"loss {layer.loss:.2%} vs {raw.loss:.2%}"
+        )
+
+
+async def run(args: argparse.Namespace) -> None:
+    results = []
+    tmp = args.log_dir or tempfile.mkdtemp(prefix="net-latency-")
+    print(f"probe stderr logs in {tmp}", file=sys.stderr)
+    for agents in args.agents:
+        plan = bootstrap_lists(agents, args.fanout, random.Random(agents))
+        for mode in args.modes:
+            log_dir = Path(tmp) / f"{mode}-{agents}"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            print(f"measuring {mode} with {agents} agents...", file=sys.stderr)
+            result = await measure_fleet(mode, agents, args, log_dir, plan)
+            if result is not None:
+                results.append(result)
+                print(f"  {result}", file=sys.stderr)
+    print_table(results, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--rate", type=float, default=1.0, help="messages/s per agent")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait after")
+    parser.add_argument("--fanout", type=int, default=4, help="bootstrap peers per agent")
+    parser.add_argument("--log-dir", help="where probes' stderr goes (default: a new temp dir)")
+    parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["raw", "p2pgrid"], default=["raw", "p2pgrid"]
+    )
+    args = parser.parse_args()
+    if min(args.agents) < 2:
+        parser.error("--agents needs at least 2 agents per run")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
