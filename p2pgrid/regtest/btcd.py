@@ -61,7 +61,15 @@ class BtcdConfig:
             "--txindex",
             "--nodnsseed",
             "--debuglevel=info",
+            # Each lnd holds ~4 websocket notification clients; btcd's default cap
+            # of 25 refuses the 7th node of a stack (observed), so raise it.
+            f"--rpcmaxwebsockets={MAX_WEBSOCKETS}",
+            f"--rpcmaxclients={MAX_WEBSOCKETS}",
         ]
+
+
+#: Websocket and HTTP RPC clients btcd accepts: room for ~60 lnd nodes.
+MAX_WEBSOCKETS = 250
 
 
 class BtcdRpc:
