@@ -43,15 +43,15 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         extra_sites=(scenario.utility.owner.identity,),
     )
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
-    commands_in = commands()
     async with contextlib.AsyncExitStack() as parts:
+        commands_in = commands()
+        parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
         store = await LogStore.open(
             runtime.data_dir / f"{name}.db", scenario.membership(site), name=name
         )
         parts.push_async_callback(store.close)
         await store.ingest_many([bytes.fromhex(h) for h in runtime.provision.get(site.name, [])])
-        node = LndClient(runtime.lnd)
-        parts.push_async_callback(node.aclose)
+        node = await parts.enter_async_context(LndClient(runtime.lnd))
         host = PeerHost(
             NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
             DeviceKey(identity, device.index, signer),

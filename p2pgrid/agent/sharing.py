@@ -10,14 +10,16 @@ with a market ``ShareRequest``; peers with headroom answer a ``ShareOffer``
 Giver: checks the invoice against its offer and its current headroom, pays it
 over Lightning, records a ``share`` entry whose memo carries the payment hash
 and preimage (the proof), and answers with a ``ShareReceipt`` holding that
-entry. The requester checks the preimage against its invoice and ingests the
-entry. An offer is good for one payment: a retried invoice for the same
+entry (the memo also names the routing fee, so the log accounts for every msat
+that left the giver's channels). The requester checks the preimage against its
+invoice and ingests the entry. An offer is good for one payment: a retried invoice for the same
 request is refused once paid, so a share is never paid twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -40,20 +42,35 @@ PAY_TIMEOUT_S = 60.0
 SHARE_FEE_LIMIT_MSAT = 20_000
 
 
-def proof_memo(payment_hash: bytes, preimage: bytes) -> str:
-    return f"ln {payment_hash.hex()} {preimage.hex()}"
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShareProof:
+    """What a ``share`` entry's memo proves: the Lightning payment behind it."""
+
+    payment_hash: bytes
+    preimage: bytes
+    fee_msat: int  # routing fee the giver paid on top of the amount
 
 
-def parse_proof(memo: str) -> tuple[bytes, bytes] | None:
-    """(payment_hash, preimage) from a share memo, if it carries a valid proof."""
+def proof_memo(payment_hash: bytes, preimage: bytes, fee_msat: int) -> str:
+    return f"ln {payment_hash.hex()} {preimage.hex()} {fee_msat}"
+
+
+def parse_proof(memo: str) -> ShareProof | None:
+    """The proof in a share memo, if it carries a valid one."""
     parts = memo.split()
-    if len(parts) != 3 or parts[0] != "ln":
+    if len(parts) != 4 or parts[0] != "ln":
         return None
     try:
-        payment_hash, preimage = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+        payment_hash, preimage, fee = (
+            bytes.fromhex(parts[1]),
+            bytes.fromhex(parts[2]),
+            int(parts[3]),
+        )
     except ValueError:
         return None
-    return (payment_hash, preimage) if hashlib.sha256(preimage).digest() == payment_hash else None
+    if hashlib.sha256(preimage).digest() != payment_hash or fee < 0:
+        return None
+    return ShareProof(payment_hash, preimage, fee)
 
 
 class ShareDesk:
@@ -180,7 +197,7 @@ class ShareDesk:
             share = Share(
                 to_device=delivery.device_index,
                 amount_msat=ask.amount_msat,
-                memo=proof_memo(payment_hash, preimage),
+                memo=proof_memo(payment_hash, preimage, payment.fee_msat),
             )
             try:
                 entry = await self.writer.append(

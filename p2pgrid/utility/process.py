@@ -36,10 +36,10 @@ async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
     runtime = Runtime.load(runtime_path)
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
     utility = scenario.utility
-    commands_in = commands()
     async with contextlib.AsyncExitStack() as parts:
-        node = LndClient(runtime.lnd)
-        parts.push_async_callback(node.aclose)
+        commands_in = commands()
+        parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
+        node = await parts.enter_async_context(LndClient(runtime.lnd))
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)

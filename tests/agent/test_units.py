@@ -45,8 +45,11 @@ def test_share_receipt_round_trips() -> None:
 def test_share_proof_must_match_its_hash() -> None:
     preimage = b"\x07" * 32
     payment_hash = hashlib.sha256(preimage).digest()
-    assert parse_proof(proof_memo(payment_hash, preimage)) == (payment_hash, preimage)
-    assert parse_proof(proof_memo(b"\x00" * 32, preimage)) is None
+    proof = parse_proof(proof_memo(payment_hash, preimage, 1000))
+    assert proof is not None
+    assert (proof.payment_hash, proof.preimage, proof.fee_msat) == (payment_hash, preimage, 1000)
+    assert parse_proof(proof_memo(b"\x00" * 32, preimage, 0)) is None
+    assert parse_proof(proof_memo(payment_hash, preimage, -1)) is None
     assert parse_proof("help") is None
 
 

@@ -161,8 +161,15 @@ async def test_sats_moved_in_lnd_reconcile_with_the_log(
                     if p.status is PaymentStatus.SUCCEEDED
                 }
             mine = {h.hex(): amt for h, (dev, amt) in invoice_paid.items() if dev == index}
-            given = {proof[0].hex(): amt for dev, _, amt, proof in shares if dev == index and proof}
-            # Every successful lnd payment of this device is in the log, with its amount.
+            given = {
+                proof.payment_hash.hex(): (amt, proof.fee_msat)
+                for dev, _, amt, proof in shares
+                if dev == index and proof
+            }
+            # Every successful lnd payment of this device is in the log, with its
+            # amount and (for shares, routed through the utility) its fee.
             assert set(sent) == set(mine) | set(given), name
-            for payment_hash, amount in {**mine, **given}.items():
+            for payment_hash, amount in mine.items():
                 assert sent[payment_hash].value_msat == amount, name
+            for payment_hash, (amount, fee) in given.items():
+                assert (sent[payment_hash].value_msat, sent[payment_hash].fee_msat) == (amount, fee)
