@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.settlement import InvoiceSettler, SettleResult
 from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import (
@@ -81,6 +82,8 @@ class AgentReport:
     intervals: int = 0
     consumed_wh: int = 0
     curtailed_intervals: int = 0
+    bought_wh: int = 0  # from neighbours
+    offered_wh: int = 0  # to neighbours (reserved for a buyer; paid or not)
     shares_received_msat: int = 0
     carried_over_msat: int = 0
     settlements: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)
@@ -129,6 +132,14 @@ class DeviceAgent:
             current_period=lambda: self.clock.period_of(self._interval),
             name=self.name,
         )
+        self.energy = EnergyDesk(
+            me=Party(profile.site_id, profile.index),
+            host=host,
+            node=node,
+            writer=writer,
+            balance=self.balance,
+            name=self.name,
+        )
         self.settler = InvoiceSettler(
             device=profile.index,
             store=store,
@@ -138,6 +149,11 @@ class DeviceAgent:
             utility_pubkey=profile.utility_pubkey,
             name=self.name,
         )
+
+    def install(self) -> None:
+        """Answer share requests and energy bids from the site's devices."""
+        self.desk.install()
+        self.energy.install()
 
     # -- money -------------------------------------------------------------------
 
@@ -189,6 +205,8 @@ class DeviceAgent:
                     period = self.clock.period_of(interval)
                     await self.close_period(period)
                     settlements.create_task(self.settle_when_invoiced(period))
+        self.report.bought_wh = self.energy.bought_wh
+        self.report.offered_wh = self.energy.offered_wh
         return self.report
 
     async def meter_interval(self, interval: int) -> None:
@@ -196,10 +214,16 @@ class DeviceAgent:
         modelled = self.model_interval(interval)
         reading = self.meter.reading(modelled)
         consumed = max(0, reading.consumed_wh - reading.produced_wh)  # own production first
+        export = max(0, reading.produced_wh - reading.consumed_wh)
         start_ms = model_ms(modelled)
+        peers = [p for p in self.host.peers() if p.site_id == self.profile.site_id]
+        if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
+            rate = self.tariff.rate_msat_per_kwh(modelled)
+            consumed -= await self.energy.buy(
+                consumed, period=period, interval=interval, rate_msat_per_kwh=rate, peers=peers
+            )
         cost = charge_msat(self.tariff, [(modelled, consumed)])
         if cost > 0 and await self.balance(period) < cost:
-            peers = [p for p in self.host.peers() if p.site_id == self.profile.site_id]
             got = await self.desk.ask(cost - await self.balance(period), period, peers)
             self.report.shares_received_msat += got
             if await self.balance(period) < cost and self.profile.priority is not Priority.CRITICAL:
@@ -215,6 +239,12 @@ class DeviceAgent:
         # once each device's reading of its last interval is in its replica.
         await self._write(MeterReading(start_ms, METER_INTERVAL_S, consumed, cost), period)
         self.report.consumed_wh += consumed
+        self.energy.offer(  # this interval's surplus, for sale during the next one
+            period=self.clock.period_of(interval + 1),
+            interval=interval + 1,
+            export_wh=export,
+            rate_msat_per_kwh=self.tariff.rate_msat_per_kwh(modelled + 1),
+        )
 
     async def close_period(self, period: int) -> None:
         left = await self.balance(period)

@@ -22,6 +22,7 @@ from p2pgrid.market import MessageError
 VERSION: Final = 1
 KIND_SHARE_INVOICE: Final = 0x0310
 KIND_SHARE_RECEIPT: Final = 0x0311
+KIND_SALE_OFFER: Final = 0x0312
 MAX_FIELD_BYTES: Final = 4096
 
 
@@ -92,3 +93,35 @@ class ShareReceipt:
     def decode(cls, data: bytes) -> Self:
         fixed, (entry,) = _unpack(data, 64, 1)
         return cls(fixed[:32], fixed[32:], entry)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleOffer:
+    """A producer's answer to a ``Bid``: ``energy_wh`` for ``amount_msat`` (the
+    cleared trade), payable with ``bolt11`` (an invoice of the seller's lnd)."""
+
+    KIND: ClassVar[int] = KIND_SALE_OFFER
+    bid_id: bytes
+    energy_wh: int
+    amount_msat: int
+    bolt11: str
+
+    def __post_init__(self) -> None:
+        if len(self.bid_id) != 32 or not 0 < self.energy_wh < 2**63:
+            raise MessageError("bid_id is 32 bytes and energy_wh within 1..2^63-1")
+        if not 0 < self.amount_msat < 2**63:
+            raise MessageError("amount_msat within 1..2^63-1")
+
+    def encode(self) -> bytes:
+        head = bytes([VERSION]) + self.bid_id + struct.pack(">QQ", self.energy_wh, self.amount_msat)
+        return head + _pack_bytes(self.bolt11.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        fixed, (bolt11,) = _unpack(data, 48, 1)
+        try:
+            text = bolt11.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise MessageError("bolt11 is not ASCII") from exc
+        energy, amount = struct.unpack(">QQ", fixed[32:])
+        return cls(fixed[:32], energy, amount, text)

@@ -84,7 +84,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             host=host,
             node=node,
         )
-        agent.desk.install()
+        agent.install()
         emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs))
         async for command in commands_in:
             if command["cmd"] == "start":

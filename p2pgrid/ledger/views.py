@@ -155,7 +155,7 @@ class _Period:
         acc["balance_msat"] -= amount
         return True
 
-    def apply(self, entry: Entry, classes: dict[int, str]) -> None:
+    def apply(self, entry: Entry, classes: dict[int, str], invoice_hashes: set[bytes]) -> None:
         body, me = entry.body, entry.author.index
         if isinstance(body, Allocation):
             acc = self.acc(body.device)
@@ -189,8 +189,8 @@ class _Period:
             self.budget += body.amount_msat
         elif isinstance(body, Invoice):
             self.invoiced += body.amount_msat
-        elif isinstance(body, Payment):
-            self.paid += body.amount_msat
+        elif isinstance(body, Payment) and body.payment_hash in invoice_hashes:
+            self.paid += body.amount_msat  # (a sale's payment proof is not an invoice's)
         elif isinstance(body, Dispute):
             self.disputes.append(entry)
         elif isinstance(body, DeviceInfo):
@@ -211,6 +211,7 @@ def fold(entries: Iterable[Entry]) -> LedgerView:
     for entry in ordered:
         by_period.setdefault(entry.period, []).append(entry)
     classes: dict[int, str] = {}
+    invoice_hashes = {e.body.payment_hash for e in ordered if isinstance(e.body, Invoice)}
     periods: dict[int, PeriodView] = {}
     carried: dict[int, int] = {}
     todo = sorted(by_period)
@@ -218,7 +219,7 @@ def fold(entries: Iterable[Entry]) -> LedgerView:
         number = todo.pop(0)
         state = _Period(number, carried)
         for entry in by_period.get(number, []):
-            state.apply(entry, classes)
+            state.apply(entry, classes, invoice_hashes)
         periods[number] = state.freeze()
         carried = {
             d: a["carried_out_msat"] for d, a in state.accounts.items() if a["carried_out_msat"]

@@ -1,0 +1,178 @@
+"""Energy sales between neighbours: a producer (solar) sells its surplus.
+
+A producer that exported ``E`` Wh in interval ``i`` (production beyond its own
+use) offers it to its site during interval ``i + 1`` with a market ``Ask`` at
+:data:`ASK_PCT` of the tariff. A device about to import energy first bids for it
+on :data:`ENERGY_PROTOCOL` (a market ``Bid``: its need, at most the tariff); the
+producer clears the bid against what is left of its ask with the market's
+pay-as-clear rule (:func:`p2pgrid.market.clear`) and answers a
+:class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
+trade's exact amount. The buyer checks the amount against the trade and its own
+balance, pays over Lightning and logs a ``sale`` (it pays, so it authors it) and
+a ``payment`` with the preimage. The energy bought is not imported from the
+grid: the buyer's meter reading for the interval counts only the rest, so the
+utility bills only grid energy. Energy nobody buys goes to the grid unpaid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from p2pgrid.agent.messages import SaleOffer
+from p2pgrid.errors import RetryableError
+from p2pgrid.ledger import LogWriter, Payment, Sale
+from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
+from p2pgrid.market import Ask, Bid, Party, clear, max_bid_energy, to_tick
+from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
+
+log = logging.getLogger(__name__)
+
+ENERGY_PROTOCOL = "/p2pgrid/1/energy/buy"
+#: A producer asks this share of the tariff: cheaper than the grid for its neighbours.
+ASK_PCT = 80
+BID_TIMEOUT_S = 5.0
+SALE_FEE_LIMIT_MSAT = 20_000
+
+
+@dataclasses.dataclass
+class _ForSale:
+    ask: Ask
+    left_wh: int
+
+
+class EnergyDesk:
+    """Both sides of neighbour energy sales for one device."""
+
+    def __init__(
+        self,
+        *,
+        me: Party,
+        host: PeerHost,
+        node: LightningNode,
+        writer: LogWriter,
+        balance: Callable[[int], Awaitable[int]],
+        name: str,
+    ) -> None:
+        self.me = me
+        self.host = host
+        self.node = node
+        self.writer = writer
+        self._balance = balance
+        self.name = name
+        self._for_sale: dict[int, _ForSale] = {}  # by run interval
+        self.offered_wh = 0
+        self.bought_wh = 0
+
+    def install(self) -> None:
+        self.host.handle(ENERGY_PROTOCOL, self._on_bid)
+
+    # -- seller ------------------------------------------------------------------
+
+    def offer(self, *, period: int, interval: int, export_wh: int, rate_msat_per_kwh: int) -> None:
+        """Offer ``export_wh`` for sale during run interval ``interval``."""
+        for old in [i for i in self._for_sale if i < interval - 1]:
+            del self._for_sale[old]  # bids for the interval now ending may still come
+        if export_wh > 0 and rate_msat_per_kwh > 0:
+            price = to_tick(rate_msat_per_kwh * ASK_PCT // 100)
+            ask = Ask(self.me, period, interval, export_wh, price)
+            self._for_sale[interval] = _ForSale(ask, export_wh)
+
+    async def _on_bid(self, delivery: Delivery) -> SaleOffer:
+        bid = delivery.decode(Bid)
+        if bid.party.device != delivery.device_index or bid.party.site_id != self.me.site_id:
+            raise RequestRejected("the bid names another device than its sender")
+        sale = self._for_sale.get(bid.interval)
+        if sale is None or sale.left_wh == 0 or sale.ask.period != bid.period:
+            raise RequestRejected("nothing for sale in that interval")
+        ask = dataclasses.replace(sale.ask, energy_wh=sale.left_wh)
+        clearing = clear([ask], [bid], period=bid.period, interval=bid.interval)
+        if not clearing.trades:
+            raise RequestRejected("the bid is below the asking price")
+        [trade] = clearing.trades
+        sale.left_wh -= trade.energy_wh  # reserved for this buyer
+        self.offered_wh += trade.energy_wh  # (paid or not)
+        invoice = await self.node.add_invoice(
+            trade.amount_msat, f"p2pgrid energy {trade.energy_wh} Wh interval {bid.interval}"
+        )
+        log.info(
+            "[%s] offered %d Wh to device %d for %d msat",
+            self.name,
+            trade.energy_wh,
+            delivery.device_index,
+            trade.amount_msat,
+        )
+        return SaleOffer(bid.id, trade.energy_wh, trade.amount_msat, invoice.payment_request)
+
+    # -- buyer -------------------------------------------------------------------
+
+    async def buy(
+        self,
+        need_wh: int,
+        *,
+        period: int,
+        interval: int,
+        rate_msat_per_kwh: int,
+        peers: list[PeerRef],
+    ) -> int:
+        """Buy up to ``need_wh`` from producing neighbours, as far as the balance
+        pays for it; returns the Wh bought."""
+        bought = 0
+        price = to_tick(rate_msat_per_kwh)
+        for peer in peers:
+            affordable = max_bid_energy(await self._balance(period), price)
+            want = min(need_wh - bought, affordable)
+            if want <= 0:
+                break
+            bid = Bid(self.me, period, interval, want, price)
+            try:
+                reply = await self.host.request(
+                    peer.peer_id, ENERGY_PROTOCOL, bid, timeout_s=BID_TIMEOUT_S
+                )
+                offer = reply.decode(SaleOffer)
+            except (RetryableError, RequestRejected):
+                continue  # not a producer now, or nothing left
+            bought += await self._pay(offer, bid, peer, period)
+        self.bought_wh += bought
+        return bought
+
+    async def _pay(self, offer: SaleOffer, bid: Bid, seller: PeerRef, period: int) -> int:
+        if offer.bid_id != bid.id or offer.energy_wh > bid.energy_wh:
+            log.warning("[%s] device %d answered another bid", self.name, seller.device_index)
+            return 0
+        if offer.amount_msat * 1000 > offer.energy_wh * bid.price_msat_per_kwh:
+            log.warning("[%s] device %d asks above our bid", self.name, seller.device_index)
+            return 0
+        if offer.amount_msat > await self._balance(period):
+            return 0  # cannot pay for it from the budget: buy from the grid (or not at all)
+        try:
+            decoded = await self.node.decode_invoice(offer.bolt11)
+            if decoded.amount_msat != offer.amount_msat:
+                log.warning("[%s] the sale invoice asks another amount", self.name)
+                return 0
+            payment = await self.node.pay_invoice(offer.bolt11, fee_limit_msat=SALE_FEE_LIMIT_MSAT)
+        except (InvoiceError, PaymentFailed) as exc:
+            log.warning("[%s] could not pay device %d: %s", self.name, seller.device_index, exc)
+            return 0
+        now_ms = int(time.time() * 1000)
+        sale = Sale(
+            seller=seller.device_index, energy_wh=offer.energy_wh, amount_msat=offer.amount_msat
+        )
+        await self.writer.append(sale, period=period, timestamp_ms=now_ms)
+        proof = Payment(
+            amount_msat=offer.amount_msat,
+            payment_hash=bytes.fromhex(payment.payment_hash),
+            preimage=bytes.fromhex(payment.preimage),
+        )
+        await self.writer.append(proof, period=period, timestamp_ms=now_ms)
+        log.info(
+            "[%s] bought %d Wh from device %d for %d msat (fee %d)",
+            self.name,
+            offer.energy_wh,
+            seller.device_index,
+            offer.amount_msat,
+            payment.fee_msat,
+        )
+        return offer.energy_wh
