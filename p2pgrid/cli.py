@@ -29,7 +29,7 @@ def main() -> None:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # tables whole in logs
     try:
         asyncio.run(
             run_demo(console, scenario_path=args.scenario, work_dir=args.work_dir, keep=args.keep)

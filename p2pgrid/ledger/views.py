@@ -14,6 +14,9 @@ Money rules (all integer msat):
   The same rule applies to ``carry_over``.
 - A ``meter_reading``'s cost is paid from the balance as far as it goes; the
   rest is ``overdraft_msat`` (energy already used, owed to the utility).
+- ``paid_msat`` of a period is what was paid of *that period's* invoices (the
+  ``payment`` entries are logged later), each invoice once; a payment that pays
+  no invoice (a neighbour's energy, recorded with its ``sale``) is not counted.
 
 So a balance never goes negative, and within a period
 ``sum(allocation + carried_in + received + sold) ==
@@ -155,7 +158,7 @@ class _Period:
         acc["balance_msat"] -= amount
         return True
 
-    def apply(self, entry: Entry, classes: dict[int, str], invoice_hashes: set[bytes]) -> None:
+    def apply(self, entry: Entry, classes: dict[int, str]) -> None:
         body, me = entry.body, entry.author.index
         if isinstance(body, Allocation):
             acc = self.acc(body.device)
@@ -189,8 +192,6 @@ class _Period:
             self.budget += body.amount_msat
         elif isinstance(body, Invoice):
             self.invoiced += body.amount_msat
-        elif isinstance(body, Payment) and body.payment_hash in invoice_hashes:
-            self.paid += body.amount_msat  # (a sale's payment proof is not an invoice's)
         elif isinstance(body, Dispute):
             self.disputes.append(entry)
         elif isinstance(body, DeviceInfo):
@@ -211,7 +212,14 @@ def fold(entries: Iterable[Entry]) -> LedgerView:
     for entry in ordered:
         by_period.setdefault(entry.period, []).append(entry)
     classes: dict[int, str] = {}
-    invoice_hashes = {e.body.payment_hash for e in ordered if isinstance(e.body, Invoice)}
+    # A payment counts for the period of the invoice it pays (it is logged later);
+    # a payment that pays no invoice (a neighbour's energy) is not an invoice's.
+    invoice_period = {e.body.payment_hash: e.period for e in ordered if isinstance(e.body, Invoice)}
+    paid: dict[int, int] = {}
+    for e in ordered:
+        if isinstance(e.body, Payment) and e.body.payment_hash in invoice_period:
+            p = invoice_period.pop(e.body.payment_hash)  # once per invoice
+            paid[p] = paid.get(p, 0) + e.body.amount_msat
     periods: dict[int, PeriodView] = {}
     carried: dict[int, int] = {}
     todo = sorted(by_period)
@@ -219,7 +227,8 @@ def fold(entries: Iterable[Entry]) -> LedgerView:
         number = todo.pop(0)
         state = _Period(number, carried)
         for entry in by_period.get(number, []):
-            state.apply(entry, classes, invoice_hashes)
+            state.apply(entry, classes)
+        state.paid = paid.get(number, 0)
         periods[number] = state.freeze()
         carried = {
             d: a["carried_out_msat"] for d, a in state.accounts.items() if a["carried_out_msat"]

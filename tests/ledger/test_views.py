@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +16,9 @@ from p2pgrid.ledger import (
     DeviceInfo,
     Entry,
     Finding,
+    Invoice,
     MeterReading,
+    Payment,
     Sale,
     Share,
     consumption,
@@ -159,3 +163,18 @@ def test_balances_never_negative_and_sats_conserved(
         if carried:
             after = view.period(number + 1)
             assert {d: after.account(d).carried_in_msat for d in carried} == carried
+
+
+def test_payments_count_for_their_invoice_period_once(site: Site) -> None:
+    script = Script(site)
+    preimage = b"\x05" * 32
+    payment_hash = hashlib.sha256(preimage).digest()
+    script.add(Author.utility(), Invoice(1, 70_000, 280, payment_hash, "lnbcrt..."), period=1)
+    device = Author.device(1)
+    script.add(device, Payment(70_000, payment_hash, preimage), period=2)  # logged a period later
+    script.add(device, Payment(70_000, payment_hash, preimage), period=2)  # a duplicate proof
+    other = b"\x06" * 32
+    script.add(device, Payment(5_000, hashlib.sha256(other).digest(), other), period=2)  # a sale's
+    view = fold(script.entries)
+    assert (view.period(1).invoiced_msat, view.period(1).paid_msat) == (70_000, 70_000)
+    assert view.period(2).paid_msat == 0
