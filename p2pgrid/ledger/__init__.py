@@ -17,6 +17,8 @@ from p2pgrid.ledger.bodies import (
     Role,
     Sale,
     Share,
+    SiteShare,
+    SiteShareIn,
 )
 from p2pgrid.ledger.entry import (
     MAX_ENTRY_BYTES,
@@ -110,6 +112,8 @@ __all__ = [
     "Role",
     "Sale",
     "Share",
+    "SiteShare",
+    "SiteShareIn",
     "SyncProtocolError",
     "SyncReport",
     "SyncTransport",

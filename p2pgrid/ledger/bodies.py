@@ -40,6 +40,8 @@ class EntryKind(enum.IntEnum):
     CURTAILMENT = 9
     DISPUTE = 10
     DEVICE_INFO = 11
+    SITE_SHARE = 12
+    SITE_SHARE_IN = 13
 
 
 ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
@@ -245,6 +247,40 @@ class DeviceInfo(Body):
             raise BodyError("device_class must not be empty")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiteShare(Body):
+    """The author device gives part of its allocation to a device of *another*
+    site of the same owner (network to network). Debits the giver here; the
+    receiver records the credit in its own site's log (:class:`SiteShareIn`)."""
+
+    KIND = EntryKind.SITE_SHARE
+    ROLES = _DEVICE
+    to_site: bytes = _wire(FieldType.HASH)  # site_hash of the receiving site
+    to_device: int = _wire(FieldType.U32)
+    amount_msat: int = _wire(FieldType.U64)
+    memo: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("amount_msat", self.amount_msat)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiteShareIn(Body):
+    """The author device received a share from another site: ``evidence`` is the
+    giver's signed :class:`SiteShare` entry (hex), which any replica that knows
+    the owner's other sites checks before it credits anything."""
+
+    KIND = EntryKind.SITE_SHARE_IN
+    ROLES = _DEVICE
+    evidence: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        try:
+            bytes.fromhex(self.evidence)
+        except ValueError as exc:
+            raise BodyError("evidence must be hex") from exc
+
+
 BODY_TYPES: dict[EntryKind, type[Body]] = {
     cls.KIND: cls
     for cls in (
@@ -259,6 +295,8 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         Curtailment,
         Dispute,
         DeviceInfo,
+        SiteShare,
+        SiteShareIn,
     )
 }
 _LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {

@@ -14,6 +14,11 @@ Money rules (all integer msat):
   The same rule applies to ``carry_over``.
 - A ``meter_reading``'s cost is paid from the balance as far as it goes; the
   rest is ``overdraft_msat`` (energy already used, owed to the utility).
+- ``site_share`` debits the giver like ``share``; the receiving device of the
+  other site credits itself with ``site_share_in`` carrying the giver's signed
+  entry, which counts only if it verifies against that site's membership (given
+  to :func:`fold` as ``peer_sites``), names this site and this device, and has
+  not been counted before. Without ``peer_sites`` nothing is credited.
 - ``paid_msat`` of a period is what was paid of *that period's* invoices (the
   ``payment`` entries are logged later), each invoice once; a payment that pays
   no invoice (a neighbour's energy, recorded with its ``sale``) is not counted.
@@ -39,8 +44,12 @@ from p2pgrid.ledger.bodies import (
     Payment,
     Sale,
     Share,
+    SiteShare,
+    SiteShareIn,
 )
-from p2pgrid.ledger.entry import Author, Entry
+from p2pgrid.ledger.entry import Author, Entry, decode_entry
+from p2pgrid.ledger.errors import MalformedError
+from p2pgrid.ledger.membership import Membership
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,7 +167,7 @@ class _Period:
         acc["balance_msat"] -= amount
         return True
 
-    def apply(self, entry: Entry, classes: dict[int, str]) -> None:
+    def apply(self, entry: Entry, classes: dict[int, str], credit: _SiteCredits) -> None:
         body, me = entry.body, entry.author.index
         if isinstance(body, Allocation):
             acc = self.acc(body.device)
@@ -185,6 +194,15 @@ class _Period:
                 seller["sold_msat"] += body.amount_msat
                 seller["sold_wh"] += body.energy_wh
                 seller["balance_msat"] += body.amount_msat
+        elif isinstance(body, SiteShare):
+            if self.debit(me, body.amount_msat):
+                self.acc(me)["given_msat"] += body.amount_msat
+        elif isinstance(body, SiteShareIn):
+            amount = credit.verify(body, me)
+            if amount:
+                acc = self.acc(me)
+                acc["received_msat"] += amount
+                acc["balance_msat"] += amount
         elif isinstance(body, CarryOver):
             if self.debit(me, body.amount_msat):
                 self.acc(me)["carried_out_msat"] += body.amount_msat
@@ -205,8 +223,45 @@ class _Period:
         )
 
 
-def fold(entries: Iterable[Entry]) -> LedgerView:
-    """Fold log entries (any order, duplicates and siblings allowed) into a view."""
+class _SiteCredits:
+    """Checks ``site_share_in`` evidence against the owner's other sites, once each."""
+
+    def __init__(self, site_hash: bytes | None, peer_sites: Mapping[bytes, Membership]) -> None:
+        self.site_hash = site_hash
+        self.peer_sites = peer_sites
+        self.counted: set[bytes] = set()
+
+    def verify(self, body: SiteShareIn, receiver: int) -> int:
+        """The amount to credit ``receiver``, or 0 if the evidence does not hold."""
+        raw = bytes.fromhex(body.evidence)
+        for site_h, membership in self.peer_sites.items():
+            try:
+                given = decode_entry(raw, site_h)
+            except MalformedError:
+                continue
+            if (
+                membership.check(given) is None
+                and isinstance(given.body, SiteShare)
+                and given.body.to_site == self.site_hash
+                and given.body.to_device == receiver
+                and given.id not in self.counted
+            ):
+                self.counted.add(given.id)
+                return given.body.amount_msat
+        return 0
+
+
+def fold(
+    entries: Iterable[Entry],
+    *,
+    site_hash: bytes | None = None,
+    peer_sites: Mapping[bytes, Membership] | None = None,
+) -> LedgerView:
+    """Fold log entries (any order, duplicates and siblings allowed) into a view.
+
+    ``site_hash`` (this log's site) and ``peer_sites`` (the owner's other sites,
+    by site hash) let ``site_share_in`` entries be verified and credited."""
+    credit = _SiteCredits(site_hash, peer_sites or {})
     ordered, flagged = canonical(entries)
     by_period: dict[int, list[Entry]] = {}
     for entry in ordered:
@@ -227,7 +282,7 @@ def fold(entries: Iterable[Entry]) -> LedgerView:
         number = todo.pop(0)
         state = _Period(number, carried)
         for entry in by_period.get(number, []):
-            state.apply(entry, classes)
+            state.apply(entry, classes, credit)
         state.paid = paid.get(number, 0)
         periods[number] = state.freeze()
         carried = {

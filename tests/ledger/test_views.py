@@ -21,6 +21,8 @@ from p2pgrid.ledger import (
     Payment,
     Sale,
     Share,
+    SiteShare,
+    SiteShareIn,
     consumption,
     fold,
     inefficiencies,
@@ -178,3 +180,27 @@ def test_payments_count_for_their_invoice_period_once(site: Site) -> None:
     view = fold(script.entries)
     assert (view.period(1).invoiced_msat, view.period(1).paid_msat) == (70_000, 70_000)
     assert view.period(2).paid_msat == 0
+
+
+def test_a_share_from_another_site_counts_once_and_only_with_valid_evidence(site: Site) -> None:
+    other = Site.make(b"the owner's other store")
+    giver = other.chain(Author.device(2))
+    given = giver.next(SiteShare(site.membership.site_hash, 1, 40_000, "ln ..."))
+    stranger = Site.make(b"not the owner's site").chain(Author.device(2))
+    forged = stranger.next(SiteShare(site.membership.site_hash, 1, 99_000, "ln ..."))
+    wrong_device = giver.next(SiteShare(site.membership.site_hash, 3, 10_000, "ln ..."))
+    script = Script(site)
+    script.add(Author.owner(), Allocation(1, 1_000))
+    for evidence in (given, given, forged, wrong_device):  # a replay, a forgery, a misfit
+        script.add(Author.device(1), SiteShareIn(evidence.raw.hex()))
+    peers = {other.membership.site_hash: other.membership}
+    view = fold(script.entries, site_hash=site.membership.site_hash, peer_sites=peers)
+    account = view.account(1, 1)
+    assert (account.received_msat, account.balance_msat) == (40_000, 41_000)
+    # Without the owner's other sites nothing can be checked, so nothing is credited.
+    assert fold(script.entries).account(1, 1).balance_msat == 1_000
+    # The giver's own site debits it like a share.
+    other_script = [*giver.entries]
+    alloc = other.chain(Author.owner()).next(Allocation(2, 100_000), ts=T0_MS - 1000)
+    other_view = fold([alloc, *other_script])
+    assert other_view.account(2, 1).given_msat == 50_000
