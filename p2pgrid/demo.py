@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pgrid.launcher import RunResult, run_scenario
-from p2pgrid.ledger import LogStore, fold
+from p2pgrid.ledger import LogStore, fold, site_hash
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.report import period_report, report_png, report_table
@@ -59,8 +59,13 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
     for site in scenario.sites:
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
         store = await LogStore.open(db, scenario.membership(site), name=site.name)
+        peers = {
+            site_hash(s.owner.identity): scenario.membership(s) for s in scenario.sites if s != site
+        }
         try:
-            view = fold(await store.entries())
+            view = fold(
+                await store.entries(), site_hash=store.membership.site_hash, peer_sites=peers
+            )
         finally:
             await store.close()
         for period in range(scenario.periods):

@@ -7,7 +7,8 @@ Lightning. Each process logs to ``<work_dir>/<name>.log``.
 1. The site owners' entries are signed (:func:`p2pgrid.provision.owner_entries`).
 2. The utility starts; its ready line gives its lnd pubkey and, per site, the
    multiaddrs devices bootstrap from.
-3. Every device agent starts; once all are ready, all get the same start time.
+3. Every device agent starts, bootstrapping from its site's utility host and
+   the devices started before it; once all are ready, all get the same start time.
 4. When every process is done, the launcher waits until all replicas of each
    site have the same digest, asks the utility for its invoices' status, and
    stops everything.
@@ -153,11 +154,14 @@ async def _run(
     async with asyncio.timeout(READY_TIMEOUT_S):
         ready = await utility.expect("ready")
     devices: dict[str, Child] = {}
+    started: list[str] = []  # addrs of the devices already up, of every site
     for site in scenario.sites:
         for device in site.devices:
+            # Its site's utility host, and the devices started before it: hellos
+            # then spread the rest, across the owner's sites too.
             rt = runtime_file(
                 device.name,
-                bootstrap=tuple(ready["addrs"][site.name]),
+                bootstrap=(*ready["addrs"][site.name], *started[-4:]),
                 utility_pubkey=ready["pubkey"],
             )
             child = await _spawn(
@@ -169,9 +173,8 @@ async def _run(
             children.append(child)
             devices[device.name] = child
             pumps.create_task(child.pump())
-    async with asyncio.timeout(READY_TIMEOUT_S):
-        for child in devices.values():
-            await child.expect("ready")
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                started += (await child.expect("ready"))["addrs"]
     start = time.time() + START_DELAY_S
     for child in children:
         child.send("start", at=start)

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.settlement import InvoiceSettler, SettleResult
@@ -39,6 +39,7 @@ from p2pgrid.billing import (
     invoices_of,
     model_ms,
 )
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
@@ -47,6 +48,7 @@ from p2pgrid.ledger import (
     Entry,
     LogStore,
     LogWriter,
+    Membership,
     MeterReading,
     decode_entry,
     fold,
@@ -82,6 +84,7 @@ class AgentReport:
     intervals: int = 0
     consumed_wh: int = 0
     curtailed_intervals: int = 0
+    site_shares_received_msat: int = 0  # from devices of the owner's other sites
     bought_wh: int = 0  # from neighbours
     offered_wh: int = 0  # to neighbours (reserved for a buyer; paid or not)
     shares_received_msat: int = 0
@@ -106,8 +109,15 @@ class DeviceAgent:
         replica: NetReplica,
         host: PeerHost,
         node: LightningNode,
+        owner_sites: Mapping[str, SiteIdentity] | None = None,
+        peer_logs: Mapping[bytes, Membership] | None = None,
     ) -> None:
+        """``owner_sites``: the owner's sites by id (this one too), whose devices
+        may share across sites; ``peer_logs``: their log memberships by site
+        hash, to verify shares received from them."""
         self.profile = profile
+        self.owner_sites = dict(owner_sites or {})
+        self.peer_logs = dict(peer_logs or {})
         self.clock = clock
         self.model_interval = model_interval
         self.tariff = tariff
@@ -131,6 +141,7 @@ class DeviceAgent:
             headroom=self.headroom,
             current_period=lambda: self.clock.period_of(self._interval),
             name=self.name,
+            owner_sites=self.owner_sites,
         )
         self.energy = EnergyDesk(
             me=Party(profile.site_id, profile.index),
@@ -158,7 +169,11 @@ class DeviceAgent:
     # -- money -------------------------------------------------------------------
 
     async def balance(self, period: int) -> int:
-        view = fold(await self.store.entries())
+        view = fold(
+            await self.store.entries(),
+            site_hash=self.store.membership.site_hash,
+            peer_sites=self.peer_logs,
+        )
         return view.account(self.profile.index, period).balance_msat
 
     async def headroom(self, period: int) -> int:
@@ -226,6 +241,15 @@ class DeviceAgent:
         if cost > 0 and await self.balance(period) < cost:
             got = await self.desk.ask(cost - await self.balance(period), period, peers)
             self.report.shares_received_msat += got
+            others = [
+                p
+                for p in self.host.peers()
+                if p.site_id != self.profile.site_id and p.site_id in self.owner_sites
+            ]
+            if others and await self.balance(period) < cost:  # network to network
+                got = await self.desk.ask(cost - await self.balance(period), period, others)
+                self.report.shares_received_msat += got
+                self.report.site_shares_received_msat += got
             if await self.balance(period) < cost and self.profile.priority is not Priority.CRITICAL:
                 await self._write(
                     Curtailment(self.profile.index, start_ms, METER_INTERVAL_S, 0), period

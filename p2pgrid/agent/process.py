@@ -20,10 +20,10 @@ from pathlib import Path
 
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, LogStore, LogWriter
+from p2pgrid.ledger import Author, LogStore, LogWriter, site_hash
 from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.lightning import LndClient
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, site_topic
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, owner_topic, site_topic
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 
@@ -43,6 +43,12 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         extra_sites=(scenario.utility.owner.identity,),
     )
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
+    owner_sites = {s.owner.identity.site_id: s.owner.identity for s in scenario.sites}
+    # All sites of a scenario belong to one owner: their devices may share across.
+    group = [owner_topic(owner_sites.values())] if len(owner_sites) > 1 else []
+    peer_logs = {
+        site_hash(s.owner.identity): scenario.membership(s) for s in scenario.sites if s != site
+    }
     async with contextlib.AsyncExitStack() as parts:
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
@@ -55,7 +61,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         host = PeerHost(
             NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
             DeviceKey(identity, device.index, signer),
-            [log_topic, site_topic(identity)],
+            [log_topic, site_topic(identity), *group],
             name=name,
         )
         await host.start()
@@ -83,6 +89,8 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             replica=replica,
             host=host,
             node=node,
+            owner_sites=owner_sites,
+            peer_logs=peer_logs,
         )
         agent.install()
         emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs))

@@ -23,11 +23,21 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
 from p2pgrid.errors import P2PGridError, RetryableError
-from p2pgrid.ledger import LogStore, LogWriter, Outcome, Share
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger import (
+    Body,
+    LogStore,
+    LogWriter,
+    Outcome,
+    Share,
+    SiteShare,
+    SiteShareIn,
+    site_hash,
+)
 from p2pgrid.lightning import LightningNode, PaymentFailed
 from p2pgrid.market import Party, ShareOffer, ShareRequest, accept_offers, offer_amount
 from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
@@ -87,6 +97,7 @@ class ShareDesk:
         headroom: Callable[[int], Awaitable[int]],
         current_period: Callable[[], int],
         name: str,
+        owner_sites: Mapping[str, SiteIdentity] | None = None,
     ) -> None:
         self.me = me
         self.host = host
@@ -96,7 +107,9 @@ class ShareDesk:
         self._headroom = headroom
         self._current_period = current_period
         self.name = name
-        self._offers: dict[bytes, tuple[int, int]] = {}  # request id -> (requester, msat)
+        #: The owner's sites by site id (this one included): shares may cross them.
+        self.owner_sites = dict(owner_sites or {})
+        self._offers: dict[bytes, tuple[Party, int]] = {}  # request id -> (requester, msat)
         self._giving = asyncio.Lock()  # one payment at a time: headroom is checked per pay
 
     def install(self) -> None:
@@ -109,9 +122,9 @@ class ShareDesk:
         """Ask ``peers`` for ``need_msat``; returns what was received and logged."""
         deadline_ms = int(time.time() * 1000 + OFFER_TIMEOUT_S * 1000)
         request = ShareRequest(self.me, period, need_msat, deadline_ms)
-        offers: dict[int, int] = {}
-        by_device = {p.device_index: p for p in peers}
-        for peer in peers:
+        offers: dict[Party, int] = {}
+        by_party = {Party(p.site_id, p.device_index): p for p in peers}
+        for party, peer in by_party.items():
             try:
                 reply = await self.host.request(
                     peer.peer_id, SHARE_REQUEST_PROTOCOL, request, timeout_s=OFFER_TIMEOUT_S
@@ -120,11 +133,11 @@ class ShareDesk:
             except (RetryableError, RequestRejected) as exc:
                 log.info("[%s] no offer from device %d: %s", self.name, peer.device_index, exc)
                 continue
-            if offer.request_id == request.id and offer.giver.device == peer.device_index:
-                offers[peer.device_index] = offer.amount_msat
+            if offer.request_id == request.id and offer.giver == party:
+                offers[party] = offer.amount_msat
         received = 0
         for giver, amount in accept_offers(need_msat, offers).items():
-            received += await self._collect(request, by_device[giver], amount)
+            received += await self._collect(request, by_party[giver], amount)
         log.info(
             "[%s] asked %d msat in period %d: %d offer(s), received %d msat",
             self.name,
@@ -152,6 +165,12 @@ class ShareDesk:
         if hashlib.sha256(receipt.preimage).hexdigest() != invoice.payment_hash:
             log.warning("[%s] device %d sent a wrong preimage", self.name, giver.device_index)
             return 0
+        if giver.site_id != self.me.site_id:  # another site: log the credit with its evidence
+            evidence = SiteShareIn(receipt.share_entry.hex())
+            await self.writer.append(
+                evidence, period=self._current_period(), timestamp_ms=int(time.time() * 1000)
+            )
+            return amount
         report = await self.store.ingest(receipt.share_entry)
         outcome = report.results[0].outcome
         if outcome not in (Outcome.STORED, Outcome.DUPLICATE, Outcome.PENDING):
@@ -162,12 +181,15 @@ class ShareDesk:
 
     async def _on_request(self, delivery: Delivery) -> ShareOffer:
         request = delivery.decode(ShareRequest)
-        if request.requester.device != delivery.device_index or request.requester == self.me:
+        sender = Party(delivery.site_id, delivery.device_index)
+        if request.requester != sender or request.requester == self.me:
             raise RequestRejected("the request names another device than its sender")
+        if sender.site_id != self.me.site_id and sender.site_id not in self.owner_sites:
+            raise RequestRejected("not a site of this owner")
         amount = offer_amount(request.amount_msat, await self._headroom(request.period))
         if amount == 0:
             raise RequestRejected("no headroom")
-        self._offers[request.id] = (delivery.device_index, amount)
+        self._offers[request.id] = (sender, amount)
         log.info("[%s] offered %d msat to device %d", self.name, amount, delivery.device_index)
         return ShareOffer(request.id, self.me, amount)
 
@@ -175,7 +197,8 @@ class ShareDesk:
         ask = delivery.decode(ShareInvoice)
         async with self._giving:
             offered = self._offers.get(ask.request_id)
-            if offered is None or offered[0] != delivery.device_index:
+            requester = Party(delivery.site_id, delivery.device_index)
+            if offered is None or offered[0] != requester:
                 raise RequestRejected("no open offer for this request (or already paid)")
             if ask.amount_msat > offered[1]:
                 raise RequestRejected(f"asks {ask.amount_msat} msat, offered {offered[1]}")
@@ -194,11 +217,13 @@ class ShareDesk:
                 raise RequestRejected(f"payment failed: {exc.reason}") from exc
             payment_hash = bytes.fromhex(payment.payment_hash)
             preimage = bytes.fromhex(payment.preimage)
-            share = Share(
-                to_device=delivery.device_index,
-                amount_msat=ask.amount_msat,
-                memo=proof_memo(payment_hash, preimage, payment.fee_msat),
-            )
+            memo = proof_memo(payment_hash, preimage, payment.fee_msat)
+            share: Body
+            if requester.site_id == self.me.site_id:
+                share = Share(to_device=requester.device, amount_msat=ask.amount_msat, memo=memo)
+            else:  # network to network: the receiving site is named by its hash
+                to_site = site_hash(self.owner_sites[requester.site_id])
+                share = SiteShare(to_site, requester.device, ask.amount_msat, memo)
             try:
                 entry = await self.writer.append(
                     share, period=period, timestamp_ms=int(time.time() * 1000)
@@ -207,10 +232,11 @@ class ShareDesk:
                 log.exception("[%s] paid a share but could not log it", self.name)
                 raise
         log.info(
-            "[%s] shared %d msat with device %d (fee %d msat)",
+            "[%s] shared %d msat with device %d of site %s (fee %d msat)",
             self.name,
             ask.amount_msat,
-            delivery.device_index,
+            requester.device,
+            requester.site_id,
             payment.fee_msat,
         )
         return ShareReceipt(ask.request_id, preimage, entry.raw)

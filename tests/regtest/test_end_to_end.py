@@ -31,6 +31,8 @@ from p2pgrid.ledger import (
     Payment,
     Sale,
     Share,
+    SiteShare,
+    SiteShareIn,
 )
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.regtest import Daemons, Stack, StackConfig
@@ -106,7 +108,19 @@ async def test_shares_carry_overs_and_curtailments_are_logged(
         for e in entries:
             if isinstance(e.body, Share):
                 assert parse_proof(e.body.memo) is not None  # the payment proof is logged
+    # Network to network: a device of one store got budget from the other store.
+    site_shares = {}
+    for site in scenario.sites:
+        entries = await site_log(scenario, result, site.name)
+        site_shares[site.name] = (
+            [e for e in entries if isinstance(e.body, SiteShare)],
+            [e for e in entries if isinstance(e.body, SiteShareIn)],
+        )
+    given = sum(len(out) for out, _ in site_shares.values())
+    received = sum(len(into) for _, into in site_shares.values())
+    assert given == received > 0
     reports = result.reports
+    assert sum(r["site_shares_received_msat"] for r in reports.values()) > 0
     assert sum(r["shares_received_msat"] for r in reports.values()) > 0
     assert sum(r["curtailed_intervals"] for r in reports.values()) > 0
 
@@ -166,10 +180,10 @@ async def test_sats_moved_in_lnd_reconcile_with_the_log(
             for e in entries
             if isinstance(e.body, Payment)
         }
-        shares = [
+        shares = [  # within the site and to the owner's other site
             (e.author.index, e.body.to_device, e.body.amount_msat, parse_proof(e.body.memo))
             for e in entries
-            if isinstance(e.body, Share)
+            if isinstance(e.body, Share | SiteShare)
         ]
         for index, name in by_device.items():
             async with stack.client(name) as node:
