@@ -50,6 +50,13 @@ def _unpack(data: bytes, n_fixed: int, n_var: int) -> tuple[bytes, list[bytes]]:
     return fixed, out
 
 
+def _ascii(bolt11: bytes) -> str:
+    try:
+        return bolt11.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise MessageError("bolt11 is not ASCII") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class ShareInvoice:
     KIND: ClassVar[int] = KIND_SHARE_INVOICE
@@ -68,11 +75,7 @@ class ShareInvoice:
     @classmethod
     def decode(cls, data: bytes) -> Self:
         fixed, (bolt11,) = _unpack(data, 40, 1)
-        try:
-            text = bolt11.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise MessageError("bolt11 is not ASCII") from exc
-        return cls(fixed[:32], struct.unpack(">Q", fixed[32:])[0], text)
+        return cls(fixed[:32], struct.unpack(">Q", fixed[32:])[0], _ascii(bolt11))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +122,5 @@ class SaleOffer:
     @classmethod
     def decode(cls, data: bytes) -> Self:
         fixed, (bolt11,) = _unpack(data, 48, 1)
-        try:
-            text = bolt11.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise MessageError("bolt11 is not ASCII") from exc
         energy, amount = struct.unpack(">QQ", fixed[32:])
-        return cls(fixed[:32], energy, amount, text)
+        return cls(fixed[:32], energy, amount, _ascii(bolt11))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
+from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt
 from p2pgrid.agent.sharing import parse_proof, proof_memo
 from p2pgrid.errors import ConfigError
 from p2pgrid.ledger import fold
@@ -33,6 +33,15 @@ def test_share_invoice_round_trips_and_rejects_truncation(
             ShareInvoice.decode(data[:cut])
     with pytest.raises(MessageError):
         ShareInvoice.decode(data + b"\x00")
+
+
+def test_sale_offer_round_trips_and_refuses_non_ascii() -> None:
+    offer = SaleOffer(b"\x03" * 32, 508, 101_600, "lnbcrt1016n1...")
+    assert SaleOffer.decode(offer.encode()) == offer
+    with pytest.raises(MessageError, match="not ASCII"):
+        SaleOffer.decode(offer.encode()[:-1] + b"\xff")
+    with pytest.raises(MessageError):
+        SaleOffer(b"\x03" * 32, 0, 1, "")
 
 
 def test_share_receipt_round_trips() -> None:
