@@ -28,11 +28,13 @@ import time
 from collections.abc import Callable, Mapping
 
 from p2pgrid.agent.energy import EnergyDesk
-from p2pgrid.agent.settlement import InvoiceSettler, SettleResult
+from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import (
     METER_INTERVAL_S,
+    BillingPeriod,
     PeriodClock,
+    PeriodState,
     Tariff,
     bill,
     charge_msat,
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 
 #: How long an agent waits for the utility's invoice of a closed period.
 INVOICE_WAIT_S = 120.0
+#: Attempts to pay an invoice that lnd could not pay, and the base delay between them.
+PAY_ATTEMPTS = 3
+PAY_RETRY_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,7 @@ class AgentReport:
     shares_received_msat: int = 0
     carried_over_msat: int = 0
     settlements: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)
+    period_states: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class DeviceAgent:
@@ -132,6 +138,7 @@ class DeviceAgent:
         self._history: list[Reading] = []
         self._interval = 0
         self._announced = 0  # own entries published up to this seq
+        self.periods: dict[int, BillingPeriod] = {}  # the state machine of each period
         self.desk = ShareDesk(
             me=Party(profile.site_id, profile.index),
             host=host,
@@ -214,12 +221,16 @@ class DeviceAgent:
             for interval in range(periods * self.clock.intervals_per_period):
                 await self.clock.until_interval(interval)
                 self._interval = interval
+                period = self.clock.period_of(interval)
+                if period not in self.periods:
+                    self.periods[period] = BillingPeriod(period, owner=self.name)
                 await self.meter_interval(interval)
                 await self.announce_new()  # also what the share desk wrote meanwhile
                 if self.clock.is_last_of_period(interval):
                     period = self.clock.period_of(interval)
                     await self.close_period(period)
                     settlements.create_task(self.settle_when_invoiced(period))
+        self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
         return self.report
@@ -271,11 +282,14 @@ class DeviceAgent:
         )
 
     async def close_period(self, period: int) -> None:
+        state = self.periods[period]
+        state.advance(PeriodState.CLOSING)  # no new trades of this period from here
         left = await self.balance(period)
         if left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
             await self._write(CarryOver(left), period)
             self.report.carried_over_msat += left
             log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
+        state.advance(PeriodState.CLOSED)  # waiting for the utility's invoice
 
     def _utility_wrote_since(self, seen: int) -> Callable[[], bool]:
         return lambda: self._utility_seq() > seen
@@ -292,6 +306,7 @@ class DeviceAgent:
         me = self.profile.index
         entries = await self.store.entries(period=period)
         if bill(entries, device=me, period=period, tariff=self.tariff).amount_msat == 0:
+            self.periods[period].advance(PeriodState.SETTLED)  # nothing to pay
             return []
         try:
             async with asyncio.timeout(INVOICE_WAIT_S):
@@ -306,12 +321,27 @@ class DeviceAgent:
                         INVOICE_WAIT_S)  # fmt: skip
             self.report.settlements.append((period, "no_invoice", 0))
             return []
-        results = await self.settler.settle(
-            period,
-            now_period=max(period, self.clock.period_of(self._interval)),
-            timestamp_ms=int(time.time() * 1000),
-        )
-        await self.announce_new()
+        for attempt in range(1, PAY_ATTEMPTS + 1):
+            results = await self.settler.settle(
+                period,
+                now_period=max(period, self.clock.period_of(self._interval)),
+                timestamp_ms=int(time.time() * 1000),
+            )
+            await self.announce_new()
+            if all(r.outcome is not Settlement.FAILED for r in results):
+                break
+            if attempt < PAY_ATTEMPTS:  # lnd could not pay: retry (same hash: never twice)
+                await asyncio.sleep(PAY_RETRY_S * attempt)  # a retry delay, not a sync
         for result in results:
             self.report.settlements.append((period, result.outcome.value, result.fee_msat))
+            if result.outcome is Settlement.FAILED:
+                log.error(
+                    "[%s] invoice of period %d unpaid after %d attempts: %s",
+                    self.name,
+                    period,
+                    PAY_ATTEMPTS,
+                    result.detail,
+                )
+        if all(r.outcome is not Settlement.FAILED for r in results):
+            self.periods[period].advance(PeriodState.SETTLED)
         return results

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from p2pgrid.billing import PeriodClock
+from p2pgrid.billing import BillingPeriod, PeriodClock, PeriodState
 from p2pgrid.ledger import Author, Budget, Entry, LogStore, LogWriter, MeterReading
 from p2pgrid.ledger.replica import NetReplica
 from p2pgrid.utility.invoicer import Invoicer, InvoiceStatus
@@ -53,6 +53,7 @@ class UtilityNode:
         self.model_ms = model_ms
         self.sites = sites
         self.invoiced: list[Entry] = []
+        self.states: dict[tuple[str, int], BillingPeriod] = {}  # closed periods per site
 
     async def _write_budget(self, site: SiteDesk, period: int) -> None:
         entry = await site.writer.append(
@@ -71,6 +72,8 @@ class UtilityNode:
                     tasks.create_task(self._close(site, period, last, periods))
 
     async def _close(self, site: SiteDesk, period: int, last: int, periods: int) -> None:
+        state = BillingPeriod(period, owner=f"utility/{site.name}")
+        state.advance(PeriodState.CLOSING)  # the period's last interval has passed
         last_ms = self.model_ms(last)
         missing: list[int] = []
         try:
@@ -93,6 +96,8 @@ class UtilityNode:
         entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
         await site.replica.publish(entries)
         self.invoiced.extend(entries)
+        state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
+        self.states[(site.name, period)] = state
         if period + 1 < periods:
             await self._write_budget(site, period + 1)
 

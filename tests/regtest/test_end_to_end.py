@@ -142,6 +142,12 @@ async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
     assert len(owing) >= 6  # the critical fridge always imports; most others too
     for key, s in status.items():
         assert s["collection"] == ("open" if key == OVERCHARGED else "paid"), key
+    # Each agent's periods went open -> closing -> closed -> settled (an invoice
+    # paid, disputed, or none owed).
+    for site in scenario.sites:
+        for d in site.devices:
+            states = result.reports[d.name]["period_states"]
+            assert states == {str(p): "settled" for p in range(scenario.periods)}, d.name
     for site in scenario.sites:
         entries = await site_log(scenario, result, site.name)
         invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
