@@ -4,8 +4,9 @@ A producer that exported ``E`` Wh in interval ``i`` (production beyond its own
 use) offers it to its site during interval ``i + 1`` with a market ``Ask`` at
 :data:`ASK_PCT` of the tariff. A device about to import energy first bids for it
 on :data:`ENERGY_PROTOCOL` (a market ``Bid``: its need, at most the tariff); the
-producer clears the bid against what is left of its ask with the market's
-pay-as-clear rule (:func:`p2pgrid.market.clear`) and answers a
+producer collects the bids of a short round (:data:`ROUND_S`), clears them all
+against what is left of its ask with the market's pay-as-clear rule
+(:func:`p2pgrid.market.clear`: one price for the round) and answers each buyer a
 :class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
 trade's exact amount. The buyer checks the amount against the trade and its own
 balance, pays over Lightning and logs a ``sale`` (it pays, so it authors it) and
@@ -16,6 +17,7 @@ utility bills only grid energy. Energy nobody buys goes to the grid unpaid.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -25,12 +27,14 @@ from p2pgrid.agent.messages import SaleOffer
 from p2pgrid.errors import RetryableError
 from p2pgrid.ledger import LogWriter, Payment, Sale
 from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
-from p2pgrid.market import Ask, Bid, Party, clear, max_bid_energy, to_tick
+from p2pgrid.market import Ask, Bid, Clearing, Party, clear, max_bid_energy, to_tick
 from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
 
 log = logging.getLogger(__name__)
 
 ENERGY_PROTOCOL = "/p2pgrid/1/energy/buy"
+#: How long a producer collects bids for one auction round before clearing it.
+ROUND_S = 0.3
 #: A producer asks this share of the tariff: cheaper than the grid for its neighbours.
 ASK_PCT = 80
 BID_TIMEOUT_S = 5.0
@@ -41,6 +45,9 @@ SALE_FEE_LIMIT_MSAT = 20_000
 class _ForSale:
     ask: Ask
     left_wh: int
+    #: The bids of the auction round being collected, and its result once cleared.
+    bids: list[Bid] = dataclasses.field(default_factory=list)
+    cleared: asyncio.Future[Clearing] | None = None
 
 
 class EnergyDesk:
@@ -87,13 +94,10 @@ class EnergyDesk:
         sale = self._for_sale.get(bid.interval)
         if sale is None or sale.left_wh == 0 or sale.ask.period != bid.period:
             raise RequestRejected("nothing for sale in that interval")
-        ask = dataclasses.replace(sale.ask, energy_wh=sale.left_wh)
-        clearing = clear([ask], [bid], period=bid.period, interval=bid.interval)
-        if not clearing.trades:
-            raise RequestRejected("the bid is below the asking price")
-        [trade] = clearing.trades
-        sale.left_wh -= trade.energy_wh  # reserved for this buyer
-        self.offered_wh += trade.energy_wh  # (paid or not)
+        clearing = await self._auction_round(sale, bid)
+        trade = next((t for t in clearing.trades if t.buyer == bid.party), None)
+        if trade is None:
+            raise RequestRejected("the bid did not clear (below the price, or sold out)")
         invoice = await self.node.add_invoice(
             trade.amount_msat, f"p2pgrid energy {trade.energy_wh} Wh interval {bid.interval}"
         )
@@ -105,6 +109,31 @@ class EnergyDesk:
             trade.amount_msat,
         )
         return SaleOffer(bid.id, trade.energy_wh, trade.amount_msat, invoice.payment_request)
+
+    async def _auction_round(self, sale: _ForSale, bid: Bid) -> Clearing:
+        """Collect the bids that arrive within :data:`ROUND_S` of the first, then
+        clear them all at once against what is left (pay-as-clear): every buyer of
+        the round pays the same price. The first bid's handler runs the round."""
+        sale.bids.append(bid)
+        if sale.cleared is not None:  # a round is open: wait for its result
+            return await asyncio.shield(sale.cleared)
+        sale.cleared = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.sleep(ROUND_S)  # the round's collection window, not a sync
+            ask = dataclasses.replace(sale.ask, energy_wh=sale.left_wh)
+            clearing = clear([ask], sale.bids, period=ask.period, interval=ask.interval)
+            sold = sum(t.energy_wh for t in clearing.trades)
+            sale.left_wh -= sold  # reserved for this round's buyers
+            self.offered_wh += sold  # (paid or not)
+            sale.cleared.set_result(clearing)
+            return clearing
+        except BaseException as exc:
+            sale.cleared.set_exception(RequestRejected(f"auction round failed: {exc!r}"))
+            raise
+        finally:
+            cleared, sale.cleared, sale.bids = sale.cleared, None, []
+            if not cleared.done():
+                cleared.cancel()
 
     # -- buyer -------------------------------------------------------------------
 
