@@ -9,6 +9,7 @@ of go.mod/go.sum, so a second run builds nothing.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -105,8 +107,27 @@ async def ensure_daemons(cache_dir: Path | None = None, console: Console | None 
             "Go is not installed (needed once, to build btcd and lnd): "
             "install Go >= 1.25 and put `go` on PATH"
         )
-    await _build(go, bin_dir, console)
+    # Two processes (a demo and a test run, or parallel test sessions) may ask at
+    # once: one builds, the others wait on the lock and then find the binaries.
+    bin_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (bin_dir.parent / "build.lock").open("a") as lock:
+        if not _try_lock(lock):
+            console.print(f"waiting for another process that is building the daemons ({bin_dir})")
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            if not all(daemons.path(b).exists() for b in BINARIES):
+                await _build(go, bin_dir, console)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return daemons
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 async def _go(go: str, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
