@@ -42,8 +42,8 @@ from p2pgrid.ledger import (
     sign_entry,
 )
 from p2pgrid.ledger.entry import GENESIS_PREV
-from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
 
 #: Deadline of the sync over real hosts.
 NET_SYNC_TIMEOUT_S = 600.0

@@ -36,9 +36,7 @@ from p2pgrid.billing import (
     PeriodClock,
     PeriodState,
     Tariff,
-    bill,
     charge_msat,
-    invoices_of,
     model_ms,
 )
 from p2pgrid.identity import SiteIdentity
@@ -52,14 +50,16 @@ from p2pgrid.ledger import (
     LogWriter,
     Membership,
     MeterReading,
+    bill,
     decode_entry,
     fold,
+    invoices_of,
 )
-from p2pgrid.ledger.replica import NetReplica
 from p2pgrid.lightning import LightningNode
 from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
 from p2pgrid.meter import MeterSource, Reading
 from p2pgrid.net import PeerHost
+from p2pgrid.replication import NetReplica
 
 log = logging.getLogger(__name__)
 

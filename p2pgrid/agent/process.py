@@ -21,9 +21,9 @@ from pathlib import Path
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogStore, LogWriter, site_hash
-from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.lightning import LndClient
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, owner_topic, site_topic
+from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 

@@ -21,8 +21,19 @@ import enum
 import hashlib
 import logging
 
-from p2pgrid.billing import Tariff, bill, invoices_of, paid_hashes
-from p2pgrid.ledger import Dispute, Entry, Invoice, LogStore, LogWriter, Payment, Role
+from p2pgrid.billing import Tariff
+from p2pgrid.ledger import (
+    Dispute,
+    Entry,
+    Invoice,
+    LogStore,
+    LogWriter,
+    Payment,
+    Role,
+    bill,
+    invoices_of,
+    paid_hashes,
+)
 from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
 
 log = logging.getLogger(__name__)

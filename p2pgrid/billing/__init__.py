@@ -2,12 +2,9 @@
 
 from p2pgrid.billing.invoices import (
     Bill,
-    bill,
+    bill_of_usage,
     invoice_memo,
     invoice_preimage,
-    invoices_of,
-    metered_devices,
-    paid_hashes,
 )
 from p2pgrid.billing.period import (
     ALLOWED,
@@ -41,13 +38,10 @@ __all__ = [
     "Tariff",
     "TimeOfUseTariff",
     "TransitionError",
-    "bill",
+    "bill_of_usage",
     "charge_msat",
     "invoice_memo",
     "invoice_preimage",
-    "invoices_of",
-    "metered_devices",
     "model_ms",
-    "paid_hashes",
     "split_budget",
 ]

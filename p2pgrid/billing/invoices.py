@@ -1,10 +1,8 @@
-"""What a device owes for a period, computed from the log alone.
+"""A device's bill for a period from plain usage, and the invoice's derived preimage and memo.
 
-The utility and every agent run the same fold over the same replicated log, so
-they agree on every invoice to the msat: the charge is the device's metered
-energy of the period times the tariff of each reading's interval
-(:func:`p2pgrid.billing.charge_msat`, rounded up once per period). A reading's
-interval of the day comes from its ``interval_start_ms`` (modelled time, UTC).
+Pure: no log, no I/O. The log fold that gathers a device's usage from the
+replicated log is :func:`p2pgrid.ledger.bill` (the utility and every agent run
+it over the same log, so they agree on every invoice to the msat).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p2pgrid.billing.tariff import Tariff, charge_msat
-from p2pgrid.ledger import Entry, Invoice, MeterReading, Payment, Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,43 +25,13 @@ class Bill:
     amount_msat: int
 
 
-def bill(entries: Iterable[Entry], *, device: int, period: int, tariff: Tariff) -> Bill:
-    """The bill of ``device`` for ``period`` from its meter readings in ``entries``."""
-    usage: list[tuple[int, int]] = []
-    for entry in entries:
-        body = entry.body
-        if (
-            isinstance(body, MeterReading)
-            and entry.period == period
-            and entry.author.role is Role.DEVICE
-            and entry.author.index == device
-        ):
-            usage.append((body.interval_start_ms // (body.interval_s * 1000), body.energy_wh))
+def bill_of_usage(
+    usage: Iterable[tuple[int, int]], *, device: int, period: int, tariff: Tariff
+) -> Bill:
+    """The bill of ``device`` for ``period`` from ``(interval, energy_wh)`` pairs: the
+    energy times the tariff of each interval (:func:`charge_msat`, rounded up once)."""
+    usage = list(usage)
     return Bill(device, period, sum(wh for _, wh in usage), charge_msat(tariff, usage))
-
-
-def metered_devices(entries: Iterable[Entry], period: int) -> list[int]:
-    """Devices with at least one meter reading in ``period``, ascending."""
-    return sorted(
-        {e.author.index for e in entries if e.period == period and isinstance(e.body, MeterReading)}
-    )
-
-
-def invoices_of(entries: Iterable[Entry], *, device: int, period: int) -> list[Entry]:
-    """The utility's invoice entries for (``device``, ``period``)."""
-    return [
-        e
-        for e in entries
-        if e.period == period
-        and e.author.role is Role.UTILITY
-        and isinstance(e.body, Invoice)
-        and e.body.device == device
-    ]
-
-
-def paid_hashes(entries: Iterable[Entry]) -> set[bytes]:
-    """Payment hashes with a payment proof in the log."""
-    return {e.body.payment_hash for e in entries if isinstance(e.body, Payment)}
 
 
 def invoice_preimage(secret: bytes, site_id: str, device: int, period: int) -> bytes:

@@ -1,5 +1,6 @@
 """The replicated, signed consumption log of a site (see docs/protocol-log.md)."""
 
+from p2pgrid.ledger.bills import bill, invoices_of, metered_devices, paid_hashes
 from p2pgrid.ledger.bodies import (
     ALL_DEVICES,
     Allocation,
@@ -38,17 +39,6 @@ from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inef
 from p2pgrid.ledger.loopback import LoopbackNetwork, LoopbackTransport, PeerUnreachable
 from p2pgrid.ledger.membership import Membership, MembershipConfig
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
-from p2pgrid.ledger.replica import (
-    LOG_RECORD_KIND,
-    HostTransport,
-    LogRecord,
-    NetReplica,
-    ReplicaConfig,
-    ReplicaState,
-    ReplicaStats,
-    ReplicaStopped,
-    log_net_topic,
-)
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
@@ -63,7 +53,6 @@ from p2pgrid.ledger.writer import LogWriter
 
 __all__ = [
     "ALL_DEVICES",
-    "LOG_RECORD_KIND",
     "MAX_ENTRY_BYTES",
     "SYNC_PROTOCOL_ID",
     "Allocation",
@@ -82,14 +71,12 @@ __all__ = [
     "EntryKind",
     "Finding",
     "Heads",
-    "HostTransport",
     "Inefficiency",
     "IngestReport",
     "IngestResult",
     "Invoice",
     "LedgerError",
     "LedgerView",
-    "LogRecord",
     "LogStore",
     "LogWriter",
     "LoopbackNetwork",
@@ -98,16 +85,11 @@ __all__ = [
     "Membership",
     "MembershipConfig",
     "MeterReading",
-    "NetReplica",
     "Outcome",
     "Payment",
     "PeerUnreachable",
     "PeriodView",
     "RejectReason",
-    "ReplicaConfig",
-    "ReplicaState",
-    "ReplicaStats",
-    "ReplicaStopped",
     "Replicator",
     "Role",
     "Sale",
@@ -117,12 +99,15 @@ __all__ = [
     "SyncProtocolError",
     "SyncReport",
     "SyncTransport",
+    "bill",
     "consumption",
     "decode_entry",
     "fold",
     "inefficiencies",
-    "log_net_topic",
+    "invoices_of",
     "log_topic",
+    "metered_devices",
+    "paid_hashes",
     "sign_entry",
     "site_hash",
 ]

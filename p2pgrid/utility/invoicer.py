@@ -18,16 +18,17 @@ import dataclasses
 import enum
 import logging
 
-from p2pgrid.billing import (
-    Tariff,
+from p2pgrid.billing import Tariff, invoice_memo, invoice_preimage
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger import (
+    Entry,
+    Invoice,
+    LogStore,
+    LogWriter,
     bill,
-    invoice_memo,
-    invoice_preimage,
     invoices_of,
     metered_devices,
 )
-from p2pgrid.identity import SiteIdentity
-from p2pgrid.ledger import Entry, Invoice, LogStore, LogWriter
 from p2pgrid.lightning import InvoiceState, LightningNode
 
 log = logging.getLogger(__name__)

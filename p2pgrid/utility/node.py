@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from p2pgrid.billing import BillingPeriod, PeriodClock, PeriodState
 from p2pgrid.ledger import Author, Budget, Entry, LogStore, LogWriter, MeterReading
-from p2pgrid.ledger.replica import NetReplica
+from p2pgrid.replication import NetReplica
 from p2pgrid.utility.invoicer import Invoicer, InvoiceStatus
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogStore, LogWriter
-from p2pgrid.ledger.replica import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.lightning import LndClient
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 from p2pgrid.utility.invoicer import Invoicer

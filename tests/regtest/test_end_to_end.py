@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.agent.sharing import parse_proof
-from p2pgrid.billing import bill
 from p2pgrid.launcher import RunResult, run_scenario
 from p2pgrid.ledger import (
     CarryOver,
@@ -33,6 +32,7 @@ from p2pgrid.ledger import (
     Share,
     SiteShare,
     SiteShareIn,
+    bill,
 )
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.regtest import Daemons, Stack, StackConfig

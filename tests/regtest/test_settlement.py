@@ -11,8 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2pgrid.agent import InvoiceSettler, Settlement
-from p2pgrid.billing import FlatTariff, bill, invoice_memo, invoice_preimage
-from p2pgrid.ledger import Author, Dispute, Invoice, LogStore, LogWriter, MeterReading, Payment
+from p2pgrid.billing import FlatTariff, invoice_memo, invoice_preimage
+from p2pgrid.ledger import (
+    Author,
+    Dispute,
+    Invoice,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    Payment,
+    bill,
+)
 from p2pgrid.lightning import InvoiceState, LndClient
 from p2pgrid.regtest import Stack
 from p2pgrid.utility import Collection, Invoicer

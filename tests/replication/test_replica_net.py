@@ -20,11 +20,9 @@ from p2pgrid.ledger import (
     LogStore,
     LogWriter,
     MeterReading,
-    NetReplica,
-    ReplicaConfig,
-    log_net_topic,
 )
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
 from tests.ledger.ledger_factory import T0_MS, Site
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,30 @@
+"""Replication of the log over the network: a :class:`NetReplica` per store and host.
+
+:mod:`p2pgrid.ledger` knows the log and the sync protocol (:class:`~p2pgrid.ledger.Replicator`
+over any :class:`~p2pgrid.ledger.SyncTransport`); this package carries it over a
+:class:`p2pgrid.net.PeerHost`. Arrows: replication -> ledger, net; never back.
+"""
+
+from p2pgrid.replication.replica import (
+    LOG_RECORD_KIND,
+    HostTransport,
+    LogRecord,
+    NetReplica,
+    ReplicaConfig,
+    ReplicaState,
+    ReplicaStats,
+    ReplicaStopped,
+    log_net_topic,
+)
+
+__all__ = [
+    "LOG_RECORD_KIND",
+    "HostTransport",
+    "LogRecord",
+    "NetReplica",
+    "ReplicaConfig",
+    "ReplicaState",
+    "ReplicaStats",
+    "ReplicaStopped",
+    "log_net_topic",
+]
