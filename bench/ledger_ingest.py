@@ -35,7 +35,6 @@ from p2pgrid.ledger import (
     Author,
     Entry,
     LogStore,
-    LoopbackNetwork,
     Membership,
     MembershipConfig,
     MeterReading,
@@ -44,6 +43,7 @@ from p2pgrid.ledger import (
 from p2pgrid.ledger.entry import GENESIS_PREV
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
 from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.testing.loopback import LoopbackNetwork
 
 #: Deadline of the sync over real hosts.
 NET_SYNC_TIMEOUT_S = 600.0

@@ -1,7 +1,7 @@
 """Benchmark of the net layer: delivery latency and loss with one OS process per agent.
 
 For each agent count, in one run on one machine, two fleets of probe processes
-(``python -m p2pgrid.net.probe``) are started one after the other:
+(``python -m p2pgrid.testing.probe``) are started one after the other:
 
 1. ``raw``: plain py-libp2p 0.8.1 gossipsub in ``trio.run`` (the baseline: no
    bridge, no envelope, no signatures, no membership checks, no pacing), with the
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pgrid.net.probe_driver import (
+from p2pgrid.testing.probe_driver import (
     ProbeExited,
     ProbeFleet,
     ProbeProcess,

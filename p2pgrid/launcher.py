@@ -77,6 +77,14 @@ class Child:
             self.proc.stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
 
 
+@dataclasses.dataclass(frozen=True)
+class UtilityCommand:
+    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``."""
+
+    module: str = "p2pgrid.utility"
+    args: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass
 class RunResult:
     utility_invoices: list[dict[str, Any]]
@@ -102,8 +110,15 @@ async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> Chi
 
 
 async def run_scenario(
-    scenario: Scenario, scenario_path: Path, stack: Stack, work_dir: Path
+    scenario: Scenario,
+    scenario_path: Path,
+    stack: Stack,
+    work_dir: Path,
+    *,
+    utility: UtilityCommand = UtilityCommand(),
 ) -> RunResult:
+    """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
+    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``)."""
     work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
     provision = {
         site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
@@ -112,7 +127,7 @@ async def run_scenario(
     async with asyncio.TaskGroup() as pumps:
         try:
             result = await _run(
-                scenario, scenario_path, stack, work_dir, provision, children, pumps
+                scenario, scenario_path, stack, work_dir, provision, children, pumps, utility
             )
         finally:
             for child in children:
@@ -135,6 +150,7 @@ async def _run(
     provision: dict[str, list[str]],
     children: list[Child],
     pumps: asyncio.TaskGroup,
+    command: UtilityCommand,
 ) -> RunResult:
     def runtime_file(name: str, **fields: Any) -> str:
         path = work_dir / f"{name}.runtime.json"
@@ -144,9 +160,9 @@ async def _run(
 
     uname = scenario.utility.name
     utility = await _spawn(
-        "p2pgrid.utility",
+        command.module,
         uname,
-        ["--scenario", str(scenario_path), "--runtime", runtime_file(uname)],
+        ["--scenario", str(scenario_path), "--runtime", runtime_file(uname), *command.args],
         work_dir,
     )
     children.append(utility)

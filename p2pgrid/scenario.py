@@ -101,12 +101,6 @@ class SiteSpec:
 class UtilitySpec:
     name: str
     seed: str
-    #: TEST ONLY: ``(site name, device index, period) -> percent`` billed above the
-    #: log, so that an end-to-end run shows an agent disputing a wrong invoice.
-    overcharge: tuple[tuple[str, int, int, int], ...] = ()
-
-    def overcharge_for(self, site: str) -> dict[tuple[int, int], int]:
-        return {(d, p): pct for s, d, p, pct in self.overcharge if s == site}
 
     @property
     def owner(self) -> SiteOwner:
@@ -218,10 +212,6 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
             utility=UtilitySpec(
                 data["utility"].get("name", "utility"),
                 _get(data["utility"], "seed", str, "utility"),
-                tuple(
-                    (str(o["site"]), int(o["device"]), int(o["period"]), int(o["pct"]))
-                    for o in data["utility"].get("overcharge", ())
-                ),
             ),
             sites=tuple(sites),
         )

@@ -36,7 +36,6 @@ from p2pgrid.ledger.errors import (
 )
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
-from p2pgrid.ledger.loopback import LoopbackNetwork, LoopbackTransport, PeerUnreachable
 from p2pgrid.ledger.membership import Membership, MembershipConfig
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
 from p2pgrid.ledger.store import LogStore
@@ -79,15 +78,12 @@ __all__ = [
     "LedgerView",
     "LogStore",
     "LogWriter",
-    "LoopbackNetwork",
-    "LoopbackTransport",
     "MalformedError",
     "Membership",
     "MembershipConfig",
     "MeterReading",
     "Outcome",
     "Payment",
-    "PeerUnreachable",
     "PeriodView",
     "RejectReason",
     "Replicator",

@@ -2,7 +2,7 @@
 
 The network is behind :class:`SyncTransport` (request/response over a direct
 stream, and publish on the site's log topic); :mod:`p2pgrid.replication`
-implements it over a libp2p host and :mod:`p2pgrid.ledger.loopback` in memory for
+implements it over a libp2p host and :mod:`p2pgrid.testing.loopback` in memory for
 tests. Inbound traffic goes to :meth:`Replicator.handle_request` and
 :meth:`Replicator.handle_announce` (or :meth:`Replicator.receive_announce`, which
 leaves the pull after a gap to the caller).

@@ -1,6 +1,6 @@
 """Replication of the log over real libp2p hosts (a :class:`p2pgrid.net.PeerHost`).
 
-The counterpart of :mod:`p2pgrid.ledger.loopback` for the real network: the
+The counterpart of :mod:`p2pgrid.testing.loopback` for the real network: the
 :class:`Replicator` does the protocol, :class:`HostTransport` carries its bytes,
 and :class:`NetReplica` owns the tasks that feed it:
 

@@ -1,7 +1,7 @@
 """The utility's per-period invoicing over Lightning.
 
 At a period's close the utility computes, from its replica of the site's log,
-each metered device's bill (:func:`p2pgrid.billing.bill`), creates one BOLT11
+each metered device's bill (:meth:`Invoicer.due`, :func:`p2pgrid.ledger.bill`), creates one BOLT11
 invoice per (device, period) on its own lnd and records it in the log as an
 ``invoice`` entry. The invoice's preimage is derived from the utility's secret
 and (site, device, period), so a utility that crashed between creating the lnd
@@ -18,7 +18,7 @@ import dataclasses
 import enum
 import logging
 
-from p2pgrid.billing import Tariff, invoice_memo, invoice_preimage
+from p2pgrid.billing import Bill, Tariff, invoice_memo, invoice_preimage
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
     Entry,
@@ -67,7 +67,6 @@ class Invoicer:
         secret: bytes,
         name: str = "utility",
         expiry_s: int = INVOICE_EXPIRY_S,
-        overcharge_pct: dict[tuple[int, int], int] | None = None,
     ) -> None:
         self.site = site
         self.store = store
@@ -77,9 +76,10 @@ class Invoicer:
         self._secret = secret
         self.name = name
         self.expiry_s = expiry_s
-        #: TEST ONLY: bill (device, period) this many percent above the log, so
-        #: that end-to-end tests see an agent dispute a wrong invoice.
-        self.overcharge_pct = overcharge_pct or {}
+
+    def due(self, entries: list[Entry], *, device: int, period: int) -> Bill:
+        """What ``device`` owes for ``period``: the bill folded from the log."""
+        return bill(entries, device=device, period=period, tariff=self.tariff)
 
     async def invoice_period(self, period: int, *, timestamp_ms: int) -> list[Entry]:
         """Invoice every metered device of ``period`` that has no invoice yet;
@@ -89,12 +89,9 @@ class Invoicer:
         for device in metered_devices(entries, period):
             if invoices_of(entries, device=device, period=period):
                 continue
-            due = bill(entries, device=device, period=period, tariff=self.tariff)
+            due = self.due(entries, device=device, period=period)
             if due.amount_msat == 0:
                 continue
-            if pct := self.overcharge_pct.get((device, period), 0):
-                due = dataclasses.replace(due, amount_msat=due.amount_msat * (100 + pct) // 100)
-                log.warning("[%s] TEST: overcharging device %d by %d%%", self.name, device, pct)
             invoice = await self.node.add_invoice(
                 due.amount_msat,
                 invoice_memo(self.site.site_id, device, period),

@@ -6,6 +6,9 @@ invoicer on its lnd. It prints ``{"event": "ready", "addrs": {site: [...]}}``,
 waits for ``{"cmd": "start", "at": ...}``, grants budgets and invoices every
 period, prints ``{"event": "done", "invoices": [...]}`` and then
 ``{"event": "status", ...}`` on ``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
+
+:func:`run_utility` takes the factory of its invoicers: tests hand it an
+invoicer that bills wrong on purpose (``p2pgrid.testing.overcharge``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from p2pgrid.jsonlines import commands, emit
@@ -30,8 +34,13 @@ from p2pgrid.utility.node import SiteDesk, UtilityNode
 
 ANTI_ENTROPY_S = 2.0
 
+#: Builds a site's invoicer from :class:`Invoicer`'s keyword arguments.
+InvoicerFactory = Callable[..., Invoicer]
 
-async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
+
+async def run_utility(
+    scenario_path: Path, runtime_path: Path, *, make_invoicer: InvoicerFactory = Invoicer
+) -> None:
     scenario = load_scenario(scenario_path)
     runtime = Runtime.load(runtime_path)
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +85,7 @@ async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
             await replica.start()
             parts.push_async_callback(replica.stop)
             writer = LogWriter(store, utility.signer(k), Author.utility())
-            invoicer = Invoicer(
+            invoicer = make_invoicer(
                 site=identity,
                 store=store,
                 writer=writer,
@@ -84,7 +93,6 @@ async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
                 tariff=scenario.tariff,
                 secret=utility.invoice_secret,
                 name=f"{utility.name}/{site.name}",
-                overcharge_pct=utility.overcharge_for(site.name),
             )
             desks.append(
                 SiteDesk(
@@ -139,13 +147,21 @@ async def run_utility(scenario_path: Path, runtime_path: Path) -> None:
     emit("stopped", name=utility.name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m p2pgrid.utility", description=__doc__)
+def argument_parser(prog: str = "python -m p2pgrid.utility") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--scenario", type=Path, required=True)
     parser.add_argument("--runtime", type=Path, required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
+    setup_logging()
     asyncio.run(run_utility(args.scenario, args.runtime))

@@ -1,5 +1,5 @@
 """Anti-entropy and announcements over the in-memory LoopbackNetwork (a fake
-transport: no sockets; libp2p comes with p2pgrid.net)."""
+transport: no sockets; see p2pgrid.testing.loopback)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from p2pgrid.ledger import (
     Author,
     CarryOver,
     LogWriter,
-    LoopbackNetwork,
     MeterReading,
-    PeerUnreachable,
     Replicator,
     SyncProtocolError,
     wire,
 )
 from p2pgrid.ledger.heads import Heads
+from p2pgrid.testing.loopback import LoopbackNetwork, PeerUnreachable
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
 
 

@@ -1,4 +1,4 @@
-"""Real hosts as separate OS processes (``python -m p2pgrid.net.probe``).
+"""Real hosts as separate OS processes (``python -m p2pgrid.testing.probe``).
 
 Ten agents find each other from one bootstrap address (peer exchange through
 signed hellos) and every agent hears every other; an agent killed with SIGKILL
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.net.probe_driver import ProbeFleet, ProbeProcess, ProbeSpec, wait_all
+from p2pgrid.testing.probe_driver import ProbeFleet, ProbeProcess, ProbeSpec, wait_all
 
 AGENTS = 10
 SEED = "p2pgrid-process-tests-site"

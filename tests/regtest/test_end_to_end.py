@@ -5,21 +5,21 @@ chain and its own SQLite log.
 
 Asserts that shares, carry-overs and curtailments happen and are in every
 replica; that every invoice is paid exactly once over Lightning except the one
-the utility overcharges (a test switch of the scenario), which is disputed and
+the utility overcharges (the test runs ``p2pgrid.testing.overcharge`` as the
+utility: an invoicer that bills that one invoice 10 % above the log), which is disputed and
 not paid; and that the sats that moved in lnd reconcile exactly with the log.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from p2pgrid.agent.sharing import parse_proof
-from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.launcher import RunResult, UtilityCommand, run_scenario
 from p2pgrid.ledger import (
     CarryOver,
     Curtailment,
@@ -37,22 +37,16 @@ from p2pgrid.ledger import (
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
-from p2pgrid.scenario import Scenario, parse_scenario
+from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 OVERCHARGED = ("store-1", 0, 1)  # the fridge's invoice of period 1: it always imports
-
-
-def e2e_scenario(tmp: Path) -> tuple[Scenario, Path]:
-    text = SCENARIO.read_text().replace(
-        'seed = "p2pgrid demo utility"',
-        'seed = "p2pgrid demo utility"\n'
-        'overcharge = [{ site = "store-1", device = 0, period = 1, pct = 10 }]',
-    )
-    path = tmp / "scenario.toml"
-    path.write_text(text)
-    return parse_scenario(tomllib.loads(text)), path
+#: The utility of the run: billing the OVERCHARGED invoice 10 % above the log.
+OVERCHARGING_UTILITY = UtilityCommand(
+    module="p2pgrid.testing.overcharge",
+    args=("--overcharge", "{}:{}:{}:10".format(*OVERCHARGED)),
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ async def run(
     daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Scenario, Stack, RunResult]]:
     tmp = tmp_path_factory.mktemp("e2e")
-    scenario, path = e2e_scenario(tmp)
+    scenario = load_scenario(SCENARIO)
     devices = tuple(d.name for s in scenario.sites for d in s.devices)
     stack = Stack(
         StackConfig(name=f"e2e-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
@@ -68,7 +62,9 @@ async def run(
     )
     await stack.up()
     try:
-        result = await run_scenario(scenario, path, stack, tmp / "run")
+        result = await run_scenario(
+            scenario, SCENARIO, stack, tmp / "run", utility=OVERCHARGING_UTILITY
+        )
         yield scenario, stack, result
     finally:
         await stack.down()

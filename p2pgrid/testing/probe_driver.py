@@ -1,4 +1,4 @@
-"""Drive probe agents (``python -m p2pgrid.net.probe``) as OS processes, from asyncio.
+"""Drive probe agents (``python -m p2pgrid.testing.probe``) as OS processes, from asyncio.
 
 The multi-process tests and ``bench/net_latency.py`` use this: a
 :class:`ProbeFleet` spawns probes and kills every one of them when it closes; a
@@ -46,7 +46,7 @@ class ProbeSpec:
     port: int = 0
 
     def argv(self) -> list[str]:
-        args = ["-m", "p2pgrid.net.probe", "--seed", self.seed, "--index", str(self.index)]
+        args = ["-m", "p2pgrid.testing.probe", "--seed", self.seed, "--index", str(self.index)]
         args += ["--interval", str(self.interval_s), "--muxer", self.muxer]
         args += ["--port", str(self.port)]
         for addr in self.bootstrap:

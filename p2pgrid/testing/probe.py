@@ -1,6 +1,6 @@
 """A stand-alone agent process for multi-process tests and the latency benchmark.
 
-``python -m p2pgrid.net.probe --seed S --index I [--bootstrap ADDR ...]`` starts
+``python -m p2pgrid.testing.probe --seed S --index I [--bootstrap ADDR ...]`` starts
 one host (device ``I`` of the site whose owner seed is ``S``), publishes a
 :class:`ProbeMsg` every ``--interval`` seconds on the site topic and prints JSON
 lines on stdout:
@@ -308,7 +308,7 @@ async def run_raw(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m p2pgrid.net.probe")
+    parser = argparse.ArgumentParser(prog="python -m p2pgrid.testing.probe")
     parser.add_argument("--seed", required=True, help="site owner seed (test sites only)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--port", type=int, default=0)
