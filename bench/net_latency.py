@@ -156,12 +156,10 @@ async def measure(
             file=sys.stderr,
         )
     mesh_s = time.monotonic() - started_at
-    command = {"cmd": "measure", "rate": args.rate, "duration": args.duration}
-    command["drain"] = args.drain
     cpu_before = [probe.cpu_seconds() for probe in probes]
     measure_started = time.monotonic()
     for probe in probes:
-        await probe.send(command)
+        await probe.send("measure", rate=args.rate, duration=args.duration, drain=args.drain)
     try:
         async with asyncio.timeout(args.duration + args.drain + REPORT_SLACK_S):
             await wait_all(probes, lambda probe: probe.report is not None)

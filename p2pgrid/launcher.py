@@ -1,6 +1,6 @@
 """Runs a scenario: the utility and every device agent as separate OS processes.
 
-The launcher only starts processes and relays their line protocol
+The launcher only starts processes and speaks their line protocol
 (:mod:`p2pgrid.jsonlines`); the processes share nothing but libp2p and
 Lightning. Each process logs to ``<work_dir>/<name>.log``.
 
@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from p2pgrid.errors import P2PGridError, TimeoutExpired
+from p2pgrid.errors import TimeoutExpired
+from p2pgrid.jsonlines import ChildProcess
 from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
@@ -39,42 +38,6 @@ READY_TIMEOUT_S = 60.0
 START_DELAY_S = 3.0  # between "all ready" and interval 0: the mesh settles
 SETTLE_MARGIN_S = 120.0  # after the last interval: invoices and payments
 CONVERGE_TIMEOUT_S = 60.0
-
-
-class ProcessFailed(P2PGridError):
-    """A process of the run exited or reported an error."""
-
-
-class Child:
-    """One process of the run and its event lines."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        self.name = name
-        self.proc = proc
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def pump(self) -> None:
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            await self.events.put(event)
-        await self.events.put({"event": "exited", "code": await self.proc.wait()})
-
-    async def expect(self, event: str) -> dict[str, Any]:
-        while True:
-            got = await self.events.get()
-            if got["event"] == event:
-                return got
-            if got["event"] in ("exited", "error"):
-                raise ProcessFailed(f"{self.name}: {got} (see its log)")
-
-    def send(self, cmd: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        if self.proc.returncode is None:
-            self.proc.stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,19 +57,8 @@ class RunResult:
     work_dir: Path
 
 
-async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> Child:
-    log_file = (work_dir / f"{name}.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=log_file,
-    )
-    log_file.close()
-    return Child(name, proc)
+async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> ChildProcess:
+    return await ChildProcess.spawn(name, module, args, work_dir / f"{name}.log")
 
 
 async def run_scenario(
@@ -123,23 +75,13 @@ async def run_scenario(
     provision = {
         site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
     }
-    children: list[Child] = []
-    async with asyncio.TaskGroup() as pumps:
-        try:
-            result = await _run(
-                scenario, scenario_path, stack, work_dir, provision, children, pumps, utility
-            )
-        finally:
+    children: list[ChildProcess] = []
+    try:
+        return await _run(scenario, scenario_path, stack, work_dir, provision, children, utility)
+    finally:
+        async with asyncio.TaskGroup() as stops:
             for child in children:
-                child.send("stop")
-            for child in children:
-                try:
-                    async with asyncio.timeout(30):
-                        await child.proc.wait()
-                except TimeoutError:
-                    child.proc.kill()
-                    await child.proc.wait()
-    return result
+                stops.create_task(child.stop())
 
 
 async def _run(
@@ -148,8 +90,7 @@ async def _run(
     stack: Stack,
     work_dir: Path,
     provision: dict[str, list[str]],
-    children: list[Child],
-    pumps: asyncio.TaskGroup,
+    children: list[ChildProcess],
     command: UtilityCommand,
 ) -> RunResult:
     def runtime_file(name: str, **fields: Any) -> str:
@@ -166,10 +107,9 @@ async def _run(
         work_dir,
     )
     children.append(utility)
-    pumps.create_task(utility.pump())
     async with asyncio.timeout(READY_TIMEOUT_S):
         ready = await utility.expect("ready")
-    devices: dict[str, Child] = {}
+    devices: dict[str, ChildProcess] = {}
     started: list[str] = []  # addrs of the devices already up, of every site
     for site in scenario.sites:
         for device in site.devices:
@@ -188,12 +128,11 @@ async def _run(
             )
             children.append(child)
             devices[device.name] = child
-            pumps.create_task(child.pump())
             async with asyncio.timeout(READY_TIMEOUT_S):
                 started += (await child.expect("ready"))["addrs"]
     start = time.time() + START_DELAY_S
     for child in children:
-        child.send("start", at=start)
+        await child.send("start", at=start)
     run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
@@ -201,26 +140,26 @@ async def _run(
             reports[name] = (await child.expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]
     digests = await _converged(scenario, utility, devices)
-    utility.send("status")
+    await utility.send("status")
     status = (await utility.expect("status"))["invoices"]
     return RunResult(invoices, status, reports, digests, work_dir)
 
 
 async def _converged(
-    scenario: Scenario, utility: Child, devices: dict[str, Child]
+    scenario: Scenario, utility: ChildProcess, devices: dict[str, ChildProcess]
 ) -> dict[str, dict[str, str]]:
     """Poll every replica's digest (external processes) until each site agrees."""
     latest: dict[str, dict[str, str]] = {}
 
     async def agree() -> dict[str, dict[str, str]] | None:
-        utility.send("digest")
+        await utility.send("digest")
         by_site = {
             site: {f"{scenario.utility.name}/{site}": digest}
             for site, digest in (await utility.expect("digest"))["digests"].items()
         }
         for site in scenario.sites:
             for device in site.devices:
-                devices[device.name].send("digest")
+                await devices[device.name].send("digest")
                 got = await devices[device.name].expect("digest")
                 by_site[site.name][device.name] = got["digest"]
         latest.clear()

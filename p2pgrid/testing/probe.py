@@ -3,7 +3,7 @@
 ``python -m p2pgrid.testing.probe --seed S --index I [--bootstrap ADDR ...]`` starts
 one host (device ``I`` of the site whose owner seed is ``S``), publishes a
 :class:`ProbeMsg` every ``--interval`` seconds on the site topic and prints JSON
-lines on stdout:
+lines on stdout (the line protocol of :mod:`p2pgrid.jsonlines`):
 
 - ``{"event": "listening", "peer_id", "addrs"}`` once it serves;
 - ``{"event": "heard", "from": index}`` the first time it hears a device (per run
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import struct
 import sys
@@ -32,6 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
+
+from p2pgrid.jsonlines import commands, emit, parse_command
 
 PROBE_KIND = 0x01F0
 _PROBE = struct.Struct(">IIBQq")  # sender, epoch, phase, seq, sent_ns
@@ -67,11 +68,6 @@ class ProbeMsg:
         return cls(*_PROBE.unpack(data))
 
 
-def emit(**fields: Any) -> None:
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
 def rss_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -94,7 +90,7 @@ class Tally:
             return
         if (msg.sender, msg.epoch) not in self.heard:
             self.heard.add((msg.sender, msg.epoch))
-            emit(event="heard", **{"from": msg.sender})
+            emit("heard", **{"from": msg.sender})
         if msg.phase == PHASE_MEASURE:
             self.latencies_ms.append((time.time_ns() - msg.sent_ns) / 1e6)
             self.received[msg.sender] = self.received.get(msg.sender, 0) + 1
@@ -102,7 +98,7 @@ class Tally:
 
 def report(tally: Tally, sent: int, extra: dict[str, Any]) -> None:
     emit(
-        event="report",
+        "report",
         sent=sent,
         received=sum(tally.received.values()),
         senders=len(tally.received),
@@ -151,10 +147,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
     epoch = int.from_bytes(os.urandom(4), "big")
     tally = Tally(args.index)
     await host.start()
-    emit(event="listening", peer_id=host.peer_id, addrs=list(host.addrs))
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    emit("listening", peer_id=host.peer_id, addrs=list(host.addrs))
 
     async def listen() -> None:
         async for delivery in host.subscribe(topic):
@@ -173,11 +166,10 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
         await host.publish(topic, msg)
 
     try:
-        async with asyncio.TaskGroup() as tasks:
+        async with asyncio.TaskGroup() as tasks, contextlib.aclosing(commands()) as commands_in:
             listener = tasks.create_task(listen())
             warm = tasks.create_task(warmup())
-            while line := await reader.readline():
-                command = json.loads(line)
+            async for command in commands_in:
                 if command["cmd"] == "stop":
                     break
                 if command["cmd"] == "measure":
@@ -208,7 +200,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
             listener.cancel()
     finally:
         await host.stop()
-        emit(event="stopped")
+        emit("stopped")
 
 
 # -- raw py-libp2p mode (trio) ------------------------------------------------------
@@ -245,7 +237,7 @@ async def run_raw(args: argparse.Namespace) -> None:
         await pubsub.wait_until_ready()
         sub = await pubsub.subscribe(RAW_TOPIC)
         addrs = [str(a) for a in host.get_addrs()]
-        emit(event="listening", peer_id=str(host.get_id()), addrs=addrs)
+        emit("listening", peer_id=str(host.get_id()), addrs=addrs)
 
         async def connect(addr: str) -> None:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
@@ -287,7 +279,9 @@ async def run_raw(args: argparse.Namespace) -> None:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    command = json.loads(line)
+                    command = parse_command(line)
+                    if command is None:
+                        continue
                     if command["cmd"] == "stop":
                         running = False
                         break
@@ -304,7 +298,7 @@ async def run_raw(args: argparse.Namespace) -> None:
                         await trio.sleep(command["drain"])
                         report(tally, sent, {"peers": len(host.get_connected_peers())})
             nursery.cancel_scope.cancel()
-    emit(event="stopped")
+    emit("stopped")
 
 
 def main(argv: list[str] | None = None) -> None:

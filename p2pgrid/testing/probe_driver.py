@@ -2,33 +2,30 @@
 
 The multi-process tests and ``bench/net_latency.py`` use this: a
 :class:`ProbeFleet` spawns probes and kills every one of them when it closes; a
-:class:`ProbeProcess` reads the probe's JSON lines from its stdout pipe into
-typed events, folds them into its state (who it heard, its report) and writes
-commands to its stdin. Nothing here sleeps: callers wait for events under their
-own deadline (``async with asyncio.timeout(...)``).
+:class:`ProbeProcess` (a :class:`p2pgrid.jsonlines.ChildProcess`) reads the
+probe's event lines into typed events, folds them into its state (who it heard,
+its report) and writes commands to its stdin. Nothing here sleeps: callers wait
+for events under their own deadline (``async with asyncio.timeout(...)``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pgrid.errors import ReportableError
+from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 
-#: Longest JSON line a probe prints (a report carries every latency sample).
-MAX_LINE_BYTES = 16 * 1024 * 1024
+PROBE_MODULE = "p2pgrid.testing.probe"
 #: How long a graceful ``stop`` waits for the probe to exit before killing it.
 PROBE_STOP_TIMEOUT_S = 10.0
 
 
-class ProbeExited(ReportableError):
+class ProbeExited(ProcessFailed):
     """A probe ended (or printed garbage) while we waited for one of its events."""
 
 
@@ -46,7 +43,7 @@ class ProbeSpec:
     port: int = 0
 
     def argv(self) -> list[str]:
-        args = ["-m", "p2pgrid.testing.probe", "--seed", self.seed, "--index", str(self.index)]
+        args = ["--seed", self.seed, "--index", str(self.index)]
         args += ["--interval", str(self.interval_s), "--muxer", self.muxer]
         args += ["--port", str(self.port)]
         for addr in self.bootstrap:
@@ -88,11 +85,11 @@ class Stopped:
 ProbeEvent = Listening | Heard | Report | Stopped
 
 
-def decode_event(line: bytes) -> ProbeEvent:
-    """One JSON line of a probe as a typed event; :class:`ProbeExited` if malformed."""
+def decode_event(event: dict[str, Any]) -> ProbeEvent:
+    """One event of a probe as a typed event; :class:`ProbeExited` if malformed."""
+    fields = dict(event)
+    name = fields.pop("event")
     try:
-        fields: dict[str, Any] = json.loads(line)
-        name = fields.pop("event")
         if name == "listening":
             return Listening(str(fields["peer_id"]), tuple(fields["addrs"]))
         if name == "heard":
@@ -109,7 +106,7 @@ def decode_event(line: bytes) -> ProbeEvent:
         if name == "stopped":
             return Stopped()
     except (ValueError, KeyError, TypeError) as exc:
-        raise ProbeExited(f"malformed probe line {line[:200]!r}: {exc}") from exc
+        raise ProbeExited(f"malformed probe event {event!r:.200}: {exc}") from exc
     raise ProbeExited(f"unknown probe event {name!r}")
 
 
@@ -130,26 +127,19 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-class ProbeProcess:
+class ProbeProcess(ChildProcess):
     """One running probe: its events so far, and a way to command and end it."""
 
-    def __init__(self, spec: ProbeSpec, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+    def __init__(
+        self, name: str, proc: asyncio.subprocess.Process, log_path: Path, *, spec: ProbeSpec
+    ) -> None:
+        super().__init__(name, proc, log_path)
         self.spec = spec
-        self._proc = proc
-        self.log_path = log_path
         self.listening: Listening | None = None
         #: How many times each sender was heard (once per run of that sender).
         self.heard: Counter[int] = Counter()
         self.report: Report | None = None
         self.stopped = False
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
 
     @property
     def addrs(self) -> tuple[str, ...]:
@@ -168,28 +158,19 @@ class ProbeProcess:
             case Stopped():
                 self.stopped = True
 
-    async def next_event(self) -> ProbeEvent:
-        """Read, apply and return the probe's next event."""
-        assert self._proc.stdout is not None
-        line = await self._proc.stdout.readline()
-        if not line:
-            raise ProbeExited(
-                f"probe {self.spec.index} (pid {self.pid}) closed its output; "
-                f"stderr:\n{self.stderr_tail()}"
-            )
-        event = decode_event(line)
-        self._apply(event)
-        return event
+    async def next_event(self) -> dict[str, Any]:
+        """Read the probe's next event and fold it into this object's state."""
+        try:
+            fields = await super().next_event()
+        except ProcessFailed as exc:
+            raise ProbeExited(str(exc)) from exc
+        self._apply(decode_event(fields))
+        return fields
 
     async def read_until(self, done: Callable[[ProbeProcess], bool]) -> None:
         """Read events until ``done(self)`` holds (the caller owns the deadline)."""
         while not done(self):
             await self.next_event()
-
-    async def send(self, command: dict[str, Any]) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(command).encode() + b"\n")
-        await self._proc.stdin.drain()
 
     def rss_kb(self) -> int:
         return vm_rss_kb(self.pid)
@@ -197,57 +178,26 @@ class ProbeProcess:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
-    async def stop(self) -> int:
+    async def stop(self, timeout_s: float = PROBE_STOP_TIMEOUT_S) -> int:
         """Ask the probe to stop, wait for it; kill it if it does not exit in time."""
-        if self._proc.returncode is None:
-            try:
-                await self.send({"cmd": "stop"})
-                async with asyncio.timeout(PROBE_STOP_TIMEOUT_S):
-                    await self.read_until(lambda probe: probe.stopped)
-                    await self._proc.wait()
-            except (TimeoutError, ProbeExited, ConnectionError):
-                pass  # it is killed below
-        return await self.kill()
-
-    async def kill(self) -> int:
-        """SIGKILL the probe (if it still runs) and reap it; returns its exit code."""
-        if self._proc.returncode is None:
-            self._proc.kill()
-        code = await self._proc.wait()
-        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
-            self._proc.stdin.close()
-        return code
-
-    def stderr_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return await super().stop(timeout_s)
 
 
 class ProbeFleet:
     """Spawns probes and kills every one it spawned when it closes."""
 
-    def __init__(self, log_dir: Path, *, python: str = sys.executable) -> None:
+    def __init__(self, log_dir: Path) -> None:
         self._log_dir = log_dir
-        self._python = python
         self.spawned: list[ProbeProcess] = []
 
     async def spawn(self, spec: ProbeSpec) -> ProbeProcess:
         """Start a probe (returns at once; see :meth:`listening` to wait for it)."""
         run = sum(1 for probe in self.spawned if probe.spec.index == spec.index)
         mode = "raw" if spec.raw else "p2pgrid"
-        log_path = self._log_dir / f"probe-{mode}-{spec.index}-{run}.stderr"
-        with log_path.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                self._python,
-                *spec.argv(),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                limit=MAX_LINE_BYTES,
-            )
-        probe = ProbeProcess(spec, proc, log_path)
+        name = f"probe-{mode}-{spec.index}-{run}"
+        probe = await ProbeProcess.spawn(
+            name, PROBE_MODULE, spec.argv(), self._log_dir / f"{name}.stderr", spec=spec
+        )
         self.spawned.append(probe)
         return probe
 
