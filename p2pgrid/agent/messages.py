@@ -7,17 +7,18 @@ the share in its log, and answers with a :class:`ShareReceipt` carrying the
 payment preimage and its signed ``share`` log entry (which the requester ingests
 at once instead of waiting for gossip).
 
-Encoding: version byte ``0x01``, then the fields in order; ``hash32`` is 32
-bytes, ``u64`` big-endian, ``bytes16`` a u16 length then that many bytes.
+Encoding (the shared :mod:`p2pgrid.codec`): version byte ``0x01``, then the
+fields in order; ``hash32`` is 32 bytes, ``u64`` big-endian, ``bytes16`` a u16
+length then that many bytes (at most ``MAX_FIELD_BYTES``).
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final, Self
 
 from p2pgrid.market import MessageError
+from p2pgrid.market.codec import Reader, Writer
 
 VERSION: Final = 1
 KIND_SHARE_INVOICE: Final = 0x0310
@@ -26,28 +27,17 @@ KIND_SALE_OFFER: Final = 0x0312
 MAX_FIELD_BYTES: Final = 4096
 
 
-def _pack_bytes(data: bytes) -> bytes:
-    if len(data) > MAX_FIELD_BYTES:
-        raise MessageError(f"field of {len(data)} bytes exceeds {MAX_FIELD_BYTES}")
-    return struct.pack(">H", len(data)) + data
+def _writer() -> Writer:
+    w = Writer()
+    w.u8(VERSION)
+    return w
 
 
-def _unpack(data: bytes, n_fixed: int, n_var: int) -> tuple[bytes, list[bytes]]:
-    """Split ``version || fixed || var...`` strictly; raises on any deviation."""
-    if len(data) < 1 + n_fixed or data[0] != VERSION:
-        raise MessageError("truncated message or unknown version")
-    fixed, pos, out = data[1 : 1 + n_fixed], 1 + n_fixed, []
-    for _ in range(n_var):
-        if pos + 2 > len(data):
-            raise MessageError("truncated message")
-        (length,) = struct.unpack_from(">H", data, pos)
-        if length > MAX_FIELD_BYTES or pos + 2 + length > len(data):
-            raise MessageError("field length out of range")
-        out.append(data[pos + 2 : pos + 2 + length])
-        pos += 2 + length
-    if pos != len(data):
-        raise MessageError("trailing bytes")
-    return fixed, out
+def _reader(data: bytes) -> Reader:
+    r = Reader(data)
+    if (version := r.u8()) != VERSION:
+        raise MessageError(f"unknown version {version}")
+    return r
 
 
 def _ascii(bolt11: bytes) -> str:
@@ -69,13 +59,18 @@ class ShareInvoice:
             raise MessageError("request_id is 32 bytes and amount_msat within 1..2^63-1")
 
     def encode(self) -> bytes:
-        head = bytes([VERSION]) + self.request_id + struct.pack(">Q", self.amount_msat)
-        return head + _pack_bytes(self.bolt11.encode())
+        w = _writer()
+        w.raw(self.request_id)
+        w.u64(self.amount_msat)
+        w.var16(self.bolt11.encode(), MAX_FIELD_BYTES)
+        return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        fixed, (bolt11,) = _unpack(data, 40, 1)
-        return cls(fixed[:32], struct.unpack(">Q", fixed[32:])[0], _ascii(bolt11))
+        r = _reader(data)
+        request_id, amount, bolt11 = r.hash32(), r.u64(), r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(request_id, amount, _ascii(bolt11))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +85,18 @@ class ShareReceipt:
             raise MessageError("request_id and preimage are 32 bytes")
 
     def encode(self) -> bytes:
-        return bytes([VERSION]) + self.request_id + self.preimage + _pack_bytes(self.share_entry)
+        w = _writer()
+        w.raw(self.request_id)
+        w.raw(self.preimage)
+        w.var16(self.share_entry, MAX_FIELD_BYTES)
+        return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        fixed, (entry,) = _unpack(data, 64, 1)
-        return cls(fixed[:32], fixed[32:], entry)
+        r = _reader(data)
+        request_id, preimage, entry = r.hash32(), r.hash32(), r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(request_id, preimage, entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +117,17 @@ class SaleOffer:
             raise MessageError("amount_msat within 1..2^63-1")
 
     def encode(self) -> bytes:
-        head = bytes([VERSION]) + self.bid_id + struct.pack(">QQ", self.energy_wh, self.amount_msat)
-        return head + _pack_bytes(self.bolt11.encode())
+        w = _writer()
+        w.raw(self.bid_id)
+        w.u64(self.energy_wh)
+        w.u64(self.amount_msat)
+        w.var16(self.bolt11.encode(), MAX_FIELD_BYTES)
+        return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        fixed, (bolt11,) = _unpack(data, 48, 1)
-        energy, amount = struct.unpack(">QQ", fixed[32:])
-        return cls(fixed[:32], energy, amount, _ascii(bolt11))
+        r = _reader(data)
+        bid_id, energy, amount = r.hash32(), r.u64(), r.u64()
+        bolt11 = r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(bid_id, energy, amount, _ascii(bolt11))

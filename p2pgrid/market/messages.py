@@ -177,7 +177,7 @@ class ShareRequest(_Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        return cls(Party.read(r), r.u32(), r.u63(), r.u63())
+        return cls(Party.read(r), r.u32(), r.u64(), r.u64())
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +200,7 @@ class ShareOffer(_Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        return cls(r.raw(HASH_LEN), Party.read(r), r.u63())
+        return cls(r.raw(HASH_LEN), Party.read(r), r.u64())
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +253,7 @@ class ShareAccept(_Message):
         count = r.u16()
         if count > MAX_GRANTS:
             raise MessageError(f"{count} grants exceed {MAX_GRANTS}")
-        grants = tuple(Grant(Party.read(r), r.u63()) for _ in range(count))
+        grants = tuple(Grant(Party.read(r), r.u64()) for _ in range(count))
         return cls(request_id, grants)
 
 
@@ -285,7 +285,7 @@ class _Order(_Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        return cls(Party.read(r), r.u32(), r.u32(), r.u63(), r.u63())
+        return cls(Party.read(r), r.u32(), r.u32(), r.u64(), r.u64())
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,11 +377,11 @@ class Clearing(_Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        period, interval, price, book_id = r.u32(), r.u32(), r.u63(), r.raw(HASH_LEN)
+        period, interval, price, book_id = r.u32(), r.u32(), r.u64(), r.raw(HASH_LEN)
         count = r.u16()
         if count > MAX_TRADES:
             raise MessageError(f"{count} trades exceed {MAX_TRADES}")
-        trades = tuple(Trade(Party.read(r), Party.read(r), r.u63(), r.u63()) for _ in range(count))
+        trades = tuple(Trade(Party.read(r), Party.read(r), r.u64(), r.u64()) for _ in range(count))
         return cls(period, interval, price, book_id, trades)
 
 
