@@ -1,16 +1,22 @@
 """The peer-to-peer layer: libp2p hosts bridged into asyncio, signed site membership."""
 
-from p2pgrid.net.bridge import BridgeClosed, TrioBridge
+from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
-from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES, EnvelopeError
+from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES
+from p2pgrid.net.errors import (
+    BridgeClosed,
+    EnvelopeError,
+    FrameError,
+    NetClosed,
+    PeerUnreachable,
+    RequestRejected,
+    WrongKind,
+)
 from p2pgrid.net.host import (
     DeviceKey,
     EventStream,
-    NetClosed,
     NetStats,
     PeerHost,
-    PeerUnreachable,
-    RequestRejected,
     Subscription,
 )
 from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic, utility_topic
@@ -24,6 +30,7 @@ __all__ = [
     "DeviceKey",
     "EnvelopeError",
     "EventStream",
+    "FrameError",
     "Membership",
     "NetClosed",
     "NetConfig",
@@ -40,6 +47,7 @@ __all__ = [
     "Topic",
     "TrioBridge",
     "WireMessage",
+    "WrongKind",
     "owner_topic",
     "site_topic",
     "utility_topic",

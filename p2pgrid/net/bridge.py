@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from p2pgrid.errors import FatalError, RetryableError
+from p2pgrid.errors import FatalError
+from p2pgrid.net.errors import BridgeClosed
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ T = TypeVar("T")
 
 #: How long ``stop`` waits for the trio run to finish after cancelling it.
 BRIDGE_STOP_TIMEOUT_S = 10.0
-
-
-class BridgeClosed(RetryableError):
-    """The trio side is not running (never started, stopped, or crashed)."""
 
 
 class _ScopeBox:

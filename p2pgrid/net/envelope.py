@@ -16,8 +16,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from p2pgrid.errors import ReportableError
 from p2pgrid.identity import SIGNATURE_LEN, Signer, verify
+from p2pgrid.net.errors import EnvelopeError
 
 VERSION = 1
 #: Largest envelope accepted on a pubsub topic (bytes, signature included).
@@ -42,10 +42,6 @@ _HEAD = struct.Struct(">B8sIB")
 _NONCE = struct.Struct(">IQQH")
 # kind u16 | length u32
 _RECORD = struct.Struct(">HI")
-
-
-class EnvelopeError(ReportableError):
-    """Bytes that are not a well-formed envelope (or too large)."""
 
 
 @dataclass(frozen=True, slots=True)

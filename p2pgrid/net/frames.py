@@ -15,7 +15,7 @@ from typing import Protocol
 
 from libp2p.exceptions import BaseLibp2pError
 
-from p2pgrid.net.envelope import EnvelopeError
+from p2pgrid.net.errors import FrameError
 
 #: What a peer that vanished mid-stream raises inside py-libp2p.
 PEER_ERRORS: tuple[type[BaseException], ...] = (BaseLibp2pError, OSError, EOFError)
@@ -27,10 +27,6 @@ MAX_HELLO_ADDRS = 64
 class _Stream(Protocol):
     async def read(self, n: int | None = None) -> bytes: ...
     async def write(self, data: bytes) -> None: ...
-
-
-class FrameError(EnvelopeError):
-    """A frame was truncated or longer than allowed."""
 
 
 #: A peer that vanished, or one that sent a bad frame: the stream is done.

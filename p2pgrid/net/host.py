@@ -21,23 +21,30 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from p2pgrid.errors import ConfigError, ReportableError, RetryableError, TimeoutExpired
+from p2pgrid.errors import ConfigError, ReportableError, TimeoutExpired
 from p2pgrid.identity import Signer, SiteIdentity
-from p2pgrid.net.bridge import BridgeClosed, TrioBridge
+from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
 from p2pgrid.net.envelope import (
     FIRST_APP_KIND,
     MAX_STREAM_ENVELOPE_BYTES,
     Envelope,
-    EnvelopeError,
     Record,
     overhead,
     seal,
 )
+from p2pgrid.net.errors import (
+    BridgeClosed,
+    EnvelopeError,
+    NetClosed,
+    PeerUnreachable,
+    RequestRefused,
+    RequestRejected,
+)
 from p2pgrid.net.frames import PEER_ERRORS
 from p2pgrid.net.membership import Membership, Topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, WireMessage
-from p2pgrid.net.node import PeerRef, Reply, RequestRefused, TrioNode
+from p2pgrid.net.node import PeerRef, Reply, TrioNode
 from p2pgrid.net.pacing import TokenBucket, TopicPacer
 from p2pgrid.net.validator import EnvelopeValidator, Reason
 
@@ -51,18 +58,6 @@ BRIDGE_SLACK_S = 1.0
 DRAIN_TIMEOUT_S = 5.0
 #: Domain of the libp2p host key derived from the device key (stable peer id).
 HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v1"
-
-
-class NetClosed(RetryableError):
-    """The host is not running."""
-
-
-class PeerUnreachable(RetryableError):
-    """The peer could not be reached or dropped the stream."""
-
-
-class RequestRejected(ReportableError):
-    """The peer refused the request or answered with something invalid."""
 
 
 @dataclass(frozen=True)

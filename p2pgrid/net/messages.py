@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self, TypeVar
 
-from p2pgrid.errors import ReportableError
+from p2pgrid.net.errors import WrongKind
 from p2pgrid.net.node import PeerRef
 
-__all__ = ["Delivery", "PeerJoined", "PeerLeft", "PeerRef", "WireMessage", "WrongKind"]
-
-
-class WrongKind(ReportableError):
-    """A delivery was decoded as a message type of another kind."""
+__all__ = ["Delivery", "PeerJoined", "PeerLeft", "PeerRef", "WireMessage"]
 
 
 class WireMessage(Protocol):

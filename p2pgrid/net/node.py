@@ -39,14 +39,13 @@ from p2pgrid.net.envelope import (
     MAX_ENVELOPE_BYTES,
     MAX_STREAM_ENVELOPE_BYTES,
     Envelope,
-    EnvelopeError,
     Record,
     parse,
 )
+from p2pgrid.net.errors import EnvelopeError, FrameError, RequestRefused
 from p2pgrid.net.frames import (
     PEER_ERRORS,
     STREAM_ERRORS,
-    FrameError,
     Hello,
     close_stream,
     read_frame,
@@ -67,10 +66,6 @@ STREAM_READ_TIMEOUT_S = 10.0
 HANDLER_TIMEOUT_S = 30.0
 #: How many known peers a hello passes on.
 HELLO_KNOWN_PEERS = 32
-
-
-class RequestRefused(Exception):
-    """Trio-side: the remote refused (an empty answer frame) or closed without answering."""
 
 
 #: The answer frame of a refused request: empty (a real answer is a signed envelope).

@@ -28,7 +28,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, parse
+from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES, Envelope, parse
+from p2pgrid.net.errors import EnvelopeError
 from p2pgrid.net.membership import Membership
 
 #: Accept envelopes whose timestamp is within this many seconds of our clock.

@@ -50,9 +50,9 @@ from p2pgrid.net import (
     RequestRejected,
     Subscription,
     Topic,
+    WrongKind,
 )
 from p2pgrid.net import Membership as NetMembership
-from p2pgrid.net.messages import WrongKind
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,9 @@ and without ``p2pgrid.net``. Partitions and downed nodes are data on the network
 
 from __future__ import annotations
 
-from p2pgrid.errors import RetryableError
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import Replicator
-
-
-class PeerUnreachable(RetryableError):
-    """The fake network has no path to that peer (down or partitioned)."""
+from p2pgrid.net.errors import PeerUnreachable
 
 
 class LoopbackNetwork:

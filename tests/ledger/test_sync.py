@@ -17,7 +17,8 @@ from p2pgrid.ledger import (
     wire,
 )
 from p2pgrid.ledger.heads import Heads
-from p2pgrid.testing.loopback import LoopbackNetwork, PeerUnreachable
+from p2pgrid.net import PeerUnreachable
+from p2pgrid.testing.loopback import LoopbackNetwork
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
 
 

@@ -10,11 +10,11 @@ from p2pgrid.identity import SiteOwner
 from p2pgrid.net.envelope import (
     MAX_ENVELOPE_BYTES,
     SIGNING_DOMAIN,
-    EnvelopeError,
     Record,
     parse,
     seal,
 )
+from p2pgrid.net.errors import EnvelopeError
 from p2pgrid.net.membership import owner_topic, site_topic, utility_topic
 from p2pgrid.net.pacing import TokenBucket
 from p2pgrid.net.validator import EnvelopeValidator, Reason
