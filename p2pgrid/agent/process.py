@@ -1,11 +1,12 @@
 """One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``.
 
-It opens its own SQLite log, starts its libp2p host and replica and its lnd
-client, prints ``{"event": "ready", "addrs": [...]}`` and waits for
+It opens its lnd client and its node's parts (its own SQLite log, libp2p host
+and replica: :func:`p2pgrid.replication.open_node_parts`), prints
+``{"event": "ready", "addrs": [...]}`` and waits for
 ``{"cmd": "start", "at": <epoch s of interval 0>}``. It then runs every period
 of the scenario, prints ``{"event": "done", "report": ...}``, and keeps serving
 its replica (answering ``{"cmd": "digest"}``) until ``{"cmd": "stop"}``.
-Parts stop in order: replica, host, lnd client, and the database last.
+Parts stop in order: replica, host, the database, then the lnd client.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, LogStore, LogWriter, site_hash
+from p2pgrid.ledger import Author, LogWriter, site_hash
 from p2pgrid.lightning import LndClient
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, owner_topic, site_topic
-from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.net import DeviceKey, NetConfig, owner_topic, site_topic
+from p2pgrid.replication import NodeSpec, ReplicaConfig, log_net_topic, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 
@@ -52,25 +53,22 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
     async with contextlib.AsyncExitStack() as parts:
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
-        store = await LogStore.open(
-            runtime.data_dir / f"{name}.db", scenario.membership(site), name=name
-        )
-        parts.push_async_callback(store.close)
-        await store.ingest_many([bytes.fromhex(h) for h in runtime.provision.get(site.name, [])])
         node = await parts.enter_async_context(LndClient(runtime.lnd))
-        host = PeerHost(
-            NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
-            DeviceKey(identity, device.index, signer),
-            [log_topic, site_topic(identity), *group],
-            name=name,
+        log_node = await open_node_parts(
+            parts,
+            NodeSpec(
+                name=name,
+                db_path=runtime.data_dir / f"{name}.db",
+                membership=scenario.membership(site),
+                net=NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
+                key=DeviceKey(identity, device.index, signer),
+                log_topic=log_topic,
+                replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
+                topics=(site_topic(identity), *group),
+                provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
+            ),
         )
-        await host.start()
-        parts.push_async_callback(host.stop)
-        replica = NetReplica(
-            store, host, ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S), topic=log_topic
-        )
-        await replica.start()
-        parts.push_async_callback(replica.stop)
+        store, host, replica = log_node.store, log_node.host, log_node.replica
         agent = DeviceAgent(
             profile=DeviceProfile(
                 name=name,

@@ -1,10 +1,13 @@
 """Replication of the log over the network: a :class:`NetReplica` per store and host.
 
-:mod:`p2pgrid.ledger` knows the log and the sync protocol (:class:`~p2pgrid.ledger.Replicator`
-over any :class:`~p2pgrid.ledger.SyncTransport`); this package carries it over a
-:class:`p2pgrid.net.PeerHost`. Arrows: replication -> ledger, net; never back.
+:mod:`p2pgrid.ledger` knows the log and the sync protocol
+(:class:`~p2pgrid.ledger.Replicator` over any :class:`~p2pgrid.ledger.SyncTransport`);
+this package carries it over a :class:`p2pgrid.net.PeerHost`, and
+:func:`open_node_parts` is the one way a process (agent, utility) opens its
+store, host and replica. Arrows: replication -> ledger, net; never back.
 """
 
+from p2pgrid.replication.parts import NodeParts, NodeSpec, open_node_parts
 from p2pgrid.replication.replica import (
     LOG_RECORD_KIND,
     HostTransport,
@@ -22,9 +25,12 @@ __all__ = [
     "HostTransport",
     "LogRecord",
     "NetReplica",
+    "NodeParts",
+    "NodeSpec",
     "ReplicaConfig",
     "ReplicaState",
     "ReplicaStats",
     "ReplicaStopped",
     "log_net_topic",
+    "open_node_parts",
 ]

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, Invoice, LogStore, LogWriter
+from p2pgrid.ledger import Author, Invoice, LogWriter
 from p2pgrid.lightning import LndClient
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
-from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
+from p2pgrid.replication import NodeSpec, ReplicaConfig, log_net_topic, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 from p2pgrid.utility.invoicer import Invoicer
@@ -56,34 +56,25 @@ async def run_utility(
         addrs: dict[str, list[str]] = {}
         for k, site in enumerate(scenario.sites):
             identity = site.owner.identity
-            store = await LogStore.open(
-                runtime.data_dir / f"{utility.name}-{site.name}.db",
-                scenario.membership(site),
-                name=f"{utility.name}/{site.name}",
+            log_node = await open_node_parts(
+                parts,
+                NodeSpec(
+                    name=f"{utility.name}/{site.name}",
+                    db_path=runtime.data_dir / f"{utility.name}-{site.name}.db",
+                    membership=scenario.membership(site),
+                    net=NetConfig(bootstrap=runtime.bootstrap),
+                    key=DeviceKey(utility.owner.identity, k, utility.signer(k)),
+                    log_topic=log_net_topic(
+                        identity,
+                        max_devices=max(d.index for d in site.devices) + 1,
+                        extra_sites=(utility.owner.identity,),
+                    ),
+                    replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
+                    provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
+                    bridge=bridge,
+                ),
             )
-            parts.push_async_callback(store.close)
-            await store.ingest_many(
-                [bytes.fromhex(h) for h in runtime.provision.get(site.name, [])]
-            )
-            topic = log_net_topic(
-                identity,
-                max_devices=max(d.index for d in site.devices) + 1,
-                extra_sites=(utility.owner.identity,),
-            )
-            host = PeerHost(
-                NetConfig(bootstrap=runtime.bootstrap),
-                DeviceKey(utility.owner.identity, k, utility.signer(k)),
-                [topic],
-                bridge=bridge,
-                name=f"{utility.name}/{site.name}",
-            )
-            await host.start()
-            parts.push_async_callback(host.stop)
-            replica = NetReplica(
-                store, host, ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S), topic=topic
-            )
-            await replica.start()
-            parts.push_async_callback(replica.stop)
+            store, host, replica = log_node.store, log_node.host, log_node.replica
             writer = LogWriter(store, utility.signer(k), Author.utility())
             invoicer = make_invoicer(
                 site=identity,

@@ -1,0 +1,71 @@
+"""The one way to open a node's replicated log: its store, its libp2p host and its replica.
+
+A device agent opens one :class:`NodeParts`, the utility one per site it
+serves. :func:`open_node_parts` opens the SQLite log (and ingests the owner's
+provisioning entries), starts the :class:`~p2pgrid.net.PeerHost` on the log
+topic and any other topics, then starts the :class:`NetReplica`; each part's
+stop goes on the caller's exit stack as soon as the part is usable, so the
+parts stop in reverse order (replica, host, and the database last) also when a
+later part fails to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2pgrid.ledger import LogStore, Membership
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from p2pgrid.replication.replica import NetReplica, ReplicaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """What to open: where the log lives, who speaks on the network, on which topics."""
+
+    #: Names the store, the host and the replica in logs.
+    name: str
+    db_path: Path
+    membership: Membership
+    net: NetConfig
+    key: DeviceKey
+    #: The site's log topic (see :func:`~p2pgrid.replication.log_net_topic`).
+    log_topic: Topic
+    replica: ReplicaConfig
+    #: Other topics the host joins (the site's and owner's topics of an agent).
+    topics: Sequence[Topic] = ()
+    #: Raw entries (the owner's signed provisioning) ingested when the store opens.
+    provision: Sequence[bytes] = ()
+    #: A bridge shared by several hosts of one process; a host runs its own otherwise.
+    bridge: TrioBridge | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeParts:
+    """A node's open log, running host and running replica."""
+
+    store: LogStore
+    host: PeerHost
+    replica: NetReplica
+
+
+async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> NodeParts:
+    """Open the store, start the host and the replica; their stops go on ``parts``."""
+    store = await LogStore.open(spec.db_path, spec.membership, name=spec.name)
+    parts.push_async_callback(store.close)
+    await store.ingest_many(list(spec.provision))
+    host = PeerHost(
+        spec.net,
+        spec.key,
+        [spec.log_topic, *spec.topics],
+        bridge=spec.bridge,
+        name=spec.name,
+    )
+    await host.start()
+    parts.push_async_callback(host.stop)
+    replica = NetReplica(store, host, spec.replica, topic=spec.log_topic)
+    await replica.start()
+    parts.push_async_callback(replica.stop)
+    return NodeParts(store, host, replica)
