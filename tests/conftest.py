@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import AsyncIterator
+
+import pytest
 
 # bitcoinlib 0.7 warns at import time (SQLAlchemy 2.0 deprecations, a config file
 # it opens without closing). Tests turn warnings into errors, so import it once
@@ -10,3 +13,16 @@ import warnings
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import bitcoinlib.keys  # noqa: F401
+
+# After bitcoinlib's silenced import (p2pgrid.net imports it too).
+from p2pgrid.net import TrioBridge
+
+
+@pytest.fixture(scope="session")
+async def bridge() -> AsyncIterator[TrioBridge]:
+    """The session's one trio guest run (trio allows one per thread), shared by the
+    net and replication tests' hosts."""
+    bridge = TrioBridge()
+    await bridge.start()
+    yield bridge
+    await bridge.stop()

@@ -1,4 +1,5 @@
-"""Fixtures of the net tests: one trio bridge per session, sites, hosts and a test message."""
+"""Fixtures of the net tests: sites, hosts and a test message (the session's one
+trio bridge comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -44,14 +45,6 @@ def other_owner() -> SiteOwner:
 @pytest.fixture(scope="session")
 def topic(owner: SiteOwner) -> Topic:
     return site_topic(owner.identity)
-
-
-@pytest.fixture(scope="session")
-async def bridge() -> AsyncIterator[TrioBridge]:
-    bridge = TrioBridge()
-    await bridge.start()
-    yield bridge
-    await bridge.stop()
 
 
 MakeHost = Callable[..., Awaitable[PeerHost]]

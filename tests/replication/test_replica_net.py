@@ -155,16 +155,6 @@ async def _append(writer: LogWriter) -> Entry:
     return await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
 
 
-@pytest.fixture(scope="module")
-async def bridge() -> AsyncIterator[TrioBridge]:
-    """One trio guest run for this module's hosts. Module-scoped, so that it has
-    ended before tests/net starts its own session bridge (one run per thread)."""
-    bridge = TrioBridge()
-    await bridge.start()
-    yield bridge
-    await bridge.stop()
-
-
 @pytest.fixture
 async def cluster(site: Site, bridge: TrioBridge, tmp_path: Path) -> AsyncIterator[Cluster]:
     topic = log_net_topic(site.owner.identity, max_devices=64)
