@@ -7,7 +7,9 @@ from p2pgrid.net.errors import (
     BridgeClosed,
     EnvelopeError,
     FrameError,
+    MalformedMessage,
     NetClosed,
+    PeerMisbehaved,
     PeerUnreachable,
     RequestRejected,
     WrongKind,
@@ -21,6 +23,7 @@ from p2pgrid.net.host import (
 )
 from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic, utility_topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, PeerRef, WireMessage
+from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.validator import Reason
 
 __all__ = [
@@ -31,7 +34,9 @@ __all__ = [
     "EnvelopeError",
     "EventStream",
     "FrameError",
+    "MalformedMessage",
     "Membership",
+    "Misbehaviour",
     "NetClosed",
     "NetConfig",
     "NetStats",
@@ -39,6 +44,7 @@ __all__ = [
     "PeerHost",
     "PeerJoined",
     "PeerLeft",
+    "PeerMisbehaved",
     "PeerRef",
     "PeerUnreachable",
     "Reason",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES
+from p2pgrid.net.misbehaviour import BAN_S, MISBEHAVIOUR_THRESHOLD
 from p2pgrid.net.validator import REPLAY_WINDOW_S
 
 
@@ -48,3 +49,7 @@ class NetConfig:
     #: Check membership, signatures and replays on topics. Off only for
     #: adversarial tests (a forger must not reject its own forgeries).
     enforce_membership: bool = True
+    #: Misbehaviour events (within 10 min) that get a peer disconnected and banned.
+    misbehaviour_threshold: int = MISBEHAVIOUR_THRESHOLD
+    #: How long a banned peer is refused (no connection, hello, stream or dial).
+    ban_s: float = BAN_S

@@ -60,11 +60,13 @@ class Redialer:
         *,
         name: str,
         is_connected: Callable[[ID], bool],
+        is_banned: Callable[[ID], bool] = lambda peer: False,
     ) -> None:
         self._host = host
         self._config = config
         self._name = name
         self._is_connected = is_connected
+        self._is_banned = is_banned
         self._wanted: dict[ID, _Wanted] = {}
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
@@ -73,7 +75,7 @@ class Redialer:
 
     def want(self, info: PeerInfo, *, bootstrap: bool = False) -> None:
         """Remember a peer to keep connected to (idempotent; merges addresses)."""
-        if info.peer_id == self._host.get_id() or not info.addrs:
+        if info.peer_id == self._host.get_id() or not info.addrs or self._is_banned(info.peer_id):
             return
         entry = self._wanted.get(info.peer_id)
         if entry is None:
@@ -84,6 +86,10 @@ class Redialer:
                 if addr not in entry.addrs:
                     entry.addrs.append(addr)
         self._wake.set()
+
+    def forget(self, peer_id: ID) -> None:
+        """Stop dialling a peer (a banned one); bootstrap peers too, until wanted again."""
+        self._wanted.pop(peer_id, None)
 
     def connected(self, peer_id: ID) -> None:
         entry = self._wanted.get(peer_id)

@@ -96,8 +96,8 @@ def encode_body(
     site = bytes.fromhex(site_id)
     if len(site) != SITE_ID_LEN:
         raise EnvelopeError(f"site id must be {SITE_ID_LEN} bytes, got {len(site)}")
-    if len(peer_id) > MAX_PEER_ID_LEN:
-        raise EnvelopeError("peer id too long")
+    if not 0 < len(peer_id) <= MAX_PEER_ID_LEN:
+        raise EnvelopeError(f"peer id must be 1..{MAX_PEER_ID_LEN} bytes")
     if not 0 < len(records) <= MAX_RECORDS:
         raise EnvelopeError(f"an envelope holds 1..{MAX_RECORDS} records")
     parts = [
@@ -159,6 +159,8 @@ def parse(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
         version, site, device_index, peer_len = _HEAD.unpack_from(data, 0)
         if version != VERSION:
             raise EnvelopeError(f"unknown envelope version {version}")
+        if not 0 < peer_len <= MAX_PEER_ID_LEN:
+            raise EnvelopeError(f"peer id length {peer_len} out of 1..{MAX_PEER_ID_LEN}")
         offset = _HEAD.size
         peer_id = data[offset : offset + peer_len]
         if len(peer_id) != peer_len:

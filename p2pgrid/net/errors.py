@@ -8,7 +8,9 @@ Split by what the caller does (see :mod:`p2pgrid.errors`):
 - give up and report: :class:`RequestRejected` (the peer refused or answered
   something invalid; on the trio side :class:`RequestRefused`),
   :class:`EnvelopeError` and :class:`FrameError` (malformed bytes from a peer),
-  :class:`WrongKind` (a delivery decoded as the wrong message type).
+  :class:`MalformedMessage` / :class:`WrongKind` (a delivery that does not decode
+  as what it should be), :class:`PeerMisbehaved` (a refusal that is counted
+  against the peer; both are :class:`RequestRejected`).
 
 Expected outcomes of validation (a rejected envelope) are values
 (:class:`p2pgrid.net.validator.Reason`), not exceptions.
@@ -22,7 +24,9 @@ __all__ = [
     "BridgeClosed",
     "EnvelopeError",
     "FrameError",
+    "MalformedMessage",
     "NetClosed",
+    "PeerMisbehaved",
     "PeerUnreachable",
     "RequestRefused",
     "RequestRejected",
@@ -60,5 +64,22 @@ class FrameError(EnvelopeError):
     """A frame was truncated or longer than allowed."""
 
 
-class WrongKind(ReportableError):
+class PeerMisbehaved(RequestRejected):
+    """The peer sent something no honest peer sends; ``reason`` is counted against it.
+
+    A request handler that raises it refuses the request (like any
+    :class:`RequestRejected`) and the host counts ``reason`` for the sender.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MalformedMessage(PeerMisbehaved):
+    """A delivered record does not decode as the message it should be (a refusal:
+    callers that handle :class:`RequestRejected` handle it)."""
+
+
+class WrongKind(MalformedMessage):
     """A delivery was decoded as a message type of another kind."""

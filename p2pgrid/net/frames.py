@@ -21,7 +21,10 @@ from p2pgrid.net.errors import FrameError
 PEER_ERRORS: tuple[type[BaseException], ...] = (BaseLibp2pError, OSError, EOFError)
 
 _LEN = struct.Struct(">I")
+#: Most addresses in each list of a hello; decoders refuse more, encoders send no more.
 MAX_HELLO_ADDRS = 64
+#: Longest address string in a hello (a multiaddr with a peer id is ~100 bytes).
+MAX_HELLO_ADDR_BYTES = 512
 
 
 class _Stream(Protocol):
@@ -79,6 +82,7 @@ class Hello:
     known_peers: tuple[str, ...]
 
     def encode(self) -> bytes:
+        """At most :data:`MAX_HELLO_ADDRS` of each list are sent (the rest is dropped)."""
         return _encode_strings(self.listen_addrs) + _encode_strings(self.known_peers)
 
     @classmethod
@@ -91,7 +95,7 @@ class Hello:
 
 
 def _encode_strings(items: tuple[str, ...]) -> bytes:
-    items = items[:MAX_HELLO_ADDRS]
+    items = tuple(i for i in items if len(i.encode()) <= MAX_HELLO_ADDR_BYTES)[:MAX_HELLO_ADDRS]
     parts = [bytes([len(items)])]
     for item in items:
         raw = item.encode()
@@ -103,6 +107,8 @@ def _decode_strings(data: bytes, offset: int) -> tuple[tuple[str, ...], int]:
     try:
         count = data[offset]
         offset += 1
+        if count > MAX_HELLO_ADDRS:
+            raise FrameError(f"hello lists {count} addresses, at most {MAX_HELLO_ADDRS}")
         items = []
         for _ in range(count):
             (length,) = struct.unpack_from(">H", data, offset)
@@ -110,6 +116,8 @@ def _decode_strings(data: bytes, offset: int) -> tuple[tuple[str, ...], int]:
             raw = data[offset : offset + length]
             if len(raw) != length:
                 raise FrameError("truncated hello string")
+            if length > MAX_HELLO_ADDR_BYTES:
+                raise FrameError(f"hello address of {length} bytes, at most {MAX_HELLO_ADDR_BYTES}")
             items.append(raw.decode())
             offset += length
     except (IndexError, struct.error, UnicodeDecodeError) as exc:

@@ -36,7 +36,9 @@ from p2pgrid.net.envelope import (
 from p2pgrid.net.errors import (
     BridgeClosed,
     EnvelopeError,
+    MalformedMessage,
     NetClosed,
+    PeerMisbehaved,
     PeerUnreachable,
     RequestRefused,
     RequestRejected,
@@ -44,6 +46,7 @@ from p2pgrid.net.errors import (
 from p2pgrid.net.frames import PEER_ERRORS
 from p2pgrid.net.membership import Membership, Topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, WireMessage
+from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.node import PeerRef, Reply, TrioNode
 from p2pgrid.net.pacing import TokenBucket, TopicPacer
 from p2pgrid.net.validator import EnvelopeValidator, Reason
@@ -86,6 +89,11 @@ class NetStats:
     #: Rejected hellos (a non-member or forger announcing itself), by reason.
     rejected_hellos: dict[str, int] = field(default_factory=dict)
     peers: int = 0
+    #: What each peer did wrong: peer id -> reason -> count (see net/misbehaviour.py).
+    misbehaviour: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Peers banned now, and bans so far.
+    banned: tuple[str, ...] = ()
+    bans: int = 0
 
 
 class Subscription:
@@ -190,6 +198,9 @@ class PeerHost:
         self._bridge = bridge
         self._owns_bridge = bridge is None
         self._validator = EnvelopeValidator(replay_window_s=config.replay_window_s)
+        self.misbehaviour = Misbehaviour(
+            threshold=config.misbehaviour_threshold, ban_s=config.ban_s
+        )
         self._epoch = secrets.randbits(32)
         self._seq: dict[str, int] = {}
         self._last_seq: dict[tuple[str, str, int, int], int] = {}
@@ -229,6 +240,7 @@ class PeerHost:
             host_key_seed=seed,
             topics=list(self.topics.values()),
             validator=self._validator,
+            misbehaviour=self.misbehaviour,
             sealer=self._seal_context,
             events=self,
             bridge=self._bridge,
@@ -419,6 +431,7 @@ class PeerHost:
                 kind=record.kind,
                 data=record.data,
                 sent_at_ms=envelope.timestamp_ms,
+                on_malformed=self._reporter(peer_id),
             )
             self._stats.delivered_records += 1
             for sub in self._subscriptions.get(topic, ()):
@@ -475,6 +488,7 @@ class PeerHost:
             kind=record.kind,
             data=record.data,
             sent_at_ms=envelope.timestamp_ms,
+            on_malformed=self._reporter(peer_id),
         )
         try:
             answer = await handler(request)
@@ -484,6 +498,11 @@ class PeerHost:
                 MAX_STREAM_ENVELOPE_BYTES,
                 one_shot=True,
             )
+        except PeerMisbehaved as exc:
+            if not isinstance(exc, MalformedMessage):  # Delivery.decode counted those
+                self.report_misbehaviour(peer_id, f"{protocol}:{exc.reason}")
+            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)
+            reply(None)
         except ReportableError as exc:
             log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)
             reply(None)
@@ -539,9 +558,14 @@ class PeerHost:
             max_bytes=MAX_STREAM_ENVELOPE_BYTES,
         )
         if isinstance(verdict, Reason):
+            self.report_misbehaviour(peer_id, f"{protocol}:answer_{verdict}")
             raise RequestRejected(
                 f"{peer_id} answered {protocol} with an invalid envelope: {verdict}"
             )
+        if len(verdict.records) != 1:
+            self.report_misbehaviour(peer_id, f"{protocol}:answer_records")
+            count = len(verdict.records)
+            raise RequestRejected(f"{peer_id} answered {protocol} with {count} records")
         record = verdict.records[0]
         return Delivery(
             topic=protocol,
@@ -551,7 +575,25 @@ class PeerHost:
             kind=record.kind,
             data=record.data,
             sent_at_ms=verdict.timestamp_ms,
+            on_malformed=self._reporter(peer_id),
         )
+
+    # -- misbehaviour ------------------------------------------------------------
+
+    def report_misbehaviour(self, peer_id: str, reason: str) -> None:
+        """Count ``reason`` against ``peer_id``; past the threshold the peer is
+        disconnected and refused for a while (see :mod:`p2pgrid.net.misbehaviour`)."""
+        log.info("%s: peer %s misbehaved: %s", self.name, peer_id, reason)
+        if self.misbehaviour.record(peer_id, reason):
+            log.warning("%s: banned peer %s (last: %s)", self.name, peer_id, reason)
+            if self._node is not None and self._bridge is not None and self._bridge.running:
+                self._bridge.to_trio(self._node.drop_peer, peer_id)
+
+    def _reporter(self, peer_id: str) -> Callable[[str], None]:
+        def report(reason: str) -> None:
+            self.report_misbehaviour(peer_id, reason)
+
+        return report
 
     # -- peers -------------------------------------------------------------------
 
@@ -585,6 +627,9 @@ class PeerHost:
         snapshot.rejected = self._validator.counts()
         snapshot.rejected_hellos = self._validator.counts(hellos=True)
         snapshot.peers = len(self.peers())
+        snapshot.misbehaviour = self.misbehaviour.counts()
+        snapshot.banned = self.misbehaviour.banned_peers()
+        snapshot.bans = self.misbehaviour.bans
         return snapshot
 
 

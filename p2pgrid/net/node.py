@@ -52,6 +52,7 @@ from p2pgrid.net.frames import (
     write_frame,
 )
 from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
+from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.muxer import muxer_options
 from p2pgrid.net.validator import EnvelopeValidator, Reason
 
@@ -128,6 +129,7 @@ class TrioNode:
         host_key_seed: bytes,
         topics: Sequence[Topic],
         validator: EnvelopeValidator,
+        misbehaviour: Misbehaviour,
         sealer: Sealer,
         events: NodeEvents,
         bridge: TrioBridge,
@@ -140,6 +142,7 @@ class TrioNode:
             max(topic.members.max_devices for topic in topics),
         )
         self._validator = validator
+        self._misbehaviour = misbehaviour
         self._seal = sealer
         self._events = events
         self._bridge = bridge
@@ -177,7 +180,13 @@ class TrioNode:
         self.pubsub.counter = time.time_ns()
         self.host.get_network().register_notifee(_Notifee(self))
         self.host.set_stream_handler(TProtocol(HELLO_PROTOCOL), self._serve_hello)
-        self._redialer = Redialer(self.host, config, name=name, is_connected=self._is_connected)
+        self._redialer = Redialer(
+            self.host,
+            config,
+            name=name,
+            is_connected=self._is_connected,
+            is_banned=lambda peer: misbehaviour.banned(str(peer)),
+        )
         self._peers: dict[ID, PeerRef] = {}
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -264,6 +273,11 @@ class TrioNode:
                     forwarder,
                     verdict,
                 )
+                # Counted against the peer only when it is the author and sent it
+                # to us itself (a forwarder relays what others signed), and only
+                # for what no honest clock or duplicate path explains.
+                if verdict in _PUNISHED_ON_TOPICS and msg.from_id == forwarder.to_bytes():
+                    self.punish(forwarder, f"{topic}:{verdict}")
                 return False
             return True
 
@@ -291,9 +305,32 @@ class TrioNode:
         return bool(self.host.get_network().connections.get(peer_id))
 
     def peer_connected(self, peer_id: ID) -> None:
+        if self._misbehaviour.banned(str(peer_id)):
+            log.info("%s: refused banned peer %s", self.name, peer_id)
+            self.drop_peer(str(peer_id))
+            return
         self._redialer.connected(peer_id)
         if self._nursery is not None:
             self._nursery.start_soon(self._say_hello, peer_id)
+
+    def punish(self, peer_id: ID, reason: str) -> None:
+        """Count ``reason`` against the peer; drop it if that got it banned."""
+        log.info("%s: peer %s misbehaved: %s", self.name, peer_id, reason)
+        if self._misbehaviour.record(str(peer_id), reason):
+            log.warning("%s: banned peer %s (last: %s)", self.name, peer_id, reason)
+            self.drop_peer(str(peer_id))
+
+    def drop_peer(self, peer_id: str) -> None:
+        """Forget and disconnect a (banned) peer."""
+        pid = ID.from_base58(peer_id)
+        self._redialer.forget(pid)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, pid)
+
+    async def _disconnect(self, peer_id: ID) -> None:
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            with contextlib.suppress(*PEER_ERRORS, RuntimeError):
+                await self.host.disconnect(peer_id)
 
     def peer_disconnected(self, peer_id: ID) -> None:
         if self._is_connected(peer_id):
@@ -345,6 +382,8 @@ class TrioNode:
             self._accept_hello(peer_id, data)
 
     def _accept_hello(self, peer_id: ID, data: bytes) -> None:
+        if self._misbehaviour.banned(str(peer_id)):
+            return
         verdict = self._validator.check(
             data,
             context=HELLO_PROTOCOL,
@@ -354,11 +393,16 @@ class TrioNode:
         )
         if isinstance(verdict, Reason):
             log.info("%s: rejected the hello of %s: %s", self.name, peer_id, verdict)
+            self.punish(peer_id, f"hello:{verdict}")
             return
         try:
+            if len(verdict.records) != 1 or verdict.records[0].kind != KIND_HELLO:
+                raise FrameError("a hello is exactly one record of kind 0x0001")
             hello = Hello.decode(verdict.records[0].data)
+            addrs = [_listen_addr(a) for a in hello.listen_addrs]
         except FrameError as exc:
             log.info("%s: malformed hello from %s: %s", self.name, peer_id, exc)
+            self.punish(peer_id, "hello:malformed")
             return
         ref = PeerRef(
             peer_id=str(peer_id),
@@ -366,12 +410,11 @@ class TrioNode:
             device_index=verdict.device_index,
             addrs=hello.listen_addrs,
         )
-        addrs = [multiaddr.Multiaddr(a) for a in hello.listen_addrs]
         self._redialer.want(PeerInfo(peer_id, addrs))
         for known in hello.known_peers:
             try:
                 self._redialer.want(parse_peer_addr(known))
-            except (ValueError, *PEER_ERRORS) as exc:  # type: ignore[misc]  # mypy: starred tuple
+            except (ValueError, multiaddr.exceptions.Error, *PEER_ERRORS) as exc:
                 log.debug("%s: ignoring known peer %r: %s", self.name, known, exc)
         if not self._is_connected(peer_id):
             return
@@ -421,6 +464,11 @@ class TrioNode:
 
     async def _serve_request(self, protocol: str, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
+        if self._misbehaviour.banned(str(peer_id)):
+            with trio.move_on_after(1):
+                with contextlib.suppress(*PEER_ERRORS):
+                    await stream.reset()
+            return
         try:
             with trio.fail_after(STREAM_READ_TIMEOUT_S):
                 data = await read_frame(stream, MAX_STREAM_ENVELOPE_BYTES)
@@ -431,10 +479,13 @@ class TrioNode:
                 sender_peer_id=peer_id.to_bytes(),
                 max_bytes=MAX_STREAM_ENVELOPE_BYTES,
             )
+            if not isinstance(verdict, Reason) and len(verdict.records) != 1:
+                verdict = Reason.MALFORMED  # a request is exactly one record
             if isinstance(verdict, Reason):
                 log.info(
                     "%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict
                 )
+                self.punish(peer_id, f"{protocol}:{verdict}")
                 await write_frame(stream, REFUSAL)
                 await close_stream(stream)
                 return
@@ -461,6 +512,24 @@ class TrioNode:
             with trio.move_on_after(1):
                 with contextlib.suppress(*PEER_ERRORS):
                     await stream.reset()
+
+
+#: Topic rejections counted against the peer that sent the message itself.
+_PUNISHED_ON_TOPICS = frozenset(
+    {Reason.TOO_LARGE, Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.PEER_MISMATCH}
+)
+
+
+def _listen_addr(addr: str) -> multiaddr.Multiaddr:
+    """A hello's listen address; :class:`FrameError` if it is not a plain multiaddr."""
+    try:
+        parsed = multiaddr.Multiaddr(addr)
+    except (multiaddr.exceptions.Error, ValueError, TypeError) as exc:
+        raise FrameError(f"listen address {addr[:80]!r} does not parse: {exc}") from exc
+    protocols = [p.name for p in parsed.protocols()]
+    if not protocols or "p2p" in protocols:
+        raise FrameError(f"listen address {addr[:80]!r} is empty or names a peer id")
+    return parsed
 
 
 def _b58(peer_id: bytes) -> str:
