@@ -12,12 +12,14 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -63,6 +65,34 @@ _NOT_READY = (
 )
 
 Json = dict[str, Any]
+
+#: Longest payment request lnd decodes (zpay32's limit); anything longer is refused here.
+MAX_BOLT11_CHARS = 7089
+#: A BOLT11 payment request: ``ln`` + currency + optional amount, ``1``, bech32 data.
+#: One case only (bech32); checked before the string goes anywhere near a URL.
+_BOLT11 = re.compile(r"ln[a-z0-9]{1,24}1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{104,}")
+_HASH_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_bolt11(payment_request: str) -> str:
+    """``payment_request`` in lower case if it is shaped like a BOLT11 invoice;
+    else :class:`InvoiceError` (so a peer's string never reaches lnd's URL path
+    as ``../getinfo`` or with control characters)."""
+    if len(payment_request) > MAX_BOLT11_CHARS:
+        raise InvoiceError(f"payment request of {len(payment_request)} chars is too long")
+    lowered = payment_request.lower()
+    if payment_request not in (lowered, payment_request.upper()):
+        raise InvoiceError("payment request mixes upper and lower case")
+    if not _BOLT11.fullmatch(lowered):
+        raise InvoiceError(f"not a BOLT11 payment request: {payment_request[:40]!r}")
+    return lowered
+
+
+def check_payment_hash(payment_hash: str) -> str:
+    """A payment hash as 64 lower-case hex digits; else :class:`InvoiceError`."""
+    if not _HASH_HEX.fullmatch(payment_hash):
+        raise InvoiceError(f"not a payment hash: {payment_hash[:70]!r}")
+    return payment_hash
 
 
 @dataclass(frozen=True)
@@ -201,6 +231,8 @@ class LndClient:
     ) -> Json:
         try:
             response = await self._http.request(method, path, json=body, params=params)
+        except httpx.InvalidURL as exc:  # not an HTTPError: a bug of ours, never sent
+            raise LndApiError(f"{self.endpoint.name}: invalid URL for {method}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise self._wrap_transport(exc) from exc
         if response.status_code >= 400:
@@ -224,6 +256,8 @@ class LndClient:
                         err = message["error"]
                         raise self._error(int(err.get("http_code", 500)), json.dumps(err).encode())
                     yield message["result"]
+        except httpx.InvalidURL as exc:
+            raise LndApiError(f"{self.endpoint.name}: invalid URL for {method}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise self._wrap_transport(exc) from exc
 
@@ -383,8 +417,10 @@ class LndClient:
         return await self.lookup_invoice(_b64_to_hex(raw["r_hash"]))
 
     async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
+        """Decode on the node; :class:`InvoiceError` if it is not a BOLT11 invoice."""
+        payment_request = check_bolt11(payment_request)
         try:
-            raw = await self._call("GET", f"/v1/payreq/{payment_request}")
+            raw = await self._call("GET", f"/v1/payreq/{quote(payment_request, safe='')}")
         except LndApiError as exc:
             raise InvoiceError(f"{self.endpoint.name}: cannot decode invoice: {exc}") from exc
         return DecodedInvoice(
@@ -397,14 +433,15 @@ class LndClient:
         )
 
     async def lookup_invoice(self, payment_hash: str) -> Invoice:
-        return _parse_invoice(await self._call("GET", f"/v1/invoice/{payment_hash}"))
+        path = f"/v1/invoice/{check_payment_hash(payment_hash)}"
+        return _parse_invoice(await self._call("GET", path))
 
     async def list_invoices(self) -> list[Invoice]:
         raw = await self._call("GET", "/v1/invoices", params={"num_max_invoices": 100000})
         return [_parse_invoice(i) for i in raw.get("invoices", [])]
 
     async def cancel_invoice(self, payment_hash: str) -> None:
-        body = {"payment_hash": _b64(bytes.fromhex(payment_hash))}
+        body = {"payment_hash": _b64(bytes.fromhex(check_payment_hash(payment_hash)))}
         await self._call("POST", "/v2/invoices/cancel", body=body)
 
     async def subscribe_invoices(self, *, settle_index: int = 0) -> AsyncIterator[Invoice]:
@@ -459,7 +496,10 @@ class LndClient:
         :class:`InvoiceExpired` or :class:`InvoiceError`.
         """
         decoded = await self.decode_invoice(payment_request)
-        body = {"payment_request": payment_request, "fee_limit_msat": str(fee_limit_msat)}
+        body = {
+            "payment_request": check_bolt11(payment_request),
+            "fee_limit_msat": str(fee_limit_msat),
+        }
         return await self._send(body, decoded.payment_hash, timeout_s)
 
     async def keysend(
@@ -479,7 +519,8 @@ class LndClient:
 
     async def track_payment(self, payment_hash: str) -> Payment:
         """Wait for a payment's final outcome (it may still be in flight)."""
-        path = f"/v2/router/track/{_b64url(payment_hash)}?no_inflight_updates=true"
+        path = f"/v2/router/track/{_b64url(check_payment_hash(payment_hash))}"
+        path += "?no_inflight_updates=true"
         async for raw in self._stream("GET", path, read_timeout_s=None):
             payment = _parse_payment(raw)
             if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):

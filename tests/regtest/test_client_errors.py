@@ -51,3 +51,41 @@ async def test_malformed_invoice_is_an_invoice_error(stack: Stack) -> None:
     async with stack.client("dev-a") as client:
         with pytest.raises(InvoiceError):
             await client.pay_invoice("lnbcrt1notaninvoice", fee_limit_msat=1000)
+
+
+#: Strings a peer once sent as a bolt11: a path walk to another endpoint, control
+#: characters (httpx.InvalidURL), a query, mixed case, and a length lnd never decodes.
+HOSTILE_BOLT11 = [
+    "../getinfo",
+    "..%2fgetinfo",
+    "lnbcrt1\r\nGET /v1/getinfo",
+    "\x00lnbcrt1",
+    "lnbcrt1" + "q" * 110 + "?x=1",
+    "lnbcrt1" + "q" * 110 + "/../../getinfo",
+    "LNbcrt1" + "q" * 110,
+    "lnbcrt1" + "q" * 8000,
+    "",
+]
+
+
+@pytest.mark.parametrize("bolt11", HOSTILE_BOLT11)
+async def test_hostile_bolt11_is_an_invoice_error_and_reaches_no_endpoint(
+    stack: Stack, bolt11: str
+) -> None:
+    async with stack.client("dev-a") as client:
+        with pytest.raises(InvoiceError):
+            await client.decode_invoice(bolt11)
+        with pytest.raises(InvoiceError):
+            await client.pay_invoice(bolt11, fee_limit_msat=1000)
+
+
+async def test_well_formed_bolt11_with_a_bad_checksum_is_refused_by_lnd(stack: Stack) -> None:
+    async with stack.client("dev-a") as client:
+        invoice = await client.add_invoice(1000, "checksum")
+        good = invoice.payment_request
+        assert (await client.decode_invoice(good.upper())).amount_msat == 1000
+        flipped = good[:-1] + ("q" if good[-1] != "q" else "p")
+        with pytest.raises(InvoiceError, match="cannot decode"):
+            await client.decode_invoice(flipped)
+        with pytest.raises(InvoiceError):
+            await client.lookup_invoice("../getinfo")
