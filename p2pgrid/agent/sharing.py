@@ -32,6 +32,7 @@ from p2pgrid.ledger import (
     Body,
     LogStore,
     LogWriter,
+    MalformedError,
     Outcome,
     Share,
     SiteShare,
@@ -166,10 +167,22 @@ class ShareDesk:
             log.warning("[%s] device %d sent a wrong preimage", self.name, giver.device_index)
             return 0
         if giver.site_id != self.me.site_id:  # another site: log the credit with its evidence
-            evidence = SiteShareIn(receipt.share_entry.hex())
-            await self.writer.append(
-                evidence, period=self._current_period(), timestamp_ms=int(time.time() * 1000)
-            )
+            try:
+                evidence = SiteShareIn(receipt.share_entry.hex())
+                await self.writer.append(
+                    evidence, period=self._current_period(), timestamp_ms=int(time.time() * 1000)
+                )
+            except MalformedError as exc:
+                # Paid, but the giver's entry cannot be our evidence: its own log still
+                # debits it (from what it knows); we credit nothing we cannot prove.
+                log.warning(
+                    "[%s] device %d paid invoice %s but its receipt is unusable: %s",
+                    self.name,
+                    giver.device_index,
+                    invoice.payment_hash[:16],
+                    exc,
+                )
+                return 0
             return amount
         report = await self.store.ingest(receipt.share_entry)
         outcome = report.results[0].outcome

@@ -14,7 +14,7 @@ import enum
 import hashlib
 from typing import Any, ClassVar
 
-from p2pgrid.ledger.codec import FieldType, Reader, Writer
+from p2pgrid.ledger.codec import MAX_TEXT_BYTES, FieldType, Reader, Writer
 from p2pgrid.ledger.errors import MalformedError
 
 
@@ -247,6 +247,14 @@ class DeviceInfo(Body):
             raise BodyError("device_class must not be empty")
 
 
+#: A ``site_share`` entry travels as the hex ``evidence`` of a ``site_share_in``, a
+#: text field of at most MAX_TEXT_BYTES: so the whole entry is at most half that.
+MAX_SITE_SHARE_ENTRY_BYTES = MAX_TEXT_BYTES // 2
+#: Its memo's limit: the entry less its header (61), fixed fields (32 + 4 + 8 + the
+#: memo's u16 length) and signature (64). Checked against entry.py in the tests.
+MAX_SITE_SHARE_MEMO_BYTES = MAX_SITE_SHARE_ENTRY_BYTES - 61 - 46 - 64
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SiteShare(Body):
     """The author device gives part of its allocation to a device of *another*
@@ -262,6 +270,11 @@ class SiteShare(Body):
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("amount_msat", self.amount_msat)
+        if len(self.memo.encode()) > MAX_SITE_SHARE_MEMO_BYTES:
+            raise BodyError(
+                f"site_share memo over {MAX_SITE_SHARE_MEMO_BYTES} bytes "
+                "(the entry must fit a site_share_in's evidence)"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,0 +1,124 @@
+"""A giver's receipt is hostile input too: what can be produced can be consumed, and a
+receipt that cannot be used after the payment is reported, never raised."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pgrid.agent.messages import ShareReceipt
+from p2pgrid.agent.sharing import ShareDesk
+from p2pgrid.ledger import Author, LogWriter, MalformedError, Role, SiteShare, SiteShareIn
+from p2pgrid.ledger.bodies import MAX_SITE_SHARE_ENTRY_BYTES, MAX_SITE_SHARE_MEMO_BYTES
+from p2pgrid.ledger.codec import MAX_TEXT_BYTES
+from p2pgrid.ledger.entry import HEADER_LEN
+from p2pgrid.lightning.models import Invoice, InvoiceState
+from p2pgrid.market import Party, ShareRequest
+from p2pgrid.net import Delivery, PeerRef
+from tests.ledger.ledger_factory import Site
+
+SITE = Site.make(b"hostile receipts")
+OTHER = Site.make(b"hostile receipts, the owner's other site")
+GIVER = Author(Role.DEVICE, 1)
+
+
+def test_the_memo_limit_matches_the_entry_layout() -> None:
+    entry = OTHER.chain(GIVER).next(SiteShare(b"\x00" * 32, 0, 1, "m" * MAX_SITE_SHARE_MEMO_BYTES))
+    assert len(entry.raw) == MAX_SITE_SHARE_ENTRY_BYTES
+    assert len(entry.raw) == HEADER_LEN + 46 + 64 + MAX_SITE_SHARE_MEMO_BYTES
+    assert 2 * MAX_SITE_SHARE_ENTRY_BYTES <= MAX_TEXT_BYTES
+
+
+@settings(max_examples=50)
+@given(memo=st.text(max_size=MAX_SITE_SHARE_MEMO_BYTES + 200), amount=st.integers(1, 2**63 - 1))
+def test_every_site_share_that_can_be_signed_fits_a_site_share_in(memo: str, amount: int) -> None:
+    body = SiteShare(b"\x01" * 32, 3, amount, memo)
+    chain = OTHER.chain(GIVER)
+    if len(memo.encode()) > MAX_SITE_SHARE_MEMO_BYTES:
+        with pytest.raises(MalformedError, match="memo"):
+            chain.next(body)
+        return
+    entry = chain.next(body)
+    SITE.chain(Author(Role.DEVICE, 3)).next(SiteShareIn(entry.raw.hex()))  # signs: it fits
+
+
+class _Host:
+    """Answers the pay request with a fixed receipt (a giver that lies in it)."""
+
+    def __init__(self, receipt: ShareReceipt) -> None:
+        self.receipt = receipt
+
+    async def request(self, peer_id: str, protocol: str, message: Any, **_: Any) -> Delivery:
+        data = self.receipt.encode()
+        return Delivery(protocol, OTHER_SITE_ID, 1, peer_id, ShareReceipt.KIND, data, 0)
+
+
+class _Node:
+    def __init__(self, preimage: bytes) -> None:
+        self.payment_hash = hashlib.sha256(preimage).hexdigest()
+        self.cancelled: list[str] = []
+
+    async def add_invoice(self, amount_msat: int, memo: str) -> Invoice:
+        return Invoice(
+            payment_hash=self.payment_hash,
+            payment_request="lnbcrt1" + "q" * 110,
+            memo=memo,
+            value_msat=amount_msat,
+            amt_paid_msat=0,
+            state=InvoiceState.OPEN,
+            add_index=1,
+            settle_index=0,
+            creation_date=0,
+            expiry_s=3600,
+        )
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        self.cancelled.append(payment_hash)
+
+
+OTHER_SITE_ID = OTHER.owner.identity.site_id
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b"\x01" * 600,  # hex of 1200 chars: over a text field (raised MalformedError once)
+        b"\x00" * 4096,
+    ],
+)
+async def test_an_unusable_receipt_after_payment_is_reported_not_raised(
+    tmp_path: Path, entry: bytes
+) -> None:
+    preimage = b"\x09" * 32
+    store = await SITE.open(tmp_path / "log.sqlite")
+    try:
+        me = Author(Role.DEVICE, 3)
+        writer = LogWriter(store, SITE.signer(me), me)
+        party = Party(SITE.owner.identity.site_id, 3)
+
+        async def headroom(period: int) -> int:
+            return 0
+
+        desk = ShareDesk(
+            me=party,
+            host=_Host(ShareReceipt(b"\x05" * 32, preimage, entry)),  # type: ignore[arg-type]
+            node=_Node(preimage),  # type: ignore[arg-type]
+            store=store,
+            writer=writer,
+            headroom=headroom,
+            current_period=lambda: 1,
+            name="requester",
+            owner_sites={OTHER_SITE_ID: OTHER.owner.identity},
+        )
+        request = ShareRequest(party, 1, 5000, 0)
+        giver = PeerRef("peer", OTHER_SITE_ID, 1, ())
+        got = await desk._collect(request, giver, 5000)
+        assert got == 0
+        assert store.heads() == {}  # nothing logged that no replica could credit
+    finally:
+        await store.close()
