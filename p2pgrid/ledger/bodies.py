@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import re
 from typing import Any, ClassVar
 
 from p2pgrid.ledger.codec import MAX_TEXT_BYTES, FieldType, Reader, Writer
@@ -250,6 +251,7 @@ class DeviceInfo(Body):
 #: A ``site_share`` entry travels as the hex ``evidence`` of a ``site_share_in``, a
 #: text field of at most MAX_TEXT_BYTES: so the whole entry is at most half that.
 MAX_SITE_SHARE_ENTRY_BYTES = MAX_TEXT_BYTES // 2
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 #: Its memo's limit: the entry less its header (61), fixed fields (32 + 4 + 8 + the
 #: memo's u16 length) and signature (64). Checked against entry.py in the tests.
 MAX_SITE_SHARE_MEMO_BYTES = MAX_SITE_SHARE_ENTRY_BYTES - 61 - 46 - 64
@@ -288,10 +290,9 @@ class SiteShareIn(Body):
     evidence: str = _wire(FieldType.TEXT)
 
     def check(self, author_role: Role, author_index: int) -> None:
-        try:
-            bytes.fromhex(self.evidence)
-        except ValueError as exc:
-            raise BodyError("evidence must be hex") from exc
+        # bytes.fromhex alone also takes upper case and spaces: one spelling only.
+        if not _LOWER_HEX.fullmatch(self.evidence):
+            raise BodyError("evidence must be lower-case hex, two digits per byte")
 
 
 BODY_TYPES: dict[EntryKind, type[Body]] = {

@@ -122,3 +122,9 @@ async def test_an_unusable_receipt_after_payment_is_reported_not_raised(
         assert store.heads() == {}  # nothing logged that no replica could credit
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("evidence", ["AB", "ab cd", "abc", "zz"])
+def test_evidence_has_one_spelling(evidence: str) -> None:
+    with pytest.raises(MalformedError, match="lower-case hex"):
+        SITE.chain(Author(Role.DEVICE, 3)).next(SiteShareIn(evidence))
