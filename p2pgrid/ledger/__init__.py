@@ -42,6 +42,7 @@ from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
     Replicator,
+    SyncMisbehaviour,
     SyncProtocolError,
     SyncReport,
     SyncTransport,
@@ -92,6 +93,7 @@ __all__ = [
     "Share",
     "SiteShare",
     "SiteShareIn",
+    "SyncMisbehaviour",
     "SyncProtocolError",
     "SyncReport",
     "SyncTransport",

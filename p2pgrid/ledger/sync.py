@@ -44,6 +44,9 @@ from p2pgrid.ledger.wire import (
 log = logging.getLogger(__name__)
 
 SYNC_PROTOCOL_ID = "/p2pgrid/log-sync/1.0.0"
+#: Range requests one anti-entropy round sends at most (about 256 k entries); a
+#: peer with more to give is pulled from again in the next round.
+MAX_REQUESTS_PER_ROUND = 1024
 
 
 def log_topic(site_id: str) -> str:
@@ -68,6 +71,14 @@ class SyncTransport(Protocol):
 
 class SyncProtocolError(RetryableError):
     """A peer answered with something that is not a valid reply; try another time."""
+
+
+class SyncMisbehaviour(SyncProtocolError):
+    """A peer's reply no honest replica sends (``reason`` says which); count it."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,12 +158,16 @@ class Replicator:
         try:
             msg = decode(reply)
         except MalformedError as exc:
-            raise SyncProtocolError(f"[{self.name}] bad reply from {peer}: {exc}") from exc
+            raise SyncMisbehaviour(
+                f"[{self.name}] bad reply from {peer}: {exc}", reason="malformed_reply"
+            ) from exc
         if isinstance(msg, ErrorReply):
             raise SyncProtocolError(f"[{self.name}] {peer} refused: {msg.reason}")
         expected = HeadsReply if isinstance(request, HeadsRequest) else RangeReply
         if not isinstance(msg, expected):
-            raise SyncProtocolError(f"[{self.name}] {peer} sent {type(msg).__name__}")
+            raise SyncMisbehaviour(
+                f"[{self.name}] {peer} sent {type(msg).__name__}", reason="wrong_reply"
+            )
         return msg
 
     async def _holds_all_of(self, their: AuthorHead) -> bool:
@@ -167,11 +182,19 @@ class Replicator:
         return await self.store.tip_at(their.author, their.seq) == their.tip
 
     async def sync_with(self, peer: str) -> SyncReport:
-        """One anti-entropy round: pull from ``peer`` everything this replica lacks."""
+        """One anti-entropy round: pull from ``peer`` what this replica lacks, in at
+        most :data:`MAX_REQUESTS_PER_ROUND` requests (the next round goes on).
+
+        Raises :class:`SyncMisbehaviour` if the peer answers a range that its own
+        heads claim with nothing, or with something that is not a reply.
+        """
         counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
         heads = await self._ask(peer, HeadsRequest())
         assert isinstance(heads, HeadsReply)
         for their in heads.heads.values():
+            if counts["requests"] >= MAX_REQUESTS_PER_ROUND:
+                log.info("[%s] round with %s used its request budget", self.name, peer)
+                break
             if await self._holds_all_of(their):
                 continue
             mine = self.store.heads().get(their.author)
@@ -180,6 +203,8 @@ class Replicator:
                 await self._pull(peer, their.author, my_seq + 1, their.seq, counts)
                 if await self._holds_all_of(their):
                     continue
+                if counts["requests"] >= MAX_REQUESTS_PER_ROUND:
+                    break  # the rest next round
             log.info(
                 "[%s] %s diverges from %s: pulling its whole chain", self.name, their.author, peer
             )
@@ -198,7 +223,16 @@ class Replicator:
             reply = await self._ask(peer, RangeRequest(author, start, last))
             assert isinstance(reply, RangeReply)
             if reply.covered < start:
-                raise SyncProtocolError(f"[{self.name}] {peer} covered nothing of {start}..{last}")
+                raise SyncMisbehaviour(
+                    f"[{self.name}] {peer} covered nothing of {start}..{last}",
+                    reason="covered_nothing",
+                )
+            if not reply.entries:  # its heads said it holds up to `last`
+                raise SyncMisbehaviour(
+                    f"[{self.name}] {peer} claims {author} up to {last} but sent nothing "
+                    f"for {start}..{reply.covered}",
+                    reason="empty_range",
+                )
             return reply
 
         try:
@@ -220,7 +254,8 @@ class Replicator:
         reply = await fetch(first)
         while True:
             counts["requests"] += 1
-            ahead = tg.create_task(fetch(reply.covered + 1)) if reply.covered < last else None
+            more = reply.covered < last and counts["requests"] < MAX_REQUESTS_PER_ROUND
+            ahead = tg.create_task(fetch(reply.covered + 1)) if more else None
             if reply.entries:
                 report = await self.store.ingest_many(reply.entries)
                 counts["received"] += len(reply.entries)

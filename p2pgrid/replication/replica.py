@@ -36,6 +36,7 @@ from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
     Replicator,
+    SyncMisbehaviour,
     SyncProtocolError,
     left_a_gap,
     log_topic,
@@ -423,6 +424,8 @@ class NetReplica:
                 async with asyncio.timeout(self.config.round_timeout_s):
                     report = await self.replicator.sync_with(peer)
         except (RetryableError, TimeoutError) as exc:
+            if isinstance(exc, SyncMisbehaviour):
+                self.host.report_misbehaviour(peer, f"sync:{exc.reason}")
             self._stats.rounds_failed += 1
             fails = self._failures[peer] = self._failures.get(peer, 0) + 1
             log.info("[%s] sync with %s failed (%d in a row): %s", self.name, peer, fails, exc)

@@ -4,6 +4,7 @@ transport: no sockets; see p2pgrid.testing.loopback)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -13,10 +14,12 @@ from p2pgrid.ledger import (
     LogWriter,
     MeterReading,
     Replicator,
+    SyncMisbehaviour,
     SyncProtocolError,
     wire,
 )
-from p2pgrid.ledger.heads import Heads
+from p2pgrid.ledger.heads import AuthorHead, Heads
+from p2pgrid.ledger.sync import MAX_REQUESTS_PER_ROUND
 from p2pgrid.net import PeerUnreachable
 from p2pgrid.testing.loopback import LoopbackNetwork
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
@@ -187,3 +190,46 @@ async def test_concurrent_batches_and_queries(site: Site, open_store: OpenStore)
             tg.create_task(store.fetch_range(Author.device(1), 1, 30))
     assert store.heads().total == 120
     assert store.pending_count == 0
+
+
+class _Claimer:
+    """Claims an author up to seq 2**63-1, then answers ranges with ``answer``."""
+
+    def __init__(self, author: Author, answer: Callable[[wire.RangeRequest], wire.RangeReply]):
+        self.head = AuthorHead(author, 2**63 - 1, 2**63 - 1, b"\x01" * 32, b"\x02" * 32)
+        self.answer = answer
+        self.requests = 0
+
+    async def request(self, peer: str, payload: bytes) -> bytes:
+        self.requests += 1
+        msg = wire.decode(payload)
+        if isinstance(msg, wire.HeadsRequest):
+            return wire.encode(wire.HeadsReply(Heads([self.head])))
+        assert isinstance(msg, wire.RangeRequest)
+        return wire.encode(self.answer(msg))
+
+    async def publish(self, payload: bytes) -> None:
+        return None
+
+
+async def test_a_claim_answered_with_nothing_is_misbehaviour(open_store: OpenStore) -> None:
+    """Once 51,437 requests in 3 s, until the 300 s round timeout: now the first empty range."""
+    liar = _Claimer(Author.device(1), lambda r: wire.RangeReply(min(r.last, r.first + 255), ()))
+    rep = Replicator(await open_store("a"), liar)
+    with pytest.raises(SyncMisbehaviour, match="sent nothing") as caught:
+        await rep.sync_with("liar")
+    assert caught.value.reason == "empty_range"
+    assert liar.requests <= 3  # heads, the first range (and at most one fetched ahead)
+
+
+async def test_a_round_sends_a_bounded_number_of_requests(
+    site: Site, open_store: OpenStore
+) -> None:
+    """A peer that answers every range with the same one entry, one seq at a time."""
+    entry = site.chain(Author.device(1)).next(CarryOver(1)).raw
+    liar = _Claimer(Author.device(1), lambda r: wire.RangeReply(r.first, (entry,)))
+    rep = Replicator(await open_store("a"), liar)
+    report = await rep.sync_with("liar")
+    assert report.requests <= MAX_REQUESTS_PER_ROUND
+    assert liar.requests <= MAX_REQUESTS_PER_ROUND + 1  # one fetched ahead
+    assert report.appended == 1
