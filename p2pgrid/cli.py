@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from p2pgrid.demo import run_demo
 from p2pgrid.errors import P2PGridError
@@ -35,7 +36,7 @@ def main() -> None:
             run_demo(console, scenario_path=args.scenario, work_dir=args.work_dir, keep=args.keep)
         )
     except P2PGridError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")  # names may hold "[/x]"
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -12,6 +12,7 @@ import importlib.resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.launcher import RunResult, run_scenario
@@ -78,14 +79,14 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
         table.add_column(column)
     for s in result.invoice_status:
         table.add_row(
-            s["site"], str(s["device"]), str(s["period"]), f"{s['amount_msat'] / 1000:,.3f}",
-            s["collection"],
+            escape(s["site"]), str(s["device"]), str(s["period"]),
+            f"{s['amount_msat'] / 1000:,.3f}", s["collection"],
         )  # fmt: skip
     console.print(table)
     for site_name, digests in result.digests.items():
         agree = len(set(digests.values())) == 1
         console.print(
-            f"{site_name}: {len(digests)} replicas "
+            f"{escape(site_name)}: {len(digests)} replicas "
             + ("[green]agree[/]" if agree else "[red]differ[/]")
             + f" (digest {next(iter(digests.values()))[:16]}...)"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.ledger import Inefficiency, LedgerView, inefficiencies
@@ -84,7 +85,7 @@ def _sat(msat: int) -> str:
 def report_table(report: PeriodReport) -> Table:
     """The report as a rich table (amounts in sat, energy in Wh)."""
     table = Table(
-        title=f"site {report.site}, period {report.period}",
+        title=f"site {escape(report.site)}, period {report.period}",  # names are data
         caption=(
             f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
             f"{report.disputes} dispute(s)"
@@ -97,7 +98,7 @@ def report_table(report: PeriodReport) -> Table:
         flagged = line.device in report.wasteful
         table.add_row(
             str(line.device),
-            line.device_class,
+            escape(line.device_class),  # from the log: any text
             _sat(line.allocation_msat),
             f"{line.energy_wh:,}",
             _sat(line.spent_msat + line.overdraft_msat),
@@ -107,7 +108,7 @@ def report_table(report: PeriodReport) -> Table:
             f"{line.sold_wh:,}",
             _sat(line.carried_out_msat),
             _sat(line.balance_msat),
-            ", ".join(line.findings) or "-",
+            escape(", ".join(line.findings)) or "-",
             style="bold red" if flagged else None,
         )
     return table

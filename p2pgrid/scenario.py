@@ -1,6 +1,8 @@
 """A p2pgrid deployment described as data: the utility, the sites, their devices.
 
-Built once from TOML (:func:`load_scenario`) and passed through constructors;
+Built once from TOML (:func:`load_scenario`, validated by
+:mod:`p2pgrid.scenario_schema`: a bad file is one clear ConfigError, never a
+traceback nor a silent default) and passed through constructors;
 every process of a run (the utility node, each device agent, the launcher)
 reads the same scenario and picks its own part by name. Keys come from seeds
 here (demo and tests); a real device is provisioned with its own child key.
@@ -45,6 +47,7 @@ from p2pgrid.ledger import Membership, MembershipConfig
 from p2pgrid.market import Priority, SurplusPolicy
 from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
 from p2pgrid.meter.source import CsvSource
+from p2pgrid.scenario_schema import validate_scenario
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,66 +168,48 @@ class Scenario:
         return (self.utility.name, *(d.name for s in self.sites for d in s.devices))
 
 
-def _get(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in table:
-        raise ConfigError(f"{where}: missing {key!r}")
-    value = table[key]
-    if kind is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
-def parse_scenario(data: Mapping[str, Any]) -> Scenario:
-    try:
-        clock = data["clock"]
-        sites = []
-        for s in data["sites"]:
-            where = f"sites.{s.get('name', '?')}"
-            devices = tuple(
+def parse_scenario(data: Mapping[str, Any], *, source: str = "scenario") -> Scenario:
+    """The scenario of a parsed TOML document; :class:`ConfigError` naming
+    ``source``, the key and the problem if it does not follow the schema
+    (:mod:`p2pgrid.scenario_schema`)."""
+    model = validate_scenario(data, source=source)
+    sites = tuple(
+        SiteSpec(
+            name=s.name,
+            seed=s.seed,
+            budget_msat=s.budget_msat,
+            devices=tuple(
                 DeviceSpec(
-                    name=_get(d, "name", str, where),
-                    index=_get(d, "index", int, where),
-                    device_class=_get(d, "device_class", str, where),
-                    meter=MeterSpec(**d["meter"]),
-                    priority=Priority[d.get("priority", "normal").upper()],
-                    weight=int(d.get("weight", 1)),
-                    policy=SurplusPolicy(d.get("policy", "carry_over")),
-                    producer=bool(d.get("producer", False)),
+                    name=d.name,
+                    index=d.index,
+                    device_class=d.device_class,
+                    meter=MeterSpec(**d.meter.model_dump()),
+                    priority=Priority[d.priority.upper()],
+                    weight=d.weight,
+                    policy=SurplusPolicy(d.policy),
+                    producer=d.producer,
                 )
-                for d in s["devices"]
-            )
-            sites.append(
-                SiteSpec(
-                    _get(s, "name", str, where),
-                    _get(s, "seed", str, where),
-                    _get(s, "budget_msat", int, where),
-                    devices,
-                )
-            )
-        scenario = Scenario(
-            intervals_per_period=_get(clock, "intervals_per_period", int, "clock"),
-            interval_s=_get(clock, "interval_s", float, "clock"),
-            periods=_get(clock, "periods", int, "clock"),
-            model_start_interval=int(clock.get("model_start_interval", 0)),
-            tariff=FlatTariff(_get(data["tariff"], "msat_per_kwh", int, "tariff")),
-            utility=UtilitySpec(
-                data["utility"].get("name", "utility"),
-                _get(data["utility"], "seed", str, "utility"),
+                for d in s.devices
             ),
-            sites=tuple(sites),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"bad scenario: {exc!r}") from exc
-    names = scenario.lnd_nodes
-    if len(set(names)) != len(names):
-        raise ConfigError(f"names must be unique: {names}")
-    return scenario
+        for s in model.sites
+    )
+    clock, utility = model.clock, model.utility
+    return Scenario(
+        intervals_per_period=clock.intervals_per_period,
+        interval_s=clock.interval_s,
+        periods=clock.periods,
+        model_start_interval=clock.model_start_interval,
+        tariff=FlatTariff(model.tariff.msat_per_kwh),
+        utility=UtilitySpec(utility.name, utility.seed),
+        sites=sites,
+    )
 
 
 def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file; :class:`ConfigError` on any problem."""
     try:
-        return parse_scenario(tomllib.loads(path.read_text()))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read scenario {path}: {exc}") from exc
+    return parse_scenario(data, source=str(path))

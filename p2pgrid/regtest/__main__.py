@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from p2pgrid.errors import P2PGridError
 from p2pgrid.regtest.build import ensure_daemons
@@ -59,7 +60,7 @@ def main() -> None:
     try:
         sys.exit(asyncio.run(_run(_parser().parse_args(), console)))
     except P2PGridError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from p2pgrid.errors import ConfigError, ReportableError
 from p2pgrid.lightning import LndClient, LndEndpoint
@@ -158,7 +159,8 @@ class Stack:
 
     def _say(self, message: str) -> None:
         log.info("stack %s: %s", self.config.name, message)
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] [{self.config.name}] {message}")
+        name, text = escape(f"[{self.config.name}]"), escape(message)  # node names are data
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {name} {text}")
 
     def endpoint(self, node: str) -> LndEndpoint:
         return self.layout.lnd(node).endpoint()

@@ -78,7 +78,7 @@ def test_the_shipped_scenario_and_its_provisioning() -> None:
 
 
 def test_a_bad_scenario_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="missing 'seed'"):
+    with pytest.raises(ConfigError, match=r'sites\[0\] \("s"\)\.seed: missing'):
         parse_scenario(
             {
                 "clock": {"intervals_per_period": 4, "interval_s": 1, "periods": 1},
