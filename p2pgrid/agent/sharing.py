@@ -34,6 +34,7 @@ from p2pgrid.ledger import (
     LogWriter,
     MalformedError,
     Outcome,
+    Payment,
     Share,
     SiteShare,
     SiteShareIn,
@@ -41,7 +42,7 @@ from p2pgrid.ledger import (
 )
 from p2pgrid.lightning import LightningNode, PaymentFailed
 from p2pgrid.market import Party, ShareOffer, ShareRequest, accept_offers, offer_amount
-from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
+from p2pgrid.net import Delivery, PeerHost, PeerMisbehaved, PeerRef, RequestRejected
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,22 @@ class ShareDesk:
         log.info("[%s] offered %d msat to device %d", self.name, amount, delivery.device_index)
         return ShareOffer(request.id, self.me, amount)
 
+    async def _paid_before(self, payment_hash: str) -> bool:
+        """Whether this device logged a payment of ``payment_hash`` already. lnd
+        answers a second payment of a paid invoice with the first one: logging
+        a share for it again would credit one payment twice."""
+        for entry in await self.store.entries():
+            if entry.author != self.writer.author:
+                continue
+            body = entry.body
+            if isinstance(body, Payment) and body.payment_hash.hex() == payment_hash:
+                return True
+            if isinstance(body, Share | SiteShare):
+                proof = parse_proof(body.memo)
+                if proof is not None and proof.payment_hash.hex() == payment_hash:
+                    return True
+        return False
+
     async def _on_pay(self, delivery: Delivery) -> ShareReceipt:
         ask = delivery.decode(ShareInvoice)
         async with self._giving:
@@ -221,6 +238,8 @@ class ShareDesk:
             decoded = await self.node.decode_invoice(ask.bolt11)
             if decoded.amount_msat != ask.amount_msat:
                 raise RequestRejected("the invoice amount differs from the grant")
+            if await self._paid_before(decoded.payment_hash):
+                raise PeerMisbehaved("this invoice was paid before", reason="share:invoice_reused")
             del self._offers[ask.request_id]  # one payment per offer, even if it fails
             try:
                 payment = await self.node.pay_invoice(

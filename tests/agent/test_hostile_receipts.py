@@ -11,15 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pgrid.agent.messages import ShareReceipt
+from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
 from p2pgrid.agent.sharing import ShareDesk
-from p2pgrid.ledger import Author, LogWriter, MalformedError, Role, SiteShare, SiteShareIn
+from p2pgrid.ledger import (
+    Author,
+    EntryKind,
+    LogWriter,
+    MalformedError,
+    Role,
+    SiteShare,
+    SiteShareIn,
+)
 from p2pgrid.ledger.bodies import MAX_SITE_SHARE_ENTRY_BYTES, MAX_SITE_SHARE_MEMO_BYTES
 from p2pgrid.ledger.codec import MAX_TEXT_BYTES
 from p2pgrid.ledger.entry import HEADER_LEN
 from p2pgrid.lightning.models import Invoice, InvoiceState
 from p2pgrid.market import Party, ShareRequest
-from p2pgrid.net import Delivery, PeerRef
+from p2pgrid.net import Delivery, PeerMisbehaved, PeerRef
+from tests.fuzz.fakes import FakeNode
+from tests.fuzz.seeds import BOLT11
 from tests.ledger.ledger_factory import Site
 
 SITE = Site.make(b"hostile receipts")
@@ -128,3 +138,47 @@ async def test_an_unusable_receipt_after_payment_is_reported_not_raised(
 def test_evidence_has_one_spelling(evidence: str) -> None:
     with pytest.raises(MalformedError, match="lower-case hex"):
         SITE.chain(Author(Role.DEVICE, 3)).next(SiteShareIn(evidence))
+
+
+async def test_an_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: Path) -> None:
+    """lnd answers a second payment of a paid invoice with the first payment: a peer
+    that sends the same invoice for a second offer once got a second share logged
+    (credit twice, sats once)."""
+    store = await SITE.open(tmp_path / "giver.sqlite")
+    try:
+        me = Party(SITE.owner.identity.site_id, 1)
+        node = FakeNode()
+
+        async def headroom(period: int) -> int:
+            return 50_000
+
+        desk = ShareDesk(
+            me=me,
+            host=None,  # type: ignore[arg-type]
+            node=node,  # type: ignore[arg-type]
+            store=store,
+            writer=LogWriter(store, SITE.signer(Author.device(1)), Author.device(1)),
+            headroom=headroom,
+            current_period=lambda: 1,
+            name="giver",
+        )
+        outcomes = []
+        for amount in (1_000, 2_000):
+            request = ShareRequest(Party(me.site_id, 2), 1, amount, 0)
+
+            def delivery(kind: int, data: bytes) -> Delivery:
+                return Delivery("t", me.site_id, 2, "peer", kind, data, 0)
+
+            offer = await desk._on_request(delivery(ShareRequest.KIND, request.encode()))
+            node.amount_msat = offer.amount_msat
+            ask = ShareInvoice(request.id, offer.amount_msat, BOLT11)
+            try:
+                await desk._on_pay(delivery(ShareInvoice.KIND, ask.encode()))
+                outcomes.append("paid")
+            except PeerMisbehaved as exc:
+                outcomes.append(exc.reason)
+        assert outcomes == ["paid", "share:invoice_reused"]
+        assert [e.kind for e in await store.entries()] == [EntryKind.SHARE]
+        assert list(node.paid.values()) == [1]
+    finally:
+        await store.close()
