@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from p2pgrid.errors import ConfigError
 from p2pgrid.lightning.errors import (
     AuthError,
     InvoiceError,
@@ -43,6 +44,7 @@ from p2pgrid.lightning.models import (
     PendingChannel,
     WalletBalance,
 )
+from p2pgrid.secretfile import InsecureSecretFile, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +176,11 @@ class LndClient:
         if self._client is not None:
             return
         try:
+            macaroon = read_secret(self.endpoint.macaroon).hex()  # refused if others may read it
             ctx = ssl.create_default_context(cafile=str(self.endpoint.tls_cert))
-            macaroon = self.endpoint.macaroon.read_bytes().hex()
-        except (OSError, ssl.SSLError) as exc:
+        except InsecureSecretFile:
+            raise
+        except (OSError, ssl.SSLError, ConfigError) as exc:
             raise AuthError(
                 f"{self.endpoint.name}: cannot load TLS cert or macaroon: {exc}"
             ) from exc

@@ -17,6 +17,7 @@ from bitcoinlib.transactions import Transaction
 
 from p2pgrid.errors import ReportableError
 from p2pgrid.regtest.btcd import BtcdRpc
+from p2pgrid.secretfile import read_secret, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,9 @@ class Faucet:
     @classmethod
     def load_or_create(cls, path: Path) -> Faucet:
         if path.exists():
-            return cls(wif=path.read_text().strip())
+            return cls(wif=read_secret(path).decode().strip())
         faucet = cls(wif=Key(network=NETWORK).wif())
-        path.write_text(faucet.wif + "\n")
-        path.chmod(0o600)
+        write_secret(path, faucet.wif.encode() + b"\n")
         return faucet
 
     @property

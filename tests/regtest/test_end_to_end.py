@@ -39,6 +39,7 @@ from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.key_material import files_under, macaroon_secrets, scan, scenario_secrets
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 OVERCHARGED = ("store-1", 0, 1)  # the fridge's invoice of period 1: it always imports
@@ -207,3 +208,15 @@ async def test_sats_moved_in_lnd_reconcile_with_the_log(
                 assert sent[payment_hash].value_msat == amount, name
             for payment_hash, (amount, fee) in given.items():
                 assert (sent[payment_hash].value_msat, sent[payment_hash].fee_msat) == (amount, fee)
+
+
+async def test_no_key_material_in_any_file_of_the_run(
+    run: tuple[Scenario, Stack, RunResult],
+) -> None:
+    """Seeds, keys and macaroons never reach a log, a report or a runtime file."""
+    scenario, stack, result = run
+    macaroons = [stack.endpoint(name).macaroon for name in scenario.lnd_nodes]
+    needles = scenario_secrets(scenario) + macaroon_secrets(macaroons)
+    files = files_under(result.work_dir) + files_under(stack.config.dir, logs_only=True)
+    assert any(f.suffix == ".log" for f in files)
+    assert scan(files, needles) == []
