@@ -47,7 +47,7 @@ from p2pgrid.net.frames import PEER_ERRORS
 from p2pgrid.net.membership import Membership, Topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, WireMessage
 from p2pgrid.net.misbehaviour import Misbehaviour
-from p2pgrid.net.node import PeerRef, Reply, TrioNode
+from p2pgrid.net.node import LYING_REASONS, PeerRef, Reply, TrioNode
 from p2pgrid.net.pacing import TokenBucket, TopicPacer
 from p2pgrid.net.validator import EnvelopeValidator, Reason
 
@@ -558,7 +558,8 @@ class PeerHost:
             max_bytes=MAX_STREAM_ENVELOPE_BYTES,
         )
         if isinstance(verdict, Reason):
-            self.report_misbehaviour(peer_id, f"{protocol}:answer_{verdict}")
+            scored = verdict in LYING_REASONS
+            self.report_misbehaviour(peer_id, f"{protocol}:answer_{verdict}", scored=scored)
             raise RequestRejected(
                 f"{peer_id} answered {protocol} with an invalid envelope: {verdict}"
             )
@@ -580,11 +581,12 @@ class PeerHost:
 
     # -- misbehaviour ------------------------------------------------------------
 
-    def report_misbehaviour(self, peer_id: str, reason: str) -> None:
+    def report_misbehaviour(self, peer_id: str, reason: str, *, scored: bool = True) -> None:
         """Count ``reason`` against ``peer_id``; past the threshold the peer is
-        disconnected and refused for a while (see :mod:`p2pgrid.net.misbehaviour`)."""
+        disconnected and refused for a while (see :mod:`p2pgrid.net.misbehaviour`).
+        ``scored=False``: counted only (something an honest peer may cause)."""
         log.info("%s: peer %s misbehaved: %s", self.name, peer_id, reason)
-        if self.misbehaviour.record(peer_id, reason):
+        if self.misbehaviour.record(peer_id, reason, scored=scored):
             log.warning("%s: banned peer %s (last: %s)", self.name, peer_id, reason)
             if self._node is not None and self._bridge is not None and self._bridge.running:
                 self._bridge.to_trio(self._node.drop_peer, peer_id)

@@ -4,7 +4,8 @@ Every layer that catches a peer lying or sending garbage reports it here, by
 peer id and a short reason (``hello:bad_address``, ``request:malformed``,
 ``sync:empty_range``...). Counts are kept per peer and per reason and shown in
 the host's stats. A peer whose score reaches ``threshold`` within one window
-is *banned* for ``ban_s`` seconds: the host drops its connections, refuses its
+(events that an honest peer can cause, such as a stale timestamp, are counted
+but not scored) is *banned* for ``ban_s`` seconds: the host drops its connections, refuses its
 streams and hellos, and does not dial it (see docs/security.md for the
 numbers). A ban ends by itself; the peer's score starts again from zero.
 
@@ -56,8 +57,10 @@ class Misbehaviour:
         #: Every ban so far (a peer banned twice counts twice).
         self.bans = 0
 
-    def record(self, peer_id: str, reason: str) -> bool:
-        """Count one event; True if it just got ``peer_id`` banned."""
+    def record(self, peer_id: str, reason: str, *, scored: bool = True) -> bool:
+        """Count one event; True if it just got ``peer_id`` banned. An event that
+        an honest peer can cause (``scored=False``: a stale clock, a peer that
+        does not know it is not a member here) is counted but never bans."""
         now = self._clock()
         rec = self._peers.get(peer_id)
         if rec is None:
@@ -67,8 +70,8 @@ class Misbehaviour:
             rec.score = 0
         rec.reasons[reason] += 1
         rec.last_at = now
-        if rec.banned_until > now:
-            return False  # already banned: counted, nothing new to do
+        if rec.banned_until > now or not scored:
+            return False  # counted; nothing new to do
         rec.score += 1
         if rec.score < self.threshold:
             return False

@@ -276,7 +276,7 @@ class TrioNode:
                 # Counted against the peer only when it is the author and sent it
                 # to us itself (a forwarder relays what others signed), and only
                 # for what no honest clock or duplicate path explains.
-                if verdict in _PUNISHED_ON_TOPICS and msg.from_id == forwarder.to_bytes():
+                if verdict in LYING_REASONS and msg.from_id == forwarder.to_bytes():
                     self.punish(forwarder, f"{topic}:{verdict}")
                 return False
             return True
@@ -313,10 +313,10 @@ class TrioNode:
         if self._nursery is not None:
             self._nursery.start_soon(self._say_hello, peer_id)
 
-    def punish(self, peer_id: ID, reason: str) -> None:
+    def punish(self, peer_id: ID, reason: str, *, scored: bool = True) -> None:
         """Count ``reason`` against the peer; drop it if that got it banned."""
         log.info("%s: peer %s misbehaved: %s", self.name, peer_id, reason)
-        if self._misbehaviour.record(str(peer_id), reason):
+        if self._misbehaviour.record(str(peer_id), reason, scored=scored):
             log.warning("%s: banned peer %s (last: %s)", self.name, peer_id, reason)
             self.drop_peer(str(peer_id))
 
@@ -393,7 +393,7 @@ class TrioNode:
         )
         if isinstance(verdict, Reason):
             log.info("%s: rejected the hello of %s: %s", self.name, peer_id, verdict)
-            self.punish(peer_id, f"hello:{verdict}")
+            self.punish(peer_id, f"hello:{verdict}", scored=verdict in LYING_REASONS)
             return
         try:
             if len(verdict.records) != 1 or verdict.records[0].kind != KIND_HELLO:
@@ -485,7 +485,7 @@ class TrioNode:
                 log.info(
                     "%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict
                 )
-                self.punish(peer_id, f"{protocol}:{verdict}")
+                self.punish(peer_id, f"{protocol}:{verdict}", scored=verdict in LYING_REASONS)
                 await write_frame(stream, REFUSAL)
                 await close_stream(stream)
                 return
@@ -514,8 +514,10 @@ class TrioNode:
                     await stream.reset()
 
 
-#: Topic rejections counted against the peer that sent the message itself.
-_PUNISHED_ON_TOPICS = frozenset(
+#: Rejections that no honest peer causes (they score towards a ban). The others
+#: (``not_member``: a peer of another site that does not know; ``stale``: a clock;
+#: ``replay``: a second path) are counted for hellos and requests but never ban.
+LYING_REASONS = frozenset(
     {Reason.TOO_LARGE, Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.PEER_MISMATCH}
 )
 

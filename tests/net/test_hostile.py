@@ -222,3 +222,13 @@ async def test_a_malformed_answer_is_a_refusal_not_a_crash(make_host: MakeHost) 
     with pytest.raises(RequestRejected, match="malformed Note"):
         reply.decode(Note)
     assert client.stats().misbehaviour[server.peer_id] == {f"{PROTOCOL}:malformed": 1}
+
+
+def test_what_an_honest_peer_may_cause_is_counted_but_never_bans() -> None:
+    tracker = Misbehaviour(threshold=2)
+    for _ in range(10):
+        assert not tracker.record("p", "hello:not_member", scored=False)
+    assert not tracker.banned("p")
+    assert tracker.counts() == {"p": {"hello:not_member": 10}}
+    assert not tracker.record("p", "hello:malformed")
+    assert tracker.record("p", "hello:malformed")
