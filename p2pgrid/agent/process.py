@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
+from p2pgrid.errors import ConfigError
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogWriter, site_hash
 from p2pgrid.lightning import LndClient
@@ -114,4 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    asyncio.run(run_device(args.scenario, args.runtime, args.name))
+    try:
+        asyncio.run(run_device(args.scenario, args.runtime, args.name))
+    except ConfigError as exc:  # a bad scenario or runtime file: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

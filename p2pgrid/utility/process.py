@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from p2pgrid.errors import ConfigError
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
 from p2pgrid.lightning import LndClient
@@ -155,4 +156,8 @@ def setup_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(argv)
     setup_logging()
-    asyncio.run(run_utility(args.scenario, args.runtime))
+    try:
+        asyncio.run(run_utility(args.scenario, args.runtime))
+    except ConfigError as exc:  # a bad scenario or runtime file: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

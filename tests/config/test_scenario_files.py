@@ -299,3 +299,22 @@ def test_the_schema_admits_the_devices_the_net_admits() -> None:
     from p2pgrid.scenario_schema import DEFAULT_MAX_DEVICES as SCHEMA_MAX
 
     assert SCHEMA_MAX == DEFAULT_MAX_DEVICES
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("p2pgrid.agent", ["--name", "fridge"]), ("p2pgrid.utility", [])]
+)
+def test_the_processes_refuse_a_bad_scenario_without_a_traceback(
+    tmp_path: Path, module: str, extra: list[str]
+) -> None:
+    path = _write(tmp_path, GOOD.replace("periods = 2", "periods = 0"))
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--scenario", str(path), "--runtime", "x.json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert f"error: {path}: clock.periods: Input should be greater than 0" in run.stderr
