@@ -40,7 +40,7 @@ from p2pgrid.ledger import (
     SiteShareIn,
     site_hash,
 )
-from p2pgrid.lightning import LightningNode, PaymentFailed
+from p2pgrid.lightning import LightningError, LightningNode, PaymentFailed
 from p2pgrid.market import Party, ShareOffer, ShareRequest, accept_offers, offer_amount
 from p2pgrid.net import Delivery, PeerHost, PeerMisbehaved, PeerRef, RequestRejected
 
@@ -162,7 +162,16 @@ class ShareDesk:
             receipt = reply.decode(ShareReceipt)
         except (RetryableError, RequestRejected) as exc:
             log.warning("[%s] device %d did not pay: %s", self.name, giver.device_index, exc)
-            await self.node.cancel_invoice(invoice.payment_hash)
+            try:
+                await self.node.cancel_invoice(invoice.payment_hash)
+            except LightningError as cancel:  # e.g. settled: it paid, then refused to say so
+                log.warning(
+                    "[%s] invoice %s of device %d not cancelled: %s",
+                    self.name,
+                    invoice.payment_hash[:16],
+                    giver.device_index,
+                    cancel,
+                )
             return 0
         if hashlib.sha256(receipt.preimage).hexdigest() != invoice.payment_hash:
             log.warning("[%s] device %d sent a wrong preimage", self.name, giver.device_index)
@@ -257,8 +266,12 @@ class ShareDesk:
                 to_site = site_hash(self.owner_sites[requester.site_id])
                 share = SiteShare(to_site, requester.device, ask.amount_msat, memo)
             try:
+                # The period may have ended while the payment was in flight: log it
+                # in the period it is logged in (the writer refuses going back).
                 entry = await self.writer.append(
-                    share, period=period, timestamp_ms=int(time.time() * 1000)
+                    share,
+                    period=max(period, self._current_period()),
+                    timestamp_ms=int(time.time() * 1000),
                 )
             except P2PGridError:
                 log.exception("[%s] paid a share but could not log it", self.name)

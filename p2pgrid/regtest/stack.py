@@ -159,8 +159,8 @@ class Stack:
 
     def _say(self, message: str) -> None:
         log.info("stack %s: %s", self.config.name, message)
-        name, text = escape(f"[{self.config.name}]"), escape(message)  # node names are data
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {name} {text}")
+        name = escape(f"[{self.config.name}]")
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {name} {message}")
 
     def endpoint(self, node: str) -> LndEndpoint:
         return self.layout.lnd(node).endpoint()
@@ -211,7 +211,7 @@ class Stack:
             self._say(f"found {len(found)} daemon(s) left behind by a crash; stopping them")
             await process.terminate([p.pid for p in found], what="left-behind daemons")
         if self.config.dir.exists():
-            self._say(f"removing the left-behind directory {self.config.dir}")
+            self._say(f"removing the left-behind directory {escape(str(self.config.dir))}")
             shutil.rmtree(self.config.dir)
 
     async def up(self) -> None:
@@ -286,7 +286,8 @@ class Stack:
 
             await wait_until(synced, timeout_s=LND_START_TIMEOUT_S, what=f"{cfg.name} to sync")
             info = await node.get_info()
-        self._say(f"lnd {cfg.name} up: {info.pubkey[:16]}... REST 127.0.0.1:{cfg.rest_port}")
+        label = escape(cfg.name)  # node names come from the scenario: data, not markup
+        self._say(f"lnd {label} up: {info.pubkey[:16]}... REST 127.0.0.1:{cfg.rest_port}")
 
     async def _wait_macaroon(self, cfg: LndConfig) -> None:
         async def ready() -> bool:
@@ -338,7 +339,8 @@ class Stack:
                     peer_key, ch.capacity_sat, push_sat=ch.push_sat, private=ch.private
                 )
             points.append(point)
-            self._say(f"opening {ch.opener} -> {ch.peer} {ch.capacity_sat} sat: {point[:16]}...")
+            pair = escape(f"{ch.opener} -> {ch.peer}")
+            self._say(f"opening {pair} {ch.capacity_sat} sat: {point[:16]}...")
 
         async def in_mempool() -> bool:
             pool = set(await rpc.mempool())

@@ -25,9 +25,10 @@ from p2pgrid.ledger import (
 from p2pgrid.ledger.bodies import MAX_SITE_SHARE_ENTRY_BYTES, MAX_SITE_SHARE_MEMO_BYTES
 from p2pgrid.ledger.codec import MAX_TEXT_BYTES
 from p2pgrid.ledger.entry import HEADER_LEN
+from p2pgrid.lightning.errors import LndApiError
 from p2pgrid.lightning.models import Invoice, InvoiceState
 from p2pgrid.market import Party, ShareRequest
-from p2pgrid.net import Delivery, PeerMisbehaved, PeerRef
+from p2pgrid.net import Delivery, PeerMisbehaved, PeerRef, RequestRejected
 from tests.fuzz.fakes import FakeNode
 from tests.fuzz.seeds import BOLT11
 from tests.ledger.ledger_factory import Site
@@ -180,5 +181,43 @@ async def test_an_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: Path
         assert outcomes == ["paid", "share:invoice_reused"]
         assert [e.kind for e in await store.entries()] == [EntryKind.SHARE]
         assert list(node.paid.values()) == [1]
+    finally:
+        await store.close()
+
+
+class _RefusingHost:
+    async def request(self, *_: Any, **__: Any) -> Delivery:
+        raise RequestRejected("the peer refused the request")
+
+
+class _SettledNode(_Node):
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        raise LndApiError("dev: invoice already settled", status=500)
+
+
+async def test_a_giver_that_pays_then_refuses_does_not_crash_the_requester(
+    tmp_path: Path,
+) -> None:
+    """Seen in an end-to-end run: the giver paid, failed to log, refused; cancelling
+    the (settled) invoice raised LndApiError out of the requester's interval loop."""
+    store = await SITE.open(tmp_path / "log.sqlite")
+    try:
+        party = Party(SITE.owner.identity.site_id, 3)
+
+        async def headroom(period: int) -> int:
+            return 0
+
+        desk = ShareDesk(
+            me=party,
+            host=_RefusingHost(),  # type: ignore[arg-type]
+            node=_SettledNode(b"\x09" * 32),  # type: ignore[arg-type]
+            store=store,
+            writer=LogWriter(store, SITE.signer(Author(Role.DEVICE, 3)), Author(Role.DEVICE, 3)),
+            headroom=headroom,
+            current_period=lambda: 1,
+            name="requester",
+        )
+        giver = PeerRef("peer", SITE.owner.identity.site_id, 1, ())
+        assert await desk._collect(ShareRequest(party, 1, 5000, 0), giver, 5000) == 0
     finally:
         await store.close()
