@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from p2pgrid.agent.messages import SaleOffer
 from p2pgrid.errors import RetryableError
-from p2pgrid.ledger import LogWriter, Payment, Sale
+from p2pgrid.ledger import LogWriter, Payment, Sale, paid_hashes
 from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
 from p2pgrid.market import Ask, Bid, Clearing, Party, clear, max_bid_energy, to_tick
 from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
@@ -180,6 +180,13 @@ class EnergyDesk:
             decoded = await self.node.decode_invoice(offer.bolt11)
             if decoded.amount_msat != offer.amount_msat:
                 log.warning("[%s] the sale invoice asks another amount", self.name)
+                return 0
+            # lnd answers a paid invoice with its first payment: logging that sale
+            # again would credit the seller twice for one payment.
+            if bytes.fromhex(decoded.payment_hash) in paid_hashes(
+                await self.writer.store.entries()
+            ):
+                self.host.report_misbehaviour(seller.peer_id, "energy:invoice_reused")
                 return 0
             payment = await self.node.pay_invoice(offer.bolt11, fee_limit_msat=SALE_FEE_LIMIT_MSAT)
         except (InvoiceError, PaymentFailed) as exc:

@@ -1,0 +1,57 @@
+"""A seller that hands a buyer an invoice the buyer already paid: lnd answers with the
+first payment, so without a check the buyer would log a second sale for one payment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pgrid.agent.energy import EnergyDesk
+from p2pgrid.agent.messages import SaleOffer
+from p2pgrid.ledger import Author, EntryKind, LogWriter
+from p2pgrid.market import Bid, Party
+from p2pgrid.net import PeerRef
+from tests.fuzz.fakes import FakeNode
+from tests.fuzz.seeds import BOLT11
+from tests.ledger.ledger_factory import Site
+
+SITE = Site.make(b"reused invoices")
+
+
+class _Host:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, str]] = []
+
+    def report_misbehaviour(self, peer_id: str, reason: str) -> None:
+        self.reports.append((peer_id, reason))
+
+
+async def test_a_sale_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: Path) -> None:
+    store = await SITE.open(tmp_path / "buyer.sqlite")
+    try:
+        site_id = SITE.owner.identity.site_id
+        host, node = _Host(), FakeNode()
+
+        async def balance(period: int) -> int:
+            return 10**9
+
+        desk = EnergyDesk(
+            me=Party(site_id, 1),
+            host=host,  # type: ignore[arg-type]
+            node=node,  # type: ignore[arg-type]
+            writer=LogWriter(store, SITE.signer(Author.device(1)), Author.device(1)),
+            balance=balance,
+            name="buyer",
+        )
+        seller = PeerRef("seller-peer", site_id, 2, ())
+        bought = []
+        for interval in (5, 6):
+            bid = Bid(Party(site_id, 1), 0, interval, 100, 260_000)
+            node.amount_msat = 20_000
+            offer = SaleOffer(bid.id, 80, 20_000, BOLT11)  # the same invoice both times
+            bought.append(await desk._pay(offer, bid, seller, 0))
+        assert bought == [80, 0]
+        assert [e.kind for e in await store.entries()] == [EntryKind.SALE, EntryKind.PAYMENT]
+        assert list(node.paid.values()) == [1]
+        assert host.reports == [("seller-peer", "energy:invoice_reused")]
+    finally:
+        await store.close()
