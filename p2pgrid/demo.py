@@ -3,7 +3,8 @@
 Brings up btcd and one lnd per process of the scenario (funded, with channels to
 the utility), runs the scenario with every agent as its own OS process
 (:mod:`p2pgrid.launcher`), then prints each site's period reports (table and
-PNG), the invoices and whether every site's replicas agree.
+PNG), the invoices, whether every site's replicas agree, and whether every node's
+lnd agrees with the logs to the msat (:func:`check_money`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.launcher import RunResult, run_scenario
-from p2pgrid.ledger import LogStore, fold, site_hash
+from p2pgrid.ledger import Entry, LogStore, fold, site_hash
+from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.report import period_report, report_png, report_table
@@ -46,8 +48,15 @@ async def run_demo(
             f"running {len(devices)} device agents and the utility as separate processes: "
             f"{scenario.periods} periods in ~{run_s:.0f} s (logs in {work_dir})"
         )
+        before = await snapshots(scenario, stack)
         result = await run_scenario(scenario, path, stack, work_dir)
         await print_reports(console, scenario, result)
+        checked = await check_money(scenario, stack, result, before)
+        console.print(
+            f"lnd and the logs: [green]agree[/] ({checked})"
+            if checked.ok
+            else f"lnd and the logs: [red]disagree[/] ({checked})"
+        )
     finally:
         if keep:
             console.print("stack [bold]demo[/] left running: stop it with `regtest/down demo`")
@@ -90,3 +99,44 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
             + ("[green]agree[/]" if agree else "[red]differ[/]")
             + f" (digest {next(iter(digests.values()))[:16]}...)"
         )
+
+
+async def snapshots(scenario: Scenario, stack: Stack) -> dict[str, NodeSnapshot]:
+    """Every node of the scenario as lnd shows it now."""
+    out = {}
+    for name in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices)):
+        async with stack.client(name) as node:
+            out[name] = await snapshot(name, node)
+    return out
+
+
+async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, list[Entry]]:
+    """Each site's log, from the utility's replica of it, by site hash."""
+    logs = {}
+    for site in scenario.sites:
+        db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
+        store = await LogStore.open(db, scenario.membership(site), name=f"check-{site.name}")
+        try:
+            logs[store.membership.site_hash] = await store.entries()
+        finally:
+            await store.close()
+    return logs
+
+
+async def check_money(
+    scenario: Scenario, stack: Stack, result: RunResult, before: dict[str, NodeSnapshot]
+) -> Reconciliation:
+    """Reconcile every node's lnd since ``before`` against the sites' logs."""
+    members: dict[Party, str] = {}
+    for site in scenario.sites:
+        devices = {d.index: d.name for d in site.devices}
+        members |= site_members(
+            site_hash(site.owner.identity), devices, utility=scenario.utility.name
+        )
+    return reconcile(
+        before=before,
+        after=await snapshots(scenario, stack),
+        logs=await site_entries(scenario, result),
+        members=members,
+        routers={scenario.utility.name},
+    )

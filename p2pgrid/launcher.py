@@ -110,6 +110,7 @@ async def _run(
     async with asyncio.timeout(READY_TIMEOUT_S):
         ready = await utility.expect("ready")
     devices: dict[str, ChildProcess] = {}
+    pubkeys: dict[str, str] = {}  # each device's lnd node, told to every agent at start
     started: list[str] = []  # addrs of the devices already up, of every site
     for site in scenario.sites:
         for device in site.devices:
@@ -129,10 +130,12 @@ async def _run(
             children.append(child)
             devices[device.name] = child
             async with asyncio.timeout(READY_TIMEOUT_S):
-                started += (await child.expect("ready"))["addrs"]
+                up = await child.expect("ready")
+            started += up["addrs"]
+            pubkeys[device.name] = up["pubkey"]
     start = time.time() + START_DELAY_S
     for child in children:
-        await child.send("start", at=start)
+        await child.send("start", at=start, nodes=pubkeys)
     run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):

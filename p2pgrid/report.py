@@ -1,7 +1,8 @@
 """The period report a site owner reads: a table and a picture (PNG).
 
 Per device: class, allocation, energy used and its cost, shares borrowed and
-given, energy bought and sold, carry-over, balance left, and the findings of
+given, energy bought and sold, carry-over, balance left, Lightning routing fees
+paid on top, and the findings of
 the inefficiency view (:func:`p2pgrid.ledger.inefficiencies`): the devices that
 consume more than they should, against their own history and their class.
 """
@@ -31,6 +32,7 @@ class DeviceLine:
     sold_wh: int
     carried_out_msat: int
     balance_msat: int
+    fees_msat: int
     findings: tuple[str, ...]
 
 
@@ -42,6 +44,7 @@ class PeriodReport:
     invoiced_msat: int
     paid_msat: int
     disputes: int
+    fees_msat: int = 0
 
     @property
     def wasteful(self) -> tuple[int, ...]:
@@ -70,11 +73,18 @@ def period_report(view: LedgerView, period: int, *, site: str) -> PeriodReport:
                 sold_wh=acc.sold_wh,
                 carried_out_msat=acc.carried_out_msat,
                 balance_msat=acc.balance_msat,
+                fees_msat=acc.fees_msat,
                 findings=tuple(sorted(finding.findings)) if finding else (),
             )
         )
     return PeriodReport(
-        site, period, tuple(lines), now.invoiced_msat, now.paid_msat, len(now.disputes)
+        site,
+        period,
+        tuple(lines),
+        now.invoiced_msat,
+        now.paid_msat,
+        len(now.disputes),
+        now.fees_msat,
     )
 
 
@@ -88,11 +98,12 @@ def report_table(report: PeriodReport) -> Table:
         title=f"site {escape(report.site)}, period {report.period}",  # names are data
         caption=(
             f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
-            f"{report.disputes} dispute(s)"
+            f"{report.disputes} dispute(s), routing fees {_sat(report.fees_msat)} sat"
         ),
     )
     for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "borrowed", "given",
-                 "bought Wh", "sold Wh", "carried", "left sat", "findings"):  # fmt: skip
+                 "bought Wh", "sold Wh", "carried", "left sat", "fees sat",
+                 "findings"):  # fmt: skip
         table.add_column(name, justify="left" if name in {"class", "findings"} else "right")
     for line in report.lines:
         flagged = line.device in report.wasteful
@@ -108,6 +119,7 @@ def report_table(report: PeriodReport) -> Table:
             f"{line.sold_wh:,}",
             _sat(line.carried_out_msat),
             _sat(line.balance_msat),
+            _sat(line.fees_msat),
             escape(", ".join(line.findings)) or "-",
             style="bold red" if flagged else None,
         )

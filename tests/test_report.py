@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from pathlib import Path
 
 from rich.console import Console
 
 from p2pgrid.ledger import Allocation, Author, DeviceInfo, MeterReading, Share, fold
+from p2pgrid.ledger.proof import proof_memo
 from p2pgrid.report import period_report, report_png, report_table
 from tests.ledger.ledger_factory import T0_MS, Site
 
@@ -24,7 +26,9 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     for device, wh in ((0, 300), (1, 320), (2, 900)):
         chain = site.chain(Author.device(device))
         if device == 0:
-            entries.append(chain.next(Share(2, 40_000, "help"), ts=T0_MS + 10_000))
+            preimage = b"\x01" * 32
+            memo = proof_memo(hashlib.sha256(preimage).digest(), preimage, 1_500)
+            entries.append(chain.next(Share(2, 40_000, memo), ts=T0_MS + 10_000))
         reading = MeterReading(T0_MS, 900, wh, wh * 250)
         entries.append(chain.next(reading, ts=T0_MS + 20_000))  # after allocations and shares
     report = period_report(fold(entries), 1, site="abc")
@@ -32,6 +36,7 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     assert by_device[2].findings == ("above_class", "borrowed", "exceeded_allocation")
     assert by_device[2].borrowed_msat == 40_000
     assert by_device[0].given_msat == 40_000
+    assert (by_device[0].fees_msat, report.fees_msat) == (1_500, 1_500)
     assert by_device[2].spent_msat + by_device[2].overdraft_msat == 225_000
     assert report.wasteful == (2,)
 
@@ -40,6 +45,7 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     text = console.export_text()
     assert "above_class, borrowed, exceeded_allocation" in text
     assert "site abc, period 1" in text
+    assert "routing fees 1.500 sat" in text
 
     png = report_png(report, tmp_path / "report.png")
     data = png.read_bytes()

@@ -13,10 +13,16 @@ interval of the (compressible) clock it:
    does: it consumes into overdraft, which the owner sees in the report;
 4. logs a ``meter_reading`` of what it consumed.
 
-At a period's last interval it applies its surplus policy (carry the balance
-over) and then settles the utility's invoice for that period as soon as it
-arrives (checked against its replica, :mod:`p2pgrid.agent.settlement`).
-Every entry it writes is announced to the site through its replica.
+At a period's last interval it waits for any share payment in flight (so the
+period's money is final), applies its surplus policy (carry the balance over)
+and then settles the utility's invoice for that period as soon as it arrives
+(checked against its replica, :mod:`p2pgrid.agent.settlement`). Every entry it
+writes is announced to the site through its replica.
+
+Every payment goes through one :class:`~p2pgrid.agent.paymaster.Paymaster`
+(intent before money); before its first interval the agent resolves every open
+intent against lnd (:meth:`DeviceAgent.recover`), so it never pays anything
+while an earlier payment may still lack its log entry.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from p2pgrid.agent.energy import EnergyDesk
+from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.ports import Peers, Wallet
 from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import (
@@ -55,10 +63,8 @@ from p2pgrid.ledger import (
     fold,
     invoices_of,
 )
-from p2pgrid.lightning import LightningNode
 from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
 from p2pgrid.meter import MeterSource, Reading
-from p2pgrid.net import PeerHost
 from p2pgrid.replication import NetReplica
 
 log = logging.getLogger(__name__)
@@ -113,14 +119,16 @@ class DeviceAgent:
         store: LogStore,
         writer: LogWriter,
         replica: NetReplica,
-        host: PeerHost,
-        node: LightningNode,
+        host: Peers,
+        node: Wallet,
+        paymaster: Paymaster,
         owner_sites: Mapping[str, SiteIdentity] | None = None,
         peer_logs: Mapping[bytes, Membership] | None = None,
     ) -> None:
         """``owner_sites``: the owner's sites by id (this one too), whose devices
         may share across sites; ``peer_logs``: their log memberships by site
-        hash, to verify shares received from them."""
+        hash, to verify shares received from them. :attr:`nodes` (the Lightning
+        node of each device it deals with) is filled in before the run."""
         self.profile = profile
         self.owner_sites = dict(owner_sites or {})
         self.peer_logs = dict(peer_logs or {})
@@ -133,6 +141,9 @@ class DeviceAgent:
         self.replica = replica
         self.host = host
         self.node = node
+        self.paymaster = paymaster
+        #: Each device's Lightning node (pubkey): where its shares and sales are paid.
+        self.nodes: dict[Party, str] = {}
         self.name = profile.name
         self.report = AgentReport()
         self._history: list[Reading] = []
@@ -143,29 +154,36 @@ class DeviceAgent:
             me=Party(profile.site_id, profile.index),
             host=host,
             node=node,
+            paymaster=paymaster,
             store=store,
             writer=writer,
             headroom=self.headroom,
-            current_period=lambda: self.clock.period_of(self._interval),
             name=self.name,
+            nodes=self.nodes,
             owner_sites=self.owner_sites,
+            now=clock.now,
         )
         self.energy = EnergyDesk(
             me=Party(profile.site_id, profile.index),
             host=host,
             node=node,
-            writer=writer,
+            paymaster=paymaster,
             balance=self.balance,
             name=self.name,
+            nodes=self.nodes,
+            now=clock.now,
         )
         self.settler = InvoiceSettler(
             device=profile.index,
+            site_id=profile.site_id,
             store=store,
             writer=writer,
             node=node,
+            paymaster=paymaster,
             tariff=tariff,
             utility_pubkey=profile.utility_pubkey,
             name=self.name,
+            now=clock.now,
         )
 
     def install(self) -> None:
@@ -215,8 +233,17 @@ class DeviceAgent:
 
     # -- the run -----------------------------------------------------------------
 
+    async def recover(self) -> None:
+        """Resolve every payment intent left open (by a crash) against lnd and log
+        what was paid; before anything else is paid."""
+        for intent in await self.paymaster.recover():
+            log.info("[%s] recovered payment %s...: %s", self.name, intent.payment_hash[:16],
+                     intent.state.value)  # fmt: skip
+        await self.announce_new()
+
     async def run(self, periods: int) -> AgentReport:
         """Meter every interval of ``periods`` periods, then settle the last invoices."""
+        await self.recover()
         async with asyncio.TaskGroup() as settlements:
             for interval in range(periods * self.clock.intervals_per_period):
                 await self.clock.until_interval(interval)
@@ -284,11 +311,12 @@ class DeviceAgent:
     async def close_period(self, period: int) -> None:
         state = self.periods[period]
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
-        left = await self.balance(period)
-        if left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
-            await self._write(CarryOver(left), period)
-            self.report.carried_over_msat += left
-            log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
+        async with self.desk.giving:  # a share of this period in flight lands first
+            left = await self.balance(period)
+            if left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
+                await self._write(CarryOver(left), period)
+                self.report.carried_over_msat += left
+                log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
         state.advance(PeriodState.CLOSED)  # waiting for the utility's invoice
 
     def _utility_wrote_since(self, seen: int) -> Callable[[], bool]:
@@ -322,11 +350,7 @@ class DeviceAgent:
             self.report.settlements.append((period, "no_invoice", 0))
             return []
         for attempt in range(1, PAY_ATTEMPTS + 1):
-            results = await self.settler.settle(
-                period,
-                now_period=max(period, self.clock.period_of(self._interval)),
-                timestamp_ms=int(time.time() * 1000),
-            )
+            results = await self.settler.settle(period, timestamp_ms=int(time.time() * 1000))
             await self.announce_new()
             if all(r.outcome is not Settlement.FAILED for r in results):
                 break

@@ -8,9 +8,15 @@ producer collects the bids of a short round (:data:`ROUND_S`), clears them all
 against what is left of its ask with the market's pay-as-clear rule
 (:func:`p2pgrid.market.clear`: one price for the round) and answers each buyer a
 :class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
-trade's exact amount. The buyer checks the amount against the trade and its own
-balance, pays over Lightning and logs a ``sale`` (it pays, so it authors it) and
-a ``payment`` with the preimage. The energy bought is not imported from the
+trade's exact amount, described by :func:`~p2pgrid.agent.payguard.sale_memo` of
+(bid id, seller, buyer, energy, amount): the binding to this bid. The buyer checks
+the offer against its bid and its own balance, and the invoice's destination
+(the seller's node), amount, description and expiry; it pays through its
+:class:`~p2pgrid.agent.paymaster.Paymaster` (intent first) and logs a ``sale``
+(it pays, so it authors it) and a ``payment`` with the preimage and routing fee,
+in the bid's period. A wrong invoice is refused (logged) and pays nothing.
+Trades below :data:`~p2pgrid.agent.payguard.MIN_PAYMENT_MSAT` are not made: the
+buyer takes that energy from the grid. The energy bought is not imported from the
 grid: the buyer's meter reading for the interval counts only the rest, so the
 utility bills only grid energy. Energy nobody buys goes to the grid unpaid.
 """
@@ -21,14 +27,18 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.messages import SaleOffer
+from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
+from p2pgrid.agent.paymaster import Paymaster, PayRefused
+from p2pgrid.agent.ports import Peers, Wallet
 from p2pgrid.errors import RetryableError
-from p2pgrid.ledger import LogWriter, Payment, Sale, paid_hashes
-from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
+from p2pgrid.ledger import paid_hashes
+from p2pgrid.lightning import InvoiceError
 from p2pgrid.market import Ask, Bid, Clearing, Party, clear, max_bid_energy, to_tick
-from p2pgrid.net import Delivery, PeerHost, PeerRef, RequestRejected
+from p2pgrid.net import Delivery, PeerRef, RequestRejected
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,8 @@ ROUND_S = 0.3
 ASK_PCT = 80
 BID_TIMEOUT_S = 5.0
 SALE_FEE_LIMIT_MSAT = 20_000
+#: A sale invoice is payable this long (the buyer pays within seconds).
+SALE_EXPIRY_S = 600
 
 
 @dataclasses.dataclass
@@ -57,18 +69,24 @@ class EnergyDesk:
         self,
         *,
         me: Party,
-        host: PeerHost,
-        node: LightningNode,
-        writer: LogWriter,
+        host: Peers,
+        node: Wallet,
+        paymaster: Paymaster,
         balance: Callable[[int], Awaitable[int]],
         name: str,
+        nodes: Mapping[Party, str],
+        now: Callable[[], float] = time.time,
     ) -> None:
+        """``nodes``: the Lightning node (pubkey) of each device it may buy from."""
         self.me = me
         self.host = host
         self.node = node
-        self.writer = writer
+        self.paymaster = paymaster
         self._balance = balance
         self.name = name
+        self.nodes = nodes
+        self._now = now
+        self.refused: list[str] = []  # why sale invoices were refused
         self._for_sale: dict[int, _ForSale] = {}  # by run interval
         self.offered_wh = 0
         self.bought_wh = 0
@@ -98,8 +116,14 @@ class EnergyDesk:
         trade = next((t for t in clearing.trades if t.buyer == bid.party), None)
         if trade is None:
             raise RequestRejected("the bid did not clear (below the price, or sold out)")
+        if trade.amount_msat < MIN_PAYMENT_MSAT:
+            sale.left_wh += trade.energy_wh  # not sold after all
+            self.offered_wh -= trade.energy_wh
+            raise RequestRejected(f"{trade.amount_msat} msat is below the smallest payment")
         invoice = await self.node.add_invoice(
-            trade.amount_msat, f"p2pgrid energy {trade.energy_wh} Wh interval {bid.interval}"
+            trade.amount_msat,
+            sale_memo(bid.id, self.me, bid.party, trade.energy_wh, trade.amount_msat),
+            expiry_s=SALE_EXPIRY_S,
         )
         log.info(
             "[%s] offered %d Wh to device %d for %d msat",
@@ -167,48 +191,65 @@ class EnergyDesk:
         self.bought_wh += bought
         return bought
 
+    def _refuse(self, seller: PeerRef, why: str) -> int:
+        self.refused.append(why)
+        log.warning("[%s] refused the offer of device %d: %s", self.name, seller.device_index, why)
+        return 0
+
     async def _pay(self, offer: SaleOffer, bid: Bid, seller: PeerRef, period: int) -> int:
         if offer.bid_id != bid.id or offer.energy_wh > bid.energy_wh:
-            log.warning("[%s] device %d answered another bid", self.name, seller.device_index)
-            return 0
+            return self._refuse(seller, "the offer answers another bid")
         if offer.amount_msat * 1000 > offer.energy_wh * bid.price_msat_per_kwh:
-            log.warning("[%s] device %d asks above our bid", self.name, seller.device_index)
-            return 0
+            return self._refuse(seller, "the offer asks above our bid")
+        if offer.amount_msat < MIN_PAYMENT_MSAT:
+            return self._refuse(seller, f"{offer.amount_msat} msat is below the smallest payment")
         if offer.amount_msat > await self._balance(period):
             return 0  # cannot pay for it from the budget: buy from the grid (or not at all)
+        party = Party(seller.site_id, seller.device_index)
         try:
             decoded = await self.node.decode_invoice(offer.bolt11)
-            if decoded.amount_msat != offer.amount_msat:
-                log.warning("[%s] the sale invoice asks another amount", self.name)
-                return 0
-            # lnd answers a paid invoice with its first payment: logging that sale
-            # again would credit the seller twice for one payment.
-            if bytes.fromhex(decoded.payment_hash) in paid_hashes(
-                await self.writer.store.entries()
-            ):
-                self.host.report_misbehaviour(seller.peer_id, "energy:invoice_reused")
-                return 0
-            payment = await self.node.pay_invoice(offer.bolt11, fee_limit_msat=SALE_FEE_LIMIT_MSAT)
-        except (InvoiceError, PaymentFailed) as exc:
+        except InvoiceError as exc:
+            return self._refuse(seller, f"undecodable invoice: {exc}")
+        problem = check_invoice(
+            decoded,
+            destination=self.nodes.get(party),
+            amount_msat=offer.amount_msat,
+            description=sale_memo(bid.id, party, self.me, offer.energy_wh, offer.amount_msat),
+            now=self._now(),
+        )
+        if problem is not None:
+            return self._refuse(seller, problem)
+        # lnd answers a paid invoice with its first payment: logging that sale
+        # again would credit the seller twice for one payment.
+        if bytes.fromhex(decoded.payment_hash) in paid_hashes(
+            await self.paymaster.writer.store.entries()
+        ):
+            self.host.report_misbehaviour(seller.peer_id, "energy:invoice_reused")
+            return self._refuse(seller, "the invoice was paid before")
+        purpose = Purpose(
+            PurposeKind.SALE,
+            offer.amount_msat,
+            device=seller.device_index,
+            energy_wh=offer.energy_wh,
+            reference=bid.id.hex(),
+        )
+        try:
+            paid = await self.paymaster.pay(
+                offer.bolt11,
+                decoded.payment_hash,
+                period=period,
+                purpose=purpose,
+                fee_limit_msat=SALE_FEE_LIMIT_MSAT,
+            )
+        except PayRefused as exc:
             log.warning("[%s] could not pay device %d: %s", self.name, seller.device_index, exc)
             return 0
-        now_ms = int(time.time() * 1000)
-        sale = Sale(
-            seller=seller.device_index, energy_wh=offer.energy_wh, amount_msat=offer.amount_msat
-        )
-        await self.writer.append(sale, period=period, timestamp_ms=now_ms)
-        proof = Payment(
-            amount_msat=offer.amount_msat,
-            payment_hash=bytes.fromhex(payment.payment_hash),
-            preimage=bytes.fromhex(payment.preimage),
-        )
-        await self.writer.append(proof, period=period, timestamp_ms=now_ms)
         log.info(
             "[%s] bought %d Wh from device %d for %d msat (fee %d)",
             self.name,
             offer.energy_wh,
             seller.device_index,
             offer.amount_msat,
-            payment.fee_msat,
+            paid.payment.fee_msat,
         )
         return offer.energy_wh

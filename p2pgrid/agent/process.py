@@ -1,12 +1,14 @@
 """One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``.
 
-It opens its lnd client and its node's parts (its own SQLite log, libp2p host
-and replica: :func:`p2pgrid.replication.open_node_parts`), prints
-``{"event": "ready", "addrs": [...]}`` and waits for
-``{"cmd": "start", "at": <epoch s of interval 0>}``. It then runs every period
+It opens its lnd client, its payment intents (``<name>.intents.db``) and its
+node's parts (its own SQLite log, libp2p host and replica:
+:func:`p2pgrid.replication.open_node_parts`), prints ``{"event": "ready",
+"addrs": [...], "pubkey": <its lnd node>}`` and waits for ``{"cmd": "start",
+"at": <epoch s of interval 0>, "nodes": {<device name>: <lnd pubkey>}}`` (the
+Lightning node of every device, where shares and sales are paid). It then runs every period
 of the scenario, prints ``{"event": "done", "report": ...}``, and keeps serving
 its replica (answering ``{"cmd": "digest"}``) until ``{"cmd": "stop"}``.
-Parts stop in order: replica, host, the database, then the lnd client.
+Parts stop in order: replica, host, the database, the intents, then the lnd client.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import sys
 from pathlib import Path
 
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
+from p2pgrid.agent.intents import IntentBook
+from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.errors import ConfigError
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogWriter, site_hash
 from p2pgrid.lightning import LndClient
+from p2pgrid.market import Party
 from p2pgrid.net import DeviceKey, NetConfig, owner_topic, site_topic
 from p2pgrid.replication import NodeSpec, ReplicaConfig, log_net_topic, open_node_parts
 from p2pgrid.runtime import Runtime
@@ -55,6 +60,9 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
+        pubkey = (await node.get_info()).pubkey
+        intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
+        parts.push_async_callback(intents.close)
         log_node = await open_node_parts(
             parts,
             NodeSpec(
@@ -70,6 +78,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             ),
         )
         store, host, replica = log_node.store, log_node.host, log_node.replica
+        writer = LogWriter(store, signer, Author.device(device.index))
         agent = DeviceAgent(
             profile=DeviceProfile(
                 name=name,
@@ -84,18 +93,23 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             tariff=scenario.tariff,
             meter=device.meter.source(),
             store=store,
-            writer=LogWriter(store, signer, Author.device(device.index)),
+            writer=writer,
             replica=replica,
             host=host,
             node=node,
+            paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
             owner_sites=owner_sites,
             peer_logs=peer_logs,
         )
         agent.install()
-        emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs))
+        emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs), pubkey=pubkey)
         async for command in commands_in:
             if command["cmd"] == "start":
                 agent.clock = scenario.clock(float(command["at"]))
+                for other, other_pubkey in dict(command.get("nodes", {})).items():
+                    other_site, other_device = scenario.site_of(str(other))
+                    party = Party(other_site.owner.identity.site_id, other_device.index)
+                    agent.nodes[party] = str(other_pubkey)
                 report = await agent.run(scenario.periods)
                 emit("done", name=name, report=dataclasses.asdict(report))
             elif command["cmd"] == "digest":

@@ -3,38 +3,48 @@
 For each ``invoice`` entry addressed to the device, the agent recomputes the
 bill from its **own replica** of the log (:func:`p2pgrid.billing.bill`) and
 decodes the BOLT11 invoice on its own lnd. It pays only if the amount and energy
-match its replica, the invoice's amount and payment hash match the entry, and
-the destination is the utility's node. Otherwise it writes a ``dispute`` entry
-naming the invoice entry and the reason, and pays nothing.
+match its replica, the invoice's amount and payment hash match the entry, the
+destination is the utility's node, the invoice is bound to this (site, device,
+period) (its description is :func:`p2pgrid.billing.invoice_memo` of them) and
+it has not expired (:func:`p2pgrid.agent.payguard.check_invoice`). Otherwise it
+writes a ``dispute`` entry naming the invoice entry and the reason, and pays
+nothing. An invoice that lnd refuses as expired at the moment of paying is
+disputed the same way.
 
-Nothing is paid twice: an invoice whose payment hash already has a ``payment``
-entry is skipped, lnd refuses a second payment of one hash (the client returns
-the first), and the ``payment`` entry carries the preimage as proof. A payment
-that fails is reported (:attr:`Settlement.FAILED` with lnd's reason) and tried
-again at the next call.
+Payments go through the :class:`~p2pgrid.agent.paymaster.Paymaster`: an intent
+is recorded before lnd pays, and the ``payment`` entry (amount, routing fee,
+preimage) is written in the invoice's period, whatever period the agent's clock
+has reached. Nothing is paid twice: an invoice whose payment hash already has a
+``payment`` entry is skipped, and lnd refuses a second payment of one hash (the
+client returns the first). A payment that fails is reported
+(:attr:`Settlement.FAILED` with lnd's reason) and tried again at the next call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import logging
+import time
+from collections.abc import Callable
 
-from p2pgrid.billing import Tariff
+from p2pgrid.agent.intents import Purpose, PurposeKind
+from p2pgrid.agent.payguard import check_invoice
+from p2pgrid.agent.paymaster import Paymaster, PayRefused
+from p2pgrid.agent.ports import Wallet
+from p2pgrid.billing import Tariff, invoice_memo
 from p2pgrid.ledger import (
     Dispute,
     Entry,
     Invoice,
     LogStore,
     LogWriter,
-    Payment,
     Role,
     bill,
     invoices_of,
     paid_hashes,
 )
-from p2pgrid.lightning import InvoiceError, LightningNode, PaymentFailed
+from p2pgrid.lightning import InvoiceError, InvoiceExpired
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +75,31 @@ class InvoiceSettler:
         self,
         *,
         device: int,
+        site_id: str,
         store: LogStore,
         writer: LogWriter,
-        node: LightningNode,
+        node: Wallet,
+        paymaster: Paymaster,
         tariff: Tariff,
         utility_pubkey: str,
         name: str,
         fee_limit_msat: int = FEE_LIMIT_MSAT,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.device = device
+        self.site_id = site_id
         self.store = store
         self.writer = writer
         self.node = node
+        self.paymaster = paymaster
         self.tariff = tariff
         self.utility_pubkey = utility_pubkey
         self.name = name
         self.fee_limit_msat = fee_limit_msat
+        self._now = now
 
-    async def settle(
-        self, period: int, *, now_period: int, timestamp_ms: int
-    ) -> list[SettleResult]:
-        """Settle the invoices of ``period``; proofs and disputes are logged in
-        ``now_period`` (the agent's current period)."""
+    async def settle(self, period: int, *, timestamp_ms: int) -> list[SettleResult]:
+        """Settle the invoices of ``period``; proofs and disputes belong to ``period``."""
         everything = await self.store.entries()
         of_period = [e for e in everything if e.period == period]
         paid = paid_hashes(everything)
@@ -105,45 +118,52 @@ class InvoiceSettler:
             elif entry.seq in disputed:
                 results.append(SettleResult(entry, Settlement.ALREADY_DISPUTED))
             else:
-                results.append(await self._settle_one(entry, of_period, now_period, timestamp_ms))
+                results.append(await self._settle_one(entry, of_period, timestamp_ms))
         return results
 
+    async def _dispute(self, entry: Entry, problem: str, timestamp_ms: int) -> SettleResult:
+        dispute = Dispute(
+            target_role=Role.UTILITY,
+            target_index=entry.author.index,
+            target_seq=entry.seq,
+            reason=problem[:500],
+        )
+        await self.writer.append(dispute, period=entry.period, timestamp_ms=timestamp_ms)
+        log.warning("[%s] disputed %s: %s", self.name, entry, problem)
+        return SettleResult(entry, Settlement.DISPUTED, problem)
+
     async def _settle_one(
-        self, entry: Entry, of_period: list[Entry], now_period: int, timestamp_ms: int
+        self, entry: Entry, of_period: list[Entry], timestamp_ms: int
     ) -> SettleResult:
         body = entry.body
         assert isinstance(body, Invoice)
         problem = await self._check(body, of_period, entry.period)
         if problem is not None:
-            dispute = Dispute(
-                target_role=Role.UTILITY,
-                target_index=entry.author.index,
-                target_seq=entry.seq,
-                reason=problem,
-            )
-            await self.writer.append(dispute, period=now_period, timestamp_ms=timestamp_ms)
-            log.warning("[%s] disputed %s: %s", self.name, entry, problem)
-            return SettleResult(entry, Settlement.DISPUTED, problem)
+            return await self._dispute(entry, problem, timestamp_ms)
+        purpose = Purpose(
+            PurposeKind.INVOICE, body.amount_msat, device=self.device, reference=str(entry)
+        )
         try:
-            payment = await self.node.pay_invoice(body.bolt11, fee_limit_msat=self.fee_limit_msat)
-        except PaymentFailed as exc:
+            paid = await self.paymaster.pay(
+                body.bolt11,
+                body.payment_hash.hex(),
+                period=entry.period,
+                purpose=purpose,
+                fee_limit_msat=self.fee_limit_msat,
+            )
+        except PayRefused as exc:
+            if isinstance(exc.__cause__, InvoiceExpired):
+                return await self._dispute(entry, f"the invoice expired: {exc}", timestamp_ms)
             log.warning("[%s] could not pay %s (will retry): %s", self.name, entry, exc)
             return SettleResult(entry, Settlement.FAILED, str(exc))
-        preimage = bytes.fromhex(payment.preimage)
-        if hashlib.sha256(preimage).digest() != body.payment_hash:
-            raise PaymentFailed(payment.payment_hash, "lnd returned a preimage that does not match")
-        proof = Payment(
-            amount_msat=body.amount_msat, payment_hash=body.payment_hash, preimage=preimage
-        )
-        await self.writer.append(proof, period=now_period, timestamp_ms=timestamp_ms)
         log.info(
             "[%s] paid invoice of period %d: %d msat (+%d fee)",
             self.name,
             entry.period,
             body.amount_msat,
-            payment.fee_msat,
+            paid.payment.fee_msat,
         )
-        return SettleResult(entry, Settlement.PAID, fee_msat=payment.fee_msat)
+        return SettleResult(entry, Settlement.PAID, fee_msat=paid.payment.fee_msat)
 
     async def _check(self, body: Invoice, of_period: list[Entry], period: int) -> str | None:
         """Why the invoice must not be paid, or None if it matches our replica."""
@@ -157,10 +177,12 @@ class InvoiceSettler:
             decoded = await self.node.decode_invoice(body.bolt11)
         except InvoiceError as exc:
             return f"undecodable invoice: {exc}"
-        if decoded.amount_msat != body.amount_msat:
-            return f"bolt11 asks {decoded.amount_msat} msat, the entry says {body.amount_msat}"
         if decoded.payment_hash != body.payment_hash.hex():
             return "bolt11 payment hash differs from the entry's"
-        if decoded.destination != self.utility_pubkey:
-            return f"bolt11 pays {decoded.destination[:16]}..., not the utility"
-        return None
+        return check_invoice(
+            decoded,
+            destination=self.utility_pubkey,
+            amount_msat=body.amount_msat,
+            description=invoice_memo(self.site_id, self.device, period),
+            now=self._now(),
+        )

@@ -1,6 +1,7 @@
 """Billing periods (state machine), the clock that drives them, tariffs and budget splits."""
 
 from p2pgrid.billing.invoices import (
+    MIN_BILL_MSAT,
     Bill,
     bill_of_usage,
     invoice_memo,
@@ -28,6 +29,7 @@ from p2pgrid.billing.tariff import (
 __all__ = [
     "ALLOWED",
     "METER_INTERVAL_S",
+    "MIN_BILL_MSAT",
     "MODEL_EPOCH_MS",
     "REAL_INTERVAL_S",
     "Bill",

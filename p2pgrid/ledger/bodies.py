@@ -184,13 +184,17 @@ class Invoice(Body):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Payment(Body):
-    """An invoice was paid; ``preimage`` proves it (SHA-256(preimage) == payment_hash)."""
+    """An invoice was paid; ``preimage`` proves it (SHA-256(preimage) == payment_hash).
+
+    ``fee_msat`` is the routing fee the payer paid on top of ``amount_msat``, so
+    the log shows every msat that left the payer's channels."""
 
     KIND = EntryKind.PAYMENT
     ROLES = frozenset({Role.DEVICE, Role.OWNER})
     amount_msat: int = _wire(FieldType.U64)
     payment_hash: bytes = _wire(FieldType.HASH)
     preimage: bytes = _wire(FieldType.HASH)
+    fee_msat: int = _wire(FieldType.U64)
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("amount_msat", self.amount_msat)

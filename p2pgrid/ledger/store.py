@@ -34,6 +34,7 @@ from p2pgrid.ledger.heads import ZERO_ACC, AuthorHead, Heads, xor32
 from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome
 from p2pgrid.ledger.outcome import RejectReason as Reason
+from p2pgrid.ledger.periods import period_allowed
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,18 @@ class LogStore:
         rows = await self._conn.execute_fetchall(
             "SELECT author, seq, id, ts, period FROM entries ORDER BY author, seq"
         )
+        floor: dict[Author, int] = {}  # the highest period of each author's chain so far
         for author_key, seq, eid, ts, period in rows:
             author = Author.from_key(bytes(author_key))
             head = self._heads.setdefault(author, _Head())
             eid = bytes(eid)
             head.count += 1
             head.acc = xor32(head.acc, eid)
+            floor[author] = max(floor.get(author, 0), period)
             if seq > head.seq:
                 head.seq, head.tips = seq, {}
             if seq == head.seq:
-                head.tips[eid] = (ts, period)
+                head.tips[eid] = (ts, floor[author])
         self._flagged = {a for a, h in self._heads.items() if h.count > h.seq}
         for author_key, seq, count in await self._conn.execute_fetchall(
             "SELECT author, seq, COUNT(*) FROM pending GROUP BY author, seq"
@@ -399,13 +402,16 @@ class LogStore:
             preds = head.tips if entry.seq > 1 else {}
         else:
             preds = await self._predecessors(entry)
+        link: tuple[int, int] | None = None  # the predecessor's (timestamp, period floor)
         if entry.seq > 1:
             link = preds.get(entry.prev)
             if link is None:
                 return self._reject(
                     Reason.BROKEN_CHAIN, entry, "prev is not the stored predecessor"
                 )
-            if entry.timestamp_ms < link[0] or entry.period < link[1]:
+            if entry.timestamp_ms < link[0] or not period_allowed(
+                entry.body.KIND, entry.period, link[1]
+            ):
                 return self._reject(Reason.TIME_REGRESSION, entry, "earlier than its predecessor")
         self._ops.append((_INSERT_ENTRY, _row(entry)))
         appended.append(entry)
@@ -415,8 +421,8 @@ class LogStore:
         head.acc = xor32(head.acc, entry.id)
         if entry.seq > head.seq:
             head.seq, head.tips = entry.seq, {}
-        if entry.seq == head.seq:
-            head.tips[entry.id] = (entry.timestamp_ms, entry.period)
+        if entry.seq == head.seq:  # the chain's highest period so far (see ledger.periods)
+            head.tips[entry.id] = (entry.timestamp_ms, max(entry.period, link[1] if link else 0))
         if sibling:
             if entry.author not in self._flagged:
                 log.warning("[%s] %s equivocated at seq %d", self.name, entry.author, entry.seq)
@@ -439,8 +445,9 @@ class LogStore:
             return {}
         await self._flush()
         rows = await self._conn.execute_fetchall(
-            "SELECT id, ts, period FROM entries WHERE author = ? AND seq = ?",
-            (entry.author.key, entry.seq - 1),
+            "SELECT id, ts, (SELECT MAX(period) FROM entries WHERE author = ? AND seq < ?)"
+            " FROM entries WHERE author = ? AND seq = ?",
+            (entry.author.key, entry.seq, entry.author.key, entry.seq - 1),
         )
         return {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
 

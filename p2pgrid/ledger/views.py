@@ -19,6 +19,10 @@ Money rules (all integer msat):
   entry, which counts only if it verifies against that site's membership (given
   to :func:`fold` as ``peer_sites``), names this site and this device, and has
   not been counted before. Without ``peer_sites`` nothing is credited.
+- ``fees_msat`` is the Lightning routing fee a device paid on top of its
+  payments (``payment`` entries, and the proofs in its ``share`` and
+  ``site_share`` memos): real sats that left its node, not taken from its
+  budget, shown so that the log accounts for every msat.
 - ``paid_msat`` of a period is what was paid of *that period's* invoices (the
   ``payment`` entries are logged later), each invoice once; a payment that pays
   no invoice (a neighbour's energy, recorded with its ``sale``) is not counted.
@@ -35,6 +39,7 @@ from collections.abc import Iterable, Mapping
 
 from p2pgrid.ledger.bodies import (
     Allocation,
+    Body,
     Budget,
     CarryOver,
     DeviceInfo,
@@ -42,6 +47,7 @@ from p2pgrid.ledger.bodies import (
     Invoice,
     MeterReading,
     Payment,
+    Role,
     Sale,
     Share,
     SiteShare,
@@ -50,6 +56,7 @@ from p2pgrid.ledger.bodies import (
 from p2pgrid.ledger.entry import Author, Entry, decode_entry
 from p2pgrid.ledger.errors import MalformedError
 from p2pgrid.ledger.membership import Membership
+from p2pgrid.ledger.proof import parse_proof
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class DeviceAccount:
     bought_wh: int = 0
     sold_wh: int = 0
     balance_msat: int = 0  # left in the period
+    fees_msat: int = 0  # Lightning routing fees paid on top of its payments
 
     @property
     def borrowed(self) -> bool:
@@ -93,6 +101,10 @@ class PeriodView:
     invoiced_msat: int
     paid_msat: int
     disputes: tuple[Entry, ...]
+
+    @property
+    def fees_msat(self) -> int:
+        return sum(a.fees_msat for a in self.accounts.values())
 
     @property
     def allocated_msat(self) -> int:
@@ -169,6 +181,8 @@ class _Period:
 
     def apply(self, entry: Entry, classes: dict[int, str], credit: _SiteCredits) -> None:
         body, me = entry.body, entry.author.index
+        if entry.author.role is Role.DEVICE:
+            self._fee(body, me)
         if isinstance(body, Allocation):
             acc = self.acc(body.device)
             acc["allocation_msat"] += body.amount_msat
@@ -215,6 +229,14 @@ class _Period:
         elif isinstance(body, DeviceInfo):
             classes[body.device] = body.device_class
         # Curtailment changes no account.
+
+    def _fee(self, body: Body, device: int) -> None:
+        if isinstance(body, Payment):
+            self.acc(device)["fees_msat"] += body.fee_msat
+        elif isinstance(body, Share | SiteShare):
+            proof = parse_proof(body.memo)
+            if proof is not None:
+                self.acc(device)["fees_msat"] += proof.fee_msat
 
     def freeze(self) -> PeriodView:
         accounts = {d: DeviceAccount(device=d, **v) for d, v in sorted(self.accounts.items())}

@@ -14,6 +14,7 @@ from p2pgrid.ledger.bodies import Body
 from p2pgrid.ledger.entry import Author, Entry, sign_entry
 from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.ledger.outcome import Outcome
+from p2pgrid.ledger.periods import period_allowed
 from p2pgrid.ledger.store import LogStore
 
 
@@ -31,13 +32,16 @@ class LogWriter:
     async def append(self, body: Body, *, period: int, timestamp_ms: int) -> Entry:
         """Sign ``body`` as the author's next entry and store it.
 
-        A timestamp earlier than the previous entry's is raised to it (the chain
-        is ordered; a clock that stepped back must not break it). A period
-        earlier than the previous entry's is a :class:`LedgerError`.
+        ``period`` is the period of what the entry records (of the obligation,
+        for a payment), not of the wall clock. A timestamp earlier than the
+        previous entry's is raised to it (the chain is ordered; a clock that
+        stepped back must not break it). A period earlier than the previous
+        entry's is a :class:`LedgerError`, except for the kinds that settle an
+        older obligation (:data:`p2pgrid.ledger.periods.OBLIGATION_KINDS`).
         """
         async with self._lock:
             seq, prev, min_ts, min_period = self.store.next_position(self.author)
-            if period < min_period:
+            if not period_allowed(body.KIND, period, min_period):
                 raise LedgerError(f"{self.author} already wrote in period {min_period} > {period}")
             entry = sign_entry(
                 self.signer,

@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2pgrid.agent.energy import EnergyDesk
+from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.messages import SaleOffer
+from p2pgrid.agent.payguard import sale_memo
+from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.ledger import Author, EntryKind, LogWriter
 from p2pgrid.market import Bid, Party
 from p2pgrid.net import PeerRef
@@ -34,21 +37,27 @@ async def test_a_sale_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: 
         async def balance(period: int) -> int:
             return 10**9
 
+        intents = await IntentBook.open(tmp_path / "buyer.intents.db", name="buyer")
+        writer = LogWriter(store, SITE.signer(Author.device(1)), Author.device(1))
+        seller = PeerRef("seller-peer", site_id, 2, ())
+        me = Party(site_id, 1)
         desk = EnergyDesk(
-            me=Party(site_id, 1),
+            me=me,
             host=host,  # type: ignore[arg-type]
             node=node,  # type: ignore[arg-type]
-            writer=LogWriter(store, SITE.signer(Author.device(1)), Author.device(1)),
+            paymaster=Paymaster(node=node, writer=writer, intents=intents, name="buyer"),  # type: ignore[arg-type]
             balance=balance,
             name="buyer",
+            nodes={Party(site_id, 2): node.destination},
         )
-        seller = PeerRef("seller-peer", site_id, 2, ())
         bought = []
         for interval in (5, 6):
-            bid = Bid(Party(site_id, 1), 0, interval, 100, 260_000)
+            bid = Bid(me, 0, interval, 100, 260_000)
             node.amount_msat = 20_000
+            node.description = sale_memo(bid.id, Party(site_id, 2), me, 80, 20_000)
             offer = SaleOffer(bid.id, 80, 20_000, BOLT11)  # the same invoice both times
             bought.append(await desk._pay(offer, bid, seller, 0))
+        await intents.close()
         assert bought == [80, 0]
         assert [e.kind for e in await store.entries()] == [EntryKind.SALE, EntryKind.PAYMENT]
         assert list(node.paid.values()) == [1]

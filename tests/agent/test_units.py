@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt
-from p2pgrid.agent.sharing import parse_proof, proof_memo
 from p2pgrid.errors import ConfigError
 from p2pgrid.ledger import fold
+from p2pgrid.ledger.proof import parse_proof, proof_memo
 from p2pgrid.market import MessageError, Priority
 from p2pgrid.provision import owner_entries
 from p2pgrid.scenario import load_scenario, parse_scenario

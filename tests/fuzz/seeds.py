@@ -53,7 +53,7 @@ def _entries() -> list[Entry]:
         device.next(Sale(3, 50, 12_500)),
         device.next(CarryOver(1_000)),
         utility.next(Invoice(1, 30_000, 120, PAYMENT_HASH, BOLT11)),
-        device.next(Payment(30_000, PAYMENT_HASH, PREIMAGE)),
+        device.next(Payment(30_000, PAYMENT_HASH, PREIMAGE, 1_000)),
         device.next(Curtailment(1, T0_MS, 900, 0)),
         device.next(Dispute(int(Role.UTILITY), 0, 1, "does not match")),
         device.next(SiteShareIn(given.raw.hex())),

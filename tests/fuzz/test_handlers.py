@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pgrid.agent.messages import ShareInvoice
+from p2pgrid.agent.payguard import share_memo
 from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.errors import ReportableError
 from p2pgrid.ledger import (
@@ -28,7 +29,7 @@ from p2pgrid.ledger.sync import MAX_REQUESTS_PER_ROUND
 from p2pgrid.market import MessageError, Party, ShareOffer, ShareRequest
 from p2pgrid.net import Delivery
 from tests.fuzz.conftest import budget, tried
-from tests.fuzz.fakes import FakeNode
+from tests.fuzz.fakes import FakeNode, share_desk
 from tests.fuzz.mutate import mutants
 from tests.fuzz.seeds import BOLT11, ENTRY_SEEDS, SITE, WIRE_SEEDS
 from tests.lightning.test_bolt11 import REAL
@@ -119,6 +120,10 @@ bolt11s = st.one_of(
 )
 
 
+#: The Lightning node of each requester: the fuzz node's, for every device that asks.
+NODES: dict[Party, str] = {}
+
+
 @pytest.fixture(scope="module")
 async def desk(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ShareDesk]:
     """A giver's desk on its own log (the other fuzzers fill theirs with seeds)."""
@@ -126,17 +131,20 @@ async def desk(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ShareD
     async def headroom(period: int) -> int:
         return HEADROOM_MSAT if period == PERIOD else 0
 
-    store = await SITE.open(tmp_path_factory.mktemp("desk") / "log.sqlite", "desk")
-    yield ShareDesk(
+    tmp = tmp_path_factory.mktemp("desk")
+    store = await SITE.open(tmp / "log.sqlite", "desk")
+    writer = LogWriter(store, SITE.owner.device_signer(1), Author.device(1))
+    async with share_desk(
+        tmp,
         me=ME,
-        host=None,  # type: ignore[arg-type]  # handlers answer; they never call out
-        node=FakeNode(),  # type: ignore[arg-type]
         store=store,
-        writer=LogWriter(store, SITE.owner.device_signer(1), Author.device(1)),
+        writer=writer,
+        node=FakeNode(),
         headroom=headroom,
-        current_period=lambda: PERIOD,
         name="fuzz",
-    )
+        nodes=NODES,
+    ) as giving:
+        yield giving
     await store.close()
 
 
@@ -185,8 +193,10 @@ async def test_share_handlers(
         offer = await desk._on_request(delivery(ShareRequest.KIND, request.encode()))
         assert isinstance(offer, ShareOffer)
         assert 0 < offer.amount_msat <= min(amount, HEADROOM_MSAT)
-        if honest_amounts:  # the invoice asks exactly what was offered
+        if honest_amounts:  # the invoice asks exactly what was offered, bound to the request
             asked = node.amount_msat = offer.amount_msat
+            node.description = share_memo(request.id, Party(sender, device), ME, asked)
+            NODES[Party(sender, device)] = node.destination
     try:
         pay = ShareInvoice(request.id, asked, bolt11).encode() if raw is None else raw
     except MessageError:  # a bolt11 too long to send

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pgrid.agent.messages import ShareInvoice
-from p2pgrid.agent.sharing import SHARE_PAY_PROTOCOL, SHARE_REQUEST_PROTOCOL, ShareDesk
+from p2pgrid.agent.sharing import SHARE_PAY_PROTOCOL, SHARE_REQUEST_PROTOCOL
 from p2pgrid.ledger import Author, LogWriter
 from p2pgrid.market import Party, ShareRequest
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, RequestRejected, TrioBridge, site_topic
@@ -21,7 +21,7 @@ from p2pgrid.net.envelope import KIND_HELLO, MAX_ENVELOPE_BYTES, Record
 from p2pgrid.net.frames import Hello
 from p2pgrid.net.node import HELLO_PROTOCOL
 from tests.fuzz.conftest import budget, tried
-from tests.fuzz.fakes import FakeNode
+from tests.fuzz.fakes import FakeNode, share_desk
 from tests.fuzz.mutate import mutants
 from tests.fuzz.seeds import BOLT11, SITE
 
@@ -59,18 +59,19 @@ async def hosts(
     async def headroom(period: int) -> int:
         return 50_000 if period == 1 else 0
 
-    ShareDesk(
-        me=Party(site.site_id, 1),
-        host=victim,
-        node=FakeNode(),  # type: ignore[arg-type]
-        store=store,
-        writer=LogWriter(store, SITE.owner.device_signer(1), Author.device(1)),
-        headroom=headroom,
-        current_period=lambda: 1,
-        name="victim",
-    ).install()
     try:
-        yield Hosts(bridge, victim, liar)
+        async with share_desk(
+            path.parent,
+            me=Party(site.site_id, 1),
+            host=victim,
+            node=FakeNode(),
+            store=store,
+            writer=LogWriter(store, SITE.owner.device_signer(1), Author.device(1)),
+            headroom=headroom,
+            name="victim",
+        ) as desk:
+            desk.install()
+            yield Hosts(bridge, victim, liar)
     finally:
         await liar.stop()
         await victim.stop()

@@ -39,7 +39,7 @@ SAMPLES: list[tuple[Author, Body]] = [
     (Author.device(1), Sale(4, 300, 30_000)),
     (Author.device(1), CarryOver(1_000)),
     (Author.utility(), Invoice(2, 9_000_000, 90_000, b"\x01" * 32, "lnbcrt90u1...")),
-    (Author.owner(), Payment(9_000_000, hashlib.sha256(PREIMAGE).digest(), PREIMAGE)),
+    (Author.owner(), Payment(9_000_000, hashlib.sha256(PREIMAGE).digest(), PREIMAGE, 1_000)),
     (Author.utility(), Curtailment(2**32 - 1, T0_MS, 3600, 1500)),
     (Author.device(2), Dispute(0, 1, 7, "reading too high")),
     (Author.owner(), DeviceInfo(1, "fridge", "kitchen fridge")),
@@ -85,7 +85,7 @@ def test_same_content_signed_twice_has_one_id(site: Site) -> None:
     [
         (Author.device(1), Share(1, 5, "")),  # to itself
         (Author.device(1), Share(2, 0, "")),  # zero amount
-        (Author.owner(), Payment(1, b"\x00" * 32, PREIMAGE)),  # preimage mismatch
+        (Author.owner(), Payment(1, b"\x00" * 32, PREIMAGE, 0)),  # preimage mismatch
         (Author.device(1), MeterReading(T0_MS, 0, 1, 1)),  # empty interval
         (Author.owner(), DeviceInfo(1, "", "")),
         (Author.device(1), Curtailment(2, T0_MS, 900, 0)),  # curtails another device

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from p2pgrid.identity import verify
-from p2pgrid.ledger import Author, MeterReading, Share, decode_entry
+from p2pgrid.ledger import Author, MeterReading, Payment, Share, decode_entry
+from p2pgrid.ledger.bodies import EntryKind, decode_body, encode_body
 from p2pgrid.ledger.entry import DOMAIN_TAG
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from tests.ledger.ledger_factory import Site
@@ -33,6 +34,12 @@ E2 = (
 )
 DIGEST = "a7be6314cd9da12cb4f4b61b4f644c24a1c61de150ab824f6cd71b0fcc853170"
 EMPTY_DIGEST = "e1e1f5cc34882a29ddd9af86bfd52645e7f1878955c8830d8a123bb12a2c5dfe"
+PAYMENT_BODY = (
+    "0000000000895440"
+    "630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd"
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "00000000000003e8"
+)
 
 
 def test_vectors(site: Site) -> None:
@@ -55,3 +62,10 @@ def test_vectors(site: Site) -> None:
     heads = Heads([AuthorHead(Author.device(1), 2, 2, acc, decoded[1].id)])
     assert heads.digest().hex() == DIGEST
     assert Heads().digest().hex() == EMPTY_DIGEST
+
+
+def test_payment_body_vector() -> None:
+    preimage = bytes(range(32))
+    payment = Payment(9_000_000, hashlib.sha256(preimage).digest(), preimage, 1_000)
+    assert encode_body(payment).hex() == PAYMENT_BODY
+    assert decode_body(EntryKind.PAYMENT, bytes.fromhex(PAYMENT_BODY)) == payment

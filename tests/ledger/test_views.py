@@ -173,13 +173,17 @@ def test_payments_count_for_their_invoice_period_once(site: Site) -> None:
     payment_hash = hashlib.sha256(preimage).digest()
     script.add(Author.utility(), Invoice(1, 70_000, 280, payment_hash, "lnbcrt..."), period=1)
     device = Author.device(1)
-    script.add(device, Payment(70_000, payment_hash, preimage), period=2)  # logged a period later
-    script.add(device, Payment(70_000, payment_hash, preimage), period=2)  # a duplicate proof
+    # logged a period later, then a duplicate proof
+    script.add(device, Payment(70_000, payment_hash, preimage, 0), period=2)
+    script.add(device, Payment(70_000, payment_hash, preimage, 0), period=2)
     other = b"\x06" * 32
-    script.add(device, Payment(5_000, hashlib.sha256(other).digest(), other), period=2)  # a sale's
+    sale_hash = hashlib.sha256(other).digest()
+    script.add(device, Payment(5_000, sale_hash, other, 1_000), period=2)  # a sale's
     view = fold(script.entries)
     assert (view.period(1).invoiced_msat, view.period(1).paid_msat) == (70_000, 70_000)
     assert view.period(2).paid_msat == 0
+    assert view.account(1, 2).fees_msat == 1_000  # routing fees, on top of the amounts
+    assert view.period(2).fees_msat == 1_000
 
 
 def test_a_share_from_another_site_counts_once_and_only_with_valid_evidence(site: Site) -> None:

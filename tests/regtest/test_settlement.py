@@ -8,9 +8,16 @@ payments real Lightning payments on the session's regtest stack.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from p2pgrid.agent import InvoiceSettler, Settlement
+from p2pgrid.agent.intents import IntentBook
+from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.billing import FlatTariff, invoice_memo, invoice_preimage
 from p2pgrid.ledger import (
     Author,
@@ -22,7 +29,9 @@ from p2pgrid.ledger import (
     Payment,
     bill,
 )
-from p2pgrid.lightning import InvoiceState, LndClient
+from p2pgrid.lightning import InvoiceState, LndApiError, LndClient, PaymentStatus
+from p2pgrid.poll import wait_until
+from p2pgrid.reconcile import snapshot
 from p2pgrid.regtest import Stack
 from p2pgrid.utility import Collection, Invoicer
 from tests.ledger.ledger_factory import T0_MS, Site
@@ -82,20 +91,24 @@ async def test_devices_pay_each_period_invoice_once_after_checking_it(
         }
         fees = {}
         for index, (name, node) in enumerate((("dev-a", dev_a), ("dev-b", dev_b))):
+            intents = await IntentBook.open(tmp_path / f"{name}.intents.db", name=name)
             settler = InvoiceSettler(
                 device=index,
+                site_id=site.owner.identity.site_id,
                 store=stores[name],
                 writer=writers[name],
                 node=node,
+                paymaster=Paymaster(node=node, writer=writers[name], intents=intents, name=name),
                 tariff=TARIFF,
                 utility_pubkey=info.pubkey,
                 name=name,
             )
-            [result] = await settler.settle(period, now_period=period + 1, timestamp_ms=T0_MS)
+            [result] = await settler.settle(period, timestamp_ms=T0_MS)
             assert result.outcome is Settlement.PAID, result.detail
             fees[name] = result.fee_msat
-            [again] = await settler.settle(period, now_period=period + 1, timestamp_ms=T0_MS)
+            [again] = await settler.settle(period, timestamp_ms=T0_MS)
             assert again.outcome is Settlement.ALREADY_PAID
+            await intents.close()
         await stack.wait_settled()  # the payee's side of the channel updates last
         after = {
             n: (await c.channel_balance()).local_msat
@@ -153,19 +166,23 @@ async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
         )
         await merge(device_store, utility_store)
         before = (await dev_a.channel_balance()).local_msat
+        intents = await IntentBook.open(tmp_path / "dev-a.intents.db", name="dev-a")
         settler = InvoiceSettler(
             device=0,
+            site_id=site.owner.identity.site_id,
             store=device_store,
             writer=device_writer,
             node=dev_a,
+            paymaster=Paymaster(node=dev_a, writer=device_writer, intents=intents, name="dev-a"),
             tariff=TARIFF,
             utility_pubkey=(await utility.get_info()).pubkey,
             name="dev-a",
         )
-        [result] = await settler.settle(period, now_period=period, timestamp_ms=T0_MS)
+        [result] = await settler.settle(period, timestamp_ms=T0_MS)
         assert result.outcome is Settlement.DISPUTED
         assert "our log says 1000 Wh / 250000 msat" in result.detail
-        [again] = await settler.settle(period, now_period=period, timestamp_ms=T0_MS)
+        [again] = await settler.settle(period, timestamp_ms=T0_MS)
+        await intents.close()
         assert again.outcome is Settlement.ALREADY_DISPUTED
         assert (await dev_a.channel_balance()).local_msat == before
         assert (await utility.lookup_invoice(inflated.payment_hash)).state is InvoiceState.OPEN
@@ -176,3 +193,96 @@ async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
     finally:
         await device_store.close()
         await utility_store.close()
+
+
+async def _of_another_device(site: Site, utility: LndClient, dev_b: LndClient) -> str:
+    memo = invoice_memo(site.owner.identity.site_id, 1, WRONG_PERIOD)
+    return (await utility.add_invoice(250_000, memo)).payment_request
+
+
+async def _of_another_period(site: Site, utility: LndClient, dev_b: LndClient) -> str:
+    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD + 1)
+    return (await utility.add_invoice(250_000, memo)).payment_request
+
+
+async def _to_another_node(site: Site, utility: LndClient, dev_b: LndClient) -> str:
+    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD)
+    return (await dev_b.add_invoice(250_000, memo)).payment_request
+
+
+async def _expired_in_lnd(site: Site, utility: LndClient, dev_b: LndClient) -> str:
+    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD)
+    invoice = await utility.add_invoice(250_000, memo, expiry_s=1)
+
+    async def cancelled_by_lnd() -> bool:  # lnd cancels an invoice once it expired
+        found = await utility.lookup_invoice(invoice.payment_hash)
+        return found.state is InvoiceState.CANCELED
+
+    await wait_until(cancelled_by_lnd, timeout_s=30, what="lnd to expire the invoice")
+    return invoice.payment_request
+
+
+WRONG_PERIOD = 4
+
+
+@pytest.mark.parametrize(
+    ("wrong", "why"),
+    [
+        (_of_another_device, "device 1"),
+        (_of_another_period, "period 5"),
+        (_to_another_node, "pays node"),
+        (_expired_in_lnd, "expired"),
+    ],
+)
+async def test_a_wrong_invoice_on_real_lnd_is_disputed_and_nothing_paid(
+    tmp_path: Path,
+    utility: LndClient,
+    dev_a: LndClient,
+    dev_b: LndClient,
+    wrong: Callable[[Site, LndClient, LndClient], Awaitable[str]],
+    why: str,
+) -> None:
+    site = Site.make(b"wrong invoice test site")
+    store = await site.open(tmp_path / "dev-a.db", "dev-a")
+    intents = await IntentBook.open(tmp_path / "dev-a.intents.db", name="dev-a")
+    try:
+        writer = LogWriter(store, site.owner.device_signer(0), Author.device(0))
+        await meter(writer, WRONG_PERIOD, [1000])  # owes 250,000 msat
+        bolt11 = await wrong(site, utility, dev_b)
+        decoded = await dev_a.decode_invoice(bolt11)
+        invoice = await LogWriter(store, site.utility, Author.utility()).append(
+            Invoice(0, 250_000, 1000, bytes.fromhex(decoded.payment_hash), bolt11),
+            period=WRONG_PERIOD,
+            timestamp_ms=T0_MS,
+        )
+        before = await snapshot("dev-a", dev_a)
+        settler = InvoiceSettler(
+            device=0,
+            site_id=site.owner.identity.site_id,
+            store=store,
+            writer=writer,
+            node=dev_a,
+            paymaster=Paymaster(node=dev_a, writer=writer, intents=intents, name="dev-a"),
+            tariff=TARIFF,
+            utility_pubkey=(await utility.get_info()).pubkey,
+            name="dev-a",
+            now=lambda: time.time() - 3600,  # our own expiry check passes: lnd's must refuse
+        )
+        [result] = await settler.settle(WRONG_PERIOD, timestamp_ms=T0_MS)
+        assert result.outcome is Settlement.DISPUTED, result
+        assert why in result.detail
+        after = await snapshot("dev-a", dev_a)
+        assert after.local_msat == before.local_msat
+        assert decoded.payment_hash not in {
+            p.payment_hash for p in after.payments if p.status is PaymentStatus.SUCCEEDED
+        }
+        [dispute] = [e.body for e in await store.entries() if isinstance(e.body, Dispute)]
+        assert dispute.target_seq == invoice.seq
+        if decoded.destination != (await dev_b.get_info()).pubkey:
+            with contextlib.suppress(LndApiError):  # leave no open invoice behind
+                await utility.cancel_invoice(decoded.payment_hash)
+        else:
+            await dev_b.cancel_invoice(decoded.payment_hash)
+    finally:
+        await intents.close()
+        await store.close()

@@ -1,0 +1,69 @@
+"""Pay only what you owe: the checks every payment path runs on an invoice.
+
+An agent pays an invoice only if it pays the party it should (``destination``:
+the utility's node, or the lnd node of the device it deals with), exactly the
+amount owed, is bound to this obligation (its description is the canonical
+description of this (site, device, period) bill, share request or sale, so an
+invoice made for anything else does not match) and is not about to expire.
+:func:`check_invoice` returns why not, or ``None``.
+
+Amounts below :data:`MIN_PAYMENT_MSAT` are never sent: a Lightning channel
+carries no HTLC below its ``min_htlc`` (1 sat by default in lnd), so such a
+payment can only fail. Share requests are raised to it and smaller share offers
+and sale trades are not made; a period's bill below it is raised to it
+(docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from p2pgrid.billing import MIN_BILL_MSAT
+from p2pgrid.lightning import DecodedInvoice
+from p2pgrid.market import Party
+
+#: The smallest payment an agent sends or asks for (lnd's default min_htlc; the
+#: utility's bills are raised to the same floor, :data:`p2pgrid.billing.MIN_BILL_MSAT`).
+MIN_PAYMENT_MSAT = MIN_BILL_MSAT
+#: An invoice that expires sooner than this is not paid (the payment takes time).
+EXPIRY_MARGIN_S = 10
+
+
+def _party(party: Party) -> str:
+    return f"{party.site_id}/{party.device}"
+
+
+def share_memo(request_id: bytes, requester: Party, giver: Party, amount_msat: int) -> str:
+    """The description of a share invoice: binds it to one request and grant."""
+    return (
+        f"p2pgrid share {request_id.hex()} from {_party(giver)} "
+        f"to {_party(requester)} {amount_msat} msat"
+    )
+
+
+def sale_memo(bid_id: bytes, seller: Party, buyer: Party, energy_wh: int, amount_msat: int) -> str:
+    """The description of a sale invoice: binds it to one bid and trade."""
+    return (
+        f"p2pgrid sale {bid_id.hex()} {energy_wh} Wh from {_party(seller)} "
+        f"to {_party(buyer)} {amount_msat} msat"
+    )
+
+
+def check_invoice(
+    decoded: DecodedInvoice,
+    *,
+    destination: str | None,
+    amount_msat: int,
+    description: str,
+    now: float,
+) -> str | None:
+    """Why ``decoded`` must not be paid, or None if it is exactly what is owed."""
+    if destination is None:
+        return "the payee's Lightning node is unknown"
+    if decoded.destination != destination:
+        return f"the invoice pays node {decoded.destination[:16]}..., not {destination[:16]}..."
+    if decoded.amount_msat != amount_msat:
+        return f"the invoice asks {decoded.amount_msat} msat, {amount_msat} are owed"
+    if decoded.description != description:
+        return f"the invoice is for {decoded.description[:80]!r}, not {description[:80]!r}"
+    if decoded.expires_at < now + EXPIRY_MARGIN_S:
+        return f"the invoice expires at {decoded.expires_at} (now {now:.0f})"
+    return None

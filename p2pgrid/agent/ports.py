@@ -1,0 +1,56 @@
+"""What an agent's desks need from the outside world, as small Protocols.
+
+The share desk, the energy desk and the invoice settler talk to their peers and
+to their Lightning node only through these, so unit tests drive them with fakes
+(:mod:`p2pgrid.testing.fake_lightning`, fake peers in ``tests/agent``) while the
+product passes a real :class:`p2pgrid.net.PeerHost` and
+:class:`p2pgrid.lightning.LndClient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from p2pgrid.lightning import DecodedInvoice, Invoice, Payment
+from p2pgrid.net import Delivery, PeerRef
+from p2pgrid.net.messages import WireMessage
+
+#: Answers one request; raising a ``ReportableError`` refuses it.
+Handler = Callable[[Delivery], Awaitable[WireMessage]]
+
+
+class Peers(Protocol):
+    """The site's peers: direct request/answer streams to member devices."""
+
+    def handle(self, protocol: str, handler: Handler) -> None: ...
+
+    async def request(
+        self, peer_id: str, protocol: str, message: WireMessage, *, timeout_s: float = ...
+    ) -> Delivery: ...
+
+    def peers(self) -> tuple[PeerRef, ...]: ...
+
+    def report_misbehaviour(self, peer_id: str, reason: str, *, scored: bool = True) -> None: ...
+
+
+class Wallet(Protocol):
+    """The part of a Lightning node an agent pays and gets paid with."""
+
+    async def add_invoice(
+        self,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        private: bool = False,
+        preimage: bytes | None = None,
+    ) -> Invoice: ...
+    async def decode_invoice(self, payment_request: str) -> DecodedInvoice: ...
+    async def lookup_invoice(self, payment_hash: str) -> Invoice: ...
+    async def cancel_invoice(self, payment_hash: str) -> None: ...
+    async def pay_invoice(
+        self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
+    ) -> Payment: ...
+    async def track_payment(self, payment_hash: str) -> Payment: ...
+    async def list_payments(self) -> list[Payment]: ...

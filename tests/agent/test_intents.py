@@ -1,0 +1,120 @@
+"""Intent before money: a payment recorded before it is sent is resolved
+against lnd by its hash when the agent starts: logged if it was paid (in the
+period of its obligation), failed if lnd never sent it or it failed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.agent.intents import IntentError, IntentState, PaymentIntent, Purpose, PurposeKind
+from p2pgrid.agent.paymaster import Paymaster, PayRefused
+from p2pgrid.billing import invoice_memo
+from p2pgrid.ledger import Invoice, Payment, Sale
+from tests.agent.rig import Rig
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path)
+    yield rig
+    await rig.close()
+
+
+async def test_a_payment_whose_agent_died_before_logging_is_logged_on_start(rig: Rig) -> None:
+    buyer, seller = await rig.device(1), await rig.device(0)
+    await rig.start()
+    invoice = await seller.node.add_invoice(10_000, "a sale")
+    purpose = Purpose(PurposeKind.SALE, 10_000, device=0, energy_wh=50)
+    await buyer.intents.record(
+        PaymentIntent(invoice.payment_hash, invoice.payment_request, 2, purpose)
+    )
+    await buyer.node.pay_invoice(invoice.payment_request, fee_limit_msat=5_000)
+    # ... the process dies here: lnd paid, the log does not show it.
+    await buyer.meter(3, 10)  # (the restarted agent is in a later period already)
+    assert not (await rig.reconcile()).ok
+    restarted = Paymaster(node=buyer.node, writer=buyer.writer, intents=buyer.intents, name="dev1")
+    [resolved] = await restarted.recover()
+    assert resolved.state is IntentState.LOGGED
+    entries = await buyer.store.entries()
+    logged = [e for e in entries if isinstance(e.body, Sale | Payment)]
+    assert [(type(e.body), e.period) for e in logged] == [(Sale, 2), (Payment, 2)]
+    assert await restarted.recover() == []  # nothing open any more
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+
+
+async def test_an_intent_lnd_never_sent_is_failed_and_logs_nothing(rig: Rig) -> None:
+    device = await rig.device(0)
+    await rig.start()
+    memo = invoice_memo(rig.site_id, 0, 1)
+    invoice = await rig.utility_node.add_invoice(5_000, memo)
+    body = Invoice(0, 5_000, 20, bytes.fromhex(invoice.payment_hash), invoice.payment_request)
+    await rig.utility_writer(device.store).append(body, period=1, timestamp_ms=0)
+    purpose = Purpose(PurposeKind.INVOICE, 5_000)
+    await device.intents.record(
+        PaymentIntent(invoice.payment_hash, invoice.payment_request, 1, purpose)
+    )
+    [resolved] = await device.paymaster.recover()
+    assert (resolved.state, resolved.detail) == (IntentState.FAILED, "lnd never sent it")
+    assert [e.body for e in await device.store.entries()] == [body]
+    assert (await rig.reconcile()).ok
+    # A retry reopens the failed intent; then it pays and is logged once.
+    await device.paymaster.pay(
+        invoice.payment_request, invoice.payment_hash, period=1, purpose=purpose, fee_limit_msat=0
+    )
+    assert [i.state for i in await device.intents.all()] == [IntentState.LOGGED]
+    with pytest.raises(PayRefused, match="has an intent already"):  # never paid twice
+        await device.paymaster.pay(
+            invoice.payment_request,
+            invoice.payment_hash,
+            period=1,
+            purpose=purpose,
+            fee_limit_msat=0,
+        )
+    with pytest.raises(IntentError):  # nothing reopens a logged intent
+        await device.intents.record(
+            PaymentIntent(invoice.payment_hash, invoice.payment_request, 1, purpose)
+        )
+    assert (await rig.reconcile()).ok
+
+
+async def test_a_failed_payment_is_failed_on_start(rig: Rig) -> None:
+    device = await rig.device(0)
+    await rig.start()
+    invoice = await rig.utility_node.add_invoice(5_000, "x")
+    purpose = Purpose(PurposeKind.INVOICE, 5_000)
+    await device.intents.record(
+        PaymentIntent(invoice.payment_hash, invoice.payment_request, 1, purpose)
+    )
+    device.node.fail_next = "NO_ROUTE"
+    with pytest.raises(Exception, match="NO_ROUTE"):
+        await device.node.pay_invoice(invoice.payment_request, fee_limit_msat=0)
+    [resolved] = await device.paymaster.recover()
+    assert (resolved.state, resolved.detail) == (IntentState.FAILED, "NO_ROUTE")
+    assert (await rig.reconcile()).ok
+
+
+async def test_nothing_is_paid_before_the_open_intents_are_resolved(rig: Rig) -> None:
+    buyer, seller = await rig.device(1), await rig.device(0)
+    await rig.start()
+    first = await seller.node.add_invoice(4_000, "first sale")
+    purpose = Purpose(PurposeKind.SALE, 4_000, device=0, energy_wh=20)
+    await buyer.intents.record(PaymentIntent(first.payment_hash, first.payment_request, 1, purpose))
+    await buyer.node.pay_invoice(first.payment_request, fee_limit_msat=5_000)  # then a crash
+    restarted = Paymaster(node=buyer.node, writer=buyer.writer, intents=buyer.intents, name="dev1")
+    second = await seller.node.add_invoice(6_000, "second sale")
+    paid = await restarted.pay(
+        second.payment_request,
+        second.payment_hash,
+        period=1,
+        purpose=Purpose(PurposeKind.SALE, 6_000, device=0, energy_wh=30),
+        fee_limit_msat=5_000,
+    )
+    amounts = [e.body.amount_msat for e in await buyer.store.entries() if isinstance(e.body, Sale)]
+    assert amounts == [4_000, 6_000]  # the crashed payment is logged first
+    assert paid.entries[0].body == Sale(0, 30, 6_000)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)

@@ -1,0 +1,61 @@
+"""An entry belongs to the period of its obligation: money kinds and disputes
+may name a period earlier than their author's previous entry, other kinds not
+(the writer refuses them, and so does every replica)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.ledger import (
+    Author,
+    CarryOver,
+    Dispute,
+    LedgerError,
+    LogWriter,
+    MeterReading,
+    Outcome,
+    Payment,
+    RejectReason,
+)
+from tests.ledger.ledger_factory import T0_MS, Site
+
+PREIMAGE = b"\x05" * 32
+
+
+async def test_a_payment_may_settle_an_earlier_period_other_kinds_may_not(tmp_path: Path) -> None:
+    site = Site.make(b"periods")
+    store = await site.open(tmp_path / "a.db")
+    try:
+        writer = LogWriter(store, site.owner.device_signer(0), Author.device(0))
+        await writer.append(MeterReading(T0_MS, 900, 10, 2_500), period=3, timestamp_ms=T0_MS)
+        payment = Payment(2_500, hashlib.sha256(PREIMAGE).digest(), PREIMAGE, 0)
+        paid = await writer.append(payment, period=2, timestamp_ms=T0_MS)
+        assert paid.period == 2
+        await writer.append(Dispute(2, 0, 1, "wrong"), period=1, timestamp_ms=T0_MS)
+        with pytest.raises(LedgerError, match="already wrote in period"):
+            await writer.append(CarryOver(5), period=2, timestamp_ms=T0_MS)
+    finally:
+        await store.close()
+
+
+async def test_replicas_accept_a_late_payment_and_refuse_a_backdated_reading(
+    tmp_path: Path,
+) -> None:
+    site = Site.make(b"periods")
+    chain = site.chain(Author.device(0))
+    reading = chain.next(MeterReading(T0_MS, 900, 10, 2_500), period=3)
+    payment = Payment(2_500, hashlib.sha256(PREIMAGE).digest(), PREIMAGE, 0)
+    late_payment = chain.next(payment, period=2)
+    backdated = chain.next(MeterReading(T0_MS, 900, 10, 2_500), period=2)
+    store = await site.open(tmp_path / "b.db")
+    try:
+        report = await store.ingest_many([reading.raw, late_payment.raw, backdated.raw])
+        outcomes = [(r.outcome, r.reason) for r in report.results]
+        assert outcomes[:2] == [(Outcome.STORED, None), (Outcome.STORED, None)]
+        assert outcomes[2][0] is Outcome.REJECTED
+        assert outcomes[2][1] is RejectReason.TIME_REGRESSION
+    finally:
+        await store.close()
