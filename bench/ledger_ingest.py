@@ -30,13 +30,13 @@ from pathlib import Path
 
 import coincurve
 
-from p2pgrid.identity import Signer, SiteOwner
+from p2pgrid.identity import Role, Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
+    Enrol,
     Entry,
     LogStore,
     Membership,
-    MembershipConfig,
     MeterReading,
     sign_entry,
 )
@@ -52,9 +52,33 @@ BATCH = 256
 T0_MS = 1_700_000_000_000
 
 
-def make_entries(owner: SiteOwner, membership: Membership, total: int, devices: int) -> list[Entry]:
+def bench_key(label: str) -> Signer:
+    """Benchmark keys: each its own hash of a label (never derived from another)."""
+    return Signer.from_secret(hashlib.sha256(f"p2pgrid bench/{label}".encode()).digest())
+
+
+def enrolments(owner: Signer, site: SiteIdentity, devices: int) -> list[Entry]:
+    """The owner's entries that enrol devices ``0..devices-1`` (ingested first everywhere)."""
+    entries: list[Entry] = []
+    for d in range(devices):
+        entries.append(
+            sign_entry(
+                owner,
+                site.site_hash,
+                author=Author.owner(),
+                seq=d + 1,
+                prev=entries[-1].id if entries else GENESIS_PREV,
+                period=0,
+                timestamp_ms=T0_MS,
+                body=Enrol(Role.DEVICE, d, bench_key(f"device {d}").pubkey, "bench", 0),
+            )
+        )
+    return entries
+
+
+def make_entries(membership: Membership, total: int, devices: int) -> list[Entry]:
     """``total`` meter readings, round-robin over ``devices`` chains."""
-    signers = [owner.device_signer(d) for d in range(devices)]
+    signers = [bench_key(f"device {d}") for d in range(devices)]
     prev = [GENESIS_PREV] * devices
     entries: list[Entry] = []
     for n in range(total):
@@ -87,26 +111,30 @@ def raw_verify_rate(membership: Membership, entries: list[Entry]) -> float:
 
 
 async def run(total: int, devices: int) -> None:
-    owner = SiteOwner.from_seed(hashlib.sha256(b"bench").digest())
-    utility = Signer.from_secret(hashlib.sha256(b"bench utility").digest())
-    membership = Membership(MembershipConfig(site=owner.identity, utility_pubkey=utility.pubkey))
+    owner = bench_key("owner")
+    site = SiteIdentity(owner.pubkey)
+    genesis = [e.raw for e in enrolments(owner, site, devices)]
+    membership = Membership(site)
+    membership.learn_from(enrolments(owner, site, devices))
     start = time.perf_counter()
-    entries = make_entries(owner, membership, total, devices)
+    entries = make_entries(membership, total, devices)
     print(f"signed {total} entries of {devices} devices in {time.perf_counter() - start:.1f} s")
 
     raw_rate = raw_verify_rate(membership, entries)
     print(f"raw coincurve BIP340 verify:        {raw_rate:10,.0f} /s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = await LogStore.open(Path(tmp) / "source.sqlite", membership, name="source")
-        fresh = await LogStore.open(Path(tmp) / "fresh.sqlite", membership, name="fresh")
+        source = await LogStore.open(Path(tmp) / "source.sqlite", site, name="source")
+        fresh = await LogStore.open(Path(tmp) / "fresh.sqlite", site, name="fresh")
         try:
+            for store in (source, fresh):  # the site's membership: same start everywhere
+                await store.ingest_many(genesis)
             raws = [e.raw for e in entries]
             start = time.perf_counter()
             for i in range(0, total, BATCH):
                 await source.ingest_many(raws[i : i + BATCH])
             elapsed = time.perf_counter() - start
-            assert source.heads().total == total
+            assert source.heads().total == total + devices
             rate = total / elapsed
             print(f"ingest+verify (batches of {BATCH}):  {rate:10,.0f} /s")
             print(f"ratio ingest / raw verify:          {rate / raw_rate:10.2f}")
@@ -123,9 +151,10 @@ async def run(total: int, devices: int) -> None:
                 f"(in-memory fake transport): {elapsed:.1f} s "
                 f"({report.appended / elapsed:,.0f} /s, {report.requests} requests)"
             )
-            over_net = await LogStore.open(Path(tmp) / "net.sqlite", membership, name="net")
+            over_net = await LogStore.open(Path(tmp) / "net.sqlite", site, name="net")
+            await over_net.ingest_many(genesis)
             try:
-                await sync_over_hosts(owner, source, over_net)
+                await sync_over_hosts(source, over_net)
             finally:
                 await over_net.close()
         finally:
@@ -133,27 +162,30 @@ async def run(total: int, devices: int) -> None:
             await source.close()
 
 
-async def sync_over_hosts(owner: SiteOwner, source: LogStore, fresh: LogStore) -> None:
+async def sync_over_hosts(source: LogStore, fresh: LogStore) -> None:
     """Time a fresh NetReplica pulling everything from a serving one over real hosts."""
-    site = owner.identity
-    topic = log_net_topic(site, max_devices=64)
+    site = source.membership.site
     config = ReplicaConfig(anti_entropy_interval_s=3600.0)  # only the joined-peer round
     bridge = TrioBridge()
     await bridge.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             serving = PeerHost(
-                NetConfig(), DeviceKey(site, 0, owner.device_signer(0)), [topic], bridge=bridge
+                NetConfig(),
+                DeviceKey(site, 0, bench_key("device 0")),
+                [log_net_topic(source.roster)],
+                bridge=bridge,
             )
             await stack.enter_async_context(serving)
             client = PeerHost(
                 NetConfig(bootstrap=serving.addrs),
-                DeviceKey(site, 1, owner.device_signer(1)),
-                [topic],
+                DeviceKey(site, 1, bench_key("device 1")),
+                [log_net_topic(fresh.roster)],
                 bridge=bridge,
             )
             await stack.enter_async_context(client)
             await stack.enter_async_context(NetReplica(source, serving, config))
+            held = fresh.heads().total  # the enrolments it started with
             start = time.perf_counter()
             replica = await stack.enter_async_context(NetReplica(fresh, client, config))
             target = source.digest()
@@ -161,7 +193,7 @@ async def sync_over_hosts(owner: SiteOwner, source: LogStore, fresh: LogStore) -
                 await replica.wait_until(lambda: fresh.digest() == target)
             elapsed = time.perf_counter() - start
             stats = replica.stats()
-            n = fresh.heads().total
+            n = fresh.heads().total - held
             print(
                 f"fresh replica sync of {n} entries over 2 real py-libp2p hosts "
                 f"(TCP 127.0.0.1, one process): {elapsed:.1f} s ({n / elapsed:,.0f} /s, "

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.launcher import RunResult, run_scenario
-from p2pgrid.ledger import Entry, LogStore, fold, site_hash
+from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
 from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.topology import utility_star
@@ -66,18 +66,23 @@ async def run_demo(
 
 
 async def print_reports(console: Console, scenario: Scenario, result: RunResult) -> None:
-    for site in scenario.sites:
-        db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        store = await LogStore.open(db, scenario.membership(site), name=site.name)
-        peers = {
-            site_hash(s.owner.identity): scenario.membership(s) for s in scenario.sites if s != site
-        }
-        try:
-            view = fold(
+    stores: dict[str, LogStore] = {}
+    try:
+        for site in scenario.sites:  # the utility's replicas: every site's log and members
+            db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
+            stores[site.name] = await LogStore.open(db, site.identity, name=site.name)
+        views: dict[str, LedgerView] = {}
+        for site in scenario.sites:
+            store = stores[site.name]
+            peers = {s.membership.site_hash: s.membership for s in stores.values() if s != store}
+            views[site.name] = fold(
                 await store.entries(), site_hash=store.membership.site_hash, peer_sites=peers
             )
-        finally:
+    finally:
+        for store in stores.values():
             await store.close()
+    for site in scenario.sites:
+        view = views[site.name]
         for period in range(scenario.periods):
             report = period_report(view, period, site=site.name)
             console.print(report_table(report))
@@ -115,7 +120,7 @@ async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, lis
     logs = {}
     for site in scenario.sites:
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        store = await LogStore.open(db, scenario.membership(site), name=f"check-{site.name}")
+        store = await LogStore.open(db, site.identity, name=f"check-{site.name}")
         try:
             logs[store.membership.site_hash] = await store.entries()
         finally:
@@ -130,9 +135,7 @@ async def check_money(
     members: dict[Party, str] = {}
     for site in scenario.sites:
         devices = {d.index: d.name for d in site.devices}
-        members |= site_members(
-            site_hash(site.owner.identity), devices, utility=scenario.utility.name
-        )
+        members |= site_members(site.identity.site_hash, devices, utility=scenario.utility.name)
     return reconcile(
         before=before,
         after=await snapshots(scenario, stack),

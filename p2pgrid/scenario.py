@@ -5,7 +5,9 @@ Built once from TOML (:func:`load_scenario`, validated by
 traceback nor a silent default) and passed through constructors;
 every process of a run (the utility node, each device agent, the launcher)
 reads the same scenario and picks its own part by name. Keys come from seeds
-here (demo and tests); a real device is provisioned with its own child key.
+here (demo and tests, :func:`demo_key`): every key is its own hash of the seed
+and its role, so no key tells anything about another; a real deployment
+generates each key at random (:meth:`p2pgrid.identity.Signer.generate`).
 
 Example::
 
@@ -42,12 +44,21 @@ from typing import Any
 
 from p2pgrid.billing import FlatTariff, PeriodClock, model_ms
 from p2pgrid.errors import ConfigError
-from p2pgrid.identity import Signer, SiteOwner
-from p2pgrid.ledger import Membership, MembershipConfig
+from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.market import Priority, SurplusPolicy
 from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
 from p2pgrid.meter.source import CsvSource
 from p2pgrid.scenario_schema import validate_scenario
+
+
+def demo_key(*labels: str) -> Signer:
+    """A demo key: SHA-256 of ``"p2pgrid demo key"`` and the labels, NUL-separated.
+
+    Independent per key (a hash, not a derivation): the owner's key, each
+    device's and the utility's hash different labels.
+    """
+    secret = hashlib.sha256("\0".join(("p2pgrid demo key", *labels)).encode()).digest()
+    return Signer.from_secret(secret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +101,17 @@ class SiteSpec:
     devices: tuple[DeviceSpec, ...]
 
     @property
-    def owner(self) -> SiteOwner:
-        return SiteOwner.from_seed(hashlib.sha256(b"p2pgrid site/" + self.seed.encode()).digest())
+    def owner_signer(self) -> Signer:
+        """The site owner's key: the site *is* its public key."""
+        return demo_key("site owner", self.seed)
+
+    @property
+    def identity(self) -> SiteIdentity:
+        return SiteIdentity(self.owner_signer.pubkey)
+
+    def device_signer(self, index: int) -> Signer:
+        """Device ``index``'s own key (the owner enrols its public key in the log)."""
+        return demo_key("device", self.seed, str(index))
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:
@@ -105,17 +125,10 @@ class UtilitySpec:
     name: str
     seed: str
 
-    @property
-    def owner(self) -> SiteOwner:
-        """The utility is a site of its own on the network (device 0 speaks)."""
-        return SiteOwner.from_seed(
-            hashlib.sha256(b"p2pgrid utility/" + self.seed.encode()).digest()
-        )
-
-    def signer(self, site_number: int) -> Signer:
-        """The utility speaks to site ``k`` (its position in the scenario) as
-        device ``k`` of its own network site; that key signs its log entries there."""
-        return self.owner.device_signer(site_number)
+    def signer(self, site: SiteSpec) -> Signer:
+        """The utility's key for ``site``: the site's owner enrols it in the site's
+        log (role utility); it signs the utility's entries and its host there."""
+        return demo_key("utility", self.seed, site.name)
 
     @property
     def invoice_secret(self) -> bytes:
@@ -145,16 +158,6 @@ class Scenario:
 
     def site_number(self, site: SiteSpec) -> int:
         return self.sites.index(site)
-
-    def membership(self, site: SiteSpec) -> Membership:
-        """The log membership of ``site``: its devices, its owner, the utility."""
-        return Membership(
-            MembershipConfig(
-                site=site.owner.identity,
-                utility_pubkey=self.utility.signer(self.site_number(site)).pubkey,
-                max_device_index=max(d.index for d in site.devices),
-            )
-        )
 
     def site_of(self, device_name: str) -> tuple[SiteSpec, DeviceSpec]:
         for site in self.sites:

@@ -19,10 +19,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from p2pgrid.errors import ConfigError
-
-#: Devices a site's topics admit by default (``p2pgrid.net.membership.DEFAULT_MAX_DEVICES``;
-#: not imported, so that reading a scenario loads no network stack; a test keeps them equal).
-DEFAULT_MAX_DEVICES = 1024
+from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
 Positive = Annotated[int, Field(gt=0, lt=2**63)]
@@ -52,7 +49,7 @@ class MeterModel(_Strict):
 
 class DeviceModel(_Strict):
     name: NonEmpty
-    index: Annotated[int, Field(ge=0, lt=DEFAULT_MAX_DEVICES)]
+    index: Annotated[int, Field(ge=0, le=MAX_DEVICE_INDEX)]
     device_class: NonEmpty
     meter: MeterModel
     priority: Literal["critical", "normal", "deferrable"] = "normal"

@@ -75,7 +75,7 @@ def test_the_scan_finds_planted_key_material(tmp_path: Path) -> None:
     logs.mkdir()
     (logs / "clean.log").write_text("INFO agent started; pubkey 02abcdef\n")
     assert scan(files_under(logs), needles) == []
-    secret = site.owner.device_signer(site.devices[1].index).secret.hex()
+    secret = site.device_signer(site.devices[1].index).secret.hex()
     (logs / "leak.log").write_text(f"DEBUG signer {secret}\n")
     (logs / "mac.log").write_text(f"header {macaroon.read_bytes().hex()}\n")
     found = scan(files_under(logs), needles)

@@ -47,7 +47,7 @@ from p2pgrid.billing import (
     charge_msat,
     model_ms,
 )
-from p2pgrid.identity import SiteIdentity
+from p2pgrid.identity import MAX_DEVICE_INDEX, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
@@ -269,7 +269,9 @@ class DeviceAgent:
         consumed = max(0, reading.consumed_wh - reading.produced_wh)  # own production first
         export = max(0, reading.produced_wh - reading.consumed_wh)
         start_ms = model_ms(modelled)
-        peers = [p for p in self.host.peers() if p.site_id == self.profile.site_id]
+        # Devices only: the site's utility (or owner) host is a peer of the log topic.
+        devices = [p for p in self.host.peers() if p.device_index <= MAX_DEVICE_INDEX]
+        peers = [p for p in devices if p.site_id == self.profile.site_id]
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             rate = self.tariff.rate_msat_per_kwh(modelled)
             consumed -= await self.energy.buy(
@@ -281,7 +283,7 @@ class DeviceAgent:
             self.report.shares_received_msat += got
             others = [
                 p
-                for p in self.host.peers()
+                for p in devices
                 if p.site_id != self.profile.site_id and p.site_id in self.owner_sites
             ]
             if others and await self.balance(period) < cost:  # network to network

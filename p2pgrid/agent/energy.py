@@ -35,6 +35,7 @@ from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.agent.ports import Peers, Wallet
 from p2pgrid.errors import RetryableError
+from p2pgrid.identity import MAX_DEVICE_INDEX
 from p2pgrid.ledger import paid_hashes
 from p2pgrid.lightning import InvoiceError
 from p2pgrid.market import Ask, Bid, Clearing, Party, clear, max_bid_energy, to_tick
@@ -107,6 +108,8 @@ class EnergyDesk:
 
     async def _on_bid(self, delivery: Delivery) -> SaleOffer:
         bid = delivery.decode(Bid)
+        if delivery.device_index > MAX_DEVICE_INDEX:  # the utility's or owner's host
+            raise RequestRejected("only devices buy")
         if bid.party.device != delivery.device_index or bid.party.site_id != self.me.site_id:
             raise RequestRejected("the bid names another device than its sender")
         sale = self._for_sale.get(bid.interval)

@@ -25,12 +25,14 @@ from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, LogWriter, site_hash
+from p2pgrid.ledger import Author, LogWriter
 from p2pgrid.lightning import LndClient
 from p2pgrid.market import Party
-from p2pgrid.net import DeviceKey, NetConfig, owner_topic, site_topic
-from p2pgrid.replication import NodeSpec, ReplicaConfig, log_net_topic, open_node_parts
+from p2pgrid.net import DeviceKey, NetConfig, Topic, owner_topic, site_topic
+from p2pgrid.provision import provisioned_membership
+from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 
@@ -42,20 +44,24 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
     scenario = load_scenario(scenario_path)
     runtime = Runtime.load(runtime_path)
     site, device = scenario.site_of(name)
-    identity = site.owner.identity
-    signer = site.owner.device_signer(device.index)
-    log_topic = log_net_topic(
-        identity,
-        max_devices=max(d.index for d in site.devices) + 1,
-        extra_sites=(scenario.utility.owner.identity,),
-    )
+    identity = site.identity
+    signer = site.device_signer(device.index)
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
-    owner_sites = {s.owner.identity.site_id: s.owner.identity for s in scenario.sites}
-    # All sites of a scenario belong to one owner: their devices may share across.
-    group = [owner_topic(owner_sites.values())] if len(owner_sites) > 1 else []
+    owner_sites = {s.identity.site_id: s.identity for s in scenario.sites}
+    # The owner's other sites, as their provisioned enrolments make them up.
     peer_logs = {
-        site_hash(s.owner.identity): scenario.membership(s) for s in scenario.sites if s != site
+        s.identity.site_hash: provisioned_membership(s, runtime.provision.get(s.name, []))
+        for s in scenario.sites
+        if s != site
     }
+
+    def topics(roster: Roster) -> list[Topic]:
+        """The site's topic and, since all sites of a scenario belong to one owner
+        (their devices may share across), the owner's topic: members as this
+        agent's log (and the other sites' provisioning) enrol them."""
+        rosters = [roster, *(m.roster for m in peer_logs.values())]
+        return [site_topic(roster), *([owner_topic(rosters)] if len(rosters) > 1 else [])]
+
     async with contextlib.AsyncExitStack() as parts:
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
@@ -68,12 +74,11 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             NodeSpec(
                 name=name,
                 db_path=runtime.data_dir / f"{name}.db",
-                membership=scenario.membership(site),
+                site=identity,
                 net=NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
                 key=DeviceKey(identity, device.index, signer),
-                log_topic=log_topic,
                 replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
-                topics=(site_topic(identity), *group),
+                topics=topics,
                 provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
             ),
         )
@@ -108,7 +113,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 agent.clock = scenario.clock(float(command["at"]))
                 for other, other_pubkey in dict(command.get("nodes", {})).items():
                     other_site, other_device = scenario.site_of(str(other))
-                    party = Party(other_site.owner.identity.site_id, other_device.index)
+                    party = Party(other_site.identity.site_id, other_device.index)
                     agent.nodes[party] = str(other_pubkey)
                 report = await agent.run(scenario.periods)
                 emit("done", name=name, report=dataclasses.asdict(report))

@@ -40,7 +40,7 @@ from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, share_memo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.agent.ports import Peers, Wallet
 from p2pgrid.errors import RetryableError
-from p2pgrid.identity import SiteIdentity
+from p2pgrid.identity import MAX_DEVICE_INDEX, SiteIdentity
 from p2pgrid.ledger import (
     LogStore,
     LogWriter,
@@ -218,6 +218,8 @@ class ShareDesk:
     async def _on_request(self, delivery: Delivery) -> ShareOffer:
         request = delivery.decode(ShareRequest)
         sender = Party(delivery.site_id, delivery.device_index)
+        if delivery.device_index > MAX_DEVICE_INDEX:  # the utility's or owner's host
+            raise RequestRejected("only devices share")
         if request.requester != sender or request.requester == self.me:
             raise RequestRejected("the request names another device than its sender")
         if sender.site_id != self.me.site_id and sender.site_id not in self.owner_sites:

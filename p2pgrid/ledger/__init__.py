@@ -11,10 +11,12 @@ from p2pgrid.ledger.bodies import (
     Curtailment,
     DeviceInfo,
     Dispute,
+    Enrol,
     EntryKind,
     Invoice,
     MeterReading,
     Payment,
+    Revoke,
     Role,
     Sale,
     Share,
@@ -36,7 +38,7 @@ from p2pgrid.ledger.errors import (
 )
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
-from p2pgrid.ledger.membership import Membership, MembershipConfig
+from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
@@ -67,6 +69,7 @@ __all__ = [
     "DeviceAccount",
     "DeviceInfo",
     "Dispute",
+    "Enrol",
     "Entry",
     "EntryKind",
     "Finding",
@@ -81,13 +84,13 @@ __all__ = [
     "LogWriter",
     "MalformedError",
     "Membership",
-    "MembershipConfig",
     "MeterReading",
     "Outcome",
     "Payment",
     "PeriodView",
     "RejectReason",
     "Replicator",
+    "Revoke",
     "Role",
     "Sale",
     "Share",

@@ -15,16 +15,10 @@ import hashlib
 import re
 from typing import Any, ClassVar
 
+from p2pgrid.identity import IdentityError, check_member_index, is_pubkey
+from p2pgrid.identity import Role as Role  # an author's role is the identity's role
 from p2pgrid.ledger.codec import MAX_TEXT_BYTES, FieldType, Reader, Writer
 from p2pgrid.ledger.errors import MalformedError
-
-
-class Role(enum.IntEnum):
-    """Who an author is. The wire value is the enum value (one byte)."""
-
-    DEVICE = 0
-    OWNER = 1
-    UTILITY = 2
 
 
 class EntryKind(enum.IntEnum):
@@ -43,6 +37,8 @@ class EntryKind(enum.IntEnum):
     DEVICE_INFO = 11
     SITE_SHARE = 12
     SITE_SHARE_IN = 13
+    ENROL = 14
+    REVOKE = 15
 
 
 ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
@@ -299,6 +295,52 @@ class SiteShareIn(Body):
             raise BodyError("evidence must be lower-case hex, two digits per byte")
 
 
+def _member_index(role: int, index: int) -> None:
+    try:
+        check_member_index(Role(role), index)
+    except (ValueError, IdentityError) as exc:
+        raise BodyError(f"cannot enrol or revoke role {role} index {index}: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Enrol(Body):
+    """The owner makes ``pubkey`` a member of the site: device ``index`` (role 0)
+    or the utility (role 2, index 0), for entries of period ``from_period`` on.
+    The key is the member's own (never derived from the owner's); the first
+    enrolment of a (role, index) counts, a later one is ignored."""
+
+    KIND = EntryKind.ENROL
+    ROLES = _OWNER
+    role: int = _wire(FieldType.U8)
+    index: int = _wire(FieldType.U32)
+    pubkey: bytes = _wire(FieldType.PUBKEY)
+    device_class: str = _wire(FieldType.TEXT)
+    from_period: int = _wire(FieldType.U32)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _member_index(self.role, self.index)
+        if not is_pubkey(self.pubkey):
+            raise BodyError("pubkey is not a compressed secp256k1 point")
+        if self.role == Role.DEVICE and not self.device_class:
+            raise BodyError("device_class must not be empty")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revoke(Body):
+    """The owner ends a membership: entries of the member with a sequence number
+    above ``last_seq`` are refused (0: all of them), and dropped where stored."""
+
+    KIND = EntryKind.REVOKE
+    ROLES = _OWNER
+    role: int = _wire(FieldType.U8)
+    index: int = _wire(FieldType.U32)
+    last_seq: int = _wire(FieldType.U64)
+    reason: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _member_index(self.role, self.index)
+
+
 BODY_TYPES: dict[EntryKind, type[Body]] = {
     cls.KIND: cls
     for cls in (
@@ -315,6 +357,8 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         DeviceInfo,
         SiteShare,
         SiteShareIn,
+        Enrol,
+        Revoke,
     )
 }
 _LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 MAX_TEXT_BYTES = 1024
+PUBKEY_LEN = 33
 
 
 class FieldType(enum.Enum):
@@ -36,6 +37,7 @@ class FieldType(enum.Enum):
     U64 = "u64"  # value < 2**63
     HASH = "hash32"  # exactly 32 bytes
     TEXT = "text"  # u16 length + UTF-8, at most MAX_TEXT_BYTES
+    PUBKEY = "pubkey33"  # exactly 33 bytes (a compressed secp256k1 key)
 
 
 class Writer(codec.Writer):
@@ -55,6 +57,10 @@ class Writer(codec.Writer):
             if not isinstance(value, bytes):
                 raise MalformedError("hash field needs bytes")
             self.hash32(value)
+        elif kind is FieldType.PUBKEY:
+            if not isinstance(value, bytes) or len(value) != PUBKEY_LEN:
+                raise MalformedError(f"pubkey field needs {PUBKEY_LEN} bytes")
+            self.raw(value)
         else:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise MalformedError(f"{kind.value} field needs a non-negative int")
@@ -78,4 +84,6 @@ class Reader(codec.Reader):
             return self.u64()
         if kind is FieldType.HASH:
             return self.hash32()
+        if kind is FieldType.PUBKEY:
+            return self.raw(PUBKEY_LEN)
         return self.text()

@@ -41,8 +41,8 @@ class OversizedError(MalformedError):
 
 
 def site_hash(site: SiteIdentity) -> bytes:
-    """SHA-256 of the site's xpub (ASCII): binds every entry to one site."""
-    return hashlib.sha256(site.xpub.encode("ascii")).digest()
+    """The site's hash (:attr:`SiteIdentity.site_hash`): binds every entry to one site."""
+    return site.site_hash
 
 
 @functools.total_ordering

@@ -24,6 +24,8 @@ class RejectReason(enum.StrEnum):
     BROKEN_CHAIN = "broken_chain"
     TIME_REGRESSION = "time_regression"
     PENDING_FULL = "pending_full"
+    BEFORE_ENROLMENT = "before_enrolment"  # a period before the member's ``from_period``
+    REVOKED = "revoked"  # seq above the ``last_seq`` of the member's revocation
 
 
 class Outcome(enum.StrEnum):

@@ -5,6 +5,15 @@ chain link, time order) before it touches the database, and writes a batch in
 one transaction, so a crash at any moment leaves the log as it was before or
 after the batch, never in between. Inserting an entry twice is one entry.
 
+Membership comes from the log itself (:mod:`p2pgrid.ledger.membership`): the
+store owns the site's :class:`~p2pgrid.identity.Roster` and applies the owner's
+``enrol`` and ``revoke`` entries as they join the log. So a batch places the
+owner's entries first and checks every other entry against the roster at the
+moment it is placed. An entry whose author is not enrolled (yet) is refused
+(``non_member``), not held: anti-entropy offers it again once the enrolment is
+here. A revocation drops the member's stored and pending entries above its
+``last_seq``, so every replica ends with the same log whatever came first.
+
 Tables: ``entries`` is the log (per author, entries 1..n with each ``prev`` the
 id of a stored predecessor, plus equivocating siblings kept as evidence);
 ``pending`` holds verified entries whose predecessor has not arrived yet.
@@ -26,7 +35,8 @@ from types import TracebackType
 
 import aiosqlite
 
-from p2pgrid.ledger.bodies import BodyError
+from p2pgrid.identity import Roster, SiteIdentity
+from p2pgrid.ledger.bodies import BodyError, Revoke, Role
 from p2pgrid.ledger.codec import HASH_LEN
 from p2pgrid.ledger.entry import Author, Entry, OversizedError, decode_entry
 from p2pgrid.ledger.errors import CorruptLogError, LedgerError, MalformedError
@@ -76,9 +86,10 @@ class _Head:
 class LogStore:
     """One agent's replica. Open with :meth:`open` (or ``async with``); close last."""
 
-    def __init__(self, conn: aiosqlite.Connection, membership: Membership, name: str) -> None:
+    def __init__(self, conn: aiosqlite.Connection, site: SiteIdentity, name: str) -> None:
         self._conn = conn
-        self.membership = membership
+        #: This replica's own view of who is a member (never shared with another store).
+        self.membership = Membership(site)
         self.name = name
         self.max_pending = DEFAULT_MAX_PENDING
         self.rejections: collections.Counter[Reason] = collections.Counter()
@@ -91,11 +102,11 @@ class LogStore:
 
     @classmethod
     async def open(
-        cls, path: Path, membership: Membership, *, name: str, max_pending: int | None = None
+        cls, path: Path, site: SiteIdentity, *, name: str, max_pending: int | None = None
     ) -> LogStore:
-        """Open (or create) the database at ``path`` and check it belongs to this site."""
+        """Open (or create) the database at ``path`` and check it belongs to ``site``."""
         conn = await aiosqlite.connect(path, isolation_level=None)
-        store = cls(conn, membership, name)
+        store = cls(conn, site, name)
         if max_pending is not None:
             store.max_pending = max_pending
         try:
@@ -112,6 +123,11 @@ class LogStore:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def roster(self) -> Roster:
+        """The site's members as this replica's log enrols them (the net layer reads it)."""
+        return self.membership.roster
 
     async def close(self) -> None:
         """Close the database. Safe to call twice."""
@@ -178,6 +194,11 @@ class LogStore:
             if seq == head.seq:
                 head.tips[eid] = (ts, floor[author])
         self._flagged = {a for a, h in self._heads.items() if h.count > h.seq}
+        site = self.membership.site_hash
+        for (raw,) in await self._conn.execute_fetchall(
+            "SELECT raw FROM entries WHERE author = ? ORDER BY seq, id", (Author.owner().key,)
+        ):
+            self.membership.learn(decode_entry(bytes(raw), site))
         for author_key, seq, count in await self._conn.execute_fetchall(
             "SELECT author, seq, COUNT(*) FROM pending GROUP BY author, seq"
         ):
@@ -276,6 +297,8 @@ class LogStore:
             else:
                 seen.add(entry.id)
                 candidates.append((i, entry))
+        # The owner's entries first: they may enrol the authors of the others.
+        candidates.sort(key=lambda c: c[1].author.role is not Role.OWNER)
         # Once started, a batch runs to its end even if the caller is cancelled
         # (a replica stopping mid-pull): aiosqlite finishes every statement it was
         # handed whatever happens to the awaiting task, so a cancel landing while
@@ -307,11 +330,14 @@ class LogStore:
             }
             pending_before = {a: dict(s) for a, s in self._pending.items()}
             flagged_before = set(self._flagged)
+            roster_before = self.roster.snapshot()
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for i, entry in candidates:
                     if entry.id in held:
                         results[i] = IngestResult(Outcome.DUPLICATE, entry.id)
+                    elif (reason := self._check_member(entry)) is not None:
+                        results[i] = self._reject(reason, entry, None)
                     else:
                         results[i] = await self._place_and_promote(entry, appended)
                 await self._flush()
@@ -323,6 +349,7 @@ class LogStore:
                     pending_before,
                     flagged_before,
                 )
+                self.roster.restore(roster_before)
                 await self._conn.execute("ROLLBACK")
                 raise
         done = tuple(r for r in results if r is not None)
@@ -338,7 +365,14 @@ class LogStore:
             return None, Reason.BAD_BODY
         except MalformedError:
             return None, Reason.MALFORMED
-        return entry, self.membership.check(entry)
+        if entry.author.role is Role.OWNER:  # the owner's key is the site: check now
+            return entry, self.membership.check(entry)
+        return entry, None  # checked against the roster when placed (_check_member)
+
+    def _check_member(self, entry: Entry) -> Reason | None:
+        if entry.author.role is Role.OWNER:
+            return None  # checked in _verify
+        return self.membership.check(entry)
 
     def _reject(self, reason: Reason, entry: Entry | None, detail: str | None) -> IngestResult:
         self.rejections[reason] += 1
@@ -389,7 +423,11 @@ class LogStore:
         while todo:
             author, seq = todo.pop()
             for promoted in await self._take_pending(author, seq):
-                if (await self._place(promoted, appended)).outcome in _JOINED:
+                # Its signature was checked when it was held; a revocation may
+                # have come since.
+                if (reason := self.membership.admits(promoted)) is not None:
+                    self._reject(reason, promoted, "while pending")
+                elif (await self._place(promoted, appended)).outcome in _JOINED:
                     todo.append((author, seq + 1))
         return result
 
@@ -430,7 +468,52 @@ class LogStore:
             outcome = Outcome.EQUIVOCATION
         else:
             outcome = Outcome.STORED
+        revocation = self.membership.learn(entry)
+        if revocation is not None:
+            await self._drop_revoked(revocation, appended)
         return IngestResult(outcome, entry.id)
+
+    async def _drop_revoked(self, revocation: Revoke, appended: list[Entry]) -> None:
+        """Remove the revoked member's entries above ``last_seq`` from the log and
+        from pending, and rebuild its head: the log a replica ends with does not
+        depend on whether the revocation came before or after those entries."""
+        author = Author(Role(revocation.role), revocation.index)
+        last = revocation.last_seq
+        await self._flush()
+        for table in ("entries", "pending"):
+            await self._conn.execute(
+                f"DELETE FROM {table} WHERE author = ? AND seq > ?", (author.key, last)
+            )
+        appended[:] = [e for e in appended if e.author != author or e.seq <= last]
+        rows = await self._conn.execute_fetchall(
+            "SELECT seq, id, ts, period FROM entries WHERE author = ? ORDER BY seq",
+            (author.key,),
+        )
+        head = _Head()
+        for seq, eid, ts, period in rows:
+            head.count += 1
+            head.acc = xor32(head.acc, bytes(eid))
+            if seq > head.seq:
+                head.seq, head.tips = seq, {}
+            head.tips[bytes(eid)] = (ts, period)
+        if head.count:
+            self._heads[author] = head
+        else:
+            self._heads.pop(author, None)
+        by_seq = {s: n for s, n in self._pending.get(author, {}).items() if s <= last}
+        if by_seq:
+            self._pending[author] = by_seq
+        else:
+            self._pending.pop(author, None)
+        if head.count <= head.seq:
+            self._flagged.discard(author)
+        log.warning(
+            "[%s] %s revoked after seq %d: log now holds its entries 1..%d",
+            self.name,
+            author,
+            last,
+            head.seq,
+        )
 
     def _hold(self, entry: Entry) -> IngestResult:
         if self.pending_count >= self.max_pending:

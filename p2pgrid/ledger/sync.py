@@ -24,10 +24,11 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from p2pgrid.errors import P2PGridError, RetryableError
+from p2pgrid.ledger.bodies import Role
 from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.errors import MalformedError
 from p2pgrid.ledger.heads import AuthorHead
-from p2pgrid.ledger.outcome import IngestReport, Outcome
+from p2pgrid.ledger.outcome import IngestReport, Outcome, RejectReason
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.wire import (
     MAX_RANGE_SEQS,
@@ -93,8 +94,11 @@ class SyncReport:
 
 
 def left_a_gap(report: IngestReport) -> bool:
-    """Whether an ingest held an entry pending: its predecessor must be pulled."""
-    return any(r.outcome is Outcome.PENDING for r in report.results)
+    """Whether an ingest held an entry pending (its predecessor must be pulled) or
+    refused one whose author is not enrolled here yet (the enrolment must be)."""
+    return any(
+        r.outcome is Outcome.PENDING or r.reason is RejectReason.NON_MEMBER for r in report.results
+    )
 
 
 class Replicator:
@@ -191,7 +195,8 @@ class Replicator:
         counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
         heads = await self._ask(peer, HeadsRequest())
         assert isinstance(heads, HeadsReply)
-        for their in heads.heads.values():
+        # The owner's chain first: its enrolments admit the other authors' entries.
+        for their in sorted(heads.heads.values(), key=lambda h: h.author.role is not Role.OWNER):
             if counts["requests"] >= MAX_REQUESTS_PER_ROUND:
                 log.info("[%s] round with %s used its request budget", self.name, peer)
                 break

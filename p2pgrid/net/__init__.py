@@ -21,7 +21,7 @@ from p2pgrid.net.host import (
     PeerHost,
     Subscription,
 )
-from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic, utility_topic
+from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, PeerRef, WireMessage
 from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.validator import Reason
@@ -56,5 +56,4 @@ __all__ = [
     "WrongKind",
     "owner_topic",
     "site_topic",
-    "utility_topic",
 ]

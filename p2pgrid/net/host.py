@@ -65,7 +65,8 @@ HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v1"
 
 @dataclass(frozen=True)
 class DeviceKey:
-    """Who this host speaks for: a device index of a site, and its signing key."""
+    """Who this host speaks for: a member of a site and its signing key. The index
+    is a device's index, or ``OWNER_NET_INDEX`` / ``UTILITY_NET_INDEX``."""
 
     site: SiteIdentity
     device_index: int
@@ -191,10 +192,7 @@ class PeerHost:
         self.device = device
         self.topics = {topic.name: topic for topic in topics}
         self.name = name or f"{device.site.site_id}/{device.device_index}"
-        self._members = Membership(
-            frozenset(site for topic in topics for site in topic.members.sites),
-            max(topic.members.max_devices for topic in topics),
-        )
+        self._members = Membership.union(topic.members for topic in topics)
         self._bridge = bridge
         self._owns_bridge = bridge is None
         self._validator = EnvelopeValidator(replay_window_s=config.replay_window_s)

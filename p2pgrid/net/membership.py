@@ -1,15 +1,23 @@
-"""Who may speak on a topic: a set of sites, each an extended public key.
+"""Who may speak on a topic: members of a set of sites, each site a roster.
 
-A device of a site is a member if its index is within the site's provisioned
-range; its public key is the site xpub's non-hardened child at that index, so a
-member list is just the sites' xpubs and needs no server.
+A site's :class:`~p2pgrid.identity.Roster` holds its owner's key (the site
+identity) and the keys the owner enrolled in the site's log (devices, the
+utility). The roster is filled by the site's log store as enrolments and
+revocations join the log, and read here: so a host learns a new device's key
+from the log, with no server and nothing derived. A revoked member may not
+speak at all.
+
+An envelope names ``(site_id, member index)``: a device's index (0..65535), or
+the reserved indices of the owner and the utility (:data:`OWNER_NET_INDEX`,
+:data:`UTILITY_NET_INDEX`). A topic admits some roles of its sites.
 
 Topics (names are part of the wire protocol, see docs/protocol-net.md):
 
 - ``/p2pgrid/1/site/<site_id>``: the devices of one site.
-- ``/p2pgrid/1/owner/<group_id>``: the sites of one owner (e.g. the HVAC
-  networks of two stores); ``group_id`` is derived from the sorted site ids.
-- ``/p2pgrid/1/utility/<utility_site_id>/<site_id>``: one site and its utility.
+- ``/p2pgrid/1/owner/<group_id>``: the devices of the sites of one owner (e.g.
+  the HVAC networks of two stores); ``group_id`` is derived from the sorted site ids.
+- ``p2pgrid/log/1/<site_id>`` (:func:`p2pgrid.ledger.log_net_topic`): every
+  member of one site (devices, owner, utility).
 """
 
 from __future__ import annotations
@@ -18,33 +26,59 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from p2pgrid.identity import SiteIdentity
+from p2pgrid.identity import (
+    OWNER_NET_INDEX,
+    UTILITY_NET_INDEX,
+    Role,
+    Roster,
+    role_of_net_index,
+)
 
 PROTOCOL_PREFIX = "/p2pgrid/1"
-#: Devices ``0..DEFAULT_MAX_DEVICES-1`` of a site are members unless configured otherwise.
-DEFAULT_MAX_DEVICES = 1024
+DEVICES = frozenset({Role.DEVICE})
+EVERY_ROLE = frozenset(Role)
+
+__all__ = ["OWNER_NET_INDEX", "UTILITY_NET_INDEX", "Membership", "Topic"]
 
 
 @dataclass(frozen=True)
 class Membership:
-    """The sites whose devices may publish on a topic."""
+    """The members of some sites (their rosters) with one of ``roles``."""
 
-    sites: frozenset[SiteIdentity]
-    max_devices: int = DEFAULT_MAX_DEVICES
-    _by_id: dict[str, SiteIdentity] = field(init=False, repr=False, compare=False)
+    rosters: frozenset[Roster]
+    roles: frozenset[Role] = DEVICES
+    _by_id: dict[str, Roster] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_id", {site.site_id: site for site in self.sites})
+        object.__setattr__(self, "_by_id", {r.site.site_id: r for r in self.rosters})
 
-    def device_pubkey(self, site_id: str, device_index: int) -> bytes | None:
-        """The member's public key, or ``None`` if the device is not a member."""
-        site = self._by_id.get(site_id)
-        if site is None or not 0 <= device_index < self.max_devices:
+    @property
+    def site_ids(self) -> frozenset[str]:
+        return frozenset(self._by_id)
+
+    def device_pubkey(self, site_id: str, member_index: int) -> bytes | None:
+        """The member's public key, or ``None`` if it is not a member (unknown
+        site, not enrolled, revoked, or of a role this membership leaves out)."""
+        roster = self._by_id.get(site_id)
+        who = role_of_net_index(member_index)
+        if roster is None or who is None or who[0] not in self.roles:
             return None
-        return site.device_pubkey(device_index)
+        return roster.net_pubkey(member_index)
 
     def __contains__(self, site_id: object) -> bool:
         return site_id in self._by_id
+
+    @classmethod
+    def union(cls, memberships: Iterable[Membership]) -> Membership:
+        """Everyone any of ``memberships`` admits (for hellos and requests, which
+        have no topic). One roster per site: the first one given wins."""
+        rosters: dict[str, Roster] = {}
+        roles: set[Role] = set()
+        for members in memberships:
+            roles |= members.roles
+            for roster in members.rosters:
+                rosters.setdefault(roster.site.site_id, roster)
+        return cls(frozenset(rosters.values()), frozenset(roles))
 
 
 @dataclass(frozen=True)
@@ -55,34 +89,22 @@ class Topic:
     members: Membership
 
 
-def site_topic(site: SiteIdentity, *, max_devices: int = DEFAULT_MAX_DEVICES) -> Topic:
+def site_topic(roster: Roster) -> Topic:
     """The topic of the devices of one site."""
-    return Topic(
-        f"{PROTOCOL_PREFIX}/site/{site.site_id}",
-        Membership(frozenset({site}), max_devices),
-    )
+    return Topic(f"{PROTOCOL_PREFIX}/site/{roster.site.site_id}", Membership(frozenset({roster})))
 
 
-def owner_group_id(sites: Iterable[SiteIdentity]) -> str:
+def owner_group_id(site_ids: Iterable[str]) -> str:
     """SHA-256 of the sorted site ids joined by ``,``; first 16 hex characters."""
-    joined = ",".join(sorted(site.site_id for site in sites))
+    joined = ",".join(sorted(site_ids))
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def owner_topic(sites: Iterable[SiteIdentity], *, max_devices: int = DEFAULT_MAX_DEVICES) -> Topic:
-    """The topic between the sites of one owner (every site lists the same sites)."""
-    members = frozenset(sites)
+def owner_topic(rosters: Iterable[Roster]) -> Topic:
+    """The topic between the devices of the sites of one owner (every site lists
+    the same sites)."""
+    members = frozenset(rosters)
     return Topic(
-        f"{PROTOCOL_PREFIX}/owner/{owner_group_id(members)}",
-        Membership(members, max_devices),
-    )
-
-
-def utility_topic(
-    utility: SiteIdentity, site: SiteIdentity, *, max_devices: int = DEFAULT_MAX_DEVICES
-) -> Topic:
-    """The topic between one site and its utility (the utility is a site too)."""
-    return Topic(
-        f"{PROTOCOL_PREFIX}/utility/{utility.site_id}/{site.site_id}",
-        Membership(frozenset({utility, site}), max_devices),
+        f"{PROTOCOL_PREFIX}/owner/{owner_group_id(r.site.site_id for r in members)}",
+        Membership(members),
     )

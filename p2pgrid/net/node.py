@@ -137,10 +137,7 @@ class TrioNode:
     ) -> None:
         self._config = config
         self._topics = {topic.name: topic for topic in topics}
-        self._members = Membership(
-            frozenset(site for topic in topics for site in topic.members.sites),
-            max(topic.members.max_devices for topic in topics),
-        )
+        self._members = Membership.union(topic.members for topic in topics)
         self._validator = validator
         self._misbehaviour = misbehaviour
         self._seal = sealer

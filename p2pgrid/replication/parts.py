@@ -2,8 +2,9 @@
 
 A device agent opens one :class:`NodeParts`, the utility one per site it
 serves. :func:`open_node_parts` opens the SQLite log (and ingests the owner's
-provisioning entries), starts the :class:`~p2pgrid.net.PeerHost` on the log
-topic and any other topics, then starts the :class:`NetReplica`; each part's
+provisioning entries: they enrol the site's members into the store's roster),
+starts the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics,
+whose members are read from that roster, then starts the :class:`NetReplica`; each part's
 stop goes on the caller's exit stack as soon as the part is usable, so the
 parts stop in reverse order (replica, host, and the database last) also when a
 later part fails to start.
@@ -13,12 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from p2pgrid.ledger import LogStore, Membership
+from p2pgrid.identity import Roster, SiteIdentity
+from p2pgrid.ledger import LogStore
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
-from p2pgrid.replication.replica import NetReplica, ReplicaConfig
+from p2pgrid.replication.replica import NetReplica, ReplicaConfig, log_net_topic
+
+
+def _no_topics(roster: Roster) -> Sequence[Topic]:
+    return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +34,13 @@ class NodeSpec:
     #: Names the store, the host and the replica in logs.
     name: str
     db_path: Path
-    membership: Membership
+    site: SiteIdentity
     net: NetConfig
     key: DeviceKey
-    #: The site's log topic (see :func:`~p2pgrid.replication.log_net_topic`).
-    log_topic: Topic
     replica: ReplicaConfig
-    #: Other topics the host joins (the site's and owner's topics of an agent).
-    topics: Sequence[Topic] = ()
+    #: Other topics the host joins, given the store's roster of the site (the
+    #: site's and owner's topics of an agent). The log topic is always joined.
+    topics: Callable[[Roster], Sequence[Topic]] = _no_topics
     #: Raw entries (the owner's signed provisioning) ingested when the store opens.
     provision: Sequence[bytes] = ()
     #: A bridge shared by several hosts of one process; a host runs its own otherwise.
@@ -53,19 +58,20 @@ class NodeParts:
 
 async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> NodeParts:
     """Open the store, start the host and the replica; their stops go on ``parts``."""
-    store = await LogStore.open(spec.db_path, spec.membership, name=spec.name)
+    store = await LogStore.open(spec.db_path, spec.site, name=spec.name)
     parts.push_async_callback(store.close)
     await store.ingest_many(list(spec.provision))
+    log_topic = log_net_topic(store.roster)
     host = PeerHost(
         spec.net,
         spec.key,
-        [spec.log_topic, *spec.topics],
+        [log_topic, *spec.topics(store.roster)],
         bridge=spec.bridge,
         name=spec.name,
     )
     await host.start()
     parts.push_async_callback(host.stop)
-    replica = NetReplica(store, host, spec.replica, topic=spec.log_topic)
+    replica = NetReplica(store, host, spec.replica, topic=log_topic)
     await replica.start()
     parts.push_async_callback(replica.stop)
     return NodeParts(store, host, replica)

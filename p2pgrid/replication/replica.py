@@ -25,11 +25,11 @@ import dataclasses
 import enum
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Self
 
 from p2pgrid.errors import ConfigError, RetryableError
-from p2pgrid.identity import SiteIdentity
+from p2pgrid.identity import Roster
 from p2pgrid.ledger.entry import Entry
 from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.ledger.store import LogStore
@@ -54,6 +54,7 @@ from p2pgrid.net import (
     WrongKind,
 )
 from p2pgrid.net import Membership as NetMembership
+from p2pgrid.net.membership import EVERY_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +146,14 @@ class ReplicaStopped(LedgerError):
     """The replica is not running (a request reaching it is refused)."""
 
 
-def log_net_topic(
-    site: SiteIdentity, *, max_devices: int, extra_sites: Iterable[SiteIdentity] = ()
-) -> Topic:
+def log_net_topic(roster: Roster) -> Topic:
     """The net topic a site's log is announced on: give it to the :class:`PeerHost`.
 
-    Its members are the devices ``0..max_devices-1`` of the site and of
-    ``extra_sites`` (e.g. the utility's host, which runs under its own site
-    identity); a :class:`NetReplica` on this topic replicates with all of them.
-    Who may *author* entries is the log's membership, not this.
+    Its members are every member of the site as the replica's log enrols them
+    (``roster`` is :attr:`LogStore.roster`): the devices, the owner and the
+    utility (each speaking for itself); a :class:`NetReplica` replicates with them.
     """
-    sites = frozenset({site, *extra_sites})
-    return Topic(log_topic(site.site_id), NetMembership(sites, max_devices))
+    return Topic(log_topic(roster.site.site_id), NetMembership(frozenset({roster}), EVERY_ROLE))
 
 
 class HostTransport:
@@ -198,13 +195,9 @@ class NetReplica:
         self.store = store
         self.host = host
         self.config = config
-        site_id = store.membership.config.site.site_id
+        site_id = store.membership.site.site_id
         #: Sites whose hosts this replica gossips and syncs with: the topic's members.
-        self.sites = (
-            frozenset(s.site_id for s in topic.members.sites)
-            if isinstance(topic, Topic)
-            else frozenset({site_id})
-        )
+        self.sites = topic.members.site_ids if isinstance(topic, Topic) else frozenset({site_id})
         if host.device.site.site_id not in self.sites:
             raise ConfigError(f"[{store.name}] the host's site is not a member of the log topic")
         name = topic if isinstance(topic, str) else topic.name if topic else log_topic(site_id)
@@ -398,7 +391,13 @@ class NetReplica:
     # -- anti-entropy ------------------------------------------------------------
 
     def _site_peers(self) -> list[str]:
-        return [p.peer_id for p in self.host.peers() if p.site_id in self.sites]
+        # A peer whose key was revoked since its hello is no longer a member.
+        return [
+            p.peer_id
+            for p in self.host.peers()
+            if p.site_id in self.sites
+            and self.host.topics[self.topic].members.device_pubkey(p.site_id, p.device_index)
+        ]
 
     async def _periodic_loop(self) -> None:
         interval = self.config.anti_entropy_interval_s

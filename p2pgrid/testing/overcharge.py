@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overcharge", type=overcharge_arg, action="append", default=[])
     args = parser.parse_args(argv)
     setup_logging()
-    site_ids = {s.name: s.owner.identity.site_id for s in load_scenario(args.scenario).sites}
+    site_ids = {s.name: s.identity.site_id for s in load_scenario(args.scenario).sites}
     overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in args.overcharge}
     make = functools.partial(OverchargingInvoicer, overcharge=overcharge)
     asyncio.run(run_utility(args.scenario, args.runtime, make_invoicer=make))

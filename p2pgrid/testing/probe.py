@@ -39,6 +39,8 @@ _PROBE = struct.Struct(">IIBQq")  # sender, epoch, phase, seq, sent_ns
 PHASE_WARMUP = 0
 PHASE_MEASURE = 1
 RAW_TOPIC = "/p2pgrid-bench/raw"
+#: Probes 0..MAX_PROBES-1 are members of the test site.
+MAX_PROBES = 256
 #: Gossipsub settings shared by both modes so the comparison is like for like.
 RAW_GOSSIP: dict[str, Any] = {
     "degree": 6,
@@ -132,15 +134,23 @@ async def _measure(
 
 
 async def run_p2pgrid(args: argparse.Namespace) -> None:
-    from p2pgrid.identity import SiteOwner
+    import hashlib
+
+    from p2pgrid.identity import Role, Roster, Signer, SiteIdentity
     from p2pgrid.net import DeviceKey, NetConfig, PeerHost, site_topic
 
-    owner = SiteOwner.from_seed(args.seed.encode())
-    topic = site_topic(owner.identity)
+    def key(*labels: object) -> Signer:  # test keys: one independent hash each
+        return Signer.from_secret(hashlib.sha256(repr((args.seed, *labels)).encode()).digest())
+
+    # A test site without a log: its roster enrols probes 0..MAX_PROBES-1 directly.
+    roster = Roster(SiteIdentity(key("owner").pubkey))
+    for index in range(MAX_PROBES):
+        roster.enrol(Role.DEVICE, index, key("device", index).pubkey, 0)
+    topic = site_topic(roster)
     config = NetConfig(listen_port=args.port, bootstrap=tuple(args.bootstrap), muxer=args.muxer)
     host = PeerHost(
         config,
-        DeviceKey(owner.identity, args.index, owner.device_signer(args.index)),
+        DeviceKey(roster.site, args.index, key("device", args.index)),
         [topic],
         name=f"probe-{args.index}",
     )

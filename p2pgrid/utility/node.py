@@ -1,7 +1,7 @@
 """The utility node: one replica per site, per-period budgets and invoices.
 
-For each site the utility keeps a replica of the site's log (it speaks to site
-``k`` as device ``k`` of its own network site, see
+For each site the utility keeps a replica of the site's log (it signs there with
+the key the site's owner enrolled for the utility, see
 :meth:`p2pgrid.scenario.UtilitySpec.signer`). It grants each site's budget for a
 period (a ``budget`` entry), and at the period's end waits until every device's
 reading of the period's last interval is in its replica (chains are replicated

@@ -1,11 +1,13 @@
 """The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``.
 
-For site ``k`` of the scenario it runs one libp2p host (device ``k`` of the
-utility's own network site), one SQLite replica of the site's log and one
-invoicer on its lnd. It prints ``{"event": "ready", "addrs": {site: [...]}}``,
-waits for ``{"cmd": "start", "at": ...}``, grants budgets and invoices every
-period, prints ``{"event": "done", "invoices": [...]}`` and then
-``{"event": "status", ...}`` on ``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
+For each site of the scenario it runs one libp2p host, one SQLite replica of
+the site's log and one invoicer on its lnd, all with the utility's key for that
+site (the site owner enrolled it in the site's log; the host speaks as the
+site's utility, net member index ``UTILITY_NET_INDEX``). It prints
+``{"event": "ready", "addrs": {site: [...]}}``, waits for ``{"cmd": "start",
+"at": ...}``, grants budgets and invoices every period, prints ``{"event":
+"done", "invoices": [...]}`` and then ``{"event": "status", ...}`` on
+``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
 
 :func:`run_utility` takes the factory of its invoicers: tests hand it an
 invoicer that bills wrong on purpose (``p2pgrid.testing.overcharge``).
@@ -23,11 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pgrid.errors import ConfigError
+from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
 from p2pgrid.lightning import LndClient
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
-from p2pgrid.replication import NodeSpec, ReplicaConfig, log_net_topic, open_node_parts
+from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 from p2pgrid.utility.invoicer import Invoicer
@@ -55,28 +58,24 @@ async def run_utility(
         parts.push_async_callback(bridge.stop)
         desks: list[SiteDesk] = []
         addrs: dict[str, list[str]] = {}
-        for k, site in enumerate(scenario.sites):
-            identity = site.owner.identity
+        for site in scenario.sites:
+            identity = site.identity
+            signer = utility.signer(site)
             log_node = await open_node_parts(
                 parts,
                 NodeSpec(
                     name=f"{utility.name}/{site.name}",
                     db_path=runtime.data_dir / f"{utility.name}-{site.name}.db",
-                    membership=scenario.membership(site),
+                    site=identity,
                     net=NetConfig(bootstrap=runtime.bootstrap),
-                    key=DeviceKey(utility.owner.identity, k, utility.signer(k)),
-                    log_topic=log_net_topic(
-                        identity,
-                        max_devices=max(d.index for d in site.devices) + 1,
-                        extra_sites=(utility.owner.identity,),
-                    ),
+                    key=DeviceKey(identity, UTILITY_NET_INDEX, signer),
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
                     provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
                     bridge=bridge,
                 ),
             )
             store, host, replica = log_node.store, log_node.host, log_node.replica
-            writer = LogWriter(store, utility.signer(k), Author.utility())
+            writer = LogWriter(store, signer, Author.utility())
             invoicer = make_invoicer(
                 site=identity,
                 store=store,

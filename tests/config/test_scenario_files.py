@@ -175,7 +175,7 @@ BAD: list[tuple[str, str, str, str, str]] = [
     ("unknown meter key", "peak_w = 3000", "peak_w = 3000, peak = 1", "meter.peak", "unknown key"),
     ("solar without peak", "peak_w = 3000", "peak_w = 0", "meter", "peak_w > 0"),
     ("negative index", "index = 1\n", "index = -1\n", "index", "greater than or equal to 0"),
-    ("index beyond the net", "index = 1\n", "index = 5000\n", "index", "less than"),
+    ("index beyond the limit", "index = 1\n", "index = 65536\n", "index", "or equal to 65535"),
     ("missing seed", 'seed = "store one"\n', "", "sites[0]", "seed: missing"),
     ("empty device name", 'name = "fridge"', 'name = ""', "devices[0]", "at least 1 character"),
     (
@@ -294,11 +294,18 @@ def test_a_name_with_markup_prints_as_written(tmp_path: Path) -> None:
     assert 'devices[0] ("[/oops]").weight: Input should be a valid integer' in out
 
 
-def test_the_schema_admits_the_devices_the_net_admits() -> None:
-    from p2pgrid.net.membership import DEFAULT_MAX_DEVICES
-    from p2pgrid.scenario_schema import DEFAULT_MAX_DEVICES as SCHEMA_MAX
+def test_the_schema_admits_the_devices_the_log_and_the_net_admit(tmp_path: Path) -> None:
+    """One device index limit (``p2pgrid.identity.MAX_DEVICE_INDEX``, 65535): the
+    last index is accepted, the next one refused with the key named."""
+    from p2pgrid.identity import MAX_DEVICE_INDEX
 
-    assert SCHEMA_MAX == DEFAULT_MAX_DEVICES
+    assert MAX_DEVICE_INDEX == 65_535
+    last = GOOD.replace("index = 0", f"index = {MAX_DEVICE_INDEX}", 1)
+    scenario = load_scenario(_write(tmp_path, last))
+    assert MAX_DEVICE_INDEX in {d.index for d in scenario.sites[0].devices}
+    beyond = GOOD.replace("index = 0", f"index = {MAX_DEVICE_INDEX + 1}", 1)
+    with pytest.raises(ConfigError, match="index: Input should be less than or equal to 65535"):
+        load_scenario(_write(tmp_path, beyond))
 
 
 @pytest.mark.parametrize(

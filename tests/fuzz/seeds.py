@@ -112,8 +112,8 @@ HELLO_SEEDS = [
 
 
 def envelope_seeds() -> list[bytes]:
-    signer = SITE.owner.device_signer(1)
-    site_id = SITE.owner.identity.site_id
+    signer = SITE.device(1)
+    site_id = SITE.identity.site_id
     return [
         seal(
             signer,

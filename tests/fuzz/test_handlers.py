@@ -107,7 +107,7 @@ async def test_sync_against_hostile_replies(store: LogStore, data: st.DataObject
         await pulling.sync_with("liar")
 
 
-ME = Party(SITE.owner.identity.site_id, 1)
+ME = Party(SITE.identity.site_id, 1)
 _INVOICE_SEED = ShareInvoice(b"\x01" * 32, 5, BOLT11).encode()
 PERIOD = 1
 HEADROOM_MSAT = 50_000
@@ -133,7 +133,7 @@ async def desk(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ShareD
 
     tmp = tmp_path_factory.mktemp("desk")
     store = await SITE.open(tmp / "log.sqlite", "desk")
-    writer = LogWriter(store, SITE.owner.device_signer(1), Author.device(1))
+    writer = LogWriter(store, SITE.device(1), Author.device(1))
     async with share_desk(
         tmp,
         me=ME,

@@ -41,11 +41,11 @@ async def hosts(
     bridge: TrioBridge, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Hosts]:
     """A victim with a real share desk and a lying member, on the session's bridge."""
-    topic = site_topic(SITE.owner.identity)
-    site = SITE.owner.identity
+    topic = site_topic(SITE.membership.roster)  # devices 0..63, as the genesis enrols them
+    site = SITE.identity
 
     def host(index: int, config: NetConfig) -> PeerHost:
-        key = DeviceKey(site, index, SITE.owner.device_signer(index))
+        key = DeviceKey(site, index, SITE.device(index))
         return PeerHost(config, key, [topic], bridge=bridge, name=f"fuzz-{index}")
 
     victim = host(1, CONFIG)
@@ -66,7 +66,7 @@ async def hosts(
             host=victim,
             node=FakeNode(),
             store=store,
-            writer=LogWriter(store, SITE.owner.device_signer(1), Author.device(1)),
+            writer=LogWriter(store, SITE.device(1), Author.device(1)),
             headroom=headroom,
             name="victim",
         ) as desk:
@@ -116,7 +116,7 @@ class Raw:
         return self.data
 
 
-_REQUEST = ShareRequest(Party(SITE.owner.identity.site_id, 2), 1, 1_000, 0)
+_REQUEST = ShareRequest(Party(SITE.identity.site_id, 2), 1, 1_000, 0)
 _SEEDS = [_REQUEST.encode(), ShareInvoice(_REQUEST.id, 1_000, BOLT11).encode()]
 
 

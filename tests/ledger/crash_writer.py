@@ -10,14 +10,14 @@ import asyncio
 import sys
 from pathlib import Path
 
-from p2pgrid.ledger import Author, LogStore, LogWriter, MeterReading
+from p2pgrid.ledger import Author, LogWriter, MeterReading
 from tests.ledger.ledger_factory import T0_MS, Site
 
 
 async def main(path: Path) -> None:
     site = Site.make()
-    store = await LogStore.open(path, site.membership, name="crasher")
-    writer = LogWriter(store, site.owner.device_signer(1), Author.device(1))
+    store = await site.open(path, "crasher")
+    writer = LogWriter(store, site.device(1), Author.device(1))
     other = site.chain(Author.device(2))
     n = 0
     while True:

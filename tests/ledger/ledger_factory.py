@@ -1,68 +1,128 @@
-"""Test data for the ledger: a fixed site, its signers, and in-memory chain builders."""
+"""Test data for the ledger: a fixed site, its signers, and in-memory chain builders.
+
+A test site's log starts with the owner's *genesis*: the enrolment of the
+utility and of devices ``0..max_device_index``, each with its own test key
+(:class:`tests.sites.TestSite`). :meth:`Site.open` ingests it into every store,
+and the owner's chain continues after it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from p2pgrid.identity import Signer, SiteOwner
+from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
+    Enrol,
     Entry,
     LogStore,
     Membership,
-    MembershipConfig,
     Role,
     sign_entry,
 )
 from p2pgrid.ledger.entry import GENESIS_PREV
+from tests.sites import TestSite
 
 T0_MS = 1_700_000_000_000
 OpenStore = Callable[[str], Awaitable[LogStore]]
 
 
+GENESIS_T0_MS = T0_MS - 3_600_000
+
+
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """A site with deterministic keys: owner, utility and devices 0..n."""
+    """A site with deterministic, independent keys: owner, utility and devices 0..n.
 
-    owner: SiteOwner
-    utility: Signer
+    ``membership`` knows the genesis enrolments (for checks in tests); every
+    store has its own, learnt from its log.
+    """
+
+    keys: TestSite
     membership: Membership
+    genesis: tuple[Entry, ...]
+    max_device_index: int
 
     @classmethod
     def make(cls, seed: bytes = b"p2pgrid ledger tests", max_device_index: int = 63) -> Site:
-        owner = SiteOwner.from_seed(hashlib.sha256(seed).digest())
-        utility = Signer.from_secret(hashlib.sha256(seed + b"/utility").digest())
-        config = MembershipConfig(
-            site=owner.identity,
-            utility_pubkey=utility.pubkey,
-            max_device_index=max_device_index,
-        )
-        return cls(owner, utility, Membership(config))
+        keys = TestSite(seed)
+        genesis: list[Entry] = []
+        bodies = [Enrol(Role.UTILITY, 0, keys.utility.pubkey, "utility", 0)]
+        bodies += [
+            Enrol(Role.DEVICE, i, keys.device(i).pubkey, "test", 0)
+            for i in range(max_device_index + 1)
+        ]
+        for body in bodies:
+            genesis.append(
+                sign_entry(
+                    keys.owner,
+                    keys.identity.site_hash,
+                    author=Author.owner(),
+                    seq=len(genesis) + 1,
+                    prev=genesis[-1].id if genesis else GENESIS_PREV,
+                    period=0,
+                    timestamp_ms=GENESIS_T0_MS + len(genesis),
+                    body=body,
+                )
+            )
+        membership = Membership(keys.identity)
+        membership.learn_from(genesis)
+        return cls(keys, membership, tuple(genesis), max_device_index)
+
+    @property
+    def identity(self) -> SiteIdentity:
+        return self.keys.identity
+
+    @property
+    def owner(self) -> Signer:
+        return self.keys.owner
+
+    @property
+    def utility(self) -> Signer:
+        return self.keys.utility
+
+    def device(self, index: int) -> Signer:
+        return self.keys.device(index)
 
     def signer(self, author: Author) -> Signer:
         if author.role is Role.DEVICE:
-            return self.owner.device_signer(author.index)
-        return self.owner.owner_signer if author.role is Role.OWNER else self.utility
+            return self.device(author.index)
+        return self.owner if author.role is Role.OWNER else self.utility
 
     def chain(self, author: Author) -> Chain:
-        return Chain(self, author)
+        """A chain builder; the owner's continues after the genesis."""
+        return Chain(self, author, start=self.genesis if author.role is Role.OWNER else ())
 
-    async def open(self, path: Path, name: str | None = None) -> LogStore:
-        return await LogStore.open(path, self.membership, name=name or path.stem)
+    async def open(
+        self, path: Path, name: str | None = None, *, max_pending: int | None = None
+    ) -> LogStore:
+        """A store of this site with the genesis ingested."""
+        store = await LogStore.open(
+            path, self.identity, name=name or path.stem, max_pending=max_pending
+        )
+        await store.ingest_many([e.raw for e in self.genesis])
+        return store
 
 
 class Chain:
     """Signs one author's entries in memory, linking each to the previous one."""
 
-    def __init__(self, site: Site, author: Author, signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        author: Author,
+        signer: Signer | None = None,
+        *,
+        start: Sequence[Entry] = (),
+    ) -> None:
         self.site = site
         self.author = author
         self.signer = signer or site.signer(author)
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = list(start)
+        self._base = len(start)
 
     def next(self, body: Body, *, period: int = 1, ts: int | None = None) -> Entry:
         prev = self.entries[-1] if self.entries else None
@@ -71,7 +131,7 @@ class Chain:
             seq=len(self.entries) + 1,
             prev=prev.id if prev else GENESIS_PREV,
             period=period,
-            ts=ts if ts is not None else T0_MS + 1000 * len(self.entries),
+            ts=ts if ts is not None else T0_MS + 1000 * (len(self.entries) - self._base),
         )
         self.entries.append(entry)
         return entry

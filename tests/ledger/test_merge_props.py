@@ -60,7 +60,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def _replica(site: Site, workdir: Path, raws: list[bytes]) -> LogStore:
-    store = await LogStore.open(workdir / f"r{next(_counter)}.sqlite", site.membership, name="r")
+    store = await site.open(workdir / f"r{next(_counter)}.sqlite", "r")
     await store.ingest_many(raws)
     return store
 

@@ -1,38 +1,71 @@
-"""The test vectors printed in docs/protocol-log.md hold for this implementation."""
+"""The test vectors printed in docs/protocol-log.md hold for this implementation.
+
+The keys are test keys: each secret is the SHA-256 of an ASCII label (printed in
+the spec), so another implementation can rebuild the site from nothing.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from p2pgrid.identity import verify
-from p2pgrid.ledger import Author, MeterReading, Payment, Share, decode_entry
+from p2pgrid.identity import Role, Signer, SiteIdentity, verify
+from p2pgrid.ledger import (
+    Author,
+    Enrol,
+    LogStore,
+    MeterReading,
+    Outcome,
+    Payment,
+    Revoke,
+    Share,
+    decode_entry,
+)
 from p2pgrid.ledger.bodies import EntryKind, decode_body, encode_body
 from p2pgrid.ledger.entry import DOMAIN_TAG
-from p2pgrid.ledger.heads import AuthorHead, Heads
-from tests.ledger.ledger_factory import Site
 
-XPUB = (
-    "zpub6jftahH18ngZwHjCjaKnb9wdBY3Mm4U981DXxiK82hswem5ApDTuXMZpFkDZizvk8QYDyuouG4mH7YhgGSu"
-    "Cxpyw767T1TjdtrkQMsbTM9n"
+OWNER_SECRET = hashlib.sha256(b"p2pgrid spec owner").digest()
+DEVICE1_SECRET = hashlib.sha256(b"p2pgrid spec device 1").digest()
+OWNER_PUB = "029897100aaa7aa500a28f5dfdc52798d663ba290847c9da17d81e73afa17717c8"
+DEVICE1_PUB = "03cf9161ec2cfdb782508714dd602d2b26d4ca39d5a0bf9c80e061c5bba27e07ad"
+SITE_HASH = "0424f75274a85b262071ae0a221b6c14dd7d3ae51fbe9018e5afc1ba43b749cd"
+SITE_ID = "0424f75274a85b26"
+# (signer, unsigned, id, signature)
+ENROL = (
+    OWNER_PUB,
+    "0101000000000000000000000001000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000018bcfe540f00e0032000000000103cf9161ec2cfdb782508714dd602d2b26d4ca39d5a0"
+    "bf9c80e061c5bba27e07ad000666726964676500000000",
+    "a32bfaa9c9dd123eb7f7f19f48709fe0e6822670d54ef519fd59f0e474c400c8",
+    "7916e8cb87350a06a92c93e25ff4c31d7c3e90a5bf276c2b34e47a5e22e1e9f9f4c60e7adc82575a5086d275"
+    "99e7bb0f2f9c153f03d7d38e25c024b34421ff2e",
 )
-SITE_HASH = "ec7e6445298d21270df5defa009db1593af7d953694ad6e277edc6413367ab33"
-DEVICE1_PUB = "03eff8addf604ae336723472a1b30882ae7636e5673888c1dfc4e50ce0fcb99aba"
 E1 = (
-    "01000000000100000000000000010000000000000000000000000000000000000000000000000000000000"
-    "000000000000070000018bcfe5680001001c0000018bcfe568000000038400000000000000fa0000000000"
-    "0061a8",
-    "924b6f9b23e961aa8b5b3b7c6183b3d9496ec078d6dd105d58edf94573c90cd2",
-    "e01b9c36567547784ce046dd0684274c8e1254b1f3a68e04a923e11b1a7db2d03fc2dcf5965d5b137071109b"
-    "e53bccae3f2d450379c294920e42f0ab622964a7",
+    DEVICE1_PUB,
+    "0100000000010000000000000001000000000000000000000000000000000000000000000000000000000000"
+    "0000000000070000018bcfe5680001001c0000018bcfe568000000038400000000000000fa00000000000061a8",
+    "f394741891a178e5cc3ef23199ed81404dc01e91eb6878ac474f766e7e114c09",
+    "e4050c6f6e74db8a39537ccc75c1ee1c828590590cee5b2576a1db916ad8984e48b44d3d8f4c7d143f2520cf"
+    "ae6b524db48cb87d7cf40ea8a28f7a81f98a9889",
 )
 E2 = (
-    "0100000000010000000000000002924b6f9b23e961aa8b5b3b7c6183b3d9496ec078d6dd105d58edf94573"
-    "c90cd2000000070000018bcfe56be8040012000000020000000000001388000468656c70",
-    "ff37b1513dd055a4c2db33e376d4da0863b286a7bdb3933bea1dba9b9c4c2b25",
-    "3d653b1a4c14e46f0261ea69bf6a2eee2bedd0931aa0cb315f57a7d9760069db7108dfdfed2f777ca2784808"
-    "a763d43bc3d3cf3660e72ec10352c6f6c8ee6a55",
+    DEVICE1_PUB,
+    "0100000000010000000000000002f394741891a178e5cc3ef23199ed81404dc01e91eb6878ac474f766e7e11"
+    "4c09000000070000018bcfe56be8040012000000020000000000001388000468656c70",
+    "8ce87c4bd66697c8c107ffbe7c667cc7861c6dcf5f80f6bf65a4c5b9e36182f0",
+    "98b4a8f89f42eb0c29f477c0ba930893afbb9d9bd4a7a1adb4e3d88875aa161bddea9fbad967369e87ae2473"
+    "333b738087bbbc92b8e1b465b6523074956f066d",
 )
-DIGEST = "a7be6314cd9da12cb4f4b61b4f644c24a1c61de150ab824f6cd71b0fcc853170"
+REVOKE = (
+    OWNER_PUB,
+    "0101000000000000000000000002a32bfaa9c9dd123eb7f7f19f48709fe0e6822670d54ef519fd59f0e474c4"
+    "00c8000000070000018bcfe56fd00f001500000000010000000000000001000673746f6c656e",
+    "9c9f3a3963a35f2ff6c043e770f3079ad63c7a17788daf06bb437405ab77fbce",
+    "41e50ed0506f66e065f43cf042d88ec89cd637f54acc77869607d3af2f642755f829773d26d9d1129a26263c"
+    "717bc35be4d20029af9007745d8798520930d05c",
+)
+DIGEST_BEFORE_REVOKE = "5ba84a2e54ca2f641acefa081340e98569d74831bab5adf168e616e8b62c310d"
+DIGEST_AFTER_REVOKE = "860ede9153edb1bf609427944e33c4121fb358c7a61248e1e38ad17876454bf7"
 EMPTY_DIGEST = "e1e1f5cc34882a29ddd9af86bfd52645e7f1878955c8830d8a123bb12a2c5dfe"
 PAYMENT_BODY = (
     "0000000000895440"
@@ -42,26 +75,40 @@ PAYMENT_BODY = (
 )
 
 
-def test_vectors(site: Site) -> None:
-    assert site.owner.identity.xpub == XPUB
+def test_keys_and_site() -> None:
+    assert Signer.from_secret(OWNER_SECRET).pubkey.hex() == OWNER_PUB
+    assert Signer.from_secret(DEVICE1_SECRET).pubkey.hex() == DEVICE1_PUB
+    site = SiteIdentity(bytes.fromhex(OWNER_PUB))
+    tagged = hashlib.sha256(b"p2pgrid/site/v1" + bytes.fromhex(OWNER_PUB)).hexdigest()
+    assert site.site_hash.hex() == tagged == SITE_HASH
+    assert site.site_id == SITE_ID == SITE_HASH[:16]
+
+
+async def test_entries_and_digests(tmp_path: Path) -> None:
     site_hash = bytes.fromhex(SITE_HASH)
-    assert hashlib.sha256(XPUB.encode("ascii")).digest() == site_hash == site.membership.site_hash
-    assert site.membership.pubkey(Author.device(1)).hex() == DEVICE1_PUB
-    decoded = []
-    for unsigned_hex, id_hex, sig_hex in (E1, E2):
+    raws = []
+    for signer_hex, unsigned_hex, id_hex, sig_hex in (ENROL, E1, E2, REVOKE):
         unsigned, sig = bytes.fromhex(unsigned_hex), bytes.fromhex(sig_hex)
         message = DOMAIN_TAG + site_hash + unsigned
         assert hashlib.sha256(message).hexdigest() == id_hex
-        assert verify(bytes.fromhex(DEVICE1_PUB), message, sig)
-        entry = decode_entry(unsigned + sig, site_hash)
-        assert site.membership.check(entry) is None
-        decoded.append(entry)
-    assert decoded[0].body == MeterReading(1_700_000_000_000, 900, 250, 25_000)
-    assert decoded[1].body == Share(2, 5_000, "help")
-    acc = bytes(a ^ b for a, b in zip(decoded[0].id, decoded[1].id, strict=True))
-    heads = Heads([AuthorHead(Author.device(1), 2, 2, acc, decoded[1].id)])
-    assert heads.digest().hex() == DIGEST
-    assert Heads().digest().hex() == EMPTY_DIGEST
+        assert verify(bytes.fromhex(signer_hex), message, sig)
+        raws.append(unsigned + sig)
+    bodies = [decode_entry(raw, site_hash).body for raw in raws]
+    assert bodies == [
+        Enrol(Role.DEVICE, 1, bytes.fromhex(DEVICE1_PUB), "fridge", 0),
+        MeterReading(1_700_000_000_000, 900, 250, 25_000),
+        Share(2, 5_000, "help"),
+        Revoke(Role.DEVICE, 1, 1, "stolen"),
+    ]
+    site = SiteIdentity(bytes.fromhex(OWNER_PUB))
+    async with await LogStore.open(tmp_path / "v.sqlite", site, name="vectors") as store:
+        assert store.digest().hex() == EMPTY_DIGEST
+        report = await store.ingest_many(raws[:3])
+        assert [r.outcome for r in report.results] == [Outcome.STORED] * 3
+        assert store.digest().hex() == DIGEST_BEFORE_REVOKE
+        await store.ingest(raws[3])
+        assert store.digest().hex() == DIGEST_AFTER_REVOKE
+        assert store.heads()[Author.device(1)].seq == 1  # the share (seq 2) was dropped
 
 
 def test_payment_body_vector() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.identity import SiteOwner
 from p2pgrid.ledger import (
     Author,
     CarryOver,
@@ -18,13 +17,12 @@ from p2pgrid.ledger import (
     LedgerError,
     LogStore,
     LogWriter,
-    Membership,
-    MembershipConfig,
     MeterReading,
     Outcome,
     fold,
 )
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
+from tests.sites import TestSite
 
 HERE = Path(__file__).parent
 
@@ -63,7 +61,7 @@ async def test_gap_is_held_pending_then_filled(site: Site, open_store: OpenStore
     raws = _readings(site, 1, 4)
     report = await store.ingest_many([raws[3], raws[2]])
     assert [r.outcome for r in report.results] == [Outcome.PENDING, Outcome.PENDING]
-    assert store.heads() == {}
+    assert Author.device(1) not in store.heads()
     assert store.pending_count == 2
     await store.close()
     # Pending entries survive a restart.
@@ -77,7 +75,7 @@ async def test_gap_is_held_pending_then_filled(site: Site, open_store: OpenStore
 
 
 async def test_pending_is_bounded(site: Site, tmp_path: Path) -> None:
-    store = await LogStore.open(tmp_path / "s.sqlite", site.membership, name="s", max_pending=2)
+    store = await site.open(tmp_path / "s.sqlite", "s", max_pending=2)
     async with store:
         raws = _readings(site, 1, 5)
         report = await store.ingest_many(raws[2:])
@@ -126,15 +124,14 @@ async def test_reopen_keeps_heads_and_digest(site: Site, open_store: OpenStore) 
 async def test_database_of_another_site_is_refused(site: Site, tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     await (await site.open(path)).close()
-    other = SiteOwner.from_seed(b"another site".ljust(32, b"."))
-    config = MembershipConfig(site=other.identity, utility_pubkey=site.utility.pubkey)
+    other = TestSite(b"another site")
     with pytest.raises(CorruptLogError):
-        await LogStore.open(path, Membership(config), name="x")
+        await LogStore.open(path, other.identity, name="x")
 
 
 async def test_writer_continues_its_chain(site: Site, open_store: OpenStore) -> None:
     store = await open_store("a")
-    writer = LogWriter(store, site.owner.device_signer(4), Author.device(4))
+    writer = LogWriter(store, site.device(4), Author.device(4))
     first = await writer.append(CarryOver(1), period=2, timestamp_ms=T0_MS)
     second = await writer.append(
         CarryOver(2), period=2, timestamp_ms=T0_MS - 5
@@ -143,7 +140,7 @@ async def test_writer_continues_its_chain(site: Site, open_store: OpenStore) -> 
     with pytest.raises(LedgerError):
         await writer.append(CarryOver(3), period=1, timestamp_ms=T0_MS)
     with pytest.raises(LedgerError):
-        LogWriter(store, site.owner.device_signer(5), Author.device(4))
+        LogWriter(store, site.device(5), Author.device(4))
 
 
 async def test_crash_at_any_moment_leaves_a_valid_log(site: Site, tmp_path: Path) -> None:
@@ -173,7 +170,7 @@ async def test_crash_at_any_moment_leaves_a_valid_log(site: Site, tmp_path: Path
             heads[Author.device(1)].seq,
             heads[Author.device(1)].seq - 1,
         }
-        writer = LogWriter(store, site.owner.device_signer(1), Author.device(1))
+        writer = LogWriter(store, site.device(1), Author.device(1))
         entry = await writer.append(CarryOver(1), period=1, timestamp_ms=T0_MS)
         assert entry.seq == heads[Author.device(1)].seq + 1
 

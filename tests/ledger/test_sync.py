@@ -26,7 +26,7 @@ from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
 
 
 async def _write(site: Site, replicator: Replicator, device: int, n: int) -> None:
-    writer = LogWriter(replicator.store, site.owner.device_signer(device), Author.device(device))
+    writer = LogWriter(replicator.store, site.device(device), Author.device(device))
     for i in range(n):
         entry = await writer.append(
             MeterReading(T0_MS + i, 60, 5, 50), period=1, timestamp_ms=T0_MS + i
@@ -40,7 +40,7 @@ async def test_announcements_reach_everyone(site: Site, open_store: OpenStore) -
     await _write(site, a, 1, 3)
     await _write(site, b, 2, 2)
     assert a.store.digest() == b.store.digest() == c.store.digest()
-    assert a.store.heads().total == 5
+    assert a.store.heads().total == 5 + len(site.genesis)
 
 
 async def test_late_joiner_catches_up(site: Site, open_store: OpenStore) -> None:
@@ -90,7 +90,7 @@ async def test_healed_partition_converges(site: Site, open_store: OpenStore) -> 
     await reps["b"].sync_with("a")
     await reps["d"].sync_with("c")
     assert len({r.store.digest() for r in reps.values()}) == 1
-    assert reps["d"].store.heads().total == 10
+    assert reps["d"].store.heads().total == 10 + len(site.genesis)
 
 
 async def test_gap_after_announcement_is_pulled(site: Site, open_store: OpenStore) -> None:
@@ -121,7 +121,7 @@ async def test_forks_converge_and_are_flagged_everywhere(site: Site, open_store:
     await b.sync_with("a")
     assert a.store.digest() == b.store.digest()
     assert a.store.equivocators == b.store.equivocators == {Author.device(7)}
-    assert a.store.heads().total == 6
+    assert a.store.heads().total == 6 + len(site.genesis)
     # Once equal, a round moves nothing.
     report = await a.sync_with("b")
     assert (report.requests, report.received) == (1, 0)
@@ -188,7 +188,7 @@ async def test_concurrent_batches_and_queries(site: Site, open_store: OpenStore)
             tg.create_task(store.ingest_many(batch))
             tg.create_task(net.replicas["a"].handle_request(wire.encode(wire.HeadsRequest())))
             tg.create_task(store.fetch_range(Author.device(1), 1, 30))
-    assert store.heads().total == 120
+    assert store.heads().total == 120 + len(site.genesis)
     assert store.pending_count == 0
 
 

@@ -11,8 +11,8 @@ from typing import ClassVar, Self
 
 import pytest
 
-from p2pgrid.identity import SiteOwner
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge, site_topic
+from tests.sites import TestSite
 
 
 @dataclass(frozen=True)
@@ -33,38 +33,39 @@ class Note:
 
 
 @pytest.fixture(scope="session")
-def owner() -> SiteOwner:
-    return SiteOwner.from_seed(b"p2pgrid-net-tests-site-a".ljust(32, b"."))
+def owner() -> TestSite:
+    return TestSite(b"p2pgrid-net-tests-site-a")
 
 
 @pytest.fixture(scope="session")
-def other_owner() -> SiteOwner:
-    return SiteOwner.from_seed(b"p2pgrid-net-tests-site-b".ljust(32, b"."))
+def other_owner() -> TestSite:
+    return TestSite(b"p2pgrid-net-tests-site-b")
 
 
-@pytest.fixture(scope="session")
-def topic(owner: SiteOwner) -> Topic:
-    return site_topic(owner.identity)
+@pytest.fixture
+def topic(owner: TestSite) -> Topic:
+    """The site topic of ``owner``, whose devices 0..63 are enrolled."""
+    return site_topic(owner.roster())
 
 
 MakeHost = Callable[..., Awaitable[PeerHost]]
 
 
 @pytest.fixture
-async def make_host(bridge: TrioBridge, owner: SiteOwner, topic: Topic) -> AsyncIterator[MakeHost]:
+async def make_host(bridge: TrioBridge, owner: TestSite, topic: Topic) -> AsyncIterator[MakeHost]:
     """Start hosts on the shared bridge; every one is stopped after the test."""
     async with AsyncExitStack() as stack:
 
         async def make(
             index: int,
             *,
-            signer_owner: SiteOwner | None = None,
-            site_owner: SiteOwner | None = None,
+            signer_owner: TestSite | None = None,
+            site_owner: TestSite | None = None,
             topics: list[Topic] | None = None,
             **config: object,
         ) -> PeerHost:
             site = (site_owner or owner).identity
-            signer = (signer_owner or site_owner or owner).device_signer(index)
+            signer = (signer_owner or site_owner or owner).device(index)
             host = PeerHost(
                 NetConfig(**config),  # type: ignore[arg-type]
                 DeviceKey(site, index, signer),

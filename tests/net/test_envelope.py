@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from p2pgrid.identity import SiteOwner
+from p2pgrid.identity import OWNER_NET_INDEX, UTILITY_NET_INDEX, Role
 from p2pgrid.net.envelope import (
     MAX_ENVELOPE_BYTES,
     SIGNING_DOMAIN,
@@ -15,9 +15,10 @@ from p2pgrid.net.envelope import (
     seal,
 )
 from p2pgrid.net.errors import EnvelopeError
-from p2pgrid.net.membership import owner_topic, site_topic, utility_topic
+from p2pgrid.net.membership import EVERY_ROLE, Membership, owner_topic, site_topic
 from p2pgrid.net.pacing import TokenBucket
 from p2pgrid.net.validator import EnvelopeValidator, Reason
+from tests.sites import TestSite
 
 PEER = b"\x00\x24" + bytes(36)
 OTHER_PEER = b"\x00\x24" + bytes([1]) * 36
@@ -25,17 +26,17 @@ NOW = 1_700_000_000.0
 
 
 def _seal(
-    owner: SiteOwner,
+    owner: TestSite,
     index: int = 1,
     *,
     seq: int = 1,
     ts: float = NOW,
     context: str = "t",
-    signer_owner: SiteOwner | None = None,
+    signer_owner: TestSite | None = None,
     peer: bytes = PEER,
 ) -> bytes:
     return seal(
-        (signer_owner or owner).device_signer(index),
+        (signer_owner or owner).device(index),
         context,
         site_id=owner.identity.site_id,
         device_index=index,
@@ -47,7 +48,7 @@ def _seal(
     )
 
 
-def test_layout_is_byte_exact(owner: SiteOwner) -> None:
+def test_layout_is_byte_exact(owner: TestSite) -> None:
     data = _seal(owner)
     site = bytes.fromhex(owner.identity.site_id)
     head = struct.pack(">B8sIB", 1, site, 1, len(PEER)) + PEER
@@ -58,16 +59,16 @@ def test_layout_is_byte_exact(owner: SiteOwner) -> None:
     signed = SIGNING_DOMAIN + struct.pack(">H", 1) + b"t" + body
     from p2pgrid.identity import verify
 
-    assert verify(owner.identity.device_pubkey(1), signed, data[-64:])
+    assert verify(owner.device(1).pubkey, signed, data[-64:])
     envelope = parse(data)
     assert envelope.records == (Record(0x0100, b"hello"), Record(0x0101, b""))
     assert envelope.nonce == (owner.identity.site_id, 1, 7, 1)
 
 
-def test_size_limit_and_malformed(owner: SiteOwner) -> None:
+def test_size_limit_and_malformed(owner: TestSite) -> None:
     with pytest.raises(EnvelopeError):
         seal(
-            owner.device_signer(0),
+            owner.device(0),
             "t",
             site_id=owner.identity.site_id,
             device_index=0,
@@ -83,8 +84,8 @@ def test_size_limit_and_malformed(owner: SiteOwner) -> None:
             parse(bad)
 
 
-def test_validator_counts_each_reason(owner: SiteOwner, other_owner: SiteOwner) -> None:
-    members = site_topic(owner.identity).members
+def test_validator_counts_each_reason(owner: TestSite, other_owner: TestSite) -> None:
+    members = site_topic(owner.roster()).members
     validator = EnvelopeValidator(clock=lambda: NOW)
 
     def check(data: bytes, peer: bytes = PEER) -> object:
@@ -94,7 +95,7 @@ def test_validator_counts_each_reason(owner: SiteOwner, other_owner: SiteOwner) 
     assert not isinstance(check(good), Reason)
     assert check(good) is Reason.REPLAY
     assert check(_seal(other_owner, seq=2)) is Reason.NOT_MEMBER
-    assert check(_seal(owner, 5000, seq=3)) is Reason.NOT_MEMBER  # beyond max devices
+    assert check(_seal(owner, 5000, seq=3)) is Reason.NOT_MEMBER  # not enrolled
     assert check(_seal(owner, 2, seq=4, signer_owner=other_owner)) is Reason.BAD_SIGNATURE
     tampered = bytearray(_seal(owner, seq=5))
     tampered[-70] ^= 1
@@ -116,13 +117,33 @@ def test_validator_counts_each_reason(owner: SiteOwner, other_owner: SiteOwner) 
     assert validator.accepted == 1
 
 
-def test_topics_name_their_members(owner: SiteOwner, other_owner: SiteOwner) -> None:
-    a, b = owner.identity, other_owner.identity
+def test_topics_name_their_members(owner: TestSite, other_owner: TestSite) -> None:
+    a, b = owner.roster(), other_owner.roster()
     assert owner_topic([a, b]).name == owner_topic([b, a]).name
-    assert b.site_id in owner_topic([a, b]).members
-    util = utility_topic(b, a)
-    assert util.name == f"/p2pgrid/1/utility/{b.site_id}/{a.site_id}"
-    assert site_topic(a).members.device_pubkey(b.site_id, 0) is None
+    assert b.site.site_id in owner_topic([a, b]).members
+    assert site_topic(a).name == f"/p2pgrid/1/site/{a.site.site_id}"
+    assert site_topic(a).members.device_pubkey(b.site.site_id, 0) is None
+    assert site_topic(a).members.device_pubkey(a.site.site_id, 0) == owner.device(0).pubkey
+
+
+def test_membership_follows_the_roster(owner: TestSite) -> None:
+    """A key is a member once enrolled, and no more once revoked; the owner and the
+    utility speak only where a topic admits their role."""
+    roster = owner.roster(devices=())
+    devices = Membership(frozenset({roster}))
+    everyone = Membership(frozenset({roster}), EVERY_ROLE)
+    site_id = owner.identity.site_id
+    assert devices.device_pubkey(site_id, 3) is None  # not enrolled (yet)
+    roster.enrol(Role.DEVICE, 3, owner.device(3).pubkey, 0)
+    assert devices.device_pubkey(site_id, 3) == owner.device(3).pubkey
+    assert not roster.enrol(Role.DEVICE, 3, owner.device(4).pubkey, 0)  # first one counts
+    assert devices.device_pubkey(site_id, 3) == owner.device(3).pubkey
+    roster.revoke(Role.DEVICE, 3, 10)
+    assert devices.device_pubkey(site_id, 3) is None  # a revoked member may not speak
+    assert devices.device_pubkey(site_id, UTILITY_NET_INDEX) is None
+    assert everyone.device_pubkey(site_id, UTILITY_NET_INDEX) == owner.utility.pubkey
+    assert everyone.device_pubkey(site_id, OWNER_NET_INDEX) == owner.owner.pubkey
+    assert everyone.device_pubkey(site_id, 70_000) is None  # no member has that index
 
 
 def test_token_bucket_paces() -> None:

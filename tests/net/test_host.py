@@ -14,7 +14,6 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from p2pgrid.errors import RetryableError
-from p2pgrid.identity import SiteOwner
 from p2pgrid.net import (
     Delivery,
     PeerHost,
@@ -29,6 +28,7 @@ from p2pgrid.net import (
 from p2pgrid.net.discovery import parse_peer_addr
 from p2pgrid.poll import wait_until
 from tests.net.conftest import MakeHost, Note
+from tests.sites import TestSite
 
 #: Deadline of each wait in these tests (they normally finish in milliseconds).
 WAIT_S = 10.0
@@ -131,7 +131,7 @@ async def test_handler_refusal_and_unknown_protocol(make_host: MakeHost) -> None
 
 
 async def test_non_member_forgery_and_replay_are_rejected_and_counted(
-    make_host: MakeHost, topic: Topic, owner: SiteOwner, other_owner: SiteOwner
+    make_host: MakeHost, topic: Topic, owner: TestSite, other_owner: TestSite
 ) -> None:
     victim = await make_host(0)
     member = await make_host(1, bootstrap=victim.addrs)
@@ -231,8 +231,8 @@ async def test_stop_is_idempotent_and_ends_iterators(make_host: MakeHost, topic:
         await a.publish(topic, Note(1))
 
 
-async def test_other_site_topics_are_separate(make_host: MakeHost, other_owner: SiteOwner) -> None:
-    other = site_topic(other_owner.identity)
+async def test_other_site_topics_are_separate(make_host: MakeHost, other_owner: TestSite) -> None:
+    other = site_topic(other_owner.roster())
     a = await make_host(0, site_owner=other_owner, topics=[other])
     b = await make_host(1, site_owner=other_owner, topics=[other], bootstrap=a.addrs)
     await joined(a, b, other)

@@ -33,17 +33,14 @@ def _signer_forms(label: str, signer: Signer) -> Iterator[Needle]:
 def scenario_secrets(scenario: Scenario) -> list[Needle]:
     """Seeds and keys of the owner, the devices and the utility, in raw and text forms."""
     needles: list[Needle] = []
-    for number, site in enumerate(scenario.sites):
-        owner = site.owner
+    for site in scenario.sites:
         needles.append(Needle(f"{site.name} seed", site.seed.encode()))
-        needles.append(Needle(f"{site.name} owner xprv", owner.xprv.encode()))
-        needles += _signer_forms(f"{site.name} owner", owner.owner_signer)
+        needles += _signer_forms(f"{site.name} owner", site.owner_signer)
         for device in site.devices:
-            needles += _signer_forms(f"{device.name}", owner.device_signer(device.index))
-        needles += _signer_forms(f"utility for site {number}", scenario.utility.signer(number))
+            needles += _signer_forms(f"{device.name}", site.device_signer(device.index))
+        needles += _signer_forms(f"utility for {site.name}", scenario.utility.signer(site))
     utility = scenario.utility
     needles.append(Needle("utility seed", utility.seed.encode()))
-    needles.append(Needle("utility xprv", utility.owner.xprv.encode()))
     needles.append(Needle("utility invoice secret", utility.invoice_secret))
     needles.append(Needle("utility invoice secret (hex)", utility.invoice_secret.hex().encode()))
     return needles

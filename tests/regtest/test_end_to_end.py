@@ -77,7 +77,7 @@ async def run(
 async def site_log(scenario: Scenario, result: RunResult, site_name: str) -> list[Entry]:
     site = next(s for s in scenario.sites if s.name == site_name)
     path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_name}.db"
-    store = await LogStore.open(path, scenario.membership(site), name="check")
+    store = await LogStore.open(path, site.identity, name="check")
     try:
         return await store.entries()
     finally:

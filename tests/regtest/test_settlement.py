@@ -61,14 +61,14 @@ async def test_devices_pay_each_period_invoice_once_after_checking_it(
     try:
         writers = {
             "utility": LogWriter(stores["utility"], site.utility, Author.utility()),
-            "dev-a": LogWriter(stores["dev-a"], site.owner.device_signer(0), Author.device(0)),
-            "dev-b": LogWriter(stores["dev-b"], site.owner.device_signer(1), Author.device(1)),
+            "dev-a": LogWriter(stores["dev-a"], site.device(0), Author.device(0)),
+            "dev-b": LogWriter(stores["dev-b"], site.device(1), Author.device(1)),
         }
         await meter(writers["dev-a"], period, [400, 350, 1210])  # 1,960 Wh
         await meter(writers["dev-b"], period, [90, 0, 33])  # 123 Wh
         await merge(stores["utility"], stores["dev-a"], stores["dev-b"])
         invoicer = Invoicer(
-            site=site.owner.identity,
+            site=site.identity,
             store=stores["utility"],
             writer=writers["utility"],
             node=utility,
@@ -130,8 +130,8 @@ async def test_devices_pay_each_period_invoice_once_after_checking_it(
         }
 
         # A utility that crashed after creating an invoice re-creates the same one.
-        memo = invoice_memo(site.owner.identity.site_id, 0, period)
-        preimage = invoice_preimage(SECRET, site.owner.identity.site_id, 0, period)
+        memo = invoice_memo(site.identity.site_id, 0, period)
+        preimage = invoice_preimage(SECRET, site.identity.site_id, 0, period)
         same = await utility.add_invoice(490_000, memo, preimage=preimage)
         assert same.payment_hash == issued[0].body.payment_hash.hex()  # type: ignore[union-attr]
         assert same.state is InvoiceState.SETTLED
@@ -148,7 +148,7 @@ async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
     device_store = await site.open(tmp_path / "dev-a.db", "dev-a")
     utility_store = await site.open(tmp_path / "utility.db", "utility")
     try:
-        device_writer = LogWriter(device_store, site.owner.device_signer(0), Author.device(0))
+        device_writer = LogWriter(device_store, site.device(0), Author.device(0))
         utility_writer = LogWriter(utility_store, site.utility, Author.utility())
         await meter(device_writer, period, [1000])
         await merge(utility_store, device_store)

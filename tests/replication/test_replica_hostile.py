@@ -19,11 +19,12 @@ WAIT_S = 20.0
 async def test_a_peer_claiming_2_63_and_sending_nothing_is_counted(
     site: Site, bridge: TrioBridge, tmp_path: Path
 ) -> None:
-    topic = log_net_topic(site.owner.identity, max_devices=64)
-    identity = site.owner.identity
+    store = await site.open(tmp_path / "victim.sqlite")
+    topic = log_net_topic(store.roster)  # devices 0..63, as the genesis enrols them
+    identity = site.identity
 
     def host(index: int, config: NetConfig) -> PeerHost:
-        key = DeviceKey(identity, index, site.owner.device_signer(index))
+        key = DeviceKey(identity, index, site.device(index))
         return PeerHost(config, key, [topic], bridge=bridge, name=f"sync-{index}")
 
     victim = host(1, NetConfig())
@@ -43,7 +44,6 @@ async def test_a_peer_claiming_2_63_and_sending_nothing_is_counted(
         return LogRecord(wire.encode(wire.RangeReply(message.first + 255, ())))
 
     liar.handle(SYNC_PROTOCOL_ID, lie)
-    store = await site.open(tmp_path / "victim.sqlite")
     replica = NetReplica(store, victim, ReplicaConfig(anti_entropy_interval_s=3600.0), topic=topic)
     try:
         await replica.start()

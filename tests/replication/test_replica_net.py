@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
+from p2pgrid.identity import Role
 from p2pgrid.ledger import (
     Author,
+    Enrol,
     Entry,
     LogStore,
     LogWriter,
     MeterReading,
+    RejectReason,
+    Revoke,
 )
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from p2pgrid.poll import wait_until
 from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
-from tests.ledger.ledger_factory import T0_MS, Site
+from tests.ledger.ledger_factory import T0_MS, Chain, Site
 
 pytestmark = pytest.mark.slow
 
@@ -62,31 +67,41 @@ class Cluster:
     agents: dict[int, Agent] = dataclasses.field(default_factory=dict)
     written: list[Entry] = dataclasses.field(default_factory=list)
 
-    async def start(self, index: int, config: ReplicaConfig, *, offline_writes: int = 0) -> Agent:
-        """Open (or reopen) agent ``index``'s store, write offline, then go online."""
+    async def start(
+        self,
+        index: int,
+        config: ReplicaConfig,
+        *,
+        offline_writes: int = 0,
+        provision: Sequence[Entry] = (),
+    ) -> Agent:
+        """Open (or reopen) agent ``index``'s store, ingest ``provision`` (owner's
+        entries beyond the genesis), write offline, then go online."""
         path = self.tmp_path / f"agent-{index}.sqlite"
         store = await self.site.open(path, f"agent-{index}")
         self.stack.push_async_callback(store.close)
+        await store.ingest_many([e.raw for e in provision])
         author = Author.device(index)
-        writer = LogWriter(store, self.site.owner.device_signer(index), author)
+        writer = LogWriter(store, self.site.device(index), author)
         for _ in range(offline_writes):  # never announced: only anti-entropy spreads them
             self.written.append(await _append(writer))
         bootstrap = tuple(
             addr
-            for peer in BOOTSTRAP[index]
+            for peer in BOOTSTRAP.get(index, [0])
             if peer in self.agents and self.agents[peer].host.peer_id
             for addr in self.agents[peer].host.addrs
         )
+        topic = log_net_topic(store.roster)  # who may speak: as this replica's log enrols
         host = PeerHost(
             NetConfig(bootstrap=bootstrap),
-            DeviceKey(self.site.owner.identity, index, self.site.owner.device_signer(index)),
-            [self.topic],
+            DeviceKey(self.site.identity, index, self.site.device(index)),
+            [topic],
             bridge=self.bridge,
             name=f"agent-{index}",
         )
         await host.start()
         self.stack.push_async_callback(host.stop)
-        replica = NetReplica(store, host, config, topic=self.topic)
+        replica = NetReplica(store, host, config, topic=topic)
         await replica.start()
         self.stack.push_async_callback(replica.stop)
         agent = Agent(index, path, store, host, replica, writer)
@@ -125,7 +140,7 @@ class Cluster:
         ordered = sorted(self.written, key=lambda e: (e.author, e.seq))
         async with await self.site.open(self.tmp_path / "reference.sqlite") as ref:
             await ref.ingest_many([e.raw for e in ordered])
-            assert ref.heads().total == len(self.written)
+            assert ref.heads().total == len(self.written) + len(self.site.genesis)
             return ref.digest()
 
     async def converged(self) -> None:
@@ -157,7 +172,7 @@ async def _append(writer: LogWriter) -> Entry:
 
 @pytest.fixture
 async def cluster(site: Site, bridge: TrioBridge, tmp_path: Path) -> AsyncIterator[Cluster]:
-    topic = log_net_topic(site.owner.identity, max_devices=64)
+    topic = log_net_topic(site.membership.roster)  # its name; each host has its store's
     async with AsyncExitStack() as stack:
         yield Cluster(site, bridge, topic, tmp_path, stack)
 
@@ -205,7 +220,97 @@ async def test_restarted_agents_and_a_late_joiner_converge(cluster: Cluster) -> 
     await cluster.start(AGENTS, _config(AGENTS))
     await cluster.converged()
     assert len(cluster.agents) == AGENTS + 1
-    assert cluster.agents[AGENTS].store.heads().total == len(cluster.written) == 50 + 70 + 9
+    late = cluster.agents[AGENTS].store.heads().total - len(cluster.site.genesis)
+    assert late == len(cluster.written) == 50 + 70 + 9
     assert all(
         a.replica.stats().pulled_appended > 0 for i, a in cluster.agents.items() if i in down
     )
+
+
+async def _count(what: str, probe: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return probe()
+
+    await wait_until(holds, timeout_s=JOIN_S, what=what)
+
+
+async def test_a_revoked_device_is_cut_on_every_replica(cluster: Cluster) -> None:
+    """Device 3's key is stolen: the owner revokes it after its seq 3. Entries 4 and
+    5, already spread, are dropped everywhere; entry 6, signed afterwards, is
+    refused by every host (the revoked key may not speak) and every log."""
+    for i in range(4):
+        await cluster.start(i, _config(i))
+    await cluster.joined_hub()
+    stolen = cluster.agents[3]
+    for _ in range(5):
+        entry = await _append(stolen.writer)
+        await stolen.replica.publish([entry])
+        if entry.seq <= 3:
+            cluster.written.append(entry)
+    await cluster.write([1], per_agent=2)
+    target = len(cluster.site.genesis) + len(cluster.written) + 2  # + entries 4 and 5
+    await asyncio.gather(
+        *(
+            a.replica.wait_until(lambda a=a: a.store.heads().total == target)
+            for a in cluster.agents.values()
+        )
+    )
+    revoke = cluster.site.chain(Author.owner()).next(
+        Revoke(Role.DEVICE, 3, 3, "key stolen"), period=1
+    )
+    hub = cluster.agents[0]
+    await hub.store.ingest(revoke.raw)
+    await hub.replica.publish([revoke])
+    cluster.written.append(revoke)
+    await cluster.converged()  # 4 and 5 gone everywhere, the thief's own replica too
+    # The thief signs on with its own chain: its host is no longer a member anywhere.
+    thief = Chain(cluster.site, Author.device(3))
+    for _ in range(6):
+        thief.next(MeterReading(T0_MS, 60, 5, 50))
+    sixth = thief.entries[5]
+    await stolen.replica.publish([sixth])
+    for agent in (cluster.agents[i] for i in range(3)):
+        await _count(
+            f"{agent.name} to refuse the revoked host",
+            lambda agent=agent: agent.host.stats().rejected["not_member"] >= 1,
+        )
+        report = await agent.store.ingest(sixth.raw)  # and the log, if it came another way
+        assert report.results[0].reason is RejectReason.REVOKED
+    await cluster.converged()
+
+
+async def test_an_unenrolled_device_is_refused_until_the_owner_enrols_it(
+    cluster: Cluster,
+) -> None:
+    """Device 70 has a key but no enrolment: hosts refuse its hello and its
+    announcements. Once the owner's enrolment reaches their logs (through any
+    member), the same device is admitted, with no restart and no server."""
+    for i in range(3):
+        await cluster.start(i, _config(i))
+    await cluster.joined_hub()
+    site = cluster.site
+    enrol = site.chain(Author.owner()).next(
+        Enrol(Role.DEVICE, 70, site.device(70).pubkey, "ev_charger", 0), period=0
+    )
+    newcomer = await cluster.start(70, _config(70), provision=[enrol])  # it has its own enrolment
+    hub = cluster.agents[0]
+    await _count(
+        "the hub to refuse the unenrolled device's hello",
+        lambda: hub.host.stats().rejected_hellos["not_member"] >= 1,
+    )
+    assert newcomer.host.peer_id not in {p.peer_id for p in hub.host.peers()}
+    early = await _append(newcomer.writer)
+    await newcomer.replica.publish([early])
+    await _count(
+        "the hub to refuse the unenrolled device's announcement",
+        lambda: hub.host.stats().rejected["not_member"] >= 1,
+    )
+    assert Author.device(70) not in hub.store.heads()
+    # The owner's enrolment reaches the site through a member (the hub).
+    await hub.store.ingest(enrol.raw)
+    await hub.replica.publish([enrol])
+    cluster.written += [enrol, early]
+    later = await _append(newcomer.writer)
+    await newcomer.replica.publish([later])
+    cluster.written.append(later)
+    await cluster.converged()
