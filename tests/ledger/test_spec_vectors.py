@@ -17,6 +17,7 @@ from p2pgrid.ledger import (
     MeterReading,
     Outcome,
     Payment,
+    RejectReason,
     Revoke,
     Share,
     decode_entry,
@@ -109,6 +110,13 @@ async def test_entries_and_digests(tmp_path: Path) -> None:
         await store.ingest(raws[3])
         assert store.digest().hex() == DIGEST_AFTER_REVOKE
         assert store.heads()[Author.device(1)].seq == 1  # the share (seq 2) was dropped
+    async with await LogStore.open(tmp_path / "w.sqlite", site, name="without") as store:
+        report = await store.ingest_many(raws[1:3])  # no enrolment: refused
+        assert {r.reason for r in report.results} == {RejectReason.NON_MEMBER}
+        await store.ingest_many([raws[0], raws[3]])  # enrolled, then revoked after seq 1
+        report = await store.ingest_many([raws[2], raws[1]])
+        assert [r.reason for r in report.results] == [RejectReason.REVOKED, None]
+        assert store.digest().hex() == DIGEST_AFTER_REVOKE
 
 
 def test_payment_body_vector() -> None:
