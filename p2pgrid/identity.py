@@ -225,12 +225,8 @@ class Roster:
 
     def devices(self) -> dict[int, Member]:
         """Enrolled devices by index (revoked ones included, with ``last_seq``)."""
-        out: dict[int, Member] = {}
-        for role, index in self._state.enrolled:
-            member = self.member(role, index) if role is Role.DEVICE else None
-            if member is not None:
-                out[index] = member
-        return out
+        devices = (index for role, index in self._state.enrolled if role is Role.DEVICE)
+        return {index: m for index in devices if (m := self.member(Role.DEVICE, index))}
 
     def enrol(self, role: Role, index: int, pubkey: bytes, from_period: int) -> bool:
         """Record an enrolment; False if ``(role, index)`` was already enrolled."""
