@@ -59,7 +59,7 @@ class Rig:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.site = Site.make(b"desk tests site")
-        self.site_id = self.site.owner.identity.site_id
+        self.site_id = self.site.identity.site_id
         self.clock = Clock()
         self.ln = FakeLightning(now=self.clock, hub="utility")
         self.utility_node = self.ln.node("utility")
@@ -72,7 +72,7 @@ class Rig:
 
     async def device(self, index: int) -> Device:
         store = await self.site.open(self.tmp / f"dev{index}.db", f"dev{index}")
-        writer = LogWriter(store, self.site.owner.device_signer(index), Author.device(index))
+        writer = LogWriter(store, self.site.device(index), Author.device(index))
         intents = await IntentBook.open(self.tmp / f"dev{index}.intents.db", name=f"dev{index}")
         node = self.ln.node(f"dev{index}")
         paymaster = Paymaster(

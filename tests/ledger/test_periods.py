@@ -29,7 +29,7 @@ async def test_a_payment_may_settle_an_earlier_period_other_kinds_may_not(tmp_pa
     site = Site.make(b"periods")
     store = await site.open(tmp_path / "a.db")
     try:
-        writer = LogWriter(store, site.owner.device_signer(0), Author.device(0))
+        writer = LogWriter(store, site.device(0), Author.device(0))
         await writer.append(MeterReading(T0_MS, 900, 10, 2_500), period=3, timestamp_ms=T0_MS)
         payment = Payment(2_500, hashlib.sha256(PREIMAGE).digest(), PREIMAGE, 0)
         paid = await writer.append(payment, period=2, timestamp_ms=T0_MS)

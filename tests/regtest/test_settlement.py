@@ -94,7 +94,7 @@ async def test_devices_pay_each_period_invoice_once_after_checking_it(
             intents = await IntentBook.open(tmp_path / f"{name}.intents.db", name=name)
             settler = InvoiceSettler(
                 device=index,
-                site_id=site.owner.identity.site_id,
+                site_id=site.identity.site_id,
                 store=stores[name],
                 writer=writers[name],
                 node=node,
@@ -169,7 +169,7 @@ async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
         intents = await IntentBook.open(tmp_path / "dev-a.intents.db", name="dev-a")
         settler = InvoiceSettler(
             device=0,
-            site_id=site.owner.identity.site_id,
+            site_id=site.identity.site_id,
             store=device_store,
             writer=device_writer,
             node=dev_a,
@@ -196,22 +196,22 @@ async def test_an_invoice_that_disagrees_with_the_replica_is_disputed_not_paid(
 
 
 async def _of_another_device(site: Site, utility: LndClient, dev_b: LndClient) -> str:
-    memo = invoice_memo(site.owner.identity.site_id, 1, WRONG_PERIOD)
+    memo = invoice_memo(site.identity.site_id, 1, WRONG_PERIOD)
     return (await utility.add_invoice(250_000, memo)).payment_request
 
 
 async def _of_another_period(site: Site, utility: LndClient, dev_b: LndClient) -> str:
-    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD + 1)
+    memo = invoice_memo(site.identity.site_id, 0, WRONG_PERIOD + 1)
     return (await utility.add_invoice(250_000, memo)).payment_request
 
 
 async def _to_another_node(site: Site, utility: LndClient, dev_b: LndClient) -> str:
-    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD)
+    memo = invoice_memo(site.identity.site_id, 0, WRONG_PERIOD)
     return (await dev_b.add_invoice(250_000, memo)).payment_request
 
 
 async def _expired_in_lnd(site: Site, utility: LndClient, dev_b: LndClient) -> str:
-    memo = invoice_memo(site.owner.identity.site_id, 0, WRONG_PERIOD)
+    memo = invoice_memo(site.identity.site_id, 0, WRONG_PERIOD)
     invoice = await utility.add_invoice(250_000, memo, expiry_s=1)
 
     async def cancelled_by_lnd() -> bool:  # lnd cancels an invoice once it expired
@@ -246,7 +246,7 @@ async def test_a_wrong_invoice_on_real_lnd_is_disputed_and_nothing_paid(
     store = await site.open(tmp_path / "dev-a.db", "dev-a")
     intents = await IntentBook.open(tmp_path / "dev-a.intents.db", name="dev-a")
     try:
-        writer = LogWriter(store, site.owner.device_signer(0), Author.device(0))
+        writer = LogWriter(store, site.device(0), Author.device(0))
         await meter(writer, WRONG_PERIOD, [1000])  # owes 250,000 msat
         bolt11 = await wrong(site, utility, dev_b)
         decoded = await dev_a.decode_invoice(bolt11)
@@ -258,7 +258,7 @@ async def test_a_wrong_invoice_on_real_lnd_is_disputed_and_nothing_paid(
         before = await snapshot("dev-a", dev_a)
         settler = InvoiceSettler(
             device=0,
-            site_id=site.owner.identity.site_id,
+            site_id=site.identity.site_id,
             store=store,
             writer=writer,
             node=dev_a,
