@@ -134,6 +134,7 @@ async def measure(
                     raw=raw,
                     interval_s=interval,
                     muxer=args.muxer,
+                    untuned_gossip=mode == "p2pgrid-untuned",
                 )
                 for i in wave
             ]
@@ -205,7 +206,10 @@ def summarise(
         for key, value in report.counters.items():
             counters[key] = counters.get(key, 0) + value
     peers = counters.pop("peers", 0)
-    notes = [f"peers/agent {peers / len(reports):.1f}"]
+    mesh = counters.pop("mesh", 0)
+    notes = [f"peers/agent {peers / len(reports):.1f}", f"mesh/agent {mesh / len(reports):.1f}"]
+    if "rpcs" in counters and sent:
+        notes.append(f"RPCs/message {counters['rpcs'] / sent:.1f}")
     notes += [f"{key} {value}" for key, value in sorted(counters.items())]  # summed over agents
     return Result(
         agents=agents,
@@ -284,7 +288,13 @@ def main() -> None:
     parser.add_argument("--log-dir", help="where probes' stderr goes (default: a new temp dir)")
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
     parser.add_argument(
-        "--modes", nargs="+", choices=["raw", "p2pgrid"], default=["raw", "p2pgrid"]
+        "--modes",
+        nargs="+",
+        choices=["raw", "p2pgrid", "p2pgrid-untuned"],
+        default=["raw", "p2pgrid"],
+        help="p2pgrid-untuned: p2pgrid with py-libp2p's gossipsub behaviour, as before "
+        "p2pgrid.net.gossip (mesh up to 12, an IDONTWANT per message, a signed peer "
+        "record in every RPC)",
     )
     args = parser.parse_args()
     if min(args.agents) < 2:

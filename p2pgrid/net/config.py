@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES
+from p2pgrid.net.gossip import IDONTWANT_MIN_BYTES
 from p2pgrid.net.misbehaviour import BAN_S, MISBEHAVIOUR_THRESHOLD
 from p2pgrid.net.validator import REPLAY_WINDOW_S
 
@@ -29,7 +30,17 @@ class NetConfig:
     heartbeat_interval_s: int = 1
     mesh_degree: int = 6
     mesh_degree_low: int = 4
-    mesh_degree_high: int = 12
+    #: A mesh above this is pruned to ``mesh_degree`` at the heartbeat. Each
+    #: message is sent once per mesh peer, so this bounds the CPU an agent spends
+    #: per message once peer exchange connects it to ``target_peers`` peers.
+    mesh_degree_high: int = 8
+    #: Send gossipsub IDONTWANTs only for messages of at least this many bytes
+    #: (go-libp2p's rule; py-libp2p sends one per message to every mesh peer,
+    #: which doubles the RPCs of small messages: see p2pgrid.net.gossip).
+    idontwant_min_bytes: int = IDONTWANT_MIN_BYTES
+    #: Put the host's signed peer record only in the first gossipsub RPC to a
+    #: peer (py-libp2p puts it in every RPC, and checks its signature in each).
+    sender_record_once: bool = True
     #: Dial learned peers until this many are connected (bootstrap peers always).
     target_peers: int = 12
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.

@@ -95,6 +95,14 @@ class NetStats:
     #: Peers banned now, and bans so far.
     banned: tuple[str, ...] = ()
     bans: int = 0
+    #: Gossipsub mesh peers, summed over this host's topics (whom each message goes to).
+    mesh_peers: int = 0
+    #: Gossipsub RPCs queued to peers, and those py-libp2p's full 32-slot queues dropped.
+    rpcs_queued: int = 0
+    rpcs_dropped: int = 0
+    idontwant_sent: int = 0
+    #: Gossipsub RPCs that carried this host's signed peer record.
+    sender_records: int = 0
 
 
 class Subscription:
@@ -630,6 +638,13 @@ class PeerHost:
         snapshot.misbehaviour = self.misbehaviour.counts()
         snapshot.banned = self.misbehaviour.banned_peers()
         snapshot.bans = self.misbehaviour.bans
+        if self._node is not None:
+            gossip = self._node.gossipsub
+            snapshot.mesh_peers = sum(gossip.mesh_size(topic) for topic in self.topics)
+            snapshot.rpcs_queued = gossip.counters.rpcs_queued
+            snapshot.rpcs_dropped = gossip.counters.rpcs_dropped
+            snapshot.idontwant_sent = gossip.counters.idontwant_sent
+            snapshot.sender_records = gossip.counters.sender_records
         return snapshot
 
 

@@ -24,7 +24,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -51,6 +51,7 @@ from p2pgrid.net.frames import (
     read_frame,
     write_frame,
 )
+from p2pgrid.net.gossip import Gossip
 from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
 from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.muxer import muxer_options
@@ -156,8 +157,10 @@ class TrioNode:
             enable_mDNS=config.mdns,
         )
         self.peer_id: ID = self.host.get_id()
-        self.gossipsub = GossipSub(
+        self.gossipsub = Gossip(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            idontwant_min_bytes=config.idontwant_min_bytes,
+            sender_record_once=config.sender_record_once,
             degree=config.mesh_degree,
             degree_low=config.mesh_degree_low,
             degree_high=config.mesh_degree_high,

@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -41,11 +43,12 @@ PHASE_MEASURE = 1
 RAW_TOPIC = "/p2pgrid-bench/raw"
 #: Probes 0..MAX_PROBES-1 are members of the test site.
 MAX_PROBES = 256
-#: Gossipsub settings shared by both modes so the comparison is like for like.
+#: Gossipsub settings shared by both modes so the comparison is like for like
+#: (the degrees are NetConfig's defaults).
 RAW_GOSSIP: dict[str, Any] = {
     "degree": 6,
     "degree_low": 4,
-    "degree_high": 12,
+    "degree_high": 8,
     "heartbeat_interval": 1,
     "adaptive_gossip_enabled": False,
     "spam_protection_enabled": False,
@@ -148,6 +151,10 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
         roster.enrol(Role.DEVICE, index, key("device", index).pubkey, 0)
     topic = site_topic(roster)
     config = NetConfig(listen_port=args.port, bootstrap=tuple(args.bootstrap), muxer=args.muxer)
+    if args.untuned_gossip:  # as p2pgrid ran before it tuned py-libp2p's gossipsub
+        config = dataclasses.replace(
+            config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
+        )
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -204,6 +211,10 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                             "gaps": stats.sequence_gaps,
                             "drops": stats.subscriber_drops,
                             "peers": stats.peers,
+                            "mesh": stats.mesh_peers,
+                            "rpcs": stats.rpcs_queued - before.rpcs_queued,
+                            "rpc_drops": stats.rpcs_dropped - before.rpcs_dropped,
+                            "idontwant": stats.idontwant_sent - before.idontwant_sent,
                         },
                     )
             warm.cancel()
@@ -214,6 +225,33 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
 
 
 # -- raw py-libp2p mode (trio) ------------------------------------------------------
+
+
+def _counting(gossipsub_class: Any) -> Any:
+    """``gossipsub_class`` with counters of what it sends, and nothing else changed
+    (p2pgrid.net.gossip counts the same in p2pgrid mode; importing it here would
+    load p2pgrid.net into the baseline's memory)."""
+
+    class Counting(gossipsub_class):  # type: ignore[misc]
+        counters: Counter[str]
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.counters = Counter()
+
+        def send_rpc(self, peer_id: Any, rpc: Any, priority: bool = False) -> None:
+            self.counters["rpcs"] += 1
+            super().send_rpc(peer_id, rpc, priority)
+
+        def _handle_dropped_rpc(self, peer_id: Any, rpc: Any, reason: str) -> None:
+            self.counters["rpc_drops"] += 1
+            super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+        async def emit_idontwant(self, msg_ids: Any, to_peer: Any) -> None:
+            self.counters["idontwant"] += 1
+            await super().emit_idontwant(msg_ids, to_peer)
+
+    return Counting
 
 
 async def run_raw(args: argparse.Namespace) -> None:
@@ -231,9 +269,8 @@ async def run_raw(args: argparse.Namespace) -> None:
     seed = hashlib.sha256(f"raw/{args.seed}/{args.index}".encode()).digest()
     muxer = create_mplex_muxer_option() if args.muxer == "mplex" else create_yamux_muxer_option()
     host = new_host(key_pair=create_new_key_pair(seed), muxer_opt=muxer)
-    gossipsub = GossipSub(
-        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
-        **RAW_GOSSIP,
+    gossipsub = _counting(GossipSub)(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], **RAW_GOSSIP
     )
     pubsub = Pubsub(host, gossipsub, strict_signing=True)
     epoch = int.from_bytes(os.urandom(4), "big")
@@ -297,6 +334,7 @@ async def run_raw(args: argparse.Namespace) -> None:
                         break
                     if command["cmd"] == "measure":
                         warm.cancel()
+                        before = Counter(gossipsub.counters)
                         sent = await _measure(
                             publish,
                             me=args.index,
@@ -306,7 +344,15 @@ async def run_raw(args: argparse.Namespace) -> None:
                             sleep=trio.sleep,
                         )
                         await trio.sleep(command["drain"])
-                        report(tally, sent, {"peers": len(host.get_connected_peers())})
+                        report(
+                            tally,
+                            sent,
+                            {
+                                "peers": len(host.get_connected_peers()),
+                                "mesh": len(gossipsub.mesh.get(RAW_TOPIC, ())),
+                                **(gossipsub.counters - before),
+                            },
+                        )
             nursery.cancel_scope.cancel()
     emit("stopped")
 
@@ -320,6 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
     parser.add_argument("--raw", action="store_true", help="plain py-libp2p baseline")
+    parser.add_argument(
+        "--untuned-gossip",
+        action="store_true",
+        help="p2pgrid with py-libp2p's gossipsub behaviour (mesh up to 12, an IDONTWANT "
+        "per message, a signed peer record in every RPC), as before p2pgrid.net.gossip",
+    )
     args = parser.parse_args(argv)
     if args.raw:
         import trio

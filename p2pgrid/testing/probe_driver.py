@@ -41,11 +41,15 @@ class ProbeSpec:
     interval_s: float = 0.5
     muxer: str = "mplex"
     port: int = 0
+    #: p2pgrid mode with py-libp2p's gossipsub behaviour (see the probe's --untuned-gossip).
+    untuned_gossip: bool = False
 
     def argv(self) -> list[str]:
         args = ["--seed", self.seed, "--index", str(self.index)]
         args += ["--interval", str(self.interval_s), "--muxer", self.muxer]
         args += ["--port", str(self.port)]
+        if self.untuned_gossip:
+            args.append("--untuned-gossip")
         for addr in self.bootstrap:
             args += ["--bootstrap", addr]
         if self.raw:
