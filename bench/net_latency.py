@@ -20,14 +20,22 @@ received (sender's wall clock to receiver's, same machine) and the counts. Loss
 is 1 - received / (sent x (agents - 1)). RSS is each agent's ``VmRSS`` read from
 ``/proc/PID/status`` after the measured phase.
 
+On a machine shared with other work the load changes from one fleet to the next
+and decides more than the layer does: ``--repeat N`` runs N rounds of every mode
+in turn and prints each round's ratios (and their median); each row shows the
+1-minute load average.
+
 Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
        [--duration 20] [--drain 3] [--fanout 4] [--modes raw p2pgrid]
+       [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import random
 import statistics
 import sys
@@ -70,7 +78,11 @@ class Result:
     mesh_s: float
     #: Mean CPU of one agent over the measured phase (and drain), % of one core.
     cpu_pct: float
+    #: The machine's 1-minute load average when the measured phase ended.
+    load: float
     notes: str
+    #: Which of ``--repeat`` rounds (modes run in turn within a round).
+    round: int = 1
 
     @property
     def loss(self) -> float:
@@ -170,10 +182,11 @@ async def measure(
     elapsed = time.monotonic() - measure_started
     cpu = [p.cpu_seconds() - before for p, before in zip(probes, cpu_before, strict=True)]
     cpu_pct = 100 * statistics.mean(cpu) / elapsed
+    load = os.getloadavg()[0]
     rss_mb = sorted(probe.rss_kb() / 1024 for probe in probes)
     reports = [probe.report for probe in probes if probe.report is not None]
     unreported = (agents - len(reports)) * int(args.rate * args.duration)
-    return summarise(mode, agents, reports, rss_mb, mesh_s, unreported, cpu_pct)
+    return summarise(mode, agents, reports, rss_mb, mesh_s, unreported, cpu_pct, load)
 
 
 def explain_failure(fleet: ProbeFleet, exc: BaseException) -> None:
@@ -197,6 +210,7 @@ def summarise(
     mesh_s: float,
     unreported: int,
     cpu_pct: float,
+    load: float,
 ) -> Result:
     """``unreported``: messages the agents that did not report were due to send."""
     latencies = sorted(x for report in reports for x in report.latencies_ms)
@@ -224,6 +238,7 @@ def summarise(
         rss_mb_max=rss_mb[-1],
         mesh_s=mesh_s,
         cpu_pct=cpu_pct,
+        load=load,
         notes=", ".join(notes),
     )
 
@@ -235,30 +250,43 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         f"fanout {args.fanout}, muxer {args.muxer}"
     )
     print(
-        "| agents | mode | sent | received/expected | loss | p50 ms | p99 ms | max ms "
-        "| RSS MB/agent (median, max) | CPU %/agent | mesh s | notes |"
+        "| agents | round | mode | sent | received/expected | loss | p50 ms | p99 ms | max ms "
+        "| RSS MB/agent (median, max) | CPU %/agent | mesh s | load | notes |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print(
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | --- |"
+    )
     for r in results:
         print(
-            f"| {r.agents} | {r.mode} | {r.sent} | {r.received}/{r.expected} | {r.loss:.2%} "
-            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.max_ms:.1f} "
+            f"| {r.agents} | {r.round} | {r.mode} | {r.sent} | {r.received}/{r.expected} "
+            f"| {r.loss:.2%} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.max_ms:.1f} "
             f"| {r.rss_mb_median:.0f}, {r.rss_mb_max:.0f} | {r.cpu_pct:.1f} | {r.mesh_s:.1f} "
-            f"| {r.notes} |"
+            f"| {r.load:.1f} | {r.notes} |"
         )
     print()
-    by_key = {(r.agents, r.mode): r for r in results}
+    by_key = {(r.agents, r.round, r.mode): r for r in results}
     for agents in args.agents:
-        layer, raw = by_key.get((agents, "p2pgrid")), by_key.get((agents, "raw"))
-        if layer is None or raw is None:
-            continue
-        print(
-            f"ratio p2pgrid/raw at {agents} agents: p50 {layer.p50_ms / raw.p50_ms:.2f}, "
-            f"p99 {layer.p99_ms / raw.p99_ms:.2f}, "
-            f"RSS {layer.rss_mb_median / raw.rss_mb_median:.2f}, "
-            f"CPU {layer.cpu_pct / raw.cpu_pct:.2f}, "
-            f"loss {layer.loss:.2%} vs {raw.loss:.2%}"
-        )
+        for layer_mode in [mode for mode in args.modes if mode != "raw"]:
+            p99_ratios = []
+            for round_ in range(1, args.repeat + 1):
+                layer = by_key.get((agents, round_, layer_mode))
+                raw = by_key.get((agents, round_, "raw"))
+                if layer is None or raw is None:
+                    continue
+                p99_ratios.append(layer.p99_ms / raw.p99_ms)
+                print(
+                    f"ratio {layer_mode}/raw at {agents} agents, round {round_}: "
+                    f"p50 {layer.p50_ms / raw.p50_ms:.2f}, p99 {layer.p99_ms / raw.p99_ms:.2f}, "
+                    f"RSS {layer.rss_mb_median / raw.rss_mb_median:.2f}, "
+                    f"CPU {layer.cpu_pct / raw.cpu_pct:.2f}, "
+                    f"loss {layer.loss:.2%} vs {raw.loss:.2%}"
+                )
+            if len(p99_ratios) > 1:
+                print(
+                    f"median p99 ratio {layer_mode}/raw at {agents} agents over "
+                    f"{len(p99_ratios)} rounds: {statistics.median(p99_ratios):.2f}"
+                )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -267,14 +295,16 @@ async def run(args: argparse.Namespace) -> None:
     print(f"probe stderr logs in {tmp}", file=sys.stderr)
     for agents in args.agents:
         plan = bootstrap_lists(agents, args.fanout, random.Random(agents))
-        for mode in args.modes:
-            log_dir = Path(tmp) / f"{mode}-{agents}"
-            log_dir.mkdir(parents=True, exist_ok=True)
-            print(f"measuring {mode} with {agents} agents...", file=sys.stderr)
-            result = await measure_fleet(mode, agents, args, log_dir, plan)
-            if result is not None:
-                results.append(result)
-                print(f"  {result}", file=sys.stderr)
+        for round_ in range(1, args.repeat + 1):  # modes in turn: each round shares a load
+            for mode in args.modes:
+                log_dir = Path(tmp) / f"{mode}-{agents}-{round_}"
+                log_dir.mkdir(parents=True, exist_ok=True)
+                print(f"measuring {mode} with {agents} agents (round {round_})...", file=sys.stderr)
+                result = await measure_fleet(mode, agents, args, log_dir, plan)
+                if result is not None:
+                    result = dataclasses.replace(result, round=round_)
+                    results.append(result)
+                    print(f"  {result}", file=sys.stderr)
     print_table(results, args)
 
 
@@ -287,6 +317,12 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=4, help="bootstrap peers per agent")
     parser.add_argument("--log-dir", help="where probes' stderr goes (default: a new temp dir)")
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every mode in turn (on a shared machine the load changes between fleets)",
+    )
     parser.add_argument(
         "--modes",
         nargs="+",
