@@ -1,13 +1,22 @@
 """Benchmark of the net layer: delivery latency and loss with one OS process per agent.
 
-For each agent count, in one run on one machine, two fleets of probe processes
-(``python -m p2pgrid.testing.probe``) are started one after the other:
+For each agent count, in one run on one machine, fleets of probe processes
+(``python -m p2pgrid.testing.probe``) are started one after the other, one per
+mode (``--modes``):
 
 1. ``raw``: plain py-libp2p 0.8.1 gossipsub in ``trio.run`` (the baseline: no
    bridge, no envelope, no signatures, no membership checks, no pacing), with the
-   same gossipsub settings as the p2pgrid host;
+   same gossipsub degrees and heartbeat as the p2pgrid host, and otherwise
+   py-libp2p's own gossipsub behaviour;
 2. ``p2pgrid``: :class:`p2pgrid.net.PeerHost` (trio guest run in asyncio, signed
-   envelopes, validators, hellos and peer exchange, paced publishing).
+   envelopes, validators, hellos and peer exchange, paced publishing, the
+   gossipsub tuning of :mod:`p2pgrid.net.gossip`);
+3. optional: ``p2pgrid-untuned`` (p2pgrid with py-libp2p's gossipsub behaviour,
+   as before :mod:`p2pgrid.net.gossip`) and ``raw-tuned`` (plain py-libp2p with
+   that tuning: what is left is the layer's own cost).
+
+Every router counts what it sends (RPCs, RPCs dropped by full outbound queues,
+IDONTWANTs) and its mesh size; the notes column shows them.
 
 Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
 ``--fanout - 1`` random earlier agents (py-libp2p alone has no peer exchange that
@@ -132,7 +141,7 @@ async def measure_fleet(
 async def measure(
     fleet: ProbeFleet, mode: str, agents: int, args: argparse.Namespace, plan: list[list[int]]
 ) -> Result:
-    raw = mode == "raw"
+    raw = mode in ("raw", "raw-tuned")
     interval = 1.0 / args.rate
     async with asyncio.timeout(START_S_PER_AGENT * agents + 20):
         addrs: dict[int, str] = {}
@@ -147,6 +156,7 @@ async def measure(
                     interval_s=interval,
                     muxer=args.muxer,
                     untuned_gossip=mode == "p2pgrid-untuned",
+                    tuned_gossip=mode == "raw-tuned",
                 )
                 for i in wave
             ]
@@ -266,17 +276,19 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         )
     print()
     by_key = {(r.agents, r.round, r.mode): r for r in results}
+    pairs = [(mode, "raw") for mode in args.modes if mode != "raw"]
+    pairs += [("p2pgrid", "raw-tuned")] if {"p2pgrid", "raw-tuned"} <= set(args.modes) else []
     for agents in args.agents:
-        for layer_mode in [mode for mode in args.modes if mode != "raw"]:
+        for layer_mode, base_mode in pairs:
             p99_ratios = []
             for round_ in range(1, args.repeat + 1):
                 layer = by_key.get((agents, round_, layer_mode))
-                raw = by_key.get((agents, round_, "raw"))
+                raw = by_key.get((agents, round_, base_mode))
                 if layer is None or raw is None:
                     continue
                 p99_ratios.append(layer.p99_ms / raw.p99_ms)
                 print(
-                    f"ratio {layer_mode}/raw at {agents} agents, round {round_}: "
+                    f"ratio {layer_mode}/{base_mode} at {agents} agents, round {round_}: "
                     f"p50 {layer.p50_ms / raw.p50_ms:.2f}, p99 {layer.p99_ms / raw.p99_ms:.2f}, "
                     f"RSS {layer.rss_mb_median / raw.rss_mb_median:.2f}, "
                     f"CPU {layer.cpu_pct / raw.cpu_pct:.2f}, "
@@ -284,7 +296,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
                 )
             if len(p99_ratios) > 1:
                 print(
-                    f"median p99 ratio {layer_mode}/raw at {agents} agents over "
+                    f"median p99 ratio {layer_mode}/{base_mode} at {agents} agents over "
                     f"{len(p99_ratios)} rounds: {statistics.median(p99_ratios):.2f}"
                 )
 
@@ -326,11 +338,12 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["raw", "p2pgrid", "p2pgrid-untuned"],
+        choices=["raw", "raw-tuned", "p2pgrid", "p2pgrid-untuned"],
         default=["raw", "p2pgrid"],
         help="p2pgrid-untuned: p2pgrid with py-libp2p's gossipsub behaviour, as before "
         "p2pgrid.net.gossip (mesh up to 12, an IDONTWANT per message, a signed peer "
-        "record in every RPC)",
+        "record in every RPC); raw-tuned: plain py-libp2p with p2pgrid.net.gossip's "
+        "tuning (and so p2pgrid.net's imports in its memory)",
     )
     args = parser.parse_args()
     if min(args.agents) < 2:

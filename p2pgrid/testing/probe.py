@@ -269,7 +269,12 @@ async def run_raw(args: argparse.Namespace) -> None:
     seed = hashlib.sha256(f"raw/{args.seed}/{args.index}".encode()).digest()
     muxer = create_mplex_muxer_option() if args.muxer == "mplex" else create_yamux_muxer_option()
     host = new_host(key_pair=create_new_key_pair(seed), muxer_opt=muxer)
-    gossipsub = _counting(GossipSub)(
+    router: Any = GossipSub
+    if args.tuned_gossip:  # the same tuning as p2pgrid's hosts (and their imports)
+        from p2pgrid.net.gossip import Gossip
+
+        router = Gossip
+    gossipsub = _counting(router)(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], **RAW_GOSSIP
     )
     pubsub = Pubsub(host, gossipsub, strict_signing=True)
@@ -366,6 +371,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
     parser.add_argument("--raw", action="store_true", help="plain py-libp2p baseline")
+    parser.add_argument(
+        "--tuned-gossip",
+        action="store_true",
+        help="with --raw: p2pgrid's gossipsub tuning (p2pgrid.net.gossip) on plain py-libp2p",
+    )
     parser.add_argument(
         "--untuned-gossip",
         action="store_true",

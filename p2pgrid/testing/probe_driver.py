@@ -43,6 +43,8 @@ class ProbeSpec:
     port: int = 0
     #: p2pgrid mode with py-libp2p's gossipsub behaviour (see the probe's --untuned-gossip).
     untuned_gossip: bool = False
+    #: raw mode with p2pgrid's gossipsub tuning (see the probe's --tuned-gossip).
+    tuned_gossip: bool = False
 
     def argv(self) -> list[str]:
         args = ["--seed", self.seed, "--index", str(self.index)]
@@ -50,6 +52,8 @@ class ProbeSpec:
         args += ["--port", str(self.port)]
         if self.untuned_gossip:
             args.append("--untuned-gossip")
+        if self.tuned_gossip:
+            args.append("--tuned-gossip")
         for addr in self.bootstrap:
             args += ["--bootstrap", addr]
         if self.raw:
