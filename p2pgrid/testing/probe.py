@@ -233,22 +233,22 @@ def _counting(gossipsub_class: Any) -> Any:
     load p2pgrid.net into the baseline's memory)."""
 
     class Counting(gossipsub_class):  # type: ignore[misc]
-        counters: Counter[str]
+        sent_counts: Counter[str]
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.counters = Counter()
+            self.sent_counts = Counter()
 
         def send_rpc(self, peer_id: Any, rpc: Any, priority: bool = False) -> None:
-            self.counters["rpcs"] += 1
+            self.sent_counts["rpcs"] += 1
             super().send_rpc(peer_id, rpc, priority)
 
         def _handle_dropped_rpc(self, peer_id: Any, rpc: Any, reason: str) -> None:
-            self.counters["rpc_drops"] += 1
+            self.sent_counts["rpc_drops"] += 1
             super()._handle_dropped_rpc(peer_id, rpc, reason)
 
         async def emit_idontwant(self, msg_ids: Any, to_peer: Any) -> None:
-            self.counters["idontwant"] += 1
+            self.sent_counts["idontwant"] += 1
             await super().emit_idontwant(msg_ids, to_peer)
 
     return Counting
@@ -339,7 +339,7 @@ async def run_raw(args: argparse.Namespace) -> None:
                         break
                     if command["cmd"] == "measure":
                         warm.cancel()
-                        before = Counter(gossipsub.counters)
+                        before = Counter(gossipsub.sent_counts)
                         sent = await _measure(
                             publish,
                             me=args.index,
@@ -355,7 +355,7 @@ async def run_raw(args: argparse.Namespace) -> None:
                             {
                                 "peers": len(host.get_connected_peers()),
                                 "mesh": len(gossipsub.mesh.get(RAW_TOPIC, ())),
-                                **(gossipsub.counters - before),
+                                **(gossipsub.sent_counts - before),
                             },
                         )
             nursery.cancel_scope.cancel()
