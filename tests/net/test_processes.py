@@ -126,8 +126,9 @@ LOAD_AGENTS = 8
 LOAD_RATE = 2.0
 LOAD_DURATION_S = 4.0
 LOAD_DRAIN_S = 3.0
-#: Generous: ~0.1-0.6 s when the layer keeps up, tens of seconds when it falls behind.
-LOAD_P99_MS = 3000.0
+#: Generous: 0.1-0.7 s when the layer keeps up (3.5 s seen at load ~15 from other
+#: suites on two cores), 10-20 s when it falls behind.
+LOAD_P99_MS = 5000.0
 
 
 async def test_a_publishing_fleet_gets_every_message_in_time_at_one_rpc_per_mesh_peer(
