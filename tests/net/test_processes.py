@@ -121,10 +121,10 @@ async def test_ten_agents_discover_from_one_bootstrap_and_a_restarted_agent_rejo
 
 
 #: The publishing load of the gossip test: every agent publishes this many
-#: messages per second for this long (the benchmark's load was 1/s at 10 agents).
-LOAD_AGENTS = 8
-LOAD_RATE = 2.0
-LOAD_DURATION_S = 4.0
+#: messages per second for this long (the benchmark's load: 1/s per agent).
+LOAD_AGENTS = 6
+LOAD_RATE = 1.0
+LOAD_DURATION_S = 5.0
 LOAD_DRAIN_S = 3.0
 #: Generous: 0.1-0.7 s when the layer keeps up (3.5 s seen at load ~15 from other
 #: suites on two cores), 10-20 s when it falls behind.
@@ -140,7 +140,10 @@ async def test_a_publishing_fleet_gets_every_message_in_time_at_one_rpc_per_mesh
     per-message cost: an IDONTWANT RPC to every mesh peer for every message however
     small, a signed peer record checked in every RPC, and a mesh of every connected
     peer. Each host now sends at most about one RPC per message per mesh peer, the
-    mesh stays within ``mesh_degree_high`` and no outbound queue drops an RPC.
+    mesh stays within ``mesh_degree_high`` and no outbound queue drops an RPC: the
+    counters fail with py-libp2p's behaviour whatever the load (~1.8x the RPCs);
+    delivery and latency fail when the machine starves the fleet of CPU (at 8
+    agents x 2 msg/s and load ~15: 156 of 448 messages with py-libp2p's behaviour).
     """
     async with asyncio.timeout(START_TIMEOUT_S):
         (first,) = await fleet.start([spec(0, interval_s=1.0)])
