@@ -99,6 +99,7 @@ class LogStore:
         self._ops: list[tuple[str, tuple[object, ...]]] = []
         self._closed = False
         self._lock = asyncio.Lock()
+        self._appended = asyncio.Event()  # set (and replaced) by each batch that appends
 
     @classmethod
     async def open(
@@ -136,6 +137,15 @@ class LogStore:
         self._closed = True  # refuse new batches, let the one in flight finish
         async with self._lock:
             await self._conn.close()
+        self._appended.set()  # wakes the readers waiting in wait_changed
+
+    async def wait_changed(self, digest: bytes) -> bytes:
+        """Wait until the log's digest differs from ``digest`` (an entry was
+        appended) or the store closed; returns the digest then. The caller owns
+        the deadline."""
+        while self.digest() == digest and not self._closed:
+            await self._appended.wait()
+        return self.digest()
 
     async def _setup(self) -> None:
         await self._conn.execute("PRAGMA journal_mode=WAL")
@@ -354,6 +364,9 @@ class LogStore:
                 raise
         done = tuple(r for r in results if r is not None)
         assert len(done) == len(results)
+        if appended:
+            self._appended.set()
+            self._appended = asyncio.Event()
         return IngestReport(done, tuple(appended))
 
     def _verify(self, raw: bytes) -> tuple[Entry | None, Reason | None]:

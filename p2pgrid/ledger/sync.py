@@ -107,6 +107,8 @@ class Replicator:
     def __init__(self, store: LogStore, transport: SyncTransport) -> None:
         self.store = store
         self.transport = transport
+        #: Each peer's log digest as its last heads reply gave it (what this node knows).
+        self.peer_digests: dict[str, bytes] = {}
 
     @property
     def name(self) -> str:
@@ -195,6 +197,7 @@ class Replicator:
         counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
         heads = await self._ask(peer, HeadsRequest())
         assert isinstance(heads, HeadsReply)
+        self.peer_digests[peer] = heads.heads.digest()
         # The owner's chain first: its enrolments admit the other authors' entries.
         for their in sorted(heads.heads.values(), key=lambda h: h.author.role is not Role.OWNER):
             if counts["requests"] >= MAX_REQUESTS_PER_ROUND:
