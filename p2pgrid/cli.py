@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from p2pgrid.demo import run_demo
 from p2pgrid.errors import P2PGridError
+from p2pgrid.reporting import command as report_command
 
 
 def main() -> None:
@@ -25,6 +26,8 @@ def main() -> None:
     demo_cmd.add_argument(
         "--work-dir", type=Path, default=Path("demo-run"), help="logs, databases, report PNGs"
     )
+    report_cmd = sub.add_parser("report", help="a site's periods: table, CSV, JSON, PNG")
+    report_command.add_arguments(report_cmd)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -32,9 +35,14 @@ def main() -> None:
     )
     console = Console(width=None if sys.stdout.isatty() else 160)  # tables whole in logs
     try:
-        asyncio.run(
-            run_demo(console, scenario_path=args.scenario, work_dir=args.work_dir, keep=args.keep)
-        )
+        if args.command == "report":
+            asyncio.run(report_command.run_report(console, report_command.request_from(args)))
+        else:
+            asyncio.run(
+                run_demo(
+                    console, scenario_path=args.scenario, work_dir=args.work_dir, keep=args.keep
+                )
+            )
     except P2PGridError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")  # names may hold "[/x]"
         sys.exit(1)

@@ -4,11 +4,14 @@ Brings up btcd and one lnd per process of the scenario (funded, with channels to
 the utility), runs the scenario with every agent as its own OS process
 (:mod:`p2pgrid.launcher`), then prints each site's period reports (table and
 PNG), the invoices, whether every site's replicas agree, and whether every node's
-lnd agrees with the logs to the msat (:func:`check_money`).
+lnd agrees with the logs to the msat (:func:`check_money`). While it runs it
+prints the utility's dashboard address (every agent serves one too); with
+``keep`` the processes and their dashboards stay up until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.launcher import RunObserver, RunResult, run_scenario
 from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
 from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
@@ -49,7 +52,8 @@ async def run_demo(
             f"{scenario.periods} periods in ~{run_s:.0f} s (logs in {work_dir})"
         )
         before = await snapshots(scenario, stack)
-        result = await run_scenario(scenario, path, stack, work_dir)
+        observer = DemoObserver(console, scenario, keep=keep)
+        result = await run_scenario(scenario, path, stack, work_dir, observer=observer)
         await print_reports(console, scenario, result)
         checked = await check_money(scenario, stack, result, before)
         console.print(
@@ -63,6 +67,31 @@ async def run_demo(
         else:
             await stack.down()
     return result
+
+
+class DemoObserver(RunObserver):
+    """Prints the dashboards' addresses; with ``keep``, holds the run open."""
+
+    def __init__(self, console: Console, scenario: Scenario, *, keep: bool) -> None:
+        self.console = console
+        self.scenario = scenario
+        self.keep = keep
+
+    async def started(self, dashboards: dict[str, str]) -> None:
+        utility = self.scenario.utility.name
+        self.console.print(f"dashboard (live): [bold]{dashboards[utility]}[/]")
+        others = ", ".join(f"{n} {u}" for n, u in dashboards.items() if n != utility)
+        self.console.print(f"[dim]each agent's own: {others}[/]")
+
+    async def finished(self, result: RunResult) -> None:
+        if not self.keep:
+            return
+        await print_reports(self.console, self.scenario, result)
+        self.console.print(
+            f"run done; dashboard still at [bold]{result.dashboards[self.scenario.utility.name]}[/]"
+            " (Ctrl-C stops the processes)"
+        )
+        await asyncio.Event().wait()  # until Ctrl-C cancels the run
 
 
 async def print_reports(console: Console, scenario: Scenario, result: RunResult) -> None:

@@ -12,6 +12,12 @@ Lightning. Each process logs to ``<work_dir>/<name>.log``.
 4. When every process is done, the launcher waits until all replicas of each
    site have the same digest, asks the utility for its invoices' status, and
    stops everything.
+
+Every process serves a dashboard (:mod:`p2pgrid.dashboard`); the ready lines
+give their addresses. A :class:`RunObserver` hears of them once the run starts
+(:meth:`RunObserver.started`), and of the result before the processes stop
+(:meth:`RunObserver.finished`): the demo prints the addresses and, with
+``--keep``, waits there; the browser test looks at the page meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from p2pgrid.errors import TimeoutExpired
 from p2pgrid.jsonlines import ChildProcess
@@ -48,6 +54,16 @@ class UtilityCommand:
     args: tuple[str, ...] = ()
 
 
+class RunObserver(Protocol):
+    """Hears how a run goes; its calls run inside the run (processes up)."""
+
+    async def started(self, dashboards: dict[str, str]) -> None:
+        """Every process got its start time; ``dashboards``: process name -> URL."""
+
+    async def finished(self, result: RunResult) -> None:
+        """The run is done and converged; the processes still serve."""
+
+
 @dataclasses.dataclass
 class RunResult:
     utility_invoices: list[dict[str, Any]]
@@ -55,6 +71,7 @@ class RunResult:
     reports: dict[str, dict[str, Any]]
     digests: dict[str, dict[str, str]]  # site -> replica name -> digest
     work_dir: Path
+    dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
 
 
 async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> ChildProcess:
@@ -68,16 +85,20 @@ async def run_scenario(
     work_dir: Path,
     *,
     utility: UtilityCommand = UtilityCommand(),
+    observer: RunObserver | None = None,
 ) -> RunResult:
     """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
-    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``)."""
+    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``);
+    ``observer`` hears of the dashboards and the result while the processes run."""
     work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
     provision = {
         site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
     }
     children: list[ChildProcess] = []
     try:
-        return await _run(scenario, scenario_path, stack, work_dir, provision, children, utility)
+        return await _run(
+            scenario, scenario_path, stack, work_dir, provision, children, utility, observer
+        )
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
@@ -92,6 +113,7 @@ async def _run(
     provision: dict[str, list[str]],
     children: list[ChildProcess],
     command: UtilityCommand,
+    observer: RunObserver | None,
 ) -> RunResult:
     def runtime_file(name: str, **fields: Any) -> str:
         path = work_dir / f"{name}.runtime.json"
@@ -109,6 +131,7 @@ async def _run(
     children.append(utility)
     async with asyncio.timeout(READY_TIMEOUT_S):
         ready = await utility.expect("ready")
+    dashboards = {uname: str(ready.get("dashboard", ""))}
     devices: dict[str, ChildProcess] = {}
     pubkeys: dict[str, str] = {}  # each device's lnd node, told to every agent at start
     started: list[str] = []  # addrs of the devices already up, of every site
@@ -133,9 +156,12 @@ async def _run(
                 up = await child.expect("ready")
             started += up["addrs"]
             pubkeys[device.name] = up["pubkey"]
+            dashboards[device.name] = str(up.get("dashboard", ""))
     start = time.time() + START_DELAY_S
     for child in children:
         await child.send("start", at=start, nodes=pubkeys)
+    if observer is not None:
+        await observer.started(dashboards)
     run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
@@ -145,7 +171,10 @@ async def _run(
     digests = await _converged(scenario, utility, devices)
     await utility.send("status")
     status = (await utility.expect("status"))["invoices"]
-    return RunResult(invoices, status, reports, digests, work_dir)
+    result = RunResult(invoices, status, reports, digests, work_dir, dashboards)
+    if observer is not None:
+        await observer.finished(result)
+    return result
 
 
 async def _converged(

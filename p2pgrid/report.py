@@ -10,6 +10,7 @@ consume more than they should, against their own history and their class.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.markup import escape
@@ -34,6 +35,7 @@ class DeviceLine:
     balance_msat: int
     fees_msat: int
     findings: tuple[str, ...]
+    name: str = ""  # the owner's label (device_info), if the log has one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,7 +55,10 @@ class PeriodReport:
         return tuple(line.device for line in self.lines if waste & set(line.findings))
 
 
-def period_report(view: LedgerView, period: int, *, site: str) -> PeriodReport:
+def period_report(
+    view: LedgerView, period: int, *, site: str, names: Mapping[int, str] | None = None
+) -> PeriodReport:
+    """The report of ``period``; ``names`` (device -> label) names the devices."""
     found: dict[int, Inefficiency] = {f.device: f for f in inefficiencies(view, period)}
     now = view.period(period)
     lines = []
@@ -75,6 +80,7 @@ def period_report(view: LedgerView, period: int, *, site: str) -> PeriodReport:
                 balance_msat=acc.balance_msat,
                 fees_msat=acc.fees_msat,
                 findings=tuple(sorted(finding.findings)) if finding else (),
+                name=(names or {}).get(device, ""),
             )
         )
     return PeriodReport(
@@ -108,8 +114,8 @@ def report_table(report: PeriodReport) -> Table:
     for line in report.lines:
         flagged = line.device in report.wasteful
         table.add_row(
-            str(line.device),
-            escape(line.device_class),  # from the log: any text
+            escape(line.name or str(line.device)),  # from the log: any text
+            escape(line.device_class),
             _sat(line.allocation_msat),
             f"{line.energy_wh:,}",
             _sat(line.spent_msat + line.overdraft_msat),
@@ -133,7 +139,7 @@ def report_png(report: PeriodReport, path: Path) -> Path:
     matplotlib.use("Agg")  # no display: a file only
     import matplotlib.pyplot as plt
 
-    labels = [f"{line.device}\n{line.device_class}" for line in report.lines]
+    labels = [f"{line.name or line.device}\n{line.device_class}" for line in report.lines]
     xs = list(range(len(report.lines)))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(xs) + 2), 4.0), dpi=100)
     try:

@@ -3,7 +3,9 @@
 ``lnd``: where its lnd's REST API is and how to authenticate; ``data_dir``: its
 own directory (its SQLite log lives there); ``bootstrap``: multiaddrs to dial;
 ``provision``: the site owner's signed entries (hex), per site name;
-``utility_pubkey``: the utility's lnd node, whose invoices agents pay.
+``utility_pubkey``: the utility's lnd node, whose invoices agents pay;
+``dashboard``: where the process serves its dashboard (loopback, a free port
+unless given; a token when bound elsewhere).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from p2pgrid.dashboard import DashboardConfig
 from p2pgrid.errors import ConfigError
 from p2pgrid.lightning.lnd import LndEndpoint
 
@@ -24,6 +27,7 @@ class Runtime:
     utility_pubkey: str = ""
     provision: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     listen_port: int = 0
+    dashboard: DashboardConfig = dataclasses.field(default_factory=DashboardConfig)
 
     def to_json(self) -> str:
         lnd = dataclasses.asdict(self.lnd)
@@ -36,6 +40,7 @@ class Runtime:
                 "utility_pubkey": self.utility_pubkey,
                 "provision": self.provision,
                 "listen_port": self.listen_port,
+                "dashboard": dataclasses.asdict(self.dashboard),
             }
         )
 
@@ -57,6 +62,7 @@ class Runtime:
                 utility_pubkey=str(raw.get("utility_pubkey", "")),
                 provision={k: list(v) for k, v in raw.get("provision", {}).items()},
                 listen_port=int(raw.get("listen_port", 0)),
+                dashboard=DashboardConfig(**raw.get("dashboard", {})),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"bad runtime file {path}: {exc!r}") from exc

@@ -2,13 +2,14 @@
 
 It opens its lnd client, its payment intents (``<name>.intents.db``) and its
 node's parts (its own SQLite log, libp2p host and replica:
-:func:`p2pgrid.replication.open_node_parts`), prints ``{"event": "ready",
-"addrs": [...], "pubkey": <its lnd node>}`` and waits for ``{"cmd": "start",
+:func:`p2pgrid.replication.open_node_parts`), serves its dashboard over its
+replica (:mod:`p2pgrid.dashboard`), prints ``{"event": "ready", "addrs": [...],
+"pubkey": <its lnd node>, "dashboard": url}`` and waits for ``{"cmd": "start",
 "at": <epoch s of interval 0>, "nodes": {<device name>: <lnd pubkey>}}`` (the
 Lightning node of every device, where shares and sales are paid). It then runs every period
 of the scenario, prints ``{"event": "done", "report": ...}``, and keeps serving
 its replica (answering ``{"cmd": "digest"}``) until ``{"cmd": "stop"}``.
-Parts stop in order: replica, host, the database, the intents, then the lnd client.
+Parts stop in order: dashboard, replica, host, the database, the intents, then the lnd client.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
@@ -107,7 +110,23 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             peer_logs=peer_logs,
         )
         agent.install()
-        emit("ready", name=name, peer_id=host.peer_id, addrs=list(host.addrs), pubkey=pubkey)
+        feed = SiteFeed(
+            name=site.name,
+            store=store,
+            peer_sites=peer_logs,
+            peer_digests=functools.partial(dict, replica.replicator.peer_digests),
+            peer_names={s.identity.site_hash: s.name for s in scenario.sites if s != site},
+        )
+        # Entered last, so it stops first: before the store it reads closes.
+        dashboard = await parts.enter_async_context(Dashboard(name, (feed,), runtime.dashboard))
+        emit(
+            "ready",
+            name=name,
+            peer_id=host.peer_id,
+            addrs=list(host.addrs),
+            pubkey=pubkey,
+            dashboard=dashboard.url,
+        )
         async for command in commands_in:
             if command["cmd"] == "start":
                 agent.clock = scenario.clock(float(command["at"]))

@@ -1,7 +1,7 @@
 """A node's replicas as one JSON-ready snapshot: what the dashboard page shows.
 
 :func:`site_snapshot` reads one site's replica (a :class:`~p2pgrid.ledger.LogStore`)
-and nothing else: the devices of the current period (the last one in the log)
+and nothing else: the devices of the current period (the last one with entries)
 with their money from :func:`p2pgrid.ledger.fold`, the movements, invoices,
 payments, curtailments and indicators from
 :func:`p2pgrid.ledger.activity.activity`, the inefficiency findings of every
@@ -71,7 +71,7 @@ async def site_snapshot(feed: SiteFeed) -> dict[str, Any]:
     entries = await store.entries()
     view = fold(entries, site_hash=store.membership.site_hash, peer_sites=feed.peer_sites)
     act = activity(entries, peer_sites=feed.peer_sites.keys())
-    period = max(view.periods, default=0)
+    period = max((e.period for e in entries), default=0)  # the last period with entries
     digest = store.digest()
     peers = [
         {"peer": peer, "digest": d.hex(), "agrees": d == digest}
@@ -85,15 +85,17 @@ async def site_snapshot(feed: SiteFeed) -> dict[str, Any]:
             "period": f.period,
             "ts_ms": f.timestamp_ms,
             "id": f.entry_id[:16],
-            "from": act.name(f.payer) if f.kind.value != "site_share_in" else
-                    f"{site_names.get(f.other_site, 'other site')} #{f.payer}",
-            "to": act.name(f.payee) if f.kind.value != "site_share" else
-                  f"{site_names.get(f.other_site, 'other site')} #{f.payee}",
+            "from": act.name(f.payer)
+            if f.kind.value != "site_share_in"
+            else f"{site_names.get(f.other_site, 'other site')} #{f.payer}",
+            "to": act.name(f.payee)
+            if f.kind.value != "site_share"
+            else f"{site_names.get(f.other_site, 'other site')} #{f.payee}",
             "msat": f.amount_msat,
             "wh": f.energy_wh,
         }
         for f in reversed(act.flows[-FEED_LENGTH:])
-    ]  # fmt: skip
+    ]
     findings = [
         {
             "period": p,

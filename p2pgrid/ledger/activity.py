@@ -182,18 +182,39 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
             per["grid"] += body.energy_wh
         elif isinstance(body, Share):
             per["dev"] += body.amount_msat
-            flows.append(Flow(FlowKind.SHARE, *at, payer=me, payee=body.to_device,
-                              amount_msat=body.amount_msat, ))  # fmt: skip
+            flows.append(
+                Flow(
+                    FlowKind.SHARE,
+                    *at,
+                    payer=me,
+                    payee=body.to_device,
+                    amount_msat=body.amount_msat,
+                )
+            )
         elif isinstance(body, Sale):
             per["local"] += body.energy_wh
-            flows.append(Flow(FlowKind.SALE, *at, payer=me, payee=body.seller,
-                              amount_msat=body.amount_msat, energy_wh=body.energy_wh,
-                              ))  # fmt: skip
+            flows.append(
+                Flow(
+                    FlowKind.SALE,
+                    *at,
+                    payer=me,
+                    payee=body.seller,
+                    amount_msat=body.amount_msat,
+                    energy_wh=body.energy_wh,
+                )
+            )
         elif isinstance(body, SiteShare):
             per["site"] += body.amount_msat
-            flows.append(Flow(FlowKind.SITE_SHARE, *at, payer=me, payee=body.to_device,
-                              amount_msat=body.amount_msat, other_site=body.to_site.hex(),
-                              ))  # fmt: skip
+            flows.append(
+                Flow(
+                    FlowKind.SITE_SHARE,
+                    *at,
+                    payer=me,
+                    payee=body.to_device,
+                    amount_msat=body.amount_msat,
+                    other_site=body.to_site.hex(),
+                )
+            )
         elif isinstance(body, SiteShareIn):
             flows.append(_site_share_in(body, me, e, peer_sites))
         elif isinstance(body, Invoice):
@@ -202,11 +223,22 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
             of_invoice = body.payment_hash in invoices and body.payment_hash not in paid
             if of_invoice:
                 paid[body.payment_hash] = e.timestamp_ms
-            payments.append(PaymentLine(e.period, e.timestamp_ms, me, body.amount_msat,
-                                        body.payment_hash.hex(), of_invoice))  # fmt: skip
+            payments.append(
+                PaymentLine(
+                    e.period,
+                    e.timestamp_ms,
+                    me,
+                    body.amount_msat,
+                    body.payment_hash.hex(),
+                    of_invoice,
+                )
+            )
         elif isinstance(body, Curtailment):
-            curtailments.append(CurtailmentLine(e.period, body.device, body.start_ms,
-                                                body.duration_s, body.max_power_w))  # fmt: skip
+            curtailments.append(
+                CurtailmentLine(
+                    e.period, body.device, body.start_ms, body.duration_s, body.max_power_w
+                )
+            )
         elif isinstance(body, Dispute):
             disputed_ids.add((body.target_role, body.target_index, body.target_seq))
     lines = []
@@ -217,8 +249,17 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
             state = InvoiceState.PAID
         elif (int(Role.UTILITY), e.author.index, e.seq) in disputed_ids:
             state = InvoiceState.DISPUTED
-        lines.append(InvoiceLine(e.period, e.body.device, e.body.amount_msat, e.body.energy_wh,
-                                 h.hex(), state, paid.get(h)))  # fmt: skip
+        lines.append(
+            InvoiceLine(
+                e.period,
+                e.body.device,
+                e.body.amount_msat,
+                e.body.energy_wh,
+                h.hex(),
+                state,
+                paid.get(h),
+            )
+        )
     indicators = []
     for period, p in sorted(periods.items()):
         indicators.append(
@@ -260,8 +301,16 @@ def _site_share_in(body: SiteShareIn, me: int, e: Entry, peer_sites: Iterable[by
         if isinstance(given.body, SiteShare):
             amount, site, payer = given.body.amount_msat, site_h.hex(), given.author.index
             break
-    return Flow(FlowKind.SITE_SHARE_IN, e.period, e.timestamp_ms, e.id.hex(), payer, me,
-                amount, other_site=site)  # fmt: skip
+    return Flow(
+        FlowKind.SITE_SHARE_IN,
+        e.period,
+        e.timestamp_ms,
+        e.id.hex(),
+        payer,
+        me,
+        amount,
+        other_site=site,
+    )
 
 
 def explain(found: Inefficiency, *, tolerance_pct: int = DEFAULT_TOLERANCE_PCT) -> str:

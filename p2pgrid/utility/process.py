@@ -4,7 +4,8 @@ For each site of the scenario it runs one libp2p host, one SQLite replica of
 the site's log and one invoicer on its lnd, all with the utility's key for that
 site (the site owner enrolled it in the site's log; the host speaks as the
 site's utility, net member index ``UTILITY_NET_INDEX``). It prints
-``{"event": "ready", "addrs": {site: [...]}}``, waits for ``{"cmd": "start",
+``{"event": "ready", "addrs": {site: [...]}, "dashboard": url}`` (it serves its
+dashboard over those replicas: :mod:`p2pgrid.dashboard`), waits for ``{"cmd": "start",
 "at": ...}``, grants budgets and invoices every period, prints ``{"event":
 "done", "invoices": [...]}`` and then ``{"event": "status", ...}`` on
 ``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
@@ -19,17 +20,20 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
 from p2pgrid.lightning import LndClient
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
+from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
@@ -58,6 +62,7 @@ async def run_utility(
         parts.push_async_callback(bridge.stop)
         desks: list[SiteDesk] = []
         addrs: dict[str, list[str]] = {}
+        feeds: list[SiteFeed] = []
         for site in scenario.sites:
             identity = site.identity
             signer = utility.signer(site)
@@ -97,7 +102,32 @@ async def run_utility(
                 )
             )
             addrs[site.name] = list(host.addrs)
-        emit("ready", name=utility.name, pubkey=(await node.get_info()).pubkey, addrs=addrs)
+            others = [s for s in scenario.sites if s != site]
+            feeds.append(
+                SiteFeed(
+                    name=site.name,
+                    store=store,
+                    peer_sites={
+                        s.identity.site_hash: provisioned_membership(
+                            s, runtime.provision.get(s.name, [])
+                        )
+                        for s in others
+                    },
+                    peer_digests=functools.partial(dict, replica.replicator.peer_digests),
+                    peer_names={s.identity.site_hash: s.name for s in others},
+                )
+            )
+        # Entered last, so it stops first: before the stores it reads close.
+        dashboard = await parts.enter_async_context(
+            Dashboard(utility.name, tuple(feeds), runtime.dashboard)
+        )
+        emit(
+            "ready",
+            name=utility.name,
+            pubkey=(await node.get_info()).pubkey,
+            addrs=addrs,
+            dashboard=dashboard.url,
+        )
         async for command in commands_in:
             if command["cmd"] == "start":
                 un = UtilityNode(

@@ -64,7 +64,7 @@ function renderSite(s) {
     ["moved sites", (k) => pct(k.moved_sites)],
     ["invoiced sat", (k) => sat(k.invoiced_msat)],
     ["paid sat", (k) => sat(k.paid_msat)],
-  ], s.indicators, (k) => `data-period="${k.period}"`);
+  ], s.indicators, (k) => `data-kpi-period="${k.period}"`);
   const invoices = table([
     ["p", (i) => i.period],
     ["device", (i) => esc(i.name), "txt"],
@@ -85,9 +85,9 @@ function renderSite(s) {
     ["device", (f) => esc(f.name), "txt"],
     ["why", (f) => esc(f.reason), "reason"],
   ], s.findings) : `<p class="muted">none</p>`;
-  return `<section class="site" data-site="${esc(s.site)}">
+  return `<section class="site" data-site="${esc(s.site)}" data-period="${s.period}" data-digest="${s.digest}" data-entries="${s.entries}">
     <h2>${esc(s.site)} <span class="muted">period ${s.period} · ${s.entries} entries ·
-      replica ${esc(s.replica)} · digest <code data-digest>${s.digest.slice(0, 16)}</code> · ${agree}</span></h2>
+      replica ${esc(s.replica)} · digest <code>${s.digest.slice(0, 16)}</code> · ${agree}</span></h2>
     <div class="grid"><div><h3>Devices (period ${s.period})</h3>${devices}
       <h3>Per period</h3>${kpis}
       <p class="muted">Self-consumption: not in the log (a producer's output is logged only as it is sold).</p></div>

@@ -1,0 +1,104 @@
+"""``p2pgrid report``: a site's periods from a replica, for people and programs.
+
+For each chosen period of the site it prints the device table (names, not
+indexes) and writes ``<out>/<site>-p<N>.csv``, ``.json`` and ``.png`` (see
+:mod:`p2pgrid.reporting.data` and :mod:`p2pgrid.reporting.figures`). The log
+is read from one replica's SQLite file: by default the utility's copy in a
+demo's work directory. The command's logic lives here, apart from the
+argument parser, so it moves with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+from pathlib import Path
+
+from rich.console import Console
+
+from p2pgrid.errors import ConfigError
+from p2pgrid.ledger import LogStore, Membership
+from p2pgrid.report import report_table
+from p2pgrid.reporting.data import site_period, to_csv, to_json
+from p2pgrid.reporting.figures import period_figure
+from p2pgrid.scenario import load_scenario
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportRequest:
+    scenario: Path
+    site: str
+    periods: tuple[int, ...] | None  # None: every period of the log
+    db: Path | None  # None: the utility's replica under work_dir
+    work_dir: Path
+    out_dir: Path | None  # None: <work_dir>/report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="the site's name in the scenario")
+    parser.add_argument("--period", type=int, action="append", help="a period (repeatable)")
+    parser.add_argument("--scenario", type=Path, help="the scenario TOML (default: the demo's)")
+    parser.add_argument("--work-dir", type=Path, default=Path("demo-run"), help="a run's dir")
+    parser.add_argument("--db", type=Path, help="a replica's SQLite file (default: utility's)")
+    parser.add_argument("--out", type=Path, help="where CSV, JSON and PNG go")
+
+
+def request_from(args: argparse.Namespace) -> ReportRequest:
+    default = importlib.resources.files("p2pgrid.scenarios") / "two_sites.toml"
+    return ReportRequest(
+        scenario=args.scenario or Path(str(default)),
+        site=args.site,
+        periods=tuple(args.period) if args.period else None,
+        db=args.db,
+        work_dir=args.work_dir,
+        out_dir=args.out,
+    )
+
+
+async def run_report(console: Console, request: ReportRequest) -> list[Path]:
+    """Print and write the report; returns the files written."""
+    scenario = load_scenario(request.scenario)
+    site = next((s for s in scenario.sites if s.name == request.site), None)
+    if site is None:
+        names = ", ".join(s.name for s in scenario.sites)
+        raise ConfigError(f"no site {request.site!r} in {request.scenario} (sites: {names})")
+    utility = scenario.utility.name
+    db = request.db or request.work_dir / utility / f"{utility}-{site.name}.db"
+    if not db.is_file():
+        raise ConfigError(f"no replica at {db}: run the demo first, or give --db")
+    async with await LogStore.open(db, site.identity, name=f"report/{site.name}") as store:
+        entries = await store.entries()
+        membership = store.membership
+    # The owner's other sites as the utility's replicas of them enrol their members
+    # (to verify shares between sites); a site without a replica here is left out.
+    peer_sites: dict[bytes, Membership] = {}
+    others = [s for s in scenario.sites if s != site]
+    for other in others:
+        path = request.work_dir / utility / f"{utility}-{other.name}.db"
+        if path.is_file():
+            async with await LogStore.open(path, other.identity, name="report/peer") as peer:
+                peer_sites[other.identity.site_hash] = peer.membership
+    periods = request.periods or tuple(sorted({e.period for e in entries}))
+    out = request.out_dir or request.work_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for period in periods:
+        data = site_period(
+            entries,
+            period,
+            site=site.name,
+            site_hash=membership.site_hash,
+            peer_sites=peer_sites,
+            peer_names={s.identity.site_hash: s.name for s in others},
+        )
+        console.print(report_table(data.report))
+        for f in data.findings:
+            console.print(f"  [red]{f.name}[/]: {f.reason}")
+        stem = out / f"{site.name}-p{period}"
+        stem.with_suffix(".csv").write_text(to_csv(data))
+        stem.with_suffix(".json").write_text(to_json(data))
+        written += [stem.with_suffix(".csv"), stem.with_suffix(".json")]
+        written.append(period_figure(data, stem.with_suffix(".png")))
+    console.print(f"written: {', '.join(str(p) for p in written)}")
+    return written
