@@ -21,6 +21,7 @@ from rich.table import Table
 
 from p2pgrid.launcher import RunObserver, RunResult, run_scenario
 from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
+from p2pgrid.ledger.activity import activity
 from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.topology import utility_star
@@ -101,28 +102,31 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
             db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
             stores[site.name] = await LogStore.open(db, site.identity, name=site.name)
         views: dict[str, LedgerView] = {}
+        names: dict[str, dict[int, str]] = {}
         for site in scenario.sites:
             store = stores[site.name]
             peers = {s.membership.site_hash: s.membership for s in stores.values() if s != store}
-            views[site.name] = fold(
-                await store.entries(), site_hash=store.membership.site_hash, peer_sites=peers
-            )
+            entries = await store.entries()
+            views[site.name] = fold(entries, site_hash=store.membership.site_hash, peer_sites=peers)
+            names[site.name] = activity(entries).names
     finally:
         for store in stores.values():
             await store.close()
     for site in scenario.sites:
         view = views[site.name]
         for period in range(scenario.periods):
-            report = period_report(view, period, site=site.name)
+            report = period_report(view, period, site=site.name, names=names[site.name])
             console.print(report_table(report))
             png = report_png(report, result.work_dir / f"report-{site.name}-p{period}.png")
             console.print(f"picture: {png}")
     table = Table(title="Invoices (utility's lnd)")
     for column in ("site", "device", "period", "sat", "state"):
         table.add_column(column)
+    device_names = {(site.name, d.index): d.name for site in scenario.sites for d in site.devices}
     for s in result.invoice_status:
+        name = device_names.get((s["site"], s["device"]), str(s["device"]))
         table.add_row(
-            escape(s["site"]), str(s["device"]), str(s["period"]),
+            escape(s["site"]), escape(name), str(s["period"]),
             f"{s['amount_msat'] / 1000:,.3f}", s["collection"],
         )  # fmt: skip
     console.print(table)

@@ -6,13 +6,16 @@ libp2p and SQLite); Debian's chromium, driven by Playwright through
 soon as the run starts. While the run goes on, every device of the scenario
 shows and a new entry arrives without a reload; once the run converged, the
 page's numbers (left, shares, paid) equal the views folded from the utility's
-replica, and a screenshot is saved (its path is printed).
+replica, and a screenshot is saved (its path is printed). The report command
+then reads the same run's replica: files for every period, devices by name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
+import io
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -21,11 +24,13 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Page, async_playwright
+from rich.console import Console
 
 from p2pgrid.launcher import RunResult, run_scenario
-from p2pgrid.ledger import Invoice, LogStore, Payment, fold, invoices_of, site_hash
+from p2pgrid.ledger import Invoice, LogStore, Payment, fold, invoices_of
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
+from p2pgrid.reporting import ReportRequest, run_report
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TEST_ROOT
 
@@ -171,15 +176,17 @@ def test_a_new_entry_arrives_without_a_reload(browsed: tuple[Scenario, RunResult
 
 async def test_the_page_numbers_equal_the_views(browsed: tuple[Scenario, RunResult, Seen]) -> None:
     scenario, result, seen = browsed
-    for site in scenario.sites:
+    memberships = {}
+    logs = {}
+    for site in scenario.sites:  # the utility's replicas: every site's log and members
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        peers = {
-            site_hash(s.owner.identity): scenario.membership(s) for s in scenario.sites if s != site
-        }
-        async with await LogStore.open(db, scenario.membership(site), name="check") as store:
-            entries = await store.entries()
-            digest = store.digest().hex()
-        view = fold(entries, site_hash=scenario.membership(site).site_hash, peer_sites=peers)
+        async with await LogStore.open(db, site.identity, name="check") as store:
+            logs[site.name] = (await store.entries(), store.digest().hex())
+            memberships[site.name] = store.membership
+    for site in scenario.sites:
+        entries, digest = logs[site.name]
+        peers = {m.site_hash: m for name, m in memberships.items() if name != site.name}
+        view = fold(entries, site_hash=site.identity.site_hash, peer_sites=peers)
         shown = seen.numbers[site.name]
         assert shown["digest"] == digest
         period = shown["period"]
@@ -211,3 +218,30 @@ def test_a_screenshot_is_saved(
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     with capsys.disabled():
         print(f"\ndashboard screenshot: {seen.screenshot}")
+
+
+async def test_the_report_of_the_run_has_every_period(
+    browsed: tuple[Scenario, RunResult, Seen],
+) -> None:
+    scenario, result, _ = browsed
+    console = Console(record=True, width=200)
+    for site in scenario.sites:
+        request = ReportRequest(
+            scenario=SCENARIO,
+            site=site.name,
+            periods=None,
+            db=None,
+            work_dir=result.work_dir,
+            out_dir=result.work_dir / "report",
+        )
+        written = await run_report(console, request)
+        for period in range(scenario.periods):
+            stem = result.work_dir / "report" / f"{site.name}-p{period}"
+            assert {stem.with_suffix(x) for x in (".csv", ".json", ".png")} <= set(written)
+            assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            rows = list(csv.DictReader(io.StringIO(stem.with_suffix(".csv").read_text())))
+            assert [r["name"] for r in rows] == [
+                d.name for d in sorted(site.devices, key=lambda d: d.index)
+            ]
+    text = console.export_text()
+    assert all(d.name in text for s in scenario.sites for d in s.devices)
