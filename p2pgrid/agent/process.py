@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -114,7 +113,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             name=site.name,
             store=store,
             peer_sites=peer_logs,
-            peer_digests=functools.partial(dict, replica.replicator.peer_digests),
+            replicator=replica.replicator,
             peer_names={s.identity.site_hash: s.name for s in scenario.sites if s != site},
         )
         # Entered last, so it stops first: before the store it reads closes.

@@ -3,7 +3,8 @@ and a stream of snapshots as server-sent events.
 
 Routes: ``/`` (the page), ``/app.js``, ``/api/snapshot`` (JSON), ``/events``
 (``text/event-stream``: one ``snapshot`` event on connect, then one each time
-an entry is appended to any of the node's replicas). Read-only: no route
+an entry is appended to any of the node's replicas, or a peer reports a new
+digest). Read-only: no route
 changes anything.
 
 It binds to loopback unless configured otherwise; bound elsewhere it needs a
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from p2pgrid.dashboard.snapshot import SiteFeed, node_snapshot
 from p2pgrid.errors import ConfigError
+from p2pgrid.ledger import Replicator
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,9 @@ class Dashboard:
         await self._group.__aenter__()
         for feed in self.feeds:
             self._watchers.append(self._group.create_task(self._watch(feed)))
-        log.info("[%s] dashboard at %s", self.node, self._url)
+            if feed.replicator is not None:
+                self._watchers.append(self._group.create_task(self._listen(feed.replicator)))
+        log.info("[%s] dashboard at http://%s:%d/", self.node, shown, port)  # no token in logs
 
     async def stop(self) -> None:
         if self._stopping:
@@ -146,9 +150,18 @@ class Dashboard:
             if new == digest:  # the store closed
                 return
             digest = new
-            async with self._changed:
-                self._version += 1
-                self._changed.notify_all()
+            await self._bump()
+
+    async def _listen(self, replicator: Replicator) -> None:
+        """Bump the version each time a peer reports a new digest."""
+        while not self._stopping:
+            await replicator.wait_heard()
+            await self._bump()
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self._version += 1
+            self._changed.notify_all()
 
     def _news(self, seen: int) -> bool:
         return self._version != seen or self._stopping

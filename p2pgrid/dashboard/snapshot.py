@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from p2pgrid.ledger import LedgerView, LogStore, Membership, fold, inefficiencies
+from p2pgrid.ledger import LedgerView, LogStore, Membership, Replicator, fold, inefficiencies
 from p2pgrid.ledger.activity import Activity, activity, explain
 
 #: How many movements (newest first) a snapshot carries.
@@ -29,14 +29,15 @@ class SiteFeed:
     """One site replica a node serves on its dashboard.
 
     ``peer_sites``: the owner's other sites (site hash -> membership), so shares
-    across sites are verified as in the fold; ``peer_digests``: what the node last
-    heard of its peers' digests (:attr:`p2pgrid.ledger.Replicator.peer_digests`);
+    across sites are verified as in the fold; ``replicator``: the replica's sync
+    side, whose :attr:`~p2pgrid.ledger.Replicator.peer_digests` say what the node
+    last heard of its peers' digests;
     ``peer_names``: how to call the other sites."""
 
     name: str
     store: LogStore
     peer_sites: Mapping[bytes, Membership] = dataclasses.field(default_factory=dict)
-    peer_digests: Callable[[], Mapping[str, bytes]] = dict
+    replicator: Replicator | None = None
     peer_names: Mapping[bytes, str] = dataclasses.field(default_factory=dict)  # site hash -> name
 
 
@@ -75,7 +76,7 @@ async def site_snapshot(feed: SiteFeed) -> dict[str, Any]:
     digest = store.digest()
     peers = [
         {"peer": peer, "digest": d.hex(), "agrees": d == digest}
-        for peer, d in sorted(feed.peer_digests().items())
+        for peer, d in sorted(feed.replicator.peer_digests.items() if feed.replicator else ())
     ]
     site_names = {h.hex(): f"site {h.hex()[:8]}" for h in feed.peer_sites}
     site_names.update({h.hex(): n for h, n in feed.peer_names.items()})

@@ -109,10 +109,15 @@ class Replicator:
         self.transport = transport
         #: Each peer's log digest as its last heads reply gave it (what this node knows).
         self.peer_digests: dict[str, bytes] = {}
+        self._heard = asyncio.Event()  # set (and replaced) when a peer's digest changes
 
     @property
     def name(self) -> str:
         return self.store.name
+
+    async def wait_heard(self) -> None:
+        """Wait until a peer reports a digest different from the one it last did."""
+        await self._heard.wait()
 
     async def publish(self, entries: Sequence[Entry]) -> None:
         """Announce entries (already in the local store) on the log topic."""
@@ -197,7 +202,10 @@ class Replicator:
         counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
         heads = await self._ask(peer, HeadsRequest())
         assert isinstance(heads, HeadsReply)
-        self.peer_digests[peer] = heads.heads.digest()
+        if self.peer_digests.get(peer) != (digest := heads.heads.digest()):
+            self.peer_digests[peer] = digest
+            self._heard.set()
+            self._heard = asyncio.Event()
         # The owner's chain first: its enrolments admit the other authors' entries.
         for their in sorted(heads.heads.values(), key=lambda h: h.author.role is not Role.OWNER):
             if counts["requests"] >= MAX_REQUESTS_PER_ROUND:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -113,7 +112,7 @@ async def run_utility(
                         )
                         for s in others
                     },
-                    peer_digests=functools.partial(dict, replica.replicator.peer_digests),
+                    replicator=replica.replicator,
                     peer_names={s.identity.site_hash: s.name for s in others},
                 )
             )

@@ -124,6 +124,9 @@ async def _browse(scenario: Scenario, watch: BrowserWatch, shots: Path, seen: Se
                         .every((s) => s.dataset.digest === final[s.dataset.site])""",
                     arg=final,
                 )
+                # The node hears its peers' digests in its next anti-entropy rounds.
+                await page.wait_for_selector('section[data-agree="false"]', state="detached")
+                await page.wait_for_selector('section[data-agree="null"]', state="detached")
                 seen.numbers = await _site_numbers(page)
                 seen.screenshot = shots / "dashboard.png"
                 await page.screenshot(path=str(seen.screenshot), full_page=True)

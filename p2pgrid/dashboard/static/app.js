@@ -28,9 +28,10 @@ function leftBar(d) {
 }
 
 function renderSite(s) {
-  const agree = s.agree === null ? `<span class="muted">no peer heard yet</span>`
-    : s.agree ? `<span class="ok">agrees with ${s.peers.length} peer replica(s)</span>`
-    : `<span class="bad">differs from ${s.peers.filter((p) => !p.agrees).length} of ${s.peers.length} peer replica(s)</span>`;
+  const agreeing = s.peers.filter((p) => p.agrees).length;
+  const agree = s.agree === null ? `<span class="muted">no peer synced with yet</span>`
+    : `<span class="${s.agree ? "ok" : "warn"}">agrees with ${agreeing} of ${s.peers.length} peer replica(s)</span>` +
+      ` <span class="muted">(as of their last sync)</span>`;
   const devices = table([
     ["device", (d) => `<b>${esc(d.name)}</b>`, "", "name"],
     ["class", (d) => esc(d.class), "txt", "class"],
@@ -85,16 +86,19 @@ function renderSite(s) {
     ["device", (f) => esc(f.name), "txt"],
     ["why", (f) => esc(f.reason), "reason"],
   ], s.findings) : `<p class="muted">none</p>`;
-  return `<section class="site" data-site="${esc(s.site)}" data-period="${s.period}" data-digest="${s.digest}" data-entries="${s.entries}">
+  return `<section class="site" data-site="${esc(s.site)}" data-period="${s.period}"
+      data-digest="${s.digest}" data-entries="${s.entries}" data-agree="${s.agree}">
     <h2>${esc(s.site)} <span class="muted">period ${s.period} · ${s.entries} entries ·
-      replica ${esc(s.replica)} · digest <code>${s.digest.slice(0, 16)}</code> · ${agree}</span></h2>
-    <div class="grid"><div><h3>Devices (period ${s.period})</h3>${devices}
-      <h3>Per period</h3>${kpis}
-      <p class="muted">Self-consumption: not in the log (a producer's output is logged only as it is sold).</p></div>
-    <div><h3>Shares and sales</h3><div class="feed">${flows}</div>
-      <h3>Inefficiencies</h3>${findings}</div>
-    <div><h3>Invoices (Lightning)</h3>${invoices}</div>
-    <div><h3>Curtailments</h3><div class="feed">${curtailments}</div></div></div>
+      replica ${esc(s.replica)} · digest <code>${s.digest.slice(0, 16)}</code></span> · ${agree}</h2>
+    <h3>Devices (period ${s.period})</h3><div class="scroll">${devices}</div>
+    <h3>Per period</h3><div class="scroll">${kpis}</div>
+    <p class="muted">Self-consumption: not in the log (a producer's output is logged only as it is sold).</p>
+    <div class="grid">
+      <div><h3>Shares and sales</h3><div class="feed">${flows}</div></div>
+      <div><h3>Invoices (Lightning)</h3><div class="scroll">${invoices}</div>
+        <h3>Inefficiencies</h3>${findings}</div>
+      <div><h3>Curtailments</h3><div class="feed">${curtailments}</div></div>
+    </div>
   </section>`;
 }
 
