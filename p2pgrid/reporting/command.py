@@ -79,7 +79,11 @@ async def run_report(console: Console, request: ReportRequest) -> list[Path]:
         if path.is_file():
             async with await LogStore.open(path, other.identity, name="report/peer") as peer:
                 peer_sites[other.identity.site_hash] = peer.membership
-    periods = request.periods or tuple(sorted({e.period for e in entries}))
+    logged = sorted({e.period for e in entries})
+    periods = request.periods or tuple(logged)
+    missing = sorted(set(periods) - set(logged))
+    if missing:
+        raise ConfigError(f"no entries in period(s) {missing} of {db} (periods logged: {logged})")
     out = request.out_dir or request.work_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -4,11 +4,16 @@ views, names replace indexes, and a picture is drawn for every period."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 from pathlib import Path
 
+import pytest
+from rich.console import Console
+
+from p2pgrid.errors import ConfigError
 from p2pgrid.ledger import (
     Allocation,
     Author,
@@ -22,7 +27,15 @@ from p2pgrid.ledger import (
     fold,
 )
 from p2pgrid.ledger.activity import InvoiceState, activity
-from p2pgrid.reporting import CSV_COLUMNS, period_figure, site_period, to_csv, to_json
+from p2pgrid.reporting import (
+    CSV_COLUMNS,
+    ReportRequest,
+    period_figure,
+    run_report,
+    site_period,
+    to_csv,
+    to_json,
+)
 from tests.ledger.ledger_factory import T0_MS, Site
 
 PERIOD_MS = 3_600_000
@@ -106,3 +119,14 @@ def test_an_invoice_is_paid_once_its_payment_is_logged() -> None:
     assert act.paid_msat(1, 1) == 0
     unpaid = activity(e for e in entries if not isinstance(e.body, Payment))
     assert unpaid.invoices[0].state is InvoiceState.OPEN
+
+
+async def test_the_command_refuses_an_unknown_site_or_a_missing_replica(tmp_path: Path) -> None:
+    console = Console(record=True)
+    scenario = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+    ask = ReportRequest(scenario, "store-9", None, None, tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="no site 'store-9'"):
+        await run_report(console, ask)
+    with pytest.raises(ConfigError, match="no replica at"):
+        await run_report(console, dataclasses.replace(ask, site="store-1"))
+    assert not (tmp_path / "out").exists()
