@@ -110,7 +110,9 @@ def report_table(report: PeriodReport) -> Table:
     for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "borrowed", "given",
                  "bought Wh", "sold Wh", "carried", "left sat", "fees sat",
                  "findings"):  # fmt: skip
-        table.add_column(name, justify="left" if name in {"class", "findings"} else "right")
+        table.add_column(
+            name, justify="left" if name in {"device", "class", "findings"} else "right"
+        )
     for line in report.lines:
         flagged = line.device in report.wasteful
         table.add_row(

@@ -19,7 +19,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from p2pgrid.ledger import Entry, Membership, fold, inefficiencies
-from p2pgrid.ledger.activity import Activity, Flow, PaymentLine, PeriodIndicators, activity, explain
+from p2pgrid.ledger.activity import (
+    Activity,
+    Flow,
+    FlowKind,
+    PaymentLine,
+    PeriodIndicators,
+    activity,
+    explain,
+)
 from p2pgrid.report import DeviceLine, PeriodReport, period_report
 
 #: The CSV's columns: a device line's fields, findings joined by ``;``.
@@ -54,6 +62,18 @@ class SitePeriod:
 
     def name(self, device: int | None) -> str:
         return "?" if device is None else self.names.get(device, f"device {device}")
+
+    def payer(self, flow: Flow) -> str:
+        """Who paid: a device of this site, or (site share in) one of another site."""
+        if flow.kind is FlowKind.SITE_SHARE_IN:
+            return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payer}"
+        return self.name(flow.payer)
+
+    def payee(self, flow: Flow) -> str:
+        """Who was paid: a device of this site, or (site share) one of another site."""
+        if flow.kind is FlowKind.SITE_SHARE:
+            return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payee}"
+        return self.name(flow.payee)
 
 
 def site_period(
@@ -124,8 +144,7 @@ def to_json(data: SitePeriod) -> str:
         "disputes": r.disputes,
         "devices": [dataclasses.asdict(line) for line in r.lines],
         "flows": [
-            dataclasses.asdict(f) | {"from": data.name(f.payer), "to": data.name(f.payee)}
-            for f in data.flows
+            dataclasses.asdict(f) | {"from": data.payer(f), "to": data.payee(f)} for f in data.flows
         ],
         "payments": [dataclasses.asdict(p) | {"name": data.name(p.device)} for p in data.payments],
         "findings": [dataclasses.asdict(f) for f in data.findings],

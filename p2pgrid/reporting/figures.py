@@ -59,14 +59,7 @@ def _band(ax: Any, y0: tuple[float, float], y1: tuple[float, float], colour: str
 def _flows(ax: Any, data: SitePeriod) -> None:
     links: dict[tuple[str, str, FlowKind], int] = {}
     for f in data.flows:
-        site = data.other_sites.get(f.other_site, "other site")
-        payer = (
-            f"{site}: {data.name(f.payer)}"
-            if f.kind is FlowKind.SITE_SHARE_IN
-            else data.name(f.payer)
-        )
-        payee = f"{site}: #{f.payee}" if f.kind is FlowKind.SITE_SHARE else data.name(f.payee)
-        key = (payer, payee, f.kind)
+        key = (data.payer(f), data.payee(f), f.kind)
         links[key] = links.get(key, 0) + f.amount_msat
     ax.set_title("who paid whom (shares, energy sales, site shares; sat)")
     ax.set_axis_off()
