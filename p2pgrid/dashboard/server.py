@@ -89,6 +89,8 @@ class Dashboard:
         self._stopping = False
         self._group: asyncio.TaskGroup | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self._built: tuple[int, bytes] = (-1, b"")  # (version, event) shared by all streams
+        self._building = asyncio.Lock()
 
     @property
     def url(self) -> str:
@@ -204,9 +206,17 @@ class Dashboard:
                 seen = self._version
             if self._stopping:
                 break
-            data = json.dumps(await node_snapshot(self.node, self.feeds), separators=(",", ":"))
-            await response.write(f"event: snapshot\ndata: {data}\n\n".encode())
+            await response.write(await self._event(seen))
         return response
+
+    async def _event(self, version: int) -> bytes:
+        """The snapshot event of ``version`` or later, built once for every stream."""
+        async with self._building:
+            if self._built[0] < version:
+                now = self._version  # appends during the build wake the streams again
+                data = json.dumps(await node_snapshot(self.node, self.feeds), separators=(",", ":"))
+                self._built = (now, f"event: snapshot\ndata: {data}\n\n".encode())
+            return self._built[1]
 
 
 def dashboard_json(snapshot: dict[str, Any]) -> str:
