@@ -167,6 +167,8 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
     payments: list[PaymentLine] = []
     curtailments: list[CurtailmentLine] = []
     periods: dict[int, dict[str, int]] = {}
+    # Like the fold: a payment pays an invoice logged anywhere in the log, once.
+    invoiced = {e.body.payment_hash for e in ordered if isinstance(e.body, Invoice)}
     for e in ordered:
         body, me = e.body, e.author.index
         per = periods.setdefault(
@@ -220,7 +222,7 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
         elif isinstance(body, Invoice):
             invoices[body.payment_hash] = e
         elif isinstance(body, Payment):
-            of_invoice = body.payment_hash in invoices and body.payment_hash not in paid
+            of_invoice = body.payment_hash in invoiced and body.payment_hash not in paid
             if of_invoice:
                 paid[body.payment_hash] = e.timestamp_ms
             payments.append(
@@ -292,7 +294,10 @@ def _site_share_in(body: SiteShareIn, me: int, e: Entry, peer_sites: Iterable[by
     (the giver's signed entry) if it decodes for one of ``peer_sites``; whether it
     counts is the fold's business (it verifies the signature)."""
     amount, site, payer = 0, "", None
-    raw = bytes.fromhex(body.evidence)
+    try:
+        raw = bytes.fromhex(body.evidence)
+    except ValueError:
+        raw, peer_sites = b"", ()  # not hex: nothing to read (the fold credits nothing)
     for site_h in peer_sites:
         try:
             given = decode_entry(raw, site_h)
