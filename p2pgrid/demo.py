@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -53,15 +54,19 @@ async def run_demo(
             f"{scenario.periods} periods in ~{run_s:.0f} s (logs in {work_dir})"
         )
         before = await snapshots(scenario, stack)
-        observer = DemoObserver(console, scenario, keep=keep)
+
+        async def summary(result: RunResult) -> None:
+            await print_reports(console, scenario, result)
+            checked = await check_money(scenario, stack, result, before)
+            console.print(
+                f"lnd and the logs: [green]agree[/] ({checked})"
+                if checked.ok
+                else f"lnd and the logs: [red]disagree[/] ({checked})"
+            )
+
+        observer = DemoObserver(console, scenario, summary, keep=keep)
         result = await run_scenario(scenario, path, stack, work_dir, observer=observer)
-        await print_reports(console, scenario, result)
-        checked = await check_money(scenario, stack, result, before)
-        console.print(
-            f"lnd and the logs: [green]agree[/] ({checked})"
-            if checked.ok
-            else f"lnd and the logs: [red]disagree[/] ({checked})"
-        )
+        await summary(result)
     finally:
         if keep:
             console.print("stack [bold]demo[/] left running: stop it with `regtest/down demo`")
@@ -71,11 +76,20 @@ async def run_demo(
 
 
 class DemoObserver(RunObserver):
-    """Prints the dashboards' addresses; with ``keep``, holds the run open."""
+    """Prints the dashboards' addresses; with ``keep``, prints the ``summary`` of
+    the run and then holds it open (processes and dashboards up) until Ctrl-C."""
 
-    def __init__(self, console: Console, scenario: Scenario, *, keep: bool) -> None:
+    def __init__(
+        self,
+        console: Console,
+        scenario: Scenario,
+        summary: Callable[[RunResult], Awaitable[None]],
+        *,
+        keep: bool,
+    ) -> None:
         self.console = console
         self.scenario = scenario
+        self.summary = summary
         self.keep = keep
 
     async def started(self, dashboards: dict[str, str]) -> None:
@@ -87,7 +101,7 @@ class DemoObserver(RunObserver):
     async def finished(self, result: RunResult) -> None:
         if not self.keep:
             return
-        await print_reports(self.console, self.scenario, result)
+        await self.summary(result)
         self.console.print(
             f"run done; dashboard still at [bold]{result.dashboards[self.scenario.utility.name]}[/]"
             " (Ctrl-C stops the processes)"
