@@ -64,7 +64,9 @@ def two_periods() -> tuple[Site, list[Entry]]:
     invoice = Invoice(1, 125_000, 500, HASH, "lnbcrt1250n1...")
     entries.append(utility.next(invoice, period=0, ts=T0_MS + PERIOD_MS + 10))
     entries.append(
-        devices[1].next(Payment(125_000, HASH, PREIMAGE), period=1, ts=T0_MS + PERIOD_MS + 20)
+        devices[1].next(
+            Payment(125_000, HASH, PREIMAGE, fee_msat=0), period=1, ts=T0_MS + PERIOD_MS + 20
+        )
     )
     return site, entries
 
