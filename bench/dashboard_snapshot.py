@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 from p2pgrid.dashboard import SiteFeed, node_snapshot
-from p2pgrid.identity import Signer, SiteOwner
+from p2pgrid.identity import Role, Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
     DeviceInfo,
+    Enrol,
     Entry,
     LogStore,
-    Membership,
-    MembershipConfig,
     MeterReading,
     Share,
     sign_entry,
@@ -39,23 +38,33 @@ BATCH = 256
 REPEAT = 5
 
 
-def make_entries(owner: SiteOwner, membership: Membership, total: int, devices: int) -> list[Entry]:
-    """Device labels, then ``total`` readings and shares round-robin over ``devices``."""
+def bench_key(label: str) -> Signer:
+    """Benchmark keys: each its own hash of a label."""
+    return Signer.from_secret(hashlib.sha256(f"p2pgrid bench/{label}".encode()).digest())
+
+
+def make_entries(owner: Signer, site: SiteIdentity, total: int, devices: int) -> list[Entry]:
+    """The owner's enrolments and labels, then ``total`` readings and shares
+    round-robin over ``devices``."""
     prev: dict[Author, bytes] = {}
     seqs: dict[Author, int] = {}
+    keys = {d: bench_key(f"device {d}") for d in range(devices)}
 
     def sign(author: Author, body: Body, ts: int) -> Entry:
-        signer = (
-            owner.owner_signer if author == Author.owner() else owner.device_signer(author.index)
-        )
+        signer = owner if author == Author.owner() else keys[author.index]
         seqs[author] = seqs.get(author, 0) + 1
-        entry = sign_entry(signer, membership.site_hash, author=author, seq=seqs[author],
-                           prev=prev.get(author, GENESIS_PREV), period=1, timestamp_ms=ts,
-                           body=body)  # fmt: skip
+        period = 0 if author == Author.owner() else 1
+        entry = sign_entry(signer, site.site_hash, author=author, seq=seqs[author],
+                           prev=prev.get(author, GENESIS_PREV), period=period,
+                           timestamp_ms=ts, body=body)  # fmt: skip
         prev[author] = entry.id
         return entry
 
     entries = [
+        sign(Author.owner(), Enrol(Role.DEVICE, d, keys[d].pubkey, "bench", 0), T0_MS)
+        for d in range(devices)
+    ]
+    entries += [
         sign(Author.owner(), DeviceInfo(d, "hvac", f"dev-{d}"), T0_MS) for d in range(devices)
     ]
     for n in range(total):
@@ -68,17 +77,17 @@ def make_entries(owner: SiteOwner, membership: Membership, total: int, devices: 
 
 
 async def run(sizes: list[int], devices: int) -> None:
-    owner = SiteOwner.from_seed(hashlib.sha256(b"bench dashboard").digest())
-    utility = Signer.from_secret(hashlib.sha256(b"bench dashboard utility").digest())
-    membership = Membership(MembershipConfig(site=owner.identity, utility_pubkey=utility.pubkey))
+    owner = bench_key("owner")
+    site = SiteIdentity(owner.pubkey)
     print(f"{'entries':>8} {'read ms':>9} {'snapshot ms':>12} {'ratio':>6}")
     for total in sizes:
-        entries = make_entries(owner, membership, total, devices)
+        entries = make_entries(owner, site, total, devices)
         with tempfile.TemporaryDirectory() as tmp:
-            async with await LogStore.open(Path(tmp) / "s.db", membership, name="s") as store:
+            async with await LogStore.open(Path(tmp) / "s.db", site, name="s") as store:
                 raws = [e.raw for e in entries]
                 for i in range(0, len(raws), BATCH):
                     await store.ingest_many(raws[i : i + BATCH])
+                assert store.heads().total == len(entries), "entries refused"
                 start = time.perf_counter()
                 for _ in range(REPEAT):
                     await store.entries()
