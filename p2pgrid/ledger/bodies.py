@@ -62,6 +62,16 @@ class Body:
     def check(self, author_role: Role, author_index: int) -> None:
         """Raise :class:`BodyError` if the values are not allowed."""
 
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        """What the author may record once only (None: no such rule).
+
+        A log refuses an entry whose key one of its author's earlier entries
+        (its chain ancestors) of the same kind already has: a second reading of
+        one interval, a second budget of a period, a second invoice of a device
+        and period. See docs/protocol-log.md, section 4.
+        """
+        return None
+
 
 def _positive(name: str, value: int) -> None:
     if value <= 0:
@@ -87,6 +97,10 @@ class MeterReading(Body):
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("interval_s", self.interval_s)
 
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        # The interval's start names it (it lies in one period): one reading each.
+        return (self.interval_start_ms,)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Budget(Body):
@@ -98,6 +112,9 @@ class Budget(Body):
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("amount_msat", self.amount_msat)
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period,)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,6 +193,9 @@ class Invoice(Body):
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("amount_msat", self.amount_msat)
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period, self.device)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ class RejectReason(enum.StrEnum):
     PENDING_FULL = "pending_full"
     BEFORE_ENROLMENT = "before_enrolment"  # a period before the member's ``from_period``
     REVOKED = "revoked"  # seq above the ``last_seq`` of the member's revocation
+    DUPLICATE_RECORD = "duplicate_record"  # a second reading/budget/invoice of one key
 
 
 class Outcome(enum.StrEnum):

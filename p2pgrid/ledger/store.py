@@ -19,6 +19,10 @@ id of a stored predecessor, plus equivocating siblings kept as evidence);
 ``pending`` holds verified entries whose predecessor has not arrived yet.
 Heads (see :mod:`p2pgrid.ledger.heads`) are kept in memory, rebuilt from
 ``entries`` on open, updated with each batch and restored if it rolls back.
+So is the index of *records* (:meth:`Body.record_key`): an entry whose key an
+ancestor in its author's chain already recorded is refused as
+``duplicate_record`` (a second reading of an interval, budget of a period,
+invoice of a device and period), so no view can ever count one twice.
 Batches and queries take turns (one lock), so queries see committed entries.
 """
 
@@ -36,7 +40,7 @@ from types import TracebackType
 import aiosqlite
 
 from p2pgrid.identity import Roster, SiteIdentity
-from p2pgrid.ledger.bodies import BodyError, Revoke, Role
+from p2pgrid.ledger.bodies import BodyError, EntryKind, Revoke, Role
 from p2pgrid.ledger.codec import HASH_LEN
 from p2pgrid.ledger.entry import Author, Entry, OversizedError, decode_entry
 from p2pgrid.ledger.errors import CorruptLogError, LedgerError, MalformedError
@@ -67,6 +71,25 @@ _INSERT_ENTRY = "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_PENDING = "INSERT INTO pending VALUES (?, ?, ?, ?)"
 _DELETE_PENDING = "DELETE FROM pending WHERE id = ?"
 _JOINED = frozenset({Outcome.STORED, Outcome.EQUIVOCATION})
+_RECORD_KINDS = (
+    EntryKind.METER_READING.value,
+    EntryKind.BUDGET.value,
+    EntryKind.INVOICE.value,
+)
+_ANCESTORS = """
+WITH RECURSIVE anc(id, prev, seq) AS (
+    SELECT id, prev, seq FROM entries WHERE id = ?
+    UNION ALL
+    SELECT e.id, e.prev, e.seq FROM entries e JOIN anc ON e.id = anc.prev WHERE anc.seq > ?
+) SELECT id FROM anc
+"""
+#: (author, kind, key) of a record -> the (seq, id) of the entries holding it
+_RecordIndex = dict[tuple[Author, EntryKind, tuple[int, ...]], list[tuple[int, bytes]]]
+
+
+def _record_of(entry: Entry) -> tuple[Author, EntryKind, tuple[int, ...]] | None:
+    key = entry.body.record_key(entry.period)
+    return None if key is None else (entry.author, entry.kind, key)
 
 
 @dataclasses.dataclass(slots=True)
@@ -96,6 +119,7 @@ class LogStore:
         self._heads: dict[Author, _Head] = {}
         self._pending: dict[Author, dict[int, int]] = {}  # author -> seq -> how many
         self._flagged: set[Author] = set()
+        self._records: _RecordIndex = {}
         self._ops: list[tuple[str, tuple[object, ...]]] = []
         self._closed = False
         self._lock = asyncio.Lock()
@@ -213,6 +237,21 @@ class LogStore:
             "SELECT author, seq, COUNT(*) FROM pending GROUP BY author, seq"
         ):
             self._pending.setdefault(Author.from_key(bytes(author_key)), {})[seq] = count
+        await self._load_records()
+
+    async def _load_records(self) -> None:
+        """Rebuild the index of records from the log (on open, after a rollback)."""
+        self._records = {}
+        marks = ",".join("?" * len(_RECORD_KINDS))
+        site = self.membership.site_hash
+        for seq, raw in await self._conn.execute_fetchall(
+            f"SELECT seq, raw FROM entries WHERE kind IN ({marks}) ORDER BY author, seq, id",
+            _RECORD_KINDS,
+        ):
+            entry = decode_entry(bytes(raw), site)
+            record = _record_of(entry)
+            if record is not None:
+                self._records.setdefault(record, []).append((int(seq), entry.id))
 
     # -- reading --------------------------------------------------------------
 
@@ -361,6 +400,7 @@ class LogStore:
                 )
                 self.roster.restore(roster_before)
                 await self._conn.execute("ROLLBACK")
+                await self._load_records()
                 raise
         done = tuple(r for r in results if r is not None)
         assert len(done) == len(results)
@@ -464,6 +504,13 @@ class LogStore:
                 entry.body.KIND, entry.period, link[1]
             ):
                 return self._reject(Reason.TIME_REGRESSION, entry, "earlier than its predecessor")
+        record = _record_of(entry)
+        if record is not None:
+            if await self._recorded_before(entry, record):
+                return self._reject(
+                    Reason.DUPLICATE_RECORD, entry, f"{entry.kind.name.lower()} {record[2]} again"
+                )
+            self._records.setdefault(record, []).append((entry.seq, entry.id))
         self._ops.append((_INSERT_ENTRY, _row(entry)))
         appended.append(entry)
         sibling = entry.seq <= head.seq
@@ -520,6 +567,12 @@ class LogStore:
             self._pending.pop(author, None)
         if head.count <= head.seq:
             self._flagged.discard(author)
+        for record in [r for r in self._records if r[0] == author]:
+            kept = [(seq, eid) for seq, eid in self._records[record] if seq <= last]
+            if kept:
+                self._records[record] = kept
+            else:
+                del self._records[record]
         log.warning(
             "[%s] %s revoked after seq %d: log now holds its entries 1..%d",
             self.name,
@@ -527,6 +580,26 @@ class LogStore:
             last,
             head.seq,
         )
+
+    async def _recorded_before(
+        self, entry: Entry, record: tuple[Author, EntryKind, tuple[int, ...]]
+    ) -> bool:
+        """Whether an ancestor of ``entry`` (in its author's chain) holds ``record``.
+
+        Ancestors, not arrival order, decide: so every replica refuses the same
+        entries whatever order they came in. An author that never equivocated
+        has one chain, so each of its earlier entries is an ancestor.
+        """
+        earlier = [(s, i) for s, i in self._records.get(record, ()) if s < entry.seq]
+        if not earlier:
+            return False
+        if entry.author not in self._flagged:
+            return True
+        await self._flush()
+        lowest = min(s for s, _ in earlier)
+        rows = await self._conn.execute_fetchall(_ANCESTORS, (entry.prev, lowest))
+        ancestors = {bytes(r[0]) for r in rows}
+        return any(i in ancestors for _, i in earlier)
 
     def _hold(self, entry: Entry) -> IngestResult:
         if self.pending_count >= self.max_pending:

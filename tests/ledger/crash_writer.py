@@ -23,7 +23,10 @@ async def main(path: Path) -> None:
     while True:
         n += 1
         await writer.append(MeterReading(T0_MS + n, 60, n, n), period=1, timestamp_ms=T0_MS + n)
-        batch = [other.next(MeterReading(T0_MS, 60, 1, 1)).raw for _ in range(20)]
+        # one reading per interval: a log refuses a second reading of an interval
+        batch = [
+            other.next(MeterReading(T0_MS + 60_000 * (20 * n + i), 60, 1, 1)).raw for i in range(20)
+        ]
         await store.ingest_many(batch)
         print(n, flush=True)
 

@@ -21,6 +21,7 @@ from p2pgrid.ledger import (
     Revoke,
     Share,
     decode_entry,
+    sign_entry,
 )
 from p2pgrid.ledger.bodies import EntryKind, decode_body, encode_body
 from p2pgrid.ledger.entry import DOMAIN_TAG
@@ -64,6 +65,12 @@ REVOKE = (
     "9c9f3a3963a35f2ff6c043e770f3079ad63c7a17788daf06bb437405ab77fbce",
     "41e50ed0506f66e065f43cf042d88ec89cd637f54acc77869607d3af2f642755f829773d26d9d1129a26263c"
     "717bc35be4d20029af9007745d8798520930d05c",
+)
+# Entry E: device 1, seq 3 after C, entry B's interval again (refused: duplicate_record)
+E3_UNSIGNED = (
+    "01000000000100000000000000038ce87c4bd66697c8c107ffbe7c667cc7861c6dcf5f80f6bf65a4c5b9e3"
+    "6182f0000000070000018bcfe56fd001001c0000018bcfe568000000038400000000000000010000000000"
+    "000001"
 )
 DIGEST_BEFORE_REVOKE = "5ba84a2e54ca2f641acefa081340e98569d74831bab5adf168e616e8b62c310d"
 DIGEST_AFTER_REVOKE = "860ede9153edb1bf609427944e33c4121fb358c7a61248e1e38ad17876454bf7"
@@ -124,3 +131,28 @@ def test_payment_body_vector() -> None:
     payment = Payment(9_000_000, hashlib.sha256(preimage).digest(), preimage, 1_000)
     assert encode_body(payment).hex() == PAYMENT_BODY
     assert decode_body(EntryKind.PAYMENT, bytes.fromhex(PAYMENT_BODY)) == payment
+
+
+async def test_second_reading_vector_is_refused(tmp_path: Path) -> None:
+    site_hash = bytes.fromhex(SITE_HASH)
+    raws = [bytes.fromhex(u + sig) for _, u, _, sig in (ENROL, E1, E2)]
+    e3 = sign_entry(
+        Signer.from_secret(DEVICE1_SECRET),
+        site_hash,
+        author=Author.device(1),
+        seq=3,
+        prev=bytes.fromhex(E2[2]),
+        period=7,
+        timestamp_ms=1_700_000_002_000,
+        body=MeterReading(1_700_000_000_000, 900, 1, 1),
+    )
+    assert e3.raw[:-64].hex() == E3_UNSIGNED
+    site = SiteIdentity(bytes.fromhex(OWNER_PUB))
+    async with await LogStore.open(tmp_path / "e.sqlite", site, name="record") as store:
+        await store.ingest_many(raws)
+        report = await store.ingest(e3.raw)
+        assert (report.results[0].outcome, report.results[0].reason) == (
+            Outcome.REJECTED,
+            RejectReason.DUPLICATE_RECORD,
+        )
+        assert store.digest().hex() == DIGEST_BEFORE_REVOKE

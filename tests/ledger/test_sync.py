@@ -27,10 +27,10 @@ from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
 
 async def _write(site: Site, replicator: Replicator, device: int, n: int) -> None:
     writer = LogWriter(replicator.store, site.device(device), Author.device(device))
-    for i in range(n):
-        entry = await writer.append(
-            MeterReading(T0_MS + i, 60, 5, 50), period=1, timestamp_ms=T0_MS + i
-        )
+    for _ in range(n):
+        seq = replicator.store.next_position(writer.author)[0]  # one reading per interval
+        ts = T0_MS + 60_000 * seq
+        entry = await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
         await replicator.publish([entry])
 
 
