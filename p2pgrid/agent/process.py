@@ -8,25 +8,28 @@ replica (:mod:`p2pgrid.dashboard`), prints ``{"event": "ready", "addrs": [...],
 "at": <epoch s of interval 0>, "nodes": {<device name>: <lnd pubkey>}}`` (the
 Lightning node of every device, where shares and sales are paid). It then runs every period
 of the scenario, prints ``{"event": "done", "report": ...}``, and keeps serving
-its replica (answering ``{"cmd": "digest"}``) until ``{"cmd": "stop"}``.
-Parts stop in order: dashboard, replica, host, the database, the intents, then the lnd client.
+its replica (answering ``{"cmd": "digest"}``, also while it runs) until
+``{"cmd": "stop"}``, end of input, SIGTERM or SIGINT, at any moment
+(:class:`p2pgrid.service.Service`: input first, then the run in flight). Parts
+stop in order: dashboard, replica, host, the database, the intents, then the lnd client.
+Errors end it with one line on stderr and the exit codes of
+:mod:`p2pgrid.service` (2: bad files, 3: lnd unreachable), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from p2pgrid.agent.device import DeviceAgent, DeviceProfile
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.dashboard import Dashboard, SiteFeed
-from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogWriter
@@ -37,6 +40,7 @@ from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
+from p2pgrid.service import Service, run_process
 
 #: Anti-entropy every few seconds: a compressed period lasts seconds.
 ANTI_ENTROPY_S = 2.0
@@ -126,19 +130,24 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             pubkey=pubkey,
             dashboard=dashboard.url,
         )
-        async for command in commands_in:
+        service = Service()
+
+        async def run_periods() -> None:
+            report = await agent.run(scenario.periods)
+            emit("done", name=name, report=dataclasses.asdict(report))
+
+        async def handle(command: dict[str, Any]) -> None:
             if command["cmd"] == "start":
                 agent.clock = scenario.clock(float(command["at"]))
                 for other, other_pubkey in dict(command.get("nodes", {})).items():
                     other_site, other_device = scenario.site_of(str(other))
                     party = Party(other_site.identity.site_id, other_device.index)
                     agent.nodes[party] = str(other_pubkey)
-                report = await agent.run(scenario.periods)
-                emit("done", name=name, report=dataclasses.asdict(report))
+                service.spawn(run_periods())  # stop and digest are answered meanwhile
             elif command["cmd"] == "digest":
                 emit("digest", name=name, digest=store.digest().hex())
-            elif command["cmd"] == "stop":
-                break
+
+        await service.serve(commands_in, handle)
     emit("stopped", name=name)
 
 
@@ -152,8 +161,4 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    try:
-        asyncio.run(run_device(args.scenario, args.runtime, args.name))
-    except ConfigError as exc:  # a bad scenario or runtime file: say which, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_process(run_device(args.scenario, args.runtime, args.name))

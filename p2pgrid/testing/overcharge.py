@@ -11,7 +11,6 @@ starts it through :class:`p2pgrid.launcher.UtilityCommand`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -21,6 +20,7 @@ from typing import Any
 from p2pgrid.billing import Bill
 from p2pgrid.ledger import Entry
 from p2pgrid.scenario import load_scenario
+from p2pgrid.service import run_process
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.process import argument_parser, run_utility, setup_logging
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     site_ids = {s.name: s.identity.site_id for s in load_scenario(args.scenario).sites}
     overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in args.overcharge}
     make = functools.partial(OverchargingInvoicer, overcharge=overcharge)
-    asyncio.run(run_utility(args.scenario, args.runtime, make_invoicer=make))
+    run_process(run_utility(args.scenario, args.runtime, make_invoicer=make))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ site's utility, net member index ``UTILITY_NET_INDEX``). It prints
 dashboard over those replicas: :mod:`p2pgrid.dashboard`), waits for ``{"cmd": "start",
 "at": ...}``, grants budgets and invoices every period, prints ``{"event":
 "done", "invoices": [...]}`` and then ``{"event": "status", ...}`` on
-``{"cmd": "status"}`` until ``{"cmd": "stop"}``.
+``{"cmd": "status"}`` until ``{"cmd": "stop"}``, end of input, SIGTERM or
+SIGINT, at any moment (:class:`p2pgrid.service.Service`). Errors end it with one
+line on stderr and the exit codes of :mod:`p2pgrid.service`, never a traceback.
 
 :func:`run_utility` takes the factory of its invoicers: tests hand it an
 invoicer that bills wrong on purpose (``p2pgrid.testing.overcharge``).
@@ -17,16 +19,15 @@ invoicer that bills wrong on purpose (``p2pgrid.testing.overcharge``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from p2pgrid.dashboard import Dashboard, SiteFeed
-from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
@@ -36,6 +37,7 @@ from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
+from p2pgrid.service import Service, run_process
 from p2pgrid.utility.invoicer import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 
@@ -127,26 +129,31 @@ async def run_utility(
             addrs=addrs,
             dashboard=dashboard.url,
         )
-        async for command in commands_in:
-            if command["cmd"] == "start":
-                un = UtilityNode(
-                    clock=scenario.clock(float(command["at"])),
-                    model_ms=scenario.model_ms,
-                    sites=desks,
+        service = Service()
+
+        async def run_periods(at: float) -> None:
+            un = UtilityNode(
+                clock=scenario.clock(at),
+                model_ms=scenario.model_ms,
+                sites=desks,
+            )
+            await un.run(scenario.periods)
+            invoices = []
+            for entry in un.invoiced:
+                assert isinstance(entry.body, Invoice)
+                invoices.append(
+                    {
+                        "period": entry.period,
+                        "device": entry.body.device,
+                        "amount_msat": entry.body.amount_msat,
+                        "payment_hash": entry.body.payment_hash.hex(),
+                    }
                 )
-                await un.run(scenario.periods)
-                invoices = []
-                for entry in un.invoiced:
-                    assert isinstance(entry.body, Invoice)
-                    invoices.append(
-                        {
-                            "period": entry.period,
-                            "device": entry.body.device,
-                            "amount_msat": entry.body.amount_msat,
-                            "payment_hash": entry.body.payment_hash.hex(),
-                        }
-                    )
-                emit("done", name=utility.name, invoices=invoices)
+            emit("done", name=utility.name, invoices=invoices)
+
+        async def handle(command: dict[str, Any]) -> None:
+            if command["cmd"] == "start":
+                service.spawn(run_periods(float(command["at"])))  # stop is answered meanwhile
             elif command["cmd"] == "status":
                 statuses = []
                 for period in range(scenario.periods):
@@ -162,8 +169,8 @@ async def run_utility(
                 emit("status", invoices=statuses)
             elif command["cmd"] == "digest":
                 emit("digest", digests={d.name: d.store.digest().hex() for d in desks})
-            elif command["cmd"] == "stop":
-                break
+
+        await service.serve(commands_in, handle)
     emit("stopped", name=utility.name)
 
 
@@ -184,8 +191,4 @@ def setup_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(argv)
     setup_logging()
-    try:
-        asyncio.run(run_utility(args.scenario, args.runtime))
-    except ConfigError as exc:  # a bad scenario or runtime file: say which, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_process(run_utility(args.scenario, args.runtime))
