@@ -18,6 +18,11 @@ give their addresses. A :class:`RunObserver` hears of them once the run starts
 (:meth:`RunObserver.started`), and of the result before the processes stop
 (:meth:`RunObserver.finished`): the demo prints the addresses and, with
 ``--keep``, waits there; the browser test looks at the page meanwhile.
+
+A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
+agent with SIGKILL and starts it again with the same files (its data directory
+and runtime file) and the same ``start`` line; the agent rejoins the running
+scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from p2pgrid.errors import TimeoutExpired
-from p2pgrid.jsonlines import ChildProcess
+from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
@@ -74,8 +80,54 @@ class RunResult:
     dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
 
 
-async def _spawn(module: str, name: str, args: list[str], work_dir: Path) -> ChildProcess:
-    return await ChildProcess.spawn(name, module, args, work_dir / f"{name}.log")
+async def _spawn(
+    module: str, name: str, args: list[str], work_dir: Path, log_name: str | None = None
+) -> ChildProcess:
+    return await ChildProcess.spawn(name, module, args, work_dir / (log_name or f"{name}.log"))
+
+
+@dataclasses.dataclass
+class Running:
+    """A scenario while it runs, for tests that disrupt it."""
+
+    scenario: Scenario
+    at: float  # epoch seconds of interval 0
+    work_dir: Path
+    devices: dict[str, ChildProcess]  # the current process of each device
+    children: list[ChildProcess]  # every process started (all are stopped at the end)
+    utility: ChildProcess
+    pubkeys: dict[str, str]
+    argv: dict[str, list[str]]
+    restarts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def time_of(self, interval: int) -> float:
+        return self.at + interval * self.scenario.interval_s
+
+    async def until(self, interval: int, offset_s: float = 0.0) -> None:
+        """Return once ``offset_s`` into ``interval`` (a clock tick, not a sync)."""
+        delay = self.time_of(interval) + offset_s - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def restart(self, name: str) -> None:
+        """SIGKILL device ``name`` and start it again on the same files; returns
+        once it was told to start (same start time and nodes as everyone)."""
+        await self.devices[name].kill()
+        n = self.restarts[name] = self.restarts.get(name, 0) + 1
+        child = await _spawn(
+            "p2pgrid.agent", name, self.argv[name], self.work_dir, f"{name}.{n}.log"
+        )
+        self.children.append(child)
+        self.devices[name] = child
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            up = await child.expect("ready")
+        if up["pubkey"] != self.pubkeys[name]:
+            raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
+        await child.send("start", at=self.at, nodes=self.pubkeys)
+
+
+#: What a test does to a running scenario; it returns before the last interval.
+Disruption = Callable[[Running], Awaitable[None]]
 
 
 async def run_scenario(
@@ -86,10 +138,12 @@ async def run_scenario(
     *,
     utility: UtilityCommand = UtilityCommand(),
     observer: RunObserver | None = None,
+    during: Disruption | None = None,
 ) -> RunResult:
     """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
     (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``);
-    ``observer`` hears of the dashboards and the result while the processes run."""
+    ``observer`` hears of the dashboards and the result while the processes run;
+    ``during`` runs once all started (it may restart agents, see :class:`Running`)."""
     work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
     provision = {
         site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
@@ -97,7 +151,7 @@ async def run_scenario(
     children: list[ChildProcess] = []
     try:
         return await _run(
-            scenario, scenario_path, stack, work_dir, provision, children, utility, observer
+            scenario, scenario_path, stack, work_dir, provision, children, utility, observer, during
         )
     finally:
         async with asyncio.TaskGroup() as stops:
@@ -114,6 +168,7 @@ async def _run(
     children: list[ChildProcess],
     command: UtilityCommand,
     observer: RunObserver | None,
+    during: Disruption | None,
 ) -> RunResult:
     def runtime_file(name: str, **fields: Any) -> str:
         path = work_dir / f"{name}.runtime.json"
@@ -134,6 +189,7 @@ async def _run(
     dashboards = {uname: str(ready.get("dashboard", ""))}
     devices: dict[str, ChildProcess] = {}
     pubkeys: dict[str, str] = {}  # each device's lnd node, told to every agent at start
+    argv: dict[str, list[str]] = {}
     started: list[str] = []  # addrs of the devices already up, of every site
     for site in scenario.sites:
         for device in site.devices:
@@ -144,12 +200,15 @@ async def _run(
                 bootstrap=(*ready["addrs"][site.name], *started[-4:]),
                 utility_pubkey=ready["pubkey"],
             )
-            child = await _spawn(
-                "p2pgrid.agent",
+            argv[device.name] = [
+                "--scenario",
+                str(scenario_path),
+                "--runtime",
+                rt,
+                "--name",
                 device.name,
-                ["--scenario", str(scenario_path), "--runtime", rt, "--name", device.name],
-                work_dir,
-            )
+            ]
+            child = await _spawn("p2pgrid.agent", device.name, argv[device.name], work_dir)
             children.append(child)
             devices[device.name] = child
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -165,8 +224,11 @@ async def _run(
     run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
-        for name, child in devices.items():
-            reports[name] = (await child.expect("done"))["report"]
+        if during is not None:
+            running = Running(scenario, start, work_dir, devices, children, utility, pubkeys, argv)
+            await during(running)
+        for name in list(devices):
+            reports[name] = (await devices[name].expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]
     digests = await _converged(scenario, utility, devices)
     await utility.send("status")

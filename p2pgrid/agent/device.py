@@ -93,6 +93,8 @@ class AgentReport:
     """What the agent did, for the launcher and the tests."""
 
     intervals: int = 0
+    resumed_intervals: int = 0  # read before a restart: not read again
+    missed_intervals: int = 0  # passed while the agent was down: not logged
     consumed_wh: int = 0
     curtailed_intervals: int = 0
     site_shares_received_msat: int = 0  # from devices of the owner's other sites
@@ -242,8 +244,18 @@ class DeviceAgent:
         await self.announce_new()
 
     async def run(self, periods: int) -> AgentReport:
-        """Meter every interval of ``periods`` periods, then settle the last invoices."""
+        """Meter every interval of ``periods`` periods, then settle the last invoices.
+
+        Restarted on its data directory, it carries on from its own replica: an
+        interval it already read is not read again (the log would refuse a second
+        reading anyway); an interval that passed while it was down is *missed*:
+        counted and logged here, never invented; a period whose end passed is
+        closed and its invoice settled as usual (a paid one is not paid again).
+        """
+        restarted = self.store.next_position(self.writer.author)[0] > 1
+        resume = self.clock.current_interval() if restarted else 0
         await self.recover()
+        read = await self._read_intervals()
         async with asyncio.TaskGroup() as settlements:
             for interval in range(periods * self.clock.intervals_per_period):
                 await self.clock.until_interval(interval)
@@ -251,16 +263,30 @@ class DeviceAgent:
                 period = self.clock.period_of(interval)
                 if period not in self.periods:
                     self.periods[period] = BillingPeriod(period, owner=self.name)
-                await self.meter_interval(interval)
-                await self.announce_new()  # also what the share desk wrote meanwhile
+                if model_ms(self.model_interval(interval)) in read:
+                    self.report.resumed_intervals += 1
+                elif interval < resume:
+                    self.report.missed_intervals += 1
+                    log.warning("[%s] interval %d passed while down: missed", self.name, interval)
+                else:
+                    await self.meter_interval(interval)
+                    await self.announce_new()  # also what the share desk wrote meanwhile
                 if self.clock.is_last_of_period(interval):
-                    period = self.clock.period_of(interval)
                     await self.close_period(period)
                     settlements.create_task(self.settle_when_invoiced(period))
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
         return self.report
+
+    async def _read_intervals(self) -> set[int]:
+        """Start times of the intervals this device has a reading of in its replica."""
+        me = self.writer.author
+        return {
+            e.body.interval_start_ms
+            for e in await self.store.entries()
+            if e.author == me and isinstance(e.body, MeterReading)
+        }
 
     async def meter_interval(self, interval: int) -> None:
         period = self.clock.period_of(interval)

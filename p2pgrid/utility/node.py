@@ -3,10 +3,12 @@
 For each site the utility keeps a replica of the site's log (it signs there with
 the key the site's owner enrolled for the utility, see
 :meth:`p2pgrid.scenario.UtilitySpec.signer`). It grants each site's budget for a
-period (a ``budget`` entry), and at the period's end waits until every device's
+period (a ``budget`` entry, once: a restarted utility finds it in its replica),
+and at the period's end waits until every device's
 reading of the period's last interval is in its replica (chains are replicated
 in order, so all earlier readings are there too), then invoices each device
-(:class:`p2pgrid.utility.Invoicer`) and grants the next period's budget.
+(:class:`p2pgrid.utility.Invoicer`: devices it invoiced before a restart are
+not invoiced again) and grants the next period's budget.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class UtilityNode:
         self.states: dict[tuple[str, int], BillingPeriod] = {}  # closed periods per site
 
     async def _write_budget(self, site: SiteDesk, period: int) -> None:
+        """Grant the period's budget unless this replica holds it (a restart)."""
+        me = site.writer.author
+        for e in await site.store.entries(period=period):
+            if e.author == me and isinstance(e.body, Budget):
+                return
         entry = await site.writer.append(
             Budget(site.budget_msat), period=period, timestamp_ms=int(time.time() * 1000)
         )
