@@ -14,6 +14,10 @@ line on stderr and the exit codes of :mod:`p2pgrid.service`, never a traceback.
 
 :func:`run_utility` takes the factory of its invoicers: tests hand it an
 invoicer that bills wrong on purpose (``p2pgrid.testing.overcharge``).
+
+Each site's host listens on the port it used last time (``ports.json`` in the
+data directory; a free port the first time), so a restarted utility is found
+where devices last saw it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgrid.dashboard import Dashboard, SiteFeed
+from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
@@ -47,6 +53,38 @@ ANTI_ENTROPY_S = 2.0
 InvoicerFactory = Callable[..., Invoicer]
 
 
+PORTS_FILE = "ports.json"
+
+
+def listen_ports(data_dir: Path) -> dict[str, int]:
+    """The TCP port each site's host listened on last time (``ports.json`` in the
+    data directory): a restarted utility listens where devices know to find it."""
+    path = data_dir / PORTS_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {str(site): int(port) for site, port in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a JSON object of site name to port: {exc}") from exc
+
+
+def save_listen_ports(data_dir: Path, ports: dict[str, int]) -> None:
+    path = data_dir / PORTS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ports, sort_keys=True))
+    tmp.replace(path)  # whole or not at all
+
+
+def tcp_port(addrs: list[str]) -> int:
+    """The TCP port of a host's multiaddrs (``/ip4/../tcp/PORT/p2p/..``)."""
+    for addr in addrs:
+        parts = addr.split("/")
+        if "tcp" in parts:
+            return int(parts[parts.index("tcp") + 1])
+    raise ConfigError(f"no TCP address among {addrs}")
+
+
 async def run_utility(
     scenario_path: Path, runtime_path: Path, *, make_invoicer: InvoicerFactory = Invoicer
 ) -> None:
@@ -64,6 +102,7 @@ async def run_utility(
         desks: list[SiteDesk] = []
         addrs: dict[str, list[str]] = {}
         feeds: list[SiteFeed] = []
+        ports = listen_ports(runtime.data_dir)
         for site in scenario.sites:
             identity = site.identity
             signer = utility.signer(site)
@@ -73,7 +112,7 @@ async def run_utility(
                     name=f"{utility.name}/{site.name}",
                     db_path=runtime.data_dir / f"{utility.name}-{site.name}.db",
                     site=identity,
-                    net=NetConfig(bootstrap=runtime.bootstrap),
+                    net=NetConfig(listen_port=ports.get(site.name, 0), bootstrap=runtime.bootstrap),
                     key=DeviceKey(identity, UTILITY_NET_INDEX, signer),
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
                     provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
@@ -103,6 +142,7 @@ async def run_utility(
                 )
             )
             addrs[site.name] = list(host.addrs)
+            ports[site.name] = tcp_port(addrs[site.name])
             others = [s for s in scenario.sites if s != site]
             feeds.append(
                 SiteFeed(
@@ -118,6 +158,7 @@ async def run_utility(
                     peer_names={s.identity.site_hash: s.name for s in others},
                 )
             )
+        save_listen_ports(runtime.data_dir, ports)
         # Entered last, so it stops first: before the stores it reads close.
         dashboard = await parts.enter_async_context(
             Dashboard(utility.name, tuple(feeds), runtime.dashboard)
