@@ -72,7 +72,7 @@ async def run(
 
 async def _replica(scenario: Scenario, site_name: str, path: Path) -> list[Entry]:
     site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, scenario.membership(site), name="check")
+    store = await LogStore.open(path, site.identity, name="check")
     try:
         return await store.entries()
     finally:
