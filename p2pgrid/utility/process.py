@@ -96,6 +96,7 @@ async def run_utility(
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
+        pubkey = (await node.get_info()).pubkey  # lnd first: unreachable is exit 3, early
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)
@@ -166,7 +167,7 @@ async def run_utility(
         emit(
             "ready",
             name=utility.name,
-            pubkey=(await node.get_info()).pubkey,
+            pubkey=pubkey,
             addrs=addrs,
             dashboard=dashboard.url,
         )
