@@ -1,5 +1,6 @@
 """The Lightning layer: the ``LightningNode`` interface and its lnd REST backend."""
 
+from p2pgrid.lightning.availability import NODE_RETRY, NodeState, NodeWatch
 from p2pgrid.lightning.errors import (
     AuthError,
     InvoiceError,
@@ -26,6 +27,7 @@ from p2pgrid.lightning.models import (
 from p2pgrid.lightning.node import LightningNode
 
 __all__ = [
+    "NODE_RETRY",
     "AuthError",
     "Channel",
     "ChannelBalance",
@@ -40,7 +42,9 @@ __all__ = [
     "LndClient",
     "LndEndpoint",
     "NodeInfo",
+    "NodeState",
     "NodeUnreachable",
+    "NodeWatch",
     "Payment",
     "PaymentFailed",
     "PaymentStatus",
