@@ -25,6 +25,7 @@ from p2pgrid.lightning.models import (
     WalletBalance,
 )
 from p2pgrid.lightning.node import LightningNode
+from p2pgrid.lightning.watched import WatchedNode
 
 __all__ = [
     "NODE_RETRY",
@@ -51,4 +52,5 @@ __all__ = [
     "Peer",
     "PendingChannel",
     "WalletBalance",
+    "WatchedNode",
 ]

@@ -30,13 +30,13 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
-from p2pgrid.lightning import LndClient
+from p2pgrid.lightning import LndClient, NodeWatch
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
-from p2pgrid.utility.invoicer import Invoicer
+from p2pgrid.utility.invoicer import LND_AWAY_WAIT_S, Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 
 ANTI_ENTROPY_S = 2.0
@@ -56,6 +56,7 @@ async def run_utility(
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
+        watch = NodeWatch(utility.name)  # one lnd, watched for every site's invoicer
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)
@@ -88,6 +89,7 @@ async def run_utility(
                 tariff=scenario.tariff,
                 secret=utility.invoice_secret,
                 name=f"{utility.name}/{site.name}",
+                watch=watch,
             )
             desks.append(
                 SiteDesk(
@@ -120,13 +122,8 @@ async def run_utility(
         dashboard = await parts.enter_async_context(
             Dashboard(utility.name, tuple(feeds), runtime.dashboard)
         )
-        emit(
-            "ready",
-            name=utility.name,
-            pubkey=(await node.get_info()).pubkey,
-            addrs=addrs,
-            dashboard=dashboard.url,
-        )
+        info = await watch.call(node.get_info, what="get_info", deadline_s=LND_AWAY_WAIT_S)
+        emit("ready", name=utility.name, pubkey=info.pubkey, addrs=addrs, dashboard=dashboard.url)
         async for command in commands_in:
             if command["cmd"] == "start":
                 un = UtilityNode(

@@ -41,7 +41,9 @@ def choose(scenario: Scenario, seed: int, trial: int) -> tuple[Fault, list[str],
     faults = runnable()
     fault = faults[(seed + trial) % len(faults)]
     devices = [d.name for s in scenario.sites for d in s.devices]
-    if fault.target in (Target.LND, Target.AGENT):
+    if fault.target is Target.LND:  # a device's lnd or the utility's
+        victims = [rng.choice([*devices, scenario.utility.name])]
+    elif fault.target is Target.AGENT:
         victims = [rng.choice(devices)]
     elif fault.target is Target.SITE:
         victims = [d.name for d in rng.choice(scenario.sites).devices]

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from p2pgrid.backoff import Backoff
-from p2pgrid.lightning import LndApiError, NodeState, NodeUnreachable, NodeWatch
+from p2pgrid.lightning import LndApiError, NodeState, NodeUnreachable, NodeWatch, WatchedNode
 
 FAST = Backoff(initial_s=0.001, max_s=0.002)
 
@@ -76,3 +76,35 @@ async def test_an_error_from_lnd_means_the_node_is_up_and_is_not_retried() -> No
     assert calls == 1
     assert watch.state is NodeState.UP
     await watch.wait_up()  # set: returns at once
+
+
+class Node:
+    """The two calls of a LightningNode these tests need; unreachable ``away`` times."""
+
+    def __init__(self, away: int) -> None:
+        self.away = away
+        self.pays = 0
+        self.reads = 0
+
+    async def list_payments(self) -> list[object]:
+        self.reads += 1
+        if self.reads <= self.away:
+            raise NodeUnreachable("node: ReadTimeout")
+        return []
+
+    async def pay_invoice(self, bolt11: str, *, fee_limit_msat: int, timeout_s: int = 60) -> None:
+        self.pays += 1
+        raise NodeUnreachable("node: ReadTimeout")
+
+
+async def test_a_watched_node_retries_reads_but_never_a_payment() -> None:
+    node = Node(away=3)
+    watch = NodeWatch("dev-a", backoff=FAST)
+    watched = WatchedNode(node, watch, away_wait_s=5)  # type: ignore[arg-type]
+    with pytest.raises(NodeUnreachable):
+        await watched.pay_invoice("lnbcrt1...", fee_limit_msat=1000)
+    assert node.pays == 1  # whether it left is asked of lnd by hash, not tried again
+    assert watch.state is NodeState.AWAY
+    assert await watched.list_payments() == []
+    assert node.reads == 4
+    assert watch.state is NodeState.UP
