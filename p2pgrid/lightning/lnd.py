@@ -74,6 +74,7 @@ _NOT_READY = (
     "not yet ready",
     "waiting to start",
     "server is still",
+    "wallet locked",  # a restarting lnd, until --noseedbackup unlocks it
 )
 
 Json = dict[str, Any]

@@ -21,7 +21,7 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-from p2pgrid.ledger import Dispute, Entry, Invoice, LogStore, MeterReading, Payment, bill
+from p2pgrid.ledger import Author, Dispute, Entry, Invoice, LogStore, MeterReading, Payment, bill
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario
@@ -92,19 +92,20 @@ async def check_trial(scenario: Scenario, stack: Stack, work_dir: Path) -> Verdi
         }
     for site in scenario.sites:
         digests = {}
-        entries: list[Entry] = []
+        union: dict[tuple[Author, int], Entry] = {}
         for name, path in replica_paths(scenario, work_dir, site.name).items():
             if not path.exists():
                 verdict.problem(f"{site.name}: replica {name} missing ({path})")
                 continue
             digests[name], got = await _read(scenario, site.name, path)
-            if name == scenario.utility.name:
-                entries = got
+            for e in got:  # the union of the replicas: what any of them holds
+                union[(e.author, e.seq)] = e
         if len(set(digests.values())) > 1:
             verdict.diverged_sites += 1
             counts = Counter(digests.values())
             odd = [n for n, d in digests.items() if counts[d] < max(counts.values())]
             verdict.problem(f"{site.name}: replicas differ ({odd} against the rest)")
+        entries = sorted(union.values(), key=lambda e: (e.author.role, e.author.index, e.seq))
         readings = Counter(
             (e.author, e.body.interval_start_ms)
             for e in entries
