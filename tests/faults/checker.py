@@ -11,7 +11,8 @@ it opens every replica's SQLite file of the run and asks every lnd. Per trial:
 - **payments**: per payment hash, at most one SUCCEEDED payment over all nodes
   (more is a double payment); nothing IN_FLIGHT anywhere;
 - **money**: lnd and the log agree to the msat (:func:`p2pgrid.demo.check_money`,
-  the project's reconciliation), given snapshots of every node before the run;
+  the project's one reconciliation, :mod:`p2pgrid.reconcile`), given snapshots of
+  every node before the run;
 - **processes**: none of the run is left alive.
 """
 
@@ -21,8 +22,11 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
+from p2pgrid.demo import check_money
+from p2pgrid.launcher import RunResult
 from p2pgrid.ledger import Author, Dispute, Entry, Invoice, LogStore, MeterReading, Payment, bill
 from p2pgrid.lightning import InvoiceState, PaymentStatus
+from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario
 from p2pgrid.testing.faults import processes_under
@@ -39,6 +43,7 @@ class Verdict:
     in_flight: int = 0
     duplicate_readings: int = 0
     hanging: int = 0
+    unreconciled: int = 0  # disagreements of lnd and the log (p2pgrid.reconcile)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -67,7 +72,10 @@ async def _read(scenario: Scenario, site_name: str, path: Path) -> tuple[bytes, 
         await store.close()
 
 
-async def check_trial(scenario: Scenario, stack: Stack, work_dir: Path) -> Verdict:
+async def check_trial(
+    scenario: Scenario, stack: Stack, work_dir: Path, before: dict[str, NodeSnapshot]
+) -> Verdict:
+    """Everything the trial left behind; ``before``: every node before the run."""
     verdict = Verdict()
     left = processes_under(work_dir)
     if left:
@@ -141,4 +149,8 @@ async def check_trial(scenario: Scenario, stack: Stack, work_dir: Path) -> Verdi
                     )
                 elif payments[h] > 1:
                     verdict.problem(f"{where}: invoice {h.hex()[:12]} logged paid {payments[h]}x")
+    money = await check_money(scenario, stack, RunResult([], [], {}, {}, work_dir), before)
+    verdict.unreconciled = len(money.problems)
+    for problem in money.problems:
+        verdict.problem(f"reconciliation: {problem}")
     return verdict

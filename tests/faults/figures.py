@@ -18,6 +18,7 @@ COLUMNS = (
     "unsettled_periods",
     "in_flight",
     "hanging",
+    "unreconciled",
 )
 
 

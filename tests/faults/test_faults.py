@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2pgrid.demo import snapshots
 from p2pgrid.launcher import run_scenario
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
@@ -70,6 +71,7 @@ async def test_fault_trial(
     processes = 1 + sum(len(s.devices) for s in scenario.sites)
     injected: list[Injected] = []
     started = time.monotonic()
+    before = await snapshots(scenario, stack)
 
     async def inject() -> None:
         async def all_up() -> bool:
@@ -91,7 +93,7 @@ async def test_fault_trial(
     finally:
         clear_rules()
         await injector.heal()
-    verdict = await check_trial(scenario, stack, work)
+    verdict = await check_trial(scenario, stack, work, before)
     if error:
         verdict.problem(f"run failed: {error}")
     await stack.wait_settled()
@@ -111,6 +113,7 @@ async def test_fault_trial(
             "in_flight": verdict.in_flight,
             "duplicate_readings": verdict.duplicate_readings,
             "hanging": verdict.hanging,
+            "unreconciled": verdict.unreconciled,
             "problems": verdict.problems,
             "seconds": round(time.monotonic() - started),
         }
