@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from p2pgrid.demo import snapshots
 from p2pgrid.launcher import run_scenario
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
-from p2pgrid.scenario import Scenario
+from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.faults import (
     Fault,
     Injected,
@@ -63,7 +64,18 @@ async def test_fault_trial(
     tmp_path: Path,
     record: list[dict[str, Any]],
 ) -> None:
-    scenario, stack = fault_stack
+    shipped, stack = fault_stack
+    # The trials share one stack (one set of lnd nodes): each runs the scenario
+    # under its own keys, so that no invoice (its preimage derives from the
+    # utility's seed, site, device and period) is one a previous trial made.
+    path = tmp_path / "scenario.toml"
+    path.write_text(
+        re.sub(
+            r'^(seed = ".*)"$', rf'\1 trial {fault_seed}-{trial}"', SCENARIO.read_text(), flags=re.M
+        )
+    )
+    scenario = load_scenario(path)
+    assert [s.name for s in scenario.sites] == [s.name for s in shipped.sites]
     fault, victims, moment = choose(scenario, fault_seed, trial)
     print(f"seed {fault_seed} trial {trial}: {fault.name} on {victims} at +{moment:.1f}s")
     work = tmp_path / "run"
@@ -87,7 +99,7 @@ async def test_fault_trial(
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(inject())
-            tasks.create_task(run_scenario(scenario, SCENARIO, stack, work))
+            tasks.create_task(run_scenario(scenario, path, stack, work))
     except* Exception as group:  # noqa: BLE001 - a trial records whatever ended its run
         error = "; ".join(f"{type(e).__name__}: {e}"[:300] for e in group.exceptions)
     finally:
