@@ -65,7 +65,7 @@ def replica_paths(scenario: Scenario, work_dir: Path, site_name: str) -> dict[st
 
 async def _read(scenario: Scenario, site_name: str, path: Path) -> tuple[bytes, list[Entry]]:
     site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, scenario.membership(site), name=f"check-{path.stem}")
+    store = await LogStore.open(path, site.identity, name=f"check-{path.stem}")
     try:
         return store.digest(), await store.entries()
     finally:
