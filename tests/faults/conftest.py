@@ -43,8 +43,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def fault_seed(request: pytest.FixtureRequest) -> int:
-    seed = request.config.getoption("--fault-seed")
-    return int(seed) if seed is not None else random.SystemRandom().randrange(2**32)
+    seed = str(request.config.getoption("--fault-seed"))
+    if seed == "random":
+        return random.SystemRandom().randrange(2**32)
+    try:
+        return int(seed)
+    except ValueError:
+        message = f"--fault-seed must be an integer or 'random', not {seed!r}"
+        raise pytest.UsageError(message) from None
 
 
 @pytest.fixture(scope="session")
