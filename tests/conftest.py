@@ -18,6 +18,24 @@ with warnings.catch_warnings():
 from p2pgrid.net import TrioBridge
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of the fault suite (``tests/faults``): here, because pytest reads
+    options only from the conftest files it loads first."""
+    group = parser.getgroup("faults", "the fault suite (tests/faults)")
+    group.addoption(
+        "--trials", type=int, default=3, help="fault trials to run (default 3: the short run)"
+    )
+    group.addoption(
+        "--fault-seed",
+        default="100",
+        help="seed of faults, victims and moments (default 100, so that the test command "
+        "is reproducible; 'random' draws one and prints it)",
+    )
+    group.addoption(
+        "--fault-report", default=None, help="write the trials' figures to this JSON file"
+    )
+
+
 @pytest.fixture(scope="session")
 async def bridge() -> AsyncIterator[TrioBridge]:
     """The session's one trio guest run (trio allows one per thread), shared by the

@@ -19,6 +19,14 @@ and then settles the utility's invoice for that period as soon as it arrives
 (checked against its replica, :mod:`p2pgrid.agent.settlement`). Every entry it
 writes is announced to the site through its replica.
 
+Its lnd not answering (killed, paused, restarting) is a condition, not a crash
+(:class:`~p2pgrid.lightning.NodeWatch`: one WARNING when it goes, one INFO when
+it is back): the agent keeps metering and logging; a purchase or a share that
+needs lnd meanwhile is skipped for that interval; an open payment intent is
+resolved by payment hash as soon as lnd answers again; an invoice due while lnd
+is away is paid once it is back (retried with capped back-off for at most
+:data:`NODE_AWAY_WAIT_S`; the payment hash keeps it from being paid twice).
+
 Every payment goes through one :class:`~p2pgrid.agent.paymaster.Paymaster`
 (intent before money); before its first interval the agent resolves every open
 intent against lnd (:meth:`DeviceAgent.recover`), so it never pays anything
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 
@@ -47,6 +56,7 @@ from p2pgrid.billing import (
     charge_msat,
     model_ms,
 )
+from p2pgrid.errors import RetryableError
 from p2pgrid.identity import MAX_DEVICE_INDEX, SiteIdentity
 from p2pgrid.ledger import (
     Author,
@@ -63,11 +73,16 @@ from p2pgrid.ledger import (
     fold,
     invoices_of,
 )
+from p2pgrid.lightning import NodeWatch
 from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
 from p2pgrid.meter import MeterSource, Reading
+from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica
 
 log = logging.getLogger(__name__)
+
+#: How long settling a period's invoice waits for an lnd that does not answer.
+NODE_AWAY_WAIT_S = 90.0
 
 #: How long an agent waits for the utility's invoice of a closed period.
 INVOICE_WAIT_S = 120.0
@@ -126,6 +141,7 @@ class DeviceAgent:
         paymaster: Paymaster,
         owner_sites: Mapping[str, SiteIdentity] | None = None,
         peer_logs: Mapping[bytes, Membership] | None = None,
+        watch: NodeWatch | None = None,
     ) -> None:
         """``owner_sites``: the owner's sites by id (this one too), whose devices
         may share across sites; ``peer_logs``: their log memberships by site
@@ -144,6 +160,10 @@ class DeviceAgent:
         self.host = host
         self.node = node
         self.paymaster = paymaster
+        #: Whether ``node`` answers (fed by its calls when it is a WatchedNode).
+        self.watch = watch or NodeWatch(profile.name)
+        self._unresolved = False  # a payment may have been left open while lnd was away
+        self._rng = random.Random(profile.name)  # back-off jitter
         #: Each device's Lightning node (pubkey): where its shares and sales are paid.
         self.nodes: dict[Party, str] = {}
         self.name = profile.name
@@ -243,6 +263,22 @@ class DeviceAgent:
                      intent.state.value)  # fmt: skip
         await self.announce_new()
 
+    async def _resolve_open(self) -> None:
+        """Resolve the payment intents left open while lnd did not answer, if it
+        answers now; else try again at the next interval."""
+        try:
+            await self.recover()
+        except RetryableError as exc:
+            self._unresolved = True
+            log.info("[%s] open payments wait for lnd: %s", self.name, exc)
+        else:
+            self._unresolved = False
+
+    def _node_away(self, doing: str, exc: RetryableError) -> None:
+        """lnd (or a peer) did not answer while ``doing``: skip it for now."""
+        self._unresolved = True
+        log.info("[%s] %s skipped this interval: %s", self.name, doing, exc)
+
     async def run(self, periods: int) -> AgentReport:
         """Meter every interval of ``periods`` periods, then settle the last invoices.
 
@@ -254,7 +290,7 @@ class DeviceAgent:
         """
         restarted = self.store.next_position(self.writer.author)[0] > 1
         resume = self.clock.current_interval() if restarted else 0
-        await self.recover()
+        await self._resolve_open()
         read = await self._read_intervals()
         async with asyncio.TaskGroup() as settlements:
             for interval in range(periods * self.clock.intervals_per_period):
@@ -263,6 +299,8 @@ class DeviceAgent:
                 period = self.clock.period_of(interval)
                 if period not in self.periods:
                     self.periods[period] = BillingPeriod(period, owner=self.name)
+                if self._unresolved:
+                    await self._resolve_open()
                 if model_ms(self.model_interval(interval)) in read:
                     self.report.resumed_intervals += 1
                 elif interval < resume:
@@ -300,12 +338,15 @@ class DeviceAgent:
         peers = [p for p in devices if p.site_id == self.profile.site_id]
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             rate = self.tariff.rate_msat_per_kwh(modelled)
-            consumed -= await self.energy.buy(
-                consumed, period=period, interval=interval, rate_msat_per_kwh=rate, peers=peers
-            )
+            try:
+                consumed -= await self.energy.buy(
+                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate, peers=peers
+                )
+            except RetryableError as exc:
+                self._node_away("buying from neighbours", exc)
         cost = charge_msat(self.tariff, [(modelled, consumed)])
         if cost > 0 and await self.balance(period) < cost:
-            got = await self.desk.ask(cost - await self.balance(period), period, peers)
+            got = await self._ask(cost - await self.balance(period), period, peers)
             self.report.shares_received_msat += got
             others = [
                 p
@@ -313,7 +354,7 @@ class DeviceAgent:
                 if p.site_id != self.profile.site_id and p.site_id in self.owner_sites
             ]
             if others and await self.balance(period) < cost:  # network to network
-                got = await self.desk.ask(cost - await self.balance(period), period, others)
+                got = await self._ask(cost - await self.balance(period), period, others)
                 self.report.shares_received_msat += got
                 self.report.site_shares_received_msat += got
             if await self.balance(period) < cost and self.profile.priority is not Priority.CRITICAL:
@@ -336,6 +377,13 @@ class DeviceAgent:
             rate_msat_per_kwh=self.tariff.rate_msat_per_kwh(modelled + 1),
         )
 
+    async def _ask(self, need_msat: int, period: int, peers: list[PeerRef]) -> int:
+        try:
+            return await self.desk.ask(need_msat, period, peers)
+        except RetryableError as exc:
+            self._node_away("asking for a share", exc)
+            return 0
+
     async def close_period(self, period: int) -> None:
         state = self.periods[period]
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
@@ -353,6 +401,26 @@ class DeviceAgent:
     def _utility_seq(self) -> int:
         head = self.store.heads().get(Author.utility())
         return head.seq if head is not None else 0
+
+    async def _settle(self, period: int) -> list[SettleResult] | None:
+        """Settle ``period``, waiting (with capped back-off, at most
+        :data:`NODE_AWAY_WAIT_S`) while lnd does not answer; None if it never did.
+        Each try first resolves open intents by payment hash: an invoice whose
+        payment left before lnd went away is logged, not paid again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NODE_AWAY_WAIT_S
+        fails = 0
+        while True:
+            try:
+                await self.recover()
+                return await self.settler.settle(period, timestamp_ms=int(time.time() * 1000))
+            except RetryableError as exc:
+                fails += 1
+                if loop.time() >= deadline:
+                    return None
+                log.info("[%s] settling period %d waits for lnd: %s", self.name, period, exc)
+                delay = self.watch.backoff.delay(fails, self._rng)
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))  # back-off
 
     async def settle_when_invoiced(self, period: int) -> list[SettleResult]:
         """Wait for the utility's invoice of ``period`` in the replica, then settle it.
@@ -378,7 +446,13 @@ class DeviceAgent:
             self.report.settlements.append((period, "no_invoice", 0))
             return []
         for attempt in range(1, PAY_ATTEMPTS + 1):
-            results = await self.settler.settle(period, timestamp_ms=int(time.time() * 1000))
+            got = await self._settle(period)
+            if got is None:
+                log.error("[%s] invoice of period %d unpaid: lnd away for %.0f s", self.name,
+                          period, NODE_AWAY_WAIT_S)  # fmt: skip
+                self.report.settlements.append((period, "node_away", 0))
+                return []
+            results = got
             await self.announce_new()
             if all(r.outcome is not Settlement.FAILED for r in results):
                 break

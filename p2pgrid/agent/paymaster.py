@@ -102,6 +102,10 @@ class Paymaster:
         self._wall_ms = wall_ms
         self._recovered = False
         self._recovering = asyncio.Lock()
+        #: Hashes a :meth:`pay` of this process is paying now: :meth:`recover` (which
+        #: may run again while lnd was away, concurrently with payments) leaves
+        #: them to that call, or both would log one payment.
+        self._paying: set[str] = set()
 
     async def pay(
         self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
@@ -109,6 +113,16 @@ class Paymaster:
         """Pay ``bolt11`` (already checked by the caller) for ``purpose`` in ``period``."""
         if not self._recovered:
             await self.recover()
+        self._paying.add(payment_hash)
+        try:
+            return await self._pay(bolt11, payment_hash, period=period, purpose=purpose,
+                                   fee_limit_msat=fee_limit_msat)  # fmt: skip
+        finally:
+            self._paying.discard(payment_hash)
+
+    async def _pay(
+        self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
+    ) -> Paid:
         try:
             await self.intents.record(PaymentIntent(payment_hash, bolt11, period, purpose))
         except IntentError as exc:  # this hash is paid (or being paid) already: never twice
@@ -181,6 +195,8 @@ class Paymaster:
     async def _resolve_open(self) -> list[PaymentIntent]:
         done = []
         for intent in await self.intents.open_intents():
+            if intent.payment_hash in self._paying:
+                continue  # a payment of ours in flight resolves it
             payment = await self._lnd_outcome(intent.payment_hash)
             if payment is None:
                 await self.intents.resolve(

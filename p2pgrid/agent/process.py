@@ -33,7 +33,7 @@ from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogWriter
-from p2pgrid.lightning import LndClient
+from p2pgrid.lightning import LndClient, NodeWatch, WatchedNode
 from p2pgrid.market import Party
 from p2pgrid.net import DeviceKey, NetConfig, Topic, owner_topic, site_topic
 from p2pgrid.provision import provisioned_membership
@@ -71,7 +71,9 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
     async with contextlib.AsyncExitStack() as parts:
         commands_in = commands()
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
-        node = await parts.enter_async_context(LndClient(runtime.lnd))
+        client = await parts.enter_async_context(LndClient(runtime.lnd))
+        watch = NodeWatch(name)  # lnd away is a state of the agent, not a crash
+        node = WatchedNode(client, watch)
         pubkey = (await node.get_info()).pubkey
         intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
         parts.push_async_callback(intents.close)
@@ -111,6 +113,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
             paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
             owner_sites=owner_sites,
             peer_logs=peer_logs,
+            watch=watch,
         )
         agent.install()
         feed = SiteFeed(

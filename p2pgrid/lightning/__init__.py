@@ -1,5 +1,6 @@
 """The Lightning layer: the ``LightningNode`` interface and its lnd REST backend."""
 
+from p2pgrid.lightning.availability import NODE_RETRY, NodeState, NodeWatch
 from p2pgrid.lightning.errors import (
     AuthError,
     InvoiceError,
@@ -24,8 +25,10 @@ from p2pgrid.lightning.models import (
     WalletBalance,
 )
 from p2pgrid.lightning.node import LightningNode
+from p2pgrid.lightning.watched import WatchedNode
 
 __all__ = [
+    "NODE_RETRY",
     "AuthError",
     "Channel",
     "ChannelBalance",
@@ -40,11 +43,14 @@ __all__ = [
     "LndClient",
     "LndEndpoint",
     "NodeInfo",
+    "NodeState",
     "NodeUnreachable",
+    "NodeWatch",
     "Payment",
     "PaymentFailed",
     "PaymentStatus",
     "Peer",
     "PendingChannel",
     "WalletBalance",
+    "WatchedNode",
 ]

@@ -1,13 +1,20 @@
 """An asyncio client for lnd's REST API (httpx), implementing ``LightningNode``.
 
 TLS is verified against the node's own ``tls.cert``; the admin macaroon is read
-from disk and sent as ``Grpc-Metadata-macaroon``. Every call carries a timeout;
-streaming calls (``/v2/router/send``, ``/v1/invoices/subscribe``) return one JSON
-object per line, ``{"result": ...}`` or ``{"error": ...}``.
+from disk and sent as ``Grpc-Metadata-macaroon``. Every call has a deadline on
+the whole call (not only per socket read: a node stopped by SIGSTOP accepts TCP
+connections and never answers): a unary call :data:`LND_CALL_TIMEOUT_S`, a
+payment lnd's own payment timeout plus :data:`PAYMENT_GRACE_S`, tracking a
+payment :data:`TRACK_TIMEOUT_S`. A call that runs out of time raises
+:class:`NodeUnreachable` (retryable), like a refused connection or a node still
+starting. Only ``/v1/invoices/subscribe`` has no deadline: it is a stream that
+its owner ends. Streaming calls (``/v2/router/send``, ``/v1/invoices/subscribe``)
+return one JSON object per line, ``{"result": ...}`` or ``{"error": ...}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -52,6 +59,9 @@ LND_CALL_TIMEOUT_S = 30.0
 """Deadline of one unary REST call."""
 PAYMENT_GRACE_S = 30.0
 """How much longer than lnd's own payment timeout we wait on a payment stream."""
+TRACK_TIMEOUT_S = 120.0
+"""Deadline of tracking one payment to its final state (an HTLC held by a stalled
+hop can take longer: the caller then tracks again later, by payment hash)."""
 KEYSEND_RECORD = "5482373484"
 """The TLV record type that carries a keysend preimage."""
 
@@ -64,9 +74,13 @@ _NOT_READY = (
     "not yet ready",
     "waiting to start",
     "server is still",
+    "wallet locked",  # a restarting lnd, until --noseedbackup unlocks it
 )
 
 Json = dict[str, Any]
+#: A call's phases that each have httpx's deadline (connect, write, read): the
+#: whole call is bounded by this many times the per-phase deadline.
+_PHASES = 3
 
 #: Longest payment request lnd decodes (zpay32's limit); anything longer is refused here.
 MAX_BOLT11_CHARS = 7089
@@ -160,8 +174,13 @@ def _parse_payment(raw: Mapping[str, Any]) -> Payment:
 class LndClient:
     """One lnd node over REST. Use as ``async with LndClient(endpoint) as node:``."""
 
-    def __init__(self, endpoint: LndEndpoint) -> None:
+    def __init__(
+        self, endpoint: LndEndpoint, *, call_timeout_s: float = LND_CALL_TIMEOUT_S
+    ) -> None:
         self.endpoint = endpoint
+        #: Deadline of one unary call (:data:`LND_CALL_TIMEOUT_S` unless the owner
+        #: of the client needs an answer sooner, e.g. a health probe).
+        self.call_timeout_s = call_timeout_s
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> LndClient:
@@ -188,7 +207,7 @@ class LndClient:
             base_url=self.endpoint.base_url,
             verify=ctx,
             headers={"Grpc-Metadata-macaroon": macaroon},
-            timeout=httpx.Timeout(LND_CALL_TIMEOUT_S),
+            timeout=httpx.Timeout(self.call_timeout_s),
         )
 
     async def aclose(self) -> None:
@@ -225,6 +244,12 @@ class LndClient:
             return AuthError(f"{name}: TLS verification failed: {exc}")
         return NodeUnreachable(f"{name}: {type(exc).__name__}: {exc}")
 
+    def _timed_out(self, method: str, path: str, timeout_s: float) -> NodeUnreachable:
+        what = path.split("?")[0]
+        if what.startswith("/v1/payreq/") or what.startswith("/v1/invoice/"):
+            what = what.rsplit("/", 1)[0] + "/..."
+        return NodeUnreachable(f"{self.endpoint.name}: {method} {what}: no answer in {timeout_s}s")
+
     async def _call(
         self,
         method: str,
@@ -234,9 +259,16 @@ class LndClient:
         params: Mapping[str, str | int] | None = None,
     ) -> Json:
         try:
-            response = await self._http.request(method, path, json=body, params=params)
+            # httpx's own deadlines (each phase: call_timeout_s) end a call cleanly;
+            # this one bounds the sum of the phases.
+            async with asyncio.timeout(self.call_timeout_s * _PHASES):
+                response = await self._http.request(method, path, json=body, params=params)
+        except TimeoutError as exc:
+            raise self._timed_out(method, path, self.call_timeout_s * _PHASES) from exc
         except httpx.InvalidURL as exc:  # not an HTTPError: a bug of ours, never sent
             raise LndApiError(f"{self.endpoint.name}: invalid URL for {method}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise self._timed_out(method, path, self.call_timeout_s) from exc
         except httpx.HTTPError as exc:
             raise self._wrap_transport(exc) from exc
         if response.status_code >= 400:
@@ -247,7 +279,7 @@ class LndClient:
     async def _stream(
         self, method: str, path: str, *, body: Json | None = None, read_timeout_s: float | None
     ) -> AsyncIterator[Json]:
-        timeout = httpx.Timeout(LND_CALL_TIMEOUT_S, read=read_timeout_s)
+        timeout = httpx.Timeout(self.call_timeout_s, read=read_timeout_s)
         try:
             async with self._http.stream(method, path, json=body, timeout=timeout) as response:
                 if response.status_code >= 400:
@@ -371,10 +403,14 @@ class LndClient:
         """Start a close; returns the closing txid once broadcast (mine to confirm)."""
         txid, index = channel_point.split(":")
         path = f"/v1/channels/{txid}/{index}?force={'true' if force else 'false'}"
-        async for update in self._stream("DELETE", path, read_timeout_s=LND_CALL_TIMEOUT_S):
-            pending = update.get("close_pending")
-            if pending:
-                return _txid_from_bytes(pending["txid"])
+        try:
+            async with asyncio.timeout(LND_CALL_TIMEOUT_S):
+                async for update in self._stream("DELETE", path, read_timeout_s=LND_CALL_TIMEOUT_S):
+                    pending = update.get("close_pending")
+                    if pending:
+                        return _txid_from_bytes(pending["txid"])
+        except TimeoutError as exc:
+            raise self._timed_out("DELETE", "/v1/channels", self.call_timeout_s * _PHASES) from exc
         raise LndApiError(f"{self.endpoint.name}: close of {channel_point} gave no pending update")
 
     # -- invoices --------------------------------------------------------------------------
@@ -461,13 +497,17 @@ class LndClient:
 
     async def _send(self, body: Json, payment_hash: str, timeout_s: int) -> Payment:
         body = {**body, "timeout_seconds": timeout_s, "no_inflight_updates": True}
+        deadline_s = timeout_s + PAYMENT_GRACE_S
         try:
-            async for raw in self._stream(
-                "POST", "/v2/router/send", body=body, read_timeout_s=timeout_s + PAYMENT_GRACE_S
-            ):
-                payment = _parse_payment(raw)
-                if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
-                    return self._final(payment)
+            async with asyncio.timeout(deadline_s + self.call_timeout_s * _PHASES):
+                async for raw in self._stream(
+                    "POST", "/v2/router/send", body=body, read_timeout_s=deadline_s
+                ):
+                    payment = _parse_payment(raw)
+                    if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+                        return self._final(payment)
+        except TimeoutError as exc:  # sent or not: the caller resolves it by payment hash
+            raise self._timed_out("POST", "/v2/router/send", deadline_s) from exc
         except LndApiError as exc:
             text = str(exc)
             if _ALREADY_PAID in text:
@@ -521,14 +561,23 @@ class LndClient:
         }
         return await self._send(body, payment_hash, timeout_s)
 
-    async def track_payment(self, payment_hash: str) -> Payment:
-        """Wait for a payment's final outcome (it may still be in flight)."""
+    async def track_payment(
+        self, payment_hash: str, *, timeout_s: float = TRACK_TIMEOUT_S
+    ) -> Payment:
+        """Wait for a payment's final outcome (it may still be in flight), at most
+        ``timeout_s``; :class:`NodeUnreachable` if it is not final by then."""
         path = f"/v2/router/track/{_b64url(check_payment_hash(payment_hash))}"
         path += "?no_inflight_updates=true"
-        async for raw in self._stream("GET", path, read_timeout_s=None):
-            payment = _parse_payment(raw)
-            if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
-                return self._final(payment)
+        try:
+            async with asyncio.timeout(timeout_s + self.call_timeout_s * _PHASES):
+                async for raw in self._stream("GET", path, read_timeout_s=timeout_s):
+                    payment = _parse_payment(raw)
+                    if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+                        return self._final(payment)
+        except TimeoutError as exc:
+            raise NodeUnreachable(
+                f"{self.endpoint.name}: payment {payment_hash[:16]}... not final in {timeout_s}s"
+            ) from exc
         raise NodeUnreachable(f"{self.endpoint.name}: track of {payment_hash[:16]}... ended early")
 
     async def list_payments(self) -> list[Payment]:

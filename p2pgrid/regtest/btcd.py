@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import ssl
 from collections.abc import Sequence
@@ -101,7 +102,10 @@ class BtcdRpc:
     async def call(self, method: str, *params: Any) -> Any:
         body = {"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)}
         try:
-            response = await self._http().post("/", json=body)
+            async with asyncio.timeout(BTCD_CALL_TIMEOUT_S):  # whole call: a stopped btcd accepts
+                response = await self._http().post("/", json=body)
+        except TimeoutError as exc:
+            raise BtcdUnreachable(f"btcd {method}: no answer in {BTCD_CALL_TIMEOUT_S}s") from exc
         except httpx.HTTPError as exc:
             raise BtcdUnreachable(f"btcd {method}: {type(exc).__name__}: {exc}") from exc
         if response.status_code == 401:

@@ -28,7 +28,8 @@ import random
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Self
 
-from p2pgrid.errors import ConfigError, RetryableError
+from p2pgrid.backoff import Backoff
+from p2pgrid.errors import ConfigError, FatalError, RetryableError
 from p2pgrid.identity import Roster
 from p2pgrid.ledger.entry import Entry
 from p2pgrid.ledger.errors import LedgerError
@@ -67,7 +68,8 @@ SYNC_REQUEST_TIMEOUT_S = 30.0
 #: Deadline of one whole anti-entropy round with one peer (a fresh replica pulls
 #: ~100k entries in well under this).
 SYNC_ROUND_TIMEOUT_S = 300.0
-#: First delay before retrying a failed round with a peer; doubles up to the interval.
+#: First delay before retrying a failed round with a peer; doubles (jittered) up to
+#: ``ReplicaConfig.retry_max_s`` (by default the anti-entropy interval).
 RETRY_MIN_S = 0.25
 
 
@@ -103,6 +105,10 @@ class ReplicaConfig:
     gossip_loss: float = 0.0
     #: Seed of the random choices (peers per round, jitter, gossip loss).
     seed: int | None = None
+    #: First delay before retrying a failed round with one peer.
+    retry_min_s: float = RETRY_MIN_S
+    #: Longest delay between retries with one peer (``None``: the anti-entropy interval).
+    retry_max_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gossip_loss <= 1.0:
@@ -111,6 +117,13 @@ class ReplicaConfig:
             raise ConfigError("anti_entropy_interval_s must be > 0 and peers_per_round >= 1")
         if self.max_concurrent_rounds < 1:
             raise ConfigError("max_concurrent_rounds must be >= 1")
+        _ = self.retry_backoff  # checks the retry bounds now, not at the first failure
+
+    @property
+    def retry_backoff(self) -> Backoff:
+        """The back-off of retries with one peer that keeps failing."""
+        cap = self.anti_entropy_interval_s if self.retry_max_s is None else self.retry_max_s
+        return Backoff(initial_s=min(self.retry_min_s, cap), max_s=cap)
 
 
 @dataclasses.dataclass
@@ -123,6 +136,7 @@ class ReplicaStats:
     gossip_appended: int = 0  # entries that joined the log from announcements
     rounds: int = 0  # anti-entropy rounds completed
     rounds_failed: int = 0
+    rounds_crashed: int = 0  # rounds ended by an unexpected exception (a bug: logged)
     pulled_appended: int = 0  # entries that joined the log from anti-entropy
     requests_served: int = 0
 
@@ -206,6 +220,7 @@ class NetReplica:
             store, HostTransport(host, name, request_timeout_s=config.request_timeout_s)
         )
         self._rng = random.Random(config.seed)
+        self._backoff = config.retry_backoff
         self._stats = ReplicaStats()
         self._state = ReplicaState.NEW
         self._wanted: set[str] = set()  # peers to pull from as soon as a slot is free
@@ -341,7 +356,8 @@ class NetReplica:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, checked whenever this replica changed
-        the log (gossip, a round, a publish). The caller applies the deadline."""
+        the log (gossip, a round, a publish) or a round failed. The caller applies
+        the deadline."""
         async with self._changed:
             await self._changed.wait_for(lambda: predicate() or self._stopped())
 
@@ -418,6 +434,8 @@ class NetReplica:
                 self._spawn(self._round(peer))
 
     async def _round(self, peer: str) -> None:
+        """One anti-entropy round with ``peer``. Whatever happens to it ends here:
+        a failure schedules a retry with this peer alone, never ends the others."""
         try:
             async with self._slots:
                 async with asyncio.timeout(self.config.round_timeout_s):
@@ -425,10 +443,13 @@ class NetReplica:
         except (RetryableError, TimeoutError) as exc:
             if isinstance(exc, SyncMisbehaviour):
                 self.host.report_misbehaviour(peer, f"sync:{exc.reason}")
-            self._stats.rounds_failed += 1
-            fails = self._failures[peer] = self._failures.get(peer, 0) + 1
-            log.info("[%s] sync with %s failed (%d in a row): %s", self.name, peer, fails, exc)
-            self._spawn(self._retry_later(peer, fails))
+            await self._failed(peer, exc)
+        except FatalError:
+            raise  # our own store is corrupt: crash loudly, replicating more would spread it
+        except Exception as exc:  # a bug in one round must not end anti-entropy for all
+            log.exception("[%s] sync round with %s crashed", self.name, peer)
+            self._stats.rounds_crashed += 1
+            await self._failed(peer, exc)
         else:
             self._stats.rounds += 1
             self._failures.pop(peer, None)
@@ -441,9 +462,26 @@ class NetReplica:
             if peer in self._wanted:
                 self._wake.set()
 
+    async def _failed(self, peer: str, exc: BaseException) -> None:
+        self._stats.rounds_failed += 1
+        fails = self._failures[peer] = self._failures.get(peer, 0) + 1
+        # Once per streak and then at powers of two: a dead peer is not a log flood.
+        if fails & (fails - 1) == 0:
+            log.info("[%s] sync with %s failed (%d in a row): %s", self.name, peer, fails, exc)
+        self._spawn(self._retry_later(peer, fails))
+        await self._notify()
+
+    def failures(self, peer: str) -> int:
+        """Failed rounds with ``peer`` in a row (0 after a round that succeeded)."""
+        return self._failures.get(peer, 0)
+
+    def retry_delay(self, fails: int) -> float:
+        """Seconds to wait before the next round with a peer after ``fails`` failures
+        in a row: capped exponential back-off with jitter, for any ``fails``."""
+        return self._backoff.delay(fails, self._rng)
+
     async def _retry_later(self, peer: str, fails: int) -> None:
-        delay = min(RETRY_MIN_S * 2 ** (fails - 1), self.config.anti_entropy_interval_s)
-        await asyncio.sleep(delay)  # a back-off timer
+        await asyncio.sleep(self.retry_delay(fails))  # a back-off timer
         if peer in self._site_peers():
             self.request_sync(peer)
 

@@ -8,6 +8,12 @@ and (site, device, period), so a utility that crashed between creating the lnd
 invoice and logging it re-creates the same invoice, never a second one; a
 (device, period) that already has an invoice entry is skipped.
 
+An lnd that does not answer (killed, paused, restarting) is waited for: each
+call goes through a :class:`~p2pgrid.lightning.NodeWatch` (one WARNING when the
+node goes away, one INFO when it is back, retries with capped back-off) for at
+most :data:`LND_AWAY_WAIT_S`; both calls are idempotent (the derived preimage
+names one invoice; a lookup is a read).
+
 The utility must invoice period ``p`` before it writes any entry of ``p + 1``
 (its chain's periods never go back; see :class:`p2pgrid.ledger.LogWriter`).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 
 from p2pgrid.billing import Bill, Tariff, invoice_memo, invoice_preimage
@@ -29,13 +36,15 @@ from p2pgrid.ledger import (
     invoices_of,
     metered_devices,
 )
-from p2pgrid.lightning import InvoiceState, LightningNode
+from p2pgrid.lightning import InvoiceState, LightningNode, NodeWatch
 
 log = logging.getLogger(__name__)
 
 #: How long a period's invoice stays payable (a day of modelled time is generous
 #: for agents that settle within seconds; a real deployment may want weeks).
 INVOICE_EXPIRY_S = 86_400
+#: How long an invoicing or status call waits for an lnd that does not answer.
+LND_AWAY_WAIT_S = 300.0
 
 
 class Collection(enum.Enum):
@@ -67,8 +76,11 @@ class Invoicer:
         secret: bytes,
         name: str = "utility",
         expiry_s: int = INVOICE_EXPIRY_S,
+        watch: NodeWatch | None = None,
     ) -> None:
         self.site = site
+        #: The availability of ``node`` (shared by the sites of one utility).
+        self.watch = watch or NodeWatch(name)
         self.store = store
         self.writer = writer
         self.node = node
@@ -92,11 +104,18 @@ class Invoicer:
             due = self.due(entries, device=device, period=period)
             if due.amount_msat == 0:
                 continue
-            invoice = await self.node.add_invoice(
-                due.amount_msat,
-                invoice_memo(self.site.site_id, device, period),
-                expiry_s=self.expiry_s,
-                preimage=invoice_preimage(self._secret, self.site.site_id, device, period),
+            memo = invoice_memo(self.site.site_id, device, period)
+            preimage = invoice_preimage(self._secret, self.site.site_id, device, period)
+            invoice = await self.watch.call(
+                functools.partial(
+                    self.node.add_invoice,
+                    due.amount_msat,
+                    memo,
+                    expiry_s=self.expiry_s,
+                    preimage=preimage,
+                ),
+                what=f"invoice of device {device} period {period}",
+                deadline_s=LND_AWAY_WAIT_S,
             )
             body = Invoice(
                 device=device,
@@ -125,7 +144,13 @@ class Invoicer:
             body = entry.body
             if not isinstance(body, Invoice) or entry.author != self.writer.author:
                 continue
-            state = (await self.node.lookup_invoice(body.payment_hash.hex())).state
+            payment_hash = body.payment_hash.hex()
+            found = await self.watch.call(
+                functools.partial(self.node.lookup_invoice, payment_hash),
+                what="invoice status",
+                deadline_s=LND_AWAY_WAIT_S,
+            )
+            state = found.state
             collection = {
                 InvoiceState.SETTLED: Collection.PAID,
                 InvoiceState.CANCELED: Collection.CANCELED,

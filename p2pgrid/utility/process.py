@@ -37,7 +37,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter
-from p2pgrid.lightning import LndClient
+from p2pgrid.lightning import LndClient, NodeWatch
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
@@ -97,6 +97,7 @@ async def run_utility(
         parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
         pubkey = (await node.get_info()).pubkey  # lnd first: unreachable is exit 3, early
+        watch = NodeWatch(utility.name)  # one lnd, watched for every site's invoicer
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)
@@ -130,6 +131,7 @@ async def run_utility(
                 tariff=scenario.tariff,
                 secret=utility.invoice_secret,
                 name=f"{utility.name}/{site.name}",
+                watch=watch,
             )
             desks.append(
                 SiteDesk(

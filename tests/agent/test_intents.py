@@ -119,3 +119,27 @@ async def test_nothing_is_paid_before_the_open_intents_are_resolved(rig: Rig) ->
     assert paid.entries[0].body == Sale(0, 30, 6_000)
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
+
+
+async def test_recover_while_a_payment_is_in_flight_leaves_it_to_that_payment(rig: Rig) -> None:
+    # The agent resolves open intents again whenever lnd was away, while its desks
+    # may be paying: the payment in flight must be logged once, by its own pay().
+    device = await rig.device(0)
+    await rig.start()
+    memo = invoice_memo(rig.site_id, 0, 1)
+    invoice = await rig.utility_node.add_invoice(5_000, memo)
+    await device.paymaster.recover()
+    resolved_meanwhile: list[object] = []
+
+    async def recover_mid_payment() -> None:
+        resolved_meanwhile.extend(await device.paymaster.recover())
+
+    device.node.before_pay = recover_mid_payment
+    purpose = Purpose(PurposeKind.INVOICE, 5_000)
+    await device.paymaster.pay(
+        invoice.payment_request, invoice.payment_hash, period=1, purpose=purpose, fee_limit_msat=0
+    )
+    assert resolved_meanwhile == []
+    assert [i.state for i in await device.intents.all()] == [IntentState.LOGGED]
+    payments = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
+    assert len(payments) == 1

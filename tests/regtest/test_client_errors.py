@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
 
 import pytest
 
-from p2pgrid.lightning import AuthError, InvoiceError, LndClient, NodeUnreachable
-from p2pgrid.regtest import Stack
+from p2pgrid.backoff import Backoff
+from p2pgrid.lightning import (
+    AuthError,
+    InvoiceError,
+    LndClient,
+    NodeState,
+    NodeUnreachable,
+    NodeWatch,
+)
+from p2pgrid.regtest import Stack, process
 
 
 def _free_port() -> int:
@@ -89,3 +99,30 @@ async def test_well_formed_bolt11_with_a_bad_checksum_is_refused_by_lnd(stack: S
             await client.decode_invoice(flipped)
         with pytest.raises(InvoiceError):
             await client.lookup_invoice("../getinfo")
+
+
+async def test_a_paused_lnd_is_unreachable_within_the_deadline_and_back_after(
+    stack: Stack,
+) -> None:
+    # SIGSTOP: the kernel still accepts TCP connections, lnd never answers; only a
+    # deadline on the whole call ends it.
+    (pid,) = [
+        p.pid
+        for p in process.find(stack.config.dir)
+        if f"{stack.lnd_config('dev-b').lnd_dir}" in p.cmdline
+    ]
+    watch = NodeWatch("dev-b", backoff=Backoff(initial_s=0.05, max_s=0.2))
+    async with LndClient(stack.endpoint("dev-b"), call_timeout_s=1.0) as client:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NodeUnreachable, match=r"no answer in 1\.0s"):
+                await client.get_info()
+            with pytest.raises(NodeUnreachable):
+                await watch.call(client.get_info, what="get_info", deadline_s=1.5)
+            assert watch.state is NodeState.AWAY
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        info = await watch.call(client.get_info, what="get_info", deadline_s=30)
+    assert info.pubkey
+    assert watch.state is NodeState.UP
+    assert watch.outages == 1

@@ -314,3 +314,32 @@ async def test_an_unenrolled_device_is_refused_until_the_owner_enrols_it(
     await newcomer.replica.publish([later])
     cluster.written.append(later)
     await cluster.converged()
+
+
+#: A dead peer is retried this many times in a row (past 1,025: the old overflow).
+DEAD_PEER_FAILURES = 1_100
+
+
+async def test_a_dead_peer_does_not_stop_anti_entropy_with_live_peers(cluster: Cluster) -> None:
+    # Agent 0 loses every announcement, so only anti-entropy can bring it entries; its
+    # retries are short so that >1,100 failures against the dead peer take seconds.
+    fast_retry = dataclasses.replace(
+        _config(0, gossip_loss=1.0), retry_min_s=1e-4, retry_max_s=1e-3
+    )
+    a0 = await cluster.start(0, fast_retry)
+    await cluster.start(1, _config(1))
+    dead = await cluster.start(2, _config(2))
+    await cluster.joined_hub()
+    await cluster.converged()
+    # Agent 2's host stays connected but its replica refuses every request: a dead peer.
+    await dead.replica.stop()
+    del cluster.agents[2]  # still stopped by the exit stack; not expected to converge
+    peer = dead.host.peer_id
+    a0.replica.request_sync(peer)
+    async with asyncio.timeout(CONVERGE_S * 4):
+        await a0.replica.wait_until(lambda: a0.replica.failures(peer) > DEAD_PEER_FAILURES)
+    assert a0.replica.state.value == "running"
+    await cluster.write([1], per_agent=5)
+    await cluster.converged()
+    assert a0.replica.stats().pulled_appended >= 5
+    assert a0.replica.stats().rounds_crashed == 0
