@@ -389,7 +389,20 @@ class DeviceAgent:
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
         async with self.desk.giving:  # a share of this period in flight lands first
             left = await self.balance(period)
-            if left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
+            floor = self.store.next_position(self.writer.author)[3]
+            if floor > period:
+                # Closed before a restart: its carry-over (if any) was written then and
+                # the chain has moved on. A credit that landed after that close (a share
+                # or sale logged late by its payer) stays in this period's balance.
+                if left > 0:
+                    log.warning(
+                        "[%s] period %d was closed before the restart; %d msat credited "
+                        "after its close stay in it",
+                        self.name,
+                        period,
+                        left,
+                    )
+            elif left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
                 await self._write(CarryOver(left), period)
                 self.report.carried_over_msat += left
                 log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
