@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from p2pgrid.service import (
     Service,
     exit_code,
 )
+from p2pgrid.testing.ports import free_port
 
 SCENARIO = Path(__file__).parent.parent / "p2pgrid" / "scenarios" / "two_sites.toml"
 
@@ -135,12 +135,6 @@ def _self_signed(path: Path) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _runtime(tmp_path: Path, *, files: bool) -> Path:
     cert, macaroon = tmp_path / "tls.cert", tmp_path / "admin.macaroon"
     if files:
@@ -151,7 +145,7 @@ def _runtime(tmp_path: Path, *, files: bool) -> Path:
     lnd = {
         "name": "lnd-x",
         "rest_host": "127.0.0.1",
-        "rest_port": _closed_port(),
+        "rest_port": free_port(),
         "tls_cert": str(cert),
         "macaroon": str(macaroon),
     }

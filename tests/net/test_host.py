@@ -27,6 +27,7 @@ from p2pgrid.net import (
 )
 from p2pgrid.net.discovery import parse_peer_addr
 from p2pgrid.poll import wait_until
+from p2pgrid.testing.ports import free_port
 from tests.net.conftest import MakeHost, Note
 from tests.sites import TestSite
 
@@ -193,7 +194,7 @@ async def test_peer_cannot_speak_for_another_device(make_host: MakeHost, topic: 
 
 async def test_peer_events_and_alone_agent_waits(make_host: MakeHost, topic: Topic) -> None:
     """B starts first with A's (fixed) address as bootstrap; joins once A appears."""
-    port = 47311
+    port = free_port()
     a_addr_probe = await make_host(0, listen_port=port)
     a_addrs = a_addr_probe.addrs
     await a_addr_probe.stop()  # A is gone; its peer id is stable (derived from the device key)

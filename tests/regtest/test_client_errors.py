@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 
 import pytest
 
@@ -19,12 +18,7 @@ from p2pgrid.lightning import (
     NodeWatch,
 )
 from p2pgrid.regtest import Stack, process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from p2pgrid.testing.ports import free_port
 
 
 async def test_wrong_macaroon_is_an_auth_error(stack: Stack) -> None:
@@ -44,7 +38,7 @@ async def test_tls_is_verified_against_the_nodes_own_cert(stack: Stack) -> None:
 
 
 async def test_node_that_does_not_answer_is_unreachable(stack: Stack) -> None:
-    endpoint = dataclasses.replace(stack.endpoint("utility"), rest_port=_free_port())
+    endpoint = dataclasses.replace(stack.endpoint("utility"), rest_port=free_port())
     async with LndClient(endpoint) as client:
         with pytest.raises(NodeUnreachable):
             await client.get_info()
