@@ -1,10 +1,20 @@
-"""btcd on regtest: its command line and an asyncio JSON-RPC client (httpx, TLS)."""
+"""btcd on regtest: its command line, an asyncio JSON-RPC client (httpx, TLS), and
+its stored blocks.
+
+btcd deletes its regtest block database at every start (``removeRegressionDB`` in
+btcd.go: "the regression test is special in that it needs a clean database for each
+run"), so a btcd restarted on the same data directory begins a new chain at height 0.
+To bring the same chain back, read the blocks from its flat files *before* starting
+it again (:func:`stored_blocks`) and submit them once it serves
+(:meth:`BtcdRpc.submit_block`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +28,8 @@ BTCD_CALL_TIMEOUT_S = 60.0
 """Deadline of one JSON-RPC call (``generate`` of a few hundred blocks included)."""
 RPC_USER = "p2pgrid"
 RPC_PASS = "p2pgrid-regtest"
+#: The regtest network's magic as btcd's flat block files store it (little-endian).
+REGTEST_MAGIC = 0xDAB5BFFA
 
 
 class BtcdError(ReportableError):
@@ -133,6 +145,12 @@ class BtcdRpc:
         result: dict[str, Any] | None = await self.call("gettxout", txid, vout, True)
         return result
 
+    async def submit_block(self, raw: bytes) -> str | None:
+        """Submit a serialized block: None if accepted, else btcd's reason
+        ("duplicate" for one it has)."""
+        result = await self.call("submitblock", raw.hex())
+        return None if result is None else str(result)
+
     async def send_raw(self, raw_hex: str) -> str:
         return str(await self.call("sendrawtransaction", raw_hex))
 
@@ -153,3 +171,26 @@ class BtcdRpc:
             )
             return bool(status == "active")
         return False
+
+
+def stored_blocks(config: BtcdConfig) -> list[bytes]:
+    """The serialized blocks in btcd's flat files (``blocks_ffldb/*.fdb``), in the
+    order it stored them: height order on a chain without reorgs, as regtest here.
+
+    A record is ``<network u32><length u32><block><crc32c u32>`` (little-endian;
+    btcd's ``database/ffldb/blockio.go``). A record cut short by a kill ends the
+    list. Read it before btcd starts again: the start deletes the files.
+    """
+    blocks: list[bytes] = []
+    folder = config.data_dir / "data" / "regtest" / "blocks_ffldb"
+    for path in sorted(folder.glob("*.fdb")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 8 <= len(data):
+            network, length = struct.unpack_from("<II", data, offset)
+            end = offset + 8 + length + 4
+            if network != REGTEST_MAGIC or end > len(data):
+                return blocks  # a torn tail: what follows was never committed
+            blocks.append(data[offset + 8 : offset + 8 + length])
+            offset = end
+    return blocks

@@ -6,7 +6,9 @@ kind of process, and for how long. :class:`Injector` finds the process in ``/pro
 and name), applies the fault and undoes it:
 
 - ``kill``: SIGKILL, then (daemons only) start it again on the same data directory
-  after the outage;
+  after the outage; btcd, which deletes its regtest chain at every start, is given
+  its stored blocks back (:func:`p2pgrid.regtest.btcd.stored_blocks`) while the lnd
+  nodes are held off its RPC port, so that they find the same chain, never height 0;
 - ``pause``: SIGSTOP, SIGCONT after the outage (the process keeps its sockets: peers
   see a node that accepts connections and never answers);
 - ``partition``: every libp2p packet that a site's agents send is dropped (iptables
@@ -26,16 +28,17 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p2pgrid.lightning import LndClient, NodeUnreachable
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack, process
-from p2pgrid.regtest.btcd import BtcdRpc, BtcdUnreachable
+from p2pgrid.regtest.btcd import BtcdError, BtcdRpc, BtcdUnreachable, stored_blocks
 
 #: Comment of every iptables rule made here (and the prefix of the cgroups).
 RULE_COMMENT = "p2pgrid-fault"
@@ -76,14 +79,7 @@ class Fault:
 FAULTS: tuple[Fault, ...] = (
     Fault("lnd-kill", Target.LND, Action.KILL, outage_s=8.0),
     Fault("lnd-pause", Target.LND, Action.PAUSE, outage_s=20.0),
-    Fault(
-        "btcd-kill",
-        Target.BTCD,
-        Action.KILL,
-        outage_s=15.0,
-        not_yet="btcd deletes its regtest chain at every start: a restarted btcd is a new "
-        "chain, not the same one back (needs a chain backend that keeps its regtest chain)",
-    ),
+    Fault("btcd-kill", Target.BTCD, Action.KILL, outage_s=15.0),
     Fault("btcd-pause", Target.BTCD, Action.PAUSE, outage_s=20.0),
     Fault("agent-pause", Target.AGENT, Action.PAUSE, outage_s=8.0),
     Fault("utility-pause", Target.UTILITY, Action.PAUSE, outage_s=8.0),
@@ -289,9 +285,17 @@ class Injector:
             await wait_until(serving, timeout_s=RESTART_TIMEOUT_S, what=f"{node} restarted")
 
     async def restart_btcd(self) -> None:
+        """Start btcd again with the chain it had: its blocks are read from its flat
+        files before the start deletes them and submitted once it serves, while
+        every lnd of the stack is held off its RPC port (an lnd that saw height 0
+        would take the replay for a reorg)."""
         rpc: BtcdRpc = self.stack.rpc()
-        process.spawn(rpc.config.args(self.stack.daemons.btcd), rpc.config.data_dir / "btcd.out")
+        blocks = stored_blocks(rpc.config)
+        hold = self._hold_off(rpc.config.rpc_port)
         try:
+            process.spawn(
+                rpc.config.args(self.stack.daemons.btcd), rpc.config.data_dir / "btcd.out"
+            )
 
             async def serving() -> int | None:
                 try:
@@ -300,8 +304,40 @@ class Injector:
                     return None
 
             await wait_until(serving, timeout_s=RESTART_TIMEOUT_S, what="btcd restarted")
+            for raw in blocks[1:]:  # the genesis block is built in
+                refused = await rpc.submit_block(raw)
+                if refused not in (None, "duplicate"):
+                    raise BtcdError(f"btcd refused a stored block on replay: {refused}")
+            if blocks:
+                tip = hashlib.sha256(hashlib.sha256(blocks[-1][:80]).digest()).digest()[::-1]
+                height = await rpc.block_count()
+                if await rpc.block_hash(height) != tip.hex():
+                    raise BtcdError(f"btcd's tip after replay is not the stored tip {tip.hex()}")
         finally:
+            hold()
             await rpc.aclose()
+
+    def _hold_off(self, port: int) -> Callable[[], None]:
+        """Drop what the stack's lnd nodes send to ``port`` until the returned call."""
+        group = CGROUP_ROOT / f"{RULE_COMMENT}-{self.trial}-lnd"
+        group.mkdir(exist_ok=True)
+        for node in self.stack.layout.node_names:
+            with contextlib.suppress(ValueError, OSError):  # one that is down has no pid
+                (group / "cgroup.procs").write_text(str(self.lnd_pid(node)))
+        rule = ["OUTPUT", "-o", "lo", "-m", "cgroup", "--path", str(group.relative_to(CGROUP_ROOT)),
+                "-p", "tcp", "--dport", str(port), "-j", "DROP",
+                "-m", "comment", "--comment", f"{RULE_COMMENT}-{self.trial}"]  # fmt: skip
+        _iptables("-I", *rule)
+
+        def release() -> None:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _iptables("-D", *rule)
+            with contextlib.suppress(OSError):
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
+                group.rmdir()
+
+        return release
 
     async def heal(self) -> None:
         """After a trial: every daemon of the stack runs again and none is stopped."""
