@@ -3,10 +3,13 @@
 Measures, in one run on one machine:
 
 1. the raw BIP340 verification rate of coincurve (libsecp256k1) over the very
-   entries used below, keys parsed once: the upper bound for ingest;
+   entries used below, keys parsed once, and the raw insert rate of the same rows
+   into the same SQLite schema (stdlib ``sqlite3``, WAL, one transaction per 256
+   rows): together, "verify + bulk insert", the floor of what a replica that checks
+   every signature and stores every entry must do, one entry after the other;
 2. the rate at which ``LogStore.ingest_many`` decodes, verifies (signature,
    membership, schema, chain) and commits entries, in batches of 256 (the size of
-   one sync reply), and its ratio to (1);
+   one sync reply), and its ratio to (1) (the target is 0.8);
 3. the time for a fresh replica to sync all entries from a replica that holds
    them, through ``LoopbackNetwork`` -- the in-memory, in-process fake transport:
    no sockets, no libp2p; every byte still goes through the wire codec;
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +45,9 @@ from p2pgrid.ledger import (
     sign_entry,
 )
 from p2pgrid.ledger.entry import GENESIS_PREV
+from p2pgrid.ledger.store import _INSERT_ENTRY as INSERT_ENTRY_SQL
+from p2pgrid.ledger.store import _SCHEMA as SCHEMA_SQL
+from p2pgrid.ledger.store import _row as row_of
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
 from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
 from p2pgrid.testing.loopback import LoopbackNetwork
@@ -110,6 +117,24 @@ def raw_verify_rate(membership: Membership, entries: list[Entry]) -> float:
     return len(work) / elapsed
 
 
+def raw_insert_rate(entries: list[Entry], folder: Path) -> float:
+    """Rows per second into the store's own schema, in transactions of BATCH rows."""
+    conn = sqlite3.connect(folder / "raw.sqlite", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA_SQL)
+        rows = [row_of(e) for e in entries]
+        start = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_ENTRY_SQL, rows[i : i + BATCH])
+            conn.execute("COMMIT")
+        return len(rows) / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
 async def run(total: int, devices: int) -> None:
     owner = bench_key("owner")
     site = SiteIdentity(owner.pubkey)
@@ -124,6 +149,10 @@ async def run(total: int, devices: int) -> None:
     print(f"raw coincurve BIP340 verify:        {raw_rate:10,.0f} /s")
 
     with tempfile.TemporaryDirectory() as tmp:
+        insert_rate = raw_insert_rate(entries, Path(tmp))
+        floor_rate = 1 / (1 / raw_rate + 1 / insert_rate)
+        print(f"raw sqlite3 insert (same schema):   {insert_rate:10,.0f} /s")
+        print(f"raw verify + bulk insert:           {floor_rate:10,.0f} /s")
         source = await LogStore.open(Path(tmp) / "source.sqlite", site, name="source")
         fresh = await LogStore.open(Path(tmp) / "fresh.sqlite", site, name="fresh")
         try:
@@ -138,6 +167,7 @@ async def run(total: int, devices: int) -> None:
             rate = total / elapsed
             print(f"ingest+verify (batches of {BATCH}):  {rate:10,.0f} /s")
             print(f"ratio ingest / raw verify:          {rate / raw_rate:10.2f}")
+            print(f"ratio ingest / (verify + insert):   {rate / floor_rate:10.2f}  (target 0.8)")
 
             net = LoopbackNetwork()
             net.join(source)
@@ -146,15 +176,17 @@ async def run(total: int, devices: int) -> None:
             report = await replica.sync_with("source")
             elapsed = time.perf_counter() - start
             assert fresh.digest() == source.digest()
+            floor_s = report.appended / floor_rate
             print(
                 f"fresh replica sync of {report.appended} entries via LoopbackNetwork "
                 f"(in-memory fake transport): {elapsed:.1f} s "
-                f"({report.appended / elapsed:,.0f} /s, {report.requests} requests)"
+                f"({report.appended / elapsed:,.0f} /s, {report.requests} requests), "
+                f"{elapsed / floor_s:.2f}x verify + insert (target <= 2)"
             )
             over_net = await LogStore.open(Path(tmp) / "net.sqlite", site, name="net")
             await over_net.ingest_many(genesis)
             try:
-                await sync_over_hosts(source, over_net)
+                await sync_over_hosts(source, over_net, floor_rate)
             finally:
                 await over_net.close()
         finally:
@@ -162,7 +194,7 @@ async def run(total: int, devices: int) -> None:
             await source.close()
 
 
-async def sync_over_hosts(source: LogStore, fresh: LogStore) -> None:
+async def sync_over_hosts(source: LogStore, fresh: LogStore, floor_rate: float) -> None:
     """Time a fresh NetReplica pulling everything from a serving one over real hosts."""
     site = source.membership.site
     config = ReplicaConfig(anti_entropy_interval_s=3600.0)  # only the joined-peer round
@@ -197,7 +229,8 @@ async def sync_over_hosts(source: LogStore, fresh: LogStore) -> None:
             print(
                 f"fresh replica sync of {n} entries over 2 real py-libp2p hosts "
                 f"(TCP 127.0.0.1, one process): {elapsed:.1f} s ({n / elapsed:,.0f} /s, "
-                f"{stats.rounds} round(s), {stats.rounds_failed} failed)"
+                f"{stats.rounds} round(s), {stats.rounds_failed} failed), "
+                f"{elapsed / (n / floor_rate):.2f}x verify + insert (target <= 2)"
             )
     finally:
         await bridge.stop()
