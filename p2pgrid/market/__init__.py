@@ -57,10 +57,14 @@ from p2pgrid.market.messages import (
     trade_amount_msat,
 )
 from p2pgrid.market.policy import (
+    DEFAULT_LEFTOVER_WINDOW,
+    LeftoverOffer,
+    LeftoverPolicy,
     Surplus,
     SurplusDecision,
     SurplusPolicy,
     decide_surplus,
+    offer_leftover,
     to_tick,
 )
 from p2pgrid.market.pool import Order, check_pool_clearing, clear_pool, pool_orders
@@ -76,6 +80,7 @@ from p2pgrid.market.sharing import (
 )
 
 __all__ = [
+    "DEFAULT_LEFTOVER_WINDOW",
     "DEFAULT_MARGIN_PCT",
     "DEFAULT_OFFER_PCT",
     "DEFAULT_WINDOW_DAYS",
@@ -106,6 +111,8 @@ __all__ = [
     "DemandCurve",
     "Forecast",
     "Grant",
+    "LeftoverOffer",
+    "LeftoverPolicy",
     "Load",
     "MarketError",
     "MarketMessage",
@@ -138,6 +145,7 @@ __all__ = [
     "net_msat",
     "net_wh",
     "offer_amount",
+    "offer_leftover",
     "plan_curtailment",
     "pool_orders",
     "share_plan",
