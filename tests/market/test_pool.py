@@ -240,3 +240,22 @@ def test_a_replica_recomputes_the_clearing_from_the_wire(orders: list[Order]) ->
                 check_pool_clearing(lie, orders)
         with pytest.raises(MarketError, match="another order book"):
             check_pool_clearing(c, [o for o in orders if o.party != t.buyer])
+
+
+@given(one_per_party)
+def test_the_volume_is_the_largest_one_price_allows(orders: list[Order]) -> None:
+    """Q = max over prices p of min(S(p), D(p)): supply asked at or below p,
+    demand of every curve at p (S and D change only at the orders' prices)."""
+    c = run(orders)
+    asks_in = [o for o in orders if isinstance(o, Ask)]
+    curves_in = [o for o in orders if isinstance(o, DemandCurve)]
+    prices = {o.price_msat_per_kwh for o in asks_in}
+    prices |= {s.price_msat_per_kwh for o in curves_in for s in o.steps}
+
+    def volume(price: int) -> int:
+        supply = sum(o.energy_wh for o in asks_in if o.price_msat_per_kwh <= price)
+        return min(supply, sum(o.demand_wh(price) for o in curves_in))
+
+    assert sum(t.energy_wh for t in c.trades) == max(map(volume, prices), default=0)
+    if c.trades:
+        assert volume(c.price_msat_per_kwh) == sum(t.energy_wh for t in c.trades)
