@@ -5,10 +5,8 @@ Pure and deterministic: no I/O, no clock, no asyncio; the agents call it.
 Money is integer msat, energy integer Wh."""
 
 from p2pgrid.market.auction import (
-    Block,
     check_clearing,
     clear,
-    match,
     max_bid_energy,
     net_msat,
     net_wh,
@@ -103,7 +101,6 @@ __all__ = [
     "PRICE_TICK_MSAT_PER_KWH",
     "Ask",
     "Bid",
-    "Block",
     "Clearing",
     "CurtailmentPlan",
     "Cut",
@@ -140,7 +137,6 @@ __all__ = [
     "forecast_period",
     "make_accept",
     "make_offer",
-    "match",
     "max_bid_energy",
     "net_msat",
     "net_wh",

@@ -28,6 +28,10 @@ orders computes the same :class:`Clearing`:
 No seller sells more than it asked, no buyer buys more than it bid nor pays
 more than ``energy x max price / 1000`` (see :func:`max_bid_energy` to size a
 bid to a balance). The result does not depend on the order of the inputs.
+
+Steps 3 to 5 (:func:`match`, :func:`publish`) are shared with the pooled
+auction of a site (:mod:`p2pgrid.market.pool`), which feeds them every ask and
+every demand-curve step of a round.
 """
 
 from __future__ import annotations
