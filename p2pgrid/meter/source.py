@@ -237,9 +237,13 @@ class CsvSource:
                 made = None
                 if fmt.produced_column is not None:
                     made = self._index(fmt.produced_column, names, "produced_column")
+                blank = None  # the first empty line: only the end of the file may be empty
                 for line, row in enumerate(rows, start=2 if fmt.header else 1):
                     if not row:
-                        continue  # a blank line
+                        blank = blank or line
+                        continue
+                    if blank is not None:
+                        raise MeterError(f"{path}:{blank}: empty line in the data (lost reading?)")
                     consumed.append(self._cell(row, col, line))
                     if made is not None:
                         produced.append(self._cell(row, made, line))

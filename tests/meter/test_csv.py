@@ -62,6 +62,11 @@ def test_power_is_averaged_and_energy_summed_into_15_minutes(tmp_path: Path) -> 
     assert series(CsvSource(hourly, fmt)) == [500, 500, 500, 500]
 
 
+def test_empty_lines_at_the_end_are_no_data(tmp_path: Path) -> None:
+    path = write(tmp_path, "e\n5\n6\n\n\n")
+    assert series(CsvSource(path, CsvFormat(column="e"))) == [5, 6]
+
+
 def test_rounding_to_integer_wh_keeps_the_total(tmp_path: Path) -> None:
     path = write(tmp_path, "e\n" + "0.4\n" * 10)
     got = series(CsvSource(path, CsvFormat(column="e")))
@@ -106,7 +111,8 @@ def test_the_replay_starts_at_the_first_local_midnight_of_its_time_zone(tmp_path
     [
         ("e\n5\n-1\n", r"m.csv:3: energy must be finite and >= 0, got '-1'"),
         ("e\n5\nnan\n", r"m.csv:3: energy must be finite and >= 0, got 'nan'"),
-        ("e\n5\n\n,\n", r"m.csv:4: not a number: ''"),
+        ("e\n5\n,\n", r"m.csv:3: not a number: ''"),
+        ("e\n5\n\n6\n", r"m.csv:3: empty line in the data"),
         ("", "m.csv: empty file"),
         ("e\n", "no complete 900 s interval"),
     ],
