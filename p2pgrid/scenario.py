@@ -47,8 +47,8 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.market import Priority, SurplusPolicy
 from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
-from p2pgrid.meter.source import CsvSource
-from p2pgrid.scenario_schema import validate_scenario
+from p2pgrid.meter.source import CsvFormat, CsvSource
+from p2pgrid.scenario_schema import MeterModel, validate_scenario
 
 
 def demo_key(*labels: str) -> Signer:
@@ -67,8 +67,9 @@ class MeterSpec:
     profile: str = "h0"
     annual_kwh: int = 3000
     peak_w: int = 0
-    path: str = ""
+    path: str = ""  # a csv meter's file (resolved against the scenario's directory)
     start_day: int = 0
+    csv: CsvFormat | None = None  # how to read a csv meter's file
 
     def source(self) -> MeterSource:
         if self.kind == "bdew":
@@ -76,7 +77,7 @@ class MeterSpec:
         if self.kind == "solar":
             return solar_profile(self.peak_w, days=1)
         if self.kind == "csv":
-            return CsvSource(Path(self.path))
+            return CsvSource(Path(self.path), self.csv)
         raise ConfigError(f"unknown meter kind {self.kind!r} (bdew, solar, csv)")
 
 
@@ -171,10 +172,26 @@ class Scenario:
         return (self.utility.name, *(d.name for s in self.sites for d in s.devices))
 
 
-def parse_scenario(data: Mapping[str, Any], *, source: str = "scenario") -> Scenario:
+def _meter(model: MeterModel, base_dir: Path | None) -> MeterSpec:
+    """A meter's spec; a relative csv path is taken from ``base_dir`` (the
+    scenario file's directory; the working directory if there is none)."""
+    if model.kind != "csv":
+        return MeterSpec(
+            model.kind, model.profile, model.annual_kwh, model.peak_w, "", model.start_day
+        )
+    path = Path(model.path)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return MeterSpec("csv", path=str(path), csv=model.csv_format())
+
+
+def parse_scenario(
+    data: Mapping[str, Any], *, source: str = "scenario", base_dir: Path | None = None
+) -> Scenario:
     """The scenario of a parsed TOML document; :class:`ConfigError` naming
     ``source``, the key and the problem if it does not follow the schema
-    (:mod:`p2pgrid.scenario_schema`)."""
+    (:mod:`p2pgrid.scenario_schema`). Relative meter paths are taken from
+    ``base_dir`` (:func:`load_scenario`: the file's directory)."""
     model = validate_scenario(data, source=source)
     sites = tuple(
         SiteSpec(
@@ -186,7 +203,7 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "scenario") -> Scen
                     name=d.name,
                     index=d.index,
                     device_class=d.device_class,
-                    meter=MeterSpec(**d.meter.model_dump()),
+                    meter=_meter(d.meter, base_dir),
                     priority=Priority[d.priority.upper()],
                     weight=d.weight,
                     policy=SurplusPolicy(d.policy),
@@ -215,4 +232,4 @@ def load_scenario(path: Path) -> Scenario:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read scenario {path}: {exc}") from exc
-    return parse_scenario(data, source=str(path))
+    return parse_scenario(data, source=str(path), base_dir=path.parent)

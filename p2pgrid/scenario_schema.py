@@ -14,12 +14,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
+from p2pgrid.meter.source import METER_INTERVAL_S, AtEnd, CsvFormat, MeterError, Unit
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
 Positive = Annotated[int, Field(gt=0, lt=2**63)]
@@ -30,21 +40,94 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+Column = (
+    Annotated[str, Field(min_length=1, max_length=256)] | Annotated[int, Field(ge=0, le=10_000)]
+)
+#: Keys that only a csv meter takes (docs/operations.md, "Meters").
+CSV_KEYS: Final = (
+    "column",
+    "produced_column",
+    "unit",
+    "scale",
+    "resolution_s",
+    "start",
+    "timezone",
+    "at_end",
+    "header",
+    "delimiter",
+    "decimal",
+)
+
+
 class MeterModel(_Strict):
     kind: Literal["bdew", "solar", "csv"]
     profile: NonEmpty = "h0"
     annual_kwh: Annotated[int, Field(ge=0, le=10**9)] = 3000
     peak_w: Annotated[int, Field(ge=0, le=10**9)] = 0
+    #: A csv meter's file, relative to the scenario file's directory.
     path: str = ""
     start_day: Annotated[int, Field(ge=0, le=366)] = 0
+    column: Column = "consumed_wh"
+    produced_column: Column | None = None
+    unit: Unit = "Wh"
+    scale: Annotated[float, Field(gt=0, le=10**9, allow_inf_nan=False)] = 1.0
+    resolution_s: Annotated[int, Field(gt=0, le=366 * 86_400)] = METER_INTERVAL_S
+    start: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    timezone: NonEmpty = "UTC"
+    at_end: AtEnd = "error"
+    header: bool = True
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    decimal: Literal[".", ","] = "."
+
+    @field_validator("resolution_s")
+    @classmethod
+    def _divides_the_interval(cls, value: int) -> int:
+        if METER_INTERVAL_S % value and value % METER_INTERVAL_S:
+            raise ValueError(f"must divide {METER_INTERVAL_S} or be a multiple of it")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name: UTC, Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _iso_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO 8601 date and time") from None
+        return value
 
     @model_validator(mode="after")
     def _kind_needs(self) -> Self:
         if self.kind == "solar" and self.peak_w == 0:
             raise ValueError("a solar meter needs peak_w > 0")
-        if self.kind == "csv" and not self.path:
+        if self.kind != "csv":
+            extra = [key for key in CSV_KEYS if key in self.model_fields_set]
+            if extra or self.path:
+                raise ValueError(f"{', '.join(extra or ['path'])}: only a csv meter takes it")
+            return self
+        if not self.path:
             raise ValueError("a csv meter needs a path")
+        self.csv_format()  # the keys that only make sense together
         return self
+
+    def csv_format(self) -> CsvFormat:
+        """The CSV reading options of a csv meter (:class:`ValueError` if they
+        do not fit together, e.g. a column name without a header)."""
+        try:
+            return CsvFormat(**{key: getattr(self, key) for key in CSV_KEYS})
+        except MeterError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class DeviceModel(_Strict):

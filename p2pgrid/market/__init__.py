@@ -1,9 +1,16 @@
 """The market of the device agents: forecasts, budget sharing, the energy
-auction, curtailment and the end-of-period surplus policy, plus the typed
-negotiation messages. Pure and deterministic: no I/O, no clock, no asyncio;
-the agents call it. Money is integer msat, energy integer Wh."""
+auction (per producer, and pooled per site with demand curves), curtailment
+and the end-of-period surplus policy, plus the typed negotiation messages.
+Pure and deterministic: no I/O, no clock, no asyncio; the agents call it.
+Money is integer msat, energy integer Wh."""
 
-from p2pgrid.market.auction import check_clearing, clear, max_bid_energy, net_msat, net_wh
+from p2pgrid.market.auction import (
+    check_clearing,
+    clear,
+    max_bid_energy,
+    net_msat,
+    net_wh,
+)
 from p2pgrid.market.curtailment import CurtailmentPlan, Cut, Load, Priority, plan_curtailment
 from p2pgrid.market.errors import MarketError, MessageError
 from p2pgrid.market.forecast import (
@@ -18,6 +25,7 @@ from p2pgrid.market.messages import (
     KIND_ASK,
     KIND_BID,
     KIND_CLEARING,
+    KIND_DEMAND_CURVE,
     KIND_SHARE_ACCEPT,
     KIND_SHARE_OFFER,
     KIND_SHARE_REQUEST,
@@ -25,6 +33,7 @@ from p2pgrid.market.messages import (
     MAX_GRANTS,
     MAX_MESSAGE_BYTES,
     MAX_PRICE_MSAT_PER_KWH,
+    MAX_STEPS,
     MAX_TRADES,
     MESSAGE_TYPES,
     PERIOD_WIDE,
@@ -32,24 +41,31 @@ from p2pgrid.market.messages import (
     Ask,
     Bid,
     Clearing,
+    DemandCurve,
     Grant,
     MarketMessage,
     Party,
     ShareAccept,
     ShareOffer,
     ShareRequest,
+    Step,
     Trade,
     book_id,
     decode_message,
     trade_amount_msat,
 )
 from p2pgrid.market.policy import (
+    DEFAULT_LEFTOVER_WINDOW,
+    LeftoverOffer,
+    LeftoverPolicy,
     Surplus,
     SurplusDecision,
     SurplusPolicy,
     decide_surplus,
+    offer_leftover,
     to_tick,
 )
+from p2pgrid.market.pool import Order, check_pool_clearing, clear_pool, pool_orders
 from p2pgrid.market.sharing import (
     DEFAULT_OFFER_PCT,
     accept_offers,
@@ -62,6 +78,7 @@ from p2pgrid.market.sharing import (
 )
 
 __all__ = [
+    "DEFAULT_LEFTOVER_WINDOW",
     "DEFAULT_MARGIN_PCT",
     "DEFAULT_OFFER_PCT",
     "DEFAULT_WINDOW_DAYS",
@@ -69,6 +86,7 @@ __all__ = [
     "KIND_ASK",
     "KIND_BID",
     "KIND_CLEARING",
+    "KIND_DEMAND_CURVE",
     "KIND_SHARE_ACCEPT",
     "KIND_SHARE_OFFER",
     "KIND_SHARE_REQUEST",
@@ -76,6 +94,7 @@ __all__ = [
     "MAX_GRANTS",
     "MAX_MESSAGE_BYTES",
     "MAX_PRICE_MSAT_PER_KWH",
+    "MAX_STEPS",
     "MAX_TRADES",
     "MESSAGE_TYPES",
     "PERIOD_WIDE",
@@ -86,17 +105,22 @@ __all__ = [
     "CurtailmentPlan",
     "Cut",
     "DailyProfile",
+    "DemandCurve",
     "Forecast",
     "Grant",
+    "LeftoverOffer",
+    "LeftoverPolicy",
     "Load",
     "MarketError",
     "MarketMessage",
     "MessageError",
+    "Order",
     "Party",
     "Priority",
     "ShareAccept",
     "ShareOffer",
     "ShareRequest",
+    "Step",
     "Surplus",
     "SurplusDecision",
     "SurplusPolicy",
@@ -105,7 +129,9 @@ __all__ = [
     "amount_to_give",
     "book_id",
     "check_clearing",
+    "check_pool_clearing",
     "clear",
+    "clear_pool",
     "decide_surplus",
     "decode_message",
     "forecast_period",
@@ -115,7 +141,9 @@ __all__ = [
     "net_msat",
     "net_wh",
     "offer_amount",
+    "offer_leftover",
     "plan_curtailment",
+    "pool_orders",
     "share_plan",
     "site_share_plan",
     "to_tick",

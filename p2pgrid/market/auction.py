@@ -28,11 +28,16 @@ orders computes the same :class:`Clearing`:
 No seller sells more than it asked, no buyer buys more than it bid nor pays
 more than ``energy x max price / 1000`` (see :func:`max_bid_energy` to size a
 bid to a balance). The result does not depend on the order of the inputs.
+
+Steps 3 to 5 (:func:`match`, :func:`publish`) are shared with the pooled
+auction of a site (:mod:`p2pgrid.market.pool`), which feeds them every ask and
+every demand-curve step of a round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from p2pgrid.market.errors import MarketError
@@ -71,22 +76,24 @@ def _distinct(
     return out
 
 
-def clear(asks: Iterable[Ask], bids: Iterable[Bid], *, period: int, interval: int) -> Clearing:
-    """Clear one round (see the module docstring for the rule)."""
-    ask_book = _distinct(asks, period, interval)
-    bid_book = _distinct(bids, period, interval)
-    book = book_id([*ask_book.values(), *bid_book.values()])
-    both = {o.party for o in ask_book.values()} & {o.party for o in bid_book.values()}
-    sells = sorted(
-        (o for o in ask_book.values() if o.party not in both),
-        key=lambda o: (o.price_msat_per_kwh, o.party.sort_key, o.id),
-    )
-    buys = sorted(
-        (o for o in bid_book.values() if o.party not in both),
-        key=lambda o: (-o.price_msat_per_kwh, o.party.sort_key, o.id),
-    )
-    sell_left = [o.energy_wh for o in sells]
-    buy_left = [o.energy_wh for o in buys]
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A quantity of energy one party sells (at no less than) or buys (at no
+    more than) ``price_msat_per_kwh``: the unit the matching walks over."""
+
+    party: Party
+    price_msat_per_kwh: int
+    energy_wh: int
+
+
+def match(
+    sells: Sequence[Block], buys: Sequence[Block]
+) -> tuple[int, dict[tuple[Party, Party], int]]:
+    """Steps 3 and 4 of the rule: walk ``sells`` (best first: ascending price)
+    against ``buys`` (best first: descending price) and return the clearing
+    price (0 without a match) and the energy matched per (seller, buyer)."""
+    sell_left = [b.energy_wh for b in sells]
+    buy_left = [b.energy_wh for b in buys]
     matched: dict[tuple[Party, Party], int] = {}
     i = j = 0
     marginal: tuple[int, int] | None = None
@@ -105,13 +112,22 @@ def clear(asks: Iterable[Ask], bids: Iterable[Bid], *, period: int, interval: in
         if buy_left[j] == 0:
             j += 1
     if marginal is None:
-        return Clearing(period, interval, 0, book, ())
+        return 0, {}
     low, high = marginal
     if j < len(buys):
         low = max(low, buys[j].price_msat_per_kwh)
     if i < len(sells):
         high = min(high, sells[i].price_msat_per_kwh)
-    price = low + (high - low) // (2 * TICK) * TICK
+    return low + (high - low) // (2 * TICK) * TICK, matched
+
+
+def publish(
+    period: int, interval: int, book: bytes, price: int, matched: dict[tuple[Party, Party], int]
+) -> Clearing:
+    """The :class:`Clearing` of ``matched`` at ``price``: one trade per pair, in
+    canonical order, each paying ``energy x price / 1000`` exactly."""
+    if not matched:
+        return Clearing(period, interval, 0, book, ())
     if len(matched) > MAX_TRADES:
         raise MarketError(f"{len(matched)} trades exceed {MAX_TRADES}: split the round")
     trades = tuple(
@@ -121,6 +137,27 @@ def clear(asks: Iterable[Ask], bids: Iterable[Bid], *, period: int, interval: in
         )
     )
     return Clearing(period, interval, price, book, trades)
+
+
+def clear(asks: Iterable[Ask], bids: Iterable[Bid], *, period: int, interval: int) -> Clearing:
+    """Clear one round (see the module docstring for the rule)."""
+    ask_book = _distinct(asks, period, interval)
+    bid_book = _distinct(bids, period, interval)
+    book = book_id([*ask_book.values(), *bid_book.values()])
+    both = {o.party for o in ask_book.values()} & {o.party for o in bid_book.values()}
+    sells = sorted(
+        (o for o in ask_book.values() if o.party not in both),
+        key=lambda o: (o.price_msat_per_kwh, o.party.sort_key, o.id),
+    )
+    buys = sorted(
+        (o for o in bid_book.values() if o.party not in both),
+        key=lambda o: (-o.price_msat_per_kwh, o.party.sort_key, o.id),
+    )
+    price, matched = match(
+        [Block(o.party, o.price_msat_per_kwh, o.energy_wh) for o in sells],
+        [Block(o.party, o.price_msat_per_kwh, o.energy_wh) for o in buys],
+    )
+    return publish(period, interval, book, price, matched)
 
 
 def net_msat(clearing: Clearing) -> dict[Party, int]:

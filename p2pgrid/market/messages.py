@@ -44,6 +44,7 @@ KIND_SHARE_ACCEPT: Final = 0x0302
 KIND_ASK: Final = 0x0303
 KIND_BID: Final = 0x0304
 KIND_CLEARING: Final = 0x0305
+KIND_DEMAND_CURVE: Final = 0x0306
 
 #: Prices are msat per kWh in whole msat per Wh, so that every trade amount
 #: (energy_wh x price / 1000) is an exact integer and nothing is rounded.
@@ -54,6 +55,7 @@ MAX_ENERGY_WH: Final = 10**9  # 1 GWh in one order
 PERIOD_WIDE: Final = MAX_U32
 MAX_GRANTS: Final = 64  # offers one ShareAccept can take
 MAX_TRADES: Final = 512  # trades one Clearing can publish
+MAX_STEPS: Final = 32  # steps of one DemandCurve
 
 _PARTY_LEN = SITE_ID_LEN + 4
 _TRADE_LEN = 2 * _PARTY_LEN + 8 + 8
@@ -385,11 +387,90 @@ class Clearing(_Message):
         return cls(period, interval, price, book_id, trades)
 
 
-MarketMessage = ShareRequest | ShareOffer | ShareAccept | Ask | Bid | Clearing
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One block of a demand curve: ``energy_wh`` that the buyer takes at any
+    price up to ``price_msat_per_kwh``."""
+
+    price_msat_per_kwh: int
+    energy_wh: int
+
+    def __post_init__(self) -> None:
+        _price("price_msat_per_kwh", self.price_msat_per_kwh)
+        _positive("energy_wh", self.energy_wh, MAX_ENERGY_WH)
+
+
+@dataclass(frozen=True, slots=True)
+class DemandCurve(_Message):
+    """How much ``buyer`` would buy in a round at each price (PowerMatcher style).
+
+    ``steps`` are blocks in strictly descending price; the buyer's demand at a
+    price ``p`` is the energy of every step priced ``>= p``
+    (:meth:`demand_wh`): a non-increasing step function of the price. A curve of
+    one step is a plain :class:`Bid`. The whole curve asks for at most
+    :data:`MAX_ENERGY_WH`.
+    """
+
+    KIND: ClassVar[int] = KIND_DEMAND_CURVE
+    party: Party
+    period: int
+    interval: int  # a metering interval, or PERIOD_WIDE
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        check_uint("period", self.period, MAX_U32)
+        check_uint("interval", self.interval, MAX_U32)
+        if not isinstance(self.steps, tuple) or not 1 <= len(self.steps) <= MAX_STEPS:
+            raise MessageError(f"a DemandCurve holds a tuple of 1..{MAX_STEPS} steps")
+        for before, after in zip(self.steps, self.steps[1:], strict=False):
+            if not before.price_msat_per_kwh > after.price_msat_per_kwh:
+                raise MessageError("steps must be in strictly descending price")
+        if self.energy_wh > MAX_ENERGY_WH:
+            raise MessageError(f"a curve asks for at most {MAX_ENERGY_WH} Wh in all")
+
+    @classmethod
+    def flat(cls, bid: Bid) -> DemandCurve:
+        """The one-step curve of a plain bid."""
+        step = Step(bid.price_msat_per_kwh, bid.energy_wh)
+        return cls(bid.party, bid.period, bid.interval, (step,))
+
+    @property
+    def round(self) -> tuple[int, int]:
+        return (self.period, self.interval)
+
+    @property
+    def energy_wh(self) -> int:
+        """The demand at the lowest price: all steps."""
+        return sum(step.energy_wh for step in self.steps)
+
+    def demand_wh(self, price_msat_per_kwh: int) -> int:
+        """What the buyer takes at ``price_msat_per_kwh``."""
+        return sum(s.energy_wh for s in self.steps if s.price_msat_per_kwh >= price_msat_per_kwh)
+
+    def _write(self, w: Writer) -> None:
+        self.party.write(w)
+        w.u32(self.period)
+        w.u32(self.interval)
+        w.u16(len(self.steps))
+        for step in self.steps:
+            w.u64(step.price_msat_per_kwh)
+            w.u64(step.energy_wh)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        party, period, interval = Party.read(r), r.u32(), r.u32()
+        count = r.u16()
+        if count > MAX_STEPS:
+            raise MessageError(f"{count} steps exceed {MAX_STEPS}")
+        return cls(party, period, interval, tuple(Step(r.u64(), r.u64()) for _ in range(count)))
+
+
+MarketMessage = ShareRequest | ShareOffer | ShareAccept | Ask | Bid | Clearing | DemandCurve
 
 #: Kind -> message type, for a receiver that dispatches on the delivery's kind.
 MESSAGE_TYPES: Final[dict[int, type[MarketMessage]]] = {
-    cls.KIND: cls for cls in (ShareRequest, ShareOffer, ShareAccept, Ask, Bid, Clearing)
+    cls.KIND: cls
+    for cls in (ShareRequest, ShareOffer, ShareAccept, Ask, Bid, Clearing, DemandCurve)
 }
 
 
@@ -401,7 +482,7 @@ def decode_message(kind: int, data: bytes) -> MarketMessage:
     return cls.decode(data)
 
 
-def book_id(orders: Sequence[Ask | Bid]) -> bytes:
+def book_id(orders: Sequence[Ask | Bid | DemandCurve]) -> bytes:
     """SHA-256 over the sorted, distinct ids of ``orders``: the same book, the same id."""
     ids = sorted({order.id for order in orders})
     return hashlib.sha256(b"".join(ids)).digest()

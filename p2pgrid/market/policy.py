@@ -18,15 +18,25 @@ returns less than it is worth. Production sells first; each Wh of budget
 entitlement sold consumes ``rate / 1000`` msat of the budget surplus (the total
 rounded up once, as :func:`p2pgrid.billing.charge_msat` does), and the rest is
 carried over, so ``carried + consumed == budget surplus`` exactly.
+
+Before the period ends, :func:`offer_leftover` decides how much leftover
+budget a device offers in the last rounds of the period, by its
+:class:`LeftoverPolicy` (``carry_over``, ``sell`` or ``split(f)``): a share of
+its *forecast headroom* (balance minus what its own forecast says the rest of
+the period costs, with the safety margin), never of what that forecast needs.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Final
 
 from p2pgrid.market.auction import net_wh
 from p2pgrid.market.errors import MarketError
+from p2pgrid.market.forecast import Forecast
 from p2pgrid.market.messages import (
     MAX_ENERGY_WH,
     MAX_PRICE_MSAT_PER_KWH,
@@ -118,3 +128,102 @@ def decide_surplus(
     return SurplusDecision(
         policy, ask, from_energy, from_budget, rate_msat_per_kwh, surplus.budget_msat
     )
+
+
+#: A device offers leftover budget in the last this many intervals of a period.
+DEFAULT_LEFTOVER_WINDOW: Final = 4
+_SPLIT = re.compile(r"split\((0?\.\d+|[01](?:\.0*)?)\)")
+
+
+@dataclass(frozen=True, slots=True)
+class LeftoverPolicy:
+    """The share of its forecast headroom a device offers for sale near the end
+    of a period: ``carry_over`` (none: all is carried over), ``sell`` (all) or
+    ``split(f)`` (the fraction ``f``, 0..1, exact: ``split(0.3)`` is 3/10)."""
+
+    sell: Fraction
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sell, Fraction) or not 0 <= self.sell <= 1:
+            raise MarketError(f"a leftover share is a fraction within 0..1, got {self.sell!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> LeftoverPolicy:
+        """``"carry_over"``, ``"sell"`` or ``"split(0.25)"``."""
+        if text == "carry_over":
+            return cls(Fraction(0))
+        if text == "sell":
+            return cls(Fraction(1))
+        found = _SPLIT.fullmatch(text)
+        if found is None:
+            raise MarketError(
+                f"leftover policy {text!r}: carry_over, sell or split(f) with 0 <= f <= 1"
+            )
+        return cls(Fraction(found.group(1)))
+
+    def __str__(self) -> str:
+        if self.sell == 0:
+            return "carry_over"
+        if self.sell == 1:
+            return "sell"
+        return f"split({float(self.sell)})"
+
+
+@dataclass(frozen=True, slots=True)
+class LeftoverOffer:
+    """What a device offers of its leftover budget in one round, and what that
+    leaves it: selling ``sold_wh`` of the ask uses :meth:`budget_used_msat`,
+    never more than ``offered_msat``, which never exceeds the headroom."""
+
+    ask: Ask | None
+    headroom_msat: int  # the forecast's headroom (0 without history)
+    offered_msat: int  # the part of it set aside for the ask
+    rate_msat_per_kwh: int  # the tariff rate that values the entitlement
+
+    def budget_used_msat(self, sold_wh: int) -> int:
+        """The budget consumed when ``sold_wh`` of the ask sold (rounded up once)."""
+        offered = self.ask.energy_wh if self.ask else 0
+        if not 0 <= sold_wh <= offered:
+            raise MarketError(f"sold {sold_wh} Wh of an ask of {offered} Wh")
+        return -(-sold_wh * self.rate_msat_per_kwh // 1000)
+
+    def used_after(self, clearing: Clearing) -> int:
+        """:meth:`budget_used_msat` for what this device sold in ``clearing``."""
+        sold = max(0, net_wh(clearing).get(self.ask.party, 0)) if self.ask else 0
+        return self.budget_used_msat(sold)
+
+
+def offer_leftover(
+    forecast: Forecast,
+    policy: LeftoverPolicy,
+    *,
+    party: Party,
+    rate_msat_per_kwh: int,
+    min_price_msat_per_kwh: int = 0,
+    window: int = DEFAULT_LEFTOVER_WINDOW,
+) -> LeftoverOffer:
+    """The ask of ``party`` for its leftover budget in the round of the
+    forecast's first interval, ``(forecast.period, forecast.first_interval)``.
+
+    - Only in the last ``window`` intervals of the period (the forecast covers
+      at most ``window`` intervals); earlier, no ask: the device may still need
+      its budget, and a forecast far from the end is less sure.
+    - ``offered = floor(headroom x share)``: the forecast's headroom (0 without
+      history), so what the device's own forecast needs is never offered.
+    - The ask is the energy that budget buys at the tariff,
+      ``floor(offered x 1000 / rate)`` Wh (at most ``MAX_ENERGY_WH``), at the
+      reserve price ``to_tick(max(min_price, rate))``: a sale never returns
+      less than the budget it consumes, and consumes at most ``offered``.
+    """
+    if rate_msat_per_kwh <= 0 or min_price_msat_per_kwh < 0 or window < 1:
+        raise MarketError("a tariff rate > 0, a minimum price >= 0 and a window >= 1")
+    headroom = forecast.headroom_msat
+    near_end = forecast.end_interval - forecast.first_interval <= window
+    offered = headroom * policy.sell.numerator // policy.sell.denominator if near_end else 0
+    energy = min(offered * 1000 // rate_msat_per_kwh, MAX_ENERGY_WH)
+    reserve = to_tick(max(min_price_msat_per_kwh, rate_msat_per_kwh))
+    if reserve > MAX_PRICE_MSAT_PER_KWH:
+        raise MarketError(f"reserve price {reserve} exceeds {MAX_PRICE_MSAT_PER_KWH}")
+    interval = forecast.first_interval
+    ask = Ask(party, forecast.period, interval, energy, reserve) if energy else None
+    return LeftoverOffer(ask, headroom, offered if ask else 0, rate_msat_per_kwh)

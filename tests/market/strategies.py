@@ -9,11 +9,13 @@ from p2pgrid.market import (
     PRICE_TICK_MSAT_PER_KWH,
     Ask,
     Bid,
+    DemandCurve,
     Grant,
     Party,
     ShareAccept,
     ShareOffer,
     ShareRequest,
+    Step,
     clear,
 )
 
@@ -70,9 +72,29 @@ wide_bids = st.builds(
     st.integers(1, 10**9),
     prices,
 )
+
+
+def _steps(prices: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[Step, ...]]:
+    return st.lists(
+        st.tuples(prices, st.integers(1, 500)), min_size=1, max_size=4, unique_by=lambda t: t[0]
+    ).map(lambda pairs: tuple(Step(price, wh) for price, wh in sorted(pairs, reverse=True)))
+
+
+curves = st.builds(DemandCurve, parties, st.just(PERIOD), st.just(INTERVAL), _steps(near_prices))
+wide_curves = st.builds(
+    DemandCurve,
+    wide_parties,
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.lists(
+        st.tuples(prices, st.integers(1, 10**8)), min_size=1, max_size=8, unique_by=lambda t: t[0]
+    ).map(lambda pairs: tuple(Step(price, wh) for price, wh in sorted(pairs, reverse=True))),
+)
 clearings = st.builds(
     lambda a, b: clear(a, b, period=PERIOD, interval=INTERVAL),
     st.lists(asks, max_size=12),
     st.lists(bids, max_size=12),
 )
-messages = st.one_of(share_requests, share_offers, share_accepts, wide_asks, wide_bids, clearings)
+messages = st.one_of(
+    share_requests, share_offers, share_accepts, wide_asks, wide_bids, wide_curves, clearings
+)

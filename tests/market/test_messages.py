@@ -83,7 +83,7 @@ def test_another_version_is_refused() -> None:
 
 
 def test_kinds_are_in_the_market_range_and_distinct() -> None:
-    assert sorted(MESSAGE_TYPES) == list(range(0x0300, 0x0306))
+    assert sorted(MESSAGE_TYPES) == list(range(0x0300, 0x0307))
     assert all(0x0300 <= cls.KIND <= 0x03FF for cls in MESSAGE_TYPES.values())
     with pytest.raises(MessageError, match="not a market message"):
         decode_message(0x0101, REQ.encode())

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from p2pgrid.meter import (
     INTERVALS_PER_DAY,
+    CsvFormat,
     CsvSource,
     MeterError,
     Reading,
@@ -65,7 +66,7 @@ def test_solar_produces_only_in_daylight_and_peaks_at_noon() -> None:
 def test_csv_readings_and_bad_rows(tmp_path: Path) -> None:
     good = tmp_path / "meter.csv"
     good.write_text("consumed_wh,produced_wh\n120,0\n80,40\n")
-    source = CsvSource(good)
+    source = CsvSource(good, CsvFormat(produced_column="produced_wh", at_end="wrap"))
     assert [source.reading(i) for i in range(3)] == [
         Reading(0, 120, 0),
         Reading(1, 80, 40),
@@ -73,10 +74,10 @@ def test_csv_readings_and_bad_rows(tmp_path: Path) -> None:
     ]
     bad = tmp_path / "bad.csv"
     bad.write_text("consumed_wh\n10\nten\n")
-    with pytest.raises(MeterError, match=r"bad.csv:3: not an integer Wh"):
+    with pytest.raises(MeterError, match=r"bad.csv:3: not a number: 'ten'"):
         CsvSource(bad)
     (tmp_path / "h.csv").write_text("watts\n1\n")
-    with pytest.raises(MeterError, match="header must name consumed_wh"):
+    with pytest.raises(MeterError, match=r"column 'consumed_wh' is not in the header \['watts'\]"):
         CsvSource(tmp_path / "h.csv")
     with pytest.raises(MeterError, match="cannot read"):
         CsvSource(tmp_path / "missing.csv")
