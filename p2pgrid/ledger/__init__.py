@@ -1,5 +1,6 @@
 """The replicated, signed consumption log of a site (see docs/protocol-log.md)."""
 
+from p2pgrid.ledger.balances import BalanceBook
 from p2pgrid.ledger.bills import bill, invoices_of, metered_devices, paid_hashes
 from p2pgrid.ledger.bodies import (
     ALL_DEVICES,
@@ -40,7 +41,7 @@ from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
 from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
-from p2pgrid.ledger.store import LogStore
+from p2pgrid.ledger.store import LogChange, LogListener, LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
     Replicator,
@@ -60,6 +61,7 @@ __all__ = [
     "Allocation",
     "Author",
     "AuthorHead",
+    "BalanceBook",
     "Body",
     "BodyError",
     "Budget",
@@ -80,6 +82,8 @@ __all__ = [
     "Invoice",
     "LedgerError",
     "LedgerView",
+    "LogChange",
+    "LogListener",
     "LogStore",
     "LogWriter",
     "MalformedError",

@@ -24,6 +24,13 @@ ancestor in its author's chain already recorded is refused as
 ``duplicate_record`` (a second reading of an interval, budget of a period,
 invoice of a device and period), so no view can ever count one twice.
 Batches and queries take turns (one lock), so queries see committed entries.
+
+Listeners (:meth:`LogStore.subscribe`) hear of each committed batch as a
+:class:`LogChange`: the entries it appended and the revocations it applied
+(whose dropped entries they must forget), synchronously, right after the
+commit and before any other task runs, so a view fed by them (e.g.
+:class:`~p2pgrid.ledger.balances.BalanceBook`) is never behind the log a query
+reads. A rolled-back batch notifies nobody.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import collections
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -92,6 +99,20 @@ def _record_of(entry: Entry) -> tuple[Author, EntryKind, tuple[int, ...]] | None
     return None if key is None else (entry.author, entry.kind, key)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogChange:
+    """What one committed batch did to the log."""
+
+    appended: tuple[Entry, ...]
+    #: (author, last_seq) of each revocation applied: the author's entries above
+    #: ``last_seq`` left the log (including ones appended by earlier batches).
+    revoked: tuple[tuple[Author, int], ...] = ()
+
+
+#: Hears of each committed batch; runs synchronously after the commit and must not raise.
+LogListener = Callable[[LogChange], None]
+
+
 @dataclasses.dataclass(slots=True)
 class _Head:
     seq: int = 0
@@ -124,6 +145,8 @@ class LogStore:
         self._closed = False
         self._lock = asyncio.Lock()
         self._appended = asyncio.Event()  # set (and replaced) by each batch that appends
+        self._listeners: list[LogListener] = []
+        self._revoked: list[tuple[Author, int]] = []  # applied by the batch in flight
 
     @classmethod
     async def open(
@@ -162,6 +185,15 @@ class LogStore:
         async with self._lock:
             await self._conn.close()
         self._appended.set()  # wakes the readers waiting in wait_changed
+
+    def subscribe(self, listener: LogListener) -> None:
+        """Tell ``listener`` of every batch committed from now on."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: LogListener) -> None:
+        """Stop telling ``listener``; safe to call for one that is not subscribed."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     async def wait_changed(self, digest: bytes) -> bytes:
         """Wait until the log's digest differs from ``digest`` (an entry was
@@ -380,6 +412,7 @@ class LogStore:
             pending_before = {a: dict(s) for a, s in self._pending.items()}
             flagged_before = set(self._flagged)
             roster_before = self.roster.snapshot()
+            self._revoked = []
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for i, entry in candidates:
@@ -402,6 +435,12 @@ class LogStore:
                 await self._conn.execute("ROLLBACK")
                 await self._load_records()
                 raise
+            # Still under the lock and with no await before it: no query or batch
+            # runs between the commit and the listeners.
+            change = LogChange(tuple(appended), tuple(self._revoked))
+            if change.appended or change.revoked:
+                for listener in list(self._listeners):
+                    listener(change)
         done = tuple(r for r in results if r is not None)
         assert len(done) == len(results)
         if appended:
@@ -539,6 +578,7 @@ class LogStore:
         depend on whether the revocation came before or after those entries."""
         author = Author(Role(revocation.role), revocation.index)
         last = revocation.last_seq
+        self._revoked.append((author, last))
         await self._flush()
         for table in ("entries", "pending"):
             await self._conn.execute(
