@@ -1,5 +1,14 @@
-"""Device agents: settlement of the utility's invoices (trading comes with the market)."""
+"""Device agents: their typed config and the settlement of the utility's invoices."""
 
-from p2pgrid.agent.settlement import FEE_LIMIT_MSAT, InvoiceSettler, Settlement, SettleResult
+from p2pgrid.agent.config import AgentConfig, EnergyConfig, SettleConfig, ShareConfig
+from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 
-__all__ = ["FEE_LIMIT_MSAT", "InvoiceSettler", "SettleResult", "Settlement"]
+__all__ = [
+    "AgentConfig",
+    "EnergyConfig",
+    "InvoiceSettler",
+    "SettleConfig",
+    "SettleResult",
+    "Settlement",
+    "ShareConfig",
+]

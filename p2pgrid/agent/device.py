@@ -25,7 +25,15 @@ it is back): the agent keeps metering and logging; a purchase or a share that
 needs lnd meanwhile is skipped for that interval; an open payment intent is
 resolved by payment hash as soon as lnd answers again; an invoice due while lnd
 is away is paid once it is back (retried with capped back-off for at most
-:data:`NODE_AWAY_WAIT_S`; the payment hash keeps it from being paid twice).
+:attr:`~p2pgrid.agent.config.SettleConfig.node_away_wait_s`; the payment hash
+keeps it from being paid twice).
+
+The agent is built from its :class:`DeviceProfile`, its :class:`AgentParts`
+(the log store and writer, and the Protocols of :mod:`p2pgrid.agent.ports` for
+the replica, the peers and the Lightning node), its :class:`Metering` and its
+clock, tuned by one :class:`~p2pgrid.agent.config.AgentConfig`. Its balances come
+from a :class:`~p2pgrid.ledger.BalanceBook` fed by the store as entries are
+stored (equal to the full fold of the log, without re-folding it per question).
 
 Every payment goes through one :class:`~p2pgrid.agent.paymaster.Paymaster`
 (intent before money); before its first interval the agent resolves every open
@@ -42,9 +50,10 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
+from p2pgrid.agent.config import AgentConfig
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.paymaster import Paymaster
-from p2pgrid.agent.ports import Peers, Wallet
+from p2pgrid.agent.ports import LogReplica, Peers, Wallet
 from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import (
@@ -60,6 +69,7 @@ from p2pgrid.errors import RetryableError
 from p2pgrid.identity import MAX_DEVICE_INDEX, SiteIdentity
 from p2pgrid.ledger import (
     Author,
+    BalanceBook,
     Body,
     CarryOver,
     Curtailment,
@@ -70,25 +80,14 @@ from p2pgrid.ledger import (
     MeterReading,
     bill,
     decode_entry,
-    fold,
     invoices_of,
 )
 from p2pgrid.lightning import NodeWatch
 from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
 from p2pgrid.meter import MeterSource, Reading
 from p2pgrid.net import PeerRef
-from p2pgrid.replication import NetReplica
 
 log = logging.getLogger(__name__)
-
-#: How long settling a period's invoice waits for an lnd that does not answer.
-NODE_AWAY_WAIT_S = 90.0
-
-#: How long an agent waits for the utility's invoice of a closed period.
-INVOICE_WAIT_S = 120.0
-#: Attempts to pay an invoice that lnd could not pay, and the base delay between them.
-PAY_ATTEMPTS = 3
-PAY_RETRY_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,47 +120,67 @@ class AgentReport:
     period_states: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentParts:
+    """What an agent works with; opened and closed by its owner
+    (:mod:`p2pgrid.agent.process`), in that order and the reverse."""
+
+    store: LogStore
+    writer: LogWriter
+    replica: LogReplica
+    peers: Peers
+    node: Wallet
+    paymaster: Paymaster
+    #: Whether ``node`` answers (fed by its calls when it is a WatchedNode).
+    watch: NodeWatch | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Metering:
+    """How the device's intervals are read and priced."""
+
+    tariff: Tariff
+    meter: MeterSource
+    #: Run interval -> metering interval of the modelled year (see :func:`model_ms`).
+    model_interval: Callable[[int], int]
+
+
 class DeviceAgent:
-    """The behaviour of one device; its parts (store, host, replica, lnd) are
-    started and stopped by its owner (:mod:`p2pgrid.agent.process`)."""
+    """The behaviour of one device; its parts are started and stopped by its owner."""
 
     def __init__(
         self,
-        *,
         profile: DeviceProfile,
+        parts: AgentParts,
+        metering: Metering,
         clock: PeriodClock,
-        model_interval: Callable[[int], int],
-        tariff: Tariff,
-        meter: MeterSource,
-        store: LogStore,
-        writer: LogWriter,
-        replica: NetReplica,
-        host: Peers,
-        node: Wallet,
-        paymaster: Paymaster,
+        *,
+        config: AgentConfig | None = None,
         owner_sites: Mapping[str, SiteIdentity] | None = None,
         peer_logs: Mapping[bytes, Membership] | None = None,
-        watch: NodeWatch | None = None,
     ) -> None:
         """``owner_sites``: the owner's sites by id (this one too), whose devices
         may share across sites; ``peer_logs``: their log memberships by site
         hash, to verify shares received from them. :attr:`nodes` (the Lightning
         node of each device it deals with) is filled in before the run."""
         self.profile = profile
+        self.config = config if config is not None else AgentConfig()
         self.owner_sites = dict(owner_sites or {})
         self.peer_logs = dict(peer_logs or {})
         self.clock = clock
-        self.model_interval = model_interval
-        self.tariff = tariff
-        self.meter = meter
-        self.store = store
-        self.writer = writer
-        self.replica = replica
-        self.host = host
-        self.node = node
-        self.paymaster = paymaster
-        #: Whether ``node`` answers (fed by its calls when it is a WatchedNode).
-        self.watch = watch or NodeWatch(profile.name)
+        self.model_interval = metering.model_interval
+        self.tariff = metering.tariff
+        self.meter = metering.meter
+        self.store = parts.store
+        self.writer = parts.writer
+        self.replica = parts.replica
+        self.peers = parts.peers
+        self.node = parts.node
+        self.paymaster = parts.paymaster
+        self.watch = parts.watch or NodeWatch(profile.name)
+        self.book = BalanceBook(site_hash=self.store.membership.site_hash,
+                                peer_sites=self.peer_logs)  # fmt: skip
+        self._book_fed = False
         self._unresolved = False  # a payment may have been left open while lnd was away
         self._rng = random.Random(profile.name)  # back-off jitter
         #: Each device's Lightning node (pubkey): where its shares and sales are paid.
@@ -172,40 +191,44 @@ class DeviceAgent:
         self._interval = 0
         self._announced = 0  # own entries published up to this seq
         self.periods: dict[int, BillingPeriod] = {}  # the state machine of each period
+        me = Party(profile.site_id, profile.index)
         self.desk = ShareDesk(
-            me=Party(profile.site_id, profile.index),
-            host=host,
-            node=node,
-            paymaster=paymaster,
-            store=store,
-            writer=writer,
+            me=me,
+            host=self.peers,
+            node=self.node,
+            paymaster=self.paymaster,
+            store=self.store,
+            writer=self.writer,
             headroom=self.headroom,
             name=self.name,
             nodes=self.nodes,
             owner_sites=self.owner_sites,
             now=clock.now,
+            config=self.config.share,
         )
         self.energy = EnergyDesk(
-            me=Party(profile.site_id, profile.index),
-            host=host,
-            node=node,
-            paymaster=paymaster,
+            me=me,
+            host=self.peers,
+            node=self.node,
+            paymaster=self.paymaster,
             balance=self.balance,
             name=self.name,
             nodes=self.nodes,
             now=clock.now,
+            config=self.config.energy,
         )
         self.settler = InvoiceSettler(
             device=profile.index,
             site_id=profile.site_id,
-            store=store,
-            writer=writer,
-            node=node,
-            paymaster=paymaster,
-            tariff=tariff,
+            store=self.store,
+            writer=self.writer,
+            node=self.node,
+            paymaster=self.paymaster,
+            tariff=self.tariff,
             utility_pubkey=profile.utility_pubkey,
             name=self.name,
             now=clock.now,
+            config=self.config.settle,
         )
 
     def install(self) -> None:
@@ -216,12 +239,11 @@ class DeviceAgent:
     # -- money -------------------------------------------------------------------
 
     async def balance(self, period: int) -> int:
-        view = fold(
-            await self.store.entries(),
-            site_hash=self.store.membership.site_hash,
-            peer_sites=self.peer_logs,
-        )
-        return view.account(self.profile.index, period).balance_msat
+        """This device's balance in ``period`` by its replica (the fold's, kept up to date)."""
+        if not self._book_fed:
+            await self.book.follow(self.store)
+            self._book_fed = True
+        return self.book.balance(self.profile.index, period)
 
     async def headroom(self, period: int) -> int:
         """What this device can give away in ``period`` and still cover its forecast."""
@@ -334,7 +356,7 @@ class DeviceAgent:
         export = max(0, reading.produced_wh - reading.consumed_wh)
         start_ms = model_ms(modelled)
         # Devices only: the site's utility (or owner) host is a peer of the log topic.
-        devices = [p for p in self.host.peers() if p.device_index <= MAX_DEVICE_INDEX]
+        devices = [p for p in self.peers.peers() if p.device_index <= MAX_DEVICE_INDEX]
         peers = [p for p in devices if p.site_id == self.profile.site_id]
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             rate = self.tariff.rate_msat_per_kwh(modelled)
@@ -417,11 +439,11 @@ class DeviceAgent:
 
     async def _settle(self, period: int) -> list[SettleResult] | None:
         """Settle ``period``, waiting (with capped back-off, at most
-        :data:`NODE_AWAY_WAIT_S`) while lnd does not answer; None if it never did.
+        ``config.settle.node_away_wait_s``) while lnd does not answer; None if it never did.
         Each try first resolves open intents by payment hash: an invoice whose
         payment left before lnd went away is logged, not paid again."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + NODE_AWAY_WAIT_S
+        deadline = loop.time() + self.config.settle.node_away_wait_s
         fails = 0
         while True:
             try:
@@ -440,13 +462,13 @@ class DeviceAgent:
 
         A device that owes nothing for the period (by its own replica) expects no
         invoice; one whose invoice does not come in time reports it and goes on."""
-        me = self.profile.index
+        me, tuning = self.profile.index, self.config.settle
         entries = await self.store.entries(period=period)
         if bill(entries, device=me, period=period, tariff=self.tariff).amount_msat == 0:
             self.periods[period].advance(PeriodState.SETTLED)  # nothing to pay
             return []
         try:
-            async with asyncio.timeout(INVOICE_WAIT_S):
+            async with asyncio.timeout(tuning.invoice_wait_s):
                 while True:
                     seen = self._utility_seq()  # before reading: no write slips between
                     entries = await self.store.entries(period=period)
@@ -455,22 +477,22 @@ class DeviceAgent:
                     await self.replica.wait_until(self._utility_wrote_since(seen))
         except TimeoutError:
             log.warning("[%s] no invoice for period %d after %.0f s", self.name, period,
-                        INVOICE_WAIT_S)  # fmt: skip
+                        tuning.invoice_wait_s)  # fmt: skip
             self.report.settlements.append((period, "no_invoice", 0))
             return []
-        for attempt in range(1, PAY_ATTEMPTS + 1):
+        for attempt in range(1, tuning.pay_attempts + 1):
             got = await self._settle(period)
             if got is None:
                 log.error("[%s] invoice of period %d unpaid: lnd away for %.0f s", self.name,
-                          period, NODE_AWAY_WAIT_S)  # fmt: skip
+                          period, tuning.node_away_wait_s)  # fmt: skip
                 self.report.settlements.append((period, "node_away", 0))
                 return []
             results = got
             await self.announce_new()
             if all(r.outcome is not Settlement.FAILED for r in results):
                 break
-            if attempt < PAY_ATTEMPTS:  # lnd could not pay: retry (same hash: never twice)
-                await asyncio.sleep(PAY_RETRY_S * attempt)  # a retry delay, not a sync
+            if attempt < tuning.pay_attempts:  # lnd could not pay: retry (same hash: never twice)
+                await asyncio.sleep(tuning.pay_retry_s * attempt)  # a retry delay, not a sync
         for result in results:
             self.report.settlements.append((period, result.outcome.value, result.fee_msat))
             if result.outcome is Settlement.FAILED:
@@ -478,7 +500,7 @@ class DeviceAgent:
                     "[%s] invoice of period %d unpaid after %d attempts: %s",
                     self.name,
                     period,
-                    PAY_ATTEMPTS,
+                    tuning.pay_attempts,
                     result.detail,
                 )
         if all(r.outcome is not Settlement.FAILED for r in results):

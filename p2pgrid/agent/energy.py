@@ -2,9 +2,10 @@
 
 A producer that exported ``E`` Wh in interval ``i`` (production beyond its own
 use) offers it to its site during interval ``i + 1`` with a market ``Ask`` at
-:data:`ASK_PCT` of the tariff. A device about to import energy first bids for it
-on :data:`ENERGY_PROTOCOL` (a market ``Bid``: its need, at most the tariff); the
-producer collects the bids of a short round (:data:`ROUND_S`), clears them all
+:attr:`~p2pgrid.agent.config.EnergyConfig.ask_pct` of the tariff. A device
+about to import energy first bids for it on :data:`ENERGY_PROTOCOL` (a market
+``Bid``: its need, at most the tariff); the producer collects the bids of a
+short round (:attr:`~p2pgrid.agent.config.EnergyConfig.round_s`), clears them all
 against what is left of its ask with the market's pay-as-clear rule
 (:func:`p2pgrid.market.clear`: one price for the round) and answers each buyer a
 :class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
@@ -29,6 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.messages import SaleOffer
 from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
@@ -44,14 +46,6 @@ from p2pgrid.net import Delivery, PeerRef, RequestRejected
 log = logging.getLogger(__name__)
 
 ENERGY_PROTOCOL = "/p2pgrid/1/energy/buy"
-#: How long a producer collects bids for one auction round before clearing it.
-ROUND_S = 0.3
-#: A producer asks this share of the tariff: cheaper than the grid for its neighbours.
-ASK_PCT = 80
-BID_TIMEOUT_S = 5.0
-SALE_FEE_LIMIT_MSAT = 20_000
-#: A sale invoice is payable this long (the buyer pays within seconds).
-SALE_EXPIRY_S = 600
 
 
 @dataclasses.dataclass
@@ -77,8 +71,10 @@ class EnergyDesk:
         name: str,
         nodes: Mapping[Party, str],
         now: Callable[[], float] = time.time,
+        config: EnergyConfig | None = None,
     ) -> None:
         """``nodes``: the Lightning node (pubkey) of each device it may buy from."""
+        self.config = config if config is not None else EnergyConfig()
         self.me = me
         self.host = host
         self.node = node
@@ -102,7 +98,7 @@ class EnergyDesk:
         for old in [i for i in self._for_sale if i < interval - 1]:
             del self._for_sale[old]  # bids for the interval now ending may still come
         if export_wh > 0 and rate_msat_per_kwh > 0:
-            price = to_tick(rate_msat_per_kwh * ASK_PCT // 100)
+            price = to_tick(rate_msat_per_kwh * self.config.ask_pct // 100)
             ask = Ask(self.me, period, interval, export_wh, price)
             self._for_sale[interval] = _ForSale(ask, export_wh)
 
@@ -126,7 +122,7 @@ class EnergyDesk:
         invoice = await self.node.add_invoice(
             trade.amount_msat,
             sale_memo(bid.id, self.me, bid.party, trade.energy_wh, trade.amount_msat),
-            expiry_s=SALE_EXPIRY_S,
+            expiry_s=self.config.sale_expiry_s,
         )
         log.info(
             "[%s] offered %d Wh to device %d for %d msat",
@@ -138,7 +134,7 @@ class EnergyDesk:
         return SaleOffer(bid.id, trade.energy_wh, trade.amount_msat, invoice.payment_request)
 
     async def _auction_round(self, sale: _ForSale, bid: Bid) -> Clearing:
-        """Collect the bids that arrive within :data:`ROUND_S` of the first, then
+        """Collect the bids that arrive within ``config.round_s`` of the first, then
         clear them all at once against what is left (pay-as-clear): every buyer of
         the round pays the same price. The first bid's handler runs the round."""
         sale.bids.append(bid)
@@ -146,7 +142,7 @@ class EnergyDesk:
             return await asyncio.shield(sale.cleared)
         sale.cleared = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.sleep(ROUND_S)  # the round's collection window, not a sync
+            await asyncio.sleep(self.config.round_s)  # the round's collection window, not a sync
             ask = dataclasses.replace(sale.ask, energy_wh=sale.left_wh)
             clearing = clear([ask], sale.bids, period=ask.period, interval=ask.interval)
             sold = sum(t.energy_wh for t in clearing.trades)
@@ -185,7 +181,7 @@ class EnergyDesk:
             bid = Bid(self.me, period, interval, want, price)
             try:
                 reply = await self.host.request(
-                    peer.peer_id, ENERGY_PROTOCOL, bid, timeout_s=BID_TIMEOUT_S
+                    peer.peer_id, ENERGY_PROTOCOL, bid, timeout_s=self.config.bid_timeout_s
                 )
                 offer = reply.decode(SaleOffer)
             except (RetryableError, RequestRejected):
@@ -242,7 +238,7 @@ class EnergyDesk:
                 decoded.payment_hash,
                 period=period,
                 purpose=purpose,
-                fee_limit_msat=SALE_FEE_LIMIT_MSAT,
+                fee_limit_msat=self.config.fee_limit_msat,
             )
         except PayRefused as exc:
             log.warning("[%s] could not pay device %d: %s", self.name, seller.device_index, exc)

@@ -1,17 +1,23 @@
-"""What an agent's desks need from the outside world, as small Protocols.
+"""What an agent and its desks need from the outside world, as small Protocols.
 
-The share desk, the energy desk and the invoice settler talk to their peers and
-to their Lightning node only through these, so unit tests drive them with fakes
-(:mod:`p2pgrid.testing.fake_lightning`, fake peers in ``tests/agent``) while the
-product passes a real :class:`p2pgrid.net.PeerHost` and
-:class:`p2pgrid.lightning.LndClient`.
+The device agent, the share desk, the energy desk and the invoice settler talk
+to their peers, to their Lightning node and to the site's replicated log only
+through these, so unit tests drive them with fakes
+(:mod:`p2pgrid.testing.fake_lightning`, :mod:`p2pgrid.testing.fake_peers`,
+:mod:`p2pgrid.testing.fake_replica`) while the product passes a real
+:class:`p2pgrid.net.PeerHost`, a :class:`p2pgrid.lightning.WatchedNode` over an
+:class:`p2pgrid.lightning.LndClient` and a :class:`p2pgrid.replication.NetReplica`
+(``mypy --strict`` checks that each satisfies its Protocol where the process
+builds the agent). The log itself is never faked: it is a real
+:class:`p2pgrid.ledger.LogStore` on SQLite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from p2pgrid.ledger import Entry
 from p2pgrid.lightning import DecodedInvoice, Invoice, Payment
 from p2pgrid.net import Delivery, PeerRef
 from p2pgrid.net.messages import WireMessage
@@ -54,3 +60,16 @@ class Wallet(Protocol):
     ) -> Payment: ...
     async def track_payment(self, payment_hash: str) -> Payment: ...
     async def list_payments(self) -> list[Payment]: ...
+
+
+class LogReplica(Protocol):
+    """The site's replication of this agent's log: announce, and wait for news."""
+
+    async def publish(self, entries: Sequence[Entry]) -> None:
+        """Announce entries already in the store; best effort (anti-entropy repairs)."""
+        ...
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, checked whenever the log changed
+        (or the replica stopped); the caller owns the deadline."""
+        ...

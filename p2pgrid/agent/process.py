@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from p2pgrid.agent.device import DeviceAgent, DeviceProfile
+from p2pgrid.agent.config import AgentConfig
+from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.dashboard import Dashboard, SiteFeed
@@ -42,9 +43,6 @@ from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import load_scenario
 from p2pgrid.service import Service, run_process
 
-#: Anti-entropy every few seconds: a compressed period lasts seconds.
-ANTI_ENTROPY_S = 2.0
-
 
 async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None:
     scenario = load_scenario(scenario_path)
@@ -53,6 +51,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
     identity = site.identity
     signer = site.device_signer(device.index)
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
+    config = AgentConfig()  # the project's tuning
     owner_sites = {s.identity.site_id: s.identity for s in scenario.sites}
     # The owner's other sites, as their provisioned enrolments make them up.
     peer_logs = {
@@ -85,7 +84,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 site=identity,
                 net=NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
                 key=DeviceKey(identity, device.index, signer),
-                replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
+                replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
                 topics=topics,
                 provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
             ),
@@ -93,7 +92,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         store, host, replica = log_node.store, log_node.host, log_node.replica
         writer = LogWriter(store, signer, Author.device(device.index))
         agent = DeviceAgent(
-            profile=DeviceProfile(
+            DeviceProfile(
                 name=name,
                 index=device.index,
                 site_id=identity.site_id,
@@ -101,19 +100,20 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 policy=device.policy,
                 utility_pubkey=runtime.utility_pubkey,
             ),
-            clock=scenario.clock(0.0),
-            model_interval=scenario.model_interval,
-            tariff=scenario.tariff,
-            meter=device.meter.source(),
-            store=store,
-            writer=writer,
-            replica=replica,
-            host=host,
-            node=node,
-            paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
+            AgentParts(
+                store=store,
+                writer=writer,
+                replica=replica,
+                peers=host,
+                node=node,
+                paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
+                watch=watch,
+            ),
+            Metering(scenario.tariff, device.meter.source(), scenario.model_interval),
+            scenario.clock(0.0),
+            config=config,
             owner_sites=owner_sites,
             peer_logs=peer_logs,
-            watch=watch,
         )
         agent.install()
         feed = SiteFeed(

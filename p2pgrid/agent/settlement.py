@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from p2pgrid.agent.config import SettleConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.payguard import check_invoice
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
@@ -47,9 +48,6 @@ from p2pgrid.ledger import (
 from p2pgrid.lightning import InvoiceError, InvoiceExpired
 
 log = logging.getLogger(__name__)
-
-#: Routing fee the agent accepts on an invoice payment (the utility is a direct peer).
-FEE_LIMIT_MSAT = 10_000
 
 
 class Settlement(enum.Enum):
@@ -83,8 +81,8 @@ class InvoiceSettler:
         tariff: Tariff,
         utility_pubkey: str,
         name: str,
-        fee_limit_msat: int = FEE_LIMIT_MSAT,
         now: Callable[[], float] = time.time,
+        config: SettleConfig | None = None,
     ) -> None:
         self.device = device
         self.site_id = site_id
@@ -95,7 +93,7 @@ class InvoiceSettler:
         self.tariff = tariff
         self.utility_pubkey = utility_pubkey
         self.name = name
-        self.fee_limit_msat = fee_limit_msat
+        self.config = config if config is not None else SettleConfig()
         self._now = now
 
     async def settle(self, period: int, *, timestamp_ms: int) -> list[SettleResult]:
@@ -149,7 +147,7 @@ class InvoiceSettler:
                 body.payment_hash.hex(),
                 period=entry.period,
                 purpose=purpose,
-                fee_limit_msat=self.fee_limit_msat,
+                fee_limit_msat=self.config.fee_limit_msat,
             )
         except PayRefused as exc:
             if isinstance(exc.__cause__, InvoiceExpired):

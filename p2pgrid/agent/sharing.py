@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from p2pgrid.agent.config import ShareConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.messages import ShareInvoice, ShareReceipt
 from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, share_memo
@@ -61,10 +62,6 @@ log = logging.getLogger(__name__)
 
 SHARE_REQUEST_PROTOCOL = "/p2pgrid/1/share/request"
 SHARE_PAY_PROTOCOL = "/p2pgrid/1/share/pay"
-OFFER_TIMEOUT_S = 5.0
-PAY_TIMEOUT_S = 60.0
-#: Routing fee a giver accepts (a device -> device payment takes two hops).
-SHARE_FEE_LIMIT_MSAT = 20_000
 
 
 def grants(need_msat: int, offers: Mapping[Party, int]) -> dict[Party, int]:
@@ -96,9 +93,11 @@ class ShareDesk:
         nodes: Mapping[Party, str],
         owner_sites: Mapping[str, SiteIdentity] | None = None,
         now: Callable[[], float] = time.time,
+        config: ShareConfig | None = None,
     ) -> None:
         """``nodes``: the Lightning node (pubkey) of each device this one deals
         with, where its shares must go (read at each payment)."""
+        self.config = config if config is not None else ShareConfig()
         self.me = me
         self.host = host
         self.node = node
@@ -127,14 +126,18 @@ class ShareDesk:
         """Ask ``peers`` for ``need_msat`` (at least the smallest payment) in
         ``period``; returns what was received and logged."""
         need_msat = max(need_msat, MIN_PAYMENT_MSAT)
-        deadline_ms = int(self._now() * 1000 + OFFER_TIMEOUT_S * 1000)
+        wait_s = self.config.offer_timeout_s
+        deadline_ms = int(self._now() * 1000 + wait_s * 1000)
         request = ShareRequest(self.me, period, need_msat, deadline_ms)
         offers: dict[Party, int] = {}
         by_party = {Party(p.site_id, p.device_index): p for p in peers}
         for party, peer in by_party.items():
             try:
                 reply = await self.host.request(
-                    peer.peer_id, SHARE_REQUEST_PROTOCOL, request, timeout_s=OFFER_TIMEOUT_S
+                    peer.peer_id,
+                    SHARE_REQUEST_PROTOCOL,
+                    request,
+                    timeout_s=self.config.offer_timeout_s,
                 )
                 offer = reply.decode(ShareOffer)
             except (RetryableError, RequestRejected) as exc:
@@ -165,7 +168,7 @@ class ShareDesk:
                 giver.peer_id,
                 SHARE_PAY_PROTOCOL,
                 ShareInvoice(request.id, amount, invoice.payment_request),
-                timeout_s=PAY_TIMEOUT_S,
+                timeout_s=self.config.pay_timeout_s,
             )
             receipt = reply.decode(ShareReceipt)
         except (RetryableError, RequestRejected) as exc:
@@ -305,7 +308,7 @@ class ShareDesk:
                     decoded.payment_hash,
                     period=period,
                     purpose=purpose,
-                    fee_limit_msat=SHARE_FEE_LIMIT_MSAT,
+                    fee_limit_msat=self.config.fee_limit_msat,
                 )
             except PayRefused as exc:
                 raise RequestRejected(str(exc)) from exc

@@ -1,0 +1,80 @@
+"""An agent's tuning, as one typed, frozen config passed through constructors.
+
+:class:`AgentConfig` gathers what used to be module constants of the agent's
+modules: how long it waits for peers, for lnd and for the utility's invoice,
+what routing fee it accepts, how it prices and auctions its surplus. The
+defaults are the values the project runs with; a process builds one config and
+hands its parts to :class:`~p2pgrid.agent.device.DeviceAgent`, which hands
+them to its desks (:class:`~p2pgrid.agent.sharing.ShareDesk`,
+:class:`~p2pgrid.agent.energy.EnergyDesk`) and its
+:class:`~p2pgrid.agent.settlement.InvoiceSettler`. Invalid values (a negative
+timeout, a share of the tariff above 100 %) are refused when the config is
+built (:class:`pydantic.ValidationError`), never at the moment they are used.
+
+Rules of the protocol (the smallest payment, protocol names) are not tuning and
+stay constants of their modules.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+Msat = Annotated[int, Field(ge=0, le=10**12)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ShareConfig(_Frozen):
+    """Budget sharing between devices (:mod:`p2pgrid.agent.sharing`)."""
+
+    #: How long a requester waits for each peer's offer.
+    offer_timeout_s: Seconds = 5.0
+    #: How long a requester waits for the giver to pay its invoice.
+    pay_timeout_s: Seconds = 60.0
+    #: Routing fee a giver accepts (a device -> device payment takes two hops).
+    fee_limit_msat: Msat = 20_000
+
+
+class EnergyConfig(_Frozen):
+    """Energy sales between neighbours (:mod:`p2pgrid.agent.energy`)."""
+
+    #: How long a producer collects bids for one auction round before clearing it.
+    round_s: Seconds = 0.3
+    #: A producer asks this share of the tariff: cheaper than the grid for its neighbours.
+    ask_pct: Annotated[int, Field(gt=0, le=100)] = 80
+    #: How long a buyer waits for a producer's answer to its bid.
+    bid_timeout_s: Seconds = 5.0
+    #: Routing fee a buyer accepts on a sale's payment.
+    fee_limit_msat: Msat = 20_000
+    #: A sale invoice is payable this long (the buyer pays within seconds).
+    sale_expiry_s: Annotated[int, Field(gt=0, le=86_400)] = 600
+
+
+class SettleConfig(_Frozen):
+    """Settling the utility's invoices (:mod:`p2pgrid.agent.settlement`, the agent's run)."""
+
+    #: Routing fee the agent accepts on an invoice payment (the utility is a direct peer).
+    fee_limit_msat: Msat = 10_000
+    #: How long an agent waits for the utility's invoice of a closed period.
+    invoice_wait_s: Seconds = 120.0
+    #: Attempts to pay an invoice that lnd could not pay...
+    pay_attempts: Annotated[int, Field(gt=0, le=100)] = 3
+    #: ...and the base delay between them (times the attempt number).
+    pay_retry_s: Seconds = 2.0
+    #: How long settling a period's invoice waits for an lnd that does not answer.
+    node_away_wait_s: Seconds = 90.0
+
+
+class AgentConfig(_Frozen):
+    """Everything an agent is tuned by; the defaults are the project's values."""
+
+    share: ShareConfig = ShareConfig()
+    energy: EnergyConfig = EnergyConfig()
+    settle: SettleConfig = SettleConfig()
+    #: Anti-entropy every few seconds: a compressed period lasts seconds.
+    anti_entropy_s: Seconds = 2.0
