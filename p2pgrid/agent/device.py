@@ -47,7 +47,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 
 from p2pgrid.agent.config import AgentConfig
@@ -259,9 +258,13 @@ class DeviceAgent:
         return forecast.headroom_msat
 
     async def _write(self, body: Body, period: int) -> Entry:
-        entry = await self.writer.append(body, period=period, timestamp_ms=int(time.time() * 1000))
+        entry = await self.writer.append(body, period=period, timestamp_ms=self._now_ms())
         await self.announce_new()
         return entry
+
+    def _now_ms(self) -> int:
+        """Wall time of an entry: the clock's (the system's, but in tests)."""
+        return int(self.clock.now() * 1000)
 
     async def announce_new(self) -> None:
         """Publish this device's entries written since the last call (by the
@@ -448,7 +451,7 @@ class DeviceAgent:
         while True:
             try:
                 await self.recover()
-                return await self.settler.settle(period, timestamp_ms=int(time.time() * 1000))
+                return await self.settler.settle(period, timestamp_ms=self._now_ms())
             except RetryableError as exc:
                 fails += 1
                 if loop.time() >= deadline:

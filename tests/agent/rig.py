@@ -1,38 +1,50 @@
-"""A site of device desks on fakes: fake Lightning, fake peers, real SQLite logs.
+"""A site of devices on fakes: fake Lightning, fake peers, real SQLite logs.
 
 Each :class:`Device` has its own log store, writer, intent book, paymaster and
-fake Lightning node; the utility's node is the hub that routes device-to-device
-payments (as in the regtest star). :meth:`Rig.reconcile` runs the product's
+fake Lightning node; the hub (by default the utility's node, as in the regtest
+star) routes the payments between other nodes and earns their fees.
+:meth:`Rig.agent` builds a whole :class:`~p2pgrid.agent.device.DeviceAgent` of a
+device on a :class:`~p2pgrid.testing.fake_replica.LocalReplica` and a
+:class:`~p2pgrid.testing.clock.SteppingClock` over the rig's wall clock; the
+:meth:`Rig.utility_for` hook plays the utility for it (invoices each period the
+device closed, into its replica). :meth:`Rig.reconcile` runs the product's
 checker (:func:`p2pgrid.reconcile.reconcile`) over every node and log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from p2pgrid.agent.config import AgentConfig
+from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
-from p2pgrid.billing import FlatTariff
-from p2pgrid.ledger import Author, Entry, LogStore, LogWriter, MeterReading
-from p2pgrid.market import Party
+from p2pgrid.billing import FlatTariff, invoice_memo, model_ms
+from p2pgrid.ledger import (
+    Allocation,
+    Author,
+    Entry,
+    Invoice,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    bill,
+    invoices_of,
+)
+from p2pgrid.market import Party, Priority, SurplusPolicy
+from p2pgrid.meter import SeriesSource
 from p2pgrid.reconcile import NodeSnapshot, Reconciliation, reconcile, site_members, snapshot
+from p2pgrid.testing.clock import ManualClock, SteppingClock
 from p2pgrid.testing.fake_lightning import FakeLightning, FakeNode
 from p2pgrid.testing.fake_peers import FakePeerNet, FakePeers
+from p2pgrid.testing.fake_replica import LocalReplica
 from tests.ledger.ledger_factory import T0_MS, Site
 
 TARIFF = FlatTariff(250_000)  # 250 msat per Wh
+INTERVALS_PER_PERIOD = 4
 QUARTER_MS = 900_000
-
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.t = now
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclasses.dataclass
@@ -56,13 +68,18 @@ class Device:
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, hub: str = "utility") -> None:
+        """``hub``: the node that routes (another than the utility's: its
+        invoices are paid through it, with a routing fee)."""
         self.tmp = tmp
         self.site = Site.make(b"desk tests site")
         self.site_id = self.site.identity.site_id
-        self.clock = Clock()
-        self.ln = FakeLightning(now=self.clock, hub="utility")
+        self.clock = ManualClock()
+        self.hub = hub
+        self.ln = FakeLightning(now=self.clock, hub=hub)
         self.utility_node = self.ln.node("utility")
+        if hub != "utility":
+            self.ln.node(hub)
         self.mallory = self.ln.node("mallory")  # a node that is nobody's in this site
         self.net = FakePeerNet()
         self.devices: list[Device] = []
@@ -122,8 +139,93 @@ class Rig:
             after=after,
             logs={self.site.membership.site_hash: await self.site_log()},
             members=site_members(self.site.membership.site_hash, devices, utility="utility"),
-            routers={"utility"},
+            routers={self.hub},
         )
+
+    # -- a whole agent -------------------------------------------------------------
+
+    async def agent(
+        self,
+        device: Device,
+        *,
+        consumed_wh: tuple[int, ...] = (100,),
+        priority: Priority = Priority.NORMAL,
+        intervals_per_period: int = INTERVALS_PER_PERIOD,
+        stop_at: int | None = None,
+        config: AgentConfig | None = None,
+    ) -> tuple[DeviceAgent, LocalReplica, SteppingClock]:
+        """A device agent of ``device`` (its store, writer, paymaster, node and
+        peers) whose meter reads ``consumed_wh`` (repeated), under the flat tariff."""
+        replica = LocalReplica(device.store)
+        clock = SteppingClock.over(
+            self.clock, intervals_per_period=intervals_per_period, stop_at=stop_at
+        )
+        agent = DeviceAgent(
+            DeviceProfile(
+                name=device.name,
+                index=device.index,
+                site_id=self.site_id,
+                priority=priority,
+                policy=SurplusPolicy.CARRY_OVER,
+                utility_pubkey=self.utility_node.pubkey,
+            ),
+            AgentParts(
+                store=device.store,
+                writer=device.writer,
+                replica=replica,
+                peers=device.peers,
+                node=device.node,
+                paymaster=device.paymaster,
+            ),
+            Metering(TARIFF, SeriesSource(consumed_wh), model_interval=lambda i: i),
+            clock,
+            config=config,
+        )
+        agent.nodes.update(self.nodes)
+        agent.install()
+        return agent, replica, clock
+
+    async def allocate(self, store: LogStore, device: int, amount_msat: int, period: int) -> None:
+        """The owner allocates ``amount_msat`` to ``device`` in ``period`` (into
+        ``store``), a minute before the wall clock's time."""
+        owner = LogWriter(store, self.site.owner, Author.owner())
+        at_ms = int(self.clock() * 1000) - 60_000
+        await owner.append(Allocation(device, amount_msat), period=period, timestamp_ms=at_ms)
+
+    def utility_for(
+        self, device: Device, *, intervals_per_period: int = INTERVALS_PER_PERIOD
+    ) -> Callable[[], Awaitable[None]]:
+        """A ``before_wait`` hook of the device's replica: the utility invoices
+        each period whose last interval the device has read (if it owes
+        anything), on its node, into the device's store, as replication would."""
+        writer = self.utility_writer(device.store)
+
+        async def invoice_closed_periods() -> None:
+            entries = await device.store.entries()
+            read = {
+                e.body.interval_start_ms
+                for e in entries
+                if e.author == device.writer.author and isinstance(e.body, MeterReading)
+            }
+            for period in sorted({e.period for e in entries}):
+                last = (period + 1) * intervals_per_period - 1
+                if model_ms(last) not in read:
+                    continue
+                due = bill(entries, device=device.index, period=period, tariff=TARIFF)
+                if due.amount_msat == 0 or invoices_of(entries, device=device.index, period=period):
+                    continue
+                memo = invoice_memo(self.site_id, device.index, period)
+                invoice = await self.utility_node.add_invoice(due.amount_msat, memo)
+                body = Invoice(
+                    device.index,
+                    due.amount_msat,
+                    due.energy_wh,
+                    bytes.fromhex(invoice.payment_hash),
+                    invoice.payment_request,
+                )
+                await writer.append(body, period=period, timestamp_ms=int(self.clock() * 1000))
+
+        return invoice_closed_periods
 
     async def close(self) -> None:
         for book in self.books:

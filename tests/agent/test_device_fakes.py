@@ -1,0 +1,237 @@
+"""A whole DeviceAgent against fakes (fake Lightning, fake peers, a local
+replica, a stepping clock; its log in real SQLite): every interval is metered
+once; a shortfall asks the site for a share; without budget a device curtails;
+a period's surplus is carried over and its invoice paid once, with its payment
+entry and routing fee; restarted on its store, the agent reads no interval
+twice and does not close a period again that it closed before the restart.
+Nothing sleeps: the clock moves when the agent waits for an interval."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.agent.config import AgentConfig, SettleConfig
+from p2pgrid.agent.sharing import ShareDesk
+from p2pgrid.billing import model_ms
+from p2pgrid.ledger import (
+    Author,
+    CarryOver,
+    Curtailment,
+    Entry,
+    Invoice,
+    LogWriter,
+    MeterReading,
+    Payment,
+    Share,
+    fold,
+)
+from p2pgrid.market import Priority
+from tests.agent.rig import INTERVALS_PER_PERIOD, Device, Rig
+
+COST = 25_000  # 100 Wh at 250 msat/Wh: one interval of the agent's meter
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path, hub="router")  # the utility's invoices pay a routing fee
+    yield rig
+    await rig.close()
+
+
+def of(entries: list[Entry], kind: type, author: Author | None = None) -> list[Entry]:
+    return [
+        e for e in entries if isinstance(e.body, kind) and (author is None or e.author == author)
+    ]
+
+
+def starts(entries: list[Entry], author: Author) -> list[int]:
+    """Start times of the author's meter readings, in log order."""
+    return [e.body.interval_start_ms for e in entries if e.author == author
+            and isinstance(e.body, MeterReading)]  # fmt: skip
+
+
+async def test_meters_every_interval_once_carries_the_surplus_and_pays_the_invoice_once(
+    rig: Rig,
+) -> None:
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    agent, replica, clock = await rig.agent(device)
+    replica.before_wait = rig.utility_for(device)
+    await rig.start()
+    report = await agent.run(periods=1)
+
+    entries = await device.store.entries()
+    me = device.writer.author
+    assert clock.reached == list(range(INTERVALS_PER_PERIOD))
+    assert starts(entries, me) == [model_ms(i) for i in range(INTERVALS_PER_PERIOD)]
+    assert (report.intervals, report.consumed_wh, report.curtailed_intervals) == (4, 400, 0)
+    [carry] = of(entries, CarryOver, me)
+    assert (carry.period, carry.body) == (0, CarryOver(200_000 - 4 * COST))
+    assert report.carried_over_msat == 100_000
+    [invoice] = of(entries, Invoice)
+    [payment] = of(entries, Payment, me)
+    assert isinstance(invoice.body, Invoice)
+    assert isinstance(payment.body, Payment)
+    assert payment.period == 0
+    assert (payment.body.payment_hash, payment.body.amount_msat) == (
+        invoice.body.payment_hash,
+        4 * COST,
+    )
+    assert payment.body.fee_msat == rig.ln.route_fee_msat  # routed by the hub
+    assert len(device.node.attempts) == 1
+    assert report.settlements == [(0, "paid", rig.ln.route_fee_msat)]
+    assert report.period_states == {0: "settled"}
+    assert fold(entries).account(0, 1).carried_in_msat == 100_000
+    assert {e.id for e in replica.published} == {e.id for e in entries if e.author == me}
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert (checked.payments, checked.moved_msat) == (1, 4 * COST)
+
+
+async def test_a_shortfall_asks_a_site_peer_for_a_share(rig: Rig) -> None:
+    rig.clock.tick = 0.001  # the share is paid and logged before the reading
+    device, giver = await rig.device(0), await rig.device(1)
+    await rig.allocate(device.store, 0, COST // 2, period=0)
+
+    async def headroom(period: int) -> int:
+        return 1_000_000 if period == 0 else 0
+
+    ShareDesk(
+        me=rig.party(1),
+        host=giver.peers,
+        node=giver.node,
+        paymaster=giver.paymaster,
+        store=giver.store,
+        writer=giver.writer,
+        headroom=headroom,
+        name=giver.name,
+        nodes=rig.nodes,
+        now=rig.clock,
+    ).install()
+    await rig.allocate(device.store, 1, 1_000_000, period=0)
+    await giver.store.ingest_many(await device.store.export())  # one site log
+    agent, _, _ = await rig.agent(device)
+    await rig.start()
+    await agent.meter_interval(0)
+
+    entries = await device.store.entries()
+    [share] = of(entries, Share, giver.writer.author)  # ingested from the giver's receipt
+    assert isinstance(share.body, Share)
+    assert (share.period, share.body.to_device) == (0, 0)
+    assert share.body.amount_msat == COST - COST // 2
+    assert agent.report.shares_received_msat == share.body.amount_msat
+    assert of(entries, Curtailment) == []
+    [reading] = of(entries, MeterReading, device.writer.author)
+    assert isinstance(reading.body, MeterReading)
+    assert (reading.body.energy_wh, reading.body.cost_msat) == (100, COST)
+    assert await agent.balance(0) == 0
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == share.body.amount_msat
+
+
+@pytest.mark.parametrize(
+    ("priority", "curtailed"), [(Priority.NORMAL, True), (Priority.CRITICAL, False)]
+)
+async def test_without_budget_a_device_curtails_unless_critical(
+    rig: Rig, priority: Priority, curtailed: bool
+) -> None:
+    device = await rig.device(0)
+    agent, replica, _ = await rig.agent(device, priority=priority)
+    replica.before_wait = rig.utility_for(device)
+    await rig.start()
+    report = await agent.run(periods=1)
+
+    entries = await device.store.entries()
+    me = device.writer.author
+    readings = [e.body for e in of(entries, MeterReading, me)]
+    assert len(readings) == INTERVALS_PER_PERIOD
+    if curtailed:
+        cuts = of(entries, Curtailment, me)
+        assert [c.body.start_ms for c in cuts] == [  # type: ignore[attr-defined]
+            model_ms(i) for i in range(INTERVALS_PER_PERIOD)
+        ]
+        assert report.curtailed_intervals == INTERVALS_PER_PERIOD
+        assert all(r.energy_wh == 0 for r in readings)  # type: ignore[attr-defined]
+        assert report.settlements == []  # owes nothing: no invoice expected
+        assert replica.waits == 0
+    else:  # a critical device consumes into overdraft and pays its invoice
+        assert of(entries, Curtailment) == []
+        assert fold(entries).account(0, 0).overdraft_msat == 4 * COST
+        assert report.settlements == [(0, "paid", rig.ln.route_fee_msat)]
+    assert report.period_states == {0: "settled"}
+    assert (await rig.reconcile()).ok
+
+
+async def test_restarted_it_reads_no_interval_twice_and_does_not_close_a_closed_period_again(
+    rig: Rig,
+) -> None:
+    device = await rig.device(0)
+    me = device.writer.author
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    await rig.allocate(device.store, 1, 50_000, period=0)  # a neighbour with budget
+    await rig.allocate(device.store, 0, 50_000, period=1)
+    await rig.start()
+    # First life: period 0 metered, closed (carried over) and paid; interval 4
+    # (period 1) metered; killed while waiting for interval 5.
+    first, replica, clock = await rig.agent(device, stop_at=5)
+    replica.before_wait = rig.utility_for(device)
+    run = asyncio.ensure_future(first.run(periods=2))
+    await clock.stopped.wait()
+    await paid_once(device)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    # A share to period 0 logged by its payer after the close, delivered late.
+    neighbour = LogWriter(device.store, rig.site.device(1), Author.device(1))
+    await neighbour.append(Share(0, 30_000, "late"), period=0, timestamp_ms=int(rig.clock() * 1000))
+
+    second, replica, _ = await rig.agent(device)  # same store, same wall clock
+    replica.before_wait = rig.utility_for(device)
+    report = await second.run(periods=2)
+
+    entries = await device.store.entries()
+    assert starts(entries, me) == [model_ms(i) for i in range(2 * INTERVALS_PER_PERIOD)]
+    assert (report.resumed_intervals, report.intervals, report.missed_intervals) == (5, 3, 0)
+    carries = of(entries, CarryOver, me)
+    assert [(c.period, c.body) for c in carries] == [
+        (0, CarryOver(100_000)),  # written by the first life only
+        (1, CarryOver(50_000)),  # 100,000 carried in + 50,000, minus intervals 4..7
+    ]
+    assert report.carried_over_msat == 50_000
+    assert await second.balance(0) == 30_000  # the late credit stays in period 0
+    assert [s[:2] for s in report.settlements] == [(0, "already_paid"), (1, "paid")]
+    assert len(of(entries, Payment, me)) == 2
+    assert len(device.node.attempts) == 2
+    assert report.period_states == {0: "settled", 1: "settled"}
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+
+
+async def paid_once(device: Device) -> None:
+    """Wait (on the store's change events) until the device logged a payment."""
+    digest = device.store.digest()
+    while not of(await device.store.entries(), Payment, device.writer.author):
+        digest = await device.store.wait_changed(digest)
+
+
+async def test_its_config_reaches_the_settler(rig: Rig) -> None:
+    """No routing fee allowed and one attempt: the hub's route is refused, the
+    invoice stays unpaid and is reported so; the period is not settled."""
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    config = AgentConfig(settle=SettleConfig(fee_limit_msat=0, pay_attempts=1))
+    agent, replica, _ = await rig.agent(device, config=config)
+    assert (agent.desk.config, agent.energy.config) == (config.share, config.energy)
+    replica.before_wait = rig.utility_for(device)
+    await rig.start()
+    report = await agent.run(periods=1)
+    assert report.settlements == [(0, "failed", 0)]
+    assert of(await device.store.entries(), Payment) == []
+    assert device.node.attempts == []
+    assert report.period_states == {0: "closed"}
+    assert (await rig.reconcile()).ok
