@@ -19,8 +19,11 @@ from pathlib import Path
 
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
+from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.settlement import InvoiceSettler
+from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import FlatTariff, invoice_memo, model_ms
 from p2pgrid.ledger import (
     Allocation,
@@ -142,7 +145,54 @@ class Rig:
             routers={self.hub},
         )
 
-    # -- a whole agent -------------------------------------------------------------
+    # -- desks and a whole agent ----------------------------------------------------
+
+    def share_desk(self, device: Device, headroom: Callable[[int], Awaitable[int]]) -> ShareDesk:
+        """The device's share desk, installed on its peers, with ``headroom``."""
+        desk = ShareDesk(
+            me=self.party(device.index),
+            host=device.peers,
+            node=device.node,
+            paymaster=device.paymaster,
+            store=device.store,
+            writer=device.writer,
+            headroom=headroom,
+            name=device.name,
+            nodes=self.nodes,
+            now=self.clock,
+        )
+        desk.install()
+        return desk
+
+    def energy_desk(self, device: Device, balance: Callable[[int], Awaitable[int]]) -> EnergyDesk:
+        """The device's energy desk, installed on its peers, with ``balance``."""
+        desk = EnergyDesk(
+            me=self.party(device.index),
+            host=device.peers,
+            node=device.node,
+            paymaster=device.paymaster,
+            balance=balance,
+            name=device.name,
+            nodes=self.nodes,
+            now=self.clock,
+        )
+        desk.install()
+        return desk
+
+    def settler(self, device: Device) -> InvoiceSettler:
+        """The device's settler of the utility's invoices, under the flat tariff."""
+        return InvoiceSettler(
+            device=device.index,
+            site_id=self.site_id,
+            store=device.store,
+            writer=device.writer,
+            node=device.node,
+            paymaster=device.paymaster,
+            tariff=TARIFF,
+            utility_pubkey=self.utility_node.pubkey,
+            name=device.name,
+            now=self.clock,
+        )
 
     async def agent(
         self,

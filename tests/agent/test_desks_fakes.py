@@ -39,20 +39,7 @@ def share_desk(rig: Rig, device: Device, period: list[int]) -> ShareDesk:
     async def headroom(p: int) -> int:
         return 50_000 if p == period[0] else 0
 
-    desk = ShareDesk(
-        me=rig.party(device.index),
-        host=device.peers,
-        node=device.node,
-        paymaster=device.paymaster,
-        store=device.store,
-        writer=device.writer,
-        headroom=headroom,
-        name=device.name,
-        nodes=rig.nodes,
-        now=rig.clock,
-    )
-    desk.install()
-    return desk
+    return rig.share_desk(device, headroom)
 
 
 async def two_sharers(rig: Rig) -> tuple[Device, Device, ShareDesk, ShareDesk, list[int]]:
@@ -199,18 +186,7 @@ def energy_desk(rig: Rig, device: Device) -> EnergyDesk:
     async def balance(p: int) -> int:
         return 1_000_000
 
-    desk = EnergyDesk(
-        me=rig.party(device.index),
-        host=device.peers,
-        node=device.node,
-        paymaster=device.paymaster,
-        balance=balance,
-        name=device.name,
-        nodes=rig.nodes,
-        now=rig.clock,
-    )
-    desk.install()
-    return desk
+    return rig.energy_desk(device, balance)
 
 
 async def test_a_sale_is_paid_once_and_logged_with_its_fee(rig: Rig) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.agent.config import AgentConfig, SettleConfig
-from p2pgrid.agent.sharing import ShareDesk
 from p2pgrid.billing import model_ms
 from p2pgrid.ledger import (
     Author,
@@ -100,18 +99,7 @@ async def test_a_shortfall_asks_a_site_peer_for_a_share(rig: Rig) -> None:
     async def headroom(period: int) -> int:
         return 1_000_000 if period == 0 else 0
 
-    ShareDesk(
-        me=rig.party(1),
-        host=giver.peers,
-        node=giver.node,
-        paymaster=giver.paymaster,
-        store=giver.store,
-        writer=giver.writer,
-        headroom=headroom,
-        name=giver.name,
-        nodes=rig.nodes,
-        now=rig.clock,
-    ).install()
+    rig.share_desk(giver, headroom)
     await rig.allocate(device.store, 1, 1_000_000, period=0)
     await giver.store.ingest_many(await device.store.export())  # one site log
     agent, _, _ = await rig.agent(device)

@@ -32,18 +32,7 @@ async def setup(rig: Rig) -> tuple[Device, InvoiceSettler]:
     device = await rig.device(0)
     await device.meter(PERIOD, 400, interval=0)
     await device.meter(PERIOD, 600, interval=1)
-    settler = InvoiceSettler(
-        device=0,
-        site_id=rig.site_id,
-        store=device.store,
-        writer=device.writer,
-        node=device.node,
-        paymaster=device.paymaster,
-        tariff=TARIFF,
-        utility_pubkey=rig.utility_node.pubkey,
-        name="dev0",
-        now=rig.clock,
-    )
+    settler = rig.settler(device)
     await rig.start()
     return device, settler
 
@@ -187,18 +176,7 @@ async def test_a_bill_below_one_sat_is_one_sat_and_is_paid(rig: Rig) -> None:
     await device.meter(PERIOD, 2)  # 2 Wh: 500 msat by the tariff
     due = bill(await device.store.entries(), device=0, period=PERIOD, tariff=TARIFF)
     assert (due.energy_wh, due.amount_msat) == (2, MIN_BILL_MSAT)
-    settler = InvoiceSettler(
-        device=0,
-        site_id=rig.site_id,
-        store=device.store,
-        writer=device.writer,
-        node=device.node,
-        paymaster=device.paymaster,
-        tariff=TARIFF,
-        utility_pubkey=rig.utility_node.pubkey,
-        name="dev0",
-        now=rig.clock,
-    )
+    settler = rig.settler(device)
     await rig.start()
     memo = invoice_memo(rig.site_id, 0, PERIOD)
     bolt11 = (await rig.utility_node.add_invoice(MIN_BILL_MSAT, memo)).payment_request
