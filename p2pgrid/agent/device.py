@@ -180,6 +180,7 @@ class DeviceAgent:
         self.book = BalanceBook(site_hash=self.store.membership.site_hash,
                                 peer_sites=self.peer_logs)  # fmt: skip
         self._book_fed = False
+        self._feeding = asyncio.Lock()  # the desks may ask before the run does
         self._unresolved = False  # a payment may have been left open while lnd was away
         self._rng = random.Random(profile.name)  # back-off jitter
         #: Each device's Lightning node (pubkey): where its shares and sales are paid.
@@ -240,8 +241,10 @@ class DeviceAgent:
     async def balance(self, period: int) -> int:
         """This device's balance in ``period`` by its replica (the fold's, kept up to date)."""
         if not self._book_fed:
-            await self.book.follow(self.store)
-            self._book_fed = True
+            async with self._feeding:
+                if not self._book_fed:
+                    await self.book.follow(self.store)
+                    self._book_fed = True
         return self.book.balance(self.profile.index, period)
 
     async def headroom(self, period: int) -> int:

@@ -38,6 +38,7 @@ import bisect
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+from p2pgrid.errors import FatalError
 from p2pgrid.ledger.bodies import CarryOver, SiteShareIn
 from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.membership import Membership
@@ -94,7 +95,7 @@ class BalanceBook:
         Subscribing first means no batch falls between the read and the
         subscription; an entry heard of twice is counted once."""
         if self._store is not None:
-            raise RuntimeError("a balance book follows one store")
+            raise FatalError("a balance book follows one store")
         self._store = store
         store.subscribe(self._on_change)
         self.add(await store.entries())

@@ -223,3 +223,16 @@ async def test_its_config_reaches_the_settler(rig: Rig) -> None:
     assert device.node.attempts == []
     assert report.period_states == {0: "closed"}
     assert (await rig.reconcile()).ok
+
+
+async def test_its_balance_is_the_fold_of_its_replica_also_asked_at_once(rig: Rig) -> None:
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 70_000, period=0)
+    agent, _, _ = await rig.agent(device)
+    # The desks' handlers may ask before the run does: one book, fed once.
+    first, second = await asyncio.gather(agent.balance(0), agent.balance(0))
+    assert first == second == 70_000
+    await rig.start()
+    await agent.meter_interval(0)
+    entries = await device.store.entries()
+    assert await agent.balance(0) == fold(entries).account(0, 0).balance_msat == 70_000 - COST
