@@ -9,7 +9,9 @@ them to its desks (:class:`~p2pgrid.agent.sharing.ShareDesk`,
 :class:`~p2pgrid.agent.energy.EnergyDesk`) and its
 :class:`~p2pgrid.agent.settlement.InvoiceSettler`. Invalid values (a negative
 timeout, a share of the tariff above 100 %) are refused when the config is
-built (:class:`pydantic.ValidationError`), never at the moment they are used.
+built, never at the moment they are used: :meth:`AgentConfig.from_data` (a
+TOML table, say) raises one :class:`~p2pgrid.errors.ConfigError` naming every
+bad key.
 
 Rules of the protocol (the smallest payment, protocol names) are not tuning and
 stay constants of their modules.
@@ -17,9 +19,12 @@ stay constants of their modules.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from p2pgrid.errors import ConfigError
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Msat = Annotated[int, Field(ge=0, le=10**12)]
@@ -78,3 +83,16 @@ class AgentConfig(_Frozen):
     settle: SettleConfig = SettleConfig()
     #: Anti-entropy every few seconds: a compressed period lasts seconds.
     anti_entropy_s: Seconds = 2.0
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], *, source: str = "agent config") -> AgentConfig:
+        """The config of ``data`` (missing keys keep their defaults), or a
+        :class:`ConfigError` with one line per problem."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            lines = [
+                f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            ]
+            raise ConfigError("\n".join(lines)) from None
