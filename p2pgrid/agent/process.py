@@ -82,7 +82,11 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 name=name,
                 db_path=runtime.data_dir / f"{name}.db",
                 site=identity,
-                net=NetConfig(listen_port=runtime.listen_port, bootstrap=runtime.bootstrap),
+                net=NetConfig(
+                    listen_host=runtime.listen_host,
+                    listen_port=runtime.listen_port,
+                    bootstrap=runtime.bootstrap,
+                ),
                 key=DeviceKey(identity, device.index, signer),
                 replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
                 topics=topics,

@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="build the daemons if needed and start a fresh stack")
     up.add_argument("name", nargs="?", default="default")
     up.add_argument("--port-base", type=int, default=None)
+    up.add_argument(
+        "--rest-host",
+        default="127.0.0.1",
+        help="address every lnd's REST API listens on (agents on other hosts pay through it)",
+    )
     for name, text in (("down", "stop a stack's daemons"), ("status", "show a stack")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("name", nargs="?", default="default")
@@ -39,7 +44,12 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     if args.command == "build":
         console.print(f"daemons in {daemons.bin_dir}")
         return 0
-    config = StackConfig(name=args.name, root=args.root, port_base=getattr(args, "port_base", None))
+    config = StackConfig(
+        name=args.name,
+        root=args.root,
+        port_base=getattr(args, "port_base", None),
+        rest_host=getattr(args, "rest_host", "127.0.0.1"),
+    )
     stack = Stack(config, daemons, console=console)
     if args.command == "up":
         await stack.up()

@@ -16,6 +16,9 @@ class LndConfig:
     p2p_port: int
     grpc_port: int
     rest_port: int
+    #: Where the REST API listens (and clients dial it): loopback unless processes
+    #: on other hosts or network namespaces pay through this lnd.
+    rest_host: str = "127.0.0.1"
 
     @property
     def macaroon(self) -> Path:
@@ -32,7 +35,7 @@ class LndConfig:
     def endpoint(self) -> LndEndpoint:
         return LndEndpoint(
             name=self.name,
-            rest_host="127.0.0.1",
+            rest_host=self.rest_host,
             rest_port=self.rest_port,
             tls_cert=self.tls_cert,
             macaroon=self.macaroon,
@@ -58,6 +61,9 @@ class LndConfig:
             "--trickledelay=50",
             f"--listen={self.p2p_host}",
             f"--rpclisten=127.0.0.1:{self.grpc_port}",
-            f"--restlisten=127.0.0.1:{self.rest_port}",
+            f"--restlisten={self.rest_host}:{self.rest_port}",
             "--debuglevel=info",
+            # Its TLS certificate names the REST address, which clients verify
+            # (it always names 127.0.0.1).
+            *([f"--tlsextraip={self.rest_host}"] if self.rest_host != "127.0.0.1" else []),
         ]

@@ -77,6 +77,9 @@ class StackConfig:
     root: Path = field(default_factory=default_root)
     topology: Topology = DEFAULT_TOPOLOGY
     port_base: int | None = None
+    #: The address every lnd's REST API listens on: loopback, or an address that
+    #: agents on other hosts (or network namespaces) reach this machine at.
+    rest_host: str = "127.0.0.1"
 
     @property
     def dir(self) -> Path:
@@ -93,6 +96,7 @@ class StackLayout:
     dir: Path
     port_base: int
     node_names: tuple[str, ...]
+    rest_host: str = "127.0.0.1"
 
     @property
     def state_file(self) -> Path:
@@ -104,7 +108,7 @@ class StackLayout:
     def lnd(self, name: str) -> LndConfig:
         i = self.node_names.index(name)
         base = self.port_base + 10 + PORTS_PER_NODE * i
-        return LndConfig(name, self.dir / "lnd" / name, base, base + 1, base + 2)
+        return LndConfig(name, self.dir / "lnd" / name, base, base + 1, base + 2, self.rest_host)
 
     def ports(self) -> list[int]:
         out = [self.port_base, self.port_base + 1]
@@ -134,7 +138,10 @@ class Stack:
             if state is None:
                 raise StackError(f"stack {self.config.name!r} is not up (no {self._state_path})")
             self._layout = StackLayout(
-                self.config.dir, int(state["port_base"]), tuple(state["nodes"])
+                self.config.dir,
+                int(state["port_base"]),
+                tuple(state["nodes"]),
+                str(state.get("rest_host", "127.0.0.1")),
             )
         return self._layout
 
@@ -221,13 +228,14 @@ class Stack:
         self.config.dir.mkdir(parents=True)
         base = self._pick_port_base()
         names = tuple(n.name for n in self.config.topology.nodes)
-        self._layout = StackLayout(self.config.dir, base, names)
+        self._layout = StackLayout(self.config.dir, base, names, self.config.rest_host)
         faucet = Faucet.load_or_create(self.config.dir / "faucet.wif")
         self._write_state(
             name=self.config.name,
             status="starting",
             port_base=base,
             nodes=list(names),
+            rest_host=self.config.rest_host,
             faucet_address=faucet.address,
             owner_pid=os.getpid(),
         )
@@ -287,7 +295,7 @@ class Stack:
             await wait_until(synced, timeout_s=LND_START_TIMEOUT_S, what=f"{cfg.name} to sync")
             info = await node.get_info()
         label = escape(cfg.name)  # node names come from the scenario: data, not markup
-        self._say(f"lnd {label} up: {info.pubkey[:16]}... REST 127.0.0.1:{cfg.rest_port}")
+        self._say(f"lnd {label} up: {info.pubkey[:16]}... REST {cfg.rest_host}:{cfg.rest_port}")
 
     async def _wait_macaroon(self, cfg: LndConfig) -> None:
         async def ready() -> bool:

@@ -114,7 +114,11 @@ async def run_utility(
                     name=f"{utility.name}/{site.name}",
                     db_path=runtime.data_dir / f"{utility.name}-{site.name}.db",
                     site=identity,
-                    net=NetConfig(listen_port=ports.get(site.name, 0), bootstrap=runtime.bootstrap),
+                    net=NetConfig(
+                        listen_host=runtime.listen_host,
+                        listen_port=ports.get(site.name, 0),
+                        bootstrap=runtime.bootstrap,
+                    ),
                     key=DeviceKey(identity, UTILITY_NET_INDEX, signer),
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
                     provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
