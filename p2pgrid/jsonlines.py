@@ -103,13 +103,23 @@ class ChildProcess:
 
     @classmethod
     async def spawn(
-        cls, name: str, module: str, args: Sequence[str], log_path: Path, **kwargs: Any
+        cls,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        prefix: Sequence[str] = (),
+        **kwargs: Any,
     ) -> Self:
         """Start ``python -m module *args`` (stderr to ``log_path``); returns at once.
 
-        Extra keyword arguments go to the constructor of ``cls``."""
+        ``prefix`` runs it through another program that then executes it in
+        place, keeping its pipes and pid (``ip netns exec <ns>`` puts it in a
+        network namespace). Extra keyword arguments go to the constructor of ``cls``."""
         with log_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 sys.executable,
                 "-m",
                 module,

@@ -19,6 +19,14 @@ give their addresses. A :class:`RunObserver` hears of them once the run starts
 (:meth:`RunObserver.finished`): the demo prints the addresses and, with
 ``--keep``, waits there; the browser test looks at the page meanwhile.
 
+Where each process lives is a :class:`Placement` (``place``): by default all
+run here and listen on loopback; a test of several hosts puts the utility and
+each site in its own network namespace (a command prefix, ``ip netns exec
+<ns>``) listening on that namespace's address. Nothing else changes: every
+process bootstraps from the addresses the others' ready lines gave, and
+reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackConfig`,
+``rest_host``).
+
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
 agent with SIGKILL and starts it again with the same files (its data directory
 and runtime file) and the same ``start`` line; the agent rejoins the running
@@ -53,6 +61,25 @@ CONVERGE_TIMEOUT_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where one process of a run lives. ``prefix`` goes before its command
+    (``("ip", "netns", "exec", "<ns>")`` runs it in a network namespace); its
+    libp2p hosts listen on ``listen_host``, the address the other parties dial."""
+
+    prefix: tuple[str, ...] = ()
+    listen_host: str = "127.0.0.1"
+
+
+#: Where each process of a run lives, by its name (the utility's or a device's).
+Placer = Callable[[str], Placement]
+
+
+def on_this_host(name: str) -> Placement:
+    """Every process on this host, on loopback: the default placement."""
+    return Placement()
+
+
+@dataclasses.dataclass(frozen=True)
 class UtilityCommand:
     """The utility's program: ``python -m <module> --scenario S --runtime R <args>``."""
 
@@ -81,9 +108,16 @@ class RunResult:
 
 
 async def _spawn(
-    module: str, name: str, args: list[str], work_dir: Path, log_name: str | None = None
+    module: str,
+    name: str,
+    args: list[str],
+    work_dir: Path,
+    log_name: str | None = None,
+    placement: Placement = Placement(),
 ) -> ChildProcess:
-    return await ChildProcess.spawn(name, module, args, work_dir / (log_name or f"{name}.log"))
+    return await ChildProcess.spawn(
+        name, module, args, work_dir / (log_name or f"{name}.log"), prefix=placement.prefix
+    )
 
 
 @dataclasses.dataclass
@@ -99,6 +133,7 @@ class Running:
     pubkeys: dict[str, str]
     argv: dict[str, list[str]]
     restarts: dict[str, int] = dataclasses.field(default_factory=dict)
+    placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
 
     def time_of(self, interval: int) -> float:
         return self.at + interval * self.scenario.interval_s
@@ -115,7 +150,12 @@ class Running:
         await self.devices[name].kill()
         n = self.restarts[name] = self.restarts.get(name, 0) + 1
         child = await _spawn(
-            "p2pgrid.agent", name, self.argv[name], self.work_dir, f"{name}.{n}.log"
+            "p2pgrid.agent",
+            name,
+            self.argv[name],
+            self.work_dir,
+            f"{name}.{n}.log",
+            self.placements.get(name, Placement()),
         )
         self.children.append(child)
         self.devices[name] = child
@@ -139,11 +179,13 @@ async def run_scenario(
     utility: UtilityCommand = UtilityCommand(),
     observer: RunObserver | None = None,
     during: Disruption | None = None,
+    place: Placer = on_this_host,
 ) -> RunResult:
     """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
     (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``);
     ``observer`` hears of the dashboards and the result while the processes run;
-    ``during`` runs once all started (it may restart agents, see :class:`Running`)."""
+    ``during`` runs once all started (it may restart agents, see :class:`Running`);
+    ``place`` says where each process lives (:class:`Placement`)."""
     work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
     provision = {
         site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
@@ -151,7 +193,16 @@ async def run_scenario(
     children: list[ChildProcess] = []
     try:
         return await _run(
-            scenario, scenario_path, stack, work_dir, provision, children, utility, observer, during
+            scenario,
+            scenario_path,
+            stack,
+            work_dir,
+            provision,
+            children,
+            utility,
+            observer,
+            during,
+            place,
         )
     finally:
         async with asyncio.TaskGroup() as stops:
@@ -169,10 +220,22 @@ async def _run(
     command: UtilityCommand,
     observer: RunObserver | None,
     during: Disruption | None,
+    place: Placer,
 ) -> RunResult:
+    placements = {
+        name: place(name)
+        for name in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices))
+    }
+
     def runtime_file(name: str, **fields: Any) -> str:
         path = work_dir / f"{name}.runtime.json"
-        rt = Runtime(stack.endpoint(name), work_dir / name, provision=provision, **fields)
+        rt = Runtime(
+            stack.endpoint(name),
+            work_dir / name,
+            provision=provision,
+            listen_host=placements[name].listen_host,
+            **fields,
+        )
         path.write_text(rt.to_json())
         return str(path)
 
@@ -182,6 +245,7 @@ async def _run(
         uname,
         ["--scenario", str(scenario_path), "--runtime", runtime_file(uname), *command.args],
         work_dir,
+        placement=placements[uname],
     )
     children.append(utility)
     async with asyncio.timeout(READY_TIMEOUT_S):
@@ -208,7 +272,13 @@ async def _run(
                 "--name",
                 device.name,
             ]
-            child = await _spawn("p2pgrid.agent", device.name, argv[device.name], work_dir)
+            child = await _spawn(
+                "p2pgrid.agent",
+                device.name,
+                argv[device.name],
+                work_dir,
+                placement=placements[device.name],
+            )
             children.append(child)
             devices[device.name] = child
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -225,7 +295,17 @@ async def _run(
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
         if during is not None:
-            running = Running(scenario, start, work_dir, devices, children, utility, pubkeys, argv)
+            running = Running(
+                scenario,
+                start,
+                work_dir,
+                devices,
+                children,
+                utility,
+                pubkeys,
+                argv,
+                placements=placements,
+            )
             await during(running)
         for name in list(devices):
             reports[name] = (await devices[name].expect("done"))["report"]
