@@ -1,6 +1,7 @@
 """A stand-alone agent process for multi-process tests and the latency benchmark.
 
-``python -m p2pgrid.testing.probe --seed S --index I [--bootstrap ADDR ...]`` starts
+``python -m p2pgrid.testing.probe --seed S --index I [--bootstrap ADDR ...]
+[--host IP] [--mdns]`` starts
 one host (device ``I`` of the site whose owner seed is ``S``), publishes a
 :class:`ProbeMsg` every ``--interval`` seconds on the site topic and prints JSON
 lines on stdout (the line protocol of :mod:`p2pgrid.jsonlines`):
@@ -150,7 +151,13 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
     for index in range(MAX_PROBES):
         roster.enrol(Role.DEVICE, index, key("device", index).pubkey, 0)
     topic = site_topic(roster)
-    config = NetConfig(listen_port=args.port, bootstrap=tuple(args.bootstrap), muxer=args.muxer)
+    config = NetConfig(
+        listen_host=args.host,
+        listen_port=args.port,
+        bootstrap=tuple(args.bootstrap),
+        mdns=args.mdns,
+        muxer=args.muxer,
+    )
     if args.untuned_gossip:  # as p2pgrid ran before it tuned py-libp2p's gossipsub
         config = dataclasses.replace(
             config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
@@ -280,7 +287,7 @@ async def run_raw(args: argparse.Namespace) -> None:
     pubsub = Pubsub(host, gossipsub, strict_signing=True)
     epoch = int.from_bytes(os.urandom(4), "big")
     tally = Tally(args.index)
-    listen = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
+    listen = multiaddr.Multiaddr(f"/ip4/{args.host}/tcp/{args.port}")
     async with (
         host.run([listen]),
         background_trio_service(pubsub),
@@ -366,7 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m p2pgrid.testing.probe")
     parser.add_argument("--seed", required=True, help="site owner seed (test sites only)")
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--mdns", action="store_true", help="also find peers by mDNS")
     parser.add_argument("--bootstrap", action="append", default=[])
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")

@@ -45,11 +45,18 @@ class ProbeSpec:
     untuned_gossip: bool = False
     #: raw mode with p2pgrid's gossipsub tuning (see the probe's --tuned-gossip).
     tuned_gossip: bool = False
+    #: Where it listens (and what it advertises), and whether it also finds peers by mDNS.
+    host: str = "127.0.0.1"
+    mdns: bool = False
+    #: Runs the probe through this command (``ip netns exec NS``: in a namespace).
+    prefix: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         args = ["--seed", self.seed, "--index", str(self.index)]
         args += ["--interval", str(self.interval_s), "--muxer", self.muxer]
-        args += ["--port", str(self.port)]
+        args += ["--host", self.host, "--port", str(self.port)]
+        if self.mdns:
+            args.append("--mdns")
         if self.untuned_gossip:
             args.append("--untuned-gossip")
         if self.tuned_gossip:
@@ -204,7 +211,12 @@ class ProbeFleet:
         mode = "raw" if spec.raw else "p2pgrid"
         name = f"probe-{mode}-{spec.index}-{run}"
         probe = await ProbeProcess.spawn(
-            name, PROBE_MODULE, spec.argv(), self._log_dir / f"{name}.stderr", spec=spec
+            name,
+            PROBE_MODULE,
+            spec.argv(),
+            self._log_dir / f"{name}.stderr",
+            prefix=spec.prefix,
+            spec=spec,
         )
         self.spawned.append(probe)
         return probe
