@@ -6,6 +6,7 @@ own directory (its SQLite log lives there); ``bootstrap``: multiaddrs to dial
 ``listen_host``: the IPv4 address its libp2p hosts listen on and advertise to
 peers (loopback by default; the host's own address when peers run elsewhere,
 never ``0.0.0.0``, which no peer can dial); ``listen_port``: its TCP port (0: a free one);
+``mdns``: also find peers on the LAN by mDNS;
 ``provision``: the site owner's signed entries (hex), per site name;
 ``utility_pubkey``: the utility's lnd node, whose invoices agents pay;
 ``dashboard``: where the process serves its dashboard (loopback, a free port
@@ -34,6 +35,7 @@ class Runtime:
     listen_port: int = 0
     dashboard: DashboardConfig = dataclasses.field(default_factory=DashboardConfig)
     listen_host: str = "127.0.0.1"
+    mdns: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -58,6 +60,7 @@ class Runtime:
                 "provision": self.provision,
                 "listen_host": self.listen_host,
                 "listen_port": self.listen_port,
+                "mdns": self.mdns,
                 "dashboard": dataclasses.asdict(self.dashboard),
             }
         )
@@ -81,7 +84,17 @@ class Runtime:
                 provision={k: list(v) for k, v in raw.get("provision", {}).items()},
                 listen_host=str(raw.get("listen_host", "127.0.0.1")),
                 listen_port=int(raw.get("listen_port", 0)),
+                mdns=_flag(raw.get("mdns", False), "mdns"),
                 dashboard=DashboardConfig(**raw.get("dashboard", {})),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"bad runtime file {path}: {exc!r}") from exc
+        except ConfigError as exc:  # a field's own check
+            raise ConfigError(f"bad runtime file {path}: {exc}") from exc
+
+
+def _flag(value: object, key: str) -> bool:
+    """A JSON boolean (``bool("false")`` would be true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, not {value!r}")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,19 +23,31 @@ def lnd(tmp_path: Path) -> LndEndpoint:
 
 def test_listen_host_and_bootstrap_survive_the_file(tmp_path: Path) -> None:
     path = tmp_path / "rt.json"
-    runtime = Runtime(lnd(tmp_path), tmp_path, bootstrap=(PEER,), listen_host="10.77.3.12")
+    runtime = Runtime(
+        lnd(tmp_path), tmp_path, bootstrap=(PEER,), listen_host="10.77.3.12", mdns=True
+    )
     path.write_text(runtime.to_json())
     assert Runtime.load(path) == runtime
     assert Runtime.load(path).listen_host == "10.77.3.12"
+    assert Runtime.load(path).mdns is True
 
 
 def test_an_old_file_listens_on_loopback(tmp_path: Path) -> None:
     path = tmp_path / "rt.json"
     path.write_text(Runtime(lnd(tmp_path), tmp_path).to_json())
     raw = json.loads(path.read_text())
-    del raw["listen_host"]
+    del raw["listen_host"], raw["mdns"]
     path.write_text(json.dumps(raw))
     assert Runtime.load(path).listen_host == "127.0.0.1"
+    assert Runtime.load(path).mdns is False
+
+
+def test_mdns_is_a_json_boolean(tmp_path: Path) -> None:
+    path = tmp_path / "rt.json"
+    raw = json.loads(Runtime(lnd(tmp_path), tmp_path).to_json())
+    path.write_text(json.dumps({**raw, "mdns": "false"}))
+    with pytest.raises(ConfigError, match="mdns must be true or false"):
+        Runtime.load(path)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +60,7 @@ def test_a_listen_host_peers_cannot_dial_is_refused(tmp_path: Path, host: str, w
     path = tmp_path / "rt.json"
     raw = json.loads(Runtime(lnd(tmp_path), tmp_path).to_json())
     path.write_text(json.dumps({**raw, "listen_host": host}))
-    with pytest.raises(ConfigError, match=why):
+    with pytest.raises(ConfigError, match=f"bad runtime file {re.escape(str(path))}: .*{why}"):
         Runtime.load(path)
 
 

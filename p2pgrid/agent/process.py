@@ -86,6 +86,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                     listen_host=runtime.listen_host,
                     listen_port=runtime.listen_port,
                     bootstrap=runtime.bootstrap,
+                    mdns=runtime.mdns,
                 ),
                 key=DeviceKey(identity, device.index, signer),
                 replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),

@@ -118,6 +118,7 @@ async def run_utility(
                         listen_host=runtime.listen_host,
                         listen_port=ports.get(site.name, 0),
                         bootstrap=runtime.bootstrap,
+                        mdns=runtime.mdns,
                     ),
                     key=DeviceKey(identity, UTILITY_NET_INDEX, signer),
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
