@@ -116,7 +116,7 @@ class Lan:
 
     def __init__(self, parties: Sequence[str]) -> None:
         if len(set(parties)) != len(parties) or not parties:
-            raise ValueError(f"parties must be distinct and not none: {parties}")
+            raise NetnsError(f"a LAN needs one or more distinct parties, not {parties}")
         pid = f"{os.getpid():x}"
         self.parties = tuple(parties)
         self.bridge = f"{IF_PREFIX}{pid}-br"
