@@ -10,10 +10,11 @@ parties only over the bridge, and the root namespace (where the regtest
 daemons run) at the gateway. A party's own ``127.0.0.1`` is its own.
 
 Names carry this process's id (hex; interface names have at most 15
-characters), so parallel sessions do not collide and :func:`reap_leftovers`
-removes what a session that died left behind. :meth:`Lan.down` removes every
-namespace (their veth ends go with them) and the bridge (the others go with
-it), also after a failed :meth:`Lan.up`, and is safe to call twice.
+characters), so parallel sessions do not collide (one LAN per process at a
+time) and :func:`reap_leftovers` removes what a session that died left behind.
+:meth:`Lan.down` removes every namespace (their veth ends go with them) and the
+bridge that :meth:`Lan.up` made, also after a failed :meth:`Lan.up`, and is
+safe to call twice.
 :func:`netns_refused` says why, if this machine will not make namespaces.
 """
 
@@ -123,6 +124,9 @@ class Lan:
         self.namespaces = {p: f"{NS_PREFIX}{pid}-{i}" for i, p in enumerate(parties)}
         self._veths = {p: f"{IF_PREFIX}{pid}-{i}" for i, p in enumerate(parties)}
         self.subnet: ipaddress.IPv4Network | None = None
+        #: What this LAN made (and so removes): never a namespace or bridge that
+        #: was there before, e.g. another live LAN of this process by mistake.
+        self._made: list[tuple[str, str]] = []  # ("netns" | "link", name)
 
     @property
     def gateway(self) -> str:
@@ -152,11 +156,13 @@ class Lan:
         self.subnet = _free_subnet(os.getpid())
         try:
             ip("link", "add", "name", self.bridge, "type", "bridge")
+            self._made.append(("link", self.bridge))
             ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
             ip("link", "set", self.bridge, "up")
             for party in self.parties:
                 ns, veth = self.namespaces[party], self._veths[party]
                 ip("netns", "add", ns)
+                self._made.append(("netns", ns))
                 ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
                 ip("link", "set", veth, "master", self.bridge, "up")
                 ip("-n", ns, "addr", "add", f"{self.address(party)}/24", "dev", "eth0")
@@ -167,10 +173,8 @@ class Lan:
             raise
 
     def down(self) -> None:
-        """Remove the namespaces and the bridge (what exists of them)."""
-        listed = ip("netns", "list", check=False).stdout.split()
-        for ns in self.namespaces.values():
-            if ns in listed:
-                ip("netns", "del", ns)
-        if ip("link", "show", self.bridge, check=False).returncode == 0:
-            ip("link", "del", self.bridge)
+        """Remove the namespaces (their veth ends go with them) and the bridge that
+        :meth:`up` made, last made first."""
+        while self._made:
+            kind, name = self._made.pop()
+            ip(kind, "del", name)
