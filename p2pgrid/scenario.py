@@ -137,6 +137,29 @@ class UtilitySpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Timing:
+    """A run's clock: intervals of ``interval_s`` real seconds (900 in real life,
+    less when compressed), ``intervals_per_period`` of them per billing period,
+    ``periods`` periods; the run's interval 0 is modelled metering interval
+    ``model_start_interval`` (what a meter replays and the log records)."""
+
+    intervals_per_period: int
+    interval_s: float
+    periods: int
+    model_start_interval: int = 0
+
+    def model_interval(self, interval: int) -> int:
+        return self.model_start_interval + interval
+
+    def model_ms(self, interval: int) -> int:
+        """Modelled wall time (UTC) of the start of the run's interval ``interval``."""
+        return model_ms(self.model_interval(interval))
+
+    def clock(self, start: float) -> PeriodClock:
+        return PeriodClock(self.intervals_per_period, self.interval_s, start)
+
+
+@dataclasses.dataclass(frozen=True)
 class Scenario:
     intervals_per_period: int
     interval_s: float
@@ -155,7 +178,13 @@ class Scenario:
         return model_ms(self.model_interval(interval))
 
     def clock(self, start: float) -> PeriodClock:
-        return PeriodClock(self.intervals_per_period, self.interval_s, start)
+        return self.timing.clock(start)
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            self.intervals_per_period, self.interval_s, self.periods, self.model_start_interval
+        )
 
     def site_number(self, site: SiteSpec) -> int:
         return self.sites.index(site)

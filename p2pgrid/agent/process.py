@@ -23,53 +23,116 @@ import contextlib
 import dataclasses
 import logging
 import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.billing import FlatTariff
 from p2pgrid.dashboard import Dashboard, SiteFeed
-from p2pgrid.identity import Roster
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Roster, Signer, SiteIdentity
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, LogWriter
+from p2pgrid.ledger import Author, LogWriter, Membership
 from p2pgrid.lightning import LndClient, NodeWatch, WatchedNode
 from p2pgrid.market import Party
 from p2pgrid.net import DeviceKey, NetConfig, Topic, owner_topic, site_topic
 from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import load_scenario
-from p2pgrid.service import Service, run_process
+from p2pgrid.scenario import DeviceSpec, Scenario, Timing, load_scenario
+from p2pgrid.service import Command, Service, run_process
+
+#: Where the commands come from: stdin's JSON lines (the launcher's child) or a
+#: fixed start (``p2pgrid agent run``). Called inside the running loop.
+CommandSource = Callable[[], AsyncIterator[Command]]
 
 
-async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None:
-    scenario = load_scenario(scenario_path)
-    runtime = Runtime.load(runtime_path)
+@dataclasses.dataclass(frozen=True)
+class PeerSite:
+    """Another site of the same owner, as its provisioned enrolments make it up."""
+
+    name: str
+    membership: Membership
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSetup:
+    """Everything one device agent process is built from (typed, validated once).
+
+    Built from a scenario and a runtime file (:func:`setup_from_scenario`, the
+    launcher's children) or from a site file (:mod:`p2pgrid.config`, ``p2pgrid
+    agent run``); :func:`run_device` assembles the agent the same way for both.
+    """
+
+    site_name: str
+    identity: SiteIdentity
+    device: DeviceSpec
+    signer: Signer
+    timing: Timing
+    tariff: FlatTariff
+    runtime: Runtime
+    #: The owner's signed entries of this site (enrolments, allocations).
+    provision: tuple[bytes, ...]
+    peer_sites: tuple[PeerSite, ...] = ()
+    #: Every device of the owner by name, for the ``nodes`` of ``start``.
+    parties: Mapping[str, Party] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+
+def setup_from_scenario(scenario: Scenario, runtime: Runtime, name: str) -> AgentSetup:
+    """The setup of device ``name`` of a launcher's run (demo keys from the scenario)."""
     site, device = scenario.site_of(name)
-    identity = site.identity
-    signer = site.device_signer(device.index)
+    return AgentSetup(
+        site_name=site.name,
+        identity=site.identity,
+        device=device,
+        signer=site.device_signer(device.index),
+        timing=scenario.timing,
+        tariff=scenario.tariff,
+        runtime=runtime,
+        provision=tuple(bytes.fromhex(h) for h in runtime.provision.get(site.name, [])),
+        peer_sites=tuple(
+            PeerSite(s.name, provisioned_membership(s, runtime.provision.get(s.name, [])))
+            for s in scenario.sites
+            if s != site
+        ),
+        parties={
+            d.name: Party(s.identity.site_id, d.index) for s in scenario.sites for d in s.devices
+        },
+    )
+
+
+async def run_device(setup: AgentSetup, source: CommandSource = commands) -> None:
+    """Assemble device ``setup.name``'s agent, serve ``source``'s commands until
+    stopped (see the module's contract), then stop its parts in order."""
+    name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
+    signer = setup.signer
+    timing = setup.timing
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
     config = AgentConfig()  # the project's tuning
-    owner_sites = {s.identity.site_id: s.identity for s in scenario.sites}
+    owner_sites = {identity.site_id: identity}
+    owner_sites.update({p.membership.site.site_id: p.membership.site for p in setup.peer_sites})
     # The owner's other sites, as their provisioned enrolments make them up.
-    peer_logs = {
-        s.identity.site_hash: provisioned_membership(s, runtime.provision.get(s.name, []))
-        for s in scenario.sites
-        if s != site
-    }
+    peer_logs = {p.membership.site_hash: p.membership for p in setup.peer_sites}
 
     def topics(roster: Roster) -> list[Topic]:
-        """The site's topic and, since all sites of a scenario belong to one owner
+        """The site's topic and, since all sites of a setup belong to one owner
         (their devices may share across), the owner's topic: members as this
         agent's log (and the other sites' provisioning) enrol them."""
         rosters = [roster, *(m.roster for m in peer_logs.values())]
         return [site_topic(roster), *([owner_topic(rosters)] if len(rosters) > 1 else [])]
 
     async with contextlib.AsyncExitStack() as parts:
-        commands_in = commands()
-        parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
+        commands_in = source()
+        aclose = getattr(commands_in, "aclose", None)
+        if aclose is not None:
+            parts.push_async_callback(aclose)  # closes the stdin pipe last
         client = await parts.enter_async_context(LndClient(runtime.lnd))
         watch = NodeWatch(name)  # lnd away is a state of the agent, not a crash
         node = WatchedNode(client, watch)
@@ -91,7 +154,7 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 key=DeviceKey(identity, device.index, signer),
                 replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
                 topics=topics,
-                provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
+                provision=list(setup.provision),
             ),
         )
         store, host, replica = log_node.store, log_node.host, log_node.replica
@@ -114,19 +177,19 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
                 paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
                 watch=watch,
             ),
-            Metering(scenario.tariff, device.meter.source(), scenario.model_interval),
-            scenario.clock(0.0),
+            Metering(setup.tariff, device.meter.source(), timing.model_interval),
+            timing.clock(0.0),
             config=config,
             owner_sites=owner_sites,
             peer_logs=peer_logs,
         )
         agent.install()
         feed = SiteFeed(
-            name=site.name,
+            name=setup.site_name,
             store=store,
             peer_sites=peer_logs,
             replicator=replica.replicator,
-            peer_names={s.identity.site_hash: s.name for s in scenario.sites if s != site},
+            peer_names={p.membership.site_hash: p.name for p in setup.peer_sites},
         )
         # Entered last, so it stops first: before the store it reads closes.
         dashboard = await parts.enter_async_context(Dashboard(name, (feed,), runtime.dashboard))
@@ -141,15 +204,16 @@ async def run_device(scenario_path: Path, runtime_path: Path, name: str) -> None
         service = Service()
 
         async def run_periods() -> None:
-            report = await agent.run(scenario.periods)
+            report = await agent.run(timing.periods)
             emit("done", name=name, report=dataclasses.asdict(report))
 
-        async def handle(command: dict[str, Any]) -> None:
+        async def handle(command: Command) -> None:
             if command["cmd"] == "start":
-                agent.clock = scenario.clock(float(command["at"]))
+                agent.clock = timing.clock(float(command["at"]))
                 for other, other_pubkey in dict(command.get("nodes", {})).items():
-                    other_site, other_device = scenario.site_of(str(other))
-                    party = Party(other_site.identity.site_id, other_device.index)
+                    party = setup.parties.get(str(other))
+                    if party is None:
+                        raise ConfigError(f"no device named {other!r} among the owner's sites")
                     agent.nodes[party] = str(other_pubkey)
                 service.spawn(run_periods())  # stop and digest are answered meanwhile
             elif command["cmd"] == "digest":
@@ -169,4 +233,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    run_process(run_device(args.scenario, args.runtime, args.name))
+    run_process(_run_from_files(args.scenario, args.runtime, args.name))
+
+
+async def _run_from_files(scenario_path: Path, runtime_path: Path, name: str) -> None:
+    scenario = load_scenario(scenario_path)
+    await run_device(setup_from_scenario(scenario, Runtime.load(runtime_path), name))

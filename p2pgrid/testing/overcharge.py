@@ -22,7 +22,7 @@ from p2pgrid.ledger import Entry
 from p2pgrid.scenario import load_scenario
 from p2pgrid.service import run_process
 from p2pgrid.utility import Invoicer
-from p2pgrid.utility.process import argument_parser, run_utility, setup_logging
+from p2pgrid.utility.process import argument_parser, run_from_files, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     site_ids = {s.name: s.identity.site_id for s in load_scenario(args.scenario).sites}
     overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in args.overcharge}
     make = functools.partial(OverchargingInvoicer, overcharge=overcharge)
-    run_process(run_utility(args.scenario, args.runtime, make_invoicer=make))
+    run_process(run_from_files(args.scenario, args.runtime, make_invoicer=make))
 
 
 if __name__ == "__main__":

@@ -28,22 +28,21 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
+from p2pgrid.billing import FlatTariff
 from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.errors import ConfigError
-from p2pgrid.identity import UTILITY_NET_INDEX
+from p2pgrid.identity import UTILITY_NET_INDEX, Signer, SiteIdentity
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, Invoice, LogWriter
+from p2pgrid.ledger import Author, Invoice, LogWriter, Membership, decode_entry
 from p2pgrid.lightning import LndClient, NodeWatch
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
-from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import load_scenario
-from p2pgrid.service import Service, run_process
+from p2pgrid.scenario import Scenario, Timing, load_scenario
+from p2pgrid.service import Command, Service, run_process
 from p2pgrid.utility.invoicer import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 
@@ -51,6 +50,8 @@ ANTI_ENTROPY_S = 2.0
 
 #: Builds a site's invoicer from :class:`Invoicer`'s keyword arguments.
 InvoicerFactory = Callable[..., Invoicer]
+#: Where the commands come from (stdin's JSON lines, or ``p2pgrid utility run``'s start).
+CommandSource = Callable[[], AsyncIterator[Command]]
 
 
 PORTS_FILE = "ports.json"
@@ -85,19 +86,87 @@ def tcp_port(addrs: list[str]) -> int:
     raise ConfigError(f"no TCP address among {addrs}")
 
 
-async def run_utility(
-    scenario_path: Path, runtime_path: Path, *, make_invoicer: InvoicerFactory = Invoicer
-) -> None:
-    scenario = load_scenario(scenario_path)
-    runtime = Runtime.load(runtime_path)
-    runtime.data_dir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass(frozen=True)
+class UtilitySite:
+    """One site the utility serves: its identity, the utility's key there (the
+    owner enrolled it), the site's budget per period, its devices and the
+    owner's signed entries (enrolments, allocations)."""
+
+    name: str
+    identity: SiteIdentity
+    signer: Signer
+    budget_msat: int
+    devices: tuple[int, ...]
+    provision: tuple[bytes, ...]
+    #: The TCP port its host listens on (0: the last one, ``ports.json``, or any).
+    listen_port: int = 0
+
+    @property
+    def membership(self) -> Membership:
+        return provisioned_membership_of(self.identity, self.provision)
+
+
+@dataclasses.dataclass(frozen=True)
+class UtilitySetup:
+    """Everything the utility process is built from (typed, validated once):
+    from a scenario and a runtime file (:func:`setup_from_scenario`) or from a
+    utility file (:mod:`p2pgrid.config`, ``p2pgrid utility run``)."""
+
+    name: str
+    sites: tuple[UtilitySite, ...]
+    timing: Timing
+    tariff: FlatTariff
+    invoice_secret: bytes = dataclasses.field(repr=False)
+    runtime: Runtime
+
+
+def provisioned_membership_of(identity: SiteIdentity, entries: tuple[bytes, ...]) -> Membership:
+    membership = Membership(identity)
+    membership.learn_from(decode_entry(raw, identity.site_hash) for raw in entries)
+    return membership
+
+
+def setup_from_scenario(scenario: Scenario, runtime: Runtime) -> UtilitySetup:
+    """The utility of a launcher's run (demo keys from the scenario)."""
     utility = scenario.utility
+    return UtilitySetup(
+        name=utility.name,
+        sites=tuple(
+            UtilitySite(
+                name=site.name,
+                identity=site.identity,
+                signer=utility.signer(site),
+                budget_msat=site.budget_msat,
+                devices=tuple(d.index for d in site.devices),
+                provision=tuple(bytes.fromhex(h) for h in runtime.provision.get(site.name, [])),
+            )
+            for site in scenario.sites
+        ),
+        timing=scenario.timing,
+        tariff=scenario.tariff,
+        invoice_secret=utility.invoice_secret,
+        runtime=runtime,
+    )
+
+
+async def run_utility(
+    setup: UtilitySetup,
+    *,
+    make_invoicer: InvoicerFactory = Invoicer,
+    source: CommandSource = commands,
+) -> None:
+    """Assemble the utility of ``setup``, serve ``source``'s commands until
+    stopped (see the module's contract), then stop its parts in order."""
+    runtime, timing = setup.runtime, setup.timing
+    runtime.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as parts:
-        commands_in = commands()
-        parts.push_async_callback(commands_in.aclose)  # closes the stdin pipe last
+        commands_in = source()
+        aclose = getattr(commands_in, "aclose", None)
+        if aclose is not None:
+            parts.push_async_callback(aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
         pubkey = (await node.get_info()).pubkey  # lnd first: unreachable is exit 3, early
-        watch = NodeWatch(utility.name)  # one lnd, watched for every site's invoicer
+        watch = NodeWatch(setup.name)  # one lnd, watched for every site's invoicer
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)
@@ -105,44 +174,44 @@ async def run_utility(
         addrs: dict[str, list[str]] = {}
         feeds: list[SiteFeed] = []
         ports = listen_ports(runtime.data_dir)
-        for site in scenario.sites:
+        memberships = {site.name: site.membership for site in setup.sites}
+        for site in setup.sites:
             identity = site.identity
-            signer = utility.signer(site)
             log_node = await open_node_parts(
                 parts,
                 NodeSpec(
-                    name=f"{utility.name}/{site.name}",
-                    db_path=runtime.data_dir / f"{utility.name}-{site.name}.db",
+                    name=f"{setup.name}/{site.name}",
+                    db_path=runtime.data_dir / f"{setup.name}-{site.name}.db",
                     site=identity,
                     net=NetConfig(
                         listen_host=runtime.listen_host,
-                        listen_port=ports.get(site.name, 0),
+                        listen_port=site.listen_port or ports.get(site.name, 0),
                         bootstrap=runtime.bootstrap,
                         mdns=runtime.mdns,
                     ),
-                    key=DeviceKey(identity, UTILITY_NET_INDEX, signer),
+                    key=DeviceKey(identity, UTILITY_NET_INDEX, site.signer),
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
-                    provision=[bytes.fromhex(h) for h in runtime.provision.get(site.name, [])],
+                    provision=list(site.provision),
                     bridge=bridge,
                 ),
             )
             store, host, replica = log_node.store, log_node.host, log_node.replica
-            writer = LogWriter(store, signer, Author.utility())
+            writer = LogWriter(store, site.signer, Author.utility())
             invoicer = make_invoicer(
                 site=identity,
                 store=store,
                 writer=writer,
                 node=node,
-                tariff=scenario.tariff,
-                secret=utility.invoice_secret,
-                name=f"{utility.name}/{site.name}",
+                tariff=setup.tariff,
+                secret=setup.invoice_secret,
+                name=f"{setup.name}/{site.name}",
                 watch=watch,
             )
             desks.append(
                 SiteDesk(
                     name=site.name,
                     budget_msat=site.budget_msat,
-                    devices=tuple(d.index for d in site.devices),
+                    devices=site.devices,
                     store=store,
                     writer=writer,
                     replica=replica,
@@ -151,17 +220,12 @@ async def run_utility(
             )
             addrs[site.name] = list(host.addrs)
             ports[site.name] = tcp_port(addrs[site.name])
-            others = [s for s in scenario.sites if s != site]
+            others = [s for s in setup.sites if s != site]
             feeds.append(
                 SiteFeed(
                     name=site.name,
                     store=store,
-                    peer_sites={
-                        s.identity.site_hash: provisioned_membership(
-                            s, runtime.provision.get(s.name, [])
-                        )
-                        for s in others
-                    },
+                    peer_sites={s.identity.site_hash: memberships[s.name] for s in others},
                     replicator=replica.replicator,
                     peer_names={s.identity.site_hash: s.name for s in others},
                 )
@@ -169,11 +233,11 @@ async def run_utility(
         save_listen_ports(runtime.data_dir, ports)
         # Entered last, so it stops first: before the stores it reads close.
         dashboard = await parts.enter_async_context(
-            Dashboard(utility.name, tuple(feeds), runtime.dashboard)
+            Dashboard(setup.name, tuple(feeds), runtime.dashboard)
         )
         emit(
             "ready",
-            name=utility.name,
+            name=setup.name,
             pubkey=pubkey,
             addrs=addrs,
             dashboard=dashboard.url,
@@ -181,12 +245,8 @@ async def run_utility(
         service = Service()
 
         async def run_periods(at: float) -> None:
-            un = UtilityNode(
-                clock=scenario.clock(at),
-                model_ms=scenario.model_ms,
-                sites=desks,
-            )
-            await un.run(scenario.periods)
+            un = UtilityNode(clock=timing.clock(at), model_ms=timing.model_ms, sites=desks)
+            await un.run(timing.periods)
             invoices = []
             for entry in un.invoiced:
                 assert isinstance(entry.body, Invoice)
@@ -198,14 +258,14 @@ async def run_utility(
                         "payment_hash": entry.body.payment_hash.hex(),
                     }
                 )
-            emit("done", name=utility.name, invoices=invoices)
+            emit("done", name=setup.name, invoices=invoices)
 
-        async def handle(command: dict[str, Any]) -> None:
+        async def handle(command: Command) -> None:
             if command["cmd"] == "start":
                 service.spawn(run_periods(float(command["at"])))  # stop is answered meanwhile
             elif command["cmd"] == "status":
                 statuses = []
-                for period in range(scenario.periods):
+                for period in range(timing.periods):
                     for desk in desks:
                         for s in await desk.invoicer.status(period):
                             row = dataclasses.asdict(s)
@@ -220,7 +280,15 @@ async def run_utility(
                 emit("digest", digests={d.name: d.store.digest().hex() for d in desks})
 
         await service.serve(commands_in, handle)
-    emit("stopped", name=utility.name)
+    emit("stopped", name=setup.name)
+
+
+async def run_from_files(
+    scenario_path: Path, runtime_path: Path, *, make_invoicer: InvoicerFactory = Invoicer
+) -> None:
+    """The launcher's child: the utility of a scenario and a runtime file."""
+    setup = setup_from_scenario(load_scenario(scenario_path), Runtime.load(runtime_path))
+    await run_utility(setup, make_invoicer=make_invoicer)
 
 
 def argument_parser(prog: str = "python -m p2pgrid.utility") -> argparse.ArgumentParser:
@@ -240,4 +308,4 @@ def setup_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(argv)
     setup_logging()
-    run_process(run_utility(args.scenario, args.runtime))
+    run_process(run_from_files(args.scenario, args.runtime))
