@@ -217,14 +217,20 @@ def validate_scenario(data: Mapping[str, Any], *, source: str) -> ScenarioModel:
     try:
         return ScenarioModel.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors(include_url=False):
-            problem = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                problem = "unknown key (misspelt?)"
-            elif error["type"] == "missing":
-                problem = "missing"
-            elif not isinstance(error["input"], (dict, list)) and error["type"] != "value_error":
-                problem += f", got {error['input']!r:.60}"
-            lines.append(f"{source}: {_key(tuple(error['loc']), data)}: {problem}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(describe_errors(exc, data, source=source)) from None
+
+
+def describe_errors(exc: ValidationError, data: Any, *, source: str) -> str:
+    """One line per problem: ``<source>: <key>: <problem>`` (also used for the
+    deployment files of :mod:`p2pgrid.config`)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        problem = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problem = "unknown key (misspelt?)"
+        elif error["type"] == "missing":
+            problem = "missing"
+        elif not isinstance(error["input"], (dict, list)) and error["type"] != "value_error":
+            problem += f", got {error['input']!r:.60}"
+        lines.append(f"{source}: {_key(tuple(error['loc']), data)}: {problem}")
+    return "\n".join(lines)

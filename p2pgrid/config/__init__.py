@@ -1,0 +1,27 @@
+"""Deployment configuration: site and utility files, key files, the owner's entries."""
+
+from p2pgrid.config.files import SiteFile, UtilityFile
+from p2pgrid.config.keys import (
+    append_owner_entries,
+    make_key_dir,
+    membership_of,
+    read_entries,
+    read_key,
+    write_new_key,
+)
+from p2pgrid.config.setups import agent_setup, agent_start, start_once, utility_setup
+
+__all__ = [
+    "SiteFile",
+    "UtilityFile",
+    "agent_setup",
+    "agent_start",
+    "append_owner_entries",
+    "make_key_dir",
+    "membership_of",
+    "read_entries",
+    "read_key",
+    "start_once",
+    "utility_setup",
+    "write_new_key",
+]

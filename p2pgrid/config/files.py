@@ -1,0 +1,231 @@
+"""Deployment files: a site file and a utility file, validated once.
+
+Both are TOML, read by :func:`load_site_file` and :func:`load_utility_file`
+into strict pydantic models (unknown keys refused, one type per key, every
+problem one line ``<file>: <key>: <problem>``, a :class:`ConfigError`). Secrets
+are never in them: key files, lnd's macaroon and TLS certificate are named by
+path (relative paths are relative to the file's own directory).
+
+The **site file** is the owner's description of one site, copied to every host
+of the site: the site (its owner's public key, budget, the owner's entries
+file), the clock, the tariff, the utility's keys, and one ``[[devices]]`` row per
+device with what its host needs to run it (key file, data directory, listen
+port, bootstrap peers, lnd). ``p2pgrid agent run --config site.toml --device
+NAME`` runs one row. The **utility file** is the utility's: its key and invoice
+secret files, data directory, lnd, and one ``[[sites]]`` row per site it serves.
+
+The clock is real time by default (15-minute intervals; a period of
+``intervals_per_period`` intervals, 2880 = 30 days): billing periods have a fixed
+length counted from ``start``, not calendar months. A shorter ``interval_s``
+compresses it (tests, trials).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+
+from p2pgrid.billing import MODEL_EPOCH_MS, REAL_INTERVAL_S, FlatTariff
+from p2pgrid.billing.period import METER_INTERVAL_S
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import is_pubkey
+from p2pgrid.lightning.lnd import LndEndpoint
+from p2pgrid.scenario import Timing
+from p2pgrid.scenario_schema import (
+    Count,
+    DeviceModel,
+    NonEmpty,
+    Positive,
+    TariffModel,
+    _Strict,
+    describe_errors,
+)
+
+
+def _pubkey_hex(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            ok = is_pubkey(bytes.fromhex(value))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("not a public key (66 hex characters, 02 or 03 first)")
+    return value
+
+
+PubkeyHex = Annotated[str, BeforeValidator(_pubkey_hex)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Multiaddr = Annotated[str, Field(pattern=r"^/(ip4|ip6|dns4|dns6)/.+/tcp/\d+/p2p/\w+$")]
+
+
+class LndModel(_Strict):
+    """Where the node's lnd REST API is; macaroon and certificate by path."""
+
+    rest_host: NonEmpty = "127.0.0.1"
+    rest_port: Annotated[int, Field(gt=0, le=65535)] = 8080
+    tls_cert: NonEmpty
+    macaroon: NonEmpty
+
+
+class ClockFileModel(_Strict):
+    start: dt.datetime  # interval 0 begins here (a TOML date-time with its offset)
+    interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = REAL_INTERVAL_S
+    intervals_per_period: Count = 2880
+    periods: Count  # how many periods the owner allocated (``p2pgrid site allocate``)
+
+    @model_validator(mode="after")
+    def _aware(self) -> Self:
+        if self.start.tzinfo is None:
+            raise ValueError("start needs a UTC offset (e.g. 2027-01-01T00:00:00Z)")
+        return self
+
+    def timing(self) -> Timing:
+        start_ms = int(self.start.timestamp() * 1000)
+        model_start = max(0, (start_ms - MODEL_EPOCH_MS) // (METER_INTERVAL_S * 1000))
+        return Timing(self.intervals_per_period, self.interval_s, self.periods, model_start)
+
+
+class SiteSection(_Strict):
+    name: NonEmpty
+    owner_pubkey: PubkeyHex  # what `p2pgrid site init` printed
+    budget_msat: Positive
+    entries: NonEmpty  # the owner's signed entries file
+    owner_key: str = ""  # only on the owner's machine: `device add/revoke`, `site allocate`
+
+
+class UtilityRef(_Strict):
+    key: PubkeyHex  # the utility's key for the site (`p2pgrid utility init` printed it)
+    lnd_pubkey: PubkeyHex  # the utility's lnd node: devices pay its invoices
+
+
+class SiteDeviceModel(DeviceModel):
+    key_file: NonEmpty
+    data_dir: NonEmpty
+    listen_port: Port = 0
+    bootstrap: list[Multiaddr] = Field(default_factory=list)
+    lnd: LndModel
+    lnd_pubkey: PubkeyHex | None = None  # where the site's peers pay this device
+
+
+class SiteFileModel(_Strict):
+    site: SiteSection
+    clock: ClockFileModel
+    tariff: TariffModel
+    utility: UtilityRef
+    devices: Annotated[list[SiteDeviceModel], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        for what, values in (
+            ("device index", [d.index for d in self.devices]),
+            ("device name", [d.name for d in self.devices]),
+        ):
+            twice = sorted(str(v) for v, n in Counter(values).items() if n > 1)
+            if twice:
+                raise ValueError(f"{what} used twice: {', '.join(twice)}")
+        return self
+
+
+class UtilitySection(_Strict):
+    name: NonEmpty = "utility"
+    key_file: NonEmpty
+    invoice_secret_file: NonEmpty
+    data_dir: NonEmpty
+    bootstrap: list[Multiaddr] = Field(default_factory=list)
+    lnd: LndModel
+
+
+class UtilitySiteModel(_Strict):
+    name: NonEmpty
+    owner_pubkey: PubkeyHex
+    entries: NonEmpty
+    budget_msat: Positive
+    listen_port: Port = 0
+
+
+class UtilityFileModel(_Strict):
+    utility: UtilitySection
+    clock: ClockFileModel
+    tariff: TariffModel
+    sites: Annotated[list[UtilitySiteModel], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        twice = sorted(n for n, c in Counter(s.name for s in self.sites).items() if c > 1)
+        if twice:
+            raise ValueError(f"site name used twice: {', '.join(twice)}")
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(path: Path, model: type[M]) -> M:
+    try:
+        data: Mapping[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, data, source=path.name)) from None
+
+
+class _ConfigFile:
+    """A file's path: relative paths inside it start from its directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def resolve(self, name: str) -> Path:
+        return (self.path.parent / Path(name).expanduser()).resolve()
+
+    def lnd(self, name: str, lnd: LndModel) -> LndEndpoint:
+        return LndEndpoint(
+            name=name,
+            rest_host=lnd.rest_host,
+            rest_port=lnd.rest_port,
+            tls_cert=self.resolve(lnd.tls_cert),
+            macaroon=self.resolve(lnd.macaroon),
+        )
+
+
+class SiteFile(_ConfigFile):
+    """A validated site file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.model = _load(path, SiteFileModel)
+
+    def device(self, name: str) -> SiteDeviceModel:
+        for device in self.model.devices:
+            if device.name == name:
+                return device
+        names = ", ".join(d.name for d in self.model.devices)
+        raise ConfigError(f"{self.path.name}: devices: no device {name!r} (devices: {names})")
+
+    @property
+    def tariff(self) -> FlatTariff:
+        return FlatTariff(self.model.tariff.msat_per_kwh)
+
+
+class UtilityFile(_ConfigFile):
+    """A validated utility file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.model = _load(path, UtilityFileModel)
+
+    @property
+    def tariff(self) -> FlatTariff:
+        return FlatTariff(self.model.tariff.msat_per_kwh)

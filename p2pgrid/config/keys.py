@@ -1,0 +1,115 @@
+"""Key files and the site owner's signed entries, on disk.
+
+A **key file** holds one secp256k1 secret as 64 hex characters and a newline.
+It is written with mode ``0600`` in a directory of mode ``0700``
+(:func:`p2pgrid.secretfile.write_secret`), never over an existing file, and read
+only if no user but the owner (and its group) may read it
+(:func:`p2pgrid.secretfile.read_secret`).
+
+The **entries file** (``site.toml``'s ``site.entries``) holds the owner's signed
+log entries (enrolments, device descriptions, allocations, revocations), one
+per line in hex, in the order of the owner's chain (seq 1, 2, ...). It is public
+(every entry is signed; nothing in it is secret): the owner's commands append
+to it, every agent and the utility of the site load it when they start, and the
+replicated log carries it on to replicas that lack it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import IdentityError, Signer, SiteIdentity
+from p2pgrid.ledger import Author, Body, Entry, Membership, decode_entry, sign_entry
+from p2pgrid.ledger.entry import GENESIS_PREV
+from p2pgrid.ledger.errors import LedgerError
+from p2pgrid.secretfile import read_secret, write_secret
+
+KEY_DIR_MODE = 0o700
+
+
+def make_key_dir(path: Path) -> None:
+    """Create ``path`` (and parents) owner-only, or tighten it to 0700 if it exists."""
+    path.mkdir(mode=KEY_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, KEY_DIR_MODE)
+
+
+def write_new_key(path: Path) -> Signer:
+    """Generate a key into ``path`` (0600, its directory 0700); refuse an existing file."""
+    if path.exists():
+        raise ConfigError(f"{path} exists: refusing to overwrite a key (move it away first)")
+    make_key_dir(path.parent)
+    signer = Signer.generate()
+    write_secret(path, signer.secret.hex().encode() + b"\n")
+    return signer
+
+
+def read_key(path: Path) -> Signer:
+    """The key in ``path``; :class:`ConfigError` naming the file if it is unsafe or not a key."""
+    text = read_secret(path)
+    try:
+        return Signer.from_secret(bytes.fromhex(text.decode("ascii").strip()))
+    except (ValueError, UnicodeDecodeError, IdentityError) as exc:
+        raise ConfigError(f"{path}: not a key file (64 hex characters): {exc}") from None
+
+
+def read_entries(path: Path, site: SiteIdentity) -> list[Entry]:
+    """The owner's entries in ``path`` (:class:`ConfigError` naming the file and line)."""
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read entries file {path}: {exc}") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(decode_entry(bytes.fromhex(line.strip()), site.site_hash))
+        except (ValueError, LedgerError) as exc:
+            raise ConfigError(f"{path}:{number}: not an entry of this site: {exc}") from None
+    return entries
+
+
+def membership_of(site: SiteIdentity, entries: Sequence[Entry]) -> Membership:
+    """The site's members as these owner entries enrol and revoke them."""
+    membership = Membership(site)
+    membership.learn_from(entries)
+    return membership
+
+
+def append_owner_entries(
+    path: Path, owner: Signer, bodies: Sequence[tuple[int, Body]], *, create: bool = False
+) -> list[Entry]:
+    """Sign ``(period, body)`` pairs as the owner, continuing its chain in ``path``,
+    and rewrite the file whole (a temp file, then rename). ``create``: the file
+    must not exist yet; otherwise it must."""
+    site = SiteIdentity(owner.pubkey)
+    if create and path.exists():
+        raise ConfigError(f"{path} exists: refusing to overwrite the owner's entries")
+    existing = [] if create else read_entries(path, site)
+    if any(e.author != Author.owner() for e in existing):
+        raise ConfigError(f"{path}: holds entries not written by the owner")
+    entries = list(existing)
+    now_ms = int(time.time() * 1000)
+    for period, body in bodies:
+        last = entries[-1] if entries else None
+        entries.append(
+            sign_entry(
+                owner,
+                site.site_hash,
+                author=Author.owner(),
+                seq=len(entries) + 1,
+                prev=last.id if last else GENESIS_PREV,
+                period=period,
+                timestamp_ms=max(now_ms, last.timestamp_ms + 1 if last else 0),
+                body=body,
+            )
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("".join(e.raw.hex() + "\n" for e in entries), encoding="ascii")
+    tmp.replace(path)
+    return entries[len(existing) :]

@@ -1,0 +1,133 @@
+"""From deployment files to the typed setups the node processes are built from.
+
+``p2pgrid agent run`` and ``p2pgrid utility run`` call these, then the same
+assembly as the launcher's children (:func:`p2pgrid.agent.process.run_device`,
+:func:`p2pgrid.utility.process.run_utility`). Every key and entry is read and
+checked here, before any daemon is contacted: a bad file is exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from p2pgrid.agent.process import AgentSetup
+from p2pgrid.config.files import SiteFile, UtilityFile
+from p2pgrid.config.keys import membership_of, read_entries, read_key
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Role, SiteIdentity
+from p2pgrid.market import Party, Priority, SurplusPolicy
+from p2pgrid.runtime import Runtime
+from p2pgrid.scenario import DeviceSpec, MeterSpec
+from p2pgrid.service import Command
+from p2pgrid.utility.process import UtilitySetup, UtilitySite
+
+
+def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
+    """The setup of device ``device_name`` of ``site_file``."""
+    model = site_file.model
+    row = site_file.device(device_name)
+    identity = SiteIdentity.from_hex(model.site.owner_pubkey)
+    entries = read_entries(site_file.resolve(model.site.entries), identity)
+    signer = read_key(site_file.resolve(row.key_file))
+    member = membership_of(identity, entries).roster.devices().get(row.index)
+    if member is None or member.pubkey != signer.pubkey:
+        raise ConfigError(
+            f"{site_file.path.name}: devices[{model.devices.index(row)}].key_file: the key in "
+            f"{site_file.resolve(row.key_file)} is not enrolled as device {row.index} in "
+            f"{model.site.entries} (run `p2pgrid device add` on the owner's machine, copy both)"
+        )
+    meter = row.meter.model_dump()
+    if meter["kind"] == "csv":
+        meter["path"] = str(site_file.resolve(meter["path"]))
+    return AgentSetup(
+        site_name=model.site.name,
+        identity=identity,
+        device=DeviceSpec(
+            name=row.name,
+            index=row.index,
+            device_class=row.device_class,
+            meter=MeterSpec(**meter),
+            priority=Priority[row.priority.upper()],
+            weight=row.weight,
+            policy=SurplusPolicy(row.policy),
+            producer=row.producer,
+        ),
+        signer=signer,
+        timing=model.clock.timing(),
+        tariff=site_file.tariff,
+        runtime=Runtime(
+            lnd=site_file.lnd(row.name, row.lnd),
+            data_dir=site_file.resolve(row.data_dir),
+            bootstrap=tuple(row.bootstrap),
+            utility_pubkey=model.utility.lnd_pubkey,
+            listen_port=row.listen_port,
+        ),
+        provision=tuple(e.raw for e in entries),
+        parties={d.name: Party(identity.site_id, d.index) for d in model.devices},
+    )
+
+
+def agent_start(site_file: SiteFile) -> Command:
+    """The ``start`` an agent of this site runs on: interval 0 at the file's
+    ``clock.start``, the peers' lnd nodes where the file names them."""
+    model = site_file.model
+    return {
+        "cmd": "start",
+        "at": model.clock.start.timestamp(),
+        "nodes": {d.name: d.lnd_pubkey for d in model.devices if d.lnd_pubkey},
+    }
+
+
+def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
+    """The utility of ``utility_file``: one key for every site it serves."""
+    model = utility_file.model
+    signer = read_key(utility_file.resolve(model.utility.key_file))
+    secret_path = utility_file.resolve(model.utility.invoice_secret_file)
+    secret = read_key(secret_path).secret  # 32 random bytes, same file format as a key
+    sites = []
+    for number, row in enumerate(model.sites):
+        identity = SiteIdentity.from_hex(row.owner_pubkey)
+        entries = read_entries(utility_file.resolve(row.entries), identity)
+        roster = membership_of(identity, entries).roster
+        utility = roster.member(Role.UTILITY, 0)
+        if utility is None or utility.pubkey != signer.pubkey:
+            raise ConfigError(
+                f"{utility_file.path.name}: sites[{number}].entries: {row.entries} does not "
+                f"enrol this utility's key (the owner's `p2pgrid site init --utility-key`)"
+            )
+        devices = tuple(sorted(i for i, m in roster.devices().items() if not m.revoked))
+        sites.append(
+            UtilitySite(
+                name=row.name,
+                identity=identity,
+                signer=signer,
+                budget_msat=row.budget_msat,
+                devices=devices,
+                provision=tuple(e.raw for e in entries),
+                listen_port=row.listen_port,
+            )
+        )
+    return UtilitySetup(
+        name=model.utility.name,
+        sites=tuple(sites),
+        timing=model.clock.timing(),
+        tariff=utility_file.tariff,
+        invoice_secret=secret,
+        runtime=Runtime(
+            lnd=utility_file.lnd(model.utility.name, model.utility.lnd),
+            data_dir=utility_file.resolve(model.utility.data_dir),
+            bootstrap=tuple(model.utility.bootstrap),
+        ),
+    )
+
+
+def start_once(start: Command) -> AsyncIterator[Command]:
+    """The commands of a node run from files: ``start``, then none until it is
+    stopped (SIGTERM or SIGINT: :class:`p2pgrid.service.Service`)."""
+
+    async def source() -> AsyncIterator[Command]:
+        yield start
+        await asyncio.Event().wait()  # the service cancels this read when it stops
+
+    return source()
