@@ -1,50 +1,386 @@
-"""The ``p2pgrid`` command. ``asyncio.run`` happens here, once."""
+"""The ``p2pgrid`` command (typer). ``asyncio.run`` happens here, once per command.
+
+Commands: ``site init|allocate``, ``device add|revoke``, ``utility init|run``,
+``agent run``, ``log verify``, ``report``, ``regtest up|down|status|mine|build``
+and ``demo``. Every command ends with one of the exit codes of
+:mod:`p2pgrid.service`, and an error is one line ``error: <what>`` on stderr,
+never a traceback:
+
+====  =====================================================================
+code  meaning
+====  =====================================================================
+0     done (or a node stopped cleanly: SIGTERM, SIGINT)
+1     failed; for ``log verify``: the replica has a defect
+2     bad configuration or usage: the line names the file and key, or the flag
+3     a daemon or peer it needs is unreachable: start again once it is up
+====  =====================================================================
+
+``--json`` prints one JSON document on stdout for a script to read, where a
+command has something to print. ``agent run`` and ``utility run`` print their
+events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
+import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from p2pgrid.demo import run_demo
 from p2pgrid.errors import P2PGridError
-from p2pgrid.reporting import command as report_command
+from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code, run_process
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="p2pgrid",
+    help="p2pgrid: device agents that pay for electricity in satoshis, peer to peer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # a bug's traceback plainly, never with locals (keys)
+    add_completion=False,
+)
+site_app = typer.Typer(help="The site owner's keys and signed entries.", no_args_is_help=True)
+device_app = typer.Typer(help="Enrol and revoke a site's devices.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run a device agent.", no_args_is_help=True)
+utility_app = typer.Typer(help="The utility's keys, and running it.", no_args_is_help=True)
+log_app = typer.Typer(help="Check a replica of a site's log.", no_args_is_help=True)
+regtest_app = typer.Typer(help="Local regtest stacks (btcd + lnd).", no_args_is_help=True)
+for sub, name in (
+    (site_app, "site"),
+    (device_app, "device"),
+    (agent_app, "agent"),
+    (utility_app, "utility"),
+    (log_app, "log"),
+    (regtest_app, "regtest"),
+):
+    app.add_typer(sub, name=name)
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="the site file (TOML)", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document for scripts")]
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160)  # tables whole in logs
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    outcome = exit_code(exc)
+    if outcome is None:
+        raise exc
+    code, line = outcome
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(line[len('error: ') :])}")
+    raise typer.Exit(code)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run one command's coroutine; a p2pgrid error is one line and its exit code."""
+    try:
+        return asyncio.run(work)
+    except (P2PGridError, BaseExceptionGroup) as exc:
+        _fail(exc)
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except P2PGridError as exc:
+        _fail(exc)
+
+
+def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        table.add_row(key, escape(str(value)))
+    _console().print(table)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log INFO to stderr")] = False,
+) -> None:
+    _logging(verbose)
+
+
+# -- the site owner ------------------------------------------------------------
+
+
+@site_app.command("init")
+def site_init(
+    key_dir: Annotated[Path, typer.Option(help="where the owner's key goes (made 0700)")],
+    utility_key: Annotated[str, typer.Option(help="the utility's key (`utility init` printed)")],
+    entries: Annotated[Path, typer.Option(help="the owner's entries file to create")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the site: the owner's key (owner.key, 0600) and its entries file, which
+    enrols the utility. Prints the site's public identity (site.owner_pubkey) to share.
+    Refuses to overwrite an existing key or entries file."""
+    from p2pgrid.config.owner import init_site
+
+    created = _call(init_site, key_dir, entries, utility_key)
+    _print(dataclasses.asdict(created), as_json, "site created: share `site`, keep owner_key")
+
+
+@site_app.command("allocate")
+def site_allocate(
+    config: ConfigOpt,
+    count: Annotated[int, typer.Option(help="how many periods")] = 1,
+    first: Annotated[int, typer.Option(help="the first period")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Split site.budget_msat by weight between the enrolled devices, for periods
+    FIRST..FIRST+COUNT-1 (signed allocations, appended to the entries file)."""
+    from p2pgrid.config.files import SiteFile
+    from p2pgrid.config.owner import allocate
+
+    result = _call(lambda: allocate(SiteFile(config), first, count))
+    _print(result, as_json, "allocated")
+
+
+@device_app.command("add")
+def device_add(
+    config: ConfigOpt,
+    name: Annotated[str, typer.Argument(help="the device's name in the site file")],
+    key_out: Annotated[
+        Path | None, typer.Option(help="where its key goes (default: the row's key_file)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a device's key and enrol it (signed `enrol` and `device_info`, appended
+    to the entries file). Copy the key file to the device's host, and the entries
+    file to every host of the site. Refuses an index already enrolled."""
+    from p2pgrid.config.files import SiteFile
+    from p2pgrid.config.owner import add_device
+
+    result = _call(lambda: add_device(SiteFile(config), name, key_out))
+    _print(result, as_json, "device enrolled")
+
+
+@device_app.command("revoke")
+def device_revoke(
+    config: ConfigOpt,
+    name: Annotated[str, typer.Argument(help="the device's name in the site file")],
+    last_seq: Annotated[int, typer.Option(help="its last entry you trust (0: none)")],
+    reason: Annotated[str, typer.Option(help="recorded in the log")] = "revoked by the owner",
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device: its entries after --last-seq are refused and dropped on every
+    replica that gets the revocation (signed `revoke`, appended to the entries file)."""
+    from p2pgrid.config.files import SiteFile
+    from p2pgrid.config.owner import revoke_device
+
+    result = _call(lambda: revoke_device(SiteFile(config), name, last_seq, reason))
+    _print(result, as_json, "device revoked")
+
+
+# -- running nodes ---------------------------------------------------------------
+
+
+def _run_node(main: Coroutine[Any, Any, None]) -> NoReturn:
+    """A node until it is stopped: the exit codes of :mod:`p2pgrid.service`."""
+    run_process(main)
+
+
+@agent_app.command("run")
+def agent_run(
+    config: ConfigOpt,
+    device: Annotated[str, typer.Option(help="which row of the site file this host runs")],
+) -> None:
+    """Run one device agent from the site file until SIGTERM or SIGINT (exit 0).
+    Exit 2: a bad file or key; 3: its lnd is unreachable."""
+    from p2pgrid.agent.process import run_device
+    from p2pgrid.config import SiteFile, agent_setup, agent_start, start_once
+
+    def build() -> tuple[Any, Any]:
+        site = SiteFile(config)
+        return agent_setup(site, device), agent_start(site)
+
+    setup, start = _call(build)
+    _run_node(run_device(setup, lambda: start_once(start)))
+
+
+@utility_app.command("init")
+def utility_init(
+    key_dir: Annotated[Path, typer.Option(help="where the keys go (made 0700)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the utility's key (utility.key) and invoice secret (invoice.secret), 0600.
+    Prints the key to give each site's owner (`site init --utility-key`)."""
+    from p2pgrid.config.owner import init_utility
+
+    _print(_call(init_utility, key_dir), as_json, "utility keys: share `key`")
+
+
+@utility_app.command("run")
+def utility_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the utility file (TOML)")],
+) -> None:
+    """Run the utility from its file until SIGTERM or SIGINT (exit 0): budgets and
+    invoices every period of every site. Exit 2: a bad file or key; 3: lnd unreachable."""
+    from p2pgrid.config import UtilityFile, start_once, utility_setup
+    from p2pgrid.utility.process import run_utility
+
+    def build() -> tuple[Any, float]:
+        utility = UtilityFile(config)
+        return utility_setup(utility), utility.model.clock.start.timestamp()
+
+    setup, at = _call(build)
+    _run_node(run_utility(setup, source=lambda: start_once({"cmd": "start", "at": at})))
+
+
+# -- checking ------------------------------------------------------------------
+
+
+@log_app.command("verify")
+def log_verify(
+    db: Annotated[Path, typer.Argument(help="a replica's SQLite file")],
+    site: Annotated[str | None, typer.Option(help="the site's owner public key (hex)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="a site file naming the site")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay every entry of a replica into a fresh log: signatures, membership,
+    chains, equivocations; print the digest. Exit 1 on any defect, 0 if clean."""
+    from p2pgrid.config.files import SiteFile
+    from p2pgrid.identity import SiteIdentity
+    from p2pgrid.ledger.verify import read_replica, verify_replica
+
+    if (site is None) == (config is None):
+        _fail_usage("give the site: --site PUBKEY or --config site.toml")
+
+    def identity() -> SiteIdentity:
+        if site is not None:
+            return SiteIdentity.from_hex(site)
+        assert config is not None
+        return SiteIdentity.from_hex(SiteFile(config).model.site.owner_pubkey)
+
+    replica = _call(read_replica, db)
+    who = _call(identity)
+    with tempfile.TemporaryDirectory(prefix="p2pgrid-verify-") as tmp:
+        verdict = _run(verify_replica(replica, who, Path(tmp)))
+    data = {**dataclasses.asdict(verdict), "ok": verdict.ok}
+    _print(data, as_json, "clean" if verdict.ok else "DEFECTS")
+    raise typer.Exit(EXIT_OK if verdict.ok else EXIT_FAILED)
+
+
+def _fail_usage(message: str) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(message)}")
+    raise typer.Exit(EXIT_CONFIG)
+
+
+@app.command("report")
+def report(
+    site: Annotated[str, typer.Option(help="the site's name in the scenario")],
+    period: Annotated[list[int] | None, typer.Option(help="a period (repeatable)")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="the scenario TOML (default: demo's)")] = (
+        None
+    ),
+    work_dir: Annotated[Path, typer.Option(help="a run's directory")] = Path("demo-run"),
+    db: Annotated[Path | None, typer.Option(help="a replica's SQLite file")] = None,
+    out: Annotated[Path | None, typer.Option(help="where CSV, JSON and PNG go")] = None,
+) -> None:
+    """A site's periods from a replica: a table, and CSV, JSON and PNG files."""
+    from p2pgrid.reporting import command as report_command
+
+    args = argparse.Namespace(
+        scenario=scenario, site=site, period=period, db=db, work_dir=work_dir, out=out
+    )
+    _run(report_command.run_report(_console(), report_command.request_from(args)))
+
+
+@app.command("demo")
+def demo(
+    keep: Annotated[bool, typer.Option(help="leave the stack running")] = False,
+    scenario: Annotated[Path | None, typer.Option(help="a scenario TOML (default: two sites)")] = (
+        None
+    ),
+    work_dir: Annotated[Path, typer.Option(help="logs, databases, report PNGs")] = Path("demo-run"),
+) -> None:
+    """A regtest stack, the utility and device agents trading for real, then the reports."""
+    from p2pgrid.demo import run_demo
+
+    try:
+        _run(run_demo(_console(), scenario_path=scenario, work_dir=work_dir, keep=keep))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# -- regtest -------------------------------------------------------------------
+
+StackName = Annotated[str, typer.Argument(help="the stack's name")]
+RootOpt = Annotated[Path | None, typer.Option(help="where stacks live")]
+
+
+def _regtest(command: str, name: str, root: Path | None, **more: Any) -> None:
+    from p2pgrid.regtest.__main__ import run_command
+    from p2pgrid.regtest.stack import default_root
+
+    args = argparse.Namespace(command=command, name=name, root=root or default_root(), **more)
+    _run(run_command(args, Console(stderr=True)))
+
+
+@regtest_app.command("up")
+def regtest_up(
+    name: StackName = "default",
+    root: RootOpt = None,
+    port_base: Annotated[int | None, typer.Option(help="first port to use")] = None,
+) -> None:
+    """Build the daemons if needed and start a fresh stack; prints its status (JSON)."""
+    _regtest("up", name, root, port_base=port_base)
+
+
+@regtest_app.command("down")
+def regtest_down(name: StackName = "default", root: RootOpt = None) -> None:
+    """Stop a stack's daemons."""
+    _regtest("down", name, root)
+
+
+@regtest_app.command("status")
+def regtest_status(name: StackName = "default", root: RootOpt = None) -> None:
+    """Show a stack (JSON): its nodes, ports and files."""
+    _regtest("status", name, root)
+
+
+@regtest_app.command("mine")
+def regtest_mine(
+    blocks: Annotated[int, typer.Argument(min=1, help="how many blocks")],
+    name: StackName = "default",
+    root: RootOpt = None,
+) -> None:
+    """Mine BLOCKS blocks and wait until every lnd sees them."""
+    _regtest("mine", name, root, blocks=blocks)
+
+
+@regtest_app.command("build")
+def regtest_build(name: StackName = "default", root: RootOpt = None) -> None:
+    """Only build btcd and lnd into the cache."""
+    _regtest("build", name, root)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="p2pgrid", description="p2pgrid device agents")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo_cmd = sub.add_parser("demo", help="regtest stack, utility and device agents trading")
-    demo_cmd.add_argument("--keep", action="store_true", help="leave the stack running")
-    demo_cmd.add_argument("--scenario", type=Path, help="a scenario TOML (default: two sites)")
-    demo_cmd.add_argument(
-        "--work-dir", type=Path, default=Path("demo-run"), help="logs, databases, report PNGs"
-    )
-    report_cmd = sub.add_parser("report", help="a site's periods: table, CSV, JSON, PNG")
-    report_command.add_arguments(report_cmd)
-    args = parser.parse_args()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    console = Console(width=None if sys.stdout.isatty() else 160)  # tables whole in logs
-    try:
-        if args.command == "report":
-            asyncio.run(report_command.run_report(console, report_command.request_from(args)))
-        else:
-            asyncio.run(
-                run_demo(
-                    console, scenario_path=args.scenario, work_dir=args.work_dir, keep=args.keep
-                )
-            )
-    except P2PGridError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")  # names may hold "[/x]"
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    app()

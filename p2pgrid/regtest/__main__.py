@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, console: Console) -> int:
+async def run_command(args: argparse.Namespace, console: Console) -> int:
+    """Run one parsed command (also behind `p2pgrid regtest`)."""
     daemons = await ensure_daemons(console=console)
     if args.command == "build":
         console.print(f"daemons in {daemons.bin_dir}")
@@ -68,7 +69,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
     try:
-        sys.exit(asyncio.run(_run(_parser().parse_args(), console)))
+        sys.exit(asyncio.run(run_command(_parser().parse_args(), console)))
     except P2PGridError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)

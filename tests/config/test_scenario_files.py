@@ -277,20 +277,21 @@ def _cli(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_cli_prints_the_problem_and_exits_1(tmp_path: Path) -> None:
+def test_the_cli_prints_the_problem_and_exits_2(tmp_path: Path) -> None:
+    """Exit 2 is a bad configuration (the codes of ``p2pgrid.service``)."""
     run = _cli(tmp_path, GOOD.replace("producer = true", 'producer = "no"'))
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "Traceback" not in run.stdout + run.stderr
-    out = " ".join(run.stdout.split())  # rich wraps long lines
+    out = " ".join(run.stderr.split())  # rich wraps long lines
     assert "producer: Input should be a valid boolean, got 'no'" in out
 
 
 def test_a_name_with_markup_prints_as_written(tmp_path: Path) -> None:
     text = GOOD.replace('name = "fridge"', 'name = "[/oops]"')
     run = _cli(tmp_path, text.replace("weight = 2", 'weight = "2"'))
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "Traceback" not in run.stdout + run.stderr
-    out = " ".join(run.stdout.split())
+    out = " ".join(run.stderr.split())
     assert 'devices[0] ("[/oops]").weight: Input should be a valid integer' in out
 
 
