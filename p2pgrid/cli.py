@@ -49,13 +49,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # a bug's traceback plainly, never with locals (keys)
     add_completion=False,
+    rich_markup_mode=None,  # plain click usage errors: whole lines, not clipped boxes
 )
-site_app = typer.Typer(help="The site owner's keys and signed entries.", no_args_is_help=True)
-device_app = typer.Typer(help="Enrol and revoke a site's devices.", no_args_is_help=True)
-agent_app = typer.Typer(help="Run a device agent.", no_args_is_help=True)
-utility_app = typer.Typer(help="The utility's keys, and running it.", no_args_is_help=True)
-log_app = typer.Typer(help="Check a replica of a site's log.", no_args_is_help=True)
-regtest_app = typer.Typer(help="Local regtest stacks (btcd + lnd).", no_args_is_help=True)
+site_app = typer.Typer(
+    rich_markup_mode=None, help="The site owner's keys and signed entries.", no_args_is_help=True
+)
+device_app = typer.Typer(
+    rich_markup_mode=None, help="Enrol and revoke a site's devices.", no_args_is_help=True
+)
+agent_app = typer.Typer(rich_markup_mode=None, help="Run a device agent.", no_args_is_help=True)
+utility_app = typer.Typer(
+    rich_markup_mode=None, help="The utility's keys, and running it.", no_args_is_help=True
+)
+log_app = typer.Typer(
+    rich_markup_mode=None, help="Check a replica of a site's log.", no_args_is_help=True
+)
+regtest_app = typer.Typer(
+    rich_markup_mode=None, help="Local regtest stacks (btcd + lnd).", no_args_is_help=True
+)
 for sub, name in (
     (site_app, "site"),
     (device_app, "device"),
@@ -81,7 +92,9 @@ def _fail(exc: BaseException) -> NoReturn:
     if outcome is None:
         raise exc
     code, line = outcome
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(line[len('error: ') :])}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[red]error:[/] {escape(line[len('error: ') :])}"
+    )
     raise typer.Exit(code)
 
 
