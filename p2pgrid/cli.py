@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from p2pgrid.errors import P2PGridError
+from p2pgrid.errors import ConfigError, P2PGridError
 from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code, run_process
 
 T = TypeVar("T")
@@ -280,7 +280,7 @@ def log_verify(
     """Replay every entry of a replica into a fresh log: signatures, membership,
     chains, equivocations; print the digest. Exit 1 on any defect, 0 if clean."""
     from p2pgrid.config.files import SiteFile
-    from p2pgrid.identity import SiteIdentity
+    from p2pgrid.identity import IdentityError, SiteIdentity
     from p2pgrid.ledger.verify import read_replica, verify_replica
 
     if (site is None) == (config is None):
@@ -288,12 +288,15 @@ def log_verify(
 
     def identity() -> SiteIdentity:
         if site is not None:
-            return SiteIdentity.from_hex(site)
+            try:
+                return SiteIdentity.from_hex(site)
+            except IdentityError as exc:
+                raise ConfigError(f"--site: {exc}") from None
         assert config is not None
         return SiteIdentity.from_hex(SiteFile(config).model.site.owner_pubkey)
 
-    replica = _call(read_replica, db)
     who = _call(identity)
+    replica = _call(read_replica, db)
     with tempfile.TemporaryDirectory(prefix="p2pgrid-verify-") as tmp:
         verdict = _run(verify_replica(replica, who, Path(tmp)))
     data = {**dataclasses.asdict(verdict), "ok": verdict.ok}

@@ -1,0 +1,158 @@
+"""``p2pgrid log verify``: a clean replica passes with its digest; every kind of
+defect (a forged signature, a hole in a chain, an equivocation, another site's
+file) is exit 1 and named; a file that is no replica is exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.config import read_entries, read_key
+from p2pgrid.identity import Signer, SiteIdentity
+from p2pgrid.ledger import Author, LogStore, LogWriter, MeterReading, sign_entry
+from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED
+from tests.cli.deployment import Deployment, cli, deploy
+
+READINGS = 3
+ANY_SITE = Signer.generate().pubkey.hex()
+
+
+async def _write_replica(d: Deployment, path: Path) -> str:
+    """A replica of the test site: the owner's entries and the fridge's readings."""
+    identity = SiteIdentity.from_hex(d.site)
+    async with await LogStore.open(path, identity, name="test") as store:
+        await store.ingest_many([e.raw for e in read_entries(d.entries, identity)])
+        writer = LogWriter(store, read_key(d.root / "keys" / "s1-fridge.key"), Author.device(0))
+        for i in range(READINGS):
+            reading = MeterReading(1_704_067_200_000 + i * 900_000, 900, 100 + i, 25_000 + i)
+            await writer.append(reading, period=0, timestamp_ms=1_800_000_000_000 + i)
+        return store.digest().hex()
+
+
+def _replica(d: Deployment, path: Path) -> str:
+    """(The command runs its own event loop: the tests are plain functions.)"""
+    return asyncio.run(_write_replica(d, path))
+
+
+def _verify(db: Path, *args: str) -> tuple[int, dict[str, object]]:
+    result = cli("log", "verify", str(db), *args, "--json")
+    assert "Traceback" not in result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_a_clean_replica_passes_with_its_digest(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    digest = _replica(d, db)
+    before = db.read_bytes()
+    code, out = _verify(db, "--config", str(d.site_file))
+    assert code == 0
+    assert out["ok"] is True
+    assert out["digest"] == digest
+    assert out["entries"] == len(read_entries(d.entries, SiteIdentity.from_hex(d.site))) + READINGS
+    assert db.read_bytes() == before  # read-only
+    code, by_key = _verify(db, "--site", d.site)
+    assert (code, by_key["digest"]) == (0, digest)
+
+
+def _tamper(db: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql, params)
+
+
+def test_a_forged_signature_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    with sqlite3.connect(db) as conn:
+        eid, raw = conn.execute(
+            "SELECT id, raw FROM entries WHERE author = ? AND seq = 2", (Author.device(0).key,)
+        ).fetchone()
+        forged = bytes(raw[:-1]) + bytes([raw[-1] ^ 1])  # the signature's last byte
+        conn.execute("UPDATE entries SET raw = ? WHERE id = ?", (forged, eid))
+    code, out = _verify(db, "--site", d.site)
+    assert code == EXIT_FAILED
+    assert out["ok"] is False
+    assert out["rejected"] == {"bad_signature": 1}
+    assert out["held"] == 1  # the entry after it has no predecessor now
+
+
+def test_a_hole_in_a_chain_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    device = Author.device(0).key
+    _tamper(db, "DELETE FROM entries WHERE author = ? AND seq = 1", device)
+    code, out = _verify(db, "--site", d.site)
+    assert code == EXIT_FAILED
+    assert out["held"] == READINGS - 1
+    assert out["rejected"] == {}
+
+
+def test_an_equivocation_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    identity = SiteIdentity.from_hex(d.site)
+    signer = read_key(d.root / "keys" / "s1-fridge.key")
+    with sqlite3.connect(db) as conn:
+        prev = conn.execute(
+            "SELECT id FROM entries WHERE author = ? AND seq = 1", (Author.device(0).key,)
+        ).fetchone()[0]
+        twin = sign_entry(
+            signer,
+            identity.site_hash,
+            author=Author.device(0),
+            seq=2,
+            prev=bytes(prev),
+            period=0,
+            timestamp_ms=1_800_000_000_001,
+            body=MeterReading(1_704_067_200_000 + 900_000, 900, 999, 1),
+        )
+        row = (twin.id, Author.device(0).key, 2, twin.prev, 0, twin.timestamp_ms, 0, twin.raw)
+        kind = conn.execute(
+            "SELECT kind FROM entries WHERE author = ? AND seq = 2", (Author.device(0).key,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row[:6], kind, row[7])
+        )
+    code, out = _verify(db, "--site", d.site)
+    assert code == EXIT_FAILED
+    assert out["equivocators"] == [str(Author.device(0))]
+
+
+def test_another_site_s_replica_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    other = deploy(tmp_path / "other")
+    code, out = _verify(db, "--site", other.site)
+    assert code == EXIT_FAILED
+    assert out["same_site"] is False
+    assert out["replayed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "says"),
+    [
+        (None, ["--site", ANY_SITE], "no such file"),
+        (b"not sqlite at all" * 100, ["--site", ANY_SITE], "not a p2pgrid replica"),
+        (b"", [], "give the site"),
+        (b"", ["--site", "zz"], "--site: not a hex public key"),
+    ],
+    ids=["missing", "not sqlite", "no site", "bad site"],
+)
+def test_what_is_no_replica_is_exit_2(
+    tmp_path: Path, content: bytes | None, args: list[str], says: str
+) -> None:
+    db = tmp_path / "x.db"
+    if content is not None:
+        db.write_bytes(content)
+    result = cli("log", "verify", str(db), *args)
+    assert result.exit_code == EXIT_CONFIG, result.output + result.stderr
+    assert "Traceback" not in result.output
+    assert says in result.stderr
