@@ -1,4 +1,8 @@
-"""One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``.
+"""One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``
+(the launcher's child) or ``p2pgrid agent run --config site.toml --device N`` (a deployed
+host). Both build one typed :class:`AgentSetup` (from the scenario and runtime files here,
+from the site file in :mod:`p2pgrid.config.setups`) and run :func:`run_device` on it; the
+deployed host's commands are one ``start`` at the file's ``clock.start``, then none.
 
 It opens its lnd client, its payment intents (``<name>.intents.db``) and its
 node's parts (its own SQLite log, libp2p host and replica:

@@ -1,4 +1,6 @@
-"""The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``.
+"""The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``
+(the launcher's child) or ``p2pgrid utility run --config utility.toml``. Both build one
+typed :class:`UtilitySetup` and run :func:`run_utility` on it.
 
 For each site of the scenario it runs one libp2p host, one SQLite replica of
 the site's log and one invoicer on its lnd, all with the utility's key for that

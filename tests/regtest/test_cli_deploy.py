@@ -1,0 +1,151 @@
+"""A site deployed and run the way an operator does it, on the real regtest stack.
+
+Keys, enrolments and allocations come from ``p2pgrid utility init``, ``site
+init``, ``device add`` and ``site allocate``; then ``p2pgrid utility run`` and
+two ``p2pgrid agent run`` processes start from the files alone (a compressed
+clock: one period of four 1.5 s intervals), each on its own lnd of the stack.
+Once each agent reports its period settled, SIGTERM stops every process
+cleanly (exit 0, ``stopped``). Asserted against lnd and the replicas: every
+invoice the utility issued is settled in its lnd for the full amount, and
+``p2pgrid log verify`` finds every replica clean with one digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pgrid.lightning import InvoiceState
+from p2pgrid.lightning.lnd import LndEndpoint
+from p2pgrid.regtest import Stack
+from tests.cli.deployment import DEVICES, deploy
+
+#: Which lnd of the session stack each device of the test site runs on.
+LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-b"}
+EVENT_WAIT_S = 180.0  # a whole compressed period, its invoices and payments, under load
+
+
+def _inline(endpoint: LndEndpoint) -> str:
+    return (
+        f'{{ rest_host = "{endpoint.rest_host}", rest_port = {endpoint.rest_port}, '
+        f'tls_cert = "{endpoint.tls_cert}", macaroon = "{endpoint.macaroon}" }}'
+    )
+
+
+class Node:
+    """A ``p2pgrid ... run`` process: its JSON-line events on stdout, its log in a file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    @classmethod
+    async def start(cls, args: list[str], log: Path) -> Node:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+        with log.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "p2pgrid", *args,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=err, env=env,
+            )  # fmt: skip
+        return cls(proc, log)
+
+    async def expect(self, event: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(EVENT_WAIT_S):
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"ended before {event!r}: {self.log.read_text()[-3000:]}")
+                message: dict[str, Any] = json.loads(line)
+                if message.get("event") == event:
+                    return message
+
+    async def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            return await self.proc.wait()
+
+
+async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
+    async with stack.client("utility") as utility_lnd:
+        utility_pubkey = (await utility_lnd.get_info()).pubkey
+    pubkeys = {}
+    for device, node in LND.items():
+        async with stack.client(node) as client:
+            pubkeys[device] = (await client.get_info()).pubkey
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=20)
+    d = deploy(
+        tmp_path,
+        start=start.replace(microsecond=0),
+        interval_s=1.5,
+        intervals_per_period=4,
+        periods=1,
+        lnd={name: _inline(stack.endpoint(node)) for name, node in LND.items()},
+        utility_lnd=utility_pubkey,
+        utility_lnd_table=_inline(stack.endpoint("utility")),
+    )
+    nodes: list[Node] = []
+    try:
+        utility = await Node.start(
+            ["utility", "run", "-c", str(d.utility_file)], tmp_path / "u.log"
+        )
+        nodes.append(utility)
+        addrs = (await utility.expect("ready"))["addrs"]["store-1"]
+        text = d.site_file.read_text()
+        for name, _, _ in DEVICES:
+            text = text.replace(
+                f'data_dir = "data/{name}"\n',
+                f'data_dir = "data/{name}"\nbootstrap = {json.dumps(addrs)}\n'
+                f'lnd_pubkey = "{pubkeys[name]}"\n',
+            )
+        d.site_file.write_text(text)
+        agents = {}
+        for name, _, _ in DEVICES:
+            args = ["agent", "run", "-c", str(d.site_file), "--device", name]
+            agents[name] = await Node.start(args, tmp_path / f"{name}.log")
+            nodes.append(agents[name])
+        for agent in agents.values():
+            await agent.expect("ready")
+        reports = {name: (await agent.expect("done"))["report"] for name, agent in agents.items()}
+        invoices = (await utility.expect("done"))["invoices"]
+        for node in nodes:
+            assert await node.terminate() == 0, node.log.read_text()[-3000:]
+    finally:
+        for node in nodes:
+            if node.proc.returncode is None:
+                node.proc.kill()
+                await node.proc.wait()
+    assert {name: r["period_states"] for name, r in reports.items()} == {
+        name: {"0": "settled"} for name, _, _ in DEVICES
+    }
+    assert sorted(i["device"] for i in invoices) == [0, 1]
+    async with stack.client("utility") as utility_lnd:
+        for invoice in invoices:
+            paid = await utility_lnd.lookup_invoice(invoice["payment_hash"])
+            assert paid.state is InvoiceState.SETTLED
+            assert paid.amt_paid_msat == invoice["amount_msat"] > 0
+    replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
+    replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
+    digests = set()
+    for replica in replicas:
+        verify = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pgrid", "log", "verify", str(replica),
+            "--config", str(d.site_file), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await verify.communicate()
+        assert verify.returncode == 0, out.decode() + err.decode()
+        digests.add(json.loads(out)["digest"])
+    assert len(digests) == 1, "the replicas disagree"
+
+
+pytestmark = pytest.mark.timeout(600)
