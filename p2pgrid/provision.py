@@ -11,8 +11,10 @@ these entries once, before the run; every agent of the site starts from them
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from p2pgrid.billing import split_budget
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
     Allocation,
     Author,
@@ -64,11 +66,18 @@ def owner_entries(scenario: Scenario, site: SiteSpec, *, now_ms: int | None = No
     return entries
 
 
+def membership_of(site: SiteIdentity, entries: Iterable[Entry]) -> Membership:
+    """The site's members as these owner entries enrol and revoke them."""
+    membership = Membership(site)
+    membership.learn_from(entries)
+    return membership
+
+
 def provisioned_membership(site: SiteSpec, entries_hex: list[str]) -> Membership:
     """The membership of ``site`` as its owner's provisioned entries enrol it:
     how an agent knows the devices of the owner's *other* sites, whose logs it
     does not keep (to check their envelopes and their ``site_share`` evidence)."""
-    membership = Membership(site.identity)
     site_h = site.identity.site_hash
-    membership.learn_from(decode_entry(bytes.fromhex(h), site_h) for h in entries_hex)
-    return membership
+    return membership_of(
+        site.identity, (decode_entry(bytes.fromhex(h), site_h) for h in entries_hex)
+    )

@@ -4,7 +4,6 @@ from p2pgrid.config.files import SiteFile, UtilityFile
 from p2pgrid.config.keys import (
     append_owner_entries,
     make_key_dir,
-    membership_of,
     read_entries,
     read_key,
     write_new_key,
@@ -18,7 +17,6 @@ __all__ = [
     "agent_start",
     "append_owner_entries",
     "make_key_dir",
-    "membership_of",
     "read_entries",
     "read_key",
     "start_once",

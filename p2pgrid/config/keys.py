@@ -23,7 +23,7 @@ from pathlib import Path
 
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import IdentityError, Signer, SiteIdentity
-from p2pgrid.ledger import Author, Body, Entry, Membership, decode_entry, sign_entry
+from p2pgrid.ledger import Author, Body, Entry, decode_entry, sign_entry
 from p2pgrid.ledger.entry import GENESIS_PREV
 from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.secretfile import read_secret, write_secret
@@ -71,13 +71,6 @@ def read_entries(path: Path, site: SiteIdentity) -> list[Entry]:
         except (ValueError, LedgerError) as exc:
             raise ConfigError(f"{path}:{number}: not an entry of this site: {exc}") from None
     return entries
-
-
-def membership_of(site: SiteIdentity, entries: Sequence[Entry]) -> Membership:
-    """The site's members as these owner entries enrol and revoke them."""
-    membership = Membership(site)
-    membership.learn_from(entries)
-    return membership
 
 
 def append_owner_entries(

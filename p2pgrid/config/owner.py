@@ -20,7 +20,6 @@ from p2pgrid.config.files import SiteFile
 from p2pgrid.config.keys import (
     append_owner_entries,
     make_key_dir,
-    membership_of,
     read_entries,
     read_key,
     write_new_key,
@@ -28,6 +27,7 @@ from p2pgrid.config.keys import (
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role, Signer, SiteIdentity, is_pubkey
 from p2pgrid.ledger import Allocation, Body, DeviceInfo, Enrol, Revoke
+from p2pgrid.provision import membership_of
 
 OWNER_KEY = "owner.key"
 UTILITY_KEY = "utility.key"

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 
 from p2pgrid.agent.process import AgentSetup
 from p2pgrid.config.files import SiteFile, UtilityFile
-from p2pgrid.config.keys import membership_of, read_entries, read_key
+from p2pgrid.config.keys import read_entries, read_key
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.market import Party, Priority, SurplusPolicy
+from p2pgrid.provision import membership_of
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import DeviceSpec, MeterSpec
 from p2pgrid.service import Command

@@ -41,6 +41,7 @@ from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter, Membership, decode_entry
 from p2pgrid.lightning import LndClient, NodeWatch
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
+from p2pgrid.provision import membership_of
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import Scenario, Timing, load_scenario
@@ -105,7 +106,8 @@ class UtilitySite:
 
     @property
     def membership(self) -> Membership:
-        return provisioned_membership_of(self.identity, self.provision)
+        site = self.identity.site_hash
+        return membership_of(self.identity, (decode_entry(raw, site) for raw in self.provision))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +122,6 @@ class UtilitySetup:
     tariff: FlatTariff
     invoice_secret: bytes = dataclasses.field(repr=False)
     runtime: Runtime
-
-
-def provisioned_membership_of(identity: SiteIdentity, entries: tuple[bytes, ...]) -> Membership:
-    membership = Membership(identity)
-    membership.learn_from(decode_entry(raw, identity.site_hash) for raw in entries)
-    return membership
 
 
 def setup_from_scenario(scenario: Scenario, runtime: Runtime) -> UtilitySetup:

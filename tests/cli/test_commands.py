@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.config import membership_of, read_entries
+from p2pgrid.config import read_entries
 from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.ledger import Allocation
+from p2pgrid.provision import membership_of
 from p2pgrid.service import EXIT_CONFIG, EXIT_UNAVAILABLE
 from tests.cli.deployment import DEVICES, cli, deploy, lnd_table, ok_json
 from tests.test_service import _closed_port, _self_signed

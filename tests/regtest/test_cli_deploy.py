@@ -4,8 +4,8 @@ Keys, enrolments and allocations come from ``p2pgrid utility init``, ``site
 init``, ``device add`` and ``site allocate``; then ``p2pgrid utility run`` and
 two ``p2pgrid agent run`` processes start from the files alone (a compressed
 clock: one period of four 1.5 s intervals), each on its own lnd of the stack.
-Once each agent reports its period settled, SIGTERM stops every process
-cleanly (exit 0, ``stopped``). Asserted against lnd and the replicas: every
+Once each agent reports its period settled and every replica holds the same
+entries, SIGTERM stops every process cleanly (exit 0). Asserted against lnd and the replicas: every
 invoice the utility issued is settled in its lnd for the full amount, and
 ``p2pgrid log verify`` finds every replica clean with one digest.
 """
@@ -13,11 +13,14 @@ invoice the utility issued is settled in its lnd for the full amount, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import signal
+import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import pytest
 
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.lightning.lnd import LndEndpoint
+from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
 from tests.cli.deployment import DEVICES, deploy
 
@@ -75,6 +79,17 @@ class Node:
             return await self.proc.wait()
 
 
+def _agree(replicas: list[Path]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        held = []
+        for path in replicas:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                held.append({bytes(i) for (i,) in db.execute("SELECT id FROM entries")})
+        return all(ids == held[0] for ids in held)
+
+    return probe
+
+
 async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
     async with stack.client("utility") as utility_lnd:
         utility_pubkey = (await utility_lnd.get_info()).pubkey
@@ -93,6 +108,8 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
         utility_lnd=utility_pubkey,
         utility_lnd_table=_inline(stack.endpoint("utility")),
     )
+    replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
+    replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
     nodes: list[Node] = []
     try:
         utility = await Node.start(
@@ -117,6 +134,9 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
             await agent.expect("ready")
         reports = {name: (await agent.expect("done"))["report"] for name, agent in agents.items()}
         invoices = (await utility.expect("done"))["invoices"]
+        # The last payments' entries travel on by replication: stop once every
+        # replica holds the same entries (the processes' files, polled).
+        await wait_until(_agree(replicas), timeout_s=EVENT_WAIT_S, what="the replicas to agree")
         for node in nodes:
             assert await node.terminate() == 0, node.log.read_text()[-3000:]
     finally:
@@ -133,8 +153,6 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
             paid = await utility_lnd.lookup_invoice(invoice["payment_hash"])
             assert paid.state is InvoiceState.SETTLED
             assert paid.amt_paid_msat == invoice["amount_msat"] > 0
-    replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
-    replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
     digests = set()
     for replica in replicas:
         verify = await asyncio.create_subprocess_exec(
