@@ -50,6 +50,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # a bug's traceback plainly, never with locals (keys)
     add_completion=False,
     rich_markup_mode=None,  # plain click usage errors: whole lines, not clipped boxes
+    epilog="Exit codes: 0 done or stopped cleanly; 1 failed (log verify: a defect); "
+    "2 bad configuration or usage (the file and key, or the flag, are named); "
+    "3 a daemon or peer it needs is unreachable. Deploying: docs/deploy.md.",
 )
 site_app = typer.Typer(
     rich_markup_mode=None, help="The site owner's keys and signed entries.", no_args_is_help=True
@@ -213,11 +216,6 @@ def device_revoke(
 # -- running nodes ---------------------------------------------------------------
 
 
-def _run_node(main: Coroutine[Any, Any, None]) -> NoReturn:
-    """A node until it is stopped: the exit codes of :mod:`p2pgrid.service`."""
-    run_process(main)
-
-
 @agent_app.command("run")
 def agent_run(
     config: ConfigOpt,
@@ -233,7 +231,7 @@ def agent_run(
         return agent_setup(site, device), agent_start(site)
 
     setup, start = _call(build)
-    _run_node(run_device(setup, lambda: start_once(start)))
+    run_process(run_device(setup, lambda: start_once(start)))  # until stopped
 
 
 @utility_app.command("init")
@@ -262,7 +260,7 @@ def utility_run(
         return utility_setup(utility), utility.model.clock.start.timestamp()
 
     setup, at = _call(build)
-    _run_node(run_utility(setup, source=lambda: start_once({"cmd": "start", "at": at})))
+    run_process(run_utility(setup, source=lambda: start_once({"cmd": "start", "at": at})))
 
 
 # -- checking ------------------------------------------------------------------
