@@ -201,7 +201,7 @@ class Scenario:
         return (self.utility.name, *(d.name for s in self.sites for d in s.devices))
 
 
-def _meter(model: MeterModel, base_dir: Path | None) -> MeterSpec:
+def meter_spec(model: MeterModel, base_dir: Path | None) -> MeterSpec:
     """A meter's spec; a relative csv path is taken from ``base_dir`` (the
     scenario file's directory; the working directory if there is none)."""
     if model.kind != "csv":
@@ -232,7 +232,7 @@ def parse_scenario(
                     name=d.name,
                     index=d.index,
                     device_class=d.device_class,
-                    meter=_meter(d.meter, base_dir),
+                    meter=meter_spec(d.meter, base_dir),
                     priority=Priority[d.priority.upper()],
                     weight=d.weight,
                     policy=SurplusPolicy(d.policy),

@@ -19,7 +19,7 @@ from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.market import Party, Priority, SurplusPolicy
 from p2pgrid.provision import membership_of
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import DeviceSpec, MeterSpec
+from p2pgrid.scenario import DeviceSpec, meter_spec
 from p2pgrid.service import Command
 from p2pgrid.utility.process import UtilitySetup, UtilitySite
 
@@ -38,9 +38,6 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             f"{site_file.resolve(row.key_file)} is not enrolled as device {row.index} in "
             f"{model.site.entries} (run `p2pgrid device add` on the owner's machine, copy both)"
         )
-    meter = row.meter.model_dump()
-    if meter["kind"] == "csv":
-        meter["path"] = str(site_file.resolve(meter["path"]))
     return AgentSetup(
         site_name=model.site.name,
         identity=identity,
@@ -48,7 +45,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             name=row.name,
             index=row.index,
             device_class=row.device_class,
-            meter=MeterSpec(**meter),
+            meter=meter_spec(row.meter, site_file.path.parent),
             priority=Priority[row.priority.upper()],
             weight=row.weight,
             policy=SurplusPolicy(row.policy),

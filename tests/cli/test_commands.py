@@ -20,8 +20,9 @@ from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.ledger import Allocation
 from p2pgrid.provision import membership_of
 from p2pgrid.service import EXIT_CONFIG, EXIT_UNAVAILABLE
+from p2pgrid.testing.ports import free_port
 from tests.cli.deployment import DEVICES, cli, deploy, lnd_table, ok_json
-from tests.test_service import _closed_port, _self_signed
+from tests.test_service import _self_signed
 
 COMMANDS = [
     [],
@@ -286,7 +287,7 @@ def _lnd_files(root: Path, name: str) -> None:
 @pytest.mark.parametrize("node", ["agent", "utility"])
 def test_a_node_with_lnd_unreachable_exits_3_in_one_line(tmp_path: Path, node: str) -> None:
     """As a real process (its own signal handlers and exit code)."""
-    port = _closed_port()
+    port = free_port()
     d = deploy(
         tmp_path,
         lnd={"s1-fridge": lnd_table(tmp_path, "s1-fridge", port)},
