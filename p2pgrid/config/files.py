@@ -23,6 +23,7 @@ compresses it (tests, trials).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
@@ -60,6 +61,21 @@ def _pubkey_hex(value: Any) -> Any:
 
 
 PubkeyHex = Annotated[str, BeforeValidator(_pubkey_hex)]
+
+
+def _listen_host(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("not an IPv4 address") from None
+        if address.is_unspecified:
+            raise ValueError("0.0.0.0 cannot be dialled: give the address peers reach this host at")
+    return value
+
+
+#: The address a node's libp2p hosts listen on and advertise (see :mod:`p2pgrid.runtime`).
+ListenHost = Annotated[str, BeforeValidator(_listen_host)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Multiaddr = Annotated[str, Field(pattern=r"^/(ip4|ip6|dns4|dns6)/.+/tcp/\d+/p2p/\w+$")]
 
@@ -107,8 +123,10 @@ class UtilityRef(_Strict):
 class SiteDeviceModel(DeviceModel):
     key_file: NonEmpty
     data_dir: NonEmpty
+    listen_host: ListenHost = "127.0.0.1"
     listen_port: Port = 0
     bootstrap: list[Multiaddr] = Field(default_factory=list)
+    mdns: bool = False
     lnd: LndModel
     lnd_pubkey: PubkeyHex | None = None  # where the site's peers pay this device
 
@@ -137,7 +155,9 @@ class UtilitySection(_Strict):
     key_file: NonEmpty
     invoice_secret_file: NonEmpty
     data_dir: NonEmpty
+    listen_host: ListenHost = "127.0.0.1"
     bootstrap: list[Multiaddr] = Field(default_factory=list)
+    mdns: bool = False
     lnd: LndModel
 
 

@@ -59,7 +59,9 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             data_dir=site_file.resolve(row.data_dir),
             bootstrap=tuple(row.bootstrap),
             utility_pubkey=model.utility.lnd_pubkey,
+            listen_host=row.listen_host,
             listen_port=row.listen_port,
+            mdns=row.mdns,
         ),
         provision=tuple(e.raw for e in entries),
         parties={d.name: Party(identity.site_id, d.index) for d in model.devices},
@@ -116,6 +118,8 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
             lnd=utility_file.lnd(model.utility.name, model.utility.lnd),
             data_dir=utility_file.resolve(model.utility.data_dir),
             bootstrap=tuple(model.utility.bootstrap),
+            listen_host=model.utility.listen_host,
+            mdns=model.utility.mdns,
         ),
     )
 

@@ -189,6 +189,11 @@ BAD_SITE_FILES = [
         "site.toml: utility.lnd_pubkey: not a public key",
     ),
     (
+        "unspecified listen host",
+        ('data_dir = "data/s1-fridge"', 'data_dir = "data/s1-fridge"\nlisten_host = "0.0.0.0"'),
+        'site.toml: devices[0] ("s1-fridge").listen_host: 0.0.0.0 cannot be dialled',
+    ),
+    (
         "naive start",
         ("start = 2027-01-01T00:00:00Z", "start = 2027-01-01T00:00:00"),
         "site.toml: clock: start needs a UTC offset",
