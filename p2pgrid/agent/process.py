@@ -83,6 +83,8 @@ class AgentSetup:
     peer_sites: tuple[PeerSite, ...] = ()
     #: Every device of the owner by name, for the ``nodes`` of ``start``.
     parties: Mapping[str, Party] = dataclasses.field(default_factory=dict)
+    #: The agent's tuning (the project's defaults unless a site file's ``[agent]`` sets them).
+    config: AgentConfig = dataclasses.field(default_factory=AgentConfig)
 
     @property
     def name(self) -> str:
@@ -119,7 +121,7 @@ async def run_device(setup: AgentSetup, source: CommandSource = commands) -> Non
     signer = setup.signer
     timing = setup.timing
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
-    config = AgentConfig()  # the project's tuning
+    config = setup.config
     owner_sites = {identity.site_id: identity}
     owner_sites.update({p.membership.site.site_id: p.membership.site for p in setup.peer_sites})
     # The owner's other sites, as their provisioned enrolments make them up.

@@ -32,6 +32,7 @@ from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
+from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing import MODEL_EPOCH_MS, REAL_INTERVAL_S, FlatTariff
 from p2pgrid.billing.period import METER_INTERVAL_S
 from p2pgrid.errors import ConfigError
@@ -137,6 +138,7 @@ class SiteFileModel(_Strict):
     tariff: TariffModel
     utility: UtilityRef
     devices: Annotated[list[SiteDeviceModel], Field(min_length=1)]
+    agent: AgentConfig = AgentConfig()  # the agents' tuning; every key has a default
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

@@ -65,6 +65,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
         ),
         provision=tuple(e.raw for e in entries),
         parties={d.name: Party(identity.site_id, d.index) for d in model.devices},
+        config=model.agent,
     )
 
 

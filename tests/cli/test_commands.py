@@ -194,6 +194,11 @@ BAD_SITE_FILES = [
         'site.toml: devices[0] ("s1-fridge").listen_host: 0.0.0.0 cannot be dialled',
     ),
     (
+        "agent tuning",
+        ("[tariff]", "[agent]\nanti_entropy_s = -1\n\n[tariff]"),
+        "site.toml: agent.anti_entropy_s: Input should be greater than 0",
+    ),
+    (
         "naive start",
         ("start = 2027-01-01T00:00:00Z", "start = 2027-01-01T00:00:00"),
         "site.toml: clock: start needs a UTC offset",
