@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from p2pgrid.billing import FlatTariff, PeriodClock, model_ms
+from p2pgrid.billing import FlatTariff, MonthlyClock, PeriodClock, model_ms
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.market import Priority, SurplusPolicy
@@ -145,8 +145,10 @@ class Timing:
 
     intervals_per_period: int
     interval_s: float
-    periods: int
+    periods: int | None  # None: until stopped
     model_start_interval: int = 0
+    #: Calendar months of this time zone (real life), else fixed-length periods.
+    monthly_timezone: str | None = None
 
     def model_interval(self, interval: int) -> int:
         return self.model_start_interval + interval
@@ -156,6 +158,9 @@ class Timing:
         return model_ms(self.model_interval(interval))
 
     def clock(self, start: float) -> PeriodClock:
+        if self.monthly_timezone is not None:
+            return MonthlyClock(interval_s=self.interval_s, start=start,
+                                timezone=self.monthly_timezone)  # fmt: skip
         return PeriodClock(self.intervals_per_period, self.interval_s, start)
 
 

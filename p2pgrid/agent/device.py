@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -256,7 +257,7 @@ class DeviceAgent:
             balance_msat=await self.balance(period),
             tariff=self.tariff,
             next_interval=self._interval + 1,
-            intervals_per_period=self.clock.intervals_per_period,
+            period_bounds=(period, self.clock.first_interval(period + 1)),
         )
         return forecast.headroom_msat
 
@@ -307,8 +308,9 @@ class DeviceAgent:
         self._unresolved = True
         log.info("[%s] %s skipped this interval: %s", self.name, doing, exc)
 
-    async def run(self, periods: int) -> AgentReport:
-        """Meter every interval of ``periods`` periods, then settle the last invoices.
+    async def run(self, periods: int | None) -> AgentReport:
+        """Meter every interval of ``periods`` periods, then settle the last invoices;
+        with ``periods`` None, meter period after period until cancelled (stopped).
 
         Restarted on its data directory, it carries on from its own replica: an
         interval it already read is not read again (the log would refuse a second
@@ -321,7 +323,8 @@ class DeviceAgent:
         await self._resolve_open()
         read = await self._read_intervals()
         async with asyncio.TaskGroup() as settlements:
-            for interval in range(periods * self.clock.intervals_per_period):
+            end = None if periods is None else self.clock.first_interval(periods)
+            for interval in itertools.count() if end is None else range(end):
                 await self.clock.until_interval(interval)
                 self._interval = interval
                 period = self.clock.period_of(interval)

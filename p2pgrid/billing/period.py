@@ -1,18 +1,28 @@
 """Billing periods as an explicit state machine, and a clock that can be compressed.
 
 A period (a month in real life) is a run of metering intervals (15 minutes in
-real life). :class:`PeriodClock` maps time to (period, interval); compressed,
-a whole period runs in seconds for the demo and tests, at full scale in real
-time. A period moves OPEN -> CLOSING -> CLOSED -> SETTLED, nothing else; each
+real life). :class:`PeriodClock` maps time to (period, interval) with periods
+of a fixed number of intervals; compressed, a whole period runs in seconds for
+the demo and tests. :class:`MonthlyClock` bills calendar months of a time zone
+(real life): a period's intervals are those that begin in its month, so months
+differ in length (2,688 to 2,976 intervals; a daylight-saving month has 4 more or
+fewer). Whatever the clock, ask it for a period's bounds
+(:meth:`PeriodClock.first_interval`), never multiply by ``intervals_per_period``.
+
+A period moves OPEN -> CLOSING -> CLOSED -> SETTLED, nothing else; each
 transition is checked against the table and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
+import functools
 import logging
+import math
 import time
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -105,3 +115,47 @@ class PeriodClock:
         delay = self.time_of(interval) - self.now()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+#: The intervals of the longest month: what a monthly clock's nominal
+#: ``intervals_per_period`` says (its real bounds come from first_interval).
+LONGEST_MONTH_INTERVALS: Final = 31 * 96
+
+
+@dataclass(frozen=True)
+class MonthlyClock(PeriodClock):
+    """Calendar-month billing periods in ``timezone``: period 0 is the month in
+    which interval 0 begins (``start``, local time), period ``p`` the ``p``-th
+    month after it. Intervals are ``interval_s`` apart in absolute time; an
+    interval belongs to the month in which it begins."""
+
+    intervals_per_period: int = LONGEST_MONTH_INTERVALS  # nominal only
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self._tz  # noqa: B018 - validates the name once
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"unknown time zone {self.timezone!r}") from exc
+
+    @functools.cached_property
+    def _tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def _month(self, t: float) -> int:
+        local = dt.datetime.fromtimestamp(t, self._tz)
+        return local.year * 12 + local.month - 1
+
+    def period_of(self, interval: int) -> int:
+        return self._month(self.time_of(interval)) - self._month(self.start)
+
+    def first_interval(self, period: int) -> int:
+        if period <= 0:
+            return 0
+        year, month = divmod(self._month(self.start) + period, 12)
+        begins = dt.datetime(year, month + 1, 1, tzinfo=self._tz).timestamp()
+        return max(0, math.ceil((begins - self.start) / self.interval_s - 1e-9))
+
+    def is_last_of_period(self, interval: int) -> bool:
+        return self.period_of(interval + 1) != self.period_of(interval)

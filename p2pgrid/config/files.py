@@ -14,10 +14,12 @@ port, bootstrap peers, lnd). ``p2pgrid agent run --config site.toml --device
 NAME`` runs one row. The **utility file** is the utility's: its key and invoice
 secret files, data directory, lnd, and one ``[[sites]]`` row per site it serves.
 
-The clock is real time by default (15-minute intervals; a period of
-``intervals_per_period`` intervals, 2880 = 30 days): billing periods have a fixed
-length counted from ``start``, not calendar months. A shorter ``interval_s``
-compresses it (tests, trials).
+The clock is real time by default: 15-minute intervals, billing periods that
+are the calendar months of ``timezone`` (default UTC; period 0 is the month of
+``start``), and no end: nodes run period after period until stopped. Giving
+``intervals_per_period`` makes periods that many intervals long instead,
+counted from ``start``; a shorter ``interval_s`` compresses the clock (tests,
+trials); ``periods`` ends the run after that many periods.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import tomllib
+import zoneinfo
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +37,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_v
 
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing import MODEL_EPOCH_MS, REAL_INTERVAL_S, FlatTariff
-from p2pgrid.billing.period import METER_INTERVAL_S
+from p2pgrid.billing.period import LONGEST_MONTH_INTERVALS, METER_INTERVAL_S
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import is_pubkey
 from p2pgrid.lightning.lnd import LndEndpoint
@@ -93,8 +96,17 @@ class LndModel(_Strict):
 class ClockFileModel(_Strict):
     start: dt.datetime  # interval 0 begins here (a TOML date-time with its offset)
     interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = REAL_INTERVAL_S
-    intervals_per_period: Count = 2880
-    periods: Count  # how many periods the owner allocated (``p2pgrid site allocate``)
+    intervals_per_period: Count | None = None  # None: calendar months of `timezone`
+    timezone: NonEmpty = "UTC"  # an IANA name, e.g. Europe/Berlin
+    periods: Count | None = None  # None: until stopped
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> Self:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.timezone!r}") from exc
+        return self
 
     @model_validator(mode="after")
     def _aware(self) -> Self:
@@ -105,6 +117,9 @@ class ClockFileModel(_Strict):
     def timing(self) -> Timing:
         start_ms = int(self.start.timestamp() * 1000)
         model_start = max(0, (start_ms - MODEL_EPOCH_MS) // (METER_INTERVAL_S * 1000))
+        if self.intervals_per_period is None:
+            return Timing(LONGEST_MONTH_INTERVALS, self.interval_s, self.periods, model_start,
+                          monthly_timezone=self.timezone)  # fmt: skip
         return Timing(self.intervals_per_period, self.interval_s, self.periods, model_start)
 
 

@@ -121,20 +121,28 @@ def forecast_period(
     balance_msat: int,
     tariff: Tariff,
     next_interval: int,
-    intervals_per_period: int,
+    intervals_per_period: int = 0,
+    period_bounds: tuple[int, int] | None = None,
     margin_pct: int = DEFAULT_MARGIN_PCT,
     window_days: int = DEFAULT_WINDOW_DAYS,
     intervals_per_day: int = INTERVALS_PER_DAY,
 ) -> Forecast:
     """Forecast from ``next_interval`` (the first interval not yet metered) to
-    the end of its billing period (``intervals_per_period`` intervals each)."""
-    if balance_msat < 0 or margin_pct < 0 or intervals_per_period < 1 or next_interval < 0:
+    the end of its billing period: periods of ``intervals_per_period`` intervals
+    each, or ``period_bounds`` = (the period, its end: the first interval of the
+    next) as the clock says (calendar months differ in length)."""
+    if period_bounds is not None:
+        period, end = period_bounds
+        valid = period >= 0 and end > next_interval
+    else:
+        valid = intervals_per_period >= 1
+        period = next_interval // max(1, intervals_per_period)
+        end = (period + 1) * intervals_per_period
+    if balance_msat < 0 or margin_pct < 0 or not valid or next_interval < 0:
         raise MarketError("a forecast needs balance >= 0, margin >= 0 and a valid period")
     profile = DailyProfile.learn(
         history, before=next_interval, window_days=window_days, intervals_per_day=intervals_per_day
     )
-    period = next_interval // intervals_per_period
-    end = (period + 1) * intervals_per_period
     imports: list[tuple[int, int]] = []
     export_wh = 0
     for interval in range(next_interval, end):

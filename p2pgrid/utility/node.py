@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -68,17 +69,18 @@ class UtilityNode:
         )
         await site.replica.publish([entry])
 
-    async def run(self, periods: int) -> None:
+    async def run(self, periods: int | None) -> None:
+        """Invoice ``periods`` periods (None: period after period until cancelled)."""
         for site in self.sites:
             await self._write_budget(site, 0)
-        for period in range(periods):
+        for period in itertools.count() if periods is None else range(periods):
             last = self.clock.first_interval(period + 1) - 1
             await self.clock.until_interval(last + 1)
             async with asyncio.TaskGroup() as tasks:
                 for site in self.sites:
                     tasks.create_task(self._close(site, period, last, periods))
 
-    async def _close(self, site: SiteDesk, period: int, last: int, periods: int) -> None:
+    async def _close(self, site: SiteDesk, period: int, last: int, periods: int | None) -> None:
         state = BillingPeriod(period, owner=f"utility/{site.name}")
         state.advance(PeriodState.CLOSING)  # the period's last interval has passed
         last_ms = self.model_ms(last)
@@ -105,7 +107,7 @@ class UtilityNode:
         self.invoiced.extend(entries)
         state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
         self.states[(site.name, period)] = state
-        if period + 1 < periods:
+        if periods is None or period + 1 < periods:
             await self._write_budget(site, period + 1)
 
     async def _missing_readings(self, site: SiteDesk, period: int, last_ms: int) -> list[int]:

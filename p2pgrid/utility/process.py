@@ -263,7 +263,8 @@ async def run_utility(
                 service.spawn(run_periods(float(command["at"])))  # stop is answered meanwhile
             elif command["cmd"] == "status":
                 statuses = []
-                for period in range(timing.periods):
+                for period in range(_periods_so_far(desks) if timing.periods is None
+                                    else timing.periods):  # fmt: skip
                     for desk in desks:
                         for s in await desk.invoicer.status(period):
                             row = dataclasses.asdict(s)
@@ -307,3 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(argv)
     setup_logging()
     run_process(run_from_files(args.scenario, args.runtime))
+
+
+def _periods_so_far(desks: list[SiteDesk]) -> int:
+    """Periods that have begun in any of the utility's replicas (a run with no end)."""
+    return 1 + max((d.store.next_position(a)[3] for d in desks for a in d.store.heads()), default=0)

@@ -236,3 +236,32 @@ async def test_its_balance_is_the_fold_of_its_replica_also_asked_at_once(rig: Ri
     await agent.meter_interval(0)
     entries = await device.store.entries()
     assert await agent.balance(0) == fold(entries).account(0, 0).balance_msat == 70_000 - COST
+
+
+async def test_without_a_period_count_it_runs_period_after_period_until_stopped(
+    rig: Rig,
+) -> None:
+    """A deployed agent has no end: it meters, closes and settles each period as
+    its clock brings it, and stops only when cancelled (SIGTERM in a process)."""
+    device = await rig.device(0)
+    me = device.writer.author
+    for period in range(3):
+        await rig.allocate(device.store, 0, 200_000, period=period)
+    await rig.start()
+    stop_at = 3 * INTERVALS_PER_PERIOD + 1  # stands still in the fourth period
+    agent, replica, clock = await rig.agent(device, stop_at=stop_at)
+    replica.before_wait = rig.utility_for(device)
+    run = asyncio.ensure_future(agent.run(periods=None))
+    await clock.stopped.wait()
+    digest = device.store.digest()
+    while len(of(await device.store.entries(), Payment, me)) < 3:
+        digest = await device.store.wait_changed(digest)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    entries = await device.store.entries()
+    assert clock.reached == list(range(stop_at + 1))
+    assert starts(entries, me) == [model_ms(i) for i in range(stop_at)]
+    assert [c.period for c in of(entries, CarryOver, me)] == [0, 1, 2]
+    assert sorted(p.period for p in of(entries, Payment, me)) == [0, 1, 2]
+    assert len(device.node.attempts) == 3

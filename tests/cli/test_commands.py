@@ -204,6 +204,11 @@ BAD_SITE_FILES = [
         "site.toml: clock: start needs a UTC offset",
     ),
     (
+        "unknown time zone",
+        ("start = 2027-01-01T00:00:00Z", 'start = 2027-01-01T00:00:00Z\ntimezone = "Mars/Olympus"'),
+        "site.toml: clock: unknown time zone 'Mars/Olympus'",
+    ),
+    (
         "bad bootstrap",
         ('data_dir = "data/s1-fridge"', 'data_dir = "data/s1-fridge"\nbootstrap = ["nowhere"]'),
         'site.toml: devices[0] ("s1-fridge").bootstrap[0]: String should match pattern',

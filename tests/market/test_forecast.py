@@ -156,3 +156,16 @@ def test_a_forecast_does_not_depend_on_the_order_of_history(
     shuffled = list(history)
     rnd.shuffle(shuffled)
     assert run(history) == run(shuffled)
+
+
+def test_a_period_of_the_clock_s_length_calendar_months_included() -> None:
+    """Bounds from the clock (a month of any length) forecast to that end."""
+    history = [Reading(i, 500) for i in range(8)]
+    kwargs = dict(balance_msat=100_000, tariff=FLAT, next_interval=8, margin_pct=0,
+                  intervals_per_day=DAY)  # fmt: skip
+    f = forecast_period(history, period_bounds=(3, 15), **kwargs)  # type: ignore[arg-type]
+    assert (f.period, f.first_interval, f.end_interval, f.import_wh) == (3, 8, 15, 3500)
+    with pytest.raises(MarketError):
+        forecast_period(history, period_bounds=(3, 8), **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(MarketError):
+        forecast_period(history, **kwargs)  # type: ignore[arg-type]  # no period at all
