@@ -125,6 +125,9 @@ class SiteSpec:
 class UtilitySpec:
     name: str
     seed: str
+    #: How long it waits at a period's end for a device's last reading, then
+    #: invoices what is logged (:class:`p2pgrid.utility.UtilityNode`).
+    readings_wait_s: float = 60.0
 
     def signer(self, site: SiteSpec) -> Signer:
         """The utility's key for ``site``: the site's owner enrols it in the site's
@@ -255,7 +258,7 @@ def parse_scenario(
         periods=clock.periods,
         model_start_interval=clock.model_start_interval,
         tariff=FlatTariff(model.tariff.msat_per_kwh),
-        utility=UtilitySpec(utility.name, utility.seed),
+        utility=UtilitySpec(utility.name, utility.seed, utility.readings_wait_s),
         sites=sites,
     )
 

@@ -162,6 +162,8 @@ class SiteModel(_Strict):
 class UtilityModel(_Strict):
     name: NonEmpty = "utility"
     seed: NonEmpty
+    #: Seconds the utility waits at a period's end for a device's last reading.
+    readings_wait_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
 
 
 class ClockModel(_Strict):

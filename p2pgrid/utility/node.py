@@ -6,9 +6,16 @@ the key the site's owner enrolled for the utility, see
 period (a ``budget`` entry, once: a restarted utility finds it in its replica),
 and at the period's end waits until every device's
 reading of the period's last interval is in its replica (chains are replicated
-in order, so all earlier readings are there too), then invoices each device
-(:class:`p2pgrid.utility.Invoicer`: devices it invoiced before a restart are
-not invoiced again) and grants the next period's budget.
+in order, so all earlier readings are there too), for at most
+``readings_wait_s`` (a device that is down then is invoiced for what is logged),
+then invoices each device (:class:`p2pgrid.utility.Invoicer`: devices it
+invoiced before a restart are not invoiced again) and grants the next period's
+budget.
+
+A restarted utility (same data directory, same start time) closes every period
+whose end has passed again: one it had begun to invoice before (an invoice of
+the period or the next period's budget is in its log) is not waited for a
+second time, only its missing invoices are issued, at once.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import time
 from collections.abc import Callable
 
 from p2pgrid.billing import BillingPeriod, PeriodClock, PeriodState
-from p2pgrid.ledger import Author, Budget, Entry, LogStore, LogWriter, MeterReading
+from p2pgrid.ledger import Author, Budget, Entry, Invoice, LogStore, LogWriter, MeterReading
 from p2pgrid.replication import NetReplica
 from p2pgrid.utility.invoicer import Invoicer, InvoiceStatus
 
 log = logging.getLogger(__name__)
 
-#: How long the utility waits for a device's last reading of a period.
+#: How long the utility waits for a device's last reading of a period, by default
+#: (the scenario's ``[utility] readings_wait_s``).
 READINGS_WAIT_S = 60.0
 
 
@@ -50,9 +58,15 @@ def _changed_since(store: LogStore, digest: bytes) -> Callable[[], bool]:
 
 class UtilityNode:
     def __init__(
-        self, *, clock: PeriodClock, model_ms: Callable[[int], int], sites: list[SiteDesk]
+        self,
+        *,
+        clock: PeriodClock,
+        model_ms: Callable[[int], int],
+        sites: list[SiteDesk],
+        readings_wait_s: float = READINGS_WAIT_S,
     ) -> None:
         self.clock = clock
+        self.readings_wait_s = readings_wait_s
         self.model_ms = model_ms
         self.sites = sites
         self.invoiced: list[Entry] = []
@@ -83,10 +97,40 @@ class UtilityNode:
     async def _close(self, site: SiteDesk, period: int, last: int, periods: int | None) -> None:
         state = BillingPeriod(period, owner=f"utility/{site.name}")
         state.advance(PeriodState.CLOSING)  # the period's last interval has passed
+        if await self._begun_before(site, period):
+            log.info(
+                "[utility] %s period %d: invoiced before a restart; issuing what is missing",
+                site.name,
+                period,
+            )
+        else:
+            await self._wait_for_readings(site, period, last)
+        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
+        await site.replica.publish(entries)
+        self.invoiced.extend(entries)
+        state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
+        self.states[(site.name, period)] = state
+        if periods is None or period + 1 < periods:
+            await self._write_budget(site, period + 1)
+
+    async def _begun_before(self, site: SiteDesk, period: int) -> bool:
+        """Whether this utility began invoicing ``period`` before (it was restarted):
+        its log holds an invoice of the period or the next period's budget. The
+        readings wait was over then; waiting again would only delay the rest."""
+        me = site.writer.author
+        for p, kind in ((period, Invoice), (period + 1, Budget)):
+            if any(
+                e.author == me and isinstance(e.body, kind)
+                for e in await site.store.entries(period=p)
+            ):
+                return True
+        return False
+
+    async def _wait_for_readings(self, site: SiteDesk, period: int, last: int) -> None:
         last_ms = self.model_ms(last)
         missing: list[int] = []
         try:
-            async with asyncio.timeout(READINGS_WAIT_S):
+            async with asyncio.timeout(self.readings_wait_s):
                 while True:
                     seen = site.store.digest()  # before reading: no change slips between
                     missing = await self._missing_readings(site, period, last_ms)
@@ -102,13 +146,6 @@ class UtilityNode:
                 period,
                 missing,
             )
-        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
-        await site.replica.publish(entries)
-        self.invoiced.extend(entries)
-        state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
-        self.states[(site.name, period)] = state
-        if periods is None or period + 1 < periods:
-            await self._write_budget(site, period + 1)
 
     async def _missing_readings(self, site: SiteDesk, period: int, last_ms: int) -> list[int]:
         have = {

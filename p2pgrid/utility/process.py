@@ -47,7 +47,7 @@ from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import Scenario, Timing, load_scenario
 from p2pgrid.service import Command, Service, run_process
 from p2pgrid.utility.invoicer import Invoicer
-from p2pgrid.utility.node import SiteDesk, UtilityNode
+from p2pgrid.utility.node import READINGS_WAIT_S, SiteDesk, UtilityNode
 
 ANTI_ENTROPY_S = 2.0
 
@@ -122,6 +122,8 @@ class UtilitySetup:
     tariff: FlatTariff
     invoice_secret: bytes = dataclasses.field(repr=False)
     runtime: Runtime
+    #: How long it waits at a period's end for the devices' last readings.
+    readings_wait_s: float = READINGS_WAIT_S
 
 
 def setup_from_scenario(scenario: Scenario, runtime: Runtime) -> UtilitySetup:
@@ -144,6 +146,7 @@ def setup_from_scenario(scenario: Scenario, runtime: Runtime) -> UtilitySetup:
         tariff=scenario.tariff,
         invoice_secret=utility.invoice_secret,
         runtime=runtime,
+        readings_wait_s=utility.readings_wait_s,
     )
 
 
@@ -243,19 +246,26 @@ async def run_utility(
         service = Service()
 
         async def run_periods(at: float) -> None:
-            un = UtilityNode(clock=timing.clock(at), model_ms=timing.model_ms, sites=desks)
+            un = UtilityNode(
+                clock=timing.clock(at),
+                model_ms=timing.model_ms,
+                sites=desks,
+                readings_wait_s=setup.readings_wait_s,
+            )
             await un.run(timing.periods)
-            invoices = []
-            for entry in un.invoiced:
-                assert isinstance(entry.body, Invoice)
-                invoices.append(
-                    {
-                        "period": entry.period,
-                        "device": entry.body.device,
-                        "amount_msat": entry.body.amount_msat,
-                        "payment_hash": entry.body.payment_hash.hex(),
-                    }
-                )
+            # Every invoice in the log, also those a utility killed before this
+            # start wrote (``un.invoiced`` holds only this process's).
+            invoices = [
+                {
+                    "period": entry.period,
+                    "device": entry.body.device,
+                    "amount_msat": entry.body.amount_msat,
+                    "payment_hash": entry.body.payment_hash.hex(),
+                }
+                for desk in desks
+                for entry in await desk.store.entries()
+                if isinstance(entry.body, Invoice) and entry.author == desk.writer.author
+            ]
             emit("done", name=setup.name, invoices=invoices)
 
         async def handle(command: Command) -> None:

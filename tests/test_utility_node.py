@@ -1,0 +1,127 @@
+"""The utility's period close after a restart (real SQLite, fake Lightning and replica).
+
+A utility killed mid-invoicing and started again closes the period again: it must
+issue only the missing invoices (never a second one, never a second budget) and
+must not wait for late readings a second time (it gave up on them before it began
+to invoice), or every restart would delay the period's other invoices by the whole
+readings wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+from p2pgrid.billing import PeriodClock
+from p2pgrid.ledger import Budget, Entry, Invoice, LogStore
+from p2pgrid.net import PeerRef
+from p2pgrid.replication import NetReplica
+from p2pgrid.utility import Invoicer
+from p2pgrid.utility.node import SiteDesk, UtilityNode
+from tests.agent.rig import QUARTER_MS, TARIFF, Rig
+from tests.ledger.ledger_factory import T0_MS
+
+#: Long enough that a test waiting for it fails by its own timeout instead.
+NEVER_S = 3600.0
+CLOSE_S = 10.0
+WAIT_S = 0.5
+
+
+class _Host:
+    def peers(self) -> tuple[PeerRef, ...]:
+        return ()
+
+
+class _QuietReplica:
+    """A replica on which nothing ever arrives (the late device never comes back)."""
+
+    def __init__(self) -> None:
+        self.host = _Host()
+        self.published: list[Entry] = []
+
+    async def publish(self, entries: list[Entry]) -> None:
+        self.published += entries
+
+    def request_sync(self, peer_id: str) -> None:
+        pass
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        await asyncio.Event().wait()
+
+
+async def _utility(rig: Rig, tmp: Path, *, late: bool = False) -> tuple[LogStore, SiteDesk]:
+    """The utility's replica holding what the devices logged in period 0: device 1
+    misses the period's last reading (interval 1); ``late``: its readings are not
+    in the replica yet (see :func:`_late`)."""
+    dev0, dev1 = await rig.device(0), await rig.device(1)
+    await dev0.meter(0, 100, interval=0)
+    await dev0.meter(0, 100, interval=1)
+    await dev1.meter(0, 300, interval=0)
+    store = await rig.site.open(tmp / "utility.db", "utility")
+    for dev in (dev0,) if late else (dev0, dev1):
+        await store.ingest_many(await dev.store.export())
+    writer = rig.utility_writer(store)
+    invoicer = Invoicer(
+        site=rig.site.identity,
+        store=store,
+        writer=writer,
+        node=rig.utility_node,
+        tariff=TARIFF,
+        secret=b"s" * 32,
+    )
+    replica = cast(NetReplica, _QuietReplica())
+    return store, SiteDesk("site", 900_000, (0, 1), store, writer, replica, invoicer)
+
+
+def _node(desk: SiteDesk) -> UtilityNode:
+    # Two intervals per period, period 0 long over.
+    clock = PeriodClock(2, 1.0, time.time() - 100)
+    return UtilityNode(
+        clock=clock,
+        model_ms=lambda i: T0_MS + i * QUARTER_MS,
+        sites=[desk],
+        readings_wait_s=NEVER_S,
+    )
+
+
+async def test_a_restarted_utility_issues_the_missing_invoices_at_once(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path, late=True)
+        # Before the kill: the budget and device 0's invoice; device 1's readings
+        # reached the replica after that.
+        await desk.writer.append(Budget(900_000), period=0, timestamp_ms=T0_MS)
+        first = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        assert [e.body.device for e in first if isinstance(e.body, Invoice)] == [0]
+        await store.ingest_many(await rig.devices[1].store.export())
+        node = _node(desk)  # the restarted utility, on the same replica
+        async with asyncio.timeout(CLOSE_S):  # not the (endless) readings wait again
+            await node.run(1)
+        entries = await store.entries()
+        invoices = [(e.body.device, e.period) for e in entries if isinstance(e.body, Invoice)]
+        budgets = [e.period for e in entries if isinstance(e.body, Budget)]
+        assert sorted(invoices) == [(0, 0), (1, 0)]  # each once
+        assert budgets == [0]
+        assert [e.body.device for e in node.invoiced if isinstance(e.body, Invoice)] == [1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_fresh_close_still_waits_for_the_last_reading(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        node = _node(desk)
+        node.readings_wait_s = WAIT_S
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await node.run(1)  # waits for device 1's last reading, then invoices both
+        assert loop.time() - started >= WAIT_S
+        assert sorted(e.body.device for e in node.invoiced if isinstance(e.body, Invoice)) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
