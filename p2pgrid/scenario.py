@@ -20,6 +20,7 @@ Example::
     msat_per_kwh = 250000
     [utility]
     seed = "utility"
+    readings_wait_s = 60        # optional: wait at a period's end for last readings
     [[sites]]
     name = "store-1"
     seed = "store-1"

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from p2pgrid.billing import PeriodClock
 from p2pgrid.ledger import Budget, Entry, Invoice, LogStore
 from p2pgrid.net import PeerRef
-from p2pgrid.replication import NetReplica
+from p2pgrid.replication import NetReplica, ReplicaStats
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 from tests.agent.rig import QUARTER_MS, TARIFF, Rig
@@ -36,11 +38,18 @@ class _Host:
 
 
 class _QuietReplica:
-    """A replica on which nothing ever arrives (the late device never comes back)."""
+    """A replica on which nothing ever arrives (the late device never comes back);
+    ``syncing``: its anti-entropy rounds succeed (with nothing new), one per look."""
 
     def __init__(self) -> None:
         self.host = _Host()
         self.published: list[Entry] = []
+        self.syncing = True
+        self.rounds = 0
+
+    def stats(self) -> ReplicaStats:
+        self.rounds += self.syncing
+        return ReplicaStats(rounds=self.rounds)
 
     async def publish(self, entries: list[Entry]) -> None:
         self.published += entries
@@ -74,6 +83,10 @@ async def _utility(rig: Rig, tmp: Path, *, late: bool = False) -> tuple[LogStore
     )
     replica = cast(NetReplica, _QuietReplica())
     return store, SiteDesk("site", 900_000, (0, 1), store, writer, replica, invoicer)
+
+
+def _quiet(desk: SiteDesk) -> _QuietReplica:
+    return cast(_QuietReplica, desk.replica)
 
 
 def _node(desk: SiteDesk) -> UtilityNode:
@@ -122,6 +135,32 @@ async def test_a_fresh_close_still_waits_for_the_last_reading(tmp_path: Path) ->
         await node.run(1)  # waits for device 1's last reading, then invoices both
         assert loop.time() - started >= WAIT_S
         assert sorted(e.body.device for e in node.invoiced if isinstance(e.body, Invoice)) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_replica_that_synced_with_nobody_is_not_invoiced_from(tmp_path: Path) -> None:
+    """A utility just restarted whose devices have not redialled it yet: past the
+    readings wait it still waits for one sync round, then invoices."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        _quiet(desk).syncing = False
+        node = _node(desk)
+        node.readings_wait_s = WAIT_S
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(WAIT_S * 4):
+                await node.run(1)
+        assert not node.invoiced
+        assert not [e for e in await store.entries() if isinstance(e.body, Invoice)]
+        _quiet(desk).syncing = True  # a device redialled: a round went through
+        node = _node(desk)
+        node.readings_wait_s = WAIT_S
+        async with asyncio.timeout(CLOSE_S):
+            await node.run(1)
+        invoices = [e.body.device for e in await store.entries() if isinstance(e.body, Invoice)]
+        assert sorted(invoices) == [0, 1]
         await store.close()
     finally:
         await rig.close()

@@ -7,7 +7,8 @@ period (a ``budget`` entry, once: a restarted utility finds it in its replica),
 and at the period's end waits until every device's
 reading of the period's last interval is in its replica (chains are replicated
 in order, so all earlier readings are there too), for at most
-``readings_wait_s`` (a device that is down then is invoiced for what is logged),
+``readings_wait_s`` (a device that is down then is invoiced for what is logged,
+once the replica synced with some device after the period's end),
 then invoices each device (:class:`p2pgrid.utility.Invoicer`: devices it
 invoiced before a restart are not invoiced again) and grants the next period's
 budget.
@@ -21,6 +22,7 @@ second time, only its missing invoices are issued, at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 #: How long the utility waits for a device's last reading of a period, by default
 #: (the scenario's ``[utility] readings_wait_s``).
 READINGS_WAIT_S = 60.0
+#: Past the readings wait, how often the utility looks whether its replica synced.
+RECHECK_S = 1.0
 
 
 @dataclasses.dataclass
@@ -127,25 +131,47 @@ class UtilityNode:
         return False
 
     async def _wait_for_readings(self, site: SiteDesk, period: int, last: int) -> None:
+        """Wait until every device's last reading of ``period`` is in the replica,
+        for at most ``readings_wait_s``; and past that, until the replica completed
+        one anti-entropy round since this wait began: a replica that synced with
+        nobody since (a utility just restarted, its devices not redialled yet)
+        knows nothing of the period's end, and invoicing from it would bill less
+        than was logged, or nothing."""
         last_ms = self.model_ms(last)
-        missing: list[int] = []
-        try:
-            async with asyncio.timeout(self.readings_wait_s):
-                while True:
-                    seen = site.store.digest()  # before reading: no change slips between
-                    missing = await self._missing_readings(site, period, last_ms)
-                    if not missing:
-                        break
-                    for peer in site.replica.host.peers():
-                        site.replica.request_sync(peer.peer_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.readings_wait_s
+        rounds = site.replica.stats().rounds
+        blind = False
+        while True:
+            seen = site.store.digest()  # before reading: no change slips between
+            missing = await self._missing_readings(site, period, last_ms)
+            if not missing:
+                return
+            if loop.time() >= deadline:
+                if site.replica.stats().rounds > rounds:
+                    log.warning(
+                        "[utility] %s period %d: no last reading from devices %s; "
+                        "invoicing what is logged",
+                        site.name,
+                        period,
+                        missing,
+                    )
+                    return
+                if not blind:
+                    blind = True
+                    log.warning(
+                        "[utility] %s period %d: no sync with any device since the "
+                        "period ended; waiting for one before invoicing",
+                        site.name,
+                        period,
+                    )
+            for peer in site.replica.host.peers():
+                site.replica.request_sync(peer.peer_id)
+            # Woken by a change of the log; past the deadline, a round that appended
+            # nothing does not wake it: look again every RECHECK_S (a timer).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(deadline - loop.time(), RECHECK_S)):
                     await site.replica.wait_until(_changed_since(site.store, seen))
-        except TimeoutError:
-            log.warning(
-                "[utility] %s period %d: no last reading from devices %s; invoicing what is logged",
-                site.name,
-                period,
-                missing,
-            )
 
     async def _missing_readings(self, site: SiteDesk, period: int, last_ms: int) -> list[int]:
         have = {
