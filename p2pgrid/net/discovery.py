@@ -9,7 +9,10 @@ The :class:`Redialer` holds the peers we want to be connected to:
   ``reconnect_attempts`` times.
 
 Delays double from ``reconnect_min_s`` to ``reconnect_max_s`` with +-25 % jitter,
-and reset once a connection succeeds.
+and reset once a connection succeeds. These delays are the only back-off: py-libp2p's
+swarm refuses, for 60 s, to dial a peer after a dial of all its addresses failed
+(its negative cache), so a peer that is back sooner (a utility restarted on its
+port, a few seconds later) would wait a minute; each redial clears that entry.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ class _Wanted:
 def parse_peer_addr(addr: str) -> PeerInfo:
     """A multiaddr string ending in ``/p2p/<peer id>`` as a PeerInfo."""
     return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+
+
+def _forget_failed_dial(host: IHost, peer_id: ID) -> None:
+    """Clear py-libp2p 0.8.1's negative dial cache entry of ``peer_id`` (a private
+    part of its swarm: if a later version drops it, there is nothing to clear)."""
+    cache = getattr(host.get_network(), "_negative_peer_cache", None)
+    if cache is not None:
+        cache.evict(str(peer_id))
 
 
 class Redialer:
@@ -141,6 +152,7 @@ class Redialer:
             async with self._limiter:
                 entry.attempts += 1
                 self.dials += 1
+                _forget_failed_dial(self._host, peer_id)
                 with trio.move_on_after(DIAL_TIMEOUT_S) as scope:
                     await self._host.connect(PeerInfo(peer_id, entry.addrs))
                 if scope.cancelled_caught:

@@ -90,6 +90,8 @@ class NetStats:
     #: Rejected hellos (a non-member or forger announcing itself), by reason.
     rejected_hellos: dict[str, int] = field(default_factory=dict)
     peers: int = 0
+    #: Dials of wanted peers (bootstrap, learned) that failed (the peer down, unreachable).
+    dial_failures: int = 0
     #: What each peer did wrong: peer id -> reason -> count (see net/misbehaviour.py).
     misbehaviour: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Peers banned now, and bans so far.
@@ -639,6 +641,7 @@ class PeerHost:
         snapshot.banned = self.misbehaviour.banned_peers()
         snapshot.bans = self.misbehaviour.bans
         if self._node is not None:
+            snapshot.dial_failures = self._node.dial_failures
             gossip = self._node.gossipsub
             snapshot.mesh_peers = sum(gossip.mesh_size(topic) for topic in self.topics)
             snapshot.rpcs_queued = gossip.counters.rpcs_queued

@@ -193,6 +193,11 @@ class TrioNode:
         self._finished = trio.Event()
         self.listen_addrs: tuple[str, ...] = ()
 
+    @property
+    def dial_failures(self) -> int:
+        """Failed dials of wanted peers so far (trio side; read as a snapshot)."""
+        return self._redialer.dial_failures
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -220,6 +220,30 @@ async def test_peer_events_and_alone_agent_waits(make_host: MakeHost, topic: Top
     await joined(a, b, topic)
 
 
+async def test_a_peer_back_after_failed_dials_is_redialled_at_once(
+    make_host: MakeHost, topic: Topic
+) -> None:
+    """A bootstrap peer that was down long enough for whole dials of it to fail (a
+    utility killed and restarted on its port) is redialled on the redialer's own
+    back-off, not after py-libp2p's 60 s negative dial cache runs out."""
+    probe = await make_host(0)  # a's peer id (from its key); its address is elsewhere
+    await probe.stop()
+    port = 47312  # where nothing listened yet: dials of it are refused
+    a_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{probe.peer_id}"
+    b = await make_host(1, bootstrap=(a_addr,), reconnect_max_s=0.5)
+
+    async def failed_twice() -> bool:
+        return b.stats().dial_failures >= 2
+
+    await wait_until(failed_twice, timeout_s=WAIT_S, what="b's dials of the absent a to fail")
+    events = b.events()
+    a = await make_host(0, listen_port=port)
+    async with asyncio.timeout(WAIT_S):  # well under the 60 s of py-libp2p's cache
+        event = await anext(events)
+    assert isinstance(event, PeerJoined)
+    assert event.peer.peer_id == a.peer_id
+
+
 async def test_stop_is_idempotent_and_ends_iterators(make_host: MakeHost, topic: Topic) -> None:
     a = await make_host(0)
     sub = a.subscribe(topic)
