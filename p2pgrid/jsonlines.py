@@ -183,6 +183,10 @@ class ChildProcess:
                 pass  # ended (or is killed below)
         return await self.kill()
 
+    async def wait(self) -> int:
+        """Wait until the child exits (on its own); returns its exit code."""
+        return await self._proc.wait()
+
     async def kill(self) -> int:
         """SIGKILL the child (if it still runs) and reap it; returns its exit code."""
         if self._proc.returncode is None:

@@ -31,6 +31,12 @@ A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
 agent with SIGKILL and starts it again with the same files (its data directory
 and runtime file) and the same ``start`` line; the agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
+:meth:`Running.restart_utility` does the same to the utility, which comes back
+on the same libp2p addresses (its ``ports.json``) and lnd node, and
+:meth:`Running.exited` waits for a process that kills itself (a test program
+that crashes at a chosen point, :mod:`p2pgrid.testing.crash`). A restart always
+starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``), whatever
+program ran before.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,6 +90,14 @@ class UtilityCommand:
     """The utility's program: ``python -m <module> --scenario S --runtime R <args>``."""
 
     module: str = "p2pgrid.utility"
+    args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentCommand:
+    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``."""
+
+    module: str = "p2pgrid.agent"
     args: tuple[str, ...] = ()
 
 
@@ -131,9 +145,11 @@ class Running:
     children: list[ChildProcess]  # every process started (all are stopped at the end)
     utility: ChildProcess
     pubkeys: dict[str, str]
-    argv: dict[str, list[str]]
+    argv: dict[str, list[str]]  # every process's arguments (the product's, no test extras)
     restarts: dict[str, int] = dataclasses.field(default_factory=dict)
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
+    utility_pubkey: str = ""
+    utility_addrs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def time_of(self, interval: int) -> float:
         return self.at + interval * self.scenario.interval_s
@@ -148,9 +164,36 @@ class Running:
         """SIGKILL device ``name`` and start it again on the same files; returns
         once it was told to start (same start time and nodes as everyone)."""
         await self.devices[name].kill()
+        child, up = await self._respawn("p2pgrid.agent", name)
+        self.devices[name] = child
+        if up["pubkey"] != self.pubkeys[name]:
+            raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
+        await child.send("start", at=self.at, nodes=self.pubkeys)
+
+    async def restart_utility(self) -> None:
+        """SIGKILL the utility (if it still runs) and start ``p2pgrid.utility`` again on
+        the same files; returns once it was told to start. It must come back on the
+        same lnd node and libp2p addresses, where the devices redial it."""
+        name = self.scenario.utility.name
+        await self.utility.kill()
+        self.utility, up = await self._respawn("p2pgrid.utility", name)
+        if up["pubkey"] != self.utility_pubkey:
+            raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
+        if up["addrs"] != self.utility_addrs:
+            raise ProcessFailed(f"{name} came back elsewhere: {up['addrs']}")
+        await self.utility.send("start", at=self.at)
+
+    async def exited(self, name: str, timeout_s: float) -> int:
+        """Wait until process ``name`` (a device or the utility) exits on its own;
+        returns its exit code (``-9``: it was killed with SIGKILL)."""
+        child = self.utility if name == self.scenario.utility.name else self.devices[name]
+        async with asyncio.timeout(timeout_s):
+            return await child.wait()
+
+    async def _respawn(self, module: str, name: str) -> tuple[ChildProcess, dict[str, Any]]:
         n = self.restarts[name] = self.restarts.get(name, 0) + 1
         child = await _spawn(
-            "p2pgrid.agent",
+            module,
             name,
             self.argv[name],
             self.work_dir,
@@ -158,12 +201,8 @@ class Running:
             self.placements.get(name, Placement()),
         )
         self.children.append(child)
-        self.devices[name] = child
         async with asyncio.timeout(READY_TIMEOUT_S):
-            up = await child.expect("ready")
-        if up["pubkey"] != self.pubkeys[name]:
-            raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
-        await child.send("start", at=self.at, nodes=self.pubkeys)
+            return child, await child.expect("ready")
 
 
 #: What a test does to a running scenario; it returns before the last interval.
@@ -177,12 +216,14 @@ async def run_scenario(
     work_dir: Path,
     *,
     utility: UtilityCommand = UtilityCommand(),
+    agents: Mapping[str, AgentCommand] | None = None,
     observer: RunObserver | None = None,
     during: Disruption | None = None,
     place: Placer = on_this_host,
 ) -> RunResult:
     """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
-    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``);
+    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``),
+    ``agents`` which program a device runs (by name; default :class:`AgentCommand`);
     ``observer`` hears of the dashboards and the result while the processes run;
     ``during`` runs once all started (it may restart agents, see :class:`Running`);
     ``place`` says where each process lives (:class:`Placement`)."""
@@ -199,7 +240,7 @@ async def run_scenario(
             work_dir,
             provision,
             children,
-            utility,
+            (utility, dict(agents or {})),
             observer,
             during,
             place,
@@ -217,7 +258,7 @@ async def _run(
     work_dir: Path,
     provision: dict[str, list[str]],
     children: list[ChildProcess],
-    command: UtilityCommand,
+    commands: tuple[UtilityCommand, dict[str, AgentCommand]],
     observer: RunObserver | None,
     during: Disruption | None,
     place: Placer,
@@ -239,11 +280,13 @@ async def _run(
         path.write_text(rt.to_json())
         return str(path)
 
+    command, agent_commands = commands
     uname = scenario.utility.name
+    argv = {uname: ["--scenario", str(scenario_path), "--runtime", runtime_file(uname)]}
     utility = await _spawn(
         command.module,
         uname,
-        ["--scenario", str(scenario_path), "--runtime", runtime_file(uname), *command.args],
+        [*argv[uname], *command.args],
         work_dir,
         placement=placements[uname],
     )
@@ -253,7 +296,6 @@ async def _run(
     dashboards = {uname: str(ready.get("dashboard", ""))}
     devices: dict[str, ChildProcess] = {}
     pubkeys: dict[str, str] = {}  # each device's lnd node, told to every agent at start
-    argv: dict[str, list[str]] = {}
     started: list[str] = []  # addrs of the devices already up, of every site
     for site in scenario.sites:
         for device in site.devices:
@@ -272,10 +314,11 @@ async def _run(
                 "--name",
                 device.name,
             ]
+            program = agent_commands.get(device.name, AgentCommand())
             child = await _spawn(
-                "p2pgrid.agent",
+                program.module,
                 device.name,
-                argv[device.name],
+                [*argv[device.name], *program.args],
                 work_dir,
                 placement=placements[device.name],
             )
@@ -305,8 +348,11 @@ async def _run(
                 pubkeys,
                 argv,
                 placements=placements,
+                utility_pubkey=str(ready["pubkey"]),
+                utility_addrs=ready["addrs"],
             )
             await during(running)
+            utility = running.utility  # it may have been restarted
         for name in list(devices):
             reports[name] = (await devices[name].expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]

@@ -114,9 +114,20 @@ def setup_from_scenario(scenario: Scenario, runtime: Runtime, name: str) -> Agen
     )
 
 
-async def run_device(setup: AgentSetup, source: CommandSource = commands) -> None:
+#: Builds the agent's paymaster from :class:`Paymaster`'s keyword arguments.
+PaymasterFactory = Callable[..., Paymaster]
+
+
+async def run_device(
+    setup: AgentSetup,
+    source: CommandSource = commands,
+    *,
+    make_paymaster: PaymasterFactory = Paymaster,
+) -> None:
     """Assemble device ``setup.name``'s agent, serve ``source``'s commands until
-    stopped (see the module's contract), then stop its parts in order."""
+    stopped (see the module's contract), then stop its parts in order.
+    ``make_paymaster`` builds its paymaster (tests hand it one that crashes the
+    process mid-payment: :mod:`p2pgrid.testing.crash`)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
     signer = setup.signer
     timing = setup.timing
@@ -180,7 +191,7 @@ async def run_device(setup: AgentSetup, source: CommandSource = commands) -> Non
                 replica=replica,
                 peers=host,
                 node=node,
-                paymaster=Paymaster(node=node, writer=writer, intents=intents, name=name),
+                paymaster=make_paymaster(node=node, writer=writer, intents=intents, name=name),
                 watch=watch,
             ),
             Metering(setup.tariff, device.meter.source(), timing.model_interval),
@@ -229,19 +240,35 @@ async def run_device(setup: AgentSetup, source: CommandSource = commands) -> Non
     emit("stopped", name=name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m p2pgrid.agent", description=__doc__)
+def argument_parser(prog: str = "python -m p2pgrid.agent") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--scenario", type=Path, required=True)
     parser.add_argument("--runtime", type=Path, required=True)
     parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    run_process(_run_from_files(args.scenario, args.runtime, args.name))
 
 
-async def _run_from_files(scenario_path: Path, runtime_path: Path, name: str) -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
+    setup_logging()
+    run_process(run_from_files(args.scenario, args.runtime, args.name))
+
+
+async def run_from_files(
+    scenario_path: Path,
+    runtime_path: Path,
+    name: str,
+    *,
+    make_paymaster: PaymasterFactory = Paymaster,
+) -> None:
+    """The launcher's child: device ``name`` of a scenario and a runtime file."""
     scenario = load_scenario(scenario_path)
-    await run_device(setup_from_scenario(scenario, Runtime.load(runtime_path), name))
+    setup = setup_from_scenario(scenario, Runtime.load(runtime_path), name)
+    await run_device(setup, make_paymaster=make_paymaster)

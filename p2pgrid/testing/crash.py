@@ -1,0 +1,223 @@
+"""Processes that kill themselves (SIGKILL) at a chosen point, for restart tests.
+
+A kill from outside lands where the clock happens to be; these land exactly in
+the window a test is about (the launcher then starts the product's program again
+on the same files, :meth:`p2pgrid.launcher.Running.restart`):
+
+``python -m p2pgrid.testing.crash --scenario S --runtime R --after-invoices SITE:PERIOD:N``
+    the utility process (:mod:`p2pgrid.utility.process`) whose invoicer of site
+    ``SITE`` creates its ``N``-th invoice of ``PERIOD`` on lnd and dies before
+    that invoice is in its log (``N - 1`` are: mid-invoicing, with one invoice on
+    lnd that no entry records).
+
+``python -m p2pgrid.testing.crash --scenario S --runtime R --name D --mid-payment KIND:PERIOD``
+    the device agent (:mod:`p2pgrid.agent.process`) that, on its first payment of
+    ``KIND`` (``invoice``, ``share``, ``sale``, ``site_share``) for ``PERIOD``,
+    records its intent, hands the payment to lnd, waits until lnd lists it (in
+    flight or done) and dies before anything is logged.
+
+The option says which process it is (the launcher appends it to the product's
+arguments: :class:`p2pgrid.launcher.UtilityCommand`, :class:`~p2pgrid.launcher.AgentCommand`).
+Nothing here is imported by the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+from p2pgrid.agent.intents import Purpose, PurposeKind
+from p2pgrid.agent.paymaster import Paid, Paymaster
+from p2pgrid.agent.ports import Wallet
+from p2pgrid.agent.process import argument_parser as agent_arguments
+from p2pgrid.agent.process import run_from_files as run_agent_from_files
+from p2pgrid.agent.process import setup_logging as agent_logging
+from p2pgrid.ledger import Body, Entry, Invoice, LogWriter
+from p2pgrid.lightning import DecodedInvoice, Payment
+from p2pgrid.lightning import Invoice as LnInvoice
+from p2pgrid.poll import wait_until
+from p2pgrid.scenario import load_scenario
+from p2pgrid.service import run_process
+from p2pgrid.utility import Invoicer
+from p2pgrid.utility.process import argument_parser as utility_arguments
+from p2pgrid.utility.process import run_from_files as run_utility_from_files
+from p2pgrid.utility.process import setup_logging as utility_logging
+
+log = logging.getLogger(__name__)
+
+#: How long the dying agent waits for lnd to list the payment it handed over.
+PAYMENT_LISTED_S = 30.0
+
+
+def die(why: str) -> NoReturn:
+    """SIGKILL this process: no cleanup, no flush but the log line before it."""
+    log.warning("TEST: killing this process (SIGKILL): %s", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: SIGKILL did not kill")  # pragma: no cover
+
+
+# -- utility: dies mid-invoicing --------------------------------------------------
+
+
+class _DyingWriter(LogWriter):
+    """The invoicer's writer: dies instead of logging the ``n``-th invoice of ``period``."""
+
+    def __init__(self, writer: LogWriter, *, period: int, n: int) -> None:
+        super().__init__(writer.store, writer.signer, writer.author)
+        self.period = period
+        self.n = n
+        self.seen = 0
+
+    async def append(self, body: Body, *, period: int, timestamp_ms: int) -> Entry:
+        if isinstance(body, Invoice) and period == self.period:
+            self.seen += 1
+            if self.seen == self.n:
+                die(f"invoice {self.n} of period {period} is on lnd, not in the log")
+        return await super().append(body, period=period, timestamp_ms=timestamp_ms)
+
+
+class DyingInvoicer(Invoicer):
+    """An :class:`Invoicer` that dies before logging the ``n``-th invoice of ``period``
+    when it invoices site ``site_id`` (other sites' invoicers are honest)."""
+
+    def __init__(self, *, at: tuple[str, int, int], **invoicer: Any) -> None:
+        super().__init__(**invoicer)
+        site_id, period, n = at
+        if self.site.site_id == site_id:
+            self.writer = _DyingWriter(self.writer, period=period, n=n)
+
+
+# -- agent: dies mid-payment ------------------------------------------------------
+
+
+class _DyingWallet:
+    """``node`` that, for the armed payment hash, hands the payment to lnd, waits
+    until lnd lists it and dies."""
+
+    def __init__(self, node: Wallet) -> None:
+        self.node = node
+        self.armed = ""  # the payment hash to die on
+
+    async def pay_invoice(
+        self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
+    ) -> Payment:
+        if not self.armed:
+            return await self.node.pay_invoice(
+                payment_request, fee_limit_msat=fee_limit_msat, timeout_s=timeout_s
+            )
+        armed = self.armed
+
+        async def listed() -> bool:
+            return any(p.payment_hash == armed for p in await self.node.list_payments())
+
+        async with asyncio.TaskGroup() as paying:
+            paying.create_task(
+                self.node.pay_invoice(
+                    payment_request, fee_limit_msat=fee_limit_msat, timeout_s=timeout_s
+                )
+            )
+            await wait_until(listed, timeout_s=PAYMENT_LISTED_S, what="lnd to list the payment")
+            die(f"payment {armed[:16]} is with lnd, not in the log")
+
+    async def add_invoice(
+        self,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        private: bool = False,
+        preimage: bytes | None = None,
+    ) -> LnInvoice:
+        return await self.node.add_invoice(
+            amount_msat, memo, expiry_s=expiry_s, private=private, preimage=preimage
+        )
+
+    async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
+        return await self.node.decode_invoice(payment_request)
+
+    async def lookup_invoice(self, payment_hash: str) -> LnInvoice:
+        return await self.node.lookup_invoice(payment_hash)
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        await self.node.cancel_invoice(payment_hash)
+
+    async def track_payment(self, payment_hash: str) -> Payment:
+        return await self.node.track_payment(payment_hash)
+
+    async def list_payments(self) -> list[Payment]:
+        return await self.node.list_payments()
+
+
+class DyingPaymaster(Paymaster):
+    """A :class:`Paymaster` that dies in the middle of its first payment of ``kind``
+    for ``period`` (intent recorded, payment with lnd, nothing logged)."""
+
+    def __init__(self, *, at: tuple[PurposeKind, int], node: Wallet, **paymaster: Any) -> None:
+        self._wallet = _DyingWallet(node)
+        super().__init__(node=self._wallet, **paymaster)
+        self.at = at
+
+    async def pay(
+        self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
+    ) -> Paid:
+        if (purpose.kind, period) == self.at:
+            self._wallet.armed = payment_hash
+        return await super().pay(
+            bolt11, payment_hash, period=period, purpose=purpose, fee_limit_msat=fee_limit_msat
+        )
+
+
+# -- command line -----------------------------------------------------------------
+
+
+def _triple(text: str) -> tuple[str, int, int]:
+    try:
+        site, period, n = text.rsplit(":", 2)
+        return site, int(period), int(n)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want SITE:PERIOD:N, got {text!r}") from exc
+
+
+def _pair(text: str) -> tuple[PurposeKind, int]:
+    try:
+        kind, period = text.rsplit(":", 1)
+        return PurposeKind(kind), int(period)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want KIND:PERIOD, got {text!r}") from exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    program = "python -m p2pgrid.testing.crash"
+    if "--after-invoices" in args:
+        parser = utility_arguments(prog=program)
+        parser.add_argument("--after-invoices", type=_triple, required=True)
+        parsed = parser.parse_args(args)
+        utility_logging()
+        site_ids = {s.name: s.identity.site_id for s in load_scenario(parsed.scenario).sites}
+        site, period, n = parsed.after_invoices
+        make = functools.partial(DyingInvoicer, at=(site_ids[site], period, n))
+        run_process(run_utility_from_files(parsed.scenario, parsed.runtime, make_invoicer=make))
+    elif "--mid-payment" in args:
+        parser = agent_arguments(prog=program)
+        parser.add_argument("--mid-payment", type=_pair, required=True)
+        parsed = parser.parse_args(args)
+        agent_logging()
+        pay = functools.partial(DyingPaymaster, at=parsed.mid_payment)
+        run_process(
+            run_agent_from_files(parsed.scenario, parsed.runtime, parsed.name, make_paymaster=pay)
+        )
+    else:
+        sys.exit(f"usage: {program} (--after-invoices ... | --mid-payment ...) (see its docstring)")
+
+
+if __name__ == "__main__":
+    main()
