@@ -5,10 +5,12 @@ kind of process, and for how long. :class:`Injector` finds the process in ``/pro
 (daemons by their data directory, agents and the utility by their work directory
 and name), applies the fault and undoes it:
 
-- ``kill``: SIGKILL, then (daemons only) start it again on the same data directory
-  after the outage; btcd, which deletes its regtest chain at every start, is given
-  its stored blocks back (:func:`p2pgrid.regtest.btcd.stored_blocks`) while the lnd
-  nodes are held off its RPC port, so that they find the same chain, never height 0;
+- ``kill``: SIGKILL, then start it again on the same data directory after the
+  outage (daemons by the stack; an agent or the utility by the ``restart`` the
+  injector was given: the launcher's :class:`p2pgrid.launcher.Running`); btcd,
+  which deletes its regtest chain at every start, is given its stored blocks back
+  (:func:`p2pgrid.regtest.btcd.stored_blocks`) while the lnd nodes are held off
+  its RPC port, so that they find the same chain, never height 0;
 - ``pause``: SIGSTOP, SIGCONT after the outage (the process keeps its sockets: peers
   see a node that accepts connections and never answers);
 - ``partition``: every libp2p packet that a site's agents send is dropped (iptables
@@ -32,9 +34,10 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from p2pgrid.errors import FatalError
 from p2pgrid.lightning import LndClient, NodeUnreachable
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack, process
@@ -85,20 +88,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("utility-pause", Target.UTILITY, Action.PAUSE, outage_s=8.0),
     Fault("site-partition", Target.SITE, Action.PARTITION, outage_s=10.0),
     Fault("agent-slow-link", Target.AGENT, Action.SLOW, outage_s=15.0),
-    Fault(
-        "agent-kill",
-        Target.AGENT,
-        Action.KILL,
-        outage_s=5.0,
-        not_yet="needs issue 12 (an agent restarted from its data directory)",
-    ),
-    Fault(
-        "utility-kill",
-        Target.UTILITY,
-        Action.KILL,
-        outage_s=5.0,
-        not_yet="needs issue 12 (the utility restarted from its data directory)",
-    ),
+    Fault("agent-kill", Target.AGENT, Action.KILL, outage_s=5.0),
+    Fault("utility-kill", Target.UTILITY, Action.KILL, outage_s=5.0),
 )
 
 
@@ -176,10 +167,18 @@ class Injected:
 class Injector:
     """Applies faults to the processes of one run on one stack."""
 
-    def __init__(self, stack: Stack, work_dir: Path, trial: str) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        work_dir: Path,
+        trial: str,
+        restart: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.stack = stack
         self.work_dir = work_dir
         self.trial = trial
+        #: Starts a killed agent or utility (by name) again on its files.
+        self.restart = restart
         self._cgroup = CGROUP_ROOT / f"{RULE_COMMENT}-{trial}"
 
     # -- finding victims -----------------------------------------------------------
@@ -236,6 +235,11 @@ class Injector:
                         await self.restart_lnd(v)
                 elif fault.target is Target.BTCD:
                     await self.restart_btcd()
+                elif self.restart is None:
+                    raise FatalError(f"{fault.name}: this injector cannot restart {victims}")
+                else:
+                    for v in victims:
+                        await self.restart(v)
             case Action.PARTITION | Action.SLOW:
                 drop = ["-j", "DROP"]
                 if fault.action is Action.SLOW:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from p2pgrid.demo import snapshots
-from p2pgrid.launcher import run_scenario
+from p2pgrid.launcher import Running, run_scenario
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.faults import (
+    Action,
     Fault,
     Injected,
     Injector,
@@ -79,7 +80,22 @@ async def test_fault_trial(
     fault, victims, moment = choose(scenario, fault_seed, trial)
     print(f"seed {fault_seed} trial {trial}: {fault.name} on {victims} at +{moment:.1f}s")
     work = tmp_path / "run"
-    injector = Injector(stack, work, trial=f"{fault_seed}-{trial}")
+    # An agent or the utility killed is started again by the launcher, which keeps
+    # the run's processes (and reads their "done" only once the restart is over).
+    restarts = fault.action is Action.KILL and fault.target in (Target.AGENT, Target.UTILITY)
+    running: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+    over = asyncio.Event()
+
+    async def during(run: Running) -> None:
+        running.set_result(run)
+        if restarts:
+            await over.wait()
+
+    async def restart(name: str) -> None:
+        run = running.result()
+        await (run.restart_utility() if name == scenario.utility.name else run.restart(name))
+
+    injector = Injector(stack, work, trial=f"{fault_seed}-{trial}", restart=restart)
     processes = 1 + sum(len(s.devices) for s in scenario.sites)
     injected: list[Injected] = []
     started = time.monotonic()
@@ -89,17 +105,22 @@ async def test_fault_trial(
         async def all_up() -> bool:
             return len(processes_under(work)) >= processes
 
-        await wait_until(all_up, timeout_s=PROCESSES_UP_S, what="the run's processes")
-        await asyncio.sleep(moment)  # the moment the seed chose: a timer, not a sync
-        done = await injector.inject(fault, victims)
-        done.at_s = moment
-        injected.append(done)
+        try:
+            await wait_until(all_up, timeout_s=PROCESSES_UP_S, what="the run's processes")
+            if restarts:
+                await running  # the launcher can restart what is killed from here on
+            await asyncio.sleep(moment)  # the moment the seed chose: a timer, not a sync
+            done = await injector.inject(fault, victims)
+            done.at_s = moment
+            injected.append(done)
+        finally:
+            over.set()
 
     error = ""
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(inject())
-            tasks.create_task(run_scenario(scenario, path, stack, work))
+            tasks.create_task(run_scenario(scenario, path, stack, work, during=during))
     except* Exception as group:  # noqa: BLE001 - a trial records whatever ended its run
         error = "; ".join(f"{type(e).__name__}: {e}"[:300] for e in group.exceptions)
     finally:
