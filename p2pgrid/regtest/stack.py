@@ -69,6 +69,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything under it; an entry that vanished while the
+    tree was walked is gone already, not an error (a stack's teardown once failed
+    on an lnd ``channel.backup-<time>`` file that disappeared between the listing
+    and its unlink)."""
+    shutil.rmtree(path, onerror=_gone_is_fine)
+
+
+def _gone_is_fine(func: Callable[..., object], name: str, exc_info: tuple[Any, ...]) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Which stack, where, on which ports. ``port_base=None`` picks a free block."""
@@ -443,6 +456,6 @@ class Stack:
         if found:
             self._say(f"stopped {len(found)} daemon(s)")
         if remove and self.config.dir.exists():
-            shutil.rmtree(self.config.dir)
+            remove_tree(self.config.dir)
         elif self._state_path.exists():
             self._write_state(status="stopped")
