@@ -158,7 +158,7 @@ def _runtime(tmp_path: Path, *, files: bool) -> Path:
 )
 @pytest.mark.parametrize(
     ("files", "code", "says"),
-    [(False, EXIT_FAILED, "cannot load TLS cert or macaroon"), (True, EXIT_UNAVAILABLE, "lnd-x")],
+    [(False, EXIT_CONFIG, "cannot load TLS cert or macaroon"), (True, EXIT_UNAVAILABLE, "lnd-x")],
     ids=["no-lnd-files", "lnd-down"],
 )
 def test_with_the_stack_down_a_process_says_so_in_one_line(

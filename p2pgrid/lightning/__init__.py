@@ -7,6 +7,7 @@ from p2pgrid.lightning.errors import (
     InvoiceExpired,
     LightningError,
     LndApiError,
+    LndFilesError,
     NodeUnreachable,
     PaymentFailed,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "LndApiError",
     "LndClient",
     "LndEndpoint",
+    "LndFilesError",
     "NodeInfo",
     "NodeState",
     "NodeUnreachable",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2pgrid.errors import P2PGridError, ReportableError, RetryableError
+from p2pgrid.errors import ConfigError, P2PGridError, ReportableError, RetryableError
 
 
 class LightningError(P2PGridError):
@@ -15,6 +15,11 @@ class NodeUnreachable(LightningError, RetryableError):
 
 class AuthError(LightningError, ReportableError):
     """The node refused our macaroon or its TLS certificate did not verify."""
+
+
+class LndFilesError(AuthError, ConfigError):
+    """lnd's TLS certificate or macaroon, named in the configuration, cannot be
+    read or loaded: a configuration error (exit 2), not a refusal by the node."""
 
 
 class LndApiError(LightningError, ReportableError):

@@ -36,6 +36,7 @@ from p2pgrid.lightning.errors import (
     InvoiceError,
     InvoiceExpired,
     LndApiError,
+    LndFilesError,
     NodeUnreachable,
     PaymentFailed,
 )
@@ -200,7 +201,7 @@ class LndClient:
         except InsecureSecretFile:
             raise
         except (OSError, ssl.SSLError, ConfigError) as exc:
-            raise AuthError(
+            raise LndFilesError(
                 f"{self.endpoint.name}: cannot load TLS cert or macaroon: {exc}"
             ) from exc
         self._client = httpx.AsyncClient(
