@@ -176,6 +176,8 @@ class UtilitySection(_Strict):
     bootstrap: list[Multiaddr] = Field(default_factory=list)
     mdns: bool = False
     lnd: LndModel
+    #: At a period's end, how long to wait for every device's last reading.
+    readings_wait_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
 
 
 class UtilitySiteModel(_Strict):

@@ -115,6 +115,7 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
         timing=model.clock.timing(),
         tariff=utility_file.tariff,
         invoice_secret=secret,
+        readings_wait_s=model.utility.readings_wait_s,
         runtime=Runtime(
             lnd=utility_file.lnd(model.utility.name, model.utility.lnd),
             data_dir=utility_file.resolve(model.utility.data_dir),

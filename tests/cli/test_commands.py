@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.config import read_entries
+from p2pgrid.config.files import UtilityFile
+from p2pgrid.config.setups import utility_setup
 from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.ledger import Allocation
 from p2pgrid.provision import membership_of
@@ -289,6 +291,20 @@ def test_a_bad_utility_file_names_the_key(tmp_path: Path) -> None:
     result = cli("utility", "run", "--config", str(d.utility_file))
     assert result.exit_code == EXIT_CONFIG
     assert 'utility.toml: sites[0] ("store-1").budget_msat: missing' in _error_line(result.stderr)
+
+
+def test_the_utility_file_sets_the_readings_wait(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    text = d.utility_file.read_text()
+    assert "[utility]\n" in text
+    d.utility_file.write_text(text.replace("[utility]\n", "[utility]\nreadings_wait_s = 7.5\n", 1))
+    assert utility_setup(UtilityFile(d.utility_file)).readings_wait_s == 7.5
+    d.utility_file.write_text(text.replace("[utility]\n", "[utility]\nreadings_wait_s = 0\n", 1))
+    result = cli("utility", "run", "--config", str(d.utility_file))
+    assert result.exit_code == EXIT_CONFIG
+    assert "utility.toml: utility.readings_wait_s: Input should be greater than 0" in (
+        _error_line(result.stderr)
+    )
 
 
 def _lnd_files(root: Path, name: str) -> None:
