@@ -141,6 +141,22 @@ class DeviceModel(_Strict):
     producer: bool = False
 
 
+def devices_used_twice(devices: list[DeviceModel]) -> str | None:
+    """What a site's device table names twice (an index or a name), or None."""
+    for what, values in (
+        ("device index", [d.index for d in devices]),
+        ("device name", [d.name for d in devices]),
+    ):
+        twice = sorted(str(v) for v, n in Counter(values).items() if n > 1)
+        if twice:
+            return f"{what} used twice: {', '.join(twice)}"
+    return None
+
+
+#: Seconds the utility waits at a period's end for every device's last reading.
+ReadingsWait = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+
+
 class SiteModel(_Strict):
     name: NonEmpty
     seed: NonEmpty
@@ -149,21 +165,16 @@ class SiteModel(_Strict):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
-        for what, values in (
-            ("device index", [d.index for d in self.devices]),
-            ("device name", [d.name for d in self.devices]),
-        ):
-            twice = sorted(str(v) for v, n in Counter(values).items() if n > 1)
-            if twice:
-                raise ValueError(f"site {self.name!r}: {what} used twice: {', '.join(twice)}")
+        twice = devices_used_twice(list(self.devices))
+        if twice:
+            raise ValueError(f"site {self.name!r}: {twice}")
         return self
 
 
 class UtilityModel(_Strict):
     name: NonEmpty = "utility"
     seed: NonEmpty
-    #: Seconds the utility waits at a period's end for a device's last reading.
-    readings_wait_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
+    readings_wait_s: ReadingsWait = 60.0
 
 
 class ClockModel(_Strict):

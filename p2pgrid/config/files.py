@@ -47,9 +47,11 @@ from p2pgrid.scenario_schema import (
     DeviceModel,
     NonEmpty,
     Positive,
+    ReadingsWait,
     TariffModel,
     _Strict,
     describe_errors,
+    devices_used_twice,
 )
 
 
@@ -157,13 +159,9 @@ class SiteFileModel(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        for what, values in (
-            ("device index", [d.index for d in self.devices]),
-            ("device name", [d.name for d in self.devices]),
-        ):
-            twice = sorted(str(v) for v, n in Counter(values).items() if n > 1)
-            if twice:
-                raise ValueError(f"{what} used twice: {', '.join(twice)}")
+        twice = devices_used_twice(list(self.devices))
+        if twice:
+            raise ValueError(twice)
         return self
 
 
@@ -176,8 +174,7 @@ class UtilitySection(_Strict):
     bootstrap: list[Multiaddr] = Field(default_factory=list)
     mdns: bool = False
     lnd: LndModel
-    #: At a period's end, how long to wait for every device's last reading.
-    readings_wait_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
+    readings_wait_s: ReadingsWait = 60.0
 
 
 class UtilitySiteModel(_Strict):
