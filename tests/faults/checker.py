@@ -63,13 +63,24 @@ def replica_paths(scenario: Scenario, work_dir: Path, site_name: str) -> dict[st
     return paths
 
 
-async def _read(scenario: Scenario, site_name: str, path: Path) -> tuple[bytes, list[Entry]]:
+async def read_replica(scenario: Scenario, site_name: str, path: Path) -> tuple[bytes, list[Entry]]:
+    """The digest and entries of one replica file of a site."""
     site = next(s for s in scenario.sites if s.name == site_name)
     store = await LogStore.open(path, site.identity, name=f"check-{path.stem}")
     try:
         return store.digest(), await store.entries()
     finally:
         await store.close()
+
+
+async def replica_entries(scenario: Scenario, site_name: str, path: Path) -> list[Entry]:
+    return (await read_replica(scenario, site_name, path))[1]
+
+
+async def utility_log(scenario: Scenario, work_dir: Path, site_name: str) -> list[Entry]:
+    """The entries of the utility's replica of a site, after a run in ``work_dir``."""
+    path = replica_paths(scenario, work_dir, site_name)[scenario.utility.name]
+    return await replica_entries(scenario, site_name, path)
 
 
 async def check_trial(
@@ -105,7 +116,7 @@ async def check_trial(
             if not path.exists():
                 verdict.problem(f"{site.name}: replica {name} missing ({path})")
                 continue
-            digests[name], got = await _read(scenario, site.name, path)
+            digests[name], got = await read_replica(scenario, site.name, path)
             for e in got:  # the union of the replicas: what any of them holds
                 union[(e.author, e.seq)] = e
         if len(set(digests.values())) > 1:

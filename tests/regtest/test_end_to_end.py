@@ -24,9 +24,7 @@ from p2pgrid.ledger import (
     CarryOver,
     Curtailment,
     Dispute,
-    Entry,
     Invoice,
-    LogStore,
     Payment,
     Sale,
     Share,
@@ -40,6 +38,7 @@ from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
+from tests.faults.checker import utility_log
 from tests.regtest.conftest import TEST_ROOT
 from tests.regtest.key_material import files_under, macaroon_secrets, scan, scenario_secrets
 
@@ -74,16 +73,6 @@ async def run(
         await stack.down()
 
 
-async def site_log(scenario: Scenario, result: RunResult, site_name: str) -> list[Entry]:
-    site = next(s for s in scenario.sites if s.name == site_name)
-    path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_name}.db"
-    store = await LogStore.open(path, site.identity, name="check")
-    try:
-        return await store.entries()
-    finally:
-        await store.close()
-
-
 async def test_every_replica_of_a_site_converges(run: tuple[Scenario, Stack, RunResult]) -> None:
     scenario, _, result, _ = run
     for site in scenario.sites:
@@ -97,7 +86,7 @@ async def test_shares_carry_overs_and_curtailments_are_logged(
 ) -> None:
     scenario, _, result, _ = run
     for site in scenario.sites:
-        entries = await site_log(scenario, result, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name)
         kinds = {type(e.body) for e in entries}
         assert {Share, CarryOver, Curtailment} <= kinds, (site.name, kinds)
         producers = [d for d in site.devices if d.meter.kind == "solar"]
@@ -111,7 +100,7 @@ async def test_shares_carry_overs_and_curtailments_are_logged(
     # Network to network: a device of one store got budget from the other store.
     site_shares = {}
     for site in scenario.sites:
-        entries = await site_log(scenario, result, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name)
         site_shares[site.name] = (
             [e for e in entries if isinstance(e.body, SiteShare)],
             [e for e in entries if isinstance(e.body, SiteShareIn)],
@@ -132,7 +121,7 @@ async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
     status = {(s["site"], s["device"], s["period"]): s for s in result.invoice_status}
     owing = set()  # (site, device, period) with grid energy to pay for, by the log
     for site in scenario.sites:
-        entries = await site_log(scenario, result, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name)
         for d in site.devices:
             for p in range(scenario.periods):
                 if bill(entries, device=d.index, period=p, tariff=scenario.tariff).amount_msat:
@@ -149,7 +138,7 @@ async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
             states = result.reports[d.name]["period_states"]
             assert states == {str(p): "settled" for p in range(scenario.periods)}, d.name
     for site in scenario.sites:
-        entries = await site_log(scenario, result, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name)
         invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
         payments = [e.body for e in entries if isinstance(e.body, Payment)]
         assert len({p.payment_hash for p in payments}) == len(payments)  # never twice

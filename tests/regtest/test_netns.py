@@ -25,13 +25,14 @@ import pytest
 
 from p2pgrid.demo import check_money, snapshots
 from p2pgrid.launcher import Placement, RunResult, run_scenario
-from p2pgrid.ledger import Entry, Invoice, LogStore, Payment, bill
+from p2pgrid.ledger import Invoice, Payment, bill
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.netns import Lan, netns_refused
+from tests.faults.checker import utility_log
 from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -95,16 +96,6 @@ async def run(
         await stack.down()
 
 
-async def site_log(scenario: Scenario, result: RunResult, site_name: str) -> list[Entry]:
-    site = next(s for s in scenario.sites if s.name == site_name)
-    path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_name}.db"
-    store = await LogStore.open(path, site.identity, name="check")
-    try:
-        return await store.entries()
-    finally:
-        await store.close()
-
-
 def test_parties_dial_each_other_over_the_bridge_only(run: Run) -> None:
     """Every process listened on its namespace's address (which exists nowhere
     else, so it ran there) and bootstrapped from other parties' bridge addresses."""
@@ -134,7 +125,7 @@ async def test_every_invoice_is_paid_once(run: Run) -> None:
     status = {(s["site"], s["device"], s["period"]): s for s in result.invoice_status}
     owing = set()
     for site in scenario.sites:
-        entries = await site_log(scenario, result, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name)
         for d in site.devices:
             if bill(entries, device=d.index, period=0, tariff=scenario.tariff).amount_msat:
                 owing.add((site.name, d.index, 0))

@@ -22,13 +22,14 @@ import pytest
 
 from p2pgrid.demo import check_money, snapshots
 from p2pgrid.launcher import Running, RunResult, run_scenario
-from p2pgrid.ledger import Entry, Invoice, LogStore, MeterReading, Payment
+from p2pgrid.ledger import Invoice, MeterReading, Payment
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.poll import wait_until
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
+from tests.faults.checker import replica_entries
 from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -70,15 +71,6 @@ async def run(
         await stack.down()
 
 
-async def _replica(scenario: Scenario, site_name: str, path: Path) -> list[Entry]:
-    site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, site.identity, name="check")
-    try:
-        return await store.entries()
-    finally:
-        await store.close()
-
-
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
 
 
@@ -105,7 +97,7 @@ async def test_no_interval_is_read_twice_in_any_replica(run: Run) -> None:
             result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
         )
         for path in paths:
-            entries = await _replica(scenario, site.name, path)
+            entries = await replica_entries(scenario, site.name, path)
             reads = Counter(
                 (e.author, e.body.interval_start_ms)
                 for e in entries
@@ -135,7 +127,7 @@ async def test_every_invoice_is_paid_once_and_every_period_settled(run: Run) -> 
             assert invoice.amt_paid_msat == s["amount_msat"]
     for site_ in scenario.sites:
         path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_.name}.db"
-        entries = await _replica(scenario, site_.name, path)
+        entries = await replica_entries(scenario, site_.name, path)
         invoices = {e.body.payment_hash for e in entries if isinstance(e.body, Invoice)}
         paid = [e.body.payment_hash for e in entries if isinstance(e.body, Payment)]
         assert len(paid) == len(set(paid))  # never twice

@@ -43,14 +43,14 @@ import pytest
 from p2pgrid.billing import invoice_memo
 from p2pgrid.demo import snapshots
 from p2pgrid.launcher import AgentCommand, Running, RunResult, UtilityCommand, run_scenario
-from p2pgrid.ledger import Budget, Entry, Invoice, LogStore, Payment, Role, Share, SiteShare
+from p2pgrid.ledger import Budget, Invoice, Payment, Role, Share, SiteShare
 from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.faults.checker import check_trial, replica_paths
+from tests.faults.checker import check_trial, replica_entries, replica_paths
 from tests.regtest.conftest import TEST_ROOT
 
 SHIPPED = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -126,15 +126,6 @@ async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> Asy
         await stack.down()
 
 
-async def _entries(scenario: Scenario, site_name: str, path: Path) -> list[Entry]:
-    site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, site.identity, name="check")
-    try:
-        return await store.entries()
-    finally:
-        await store.close()
-
-
 def _died_paying(result: RunResult, name: str) -> str:
     """The hash prefix of the payment ``name`` was killed in (from its first log)."""
     found = _DIED.search((result.work_dir / f"{name}.log").read_text())
@@ -174,7 +165,7 @@ async def test_no_invoice_or_budget_is_issued_twice(run: Run) -> None:
     logged: dict[str, bytes] = {}  # memo -> payment hash
     for site in scenario.sites:
         for name, path in replica_paths(scenario, result.work_dir, site.name).items():
-            entries = await _entries(scenario, site.name, path)
+            entries = await replica_entries(scenario, site.name, path)
             budgets = Counter(
                 e.period
                 for e in entries
@@ -208,7 +199,7 @@ async def test_payments_in_flight_at_the_kills_are_logged_once(run: Run) -> None
     for name, kind, period in (MID_SHARE, MID_INVOICE_PAYMENT):
         prefix = _died_paying(result, name)
         site, device = scenario.site_of(name)
-        entries = await _entries(scenario, site.name, result.work_dir / name / f"{name}.db")
+        entries = await replica_entries(scenario, site.name, result.work_dir / name / f"{name}.db")
         hashes = []
         for e in entries:
             if e.author.role is not Role.DEVICE or e.author.index != device.index:
