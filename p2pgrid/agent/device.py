@@ -318,8 +318,8 @@ class DeviceAgent:
         counted and logged here, never invented; a period whose end passed is
         closed and its invoice settled as usual (a paid one is not paid again).
         """
-        restarted = self.store.next_position(self.writer.author)[0] > 1
-        resume = self.clock.current_interval() if restarted else 0
+        # Started late (first start or restart): the intervals that passed are missed.
+        resume = self.clock.current_interval()
         await self._resolve_open()
         read = await self._read_intervals()
         async with asyncio.TaskGroup() as settlements:

@@ -265,3 +265,21 @@ async def test_without_a_period_count_it_runs_period_after_period_until_stopped(
     assert [c.period for c in of(entries, CarryOver, me)] == [0, 1, 2]
     assert sorted(p.period for p in of(entries, Payment, me)) == [0, 1, 2]
     assert len(device.node.attempts) == 3
+
+
+async def test_started_late_for_the_first_time_it_counts_the_passed_intervals_as_missed(
+    rig: Rig,
+) -> None:
+    """An agent first started after its clock's start reads no interval that has
+    passed: they are missed (never invented), and it meters from the current one."""
+    device = await rig.device(0)
+    me = device.writer.author
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    await rig.start()
+    agent, replica, _ = await rig.agent(device)
+    replica.before_wait = rig.utility_for(device)
+    rig.clock.t += 2 * 900 + 100  # two intervals have passed, the third has begun
+    report = await agent.run(periods=1)
+    entries = await device.store.entries()
+    assert (report.missed_intervals, report.intervals) == (2, INTERVALS_PER_PERIOD - 2)
+    assert starts(entries, me) == [model_ms(i) for i in range(2, INTERVALS_PER_PERIOD)]
