@@ -18,14 +18,13 @@ from p2pgrid.ledger import (
     MeterReading,
     Revoke,
     Role,
-    Sale,
     Share,
     SiteShare,
     SiteShareIn,
     fold,
 )
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
-from tests.ledger.test_views import DEVICES, Script
+from tests.ledger.test_views import DEVICES, Script, add_op
 
 OTHER = Site.make(b"the owner's other site")
 PEERS = {OTHER.membership.site_hash: OTHER.membership}
@@ -50,20 +49,9 @@ def script_entries(site: Site, script: list[tuple[str, int, int, int]]) -> list[
     period = 1
     extra: list[Entry] = []
     for op, a, b, amount in script:
-        if op == "alloc":
-            s.add(Author.owner(), Allocation(a, amount), period)
-        elif op == "read":
-            s.add(Author.device(a), MeterReading(T0_MS, 60, amount // 100, amount), period)
-        elif op == "share" and a != b:
-            s.add(Author.device(a), Share(b, amount, ""), period)
-        elif op == "sale" and a != b:
-            s.add(Author.device(a), Sale(b, 1 + amount // 1000, amount), period)
-        elif op == "carry":
-            s.add(Author.device(a), CarryOver(amount), period)
-        elif op == "next":
-            period += 1
-        elif op == "fork" and s.chains[Author.device(a)].entries:
-            extra.append(s.chains[Author.device(a)].fork(CarryOver(amount)))
+        if op == "fork":
+            if s.chains[Author.device(a)].entries:
+                extra.append(s.chains[Author.device(a)].fork(CarryOver(amount)))
         elif op == "site_in":  # evidence from the other site; sometimes a replay
             given = other.next(SiteShare(site.membership.site_hash, a, amount, ""))
             s.add(Author.device(a), SiteShareIn(given.raw.hex()), period)
@@ -72,6 +60,8 @@ def script_entries(site: Site, script: list[tuple[str, int, int, int]]) -> list[
         elif op == "late":  # a timestamp before the others of its period
             s.clock -= 5_000
             s.add(Author.owner(), Allocation(a, amount), period)
+        else:
+            period = add_op(s, op, a, b, amount, period)
     return s.entries + extra
 
 

@@ -116,6 +116,23 @@ def test_consumption_per_device_and_interval(site: Site) -> None:
     assert consumption(s.entries, interval_s=3600, period=2) == {2: {base: 7}}
 
 
+def add_op(s: Script, op: str, a: int, b: int, amount: int, period: int) -> int:
+    """Add the entry of one basic script op to ``s``; the period current after it."""
+    if op == "alloc":
+        s.add(Author.owner(), Allocation(a, amount), period)
+    elif op == "read":
+        s.add(Author.device(a), MeterReading(T0_MS, 60, amount // 100, amount), period)
+    elif op == "share" and a != b:
+        s.add(Author.device(a), Share(b, amount, ""), period)
+    elif op == "sale" and a != b:
+        s.add(Author.device(a), Sale(b, 1 + amount // 1000, amount), period)
+    elif op == "carry":
+        s.add(Author.device(a), CarryOver(amount), period)
+    elif op == "next":
+        return period + 1
+    return period
+
+
 ops = st.lists(
     st.tuples(
         st.sampled_from(["alloc", "read", "share", "sale", "carry", "next"]),
@@ -135,18 +152,7 @@ def test_balances_never_negative_and_sats_conserved(
     s = Script(site)
     period = 1
     for op, a, b, amount in script:
-        if op == "alloc":
-            s.add(Author.owner(), Allocation(a, amount), period)
-        elif op == "read":
-            s.add(Author.device(a), MeterReading(T0_MS, 60, amount // 100, amount), period)
-        elif op == "share" and a != b:
-            s.add(Author.device(a), Share(b, amount, ""), period)
-        elif op == "sale" and a != b:
-            s.add(Author.device(a), Sale(b, 1 + amount // 1000, amount), period)
-        elif op == "carry":
-            s.add(Author.device(a), CarryOver(amount), period)
-        elif op == "next":
-            period += 1
+        period = add_op(s, op, a, b, amount, period)
     view = fold(s.entries)
     for number, pv in view.periods.items():
         accounts = pv.accounts.values()
