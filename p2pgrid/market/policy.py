@@ -73,6 +73,11 @@ class Surplus:
             raise MarketError(f"a surplus is never negative: {self}")
 
 
+def sold_in(clearing: Clearing, ask: Ask | None) -> int:
+    """The Wh that ``ask``'s party sold (net) in ``clearing``; 0 without an ask."""
+    return max(0, net_wh(clearing).get(ask.party, 0)) if ask else 0
+
+
 @dataclass(frozen=True, slots=True)
 class SurplusDecision:
     """The ask to post (if any) and how to settle the budget after the clearing."""
@@ -98,8 +103,7 @@ class SurplusDecision:
 
     def carry_over_after(self, clearing: Clearing) -> int:
         """:meth:`carry_over_msat` for what this device sold in ``clearing``."""
-        sold = max(0, net_wh(clearing).get(self.ask.party, 0)) if self.ask else 0
-        return self.carry_over_msat(sold)
+        return self.carry_over_msat(sold_in(clearing, self.ask))
 
 
 def decide_surplus(
@@ -189,8 +193,7 @@ class LeftoverOffer:
 
     def used_after(self, clearing: Clearing) -> int:
         """:meth:`budget_used_msat` for what this device sold in ``clearing``."""
-        sold = max(0, net_wh(clearing).get(self.ask.party, 0)) if self.ask else 0
-        return self.budget_used_msat(sold)
+        return self.budget_used_msat(sold_in(clearing, self.ask))
 
 
 def offer_leftover(
