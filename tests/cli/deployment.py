@@ -52,6 +52,21 @@ def lnd_table(root: Path, name: str, port: int) -> str:
     )
 
 
+def clock_and_tariff(
+    start: datetime.datetime, interval_s: float, intervals_per_period: int, periods: int
+) -> str:
+    """The [clock] and [tariff] tables, the same in the site and the utility file."""
+    return f"""[clock]
+start = {start.isoformat().replace("+00:00", "Z")}
+interval_s = {interval_s}
+intervals_per_period = {intervals_per_period}
+periods = {periods}
+
+[tariff]
+msat_per_kwh = 250000
+"""
+
+
 def site_toml(
     root: Path,
     site: str,
@@ -88,15 +103,7 @@ budget_msat = 3000000
 entries = "store-1.entries"
 owner_key = "owner/owner.key"
 
-[clock]
-start = {start.isoformat().replace("+00:00", "Z")}
-interval_s = {interval_s}
-intervals_per_period = {intervals_per_period}
-periods = {periods}
-
-[tariff]
-msat_per_kwh = 250000
-
+{clock_and_tariff(start, interval_s, intervals_per_period, periods)}
 [utility]
 key = "{utility_key}"
 lnd_pubkey = "{utility_lnd or utility_key}"
@@ -121,15 +128,7 @@ invoice_secret_file = "ukeys/invoice.secret"
 data_dir = "data/utility"
 lnd = {lnd or lnd_table(root, "utility", 1)}
 
-[clock]
-start = {start.isoformat().replace("+00:00", "Z")}
-interval_s = {interval_s}
-intervals_per_period = {intervals_per_period}
-periods = {periods}
-
-[tariff]
-msat_per_kwh = 250000
-
+{clock_and_tariff(start, interval_s, intervals_per_period, periods)}
 [[sites]]
 name = "store-1"
 owner_pubkey = "{site}"
