@@ -145,14 +145,15 @@ def decode(data: bytes) -> Message:
         count = reader.u32()
         if count > MAX_HEADS:
             raise MalformedError(f"{count} heads are too many")
-        heads = []
+        heads: list[AuthorHead] = []
         for _ in range(count):
             author = Author.from_key(bytes(reader.u8() for _ in range(5)))
             seq, n, acc, tip = reader.u64(), reader.u64(), reader.hash32(), reader.hash32()
+            # One encoding per message: authors strictly ascending (no repeat).
+            if heads and not heads[-1].author < author:
+                raise MalformedError("heads are not in strictly ascending author order")
             heads.append(AuthorHead(author, seq, n, acc, tip))
         msg = HeadsReply(Heads(heads))
-        if len(msg.heads) != count:
-            raise MalformedError("an author appears twice in heads")
     elif mtype is MsgType.RANGE_REQUEST:
         author = Author.from_key(bytes(reader.u8() for _ in range(5)))
         msg = RangeRequest(author, reader.u64(), reader.u64())

@@ -12,6 +12,7 @@ from p2pgrid.ledger import (
     Author,
     CarryOver,
     LogWriter,
+    MalformedError,
     MeterReading,
     Replicator,
     SyncMisbehaviour,
@@ -160,6 +161,22 @@ def test_wire_messages_round_trip() -> None:
     ]
     for msg in messages:
         assert wire.decode(wire.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("order", [(2, 1), (1, 1)], ids=["descending", "repeated"])
+def test_heads_reply_out_of_author_order_is_malformed(order: tuple[int, int]) -> None:
+    """A heads reply has one encoding: authors strictly ascending. Any other
+    order would decode to the same heads and re-encode to other bytes."""
+    heads = [
+        AuthorHead(Author.device(i), 1, 1, bytes([i]) * 32, bytes([i + 1]) * 32) for i in (1, 2)
+    ]
+    canonical = wire.encode(wire.HeadsReply(Heads(heads)))
+    size = (len(canonical) - 6) // 2
+    records = [canonical[6 + k * size : 6 + (k + 1) * size] for k in range(2)]
+    raw = canonical[:6] + b"".join(records[i - 1] for i in order)
+    with pytest.raises(MalformedError, match="ascending author order"):
+        wire.decode(raw)
+    assert wire.decode(canonical) == wire.HeadsReply(Heads(heads))
 
 
 async def test_failed_gap_pull_is_left_to_the_next_round(site: Site, open_store: OpenStore) -> None:
