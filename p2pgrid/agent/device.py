@@ -215,6 +215,8 @@ class DeviceAgent:
             balance=self.balance,
             name=self.name,
             nodes=self.nodes,
+            replica=self.replica,
+            announce=self.announce_new,
             now=clock.now,
             config=self.config.energy,
         )
@@ -370,9 +372,16 @@ class DeviceAgent:
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             rate = self.tariff.rate_msat_per_kwh(modelled)
             try:
-                consumed -= await self.energy.buy(
-                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate, peers=peers
+                curve = await self.energy.bid(
+                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate
                 )
+                if curve is not None:  # the pooled round closes round_s into the interval
+                    await self.clock.until(
+                        self.clock.time_of(interval) + self.config.energy.round_s
+                    )
+                    consumed -= await self.energy.settle_round(
+                        period=period, interval=interval, peers=peers
+                    )
             except RetryableError as exc:
                 self._node_away("buying from neighbours", exc)
         cost = charge_msat(self.tariff, [(modelled, consumed)])
@@ -401,7 +410,7 @@ class DeviceAgent:
         # once each device's reading of its last interval is in its replica.
         await self._write(MeterReading(start_ms, METER_INTERVAL_S, consumed, cost), period)
         self.report.consumed_wh += consumed
-        self.energy.offer(  # this interval's surplus, for sale during the next one
+        await self.energy.offer(  # this interval's surplus, for sale during the next one
             period=self.clock.period_of(interval + 1),
             interval=interval + 1,
             export_wh=export,
