@@ -3,7 +3,10 @@
 One agent runs per OS process (see :mod:`p2pgrid.agent.process`). Each metering
 interval of the (compressible) clock it:
 
-1. reads its meter and prices the interval's energy with the tariff;
+1. reads its meter; if it imports and a neighbour asks in this interval's
+   pooled round, it bids, waits for the round's close and buys what the
+   clearing gives it (:mod:`p2pgrid.agent.energy`); it prices the rest with
+   the tariff;
 2. checks its balance in its own replica of the log (allocation + shares
    received + carried in - spent - shares given ...); when the balance does not
    cover the interval, it asks its site peers for a share (real sats move over
@@ -11,7 +14,9 @@ interval of the (compressible) clock it:
 3. if it is still short, a deferrable or normal device curtails itself (sheds
    the interval's load) and logs a ``curtailment``; a critical device never
    does: it consumes into overdraft, which the owner sees in the report;
-4. logs a ``meter_reading`` of what it consumed.
+4. logs a ``meter_reading`` of what it consumed from the grid, and, if it
+   produced more than it used, the ``order`` of its surplus for the next
+   interval's round.
 
 At a period's last interval it waits for any share payment in flight (so the
 period's money is final), applies its surplus policy (carry the balance over)
