@@ -276,9 +276,12 @@ def log_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay every entry of a replica into a fresh log: signatures, membership,
-    chains, equivocations; print the digest. Exit 1 on any defect, 0 if clean."""
+    chains, equivocations; recompute every pooled auction round and check every
+    sale against it; print the digest. Exit 1 on any defect, 0 if clean."""
+    from p2pgrid.agent.rounds import check_pooled_sales
     from p2pgrid.config.files import SiteFile
     from p2pgrid.identity import IdentityError, SiteIdentity
+    from p2pgrid.ledger import MalformedError, decode_entry
     from p2pgrid.ledger.verify import read_replica, verify_replica
 
     if (site is None) == (config is None):
@@ -297,9 +300,17 @@ def log_verify(
     replica = _call(read_replica, db)
     with tempfile.TemporaryDirectory(prefix="p2pgrid-verify-") as tmp:
         verdict = _run(verify_replica(replica, who, Path(tmp)))
-    data = {**dataclasses.asdict(verdict), "ok": verdict.ok}
-    _print(data, as_json, "clean" if verdict.ok else "DEFECTS")
-    raise typer.Exit(EXIT_OK if verdict.ok else EXIT_FAILED)
+    entries = []
+    for raw in replica.raws:
+        try:
+            entries.append(decode_entry(raw, who.site_hash))
+        except MalformedError:
+            continue  # counted by the replay above
+    pooled = check_pooled_sales(entries, who.site_id) if verdict.same_site else []
+    ok = verdict.ok and not pooled
+    data = {**dataclasses.asdict(verdict), "pooled_sales": pooled, "ok": ok}
+    _print(data, as_json, "clean" if ok else "DEFECTS")
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
 def _fail_usage(message: str) -> NoReturn:

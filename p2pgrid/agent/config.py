@@ -48,11 +48,13 @@ class ShareConfig(_Frozen):
 class EnergyConfig(_Frozen):
     """Energy sales between neighbours (:mod:`p2pgrid.agent.energy`)."""
 
-    #: How long a producer collects bids for one auction round before clearing it.
+    #: A pooled auction round closes this long after its interval begins: buyers
+    #: then clear it from the orders in their replica (docs/market.md, section 6).
     round_s: Seconds = 0.3
     #: A producer asks this share of the tariff: cheaper than the grid for its neighbours.
     ask_pct: Annotated[int, Field(gt=0, le=100)] = 80
-    #: How long a buyer waits for a producer's answer to its bid.
+    #: How long a buyer waits for a seller's invoice, and a seller for the orders
+    #: of a buyer's book that its replica lacks.
     bid_timeout_s: Seconds = 5.0
     #: Routing fee a buyer accepts on a sale's payment.
     fee_limit_msat: Msat = 20_000

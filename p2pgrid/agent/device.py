@@ -3,7 +3,10 @@
 One agent runs per OS process (see :mod:`p2pgrid.agent.process`). Each metering
 interval of the (compressible) clock it:
 
-1. reads its meter and prices the interval's energy with the tariff;
+1. reads its meter; if it imports and a neighbour asks in this interval's
+   pooled round, it bids, waits for the round's close and buys what the
+   clearing gives it (:mod:`p2pgrid.agent.energy`); it prices the rest with
+   the tariff;
 2. checks its balance in its own replica of the log (allocation + shares
    received + carried in - spent - shares given ...); when the balance does not
    cover the interval, it asks its site peers for a share (real sats move over
@@ -11,7 +14,9 @@ interval of the (compressible) clock it:
 3. if it is still short, a deferrable or normal device curtails itself (sheds
    the interval's load) and logs a ``curtailment``; a critical device never
    does: it consumes into overdraft, which the owner sees in the report;
-4. logs a ``meter_reading`` of what it consumed.
+4. logs a ``meter_reading`` of what it consumed from the grid, and, if it
+   produced more than it used, the ``order`` of its surplus for the next
+   interval's round.
 
 At a period's last interval it waits for any share payment in flight (so the
 period's money is final), applies its surplus policy (carry the balance over)
@@ -215,6 +220,8 @@ class DeviceAgent:
             balance=self.balance,
             name=self.name,
             nodes=self.nodes,
+            replica=self.replica,
+            announce=self.announce_new,
             now=clock.now,
             config=self.config.energy,
         )
@@ -370,9 +377,16 @@ class DeviceAgent:
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             rate = self.tariff.rate_msat_per_kwh(modelled)
             try:
-                consumed -= await self.energy.buy(
-                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate, peers=peers
+                curve = await self.energy.bid(
+                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate
                 )
+                if curve is not None:  # the pooled round closes round_s into the interval
+                    await self.clock.until(
+                        self.clock.time_of(interval) + self.config.energy.round_s
+                    )
+                    consumed -= await self.energy.settle_round(
+                        period=period, interval=interval, peers=peers
+                    )
             except RetryableError as exc:
                 self._node_away("buying from neighbours", exc)
         cost = charge_msat(self.tariff, [(modelled, consumed)])
@@ -401,7 +415,7 @@ class DeviceAgent:
         # once each device's reading of its last interval is in its replica.
         await self._write(MeterReading(start_ms, METER_INTERVAL_S, consumed, cost), period)
         self.report.consumed_wh += consumed
-        self.energy.offer(  # this interval's surplus, for sale during the next one
+        await self.energy.offer(  # this interval's surplus, for sale during the next one
             period=self.clock.period_of(interval + 1),
             interval=interval + 1,
             export_wh=export,

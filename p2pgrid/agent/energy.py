@@ -1,64 +1,83 @@
-"""Energy sales between neighbours: a producer (solar) sells its surplus.
+"""Energy sales between neighbours: the site's pooled auction, one round per interval.
 
-A producer that exported ``E`` Wh in interval ``i`` (production beyond its own
-use) offers it to its site during interval ``i + 1`` with a market ``Ask`` at
-:attr:`~p2pgrid.agent.config.EnergyConfig.ask_pct` of the tariff. A device
-about to import energy first bids for it on :data:`ENERGY_PROTOCOL` (a market
-``Bid``: its need, at most the tariff); the producer collects the bids of a
-short round (:attr:`~p2pgrid.agent.config.EnergyConfig.round_s`), clears them all
-against what is left of its ask with the market's pay-as-clear rule
-(:func:`p2pgrid.market.clear`: one price for the round) and answers each buyer a
-:class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
-trade's exact amount, described by :func:`~p2pgrid.agent.payguard.sale_memo` of
-(bid id, seller, buyer, energy, amount): the binding to this bid. The buyer checks
-the offer against its bid and its own balance, and the invoice's destination
-(the seller's node), amount, description and expiry; it pays through its
-:class:`~p2pgrid.agent.paymaster.Paymaster` (intent first) and logs a ``sale``
-(it pays, so it authors it) and a ``payment`` with the preimage and routing fee,
-in the bid's period. A wrong invoice is refused (logged) and pays nothing.
-Trades below :data:`~p2pgrid.agent.payguard.MIN_PAYMENT_MSAT` are not made: the
-buyer takes that energy from the grid. The energy bought is not imported from the
-grid: the buyer's meter reading for the interval counts only the rest, so the
-utility bills only grid energy. Energy nobody buys goes to the grid unpaid.
+Round ``(period, i)`` trades energy during run interval ``i`` (docs/market.md,
+section 6):
+
+1. **Orders.** A producer that exported ``E`` Wh in interval ``i - 1`` logs an
+   ``order`` entry with a market ``Ask`` for round ``i`` (``E`` Wh at
+   :attr:`~p2pgrid.agent.config.EnergyConfig.ask_pct` of the tariff) when it
+   meters ``i - 1``; a device about to import logs a ``DemandCurve`` for round
+   ``i`` (its need, at most the tariff, no more than its balance pays for) when
+   it meters ``i``, if its replica holds an ask of the round by then. Orders
+   travel as log entries: signed, replicated, one per device and round (the
+   log refuses a second).
+2. **Close.** The round closes :attr:`~p2pgrid.agent.config.EnergyConfig.round_s`
+   after interval ``i`` begins. Each buyer then clears the round from its own
+   log with :func:`p2pgrid.market.clear_pool` (:func:`~p2pgrid.agent.rounds.round_book`)
+   and, if the clearing gives it trades, logs a ``cleared`` entry naming its
+   book (the devices whose orders it used, their book id, the price).
+3. **Invoices.** The buyer sends each seller it trades with a
+   :class:`~p2pgrid.agent.messages.TradeRequest` with that book. The seller
+   recomputes the clearing from the listed devices' ``order`` entries in *its*
+   log (waiting up to ``bid_timeout_s`` for any it lacks), refuses unless it is
+   the same book (same id) and the book gives this buyer a trade from it, and
+   sells on **one book per round** (its own ``cleared`` entry fixes it, so it
+   never sells more than its ask). It answers a
+   :class:`~p2pgrid.agent.messages.SaleOffer` with an invoice of its lnd for the
+   trade's exact amount, described by :func:`~p2pgrid.agent.payguard.sale_memo`
+   of (book id, seller, buyer, Wh, msat).
+4. **Payment.** The buyer pays only what its own clearing says: the offer's
+   book id, energy and amount must be its trade's, the invoice's destination
+   (the seller's node), amount, description and expiry must match
+   (:func:`~p2pgrid.agent.payguard.check_invoice`), and its balance must cover
+   it. It pays through its :class:`~p2pgrid.agent.paymaster.Paymaster` (intent
+   first) and logs a ``sale`` and a ``payment`` (preimage, routing fee) in the
+   round's period. A wrong offer or invoice is refused (logged) and pays nothing.
+
+Trades below :data:`~p2pgrid.agent.payguard.MIN_PAYMENT_MSAT` are not made.
+The energy bought is not imported from the grid: the buyer's meter reading for
+the interval counts only the rest. Energy nobody buys goes to the grid unpaid.
+Any replica checks the rounds with :func:`~p2pgrid.agent.rounds.check_pooled_sales`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
-from p2pgrid.agent.messages import SaleOffer
+from p2pgrid.agent.messages import SaleOffer, TradeRequest
 from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
-from p2pgrid.agent.ports import Peers, Wallet
+from p2pgrid.agent.ports import LogReplica, Peers, Wallet
+from p2pgrid.agent.rounds import PoolOrder, RoundBook, asks_in, order_text, round_book
 from p2pgrid.errors import RetryableError
 from p2pgrid.identity import MAX_DEVICE_INDEX
-from p2pgrid.ledger import paid_hashes
+from p2pgrid.ledger import Author, Cleared, LogStore, LogWriter, Order, paid_hashes
 from p2pgrid.lightning import InvoiceError
-from p2pgrid.market import Ask, Bid, Clearing, Party, clear, max_bid_energy, to_tick
-from p2pgrid.net import Delivery, PeerRef, RequestRejected
+from p2pgrid.market import (
+    Ask,
+    DemandCurve,
+    MarketError,
+    Party,
+    Step,
+    Trade,
+    max_bid_energy,
+    to_tick,
+)
+from p2pgrid.net import PeerRef, RequestRejected
+from p2pgrid.net.messages import Delivery
 
 log = logging.getLogger(__name__)
 
-ENERGY_PROTOCOL = "/p2pgrid/1/energy/buy"
-
-
-@dataclasses.dataclass
-class _ForSale:
-    ask: Ask
-    left_wh: int
-    #: The bids of the auction round being collected, and its result once cleared.
-    bids: list[Bid] = dataclasses.field(default_factory=list)
-    cleared: asyncio.Future[Clearing] | None = None
+ENERGY_PROTOCOL = "/p2pgrid/2/energy/trade"
 
 
 class EnergyDesk:
-    """Both sides of neighbour energy sales for one device."""
+    """Both sides of the pooled energy sales of one device."""
 
     def __init__(
         self,
@@ -70,167 +89,266 @@ class EnergyDesk:
         balance: Callable[[int], Awaitable[int]],
         name: str,
         nodes: Mapping[Party, str],
+        replica: LogReplica,
+        announce: Callable[[], Awaitable[None]],
         now: Callable[[], float] = time.time,
         config: EnergyConfig | None = None,
     ) -> None:
-        """``nodes``: the Lightning node (pubkey) of each device it may buy from."""
+        """``nodes``: the Lightning node (pubkey) of each device it may deal with;
+        ``announce`` publishes the entries this device wrote (the agent's)."""
         self.config = config if config is not None else EnergyConfig()
         self.me = me
         self.host = host
         self.node = node
         self.paymaster = paymaster
+        self.writer: LogWriter = paymaster.writer
+        self.store: LogStore = paymaster.writer.store
         self._balance = balance
         self.name = name
         self.nodes = nodes
+        self.replica = replica
+        self._announce = announce
         self._now = now
-        self.refused: list[str] = []  # why sale invoices were refused
-        self._for_sale: dict[int, _ForSale] = {}  # by run interval
-        self.offered_wh = 0
+        self.refused: list[str] = []  # why offers or trade requests were refused
+        self._invoiced: dict[tuple[int, int, int], SaleOffer] = {}  # (period, interval, buyer)
+        self._selling = asyncio.Lock()  # one book per round: checked and fixed under it
+        self.offered_wh = 0  # invoiced to buyers (paid or not)
         self.bought_wh = 0
 
     def install(self) -> None:
-        self.host.handle(ENERGY_PROTOCOL, self._on_bid)
+        self.host.handle(ENERGY_PROTOCOL, self._on_trade)
+
+    # -- orders ------------------------------------------------------------------
+
+    async def _order(self, order: PoolOrder) -> bool:
+        """Log ``order`` (one per round: False if this device has one already)."""
+        period, interval = order.round
+        if (await self._mine(period, interval))[0] is not None:
+            return False
+        body = Order(interval, order_text(order))
+        await self.writer.append(body, period=period, timestamp_ms=int(self._now() * 1000))
+        await self._announce()
+        return True
+
+    async def _mine(self, period: int, interval: int) -> tuple[Order | None, Cleared | None]:
+        """This device's ``order`` and ``cleared`` entries of round (period, interval)."""
+        order = cleared = None
+        me = Author.device(self.me.device)
+        for entry in await self.store.entries(period=period):
+            body = entry.body
+            if entry.author != me or not isinstance(body, Order | Cleared):
+                continue
+            if body.interval != interval:
+                continue
+            if isinstance(body, Order):
+                order = body
+            else:
+                cleared = body
+        return order, cleared
+
+    async def offer(
+        self, *, period: int, interval: int, export_wh: int, rate_msat_per_kwh: int
+    ) -> Ask | None:
+        """Ask ``export_wh`` in round (period, interval) at ``ask_pct`` of the tariff."""
+        if export_wh <= 0 or rate_msat_per_kwh <= 0:
+            return None
+        price = to_tick(rate_msat_per_kwh * self.config.ask_pct // 100)
+        ask = Ask(self.me, period, interval, export_wh, price)
+        return ask if await self._order(ask) else None
+
+    async def bid(
+        self, need_wh: int, *, period: int, interval: int, rate_msat_per_kwh: int
+    ) -> DemandCurve | None:
+        """Bid for up to ``need_wh`` in round (period, interval), at most the
+        tariff per Wh, as far as the balance pays for it; only if this replica
+        holds an ask of the round (nobody sells: no order, the log stays lean)."""
+        entries = await self.store.entries(period=period)
+        if not asks_in(entries, self.me.site_id, period=period, interval=interval):
+            return None
+        price = to_tick(rate_msat_per_kwh)
+        want = min(need_wh, max_bid_energy(await self._balance(period), price))
+        if want <= 0:
+            return None
+        curve = DemandCurve(self.me, period, interval, (Step(price, want),))
+        return curve if await self._order(curve) else None
 
     # -- seller ------------------------------------------------------------------
 
-    def offer(self, *, period: int, interval: int, export_wh: int, rate_msat_per_kwh: int) -> None:
-        """Offer ``export_wh`` for sale during run interval ``interval``."""
-        for old in [i for i in self._for_sale if i < interval - 1]:
-            del self._for_sale[old]  # bids for the interval now ending may still come
-        if export_wh > 0 and rate_msat_per_kwh > 0:
-            price = to_tick(rate_msat_per_kwh * self.config.ask_pct // 100)
-            ask = Ask(self.me, period, interval, export_wh, price)
-            self._for_sale[interval] = _ForSale(ask, export_wh)
+    async def _book_of(self, request: TradeRequest) -> RoundBook:
+        """The clearing of the request's book from this replica, once it holds an
+        order of each listed device (waiting up to ``bid_timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.bid_timeout_s
+        while True:
+            book = round_book(
+                await self.store.entries(period=request.period),
+                self.me.site_id,
+                period=request.period,
+                interval=request.interval,
+                devices=request.devices,
+            )
+            if book.devices == request.devices or loop.time() >= deadline:
+                return book
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self.replica.wait_until(self._changed_since(self.store.digest()))
+            except TimeoutError:
+                pass  # one last look, then the answer
 
-    async def _on_bid(self, delivery: Delivery) -> SaleOffer:
-        bid = delivery.decode(Bid)
-        if delivery.device_index > MAX_DEVICE_INDEX:  # the utility's or owner's host
-            raise RequestRejected("only devices buy")
-        if bid.party.device != delivery.device_index or bid.party.site_id != self.me.site_id:
-            raise RequestRejected("the bid names another device than its sender")
-        sale = self._for_sale.get(bid.interval)
-        if sale is None or sale.left_wh == 0 or sale.ask.period != bid.period:
-            raise RequestRejected("nothing for sale in that interval")
-        clearing = await self._auction_round(sale, bid)
-        trade = next((t for t in clearing.trades if t.buyer == bid.party), None)
-        if trade is None:
-            raise RequestRejected("the bid did not clear (below the price, or sold out)")
-        if trade.amount_msat < MIN_PAYMENT_MSAT:
-            sale.left_wh += trade.energy_wh  # not sold after all
-            self.offered_wh -= trade.energy_wh
-            raise RequestRejected(f"{trade.amount_msat} msat is below the smallest payment")
-        invoice = await self.node.add_invoice(
-            trade.amount_msat,
-            sale_memo(bid.id, self.me, bid.party, trade.energy_wh, trade.amount_msat),
-            expiry_s=self.config.sale_expiry_s,
-        )
+    def _changed_since(self, digest: bytes) -> Callable[[], bool]:
+        return lambda: self.store.digest() != digest
+
+    async def _on_trade(self, delivery: Delivery) -> SaleOffer:
+        request = delivery.decode(TradeRequest)
+        if delivery.device_index > MAX_DEVICE_INDEX or delivery.site_id != self.me.site_id:
+            raise RequestRejected("only devices of this site buy")
+        buyer = Party(self.me.site_id, delivery.device_index)
+        key = (request.period, request.interval, buyer.device)
+        if key in self._invoiced:  # a retried request: the same invoice
+            return self._invoiced[key]
+        if self.me.device not in request.devices or buyer.device not in request.devices:
+            raise RequestRejected("the book lists no order of the seller or of the buyer")
+        async with self._selling:
+            try:
+                book = await self._book_of(request)
+            except MarketError as exc:
+                raise RequestRejected(f"the book does not clear: {exc}") from exc
+            clearing = book.clearing
+            if book.devices != request.devices or clearing.book_id != request.book_id:
+                raise RequestRejected("the listed orders in this replica are another book")
+            mine = (await self._mine(request.period, request.interval))[1]
+            if mine is not None and mine.book_id != request.book_id:
+                raise RequestRejected("this round was sold on another book")
+            trade = next(
+                (t for t in clearing.trades if t.seller == self.me and t.buyer == buyer), None
+            )
+            if trade is None:
+                raise RequestRejected("the book gives no trade between us")
+            if trade.amount_msat < MIN_PAYMENT_MSAT:
+                raise RequestRejected(f"{trade.amount_msat} msat is below the smallest payment")
+            if mine is None:
+                body = Cleared(
+                    request.interval, clearing.price_msat_per_kwh, clearing.book_id, book.book
+                )
+                at_ms = int(self._now() * 1000)
+                await self.writer.append(body, period=request.period, timestamp_ms=at_ms)
+                await self._announce()
+            invoice = await self.node.add_invoice(
+                trade.amount_msat,
+                sale_memo(clearing.book_id, self.me, buyer, trade.energy_wh, trade.amount_msat),
+                expiry_s=self.config.sale_expiry_s,
+            )
+            offer = SaleOffer(
+                clearing.book_id, trade.energy_wh, trade.amount_msat, invoice.payment_request
+            )
+            self._invoiced[key] = offer
+            self.offered_wh += trade.energy_wh
         log.info(
-            "[%s] offered %d Wh to device %d for %d msat",
+            "[%s] invoiced %d Wh to device %d for %d msat (round %d/%d at %d msat/kWh)",
             self.name,
             trade.energy_wh,
-            delivery.device_index,
+            buyer.device,
             trade.amount_msat,
+            request.period,
+            request.interval,
+            clearing.price_msat_per_kwh,
         )
-        return SaleOffer(bid.id, trade.energy_wh, trade.amount_msat, invoice.payment_request)
-
-    async def _auction_round(self, sale: _ForSale, bid: Bid) -> Clearing:
-        """Collect the bids that arrive within ``config.round_s`` of the first, then
-        clear them all at once against what is left (pay-as-clear): every buyer of
-        the round pays the same price. The first bid's handler runs the round."""
-        sale.bids.append(bid)
-        if sale.cleared is not None:  # a round is open: wait for its result
-            return await asyncio.shield(sale.cleared)
-        sale.cleared = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.sleep(self.config.round_s)  # the round's collection window, not a sync
-            ask = dataclasses.replace(sale.ask, energy_wh=sale.left_wh)
-            clearing = clear([ask], sale.bids, period=ask.period, interval=ask.interval)
-            sold = sum(t.energy_wh for t in clearing.trades)
-            sale.left_wh -= sold  # reserved for this round's buyers
-            self.offered_wh += sold  # (paid or not)
-            sale.cleared.set_result(clearing)
-            return clearing
-        except BaseException as exc:
-            sale.cleared.set_exception(RequestRejected(f"auction round failed: {exc!r}"))
-            raise
-        finally:
-            cleared, sale.cleared, sale.bids = sale.cleared, None, []
-            if not cleared.done():
-                cleared.cancel()
+        return offer
 
     # -- buyer -------------------------------------------------------------------
 
-    async def buy(
-        self,
-        need_wh: int,
-        *,
-        period: int,
-        interval: int,
-        rate_msat_per_kwh: int,
-        peers: list[PeerRef],
-    ) -> int:
-        """Buy up to ``need_wh`` from producing neighbours, as far as the balance
-        pays for it; returns the Wh bought."""
+    async def settle_round(self, *, period: int, interval: int, peers: list[PeerRef]) -> int:
+        """After the round closed: clear it from this replica, log the ``cleared``
+        entry and pay each seller its trade; returns the Wh bought. A round is
+        settled once (a second call, after a restart say, buys nothing)."""
+        if (await self._mine(period, interval))[1] is not None:
+            return 0
+        try:
+            book = round_book(
+                await self.store.entries(period=period),
+                self.me.site_id,
+                period=period,
+                interval=interval,
+            )
+        except MarketError as exc:
+            log.warning("[%s] round %d/%d does not clear: %s", self.name, period, interval, exc)
+            return 0
+        clearing = book.clearing
+        trades = [t for t in clearing.trades if t.buyer == self.me]
+        if not trades:
+            return 0
+        body = Cleared(interval, clearing.price_msat_per_kwh, clearing.book_id, book.book)
+        await self.writer.append(body, period=period, timestamp_ms=int(self._now() * 1000))
+        await self._announce()
+        request = TradeRequest(period, interval, clearing.book_id, book.devices)
         bought = 0
-        price = to_tick(rate_msat_per_kwh)
-        for peer in peers:
-            affordable = max_bid_energy(await self._balance(period), price)
-            want = min(need_wh - bought, affordable)
-            if want <= 0:
-                break
-            bid = Bid(self.me, period, interval, want, price)
+        for trade in trades:
+            seller = next(
+                (
+                    p
+                    for p in peers
+                    if p.site_id == self.me.site_id and p.device_index == trade.seller.device
+                ),
+                None,
+            )
+            if seller is None:
+                self._refuse(trade.seller.device, "the seller is not reachable")
+                continue
             try:
                 reply = await self.host.request(
-                    peer.peer_id, ENERGY_PROTOCOL, bid, timeout_s=self.config.bid_timeout_s
+                    seller.peer_id, ENERGY_PROTOCOL, request, timeout_s=self.config.bid_timeout_s
                 )
                 offer = reply.decode(SaleOffer)
-            except (RetryableError, RequestRejected):
-                continue  # not a producer now, or nothing left
-            bought += await self._pay(offer, bid, peer, period)
+            except (RetryableError, RequestRejected) as exc:
+                self._refuse(trade.seller.device, f"no invoice: {exc}")
+                continue
+            bought += await self._pay(offer, trade, clearing.book_id, seller, period)
         self.bought_wh += bought
         return bought
 
-    def _refuse(self, seller: PeerRef, why: str) -> int:
+    def _refuse(self, seller: int, why: str) -> int:
         self.refused.append(why)
-        log.warning("[%s] refused the offer of device %d: %s", self.name, seller.device_index, why)
+        log.warning("[%s] no sale from device %d: %s", self.name, seller, why)
         return 0
 
-    async def _pay(self, offer: SaleOffer, bid: Bid, seller: PeerRef, period: int) -> int:
-        if offer.bid_id != bid.id or offer.energy_wh > bid.energy_wh:
-            return self._refuse(seller, "the offer answers another bid")
-        if offer.amount_msat * 1000 > offer.energy_wh * bid.price_msat_per_kwh:
-            return self._refuse(seller, "the offer asks above our bid")
+    async def _pay(
+        self, offer: SaleOffer, trade: Trade, book_id: bytes, peer: PeerRef, period: int
+    ) -> int:
+        seller = trade.seller.device
+        if offer.bid_id != book_id:
+            return self._refuse(seller, "the offer answers another book")
+        if (offer.energy_wh, offer.amount_msat) != (trade.energy_wh, trade.amount_msat):
+            return self._refuse(seller, "the offer is not the cleared trade")
         if offer.amount_msat < MIN_PAYMENT_MSAT:
             return self._refuse(seller, f"{offer.amount_msat} msat is below the smallest payment")
         if offer.amount_msat > await self._balance(period):
             return 0  # cannot pay for it from the budget: buy from the grid (or not at all)
-        party = Party(seller.site_id, seller.device_index)
         try:
             decoded = await self.node.decode_invoice(offer.bolt11)
         except InvoiceError as exc:
             return self._refuse(seller, f"undecodable invoice: {exc}")
         problem = check_invoice(
             decoded,
-            destination=self.nodes.get(party),
-            amount_msat=offer.amount_msat,
-            description=sale_memo(bid.id, party, self.me, offer.energy_wh, offer.amount_msat),
+            destination=self.nodes.get(trade.seller),
+            amount_msat=trade.amount_msat,
+            description=sale_memo(
+                book_id, trade.seller, self.me, trade.energy_wh, trade.amount_msat
+            ),
             now=self._now(),
         )
         if problem is not None:
             return self._refuse(seller, problem)
         # lnd answers a paid invoice with its first payment: logging that sale
         # again would credit the seller twice for one payment.
-        if bytes.fromhex(decoded.payment_hash) in paid_hashes(
-            await self.paymaster.writer.store.entries()
-        ):
-            self.host.report_misbehaviour(seller.peer_id, "energy:invoice_reused")
+        if bytes.fromhex(decoded.payment_hash) in paid_hashes(await self.store.entries()):
+            self.host.report_misbehaviour(peer.peer_id, "energy:invoice_reused")
             return self._refuse(seller, "the invoice was paid before")
         purpose = Purpose(
             PurposeKind.SALE,
-            offer.amount_msat,
-            device=seller.device_index,
-            energy_wh=offer.energy_wh,
-            reference=bid.id.hex(),
+            trade.amount_msat,
+            device=seller,
+            energy_wh=trade.energy_wh,
+            reference=book_id.hex(),
         )
         try:
             paid = await self.paymaster.pay(
@@ -241,14 +359,14 @@ class EnergyDesk:
                 fee_limit_msat=self.config.fee_limit_msat,
             )
         except PayRefused as exc:
-            log.warning("[%s] could not pay device %d: %s", self.name, seller.device_index, exc)
+            log.warning("[%s] could not pay device %d: %s", self.name, seller, exc)
             return 0
         log.info(
             "[%s] bought %d Wh from device %d for %d msat (fee %d)",
             self.name,
-            offer.energy_wh,
-            seller.device_index,
-            offer.amount_msat,
+            trade.energy_wh,
+            seller,
+            trade.amount_msat,
             paid.payment.fee_msat,
         )
-        return offer.energy_wh
+        return trade.energy_wh

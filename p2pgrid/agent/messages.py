@@ -1,4 +1,4 @@
-"""The agents' payment handshake for a budget share (kinds 0x0310-0x031F).
+"""The agents' payment handshakes (kinds 0x0310-0x031F): a budget share, a sale.
 
 After a requester accepted an offer (market ``ShareOffer``), it sends the giver
 a :class:`ShareInvoice`: the request id, the granted amount and a BOLT11 invoice
@@ -7,6 +7,12 @@ the share in its log, and answers with a :class:`ShareReceipt` carrying the
 payment preimage and its signed ``share`` log entry (which the requester ingests
 at once instead of waiting for gossip).
 
+After a round of the pooled auction closed, a buyer sends each seller it has a
+trade with a :class:`TradeRequest` naming the round and the book it cleared
+(the devices whose ``order`` entries it used, and their book id); the seller
+recomputes that clearing from its own log and answers a :class:`SaleOffer`
+whose ``bid_id`` is the book id, with an invoice for exactly the trade.
+
 Encoding (the shared :mod:`p2pgrid.codec`): version byte ``0x01``, then the
 fields in order; ``hash32`` is 32 bytes, ``u64`` big-endian, ``bytes16`` a u16
 length then that many bytes (at most ``MAX_FIELD_BYTES``).
@@ -14,6 +20,7 @@ length then that many bytes (at most ``MAX_FIELD_BYTES``).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Final, Self
 
@@ -24,6 +31,9 @@ VERSION: Final = 1
 KIND_SHARE_INVOICE: Final = 0x0310
 KIND_SHARE_RECEIPT: Final = 0x0311
 KIND_SALE_OFFER: Final = 0x0312
+KIND_TRADE_REQUEST: Final = 0x0313
+#: The devices a book may list (a TradeRequest's count is a u16).
+MAX_BOOK_DEVICES: Final = 1024
 MAX_FIELD_BYTES: Final = 4096
 
 
@@ -101,8 +111,9 @@ class ShareReceipt:
 
 @dataclass(frozen=True, slots=True)
 class SaleOffer:
-    """A producer's answer to a ``Bid``: ``energy_wh`` for ``amount_msat`` (the
-    cleared trade), payable with ``bolt11`` (an invoice of the seller's lnd)."""
+    """A seller's answer to a :class:`TradeRequest`: ``energy_wh`` for
+    ``amount_msat`` (the cleared trade), payable with ``bolt11`` (an invoice of
+    the seller's lnd); ``bid_id`` is the book id of the round's clearing."""
 
     KIND: ClassVar[int] = KIND_SALE_OFFER
     bid_id: bytes
@@ -131,3 +142,52 @@ class SaleOffer:
         bolt11 = r.var16(MAX_FIELD_BYTES)
         r.expect_end()
         return cls(bid_id, energy, amount, _ascii(bolt11))
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRequest:
+    """A buyer asks a seller to invoice its trade of round (``period``,
+    ``interval``) as cleared from the ``order`` entries of ``devices``
+    (ascending), whose book id is ``book_id``.
+
+    Layout: ``version u8, period u32, interval u32, book_id hash32, count u16,
+    count x device u32``."""
+
+    KIND: ClassVar[int] = KIND_TRADE_REQUEST
+    period: int
+    interval: int
+    book_id: bytes
+    devices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.book_id) != 32 or not 0 <= self.period < 2**32:
+            raise MessageError("book_id is 32 bytes and period a u32")
+        if not 0 <= self.interval < 2**32:
+            raise MessageError("interval is a u32")
+        if not 1 <= len(self.devices) <= MAX_BOOK_DEVICES:
+            raise MessageError(f"a book lists 1..{MAX_BOOK_DEVICES} devices")
+        if any(not 0 <= d < 2**32 for d in self.devices) or any(
+            a >= b for a, b in itertools.pairwise(self.devices)
+        ):
+            raise MessageError("a book's devices are u32s, strictly ascending")
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.u32(self.period)
+        w.u32(self.interval)
+        w.raw(self.book_id)
+        w.u16(len(self.devices))
+        for device in self.devices:
+            w.u32(device)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        period, interval, book = r.u32(), r.u32(), r.hash32()
+        count = r.u16()
+        if count > MAX_BOOK_DEVICES:
+            raise MessageError(f"{count} devices exceed {MAX_BOOK_DEVICES}")
+        devices = tuple(r.u32() for _ in range(count))
+        r.expect_end()
+        return cls(period, interval, book, devices)

@@ -116,6 +116,13 @@ class PeriodClock:
         if delay > 0:
             await asyncio.sleep(delay)
 
+    async def until(self, t: float) -> None:
+        """Return once the wall time ``t`` has come (a deadline of the clock, such as
+        the close of an auction round; not a sync)."""
+        delay = t - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
 
 #: The intervals of the longest month: what a monthly clock's nominal
 #: ``intervals_per_period`` says (its real bounds come from first_interval).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import itertools
 import re
 from typing import Any, ClassVar
 
@@ -39,6 +40,8 @@ class EntryKind(enum.IntEnum):
     SITE_SHARE_IN = 13
     ENROL = 14
     REVOKE = 15
+    ORDER = 16
+    CLEARED = 17
 
 
 ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
@@ -58,6 +61,10 @@ class Body:
 
     KIND: ClassVar[EntryKind]
     ROLES: ClassVar[frozenset[Role]]
+    #: The entry format version that introduced the kind: an entry of the kind is
+    #: written with exactly this version (docs/protocol-log.md, section 2), so
+    #: entries of the older kinds keep their bytes and ids.
+    SINCE: ClassVar[int] = 1
 
     def check(self, author_role: Role, author_index: int) -> None:
         """Raise :class:`BodyError` if the values are not allowed."""
@@ -310,9 +317,74 @@ class SiteShareIn(Body):
     evidence: str = _wire(FieldType.TEXT)
 
     def check(self, author_role: Role, author_index: int) -> None:
-        # bytes.fromhex alone also takes upper case and spaces: one spelling only.
-        if not _LOWER_HEX.fullmatch(self.evidence):
-            raise BodyError("evidence must be lower-case hex, two digits per byte")
+        _hex_text("evidence", self.evidence)
+
+
+def _hex_text(name: str, value: str) -> None:
+    # bytes.fromhex alone also takes upper case and spaces: one spelling only.
+    if not _LOWER_HEX.fullmatch(value):
+        raise BodyError(f"{name} must be lower-case hex, two digits per byte")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Order(Body):
+    """The author device's order in the site's pooled auction of round
+    (entry period, ``interval``): ``order`` is the lower-case hex of the market
+    message's kind (u16) and bytes, an ``Ask`` (0x0303) or a ``DemandCurve``
+    (0x0306). The log keeps it opaque (it checks the spelling and the record
+    key); the pooled round (docs/market.md, section 6) decodes it and ignores an
+    order that does not name its author, period and interval."""
+
+    KIND = EntryKind.ORDER
+    ROLES = _DEVICE
+    SINCE = 2
+    interval: int = _wire(FieldType.U32)
+    order: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _hex_text("order", self.order)
+        if len(self.order) < 6:
+            raise BodyError("order must hold a market kind and a message")
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period, self.interval)  # one order per device and round
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cleared(Body):
+    """The author device traded in the pooled round (entry period, ``interval``)
+    as cleared from the ``order`` entries of the devices listed in ``book``
+    (lower-case hex of their indices, u32 each, strictly ascending), whose
+    order ids hash to ``book_id``, at ``price_msat_per_kwh``. Its ``sale``
+    entries of that round (a buyer's) are trades of that clearing, which any
+    replica recomputes from its log (docs/market.md, section 6)."""
+
+    KIND = EntryKind.CLEARED
+    ROLES = _DEVICE
+    SINCE = 2
+    interval: int = _wire(FieldType.U32)
+    price_msat_per_kwh: int = _wire(FieldType.U64)
+    book_id: bytes = _wire(FieldType.HASH)
+    book: str = _wire(FieldType.TEXT)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("price_msat_per_kwh", self.price_msat_per_kwh)
+        _hex_text("book", self.book)
+        if not self.book or len(self.book) % 8:
+            raise BodyError("book must list at least one u32 device index")
+        indices = self.devices
+        if any(a >= b for a, b in itertools.pairwise(indices)):
+            raise BodyError("book's device indices must be strictly ascending")
+        if author_index not in indices:
+            raise BodyError("the author's own order must be in the book")
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        """The device indices of ``book``."""
+        return tuple(int(self.book[i : i + 8], 16) for i in range(0, len(self.book), 8))
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period, self.interval)  # one clearing per device and round
 
 
 def _member_index(role: int, index: int) -> None:
@@ -379,6 +451,8 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         SiteShareIn,
         Enrol,
         Revoke,
+        Order,
+        Cleared,
     )
 }
 _LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {

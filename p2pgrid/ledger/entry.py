@@ -21,11 +21,22 @@ import hashlib
 import struct
 
 from p2pgrid.identity import SIGNATURE_LEN, Signer, SiteIdentity
-from p2pgrid.ledger.bodies import Body, BodyError, EntryKind, Role, decode_body, encode_body
+from p2pgrid.ledger.bodies import (
+    BODY_TYPES,
+    Body,
+    BodyError,
+    EntryKind,
+    Role,
+    decode_body,
+    encode_body,
+)
 from p2pgrid.ledger.codec import HASH_LEN, MAX_U32, MAX_U63, U16, Writer
 from p2pgrid.ledger.errors import MalformedError
 
-FORMAT_VERSION = 1
+#: The newest entry format: version 2 added the kinds ``order`` and ``cleared``.
+#: An entry is written with its kind's version (``Body.SINCE``), so a log of
+#: version 1 entries reads (and hashes) as before.
+FORMAT_VERSION = 2
 DOMAIN_TAG = b"p2pgrid/log-entry/v1"
 HEADER_LEN = 61
 MAX_ENTRY_BYTES = 4096
@@ -133,7 +144,7 @@ def _encode_unsigned(
     if len(body_bytes) > MAX_BODY_BYTES:
         raise OversizedError(f"body of {len(body_bytes)} bytes exceeds {MAX_BODY_BYTES}")
     writer = Writer()
-    writer.u8(FORMAT_VERSION)
+    writer.u8(body.SINCE)
     writer.raw(author.key)
     writer.u64(seq)
     writer.hash32(prev)
@@ -190,13 +201,15 @@ def decode_entry(raw: bytes, site: bytes) -> Entry:
     version, role_byte, index, seq, prev, period, timestamp_ms, kind_byte, body_len = (
         _HEADER.unpack_from(raw)
     )
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise MalformedError(f"unknown format version {version}")
     try:
         role = Role(role_byte)
         kind = EntryKind(kind_byte)
     except ValueError as exc:
         raise MalformedError(f"unknown role {role_byte} or kind {kind_byte}") from exc
+    if version != BODY_TYPES[kind].SINCE:
+        raise MalformedError(f"a {kind.name.lower()} entry has version {BODY_TYPES[kind].SINCE}")
     author = Author(role, index)
     if not 1 <= seq <= MAX_U63 or timestamp_ms > MAX_U63:
         raise MalformedError("seq or timestamp out of range")

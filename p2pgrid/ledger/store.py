@@ -82,6 +82,8 @@ _RECORD_KINDS = (
     EntryKind.METER_READING.value,
     EntryKind.BUDGET.value,
     EntryKind.INVOICE.value,
+    EntryKind.ORDER.value,
+    EntryKind.CLEARED.value,
 )
 _ANCESTORS = """
 WITH RECURSIVE anc(id, prev, seq) AS (

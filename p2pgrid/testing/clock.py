@@ -56,6 +56,9 @@ class SteppingClock(PeriodClock):
             stop_at=stop_at,
         )
 
+    async def until(self, t: float) -> None:
+        self.wall.t = max(self.wall.t, t)
+
     async def until_interval(self, interval: int) -> None:
         self.wall.t = max(self.wall.t, self.time_of(interval))
         self.reached.append(interval)

@@ -89,6 +89,7 @@ class Rig:
         self.stores: list[LogStore] = []
         self.books: list[IntentBook] = []
         self.before: dict[str, NodeSnapshot] = {}
+        self.cut: set[int] = set()  # devices whose stores :meth:`spread` skips
 
     async def device(self, index: int) -> Device:
         store = await self.site.open(self.tmp / f"dev{index}.db", f"dev{index}")
@@ -164,8 +165,19 @@ class Rig:
         desk.install()
         return desk
 
+    async def spread(self) -> None:
+        """Replication at once: every device's store ingests every other's log
+        (but the stores of the devices in :attr:`cut`, which hear nothing)."""
+        logs = [await store.export() for store in self.stores]
+        for device in self.devices:
+            if device.index in self.cut:
+                continue
+            for raws in logs:
+                await device.store.ingest_many(raws)
+
     def energy_desk(self, device: Device, balance: Callable[[int], Awaitable[int]]) -> EnergyDesk:
-        """The device's energy desk, installed on its peers, with ``balance``."""
+        """The device's energy desk, installed on its peers, with ``balance``; what
+        it logs reaches every device of the rig at once (:meth:`spread`)."""
         desk = EnergyDesk(
             me=self.party(device.index),
             host=device.peers,
@@ -174,6 +186,8 @@ class Rig:
             balance=balance,
             name=device.name,
             nodes=self.nodes,
+            replica=LocalReplica(device.store),
+            announce=self.spread,
             now=self.clock,
         )
         desk.install()

@@ -1,5 +1,5 @@
-"""ShareDesk and EnergyDesk against fake Lightning and fake peers (real SQLite):
-a share or sale is paid once, to the right node, for the right request, and
+"""ShareDesk against fake Lightning and fake peers (real SQLite) (the EnergyDesk:
+tests/agent/test_pool_fakes.py): a share is paid once, to the right node, for the right request, and
 logged with its fee in the period of the request even when the payer's clock
 crosses into the next period mid-payment; every wrong invoice is refused, the
 refusal logged, and nothing paid. Reconciliation passes after each test."""
@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.energy import ENERGY_PROTOCOL, EnergyDesk
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice
-from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, sale_memo, share_memo
+from p2pgrid.agent.messages import ShareInvoice
+from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, share_memo
 from p2pgrid.agent.sharing import SHARE_PAY_PROTOCOL, SHARE_REQUEST_PROTOCOL, ShareDesk
-from p2pgrid.ledger import Entry, Payment, Sale, Share
+from p2pgrid.ledger import Entry, Share
 from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState
-from p2pgrid.market import Bid, ShareOffer, ShareRequest
-from p2pgrid.net import Delivery, RequestRejected
-from p2pgrid.testing.fake_lightning import FakeNode
+from p2pgrid.market import ShareOffer, ShareRequest
+from p2pgrid.net import RequestRejected
 from tests.agent.rig import Device, Rig
 
 PERIOD = 1
@@ -175,137 +173,5 @@ async def test_a_share_paid_across_the_period_boundary_is_logged_in_its_period(
     [share] = own(await giver.store.entries(), Share)
     assert share.period == PERIOD
     assert share.seq > crossed[0].seq
-    checked = await rig.reconcile()
-    assert checked.ok, str(checked)
-
-
-# -- energy ----------------------------------------------------------------------
-
-
-def energy_desk(rig: Rig, device: Device) -> EnergyDesk:
-    async def balance(p: int) -> int:
-        return 1_000_000
-
-    return rig.energy_desk(device, balance)
-
-
-async def test_a_sale_is_paid_once_and_logged_with_its_fee(rig: Rig) -> None:
-    seller, buyer = await rig.device(0), await rig.device(1)
-    selling, buying = energy_desk(rig, seller), energy_desk(rig, buyer)
-    await rig.start()
-    selling.offer(period=PERIOD, interval=3, export_wh=100, rate_msat_per_kwh=RATE)
-    bought = await buying.buy(
-        50, period=PERIOD, interval=3, rate_msat_per_kwh=RATE, peers=[seller.peers.ref]
-    )
-    assert bought == 50
-    entries = await buyer.store.entries()
-    [sale], [payment] = own(entries, Sale), own(entries, Payment)
-    assert isinstance(sale.body, Sale)
-    assert isinstance(payment.body, Payment)
-    assert (sale.body.seller, sale.body.energy_wh, sale.body.amount_msat) == (0, 50, 10_000)
-    assert (payment.body.amount_msat, payment.body.fee_msat) == (10_000, rig.ln.route_fee_msat)
-    checked = await rig.reconcile()
-    assert checked.ok, str(checked)
-
-
-async def test_a_sale_below_one_sat_is_not_made(rig: Rig) -> None:
-    seller, buyer = await rig.device(0), await rig.device(1)
-    selling, buying = energy_desk(rig, seller), energy_desk(rig, buyer)
-    await rig.start()
-    selling.offer(period=PERIOD, interval=3, export_wh=100, rate_msat_per_kwh=RATE)
-    bought = await buying.buy(
-        2, period=PERIOD, interval=3, rate_msat_per_kwh=RATE, peers=[seller.peers.ref]
-    )
-    assert bought == 0  # 2 Wh at 200 msat/Wh = 400 msat: from the grid instead
-    assert await rig.ln.nodes["dev0"].list_invoices() == []
-    assert (await rig.reconcile()).ok
-
-
-WrongSale = Callable[[Rig, FakeNode, Bid], Awaitable[SaleOffer]]
-
-
-async def _sale_to_another_node(rig: Rig, seller: FakeNode, bid: Bid) -> SaleOffer:
-    memo = sale_memo(bid.id, rig.party(0), bid.party, 50, 10_000)
-    invoice = await rig.mallory.add_invoice(10_000, memo)
-    return SaleOffer(bid.id, 50, 10_000, invoice.payment_request)
-
-
-async def _sale_of_another_bid(rig: Rig, seller: FakeNode, bid: Bid) -> SaleOffer:
-    memo = sale_memo(b"\x09" * 32, rig.party(0), bid.party, 50, 10_000)
-    invoice = await seller.add_invoice(10_000, memo)
-    return SaleOffer(bid.id, 50, 10_000, invoice.payment_request)
-
-
-async def _sale_above_the_bid(rig: Rig, seller: FakeNode, bid: Bid) -> SaleOffer:
-    memo = sale_memo(bid.id, rig.party(0), bid.party, 50, 20_000)
-    invoice = await seller.add_invoice(20_000, memo)
-    return SaleOffer(bid.id, 50, 20_000, invoice.payment_request)
-
-
-async def _sale_bolt11_for_more(rig: Rig, seller: FakeNode, bid: Bid) -> SaleOffer:
-    memo = sale_memo(bid.id, rig.party(0), bid.party, 50, 10_000)
-    invoice = await seller.add_invoice(12_000, memo)
-    return SaleOffer(bid.id, 50, 10_000, invoice.payment_request)
-
-
-async def _sale_expired(rig: Rig, seller: FakeNode, bid: Bid) -> SaleOffer:
-    memo = sale_memo(bid.id, rig.party(0), bid.party, 50, 10_000)
-    invoice = await seller.add_invoice(10_000, memo, expiry_s=5)
-    rig.clock.t += 6
-    return SaleOffer(bid.id, 50, 10_000, invoice.payment_request)
-
-
-@pytest.mark.parametrize(
-    ("wrong", "why"),
-    [
-        (_sale_to_another_node, "pays node"),
-        (_sale_of_another_bid, "is for"),
-        (_sale_above_the_bid, "above our bid"),
-        (_sale_bolt11_for_more, "asks 12000 msat"),
-        (_sale_expired, "expires"),
-    ],
-)
-async def test_a_wrong_sale_invoice_is_refused_and_pays_nothing(
-    rig: Rig, wrong: WrongSale, why: str
-) -> None:
-    seller, buyer = await rig.device(0), await rig.device(1)
-    buying = energy_desk(rig, buyer)
-    await rig.start()
-
-    async def lying_seller(delivery: Delivery) -> SaleOffer:
-        return await wrong(rig, seller.node, delivery.decode(Bid))
-
-    seller.peers.handle(ENERGY_PROTOCOL, lying_seller)
-    bought = await buying.buy(
-        50, period=PERIOD, interval=3, rate_msat_per_kwh=RATE, peers=[seller.peers.ref]
-    )
-    assert bought == 0
-    assert buyer.node.attempts == []
-    assert [why in r for r in buying.refused] == [True], buying.refused
-    assert own(await buyer.store.entries(), Payment) == []
-    assert (await rig.reconcile()).ok
-
-
-async def test_a_sale_paid_across_the_period_boundary_is_logged_in_its_period(
-    rig: Rig,
-) -> None:
-    seller, buyer = await rig.device(0), await rig.device(1)
-    selling, buying = energy_desk(rig, seller), energy_desk(rig, buyer)
-    await rig.start()
-    crossed: list[Entry] = []
-
-    async def clock_enters_next_period() -> None:
-        crossed.append(await buyer.meter(PERIOD + 1, 10, interval=4))
-
-    buyer.node.before_pay = clock_enters_next_period
-    selling.offer(period=PERIOD, interval=3, export_wh=100, rate_msat_per_kwh=RATE)
-    bought = await buying.buy(
-        50, period=PERIOD, interval=3, rate_msat_per_kwh=RATE, peers=[seller.peers.ref]
-    )
-    assert bought == 50
-    entries = await buyer.store.entries()
-    for entry in own(entries, Sale) + own(entries, Payment):
-        assert entry.period == PERIOD
-        assert entry.seq > crossed[0].seq
     checked = await rig.reconcile()
     assert checked.ok, str(checked)

@@ -11,13 +11,18 @@ from p2pgrid.agent.messages import SaleOffer
 from p2pgrid.agent.payguard import sale_memo
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.ledger import Author, EntryKind, LogWriter
-from p2pgrid.market import Bid, Party
+from p2pgrid.market import Party, Trade
 from p2pgrid.net import PeerRef
+from p2pgrid.testing.fake_replica import LocalReplica
 from tests.fuzz.fakes import FakeNode
 from tests.fuzz.seeds import BOLT11
 from tests.ledger.ledger_factory import Site
 
 SITE = Site.make(b"reused invoices")
+
+
+async def _nothing() -> None:
+    return None
 
 
 class _Host:
@@ -49,14 +54,17 @@ async def test_a_sale_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: 
             balance=balance,
             name="buyer",
             nodes={Party(site_id, 2): node.destination},
+            replica=LocalReplica(store),
+            announce=_nothing,
         )
         bought = []
-        for interval in (5, 6):
-            bid = Bid(me, 0, interval, 100, 260_000)
+        trade = Trade(Party(site_id, 2), me, 80, 20_000)
+        for round_ in (5, 6):
+            book_id = bytes([round_]) * 32
             node.amount_msat = 20_000
-            node.description = sale_memo(bid.id, Party(site_id, 2), me, 80, 20_000)
-            offer = SaleOffer(bid.id, 80, 20_000, BOLT11)  # the same invoice both times
-            bought.append(await desk._pay(offer, bid, seller, 0))
+            node.description = sale_memo(book_id, Party(site_id, 2), me, 80, 20_000)
+            offer = SaleOffer(book_id, 80, 20_000, BOLT11)  # the same invoice both times
+            bought.append(await desk._pay(offer, trade, book_id, seller, 0))
         await intents.close()
         assert bought == [80, 0]
         logged = [e.kind for e in await store.entries() if e.kind is not EntryKind.ENROL]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt
+from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt, TradeRequest
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role
 from p2pgrid.ledger import (
@@ -51,6 +51,19 @@ def test_sale_offer_round_trips_and_refuses_non_ascii() -> None:
         SaleOffer.decode(offer.encode()[:-1] + b"\xff")
     with pytest.raises(MessageError):
         SaleOffer(b"\x03" * 32, 0, 1, "")
+
+
+def test_trade_request_round_trips_and_refuses_a_bad_book() -> None:
+    request = TradeRequest(3, 17, b"\x04" * 32, (0, 2, 5))
+    raw = request.encode()
+    assert raw.hex() == "010000000300000011" + "04" * 32 + "0003000000000000000200000005"
+    assert TradeRequest.decode(raw) == request
+    for bad in (raw[:-1], raw + b"\x00"):
+        with pytest.raises(MessageError):
+            TradeRequest.decode(bad)
+    for devices in ((), (2, 2), (5, 2)):
+        with pytest.raises(MessageError):
+            TradeRequest(3, 17, b"\x04" * 32, devices)
 
 
 def test_share_receipt_round_trips() -> None:

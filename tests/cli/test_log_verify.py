@@ -1,6 +1,7 @@
 """``p2pgrid log verify``: a clean replica passes with its digest; every kind of
 defect (a forged signature, a hole in a chain, an equivocation, another site's
-file) is exit 1 and named; a file that is no replica is exit 2."""
+file, a sale that no pooled clearing says) is exit 1 and named; a file that is
+no replica is exit 2."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from p2pgrid.agent.rounds import order_text
 from p2pgrid.config import read_entries, read_key
 from p2pgrid.identity import Signer, SiteIdentity
-from p2pgrid.ledger import Author, LogStore, LogWriter, MeterReading, sign_entry
+from p2pgrid.ledger import (
+    Author,
+    Cleared,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    Order,
+    Sale,
+    sign_entry,
+)
+from p2pgrid.market import DemandCurve, Party, Step
 from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED
 from tests.cli.deployment import Deployment, cli, deploy
 
@@ -57,6 +69,35 @@ def test_a_clean_replica_passes_with_its_digest(tmp_path: Path) -> None:
     assert db.read_bytes() == before  # read-only
     code, by_key = _verify(db, "--site", d.site)
     assert (code, by_key["digest"]) == (0, digest)
+
+
+async def _forge_a_pooled_sale(d: Deployment, path: Path) -> None:
+    """The fridge logs a curve, a clearing its book does not give, and a sale."""
+    identity = SiteIdentity.from_hex(d.site)
+    async with await LogStore.open(path, identity, name="test") as store:
+        writer = LogWriter(store, read_key(d.root / "keys" / "s1-fridge.key"), Author.device(0))
+        curve = DemandCurve(Party(identity.site_id, 0), 0, 5, (Step(250_000, 100),))
+        at = 1_800_000_001_000
+        await writer.append(Order(5, order_text(curve)), period=0, timestamp_ms=at)
+        cleared = Cleared(5, 200_000, bytes(32), "00000000")
+        await writer.append(cleared, period=0, timestamp_ms=at)
+        await writer.append(Sale(1, 100, 20_000), period=0, timestamp_ms=at)
+
+
+def test_a_sale_that_no_pooled_clearing_says_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    asyncio.run(_forge_a_pooled_sale(d, db))
+    code, out = _verify(db, "--site", d.site)
+    assert code == EXIT_FAILED
+    assert out["ok"] is False
+    assert out["rejected"] == {}  # every entry is a valid entry...
+    problems = out["pooled_sales"]
+    assert isinstance(problems, list)
+    assert len(problems) == 2  # ...but the round and the sale do not add up
+    assert "not the book it names" in problems[0]
+    assert "no trade of its clearings" in problems[1]
 
 
 def _tamper(db: Path, sql: str, *params: object) -> None:

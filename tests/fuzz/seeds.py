@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt
+from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt, TradeRequest
 from p2pgrid.ledger import (
     Allocation,
     Author,
@@ -100,6 +100,7 @@ AGENT_MESSAGES = [
     ShareInvoice(b"\x01" * 32, 5_000, BOLT11),
     ShareReceipt(b"\x01" * 32, PREIMAGE, ENTRY_SEEDS[4]),
     SaleOffer(b"\x02" * 32, 50, 12_500, BOLT11),
+    TradeRequest(3, 17, b"\x04" * 32, (0, 2, 5)),
 ]
 
 HELLO_SEEDS = [

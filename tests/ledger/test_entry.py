@@ -16,12 +16,14 @@ from p2pgrid.ledger import (
     BodyError,
     Budget,
     CarryOver,
+    Cleared,
     Curtailment,
     DeviceInfo,
     Dispute,
     Invoice,
     MalformedError,
     MeterReading,
+    Order,
     Payment,
     Sale,
     Share,
@@ -43,6 +45,8 @@ SAMPLES: list[tuple[Author, Body]] = [
     (Author.utility(), Curtailment(2**32 - 1, T0_MS, 3600, 1500)),
     (Author.device(2), Dispute(0, 1, 7, "reading too high")),
     (Author.owner(), DeviceInfo(1, "fridge", "kitchen fridge")),
+    (Author.device(2), Order(40, "0303" + "01" * 37)),
+    (Author.device(2), Cleared(40, 120_000, b"\x02" * 32, "0000000100000002")),
 ]
 
 
@@ -73,6 +77,21 @@ def test_header_layout_is_byte_exact(site: Site) -> None:
     assert len(raw) == HEADER_LEN + 8 + 64
 
 
+def test_new_kinds_take_version_2_and_old_kinds_keep_version_1(site: Site) -> None:
+    """Version 2 added ``order`` and ``cleared``: an entry carries its kind's
+    version, so version 1 logs read and hash as before, and one content has one
+    encoding (a kind under the other version is malformed)."""
+    chain = site.chain(Author.device(1))
+    old = chain.next(CarryOver(5), period=3)
+    new = chain.next(Order(7, "0303" + "00" * 37), period=3)
+    assert (old.raw[0], new.raw[0]) == (1, 2)
+    hashed = site.membership.site_hash
+    assert decode_entry(new.raw, hashed) == new
+    for entry, version in ((old, 2), (new, 1), (new, 3)):
+        with pytest.raises(MalformedError, match="version"):
+            decode_entry(bytes([version]) + entry.raw[1:], hashed)
+
+
 def test_same_content_signed_twice_has_one_id(site: Site) -> None:
     chain = site.chain(Author.device(1))
     one = chain.sign(CarryOver(5), seq=1, prev=bytes(32))
@@ -89,6 +108,12 @@ def test_same_content_signed_twice_has_one_id(site: Site) -> None:
         (Author.device(1), MeterReading(T0_MS, 0, 1, 1)),  # empty interval
         (Author.owner(), DeviceInfo(1, "", "")),
         (Author.device(1), Curtailment(2, T0_MS, 900, 0)),  # curtails another device
+        (Author.device(1), Order(3, "0303AB")),  # upper case
+        (Author.device(1), Order(3, "03")),  # no message
+        (Author.device(1), Cleared(3, 0, bytes(32), "00000001")),  # no price
+        (Author.device(1), Cleared(3, 1000, bytes(32), "00000002")),  # not in its book
+        (Author.device(1), Cleared(3, 1000, bytes(32), "0000000200000001")),  # not ascending
+        (Author.device(1), Cleared(3, 1000, bytes(32), "000001")),  # not u32s
     ],
 )
 def test_invalid_bodies_cannot_be_signed(site: Site, author: Author, body: Body) -> None:

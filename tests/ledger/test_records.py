@@ -17,11 +17,13 @@ from p2pgrid.ledger import (
     Author,
     Budget,
     CarryOver,
+    Cleared,
     Entry,
     IngestReport,
     Invoice,
     LogStore,
     MeterReading,
+    Order,
     Outcome,
     RejectReason,
     bill,
@@ -77,6 +79,28 @@ async def test_second_budget_and_invoice_are_refused(site: Site, open_store: Ope
         Outcome.STORED,
         None,
     )
+
+
+async def test_one_order_and_one_clearing_per_device_and_round(
+    site: Site, open_store: OpenStore
+) -> None:
+    store = await open_store("o")
+    chain = site.chain(Author.device(2))
+    entries = [
+        chain.next(Order(40, "0303" + "00" * 37), period=1),
+        chain.next(Order(41, "0303" + "00" * 37), period=1),  # the next round
+        chain.next(Cleared(40, 1000, HASH, "00000002"), period=1),
+        chain.next(Order(40, "0303" + "11" * 37), period=1),  # a second order of round 40
+        chain.next(Cleared(40, 2000, HASH, "00000002"), period=1),  # never reached
+    ]
+    report = await store.ingest_many([e.raw for e in entries])
+    assert [_outcome(report, i) for i in range(4)] == [
+        (Outcome.STORED, None),
+        (Outcome.STORED, None),
+        (Outcome.STORED, None),
+        (Outcome.REJECTED, RejectReason.DUPLICATE_RECORD),
+    ]
+    assert store.heads()[Author.device(2)].seq == 3
 
 
 async def test_rule_survives_reopening(site: Site, tmp_path: Path) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from p2pgrid.identity import Role, Signer, SiteIdentity, verify
 from p2pgrid.ledger import (
     Author,
     Enrol,
     LogStore,
+    MalformedError,
     MeterReading,
+    Order,
     Outcome,
     Payment,
     RejectReason,
@@ -71,6 +75,17 @@ E3_UNSIGNED = (
     "01000000000100000000000000038ce87c4bd66697c8c107ffbe7c667cc7861c6dcf5f80f6bf65a4c5b9e3"
     "6182f0000000070000018bcfe56fd001001c0000018bcfe568000000038400000000000000010000000000"
     "000001"
+)
+# Entry F: device 1, seq 3 after C, an ``order`` (format version 2)
+ORDER_TEXT = "0303010424f75274a85b26000000010000000700000028000000000000006400000000000249f0"
+ORDER = (
+    DEVICE1_PUB,
+    "02000000000100000000000000038ce87c4bd66697c8c107ffbe7c667cc7861c6dcf5f80f6bf65a4c5b9e3"
+    "6182f0000000070000018bcfe56fd0100054000000280"
+    "04e" + ORDER_TEXT.encode().hex(),
+    "66aafc411e0911420e31390f65e06778b8cd0ffa3fbb5a4dda513647e74368ec",
+    "e92abc8cda7a85e4bc54d0499b8adce27298833be1b12e647e9d34cf366e33b318a29eda97a7423838c353de"
+    "99cb693348bf8b8ce9ef77a28d2c6da82eaf7173",
 )
 DIGEST_BEFORE_REVOKE = "5ba84a2e54ca2f641acefa081340e98569d74831bab5adf168e616e8b62c310d"
 DIGEST_AFTER_REVOKE = "860ede9153edb1bf609427944e33c4121fb358c7a61248e1e38ad17876454bf7"
@@ -156,3 +171,20 @@ async def test_second_reading_vector_is_refused(tmp_path: Path) -> None:
             RejectReason.DUPLICATE_RECORD,
         )
         assert store.digest().hex() == DIGEST_BEFORE_REVOKE
+
+
+async def test_order_vector_is_a_version_2_entry(tmp_path: Path) -> None:
+    site_hash = bytes.fromhex(SITE_HASH)
+    signer_hex, unsigned_hex, id_hex, sig_hex = ORDER
+    unsigned, sig = bytes.fromhex(unsigned_hex), bytes.fromhex(sig_hex)
+    message = DOMAIN_TAG + site_hash + unsigned
+    assert hashlib.sha256(message).hexdigest() == id_hex
+    assert verify(bytes.fromhex(signer_hex), message, sig)
+    assert decode_entry(unsigned + sig, site_hash).body == Order(40, ORDER_TEXT)
+    with pytest.raises(MalformedError, match="version"):
+        decode_entry(b"\x01" + unsigned[1:] + sig, site_hash)
+    raws = [bytes.fromhex(u + s) for _, u, _, s in (ENROL, E1, E2)]
+    site = SiteIdentity(bytes.fromhex(OWNER_PUB))
+    async with await LogStore.open(tmp_path / "o.sqlite", site, name="order") as store:
+        report = await store.ingest_many([*raws, unsigned + sig])
+        assert [r.outcome for r in report.results] == [Outcome.STORED] * 4

@@ -1,0 +1,103 @@
+"""The site's pooled auction end to end: two solar roofs and two consumers of one
+site (``pooled_site.toml``), every agent its own OS process with its own lnd on
+one regtest chain, talking only through libp2p and Lightning.
+
+Asserts that in one round both producers are paid by the buyers at the one
+clearing price that any replica recomputes from the log (orders, ``cleared``
+entries, sales: :func:`p2pgrid.agent.rounds.check_pooled_sales`), and that lnd
+and the log agree to the msat (:func:`p2pgrid.reconcile.reconcile`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.agent.rounds import check_pooled_sales, round_book
+from p2pgrid.demo import check_money, snapshots
+from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.ledger import Cleared, Entry, Order, Sale
+from p2pgrid.reconcile import NodeSnapshot
+from p2pgrid.regtest import Daemons, Stack, StackConfig
+from p2pgrid.regtest.topology import utility_star
+from p2pgrid.scenario import Scenario, load_scenario
+from tests.faults.checker import utility_log
+from tests.regtest.conftest import TEST_ROOT
+
+SCENARIO = Path(__file__).with_name("pooled_site.toml")
+Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
+
+
+@pytest.fixture(scope="module")
+async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
+    tmp = tmp_path_factory.mktemp("pooled")
+    scenario = load_scenario(SCENARIO)
+    devices = tuple(d.name for s in scenario.sites for d in s.devices)
+    stack = Stack(
+        StackConfig(name=f"pool-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
+        daemons,
+    )
+    await stack.up()
+    try:
+        before = await snapshots(scenario, stack)
+        result = await run_scenario(scenario, SCENARIO, stack, tmp / "run")
+        yield scenario, stack, result, before
+    finally:
+        await stack.down()
+
+
+def _paid_rounds(entries: list[Entry], site_id: str) -> dict[tuple[int, int], set[int]]:
+    """Per round: the sellers whose trades with a buyer of the round were paid
+    (a ``sale`` of that buyer that is the trade)."""
+    sales = Counter(
+        (e.author.index, e.period, e.body.seller, e.body.energy_wh, e.body.amount_msat)
+        for e in entries
+        if isinstance(e.body, Sale)
+    )
+    paid: dict[tuple[int, int], set[int]] = {}
+    for e in entries:
+        if not isinstance(e.body, Cleared):
+            continue
+        book = round_book(
+            entries, site_id, period=e.period, interval=e.body.interval, devices=e.body.devices
+        )
+        for t in book.clearing.trades:
+            key = (e.author.index, e.period, t.seller.device, t.energy_wh, t.amount_msat)
+            if t.buyer.device == e.author.index and sales[key] > 0:
+                sales[key] -= 1
+                paid.setdefault((e.period, e.body.interval), set()).add(t.seller.device)
+    return paid
+
+
+async def test_both_producers_are_paid_in_one_round_as_the_log_clears_it(run: Run) -> None:
+    scenario, _, result, _ = run
+    [site] = scenario.sites
+    entries = await utility_log(scenario, result.work_dir, site.name)
+    site_id = site.identity.site_id
+    assert check_pooled_sales(entries, site_id) == []
+    orders = {e.author.index for e in entries if isinstance(e.body, Order)}
+    assert orders == {0, 1, 2, 3}  # both roofs asked, both consumers bid
+    paid = _paid_rounds(entries, site_id)
+    assert any(sellers == {0, 1} for sellers in paid.values()), paid
+    # Every sale of the run is a trade of a logged clearing, and both roofs sold.
+    assert {e.body.seller for e in entries if isinstance(e.body, Sale)} == {0, 1}
+    reports = result.reports
+    assert reports["hvac"]["bought_wh"] + reports["ev"]["bought_wh"] > 0
+    assert reports["roof-a"]["offered_wh"] > 0
+    assert reports["roof-b"]["offered_wh"] > 0
+
+
+async def test_lnd_and_the_log_agree_to_the_msat(run: Run) -> None:
+    scenario, stack, result, before = run
+    checked = await check_money(scenario, stack, result, before)
+    assert checked.ok, str(checked)
+    sales = [
+        e
+        for e in await utility_log(scenario, result.work_dir, scenario.sites[0].name)
+        if isinstance(e.body, Sale)
+    ]
+    assert checked.payments >= len(sales) >= 2
