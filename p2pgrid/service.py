@@ -7,6 +7,8 @@ background, so ``stop`` is honoured at any moment; SIGTERM and SIGINT mean
 the work in flight is cancelled and awaited (payments are safe to cancel: every
 one has its intent recorded first and is resolved on the next start), and the
 caller closes storage last (its exit stack: replica, host, database, lnd).
+SIGHUP means "read your files again" (:func:`on_hangup`: a node run from the
+owner's entries file reads it at once).
 
 :func:`run_process` is the top of such a process: it runs the coroutine and
 turns every p2pgrid error into one line ``error: <what>`` on stderr and an exit
@@ -26,9 +28,10 @@ code  meaning
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
 from p2pgrid.errors import ConfigError, P2PGridError, RetryableError
@@ -94,6 +97,18 @@ class Service:
             if aclose is not None:  # no new input from here (closes stdin's pipe)
                 await aclose()
             self.stopping.set()
+
+
+@contextlib.contextmanager
+def on_hangup(callback: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGHUP calls ``callback`` (in the running loop) instead of
+    ending the process: a daemon's "read your files again"."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, callback)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -1,8 +1,10 @@
 """One device agent as an OS process: ``python -m p2pgrid.agent --scenario S --runtime R --name N``
 (the launcher's child) or ``p2pgrid agent run --config site.toml --device N`` (a deployed
-host). Both build one typed :class:`AgentSetup` (from the scenario and runtime files here,
-from the site file in :mod:`p2pgrid.config.setups`) and run :func:`run_device` on it; the
-deployed host's commands are one ``start`` at the file's ``clock.start``, then none.
+host, which also watches the owner's entries file while it runs and reads it again on
+SIGHUP: :mod:`p2pgrid.replication.entries_watch`). Both build one typed
+:class:`AgentSetup` (from the scenario and runtime files here, from the site file in
+:mod:`p2pgrid.config.setups`) and run :func:`run_device` on it; the deployed host's
+commands are one ``start`` at the file's ``clock.start``, then none.
 
 It opens its lnd client, its payment intents (``<name>.intents.db``) and its
 node's parts (its own SQLite log, libp2p host and replica:
@@ -47,7 +49,7 @@ from p2pgrid.provision import provisioned_membership
 from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import DeviceSpec, Scenario, Timing, load_scenario
-from p2pgrid.service import Command, Service, run_process
+from p2pgrid.service import Command, Service, on_hangup, run_process
 
 #: Where the commands come from: stdin's JSON lines (the launcher's child) or a
 #: fixed start (``p2pgrid agent run``). Called inside the running loop.
@@ -85,6 +87,9 @@ class AgentSetup:
     parties: Mapping[str, Party] = dataclasses.field(default_factory=dict)
     #: The agent's tuning (the project's defaults unless a site file's ``[agent]`` sets them).
     config: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    #: The owner's entries file ``provision`` was read from: watched while the agent
+    #: runs, and read again on SIGHUP (None: the launcher's fixed provisioning).
+    entries_file: Path | None = None
 
     @property
     def name(self) -> str:
@@ -172,9 +177,12 @@ async def run_device(
                 replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
                 topics=topics,
                 provision=list(setup.provision),
+                entries_file=setup.entries_file,
             ),
         )
         store, host, replica = log_node.store, log_node.host, log_node.replica
+        if log_node.entries is not None:
+            parts.enter_context(on_hangup(log_node.entries.poke))
         writer = LogWriter(store, signer, Author.device(device.index))
         agent = DeviceAgent(
             DeviceProfile(

@@ -10,8 +10,9 @@ The **entries file** (``site.toml``'s ``site.entries``) holds the owner's signed
 log entries (enrolments, device descriptions, allocations, revocations), one
 per line in hex, in the order of the owner's chain (seq 1, 2, ...). It is public
 (every entry is signed; nothing in it is secret): the owner's commands append
-to it, every agent and the utility of the site load it when they start, and the
-replicated log carries it on to replicas that lack it.
+to it, every agent and the utility of the site load it when they start and again
+whenever it changes while they run (:mod:`p2pgrid.replication.entries_watch`),
+and the replicated log carries it on to replicas that lack it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from pathlib import Path
 
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import IdentityError, Signer, SiteIdentity
-from p2pgrid.ledger import Author, Body, Entry, decode_entry, sign_entry
+from p2pgrid.ledger import Author, Body, Entry, read_owner_file, sign_entry
 from p2pgrid.ledger.entry import GENESIS_PREV
-from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.secretfile import read_secret, write_secret
 
 KEY_DIR_MODE = 0o700
@@ -57,20 +57,9 @@ def read_key(path: Path) -> Signer:
 
 
 def read_entries(path: Path, site: SiteIdentity) -> list[Entry]:
-    """The owner's entries in ``path`` (:class:`ConfigError` naming the file and line)."""
-    try:
-        lines = path.read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read entries file {path}: {exc}") from None
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(decode_entry(bytes.fromhex(line.strip()), site.site_hash))
-        except (ValueError, LedgerError) as exc:
-            raise ConfigError(f"{path}:{number}: not an entry of this site: {exc}") from None
-    return entries
+    """The owner's entries in ``path``: the owner's whole signed chain, or a
+    :class:`ConfigError` naming the file and line (:mod:`p2pgrid.ledger.owner_file`)."""
+    return read_owner_file(path, site)
 
 
 def append_owner_entries(

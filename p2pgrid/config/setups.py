@@ -29,7 +29,8 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
     model = site_file.model
     row = site_file.device(device_name)
     identity = SiteIdentity.from_hex(model.site.owner_pubkey)
-    entries = read_entries(site_file.resolve(model.site.entries), identity)
+    entries_file = site_file.resolve(model.site.entries)
+    entries = read_entries(entries_file, identity)
     signer = read_key(site_file.resolve(row.key_file))
     member = membership_of(identity, entries).roster.devices().get(row.index)
     if member is None or member.pubkey != signer.pubkey:
@@ -66,6 +67,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
         provision=tuple(e.raw for e in entries),
         parties={d.name: Party(identity.site_id, d.index) for d in model.devices},
         config=model.agent,
+        entries_file=entries_file,
     )
 
 
@@ -89,7 +91,8 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
     sites = []
     for number, row in enumerate(model.sites):
         identity = SiteIdentity.from_hex(row.owner_pubkey)
-        entries = read_entries(utility_file.resolve(row.entries), identity)
+        entries_file = utility_file.resolve(row.entries)
+        entries = read_entries(entries_file, identity)
         roster = membership_of(identity, entries).roster
         utility = roster.member(Role.UTILITY, 0)
         if utility is None or utility.pubkey != signer.pubkey:
@@ -107,6 +110,7 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
                 devices=devices,
                 provision=tuple(e.raw for e in entries),
                 listen_port=row.listen_port,
+                entries_file=entries_file,
             )
         )
     return UtilitySetup(

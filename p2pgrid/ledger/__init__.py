@@ -43,6 +43,7 @@ from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
 from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
+from p2pgrid.ledger.owner_file import OwnerFileError, parse_owner_file, read_owner_file
 from p2pgrid.ledger.store import LogChange, LogListener, LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
@@ -94,6 +95,7 @@ __all__ = [
     "MeterReading",
     "Order",
     "Outcome",
+    "OwnerFileError",
     "Payment",
     "PeriodView",
     "RejectReason",
@@ -117,6 +119,8 @@ __all__ = [
     "log_topic",
     "metered_devices",
     "paid_hashes",
+    "parse_owner_file",
+    "read_owner_file",
     "sign_entry",
     "site_hash",
 ]

@@ -7,6 +7,7 @@ this package carries it over a :class:`p2pgrid.net.PeerHost`, and
 store, host and replica. Arrows: replication -> ledger, net; never back.
 """
 
+from p2pgrid.replication.entries_watch import ENTRIES_CHECK_S, Announcer, EntriesWatch, Reload
 from p2pgrid.replication.parts import NodeParts, NodeSpec, open_node_parts
 from p2pgrid.replication.replica import (
     LOG_RECORD_KIND,
@@ -21,12 +22,16 @@ from p2pgrid.replication.replica import (
 )
 
 __all__ = [
+    "ENTRIES_CHECK_S",
     "LOG_RECORD_KIND",
+    "Announcer",
+    "EntriesWatch",
     "HostTransport",
     "LogRecord",
     "NetReplica",
     "NodeParts",
     "NodeSpec",
+    "Reload",
     "ReplicaConfig",
     "ReplicaState",
     "ReplicaStats",

@@ -4,10 +4,12 @@ A device agent opens one :class:`NodeParts`, the utility one per site it
 serves. :func:`open_node_parts` opens the SQLite log (and ingests the owner's
 provisioning entries: they enrol the site's members into the store's roster),
 starts the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics,
-whose members are read from that roster, then starts the :class:`NetReplica`; each part's
+whose members are read from that roster, then starts the :class:`NetReplica`
+and, for a node run from the owner's entries file, the :class:`EntriesWatch`
+that ingests what the owner adds to that file while the node runs. Each part's
 stop goes on the caller's exit stack as soon as the part is usable, so the
-parts stop in reverse order (replica, host, and the database last) also when a
-later part fails to start.
+parts stop in reverse order (watch, replica, host, and the database last) also
+when a later part fails to start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from p2pgrid.identity import Roster, SiteIdentity
 from p2pgrid.ledger import LogStore
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from p2pgrid.replication.entries_watch import ENTRIES_CHECK_S, EntriesWatch
 from p2pgrid.replication.replica import NetReplica, ReplicaConfig, log_net_topic
 
 
@@ -45,6 +48,10 @@ class NodeSpec:
     provision: Sequence[bytes] = ()
     #: A bridge shared by several hosts of one process; a host runs its own otherwise.
     bridge: TrioBridge | None = None
+    #: The owner's entries file the node watches while it runs (None: no file,
+    #: e.g. the launcher's children, whose provisioning is fixed for the run).
+    entries_file: Path | None = None
+    entries_check_s: float = ENTRIES_CHECK_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,7 @@ class NodeParts:
     store: LogStore
     host: PeerHost
     replica: NetReplica
+    entries: EntriesWatch | None = None
 
 
 async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> NodeParts:
@@ -74,4 +82,9 @@ async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> N
     replica = NetReplica(store, host, spec.replica, topic=log_topic)
     await replica.start()
     parts.push_async_callback(replica.stop)
-    return NodeParts(store, host, replica)
+    entries = None
+    if spec.entries_file is not None:
+        entries = EntriesWatch(store, replica, spec.entries_file, interval_s=spec.entries_check_s)
+        await entries.start()
+        parts.push_async_callback(entries.stop)
+    return NodeParts(store, host, replica, entries)

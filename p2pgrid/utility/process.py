@@ -1,6 +1,8 @@
 """The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``
 (the launcher's child) or ``p2pgrid utility run --config utility.toml``. Both build one
-typed :class:`UtilitySetup` and run :func:`run_utility` on it.
+typed :class:`UtilitySetup` and run :func:`run_utility` on it. Run from a utility file,
+it watches each site's entries file while it runs and reads them again on SIGHUP
+(:mod:`p2pgrid.replication.entries_watch`).
 
 For each site of the scenario it runs one libp2p host, one SQLite replica of
 the site's log and one invoicer on its lnd, all with the utility's key for that
@@ -42,10 +44,10 @@ from p2pgrid.ledger import Author, Invoice, LogWriter, Membership, decode_entry
 from p2pgrid.lightning import LndClient, NodeWatch
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.provision import membership_of
-from p2pgrid.replication import NodeSpec, ReplicaConfig, open_node_parts
+from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import Scenario, Timing, load_scenario
-from p2pgrid.service import Command, Service, run_process
+from p2pgrid.service import Command, Service, on_hangup, run_process
 from p2pgrid.utility.invoicer import Invoicer
 from p2pgrid.utility.node import READINGS_WAIT_S, SiteDesk, UtilityNode
 
@@ -103,6 +105,9 @@ class UtilitySite:
     provision: tuple[bytes, ...]
     #: The TCP port its host listens on (0: the last one, ``ports.json``, or any).
     listen_port: int = 0
+    #: The owner's entries file ``provision`` was read from: watched while the
+    #: utility runs, read again on SIGHUP (None: the launcher's fixed provisioning).
+    entries_file: Path | None = None
 
     @property
     def membership(self) -> Membership:
@@ -176,6 +181,7 @@ async def run_utility(
         feeds: list[SiteFeed] = []
         ports = listen_ports(runtime.data_dir)
         memberships = {site.name: site.membership for site in setup.sites}
+        watches: list[EntriesWatch] = []  # of the sites run from an entries file
         for site in setup.sites:
             identity = site.identity
             log_node = await open_node_parts(
@@ -194,8 +200,11 @@ async def run_utility(
                     replica=ReplicaConfig(anti_entropy_interval_s=ANTI_ENTROPY_S),
                     provision=list(site.provision),
                     bridge=bridge,
+                    entries_file=site.entries_file,
                 ),
             )
+            if log_node.entries is not None:
+                watches.append(log_node.entries)
             store, host, replica = log_node.store, log_node.host, log_node.replica
             writer = LogWriter(store, site.signer, Author.utility())
             invoicer = make_invoicer(
@@ -232,6 +241,13 @@ async def run_utility(
                 )
             )
         save_listen_ports(runtime.data_dir, ports)
+        if watches:
+
+            def read_entries_again() -> None:  # SIGHUP: every site's entries file, now
+                for watch in watches:
+                    watch.poke()
+
+            parts.enter_context(on_hangup(read_entries_again))
         # Entered last, so it stops first: before the stores it reads close.
         dashboard = await parts.enter_async_context(
             Dashboard(setup.name, tuple(feeds), runtime.dashboard)
