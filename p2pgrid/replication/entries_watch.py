@@ -90,7 +90,8 @@ class EntriesWatch:
         self.announcer = announcer
         self.path = path
         self.interval_s = interval_s
-        self._seen: tuple[int, int, int] | None = None
+        self._read = False  # not read yet: the first check reads whatever the stamp
+        self._seen: tuple[int, int, int] | None = None  # the stamp at the last read (None: absent)
         self._poked = asyncio.Event()
         self._lock = asyncio.Lock()  # one read at a time: the loop and direct calls
         self._runner: asyncio.Task[None] | None = None
@@ -133,9 +134,9 @@ class EntriesWatch:
         ingest what is new; None if it was not read."""
         async with self._lock:
             stamp = _stamp(self.path)
-            if stamp == self._seen and not force:
+            if self._read and stamp == self._seen and not force:
                 return None
-            self._seen = stamp
+            self._read, self._seen = True, stamp
             return await self._reload()
 
     async def _reload(self) -> Reload:
