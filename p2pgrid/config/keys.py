@@ -24,11 +24,13 @@ from pathlib import Path
 
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import IdentityError, Signer, SiteIdentity
-from p2pgrid.ledger import Author, Body, Entry, read_owner_file, sign_entry
+from p2pgrid.ledger import Author, Body, Entry, EntryKind, read_owner_file, sign_entry
 from p2pgrid.ledger.entry import GENESIS_PREV
 from p2pgrid.secretfile import read_secret, write_secret
 
 KEY_DIR_MODE = 0o700
+#: Owner entries whose meaning has no period (signed in the chain's highest period).
+PERIODLESS_KINDS = frozenset({EntryKind.ENROL, EntryKind.REVOKE, EntryKind.DEVICE_INFO})
 
 
 def make_key_dir(path: Path) -> None:
@@ -67,16 +69,30 @@ def append_owner_entries(
 ) -> list[Entry]:
     """Sign ``(period, body)`` pairs as the owner, continuing its chain in ``path``,
     and rewrite the file whole (a temp file, then rename). ``create``: the file
-    must not exist yet; otherwise it must."""
+    must not exist yet; otherwise it must.
+
+    The log refuses an owner entry of a period before the chain's highest one
+    (``time_regression``, docs/protocol-log.md section 4), so an enrolment,
+    revocation or device description, whose meaning has no period, is signed
+    in that highest period (a revocation after a year of allocations is still
+    taken); an allocation of an earlier period is a :class:`ConfigError` and
+    nothing is written."""
     site = SiteIdentity(owner.pubkey)
     if create and path.exists():
         raise ConfigError(f"{path} exists: refusing to overwrite the owner's entries")
     existing = [] if create else read_entries(path, site)
-    if any(e.author != Author.owner() for e in existing):
-        raise ConfigError(f"{path}: holds entries not written by the owner")
     entries = list(existing)
     now_ms = int(time.time() * 1000)
+    floor = max((e.period for e in entries), default=0)
     for period, body in bodies:
+        if period < floor:
+            if body.KIND not in PERIODLESS_KINDS:
+                raise ConfigError(
+                    f"{path}: {body.KIND.name.lower()} of period {period} cannot follow the "
+                    f"owner's entries of period {floor}: every replica would refuse it"
+                )
+            period = floor
+        floor = period
         last = entries[-1] if entries else None
         entries.append(
             sign_entry(

@@ -19,7 +19,7 @@ from p2pgrid.config import read_entries
 from p2pgrid.config.files import UtilityFile
 from p2pgrid.config.setups import utility_setup
 from p2pgrid.identity import Role, SiteIdentity
-from p2pgrid.ledger import Allocation
+from p2pgrid.ledger import Allocation, LogStore, Outcome
 from p2pgrid.provision import membership_of
 from p2pgrid.service import EXIT_CONFIG, EXIT_UNAVAILABLE
 from p2pgrid.testing.ports import free_port
@@ -115,6 +115,29 @@ def test_an_operator_makes_a_site_its_utility_and_devices(tmp_path: Path) -> Non
     assert hvac is not None
     assert hvac.revoked
     assert hvac.last_seq == 4
+
+
+async def test_every_replica_takes_the_owner_commands_entries_whole(tmp_path: Path) -> None:
+    """A revocation and a device's description signed after allocations of later
+    periods: the log refuses an owner entry of an earlier period than the one
+    before, so the commands sign them in the chain's latest period."""
+    d = deploy(tmp_path, periods=3)  # allocations of periods 0..2
+    ok_json("site", "allocate", "-c", str(d.site_file), "--first", "5", "--count", "1")
+    ok_json("device", "revoke", "-c", str(d.site_file), "s1-hvac", "--last-seq", "4")
+    identity = SiteIdentity.from_hex(d.site)
+    entries = read_entries(d.entries, identity)
+    async with await LogStore.open(tmp_path / "replica.db", identity, name="replica") as store:
+        report = await store.ingest_many([e.raw for e in entries])
+    assert [r.outcome for r in report.results] == [Outcome.STORED] * len(entries)
+    hvac = store.roster.member(Role.DEVICE, 1)
+    assert hvac is not None
+    assert hvac.last_seq == 4
+    # An allocation of a period before the latest one would be refused everywhere.
+    before = d.entries.read_bytes()
+    result = cli("site", "allocate", "-c", str(d.site_file), "--first", "3", "--count", "1")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "allocation of period 3 cannot follow the owner's entries of period 5" in result.stderr
+    assert d.entries.read_bytes() == before
 
 
 @pytest.mark.parametrize(
