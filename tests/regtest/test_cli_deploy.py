@@ -4,8 +4,12 @@ Keys, enrolments and allocations come from ``p2pgrid utility init``, ``site
 init``, ``device add`` and ``site allocate``; then ``p2pgrid utility run`` and
 two ``p2pgrid agent run`` processes start from the files alone (a compressed
 clock: one period of four 1.5 s intervals), each on its own lnd of the stack.
-Once each agent reports its period settled and every replica holds the same
-entries, SIGTERM stops every process cleanly (exit 0). Asserted against lnd and the replicas: every
+While they run, the owner allocates the next period with ``p2pgrid site
+allocate`` into the site's entries file (the agents' copy; the utility's is
+another file, left as it was) and one agent gets a SIGHUP: the allocations
+reach the utility's replica by replication, nobody restarted. Once each agent
+reports its period settled and every replica holds the same entries, SIGTERM
+stops every process cleanly (exit 0). Asserted against lnd and the replicas: every
 invoice the utility issued is settled in its lnd for the full amount, and
 ``p2pgrid log verify`` finds every replica clean with one digest.
 """
@@ -17,6 +21,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -26,11 +31,13 @@ from typing import Any
 
 import pytest
 
+from p2pgrid.config import read_entries
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.lightning.lnd import LndEndpoint
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
-from tests.cli.deployment import DEVICES, deploy
+from tests.cli.deployment import DEVICES, deploy, ok_json
 
 #: Which lnd of the session stack each device of the test site runs on.
 LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-b"}
@@ -79,6 +86,14 @@ class Node:
             return await self.proc.wait()
 
 
+def _holds(replica: Path, ids: set[bytes]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        with contextlib.closing(sqlite3.connect(f"file:{replica}?mode=ro", uri=True)) as db:
+            return ids <= {bytes(i) for (i,) in db.execute("SELECT id FROM entries")}
+
+    return probe
+
+
 def _agree(replicas: list[Path]) -> Callable[[], Awaitable[bool]]:
     async def probe() -> bool:
         held = []
@@ -108,6 +123,15 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
         utility_lnd=utility_pubkey,
         utility_lnd_table=_inline(stack.endpoint("utility")),
     )
+    # The utility's own copy of the entries file: what the owner adds to the
+    # agents' copy below reaches it only through the running nodes.
+    utility_entries = tmp_path / "utility-store-1.entries"
+    shutil.copy(d.entries, utility_entries)
+    d.utility_file.write_text(
+        d.utility_file.read_text().replace(
+            'entries = "store-1.entries"', f'entries = "{utility_entries.name}"'
+        )
+    )
     replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
     replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
     nodes: list[Node] = []
@@ -132,6 +156,16 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
             nodes.append(agents[name])
         for agent in agents.values():
             await agent.expect("ready")
+        # New owner entries while the site runs: the next period's allocations.
+        utility_before = utility_entries.read_bytes()
+        allocated = ok_json("site", "allocate", "-c", str(d.site_file), "--first", "1")
+        assert allocated["periods"] == [1]
+        new_ids = {e.id for e in read_entries(d.entries, SiteIdentity.from_hex(d.site))}
+        agents["s1-fridge"].proc.send_signal(signal.SIGHUP)  # read it now; do not stop
+        await wait_until(
+            _holds(replicas[0], new_ids), timeout_s=EVENT_WAIT_S, what="the utility's replica"
+        )
+        assert utility_entries.read_bytes() == utility_before
         reports = {name: (await agent.expect("done"))["report"] for name, agent in agents.items()}
         invoices = (await utility.expect("done"))["invoices"]
         # The last payments' entries travel on by replication: stop once every
