@@ -18,7 +18,8 @@ from typing import cast
 import pytest
 
 from p2pgrid.billing import PeriodClock
-from p2pgrid.ledger import Budget, Entry, Invoice, LogStore
+from p2pgrid.identity import Signer
+from p2pgrid.ledger import Author, Budget, Enrol, Entry, Invoice, LogStore, Revoke, Role
 from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaStats
 from p2pgrid.utility import Invoicer
@@ -161,6 +162,33 @@ async def test_a_replica_that_synced_with_nobody_is_not_invoiced_from(tmp_path: 
             await node.run(1)
         invoices = [e.body.device for e in await store.entries() if isinstance(e.body, Invoice)]
         assert sorted(invoices) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_device_revoked_or_enrolled_while_it_runs_is_not_or_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Owner entries reach a running utility (its entries file, replication): the
+    readings wait follows them. A revoked device's last reading never comes: it
+    is not waited for (the wait here is endless); a device enrolled since the
+    start is."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)  # device 1 misses its last reading
+        assert desk.awaited_devices() == [0, 1]
+        owner = rig.site.chain(Author.owner())
+        await store.ingest_many([owner.next(Revoke(Role.DEVICE, 1, 1, "stolen"), period=0).raw])
+        assert desk.awaited_devices() == [0]
+        node = _node(desk)
+        async with asyncio.timeout(CLOSE_S):
+            await node.run(1)
+        assert sorted(e.body.device for e in node.invoiced if isinstance(e.body, Invoice)) == [0, 1]
+        late = Signer.generate()
+        enrol = Enrol(Role.DEVICE, rig.site.max_device_index + 1, late.pubkey, "fridge", 0)
+        await store.ingest_many([owner.next(enrol, period=0).raw])
+        assert desk.awaited_devices() == [0, rig.site.max_device_index + 1]
         await store.close()
     finally:
         await rig.close()

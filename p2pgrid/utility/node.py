@@ -49,11 +49,26 @@ class SiteDesk:
 
     name: str
     budget_msat: int
+    #: The devices whose last reading of a period it waits for, as the site
+    #: was when the utility started (see :meth:`awaited_devices`).
     devices: tuple[int, ...]
     store: LogStore
     writer: LogWriter
     replica: NetReplica
     invoicer: Invoicer
+
+    def __post_init__(self) -> None:
+        self._enrolled_at_start = frozenset(self.store.roster.devices())
+
+    def awaited_devices(self) -> list[int]:
+        """The devices to wait for now: ``devices``, and those the owner enrolled
+        since the start (owner entries reach a running utility: its entries
+        file, replication), less those revoked (their last reading never comes)."""
+        roster = self.store.roster.devices()
+        enrolled_since = set(roster) - self._enrolled_at_start
+        return sorted(
+            d for d in {*self.devices, *enrolled_since} if d not in roster or not roster[d].revoked
+        )
 
 
 def _changed_since(store: LogStore, digest: bytes) -> Callable[[], bool]:
@@ -181,7 +196,7 @@ class UtilityNode:
             and e.body.interval_start_ms == last_ms
             and e.author != Author.utility()
         }
-        return [d for d in site.devices if d not in have]
+        return [d for d in site.awaited_devices() if d not in have]
 
     async def statuses(self, period: int) -> list[InvoiceStatus]:
         out: list[InvoiceStatus] = []
