@@ -19,6 +19,16 @@ lists every disagreement:
 
 The result is a list of problems (empty when lnd and the log agree), so a test
 shows all of them at once.
+
+:func:`reconcile_node` is the same check narrowed to what one operator holds:
+one node's lnd (now, no snapshot before) and one replica of its site's log
+(``p2pgrid log verify --against-lnd``). Every money entry the node's author
+logged has exactly one SUCCEEDED payment on it with that hash, amount and fee;
+every money entry paying that author has its invoice settled on it for the
+amount; no payment or settled invoice on it of a hash the log knows (an
+``invoice`` entry, a money entry) lacks its entry; nothing is in flight. lnd's
+payments and invoices of hashes the log does not know are someone else's
+business, and without a snapshot before there is no balance to compare.
 """
 
 from __future__ import annotations
@@ -136,6 +146,53 @@ def log_payments(logs: Mapping[bytes, Iterable[Entry]]) -> list[LogPayment]:
     return out
 
 
+def _where(m: LogPayment) -> str:
+    return f"{m.entry} ({type(m.entry.body).__name__}, hash {m.payment_hash.hex()[:12]})"
+
+
+def _paid_problem(m: LogPayment, attempts: Iterable[LnPayment], payer: str) -> str | None:
+    """A money entry against its payer's lnd payments of its hash: one SUCCEEDED,
+    with the logged amount and fee."""
+    succeeded = [p for p in attempts if p.status is PaymentStatus.SUCCEEDED]
+    if len(succeeded) != 1:
+        return f"{_where(m)}: {len(succeeded)} succeeded lnd payment(s) on {payer}"
+    p = succeeded[0]
+    if (p.value_msat, p.fee_msat) != (m.amount_msat, m.fee_msat):
+        return (
+            f"{_where(m)}: log says {m.amount_msat} + fee {m.fee_msat} msat, "
+            f"lnd of {payer} says {p.value_msat} + fee {p.fee_msat}"
+        )
+    return None
+
+
+def _received_problem(m: LogPayment, invoice: LnInvoice | None, payee: str) -> str | None:
+    """A money entry against its payee's settled invoice of its hash."""
+    if invoice is None:
+        return f"{_where(m)}: no invoice settled by it on {payee}"
+    if invoice.amt_paid_msat != m.amount_msat:
+        return (
+            f"{_where(m)}: {payee} was paid {invoice.amt_paid_msat} msat, "
+            f"the log says {m.amount_msat}"
+        )
+    return None
+
+
+def _paid_twice(moves: Iterable[LogPayment]) -> list[str]:
+    return [
+        f"hash {twice.hex()[:12]} is paid {n} times in the log"
+        for twice, n in Counter(m.payment_hash for m in moves).items()
+        if n > 1
+    ]
+
+
+def _in_flight(node: NodeSnapshot) -> list[str]:
+    return [
+        f"{node.name}: payment {p.payment_hash[:12]} still in flight"
+        for p in node.payments
+        if p.status in (PaymentStatus.IN_FLIGHT, PaymentStatus.INITIATED)
+    ]
+
+
 def reconcile(
     *,
     before: Mapping[str, NodeSnapshot],
@@ -154,13 +211,7 @@ def reconcile(
     def node_of(party: Party) -> str | None:
         return members.get(party)
 
-    def where(m: LogPayment) -> str:
-        return f"{m.entry} ({type(m.entry.body).__name__}, hash {m.payment_hash.hex()[:12]})"
-
-    # No hash twice in the log.
-    for twice, n in Counter(m.payment_hash for m in moves).items():
-        if n > 1:
-            problems.append(f"hash {twice.hex()[:12]} is paid {n} times in the log")
+    problems += _paid_twice(moves)
 
     # Every log payment: exactly one succeeded lnd payment on the payer's node.
     new_payments: dict[str, dict[str, list[LnPayment]]] = {}
@@ -172,8 +223,7 @@ def reconcile(
         for p in now.payments:
             if p.payment_hash not in seen:
                 by_hash.setdefault(p.payment_hash, []).append(p)
-            if p.status in (PaymentStatus.IN_FLIGHT, PaymentStatus.INITIATED):
-                problems.append(f"{name}: payment {p.payment_hash[:12]} still in flight")
+        problems += _in_flight(now)
         new_payments[name] = by_hash
         old_inv = {i.payment_hash for i in old.invoices} if old else set()
         new_invoices[name] = {
@@ -190,37 +240,22 @@ def reconcile(
     for m in moves:
         payer = node_of((m.site, m.entry.author))
         if payer is None or payer not in after:
-            problems.append(f"{where(m)}: no node known for the payer {m.entry.author}")
+            problems.append(f"{_where(m)}: no node known for the payer {m.entry.author}")
             continue
         logged[payer].add(m.payment_hash.hex())
-        succeeded = [
-            p
-            for p in new_payments[payer].get(m.payment_hash.hex(), [])
-            if p.status is PaymentStatus.SUCCEEDED
-        ]
-        if len(succeeded) != 1:
-            problems.append(f"{where(m)}: {len(succeeded)} succeeded lnd payment(s) on {payer}")
-        elif (succeeded[0].value_msat, succeeded[0].fee_msat) != (m.amount_msat, m.fee_msat):
-            p = succeeded[0]
-            problems.append(
-                f"{where(m)}: log says {m.amount_msat} + fee {m.fee_msat} msat, "
-                f"lnd of {payer} says {p.value_msat} + fee {p.fee_msat}"
-            )
+        paid = _paid_problem(m, new_payments[payer].get(m.payment_hash.hex(), []), payer)
+        if paid is not None:
+            problems.append(paid)
         expected[payer] -= m.amount_msat + m.fee_msat
         fees += m.fee_msat
         payee = node_of(m.payee) if m.payee is not None else None
         if payee is None or payee not in after:
-            problems.append(f"{where(m)}: the log names no known payee ({m.payee})")
+            problems.append(f"{_where(m)}: the log names no known payee ({m.payee})")
             continue
         expected[payee] += m.amount_msat
-        invoice = new_invoices[payee].pop(m.payment_hash.hex(), None)
-        if invoice is None:
-            problems.append(f"{where(m)}: no invoice settled by it on {payee}")
-        elif invoice.amt_paid_msat != m.amount_msat:
-            problems.append(
-                f"{where(m)}: {payee} was paid {invoice.amt_paid_msat} msat, "
-                f"the log says {m.amount_msat}"
-            )
+        received = _received_problem(m, new_invoices[payee].pop(m.payment_hash.hex(), None), payee)
+        if received is not None:
+            problems.append(received)
 
     # Nothing moved in lnd that the log does not show.
     for name, by_hash in new_payments.items():
@@ -249,6 +284,49 @@ def reconcile(
     if routers and routed != fees:
         problems.append(f"routers earned {routed} msat in fees, the log's payers paid {fees}")
     return Reconciliation(tuple(problems), len(moves), sum(m.amount_msat for m in moves))
+
+
+def reconcile_node(
+    node: NodeSnapshot, *, site: bytes, entries: Iterable[Entry], author: Author
+) -> Reconciliation:
+    """One node's lnd ``node`` (its author in the log of ``site``: ``author``)
+    against one replica's ``entries`` (see the module's contract)."""
+    entries = list(entries)
+    me: Party = (site, author)
+    moves = log_payments({site: entries})
+    problems = _paid_twice(moves) + _in_flight(node)
+    payments: dict[str, list[LnPayment]] = {}
+    for p in node.payments:
+        payments.setdefault(p.payment_hash, []).append(p)
+    settled = {i.payment_hash: i for i in node.invoices if i.state is InvoiceState.SETTLED}
+    paid_by_me = {m.payment_hash.hex() for m in moves if (m.site, m.entry.author) == me}
+    paid_to_me = {m.payment_hash.hex() for m in moves if m.payee == me}
+    for m in moves:
+        if (m.site, m.entry.author) == me:
+            problem = _paid_problem(m, payments.get(m.payment_hash.hex(), []), node.name)
+            if problem is not None:
+                problems.append(problem)
+        if m.payee == me:
+            problem = _received_problem(m, settled.get(m.payment_hash.hex()), node.name)
+            if problem is not None:
+                problems.append(problem)
+    # Money the log knows of (an invoice in it, a money entry) that moved on this
+    # node without the entry that says so.
+    known = {m.payment_hash.hex() for m in moves}
+    known |= {e.body.payment_hash.hex() for e in entries if isinstance(e.body, Invoice)}
+    for h, attempts in sorted(payments.items()):
+        done = [p for p in attempts if p.status is PaymentStatus.SUCCEEDED]
+        if h in known and h not in paid_by_me and done:
+            total = sum(p.total_msat for p in done)
+            problems.append(f"{node.name}: paid {h[:12]} ({total} msat) with no log entry")
+    for h, invoice in sorted(settled.items()):
+        if h in known and h not in paid_to_me:
+            problems.append(
+                f"{node.name}: invoice {h[:12]} settled ({invoice.amt_paid_msat} msat) "
+                "with no log payment to it"
+            )
+    mine = [m for m in moves if (m.site, m.entry.author) == me or m.payee == me]
+    return Reconciliation(tuple(problems), len(mine), sum(m.amount_msat for m in mine))
 
 
 def site_members(

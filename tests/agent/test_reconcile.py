@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.ledger import Invoice, Payment
+from p2pgrid.ledger import Author, Invoice, Payment
+from p2pgrid.reconcile import Reconciliation, reconcile_node, snapshot
 from tests.agent.rig import Device, Rig
 
 
@@ -62,3 +63,53 @@ async def test_an_entry_without_an_lnd_payment_is_found(rig: Rig) -> None:
     await device.writer.append(fake, period=1, timestamp_ms=0)
     checked = await rig.reconcile()
     assert any("0 succeeded lnd payment(s) on dev0" in p for p in checked.problems), str(checked)
+
+
+# -- one node against one replica (``p2pgrid log verify --against-lnd``) ------------
+
+
+async def _node_check(rig: Rig, name: str, author: Author) -> Reconciliation:
+    return reconcile_node(
+        await snapshot(name, rig.ln.nodes[name]),
+        site=rig.site.membership.site_hash,
+        entries=await rig.site_log(),
+        author=author,
+    )
+
+
+async def test_one_node_agreeing_with_the_log_passes(rig: Rig) -> None:
+    device, invoice, preimage = await paid_invoice(rig)
+    await device.writer.append(
+        Payment(7_000, invoice.payment_hash, preimage, 0), period=1, timestamp_ms=0
+    )
+    payer = await _node_check(rig, "dev0", Author.device(0))
+    assert payer.ok, str(payer)
+    assert (payer.payments, payer.moved_msat) == (1, 7_000)
+    payee = await _node_check(rig, "utility", Author.utility())
+    assert payee.ok, str(payee)
+    assert payee.payments == 1
+
+
+async def test_one_node_paid_or_settled_without_the_entry_is_found(rig: Rig) -> None:
+    await paid_invoice(rig)  # paid on lnd; no payment entry in the log
+    payer = await _node_check(rig, "dev0", Author.device(0))
+    assert [p for p in payer.problems if "with no log entry" in p], str(payer)
+    payee = await _node_check(rig, "utility", Author.utility())
+    assert [p for p in payee.problems if "with no log payment to it" in p], str(payee)
+
+
+async def test_one_node_with_a_wrong_amount_or_no_lnd_payment_is_found(rig: Rig) -> None:
+    device, invoice, preimage = await paid_invoice(rig)
+    await device.writer.append(
+        Payment(7_001, invoice.payment_hash, preimage, 0), period=1, timestamp_ms=0
+    )
+    other = b"\x03" * 32
+    await device.writer.append(
+        Payment(5_000, hashlib.sha256(other).digest(), other, 0), period=1, timestamp_ms=0
+    )
+    checked = await _node_check(rig, "dev0", Author.device(0))
+    assert [p for p in checked.problems if "log says 7001 + fee 0 msat" in p], str(checked)
+    assert [p for p in checked.problems if "0 succeeded lnd payment(s) on dev0" in p]
+    # Another device's node knows nothing of dev0's payments: none of them is its.
+    await rig.device(1)
+    assert (await _node_check(rig, "dev1", Author.device(1))).ok
