@@ -10,7 +10,8 @@ never a traceback:
 code  meaning
 ====  =====================================================================
 0     done (or a node stopped cleanly: SIGTERM, SIGINT)
-1     failed; for ``log verify``: the replica has a defect
+1     failed; for ``log verify``: the replica has a defect, or disagrees with
+      the lnd of ``--against-lnd`` / ``--against-utility-lnd``
 2     bad configuration or usage: the line names the file and key, or the flag
 3     a daemon or peer it needs is unreachable: start again once it is up
 ====  =====================================================================
@@ -31,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -40,6 +41,10 @@ from rich.table import Table
 
 from p2pgrid.errors import ConfigError, P2PGridError
 from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code, run_process
+
+if TYPE_CHECKING:  # imported where used: `p2pgrid --help` loads no lnd client
+    from p2pgrid.ledger import Author
+    from p2pgrid.lightning import LndEndpoint
 
 T = TypeVar("T")
 
@@ -50,7 +55,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # a bug's traceback plainly, never with locals (keys)
     add_completion=False,
     rich_markup_mode=None,  # plain click usage errors: whole lines, not clipped boxes
-    epilog="Exit codes: 0 done or stopped cleanly; 1 failed (log verify: a defect); "
+    epilog="Exit codes: 0 done or stopped cleanly; 1 failed (log verify: a defect, or lnd "
+    "disagrees); "
     "2 bad configuration or usage (the file and key, or the flag, are named); "
     "3 a daemon or peer it needs is unreachable. Deploying: docs/deploy.md.",
 )
@@ -273,11 +279,29 @@ def log_verify(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="a site file naming the site")
     ] = None,
+    against_lnd: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DEVICE",
+            help="also check the replica against this device's lnd (its row of --config)",
+        ),
+    ] = None,
+    against_utility_lnd: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="UTILITY_TOML", help="also check the replica against the utility's lnd"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay every entry of a replica into a fresh log: signatures, membership,
     chains, equivocations; recompute every pooled auction round and check every
-    sale against it; print the digest. Exit 1 on any defect, 0 if clean."""
+    sale against it; print the digest. With --against-lnd or
+    --against-utility-lnd, also check that node's lnd: its author's payment
+    entries paid once on it (hash, amount, fee), the log's payments to it
+    settled, no payment or settled invoice of a hash the log knows without its
+    entry, nothing in flight. Exit 0 if clean, 1 on any defect or mismatch,
+    2 on bad flags or files, 3 if the lnd does not answer."""
     from p2pgrid.agent.rounds import check_pooled_sales
     from p2pgrid.config.files import SiteFile
     from p2pgrid.identity import IdentityError, SiteIdentity
@@ -286,6 +310,10 @@ def log_verify(
 
     if (site is None) == (config is None):
         _fail_usage("give the site: --site PUBKEY or --config site.toml")
+    if against_lnd is not None and against_utility_lnd is not None:
+        _fail_usage("give one node: --against-lnd DEVICE or --against-utility-lnd UTILITY_TOML")
+    if against_lnd is not None and config is None:
+        _fail_usage("--against-lnd names a device of the site file: give --config site.toml")
 
     def identity() -> SiteIdentity:
         if site is not None:
@@ -297,6 +325,7 @@ def log_verify(
         return SiteIdentity.from_hex(SiteFile(config).model.site.owner_pubkey)
 
     who = _call(identity)
+    node = _call(_lnd_node, config, against_lnd, against_utility_lnd)
     replica = _call(read_replica, db)
     with tempfile.TemporaryDirectory(prefix="p2pgrid-verify-") as tmp:
         verdict = _run(verify_replica(replica, who, Path(tmp)))
@@ -308,9 +337,45 @@ def log_verify(
             continue  # counted by the replay above
     pooled = check_pooled_sales(entries, who.site_id) if verdict.same_site else []
     ok = verdict.ok and not pooled
-    data = {**dataclasses.asdict(verdict), "pooled_sales": pooled, "ok": ok}
-    _print(data, as_json, "clean" if ok else "DEFECTS")
+    data: dict[str, Any] = {**dataclasses.asdict(verdict), "pooled_sales": pooled}
+    title = "clean" if ok else "DEFECTS"
+    if node is not None:
+        from p2pgrid.reconcile import reconcile_replica_with_lnd
+
+        endpoint, author = node
+        checked = _run(reconcile_replica_with_lnd(replica, who, endpoint, author))
+        data["lnd"] = {
+            "node": endpoint.name,
+            "author": str(author),
+            "ok": checked.ok,
+            "payments": checked.payments,
+            "moved_msat": checked.moved_msat,
+            "problems": list(checked.problems),
+        }
+        ok = ok and checked.ok
+        title += "; lnd agrees" if checked.ok else "; LND MISMATCH"
+    data["ok"] = ok
+    _print(data, as_json, title)
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _lnd_node(
+    config: Path | None, device: str | None, utility_file: Path | None
+) -> tuple[LndEndpoint, Author] | None:
+    """The lnd endpoint and log author of the node ``log verify`` checks, if any."""
+    from p2pgrid.config.files import SiteFile, UtilityFile
+    from p2pgrid.ledger import Author
+
+    if device is not None:
+        assert config is not None
+        site_file = SiteFile(config)
+        row = site_file.device(device)
+        return site_file.lnd(row.name, row.lnd), Author.device(row.index)
+    if utility_file is not None:
+        loaded = UtilityFile(utility_file)
+        utility = loaded.model.utility
+        return loaded.lnd(utility.name, utility.lnd), Author.utility()
+    return None
 
 
 def _fail_usage(message: str) -> NoReturn:

@@ -37,14 +37,30 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from p2pgrid.ledger import Author, Entry, Invoice, Payment, Role, Sale, Share, SiteShare
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger import (
+    Author,
+    Entry,
+    Invoice,
+    LedgerError,
+    Payment,
+    Role,
+    Sale,
+    Share,
+    SiteShare,
+    decode_entry,
+)
 from p2pgrid.ledger.proof import parse_proof
+from p2pgrid.ledger.verify import ReplicaFile
 from p2pgrid.lightning import (
     Invoice as LnInvoice,
 )
 from p2pgrid.lightning import (
     InvoiceState,
     LightningNode,
+    LndClient,
+    LndEndpoint,
+    NodeUnreachable,
     PaymentStatus,
 )
 from p2pgrid.lightning import (
@@ -327,6 +343,27 @@ def reconcile_node(
             )
     mine = [m for m in moves if (m.site, m.entry.author) == me or m.payee == me]
     return Reconciliation(tuple(problems), len(mine), sum(m.amount_msat for m in mine))
+
+
+async def reconcile_replica_with_lnd(
+    replica: ReplicaFile, site: SiteIdentity, endpoint: LndEndpoint, author: Author
+) -> Reconciliation:
+    """``p2pgrid log verify --against-lnd``: the node at ``endpoint`` (author
+    ``author`` of ``site``) against the entries of a replica's file (read
+    read-only; an entry that does not decode is left to the replay's verdict)."""
+    entries = []
+    for raw in replica.raws:
+        try:
+            entries.append(decode_entry(raw, site.site_hash))
+        except LedgerError:
+            continue
+    try:
+        async with LndClient(endpoint) as node:
+            now = await snapshot(endpoint.name, node)
+    except NodeUnreachable as exc:
+        where = f"{endpoint.rest_host}:{endpoint.rest_port}"
+        raise NodeUnreachable(f"lnd of {endpoint.name} at {where} does not answer: {exc}") from None
+    return reconcile_node(now, site=site.site_hash, entries=entries, author=author)
 
 
 def site_members(

@@ -26,8 +26,10 @@ from p2pgrid.ledger import (
     sign_entry,
 )
 from p2pgrid.market import DemandCurve, Party, Step
-from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED
-from tests.cli.deployment import Deployment, cli, deploy
+from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE
+from p2pgrid.testing.ports import free_port
+from tests.cli.deployment import Deployment, cli, deploy, lnd_table
+from tests.test_service import _self_signed
 
 READINGS = 3
 ANY_SITE = Signer.generate().pubkey.hex()
@@ -197,3 +199,69 @@ def test_what_is_no_replica_is_exit_2(
     assert result.exit_code == EXIT_CONFIG, result.output + result.stderr
     assert "Traceback" not in result.output
     assert says in result.stderr
+
+
+# -- --against-lnd / --against-utility-lnd: flags and an lnd that does not answer ---
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--site", "{site}", "--against-lnd", "s1-fridge"], "give --config site.toml"),
+        (["-c", "{site_file}", "--against-lnd", "nope"], "no device 'nope' (devices: s1-fridge"),
+        (
+            [
+                "-c",
+                "{site_file}",
+                "--against-lnd",
+                "s1-fridge",
+                "--against-utility-lnd",
+                "{utility_file}",
+            ],
+            "give one node",
+        ),
+        (["-c", "{site_file}", "--against-utility-lnd", "{root}/nope.toml"], "no such file"),
+        # lnd's files named in the device row do not exist: a configuration error.
+        (["-c", "{site_file}", "--against-lnd", "s1-fridge"], "cannot load TLS cert or macaroon"),
+    ],
+    ids=["no site file", "no such device", "two nodes", "no utility file", "no cert"],
+)
+def test_bad_lnd_flags_are_exit_2_in_one_line(tmp_path: Path, flags: list[str], says: str) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    fill = {"site": d.site, "site_file": d.site_file, "utility_file": d.utility_file}
+    args = [f.format(root=tmp_path, **fill) for f in flags]
+    result = cli("log", "verify", str(db), *args)
+    assert result.exit_code == EXIT_CONFIG, result.output + result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+    assert says in line
+
+
+@pytest.mark.parametrize("node", ["device", "utility"])
+def test_an_lnd_that_does_not_answer_is_exit_3_in_one_line(tmp_path: Path, node: str) -> None:
+    port = free_port()  # nothing listens there
+    d = deploy(
+        tmp_path,
+        lnd={"s1-fridge": lnd_table(tmp_path, "s1-fridge", port)},
+        utility_lnd_table=lnd_table(tmp_path, "utility", port),
+    )
+    name = "s1-fridge" if node == "device" else "utility"
+    (tmp_path / name).mkdir()
+    _self_signed(tmp_path / name / "tls.cert")
+    macaroon = tmp_path / name / "admin.macaroon"
+    macaroon.write_bytes(b"\x02macaroon")
+    macaroon.chmod(0o600)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    flag = (
+        ["--against-lnd", "s1-fridge"]
+        if node == "device"
+        else ["--against-utility-lnd", str(d.utility_file)]
+    )
+    result = cli("log", "verify", str(db), "-c", str(d.site_file), *flag, "--json")
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output + result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+    assert f"lnd of {name} at 127.0.0.1:{port} does not answer" in line

@@ -11,7 +11,9 @@ reach the utility's replica by replication, nobody restarted. Once each agent
 reports its period settled and every replica holds the same entries, SIGTERM
 stops every process cleanly (exit 0). Asserted against lnd and the replicas: every
 invoice the utility issued is settled in its lnd for the full amount, and
-``p2pgrid log verify`` finds every replica clean with one digest.
+``p2pgrid log verify`` finds every replica clean with one digest and, with
+``--against-lnd`` / ``--against-utility-lnd``, each node's lnd in agreement with
+its replica (and a device's payments looked for on another's lnd: exit 1).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from p2pgrid.lightning import InvoiceState
 from p2pgrid.lightning.lnd import LndEndpoint
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
+from p2pgrid.service import EXIT_FAILED
 from tests.cli.deployment import DEVICES, deploy, ok_json
 
 #: Which lnd of the session stack each device of the test site runs on.
@@ -187,17 +190,41 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
             paid = await utility_lnd.lookup_invoice(invoice["payment_hash"])
             assert paid.state is InvoiceState.SETTLED
             assert paid.amt_paid_msat == invoice["amount_msat"] > 0
+    # Each replica, and each node's lnd against the replica of that node.
+    nodes_lnd = [["--against-utility-lnd", str(d.utility_file)]]
+    nodes_lnd += [["--against-lnd", name] for name, _, _ in DEVICES]
     digests = set()
-    for replica in replicas:
-        verify = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "p2pgrid", "log", "verify", str(replica),
-            "--config", str(d.site_file), "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await verify.communicate()
-        assert verify.returncode == 0, out.decode() + err.decode()
-        digests.add(json.loads(out)["digest"])
+    for replica, against in zip(replicas, nodes_lnd, strict=True):
+        code, out = await _verify(replica, "--config", str(d.site_file), *against)
+        assert code == 0, out
+        assert out["lnd"]["ok"] is True, out["lnd"]
+        assert out["lnd"]["payments"] >= 1  # its invoice paid (devices) or settled (utility)
+        digests.add(out["digest"])
     assert len(digests) == 1, "the replicas disagree"
+    # The fridge's payments looked for on the hvac's lnd: a mismatch, exit 1.
+    wrong = d.site_file.with_name("wrong-lnd.toml")
+    wrong.write_text(
+        d.site_file.read_text().replace(
+            _inline(stack.endpoint(LND["s1-fridge"])), _inline(stack.endpoint(LND["s1-hvac"]))
+        )
+    )
+    code, out = await _verify(replicas[1], "--config", str(wrong), "--against-lnd", "s1-fridge")
+    assert code == EXIT_FAILED, out
+    assert out["ok"] is False
+    assert out["rejected"] == {}  # the replica itself is clean
+    assert any("0 succeeded lnd payment(s)" in p for p in out["lnd"]["problems"]), out["lnd"]
+
+
+async def _verify(replica: Path, *args: str) -> tuple[int | None, dict[str, Any]]:
+    """``p2pgrid log verify REPLICA ARGS --json`` as a process: its exit code and JSON."""
+    verify = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pgrid", "log", "verify", str(replica), *args, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await verify.communicate()
+    assert out, err.decode()
+    data: dict[str, Any] = json.loads(out)
+    return verify.returncode, data
 
 
 pytestmark = pytest.mark.timeout(600)
