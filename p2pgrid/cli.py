@@ -355,7 +355,17 @@ def log_verify(
         ok = ok and checked.ok
         title += "; lnd agrees" if checked.ok else "; LND MISMATCH"
     data["ok"] = ok
-    _print(data, as_json, title)
+    shown = dict(data)
+    if node is not None and not as_json:  # one problem a line, not a dict
+        lnd = data["lnd"]
+        shown["lnd"] = "\n".join(
+            [
+                f"{lnd['node']} ({lnd['author']}): {lnd['payments']} payments, "
+                f"{lnd['moved_msat']} msat: " + ("agrees" if lnd["ok"] else "DISAGREES"),
+                *(f"- {p}" for p in lnd["problems"]),
+            ]
+        )
+    _print(shown, as_json, title)
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from p2pgrid.errors import ConfigError
 from p2pgrid.ledger import Entry, LogStore, Outcome, OwnerFileError, read_owner_file
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class EntriesWatch:
         interval_s: float = ENTRIES_CHECK_S,
     ) -> None:
         if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
+            raise ConfigError(f"[{store.name}] entries check interval must be > 0: {interval_s}")
         self.store = store
         self.announcer = announcer
         self.path = path

@@ -213,6 +213,17 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
     assert out["ok"] is False
     assert out["rejected"] == {}  # the replica itself is clean
     assert any("0 succeeded lnd payment(s)" in p for p in out["lnd"]["problems"]), out["lnd"]
+    # The same for a person: the verdict, then one problem a line.
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pgrid", "log", "verify", str(replicas[1]),
+        "--config", str(wrong), "--against-lnd", "s1-fridge",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    text = (await shown.communicate())[0].decode()
+    assert shown.returncode == EXIT_FAILED
+    assert "clean; LND MISMATCH" in text
+    assert "DISAGREES" in text, text
+    assert "succeeded lnd payment" in text, text
 
 
 async def _verify(replica: Path, *args: str) -> tuple[int | None, dict[str, Any]]:
