@@ -124,13 +124,19 @@ class UtilityNode:
             )
         else:
             await self._wait_for_readings(site, period, last)
-        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
-        await site.replica.publish(entries)
-        self.invoiced.extend(entries)
+        await self.issue(site, period)
         state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
         self.states[(site.name, period)] = state
         if periods is None or period + 1 < periods:
             await self._write_budget(site, period + 1)
+
+    async def issue(self, site: SiteDesk, period: int) -> list[Entry]:
+        """Invoice ``period``'s devices of ``site`` that have no invoice yet and
+        hand each invoice entry to the site; returns the entries written now."""
+        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
+        await site.replica.publish(entries)
+        self.invoiced.extend(entries)
+        return entries
 
     async def _begun_before(self, site: SiteDesk, period: int) -> bool:
         """Whether this utility began invoicing ``period`` before (it was restarted):

@@ -1,0 +1,505 @@
+"""Benchmark: a period's settlement end to end vs a raw lnd payment on the same channel.
+
+Brings up its own regtest stack (a utility and ``--devices`` devices, one channel
+each to the utility; or uses ``--stack NAME`` if it is up) and, in the same run:
+
+- **baseline**: raw lnd payments, device -> utility over the device's channel:
+  the utility's lnd makes a fresh invoice (not timed), the device pays it with
+  one raw httpx call to ``/v2/router/send`` (timed): once per round from one
+  device (``sequential``), and from every device at once (``N at once``);
+- **settlement**: the product's path over real parts, all in this process:
+  one libp2p host, SQLite replica and :class:`~p2pgrid.replication.NetReplica`
+  per party (the utility and each device), the utility's
+  :class:`~p2pgrid.utility.node.UtilityNode` issuing a period's invoices
+  (:meth:`~p2pgrid.utility.node.UtilityNode.issue`) and each device's
+  :class:`~p2pgrid.agent.device.DeviceAgent` settling it
+  (:meth:`~p2pgrid.agent.device.DeviceAgent.settle_when_invoiced`: wait for the
+  invoice entry, check it against its replica and on its lnd, pay through the
+  paymaster, log and announce the ``payment`` entry). Before each round the
+  devices log a meter reading of the round's period and the utility's replica
+  receives it (not timed); a round is one period, its invoices issued while
+  every device waits for its own.
+
+Every replica's store tells the bench when each invoice and payment entry joins
+it (:meth:`~p2pgrid.ledger.LogStore.subscribe`), and each device's Lightning
+node is wrapped to note when its check (``decode``) and its payment end. Per
+invoice it prints the phases, as p50 over rounds and devices:
+
+    issue       invoicing of the period began -> invoice entry in the utility's log
+    to device   invoice entry logged -> in the device's replica
+    check       in the device's replica -> decoded and checked (bill, lnd decode)
+    pay (lnd)   checked -> lnd reports the payment succeeded
+    log         lnd succeeded -> payment entry in the device's log
+    spread      payment entry logged -> in every replica (utility and devices)
+    end to end  invoice entry logged -> payment entry in every replica
+
+and the ratio end to end / raw payment of the same mode (target of issue 14: 1.5).
+
+    .venv/bin/python bench/settlement.py --devices 3 --rounds 10
+
+All parties share this process's event loop (and the machine's cores with the
+lnds and btcd); in a deployment each agent is its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import secrets
+import ssl
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
+from p2pgrid.agent.intents import IntentBook
+from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.billing import BillingPeriod, FlatTariff, PeriodClock
+from p2pgrid.identity import UTILITY_NET_INDEX, Role, Signer, SiteIdentity
+from p2pgrid.ledger import (
+    Author,
+    Enrol,
+    Entry,
+    Invoice,
+    LogChange,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    Payment,
+    sign_entry,
+)
+from p2pgrid.ledger.entry import GENESIS_PREV
+from p2pgrid.lightning import (
+    DecodedInvoice,
+    LndClient,
+    LndEndpoint,
+    NodeWatch,
+    WatchedNode,
+)
+from p2pgrid.lightning import Invoice as LnInvoice
+from p2pgrid.lightning import Payment as LnPayment
+from p2pgrid.market import Priority, SurplusPolicy
+from p2pgrid.meter import SeriesSource
+from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
+from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
+from p2pgrid.regtest.topology import utility_star
+from p2pgrid.replication import NodeParts, NodeSpec, ReplicaConfig, open_node_parts
+from p2pgrid.utility import Invoicer
+from p2pgrid.utility.node import SiteDesk, UtilityNode
+
+FEE_LIMIT_MSAT = 10_000
+TARIFF = FlatTariff(250_000)  # msat per kWh: 250 msat per Wh
+ENERGY_WH = 4_000  # per device and period: a 1,000 sat invoice
+T0_MS = 1_700_000_000_000
+QUARTER_MS = 900_000
+#: Deadline of one round (every payment entry in every replica).
+ROUND_TIMEOUT_S = 120.0
+PHASES = ("issue", "to device", "check", "pay (lnd)", "log", "spread", "end to end")
+
+
+def device_names(n: int) -> tuple[str, ...]:
+    return tuple(f"dev-{chr(ord('a') + i)}" for i in range(n))
+
+
+# -- the baseline: raw lnd ---------------------------------------------------------
+
+
+def raw_payer(endpoint: LndEndpoint) -> tuple[httpx.AsyncClient, Callable[[str], Awaitable[None]]]:
+    """One raw REST call to ``/v2/router/send`` per payment: what lnd itself costs."""
+    ctx = ssl.create_default_context(cafile=str(endpoint.tls_cert))
+    client = httpx.AsyncClient(
+        base_url=endpoint.base_url,
+        verify=ctx,
+        headers={"Grpc-Metadata-macaroon": endpoint.macaroon.read_bytes().hex()},
+        timeout=120,
+    )
+
+    async def pay(payment_request: str) -> None:
+        body = {
+            "payment_request": payment_request,
+            "timeout_seconds": 60,
+            "fee_limit_msat": str(FEE_LIMIT_MSAT),
+            "no_inflight_updates": True,
+        }
+        async with client.stream("POST", "/v2/router/send", json=body) as response:
+            async for line in response.aiter_lines():
+                status = json.loads(line)["result"]["status"]
+                if status == "SUCCEEDED":
+                    return
+                if status == "FAILED":
+                    raise RuntimeError(line)
+
+    return client, pay
+
+
+async def raw_round(
+    utility: LndClient, payers: list[Callable[[str], Awaitable[None]]]
+) -> list[float]:
+    """Each payer pays one fresh 1,000 sat invoice, all at once; their latencies (s)."""
+    invoices = [
+        (await utility.add_invoice(ENERGY_WH * 250, "bench raw")).payment_request for _ in payers
+    ]
+
+    async def timed(pay: Callable[[str], Awaitable[None]], request: str) -> float:
+        t0 = time.perf_counter()
+        await pay(request)
+        return time.perf_counter() - t0
+
+    return list(await asyncio.gather(*(timed(p, r) for p, r in zip(payers, invoices, strict=True))))
+
+
+# -- the probes --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Marks:
+    """When each invoice and payment entry joined each store (perf_counter seconds)."""
+
+    invoice_at: dict[bytes, dict[str, float]] = dataclasses.field(default_factory=dict)
+    payment_at: dict[bytes, dict[str, float]] = dataclasses.field(default_factory=dict)
+    checked_at: dict[str, float] = dataclasses.field(default_factory=dict)  # hex hash
+    paid_at: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def listener(self, store_name: str) -> Callable[[LogChange], None]:
+        def heard(change: LogChange) -> None:
+            now = time.perf_counter()
+            for entry in change.appended:
+                body = entry.body
+                if isinstance(body, Invoice):
+                    self.invoice_at.setdefault(body.payment_hash, {}).setdefault(store_name, now)
+                elif isinstance(body, Payment):
+                    self.payment_at.setdefault(body.payment_hash, {}).setdefault(store_name, now)
+
+        return heard
+
+
+class TimedWallet:
+    """A device's Lightning node that notes when the check's decode and the payment end."""
+
+    def __init__(self, node: WatchedNode, marks: Marks) -> None:
+        self.node = node
+        self.marks = marks
+
+    async def add_invoice(
+        self,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        private: bool = False,
+        preimage: bytes | None = None,
+    ) -> LnInvoice:
+        return await self.node.add_invoice(
+            amount_msat, memo, expiry_s=expiry_s, private=private, preimage=preimage
+        )
+
+    async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
+        decoded = await self.node.decode_invoice(payment_request)
+        self.marks.checked_at.setdefault(decoded.payment_hash, time.perf_counter())
+        return decoded
+
+    async def lookup_invoice(self, payment_hash: str) -> LnInvoice:
+        return await self.node.lookup_invoice(payment_hash)
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        await self.node.cancel_invoice(payment_hash)
+
+    async def pay_invoice(
+        self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
+    ) -> LnPayment:
+        paid = await self.node.pay_invoice(
+            payment_request, fee_limit_msat=fee_limit_msat, timeout_s=timeout_s
+        )
+        self.marks.paid_at.setdefault(paid.payment_hash, time.perf_counter())
+        return paid
+
+    async def track_payment(self, payment_hash: str) -> LnPayment:
+        return await self.node.track_payment(payment_hash)
+
+    async def list_payments(self) -> list[LnPayment]:
+        return await self.node.list_payments()
+
+
+# -- the site ----------------------------------------------------------------------
+
+
+def bench_key(run: bytes, label: str) -> Signer:
+    return Signer.from_secret(hashlib.sha256(run + label.encode()).digest())
+
+
+@dataclasses.dataclass
+class Party:
+    name: str
+    parts: NodeParts
+    writer: LogWriter
+
+
+@dataclasses.dataclass
+class Site:
+    utility: UtilityNode
+    desk: SiteDesk
+    parties: list[Party]  # the utility first
+    agents: list[DeviceAgent]
+
+    @property
+    def stores(self) -> list[LogStore]:
+        return [p.parts.store for p in self.parties]
+
+
+async def open_site(
+    exits: contextlib.AsyncExitStack, stack: Stack, names: tuple[str, ...], tmp: Path, marks: Marks
+) -> Site:
+    run = secrets.token_bytes(16)  # fresh keys and invoice secret: no preimage of a past run
+    owner = bench_key(run, "owner")
+    identity = SiteIdentity(owner.pubkey)
+    utility_key = bench_key(run, "utility")
+    keys = [bench_key(run, f"device {i}") for i in range(len(names))]
+    bodies = [Enrol(Role.UTILITY, 0, utility_key.pubkey, "utility", 0)]
+    bodies += [Enrol(Role.DEVICE, i, k.pubkey, names[i], 0) for i, k in enumerate(keys)]
+    genesis: list[Entry] = []
+    for body in bodies:
+        genesis.append(
+            sign_entry(
+                owner,
+                identity.site_hash,
+                author=Author.owner(),
+                seq=len(genesis) + 1,
+                prev=genesis[-1].id if genesis else GENESIS_PREV,
+                period=0,
+                timestamp_ms=T0_MS + len(genesis),
+                body=body,
+            )
+        )
+    provision = [e.raw for e in genesis]
+    bridge = TrioBridge()
+    await bridge.start()
+    exits.push_async_callback(bridge.stop)
+
+    async def node(name: str, index: int, signer: Signer, bootstrap: tuple[str, ...]) -> NodeParts:
+        parts = await open_node_parts(
+            exits,
+            NodeSpec(
+                name=name,
+                db_path=tmp / f"{name}.db",
+                site=identity,
+                net=NetConfig(bootstrap=bootstrap),
+                key=DeviceKey(identity, index, signer),
+                replica=ReplicaConfig(anti_entropy_interval_s=2.0),
+                provision=provision,
+                bridge=bridge,
+            ),
+        )
+        parts.store.subscribe(marks.listener(name))
+        return parts
+
+    utility_lnd = await exits.enter_async_context(stack.client("utility"))
+    utility_pubkey = (await utility_lnd.get_info()).pubkey
+    u_parts = await node("utility", UTILITY_NET_INDEX, utility_key, ())
+    u_writer = LogWriter(u_parts.store, utility_key, Author.utility())
+    desk = SiteDesk(
+        name="bench",
+        budget_msat=0,
+        devices=tuple(range(len(names))),
+        store=u_parts.store,
+        writer=u_writer,
+        replica=u_parts.replica,
+        invoicer=Invoicer(
+            site=identity,
+            store=u_parts.store,
+            writer=u_writer,
+            node=utility_lnd,
+            tariff=TARIFF,
+            secret=secrets.token_bytes(32),
+            name="utility/bench",
+        ),
+    )
+    clock = PeriodClock(intervals_per_period=4)
+    un = UtilityNode(clock=clock, model_ms=lambda i: T0_MS + i * QUARTER_MS, sites=[desk])
+    parties = [Party("utility", u_parts, u_writer)]
+    agents = []
+    for i, name in enumerate(names):
+        parts = await node(name, i, keys[i], u_parts.host.addrs)
+        writer = LogWriter(parts.store, keys[i], Author.device(i))
+        client = await exits.enter_async_context(stack.client(name))
+        watch = NodeWatch(name)
+        wallet = TimedWallet(WatchedNode(client, watch), marks)
+        intents = await IntentBook.open(tmp / f"{name}.intents.db", name=name)
+        exits.push_async_callback(intents.close)
+        agent = DeviceAgent(
+            DeviceProfile(
+                name, i, identity.site_id, Priority.NORMAL, SurplusPolicy.CARRY_OVER, utility_pubkey
+            ),
+            AgentParts(
+                store=parts.store,
+                writer=writer,
+                replica=parts.replica,
+                peers=parts.host,
+                node=wallet,
+                paymaster=Paymaster(node=wallet, writer=writer, intents=intents, name=name),
+                watch=watch,
+            ),
+            Metering(TARIFF, SeriesSource([0]), lambda interval: interval),
+            clock,
+        )
+        agent.install()
+        await agent.recover()
+        parties.append(Party(name, parts, writer))
+        agents.append(agent)
+    for party in parties[1:]:  # every device on the log topic with the utility
+        topic = party.parts.replica.topic
+        await party.parts.host.wait_for_peer(u_parts.host.peer_id, topic, timeout_s=60)
+        await u_parts.host.wait_for_peer(party.parts.host.peer_id, topic, timeout_s=60)
+    return Site(un, desk, parties, agents)
+
+
+async def holds(store_party: Party, predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(ROUND_TIMEOUT_S):
+        await store_party.parts.replica.wait_until(predicate)
+
+
+async def settle_round(
+    site: Site, period: int, devices: list[int], marks: Marks
+) -> list[dict[str, float]]:
+    """One period: ``devices`` meter, the utility invoices, they settle. The phases
+    of each invoice (ms)."""
+    utility = site.parties[0]
+    for i in devices:
+        agent = site.agents[i]
+        start = T0_MS + period * 4 * QUARTER_MS
+        await agent.writer.append(
+            MeterReading(start, 900, ENERGY_WH, ENERGY_WH * 250),
+            period=period,
+            timestamp_ms=int(time.time() * 1000),
+        )
+        await agent.announce_new()
+    for i in devices:  # the utility's replica has every reading (not timed)
+        author, seq = Author.device(i), site.agents[i].store.heads()[Author.device(i)].seq
+        store = utility.parts.store
+
+        def has(author: Author = author, seq: int = seq, store: LogStore = store) -> bool:
+            head = store.heads().get(author)
+            return head is not None and head.seq >= seq
+
+        await holds(utility, has)
+    for i in devices:
+        agent = site.agents[i]
+        agent.periods[period] = BillingPeriod(period, owner=agent.name)
+        await agent.close_period(period)
+    async with asyncio.timeout(ROUND_TIMEOUT_S), asyncio.TaskGroup() as tasks:
+        settling = [tasks.create_task(site.agents[i].settle_when_invoiced(period)) for i in devices]
+        began = time.perf_counter()
+        issued = await site.utility.issue(site.desk, period)
+    for task in settling:
+        outcomes = [r.outcome.value for r in task.result()]
+        if outcomes != ["paid"]:
+            raise RuntimeError(f"a device did not pay its invoice: {outcomes}")
+    hashes = [e.body.payment_hash for e in issued if isinstance(e.body, Invoice)]
+    names = [p.name for p in site.parties]
+    for party in site.parties:  # every payment entry in every replica
+        name = party.name
+        await holds(
+            party,
+            lambda name=name: all(name in marks.payment_at.get(h, {}) for h in hashes),  # type: ignore[misc]
+        )
+    rows = []
+    for entry in issued:
+        body = entry.body
+        assert isinstance(body, Invoice)
+        h = body.payment_hash
+        device = site.parties[1 + body.device].name
+        logged = marks.invoice_at[h]["utility"]
+        at_device = marks.invoice_at[h][device]
+        checked = marks.checked_at[h.hex()]
+        paid = marks.paid_at[h.hex()]
+        payment_logged = marks.payment_at[h][device]
+        everywhere = max(marks.payment_at[h][n] for n in names)
+        rows.append(
+            {
+                "issue": logged - began,
+                "to device": at_device - logged,
+                "check": checked - at_device,
+                "pay (lnd)": paid - checked,
+                "log": payment_logged - paid,
+                "spread": everywhere - payment_logged,
+                "end to end": everywhere - logged,
+            }
+        )
+    return [{k: v * 1000 for k, v in row.items()} for row in rows]
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=3, help="devices (2..10)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
+    parser.add_argument("--stack", default=None, help="use this running stack")
+    args = parser.parse_args()
+    names = device_names(args.devices)
+    own = args.stack is None
+    config = StackConfig(name=args.stack or f"bench-settle-{os.getpid()}",
+                         topology=utility_star(names))  # fmt: skip
+    stack = Stack(config, await ensure_daemons())
+    if own:
+        await stack.up()
+    marks = Marks()
+    try:
+        async with contextlib.AsyncExitStack() as exits:
+            tmp = Path(exits.enter_context(tempfile.TemporaryDirectory()))
+            utility_lnd = await exits.enter_async_context(stack.client("utility"))
+            raw: list[Callable[[str], Awaitable[None]]] = []
+            for name in names:
+                http, pay = raw_payer(stack.endpoint(name))
+                exits.push_async_callback(http.aclose)
+                raw.append(pay)
+            site = await open_site(exits, stack, names, tmp, marks)
+            print(
+                f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
+            )
+            print(f"{args.devices} devices, {args.rounds} rounds per mode, 1,000 sat invoices")
+            period = 1
+            for mode, devices in (
+                ("sequential", [0]),
+                (f"{args.devices} at once", list(range(args.devices))),
+            ):
+                raw_ms: list[float] = []
+                rows: list[dict[str, float]] = []
+                for _ in range(args.rounds):  # alternate: both see the same load
+                    raw_ms += [
+                        s * 1000 for s in await raw_round(utility_lnd, [raw[i] for i in devices])
+                    ]
+                    await stack.wait_settled()
+                    rows += await settle_round(site, period, devices, marks)
+                    period += 1
+                    await stack.wait_settled()
+                print(f"\n{mode}: {len(rows)} invoices, {len(raw_ms)} raw payments")
+                print(
+                    f"  {'raw lnd payment':<28}{p50(raw_ms):>9.1f} ms p50  (max {max(raw_ms):.1f})"
+                )
+                for phase in PHASES:
+                    values = [r[phase] for r in rows]
+                    print(f"  {phase:<28}{p50(values):>9.1f} ms p50  (max {max(values):.1f})")
+                e2e = p50([r["end to end"] for r in rows])
+                print(f"  ratio end to end / raw lnd payment: {e2e / p50(raw_ms):.2f} (target 1.5)")
+    finally:
+        if own:
+            await stack.down()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
