@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import secrets
@@ -257,15 +258,24 @@ class Site:
 
 
 async def open_site(
-    exits: contextlib.AsyncExitStack, stack: Stack, names: tuple[str, ...], tmp: Path, marks: Marks
+    exits: contextlib.AsyncExitStack,
+    stack: Stack,
+    names: tuple[str, ...],
+    tmp: Path,
+    marks: Marks,
+    *,
+    replicas: int,
 ) -> Site:
     run = secrets.token_bytes(16)  # fresh keys and invoice secret: no preimage of a past run
     owner = bench_key(run, "owner")
     identity = SiteIdentity(owner.pubkey)
     utility_key = bench_key(run, "utility")
-    keys = [bench_key(run, f"device {i}") for i in range(len(names))]
+    keys = [bench_key(run, f"device {i}") for i in range(len(names) + replicas)]
+    readers = [f"replica-{i}" for i in range(replicas)]
     bodies = [Enrol(Role.UTILITY, 0, utility_key.pubkey, "utility", 0)]
-    bodies += [Enrol(Role.DEVICE, i, k.pubkey, names[i], 0) for i, k in enumerate(keys)]
+    bodies += [
+        Enrol(Role.DEVICE, i, k.pubkey, [*names, *readers][i], 0) for i, k in enumerate(keys)
+    ]
     genesis: list[Entry] = []
     for body in bodies:
         genesis.append(
@@ -355,6 +365,10 @@ async def open_site(
         await agent.recover()
         parties.append(Party(name, parts, writer))
         agents.append(agent)
+    for j, reader in enumerate(readers):  # devices that use nothing: replicas only
+        i = len(names) + j
+        parts = await node(reader, i, keys[i], u_parts.host.addrs)
+        parties.append(Party(reader, parts, LogWriter(parts.store, keys[i], Author.device(i))))
     for party in parties[1:]:  # every device on the log topic with the utility
         topic = party.parts.replica.topic
         await party.parts.host.wait_for_peer(u_parts.host.peer_id, topic, timeout_s=60)
@@ -445,10 +459,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--devices", type=int, default=3, help="devices (2..10)")
+    parser.add_argument("--devices", type=int, default=3, help="devices that pay (1..10)")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="more devices of the site that use nothing: replicas only (no lnd)",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
     parser.add_argument("--stack", default=None, help="use this running stack")
     args = parser.parse_args()
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its noise as hosts stop
     names = device_names(args.devices)
     own = args.stack is None
     config = StackConfig(name=args.stack or f"bench-settle-{os.getpid()}",
@@ -466,12 +487,15 @@ async def main() -> None:
                 http, pay = raw_payer(stack.endpoint(name))
                 exits.push_async_callback(http.aclose)
                 raw.append(pay)
-            site = await open_site(exits, stack, names, tmp, marks)
+            site = await open_site(exits, stack, names, tmp, marks, replicas=args.replicas)
             print(
                 f"machine: {platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
             )
-            print(f"{args.devices} devices, {args.rounds} rounds per mode, 1,000 sat invoices")
+            print(
+                f"{args.devices} paying devices, {args.replicas} more replicas, "
+                f"{args.rounds} rounds per mode, 1,000 sat invoices"
+            )
             period = 1
             for mode, devices in (
                 ("sequential", [0]),

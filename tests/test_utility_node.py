@@ -18,10 +18,14 @@ from typing import cast
 import pytest
 
 from p2pgrid.billing import PeriodClock
+from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer
 from p2pgrid.ledger import Author, Budget, Enrol, Entry, Invoice, LogStore, Revoke, Role
+from p2pgrid.lightning import Invoice as LnInvoice
+from p2pgrid.lightning import InvoiceError, LightningNode
 from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaStats
+from p2pgrid.testing.fake_lightning import FakeNode
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 from tests.agent.rig import QUARTER_MS, TARIFF, Rig
@@ -45,6 +49,7 @@ class _QuietReplica:
     def __init__(self) -> None:
         self.host = _Host()
         self.published: list[Entry] = []
+        self.pushed: list[tuple[Entry, str]] = []
         self.syncing = True
         self.rounds = 0
 
@@ -54,6 +59,13 @@ class _QuietReplica:
 
     async def publish(self, entries: list[Entry]) -> None:
         self.published += entries
+
+    def member_peers(self, index: int) -> list[str]:
+        return [f"host of device {index}"]
+
+    async def push(self, entries: list[Entry], peers: list[str] | None = None) -> int:
+        self.pushed += [(e, p) for e in entries for p in peers or ()]
+        return len(peers or ())
 
     def request_sync(self, peer_id: str) -> None:
         pass
@@ -189,6 +201,150 @@ async def test_a_device_revoked_or_enrolled_while_it_runs_is_not_or_is_waited_fo
         enrol = Enrol(Role.DEVICE, rig.site.max_device_index + 1, late.pubkey, "fridge", 0)
         await store.ingest_many([owner.next(enrol, period=0).raw])
         assert desk.awaited_devices() == [0, rig.site.max_device_index + 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+class _GatedNode:
+    """The utility's fake lnd, whose invoice of device ``d`` is created only once
+    ``gates[d]`` opens (or fails with ``failure`` then); counts the calls in flight."""
+
+    def __init__(self, node: FakeNode, devices: tuple[int, ...]) -> None:
+        self.node = node
+        self.gates = {d: asyncio.Event() for d in devices}
+        self.in_flight: set[int] = set()
+        self.both_in_flight = asyncio.Event()
+        self.arrived = asyncio.Event()  # a call reached lnd (cleared by the test)
+        self.peak = 0  # most calls in flight at once
+        self.failure: dict[int, Exception] = {}
+
+    async def add_invoice(
+        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, preimage: bytes | None = None
+    ) -> LnInvoice:
+        device = int(memo.split(" device ")[1].split()[0])
+        self.in_flight.add(device)
+        self.peak = max(self.peak, len(self.in_flight))
+        self.arrived.set()
+        if self.in_flight == set(self.gates):
+            self.both_in_flight.set()
+        try:
+            await self.gates[device].wait()
+            if device in self.failure:
+                raise self.failure[device]
+            return await self.node.add_invoice(
+                amount_msat, memo, expiry_s=expiry_s, preimage=preimage
+            )
+        finally:
+            self.in_flight.discard(device)
+
+
+async def test_a_periods_invoices_are_created_at_once_and_each_delivered_when_logged(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        gated = _GatedNode(rig.utility_node, (0, 1))
+        desk.invoicer.node = cast(LightningNode, gated)
+        delivered: list[Entry] = []
+        first_delivered = asyncio.Event()
+
+        async def deliver(entry: Entry) -> None:
+            delivered.append(entry)
+            first_delivered.set()
+
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            issuing = tasks.create_task(
+                desk.invoicer.invoice_period(0, timestamp_ms=T0_MS, deliver=deliver)
+            )
+            await gated.both_in_flight.wait()  # both lnd calls at once, not one after the other
+            gated.gates[1].set()
+            await first_delivered.wait()
+            # Device 1's invoice is logged and delivered while device 0's is still on lnd.
+            assert [e.body.device for e in delivered if isinstance(e.body, Invoice)] == [1]
+            assert gated.in_flight == {0}
+            gated.gates[0].set()
+        written = issuing.result()
+        assert [e.body.device for e in written if isinstance(e.body, Invoice)] == [
+            1,
+            0,
+        ]  # log order
+        assert delivered == written
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_invoicing_is_bounded_by_its_concurrency(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        gated = _GatedNode(rig.utility_node, (0, 1))
+        desk.invoicer.node = cast(LightningNode, gated)
+        desk.invoicer.concurrency = 1
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            issuing = tasks.create_task(desk.invoicer.invoice_period(0, timestamp_ms=T0_MS))
+            for _ in range(2):  # one at a time: open the gate of the one that arrived
+                await gated.arrived.wait()
+                gated.arrived.clear()
+                (waiting,) = gated.in_flight
+                gated.gates[waiting].set()
+        assert len(issuing.result()) == 2
+        assert gated.peak == 1
+        with pytest.raises(ConfigError):
+            Invoicer(site=rig.site.identity, store=store, writer=desk.writer,
+                     node=rig.utility_node, tariff=TARIFF, secret=b"s" * 32,
+                     concurrency=0)  # fmt: skip
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_crash_mid_invoicing_leaves_each_invoice_issued_once(tmp_path: Path) -> None:
+    """lnd fails one invoice while the other is in flight: the call raises that
+    error (not a group); the next call issues only what is missing, the invoice
+    already created on lnd again under its derived preimage, never a second one."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        gated = _GatedNode(rig.utility_node, (0, 1))
+        gated.failure[0] = InvoiceError("lnd refused")
+        desk.invoicer.node = cast(LightningNode, gated)
+        async with asyncio.timeout(CLOSE_S):
+            for gate in gated.gates.values():
+                gate.set()
+            with pytest.raises(InvoiceError, match="lnd refused"):
+                await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        desk.invoicer.node = rig.utility_node  # restarted, lnd well again
+        again = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        third = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        invoices = [e.body for e in await store.entries() if isinstance(e.body, Invoice)]
+        assert sorted(b.device for b in invoices) == [0, 1]  # each once
+        assert third == []
+        assert len({b.payment_hash for b in invoices}) == 2
+        on_lnd = [i for i in rig.ln.invoices.values() if i.node is rig.utility_node]
+        assert len(on_lnd) == 2  # one lnd invoice per (device, period)
+        assert again  # what the crash left out
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_the_node_pushes_each_invoice_to_its_device(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        node = _node(desk)
+        written = await node.issue(desk, 0)
+        pushed = _quiet(desk).pushed
+        assert sorted(
+            (e.body.device, peer) for e, peer in pushed if isinstance(e.body, Invoice)
+        ) == [
+            (0, "host of device 0"),
+            (1, "host of device 1"),
+        ]
+        assert sorted(e.seq for e in _quiet(desk).published) == sorted(e.seq for e in written)
         await store.close()
     finally:
         await rig.close()

@@ -277,17 +277,23 @@ class DeviceAgent:
         """Wall time of an entry: the clock's (the system's, but in tests)."""
         return int(self.clock.now() * 1000)
 
-    async def announce_new(self) -> None:
+    async def announce_new(self, *, push: bool = False) -> None:
         """Publish this device's entries written since the last call (by the
-        agent, its share desk or its settler); anti-entropy covers any loss."""
+        agent, its share desk or its settler); anti-entropy covers any loss.
+        ``push``: also hand them directly, now, to the site's peers that the
+        announcement does not reach at once (a period's payment: no replica waits
+        for a relay or a heartbeat's gossip)."""
         me = Author.device(self.profile.index)
         head = self.store.heads().get(me)
         if head is None or head.seq <= self._announced:
             return
         raws = await self.store.fetch_range(me, self._announced + 1, head.seq)
         site = self.store.membership.site_hash
-        await self.replica.publish([decode_entry(raw, site) for raw in raws])
+        entries = [decode_entry(raw, site) for raw in raws]
+        await self.replica.publish(entries)
         self._announced = head.seq
+        if push:
+            await self.replica.push(entries)
 
     # -- the run -----------------------------------------------------------------
 
@@ -511,7 +517,7 @@ class DeviceAgent:
                 self.report.settlements.append((period, "node_away", 0))
                 return []
             results = got
-            await self.announce_new()
+            await self.announce_new(push=True)  # the payment: to every replica now
             if all(r.outcome is not Settlement.FAILED for r in results):
                 break
             if attempt < tuning.pay_attempts:  # lnd could not pay: retry (same hash: never twice)

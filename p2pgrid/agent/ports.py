@@ -69,6 +69,13 @@ class LogReplica(Protocol):
         """Announce entries already in the store; best effort (anti-entropy repairs)."""
         ...
 
+    async def push(self, entries: Sequence[Entry], peers: Sequence[str] | None = None) -> int:
+        """Hand entries already in the store directly, now, to those of ``peers``
+        (default: the site's members) that an announcement does not reach at once;
+        best effort (gossip and anti-entropy still carry them). Returns how many
+        peers took them."""
+        ...
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds, checked whenever the log changed
         (or the replica stopped); the caller owns the deadline."""

@@ -36,6 +36,7 @@ from p2pgrid.ledger.wire import (
     ErrorReply,
     HeadsReply,
     HeadsRequest,
+    PushedReply,
     RangeReply,
     RangeRequest,
     decode,
@@ -150,17 +151,64 @@ class Replicator:
 
     async def handle_request(self, payload: bytes) -> bytes:
         """Answer one request from a peer's direct stream."""
+        reply, _ = await self.serve(payload, None)
+        return reply
+
+    async def serve(self, payload: bytes, from_peer: str | None) -> tuple[bytes, IngestReport]:
+        """Answer one request from a peer's direct stream; also what a push (an
+        ANNOUNCE sent as a request) did to the log (empty for other requests).
+
+        A push's entries are ingested as an announcement's are (section 4 of
+        docs/protocol-log.md: each checked, a refused one stores nothing); the
+        answer is PUSHED, or ERROR naming what was refused."""
+        nothing = IngestReport((), ())
         try:
             msg = decode(payload)
         except MalformedError as exc:
-            return encode(ErrorReply(f"malformed request: {exc}"))
+            return encode(ErrorReply(f"malformed request: {exc}")), nothing
         if isinstance(msg, HeadsRequest):
-            return encode(HeadsReply(self.store.heads()))
+            return encode(HeadsReply(self.store.heads())), nothing
         if isinstance(msg, RangeRequest):
             covered = min(msg.last, msg.first + MAX_RANGE_SEQS - 1)
             raws = await self.store.fetch_range(msg.author, msg.first, covered)
-            return encode(RangeReply(covered, tuple(raws)))
-        return encode(ErrorReply(f"not a request: {type(msg).__name__}"))
+            return encode(RangeReply(covered, tuple(raws))), nothing
+        if isinstance(msg, Announce) and not msg.entries:
+            return encode(ErrorReply("an empty push")), nothing
+        if isinstance(msg, Announce):
+            report = await self.store.ingest_many(msg.entries)
+            refused = [r.reason.value for r in report.results if r.reason is not None]
+            if refused:
+                log.info("[%s] push from %s: refused %s", self.name, from_peer, refused)
+                reasons = ", ".join(sorted(set(refused)))
+                why = f"refused {len(refused)} of {len(msg.entries)} pushed entries: {reasons}"
+                return encode(ErrorReply(why)), report
+            pending = sum(r.outcome is Outcome.PENDING for r in report.results)
+            return encode(PushedReply(len(report.appended), pending)), report
+        return encode(ErrorReply(f"not a request: {type(msg).__name__}")), nothing
+
+    async def push(self, peer: str, entries: Sequence[Entry]) -> PushedReply:
+        """Hand ``entries`` (already in the local store) to ``peer`` over a direct
+        stream now, rather than waiting for gossip; what the peer did with them.
+
+        Raises :class:`SyncProtocolError` if the peer refused them (its reason),
+        :class:`SyncMisbehaviour` if it answered something else than PUSHED or ERROR,
+        and the transport's :class:`~p2pgrid.errors.RetryableError` if it is gone.
+        """
+        reply = await self.transport.request(peer, encode(Announce(tuple(e.raw for e in entries))))
+        try:
+            msg = decode(reply)
+        except MalformedError as exc:
+            raise SyncMisbehaviour(
+                f"[{self.name}] bad push reply from {peer}: {exc}", reason="malformed_reply"
+            ) from exc
+        if isinstance(msg, ErrorReply):
+            raise SyncProtocolError(f"[{self.name}] {peer} refused the push: {msg.reason}")
+        if not isinstance(msg, PushedReply):
+            raise SyncMisbehaviour(
+                f"[{self.name}] {peer} answered a push with {type(msg).__name__}",
+                reason="wrong_reply",
+            )
+        return msg
 
     async def _ask(
         self, peer: str, request: HeadsRequest | RangeRequest

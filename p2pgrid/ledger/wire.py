@@ -30,6 +30,7 @@ class MsgType(enum.IntEnum):
     RANGE = 4
     ANNOUNCE = 5
     ERROR = 6
+    PUSHED = 7
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +77,18 @@ class ErrorReply:
     reason: str
 
 
-Message = HeadsRequest | HeadsReply | RangeRequest | RangeReply | Announce | ErrorReply
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushedReply:
+    """The answer to an ANNOUNCE pushed over a direct stream: how many entries
+    joined the receiver's log and how many it holds pending (a predecessor missing)."""
+
+    appended: int
+    pending: int
+
+
+Message = (
+    HeadsRequest | HeadsReply | RangeRequest | RangeReply | Announce | ErrorReply | PushedReply
+)
 
 
 def _entries(writer: Writer, entries: tuple[bytes, ...]) -> None:
@@ -113,6 +125,10 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Announce):
         writer.u8(MsgType.ANNOUNCE)
         _entries(writer, msg.entries)
+    elif isinstance(msg, PushedReply):
+        writer.u8(MsgType.PUSHED)
+        writer.u32(msg.appended)
+        writer.u32(msg.pending)
     else:
         writer.u8(MsgType.ERROR)
         writer.text(msg.reason[:200])
@@ -161,6 +177,8 @@ def decode(data: bytes) -> Message:
         msg = RangeReply(reader.u64(), _read_entries(reader))
     elif mtype is MsgType.ANNOUNCE:
         msg = Announce(_read_entries(reader))
+    elif mtype is MsgType.PUSHED:
+        msg = PushedReply(reader.u32(), reader.u32())
     else:
         msg = ErrorReply(reader.text())
     reader.expect_end()

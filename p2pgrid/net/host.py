@@ -624,6 +624,15 @@ class PeerHost:
         """Connected peers that proved their device with a signed hello."""
         return self._node.peers() if self._node is not None else ()
 
+    def mesh_peers(self, topic: Topic | str) -> frozenset[str]:
+        """The peers this host's gossipsub sends ``topic``'s messages to at once (its
+        mesh); the topic's other subscribers hear of a message later, through a
+        mesh peer's relay or the gossip of the next heartbeat."""
+        name = self._topic(topic)
+        if self._node is None:
+            return frozenset()
+        return frozenset(str(peer) for peer in self._node.gossipsub.mesh.get(name, ()))
+
     def events(self) -> EventStream:
         """Peers joining and leaving from now on (``async for``); ends when the host stops."""
         stream = EventStream(self, self.config.subscriber_queue)

@@ -68,6 +68,9 @@ SYNC_REQUEST_TIMEOUT_S = 30.0
 #: Deadline of one whole anti-entropy round with one peer (a fresh replica pulls
 #: ~100k entries in well under this).
 SYNC_ROUND_TIMEOUT_S = 300.0
+#: Deadline of one push (a direct ANNOUNCE and its PUSHED answer) to one peer; the
+#: push is an acceleration: gossip and anti-entropy still deliver what it did not.
+PUSH_TIMEOUT_S = 5.0
 #: First delay before retrying a failed round with a peer; doubles (jittered) up to
 #: ``ReplicaConfig.retry_max_s`` (by default the anti-entropy interval).
 RETRY_MIN_S = 0.25
@@ -139,6 +142,10 @@ class ReplicaStats:
     rounds_crashed: int = 0  # rounds ended by an unexpected exception (a bug: logged)
     pulled_appended: int = 0  # entries that joined the log from anti-entropy
     requests_served: int = 0
+    pushes: int = 0  # pushes to a peer that it answered PUSHED
+    pushes_failed: int = 0  # pushes refused, unanswered or undeliverable
+    pushes_received: int = 0  # pushes from peers served (refused ones too)
+    push_appended: int = 0  # entries that joined the log from pushes
 
 
 class ReplicaState(enum.Enum):
@@ -348,6 +355,46 @@ class NetReplica:
             self._stats.announced += len(chunk)
         await self._notify()
 
+    async def push(self, entries: Sequence[Entry], peers: Sequence[str] | None = None) -> int:
+        """Hand entries already in the store over direct streams, now, all at once,
+        to those of ``peers`` (default: the connected members of the site) that an
+        announcement does not reach at once: the peers outside this host's gossipsub
+        mesh of the log topic, which would hear of it only through a relay or the
+        next heartbeat's gossip (publish too, for the mesh). Returns how many peers
+        took them. Best effort, like :meth:`publish`: a peer that is gone, slow
+        (:data:`PUSH_TIMEOUT_S`) or refuses is logged, and gossip and anti-entropy
+        deliver the entries anyway."""
+        mesh = self.host.mesh_peers(self.topic)
+        targets = [p for p in (self._site_peers() if peers is None else peers) if p not in mesh]
+        if not entries or not targets or self._state is not ReplicaState.RUNNING:
+            return 0
+        chunks = _announce_chunks(entries)
+        async with asyncio.TaskGroup() as tasks:
+            done = [tasks.create_task(self._push_to(peer, chunks)) for peer in targets]
+        return sum(task.result() for task in done)
+
+    async def _push_to(self, peer: str, chunks: list[list[Entry]]) -> bool:
+        try:
+            async with asyncio.timeout(PUSH_TIMEOUT_S):
+                for chunk in chunks:
+                    await self.replicator.push(peer, chunk)
+        except (RetryableError, TimeoutError) as exc:
+            if isinstance(exc, SyncMisbehaviour):
+                self.host.report_misbehaviour(peer, f"sync:{exc.reason}")
+            self._stats.pushes_failed += 1
+            log.info("[%s] push to %s failed (gossip carries it): %s", self.name, peer, exc)
+            return False
+        self._stats.pushes += 1
+        return True
+
+    def member_peers(self, index: int) -> list[str]:
+        """The connected peers that speak for member ``index`` of this replica's site
+        (a device's host: where to push what concerns that device)."""
+        site = self.store.membership.site.site_id
+        return [
+            p.peer_id for p in self.host.peers() if p.site_id == site and p.device_index == index
+        ]
+
     def request_sync(self, peer: str) -> None:
         """Run an anti-entropy round with ``peer`` soon (coalesced with one pending)."""
         if self._state is ReplicaState.RUNNING:
@@ -372,8 +419,15 @@ class NetReplica:
             raise ReplicaStopped(f"[{self.name}] replica is {self._state.value}")
         if request.site_id not in self.sites:
             raise LedgerError(f"[{self.name}] {request.peer_id} belongs to another site")
-        reply = await self.replicator.handle_request(request.decode(LogRecord).data)
+        reply, pushed = await self.replicator.serve(request.decode(LogRecord).data, request.peer_id)
         self._stats.requests_served += 1
+        if pushed.results:  # a push (an ANNOUNCE over the stream): as gossip, but now
+            self._stats.pushes_received += 1
+            self._stats.push_appended += len(pushed.appended)
+            if left_a_gap(pushed):
+                self.request_sync(request.peer_id)
+            if pushed.appended:
+                await self._notify()
         return LogRecord(reply)
 
     async def _gossip_loop(self, subscription: Subscription) -> None:

@@ -1,14 +1,13 @@
 """A replica without a network, for unit tests of a device agent.
 
-:class:`LocalReplica` implements :class:`p2pgrid.agent.ports.LogReplica` over one
-real :class:`~p2pgrid.ledger.LogStore`: :meth:`~LocalReplica.publish` records
-what the agent announced (nothing leaves the process; a test that wants peers
-to see it ingests it into their stores), :meth:`~LocalReplica.wait_until`
-waits for the store to change. ``before_wait`` runs each time the agent starts
-waiting: there a test plays the rest of the site (the utility writes the
-invoice the agent waits for, as replication would deliver it). ``waits``
-counts the waits.
-"""
+:class:`LocalReplica` implements :class:`p2pgrid.agent.ports.LogReplica` over one real
+:class:`~p2pgrid.ledger.LogStore`: :meth:`~LocalReplica.publish` and
+:meth:`~LocalReplica.push` record what the agent announced (nothing leaves the process;
+a test that wants peers to see it ingests it into their stores),
+:meth:`~LocalReplica.wait_until` waits for the store to change. ``before_wait`` runs
+each time the agent starts waiting: there a test plays the rest of the site (the utility
+writes the invoice the agent waits for, as replication would deliver it). ``waits``
+counts the waits."""
 
 from __future__ import annotations
 
@@ -21,11 +20,16 @@ class LocalReplica:
     def __init__(self, store: LogStore) -> None:
         self.store = store
         self.published: list[Entry] = []
+        self.pushed: list[Entry] = []
         self.before_wait: Callable[[], Awaitable[None]] | None = None
         self.waits = 0
 
     async def publish(self, entries: Sequence[Entry]) -> None:
         self.published.extend(entries)
+
+    async def push(self, entries: Sequence[Entry], peers: Sequence[str] | None = None) -> int:
+        self.pushed.extend(entries)
+        return 0  # nobody to push to
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         self.waits += 1

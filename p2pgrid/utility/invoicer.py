@@ -1,12 +1,15 @@
 """The utility's per-period invoicing over Lightning.
 
-At a period's close the utility computes, from its replica of the site's log,
-each metered device's bill (:meth:`Invoicer.due`, :func:`p2pgrid.ledger.bill`), creates one BOLT11
-invoice per (device, period) on its own lnd and records it in the log as an
-``invoice`` entry. The invoice's preimage is derived from the utility's secret
-and (site, device, period), so a utility that crashed between creating the lnd
-invoice and logging it re-creates the same invoice, never a second one; a
-(device, period) that already has an invoice entry is skipped.
+At a period's close the utility computes, from its replica of the site's log, each
+metered device's bill (:meth:`Invoicer.due`, :func:`p2pgrid.ledger.bill`), creates one
+BOLT11 invoice per (device, period) on its own lnd and records it in the log as an
+``invoice`` entry. The invoices of a period are created concurrently (at most
+``concurrency`` lnd calls at a time), and each entry is handed to the caller's
+``deliver`` as soon as it is logged (the utility node publishes it and pushes it to its
+device), not once the whole period is invoiced. The invoice's preimage is derived from
+the utility's secret and (site, device, period), so a utility that crashed between
+creating the lnd invoice and logging it re-creates the same invoice, never a second one;
+a (device, period) that already has an invoice entry is skipped.
 
 An lnd that does not answer (killed, paused, restarting) is waited for: each
 call goes through a :class:`~p2pgrid.lightning.NodeWatch` (one WARNING when the
@@ -20,12 +23,15 @@ The utility must invoice period ``p`` before it writes any entry of ``p + 1``
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 from p2pgrid.billing import Bill, Tariff, invoice_memo, invoice_preimage
+from p2pgrid.errors import ConfigError
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
     Entry,
@@ -45,6 +51,11 @@ log = logging.getLogger(__name__)
 INVOICE_EXPIRY_S = 86_400
 #: How long an invoicing or status call waits for an lnd that does not answer.
 LND_AWAY_WAIT_S = 300.0
+#: Invoices of one period created on lnd at the same time, by default.
+INVOICE_CONCURRENCY = 8
+
+#: Hands a just-logged invoice entry to the site (gossip, and a push to its device).
+Deliver = Callable[[Entry], Awaitable[None]]
 
 
 class Collection(enum.Enum):
@@ -77,6 +88,7 @@ class Invoicer:
         name: str = "utility",
         expiry_s: int = INVOICE_EXPIRY_S,
         watch: NodeWatch | None = None,
+        concurrency: int = INVOICE_CONCURRENCY,
     ) -> None:
         self.site = site
         #: The availability of ``node`` (shared by the sites of one utility).
@@ -88,54 +100,86 @@ class Invoicer:
         self._secret = secret
         self.name = name
         self.expiry_s = expiry_s
+        if concurrency < 1:
+            raise ConfigError(f"invoice concurrency must be >= 1, got {concurrency}")
+        #: Invoices created on lnd at the same time (a semaphore bounds them).
+        self.concurrency = concurrency
 
     def due(self, entries: list[Entry], *, device: int, period: int) -> Bill:
         """What ``device`` owes for ``period``: the bill folded from the log."""
         return bill(entries, device=device, period=period, tariff=self.tariff)
 
-    async def invoice_period(self, period: int, *, timestamp_ms: int) -> list[Entry]:
-        """Invoice every metered device of ``period`` that has no invoice yet;
-        returns the invoice entries written now."""
+    async def invoice_period(
+        self, period: int, *, timestamp_ms: int, deliver: Deliver | None = None
+    ) -> list[Entry]:
+        """Invoice every metered device of ``period`` that has no invoice yet, at
+        most :attr:`concurrency` lnd calls at a time; each invoice entry is handed
+        to ``deliver`` as soon as it is logged. Returns the invoice entries written
+        now, in log order.
+
+        If one invoice fails (lnd away past :data:`LND_AWAY_WAIT_S`), the others
+        in flight are cancelled and its error is raised: an invoice created on lnd
+        but not logged is created again, the same one, by the next call."""
         entries = await self.store.entries(period=period)
+        bills = [
+            due
+            for device in metered_devices(entries, period)
+            if not invoices_of(entries, device=device, period=period)
+            and (due := self.due(entries, device=device, period=period)).amount_msat > 0
+        ]
+        lnd_calls = asyncio.Semaphore(self.concurrency)
         written: list[Entry] = []
-        for device in metered_devices(entries, period):
-            if invoices_of(entries, device=device, period=period):
-                continue
-            due = self.due(entries, device=device, period=period)
-            if due.amount_msat == 0:
-                continue
-            memo = invoice_memo(self.site.site_id, device, period)
-            preimage = invoice_preimage(self._secret, self.site.site_id, device, period)
-            invoice = await self.watch.call(
-                functools.partial(
-                    self.node.add_invoice,
-                    due.amount_msat,
-                    memo,
-                    expiry_s=self.expiry_s,
-                    preimage=preimage,
-                ),
-                what=f"invoice of device {device} period {period}",
-                deadline_s=LND_AWAY_WAIT_S,
-            )
-            body = Invoice(
-                device=device,
-                amount_msat=due.amount_msat,
-                energy_wh=due.energy_wh,
-                payment_hash=bytes.fromhex(invoice.payment_hash),
-                bolt11=invoice.payment_request,
-            )
-            entry = await self.writer.append(body, period=period, timestamp_ms=timestamp_ms)
-            log.info(
-                "[%s] invoiced device %d for period %d: %d Wh, %d msat (%s...)",
-                self.name,
-                device,
-                period,
-                due.energy_wh,
-                due.amount_msat,
-                invoice.payment_hash[:12],
-            )
+
+        async def issue(due: Bill) -> None:
+            async with lnd_calls:
+                entry = await self._issue(due, timestamp_ms)
             written.append(entry)
-        return written
+            if deliver is not None:
+                await deliver(entry)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for due in bills:
+                    tasks.create_task(issue(due))
+        except ExceptionGroup as group:  # the first error as itself, as one at a time did
+            raise group.exceptions[0] from None
+        return sorted(written, key=lambda e: e.seq)
+
+    async def _issue(self, due: Bill, timestamp_ms: int) -> Entry:
+        """Create ``due``'s invoice on lnd (its derived preimage: the same invoice
+        again after a crash) and log it."""
+        device, period = due.device, due.period
+        memo = invoice_memo(self.site.site_id, device, period)
+        preimage = invoice_preimage(self._secret, self.site.site_id, device, period)
+        invoice = await self.watch.call(
+            functools.partial(
+                self.node.add_invoice,
+                due.amount_msat,
+                memo,
+                expiry_s=self.expiry_s,
+                preimage=preimage,
+            ),
+            what=f"invoice of device {device} period {period}",
+            deadline_s=LND_AWAY_WAIT_S,
+        )
+        body = Invoice(
+            device=device,
+            amount_msat=due.amount_msat,
+            energy_wh=due.energy_wh,
+            payment_hash=bytes.fromhex(invoice.payment_hash),
+            bolt11=invoice.payment_request,
+        )
+        entry = await self.writer.append(body, period=period, timestamp_ms=timestamp_ms)
+        log.info(
+            "[%s] invoiced device %d for period %d: %d Wh, %d msat (%s...)",
+            self.name,
+            device,
+            period,
+            due.energy_wh,
+            due.amount_msat,
+            invoice.payment_hash[:12],
+        )
+        return entry
 
     async def status(self, period: int) -> list[InvoiceStatus]:
         """Each invoice of ``period`` as lnd sees it: paid, open or canceled."""

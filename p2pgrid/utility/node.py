@@ -9,9 +9,10 @@ reading of the period's last interval is in its replica (chains are replicated
 in order, so all earlier readings are there too), for at most
 ``readings_wait_s`` (a device that is down then is invoiced for what is logged,
 once the replica synced with some device after the period's end),
-then invoices each device (:class:`p2pgrid.utility.Invoicer`: devices it
-invoiced before a restart are not invoiced again) and grants the next period's
-budget.
+then invoices each device (:class:`p2pgrid.utility.Invoicer`: concurrently;
+devices it invoiced before a restart are not invoiced again), pushes each invoice
+to its device as soon as it is logged (besides announcing it on the site's topic)
+and grants the next period's budget.
 
 A restarted utility (same data directory, same start time) closes every period
 whose end has passed again: one it had begun to invoice before (an invoice of
@@ -131,10 +132,21 @@ class UtilityNode:
             await self._write_budget(site, period + 1)
 
     async def issue(self, site: SiteDesk, period: int) -> list[Entry]:
-        """Invoice ``period``'s devices of ``site`` that have no invoice yet and
-        hand each invoice entry to the site; returns the entries written now."""
-        entries = await site.invoicer.invoice_period(period, timestamp_ms=int(time.time() * 1000))
-        await site.replica.publish(entries)
+        """Invoice ``period``'s devices of ``site`` that have no invoice yet
+        (concurrently) and deliver each invoice entry as soon as it is logged:
+        announced on the site's log topic, and pushed to its device's host over a
+        direct stream if the announcement does not reach that host at once
+        (docs/protocol-log.md, section 6.1); gossip and anti-entropy carry it
+        where the push did not get through. Returns the entries written now."""
+
+        async def deliver(entry: Entry) -> None:
+            await site.replica.publish([entry])
+            if isinstance(entry.body, Invoice):
+                await site.replica.push([entry], site.replica.member_peers(entry.body.device))
+
+        entries = await site.invoicer.invoice_period(
+            period, timestamp_ms=int(time.time() * 1000), deliver=deliver
+        )
         self.invoiced.extend(entries)
         return entries
 

@@ -80,6 +80,7 @@ WIRE_SEEDS = [
         wire.RangeReply(3, tuple(ENTRY_SEEDS[3:6])),
         wire.Announce(tuple(ENTRY_SEEDS[:4])),
         wire.ErrorReply("no"),
+        wire.PushedReply(2, 1),
     )
 ]
 

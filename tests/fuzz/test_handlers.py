@@ -71,8 +71,8 @@ async def test_ingest(store: LogStore, raws: list[bytes]) -> None:
 async def test_sync_requests_and_announcements(store: LogStore, payload: bytes) -> None:
     tried("sync request/announce")
     replicator = Replicator(store, _NoNetwork())
-    reply = wire.decode(await replicator.handle_request(payload))
-    assert isinstance(reply, wire.HeadsReply | wire.RangeReply | wire.ErrorReply)
+    reply = wire.decode(await replicator.handle_request(payload))  # a push too (ANNOUNCE)
+    assert isinstance(reply, wire.HeadsReply | wire.RangeReply | wire.ErrorReply | wire.PushedReply)
     await replicator.receive_announce(payload, from_peer="fuzzer")
 
 
@@ -105,6 +105,18 @@ async def test_sync_against_hostile_replies(store: LogStore, data: st.DataObject
     pulling = Replicator(store, _HostileReplies(data, seeds))
     with contextlib.suppress(SyncProtocolError):
         await pulling.sync_with("liar")
+
+
+@budget()
+@given(st.data())
+async def test_push_against_hostile_replies(store: LogStore, data: st.DataObject) -> None:
+    tried("sync push")
+    await store.ingest_many(ENTRY_SEEDS)
+    entries = (await store.entries())[:2]
+    pushing = Replicator(store, _HostileReplies(data, WIRE_SEEDS))
+    with contextlib.suppress(SyncProtocolError):  # refused or misbehaving: a clear error
+        reply = await pushing.push("liar", entries)
+        assert isinstance(reply, wire.PushedReply)
 
 
 ME = Party(SITE.identity.site_id, 1)

@@ -11,6 +11,7 @@ import pytest
 from p2pgrid.ledger import (
     Author,
     CarryOver,
+    Entry,
     LogWriter,
     MalformedError,
     MeterReading,
@@ -158,6 +159,7 @@ def test_wire_messages_round_trip() -> None:
         wire.RangeReply(9, (b"a", b"bc")),
         wire.Announce((b"xyz",)),
         wire.ErrorReply("nope"),
+        wire.PushedReply(3, 1),
     ]
     for msg in messages:
         assert wire.decode(wire.encode(msg)) == msg
@@ -250,3 +252,95 @@ async def test_a_round_sends_a_bounded_number_of_requests(
     assert report.requests <= MAX_REQUESTS_PER_ROUND
     assert liar.requests <= MAX_REQUESTS_PER_ROUND + 1  # one fetched ahead
     assert report.appended == 1
+
+
+# -- pushes: an ANNOUNCE sent as a request over the direct stream -------------------
+
+
+async def _unpublished(site: Site, replicator: Replicator, device: int, n: int) -> list[Entry]:
+    """``n`` readings of ``device`` in ``replicator``'s store, announced to nobody."""
+    writer = LogWriter(replicator.store, site.device(device), Author.device(device))
+    out = []
+    for _ in range(n):
+        seq = replicator.store.next_position(writer.author)[0]
+        ts = T0_MS + 60_000 * seq
+        out.append(await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts))
+    return out
+
+
+async def test_a_push_hands_entries_over_at_once(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a, b = net.join(await open_store("a")), net.join(await open_store("b"))
+    entries = await _unpublished(site, a, 1, 3)
+    assert await a.push("b", entries) == wire.PushedReply(appended=3, pending=0)
+    assert b.store.digest() == a.store.digest()
+    assert await a.push("b", entries) == wire.PushedReply(appended=0, pending=0)  # held already
+
+
+async def test_a_push_past_a_gap_is_held_pending(site: Site, open_store: OpenStore) -> None:
+    net = LoopbackNetwork()
+    a, b = net.join(await open_store("a")), net.join(await open_store("b"))
+    first, second = await _unpublished(site, a, 1, 2)
+    assert await a.push("b", [second]) == wire.PushedReply(appended=0, pending=1)
+    served, report = await b.serve(wire.encode(wire.Announce((first.raw,))), "a")
+    assert wire.decode(served) == wire.PushedReply(appended=2, pending=0)  # both now
+    assert [e.id for e in report.appended] == [first.id, second.id]
+
+
+async def test_a_forged_or_garbled_push_is_refused_and_changes_nothing(
+    site: Site, open_store: OpenStore
+) -> None:
+    net = LoopbackNetwork()
+    a, b = net.join(await open_store("a")), net.join(await open_store("b"))
+    (entry,) = await _unpublished(site, a, 1, 1)
+    before = b.store.digest()
+    forged = bytearray(entry.raw)
+    forged[-1] ^= 0x01  # the signature's last byte
+    for bad, reason in ((bytes(forged), "bad_signature"), (b"\x00garbage", "malformed")):
+        served, report = await b.serve(wire.encode(wire.Announce((bad,))), "a")
+        assert wire.decode(served) == wire.ErrorReply(f"refused 1 of 1 pushed entries: {reason}")
+        assert report.appended == ()
+    for payload in (b"\x01\x05\xff", wire.encode(wire.Announce(()))):  # undecodable, empty
+        assert isinstance(wire.decode(await b.handle_request(payload)), wire.ErrorReply)
+    assert b.store.digest() == before
+    assert b.store.heads().get(Author.device(1)) is None
+
+
+async def test_a_refused_push_raises_the_receivers_reason(
+    site: Site, open_store: OpenStore
+) -> None:
+    class Refuser:
+        async def request(self, peer: str, payload: bytes) -> bytes:
+            return wire.encode(wire.ErrorReply("refused 1 of 1 pushed entries: bad_signature"))
+
+        async def publish(self, payload: bytes) -> None:
+            return None
+
+    store = await open_store("a")
+    entries = await _unpublished(site, Replicator(store, Refuser()), 1, 1)
+    with pytest.raises(SyncProtocolError, match="refused the push: refused 1 of 1 pushed"):
+        await Replicator(store, Refuser()).push("b", entries)
+
+
+async def test_a_push_answered_with_something_else_is_misbehaviour(
+    site: Site, open_store: OpenStore
+) -> None:
+    class Liar:
+        def __init__(self, reply: bytes) -> None:
+            self.reply = reply
+
+        async def request(self, peer: str, payload: bytes) -> bytes:
+            return self.reply
+
+        async def publish(self, payload: bytes) -> None:
+            return None
+
+    store = await open_store("a")
+    entries = await _unpublished(site, Replicator(store, Liar(b"")), 1, 1)
+    for reply, reason in (
+        (wire.encode(wire.HeadsReply(Heads())), "wrong_reply"),
+        (b"\x01\x07\x00", "malformed_reply"),
+    ):
+        with pytest.raises(SyncMisbehaviour) as caught:
+            await Replicator(store, Liar(reply)).push("liar", entries)
+        assert caught.value.reason == reason
