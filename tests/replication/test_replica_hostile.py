@@ -1,17 +1,19 @@
 """A lying sync peer over real libp2p hosts: the replica ends the round at the first
-empty answer and the host counts it against that peer."""
+empty answer and the host counts it against that peer; a forged or garbled push is
+answered with an ERROR and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from p2pgrid.ledger import Author, wire
+from p2pgrid.ledger import Author, LogWriter, MeterReading, wire
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.sync import SYNC_PROTOCOL_ID
 from p2pgrid.net import Delivery, DeviceKey, NetConfig, PeerHost, TrioBridge
 from p2pgrid.poll import wait_until
 from p2pgrid.replication import LogRecord, NetReplica, ReplicaConfig, log_net_topic
-from tests.ledger.ledger_factory import Site
+from tests.ledger.ledger_factory import T0_MS, Site
 
 WAIT_S = 20.0
 
@@ -61,3 +63,64 @@ async def test_a_peer_claiming_2_63_and_sending_nothing_is_counted(
         await liar.stop()
         await victim.stop()
         await store.close()
+
+
+async def test_pushes_over_real_hosts_are_ingested_or_refused_with_a_reason(
+    site: Site, bridge: TrioBridge, tmp_path: Path
+) -> None:
+    """A member pushes entries (an ANNOUNCE over the sync stream): a good one joins
+    the receiver's log at once and wakes its waiters; a forged or garbled push gets
+    an ERROR naming why, and the log does not change."""
+    store = await site.open(tmp_path / "receiver.sqlite")
+    theirs = await site.open(tmp_path / "pusher.sqlite")
+    topic = log_net_topic(store.roster)
+
+    def host(index: int, config: NetConfig) -> PeerHost:
+        key = DeviceKey(site.identity, index, site.device(index))
+        return PeerHost(config, key, [topic], bridge=bridge, name=f"push-{index}")
+
+    receiver = host(1, NetConfig())
+    await receiver.start()
+    pusher = host(2, NetConfig(bootstrap=receiver.addrs))
+    await pusher.start()
+    replica = NetReplica(
+        store, receiver, ReplicaConfig(anti_entropy_interval_s=3600.0), topic=topic
+    )
+    writer = LogWriter(theirs, site.device(2), Author.device(2))
+    entry = await writer.append(MeterReading(T0_MS, 900, 7, 1_750), period=1, timestamp_ms=T0_MS)
+
+    async def push(payload: bytes) -> wire.Message:
+        reply = await pusher.request(receiver.peer_id, SYNC_PROTOCOL_ID, LogRecord(payload))
+        return wire.decode(reply.decode(LogRecord).data)
+
+    try:
+        await replica.start()
+        await pusher.wait_for_peer(receiver.peer_id, topic, timeout_s=WAIT_S)
+        before = store.digest()
+        forged = bytearray(entry.raw)
+        forged[-1] ^= 0x01
+        for bad, reason in (
+            (
+                wire.encode(wire.Announce((bytes(forged),))),
+                "refused 1 of 1 pushed entries: bad_signature",
+            ),
+            (b"\x01\x05\xff", "malformed request"),
+        ):
+            answer = await push(bad)
+            assert isinstance(answer, wire.ErrorReply)
+            assert answer.reason.startswith(reason)
+        assert store.digest() == before
+
+        async with asyncio.timeout(WAIT_S), asyncio.TaskGroup() as tasks:
+            woken = tasks.create_task(replica.wait_until(lambda: Author.device(2) in store.heads()))
+            assert await push(wire.encode(wire.Announce((entry.raw,)))) == wire.PushedReply(1, 0)
+        await woken
+        assert store.heads()[Author.device(2)].seq == 1
+        stats = replica.stats()
+        assert (stats.pushes_received, stats.push_appended) == (2, 1)  # the forged one counted
+    finally:
+        await replica.stop()
+        await pusher.stop()
+        await receiver.stop()
+        await store.close()
+        await theirs.close()
