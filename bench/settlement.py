@@ -34,8 +34,11 @@ invoice it prints the phases, as p50 over rounds and devices:
     end to end  invoice entry logged -> payment entry in every replica
 
 and the ratio end to end / raw payment of the same mode (target of issue 14: 1.5).
+``--replicas R`` adds R devices that use nothing (a host and a replica each, no
+lnd): with more than 6 peers a host's gossipsub mesh (degree 6) no longer holds
+every peer, which is where waiting for gossip costs a heartbeat.
 
-    .venv/bin/python bench/settlement.py --devices 3 --rounds 10
+    .venv/bin/python bench/settlement.py --devices 3 --replicas 7 --rounds 10
 
 All parties share this process's event loop (and the machine's cores with the
 lnds and btcd); in a deployment each agent is its own process.
