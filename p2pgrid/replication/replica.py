@@ -144,7 +144,7 @@ class ReplicaStats:
     requests_served: int = 0
     pushes: int = 0  # pushes to a peer that it answered PUSHED
     pushes_failed: int = 0  # pushes refused, unanswered or undeliverable
-    pushes_received: int = 0  # pushes from peers served (refused ones too)
+    pushes_received: int = 0  # decodable pushes from peers (refused entries too)
     push_appended: int = 0  # entries that joined the log from pushes
 
 
