@@ -194,10 +194,13 @@ class Paymaster:
 
     async def _resolve_open(self) -> list[PaymentIntent]:
         done = []
-        for intent in await self.intents.open_intents():
-            if intent.payment_hash in self._paying:
-                continue  # a payment of ours in flight resolves it
-            payment = await self._lnd_outcome(intent.payment_hash)
+        for listed in await self.intents.open_intents():
+            if not await self._still_open(listed.payment_hash):
+                continue
+            payment = await self._lnd_outcome(listed.payment_hash)
+            if not await self._still_open(listed.payment_hash):
+                continue
+            intent = listed
             if payment is None:
                 await self.intents.resolve(
                     intent.payment_hash, IntentState.FAILED, "lnd never sent it"
@@ -212,6 +215,16 @@ class Paymaster:
             assert resolved is not None
             done.append(resolved)
         return done
+
+    async def _still_open(self, payment_hash: str) -> bool:
+        """Whether recovery should resolve this intent now: it is open and no
+        :meth:`pay` of this process is paying it. The list of open intents is
+        read once; a payment in flight then may have resolved its intent since
+        (failed or logged), and resolving it a second time is forbidden."""
+        if payment_hash in self._paying:
+            return False  # a payment of ours in flight resolves it
+        current = await self.intents.get(payment_hash)
+        return current is not None and current.state is IntentState.OPEN
 
     async def _lnd_outcome(self, payment_hash: str) -> LnPayment | None:
         """lnd's final word on a payment hash, or None if it never sent it."""

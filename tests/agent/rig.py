@@ -13,6 +13,7 @@ checker (:func:`p2pgrid.reconcile.reconcile`) over every node and log.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -263,8 +264,15 @@ class Rig:
         each period whose last interval the device has read (if it owes
         anything), on its node, into the device's store, as replication would."""
         writer = self.utility_writer(device.store)
+        # Waits of the device overlap (one period's settlement, the next's metering):
+        # one hook at a time, or two could each find no invoice and write one.
+        one_at_a_time = asyncio.Lock()
 
         async def invoice_closed_periods() -> None:
+            async with one_at_a_time:
+                await invoice_once()
+
+        async def invoice_once() -> None:
             entries = await device.store.entries()
             read = {
                 e.body.interval_start_ms

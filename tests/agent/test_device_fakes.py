@@ -254,8 +254,9 @@ async def test_without_a_period_count_it_runs_period_after_period_until_stopped(
     run = asyncio.ensure_future(agent.run(periods=None))
     await clock.stopped.wait()
     digest = device.store.digest()
-    while len(of(await device.store.entries(), Payment, me)) < 3:
-        digest = await device.store.wait_changed(digest)
+    async with asyncio.timeout(60):  # a guard: on a fake clock this takes well under 1 s
+        while len(of(await device.store.entries(), Payment, me)) < 3:
+            digest = await device.store.wait_changed(digest)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run

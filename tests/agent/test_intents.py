@@ -4,6 +4,7 @@ period of its obligation), failed if lnd never sent it or it failed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from p2pgrid.agent.intents import IntentError, IntentState, PaymentIntent, Purpo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.billing import invoice_memo
 from p2pgrid.ledger import EntryKind, Invoice, Payment, Sale
+from p2pgrid.lightning.models import Payment as LnPayment
 from tests.agent.rig import Rig
 
 
@@ -141,5 +143,53 @@ async def test_recover_while_a_payment_is_in_flight_leaves_it_to_that_payment(ri
     )
     assert resolved_meanwhile == []
     assert [i.state for i in await device.intents.all()] == [IntentState.LOGGED]
+    payments = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
+    assert len(payments) == 1
+
+
+async def test_recover_skips_an_intent_its_payment_resolved_while_recovery_ran(rig: Rig) -> None:
+    # Recovery reads the open intents once, then asks lnd about each in turn. A
+    # payment in flight at that read may finish (and resolve its intent) while
+    # recovery is busy with an earlier intent: recovery must then leave it alone,
+    # not resolve it a second time (logged -> logged is forbidden: the agent died).
+    device = await rig.device(0)
+    await rig.start()
+    await device.paymaster.recover()
+    left = await rig.utility_node.add_invoice(4_000, invoice_memo(rig.site_id, 0, 0))
+    purpose = Purpose(PurposeKind.INVOICE, 4_000)
+    await device.intents.record(PaymentIntent(left.payment_hash, left.payment_request, 0, purpose))
+    paying = await rig.utility_node.add_invoice(5_000, invoice_memo(rig.site_id, 0, 1))
+    recovery_busy, payment_done = asyncio.Event(), asyncio.Event()
+    lnd_list = device.node.list_payments
+
+    async def list_payments_held() -> list[LnPayment]:
+        recovery_busy.set()  # recovery holds both intents as open, works on the first
+        await payment_done.wait()
+        return await lnd_list()
+
+    recovery: list[asyncio.Task[list[PaymentIntent]]] = []
+
+    async def recover_mid_payment() -> None:
+        device.node.list_payments = list_payments_held  # type: ignore[method-assign]
+        recovery.append(asyncio.create_task(device.paymaster.recover()))
+        await recovery_busy.wait()
+        device.node.list_payments = lnd_list  # type: ignore[method-assign]
+
+    device.node.before_pay = recover_mid_payment
+    await device.paymaster.pay(
+        paying.payment_request,
+        paying.payment_hash,
+        period=1,
+        purpose=Purpose(PurposeKind.INVOICE, 5_000),
+        fee_limit_msat=0,
+    )
+    payment_done.set()
+    [resolved] = await recovery[0]
+    assert (resolved.payment_hash, resolved.state) == (left.payment_hash, IntentState.FAILED)
+    states = {i.payment_hash: i.state for i in await device.intents.all()}
+    assert states == {
+        left.payment_hash: IntentState.FAILED,
+        paying.payment_hash: IntentState.LOGGED,
+    }
     payments = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
     assert len(payments) == 1
