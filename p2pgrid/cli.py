@@ -18,7 +18,9 @@ code  meaning
 
 ``--json`` prints one JSON document on stdout for a script to read, where a
 command has something to print. ``agent run`` and ``utility run`` print their
-events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr.
+events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr; with
+``--control`` they also read commands on stdin (``digest``, ``status``, ``stop``:
+the line protocol of :mod:`p2pgrid.jsonlines`), as the demo's runs do.
 """
 
 from __future__ import annotations
@@ -222,22 +224,39 @@ def device_revoke(
 # -- running nodes ---------------------------------------------------------------
 
 
+ControlOpt = Annotated[
+    bool,
+    typer.Option(
+        "--control",
+        help="also read JSON-line commands on stdin (digest, status, stop; end of input "
+        "stops): for a program that runs this one, as `p2pgrid demo` does",
+    ),
+]
+
+
+def _commands(start: Any, control: bool) -> Any:
+    from p2pgrid.config import start_once, start_then_stdin
+
+    return start_then_stdin(start) if control else start_once(start)
+
+
 @agent_app.command("run")
 def agent_run(
     config: ConfigOpt,
     device: Annotated[str, typer.Option(help="which row of the site file this host runs")],
+    control: ControlOpt = False,
 ) -> None:
     """Run one device agent from the site file until SIGTERM or SIGINT (exit 0).
     Exit 2: a bad file or key; 3: its lnd is unreachable."""
     from p2pgrid.agent.process import run_device
-    from p2pgrid.config import SiteFile, agent_setup, agent_start, start_once
+    from p2pgrid.config import SiteFile, agent_setup, agent_start
 
     def build() -> tuple[Any, Any]:
         site = SiteFile(config)
         return agent_setup(site, device), agent_start(site)
 
     setup, start = _call(build)
-    run_process(run_device(setup, lambda: start_once(start)))  # until stopped
+    run_process(run_device(setup, lambda: _commands(start, control)))  # until stopped
 
 
 @utility_app.command("init")
@@ -255,10 +274,11 @@ def utility_init(
 @utility_app.command("run")
 def utility_run(
     config: Annotated[Path, typer.Option("--config", "-c", help="the utility file (TOML)")],
+    control: ControlOpt = False,
 ) -> None:
     """Run the utility from its file until SIGTERM or SIGINT (exit 0): budgets and
     invoices every period of every site. Exit 2: a bad file or key; 3: lnd unreachable."""
-    from p2pgrid.config import UtilityFile, start_once, utility_setup
+    from p2pgrid.config import UtilityFile, utility_setup
     from p2pgrid.utility.process import run_utility
 
     def build() -> tuple[Any, float]:
@@ -266,7 +286,7 @@ def utility_run(
         return utility_setup(utility), utility.model.clock.start.timestamp()
 
     setup, at = _call(build)
-    run_process(run_utility(setup, source=lambda: start_once({"cmd": "start", "at": at})))
+    run_process(run_utility(setup, source=lambda: _commands({"cmd": "start", "at": at}, control)))
 
 
 # -- checking ------------------------------------------------------------------

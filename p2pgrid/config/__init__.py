@@ -8,7 +8,13 @@ from p2pgrid.config.keys import (
     read_key,
     write_new_key,
 )
-from p2pgrid.config.setups import agent_setup, agent_start, start_once, utility_setup
+from p2pgrid.config.setups import (
+    agent_setup,
+    agent_start,
+    start_once,
+    start_then_stdin,
+    utility_setup,
+)
 
 __all__ = [
     "SiteFile",
@@ -20,6 +26,7 @@ __all__ = [
     "read_entries",
     "read_key",
     "start_once",
+    "start_then_stdin",
     "utility_setup",
     "write_new_key",
 ]
