@@ -46,11 +46,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from p2pgrid.config.deployment import Deployment, LndNode
 from p2pgrid.errors import TimeoutExpired
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
@@ -119,6 +121,7 @@ class RunResult:
     digests: dict[str, dict[str, str]]  # site -> replica name -> digest
     work_dir: Path
     dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
+    sites: dict[str, SiteIdentity] = dataclasses.field(default_factory=dict)  # by site name
 
 
 async def _spawn(
@@ -356,32 +359,136 @@ async def _run(
         for name in list(devices):
             reports[name] = (await devices[name].expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]
-    digests = await _converged(scenario, utility, devices)
-    await utility.send("status")
-    status = (await utility.expect("status"))["invoices"]
-    result = RunResult(invoices, status, reports, digests, work_dir, dashboards)
+    sites = {site.name: [d.name for d in site.devices] for site in scenario.sites}
+    identities = {site.name: site.identity for site in scenario.sites}
+    return await _finish(
+        Ended(uname, sites, utility, devices, reports, invoices),
+        RunResult([], [], {}, {}, work_dir, dashboards, identities),
+        observer,
+    )
+
+
+#: ``p2pgrid`` before each command of a deployment's processes: INFO logs to stderr.
+CLI_PREFIX = ("-v",)
+#: After each command: it also reads the launcher's commands (digest, status, stop).
+CLI_CONTROL = ("--control",)
+
+
+async def lnd_nodes(stack: Stack, names: Sequence[str]) -> dict[str, LndNode]:
+    """The lnd of each of ``names`` on ``stack``: its REST endpoint and its pubkey."""
+    nodes = {}
+    for name in names:
+        async with stack.client(name) as client:
+            nodes[name] = LndNode(stack.endpoint(name), (await client.get_info()).pubkey)
+    return nodes
+
+
+def command_line(deployment: Deployment, name: str) -> list[str]:
+    """The ``p2pgrid`` arguments the launcher runs process ``name`` of ``deployment`` with."""
+    return [*CLI_PREFIX, *deployment.argv(name), *CLI_CONTROL]
+
+
+async def run_deployment(
+    deployment: Deployment, *, observer: RunObserver | None = None
+) -> RunResult:
+    """Run the processes of ``deployment`` the way an operator does, from its files:
+    ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
+    command a user runs, :func:`command_line`; each logs to ``<dir>/<name>.log``).
+    Interval 0 is the files' ``clock.start``: nothing is sent to start them. When
+    every process is done, the replicas' agreement and the invoices' state are
+    asked for as in :func:`run_scenario`, then every process is stopped."""
+    children: list[ChildProcess] = []
+    try:
+        return await _run_deployment(deployment, children, observer)
+    finally:
+        async with asyncio.TaskGroup() as stops:
+            for child in children:
+                stops.create_task(child.stop())
+
+
+async def _run_deployment(
+    deployment: Deployment, children: list[ChildProcess], observer: RunObserver | None
+) -> RunResult:
+    work_dir, uname = deployment.dir, deployment.utility
+
+    async def spawn(name: str) -> ChildProcess:
+        child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
+        children.append(child)
+        return child
+
+    utility = await spawn(uname)
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        ready = await utility.expect("ready")  # its hosts listen: devices dial them
+    dashboards = {uname: str(ready.get("dashboard", ""))}
+    devices = {name: await spawn(name) for name in deployment.device_sites}
+    for name, child in devices.items():
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            dashboards[name] = str((await child.expect("ready")).get("dashboard", ""))
+    late_s = time.time() - deployment.start.timestamp()
+    if late_s > 0:
+        log.warning("every process was up %.1f s after interval 0 began: intervals missed", late_s)
+    if observer is not None:
+        await observer.started(dashboards)
+    reports: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(max(0.0, -late_s) + deployment.run_s + SETTLE_MARGIN_S):
+        for name, child in devices.items():
+            reports[name] = (await child.expect("done"))["report"]
+        invoices = (await utility.expect("done"))["invoices"]
+    sites: dict[str, list[str]] = {}
+    for device, site in deployment.device_sites.items():
+        sites.setdefault(site, []).append(device)
+    return await _finish(
+        Ended(uname, sites, utility, devices, reports, invoices),
+        RunResult([], [], {}, {}, work_dir, dashboards, dict(deployment.identities)),
+        observer,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A run whose processes are all done (and still serve their replicas)."""
+
+    utility_name: str
+    sites: dict[str, list[str]]  # site name -> its devices' names
+    utility: ChildProcess
+    devices: dict[str, ChildProcess]
+    reports: dict[str, dict[str, Any]]  # the devices' done reports
+    invoices: list[dict[str, Any]]  # the utility's done invoices
+
+
+async def _finish(ended: Ended, shell: RunResult, observer: RunObserver | None) -> RunResult:
+    """Wait until each site's replicas agree, ask the utility for its invoices'
+    state; ``shell`` gives the result's work dir, dashboards and sites."""
+    digests = await _converged(ended)
+    await ended.utility.send("status")
+    status = (await ended.utility.expect("status"))["invoices"]
+    result = dataclasses.replace(
+        shell,
+        utility_invoices=ended.invoices,
+        invoice_status=status,
+        reports=ended.reports,
+        digests=digests,
+    )
     if observer is not None:
         await observer.finished(result)
     return result
 
 
-async def _converged(
-    scenario: Scenario, utility: ChildProcess, devices: dict[str, ChildProcess]
-) -> dict[str, dict[str, str]]:
+async def _converged(ended: Ended) -> dict[str, dict[str, str]]:
     """Poll every replica's digest (external processes) until each site agrees."""
     latest: dict[str, dict[str, str]] = {}
 
     async def agree() -> dict[str, dict[str, str]] | None:
-        await utility.send("digest")
+        await ended.utility.send("digest")
         by_site = {
-            site: {f"{scenario.utility.name}/{site}": digest}
-            for site, digest in (await utility.expect("digest"))["digests"].items()
+            site: {f"{ended.utility_name}/{site}": digest}
+            for site, digest in (await ended.utility.expect("digest"))["digests"].items()
         }
-        for site in scenario.sites:
-            for device in site.devices:
-                await devices[device.name].send("digest")
-                got = await devices[device.name].expect("digest")
-                by_site[site.name][device.name] = got["digest"]
+        for site, names in ended.sites.items():
+            for name in names:
+                await ended.devices[name].send("digest")
+                got = await ended.devices[name].expect("digest")
+                by_site[site][name] = got["digest"]
         latest.clear()
         latest.update(by_site)
         return by_site if all(len(set(d.values())) == 1 for d in by_site.values()) else None

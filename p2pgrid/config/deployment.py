@@ -82,6 +82,7 @@ class Deployment:
     device_sites: dict[str, str]  # device name -> its site's name, in the scenario's order
     identities: dict[str, SiteIdentity]  # site name -> the owner's public key
     start: dt.datetime  # interval 0
+    run_s: float  # from interval 0 to the end of the last period
 
     def argv(self, name: str) -> list[str]:
         """The ``p2pgrid`` arguments that run process ``name`` (the utility or a device)."""
@@ -124,15 +125,17 @@ def write_deployment(
 ) -> Deployment:
     """Write the deployment of the scenario at ``scenario_path`` into ``dir`` (see
     the module's contract); ``lnd`` gives every process's lnd by name, ``port``
-    picks a free TCP port on a host. Refuses a ``dir`` that holds files already."""
+    picks a free TCP port on a host. Refuses a ``dir`` that holds a deployment already."""
     model = load_scenario_model(scenario_path)
     hosts = dict(listen_hosts or {})
     names = [model.utility.name, *(d.name for s in model.sites for d in s.devices)]
     missing = [n for n in names if n not in lnd]
     if missing:
         raise ConfigError(f"no lnd node for {', '.join(missing)}")
-    if dir.exists() and any(dir.iterdir()):
-        raise ConfigError(f"{dir} is not empty: a deployment is written once")
+    written = [dir / UTILITY_FILE, dir / "keys"]
+    written += [dir / f"{s.name}{suffix}" for s in model.sites for suffix in (".toml", ".entries")]
+    if any(path.exists() for path in written):
+        raise ConfigError(f"{dir} holds a deployment already: it is written once")
     dir.mkdir(parents=True, exist_ok=True)
     keys = dir / "keys"
     uname = model.utility.name
@@ -249,6 +252,7 @@ def write_deployment(
         device_sites={d.name: s.name for s in model.sites for d in s.devices},
         identities=identities,
         start=start,
+        run_s=model.clock.periods * model.clock.intervals_per_period * model.clock.interval_s,
     )
 
 
@@ -308,7 +312,13 @@ def _pairs(table: Mapping[str, Any]) -> list[str]:
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+    return key if _BARE_KEY.match(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: JSON's, but for DEL, which TOML wants escaped, and
+    characters past U+FFFF, which JSON's ASCII escapes as surrogate pairs."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _value(value: Any) -> str:
@@ -317,7 +327,7 @@ def _value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
+        return _string(value)
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, list):
