@@ -32,7 +32,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -42,7 +42,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.errors import ConfigError, P2PGridError
-from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code, run_process
+from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Command, exit_code, run_process
 
 if TYPE_CHECKING:  # imported where used: `p2pgrid --help` loads no lnd client
     from p2pgrid.ledger import Author
@@ -234,7 +234,8 @@ ControlOpt = Annotated[
 ]
 
 
-def _commands(start: Any, control: bool) -> Any:
+def _commands(start: Command, control: bool) -> AsyncIterator[Command]:
+    """The node's commands: the file's ``start``, then (``--control``) stdin's."""
     from p2pgrid.config import start_once, start_then_stdin
 
     return start_then_stdin(start) if control else start_once(start)

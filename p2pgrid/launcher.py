@@ -2,7 +2,16 @@
 
 The launcher only starts processes and speaks their line protocol
 (:mod:`p2pgrid.jsonlines`); the processes share nothing but libp2p and
-Lightning. Each process logs to ``<work_dir>/<name>.log``.
+Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
+assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
+
+- :func:`run_deployment` (the demo) runs a scenario written as deployment files
+  (:mod:`p2pgrid.config.deployment`) with the commands an operator runs,
+  ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
+  their clock is the files', so nothing tells them to start.
+- :func:`run_scenario` (the regtest and fault tests) starts
+  ``python -m p2pgrid.utility`` / ``p2pgrid.agent`` from the scenario (keys
+  from its seeds) and a runtime file each, as follows:
 
 1. The site owners' entries are signed (:func:`p2pgrid.provision.owner_entries`).
 2. The utility starts; its ready line gives its lnd pubkey and, per site, the

@@ -10,7 +10,9 @@ The **site file** is the owner's description of one site, copied to every host
 of the site: the site (its owner's public key, budget, the owner's entries
 file), the clock, the tariff, the utility's keys, and one ``[[devices]]`` row per
 device with what its host needs to run it (key file, data directory, listen
-port, bootstrap peers, lnd). ``p2pgrid agent run --config site.toml --device
+port, bootstrap peers, lnd), and an ``[[other_sites]]`` row per other site of
+the same owner (its identity, a copy of its entries file, its devices' lnd
+nodes) whose devices may share with this site's. ``p2pgrid agent run --config site.toml --device
 NAME`` runs one row. The **utility file** is the utility's: its key and invoice
 secret files, data directory, lnd, and one ``[[sites]]`` row per site it serves.
 
@@ -19,7 +21,9 @@ are the calendar months of ``timezone`` (default UTC; period 0 is the month of
 ``start``), and no end: nodes run period after period until stopped. Giving
 ``intervals_per_period`` makes periods that many intervals long instead,
 counted from ``start``; a shorter ``interval_s`` compresses the clock (tests,
-trials); ``periods`` ends the run after that many periods.
+trials); ``periods`` ends the run after that many periods;
+``model_start_interval`` (trials) replays the meters from a chosen modelled
+interval instead of the one ``start`` falls in.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ checked here, before any daemon is contacted: a bad file is exit code 2.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from p2pgrid.agent.process import AgentSetup, PeerSite
 from p2pgrid.config.files import SiteFile, UtilityFile
@@ -168,15 +168,17 @@ def start_once(start: Command) -> AsyncIterator[Command]:
     return source()
 
 
-def start_then_stdin(start: Command) -> AsyncIterator[Command]:
-    """``start``, then the commands a parent process writes on stdin (the line
-    protocol of :mod:`p2pgrid.jsonlines`: ``digest``, ``status``, ``stop``; end of
-    input stops the node): ``--control`` of ``agent run`` and ``utility run``. The
-    clock is the file's: a ``start`` on stdin is refused (an ``error`` event)."""
+def start_then_stdin(
+    start: Command, more: Callable[[], AsyncIterator[Command]] = commands
+) -> AsyncIterator[Command]:
+    """``start``, then the commands a parent process writes on stdin (``more``: the
+    line protocol of :mod:`p2pgrid.jsonlines`: ``digest``, ``status``, ``stop``;
+    end of input stops the node): ``--control`` of ``agent run`` and ``utility
+    run``. The clock is the file's: a ``start`` there is refused (an ``error`` event)."""
 
     async def source() -> AsyncIterator[Command]:
         yield start
-        async for command in commands():
+        async for command in more():
             if command["cmd"] == "start":
                 emit("error", message="start comes from the file's [clock], not from stdin")
                 continue

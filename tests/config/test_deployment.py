@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pgrid.billing import split_budget
-from p2pgrid.config import SiteFile, UtilityFile, agent_setup, agent_start, read_key, utility_setup
+from p2pgrid.config import (
+    SiteFile,
+    UtilityFile,
+    agent_setup,
+    agent_start,
+    read_key,
+    start_then_stdin,
+    utility_setup,
+)
 from p2pgrid.config.deployment import Deployment, LndNode, write_deployment, write_toml
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer
@@ -22,6 +31,7 @@ from p2pgrid.ledger import Allocation, decode_entry
 from p2pgrid.lightning.lnd import LndEndpoint
 from p2pgrid.net import peer_id_of
 from p2pgrid.scenario import Scenario, load_scenario
+from p2pgrid.service import Command
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 START = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -160,3 +170,29 @@ def test_any_table_of_strings_and_numbers_reads_back(
         path = Path(tmp) / "x.toml"
         write_toml(path, doc)
         assert tomllib.loads(path.read_text()) == doc
+
+
+def test_another_site_s_device_unknown_to_its_entries_is_refused(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario))
+    path = d.site_files["store-1"]
+    path.write_text(path.read_text().replace("lnd_pubkeys = { s2-solar", "lnd_pubkeys = { s9-x"))
+    with pytest.raises(ConfigError, match=r"other_sites\[0\]\.lnd_pubkeys: no device named s9-x"):
+        agent_setup(SiteFile(path), "s1-fridge")
+    path.write_text(path.read_text().replace('name = "store-2"', 'name = "store-1"'))
+    with pytest.raises(ConfigError, match="a site named twice: store-1"):
+        SiteFile(path)
+
+
+async def test_control_reads_stdin_after_the_file_s_start_and_refuses_another_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def stdin() -> AsyncIterator[Command]:
+        for cmd in ("digest", "start", "status", "stop"):
+            yield {"cmd": cmd, "at": 1.0}
+
+    start = {"cmd": "start", "at": START.timestamp()}
+    got = [c async for c in start_then_stdin(start, stdin)]
+    assert got == [start, {"cmd": "digest", "at": 1.0}, {"cmd": "status", "at": 1.0},
+                   {"cmd": "stop", "at": 1.0}]  # fmt: skip
+    assert '"event": "error"' in capsys.readouterr().out

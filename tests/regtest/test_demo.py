@@ -3,11 +3,11 @@
 
 Asserted: the demo printed the commands it ran, and they are the deployed
 commands on the files it wrote (which validate, and whose keys are fresh, not
-the scenario's seed keys); the two stores, each
-its own site file, still share budget between them (the owner's other sites);
-every invoice is paid; every site's replicas agree; lnd and the logs agree
-to the msat (the demo's own check, printed); and ``p2pgrid report`` reads the
-demo's work directory.
+the scenario's seed keys); the two stores, each its own site file, still share
+budget between them (the owner's other sites); every invoice the logs call for
+is issued and paid, and every period settled; every site's replicas agree; lnd
+and the logs agree to the msat (the demo's own check, printed); and ``p2pgrid
+report`` reads the demo's work directory.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pytest
 from rich.console import Console
 
 from p2pgrid.config import SiteFile, UtilityFile
-from p2pgrid.demo import default_scenario, run_demo
+from p2pgrid.demo import default_scenario, run_demo, site_entries
+from p2pgrid.ledger import bill
 from p2pgrid.regtest import Daemons
 from p2pgrid.reporting import ReportRequest, run_report
 from p2pgrid.scenario import load_scenario
@@ -66,7 +67,18 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
     statuses = {
         (s["site"], s["device"], s["period"]): s["collection"] for s in result.invoice_status
     }
-    assert len(statuses) == sum(len(s.devices) for s in scenario.sites) * scenario.periods
+    logs = await site_entries(scenario, result)  # the utility's replicas, by site hash
+    owing = set()  # (site, device, period) with grid energy to pay for, by the log
+    for site in scenario.sites:
+        entries = logs[result.sites[site.name].site_hash]
+        for d in site.devices:
+            for p in range(scenario.periods):
+                if bill(entries, device=d.index, period=p, tariff=scenario.tariff).amount_msat:
+                    owing.add((site.name, d.index, p))
+            states = result.reports[d.name]["period_states"]
+            assert states == {str(p): "settled" for p in range(scenario.periods)}, d.name
+    assert set(statuses) == owing
+    assert len(owing) >= 6  # the critical fridge always imports; most others too
     assert set(statuses.values()) == {"paid"}, statuses
     assert sum(r["site_shares_received_msat"] for r in result.reports.values()) > 0
     assert "lnd and the logs: agree" in printed, printed[-3000:]
