@@ -49,7 +49,7 @@ DEFAULT_SCENARIO = "two_sites.toml"
 DEMO_MARKER = ".p2pgrid-demo"
 #: From writing the files to interval 0: every process starts and its hosts meet.
 START_LEAD_S = 10.0
-START_LEAD_PER_PROCESS_S = 4.0
+START_LEAD_PER_PROCESS_S = 8.0
 
 
 def default_scenario() -> Path:
