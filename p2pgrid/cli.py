@@ -440,9 +440,15 @@ def demo(
     scenario: Annotated[Path | None, typer.Option(help="a scenario TOML (default: two sites)")] = (
         None
     ),
-    work_dir: Annotated[Path, typer.Option(help="logs, databases, report PNGs")] = Path("demo-run"),
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="deployment files, keys, logs, databases, report PNGs (a demo's: emptied)"
+        ),
+    ] = Path("demo-run"),
 ) -> None:
-    """A regtest stack, the utility and device agents trading for real, then the reports."""
+    """A regtest stack; the scenario written as deployment files (fresh keys) and run by
+    `p2pgrid utility run` and `agent run` processes trading for real; then the reports."""
     from p2pgrid.demo import run_demo
 
     try:
