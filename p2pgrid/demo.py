@@ -34,7 +34,14 @@ from rich.table import Table
 
 from p2pgrid.config.deployment import Deployment, write_deployment
 from p2pgrid.errors import ConfigError
-from p2pgrid.launcher import RunObserver, RunResult, command_line, lnd_nodes, run_deployment
+from p2pgrid.launcher import (
+    RunObserver,
+    RunResult,
+    command_line,
+    lnd_nodes,
+    run_deployment,
+    start_after_lead,
+)
 from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
 from p2pgrid.ledger.activity import activity
 from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
@@ -47,9 +54,6 @@ from p2pgrid.scenario import Scenario, load_scenario
 DEFAULT_SCENARIO = "two_sites.toml"
 #: Written into the work directory: a later demo may empty it.
 DEMO_MARKER = ".p2pgrid-demo"
-#: From writing the files to interval 0: every process starts and its hosts meet.
-START_LEAD_S = 10.0
-START_LEAD_PER_PROCESS_S = 8.0
 
 
 def default_scenario() -> Path:
@@ -93,8 +97,7 @@ async def run_demo(
     await stack.up()
     try:
         before = await snapshots(scenario, stack)
-        lead_s = START_LEAD_S + START_LEAD_PER_PROCESS_S * len(scenario.lnd_nodes)
-        start = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
+        start = start_after_lead(len(scenario.lnd_nodes))
         deployment = write_deployment(
             path, work_dir, await lnd_nodes(stack, scenario.lnd_nodes), start=start
         )

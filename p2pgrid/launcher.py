@@ -5,7 +5,7 @@ The launcher only starts processes and speaks their line protocol
 Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
 assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
 
-- :func:`run_deployment` (the demo) runs a scenario written as deployment files
+- :func:`run_deployment` (the demo, ``tests/regtest/test_restart.py``) runs a scenario written as deployment files
   (:mod:`p2pgrid.config.deployment`) with the commands an operator runs,
   ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
   their clock is the files', so nothing tells them to start.
@@ -38,7 +38,8 @@ reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackCon
 
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
 agent with SIGKILL and starts it again with the same files (its data directory
-and runtime file) and the same ``start`` line; the agent rejoins the running
+and runtime file) and the same ``start`` line (a deployment's: the same
+``p2pgrid agent run`` command, whose file gives the start); the agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 :meth:`Running.restart_utility` does the same to the utility, which comes back
 on the same libp2p addresses (its ``ports.json``) and lnd node, and
@@ -53,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -67,7 +69,7 @@ from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import Scenario
+from p2pgrid.scenario import Scenario, load_scenario
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,11 @@ class Running:
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
     utility_pubkey: str = ""
     utility_addrs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: The modules a restart runs (device, utility) with ``argv``, and whether it then
+    #: sends ``start``: the children's (:func:`run_scenario`), or ``p2pgrid``'s
+    #: ``agent run`` / ``utility run``, whose clock is their file's (:func:`run_deployment`).
+    programs: tuple[str, str] = ("p2pgrid.agent", "p2pgrid.utility")
+    send_start: bool = True
 
     def time_of(self, interval: int) -> float:
         return self.at + interval * self.scenario.interval_s
@@ -174,26 +181,30 @@ class Running:
 
     async def restart(self, name: str) -> None:
         """SIGKILL device ``name`` and start it again on the same files; returns
-        once it was told to start (same start time and nodes as everyone)."""
+        once it is ready and was told to start (same start time and nodes as
+        everyone), or (a deployment's) once it is ready: its file says when."""
         await self.devices[name].kill()
-        child, up = await self._respawn("p2pgrid.agent", name)
+        child, up = await self._respawn(self.programs[0], name)
         self.devices[name] = child
         if up["pubkey"] != self.pubkeys[name]:
             raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
-        await child.send("start", at=self.at, nodes=self.pubkeys)
+        if self.send_start:
+            await child.send("start", at=self.at, nodes=self.pubkeys)
 
     async def restart_utility(self) -> None:
-        """SIGKILL the utility (if it still runs) and start ``p2pgrid.utility`` again on
-        the same files; returns once it was told to start. It must come back on the
-        same lnd node and libp2p addresses, where the devices redial it."""
+        """SIGKILL the utility (if it still runs) and start the product's utility again
+        on the same files; returns once it was told to start (as :meth:`restart`). It
+        must come back on the same lnd node and libp2p addresses, where the devices
+        redial it."""
         name = self.scenario.utility.name
         await self.utility.kill()
-        self.utility, up = await self._respawn("p2pgrid.utility", name)
+        self.utility, up = await self._respawn(self.programs[1], name)
         if up["pubkey"] != self.utility_pubkey:
             raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
         if up["addrs"] != self.utility_addrs:
             raise ProcessFailed(f"{name} came back elsewhere: {up['addrs']}")
-        await self.utility.send("start", at=self.at)
+        if self.send_start:
+            await self.utility.send("start", at=self.at)
 
     async def exited(self, name: str, timeout_s: float) -> int:
         """Wait until process ``name`` (a device or the utility) exits on its own;
@@ -377,6 +388,19 @@ async def _run(
     )
 
 
+#: From writing a deployment's files to its interval 0: every process starts and its
+#: hosts meet (on the loaded 2-core machine, 7 processes took ~48 s to be ready).
+START_LEAD_S = 10.0
+START_LEAD_PER_PROCESS_S = 8.0
+
+
+def start_after_lead(processes: int) -> dt.datetime:
+    """Interval 0 of a deployment of ``processes`` processes written now: once they
+    can all be up (:data:`START_LEAD_S` and :data:`START_LEAD_PER_PROCESS_S`)."""
+    lead_s = START_LEAD_S + START_LEAD_PER_PROCESS_S * processes
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
+
+
 #: ``p2pgrid`` before each command of a deployment's processes: INFO logs to stderr.
 CLI_PREFIX = ("-v",)
 #: After each command: it also reads the launcher's commands (digest, status, stop).
@@ -398,17 +422,22 @@ def command_line(deployment: Deployment, name: str) -> list[str]:
 
 
 async def run_deployment(
-    deployment: Deployment, *, observer: RunObserver | None = None
+    deployment: Deployment,
+    *,
+    observer: RunObserver | None = None,
+    during: Disruption | None = None,
 ) -> RunResult:
     """Run the processes of ``deployment`` the way an operator does, from its files:
     ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
     command a user runs, :func:`command_line`; each logs to ``<dir>/<name>.log``).
     Interval 0 is the files' ``clock.start``: nothing is sent to start them. When
     every process is done, the replicas' agreement and the invoices' state are
-    asked for as in :func:`run_scenario`, then every process is stopped."""
+    asked for as in :func:`run_scenario`, then every process is stopped.
+    ``during`` runs once every process is ready (see :class:`Running`; a restart
+    runs the same command again)."""
     children: list[ChildProcess] = []
     try:
-        return await _run_deployment(deployment, children, observer)
+        return await _run_deployment(deployment, children, observer, during)
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
@@ -416,7 +445,10 @@ async def run_deployment(
 
 
 async def _run_deployment(
-    deployment: Deployment, children: list[ChildProcess], observer: RunObserver | None
+    deployment: Deployment,
+    children: list[ChildProcess],
+    observer: RunObserver | None,
+    during: Disruption | None,
 ) -> RunResult:
     work_dir, uname = deployment.dir, deployment.utility
 
@@ -430,9 +462,12 @@ async def _run_deployment(
         ready = await utility.expect("ready")  # its hosts listen: devices dial them
     dashboards = {uname: str(ready.get("dashboard", ""))}
     devices = {name: await spawn(name) for name in deployment.device_sites}
+    pubkeys = {}
     for name, child in devices.items():
         async with asyncio.timeout(READY_TIMEOUT_S):
-            dashboards[name] = str((await child.expect("ready")).get("dashboard", ""))
+            up = await child.expect("ready")
+        dashboards[name] = str(up.get("dashboard", ""))
+        pubkeys[name] = str(up["pubkey"])
     late_s = time.time() - deployment.start.timestamp()
     if late_s > 0:
         log.warning("every process was up %.1f s after interval 0 began: intervals missed", late_s)
@@ -440,8 +475,25 @@ async def _run_deployment(
         await observer.started(dashboards)
     reports: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(max(0.0, -late_s) + deployment.run_s + SETTLE_MARGIN_S):
-        for name, child in devices.items():
-            reports[name] = (await child.expect("done"))["report"]
+        if during is not None:
+            running = Running(
+                load_scenario(deployment.scenario),
+                deployment.start.timestamp(),
+                work_dir,
+                devices,
+                children,
+                utility,
+                pubkeys,
+                {name: command_line(deployment, name) for name in deployment.names},
+                utility_pubkey=str(ready["pubkey"]),
+                utility_addrs=ready["addrs"],
+                programs=("p2pgrid", "p2pgrid"),
+                send_start=False,
+            )
+            await during(running)
+            utility = running.utility  # it may have been restarted
+        for name in list(devices):
+            reports[name] = (await devices[name].expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]
     sites: dict[str, list[str]] = {}
     for device, site in deployment.device_sites.items():

@@ -76,6 +76,7 @@ class Deployment:
     """The files of a scenario's processes, and how to start each one."""
 
     dir: Path
+    scenario: Path  # the scenario file it was written from
     utility: str  # the utility's process name
     utility_file: Path
     site_files: dict[str, Path]  # site name -> its site file
@@ -246,6 +247,7 @@ def write_deployment(
     UtilityFile(utility_file)
     return Deployment(
         dir=dir,
+        scenario=scenario_path,
         utility=uname,
         utility_file=utility_file,
         site_files=site_files,
