@@ -5,8 +5,9 @@ The launcher only starts processes and speaks their line protocol
 Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
 assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
 
-- :func:`run_deployment` (the demo, ``tests/regtest/test_restart.py``) runs a scenario written as deployment files
-  (:mod:`p2pgrid.config.deployment`) with the commands an operator runs,
+- :func:`run_deployment` (the demo, ``tests/regtest/test_restart.py``) runs a
+  scenario written as deployment files (:mod:`p2pgrid.config.deployment`) with
+  the commands an operator runs,
   ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
   their clock is the files', so nothing tells them to start.
 - :func:`run_scenario` (the regtest and fault tests) starts
