@@ -32,7 +32,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -234,13 +234,6 @@ ControlOpt = Annotated[
 ]
 
 
-def _commands(start: Command, control: bool) -> AsyncIterator[Command]:
-    """The node's commands: the file's ``start``, then (``--control``) stdin's."""
-    from p2pgrid.config import start_once, start_then_stdin
-
-    return start_then_stdin(start) if control else start_once(start)
-
-
 @agent_app.command("run")
 def agent_run(
     config: ConfigOpt,
@@ -250,14 +243,14 @@ def agent_run(
     """Run one device agent from the site file until SIGTERM or SIGINT (exit 0).
     Exit 2: a bad file or key; 3: its lnd is unreachable."""
     from p2pgrid.agent.process import run_device
-    from p2pgrid.config import SiteFile, agent_setup, agent_start
+    from p2pgrid.config import SiteFile, agent_setup, agent_start, node_commands
 
     def build() -> tuple[Any, Any]:
         site = SiteFile(config)
         return agent_setup(site, device), agent_start(site)
 
     setup, start = _call(build)
-    run_process(run_device(setup, lambda: _commands(start, control)))  # until stopped
+    run_process(run_device(setup, lambda: node_commands(start, control)))  # until stopped
 
 
 @utility_app.command("init")
@@ -279,15 +272,15 @@ def utility_run(
 ) -> None:
     """Run the utility from its file until SIGTERM or SIGINT (exit 0): budgets and
     invoices every period of every site. Exit 2: a bad file or key; 3: lnd unreachable."""
-    from p2pgrid.config import UtilityFile, utility_setup
+    from p2pgrid.config import UtilityFile, node_commands, utility_setup, utility_start
     from p2pgrid.utility.process import run_utility
 
-    def build() -> tuple[Any, float]:
+    def build() -> tuple[Any, Command]:
         utility = UtilityFile(config)
-        return utility_setup(utility), utility.model.clock.start.timestamp()
+        return utility_setup(utility), utility_start(utility)
 
-    setup, at = _call(build)
-    run_process(run_utility(setup, source=lambda: _commands({"cmd": "start", "at": at}, control)))
+    setup, start = _call(build)
+    run_process(run_utility(setup, source=lambda: node_commands(start, control)))
 
 
 # -- checking ------------------------------------------------------------------

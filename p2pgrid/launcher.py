@@ -5,7 +5,7 @@ The launcher only starts processes and speaks their line protocol
 Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
 assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
 
-- :func:`run_deployment` (the demo, ``tests/regtest/test_restart.py``) runs a
+- :func:`run_deployment` (the demo; ``test_end_to_end``, ``test_restart``) runs a
   scenario written as deployment files (:mod:`p2pgrid.config.deployment`) with
   the commands an operator runs,
   ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
@@ -101,7 +101,9 @@ def on_this_host(name: str) -> Placement:
 
 @dataclasses.dataclass(frozen=True)
 class UtilityCommand:
-    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``."""
+    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``
+    (:func:`run_scenario`), or ``python -m <module> --config utility.toml --control
+    <args>`` (:func:`run_deployment`: a test program in place of ``utility run``)."""
 
     module: str = "p2pgrid.utility"
     args: tuple[str, ...] = ()
@@ -427,6 +429,7 @@ async def run_deployment(
     *,
     observer: RunObserver | None = None,
     during: Disruption | None = None,
+    utility: UtilityCommand | None = None,
 ) -> RunResult:
     """Run the processes of ``deployment`` the way an operator does, from its files:
     ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
@@ -435,10 +438,11 @@ async def run_deployment(
     every process is done, the replicas' agreement and the invoices' state are
     asked for as in :func:`run_scenario`, then every process is stopped.
     ``during`` runs once every process is ready (see :class:`Running`; a restart
-    runs the same command again)."""
+    runs the product's command again); ``utility``, a test program run in place
+    of ``p2pgrid utility run`` on the same file."""
     children: list[ChildProcess] = []
     try:
-        return await _run_deployment(deployment, children, observer, during)
+        return await _run_deployment(deployment, children, observer, during, utility)
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
@@ -450,11 +454,16 @@ async def _run_deployment(
     children: list[ChildProcess],
     observer: RunObserver | None,
     during: Disruption | None,
+    program: UtilityCommand | None,
 ) -> RunResult:
     work_dir, uname = deployment.dir, deployment.utility
 
     async def spawn(name: str) -> ChildProcess:
-        child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
+        if name == uname and program is not None:
+            args = ["--config", str(deployment.utility_file), *CLI_CONTROL, *program.args]
+            child = await _spawn(program.module, name, args, work_dir)
+        else:
+            child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
         children.append(child)
         return child
 

@@ -109,6 +109,11 @@ def agent_start(site_file: SiteFile) -> Command:
     }
 
 
+def utility_start(utility_file: UtilityFile) -> Command:
+    """The ``start`` the utility runs on: interval 0 at the file's ``clock.start``."""
+    return {"cmd": "start", "at": utility_file.model.clock.start.timestamp()}
+
+
 def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
     """The utility of ``utility_file``: one key for every site it serves."""
     model = utility_file.model
@@ -185,3 +190,9 @@ def start_then_stdin(
             yield command
 
     return source()
+
+
+def node_commands(start: Command, control: bool) -> AsyncIterator[Command]:
+    """The commands of a node run from files: :func:`start_then_stdin` with
+    ``--control``, else :func:`start_once`."""
+    return start_then_stdin(start) if control else start_once(start)
