@@ -183,7 +183,7 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
     try:
         for site in scenario.sites:  # the utility's replicas: every site's log and members
             db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-            stores[site.name] = await LogStore.open(db, result.sites[site.name], name=site.name)
+            stores[site.name] = await LogStore.open(db, result.identity(site), name=site.name)
         views: dict[str, LedgerView] = {}
         names: dict[str, dict[int, str]] = {}
         for site in scenario.sites:
@@ -236,7 +236,7 @@ async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, lis
     logs = {}
     for site in scenario.sites:
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        store = await LogStore.open(db, result.sites[site.name], name=f"check-{site.name}")
+        store = await LogStore.open(db, result.identity(site), name=f"check-{site.name}")
         try:
             logs[store.membership.site_hash] = await store.entries()
         finally:
@@ -251,7 +251,7 @@ async def check_money(
     members: dict[Party, str] = {}
     for site in scenario.sites:
         devices = {d.index: d.name for d in site.devices}
-        site_hash = result.sites[site.name].site_hash
+        site_hash = result.identity(site).site_hash
         members |= site_members(site_hash, devices, utility=scenario.utility.name)
     return reconcile(
         before=before,

@@ -70,7 +70,7 @@ from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import Scenario, load_scenario
+from p2pgrid.scenario import Scenario, SiteSpec, load_scenario
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,12 @@ class RunResult:
     digests: dict[str, dict[str, str]]  # site -> replica name -> digest
     work_dir: Path
     dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
-    sites: dict[str, SiteIdentity] = dataclasses.field(default_factory=dict)  # by site name
+    #: Each site's key by name, where not the scenario's seed key (a deployment's).
+    sites: dict[str, SiteIdentity] = dataclasses.field(default_factory=dict)
+
+    def identity(self, site: SiteSpec) -> SiteIdentity:
+        """``site``'s key in this run: the deployment's, else the scenario's."""
+        return self.sites.get(site.name, site.identity)
 
 
 async def _spawn(
