@@ -18,7 +18,7 @@ The files name:
 - fixed ports: each device's ``listen_port`` and the utility's per site, free
   on this host when written (:func:`free_port`);
 - bootstrap addresses, known before anything starts since a host's peer id
-  follows from its member key (:func:`p2pgrid.net.peer_id_of`): a device dials
+  follows from its member key and site (:func:`p2pgrid.net.peer_id_of`): a device dials
   its site's utility host and the (up to) four devices listed before it, of
   any of the owner's sites;
 - each site's ``other_sites`` (the scenario's sites are one owner's) with
@@ -206,12 +206,14 @@ def write_deployment(
     listed: list[str] = []  # the devices' own addresses, in the scenario's order
     for site in model.sites:
         host, tcp = utility_host[site.name]
-        at_utility = f"/ip4/{host}/tcp/{tcp}/p2p/{peer_id_of(utility_key)}"
+        peer = peer_id_of(utility_key, identities[site.name])
+        at_utility = f"/ip4/{host}/tcp/{tcp}/p2p/{peer}"
         for d in site.devices:
             bootstrap[d.name] = [at_utility, *listed[-4:]]
             key = read_key(site_files[site.name].parent / f"keys/{site.name}/{d.name}.key")
             listed.append(
-                f"/ip4/{device_host[d.name]}/tcp/{device_port[d.name]}/p2p/{peer_id_of(key)}"
+                f"/ip4/{device_host[d.name]}/tcp/{device_port[d.name]}/p2p/"
+                + peer_id_of(key, identities[site.name])
             )
     for number, site in enumerate(model.sites):
         write_toml(site_files[site.name], site_doc(number, bootstrap))

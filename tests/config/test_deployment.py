@@ -92,7 +92,7 @@ def test_each_site_file_builds_its_devices_of_the_scenario(tmp_path: Path) -> No
     lnd = fake_lnd(scenario)
     d = deploy(scenario, tmp_path, lnd)
     utility = utility_setup(UtilityFile(d.utility_file))
-    utility_peer = peer_id_of(read_key(tmp_path / "keys" / "utility" / "utility.key"))
+    utility_key = read_key(tmp_path / "keys" / "utility" / "utility.key")
     every_device = {dev.name: lnd[dev.name].pubkey for s in scenario.sites for dev in s.devices}
     addresses: list[str] = []  # every device's own, in the scenario's order
     for site, served in zip(scenario.sites, utility.sites, strict=True):
@@ -112,10 +112,15 @@ def test_each_site_file_builds_its_devices_of_the_scenario(tmp_path: Path) -> No
                 s.name for s in scenario.sites if s != site
             ]
             assert setup.parties.keys() == every_device.keys()
+            utility_peer = peer_id_of(utility_key, served.identity)
             at_utility = f"/ip4/127.0.0.1/tcp/{served.listen_port}/p2p/{utility_peer}"
             assert list(setup.runtime.bootstrap) == [at_utility, *addresses[-4:]]
             assert setup.runtime.listen_port == row.listen_port > 0
-            addresses.append(f"/ip4/127.0.0.1/tcp/{row.listen_port}/p2p/{peer_id_of(setup.signer)}")
+            own = peer_id_of(setup.signer, setup.identity)
+            addresses.append(f"/ip4/127.0.0.1/tcp/{row.listen_port}/p2p/{own}")
+    # The utility speaks for every site with one key, yet each site's host has its
+    # own peer id: two hosts with one id would take each other's connections.
+    assert len({peer_id_of(utility_key, s.identity) for s in utility.sites}) == 2
     assert d.argv("s2-solar") == [
         "agent", "run", "--config", str(d.site_files["store-2"]), "--device", "s2-solar",
     ]  # fmt: skip
