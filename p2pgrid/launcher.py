@@ -5,12 +5,12 @@ The launcher only starts processes and speaks their line protocol
 Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
 assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
 
-- :func:`run_deployment` (the demo; ``test_end_to_end``, ``test_restart``) runs a
+- :func:`run_deployment` (the demo, most regtest tests) runs a
   scenario written as deployment files (:mod:`p2pgrid.config.deployment`) with
   the commands an operator runs,
   ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
   their clock is the files', so nothing tells them to start.
-- :func:`run_scenario` (the regtest and fault tests) starts
+- :func:`run_scenario` (``test_netns``, ``test_dashboard``, the fault suite) starts
   ``python -m p2pgrid.utility`` / ``p2pgrid.agent`` from the scenario (keys
   from its seeds) and a runtime file each, as follows:
 
@@ -46,8 +46,8 @@ scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 on the same libp2p addresses (its ``ports.json``) and lnd node, and
 :meth:`Running.exited` waits for a process that kills itself (a test program
 that crashes at a chosen point, :mod:`p2pgrid.testing.crash`). A restart always
-starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``), whatever
-program ran before.
+starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``; a
+deployment's ``p2pgrid agent run`` / ``utility run``), whatever program ran before.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ class UtilityCommand:
 
 @dataclasses.dataclass(frozen=True)
 class AgentCommand:
-    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``."""
+    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``
+    (:func:`run_scenario`), or ``python -m <module> --config site.toml --device N
+    --control <args>`` (:func:`run_deployment`: a test program in place of ``agent run``)."""
 
     module: str = "p2pgrid.agent"
     args: tuple[str, ...] = ()
@@ -435,6 +437,7 @@ async def run_deployment(
     observer: RunObserver | None = None,
     during: Disruption | None = None,
     utility: UtilityCommand | None = None,
+    agents: Mapping[str, AgentCommand] | None = None,
 ) -> RunResult:
     """Run the processes of ``deployment`` the way an operator does, from its files:
     ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
@@ -443,11 +446,15 @@ async def run_deployment(
     every process is done, the replicas' agreement and the invoices' state are
     asked for as in :func:`run_scenario`, then every process is stopped.
     ``during`` runs once every process is ready (see :class:`Running`; a restart
-    runs the product's command again); ``utility``, a test program run in place
-    of ``p2pgrid utility run`` on the same file."""
+    runs the product's command again); ``utility`` and ``agents`` (by device name):
+    test programs run in place of ``p2pgrid utility run`` / ``agent run`` on the same
+    files."""
     children: list[ChildProcess] = []
+    programs: dict[str, UtilityCommand | AgentCommand] = dict(agents or {})
+    if utility is not None:
+        programs[deployment.utility] = utility
     try:
-        return await _run_deployment(deployment, children, observer, during, utility)
+        return await _run_deployment(deployment, children, observer, during, programs)
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
@@ -459,16 +466,18 @@ async def _run_deployment(
     children: list[ChildProcess],
     observer: RunObserver | None,
     during: Disruption | None,
-    program: UtilityCommand | None,
+    programs: Mapping[str, UtilityCommand | AgentCommand],
 ) -> RunResult:
     work_dir, uname = deployment.dir, deployment.utility
 
     async def spawn(name: str) -> ChildProcess:
-        if name == uname and program is not None:
-            args = ["--config", str(deployment.utility_file), *CLI_CONTROL, *program.args]
-            child = await _spawn(program.module, name, args, work_dir)
-        else:
+        program = programs.get(name)
+        if program is None:
             child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
+        else:  # the command's options after ``run``, then the program's own
+            args = deployment.argv(name)[2:]
+            child = await _spawn(program.module, name, [*args, *CLI_CONTROL, *program.args],
+                                 work_dir)  # fmt: skip
         children.append(child)
         return child
 
