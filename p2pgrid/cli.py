@@ -18,7 +18,9 @@ code  meaning
 
 ``--json`` prints one JSON document on stdout for a script to read, where a
 command has something to print. ``agent run`` and ``utility run`` print their
-events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr.
+events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr; with
+``--control`` they also read commands on stdin (``digest``, ``status``, ``stop``:
+the line protocol of :mod:`p2pgrid.jsonlines`), as the demo's runs do.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pgrid.errors import ConfigError, P2PGridError
-from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code, run_process
+from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Command, exit_code, run_process
 
 if TYPE_CHECKING:  # imported where used: `p2pgrid --help` loads no lnd client
     from p2pgrid.ledger import Author
@@ -222,22 +224,33 @@ def device_revoke(
 # -- running nodes ---------------------------------------------------------------
 
 
+ControlOpt = Annotated[
+    bool,
+    typer.Option(
+        "--control",
+        help="also read JSON-line commands on stdin (digest, status, stop; end of input "
+        "stops): for a program that runs this one, as `p2pgrid demo` does",
+    ),
+]
+
+
 @agent_app.command("run")
 def agent_run(
     config: ConfigOpt,
     device: Annotated[str, typer.Option(help="which row of the site file this host runs")],
+    control: ControlOpt = False,
 ) -> None:
     """Run one device agent from the site file until SIGTERM or SIGINT (exit 0).
     Exit 2: a bad file or key; 3: its lnd is unreachable."""
     from p2pgrid.agent.process import run_device
-    from p2pgrid.config import SiteFile, agent_setup, agent_start, start_once
+    from p2pgrid.config import SiteFile, agent_setup, agent_start, node_commands
 
     def build() -> tuple[Any, Any]:
         site = SiteFile(config)
         return agent_setup(site, device), agent_start(site)
 
     setup, start = _call(build)
-    run_process(run_device(setup, lambda: start_once(start)))  # until stopped
+    run_process(run_device(setup, lambda: node_commands(start, control)))  # until stopped
 
 
 @utility_app.command("init")
@@ -255,18 +268,19 @@ def utility_init(
 @utility_app.command("run")
 def utility_run(
     config: Annotated[Path, typer.Option("--config", "-c", help="the utility file (TOML)")],
+    control: ControlOpt = False,
 ) -> None:
     """Run the utility from its file until SIGTERM or SIGINT (exit 0): budgets and
     invoices every period of every site. Exit 2: a bad file or key; 3: lnd unreachable."""
-    from p2pgrid.config import UtilityFile, start_once, utility_setup
+    from p2pgrid.config import UtilityFile, node_commands, utility_setup, utility_start
     from p2pgrid.utility.process import run_utility
 
-    def build() -> tuple[Any, float]:
+    def build() -> tuple[Any, Command]:
         utility = UtilityFile(config)
-        return utility_setup(utility), utility.model.clock.start.timestamp()
+        return utility_setup(utility), utility_start(utility)
 
-    setup, at = _call(build)
-    run_process(run_utility(setup, source=lambda: start_once({"cmd": "start", "at": at})))
+    setup, start = _call(build)
+    run_process(run_utility(setup, source=lambda: node_commands(start, control)))
 
 
 # -- checking ------------------------------------------------------------------
@@ -419,9 +433,15 @@ def demo(
     scenario: Annotated[Path | None, typer.Option(help="a scenario TOML (default: two sites)")] = (
         None
     ),
-    work_dir: Annotated[Path, typer.Option(help="logs, databases, report PNGs")] = Path("demo-run"),
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="deployment files, keys, logs, databases, report PNGs (a demo's: emptied)"
+        ),
+    ] = Path("demo-run"),
 ) -> None:
-    """A regtest stack, the utility and device agents trading for real, then the reports."""
+    """A regtest stack; the scenario written as deployment files (fresh keys) and run by
+    `p2pgrid utility run` and `agent run` processes trading for real; then the reports."""
     from p2pgrid.demo import run_demo
 
     try:

@@ -1,18 +1,30 @@
-"""The demo: a regtest stack, a utility and two sites of devices trading for real.
+"""The demo: a regtest stack, a utility and sites of devices trading for real, deployed
+the way an operator deploys them.
 
 Brings up btcd and one lnd per process of the scenario (funded, with channels to
-the utility), runs the scenario with every agent as its own OS process
-(:mod:`p2pgrid.launcher`), then prints each site's period reports (table and
-PNG), the invoices, whether every site's replicas agree, and whether every node's
-lnd agrees with the logs to the msat (:func:`check_money`). While it runs it
-prints the utility's dashboard address (every agent serves one too); with
-``keep`` the processes and their dashboards stay up until Ctrl-C.
+the utility), writes the scenario as deployment files into the work directory
+(:func:`p2pgrid.config.deployment.write_deployment`: fresh keys made by the
+owner's own steps, ``utility.toml`` and one ``<site>.toml`` per site, fixed
+ports, a compressed clock whose interval 0 is a moment after every process can
+be up), prints the commands and runs them: ``p2pgrid utility run`` and one
+``p2pgrid agent run`` per device (:func:`p2pgrid.launcher.run_deployment`), each
+its own OS process. Then it prints each site's period reports (table and PNG),
+the invoices, whether every site's replicas agree, and whether every node's lnd
+agrees with the logs to the msat (:func:`check_money`). While it runs it prints
+the utility's dashboard address (every agent serves one too); with ``keep`` the
+processes and their dashboards stay up until Ctrl-C.
+
+The work directory is the demo's: a directory that a previous demo wrote (its
+marker file ``DEMO_MARKER``) is emptied first; any other non-empty one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import importlib.resources
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,40 +32,76 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from p2pgrid.launcher import RunObserver, RunResult, run_scenario
+from p2pgrid.config.deployment import Deployment, write_deployment
+from p2pgrid.errors import ConfigError
+from p2pgrid.launcher import (
+    RunObserver,
+    RunResult,
+    command_line,
+    lnd_nodes,
+    run_deployment,
+    start_after_lead,
+)
 from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
 from p2pgrid.ledger.activity import activity
 from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
+from p2pgrid.regtest.stack import remove_tree
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.report import period_report, report_png, report_table
 from p2pgrid.scenario import Scenario, load_scenario
 
 DEFAULT_SCENARIO = "two_sites.toml"
+#: Written into the work directory: a later demo may empty it.
+DEMO_MARKER = ".p2pgrid-demo"
 
 
 def default_scenario() -> Path:
     return Path(str(importlib.resources.files("p2pgrid.scenarios") / DEFAULT_SCENARIO))
 
 
+def prepare_work_dir(work_dir: Path) -> None:
+    """Make ``work_dir`` empty: refuse one holding files no demo wrote."""
+    if work_dir.exists() and any(work_dir.iterdir()):
+        if not (work_dir / DEMO_MARKER).is_file():
+            raise ConfigError(
+                f"{work_dir} is not empty and not a demo's work directory: give --work-dir"
+            )
+        remove_tree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / DEMO_MARKER).write_text("written by `p2pgrid demo`: emptied by the next one\n")
+
+
 async def run_demo(
-    console: Console, *, scenario_path: Path | None, work_dir: Path, keep: bool
+    console: Console,
+    *,
+    scenario_path: Path | None,
+    work_dir: Path,
+    keep: bool,
+    stack_name: str = "demo",
+    stack_root: Path | None = None,
 ) -> RunResult:
+    """Run the demo (see the module's contract) on a stack ``stack_name`` under
+    ``stack_root`` (default: where ``p2pgrid regtest`` keeps stacks)."""
     path = scenario_path or default_scenario()
     scenario = load_scenario(path)
+    prepare_work_dir(work_dir)
     daemons = await ensure_daemons(console=console)
     devices = tuple(d.name for s in scenario.sites for d in s.devices)
+    config = StackConfig(name=stack_name, topology=utility_star(devices))
     stack = Stack(
-        StackConfig(name="demo", topology=utility_star(devices)), daemons, console=console
+        config if stack_root is None else dataclasses.replace(config, root=stack_root),
+        daemons,
+        console=console,
     )
     await stack.up()
     try:
-        run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
-        console.print(
-            f"running {len(devices)} device agents and the utility as separate processes: "
-            f"{scenario.periods} periods in ~{run_s:.0f} s (logs in {work_dir})"
-        )
         before = await snapshots(scenario, stack)
+        start = start_after_lead(len(scenario.lnd_nodes))
+        deployment = write_deployment(
+            path, work_dir, await lnd_nodes(stack, scenario.lnd_nodes), start=start
+        )
+        print_deployment(console, deployment)
 
         async def summary(result: RunResult) -> None:
             await print_reports(console, scenario, result)
@@ -65,14 +113,35 @@ async def run_demo(
             )
 
         observer = DemoObserver(console, scenario, summary, keep=keep)
-        result = await run_scenario(scenario, path, stack, work_dir, observer=observer)
+        result = await run_deployment(deployment, observer=observer)
         await summary(result)
     finally:
         if keep:
-            console.print("stack [bold]demo[/] left running: stop it with `regtest/down demo`")
+            console.print(
+                f"stack [bold]{stack_name}[/] left running: stop it with "
+                f"`p2pgrid regtest down {stack_name}`"
+            )
         else:
             await stack.down()
     return result
+
+
+def print_deployment(console: Console, deployment: Deployment) -> None:
+    """The files written and the commands about to run, to copy."""
+    d = deployment
+    files = ", ".join(str(p) for p in (d.utility_file, *d.site_files.values()))
+    console.print(
+        f"deployment files (docs/deploy.md): {escape(files)}; entries files beside them, "
+        f"keys under {escape(str(d.dir / 'keys'))}"
+    )
+    wait_s = (d.start - dt.datetime.now(dt.UTC)).total_seconds()
+    console.print(
+        f"interval 0 at {d.start:%H:%M:%S} UTC (in {wait_s:.0f} s), then ~{d.run_s:.0f} s of "
+        f"periods; running (logs in {escape(str(d.dir))}/<name>.log; --control: the demo "
+        "asks them for digests and invoices on stdin, leave it out by hand):"
+    )
+    for name in d.names:
+        console.print(f"  p2pgrid {escape(shlex.join(command_line(d, name)))}", soft_wrap=True)
 
 
 class DemoObserver(RunObserver):
@@ -114,7 +183,7 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
     try:
         for site in scenario.sites:  # the utility's replicas: every site's log and members
             db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-            stores[site.name] = await LogStore.open(db, site.identity, name=site.name)
+            stores[site.name] = await LogStore.open(db, result.identity(site), name=site.name)
         views: dict[str, LedgerView] = {}
         names: dict[str, dict[int, str]] = {}
         for site in scenario.sites:
@@ -167,7 +236,7 @@ async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, lis
     logs = {}
     for site in scenario.sites:
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        store = await LogStore.open(db, site.identity, name=f"check-{site.name}")
+        store = await LogStore.open(db, result.identity(site), name=f"check-{site.name}")
         try:
             logs[store.membership.site_hash] = await store.entries()
         finally:
@@ -182,7 +251,8 @@ async def check_money(
     members: dict[Party, str] = {}
     for site in scenario.sites:
         devices = {d.index: d.name for d in site.devices}
-        members |= site_members(site.identity.site_hash, devices, utility=scenario.utility.name)
+        site_hash = result.identity(site).site_hash
+        members |= site_members(site_hash, devices, utility=scenario.utility.name)
     return reconcile(
         before=before,
         after=await snapshots(scenario, stack),

@@ -2,7 +2,17 @@
 
 The launcher only starts processes and speaks their line protocol
 (:mod:`p2pgrid.jsonlines`); the processes share nothing but libp2p and
-Lightning. Each process logs to ``<work_dir>/<name>.log``.
+Lightning. Each process logs to ``<work_dir>/<name>.log``. Two ways in, one
+assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run):
+
+- :func:`run_deployment` (the demo, most regtest tests) runs a
+  scenario written as deployment files (:mod:`p2pgrid.config.deployment`) with
+  the commands an operator runs,
+  ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
+  their clock is the files', so nothing tells them to start.
+- :func:`run_scenario` (``test_netns``, ``test_dashboard``, the fault suite) starts
+  ``python -m p2pgrid.utility`` / ``p2pgrid.agent`` from the scenario (keys
+  from its seeds) and a runtime file each, as follows:
 
 1. The site owners' entries are signed (:func:`p2pgrid.provision.owner_entries`).
 2. The utility starts; its ready line gives its lnd pubkey and, per site, the
@@ -29,14 +39,15 @@ reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackCon
 
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
 agent with SIGKILL and starts it again with the same files (its data directory
-and runtime file) and the same ``start`` line; the agent rejoins the running
+and runtime file) and the same ``start`` line (a deployment's: the same
+``p2pgrid agent run`` command, whose file gives the start); the agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 :meth:`Running.restart_utility` does the same to the utility, which comes back
 on the same libp2p addresses (its ``ports.json``) and lnd node, and
 :meth:`Running.exited` waits for a process that kills itself (a test program
 that crashes at a chosen point, :mod:`p2pgrid.testing.crash`). A restart always
-starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``), whatever
-program ran before.
+starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``; a
+deployment's ``p2pgrid agent run`` / ``utility run``), whatever program ran before.
 """
 
 from __future__ import annotations
@@ -44,19 +55,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from p2pgrid.config.deployment import Deployment, LndNode
 from p2pgrid.errors import TimeoutExpired
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 from p2pgrid.poll import wait_until
 from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import Scenario
+from p2pgrid.scenario import Scenario, SiteSpec, load_scenario
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +101,9 @@ def on_this_host(name: str) -> Placement:
 
 @dataclasses.dataclass(frozen=True)
 class UtilityCommand:
-    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``."""
+    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``
+    (:func:`run_scenario`), or ``python -m <module> --config utility.toml --control
+    <args>`` (:func:`run_deployment`: a test program in place of ``utility run``)."""
 
     module: str = "p2pgrid.utility"
     args: tuple[str, ...] = ()
@@ -95,7 +111,9 @@ class UtilityCommand:
 
 @dataclasses.dataclass(frozen=True)
 class AgentCommand:
-    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``."""
+    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``
+    (:func:`run_scenario`), or ``python -m <module> --config site.toml --device N
+    --control <args>`` (:func:`run_deployment`: a test program in place of ``agent run``)."""
 
     module: str = "p2pgrid.agent"
     args: tuple[str, ...] = ()
@@ -119,6 +137,12 @@ class RunResult:
     digests: dict[str, dict[str, str]]  # site -> replica name -> digest
     work_dir: Path
     dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
+    #: Each site's key by name, where not the scenario's seed key (a deployment's).
+    sites: dict[str, SiteIdentity] = dataclasses.field(default_factory=dict)
+
+    def identity(self, site: SiteSpec) -> SiteIdentity:
+        """``site``'s key in this run: the deployment's, else the scenario's."""
+        return self.sites.get(site.name, site.identity)
 
 
 async def _spawn(
@@ -150,6 +174,11 @@ class Running:
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
     utility_pubkey: str = ""
     utility_addrs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: The modules a restart runs (device, utility) with ``argv``, and whether it then
+    #: sends ``start``: the children's (:func:`run_scenario`), or ``p2pgrid``'s
+    #: ``agent run`` / ``utility run``, whose clock is their file's (:func:`run_deployment`).
+    programs: tuple[str, str] = ("p2pgrid.agent", "p2pgrid.utility")
+    send_start: bool = True
 
     def time_of(self, interval: int) -> float:
         return self.at + interval * self.scenario.interval_s
@@ -162,26 +191,30 @@ class Running:
 
     async def restart(self, name: str) -> None:
         """SIGKILL device ``name`` and start it again on the same files; returns
-        once it was told to start (same start time and nodes as everyone)."""
+        once it is ready and was told to start (same start time and nodes as
+        everyone), or (a deployment's) once it is ready: its file says when."""
         await self.devices[name].kill()
-        child, up = await self._respawn("p2pgrid.agent", name)
+        child, up = await self._respawn(self.programs[0], name)
         self.devices[name] = child
         if up["pubkey"] != self.pubkeys[name]:
             raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
-        await child.send("start", at=self.at, nodes=self.pubkeys)
+        if self.send_start:
+            await child.send("start", at=self.at, nodes=self.pubkeys)
 
     async def restart_utility(self) -> None:
-        """SIGKILL the utility (if it still runs) and start ``p2pgrid.utility`` again on
-        the same files; returns once it was told to start. It must come back on the
-        same lnd node and libp2p addresses, where the devices redial it."""
+        """SIGKILL the utility (if it still runs) and start the product's utility again
+        on the same files; returns once it was told to start (as :meth:`restart`). It
+        must come back on the same lnd node and libp2p addresses, where the devices
+        redial it."""
         name = self.scenario.utility.name
         await self.utility.kill()
-        self.utility, up = await self._respawn("p2pgrid.utility", name)
+        self.utility, up = await self._respawn(self.programs[1], name)
         if up["pubkey"] != self.utility_pubkey:
             raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
         if up["addrs"] != self.utility_addrs:
             raise ProcessFailed(f"{name} came back elsewhere: {up['addrs']}")
-        await self.utility.send("start", at=self.at)
+        if self.send_start:
+            await self.utility.send("start", at=self.at)
 
     async def exited(self, name: str, timeout_s: float) -> int:
         """Wait until process ``name`` (a device or the utility) exits on its own;
@@ -356,32 +389,191 @@ async def _run(
         for name in list(devices):
             reports[name] = (await devices[name].expect("done"))["report"]
         invoices = (await utility.expect("done"))["invoices"]
-    digests = await _converged(scenario, utility, devices)
-    await utility.send("status")
-    status = (await utility.expect("status"))["invoices"]
-    result = RunResult(invoices, status, reports, digests, work_dir, dashboards)
+    sites = {site.name: [d.name for d in site.devices] for site in scenario.sites}
+    identities = {site.name: site.identity for site in scenario.sites}
+    return await _finish(
+        Ended(uname, sites, utility, devices, reports, invoices),
+        RunResult([], [], {}, {}, work_dir, dashboards, identities),
+        observer,
+    )
+
+
+#: From writing a deployment's files to its interval 0: every process starts and its
+#: hosts meet (on the loaded 2-core machine, 7 processes took ~48 s to be ready).
+START_LEAD_S = 10.0
+START_LEAD_PER_PROCESS_S = 8.0
+
+
+def start_after_lead(processes: int) -> dt.datetime:
+    """Interval 0 of a deployment of ``processes`` processes written now: once they
+    can all be up (:data:`START_LEAD_S` and :data:`START_LEAD_PER_PROCESS_S`)."""
+    lead_s = START_LEAD_S + START_LEAD_PER_PROCESS_S * processes
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)).replace(microsecond=0)
+
+
+#: ``p2pgrid`` before each command of a deployment's processes: INFO logs to stderr.
+CLI_PREFIX = ("-v",)
+#: After each command: it also reads the launcher's commands (digest, status, stop).
+CLI_CONTROL = ("--control",)
+
+
+async def lnd_nodes(stack: Stack, names: Sequence[str]) -> dict[str, LndNode]:
+    """The lnd of each of ``names`` on ``stack``: its REST endpoint and its pubkey."""
+    nodes = {}
+    for name in names:
+        async with stack.client(name) as client:
+            nodes[name] = LndNode(stack.endpoint(name), (await client.get_info()).pubkey)
+    return nodes
+
+
+def command_line(deployment: Deployment, name: str) -> list[str]:
+    """The ``p2pgrid`` arguments the launcher runs process ``name`` of ``deployment`` with."""
+    return [*CLI_PREFIX, *deployment.argv(name), *CLI_CONTROL]
+
+
+async def run_deployment(
+    deployment: Deployment,
+    *,
+    observer: RunObserver | None = None,
+    during: Disruption | None = None,
+    utility: UtilityCommand | None = None,
+    agents: Mapping[str, AgentCommand] | None = None,
+) -> RunResult:
+    """Run the processes of ``deployment`` the way an operator does, from its files:
+    ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
+    command a user runs, :func:`command_line`; each logs to ``<dir>/<name>.log``).
+    Interval 0 is the files' ``clock.start``: nothing is sent to start them. When
+    every process is done, the replicas' agreement and the invoices' state are
+    asked for as in :func:`run_scenario`, then every process is stopped.
+    ``during`` runs once every process is ready (see :class:`Running`; a restart
+    runs the product's command again); ``utility`` and ``agents`` (by device name):
+    test programs run in place of ``p2pgrid utility run`` / ``agent run`` on the same
+    files."""
+    children: list[ChildProcess] = []
+    programs: dict[str, UtilityCommand | AgentCommand] = dict(agents or {})
+    if utility is not None:
+        programs[deployment.utility] = utility
+    try:
+        return await _run_deployment(deployment, children, observer, during, programs)
+    finally:
+        async with asyncio.TaskGroup() as stops:
+            for child in children:
+                stops.create_task(child.stop())
+
+
+async def _run_deployment(
+    deployment: Deployment,
+    children: list[ChildProcess],
+    observer: RunObserver | None,
+    during: Disruption | None,
+    programs: Mapping[str, UtilityCommand | AgentCommand],
+) -> RunResult:
+    work_dir, uname = deployment.dir, deployment.utility
+
+    async def spawn(name: str) -> ChildProcess:
+        program = programs.get(name)
+        if program is None:
+            child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
+        else:  # the command's options after ``run``, then the program's own
+            args = deployment.argv(name)[2:]
+            child = await _spawn(program.module, name, [*args, *CLI_CONTROL, *program.args],
+                                 work_dir)  # fmt: skip
+        children.append(child)
+        return child
+
+    utility = await spawn(uname)
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        ready = await utility.expect("ready")  # its hosts listen: devices dial them
+    dashboards = {uname: str(ready.get("dashboard", ""))}
+    devices = {name: await spawn(name) for name in deployment.device_sites}
+    pubkeys = {}
+    for name, child in devices.items():
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            up = await child.expect("ready")
+        dashboards[name] = str(up.get("dashboard", ""))
+        pubkeys[name] = str(up["pubkey"])
+    late_s = time.time() - deployment.start.timestamp()
+    if late_s > 0:
+        log.warning("every process was up %.1f s after interval 0 began: intervals missed", late_s)
+    if observer is not None:
+        await observer.started(dashboards)
+    reports: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(max(0.0, -late_s) + deployment.run_s + SETTLE_MARGIN_S):
+        if during is not None:
+            running = Running(
+                load_scenario(deployment.scenario),
+                deployment.start.timestamp(),
+                work_dir,
+                devices,
+                children,
+                utility,
+                pubkeys,
+                {name: command_line(deployment, name) for name in deployment.names},
+                utility_pubkey=str(ready["pubkey"]),
+                utility_addrs=ready["addrs"],
+                programs=("p2pgrid", "p2pgrid"),
+                send_start=False,
+            )
+            await during(running)
+            utility = running.utility  # it may have been restarted
+        for name in list(devices):
+            reports[name] = (await devices[name].expect("done"))["report"]
+        invoices = (await utility.expect("done"))["invoices"]
+    sites: dict[str, list[str]] = {}
+    for device, site in deployment.device_sites.items():
+        sites.setdefault(site, []).append(device)
+    return await _finish(
+        Ended(uname, sites, utility, devices, reports, invoices),
+        RunResult([], [], {}, {}, work_dir, dashboards, dict(deployment.identities)),
+        observer,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A run whose processes are all done (and still serve their replicas)."""
+
+    utility_name: str
+    sites: dict[str, list[str]]  # site name -> its devices' names
+    utility: ChildProcess
+    devices: dict[str, ChildProcess]
+    reports: dict[str, dict[str, Any]]  # the devices' done reports
+    invoices: list[dict[str, Any]]  # the utility's done invoices
+
+
+async def _finish(ended: Ended, shell: RunResult, observer: RunObserver | None) -> RunResult:
+    """Wait until each site's replicas agree, ask the utility for its invoices'
+    state; ``shell`` gives the result's work dir, dashboards and sites."""
+    digests = await _converged(ended)
+    await ended.utility.send("status")
+    status = (await ended.utility.expect("status"))["invoices"]
+    result = dataclasses.replace(
+        shell,
+        utility_invoices=ended.invoices,
+        invoice_status=status,
+        reports=ended.reports,
+        digests=digests,
+    )
     if observer is not None:
         await observer.finished(result)
     return result
 
 
-async def _converged(
-    scenario: Scenario, utility: ChildProcess, devices: dict[str, ChildProcess]
-) -> dict[str, dict[str, str]]:
+async def _converged(ended: Ended) -> dict[str, dict[str, str]]:
     """Poll every replica's digest (external processes) until each site agrees."""
     latest: dict[str, dict[str, str]] = {}
 
     async def agree() -> dict[str, dict[str, str]] | None:
-        await utility.send("digest")
+        await ended.utility.send("digest")
         by_site = {
-            site: {f"{scenario.utility.name}/{site}": digest}
-            for site, digest in (await utility.expect("digest"))["digests"].items()
+            site: {f"{ended.utility_name}/{site}": digest}
+            for site, digest in (await ended.utility.expect("digest"))["digests"].items()
         }
-        for site in scenario.sites:
-            for device in site.devices:
-                await devices[device.name].send("digest")
-                got = await devices[device.name].expect("digest")
-                by_site[site.name][device.name] = got["digest"]
+        for site, names in ended.sites.items():
+            for name in names:
+                await ended.devices[name].send("digest")
+                got = await ended.devices[name].expect("digest")
+                by_site[site][name] = got["digest"]
         latest.clear()
         latest.update(by_site)
         return by_site if all(len(set(d.values())) == 1 for d in by_site.values()) else None

@@ -4,7 +4,8 @@ host, which also watches the owner's entries file while it runs and reads it aga
 SIGHUP: :mod:`p2pgrid.replication.entries_watch`). Both build one typed
 :class:`AgentSetup` (from the scenario and runtime files here, from the site file in
 :mod:`p2pgrid.config.setups`) and run :func:`run_device` on it; the deployed host's
-commands are one ``start`` at the file's ``clock.start``, then none.
+commands are one ``start`` at the file's ``clock.start``, then none (or, with
+``--control``, those on stdin but ``start``).
 
 It opens its lnd client, its payment intents (``<name>.intents.db``) and its
 node's parts (its own SQLite log, libp2p host and replica:

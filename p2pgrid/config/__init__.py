@@ -8,7 +8,15 @@ from p2pgrid.config.keys import (
     read_key,
     write_new_key,
 )
-from p2pgrid.config.setups import agent_setup, agent_start, start_once, utility_setup
+from p2pgrid.config.setups import (
+    agent_setup,
+    agent_start,
+    node_commands,
+    start_once,
+    start_then_stdin,
+    utility_setup,
+    utility_start,
+)
 
 __all__ = [
     "SiteFile",
@@ -17,9 +25,12 @@ __all__ = [
     "agent_start",
     "append_owner_entries",
     "make_key_dir",
+    "node_commands",
     "read_entries",
     "read_key",
     "start_once",
+    "start_then_stdin",
     "utility_setup",
+    "utility_start",
     "write_new_key",
 ]

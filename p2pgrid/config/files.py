@@ -10,7 +10,9 @@ The **site file** is the owner's description of one site, copied to every host
 of the site: the site (its owner's public key, budget, the owner's entries
 file), the clock, the tariff, the utility's keys, and one ``[[devices]]`` row per
 device with what its host needs to run it (key file, data directory, listen
-port, bootstrap peers, lnd). ``p2pgrid agent run --config site.toml --device
+port, bootstrap peers, lnd), and an ``[[other_sites]]`` row per other site of
+the same owner (its identity, a copy of its entries file, its devices' lnd
+nodes) whose devices may share with this site's. ``p2pgrid agent run --config site.toml --device
 NAME`` runs one row. The **utility file** is the utility's: its key and invoice
 secret files, data directory, lnd, and one ``[[sites]]`` row per site it serves.
 
@@ -19,7 +21,9 @@ are the calendar months of ``timezone`` (default UTC; period 0 is the month of
 ``start``), and no end: nodes run period after period until stopped. Giving
 ``intervals_per_period`` makes periods that many intervals long instead,
 counted from ``start``; a shorter ``interval_s`` compresses the clock (tests,
-trials); ``periods`` ends the run after that many periods.
+trials); ``periods`` ends the run after that many periods;
+``model_start_interval`` (trials) replays the meters from a chosen modelled
+interval instead of the one ``start`` falls in.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class ClockFileModel(_Strict):
     intervals_per_period: Count | None = None  # None: calendar months of `timezone`
     timezone: NonEmpty = "UTC"  # an IANA name, e.g. Europe/Berlin
     periods: Count | None = None  # None: until stopped
+    #: The modelled metering interval of interval 0 (a trial replaying a chosen
+    #: time of day); None: the interval ``start`` falls in.
+    model_start_interval: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _known_zone(self) -> Self:
@@ -119,6 +126,8 @@ class ClockFileModel(_Strict):
     def timing(self) -> Timing:
         start_ms = int(self.start.timestamp() * 1000)
         model_start = max(0, (start_ms - MODEL_EPOCH_MS) // (METER_INTERVAL_S * 1000))
+        if self.model_start_interval is not None:
+            model_start = self.model_start_interval
         if self.intervals_per_period is None:
             return Timing(LONGEST_MONTH_INTERVALS, self.interval_s, self.periods, model_start,
                           monthly_timezone=self.timezone)  # fmt: skip
@@ -136,6 +145,18 @@ class SiteSection(_Strict):
 class UtilityRef(_Strict):
     key: PubkeyHex  # the utility's key for the site (`p2pgrid utility init` printed it)
     lnd_pubkey: PubkeyHex  # the utility's lnd node: devices pay its invoices
+
+
+class OtherSiteModel(_Strict):
+    """Another site of the same owner: its devices and this site's may share
+    budget and surplus (the owner's topic); its entries file tells its members."""
+
+    name: NonEmpty
+    owner_pubkey: PubkeyHex
+    entries: NonEmpty  # a copy of that site's entries file
+    #: Its devices' lnd nodes by name (as its ``device_info`` entries name them):
+    #: where this site's devices pay them for shares and sales.
+    lnd_pubkeys: dict[NonEmpty, PubkeyHex] = Field(default_factory=dict)
 
 
 class SiteDeviceModel(DeviceModel):
@@ -156,12 +177,20 @@ class SiteFileModel(_Strict):
     utility: UtilityRef
     devices: Annotated[list[SiteDeviceModel], Field(min_length=1)]
     agent: AgentConfig = AgentConfig()  # the agents' tuning; every key has a default
+    other_sites: list[OtherSiteModel] = Field(default_factory=list)  # the owner's other sites
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         twice = devices_used_twice(list(self.devices))
         if twice:
             raise ValueError(twice)
+        names = Counter([self.site.name, *(s.name for s in self.other_sites)])
+        keys = Counter([self.site.owner_pubkey, *(s.owner_pubkey for s in self.other_sites)])
+        again = sorted(n for n, c in names.items() if c > 1) + sorted(
+            k for k, c in keys.items() if c > 1
+        )
+        if again:
+            raise ValueError(f"other_sites: a site named twice: {', '.join(again)}")
         return self
 
 

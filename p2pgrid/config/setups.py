@@ -9,13 +9,15 @@ checked here, before any daemon is contacted: a bad file is exit code 2.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-from p2pgrid.agent.process import AgentSetup
+from p2pgrid.agent.process import AgentSetup, PeerSite
 from p2pgrid.config.files import SiteFile, UtilityFile
 from p2pgrid.config.keys import read_entries, read_key
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role, SiteIdentity
+from p2pgrid.jsonlines import commands, emit
+from p2pgrid.ledger.activity import activity
 from p2pgrid.market import Party, Priority, SurplusPolicy
 from p2pgrid.provision import membership_of
 from p2pgrid.runtime import Runtime
@@ -39,6 +41,8 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             f"{site_file.resolve(row.key_file)} is not enrolled as device {row.index} in "
             f"{model.site.entries} (run `p2pgrid device add` on the owner's machine, copy both)"
         )
+    peer_sites, parties = _other_sites(site_file)
+    parties |= {d.name: Party(identity.site_id, d.index) for d in model.devices}
     return AgentSetup(
         site_name=model.site.name,
         identity=identity,
@@ -65,21 +69,49 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             mdns=row.mdns,
         ),
         provision=tuple(e.raw for e in entries),
-        parties={d.name: Party(identity.site_id, d.index) for d in model.devices},
+        peer_sites=peer_sites,
+        parties=parties,
         config=model.agent,
         entries_file=entries_file,
     )
 
 
+def _other_sites(site_file: SiteFile) -> tuple[tuple[PeerSite, ...], dict[str, Party]]:
+    """The owner's other sites of ``site_file`` (their entries files' members) and
+    their devices by the names their ``device_info`` entries give them."""
+    peer_sites: list[PeerSite] = []
+    parties: dict[str, Party] = {}
+    for number, row in enumerate(site_file.model.other_sites):
+        identity = SiteIdentity.from_hex(row.owner_pubkey)
+        entries = read_entries(site_file.resolve(row.entries), identity)
+        peer_sites.append(PeerSite(row.name, membership_of(identity, entries)))
+        named = {name: index for index, name in activity(entries).names.items()}
+        parties |= {name: Party(identity.site_id, index) for name, index in named.items()}
+        unknown = sorted(set(row.lnd_pubkeys) - set(named))
+        if unknown:
+            raise ConfigError(
+                f"{site_file.path.name}: other_sites[{number}].lnd_pubkeys: no device named "
+                f"{', '.join(unknown)} in {row.entries} (devices: {', '.join(sorted(named))})"
+            )
+    return tuple(peer_sites), parties
+
+
 def agent_start(site_file: SiteFile) -> Command:
     """The ``start`` an agent of this site runs on: interval 0 at the file's
-    ``clock.start``, the peers' lnd nodes where the file names them."""
+    ``clock.start``, the peers' lnd nodes where the file names them (this site's
+    devices, and the owner's other sites' ``lnd_pubkeys``)."""
     model = site_file.model
     return {
         "cmd": "start",
         "at": model.clock.start.timestamp(),
-        "nodes": {d.name: d.lnd_pubkey for d in model.devices if d.lnd_pubkey},
+        "nodes": {d.name: d.lnd_pubkey for d in model.devices if d.lnd_pubkey}
+        | {name: key for other in model.other_sites for name, key in other.lnd_pubkeys.items()},
     }
+
+
+def utility_start(utility_file: UtilityFile) -> Command:
+    """The ``start`` the utility runs on: interval 0 at the file's ``clock.start``."""
+    return {"cmd": "start", "at": utility_file.model.clock.start.timestamp()}
 
 
 def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
@@ -139,3 +171,28 @@ def start_once(start: Command) -> AsyncIterator[Command]:
         await asyncio.Event().wait()  # the service cancels this read when it stops
 
     return source()
+
+
+def start_then_stdin(
+    start: Command, more: Callable[[], AsyncIterator[Command]] = commands
+) -> AsyncIterator[Command]:
+    """``start``, then the commands a parent process writes on stdin (``more``: the
+    line protocol of :mod:`p2pgrid.jsonlines`: ``digest``, ``status``, ``stop``;
+    end of input stops the node): ``--control`` of ``agent run`` and ``utility
+    run``. The clock is the file's: a ``start`` there is refused (an ``error`` event)."""
+
+    async def source() -> AsyncIterator[Command]:
+        yield start
+        async for command in more():
+            if command["cmd"] == "start":
+                emit("error", message="start comes from the file's [clock], not from stdin")
+                continue
+            yield command
+
+    return source()
+
+
+def node_commands(start: Command, control: bool) -> AsyncIterator[Command]:
+    """The commands of a node run from files: :func:`start_then_stdin` with
+    ``--control``, else :func:`start_once`."""
+    return start_then_stdin(start) if control else start_once(start)

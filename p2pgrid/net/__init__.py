@@ -20,6 +20,7 @@ from p2pgrid.net.host import (
     NetStats,
     PeerHost,
     Subscription,
+    peer_id_of,
 )
 from p2pgrid.net.membership import Membership, Topic, owner_topic, site_topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, PeerRef, WireMessage
@@ -55,5 +56,6 @@ __all__ = [
     "WireMessage",
     "WrongKind",
     "owner_topic",
+    "peer_id_of",
     "site_topic",
 ]

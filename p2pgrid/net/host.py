@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from p2pgrid.errors import ConfigError, ReportableError, TimeoutExpired
@@ -59,8 +60,21 @@ REQUEST_TIMEOUT_S = 10.0
 BRIDGE_SLACK_S = 1.0
 #: How long ``stop`` lets pending publishes drain.
 DRAIN_TIMEOUT_S = 5.0
-#: Domain of the libp2p host key derived from the device key (stable peer id).
-HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v1"
+#: Domain of the libp2p host key derived from the member key (stable peer id).
+HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v2"
+
+
+def host_key_seed(signer: Signer, site: SiteIdentity) -> bytes:
+    """The seed of the Ed25519 libp2p host key of ``site``'s member whose key is
+    ``signer``. The site is in it: a utility serves several sites with one key, one
+    host each, and two hosts with one peer id would take each other's connections."""
+    return hashlib.sha256(HOST_KEY_DOMAIN + signer.secret + site.site_hash).digest()
+
+
+def peer_id_of(signer: Signer, site: SiteIdentity) -> str:
+    """The libp2p peer id of ``site``'s host speaking with ``signer``, known before
+    it starts: what a deployment writes into its peers' ``bootstrap`` addresses."""
+    return str(ID.from_pubkey(create_new_key_pair(host_key_seed(signer, site)).public_key))
 
 
 @dataclass(frozen=True)
@@ -242,10 +256,9 @@ class PeerHost:
         if self._bridge is None:
             self._bridge = TrioBridge()
             await self._bridge.start()
-        seed = hashlib.sha256(HOST_KEY_DOMAIN + self.device.signer.secret).digest()
         self._node = TrioNode(
             config=self.config,
-            host_key_seed=seed,
+            host_key_seed=host_key_seed(self.device.signer, self.device.site),
             topics=list(self.topics.values()),
             validator=self._validator,
             misbehaviour=self.misbehaviour,

@@ -4,8 +4,9 @@ For each chosen period of the site it prints the device table (names, not
 indexes) and writes ``<out>/<site>-p<N>.csv``, ``.json`` and ``.png`` (see
 :mod:`p2pgrid.reporting.data` and :mod:`p2pgrid.reporting.figures`). The log
 is read from one replica's SQLite file: by default the utility's copy in a
-demo's work directory. The command's logic lives here, apart from the
-argument parser, so it moves with it.
+demo's work directory, whose site files (``<site>.toml``) name the sites' keys.
+The command's logic lives here, apart from the argument parser, so it moves
+with it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from p2pgrid.config.files import SiteFile
 from p2pgrid.errors import ConfigError
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import LogStore, Membership
 from p2pgrid.report import report_table
 from p2pgrid.reporting.data import site_period, to_csv, to_json
@@ -56,29 +59,44 @@ def request_from(args: argparse.Namespace) -> ReportRequest:
     )
 
 
-async def run_report(console: Console, request: ReportRequest) -> list[Path]:
-    """Print and write the report; returns the files written."""
+def site_identities(request: ReportRequest) -> tuple[str, dict[str, SiteIdentity]]:
+    """The utility's name and each site's identity (its own first, then the owner's
+    other sites): from the site file ``<work_dir>/<site>.toml`` where the run was
+    deployed from files (the demo), else from the scenario's seeds."""
     scenario = load_scenario(request.scenario)
+    site_file = request.work_dir / f"{request.site}.toml"
+    if site_file.is_file():
+        model = SiteFile(site_file).model
+        sites = {model.site.name: SiteIdentity.from_hex(model.site.owner_pubkey)}
+        sites |= {o.name: SiteIdentity.from_hex(o.owner_pubkey) for o in model.other_sites}
+        return scenario.utility.name, sites
     site = next((s for s in scenario.sites if s.name == request.site), None)
     if site is None:
         names = ", ".join(s.name for s in scenario.sites)
         raise ConfigError(f"no site {request.site!r} in {request.scenario} (sites: {names})")
-    utility = scenario.utility.name
-    db = request.db or request.work_dir / utility / f"{utility}-{site.name}.db"
+    others = {s.name: s.identity for s in scenario.sites if s != site}
+    return scenario.utility.name, {site.name: site.identity} | others
+
+
+async def run_report(console: Console, request: ReportRequest) -> list[Path]:
+    """Print and write the report; returns the files written."""
+    utility, identities = site_identities(request)
+    site_name, identity = next(iter(identities.items()))
+    db = request.db or request.work_dir / utility / f"{utility}-{site_name}.db"
     if not db.is_file():
         raise ConfigError(f"no replica at {db}: run the demo first, or give --db")
-    async with await LogStore.open(db, site.identity, name=f"report/{site.name}") as store:
+    async with await LogStore.open(db, identity, name=f"report/{site_name}") as store:
         entries = await store.entries()
         membership = store.membership
     # The owner's other sites as the utility's replicas of them enrol their members
     # (to verify shares between sites); a site without a replica here is left out.
     peer_sites: dict[bytes, Membership] = {}
-    others = [s for s in scenario.sites if s != site]
-    for other in others:
-        path = request.work_dir / utility / f"{utility}-{other.name}.db"
+    others = {name: other for name, other in identities.items() if name != site_name}
+    for name, other in others.items():
+        path = request.work_dir / utility / f"{utility}-{name}.db"
         if path.is_file():
-            async with await LogStore.open(path, other.identity, name="report/peer") as peer:
-                peer_sites[other.identity.site_hash] = peer.membership
+            async with await LogStore.open(path, other, name="report/peer") as peer:
+                peer_sites[other.site_hash] = peer.membership
     logged = sorted({e.period for e in entries})
     periods = request.periods or tuple(logged)
     missing = sorted(set(periods) - set(logged))
@@ -91,15 +109,15 @@ async def run_report(console: Console, request: ReportRequest) -> list[Path]:
         data = site_period(
             entries,
             period,
-            site=site.name,
+            site=site_name,
             site_hash=membership.site_hash,
             peer_sites=peer_sites,
-            peer_names={s.identity.site_hash: s.name for s in others},
+            peer_names={other.site_hash: name for name, other in others.items()},
         )
         console.print(report_table(data.report))
         for f in data.findings:
             console.print(f"  [red]{f.name}[/]: {f.reason}")
-        stem = out / f"{site.name}-p{period}"
+        stem = out / f"{site_name}-p{period}"
         stem.with_suffix(".csv").write_text(to_csv(data))
         stem.with_suffix(".json").write_text(to_json(data))
         written += [stem.with_suffix(".csv"), stem.with_suffix(".json")]

@@ -4,20 +4,21 @@ A kill from outside lands where the clock happens to be; these land exactly in
 the window a test is about (the launcher then starts the product's program again
 on the same files, :meth:`p2pgrid.launcher.Running.restart`):
 
-``python -m p2pgrid.testing.crash --scenario S --runtime R --after-invoices SITE:PERIOD:N``
-    the utility process (:mod:`p2pgrid.utility.process`) whose invoicer of site
+``python -m p2pgrid.testing.crash --config utility.toml [--control] --after-invoices SITE:PERIOD:N``
+    ``p2pgrid utility run`` (the same setup from the same file) whose invoicer of site
     ``SITE`` creates its ``N``-th invoice of ``PERIOD`` on lnd and dies before
     that invoice is in its log (``N - 1`` are: mid-invoicing, with one invoice on
     lnd that no entry records).
 
-``python -m p2pgrid.testing.crash --scenario S --runtime R --name D --mid-payment KIND:PERIOD``
-    the device agent (:mod:`p2pgrid.agent.process`) that, on its first payment of
+``python -m p2pgrid.testing.crash -c site.toml --device D [--control] --mid-payment KIND:PERIOD``
+    ``p2pgrid agent run`` (the same setup from the same file) that, on its first payment of
     ``KIND`` (``invoice``, ``share``, ``sale``, ``site_share``) for ``PERIOD``,
     records its intent, hands the payment to lnd, waits until lnd lists it (in
     flight or done) and dies before anything is logged.
 
-The option says which process it is (the launcher appends it to the product's
-arguments: :class:`p2pgrid.launcher.UtilityCommand`, :class:`~p2pgrid.launcher.AgentCommand`).
+The option says which process it is (the launcher runs it in place of the
+product's command on the same file: :class:`p2pgrid.launcher.UtilityCommand`,
+:class:`~p2pgrid.launcher.AgentCommand`, :func:`~p2pgrid.launcher.run_deployment`).
 Nothing here is imported by the product.
 """
 
@@ -30,23 +31,30 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.paymaster import Paid, Paymaster
 from p2pgrid.agent.ports import Wallet
-from p2pgrid.agent.process import argument_parser as agent_arguments
-from p2pgrid.agent.process import run_from_files as run_agent_from_files
+from p2pgrid.agent.process import run_device
 from p2pgrid.agent.process import setup_logging as agent_logging
+from p2pgrid.config import (
+    SiteFile,
+    UtilityFile,
+    agent_setup,
+    agent_start,
+    node_commands,
+    utility_setup,
+    utility_start,
+)
 from p2pgrid.ledger import Body, Entry, Invoice, LogWriter
 from p2pgrid.lightning import DecodedInvoice, Payment
 from p2pgrid.lightning import Invoice as LnInvoice
 from p2pgrid.poll import wait_until
-from p2pgrid.scenario import load_scenario
 from p2pgrid.service import run_process
 from p2pgrid.utility import Invoicer
-from p2pgrid.utility.process import argument_parser as utility_arguments
-from p2pgrid.utility.process import run_from_files as run_utility_from_files
+from p2pgrid.utility.process import run_utility
 from p2pgrid.utility.process import setup_logging as utility_logging
 
 log = logging.getLogger(__name__)
@@ -197,26 +205,43 @@ def _pair(text: str) -> tuple[PurposeKind, int]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     program = "python -m p2pgrid.testing.crash"
-    if "--after-invoices" in args:
-        parser = utility_arguments(prog=program)
-        parser.add_argument("--after-invoices", type=_triple, required=True)
-        parsed = parser.parse_args(args)
+    parser = argparse.ArgumentParser(prog=program)
+    parser.add_argument("--config", "-c", type=Path, required=True, help="a site/utility file")
+    parser.add_argument("--device", help="the device of the site file (the agent)")
+    parser.add_argument("--control", action="store_true", help="as `... run --control`")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--after-invoices", type=_triple)
+    which.add_argument("--mid-payment", type=_pair)
+    parsed = parser.parse_args(args)
+    if parsed.after_invoices is not None:
         utility_logging()
-        site_ids = {s.name: s.identity.site_id for s in load_scenario(parsed.scenario).sites}
-        site, period, n = parsed.after_invoices
-        make = functools.partial(DyingInvoicer, at=(site_ids[site], period, n))
-        run_process(run_utility_from_files(parsed.scenario, parsed.runtime, make_invoicer=make))
-    elif "--mid-payment" in args:
-        parser = agent_arguments(prog=program)
-        parser.add_argument("--mid-payment", type=_pair, required=True)
-        parsed = parser.parse_args(args)
-        agent_logging()
-        pay = functools.partial(DyingPaymaster, at=parsed.mid_payment)
-        run_process(
-            run_agent_from_files(parsed.scenario, parsed.runtime, parsed.name, make_paymaster=pay)
-        )
+        run_process(_dying_utility(parsed.config, parsed.control, parsed.after_invoices))
+    elif parsed.device is None:
+        parser.error("--mid-payment needs --device")
     else:
-        sys.exit(f"usage: {program} (--after-invoices ... | --mid-payment ...) (see its docstring)")
+        agent_logging()
+        run_process(_dying_agent(parsed.config, parsed.device, parsed.control, parsed.mid_payment))
+
+
+async def _dying_utility(config: Path, control: bool, at: tuple[str, int, int]) -> None:
+    """``p2pgrid utility run --config CONFIG`` whose invoicer dies ``at`` (SITE:PERIOD:N)."""
+    utility_file = UtilityFile(config)
+    setup = utility_setup(utility_file)
+    site_ids = {s.name: s.identity.site_id for s in setup.sites}
+    site, period, n = at
+    make = functools.partial(DyingInvoicer, at=(site_ids[site], period, n))
+    start = utility_start(utility_file)
+    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, control))
+
+
+async def _dying_agent(
+    config: Path, device: str, control: bool, at: tuple[PurposeKind, int]
+) -> None:
+    """``p2pgrid agent run --config CONFIG --device DEVICE`` dying mid-payment ``at``."""
+    site_file = SiteFile(config)
+    setup, start = agent_setup(site_file, device), agent_start(site_file)
+    pay = functools.partial(DyingPaymaster, at=at)
+    await run_device(setup, lambda: node_commands(start, control), make_paymaster=pay)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """A utility process that bills chosen invoices above the log, for end-to-end tests.
 
-``python -m p2pgrid.testing.overcharge --scenario S --runtime R --overcharge
-SITE:DEVICE:PERIOD:PCT`` is the utility process (:mod:`p2pgrid.utility.process`)
-with :class:`OverchargingInvoicer`: the invoice of ``DEVICE`` of site ``SITE``
-for ``PERIOD`` asks ``PCT`` percent more than the log's bill, so a test sees
-the agent recompute the bill, dispute the invoice and pay nothing. The launcher
-starts it through :class:`p2pgrid.launcher.UtilityCommand`.
+``python -m p2pgrid.testing.overcharge --config utility.toml [--control]
+--overcharge SITE:DEVICE:PERIOD:PCT`` is ``p2pgrid utility run`` (the same
+setup from the same file, :mod:`p2pgrid.config.setups`, and the same
+:func:`p2pgrid.utility.process.run_utility`) with :class:`OverchargingInvoicer`:
+the invoice of ``DEVICE`` of site ``SITE`` for ``PERIOD`` asks ``PCT`` percent
+more than the log's bill, so a test sees the agent recompute the bill, dispute
+the invoice and pay nothing. The launcher starts it through
+:class:`p2pgrid.launcher.UtilityCommand`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from p2pgrid.billing import Bill
+from p2pgrid.config import UtilityFile, node_commands, utility_setup, utility_start
 from p2pgrid.ledger import Entry
-from p2pgrid.scenario import load_scenario
 from p2pgrid.service import run_process
 from p2pgrid.utility import Invoicer
-from p2pgrid.utility.process import argument_parser, run_from_files, setup_logging
+from p2pgrid.utility.process import run_utility, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +59,26 @@ def overcharge_arg(text: str) -> tuple[str, int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argument_parser(prog="python -m p2pgrid.testing.overcharge")
+    parser = argparse.ArgumentParser(prog="python -m p2pgrid.testing.overcharge")
+    parser.add_argument("--config", type=Path, required=True, help="the utility file")
+    parser.add_argument("--control", action="store_true", help="as `utility run --control`")
     parser.add_argument("--overcharge", type=overcharge_arg, action="append", default=[])
     args = parser.parse_args(argv)
     setup_logging()
-    site_ids = {s.name: s.identity.site_id for s in load_scenario(args.scenario).sites}
-    overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in args.overcharge}
+    run_process(run_overcharging(args.config, args.control, args.overcharge))
+
+
+async def run_overcharging(
+    config: Path, control: bool, overcharges: list[tuple[str, int, int, int]]
+) -> None:
+    """``p2pgrid utility run --config CONFIG``, billing ``overcharges`` above the log."""
+    utility_file = UtilityFile(config)
+    setup = utility_setup(utility_file)
+    site_ids = {s.name: s.identity.site_id for s in setup.sites}
+    overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in overcharges}
     make = functools.partial(OverchargingInvoicer, overcharge=overcharge)
-    run_process(run_from_files(args.scenario, args.runtime, make_invoicer=make))
+    start = utility_start(utility_file)
+    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, control))
 
 
 if __name__ == "__main__":

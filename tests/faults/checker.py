@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from p2pgrid.demo import check_money
+from p2pgrid.identity import SiteIdentity
 from p2pgrid.launcher import RunResult
 from p2pgrid.ledger import Author, Dispute, Entry, Invoice, LogStore, MeterReading, Payment, bill
 from p2pgrid.lightning import InvoiceState, PaymentStatus
@@ -63,18 +65,23 @@ def replica_paths(scenario: Scenario, work_dir: Path, site_name: str) -> dict[st
     return paths
 
 
-async def read_replica(scenario: Scenario, site_name: str, path: Path) -> tuple[bytes, list[Entry]]:
-    """The digest and entries of one replica file of a site."""
+async def read_replica(
+    scenario: Scenario, site_name: str, path: Path, identity: SiteIdentity | None = None
+) -> tuple[bytes, list[Entry]]:
+    """The digest and entries of one replica file of a site (``identity``: the site's
+    key where the run was deployed from files with fresh keys, else the scenario's)."""
     site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, site.identity, name=f"check-{path.stem}")
+    store = await LogStore.open(path, identity or site.identity, name=f"check-{path.stem}")
     try:
         return store.digest(), await store.entries()
     finally:
         await store.close()
 
 
-async def replica_entries(scenario: Scenario, site_name: str, path: Path) -> list[Entry]:
-    return (await read_replica(scenario, site_name, path))[1]
+async def replica_entries(
+    scenario: Scenario, site_name: str, path: Path, identity: SiteIdentity | None = None
+) -> list[Entry]:
+    return (await read_replica(scenario, site_name, path, identity))[1]
 
 
 async def utility_log(scenario: Scenario, work_dir: Path, site_name: str) -> list[Entry]:
@@ -84,9 +91,15 @@ async def utility_log(scenario: Scenario, work_dir: Path, site_name: str) -> lis
 
 
 async def check_trial(
-    scenario: Scenario, stack: Stack, work_dir: Path, before: dict[str, NodeSnapshot]
+    scenario: Scenario,
+    stack: Stack,
+    work_dir: Path,
+    before: dict[str, NodeSnapshot],
+    sites: Mapping[str, SiteIdentity] | None = None,
 ) -> Verdict:
-    """Everything the trial left behind; ``before``: every node before the run."""
+    """Everything the trial left behind; ``before``: every node before the run;
+    ``sites``: each site's key if not the scenario's (:attr:`RunResult.sites`)."""
+    sites = sites or {}
     verdict = Verdict()
     left = processes_under(work_dir)
     if left:
@@ -116,7 +129,7 @@ async def check_trial(
             if not path.exists():
                 verdict.problem(f"{site.name}: replica {name} missing ({path})")
                 continue
-            digests[name], got = await read_replica(scenario, site.name, path)
+            digests[name], got = await read_replica(scenario, site.name, path, sites.get(site.name))
             for e in got:  # the union of the replicas: what any of them holds
                 union[(e.author, e.seq)] = e
         if len(set(digests.values())) > 1:
@@ -160,7 +173,8 @@ async def check_trial(
                     )
                 elif payments[h] > 1:
                     verdict.problem(f"{where}: invoice {h.hex()[:12]} logged paid {payments[h]}x")
-    money = await check_money(scenario, stack, RunResult([], [], {}, {}, work_dir), before)
+    run = RunResult([], [], {}, {}, work_dir, sites=dict(sites))
+    money = await check_money(scenario, stack, run, before)
     verdict.unreconciled = len(money.problems)
     for problem in money.problems:
         verdict.problem(f"reconciliation: {problem}")

@@ -46,6 +46,20 @@ def scenario_secrets(scenario: Scenario) -> list[Needle]:
     return needles
 
 
+def deployment_secrets(keys: Path) -> list[Needle]:
+    """Every key file under ``keys`` (a deployment's: owner, devices, the utility's
+    key and invoice secret), in raw and hex forms."""
+    needles: list[Needle] = []
+    for path in sorted(keys.rglob("*")):
+        if path.is_file():
+            secret = bytes.fromhex(path.read_text().strip())
+            needles += [
+                Needle(f"{path.name} (raw)", secret),
+                Needle(f"{path.name} (hex)", secret.hex().encode()),
+            ]
+    return needles
+
+
 def macaroon_secrets(macaroons: Iterable[Path]) -> list[Needle]:
     needles = []
     for path in macaroons:

@@ -1,7 +1,9 @@
 """The mission end to end: one utility, two sites of one owner with three devices
 each, two billing periods; every agent and the utility a separate OS process,
 talking only through libp2p and Lightning, each with its own lnd on one regtest
-chain and its own SQLite log.
+chain and its own SQLite log. The scenario is deployed as files with fresh keys
+and run as the demo runs it (:func:`p2pgrid.launcher.run_deployment`): ``p2pgrid
+agent run`` per device, the utility from the same ``utility.toml``.
 
 Asserts that shares, carry-overs and curtailments happen and are in every
 replica; that every invoice is paid exactly once over Lightning except the one
@@ -18,12 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import RunResult, UtilityCommand, run_scenario
+from p2pgrid.config.deployment import write_deployment
+from p2pgrid.demo import check_money, site_entries, snapshots
+from p2pgrid.launcher import (
+    RunResult,
+    UtilityCommand,
+    lnd_nodes,
+    run_deployment,
+    start_after_lead,
+)
 from p2pgrid.ledger import (
     CarryOver,
     Curtailment,
     Dispute,
+    Entry,
     Invoice,
     Payment,
     Sale,
@@ -38,9 +48,14 @@ from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.faults.checker import utility_log
 from tests.regtest.conftest import TEST_ROOT
-from tests.regtest.key_material import files_under, macaroon_secrets, scan, scenario_secrets
+from tests.regtest.key_material import (
+    deployment_secrets,
+    files_under,
+    macaroon_secrets,
+    scan,
+    scenario_secrets,
+)
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 OVERCHARGED = ("store-1", 0, 1)  # the fridge's invoice of period 1: it always imports
@@ -49,6 +64,11 @@ OVERCHARGING_UTILITY = UtilityCommand(
     module="p2pgrid.testing.overcharge",
     args=("--overcharge", "{}:{}:{}:10".format(*OVERCHARGED)),
 )
+
+
+async def utility_log(scenario: Scenario, result: RunResult, site: str) -> list[Entry]:
+    """The utility's replica of ``site`` (its key: the deployment's, fresh)."""
+    return (await site_entries(scenario, result))[result.sites[site].site_hash]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +85,13 @@ async def run(
     await stack.up()
     try:
         before = await snapshots(scenario, stack)
-        result = await run_scenario(
-            scenario, SCENARIO, stack, tmp / "run", utility=OVERCHARGING_UTILITY
+        deployment = write_deployment(
+            SCENARIO,
+            tmp / "run",
+            await lnd_nodes(stack, scenario.lnd_nodes),
+            start=start_after_lead(len(scenario.lnd_nodes)),
         )
+        result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY)
         yield scenario, stack, result, before
     finally:
         await stack.down()
@@ -86,7 +110,7 @@ async def test_shares_carry_overs_and_curtailments_are_logged(
 ) -> None:
     scenario, _, result, _ = run
     for site in scenario.sites:
-        entries = await utility_log(scenario, result.work_dir, site.name)
+        entries = await utility_log(scenario, result, site.name)
         kinds = {type(e.body) for e in entries}
         assert {Share, CarryOver, Curtailment} <= kinds, (site.name, kinds)
         producers = [d for d in site.devices if d.meter.kind == "solar"]
@@ -100,7 +124,7 @@ async def test_shares_carry_overs_and_curtailments_are_logged(
     # Network to network: a device of one store got budget from the other store.
     site_shares = {}
     for site in scenario.sites:
-        entries = await utility_log(scenario, result.work_dir, site.name)
+        entries = await utility_log(scenario, result, site.name)
         site_shares[site.name] = (
             [e for e in entries if isinstance(e.body, SiteShare)],
             [e for e in entries if isinstance(e.body, SiteShareIn)],
@@ -121,7 +145,7 @@ async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
     status = {(s["site"], s["device"], s["period"]): s for s in result.invoice_status}
     owing = set()  # (site, device, period) with grid energy to pay for, by the log
     for site in scenario.sites:
-        entries = await utility_log(scenario, result.work_dir, site.name)
+        entries = await utility_log(scenario, result, site.name)
         for d in site.devices:
             for p in range(scenario.periods):
                 if bill(entries, device=d.index, period=p, tariff=scenario.tariff).amount_msat:
@@ -138,7 +162,7 @@ async def test_each_invoice_is_paid_once_and_the_wrong_one_disputed(
             states = result.reports[d.name]["period_states"]
             assert states == {str(p): "settled" for p in range(scenario.periods)}, d.name
     for site in scenario.sites:
-        entries = await utility_log(scenario, result.work_dir, site.name)
+        entries = await utility_log(scenario, result, site.name)
         invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
         payments = [e.body for e in entries if isinstance(e.body, Payment)]
         assert len({p.payment_hash for p in payments}) == len(payments)  # never twice
@@ -175,10 +199,16 @@ async def test_lnd_and_the_log_agree_to_the_msat(
 async def test_no_key_material_in_any_file_of_the_run(
     run: tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]],
 ) -> None:
-    """Seeds, keys and macaroons never reach a log, a report or a runtime file."""
+    """Keys and macaroons never reach a log, a report, a database or a deployment
+    file but their own key files."""
     scenario, stack, result, _ = run
     macaroons = [stack.endpoint(name).macaroon for name in scenario.lnd_nodes]
-    needles = scenario_secrets(scenario) + macaroon_secrets(macaroons)
-    files = files_under(result.work_dir) + files_under(stack.config.dir, logs_only=True)
+    keys = result.work_dir / "keys"
+    needles = deployment_secrets(keys) + scenario_secrets(scenario) + macaroon_secrets(macaroons)
+    assert len(deployment_secrets(keys)) == 2 * (
+        2 + len(scenario.sites) + len(scenario.lnd_nodes) - 1
+    )
+    files = [f for f in files_under(result.work_dir) if keys not in f.parents]
+    files += files_under(stack.config.dir, logs_only=True)
     assert any(f.suffix == ".log" for f in files)
     assert scan(files, needles) == []

@@ -1,6 +1,8 @@
 """Agents killed with SIGKILL and started again on the same files, mid-run.
 
-The two-site scenario runs on its own regtest stack; while it runs, the fridge
+The two-site scenario, deployed as files and run by ``p2pgrid utility run`` and
+``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`, as the demo does),
+runs on its own regtest stack; while it runs, the fridge
 of store 1 is killed mid-period 0 and started again (it misses the intervals
 that pass while it is down), and the hvac of store 2 is killed right after the
 utility issued its invoice of period 0 and started again (it pays that invoice
@@ -20,16 +22,16 @@ from typing import Any
 
 import pytest
 
+from p2pgrid.config.deployment import write_deployment
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import Running, RunResult, run_scenario
-from p2pgrid.ledger import Invoice, MeterReading, Payment
+from p2pgrid.launcher import Running, RunResult, lnd_nodes, run_deployment, start_after_lead
+from p2pgrid.ledger import Entry, Invoice, LogStore, MeterReading, Payment
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.poll import wait_until
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.faults.checker import replica_entries
 from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -65,13 +67,25 @@ async def run(
     await stack.up()
     try:
         before = await snapshots(scenario, stack)
-        result = await run_scenario(scenario, SCENARIO, stack, tmp / "run", during=_disrupt)
+        deployment = write_deployment(
+            SCENARIO,
+            tmp / "run",
+            await lnd_nodes(stack, scenario.lnd_nodes),
+            start=start_after_lead(len(scenario.lnd_nodes)),
+        )
+        result = await run_deployment(deployment, during=_disrupt)
         yield scenario, stack, result, before
     finally:
         await stack.down()
 
 
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
+
+
+async def replica_entries(result: RunResult, site: str, path: Path) -> list[Entry]:
+    """The entries of one replica of ``site`` (its key: the deployment's, fresh)."""
+    async with await LogStore.open(path, result.sites[site], name=f"check-{path.stem}") as store:
+        return await store.entries()
 
 
 async def test_restarted_agents_rejoin_and_replicas_agree(run: Run) -> None:
@@ -97,7 +111,7 @@ async def test_no_interval_is_read_twice_in_any_replica(run: Run) -> None:
             result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
         )
         for path in paths:
-            entries = await replica_entries(scenario, site.name, path)
+            entries = await replica_entries(result, site.name, path)
             reads = Counter(
                 (e.author, e.body.interval_start_ms)
                 for e in entries
@@ -127,7 +141,7 @@ async def test_every_invoice_is_paid_once_and_every_period_settled(run: Run) -> 
             assert invoice.amt_paid_msat == s["amount_msat"]
     for site_ in scenario.sites:
         path = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site_.name}.db"
-        entries = await replica_entries(scenario, site_.name, path)
+        entries = await replica_entries(result, site_.name, path)
         invoices = {e.body.payment_hash for e in entries if isinstance(e.body, Invoice)}
         paid = [e.body.payment_hash for e in entries if isinstance(e.body, Payment)]
         assert len(paid) == len(set(paid))  # never twice

@@ -1,8 +1,9 @@
 """The utility and agents killed with SIGKILL midway through invoicing and paying.
 
-One run of the two-site scenario on its own regtest stack, four kills, each
-followed by a start of the product's program on the same files
-(:class:`p2pgrid.launcher.Running`):
+One run of the two-site scenario on its own regtest stack, deployed as files
+and run by ``p2pgrid utility run`` / ``agent run`` (the crashing processes:
+:mod:`p2pgrid.testing.crash` on the same files), four kills, each followed by a
+start of the product's command on the same files (:class:`p2pgrid.launcher.Running`):
 
 - the utility dies mid-invoicing of period 0: store 1's second invoice is on
   its lnd, not in its log (the first one is); :mod:`p2pgrid.testing.crash` kills
@@ -41,8 +42,17 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.billing import invoice_memo
+from p2pgrid.config.deployment import write_deployment
 from p2pgrid.demo import snapshots
-from p2pgrid.launcher import AgentCommand, Running, RunResult, UtilityCommand, run_scenario
+from p2pgrid.launcher import (
+    AgentCommand,
+    Running,
+    RunResult,
+    UtilityCommand,
+    lnd_nodes,
+    run_deployment,
+    start_after_lead,
+)
 from p2pgrid.ledger import Budget, Invoice, Payment, Role, Share, SiteShare
 from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState, PaymentStatus
@@ -109,11 +119,14 @@ async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> Asy
     site, period, n = MID_INVOICING
     try:
         before = await snapshots(scenario, stack)
-        result = await run_scenario(
-            scenario,
+        deployment = write_deployment(
             path,
-            stack,
             tmp / "run",
+            await lnd_nodes(stack, scenario.lnd_nodes),
+            start=start_after_lead(len(scenario.lnd_nodes)),
+        )
+        result = await run_deployment(
+            deployment,
             utility=UtilityCommand(CRASH, ("--after-invoices", f"{site}:{period}:{n}")),
             agents={
                 name: AgentCommand(CRASH, ("--mid-payment", f"{kind}:{p}"))
@@ -150,7 +163,7 @@ async def test_each_process_died_where_it_was_meant_to(run: Run) -> None:
 
 async def test_the_checker_finds_nothing_wrong(run: Run) -> None:
     scenario, stack, result, before, _ = run
-    verdict = await check_trial(scenario, stack, result.work_dir, before)
+    verdict = await check_trial(scenario, stack, result.work_dir, before, result.sites)
     assert verdict.ok, "\n".join(verdict.problems)
     for site in scenario.sites:
         digests = result.digests[site.name]
@@ -165,7 +178,7 @@ async def test_no_invoice_or_budget_is_issued_twice(run: Run) -> None:
     logged: dict[str, bytes] = {}  # memo -> payment hash
     for site in scenario.sites:
         for name, path in replica_paths(scenario, result.work_dir, site.name).items():
-            entries = await replica_entries(scenario, site.name, path)
+            entries = await replica_entries(scenario, site.name, path, result.identity(site))
             budgets = Counter(
                 e.period
                 for e in entries
@@ -179,9 +192,8 @@ async def test_no_invoice_or_budget_is_issued_twice(run: Run) -> None:
             assert max(invoices.values()) == 1, (name, invoices)
             for e in entries:
                 if isinstance(e.body, Invoice):
-                    logged[invoice_memo(site.identity.site_id, e.body.device, e.period)] = (
-                        e.body.payment_hash
-                    )
+                    site_id = result.identity(site).site_id
+                    logged[invoice_memo(site_id, e.body.device, e.period)] = e.body.payment_hash
     assert len(result.utility_invoices) == len(logged)  # its done line lists them all
     old = {i.payment_hash for i in before[scenario.utility.name].invoices}
     async with stack.client(scenario.utility.name) as utility:
@@ -199,7 +211,8 @@ async def test_payments_in_flight_at_the_kills_are_logged_once(run: Run) -> None
     for name, kind, period in (MID_SHARE, MID_INVOICE_PAYMENT):
         prefix = _died_paying(result, name)
         site, device = scenario.site_of(name)
-        entries = await replica_entries(scenario, site.name, result.work_dir / name / f"{name}.db")
+        db = result.work_dir / name / f"{name}.db"
+        entries = await replica_entries(scenario, site.name, db, result.identity(site))
         hashes = []
         for e in entries:
             if e.author.role is not Role.DEVICE or e.author.index != device.index:

@@ -1,0 +1,203 @@
+"""A scenario as deployment files (:mod:`p2pgrid.config.deployment`): the files
+validate and build the setups the scenario describes, with fresh keys, fixed ports
+and bootstrap addresses; the TOML reads back as it was written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pgrid.billing import split_budget
+from p2pgrid.config import (
+    SiteFile,
+    UtilityFile,
+    agent_setup,
+    agent_start,
+    read_key,
+    start_then_stdin,
+    utility_setup,
+)
+from p2pgrid.config.deployment import Deployment, LndNode, write_deployment, write_toml
+from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Signer
+from p2pgrid.ledger import Allocation, decode_entry
+from p2pgrid.lightning.lnd import LndEndpoint
+from p2pgrid.net import peer_id_of
+from p2pgrid.scenario import Scenario, load_scenario
+from p2pgrid.service import Command
+
+SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+START = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def fake_lnd(scenario: Scenario) -> dict[str, LndNode]:
+    """An lnd per process (nothing dials them here): a port and a fresh node key."""
+    return {
+        name: LndNode(
+            LndEndpoint(
+                name,
+                "127.0.0.1",
+                10_000 + i,
+                Path(f"/lnd/{name}/tls.cert"),
+                Path(f"/lnd/{name}/admin.macaroon"),
+            ),
+            Signer.generate().pubkey.hex(),
+        )
+        for i, name in enumerate(scenario.lnd_nodes)
+    }
+
+
+def deploy(scenario: Scenario, dir: Path, lnd: dict[str, LndNode]) -> Deployment:
+    ports = iter(range(20_000, 21_000))
+    return write_deployment(SCENARIO, dir, lnd, start=START, port=lambda _: next(ports))
+
+
+def test_the_utility_file_builds_the_scenario_s_utility(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    lnd = fake_lnd(scenario)
+    d = deploy(scenario, tmp_path, lnd)
+    utility = utility_setup(UtilityFile(d.utility_file))
+    assert utility.name == scenario.utility.name
+    assert (utility.timing, utility.tariff) == (scenario.timing, scenario.tariff)
+    assert utility.readings_wait_s == scenario.utility.readings_wait_s
+    assert utility.runtime.lnd == lnd[scenario.utility.name].endpoint
+    assert utility.runtime.data_dir == (tmp_path / scenario.utility.name).resolve()
+    for site, served in zip(scenario.sites, utility.sites, strict=True):
+        assert d.identities[site.name] != site.identity  # a fresh key, not the seed's
+        assert served.identity == d.identities[site.name]
+        assert served.budget_msat == site.budget_msat
+        assert served.devices == tuple(dev.index for dev in site.devices)
+        assert served.listen_port > 0
+        # `site allocate` for every period: the budget split by weight, to the msat.
+        entries = [decode_entry(raw, served.identity.site_hash) for raw in served.provision]
+        split = split_budget(site.budget_msat, {dev.index: dev.weight for dev in site.devices})
+        assert {
+            (e.period, e.body.device): e.body.amount_msat
+            for e in entries
+            if isinstance(e.body, Allocation)
+        } == {
+            (p, i): amount for p in range(scenario.periods) for i, amount in split.items() if amount
+        }
+
+
+def test_each_site_file_builds_its_devices_of_the_scenario(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    lnd = fake_lnd(scenario)
+    d = deploy(scenario, tmp_path, lnd)
+    utility = utility_setup(UtilityFile(d.utility_file))
+    utility_key = read_key(tmp_path / "keys" / "utility" / "utility.key")
+    every_device = {dev.name: lnd[dev.name].pubkey for s in scenario.sites for dev in s.devices}
+    addresses: list[str] = []  # every device's own, in the scenario's order
+    for site, served in zip(scenario.sites, utility.sites, strict=True):
+        site_file = SiteFile(d.site_files[site.name])
+        start = agent_start(site_file)
+        assert start["at"] == START.timestamp()
+        assert start["nodes"] == every_device  # the owner's other sites' devices too
+        for device in site.devices:
+            setup = agent_setup(site_file, device.name)
+            row = site_file.device(device.name)
+            assert setup.device == device
+            assert setup.identity == d.identities[site.name]
+            assert setup.timing == scenario.timing
+            assert setup.runtime.lnd == lnd[device.name].endpoint
+            assert setup.runtime.utility_pubkey == lnd[scenario.utility.name].pubkey
+            assert [p.name for p in setup.peer_sites] == [
+                s.name for s in scenario.sites if s != site
+            ]
+            assert setup.parties.keys() == every_device.keys()
+            utility_peer = peer_id_of(utility_key, served.identity)
+            at_utility = f"/ip4/127.0.0.1/tcp/{served.listen_port}/p2p/{utility_peer}"
+            assert list(setup.runtime.bootstrap) == [at_utility, *addresses[-4:]]
+            assert setup.runtime.listen_port == row.listen_port > 0
+            own = peer_id_of(setup.signer, setup.identity)
+            addresses.append(f"/ip4/127.0.0.1/tcp/{row.listen_port}/p2p/{own}")
+    # The utility speaks for every site with one key, yet each site's host has its
+    # own peer id: two hosts with one id would take each other's connections.
+    assert len({peer_id_of(utility_key, s.identity) for s in utility.sites}) == 2
+    assert d.argv("s2-solar") == [
+        "agent", "run", "--config", str(d.site_files["store-2"]), "--device", "s2-solar",
+    ]  # fmt: skip
+
+
+def test_every_deployment_has_its_own_keys_and_is_written_once(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    lnd = fake_lnd(scenario)
+    one = deploy(scenario, tmp_path / "one", lnd)
+    two = deploy(scenario, tmp_path / "two", lnd)
+    assert not set(one.identities.values()) & set(two.identities.values())
+    before = {p: p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="holds a deployment already"):
+        deploy(scenario, tmp_path / "one", lnd)
+    assert {p: p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match="no lnd node for utility"):
+        write_deployment(
+            SCENARIO,
+            tmp_path / "three",
+            {k: v for k, v in lnd.items() if k != "utility"},
+            start=START,
+        )
+
+
+def test_the_written_files_read_back_as_written(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario))
+    for path in (d.utility_file, *d.site_files.values()):
+        copy = tmp_path / f"copy-{path.name}"
+        write_toml(copy, tomllib.loads(path.read_text()))
+        assert copy.read_text() == path.read_text()
+
+
+text = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@given(
+    st.dictionaries(
+        text,
+        st.one_of(
+            text, st.integers(-(2**63), 2**63 - 1), st.booleans(), st.lists(text, max_size=3)
+        ),
+        max_size=5,
+    ),
+    st.dictionaries(text, text, max_size=3),
+)
+def test_any_table_of_strings_and_numbers_reads_back(
+    table: dict[str, object], inline: dict[str, str]
+) -> None:
+    doc = {"t": {**table, "inline": inline}, "rows": [table, table]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.toml"
+        write_toml(path, doc)
+        assert tomllib.loads(path.read_text()) == doc
+
+
+def test_another_site_s_device_unknown_to_its_entries_is_refused(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario))
+    path = d.site_files["store-1"]
+    path.write_text(path.read_text().replace("lnd_pubkeys = { s2-solar", "lnd_pubkeys = { s9-x"))
+    with pytest.raises(ConfigError, match=r"other_sites\[0\]\.lnd_pubkeys: no device named s9-x"):
+        agent_setup(SiteFile(path), "s1-fridge")
+    path.write_text(path.read_text().replace('name = "store-2"', 'name = "store-1"'))
+    with pytest.raises(ConfigError, match="a site named twice: store-1"):
+        SiteFile(path)
+
+
+async def test_control_reads_stdin_after_the_file_s_start_and_refuses_another_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def stdin() -> AsyncIterator[Command]:
+        for cmd in ("digest", "start", "status", "stop"):
+            yield {"cmd": cmd, "at": 1.0}
+
+    start = {"cmd": "start", "at": START.timestamp()}
+    got = [c async for c in start_then_stdin(start, stdin)]
+    assert got == [start, {"cmd": "digest", "at": 1.0}, {"cmd": "status", "at": 1.0},
+                   {"cmd": "stop", "at": 1.0}]  # fmt: skip
+    assert '"event": "error"' in capsys.readouterr().out
