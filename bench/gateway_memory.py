@@ -17,8 +17,9 @@ device, before trading. Every device bootstraps from device 0 (a fixed port), so
 both layouts form the same network of N peers. Once every device printed its
 ``ready`` line, RSS (``VmRSS`` of ``/proc/PID/status``) is sampled every second
 for ``--observe`` seconds (peers connecting, anti-entropy rounds); the table
-shows the last sample and the highest, summed over the layout's processes, and
-the ratio processes / gateway of the last samples.
+shows the last sample, summed over the layout's processes, per device, the
+ratio processes / gateway, and the CPU the layout used while idle meanwhile
+(gossipsub heartbeats, anti-entropy rounds; % of one core, ``/proc/PID/stat``).
 
 Usage: .venv/bin/python bench/gateway_memory.py [--sizes 1 5 10 20] [--observe 15]
 """
@@ -177,17 +178,25 @@ class Agents:
         self.procs = []
 
 
-async def observe(pids: list[int], seconds: float) -> tuple[float, float]:
-    """The summed RSS of ``pids`` (MB) at the end of ``seconds``, and the highest seen."""
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) ``pid`` used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def observe(pids: list[int], seconds: float) -> tuple[float, float, float]:
+    """The summed RSS of ``pids`` (MB) at the end of ``seconds``, the highest seen,
+    and their CPU meanwhile (% of one core)."""
     last, peak = 0, 0
-    end = time.monotonic() + seconds
+    start, cpu0 = time.monotonic(), sum(cpu_s(pid) for pid in pids)
     while True:
         last = sum(rss_kb(pid) for pid in pids)
         peak = max(peak, last)
-        if time.monotonic() >= end:
+        if time.monotonic() >= start + seconds:
             break
         await asyncio.sleep(1.0)  # a sampling period, not a synchronisation
-    return last / 1024, peak / 1024
+    cpu = 100 * (sum(cpu_s(pid) for pid in pids) - cpu0) / (time.monotonic() - start)
+    return last / 1024, peak / 1024, cpu
 
 
 async def measure(site: Path, log_dir: Path, size: int, observe_s: float) -> dict[str, float]:
@@ -197,14 +206,14 @@ async def measure(site: Path, log_dir: Path, size: int, observe_s: float) -> dic
         gateway = await agents.start(names)
         ready = await agents.ready(gateway, size)
         bootstrap_from(site, next(e["addrs"] for e in ready if e["name"] == "d0"))
-        g_last, g_peak = await observe([gateway.pid], observe_s)
+        g_last, g_peak, g_cpu = await observe([gateway.pid], observe_s)
     finally:
         await agents.stop()
     try:
         procs = [await agents.start([n]) for n in names]
         for proc in procs:
             await agents.ready(proc, 1)
-        p_last, p_peak = await observe([p.pid for p in procs], observe_s)
+        p_last, p_peak, p_cpu = await observe([p.pid for p in procs], observe_s)
     finally:
         await agents.stop()
     return {
@@ -213,6 +222,8 @@ async def measure(site: Path, log_dir: Path, size: int, observe_s: float) -> dic
         "gateway_peak_mb": g_peak,
         "processes_mb": p_last,
         "processes_peak_mb": p_peak,
+        "gateway_cpu_pct": g_cpu,
+        "processes_cpu_pct": p_cpu,
     }
 
 
@@ -235,17 +246,19 @@ async def main(args: argparse.Namespace) -> None:
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         await stack.down()
-    print(f"load average {os.getloadavg()[0]:.1f}; RSS after {args.observe:.0f} s, MB")
+    print(f"load average {os.getloadavg()[0]:.1f}; RSS (MB) after {args.observe:.0f} s idle;")
+    print("CPU: % of one core over that time, all the layout's processes together")
     print(
         f"{'devices':>7} {'gateway':>9} {'per dev':>8} {'processes':>10} {'per dev':>8} "
-        f"{'ratio':>6}"
+        f"{'ratio':>6} {'CPU gw':>7} {'CPU procs':>9}"
     )
     for r in rows:
         n = r["devices"]
         print(
             f"{n:>7} {r['gateway_mb']:>9.0f} {r['gateway_mb'] / n:>8.1f} "
             f"{r['processes_mb']:>10.0f} {r['processes_mb'] / n:>8.1f} "
-            f"{r['processes_mb'] / r['gateway_mb']:>6.2f}"
+            f"{r['processes_mb'] / r['gateway_mb']:>6.2f} "
+            f"{r['gateway_cpu_pct']:>7.1f} {r['processes_cpu_pct']:>9.1f}"
         )
 
 
