@@ -99,14 +99,25 @@ class GatewayDevice:
 
 
 def check_gateway(setups: Sequence[AgentSetup]) -> None:
-    """Refuse a gateway that cannot run: no device, a device twice, two mDNS
-    responders in one process (py-libp2p's discovery is one per process)."""
+    """Refuse a gateway that cannot run: no device, a device twice, two devices on
+    one port, two mDNS responders in one process (py-libp2p's discovery is one
+    per process)."""
     if not setups:
         raise ConfigError("a gateway runs at least one device")
     names = [s.name for s in setups]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"a gateway runs each device once: {', '.join(twice)} given twice")
+    ports: dict[tuple[str, int], list[str]] = {}
+    for s in setups:
+        if s.runtime.listen_port:
+            ports.setdefault((s.runtime.listen_host, s.runtime.listen_port), []).append(s.name)
+    for (host, port), names_on in ports.items():
+        if len(names_on) > 1:
+            raise ConfigError(
+                f"listen_port {port} on {host} is given to {', '.join(names_on)}: "
+                "each device of a gateway listens on its own port"
+            )
     mdns = [s.name for s in setups if s.runtime.mdns]
     if len(mdns) > 1:
         raise ConfigError(
