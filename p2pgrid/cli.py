@@ -237,20 +237,32 @@ ControlOpt = Annotated[
 @agent_app.command("run")
 def agent_run(
     config: ConfigOpt,
-    device: Annotated[str, typer.Option(help="which row of the site file this host runs")],
+    device: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME", help="a row of the site file this host runs (repeat: a gateway)"
+        ),
+    ] = None,
+    all_devices: Annotated[
+        bool, typer.Option("--all", help="run every device of the site file (a gateway)")
+    ] = False,
     control: ControlOpt = False,
 ) -> None:
-    """Run one device agent from the site file until SIGTERM or SIGINT (exit 0).
-    Exit 2: a bad file or key; 3: its lnd is unreachable."""
-    from p2pgrid.agent.process import run_device
+    """Run device agents from the site file until SIGTERM or SIGINT (exit 0): one
+    device (--device N), several in one process (--device A --device B), or all
+    (--all). Exit 2: a bad file or key; 3: an lnd is unreachable; 1: a device failed."""
+    from p2pgrid.agent.process import run_gateway
     from p2pgrid.config import SiteFile, agent_setup, agent_start, node_commands
 
     def build() -> tuple[Any, Any]:
         site = SiteFile(config)
-        return agent_setup(site, device), agent_start(site)
+        if all_devices == bool(device):
+            raise ConfigError("name the devices to run: --device NAME (repeatable) or --all")
+        names = [d.name for d in site.model.devices] if all_devices else list(device or ())
+        return [agent_setup(site, name) for name in names], agent_start(site)
 
-    setup, start = _call(build)
-    run_process(run_device(setup, lambda: node_commands(start, control)))  # until stopped
+    setups, start = _call(build)
+    run_process(run_gateway(setups, lambda: node_commands(start, control)))  # until stopped
 
 
 @utility_app.command("init")

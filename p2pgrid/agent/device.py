@@ -1,6 +1,7 @@
 """A device agent: meters, checks its balance before buying, shares, settles.
 
-One agent runs per OS process (see :mod:`p2pgrid.agent.process`). Each metering
+One agent runs per device, alone in its OS process or with the agents of other
+devices in a gateway process (see :mod:`p2pgrid.agent.gateway`). Each metering
 interval of the (compressible) clock it:
 
 1. reads its meter; if it imports and a neighbour asks in this interval's
@@ -128,7 +129,7 @@ class AgentReport:
 @dataclasses.dataclass(frozen=True)
 class AgentParts:
     """What an agent works with; opened and closed by its owner
-    (:mod:`p2pgrid.agent.process`), in that order and the reverse."""
+    (:func:`p2pgrid.agent.gateway.open_device`), in that order and the reverse."""
 
     store: LogStore
     writer: LogWriter

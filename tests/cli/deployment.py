@@ -142,6 +142,7 @@ def deploy(root: Path, **clock: Any) -> Deployment:
     start = clock.pop("start", datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC))
     site_kw = {k: clock.pop(k) for k in ("lnd", "utility_lnd") if k in clock}
     utility_lnd_table = clock.pop("utility_lnd_table", None)
+    devices = clock.pop("devices", DEVICES)
     utility_key = ok_json("utility", "init", "--key-dir", str(root / "ukeys"))["key"]
     entries = root / "store-1.entries"
     created = ok_json(
@@ -156,13 +157,15 @@ def deploy(root: Path, **clock: Any) -> Deployment:
     )
     site_file = root / "site.toml"
     site_file.write_text(
-        site_toml(root, created["site"], utility_key, start=start, **clock, **site_kw)
+        site_toml(
+            root, created["site"], utility_key, start=start, devices=devices, **clock, **site_kw
+        )
     )
     utility_file = root / "utility.toml"
     utility_file.write_text(
         utility_toml(root, created["site"], start=start, lnd=utility_lnd_table, **clock)
     )
-    for name, _, _ in DEVICES:
+    for name, _, _ in devices:
         ok_json("device", "add", "--config", str(site_file), name)
     ok_json("site", "allocate", "--config", str(site_file), "--count", str(clock.get("periods", 1)))
     return Deployment(root, site_file, utility_file, entries, created["site"], utility_key)

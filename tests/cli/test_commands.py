@@ -385,3 +385,53 @@ def test_no_secret_is_inside_the_files(tmp_path: Path) -> None:
     assert len(keys) == 5
     for key in keys:
         assert key.read_text().strip() not in texts
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        ([], "--device NAME (repeatable) or --all"),
+        (["--all", "--device", "s1-fridge"], "--device NAME (repeatable) or --all"),
+        (["--device", "s1-fridge", "--device", "s1-fridge"], "s1-fridge given twice"),
+        (["--device", "s1-fridge", "--device", "nope"], "no device 'nope'"),
+    ],
+    ids=["no device", "both", "twice", "unknown"],
+)
+def test_a_gateway_names_its_devices_once(tmp_path: Path, flags: list[str], says: str) -> None:
+    d = deploy(tmp_path)
+    result = cli("agent", "run", "--config", str(d.site_file), *flags)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    _no_traceback(result)
+    assert says in _error_line(result.stderr)
+
+
+def test_a_gateway_of_all_devices_checks_every_key(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    other = tmp_path / "keys" / "s1-fridge.key"
+    (tmp_path / "keys" / "s1-hvac.key").write_bytes(other.read_bytes())
+    result = cli("agent", "run", "--config", str(d.site_file), "--all")
+    assert result.exit_code == EXIT_CONFIG
+    line = _error_line(result.stderr)
+    assert "devices[1].key_file" in line
+    assert "not enrolled as device 1" in line
+
+
+def test_a_gateway_runs_one_mdns_responder_at_most(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    text = d.site_file.read_text().replace('data_dir = "data/', 'mdns = true\ndata_dir = "data/')
+    d.site_file.write_text(text)
+    result = cli("agent", "run", "--config", str(d.site_file), "--all")
+    assert result.exit_code == EXIT_CONFIG
+    assert "mdns is on for s1-fridge, s1-hvac" in _error_line(result.stderr)
+
+
+def test_a_gateway_gives_each_device_its_own_port(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    fixed = 'listen_port = 4001\ndata_dir = "data/'
+    text = d.site_file.read_text().replace('data_dir = "data/', fixed)
+    d.site_file.write_text(text)
+    result = cli("agent", "run", "--config", str(d.site_file), "--all")
+    assert result.exit_code == EXIT_CONFIG
+    assert "listen_port 4001 on 127.0.0.1 is given to s1-fridge, s1-hvac" in _error_line(
+        result.stderr
+    )

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import datetime
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -36,74 +35,20 @@ import pytest
 from p2pgrid.config import read_entries
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.lightning import InvoiceState
-from p2pgrid.lightning.lnd import LndEndpoint
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
 from p2pgrid.service import EXIT_FAILED
 from tests.cli.deployment import DEVICES, deploy, ok_json
+from tests.regtest.nodes import EVENT_WAIT_S, Node, agree, inline
 
 #: Which lnd of the session stack each device of the test site runs on.
 LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-b"}
-EVENT_WAIT_S = 180.0  # a whole compressed period, its invoices and payments, under load
-
-
-def _inline(endpoint: LndEndpoint) -> str:
-    return (
-        f'{{ rest_host = "{endpoint.rest_host}", rest_port = {endpoint.rest_port}, '
-        f'tls_cert = "{endpoint.tls_cert}", macaroon = "{endpoint.macaroon}" }}'
-    )
-
-
-class Node:
-    """A ``p2pgrid ... run`` process: its JSON-line events on stdout, its log in a file."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.proc = proc
-        self.log = log
-
-    @classmethod
-    async def start(cls, args: list[str], log: Path) -> Node:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-        with log.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "p2pgrid", *args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=err, env=env,
-            )  # fmt: skip
-        return cls(proc, log)
-
-    async def expect(self, event: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(EVENT_WAIT_S):
-            while True:
-                line = await self.proc.stdout.readline()
-                if not line:
-                    raise AssertionError(f"ended before {event!r}: {self.log.read_text()[-3000:]}")
-                message: dict[str, Any] = json.loads(line)
-                if message.get("event") == event:
-                    return message
-
-    async def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            return await self.proc.wait()
 
 
 def _holds(replica: Path, ids: set[bytes]) -> Callable[[], Awaitable[bool]]:
     async def probe() -> bool:
         with contextlib.closing(sqlite3.connect(f"file:{replica}?mode=ro", uri=True)) as db:
             return ids <= {bytes(i) for (i,) in db.execute("SELECT id FROM entries")}
-
-    return probe
-
-
-def _agree(replicas: list[Path]) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        held = []
-        for path in replicas:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                held.append({bytes(i) for (i,) in db.execute("SELECT id FROM entries")})
-        return all(ids == held[0] for ids in held)
 
     return probe
 
@@ -122,9 +67,9 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
         interval_s=1.5,
         intervals_per_period=4,
         periods=1,
-        lnd={name: _inline(stack.endpoint(node)) for name, node in LND.items()},
+        lnd={name: inline(stack.endpoint(node)) for name, node in LND.items()},
         utility_lnd=utility_pubkey,
-        utility_lnd_table=_inline(stack.endpoint("utility")),
+        utility_lnd_table=inline(stack.endpoint("utility")),
     )
     # The utility's own copy of the entries file: what the owner adds to the
     # agents' copy below reaches it only through the running nodes.
@@ -173,7 +118,7 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
         invoices = (await utility.expect("done"))["invoices"]
         # The last payments' entries travel on by replication: stop once every
         # replica holds the same entries (the processes' files, polled).
-        await wait_until(_agree(replicas), timeout_s=EVENT_WAIT_S, what="the replicas to agree")
+        await wait_until(agree(replicas), timeout_s=EVENT_WAIT_S, what="the replicas to agree")
         for node in nodes:
             assert await node.terminate() == 0, node.log.read_text()[-3000:]
     finally:
@@ -205,7 +150,7 @@ async def test_a_site_runs_from_its_files(stack: Stack, tmp_path: Path) -> None:
     wrong = d.site_file.with_name("wrong-lnd.toml")
     wrong.write_text(
         d.site_file.read_text().replace(
-            _inline(stack.endpoint(LND["s1-fridge"])), _inline(stack.endpoint(LND["s1-hvac"]))
+            inline(stack.endpoint(LND["s1-fridge"])), inline(stack.endpoint(LND["s1-hvac"]))
         )
     )
     code, out = await _verify(replicas[1], "--config", str(wrong), "--against-lnd", "s1-fridge")

@@ -1,0 +1,148 @@
+"""A site split between a gateway of two devices and a single agent, on the real regtest stack.
+
+The site file names three devices, each on its own lnd of the stack. ``p2pgrid
+agent run --device s1-fridge --device s1-hvac`` runs two of them in one process
+(a gateway); ``p2pgrid agent run --device s1-oven`` runs the third alone; the
+utility runs from its file. They complete one compressed period together (four
+1.5 s intervals) over libp2p and Lightning. Asserted afterwards, on the files and
+on lnd: every device logged each interval's reading exactly once; every replica
+(the gateway's two, the agent's, the utility's) holds the same entries under one
+digest; the utility invoiced each device once and each invoice was paid once, for
+its amount, as lnd and the log agree to the msat (:mod:`p2pgrid.reconcile`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.ledger import Author, LogStore, MeterReading
+from p2pgrid.lightning import InvoiceState
+from p2pgrid.poll import wait_until
+from p2pgrid.reconcile import reconcile, site_members, snapshot
+from p2pgrid.regtest import Stack
+from tests.cli.deployment import deploy
+from tests.regtest.nodes import EVENT_WAIT_S, Node, agree, inline
+
+#: The site: (name, index, meter), and the lnd of the stack each device pays from.
+DEVICES = (
+    ("s1-fridge", 0, '{ kind = "bdew", profile = "g0", annual_kwh = 4000 }'),
+    ("s1-hvac", 1, '{ kind = "bdew", profile = "g0", annual_kwh = 9000 }'),
+    ("s1-oven", 2, '{ kind = "bdew", profile = "h0", annual_kwh = 3000 }'),
+)
+LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-b", "s1-oven": "dev-c"}
+GATEWAY = ("s1-fridge", "s1-hvac")
+ALONE = "s1-oven"
+INTERVALS = 4
+
+
+async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path: Path) -> None:
+    nodes = ["utility", *LND.values()]
+    before, pubkeys = {}, {}
+    for node in nodes:
+        async with stack.client(node) as client:
+            before[node] = await snapshot(node, client)
+            pubkeys[node] = (await client.get_info()).pubkey
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=20)
+    d = deploy(
+        tmp_path,
+        start=start.replace(microsecond=0),
+        interval_s=1.5,
+        intervals_per_period=INTERVALS,
+        periods=1,
+        devices=DEVICES,
+        lnd={name: inline(stack.endpoint(node)) for name, node in LND.items()},
+        utility_lnd=pubkeys["utility"],
+        utility_lnd_table=inline(stack.endpoint("utility")),
+    )
+    replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
+    replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
+    running: list[Node] = []
+    try:
+        utility = await Node.start(
+            ["utility", "run", "-c", str(d.utility_file)], tmp_path / "u.log"
+        )
+        running.append(utility)
+        addrs = (await utility.expect("ready"))["addrs"]["store-1"]
+        text = d.site_file.read_text()
+        for name, _, _ in DEVICES:
+            # The file names the lone agent's lnd node only: the gateway's devices
+            # learn each other's in their process (shares between them are paid there).
+            known = "" if name in GATEWAY else f'lnd_pubkey = "{pubkeys[LND[name]]}"\n'
+            text = text.replace(
+                f'data_dir = "data/{name}"\n',
+                f'data_dir = "data/{name}"\nbootstrap = {json.dumps(addrs)}\n{known}',
+            )
+        d.site_file.write_text(text)
+        site = ["agent", "run", "-c", str(d.site_file)]
+        gateway = await Node.start(
+            [*site, *(f for n in GATEWAY for f in ("--device", n))], tmp_path / "gateway.log"
+        )
+        running.append(gateway)
+        alone = await Node.start([*site, "--device", ALONE], tmp_path / "alone.log")
+        running.append(alone)
+        ready = {n: await gateway.expect("ready", n) for n in GATEWAY}
+        ready[ALONE] = await alone.expect("ready", ALONE)
+        assert len({r["peer_id"] for r in ready.values()}) == len(DEVICES)  # a host each
+        reports = {n: (await gateway.expect("done", n))["report"] for n in GATEWAY}
+        reports[ALONE] = (await alone.expect("done", ALONE))["report"]
+        invoices = (await utility.expect("done"))["invoices"]
+        await wait_until(agree(replicas), timeout_s=EVENT_WAIT_S, what="the replicas to agree")
+        for node in running:
+            assert await node.terminate() == 0, node.log.read_text()[-3000:]
+        assert [(await gateway.expect("stopped", n))["name"] for n in GATEWAY] == list(GATEWAY)
+    finally:
+        for node in running:
+            if node.proc.returncode is None:
+                node.proc.kill()
+                await node.proc.wait()
+
+    assert {n: r["period_states"] for n, r in reports.items()} == {
+        n: {"0": "settled"} for n, _, _ in DEVICES
+    }
+    identity = SiteIdentity.from_hex(d.site)
+    digests, logs = set(), {}
+    for replica in replicas:
+        store = await LogStore.open(replica, identity, name=f"check-{replica.stem}")
+        try:
+            digests.add(store.digest())
+            logs[replica] = await store.entries()
+        finally:
+            await store.close()
+    assert len(digests) == 1, "the replicas disagree"
+    entries = logs[replicas[0]]
+    readings = Counter(
+        (e.author, e.body.interval_start_ms) for e in entries if isinstance(e.body, MeterReading)
+    )
+    assert set(readings.values()) == {1}, "a reading logged twice"
+    assert Counter(author for author, _ in readings) == {
+        Author.device(i): INTERVALS for _, i, _ in DEVICES
+    }
+    assert sorted(i["device"] for i in invoices) == [0, 1, 2]
+    after = {}
+    for node in nodes:
+        async with stack.client(node) as client:
+            after[node] = await snapshot(node, client)
+    for invoice in invoices:
+        [paid] = [i for i in after["utility"].invoices if i.payment_hash == invoice["payment_hash"]]
+        assert paid.state is InvoiceState.SETTLED
+        assert paid.amt_paid_msat == invoice["amount_msat"] > 0
+    money = reconcile(
+        before=before,
+        after=after,
+        logs={identity.site_hash: entries},
+        members=site_members(
+            identity.site_hash, {i: LND[n] for n, i, _ in DEVICES}, utility="utility"
+        ),
+        routers=["utility"],
+    )
+    assert money.ok, str(money)
+    assert money.payments >= len(DEVICES)  # the three invoices at least, each paid once
+
+
+pytestmark = pytest.mark.timeout(600)
