@@ -24,12 +24,14 @@ from p2pgrid.testing.faults import clear_rules
 from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+#: The partition scenario: SCENARIO's sites and devices, no market needed.
+NO_MARKET = Path(__file__).parent / "no_market.toml"
 RECORDS: list[dict[str, Any]] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/faults/" in str(item.fspath):
+    for item in items:  # the trials (on the suite's stack), not the checker's unit tests
+        if "tests/faults/" in str(item.fspath) and "fault_stack" in item.fixturenames:
             item.add_marker(pytest.mark.regtest)
             item.add_marker(pytest.mark.faults)
             item.add_marker(pytest.mark.slow)
