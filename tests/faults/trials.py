@@ -138,8 +138,9 @@ class References:
         self._runs: dict[Path, Accounts | str] = {}  # accounts, or why the run failed
         self._lock = asyncio.Lock()
 
-    async def accounts(self, source: Path) -> Accounts:
-        """The accounts of an uncut run of ``source`` (run now if not yet)."""
+    async def get(self, source: Path) -> Accounts | str:
+        """The accounts of an uncut run of ``source`` (run now if not yet), or why
+        that run failed."""
         async with self._lock:
             if source not in self._runs:
                 # Keys of their own: two scenarios under one utility seed and site
@@ -156,7 +157,11 @@ class References:
                     else f"the uncut run of {source.name} failed:\n"
                     + "\n".join(done.verdict.problems)
                 )
-            got = self._runs[source]
+            return self._runs[source]
+
+    async def accounts(self, source: Path) -> Accounts:
+        """The accounts of the uncut run of ``source``; AssertionError if it failed."""
+        got = await self.get(source)
         assert not isinstance(got, str), got
         return got
 
