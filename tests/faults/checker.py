@@ -35,12 +35,14 @@ from p2pgrid.demo import check_money
 from p2pgrid.launcher import RunResult
 from p2pgrid.ledger import (
     Author,
+    Cleared,
     Curtailment,
     Dispute,
     Entry,
     Invoice,
     LogStore,
     MeterReading,
+    Order,
     Payment,
     Role,
     bill,
@@ -210,6 +212,8 @@ class DevicePeriod:
     sold_wh: int = 0
     shares_received_msat: int = 0
     shares_given_msat: int = 0
+    orders: int = 0  # its orders in the site's pooled rounds (asks, demand curves)
+    clearings: int = 0  # the rounds it traded in
 
 
 #: (site, device name, period) -> its accounts.
@@ -304,6 +308,8 @@ def accounts_of(scenario: Scenario, site_name: str, entries: list[Entry]) -> Acc
                 sold_wh=account.sold_wh,
                 shares_received_msat=account.received_msat,
                 shares_given_msat=account.given_msat,
+                orders=sum(1 for e in mine if isinstance(e.body, Order)),
+                clearings=sum(1 for e in mine if isinstance(e.body, Cleared)),
             )
     return out
 

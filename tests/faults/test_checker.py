@@ -57,6 +57,7 @@ def test_equal_accounts_pass(scope: Scope) -> None:
         ({"carried_out_msat": 5}, "carried_out_msat 5 cut, 0 uncut"),
         ({"curtailed": (T0,)}, "curtailed"),
         ({"shares_received_msat": 1000}, "shares_received_msat 1000 cut, 0 uncut"),
+        ({"orders": 1}, "orders 1 cut, 0 uncut"),
     ],
 )
 def test_a_difference_the_statement_forbids_is_named(
