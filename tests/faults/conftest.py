@@ -2,7 +2,7 @@
 
 ``pytest tests/faults`` runs the short run (``--trials 3``, and one partition judged
 against an uncut run: ``--partition-trials 1``); the long run is
-``pytest tests/faults --trials 40 --partition-trials 4 --fault-report faults.json``
+``pytest tests/faults --trials 40 --partition-trials 8 --fault-report faults.json``
 (figures in docs/reliability.md). ``--fault-seed`` replays a run: the seed chooses each
 trial's fault, victim and moment.
 """
