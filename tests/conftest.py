@@ -26,6 +26,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--trials", type=int, default=3, help="fault trials to run (default 3: the short run)"
     )
     group.addoption(
+        "--partition-trials",
+        type=int,
+        default=1,
+        help="partitions judged against an uncut run (default 1: the short run)",
+    )
+    group.addoption(
         "--fault-seed",
         default="100",
         help="seed of faults, victims and moments (default 100, so that the test command "

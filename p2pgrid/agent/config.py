@@ -67,7 +67,9 @@ class SettleConfig(_Frozen):
 
     #: Routing fee the agent accepts on an invoice payment (the utility is a direct peer).
     fee_limit_msat: Msat = 10_000
-    #: How long an agent waits for the utility's invoice of a closed period.
+    #: How long an agent waits for the utility's invoice of a closed period before
+    #: it says so (WARNING); a deployed agent (no period count) then waits on, a run
+    #: of a given number of periods reports ``no_invoice`` and ends.
     invoice_wait_s: Seconds = 120.0
     #: Attempts to pay an invoice that lnd could not pay...
     pay_attempts: Annotated[int, Field(gt=0, le=100)] = 3

@@ -356,7 +356,9 @@ class DeviceAgent:
                     await self.announce_new()  # also what the share desk wrote meanwhile
                 if self.clock.is_last_of_period(interval):
                     await self.close_period(period)
-                    settlements.create_task(self.settle_when_invoiced(period))
+                    settlements.create_task(
+                        self.settle_when_invoiced(period, patient=periods is None)
+                    )
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
@@ -460,6 +462,16 @@ class DeviceAgent:
                 log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
         state.advance(PeriodState.CLOSED)  # waiting for the utility's invoice
 
+    async def _invoiced(self, period: int) -> None:
+        """Return once the utility's invoice of ``period`` for this device is in the replica."""
+        me = self.profile.index
+        while True:
+            seen = self._utility_seq()  # before reading: no write slips between
+            entries = await self.store.entries(period=period)
+            if invoices_of(entries, device=me, period=period):
+                return
+            await self.replica.wait_until(self._utility_wrote_since(seen))
+
     def _utility_wrote_since(self, seen: int) -> Callable[[], bool]:
         return lambda: self._utility_seq() > seen
 
@@ -487,11 +499,17 @@ class DeviceAgent:
                 delay = self.watch.backoff.delay(fails, self._rng)
                 await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))  # back-off
 
-    async def settle_when_invoiced(self, period: int) -> list[SettleResult]:
+    async def settle_when_invoiced(
+        self, period: int, *, patient: bool = False
+    ) -> list[SettleResult]:
         """Wait for the utility's invoice of ``period`` in the replica, then settle it.
 
         A device that owes nothing for the period (by its own replica) expects no
-        invoice; one whose invoice does not come in time reports it and goes on."""
+        invoice. One whose invoice has not come after ``invoice_wait_s`` (the
+        utility, or the way to it, cut off across the period's end) says so; if
+        ``patient`` (a deployed agent) it waits on and pays it whenever it comes, so
+        that a cut changes when a period is paid, never whether; else (a run of a
+        given number of periods, which must end) it reports ``no_invoice``."""
         me, tuning = self.profile.index, self.config.settle
         entries = await self.store.entries(period=period)
         if bill(entries, device=me, period=period, tariff=self.tariff).amount_msat == 0:
@@ -499,17 +517,15 @@ class DeviceAgent:
             return []
         try:
             async with asyncio.timeout(tuning.invoice_wait_s):
-                while True:
-                    seen = self._utility_seq()  # before reading: no write slips between
-                    entries = await self.store.entries(period=period)
-                    if invoices_of(entries, device=me, period=period):
-                        break
-                    await self.replica.wait_until(self._utility_wrote_since(seen))
+                await self._invoiced(period)
         except TimeoutError:
-            log.warning("[%s] no invoice for period %d after %.0f s", self.name, period,
-                        tuning.invoice_wait_s)  # fmt: skip
-            self.report.settlements.append((period, "no_invoice", 0))
-            return []
+            log.warning("[%s] no invoice for period %d after %.0f s%s", self.name, period,
+                        tuning.invoice_wait_s, "; still waiting" if patient else "")  # fmt: skip
+            if not patient:
+                self.report.settlements.append((period, "no_invoice", 0))
+                return []
+            await self._invoiced(period)
+            log.info("[%s] the invoice of period %d came late", self.name, period)
         for attempt in range(1, tuning.pay_attempts + 1):
             got = await self._settle(period)
             if got is None:

@@ -3,13 +3,14 @@ replica, a stepping clock; its log in real SQLite): every interval is metered
 once; a shortfall asks the site for a share; without budget a device curtails;
 a period's surplus is carried over and its invoice paid once, with its payment
 entry and routing fee; restarted on its store, the agent reads no interval
-twice and does not close a period again that it closed before the restart.
+twice and does not close a period again that it closed before the restart; an
+invoice that comes after the invoice wait is paid by a deployed agent.
 Nothing sleeps: the clock moves when the agent waits for an interval."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,70 @@ async def test_started_late_for_the_first_time_it_counts_the_passed_intervals_as
     entries = await device.store.entries()
     assert (report.missed_intervals, report.intervals) == (2, INTERVALS_PER_PERIOD - 2)
     assert starts(entries, me) == [model_ms(i) for i in range(2, INTERVALS_PER_PERIOD)]
+
+
+def late_utility(rig: Rig, device: Device) -> Callable[[], Awaitable[None]]:
+    """A ``before_wait`` hook: the utility is cut off from the device across the
+    period's end (its first wait sees nothing), then invoices as usual."""
+    invoice = rig.utility_for(device)
+    waits = 0
+
+    async def hook() -> None:
+        nonlocal waits
+        waits += 1
+        if waits > 1:
+            await invoice()
+
+    return hook
+
+
+LATE = AgentConfig(settle=SettleConfig(invoice_wait_s=0.05))  # a wait that runs out
+PAID_WITHIN_S = 10.0  # a deployed agent that gave up would never pay: fail, do not hang
+
+
+async def test_a_deployed_agent_pays_an_invoice_that_comes_after_its_invoice_wait(
+    rig: Rig,
+) -> None:
+    """Cut off from the utility past ``invoice_wait_s`` after a period's end, a
+    deployed agent (no period count) says so and waits on: the invoice that comes
+    after the cut is paid, once (a cut changes when a period is paid, never whether)."""
+    device = await rig.device(0)
+    me = device.writer.author
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    await rig.start()
+    agent, replica, clock = await rig.agent(device, stop_at=INTERVALS_PER_PERIOD, config=LATE)
+    replica.before_wait = late_utility(rig, device)
+    run = asyncio.ensure_future(agent.run(periods=None))
+    await clock.stopped.wait()
+    digest = device.store.digest()
+    async with asyncio.timeout(PAID_WITHIN_S):  # a bound on failure, not a sync
+        while not of(await device.store.entries(), Payment, me):
+            digest = await device.store.wait_changed(digest)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    entries = await device.store.entries()
+    [invoice] = of(entries, Invoice)
+    [payment] = of(entries, Payment, me)
+    assert isinstance(invoice.body, Invoice)
+    assert isinstance(payment.body, Payment)
+    assert payment.body.payment_hash == invoice.body.payment_hash
+    assert payment.body.amount_msat == INTERVALS_PER_PERIOD * COST
+    assert replica.waits >= 2  # it waited past the first, fruitless wait
+    assert (await rig.reconcile()).ok
+
+
+async def test_a_run_of_given_periods_reports_an_invoice_that_did_not_come_in_time(
+    rig: Rig,
+) -> None:
+    """A run of a given number of periods must end: past ``invoice_wait_s`` it reports
+    ``no_invoice`` for the period and pays nothing."""
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 200_000, period=0)
+    await rig.start()
+    agent, replica, _ = await rig.agent(device, config=LATE)
+    replica.before_wait = late_utility(rig, device)
+    report = await agent.run(periods=1)
+    assert report.settlements == [(0, "no_invoice", 0)]
+    assert of(await device.store.entries(), Payment) == []
+    assert report.period_states == {0: "closed"}

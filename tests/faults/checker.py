@@ -14,19 +14,41 @@ it opens every replica's SQLite file of the run and asks every lnd. Per trial:
   the project's one reconciliation, :mod:`p2pgrid.reconcile`), given snapshots of
   every node before the run;
 - **processes**: none of the run is left alive.
+
+And, for a run with a partition, the accounts against those of an uncut run of
+the same scenario (:func:`read_accounts`, :func:`compare_accounts`): what a cut
+must not change, as docs/reliability.md ("Partitions judged against an uncut
+run") states it. Exactly every figure when the scenario needs no market
+(:func:`needs_no_market`); otherwise the figures no market decision touches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from p2pgrid.billing import charge_msat, split_budget
 from p2pgrid.demo import check_money
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.launcher import RunResult
-from p2pgrid.ledger import Author, Dispute, Entry, Invoice, LogStore, MeterReading, Payment, bill
+from p2pgrid.ledger import (
+    Author,
+    Cleared,
+    Curtailment,
+    Dispute,
+    Entry,
+    Invoice,
+    LogStore,
+    MeterReading,
+    Order,
+    Payment,
+    Role,
+    bill,
+    fold,
+)
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Stack
@@ -179,3 +201,195 @@ async def check_trial(
     for problem in money.problems:
         verdict.problem(f"reconciliation: {problem}")
     return verdict
+
+
+# -- accounts against an uncut run ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DevicePeriod:
+    """One device's accounts of one period, as its site's log holds them after a run:
+    the figures a partition is judged by (docs/reliability.md)."""
+
+    #: (interval start in modelled ms, Wh) of every reading, ascending.
+    readings: tuple[tuple[int, int], ...]
+    #: Interval starts (modelled ms) the device curtailed itself in.
+    curtailed: tuple[int, ...] = ()
+    bill_msat: int = 0  # from the readings and the tariff (p2pgrid.ledger.bill)
+    invoiced_msat: int | None = None  # the utility's invoice; None: no invoice
+    paid_msat: int = 0  # of that invoice, over every payment entry logged for it
+    payments: int = 0  # payment entries logged for that invoice
+    carried_out_msat: int = 0
+    # The market's figures: what a cut may change where the market is needed.
+    bought_wh: int = 0
+    sold_wh: int = 0
+    shares_received_msat: int = 0
+    shares_given_msat: int = 0
+    orders: int = 0  # its orders in the site's pooled rounds (asks, demand curves)
+    clearings: int = 0  # the rounds it traded in
+
+
+#: (site, device name, period) -> its accounts.
+Accounts = Mapping[tuple[str, str, int], DevicePeriod]
+
+
+class Scope(enum.Enum):
+    """Which figures of two runs must be equal."""
+
+    #: Every figure: the scenario needs no market (:func:`needs_no_market`).
+    EXACT = "exact"
+    #: The figures no market decision touches: which intervals were read, the
+    #: reading of every interval curtailed in neither run of a device that bought
+    #: nothing that period in either run, and (per run) invoice == bill, paid once.
+    METERED = "metered"
+
+
+def needs_no_market(scenario: Scenario) -> bool:
+    """Whether no device of ``scenario`` ever needs a neighbour: none produces, and
+    every device's allocation covers the cost of its whole demand in every period
+    (by its meter and the tariff, interval by interval as the agent checks it).
+    Then no device buys, asks for a share or curtails itself, whatever the network
+    does, and a run's accounts do not depend on it."""
+    for site in scenario.sites:
+        if any(d.producer for d in site.devices):
+            return False
+        allocations = split_budget(site.budget_msat, {d.index: d.weight for d in site.devices})
+        for d in site.devices:
+            meter = d.meter.source()
+            for period in range(scenario.periods):
+                first = period * scenario.intervals_per_period
+                cost = 0
+                for i in range(first, first + scenario.intervals_per_period):
+                    modelled = scenario.model_interval(i)
+                    r = meter.reading(modelled)
+                    use = max(0, r.consumed_wh - r.produced_wh)
+                    cost += charge_msat(scenario.tariff, [(modelled, use)])
+                if cost > allocations.get(d.index, 0):
+                    return False
+    return True
+
+
+def accounts_of(scenario: Scenario, site_name: str, entries: list[Entry]) -> Accounts:
+    """The accounts of every device period of one site's log."""
+    site = next(s for s in scenario.sites if s.name == site_name)
+    view = fold(entries)
+    out: dict[tuple[str, str, int], DevicePeriod] = {}
+    for d in site.devices:
+        for period in range(scenario.periods):
+            mine = [
+                e
+                for e in entries
+                if e.period == period and e.author.role is Role.DEVICE and e.author.index == d.index
+            ]
+            readings = sorted(
+                (e.body.interval_start_ms, e.body.energy_wh)
+                for e in mine
+                if isinstance(e.body, MeterReading)
+            )
+            curtailed = sorted(e.body.start_ms for e in mine if isinstance(e.body, Curtailment))
+            invoice = next(
+                (
+                    e.body
+                    for e in entries
+                    if e.period == period
+                    and isinstance(e.body, Invoice)
+                    and e.body.device == d.index
+                ),
+                None,
+            )
+            paid = (
+                []
+                if invoice is None
+                else [
+                    e.body
+                    for e in entries
+                    if isinstance(e.body, Payment) and e.body.payment_hash == invoice.payment_hash
+                ]
+            )
+            account = view.account(d.index, period)
+            out[(site.name, d.name, period)] = DevicePeriod(
+                readings=tuple(readings),
+                curtailed=tuple(curtailed),
+                bill_msat=bill(
+                    entries, device=d.index, period=period, tariff=scenario.tariff
+                ).amount_msat,
+                invoiced_msat=None if invoice is None else invoice.amount_msat,
+                paid_msat=sum(p.amount_msat for p in paid),
+                payments=len(paid),
+                carried_out_msat=account.carried_out_msat,
+                bought_wh=account.bought_wh,
+                sold_wh=account.sold_wh,
+                shares_received_msat=account.received_msat,
+                shares_given_msat=account.given_msat,
+                orders=sum(1 for e in mine if isinstance(e.body, Order)),
+                clearings=sum(1 for e in mine if isinstance(e.body, Cleared)),
+            )
+    return out
+
+
+async def read_accounts(scenario: Scenario, work_dir: Path) -> Accounts:
+    """The accounts of a run in ``work_dir``, from the utility's replica of each site
+    (the checker asserts separately that every replica of a site is the same)."""
+    out: dict[tuple[str, str, int], DevicePeriod] = {}
+    for site in scenario.sites:
+        entries = await utility_log(scenario, work_dir, site.name)
+        out.update(accounts_of(scenario, site.name, entries))
+    return out
+
+
+def _own_problems(where: str, a: DevicePeriod) -> list[str]:
+    """What is wrong within one run's device period, whatever the other run did."""
+    problems = []
+    if a.invoiced_msat is None and a.bill_msat:
+        problems.append(f"{where}: bill {a.bill_msat} msat, no invoice")
+    if a.invoiced_msat is not None and a.invoiced_msat != a.bill_msat:
+        problems.append(f"{where}: invoice {a.invoiced_msat} msat != bill {a.bill_msat} msat")
+    if a.invoiced_msat is not None and (a.payments != 1 or a.paid_msat != a.invoiced_msat):
+        problems.append(
+            f"{where}: invoice {a.invoiced_msat} msat paid {a.paid_msat} msat "
+            f"in {a.payments} payments (once, in full, expected)"
+        )
+    return problems
+
+
+def compare_accounts(reference: Accounts, cut: Accounts, scope: Scope) -> list[str]:
+    """Where the accounts of a run with a cut (``cut``) differ from those of the uncut
+    run (``reference``) in a way ``scope`` forbids: one readable line per difference,
+    none when they agree."""
+    problems: list[str] = []
+    for key in sorted(reference.keys() - cut.keys()):
+        problems.append(f"{'/'.join(map(str, key))}: in the uncut run only")
+    for key in sorted(cut.keys() - reference.keys()):
+        problems.append(f"{'/'.join(map(str, key))}: in the cut run only")
+    for key in sorted(reference.keys() & cut.keys()):
+        ref, got = reference[key], cut[key]
+        where = f"{key[0]}/{key[1]} period {key[2]}"
+        problems += [f"uncut run: {p}" for p in _own_problems(where, ref)]
+        problems += [f"cut run: {p}" for p in _own_problems(where, got)]
+        ref_r, got_r = dict(ref.readings), dict(got.readings)
+        for start in sorted(ref_r.keys() - got_r.keys()):
+            problems.append(f"{where}: interval {start} read uncut ({ref_r[start]} Wh), not cut")
+        for start in sorted(got_r.keys() - ref_r.keys()):
+            problems.append(f"{where}: interval {start} read cut ({got_r[start]} Wh), not uncut")
+        if scope is Scope.METERED:
+            if ref.bought_wh or got.bought_wh:
+                continue  # its readings count only the grid's part of its energy
+            skip = set(ref.curtailed) | set(got.curtailed)
+            for start in sorted(ref_r.keys() & got_r.keys() - skip):
+                if ref_r[start] != got_r[start]:
+                    problems.append(
+                        f"{where}: interval {start}: {got_r[start]} Wh cut, {ref_r[start]} Wh uncut"
+                    )
+            continue
+        for start in sorted(ref_r.keys() & got_r.keys()):
+            if ref_r[start] != got_r[start]:
+                problems.append(
+                    f"{where}: interval {start}: {got_r[start]} Wh cut, {ref_r[start]} Wh uncut"
+                )
+        for field in dataclasses.fields(DevicePeriod):
+            if field.name == "readings":
+                continue
+            a, b = getattr(ref, field.name), getattr(got, field.name)
+            if a != b:
+                problems.append(f"{where}: {field.name} {b} cut, {a} uncut")
+    return problems

@@ -19,6 +19,7 @@ COLUMNS = (
     "in_flight",
     "hanging",
     "unreconciled",
+    "accounts_differ",  # figures that differ from the uncut run's (network faults)
 )
 
 
@@ -34,7 +35,7 @@ def table(records: list[dict[str, Any]]) -> str:
             str(len(rows)),
             str(sum(1 for r in rows if not r["problems"])),
             str(sum(1 for r in rows if r["run_error"])),
-            *(str(sum(r[c] for r in rows)) for c in COLUMNS),
+            *(str(sum(r.get(c, 0) for r in rows)) for c in COLUMNS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     total = [
@@ -42,7 +43,7 @@ def table(records: list[dict[str, Any]]) -> str:
         str(len(records)),
         str(sum(1 for r in records if not r["problems"])),
         str(sum(1 for r in records if r["run_error"])),
-        *(str(sum(r[c] for r in records)) for c in COLUMNS),
+        *(str(sum(r.get(c, 0) for r in records)) for c in COLUMNS),
     ]
     lines.append("| " + " | ".join(total) + " |")
     return "\n".join(lines)
