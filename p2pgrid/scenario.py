@@ -258,7 +258,7 @@ def parse_scenario(
         interval_s=clock.interval_s,
         periods=clock.periods,
         model_start_interval=clock.model_start_interval,
-        tariff=FlatTariff(model.tariff.msat_per_kwh),
+        tariff=model.tariff.flat,
         utility=UtilitySpec(utility.name, utility.seed, utility.readings_wait_s),
         sites=sites,
     )
