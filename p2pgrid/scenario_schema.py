@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing.tariff import FlatTariff
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
@@ -198,6 +199,8 @@ class TariffModel(_Strict):
 class ScenarioModel(_Strict):
     clock: ClockModel
     tariff: TariffModel
+    #: The agents' tuning (``[agent]``, ``[agent.energy]``...); every key has a default.
+    agent: AgentConfig = AgentConfig()
     utility: UtilityModel
     sites: Annotated[list[SiteModel], Field(min_length=1)]
 
