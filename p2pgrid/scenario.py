@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing import FlatTariff, MonthlyClock, PeriodClock, model_ms
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer, SiteIdentity
@@ -178,6 +179,8 @@ class Scenario:
     sites: tuple[SiteSpec, ...]
     #: Modelled metering interval of the run's interval 0 (40 = 10:00 on day 0).
     model_start_interval: int = 0
+    #: Every agent's tuning (the scenario's ``[agent]`` table).
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
 
     def model_interval(self, interval: int) -> int:
         return self.model_start_interval + interval
@@ -258,9 +261,10 @@ def parse_scenario(
         interval_s=clock.interval_s,
         periods=clock.periods,
         model_start_interval=clock.model_start_interval,
-        tariff=FlatTariff(model.tariff.msat_per_kwh),
+        tariff=model.tariff.flat,
         utility=UtilitySpec(utility.name, utility.seed, utility.readings_wait_s),
         sites=sites,
+        agent=model.agent,
     )
 
 

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from p2pgrid.agent.config import AgentConfig
+from p2pgrid.billing.tariff import FlatTariff
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
 from p2pgrid.meter.source import METER_INTERVAL_S, AtEnd, CsvFormat, MeterError, Unit
@@ -186,11 +188,19 @@ class ClockModel(_Strict):
 
 class TariffModel(_Strict):
     msat_per_kwh: Positive
+    #: The utility's fee on energy bought from another site (docs/market.md, section 7).
+    grid_fee_msat_per_kwh: Annotated[int, Field(ge=0, le=10**12)] = 0
+
+    @property
+    def flat(self) -> FlatTariff:
+        return FlatTariff(self.msat_per_kwh, self.grid_fee_msat_per_kwh)
 
 
 class ScenarioModel(_Strict):
     clock: ClockModel
     tariff: TariffModel
+    #: The agents' tuning (``[agent]``, ``[agent.energy]``...); every key has a default.
+    agent: AgentConfig = AgentConfig()
     utility: UtilityModel
     sites: Annotated[list[SiteModel], Field(min_length=1)]
 

@@ -60,6 +60,17 @@ class EnergyConfig(_Frozen):
     fee_limit_msat: Msat = 20_000
     #: A sale invoice is payable this long (the buyer pays within seconds).
     sale_expiry_s: Annotated[int, Field(gt=0, le=86_400)] = 600
+    #: Pay on delivery: a seller's invoice is a hold invoice that it settles only
+    #: when the buyer's ``delivered`` entry of the round shows the whole trade, and
+    #: cancels otherwise (docs/market.md, section 6.2). Site-wide: every device of
+    #: a site must agree (the invoice's description says which way it is paid).
+    pay_on_delivery: bool = False
+    #: How long a seller waits for the buyer's payment and ``delivered`` entry
+    #: before it cancels a hold invoice.
+    delivery_wait_s: Seconds = 30.0
+    #: The share of a trade a buyer's meter reports received, in percent: 100 for
+    #: a real meter; a test switch below 100 makes a buyer that is short of it.
+    delivered_pct: Annotated[int, Field(ge=0, le=100)] = 100
 
 
 class SettleConfig(_Frozen):

@@ -336,7 +336,8 @@ class DeviceAgent:
         resume = self.clock.current_interval()
         await self._resolve_open()
         read = await self._read_intervals()
-        async with asyncio.TaskGroup() as settlements:
+        # Held sales (pay on delivery) live as long as the run; leaving it waits for them.
+        async with self.energy.running(), asyncio.TaskGroup() as settlements:
             end = None if periods is None else self.clock.first_interval(periods)
             for interval in itertools.count() if end is None else range(end):
                 await self.clock.until_interval(interval)
@@ -441,6 +442,7 @@ class DeviceAgent:
     async def close_period(self, period: int) -> None:
         state = self.periods[period]
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
+        await self.energy.resolved(period)  # held sale payments land first (bounded)
         async with self.desk.giving:  # a share of this period in flight lands first
             left = await self.balance(period)
             floor = self.store.next_position(self.writer.author)[3]

@@ -34,6 +34,16 @@ section 6):
    first) and logs a ``sale`` and a ``payment`` (preimage, routing fee) in the
    round's period. A wrong offer or invoice is refused (logged) and pays nothing.
 
+**Pay on delivery** (``config.pay_on_delivery``, docs/market.md section 6.2):
+the seller's invoice is a hold invoice (:class:`HeldSale`, its preimage kept
+here) and a watch task settles it when the buyer's ``delivered`` entry of the
+round shows the whole trade for this invoice and the payment is ACCEPTED, and
+cancels it otherwise (or after ``delivery_wait_s``); the buyer's payment runs
+as a task (in flight until then) and the buyer logs ``delivered`` with what its
+meter received; ``sale`` and ``payment`` are logged only if the seller settles.
+The tasks live in :meth:`EnergyDesk.running` (the agent's run): leaving it
+waits for every held sale to resolve.
+
 Trades below :data:`~p2pgrid.agent.payguard.MIN_PAYMENT_MSAT` are not made.
 The energy bought is not imported from the grid: the buyer's meter reading for
 the interval counts only the rest. Energy nobody buys goes to the grid unpaid.
@@ -43,9 +53,13 @@ Any replica checks the rounds with :func:`~p2pgrid.agent.rounds.check_pooled_sal
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import hashlib
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
@@ -54,10 +68,19 @@ from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.agent.ports import LogReplica, Peers, Wallet
 from p2pgrid.agent.rounds import PoolOrder, RoundBook, asks_in, order_text, round_book
-from p2pgrid.errors import RetryableError
+from p2pgrid.errors import P2PGridError, RetryableError, TimeoutExpired
 from p2pgrid.identity import MAX_DEVICE_INDEX
-from p2pgrid.ledger import Author, Cleared, LogStore, LogWriter, Order, paid_hashes
-from p2pgrid.lightning import InvoiceError
+from p2pgrid.ledger import (
+    Author,
+    Cleared,
+    Delivered,
+    Entry,
+    LogStore,
+    LogWriter,
+    Order,
+    paid_hashes,
+)
+from p2pgrid.lightning import Invoice, InvoiceError, InvoiceState, LightningError
 from p2pgrid.market import (
     Ask,
     DemandCurve,
@@ -70,10 +93,30 @@ from p2pgrid.market import (
 )
 from p2pgrid.net import PeerRef, RequestRejected
 from p2pgrid.net.messages import Delivery
+from p2pgrid.poll import wait_until
 
 log = logging.getLogger(__name__)
 
 ENERGY_PROTOCOL = "/p2pgrid/2/energy/trade"
+#: How long a device that closes a period waits for its held sale payments of
+#: that period to resolve, beyond ``delivery_wait_s`` (then it closes anyway).
+RESOLVE_MARGIN_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeldSale:
+    """A seller's hold invoice of one trade, waiting for the buyer's delivery."""
+
+    period: int
+    interval: int
+    buyer: Party
+    energy_wh: int
+    amount_msat: int
+    preimage: bytes
+
+    @property
+    def payment_hash(self) -> str:
+        return hashlib.sha256(self.preimage).hexdigest()
 
 
 class EnergyDesk:
@@ -114,9 +157,39 @@ class EnergyDesk:
         self._selling = asyncio.Lock()  # one book per round: checked and fixed under it
         self.offered_wh = 0  # invoiced to buyers (paid or not)
         self.bought_wh = 0
+        #: Pay on delivery: the tasks of held sales (a seller's watches, a buyer's
+        #: payments) while :meth:`running`; per period, the buyer's payments in flight.
+        self._tasks: asyncio.TaskGroup | None = None
+        self._holding: dict[int, int] = {}  # period -> msat in held payments
+        self._resolved = asyncio.Condition()
+        self.settled: list[str] = []  # payment hashes of held sales settled (seller)
+        self.cancelled: list[str] = []  # ... and cancelled (seller)
 
     def install(self) -> None:
         self.host.handle(ENERGY_PROTOCOL, self._on_trade)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Hold sales (pay on delivery) are made while this is entered; leaving it
+        waits for every held sale to be settled or cancelled and every held
+        payment to resolve (each bounded by ``delivery_wait_s`` and lnd's deadlines)."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            try:
+                yield
+            finally:
+                self._tasks = None
+
+    async def resolved(self, period: int) -> None:
+        """Wait (at most ``delivery_wait_s`` + :data:`RESOLVE_MARGIN_S`) until this
+        buyer's held payments of ``period`` are settled or failed: a period closes
+        on a balance that counts them."""
+        try:
+            async with asyncio.timeout(self.config.delivery_wait_s + RESOLVE_MARGIN_S):
+                async with self._resolved:
+                    await self._resolved.wait_for(lambda: not self._holding.get(period))
+        except TimeoutError:
+            log.warning("[%s] held payments of period %d still in flight", self.name, period)
 
     # -- orders ------------------------------------------------------------------
 
@@ -233,11 +306,20 @@ class EnergyDesk:
                 at_ms = int(self._now() * 1000)
                 await self.writer.append(body, period=request.period, timestamp_ms=at_ms)
                 await self._announce()
-            invoice = await self.node.add_invoice(
+            memo = sale_memo(
+                clearing.book_id,
+                self.me,
+                buyer,
+                trade.energy_wh,
                 trade.amount_msat,
-                sale_memo(clearing.book_id, self.me, buyer, trade.energy_wh, trade.amount_msat),
-                expiry_s=self.config.sale_expiry_s,
+                on_delivery=self.config.pay_on_delivery,
             )
+            if self.config.pay_on_delivery:
+                invoice = await self._hold(request, buyer, trade, memo)
+            else:
+                invoice = await self.node.add_invoice(
+                    trade.amount_msat, memo, expiry_s=self.config.sale_expiry_s
+                )
             offer = SaleOffer(
                 clearing.book_id, trade.energy_wh, trade.amount_msat, invoice.payment_request
             )
@@ -254,6 +336,100 @@ class EnergyDesk:
             clearing.price_msat_per_kwh,
         )
         return offer
+
+    async def _hold(self, request: TradeRequest, buyer: Party, trade: Trade, memo: str) -> Invoice:
+        """A hold invoice for ``trade`` (the preimage stays here) and its watch."""
+        tasks = self._tasks
+        if tasks is None:
+            raise RequestRejected("not selling on delivery now")
+        sale = HeldSale(
+            request.period,
+            request.interval,
+            buyer,
+            trade.energy_wh,
+            trade.amount_msat,
+            secrets.token_bytes(32),
+        )
+        invoice = await self.node.add_hold_invoice(
+            sale.payment_hash, trade.amount_msat, memo, expiry_s=self.config.sale_expiry_s
+        )
+        tasks.create_task(self._watch(sale))
+        return invoice
+
+    def _delivered(self, entries: list[Entry], sale: HeldSale) -> Delivered | None:
+        """The buyer's ``delivered`` entry of this sale's round and seller, if logged."""
+        buyer = Author.device(sale.buyer.device)
+        for entry in entries:
+            body = entry.body
+            if (
+                entry.author == buyer
+                and entry.period == sale.period
+                and isinstance(body, Delivered)
+                and body.interval == sale.interval
+                and body.seller == self.me.device
+            ):
+                return body
+        return None
+
+    async def _watch(self, sale: HeldSale) -> None:
+        """Settle ``sale`` once the buyer's payment is ACCEPTED and its ``delivered``
+        entry shows the whole trade for this invoice; else cancel it (short,
+        another invoice, or nothing by ``delivery_wait_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.delivery_wait_s
+        shown: Delivered | None = None
+        try:
+            async with asyncio.timeout(self.config.delivery_wait_s):
+                while shown is None:
+                    digest = self.store.digest()
+                    shown = self._delivered(await self.store.entries(period=sale.period), sale)
+                    if shown is None:
+                        await self.replica.wait_until(self._changed_since(digest))
+        except TimeoutError:
+            pass
+        accepted = False
+        try:
+            if shown is not None:
+                accepted = await self._accepted(sale, max(0.0, deadline - loop.time()))
+            whole = (
+                shown is not None
+                and shown.payment_hash.hex() == sale.payment_hash
+                and shown.energy_wh >= sale.energy_wh
+            )
+            if accepted and whole:
+                await self.node.settle_invoice(sale.preimage)
+                self.settled.append(sale.payment_hash)
+            else:
+                await self.node.cancel_invoice(sale.payment_hash)
+                self.cancelled.append(sale.payment_hash)
+        except LightningError as exc:  # the invoice's expiry and CLTV bound what is held
+            log.warning("[%s] held sale %s...: %s", self.name, sale.payment_hash[:16], exc)
+            return
+        log.info(
+            "[%s] %s held sale of %d Wh to device %d (round %d/%d): %s",
+            self.name,
+            "settled" if accepted and whole else "cancelled",
+            sale.energy_wh,
+            sale.buyer.device,
+            sale.period,
+            sale.interval,
+            "delivered"
+            if accepted and whole
+            else f"shown {shown.energy_wh if shown else 'nothing'}, paid {accepted}",
+        )
+
+    async def _accepted(self, sale: HeldSale, within_s: float) -> bool:
+        """Whether the buyer's payment reaches ACCEPTED within ``within_s`` (lnd polled)."""
+
+        async def accepted() -> bool:
+            state = (await self.node.lookup_invoice(sale.payment_hash)).state
+            return state is InvoiceState.ACCEPTED
+
+        try:
+            await wait_until(accepted, timeout_s=within_s, what="the held payment")
+        except TimeoutExpired:
+            return False
+        return True
 
     # -- buyer -------------------------------------------------------------------
 
@@ -302,8 +478,9 @@ class EnergyDesk:
             except (RetryableError, RequestRejected) as exc:
                 self._refuse(trade.seller.device, f"no invoice: {exc}")
                 continue
-            bought += await self._pay(offer, trade, clearing.book_id, seller, period)
-        self.bought_wh += bought
+            bought += await self._pay(offer, trade, clearing.book_id, seller, (period, interval))
+        if not self.config.pay_on_delivery:
+            self.bought_wh += bought  # on delivery: counted as each payment settles
         return bought
 
     def _refuse(self, seller: int, why: str) -> int:
@@ -312,8 +489,14 @@ class EnergyDesk:
         return 0
 
     async def _pay(
-        self, offer: SaleOffer, trade: Trade, book_id: bytes, peer: PeerRef, period: int
+        self,
+        offer: SaleOffer,
+        trade: Trade,
+        book_id: bytes,
+        peer: PeerRef,
+        round_: tuple[int, int],
     ) -> int:
+        period = round_[0]
         seller = trade.seller.device
         if offer.bid_id != book_id:
             return self._refuse(seller, "the offer answers another book")
@@ -321,7 +504,7 @@ class EnergyDesk:
             return self._refuse(seller, "the offer is not the cleared trade")
         if offer.amount_msat < MIN_PAYMENT_MSAT:
             return self._refuse(seller, f"{offer.amount_msat} msat is below the smallest payment")
-        if offer.amount_msat > await self._balance(period):
+        if offer.amount_msat > await self._balance(period) - self._holding.get(period, 0):
             return 0  # cannot pay for it from the budget: buy from the grid (or not at all)
         try:
             decoded = await self.node.decode_invoice(offer.bolt11)
@@ -332,7 +515,12 @@ class EnergyDesk:
             destination=self.nodes.get(trade.seller),
             amount_msat=trade.amount_msat,
             description=sale_memo(
-                book_id, trade.seller, self.me, trade.energy_wh, trade.amount_msat
+                book_id,
+                trade.seller,
+                self.me,
+                trade.energy_wh,
+                trade.amount_msat,
+                on_delivery=self.config.pay_on_delivery,
             ),
             now=self._now(),
         )
@@ -350,6 +538,8 @@ class EnergyDesk:
             energy_wh=trade.energy_wh,
             reference=book_id.hex(),
         )
+        if self.config.pay_on_delivery:
+            return await self._pay_on_delivery(offer.bolt11, decoded.payment_hash, purpose, round_)
         try:
             paid = await self.paymaster.pay(
                 offer.bolt11,
@@ -370,3 +560,55 @@ class EnergyDesk:
             paid.payment.fee_msat,
         )
         return trade.energy_wh
+
+    async def _pay_on_delivery(
+        self, bolt11: str, payment_hash: str, purpose: Purpose, round_: tuple[int, int]
+    ) -> int:
+        """Start paying the seller's hold invoice (it stays in flight until the
+        seller settles or cancels it) and log what this device's meter received
+        of the trade in a ``delivered`` entry; returns those Wh (not grid energy)."""
+        period, interval = round_
+        tasks = self._tasks
+        if tasks is None:
+            return self._refuse(purpose.device, "not buying on delivery now")
+        received = purpose.energy_wh * self.config.delivered_pct // 100
+        self._holding[period] = self._holding.get(period, 0) + purpose.amount_msat
+        tasks.create_task(self._pay_held(bolt11, payment_hash, purpose, period))
+        body = Delivered(interval, purpose.device, received, bytes.fromhex(payment_hash))
+        await self.writer.append(body, period=period, timestamp_ms=int(self._now() * 1000))
+        await self._announce()
+        return received
+
+    async def _pay_held(
+        self, bolt11: str, payment_hash: str, purpose: Purpose, period: int
+    ) -> None:
+        """Pay a hold invoice through the paymaster: ``sale`` and ``payment`` are
+        logged if the seller settles; a cancel fails the payment and logs nothing."""
+        seller = purpose.device
+        try:
+            paid = await self.paymaster.pay(
+                bolt11,
+                payment_hash,
+                period=period,
+                purpose=purpose,
+                fee_limit_msat=self.config.fee_limit_msat,
+            )
+        except PayRefused as exc:
+            log.info("[%s] held payment to device %d not taken: %s", self.name, seller, exc)
+        except P2PGridError as exc:  # lnd away: the intent stays open, resolved by hash
+            log.warning("[%s] held payment to device %d unresolved: %s", self.name, seller, exc)
+        else:
+            self.bought_wh += purpose.energy_wh
+            await self._announce()
+            log.info(
+                "[%s] bought %d Wh from device %d on delivery for %d msat (fee %d)",
+                self.name,
+                purpose.energy_wh,
+                seller,
+                purpose.amount_msat,
+                paid.payment.fee_msat,
+            )
+        finally:
+            async with self._resolved:
+                self._holding[period] -= purpose.amount_msat
+                self._resolved.notify_all()

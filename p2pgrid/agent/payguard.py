@@ -39,12 +39,23 @@ def share_memo(request_id: bytes, requester: Party, giver: Party, amount_msat: i
     )
 
 
-def sale_memo(bid_id: bytes, seller: Party, buyer: Party, energy_wh: int, amount_msat: int) -> str:
-    """The description of a sale invoice: binds it to one bid and trade."""
-    return (
+def sale_memo(
+    bid_id: bytes,
+    seller: Party,
+    buyer: Party,
+    energy_wh: int,
+    amount_msat: int,
+    *,
+    on_delivery: bool = False,
+) -> str:
+    """The description of a sale invoice: binds it to one bid and trade (and, for
+    a hold invoice paid on delivery, says so: a buyer and a seller that disagree
+    on the site's ``pay_on_delivery`` refuse each other's invoices)."""
+    memo = (
         f"p2pgrid sale {bid_id.hex()} {energy_wh} Wh from {_party(seller)} "
         f"to {_party(buyer)} {amount_msat} msat"
     )
+    return memo + " on delivery" if on_delivery else memo
 
 
 def check_invoice(

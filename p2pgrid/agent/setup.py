@@ -83,4 +83,5 @@ def setup_from_scenario(scenario: Scenario, runtime: Runtime, name: str) -> Agen
         parties={
             d.name: Party(s.identity.site_id, d.index) for s in scenario.sites for d in s.devices
         },
+        config=scenario.agent,
     )

@@ -24,6 +24,7 @@ from p2pgrid.billing.tariff import (
     Tariff,
     TimeOfUseTariff,
     charge_msat,
+    grid_fee_msat,
     split_budget,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "TransitionError",
     "bill_of_usage",
     "charge_msat",
+    "grid_fee_msat",
     "invoice_memo",
     "invoice_preimage",
     "model_ms",

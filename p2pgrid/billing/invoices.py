@@ -17,7 +17,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p2pgrid.billing.tariff import Tariff, charge_msat
+from p2pgrid.billing.tariff import Tariff, charge_msat, grid_fee_msat
 
 #: The smallest bill of a period with any grid energy: lnd's default ``min_htlc``.
 MIN_BILL_MSAT = 1_000
@@ -25,25 +25,42 @@ MIN_BILL_MSAT = 1_000
 
 @dataclass(frozen=True, slots=True)
 class Bill:
-    """One device's bill for one period."""
+    """One device's bill for one period: ``amount_msat`` is the grid energy's
+    charge plus ``grid_fee_msat``, the fee of the ``transit_wh`` it bought from
+    other sites (a line of its own on the invoice)."""
 
     device: int
     period: int
     energy_wh: int
     amount_msat: int
+    transit_wh: int = 0
+    grid_fee_msat: int = 0
+
+    @property
+    def energy_msat(self) -> int:
+        """The invoice's energy line: the amount less the grid fee."""
+        return self.amount_msat - self.grid_fee_msat
 
 
 def bill_of_usage(
-    usage: Iterable[tuple[int, int]], *, device: int, period: int, tariff: Tariff
+    usage: Iterable[tuple[int, int]],
+    *,
+    device: int,
+    period: int,
+    tariff: Tariff,
+    transit_wh: int = 0,
 ) -> Bill:
     """The bill of ``device`` for ``period`` from ``(interval, energy_wh)`` pairs: the
     energy times the tariff of each interval (:func:`charge_msat`, rounded up once),
-    at least :data:`MIN_BILL_MSAT` if it is above 0."""
+    plus the grid fee of ``transit_wh`` Wh bought from other sites
+    (:func:`grid_fee_msat`, rounded up once), at least :data:`MIN_BILL_MSAT` if
+    it is above 0 (the raise goes to the energy line)."""
     usage = list(usage)
-    amount = charge_msat(tariff, usage)
+    fee = grid_fee_msat(tariff, transit_wh)
+    amount = charge_msat(tariff, usage) + fee
     if 0 < amount < MIN_BILL_MSAT:
         amount = MIN_BILL_MSAT  # the least a channel carries (see the module docstring)
-    return Bill(device, period, sum(wh for _, wh in usage), amount)
+    return Bill(device, period, sum(wh for _, wh in usage), amount, transit_wh, fee)
 
 
 def invoice_preimage(secret: bytes, site_id: str, device: int, period: int) -> bytes:

@@ -4,6 +4,11 @@ Prices are millisatoshis per kWh; energy is integer Wh; a charge is computed
 over a whole period at once (sum of Wh x rate, divided by 1000 and rounded up
 once), so the utility and every agent that folds the same log get the same
 msat, whatever the order of the readings.
+
+A tariff also names the utility's **grid fee** (``grid_fee_msat_per_kwh``,
+default 0): what energy sold from one site to another pays for crossing the
+public grid, billed by the utility to the buyer (:func:`grid_fee_msat`,
+docs/market.md, section 7).
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from p2pgrid.meter import INTERVALS_PER_DAY
 
 class Tariff(Protocol):
     def rate_msat_per_kwh(self, interval: int) -> int: ...
+    @property
+    def grid_fee_msat_per_kwh(self) -> int: ...
 
 
 @dataclass(frozen=True)
 class FlatTariff:
     msat_per_kwh: int
+    grid_fee_msat_per_kwh: int = 0
 
     def __post_init__(self) -> None:
-        if self.msat_per_kwh < 0:
-            raise ConfigError("a tariff is never negative")
+        if self.msat_per_kwh < 0 or self.grid_fee_msat_per_kwh < 0:
+            raise ConfigError("a tariff (and its grid fee) is never negative")
 
     def rate_msat_per_kwh(self, interval: int) -> int:
         return self.msat_per_kwh
@@ -38,8 +46,11 @@ class TimeOfUseTariff:
     (0..95) where a rate starts to that rate; the first band must start at 0."""
 
     bands: tuple[tuple[int, int], ...]
+    grid_fee_msat_per_kwh: int = 0
 
     def __post_init__(self) -> None:
+        if self.grid_fee_msat_per_kwh < 0:
+            raise ConfigError("a grid fee is never negative")
         starts = [start for start, _ in self.bands]
         if not starts or starts[0] != 0 or starts != sorted(set(starts)):
             raise ConfigError("time-of-use bands start at interval 0, strictly increasing")
@@ -64,6 +75,14 @@ def charge_msat(tariff: Tariff, usage: Iterable[tuple[int, int]]) -> int:
             raise ValueError(f"negative energy {wh} Wh at interval {interval}")
         total += wh * tariff.rate_msat_per_kwh(interval)
     return -(-total // 1000)  # Wh x msat/kWh is 1/1000 msat: round up once
+
+
+def grid_fee_msat(tariff: Tariff, transit_wh: int) -> int:
+    """The grid fee of ``transit_wh`` Wh bought from other sites in one period:
+    ``ceil(transit_wh x grid_fee_msat_per_kwh / 1000)``, rounded up once."""
+    if transit_wh < 0:
+        raise ValueError(f"negative transit energy {transit_wh} Wh")
+    return -(-transit_wh * tariff.grid_fee_msat_per_kwh // 1000)
 
 
 def split_budget(total_msat: int, weights: Mapping[int, int]) -> dict[int, int]:

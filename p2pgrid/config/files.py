@@ -281,7 +281,7 @@ class SiteFile(_ConfigFile):
 
     @property
     def tariff(self) -> FlatTariff:
-        return FlatTariff(self.model.tariff.msat_per_kwh)
+        return self.model.tariff.flat
 
 
 class UtilityFile(_ConfigFile):
@@ -293,4 +293,4 @@ class UtilityFile(_ConfigFile):
 
     @property
     def tariff(self) -> FlatTariff:
-        return FlatTariff(self.model.tariff.msat_per_kwh)
+        return self.model.tariff.flat

@@ -42,6 +42,7 @@ class EntryKind(enum.IntEnum):
     REVOKE = 15
     ORDER = 16
     CLEARED = 17
+    DELIVERED = 18
 
 
 ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
@@ -387,6 +388,31 @@ class Cleared(Body):
         return (period, self.interval)  # one clearing per device and round
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivered(Body):
+    """The author device (a buyer paying on delivery) received ``energy_wh`` of
+    its pooled trade with ``seller`` in round (entry period, ``interval``), as
+    its meter measured it, for the hold invoice of ``payment_hash``. Logged with
+    its meter reading of that interval (whose grid energy leaves it out); the
+    seller settles the invoice only if it shows the whole trade, and cancels it
+    otherwise (docs/market.md, section 6.2)."""
+
+    KIND = EntryKind.DELIVERED
+    ROLES = _DEVICE
+    SINCE = 3
+    interval: int = _wire(FieldType.U32)
+    seller: int = _wire(FieldType.U32)
+    energy_wh: int = _wire(FieldType.U64)
+    payment_hash: bytes = _wire(FieldType.HASH)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        if self.seller == author_index:
+            raise BodyError("a device receives no energy from itself")
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period, self.interval, self.seller)  # one per trade
+
+
 def _member_index(role: int, index: int) -> None:
     try:
         check_member_index(Role(role), index)
@@ -453,6 +479,7 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         Revoke,
         Order,
         Cleared,
+        Delivered,
     )
 }
 _LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {

@@ -84,6 +84,7 @@ _RECORD_KINDS = (
     EntryKind.INVOICE.value,
     EntryKind.ORDER.value,
     EntryKind.CLEARED.value,
+    EntryKind.DELIVERED.value,
 )
 _ANCESTORS = """
 WITH RECURSIVE anc(id, prev, seq) AS (

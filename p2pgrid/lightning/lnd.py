@@ -64,10 +64,15 @@ TRACK_TIMEOUT_S = 120.0
 """Deadline of tracking one payment to its final state (an HTLC held by a stalled
 hop can take longer: the caller then tracks again later, by payment hash)."""
 KEYSEND_RECORD = "5482373484"
+HOLD_CLTV_DELTA = 80
+"""The final CLTV delta (blocks) of a hold invoice: lnd cancels an ACCEPTED hold
+invoice before its HTLC's expiry comes near, so a payee that never settles nor
+cancels holds the payer's sats at most about this many blocks."""
 """The TLV record type that carries a keysend preimage."""
 
 _ALREADY_PAID = "invoice is already paid"
 _INVOICE_EXISTS = "invoice with payment hash already exists"
+_ALREADY_SETTLED = "invoice already settled"
 _IN_FLIGHT = "payment is in transition"
 _EXPIRED = "invoice expired"
 _NOT_READY = (
@@ -482,8 +487,65 @@ class LndClient:
         return [_parse_invoice(i) for i in raw.get("invoices", [])]
 
     async def cancel_invoice(self, payment_hash: str) -> None:
+        """Cancel an invoice that is not settled; an ACCEPTED hold invoice's HTLCs
+        are failed back (the payer's sats return, its payment FAILED)."""
         body = {"payment_hash": _b64(bytes.fromhex(check_payment_hash(payment_hash)))}
         await self._call("POST", "/v2/invoices/cancel", body=body)
+
+    async def add_hold_invoice(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        cltv_expiry: int = HOLD_CLTV_DELTA,
+        private: bool = False,
+    ) -> Invoice:
+        """A hold invoice for ``payment_hash`` (the caller keeps the preimage): a
+        payment to it stays ACCEPTED, the payer's HTLC locked, until
+        :meth:`settle_invoice` (with the preimage) or :meth:`cancel_invoice`.
+        ``cltv_expiry`` (blocks) bounds how long a payee that does neither can
+        hold it: lnd cancels an accepted hold invoice that nears it.
+
+        Adding the same hash again returns the invoice that exists (if amount and
+        memo match), so the call is safe to retry.
+        """
+        if amount_msat <= 0:
+            raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
+        body: dict[str, object] = {
+            "hash": _b64(bytes.fromhex(check_payment_hash(payment_hash))),
+            "value_msat": str(amount_msat),
+            "memo": memo,
+            "expiry": str(expiry_s),
+            "cltv_expiry": str(cltv_expiry),
+            "private": private,
+        }
+        try:
+            await self._call("POST", "/v2/invoices/hodl", body=body)
+        except LndApiError as exc:
+            if _INVOICE_EXISTS not in str(exc):
+                raise
+            existing = await self.lookup_invoice(payment_hash)
+            if existing.value_msat != amount_msat or existing.memo != memo:
+                raise InvoiceError(
+                    f"{self.endpoint.name}: invoice {payment_hash[:12]} exists with "
+                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}"
+                ) from exc
+            return existing
+        return await self.lookup_invoice(payment_hash)
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        """Settle the ACCEPTED hold invoice of SHA-256(``preimage``): the payment
+        completes. Settling a settled invoice again is a no-op; settling one that
+        is OPEN or CANCELED is an :class:`LndApiError` (nothing moves)."""
+        if len(preimage) != 32:
+            raise InvoiceError("an invoice preimage is 32 bytes")
+        try:
+            await self._call("POST", "/v2/invoices/settle", body={"preimage": _b64(preimage)})
+        except LndApiError as exc:
+            if _ALREADY_SETTLED not in str(exc):
+                raise
 
     async def subscribe_invoices(self, *, settle_index: int = 0) -> AsyncIterator[Invoice]:
         """Every invoice added or settled from now on (and settled after ``settle_index``).

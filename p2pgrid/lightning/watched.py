@@ -6,10 +6,12 @@ What its owner (an agent, the utility) gets by wrapping its node once:
   INFO when it is back (:mod:`p2pgrid.lightning.availability`);
 - **reads** (``get_info``, balances, lists, ``decode_invoice``, ``lookup_invoice``,
   ``track_payment``) and ``add_invoice`` *with a preimage* (it names one invoice)
+  and ``add_hold_invoice`` (its hash names one invoice)
   are retried with capped back-off while the node is away, for at most
   ``away_wait_s``, then raise :class:`NodeUnreachable`;
 - **writes that move or promise money** (``pay_invoice``, ``keysend``,
-  ``add_invoice`` without a preimage, ``cancel_invoice``, channel operations) are
+  ``add_invoice`` without a preimage, ``cancel_invoice``, ``settle_invoice``,
+  channel operations) are
   tried once: whether a payment left is a question for lnd by payment hash
   (the agent's payment intents resolve it), never a blind second try.
 """
@@ -142,6 +144,30 @@ class WatchedNode:
 
     async def cancel_invoice(self, payment_hash: str) -> None:
         await self._once(functools.partial(self.node.cancel_invoice, payment_hash))
+
+    async def add_hold_invoice(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        cltv_expiry: int = 80,
+        private: bool = False,
+    ) -> Invoice:
+        op = functools.partial(
+            self.node.add_hold_invoice,
+            payment_hash,
+            amount_msat,
+            memo,
+            expiry_s=expiry_s,
+            cltv_expiry=cltv_expiry,
+            private=private,
+        )
+        return await self._read(op, "add_hold_invoice")  # the hash names one invoice
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        await self._once(functools.partial(self.node.settle_invoice, preimage))
 
     def subscribe_invoices(self, *, settle_index: int = 0) -> AsyncIterator[Invoice]:
         return self.node.subscribe_invoices(settle_index=settle_index)

@@ -157,6 +157,28 @@ class _DyingWallet:
     async def cancel_invoice(self, payment_hash: str) -> None:
         await self.node.cancel_invoice(payment_hash)
 
+    async def add_hold_invoice(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        cltv_expiry: int = 80,
+        private: bool = False,
+    ) -> LnInvoice:
+        return await self.node.add_hold_invoice(
+            payment_hash,
+            amount_msat,
+            memo,
+            expiry_s=expiry_s,
+            cltv_expiry=cltv_expiry,
+            private=private,
+        )
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        await self.node.settle_invoice(preimage)
+
     async def track_payment(self, payment_hash: str) -> Payment:
         return await self.node.track_payment(payment_hash)
 

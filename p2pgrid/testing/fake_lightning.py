@@ -7,12 +7,18 @@ destination node, amount, description, payment hash and expiry (checked
 against the network's controllable clock); paying an expired invoice raises
 :class:`~p2pgrid.lightning.InvoiceExpired`; an amount below ``min_htlc_msat``
 fails with ``NO_ROUTE``; a paid hash is never paid twice (the first payment is
-returned); a settled invoice cannot be cancelled. A payment between two nodes
+returned); a settled invoice cannot be cancelled. A *hold* invoice
+(``add_hold_invoice``) takes a payment as lnd does: the payer's sats leave its
+balance and the invoice is ACCEPTED, the payer's ``pay_invoice`` waiting, until
+the payee settles it (``settle_invoice``: the payee is credited, the payment
+SUCCEEDED) or cancels it (``cancel_invoice``: the sats return to the payer, its
+payment FAILED with ``INCORRECT_PAYMENT_DETAILS``). A payment between two nodes
 other than the hub routes through it and pays ``route_fee_msat``. Each node
 has one local balance, moved to the msat, so
 :func:`p2pgrid.reconcile.reconcile` works on fakes too.
 
-Hooks for tests: ``before_pay`` runs after a payment is accepted and before it
+Hooks for tests: ``wait_accepted`` returns once a hold invoice holds a payment;
+``before_pay`` runs after a payment is accepted and before it
 settles (to move a clock across a period boundary mid-payment);
 ``fail_next`` makes the next payment fail with a reason; ``raise_next`` makes
 the next pay call raise an error (as lnd's client would, e.g. ``InvoiceExpired``);
@@ -21,6 +27,7 @@ the next pay call raise an error (as lnd's client would, e.g. ``InvoiceExpired``
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import secrets
@@ -60,6 +67,11 @@ class _Invoice:
     state: InvoiceState = InvoiceState.OPEN
     paid_msat: int = 0
     settle_index: int = 0
+    hold: bool = False  # the payee settles with the preimage (or cancels)
+    payer: FakeNode | None = None
+    fee_msat: int = 0
+    accepted: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    resolved: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def view(self) -> Invoice:
         return Invoice(
@@ -245,14 +257,79 @@ class FakeNode:
     async def list_invoices(self) -> list[Invoice]:
         return [i.view() for i in self._mine()]
 
-    async def cancel_invoice(self, payment_hash: str) -> None:
+    def _find(self, payment_hash: str) -> _Invoice:
         for inv in self._mine():
             if inv.payment_hash == payment_hash:
-                if inv.state is InvoiceState.SETTLED:
-                    raise LndApiError(f"{self.name}: invoice already settled")
-                inv.state = InvoiceState.CANCELED
-                return
+                return inv
         raise LndApiError(f"{self.name}: unable to locate invoice", status=404)
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        inv = self._find(payment_hash)
+        if inv.state is InvoiceState.SETTLED:
+            raise LndApiError(f"{self.name}: invoice already settled")
+        if inv.state is InvoiceState.ACCEPTED and inv.payer is not None:  # the HTLC fails back
+            inv.payer.local_msat += inv.amount_msat + inv.fee_msat
+            inv.payer.payments[payment_hash] = inv.payer._payment(
+                inv, PaymentStatus.FAILED, 0, "INCORRECT_PAYMENT_DETAILS"
+            )
+        inv.state = InvoiceState.CANCELED
+        inv.resolved.set()
+
+    async def add_hold_invoice(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        cltv_expiry: int = 80,
+        private: bool = False,
+    ) -> Invoice:
+        if amount_msat <= 0:
+            raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
+        for inv in self._mine():
+            if inv.payment_hash == payment_hash:
+                if (inv.amount_msat, inv.memo) != (amount_msat, memo):
+                    raise InvoiceError(f"{self.name}: invoice exists with other terms")
+                return inv.view()
+        inv = _Invoice(
+            node=self,
+            payment_hash=payment_hash,
+            preimage=b"",  # the payee keeps it until it settles
+            amount_msat=amount_msat,
+            memo=memo,
+            created=self.net.now(),
+            expiry_s=expiry_s,
+            bolt11=f"{PREFIX}{secrets.token_hex(16)}",
+            hold=True,
+        )
+        self.net.invoices[inv.bolt11] = inv
+        return inv.view()
+
+    async def wait_accepted(self, payment_hash: str) -> None:
+        """Test hook: return once a payment to this node's hold invoice is ACCEPTED."""
+        await self._find(payment_hash).accepted.wait()
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        inv = self._find(hashlib.sha256(preimage).hexdigest())
+        if inv.state is InvoiceState.SETTLED:
+            return
+        if inv.state is not InvoiceState.ACCEPTED or inv.payer is None:
+            raise LndApiError(f"{self.name}: invoice is {inv.state.value}, not accepted")
+        inv.preimage = preimage
+        self._credit(inv, inv.payer, inv.fee_msat)
+        inv.resolved.set()
+
+    def _credit(self, inv: _Invoice, payer: FakeNode, fee: int) -> Payment:
+        """The payee side of a settled payment: credit, SETTLED, the payer's SUCCEEDED."""
+        inv.node.local_msat += inv.amount_msat
+        if fee:
+            self.net.nodes[self.net.hub].local_msat += fee
+        inv.state, inv.paid_msat = InvoiceState.SETTLED, inv.amount_msat
+        inv.settle_index = self.net._next_settle()
+        payment = payer._payment(inv, PaymentStatus.SUCCEEDED, fee)
+        payer.payments[inv.payment_hash] = payment
+        return payment
 
     def subscribe_invoices(self, *, settle_index: int = 0) -> AsyncIterator[Invoice]:
         raise LndApiError(f"{self.name}: a fake node streams no invoices")
@@ -269,6 +346,8 @@ class FakeNode:
         done = self.payments.get(inv.payment_hash)
         if done is not None and done.status is PaymentStatus.SUCCEEDED:
             return done  # lnd returns the first payment of a hash
+        if done is not None and done.status is PaymentStatus.IN_FLIGHT and inv.hold:
+            return await self._held(inv)  # lnd tracks the payment in transition
         if self.net.now() > inv.created + inv.expiry_s:
             raise InvoiceExpired(f"{self.name}: invoice expired")
         fee = 0 if self.net.hub in (self.name, inv.node.name) else self.net.route_fee_msat
@@ -290,13 +369,17 @@ class FakeNode:
         if self.before_pay is not None:
             await self.before_pay()
         self.local_msat -= inv.amount_msat + fee
-        inv.node.local_msat += inv.amount_msat
-        if fee:
-            self.net.nodes[self.net.hub].local_msat += fee
-        inv.state, inv.paid_msat = InvoiceState.SETTLED, inv.amount_msat
-        inv.settle_index = self.net._next_settle()
-        payment = self._payment(inv, PaymentStatus.SUCCEEDED, fee)
-        self.payments[inv.payment_hash] = payment
+        if inv.hold:  # the HTLC is locked until the payee settles or cancels
+            inv.state, inv.payer, inv.fee_msat = InvoiceState.ACCEPTED, self, fee
+            inv.accepted.set()
+            return await self._held(inv)
+        return self._credit(inv, self, fee)
+
+    async def _held(self, inv: _Invoice) -> Payment:
+        await inv.resolved.wait()
+        payment = self.payments[inv.payment_hash]
+        if payment.status is PaymentStatus.FAILED:
+            raise PaymentFailed(inv.payment_hash, payment.failure_reason)
         return payment
 
     def _payment(
@@ -321,6 +404,9 @@ class FakeNode:
         payment = self.payments.get(payment_hash)
         if payment is None:
             raise LndApiError(f"{self.name}: payment isn't initiated", status=404)
+        if payment.status is PaymentStatus.IN_FLIGHT:  # a held payment: until it resolves
+            inv = next(i for i in self.net.invoices.values() if i.payment_hash == payment_hash)
+            return await self._held(inv)
         if payment.status is PaymentStatus.FAILED:
             raise PaymentFailed(payment_hash, payment.failure_reason)
         return payment

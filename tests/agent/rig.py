@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from p2pgrid.agent.config import AgentConfig
+from p2pgrid.agent.config import AgentConfig, EnergyConfig
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.intents import IntentBook
@@ -176,7 +176,12 @@ class Rig:
             for raws in logs:
                 await device.store.ingest_many(raws)
 
-    def energy_desk(self, device: Device, balance: Callable[[int], Awaitable[int]]) -> EnergyDesk:
+    def energy_desk(
+        self,
+        device: Device,
+        balance: Callable[[int], Awaitable[int]],
+        config: EnergyConfig | None = None,
+    ) -> EnergyDesk:
         """The device's energy desk, installed on its peers, with ``balance``; what
         it logs reaches every device of the rig at once (:meth:`spread`)."""
         desk = EnergyDesk(
@@ -190,6 +195,7 @@ class Rig:
             replica=LocalReplica(device.store),
             announce=self.spread,
             now=self.clock,
+            config=config,
         )
         desk.install()
         return desk

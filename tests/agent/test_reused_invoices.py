@@ -64,7 +64,7 @@ async def test_a_sale_invoice_paid_before_is_not_paid_or_logged_again(tmp_path: 
             node.amount_msat = 20_000
             node.description = sale_memo(book_id, Party(site_id, 2), me, 80, 20_000)
             offer = SaleOffer(book_id, 80, 20_000, BOLT11)  # the same invoice both times
-            bought.append(await desk._pay(offer, trade, book_id, seller, 0))
+            bought.append(await desk._pay(offer, trade, book_id, seller, (0, round_)))
         await intents.close()
         assert bought == [80, 0]
         logged = [e.kind for e in await store.entries() if e.kind is not EntryKind.ENROL]

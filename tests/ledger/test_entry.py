@@ -18,6 +18,7 @@ from p2pgrid.ledger import (
     CarryOver,
     Cleared,
     Curtailment,
+    Delivered,
     DeviceInfo,
     Dispute,
     Invoice,
@@ -47,6 +48,7 @@ SAMPLES: list[tuple[Author, Body]] = [
     (Author.owner(), DeviceInfo(1, "fridge", "kitchen fridge")),
     (Author.device(2), Order(40, "0303" + "01" * 37)),
     (Author.device(2), Cleared(40, 120_000, b"\x02" * 32, "0000000100000002")),
+    (Author.device(2), Delivered(40, 1, 60, b"\x03" * 32)),
 ]
 
 
@@ -92,6 +94,17 @@ def test_new_kinds_take_version_2_and_old_kinds_keep_version_1(site: Site) -> No
             decode_entry(bytes([version]) + entry.raw[1:], hashed)
 
 
+def test_delivered_takes_version_3(site: Site) -> None:
+    """Version 3 added ``delivered``; under another version it is malformed."""
+    entry = site.chain(Author.device(1)).next(Delivered(7, 2, 0, bytes(32)), period=3)
+    assert entry.raw[0] == 3
+    hashed = site.membership.site_hash
+    assert decode_entry(entry.raw, hashed) == entry
+    for version in (1, 2, 4):
+        with pytest.raises(MalformedError, match="version"):
+            decode_entry(bytes([version]) + entry.raw[1:], hashed)
+
+
 def test_same_content_signed_twice_has_one_id(site: Site) -> None:
     chain = site.chain(Author.device(1))
     one = chain.sign(CarryOver(5), seq=1, prev=bytes(32))
@@ -114,6 +127,7 @@ def test_same_content_signed_twice_has_one_id(site: Site) -> None:
         (Author.device(1), Cleared(3, 1000, bytes(32), "00000002")),  # not in its book
         (Author.device(1), Cleared(3, 1000, bytes(32), "0000000200000001")),  # not ascending
         (Author.device(1), Cleared(3, 1000, bytes(32), "000001")),  # not u32s
+        (Author.device(1), Delivered(3, 1, 5, bytes(32))),  # from itself
     ],
 )
 def test_invalid_bodies_cannot_be_signed(site: Site, author: Author, body: Body) -> None:

@@ -18,6 +18,7 @@ from p2pgrid.ledger import (
     Budget,
     CarryOver,
     Cleared,
+    Delivered,
     Entry,
     IngestReport,
     Invoice,
@@ -101,6 +102,22 @@ async def test_one_order_and_one_clearing_per_device_and_round(
         (Outcome.REJECTED, RejectReason.DUPLICATE_RECORD),
     ]
     assert store.heads()[Author.device(2)].seq == 3
+
+
+async def test_one_delivered_entry_per_trade(site: Site, open_store: OpenStore) -> None:
+    store = await open_store("d")
+    chain = site.chain(Author.device(2))
+    entries = [
+        chain.next(Delivered(40, 0, 60, HASH), period=1),
+        chain.next(Delivered(40, 1, 60, HASH), period=1),  # another seller of the round
+        chain.next(Delivered(40, 0, 10, HASH), period=1),  # the same trade again
+    ]
+    report = await store.ingest_many([e.raw for e in entries])
+    assert [_outcome(report, i) for i in range(3)] == [
+        (Outcome.STORED, None),
+        (Outcome.STORED, None),
+        (Outcome.REJECTED, RejectReason.DUPLICATE_RECORD),
+    ]
 
 
 async def test_rule_survives_reopening(site: Site, tmp_path: Path) -> None:

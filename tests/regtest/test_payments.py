@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 
 import pytest
 
@@ -10,7 +12,9 @@ from p2pgrid.lightning import (
     Invoice,
     InvoiceExpired,
     InvoiceState,
+    LndApiError,
     LndClient,
+    Payment,
     PaymentFailed,
     PaymentStatus,
 )
@@ -158,3 +162,68 @@ async def test_decode_invoice_matches_what_was_asked(utility: LndClient) -> None
     assert decoded.destination == (await utility.get_info()).pubkey
     assert decoded.description == "decode me"
     assert decoded.expiry_s == 600
+
+
+async def _pay_outcome(payer: LndClient, bolt11: str) -> Payment | PaymentFailed:
+    try:
+        return await payer.pay_invoice(bolt11, fee_limit_msat=FEE_LIMIT_MSAT)
+    except PaymentFailed as exc:
+        return exc
+
+
+async def _accepted(payee: LndClient, payment_hash: str) -> None:
+    async def accepted() -> bool:
+        return (await payee.lookup_invoice(payment_hash)).state is InvoiceState.ACCEPTED
+
+    await wait_until(accepted, timeout_s=BALANCE_TIMEOUT_S, what="the hold invoice to accept")
+
+
+async def test_hold_invoice_is_settled_by_the_payee_with_its_preimage(
+    dev_a: LndClient, dev_b: LndClient, utility: LndClient
+) -> None:
+    amount = 4_000_000
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).hexdigest()
+    a0, b0 = await local_msat(dev_a), await local_msat(dev_b)
+    invoice = await dev_b.add_hold_invoice(payment_hash, amount, "hold: settle")
+    assert invoice.state is InvoiceState.OPEN
+    again = await dev_b.add_hold_invoice(payment_hash, amount, "hold: settle")  # a retry
+    assert again.payment_request == invoice.payment_request
+    async with asyncio.TaskGroup() as tg:
+        paying = tg.create_task(_pay_outcome(dev_a, invoice.payment_request))
+        await _accepted(dev_b, payment_hash)
+        # Held: the payee cannot spend it yet (its balance moves by commitment fees only).
+        assert await local_msat(dev_b) < b0 + amount
+        await dev_b.settle_invoice(preimage)
+    payment = paying.result()
+    assert isinstance(payment, Payment)
+    assert payment.status is PaymentStatus.SUCCEEDED
+    assert payment.preimage == preimage.hex()
+    await dev_b.settle_invoice(preimage)  # settling again is a no-op
+    assert (await dev_b.lookup_invoice(payment_hash)).state is InvoiceState.SETTLED
+    await wait_local(dev_a, a0 - amount - payment.fee_msat)
+    await wait_local(dev_b, b0 + amount)
+
+
+async def test_cancelled_hold_invoice_returns_the_payers_sats(
+    dev_a: LndClient, dev_b: LndClient, utility: LndClient
+) -> None:
+    amount = 4_000_000
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).hexdigest()
+    a0, b0, u0 = await local_msat(dev_a), await local_msat(dev_b), await local_msat(utility)
+    invoice = await dev_b.add_hold_invoice(payment_hash, amount, "hold: cancel")
+    async with asyncio.TaskGroup() as tg:
+        paying = tg.create_task(_pay_outcome(dev_a, invoice.payment_request))
+        await _accepted(dev_b, payment_hash)
+        assert await local_msat(dev_a) < a0  # the HTLC is out of the payer's balance
+        await dev_b.cancel_invoice(payment_hash)
+    failed = paying.result()
+    assert isinstance(failed, PaymentFailed)
+    assert failed.reason == "INCORRECT_PAYMENT_DETAILS"
+    assert (await dev_b.lookup_invoice(payment_hash)).state is InvoiceState.CANCELED
+    with pytest.raises(LndApiError):
+        await dev_b.settle_invoice(preimage)  # cancelled: nothing to settle
+    await wait_local(dev_a, a0)  # every msat back, routing fee included
+    await wait_local(dev_b, b0)
+    await wait_local(utility, u0)
