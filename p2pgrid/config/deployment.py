@@ -151,7 +151,9 @@ def write_deployment(
     device_host = {n: hosts.get(n, "127.0.0.1") for n in names[1:]}
     device_port = {n: port(h) for n, h in device_host.items()}
     clock = _clock(model, start)
-    tariff = {"msat_per_kwh": model.tariff.msat_per_kwh}
+    tariff = model.tariff.model_dump(mode="json", exclude_defaults=True)
+    tariff["msat_per_kwh"] = model.tariff.msat_per_kwh
+    agent = model.agent.model_dump(mode="json", exclude_defaults=True)  # the scenario's tuning
 
     def site_doc(site_number: int, bootstrap: Mapping[str, list[str]]) -> dict[str, Any]:
         site = model.sites[site_number]
@@ -181,6 +183,7 @@ def write_deployment(
             "clock": clock,
             "tariff": tariff,
             "utility": {"key": utility["key"], "lnd_pubkey": lnd[uname].pubkey},
+            **({"agent": agent} if agent else {}),
             "devices": devices,
             "other_sites": [
                 {

@@ -201,3 +201,24 @@ async def test_control_reads_stdin_after_the_file_s_start_and_refuses_another_st
     assert got == [start, {"cmd": "digest", "at": 1.0}, {"cmd": "status", "at": 1.0},
                    {"cmd": "stop", "at": 1.0}]  # fmt: skip
     assert '"event": "error"' in capsys.readouterr().out
+
+
+def test_the_scenario_s_agent_tuning_and_grid_fee_reach_the_files(tmp_path: Path) -> None:
+    text = SCENARIO.read_text().replace(
+        "[tariff]\n",
+        "[agent.energy]\npay_on_delivery = true\n\n[tariff]\ngrid_fee_msat_per_kwh = 30000\n",
+    )
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(text)
+    scenario = load_scenario(tuned)
+    assert scenario.agent.energy.pay_on_delivery
+    ports = iter(range(20_000, 21_000))
+    d = write_deployment(
+        tuned, tmp_path / "out", fake_lnd(scenario), start=START, port=lambda _: next(ports)
+    )
+    for site in scenario.sites:
+        site_file = SiteFile(d.site_files[site.name])
+        assert site_file.model.tariff.grid_fee_msat_per_kwh == 30_000
+        for device in site.devices:
+            assert agent_setup(site_file, device.name).config == scenario.agent
+    assert UtilityFile(d.utility_file).model.tariff.grid_fee_msat_per_kwh == 30_000
