@@ -5,7 +5,9 @@ of the wall clock when it is written. Most entries are written while their
 period runs, so an author's chain is ordered by period too. Money moves and
 disputes settle an obligation that may be older than the author's latest entry
 (an invoice of period ``p`` is paid while the payer already meters ``p + 1``; a
-share paid across the boundary is logged when lnd says it succeeded): those
+share paid across the boundary is logged when lnd says it succeeded; the utility
+invoices a device whose last readings of ``p`` reached it late, after it granted
+``p + 1``'s budget): those
 kinds, :data:`OBLIGATION_KINDS`, carry the period of the obligation and may
 name a period earlier than the author's earlier entries. For every other kind
 the period is ``>=`` the highest period of the author's earlier entries (so a
@@ -24,6 +26,7 @@ OBLIGATION_KINDS = frozenset(
         EntryKind.PAYMENT,
         EntryKind.DISPUTE,
         EntryKind.SITE_SHARE,
+        EntryKind.INVOICE,
     }
 )
 

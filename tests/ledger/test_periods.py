@@ -11,8 +11,10 @@ import pytest
 
 from p2pgrid.ledger import (
     Author,
+    Budget,
     CarryOver,
     Dispute,
+    Invoice,
     LedgerError,
     LogWriter,
     MeterReading,
@@ -57,5 +59,24 @@ async def test_replicas_accept_a_late_payment_and_refuse_a_backdated_reading(
         assert outcomes[:2] == [(Outcome.STORED, None), (Outcome.STORED, None)]
         assert outcomes[2][0] is Outcome.REJECTED
         assert outcomes[2][1] is RejectReason.TIME_REGRESSION
+    finally:
+        await store.close()
+
+
+async def test_the_utility_may_invoice_a_period_after_granting_the_next_budget(
+    tmp_path: Path,
+) -> None:
+    """A device's last readings of a period reached the utility late: its invoice
+    follows the next period's budget on the utility's chain; a budget may not go back."""
+    site = Site.make(b"periods")
+    store = await site.open(tmp_path / "c.db")
+    try:
+        writer = LogWriter(store, site.utility, Author.utility())
+        await writer.append(Budget(900_000), period=4, timestamp_ms=T0_MS)
+        late = Invoice(0, 2_500, 10, b"\x01" * 32, "lnbcrt1")
+        invoiced = await writer.append(late, period=3, timestamp_ms=T0_MS)
+        assert invoiced.period == 3
+        with pytest.raises(LedgerError, match="already wrote in period"):
+            await writer.append(Budget(900_000), period=3, timestamp_ms=T0_MS)
     finally:
         await store.close()
