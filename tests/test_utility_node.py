@@ -1,4 +1,9 @@
-"""The utility's period close after a restart (real SQLite, fake Lightning and replica).
+"""The utility's period close (real SQLite, fake Lightning and replica).
+
+Each device is invoiced as soon as its period is complete in the replica (its
+last reading, or an entry of a later period); in a run until stopped a device
+whose readings come after the readings wait is still invoiced in full, and it
+holds neither the other devices nor the other sites.
 
 A utility killed mid-invoicing and started again closes the period again: it must
 issue only the missing invoices (never a second one, never a second budget) and
@@ -43,10 +48,12 @@ class _Host:
 
 
 class _QuietReplica:
-    """A replica on which nothing ever arrives (the late device never comes back);
-    ``syncing``: its anti-entropy rounds succeed (with nothing new), one per look."""
+    """A replica on which nothing arrives but what a test ingests into its store
+    (the late device); ``syncing``: its anti-entropy rounds succeed (with nothing
+    new), one per look."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
         self.host = _Host()
         self.published: list[Entry] = []
         self.pushed: list[tuple[Entry, str]] = []
@@ -71,7 +78,8 @@ class _QuietReplica:
         pass
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        await asyncio.Event().wait()
+        while not predicate():
+            await self.store.wait_changed(self.store.digest())
 
 
 async def _utility(rig: Rig, tmp: Path, *, late: bool = False) -> tuple[LogStore, SiteDesk]:
@@ -94,7 +102,7 @@ async def _utility(rig: Rig, tmp: Path, *, late: bool = False) -> tuple[LogStore
         tariff=TARIFF,
         secret=b"s" * 32,
     )
-    replica = cast(NetReplica, _QuietReplica())
+    replica = cast(NetReplica, _QuietReplica(store))
     return store, SiteDesk("site", 900_000, (0, 1), store, writer, replica, invoicer)
 
 
@@ -165,8 +173,8 @@ async def test_a_replica_that_synced_with_nobody_is_not_invoiced_from(tmp_path: 
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(WAIT_S * 4):
                 await node.run(1)
-        assert not node.invoiced
-        assert not [e for e in await store.entries() if isinstance(e.body, Invoice)]
+        # Device 0's period is complete: invoiced; device 1 is not invoiced short.
+        assert [e.body.device for e in node.invoiced if isinstance(e.body, Invoice)] == [0]
         _quiet(desk).syncing = True  # a device redialled: a round went through
         node = _node(desk)
         node.readings_wait_s = WAIT_S
@@ -348,3 +356,112 @@ async def test_the_node_pushes_each_invoice_to_its_device(tmp_path: Path) -> Non
         await store.close()
     finally:
         await rig.close()
+
+
+def _live_node(*desks: SiteDesk, wait_s: float) -> UtilityNode:
+    """A utility run until stopped, period 0 just over (a minute per interval:
+    period 1 does not end while the test runs)."""
+    clock = PeriodClock(2, 60.0, time.time() - 120.0)
+    return UtilityNode(
+        clock=clock,
+        model_ms=lambda i: T0_MS + i * QUARTER_MS,
+        sites=list(desks),
+        readings_wait_s=wait_s,
+    )
+
+
+async def _until(store: LogStore, predicate: Callable[[list[Entry]], bool]) -> list[Entry]:
+    """The store's entries once ``predicate`` holds for them (woken by its changes)."""
+    while not predicate(entries := await store.entries()):
+        await store.wait_changed(store.digest())
+    return entries
+
+
+def _invoiced(entries: list[Entry], period: int = 0) -> dict[int, Entry]:
+    return {e.body.device: e for e in entries if isinstance(e.body, Invoice) and e.period == period}
+
+
+def _budgets(entries: list[Entry]) -> list[int]:
+    return [e.period for e in entries if isinstance(e.body, Budget)]
+
+
+async def test_a_last_reading_after_the_wait_is_invoiced_in_full_in_a_run_until_stopped(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)  # device 1 misses its last reading
+        node = _live_node(desk, wait_s=WAIT_S)
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(node.run(None))
+            # Past the wait: device 0 invoiced, period 1's budget granted, device 1 not.
+            entries = await _until(store, lambda es: 1 in _budgets(es))
+            assert sorted(_invoiced(entries)) == [0]
+            dev1 = rig.devices[1]
+            await dev1.meter(0, 50, interval=1)  # its uplink is back
+            await store.ingest_many(await dev1.store.export())
+            entries = await _until(store, lambda es: 1 in _invoiced(es))
+            running.cancel()
+        invoice = _invoiced(entries)[1]
+        assert isinstance(invoice.body, Invoice)
+        full = desk.invoicer.due(await dev1.store.entries(), device=1, period=0)
+        assert (invoice.body.amount_msat, invoice.body.energy_wh) == (full.amount_msat, 350)
+        assert _budgets(entries) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_device_down_at_the_periods_end_is_complete_with_its_next_entry(
+    tmp_path: Path,
+) -> None:
+    """Device 1 never logs period 0's last interval (it was down); its first
+    reading of period 1 ends its period 0: invoiced then, with no readings wait."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        node = _live_node(desk, wait_s=NEVER_S)
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(node.run(1))
+            entries = await _until(store, lambda es: 0 in _invoiced(es))
+            assert sorted(_invoiced(entries)) == [0]  # device 0 did not wait for device 1
+            dev1 = rig.devices[1]
+            await dev1.meter(1, 70, interval=2)
+            await store.ingest_many(await dev1.store.export())
+            await running  # no readings wait: both complete
+        invoices = _invoiced(await store.entries())
+        assert sorted(invoices) == [0, 1]
+        body = invoices[1].body
+        assert isinstance(body, Invoice)
+        assert body.energy_wh == 300  # period 0 only
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_an_incomplete_device_holds_no_other_site(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    waiting, ready = Rig(tmp_path / "a"), Rig(tmp_path / "b")
+    try:
+        store_a, desk_a = await _utility(waiting, tmp_path / "a")  # device 1 incomplete
+        desk_a.name = "a"
+        store_b, desk_b = await _utility(ready, tmp_path / "b")
+        desk_b.name = "b"
+        dev1 = ready.devices[1]
+        await dev1.meter(0, 10, interval=1)
+        await store_b.ingest_many(await dev1.store.export())
+        node = _live_node(desk_a, desk_b, wait_s=NEVER_S)
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(node.run(None))
+            entries_b = await _until(store_b, lambda es: 1 in _budgets(es))
+            entries_a = await _until(store_a, lambda es: 0 in _invoiced(es))
+            running.cancel()
+        assert sorted(_invoiced(entries_b)) == [0, 1]
+        assert sorted(_invoiced(entries_a)) == [0]
+        assert _budgets(entries_a) == [0]  # site a still waits (the wait is endless here)
+        await store_a.close()
+        await store_b.close()
+    finally:
+        await waiting.close()
+        await ready.close()

@@ -17,8 +17,9 @@ node goes away, one INFO when it is back, retries with capped back-off) for at
 most :data:`LND_AWAY_WAIT_S`; both calls are idempotent (the derived preimage
 names one invoice; a lookup is a read).
 
-The utility must invoice period ``p`` before it writes any entry of ``p + 1``
-(its chain's periods never go back; see :class:`p2pgrid.ledger.LogWriter`).
+An ``invoice`` entry may name a period earlier than the utility's latest entry
+(a device whose readings came late is invoiced after the next period's budget;
+:data:`p2pgrid.ledger.periods.OBLIGATION_KINDS`).
 """
 
 from __future__ import annotations
@@ -110,12 +111,18 @@ class Invoicer:
         return bill(entries, device=device, period=period, tariff=self.tariff)
 
     async def invoice_period(
-        self, period: int, *, timestamp_ms: int, deliver: Deliver | None = None
+        self,
+        period: int,
+        *,
+        timestamp_ms: int,
+        deliver: Deliver | None = None,
+        skip: frozenset[int] = frozenset(),
     ) -> list[Entry]:
-        """Invoice every metered device of ``period`` that has no invoice yet, at
-        most :attr:`concurrency` lnd calls at a time; each invoice entry is handed
-        to ``deliver`` as soon as it is logged. Returns the invoice entries written
-        now, in log order.
+        """Invoice every metered device of ``period`` that has no invoice yet,
+        except those in ``skip`` (their readings of the period may not all be in),
+        at most :attr:`concurrency` lnd calls at a time; each invoice entry is
+        handed to ``deliver`` as soon as it is logged. Returns the invoice entries
+        written now, in log order.
 
         If one invoice fails (lnd away past :data:`LND_AWAY_WAIT_S`), the others
         in flight are cancelled and its error is raised: an invoice created on lnd
@@ -124,7 +131,8 @@ class Invoicer:
         bills = [
             due
             for device in metered_devices(entries, period)
-            if not invoices_of(entries, device=device, period=period)
+            if device not in skip
+            and not invoices_of(entries, device=device, period=period)
             and (due := self.due(entries, device=device, period=period)).amount_msat > 0
         ]
         lnd_calls = asyncio.Semaphore(self.concurrency)

@@ -3,21 +3,36 @@
 For each site the utility keeps a replica of the site's log (it signs there with
 the key the site's owner enrolled for the utility, see
 :meth:`p2pgrid.scenario.UtilitySpec.signer`). It grants each site's budget for a
-period (a ``budget`` entry, once: a restarted utility finds it in its replica),
-and at the period's end waits until every device's
-reading of the period's last interval is in its replica (chains are replicated
-in order, so all earlier readings are there too), for at most
-``readings_wait_s`` (a device that is down then is invoiced for what is logged,
-once the replica synced with some device after the period's end),
-then invoices each device (:class:`p2pgrid.utility.Invoicer`: concurrently;
-devices it invoiced before a restart are not invoiced again), pushes each invoice
-to its device as soon as it is logged (besides announcing it on the site's topic)
-and grants the next period's budget.
+period (a ``budget`` entry, once: a restarted utility finds it in its replica).
+Each site runs on its own: a site waiting at a period's end holds no other site.
 
-A restarted utility (same data directory, same start time) closes every period
-whose end has passed again: one it had begun to invoice before (an invoice of
-the period or the next period's budget is in its log) is not waited for a
-second time, only its missing invoices are issued, at once.
+At a period's end it invoices each device (:class:`p2pgrid.utility.Invoicer`:
+concurrently; one invoice per device and period, never a second one after a
+restart) as soon as the device's period is *complete* in its replica: the
+replica holds the device's reading of the period's last interval, or any entry
+of the device in a later period. Either one means no more readings of the
+period can come: a chain is replicated in order, and a reading never names a
+period lower than an earlier entry of its chain (only the money kinds may,
+:data:`p2pgrid.ledger.periods.OBLIGATION_KINDS`; the writer refuses it and
+every replica rejects it). A device that was down at the period's end never
+logs that last interval, but its first entry after it comes back completes the
+period. Each invoice is pushed to its device as soon as it is logged (besides
+being announced on the site's topic).
+
+``readings_wait_s`` after the period's end (or at once for a period it had
+begun to invoice before a restart: an invoice of the period or the next
+period's budget is in its log) the utility grants the next period's budget:
+
+- run until stopped (``run(None)``, the deployed ``utility run``): the devices
+  still incomplete are named in one WARNING and waited for without a deadline
+  (woken by each change of the log, asking the peers to sync), then invoiced in
+  full; the other devices, the next periods and the other sites go on. An
+  invoice may follow the next period's budget on the utility's chain (an
+  ``invoice`` states an obligation; docs/protocol-log.md, section 4). A device
+  that never comes back is left open until the owner revokes it.
+- a fixed number of periods (``run(n)``: the demo, tests): the incomplete
+  devices are invoiced for what is logged (once the replica synced with some
+  device after the period's end), so that the run ends.
 """
 
 from __future__ import annotations
@@ -104,39 +119,92 @@ class UtilityNode:
         await site.replica.publish([entry])
 
     async def run(self, periods: int | None) -> None:
-        """Invoice ``periods`` periods (None: period after period until cancelled)."""
+        """Invoice ``periods`` periods (None: period after period until cancelled),
+        each site on its own."""
         for site in self.sites:
             await self._write_budget(site, 0)
-        for period in itertools.count() if periods is None else range(periods):
-            last = self.clock.first_interval(period + 1) - 1
-            await self.clock.until_interval(last + 1)
-            async with asyncio.TaskGroup() as tasks:
-                for site in self.sites:
-                    tasks.create_task(self._close(site, period, last, periods))
+        async with asyncio.TaskGroup() as tasks:
+            for site in self.sites:
+                tasks.create_task(self._run_site(site, periods))
 
-    async def _close(self, site: SiteDesk, period: int, last: int, periods: int | None) -> None:
+    async def _run_site(self, site: SiteDesk, periods: int | None) -> None:
+        # ``late``: in a run until stopped, the devices still incomplete at a
+        # period's close are waited for there while the next periods go on.
+        async with asyncio.TaskGroup() as late:
+            for period in itertools.count() if periods is None else range(periods):
+                last = self.clock.first_interval(period + 1) - 1
+                await self.clock.until_interval(last + 1)
+                await self._close(site, period, last, periods, late)
+
+    async def _close(
+        self,
+        site: SiteDesk,
+        period: int,
+        last: int,
+        periods: int | None,
+        late: asyncio.TaskGroup,
+    ) -> None:
         state = BillingPeriod(period, owner=f"utility/{site.name}")
         state.advance(PeriodState.CLOSING)  # the period's last interval has passed
-        if await self._begun_before(site, period):
+        begun = await self._begun_before(site, period)
+        if begun:
             log.info(
                 "[utility] %s period %d: invoiced before a restart; issuing what is missing",
                 site.name,
                 period,
             )
+        until = asyncio.get_running_loop().time() + (0.0 if begun else self.readings_wait_s)
+        if periods is None:
+            incomplete = await self._invoice_complete(site, period, last, until=until)
+            if incomplete:
+                log.warning(
+                    "[utility] %s period %d: no last reading yet from devices %s; "
+                    "invoicing each when its readings are in, the rest goes on",
+                    site.name,
+                    period,
+                    incomplete,
+                )
+                late.create_task(self._finish(site, period, last, state))
         else:
-            await self._wait_for_readings(site, period, last)
-        await self.issue(site, period)
-        state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
-        self.states[(site.name, period)] = state
+            rounds = site.replica.stats().rounds
+
+            def synced() -> bool:
+                return begun or site.replica.stats().rounds > rounds
+
+            incomplete = await self._invoice_complete(
+                site, period, last, until=until, synced=synced
+            )
+            if incomplete:
+                log.warning(
+                    "[utility] %s period %d: no last reading from devices %s; "
+                    "invoicing what is logged",
+                    site.name,
+                    period,
+                    incomplete,
+                )
+                await self.issue(site, period)
+        if not incomplete or periods is not None:
+            state.advance(PeriodState.CLOSED)  # invoiced; agents now check and pay
+            self.states[(site.name, period)] = state
         if periods is None or period + 1 < periods:
             await self._write_budget(site, period + 1)
 
-    async def issue(self, site: SiteDesk, period: int) -> list[Entry]:
-        """Invoice ``period``'s devices of ``site`` that have no invoice yet
-        (concurrently) and deliver each invoice entry as soon as it is logged:
-        announced on the site's log topic, and pushed to its device's host over a
-        direct stream if the announcement does not reach that host at once
-        (docs/protocol-log.md, section 6.1); gossip and anti-entropy carry it
+    async def _finish(self, site: SiteDesk, period: int, last: int, state: BillingPeriod) -> None:
+        """Invoice ``period``'s devices that were incomplete at its close, each as
+        its readings come in (a run until stopped: no deadline)."""
+        await self._invoice_complete(site, period, last, until=None)
+        state.advance(PeriodState.CLOSED)
+        self.states[(site.name, period)] = state
+        log.info("[utility] %s period %d: every device invoiced", site.name, period)
+
+    async def issue(
+        self, site: SiteDesk, period: int, *, skip: frozenset[int] = frozenset()
+    ) -> list[Entry]:
+        """Invoice ``period``'s devices of ``site`` that have no invoice yet, but
+        those in ``skip`` (concurrently), and deliver each invoice entry as soon as
+        it is logged: announced on the site's log topic, and pushed to its device's
+        host over a direct stream if the announcement does not reach that host at
+        once (docs/protocol-log.md, section 6.1); gossip and anti-entropy carry it
         where the push did not get through. Returns the entries written now."""
 
         async def deliver(entry: Entry) -> None:
@@ -145,7 +213,7 @@ class UtilityNode:
                 await site.replica.push([entry], site.replica.member_peers(entry.body.device))
 
         entries = await site.invoicer.invoice_period(
-            period, timestamp_ms=int(time.time() * 1000), deliver=deliver
+            period, timestamp_ms=int(time.time() * 1000), deliver=deliver, skip=skip
         )
         self.invoiced.extend(entries)
         return entries
@@ -153,7 +221,8 @@ class UtilityNode:
     async def _begun_before(self, site: SiteDesk, period: int) -> bool:
         """Whether this utility began invoicing ``period`` before (it was restarted):
         its log holds an invoice of the period or the next period's budget. The
-        readings wait was over then; waiting again would only delay the rest."""
+        readings wait was over then; waiting again would only delay the rest (a
+        run until stopped still waits for the devices that are incomplete)."""
         me = site.writer.author
         for p, kind in ((period, Invoice), (period + 1, Budget)):
             if any(
@@ -163,50 +232,56 @@ class UtilityNode:
                 return True
         return False
 
-    async def _wait_for_readings(self, site: SiteDesk, period: int, last: int) -> None:
-        """Wait until every device's last reading of ``period`` is in the replica,
-        for at most ``readings_wait_s``; and past that, until the replica completed
-        one anti-entropy round since this wait began: a replica that synced with
-        nobody since (a utility just restarted, its devices not redialled yet)
-        knows nothing of the period's end, and invoicing from it would bill less
-        than was logged, or nothing."""
-        last_ms = self.model_ms(last)
+    async def _invoice_complete(
+        self,
+        site: SiteDesk,
+        period: int,
+        last: int,
+        *,
+        until: float | None,
+        synced: Callable[[], bool] = lambda: True,
+    ) -> list[int]:
+        """Invoice each device of ``period`` as soon as its period is complete in
+        the replica, until all are or the loop's time ``until`` (None: no
+        deadline); returns the devices still incomplete then. Past ``until`` it
+        also waits for ``synced()``: a replica that synced with nobody since the
+        period ended (a utility just restarted, its devices not redialled yet)
+        knows nothing of the period's end."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.readings_wait_s
-        rounds = site.replica.stats().rounds
         blind = False
         while True:
             seen = site.store.digest()  # before reading: no change slips between
-            missing = await self._missing_readings(site, period, last_ms)
-            if not missing:
-                return
-            if loop.time() >= deadline:
-                if site.replica.stats().rounds > rounds:
-                    log.warning(
-                        "[utility] %s period %d: no last reading from devices %s; "
-                        "invoicing what is logged",
-                        site.name,
-                        period,
-                        missing,
-                    )
-                    return
-                if not blind:
-                    blind = True
-                    log.warning(
-                        "[utility] %s period %d: no sync with any device since the "
-                        "period ended; waiting for one before invoicing",
-                        site.name,
-                        period,
-                    )
+            incomplete = await self._incomplete(site, period, last)
+            await self.issue(site, period, skip=frozenset(incomplete))
+            if not incomplete:
+                return []
+            timeout: float | None = None
+            if until is not None:
+                if loop.time() >= until:
+                    if synced():
+                        return incomplete
+                    if not blind:
+                        blind = True
+                        log.warning(
+                            "[utility] %s period %d: no sync with any device since the "
+                            "period ended; waiting for one before invoicing",
+                            site.name,
+                            period,
+                        )
+                # Woken by a change of the log; past the deadline, a round that
+                # appended nothing does not wake it: look again every RECHECK_S.
+                timeout = max(until - loop.time(), RECHECK_S)
             for peer in site.replica.host.peers():
                 site.replica.request_sync(peer.peer_id)
-            # Woken by a change of the log; past the deadline, a round that appended
-            # nothing does not wake it: look again every RECHECK_S (a timer).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(deadline - loop.time(), RECHECK_S)):
+                async with asyncio.timeout(timeout):
                     await site.replica.wait_until(_changed_since(site.store, seen))
 
-    async def _missing_readings(self, site: SiteDesk, period: int, last_ms: int) -> list[int]:
+    async def _incomplete(self, site: SiteDesk, period: int, last: int) -> list[int]:
+        """The awaited devices whose ``period`` is not complete in the replica:
+        neither their reading of its ``last`` interval nor any entry of a later
+        period (their chain's period floor, see the module docstring) is in."""
+        last_ms = self.model_ms(last)
         have = {
             e.author.index
             for e in await site.store.entries(period=period)
@@ -214,7 +289,11 @@ class UtilityNode:
             and e.body.interval_start_ms == last_ms
             and e.author != Author.utility()
         }
-        return [d for d in site.awaited_devices() if d not in have]
+        return [
+            d
+            for d in site.awaited_devices()
+            if d not in have and site.store.next_position(Author.device(d))[3] <= period
+        ]
 
     async def statuses(self, period: int) -> list[InvoiceStatus]:
         out: list[InvoiceStatus] = []
