@@ -29,7 +29,7 @@ from p2pgrid.ledger import Author, Budget, Enrol, Entry, Invoice, LogStore, Revo
 from p2pgrid.lightning import Invoice as LnInvoice
 from p2pgrid.lightning import InvoiceError, LightningNode
 from p2pgrid.net import PeerRef
-from p2pgrid.replication import NetReplica, ReplicaStats
+from p2pgrid.replication import NetReplica, ReplicaState, ReplicaStats
 from p2pgrid.testing.fake_lightning import FakeNode
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
@@ -59,6 +59,7 @@ class _QuietReplica:
         self.pushed: list[tuple[Entry, str]] = []
         self.syncing = True
         self.rounds = 0
+        self.state = ReplicaState.RUNNING
 
     def stats(self) -> ReplicaStats:
         self.rounds += self.syncing

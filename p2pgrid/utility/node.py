@@ -47,7 +47,7 @@ from collections.abc import Callable
 
 from p2pgrid.billing import BillingPeriod, PeriodClock, PeriodState
 from p2pgrid.ledger import Author, Budget, Entry, Invoice, LogStore, LogWriter, MeterReading
-from p2pgrid.replication import NetReplica
+from p2pgrid.replication import NetReplica, ReplicaState
 from p2pgrid.utility.invoicer import Invoicer, InvoiceStatus
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,30 @@ class SiteDesk:
         )
 
 
-def _changed_since(store: LogStore, digest: bytes) -> Callable[[], bool]:
-    return lambda: store.digest() != digest
+def _length(site: SiteDesk, device: int) -> int:
+    return site.store.next_position(Author.device(device))[0] - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chains:
+    """The awaited devices of a site and the lengths of their chains, at a time."""
+
+    awaited: tuple[int, ...]
+    lengths: dict[int, int]
+
+    @classmethod
+    def of(cls, site: SiteDesk) -> _Chains:
+        awaited = tuple(site.awaited_devices())
+        return cls(awaited, {d: _length(site, d) for d in awaited})
+
+    def moved(self, site: SiteDesk, incomplete: list[int]) -> Callable[[], bool]:
+        """Whether what can complete one of ``incomplete`` changed since: its chain
+        grew, or the awaited devices changed (a revocation). Nothing else wakes a
+        waiter: a device that never comes back costs no rereads of the log."""
+        return lambda: (
+            tuple(site.awaited_devices()) != self.awaited
+            or any(_length(site, d) != self.lengths.get(d) for d in incomplete)
+        )
 
 
 class UtilityNode:
@@ -192,7 +214,8 @@ class UtilityNode:
     async def _finish(self, site: SiteDesk, period: int, last: int, state: BillingPeriod) -> None:
         """Invoice ``period``'s devices that were incomplete at its close, each as
         its readings come in (a run until stopped: no deadline)."""
-        await self._invoice_complete(site, period, last, until=None)
+        if await self._invoice_complete(site, period, last, until=None):
+            return  # the replica stopped
         state.advance(PeriodState.CLOSED)
         self.states[(site.name, period)] = state
         log.info("[utility] %s period %d: every device invoiced", site.name, period)
@@ -243,14 +266,14 @@ class UtilityNode:
     ) -> list[int]:
         """Invoice each device of ``period`` as soon as its period is complete in
         the replica, until all are or the loop's time ``until`` (None: no
-        deadline); returns the devices still incomplete then. Past ``until`` it
-        also waits for ``synced()``: a replica that synced with nobody since the
-        period ended (a utility just restarted, its devices not redialled yet)
-        knows nothing of the period's end."""
+        deadline, until the replica stops); returns the devices still incomplete
+        then. Past ``until`` it also waits for ``synced()``: a replica that synced
+        with nobody since the period ended (a utility just restarted, its
+        devices not redialled yet) knows nothing of the period's end."""
         loop = asyncio.get_running_loop()
         blind = False
         while True:
-            seen = site.store.digest()  # before reading: no change slips between
+            seen = _Chains.of(site)  # before reading: no change slips between
             incomplete = await self._incomplete(site, period, last)
             await self.issue(site, period, skip=frozenset(incomplete))
             if not incomplete:
@@ -275,7 +298,9 @@ class UtilityNode:
                 site.replica.request_sync(peer.peer_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await site.replica.wait_until(_changed_since(site.store, seen))
+                    await site.replica.wait_until(seen.moved(site, incomplete))
+            if until is None and site.replica.state is ReplicaState.STOPPED:
+                return incomplete  # shutting down: nothing more comes (a restart waits again)
 
     async def _incomplete(self, site: SiteDesk, period: int, last: int) -> list[int]:
         """The awaited devices whose ``period`` is not complete in the replica:
