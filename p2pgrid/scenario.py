@@ -127,8 +127,9 @@ class SiteSpec:
 class UtilitySpec:
     name: str
     seed: str
-    #: How long it waits at a period's end for a device's last reading, then
-    #: invoices what is logged (:class:`p2pgrid.utility.UtilityNode`).
+    #: How long it waits at a period's end for a device's last reading before
+    #: granting the next budget; then a run of fixed periods invoices what is
+    #: logged, a run until stopped keeps waiting (:class:`p2pgrid.utility.UtilityNode`).
     readings_wait_s: float = 60.0
 
     def signer(self, site: SiteSpec) -> Signer:
