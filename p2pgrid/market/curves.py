@@ -18,9 +18,10 @@ flexibility (:class:`Flexibility`, from its class and config):
    most what pays for it. Firm steps are paid from ``balance_msat``; flexible
    steps only from ``balance_msat - reserve_msat`` (the ``reserve`` is what the
    device's own forecast needs for the rest of the period: flexible load never
-   eats it). Each step is cut to fit, in price order (so firm load comes
-   first), and a step left empty is dropped; steps that round to one price are
-   merged. No step, no curve.
+   eats it). Steps are cut to fit in price order, dearest first; if the firm
+   step is cut, no flexible step is bid (firm load first: flexible load is bid
+   only once the firm load is bid in full). A step left empty is dropped;
+   flexible prices that round to one tick count once. No step, no curve.
 
 After the round clears at ``p`` (:func:`deferred_wh`), the flexible energy
 the curve did not commit to buy at ``p`` (in steps priced below ``p``, or cut
@@ -136,6 +137,8 @@ def demand_curve(
         if take > 0:
             steps.append(Step(price, take))
             total += take
+        if price == firm_price and take < wh:
+            break  # firm load first: no flexible load while it is not bid in full
     return CurvePlan(need_wh, flexible, tuple(steps), firm_price)
 
 
