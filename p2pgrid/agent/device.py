@@ -285,16 +285,18 @@ class DeviceAgent:
     async def forecast(self, period: int, next_interval: int) -> Forecast:
         """This device's outlook from ``next_interval`` to the end of ``period``
         against its balance, from its readings (the meter's past included)."""
-        end = self.clock.first_interval(period + 1)
+        # The history and the forecast count the meter's (modelled) intervals: the
+        # time of day and the tariff are the modelled ones.
+        end = self.model_interval(self.clock.first_interval(period + 1))
+        start = self.model_interval(next_interval)
         balance = await self.balance(period)
-        if next_interval >= end:  # nothing left to meter in the period
-            samples = len(self._history)
-            return Forecast(period, end, end, 0, 0, 0, balance, samples)
+        if start >= end:  # nothing left to meter in the period
+            return Forecast(period, end, end, 0, 0, 0, balance, len(self._history))
         return forecast_period(
             self._history,
             balance_msat=balance,
             tariff=self.tariff,
-            next_interval=next_interval,
+            next_interval=start,
             period_bounds=(period, end),
         )
 
@@ -319,11 +321,7 @@ class DeviceAgent:
         meter's interval 0."""
         first = self.model_interval(0)
         window = DEFAULT_WINDOW_DAYS * INTERVALS_PER_DAY
-        self._history = [
-            Reading(m - first, r.consumed_wh, r.produced_wh)
-            for m in range(max(0, first - window), first)
-            for r in (self.meter.reading(m),)
-        ]
+        self._history = [self.meter.reading(m) for m in range(max(0, first - window), first)]
 
     async def _write(self, body: Body, period: int) -> Entry:
         entry = await self.writer.append(body, period=period, timestamp_ms=self._now_ms())
@@ -478,7 +476,7 @@ class DeviceAgent:
                         cost,
                         left,
                     )
-        self._history.append(Reading(interval, consumed, reading.produced_wh))
+        self._history.append(Reading(modelled, consumed, reading.produced_wh))
         self.report.intervals += 1
         # Every interval is logged, 0 Wh too: the utility knows a period is complete
         # once each device's reading of its last interval is in its replica.
