@@ -44,8 +44,8 @@ class ShareConfig(_Frozen):
     #: Routing fee a giver accepts (a device -> device payment takes two hops).
     fee_limit_msat: Msat = 20_000
     #: A forecast resting on fewer readings than this claims no headroom and asks
-    #: nothing early: the device does not know its day yet (eight modelled hours).
-    min_forecast_samples: Annotated[int, Field(ge=1, le=100_000)] = 32
+    #: nothing early: the device does not know its use yet (one modelled hour).
+    min_forecast_samples: Annotated[int, Field(ge=1, le=100_000)] = 4
     #: A device whose forecast for the rest of the period exceeds its balance asks
     #: for the shortfall early, at most once every this many intervals.
     early_ask_intervals: Annotated[int, Field(ge=1, le=100_000)] = 4

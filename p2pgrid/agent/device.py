@@ -315,13 +315,17 @@ class DeviceAgent:
         return Flexibility(flexible, tuning.flex_top_pct, tuning.flex_floor_pct, tuning.flex_steps)
 
     def seed_history(self) -> None:
-        """The meter's readings of the forecast window before the run's first
-        interval (the device's own past, as a real meter keeps it), so the
-        forecast knows the device's day from the start. Nothing before the
-        meter's interval 0."""
+        """The meter's readings of the whole days (up to the forecast window)
+        before the run's first interval: the device's own past, as a real meter
+        keeps it, so the forecast knows every interval of its day from the
+        start. Only whole days: a part of a day would price the hours it has
+        not seen at the mean of those it has (the night's, for a run that
+        starts in the morning). Nothing before the meter's interval 0."""
         first = self.model_interval(0)
-        window = DEFAULT_WINDOW_DAYS * INTERVALS_PER_DAY
-        self._history = [self.meter.reading(m) for m in range(max(0, first - window), first)]
+        days = min(DEFAULT_WINDOW_DAYS, first // INTERVALS_PER_DAY)
+        self._history = [
+            self.meter.reading(m) for m in range(first - days * INTERVALS_PER_DAY, first)
+        ]
 
     async def _write(self, body: Body, period: int) -> Entry:
         entry = await self.writer.append(body, period=period, timestamp_ms=self._now_ms())
