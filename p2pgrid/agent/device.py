@@ -480,7 +480,9 @@ class DeviceAgent:
                         cost,
                         left,
                     )
-        self._history.append(Reading(modelled, consumed, reading.produced_wh))
+        # The forecast learns the device's need (its meter), not what it was let
+        # draw: a curtailed interval must not make it look as if it needs nothing.
+        self._history.append(reading)
         self.report.intervals += 1
         # Every interval is logged, 0 Wh too: the utility knows a period is complete
         # once each device's reading of its last interval is in its replica.

@@ -429,3 +429,18 @@ async def test_a_critical_device_in_overdraft_warns_once(
 
 async def zero_headroom(period: int) -> int:
     return 0
+
+
+async def test_a_curtailed_device_still_forecasts_its_need(rig: Rig) -> None:
+    """Curtailed for lack of budget, a device draws nothing; its forecast still
+    learns what its meter needed, so it does not look as if it had headroom."""
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 1_000, period=0)  # less than one interval costs
+    agent, _, _ = await rig.agent(device)
+    await rig.start()
+    for interval in (0, 1):
+        await agent.meter_interval(interval)
+    assert agent.report.curtailed_intervals == 2
+    rest = await agent.forecast(0, 2)
+    assert rest.import_wh == 200  # intervals 2 and 3 at the running mean of 100 Wh
+    assert await agent.headroom(0) == 0
