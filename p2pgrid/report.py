@@ -1,8 +1,9 @@
 """The period report a site owner reads: a table and a picture (PNG).
 
-Per device: class, allocation, energy used and its cost, shares borrowed and
-given, energy bought and sold, carry-over, balance left, Lightning routing fees
-paid on top, and the findings of
+Per device: class, allocation, energy used and its cost, its overdraft (the
+metered cost beyond its allocation and the shares it received: what the site
+budget did not cover), shares borrowed and given, energy bought and sold,
+carry-over, balance left, Lightning routing fees paid on top, and the findings of
 the inefficiency view (:func:`p2pgrid.ledger.inefficiencies`): the devices that
 consume more than they should, against their own history and their class.
 """
@@ -47,6 +48,26 @@ class PeriodReport:
     paid_msat: int
     disputes: int
     fees_msat: int = 0
+
+    @property
+    def overdraft_msat(self) -> int:
+        """The site's overdraft: consumption billed beyond the devices' budgets."""
+        return sum(line.overdraft_msat for line in self.lines)
+
+    @property
+    def overdrawn(self) -> tuple[int, ...]:
+        """Devices in overdraft: for them the budget did not bind."""
+        return tuple(line.device for line in self.lines if line.overdraft_msat > 0)
+
+    @property
+    def alert(self) -> str:
+        """One line for the owner when the budget did not bind, else empty."""
+        if not self.overdraft_msat:
+            return ""
+        return (
+            f"OVERDRAFT {_sat(self.overdraft_msat)} sat on {len(self.overdrawn)} device(s): "
+            "the budget did not bind"
+        )
 
     @property
     def wasteful(self) -> tuple[int, ...]:
@@ -100,14 +121,18 @@ def _sat(msat: int) -> str:
 
 def report_table(report: PeriodReport) -> Table:
     """The report as a rich table (amounts in sat, energy in Wh)."""
+    caption = (
+        f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
+        f"{report.disputes} dispute(s), routing fees {_sat(report.fees_msat)} sat"
+    )
+    if report.alert:
+        caption += f"\n{report.alert}"
     table = Table(
         title=f"site {escape(report.site)}, period {report.period}",  # names are data
-        caption=(
-            f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
-            f"{report.disputes} dispute(s), routing fees {_sat(report.fees_msat)} sat"
-        ),
+        caption=caption,
     )
-    for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "borrowed", "given",
+    for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "overdraft sat",
+                 "borrowed", "given",
                  "bought Wh", "sold Wh", "carried", "left sat", "fees sat",
                  "findings"):  # fmt: skip
         table.add_column(
@@ -121,6 +146,7 @@ def report_table(report: PeriodReport) -> Table:
             _sat(line.allocation_msat),
             f"{line.energy_wh:,}",
             _sat(line.spent_msat + line.overdraft_msat),
+            _sat(line.overdraft_msat),
             _sat(line.borrowed_msat),
             _sat(line.given_msat),
             f"{line.bought_wh:,}",

@@ -39,6 +39,11 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     assert (by_device[0].fees_msat, report.fees_msat) == (1_500, 1_500)
     assert by_device[2].spent_msat + by_device[2].overdraft_msat == 225_000
     assert report.wasteful == (2,)
+    # device 2: 225 000 used against 100 000 allocated + 40 000 borrowed; device 0
+    # gave 40 000 of its 100 000 and then used 75 000: the budget did not bind
+    assert (by_device[2].overdraft_msat, by_device[0].overdraft_msat) == (85_000, 15_000)
+    assert (report.overdraft_msat, report.overdrawn) == (100_000, (0, 2))
+    assert report.alert == "OVERDRAFT 100.000 sat on 2 device(s): the budget did not bind"
 
     console = Console(record=True, width=200)
     console.print(report_table(report))
@@ -46,6 +51,7 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     assert "above_class, borrowed, exceeded_allocation" in text
     assert "site abc, period 1" in text
     assert "routing fees 1.500 sat" in text
+    assert report.alert in text
 
     png = report_png(report, tmp_path / "report.png")
     data = png.read_bytes()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from p2pgrid.errors import ConfigError
 
@@ -43,6 +43,12 @@ class ShareConfig(_Frozen):
     pay_timeout_s: Seconds = 60.0
     #: Routing fee a giver accepts (a device -> device payment takes two hops).
     fee_limit_msat: Msat = 20_000
+    #: A forecast resting on fewer readings than this claims no headroom and asks
+    #: nothing early: the device does not know its use yet (one modelled hour).
+    min_forecast_samples: Annotated[int, Field(ge=1, le=100_000)] = 4
+    #: A device whose forecast for the rest of the period exceeds its balance asks
+    #: for the shortfall early, at most once every this many intervals.
+    early_ask_intervals: Annotated[int, Field(ge=1, le=100_000)] = 4
 
 
 class EnergyConfig(_Frozen):
@@ -71,6 +77,21 @@ class EnergyConfig(_Frozen):
     #: The share of a trade a buyer's meter reports received, in percent: 100 for
     #: a real meter; a test switch below 100 makes a buyer that is short of it.
     delivered_pct: Annotated[int, Field(ge=0, le=100)] = 100
+    #: Share of an interval's need a deferrable device bids as flexible load:
+    #: below the tariff, deferred when the round clears above its price
+    #: (:mod:`p2pgrid.market.curves`); normal and critical devices bid it all firm.
+    deferrable_flex_pct: Annotated[int, Field(ge=0, le=100)] = 50
+    #: The flexible steps' prices, from this share of the tariff...
+    flex_top_pct: Annotated[int, Field(gt=0, lt=100)] = 90
+    #: ...down to this one, in this many steps.
+    flex_floor_pct: Annotated[int, Field(gt=0, lt=100)] = 50
+    flex_steps: Annotated[int, Field(ge=1, le=31)] = 3
+
+    @model_validator(mode="after")
+    def _flex_prices_fall(self) -> EnergyConfig:
+        if self.flex_floor_pct > self.flex_top_pct:
+            raise ValueError("flex_floor_pct must not exceed flex_top_pct")
+        return self
 
 
 class SettleConfig(_Frozen):

@@ -5,19 +5,28 @@ devices in a gateway process (see :mod:`p2pgrid.agent.gateway`). Each metering
 interval of the (compressible) clock it:
 
 1. reads its meter; if it imports and a neighbour asks in this interval's
-   pooled round, it bids, waits for the round's close and buys what the
-   clearing gives it (:mod:`p2pgrid.agent.energy`); it prices the rest with
-   the tariff;
+   pooled round, it bids its demand curve (firm load at the tariff, a
+   deferrable device's flexible load below it, :mod:`p2pgrid.market.curves`),
+   waits for the round's close and buys what the clearing gives it
+   (:mod:`p2pgrid.agent.energy`); flexible load the clearing price is above
+   is deferred (not drawn, logged as a ``curtailment`` at the power it keeps);
+   it prices the rest with the tariff;
 2. checks its balance in its own replica of the log (allocation + shares
    received + carried in - spent - shares given ...); when the balance does not
    cover the interval, it asks its site peers for a share (real sats move over
    Lightning, see :mod:`p2pgrid.agent.sharing`);
 3. if it is still short, a deferrable or normal device curtails itself (sheds
    the interval's load) and logs a ``curtailment``; a critical device never
-   does: it consumes into overdraft, which the owner sees in the report;
+   does: it consumes into overdraft, which the owner sees in the report (and
+   one WARNING line, at its first overdraft);
 4. logs a ``meter_reading`` of what it consumed from the grid, and, if it
    produced more than it used, the ``order`` of its surplus for the next
-   interval's round.
+   interval's round;
+5. forecasts the rest of the period (its readings, the meter's past before
+   the run included): if the forecast costs more than its balance, it asks its
+   site peers for that shortfall early (at most every ``early_ask_intervals``).
+   It gives a peer only what its balance holds beyond its own forecast
+   (:func:`p2pgrid.market.spare_msat`).
 
 At a period's last interval it waits for any share payment in flight (so the
 period's money is final), applies its surplus policy (carry the balance over)
@@ -58,6 +67,7 @@ from collections.abc import Callable, Mapping
 
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.agent.energy import EnergyDesk
+from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.ports import LogReplica, Peers, Wallet
 from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
@@ -89,8 +99,20 @@ from p2pgrid.ledger import (
     invoices_of,
 )
 from p2pgrid.lightning import NodeWatch
-from p2pgrid.market import Party, Priority, SurplusPolicy, forecast_period
-from p2pgrid.meter import MeterSource, Reading
+from p2pgrid.market import (
+    DEFAULT_WINDOW_DAYS,
+    CurvePlan,
+    Flexibility,
+    Forecast,
+    Party,
+    Priority,
+    SurplusPolicy,
+    deferred_wh,
+    early_need_msat,
+    forecast_period,
+    spare_msat,
+)
+from p2pgrid.meter import INTERVALS_PER_DAY, MeterSource, Reading
 from p2pgrid.net import PeerRef
 
 log = logging.getLogger(__name__)
@@ -117,6 +139,9 @@ class AgentReport:
     missed_intervals: int = 0  # passed while the agent was down: not logged
     consumed_wh: int = 0
     curtailed_intervals: int = 0
+    deferred_wh: int = 0  # flexible load not drawn: its round cleared above its bid
+    early_asks: int = 0  # share requests sized from the forecast, before running short
+    overdraft_intervals: int = 0  # metered beyond the balance (a critical device's)
     site_shares_received_msat: int = 0  # from devices of the owner's other sites
     bought_wh: int = 0  # from neighbours
     offered_wh: int = 0  # to neighbours (reserved for a buyer; paid or not)
@@ -196,6 +221,7 @@ class DeviceAgent:
         self.report = AgentReport()
         self._history: list[Reading] = []
         self._interval = 0
+        self._early_asked = -(10**9)  # the interval of the last early share request
         self._announced = 0  # own entries published up to this seq
         self.periods: dict[int, BillingPeriod] = {}  # the state machine of each period
         me = Party(profile.site_id, profile.index)
@@ -256,18 +282,50 @@ class DeviceAgent:
                     self._book_fed = True
         return self.book.balance(self.profile.index, period)
 
+    async def forecast(self, period: int, next_interval: int) -> Forecast:
+        """This device's outlook from ``next_interval`` to the end of ``period``
+        against its balance, from its readings (the meter's past included)."""
+        # The history and the forecast count the meter's (modelled) intervals: the
+        # time of day and the tariff are the modelled ones.
+        end = self.model_interval(self.clock.first_interval(period + 1))
+        start = self.model_interval(next_interval)
+        balance = await self.balance(period)
+        if start >= end:  # nothing left to meter in the period
+            return Forecast(period, end, end, 0, 0, 0, balance, len(self._history))
+        return forecast_period(
+            self._history,
+            balance_msat=balance,
+            tariff=self.tariff,
+            next_interval=start,
+            period_bounds=(period, end),
+        )
+
     async def headroom(self, period: int) -> int:
-        """What this device can give away in ``period`` and still cover its forecast."""
+        """What this device can give away in ``period`` and still cover its own
+        forecast for the rest of it (:func:`p2pgrid.market.spare_msat`)."""
         if period != self.clock.period_of(self._interval):
             return 0  # only the current period's budget is shared
-        forecast = forecast_period(
-            self._history,
-            balance_msat=await self.balance(period),
-            tariff=self.tariff,
-            next_interval=self._interval + 1,
-            period_bounds=(period, self.clock.first_interval(period + 1)),
-        )
-        return forecast.headroom_msat
+        forecast = await self.forecast(period, self._interval + 1)
+        return spare_msat(forecast, min_samples=self.config.share.min_forecast_samples)
+
+    def flexibility(self) -> Flexibility:
+        """How much of this device's load can wait (its class; docs/market.md 2.8)."""
+        tuning = self.config.energy
+        flexible = tuning.deferrable_flex_pct if self.profile.priority is Priority.DEFERRABLE else 0
+        return Flexibility(flexible, tuning.flex_top_pct, tuning.flex_floor_pct, tuning.flex_steps)
+
+    def seed_history(self) -> None:
+        """The meter's readings of the whole days (up to the forecast window)
+        before the run's first interval: the device's own past, as a real meter
+        keeps it, so the forecast knows every interval of its day from the
+        start. Only whole days: a part of a day would price the hours it has
+        not seen at the mean of those it has (the night's, for a run that
+        starts in the morning). Nothing before the meter's interval 0."""
+        first = self.model_interval(0)
+        days = min(DEFAULT_WINDOW_DAYS, first // INTERVALS_PER_DAY)
+        self._history = [
+            self.meter.reading(m) for m in range(first - days * INTERVALS_PER_DAY, first)
+        ]
 
     async def _write(self, body: Body, period: int) -> Entry:
         entry = await self.writer.append(body, period=period, timestamp_ms=self._now_ms())
@@ -334,6 +392,7 @@ class DeviceAgent:
         """
         # Started late (first start or restart): the intervals that passed are missed.
         resume = self.clock.current_interval()
+        self.seed_history()
         await self._resolve_open()
         read = await self._read_intervals()
         # Held sales (pay on delivery) live as long as the run; leaving it waits for them.
@@ -385,18 +444,8 @@ class DeviceAgent:
         devices = [p for p in self.peers.peers() if p.device_index <= MAX_DEVICE_INDEX]
         peers = [p for p in devices if p.site_id == self.profile.site_id]
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
-            rate = self.tariff.rate_msat_per_kwh(modelled)
             try:
-                curve = await self.energy.bid(
-                    consumed, period=period, interval=interval, rate_msat_per_kwh=rate
-                )
-                if curve is not None:  # the pooled round closes round_s into the interval
-                    await self.clock.until(
-                        self.clock.time_of(interval) + self.config.energy.round_s
-                    )
-                    consumed -= await self.energy.settle_round(
-                        period=period, interval=interval, peers=peers
-                    )
+                consumed -= await self._buy(consumed, interval, modelled, peers)
             except RetryableError as exc:
                 self._node_away("buying from neighbours", exc)
         cost = charge_msat(self.tariff, [(modelled, consumed)])
@@ -419,7 +468,21 @@ class DeviceAgent:
                 log.info("[%s] curtailed interval %d: no budget, no offer", self.name, interval)
                 self.report.curtailed_intervals += 1
                 consumed, cost = 0, 0
-        self._history.append(Reading(interval, consumed, reading.produced_wh))
+            left = await self.balance(period)
+            if left < cost:  # a critical device runs on: the owner must know
+                self.report.overdraft_intervals += 1
+                if self.report.overdraft_intervals == 1:
+                    log.warning(
+                        "[%s] OVERDRAFT: interval %d costs %d msat, the balance covers %d "
+                        "(allocation and shares spent; the utility invoices the rest)",
+                        self.name,
+                        interval,
+                        cost,
+                        left,
+                    )
+        # The forecast learns the device's need (its meter), not what it was let
+        # draw: a curtailed interval must not make it look as if it needs nothing.
+        self._history.append(reading)
         self.report.intervals += 1
         # Every interval is logged, 0 Wh too: the utility knows a period is complete
         # once each device's reading of its last interval is in its replica.
@@ -431,6 +494,65 @@ class DeviceAgent:
             export_wh=export,
             rate_msat_per_kwh=self.tariff.rate_msat_per_kwh(modelled + 1),
         )
+        if not self.clock.is_last_of_period(interval):
+            await self._ask_early(interval, peers)
+
+    async def _buy(self, need_wh: int, interval: int, modelled: int, peers: list[PeerRef]) -> int:
+        """Bid this interval's need in its pooled round with the device's curve,
+        settle the round, and return the Wh not drawn from the grid: bought from
+        neighbours, or deferred (flexible load the round priced out)."""
+        period = self.clock.period_of(interval)
+        rest = await self.forecast(period, interval + 1)
+        tuning = self.config.share
+        plan: CurvePlan | None = await self.energy.bid_plan(
+            need_wh,
+            period=period,
+            interval=interval,
+            rate_msat_per_kwh=self.tariff.rate_msat_per_kwh(modelled),
+            flex=self.flexibility(),
+            # flexible load leaves what the rest of the period is forecast to cost
+            reserve_msat=rest.cost_msat if rest.samples >= tuning.min_forecast_samples else 0,
+        )
+        if plan is None:
+            return 0
+        # the pooled round closes round_s into the interval
+        await self.clock.until(self.clock.time_of(interval) + self.config.energy.round_s)
+        bought = await self.energy.settle_round(period=period, interval=interval, peers=peers)
+        price = await self.energy.round_price(period=period, interval=interval)
+        deferred = 0 if price is None else deferred_wh(plan, price)
+        if deferred:
+            drawn = need_wh - deferred
+            start_ms = model_ms(modelled)
+            power_w = drawn * 3600 // METER_INTERVAL_S
+            await self._write(
+                Curtailment(self.profile.index, start_ms, METER_INTERVAL_S, power_w), period
+            )
+            self.report.deferred_wh += deferred
+            log.info(
+                "[%s] deferred %d of %d Wh in interval %d: the round cleared at %d msat/kWh",
+                self.name,
+                deferred,
+                need_wh,
+                interval,
+                price,
+            )
+        return bought + deferred
+
+    async def _ask_early(self, interval: int, peers: list[PeerRef]) -> None:
+        """Ask for the forecast shortfall of the rest of the period before it
+        bites, at most once every ``early_ask_intervals`` intervals."""
+        tuning = self.config.share
+        if not peers or self._early_asked + tuning.early_ask_intervals > interval:
+            return
+        period = self.clock.period_of(interval)
+        rest = await self.forecast(period, interval + 1)
+        need = early_need_msat(rest, min_samples=tuning.min_forecast_samples)
+        if need < MIN_PAYMENT_MSAT:
+            return
+        self._early_asked = interval
+        self.report.early_asks += 1
+        log.info("[%s] forecast short by %d msat this period: asking early", self.name, need)
+        self.report.shares_received_msat += await self._ask(need, period, peers)
 
     async def _ask(self, need_msat: int, period: int, peers: list[PeerRef]) -> int:
         try:

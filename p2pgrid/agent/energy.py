@@ -7,8 +7,9 @@ section 6):
    ``order`` entry with a market ``Ask`` for round ``i`` (``E`` Wh at
    :attr:`~p2pgrid.agent.config.EnergyConfig.ask_pct` of the tariff) when it
    meters ``i - 1``; a device about to import logs a ``DemandCurve`` for round
-   ``i`` (its need, at most the tariff, no more than its balance pays for) when
-   it meters ``i``, if its replica holds an ask of the round by then. Orders
+   ``i`` when it meters ``i``, if its replica holds an ask of the round by
+   then: its firm need at the tariff, its flexible need in steps below it
+   (:func:`p2pgrid.market.demand_curve`), no more than its balance pays for. Orders
    travel as log entries: signed, replicated, one per device and round (the
    log refuses a second).
 2. **Close.** The round closes :attr:`~p2pgrid.agent.config.EnergyConfig.round_s`
@@ -82,13 +83,16 @@ from p2pgrid.ledger import (
 )
 from p2pgrid.lightning import Invoice, InvoiceError, InvoiceState, LightningError
 from p2pgrid.market import (
+    FIRM,
     Ask,
+    CurvePlan,
     DemandCurve,
+    Flexibility,
     MarketError,
     Party,
-    Step,
     Trade,
-    max_bid_energy,
+    demand_curve,
+    pool_orders,
     to_tick,
 )
 from p2pgrid.net import PeerRef, RequestRejected
@@ -230,20 +234,70 @@ class EnergyDesk:
         return ask if await self._order(ask) else None
 
     async def bid(
-        self, need_wh: int, *, period: int, interval: int, rate_msat_per_kwh: int
+        self,
+        need_wh: int,
+        *,
+        period: int,
+        interval: int,
+        rate_msat_per_kwh: int,
+        flex: Flexibility = FIRM,
+        reserve_msat: int = 0,
     ) -> DemandCurve | None:
-        """Bid for up to ``need_wh`` in round (period, interval), at most the
-        tariff per Wh, as far as the balance pays for it; only if this replica
-        holds an ask of the round (nobody sells: no order, the log stays lean)."""
+        """Bid for up to ``need_wh`` in round (period, interval) with the curve
+        of :func:`p2pgrid.market.demand_curve` (firm load at the tariff, ``flex``
+        of it below, as far as the balance pays for it and, for the flexible
+        part, leaves ``reserve_msat``); only if this replica holds an ask of the
+        round (nobody sells: no order, the log stays lean)."""
+        plan = await self.bid_plan(
+            need_wh,
+            period=period,
+            interval=interval,
+            rate_msat_per_kwh=rate_msat_per_kwh,
+            flex=flex,
+            reserve_msat=reserve_msat,
+        )
+        return None if plan is None else DemandCurve(self.me, period, interval, plan.steps)
+
+    async def bid_plan(
+        self,
+        need_wh: int,
+        *,
+        period: int,
+        interval: int,
+        rate_msat_per_kwh: int,
+        flex: Flexibility = FIRM,
+        reserve_msat: int = 0,
+    ) -> CurvePlan | None:
+        """:meth:`bid`, returning the plan its curve rests on (for the deferral
+        of :func:`p2pgrid.market.deferred_wh` once the round cleared)."""
         entries = await self.store.entries(period=period)
         if not asks_in(entries, self.me.site_id, period=period, interval=interval):
             return None
-        price = to_tick(rate_msat_per_kwh)
-        want = min(need_wh, max_bid_energy(await self._balance(period), price))
-        if want <= 0:
+        plan = demand_curve(
+            need_wh,
+            rate_msat_per_kwh=rate_msat_per_kwh,
+            balance_msat=await self._balance(period),
+            flex=flex,
+            reserve_msat=reserve_msat,
+        )
+        if not plan.steps:
             return None
-        curve = DemandCurve(self.me, period, interval, (Step(price, want),))
-        return curve if await self._order(curve) else None
+        curve = DemandCurve(self.me, period, interval, plan.steps)
+        return plan if await self._order(curve) else None
+
+    async def round_price(self, *, period: int, interval: int) -> int | None:
+        """The price energy had in round (period, interval) by this replica: the
+        clearing price, or with no trade the cheapest ask (nobody sold for less);
+        None without an ask or if the round does not clear."""
+        entries = await self.store.entries(period=period)
+        try:
+            book = round_book(entries, self.me.site_id, period=period, interval=interval)
+        except MarketError:
+            return None
+        if book.clearing.trades:
+            return book.clearing.price_msat_per_kwh
+        asks = pool_orders(book.orders, period=period, interval=interval)[1]
+        return min((a.price_msat_per_kwh for a in asks), default=None)
 
     # -- seller ------------------------------------------------------------------
 

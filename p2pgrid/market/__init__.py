@@ -12,6 +12,14 @@ from p2pgrid.market.auction import (
     net_wh,
 )
 from p2pgrid.market.curtailment import CurtailmentPlan, Cut, Load, Priority, plan_curtailment
+from p2pgrid.market.curves import (
+    FIRM,
+    CurvePlan,
+    Flexibility,
+    deferred_wh,
+    demand_curve,
+    flexible_prices,
+)
 from p2pgrid.market.errors import MarketError, MessageError
 from p2pgrid.market.forecast import (
     DEFAULT_MARGIN_PCT,
@@ -70,11 +78,13 @@ from p2pgrid.market.sharing import (
     DEFAULT_OFFER_PCT,
     accept_offers,
     amount_to_give,
+    early_need_msat,
     make_accept,
     make_offer,
     offer_amount,
     share_plan,
     site_share_plan,
+    spare_msat,
 )
 
 __all__ = [
@@ -82,6 +92,7 @@ __all__ = [
     "DEFAULT_MARGIN_PCT",
     "DEFAULT_OFFER_PCT",
     "DEFAULT_WINDOW_DAYS",
+    "FIRM",
     "FORMAT_VERSION",
     "KIND_ASK",
     "KIND_BID",
@@ -103,9 +114,11 @@ __all__ = [
     "Bid",
     "Clearing",
     "CurtailmentPlan",
+    "CurvePlan",
     "Cut",
     "DailyProfile",
     "DemandCurve",
+    "Flexibility",
     "Forecast",
     "Grant",
     "LeftoverOffer",
@@ -134,6 +147,10 @@ __all__ = [
     "clear_pool",
     "decide_surplus",
     "decode_message",
+    "deferred_wh",
+    "demand_curve",
+    "early_need_msat",
+    "flexible_prices",
     "forecast_period",
     "make_accept",
     "make_offer",
@@ -146,6 +163,7 @@ __all__ = [
     "pool_orders",
     "share_plan",
     "site_share_plan",
+    "spare_msat",
     "to_tick",
     "trade_amount_msat",
 ]

@@ -11,6 +11,14 @@ The rule (the same between devices of a site and between sites):
    one it takes in part. It never accepts more than it needs, nor more than an
    offer holds, nor more than :data:`~p2pgrid.market.messages.MAX_GRANTS` offers.
 
+**Sized from the forecast** (:func:`spare_msat`, :func:`early_need_msat`):
+a device's headroom is what its balance holds beyond its own forecast cost of
+the rest of the period (:class:`~p2pgrid.market.forecast.Forecast`), so a
+giver never gives what its forecast needs; a forecast resting on fewer than
+``min_samples`` readings (the device does not know its routine yet) claims no
+headroom. A device whose forecast for the rest of the period exceeds its
+balance asks for that shortfall early, before the interval that runs short.
+
 Between sites, a site's headroom is the sum of its devices' headrooms; what a
 site grants is then split among its devices in proportion to their headroom
 (:func:`p2pgrid.billing.split_budget`, largest remainder), so no device gives
@@ -24,6 +32,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from p2pgrid.billing import split_budget
 from p2pgrid.market.errors import MarketError
+from p2pgrid.market.forecast import Forecast
 from p2pgrid.market.messages import MAX_GRANTS, Grant, Party, ShareAccept, ShareOffer, ShareRequest
 
 DEFAULT_OFFER_PCT: Final = 50
@@ -41,6 +50,23 @@ def offer_amount(need_msat: int, headroom_msat: int, *, offer_pct: int = DEFAULT
     if need_msat < 0 or headroom_msat < 0 or not 0 <= offer_pct <= 100:
         raise MarketError("need and headroom are >= 0 and offer_pct within 0..100")
     return min(need_msat, headroom_msat * offer_pct // 100)
+
+
+def spare_msat(forecast: Forecast, *, min_samples: int = 1) -> int:
+    """What a device may give now: its balance beyond its forecast cost of the
+    rest of the period; nothing while the forecast rests on fewer than
+    ``min_samples`` readings."""
+    if min_samples < 1:
+        raise MarketError("min_samples is at least 1")
+    return forecast.headroom_msat if forecast.samples >= min_samples else 0
+
+
+def early_need_msat(forecast: Forecast, *, min_samples: int = 1) -> int:
+    """What a device asks for early: its forecast shortfall for the rest of the
+    period; nothing while the forecast rests on fewer than ``min_samples`` readings."""
+    if min_samples < 1:
+        raise MarketError("min_samples is at least 1")
+    return forecast.need_msat if forecast.samples >= min_samples else 0
 
 
 def accept_offers(

@@ -142,6 +142,8 @@ def to_json(data: SitePeriod) -> str:
         "invoiced_msat": r.invoiced_msat,
         "paid_msat": r.paid_msat,
         "disputes": r.disputes,
+        "overdraft_msat": r.overdraft_msat,
+        "alert": r.alert,
         "devices": [dataclasses.asdict(line) for line in r.lines],
         "flows": [
             dataclasses.asdict(f) | {"from": data.payer(f), "to": data.payee(f)} for f in data.flows

@@ -224,9 +224,11 @@ class Rig:
         intervals_per_period: int = INTERVALS_PER_PERIOD,
         stop_at: int | None = None,
         config: AgentConfig | None = None,
+        model_start: int = 0,
     ) -> tuple[DeviceAgent, LocalReplica, SteppingClock]:
         """A device agent of ``device`` (its store, writer, paymaster, node and
-        peers) whose meter reads ``consumed_wh`` (repeated), under the flat tariff."""
+        peers) whose meter reads ``consumed_wh`` (repeated), under the flat tariff;
+        run interval ``i`` is the meter's interval ``model_start + i``."""
         replica = LocalReplica(device.store)
         clock = SteppingClock.over(
             self.clock, intervals_per_period=intervals_per_period, stop_at=stop_at
@@ -248,7 +250,7 @@ class Rig:
                 node=device.node,
                 paymaster=device.paymaster,
             ),
-            Metering(TARIFF, SeriesSource(consumed_wh), model_interval=lambda i: i),
+            Metering(TARIFF, SeriesSource(consumed_wh), model_interval=lambda i: model_start + i),
             clock,
             config=config,
         )

@@ -10,6 +10,7 @@ Nothing sleeps: the clock moves when the agent waits for an interval."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -352,3 +353,94 @@ async def test_a_run_of_given_periods_reports_an_invoice_that_did_not_come_in_ti
     assert report.settlements == [(0, "no_invoice", 0)]
     assert of(await device.store.entries(), Payment) == []
     assert report.period_states == {0: "closed"}
+
+
+async def test_a_giver_keeps_what_its_forecast_needs_for_the_rest_of_the_period(rig: Rig) -> None:
+    """An EV idle now but charging 400 Wh in each of the period's last two
+    intervals (its meter's past day says so) gives only beyond that forecast."""
+    ev, requester = await rig.device(0), await rig.device(1)
+    await rig.allocate(ev.store, 0, 300_000, period=0)
+    agent, _, _ = await rig.agent(ev, consumed_wh=(0, 0, 400, 400), model_start=96)
+    agent.seed_history()
+    asking = rig.share_desk(requester, zero_headroom)
+    await rig.start()
+    # intervals 1..3: 0 + 400 + 400 Wh x 250 msat/Wh x 1.1 = 220 000 msat
+    assert (await agent.forecast(0, 1)).cost_msat == 220_000
+    assert await agent.headroom(0) == 80_000
+    received = await asking.ask(250_000, 0, [ev.peers.ref])
+    assert received == 40_000  # half of its headroom, never the 300 000 it holds
+    assert await agent.balance(0) - 220_000 >= 0
+    assert (await rig.reconcile()).ok
+
+
+async def test_a_device_that_does_not_know_its_day_yet_gives_nothing(rig: Rig) -> None:
+    ev, requester = await rig.device(0), await rig.device(1)
+    await rig.allocate(ev.store, 0, 300_000, period=0)
+    agent, _, _ = await rig.agent(ev, consumed_wh=(0, 0, 400, 400))  # no past before the run
+    agent.seed_history()
+    asking = rig.share_desk(requester, zero_headroom)
+    await rig.start()
+    await agent.meter_interval(0)  # one idle reading: a blind forecast sees no need
+    assert await agent.headroom(0) == 0
+    assert await asking.ask(250_000, 0, [ev.peers.ref]) == 0
+    assert await agent.balance(0) == 300_000
+
+
+async def test_a_forecast_shortfall_is_asked_for_early(rig: Rig) -> None:
+    rig.clock.tick = 0.001  # the share is paid and logged before the next step
+    device, giver = await rig.device(0), await rig.device(1)
+    await rig.allocate(device.store, 0, 2 * COST, period=0)
+
+    async def headroom(period: int) -> int:
+        return 1_000_000 if period == 0 else 0
+
+    rig.share_desk(giver, headroom)
+    await giver.store.ingest_many(await device.store.export())
+    agent, _, _ = await rig.agent(device, model_start=96)
+    agent.seed_history()
+    await rig.start()
+    await agent.meter_interval(0)  # 25 000 msat: covered, no share needed for it
+    # ... but intervals 1..3 will cost 3 x 25 000 x 1.1 = 82 500, 57 500 more than is left
+    [share] = of(await device.store.entries(), Share, giver.writer.author)
+    assert isinstance(share.body, Share)
+    assert share.body.amount_msat == 82_500 - COST
+    assert agent.report.early_asks == 1
+    assert agent.report.shares_received_msat == 82_500 - COST
+    await agent.meter_interval(1)  # asked within early_ask_intervals: not again
+    assert agent.report.early_asks == 1
+    assert of(await device.store.entries(), Curtailment) == []
+    assert (await rig.reconcile()).ok
+
+
+async def test_a_critical_device_in_overdraft_warns_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = await rig.device(0)
+    agent, replica, _ = await rig.agent(device, priority=Priority.CRITICAL)
+    replica.before_wait = rig.utility_for(device)
+    await rig.start()
+    with caplog.at_level(logging.WARNING, logger="p2pgrid.agent.device"):
+        report = await agent.run(periods=1)
+    warnings = [r for r in caplog.records if "OVERDRAFT" in r.getMessage()]
+    assert len(warnings) == 1
+    assert report.overdraft_intervals == INTERVALS_PER_PERIOD
+    assert fold(await device.store.entries()).account(0, 0).overdraft_msat == 4 * COST
+
+
+async def zero_headroom(period: int) -> int:
+    return 0
+
+
+async def test_a_curtailed_device_still_forecasts_its_need(rig: Rig) -> None:
+    """Curtailed for lack of budget, a device draws nothing; its forecast still
+    learns what its meter needed, so it does not look as if it had headroom."""
+    device = await rig.device(0)
+    await rig.allocate(device.store, 0, 1_000, period=0)  # less than one interval costs
+    agent, _, _ = await rig.agent(device)
+    await rig.start()
+    for interval in (0, 1):
+        await agent.meter_interval(interval)
+    assert agent.report.curtailed_intervals == 2
+    rest = await agent.forecast(0, 2)
+    assert rest.import_wh == 200  # intervals 2 and 3 at the running mean of 100 Wh
+    assert await agent.headroom(0) == 0

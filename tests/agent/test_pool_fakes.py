@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.energy import ENERGY_PROTOCOL, EnergyDesk
 from p2pgrid.agent.messages import SaleOffer, TradeRequest
 from p2pgrid.agent.payguard import sale_memo
 from p2pgrid.agent.rounds import check_pooled_sales, order_of, round_book
 from p2pgrid.ledger import Cleared, Entry, EntryKind, Order, Payment, Sale
 from p2pgrid.lightning import InvoiceState
-from p2pgrid.market import Party, clear_pool
+from p2pgrid.market import Flexibility, Party, clear_pool, deferred_wh
 from p2pgrid.net import Delivery
 from p2pgrid.testing.fake_lightning import FakeNode
 from tests.agent.rig import Device, Rig
@@ -268,3 +269,50 @@ async def test_a_seller_checks_the_book_against_its_own_replica(rig: Rig) -> Non
     kinds = {e.kind for e in await seller.store.entries() if e.author.index == 0}
     assert EntryKind.CLEARED not in kinds
     assert Party(rig.site_id, 0) in {t.seller for t in book.clearing.trades}
+
+
+async def test_a_flexible_ev_buys_more_when_cheap_and_defers_when_dear(rig: Rig) -> None:
+    """Its curve: 50 Wh firm at 250 000, then 16, 17, 17 Wh at 225 000, 175 000
+    and 125 000 msat/kWh. A roof asking 40 % of the tariff sells it all 100 Wh
+    at 100 000; a roof asking 80 % clears at 200 000: the EV buys 66 Wh and
+    defers the 34 Wh it bid below that price."""
+    cheap, dear, ev = await rig.device(0), await rig.device(1), await rig.device(2)
+    selling_cheap, selling_dear = desk(rig, cheap), desk(rig, dear)
+    selling_cheap.config = EnergyConfig(ask_pct=40)
+    buying = desk(rig, ev)
+    await rig.start()
+    flex = Flexibility(flexible_pct=50, top_pct=90, floor_pct=50, steps=3)
+    got = []
+    for interval, seller in ((ROUND, selling_cheap), (ROUND + 1, selling_dear)):
+        assert await seller.offer(
+            period=PERIOD, interval=interval, export_wh=1_000, rate_msat_per_kwh=RATE
+        )
+        plan = await buying.bid_plan(
+            100, period=PERIOD, interval=interval, rate_msat_per_kwh=RATE, flex=flex
+        )
+        assert plan is not None
+        peers = [d.peers.ref for d in rig.devices if d.index != ev.index]
+        bought = await buying.settle_round(period=PERIOD, interval=interval, peers=peers)
+        price = await buying.round_price(period=PERIOD, interval=interval)
+        assert price is not None
+        got.append((price, bought, deferred_wh(plan, price)))
+    assert got == [(100_000, 100, 0), (200_000, 66, 34)]
+    await rig.spread()
+    assert check_pooled_sales(await rig.site_log(), rig.site_id) == []
+    assert (await rig.reconcile()).ok
+
+
+async def test_flexible_load_priced_below_every_ask_is_deferred_without_a_trade(rig: Rig) -> None:
+    seller, ev = await rig.device(0), await rig.device(1)
+    selling, buying = desk(rig, seller), desk(rig, ev)
+    await rig.start()
+    await selling.offer(period=PERIOD, interval=ROUND, export_wh=500, rate_msat_per_kwh=RATE)
+    all_flexible = Flexibility(flexible_pct=100, top_pct=60, floor_pct=40, steps=2)
+    plan = await buying.bid_plan(
+        80, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE, flex=all_flexible
+    )
+    assert plan is not None
+    assert [s.price_msat_per_kwh for s in plan.steps] == [150_000, 100_000]
+    assert await settle(rig, buying) == 0  # nobody sells at 150 000 or less
+    assert await buying.round_price(period=PERIOD, interval=ROUND) == PRICE  # the cheapest ask
+    assert deferred_wh(plan, PRICE) == 80
