@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from p2pgrid.agent import gateway
 from p2pgrid.agent.gateway import run_gateway
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.config import SiteFile, agent_setup
@@ -46,12 +47,25 @@ class CorruptIntents(Paymaster):
 
 
 async def test_a_failing_device_stops_alone(
-    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: Stack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d = deploy(tmp_path, lnd={name: inline(stack.endpoint(node)) for name, node in LND.items()})
     site = SiteFile(d.site_file)
     setups = [agent_setup(site, name) for name, _, _ in DEVICES]
     failed = asyncio.Event()
+    reported = asyncio.Event()  # the gateway's "failed" line is out: the device is marked
+
+    emit = gateway.emit
+
+    def emit_and_see(event: str, **fields: Any) -> None:
+        emit(event, **fields)
+        if event == "failed":
+            reported.set()
+
+    monkeypatch.setattr(gateway, "emit", emit_and_see)
 
     def make_paymaster(**kwargs: Any) -> Paymaster:
         if kwargs["name"] == FAILING:
@@ -62,6 +76,7 @@ async def test_a_failing_device_stops_alone(
         # Interval 0 a day away: the healthy device waits for it, the other fails at once.
         yield {"cmd": "start", "at": time.time() + 86_400}
         await failed.wait()
+        await reported.wait()  # the failure unwinds through the agent's tasks first
         yield {"cmd": "digest"}  # then end of input: the gateway stops
 
     with pytest.raises(ExceptionGroup) as raised:
