@@ -231,11 +231,15 @@ async def run_gateway(
     source: CommandSource = commands,
     *,
     make_paymaster: PaymasterFactory = Paymaster,
+    bridge: TrioBridge | None = None,
 ) -> None:
     """Open the devices of ``setups``, serve ``source``'s commands until stopped
     (see the module's contract), then stop everything in order. ``make_paymaster``
     builds each device's paymaster (tests hand one that crashes the process
-    mid-payment: :mod:`p2pgrid.testing.crash`)."""
+    mid-payment: :mod:`p2pgrid.testing.crash`). ``bridge``: a running trio guest
+    run to put the hosts on (trio allows one per thread: a process that has one
+    already, such as a test session, hands it here); by default the gateway
+    starts its own and stops it last."""
     check_gateway(setups)
     failures: list[Exception] = []
     devices: list[GatewayDevice] = []
@@ -244,9 +248,10 @@ async def run_gateway(
         aclose = getattr(commands_in, "aclose", None)
         if aclose is not None:
             stack.push_async_callback(aclose)  # closes the stdin pipe last
-        bridge = TrioBridge()
-        await bridge.start()
-        stack.push_async_callback(bridge.stop)  # after every host
+        if bridge is None:
+            bridge = TrioBridge()
+            await bridge.start()
+            stack.push_async_callback(bridge.stop)  # after every host
         for setup in setups:
             parts = contextlib.AsyncExitStack()
             stack.push_async_callback(parts.aclose)

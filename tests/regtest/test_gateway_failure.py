@@ -25,6 +25,7 @@ from p2pgrid.agent.gateway import run_gateway
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.config import SiteFile, agent_setup
 from p2pgrid.errors import FatalError
+from p2pgrid.net import TrioBridge
 from p2pgrid.regtest import Stack
 from p2pgrid.service import EXIT_FAILED, Command, exit_code
 from tests.cli.deployment import DEVICES, deploy
@@ -48,6 +49,7 @@ class CorruptIntents(Paymaster):
 
 async def test_a_failing_device_stops_alone(
     stack: Stack,
+    bridge: TrioBridge,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -80,7 +82,8 @@ async def test_a_failing_device_stops_alone(
         yield {"cmd": "digest"}  # then end of input: the gateway stops
 
     with pytest.raises(ExceptionGroup) as raised:
-        await run_gateway(setups, commands, make_paymaster=make_paymaster)
+        # The session's trio guest run (one per thread), as the net tests' hosts use.
+        await run_gateway(setups, commands, make_paymaster=make_paymaster, bridge=bridge)
     assert exit_code(raised.value) == (EXIT_FAILED, "error: intents file corrupt")
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     seen = [(e["event"], e.get("name")) for e in events if e["event"] != "ready"]
