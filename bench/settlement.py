@@ -51,19 +51,17 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import platform
 import secrets
-import ssl
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
+from lnd_payments import raw_payer  # the baseline: one /v2/router/send per payment
 
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
@@ -86,7 +84,6 @@ from p2pgrid.ledger.entry import GENESIS_PREV
 from p2pgrid.lightning import (
     DecodedInvoice,
     LndClient,
-    LndEndpoint,
     NodeWatch,
     WatchedNode,
 )
@@ -101,7 +98,6 @@ from p2pgrid.replication import NodeParts, NodeSpec, ReplicaConfig, open_node_pa
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 
-FEE_LIMIT_MSAT = 10_000
 TARIFF = FlatTariff(250_000)  # msat per kWh: 250 msat per Wh
 ENERGY_WH = 4_000  # per device and period: a 1,000 sat invoice
 T0_MS = 1_700_000_000_000
@@ -116,34 +112,6 @@ def device_names(n: int) -> tuple[str, ...]:
 
 
 # -- the baseline: raw lnd ---------------------------------------------------------
-
-
-def raw_payer(endpoint: LndEndpoint) -> tuple[httpx.AsyncClient, Callable[[str], Awaitable[None]]]:
-    """One raw REST call to ``/v2/router/send`` per payment: what lnd itself costs."""
-    ctx = ssl.create_default_context(cafile=str(endpoint.tls_cert))
-    client = httpx.AsyncClient(
-        base_url=endpoint.base_url,
-        verify=ctx,
-        headers={"Grpc-Metadata-macaroon": endpoint.macaroon.read_bytes().hex()},
-        timeout=120,
-    )
-
-    async def pay(payment_request: str) -> None:
-        body = {
-            "payment_request": payment_request,
-            "timeout_seconds": 60,
-            "fee_limit_msat": str(FEE_LIMIT_MSAT),
-            "no_inflight_updates": True,
-        }
-        async with client.stream("POST", "/v2/router/send", json=body) as response:
-            async for line in response.aiter_lines():
-                status = json.loads(line)["result"]["status"]
-                if status == "SUCCEEDED":
-                    return
-                if status == "FAILED":
-                    raise RuntimeError(line)
-
-    return client, pay
 
 
 async def raw_round(
