@@ -36,10 +36,14 @@ section 6):
    round's period. A wrong offer or invoice is refused (logged) and pays nothing.
 
 **Pay on delivery** (``config.pay_on_delivery``, docs/market.md section 6.2):
-the seller's invoice is a hold invoice (:class:`HeldSale`, its preimage kept
-here) and a watch task settles it when the buyer's ``delivered`` entry of the
-round shows the whole trade for this invoice and the payment is ACCEPTED, and
-cancels it otherwise (or after ``delivery_wait_s``); the buyer's payment runs
+the seller's invoice is a hold invoice (:class:`HeldSale`, its preimage derived
+from the device key and the trade by :func:`~p2pgrid.agent.payguard.hold_preimage`,
+so nothing is lost in a restart) and a watch task settles it when the buyer's
+``delivered`` entry of the round shows the whole trade for this invoice and the
+payment is ACCEPTED, and cancels it otherwise (or after ``delivery_wait_s``).
+Entering :meth:`EnergyDesk.running` first resumes a watch on every hold invoice
+of this seller's trades (its ``cleared`` entries) that lnd still has OPEN or
+ACCEPTED: a seller restarted mid-hold settles or cancels it. The buyer's payment runs
 as a task (in flight until then) and the buyer logs ``delivered`` with what its
 meter received; ``sale`` and ``payment`` are logged only if the seller settles.
 The tasks live in :meth:`EnergyDesk.running` (the agent's run): leaving it
@@ -58,14 +62,13 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.messages import SaleOffer, TradeRequest
-from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, sale_memo
+from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT, check_invoice, hold_preimage, sale_memo
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.agent.ports import LogReplica, Peers, Wallet
 from p2pgrid.agent.rounds import PoolOrder, RoundBook, asks_in, order_text, round_book
@@ -81,7 +84,13 @@ from p2pgrid.ledger import (
     Order,
     paid_hashes,
 )
-from p2pgrid.lightning import Invoice, InvoiceError, InvoiceState, LightningError
+from p2pgrid.lightning import (
+    Invoice,
+    InvoiceError,
+    InvoiceState,
+    LightningError,
+    LndApiError,
+)
 from p2pgrid.market import (
     FIRM,
     Ask,
@@ -166,6 +175,7 @@ class EnergyDesk:
         self._tasks: asyncio.TaskGroup | None = None
         self._holding: dict[int, int] = {}  # period -> msat in held payments
         self._resolved = asyncio.Condition()
+        self._watching: set[str] = set()  # payment hashes of held sales watched now
         self.settled: list[str] = []  # payment hashes of held sales settled (seller)
         self.cancelled: list[str] = []  # ... and cancelled (seller)
 
@@ -180,6 +190,8 @@ class EnergyDesk:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
+                if self.config.pay_on_delivery:
+                    tasks.create_task(self._resume_holds(tasks))
                 yield
             finally:
                 self._tasks = None
@@ -396,19 +408,77 @@ class EnergyDesk:
         tasks = self._tasks
         if tasks is None:
             raise RequestRejected("not selling on delivery now")
-        sale = HeldSale(
-            request.period,
-            request.interval,
-            buyer,
-            trade.energy_wh,
-            trade.amount_msat,
-            secrets.token_bytes(32),
-        )
+        sale = self._held_sale((request.period, request.interval), request.book_id, trade)
+        # The same hash again (a request retried after a restart): lnd returns the invoice.
         invoice = await self.node.add_hold_invoice(
             sale.payment_hash, trade.amount_msat, memo, expiry_s=self.config.sale_expiry_s
         )
-        tasks.create_task(self._watch(sale))
+        self._start_watch(tasks, sale)
         return invoice
+
+    def _held_sale(self, round_: tuple[int, int], book_id: bytes, trade: Trade) -> HeldSale:
+        preimage = hold_preimage(
+            self.writer.signer.secret,
+            round_,
+            book_id,
+            trade.seller,
+            trade.buyer,
+            trade.energy_wh,
+            trade.amount_msat,
+        )
+        return HeldSale(*round_, trade.buyer, trade.energy_wh, trade.amount_msat, preimage)
+
+    def _start_watch(self, tasks: asyncio.TaskGroup, sale: HeldSale) -> None:
+        """Watch ``sale`` (once: a retried request or a resume finds it watched)."""
+        if sale.payment_hash not in self._watching:
+            self._watching.add(sale.payment_hash)
+            tasks.create_task(self._watch(sale))
+
+    async def _resume_holds(self, tasks: asyncio.TaskGroup) -> None:
+        """Watch again every hold invoice of this seller's trades that lnd still
+        has OPEN or ACCEPTED (left by a stop or crash): its preimage is derived, so
+        the watch settles it if the buyer's ``delivered`` entry shows the trade and
+        cancels it otherwise, within ``delivery_wait_s`` from now. One lnd lookup
+        per pooled trade this seller made on delivery and was not paid for."""
+        entries = await self.store.entries()
+        paid = paid_hashes(entries)
+        me = Author.device(self.me.device)
+        for entry in entries:
+            body = entry.body
+            if entry.author != me or not isinstance(body, Cleared):
+                continue
+            round_ = (entry.period, body.interval)
+            try:
+                book = round_book(
+                    entries, self.me.site_id, period=round_[0], interval=round_[1],
+                    devices=body.devices,
+                )  # fmt: skip
+            except MarketError:
+                continue
+            if book.clearing.book_id != body.book_id:
+                continue
+            for trade in book.clearing.trades:
+                if trade.seller != self.me or trade.amount_msat < MIN_PAYMENT_MSAT:
+                    continue
+                sale = self._held_sale(round_, body.book_id, trade)
+                if bytes.fromhex(sale.payment_hash) in paid:
+                    continue
+                try:
+                    invoice = await self.node.lookup_invoice(sale.payment_hash)
+                except LndApiError:
+                    continue  # never invoiced (no such invoice)
+                except LightningError as exc:  # lnd away: lnd's CLTV bounds the hold
+                    log.warning("[%s] held sales not resumed: %s", self.name, exc)
+                    return
+                if invoice.state in (InvoiceState.OPEN, InvoiceState.ACCEPTED):
+                    log.info(
+                        "[%s] resuming held sale %s... (round %d/%d, %s)",
+                        self.name,
+                        sale.payment_hash[:16],
+                        *round_,
+                        invoice.state.value,
+                    )
+                    self._start_watch(tasks, sale)
 
     def _delivered(self, entries: list[Entry], sale: HeldSale) -> Delivered | None:
         """The buyer's ``delivered`` entry of this sale's round and seller, if logged."""

@@ -16,6 +16,9 @@ and sale trades are not made; a period's bill below it is raised to it
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from p2pgrid.billing import MIN_BILL_MSAT
 from p2pgrid.lightning import DecodedInvoice
 from p2pgrid.market import Party
@@ -56,6 +59,28 @@ def sale_memo(
         f"to {_party(buyer)} {amount_msat} msat"
     )
     return memo + " on delivery" if on_delivery else memo
+
+
+def hold_preimage(
+    secret: bytes,
+    round_: tuple[int, int],
+    book_id: bytes,
+    seller: Party,
+    buyer: Party,
+    energy_wh: int,
+    amount_msat: int,
+) -> bytes:
+    """The preimage of a seller's hold invoice for one trade of round (period,
+    interval) on ``book_id``: derived from the seller's device key (``secret``),
+    so a seller restarted while the buyer's payment is held re-derives it and
+    can still settle (docs/market.md, section 6.2). HMAC-SHA256: the preimage,
+    public once settled, reveals nothing of the key."""
+    period, interval = round_
+    key = (
+        f"p2pgrid/hold/v1/{period}/{interval}/{book_id.hex()}/{_party(seller)}/"
+        f"{_party(buyer)}/{energy_wh}/{amount_msat}"
+    )
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
 
 
 def check_invoice(

@@ -6,6 +6,8 @@ cancelled when it shows less (the buyer's sats come back, nothing but the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +117,94 @@ async def test_a_short_delivery_is_cancelled_and_the_buyer_keeps_its_sats(rig: R
     assert intent.state is IntentState.FAILED
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
+
+
+async def held_then_restarted(
+    rig: Rig, devices: list[Device], buyer: EnergyDesk, **seller_config: int
+) -> EnergyDesk:
+    """One round whose seller is killed once the buyer's payment is ACCEPTED, before
+    it heard the buyer's ``delivered`` entry; then a new desk of the seller (its
+    node and log as they were) runs until it resolved what it found held."""
+    seller = desk(rig, devices[0], **seller_config)
+    started, killed = asyncio.Event(), asyncio.Event()
+
+    async def sell_until_killed() -> None:
+        async with seller.running():
+            started.set()
+            await killed.wait()  # never set: the seller dies with its watch
+
+    async with asyncio.TaskGroup() as tasks, buyer.running():
+        selling = tasks.create_task(sell_until_killed())
+        await started.wait()
+        ask = await seller.offer(
+            period=PERIOD, interval=ROUND, export_wh=EXPORT_WH, rate_msat_per_kwh=RATE
+        )
+        assert ask is not None
+        assert await buyer.bid(100, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE)
+        rig.cut.add(0)  # the seller hears no more of the log
+        peers = [devices[0].peers.ref]
+        await buyer.settle_round(period=PERIOD, interval=ROUND, peers=peers)
+        (held,) = await devices[0].node.list_invoices()
+        await devices[0].node.wait_accepted(held.payment_hash)
+        selling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await selling
+        assert (seller.settled, seller.cancelled) == ([], [])
+        assert (await devices[0].node.lookup_invoice(held.payment_hash)).state is (
+            InvoiceState.ACCEPTED
+        )
+        rig.cut.clear()
+        await rig.spread()  # the buyer's ``delivered`` reaches the restarted seller
+        restarted = desk(rig, devices[0], **seller_config)
+        async with restarted.running():
+            pass  # leaving it waits for the holds it resumed
+    await rig.spread()
+    return restarted
+
+
+async def test_a_seller_restarted_while_the_payment_is_held_settles_it(rig: Rig) -> None:
+    devices = [await rig.device(i) for i in range(2)]
+    buyer = desk(rig, devices[1])
+    await rig.start()
+    seller_before = devices[0].node.local_msat
+    restarted = await held_then_restarted(rig, devices, buyer)
+    log = await rig.site_log()
+    (delivered,) = [e.body for e in log if isinstance(e.body, Delivered)]
+    assert restarted.settled == [delivered.payment_hash.hex()]
+    amount = trade_msat(rig, log)
+    sales = [(e.body.seller, e.body.energy_wh, e.body.amount_msat)
+             for e in log if isinstance(e.body, Sale)]  # fmt: skip
+    assert sales == [(0, EXPORT_WH, amount)]
+    assert devices[0].node.local_msat == seller_before + amount
+    assert buyer.bought_wh == EXPORT_WH
+    assert check_pooled_sales(log, rig.site_id) == []
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+
+
+async def test_a_seller_restarted_with_a_short_delivery_held_cancels_it(rig: Rig) -> None:
+    devices = [await rig.device(i) for i in range(2)]
+    buyer = desk(rig, devices[1], delivered_pct=50)
+    await rig.start()
+    buyer_before = devices[1].node.local_msat
+    restarted = await held_then_restarted(rig, devices, buyer)
+    log = await rig.site_log()
+    (delivered,) = [e.body for e in log if isinstance(e.body, Delivered)]
+    assert restarted.cancelled == [delivered.payment_hash.hex()]
+    assert not [e for e in log if isinstance(e.body, Sale | Payment)]
+    assert devices[1].node.local_msat == buyer_before  # the held sats came back
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+
+
+async def test_a_restarted_seller_resumes_nothing_resolved(rig: Rig) -> None:
+    devices = [await rig.device(i) for i in range(2)]
+    seller, buyer = desk(rig, devices[0]), desk(rig, devices[1])
+    await rig.start()
+    assert await trade(rig, seller, buyer) == EXPORT_WH
+    restarted = desk(rig, devices[0])
+    async with restarted.running():
+        pass
+    assert (restarted.settled, restarted.cancelled) == ([], [])
+    assert len(seller.settled) == 1
+    assert seller.cancelled == []
