@@ -322,7 +322,7 @@ def log_verify(
 ) -> None:
     """Replay every entry of a replica into a fresh log: signatures, membership,
     chains, equivocations; recompute every pooled auction round and check every
-    sale against it; print the digest. With --against-lnd or
+    sale (and, paid on delivery, every delivery) against it; print the digest. With --against-lnd or
     --against-utility-lnd, also check that node's lnd: its author's payment
     entries paid once on it (hash, amount, fee), the log's payments to it
     settled, no payment or settled invoice of a hash the log knows without its

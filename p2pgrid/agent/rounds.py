@@ -14,9 +14,10 @@ recomputes any round and checks any sale:
   no order);
 - :func:`round_book`: the devices and orders of a round in a log, and the
   :class:`~p2pgrid.market.Clearing` they clear to (``clear_pool``);
-- :func:`check_pooled_sales`: what a replica finds wrong with the ``cleared``
-  and ``sale`` entries of a log (an empty list: every pooled sale is a trade
-  its author's clearing says, at that price, and no seller sold on two books).
+- :func:`check_pooled_sales`: what a replica finds wrong with the ``cleared``,
+  ``sale`` and ``delivered`` entries of a log (an empty list: every pooled sale
+  is a trade its author's clearing says, at that price, no seller sold on two
+  books, and every sale paid on delivery was delivered in full).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from p2pgrid.ledger import Cleared, Entry, Order, Role, Sale
+from p2pgrid.ledger import Cleared, Delivered, Entry, Order, Payment, Role, Sale
 from p2pgrid.market import (
     Ask,
     Clearing,
@@ -138,6 +139,8 @@ def check_pooled_sales(entries: Sequence[Entry], site_id: str) -> list[str]:
 
     A period in which a buyer logged no ``cleared`` entry holds sales of the
     per-producer auction (before version 2 of the log); they are not checked here.
+    Deliveries (pay on delivery, docs/market.md section 6.2) are checked by
+    :func:`check_deliveries`, whose findings are appended.
     """
     problems: list[str] = []
     clearings: dict[tuple[int, int, int], Clearing] = {}  # (author, period, interval)
@@ -196,5 +199,97 @@ def check_pooled_sales(entries: Sequence[Entry], site_id: str) -> list[str]:
             problems.append(
                 f"device {body.seller} sold to device {me} in round ({entry.period}, "
                 f"{interval}) on another book than the one it cleared"
+            )
+    return problems + check_deliveries(entries, clearings)
+
+
+def check_deliveries(
+    entries: Sequence[Entry], clearings: dict[tuple[int, int, int], Clearing]
+) -> list[str]:
+    """What is wrong with the ``delivered`` entries of ``entries`` (one line
+    each), given the valid clearings of :func:`check_pooled_sales` by
+    (author, period, interval). A buyer that logged a ``delivered`` entry in a
+    period pays on delivery in that period (the log does not say it otherwise):
+
+    - two ``delivered`` entries of one buyer for one trade (round and seller);
+    - a ``delivered`` entry for no trade (seller to author) of its author's
+      clearing of that round;
+    - a ``delivered`` entry whose hash the buyer paid (a ``payment`` of that
+      period) for another amount than the trade's, or that shows fewer Wh than
+      the trade it paid for (a seller settles only a whole delivery);
+    - a ``sale`` of such a buyer and period that is not the trade of one paid
+      ``delivered`` entry (each counted once): paid without a delivery shown.
+
+    A ``delivered`` entry whose hash nobody paid is a cancelled trade: fine.
+    """
+    problems: list[str] = []
+    paid: dict[tuple[int, int], dict[bytes, int]] = {}  # (buyer, period) -> hash -> msat
+    for entry in entries:
+        if isinstance(entry.body, Payment) and entry.author.role is Role.DEVICE:
+            by_hash = paid.setdefault((entry.author.index, entry.period), {})
+            by_hash[entry.body.payment_hash] = entry.body.amount_msat
+    # (buyer, period) -> the trades (seller, Wh, msat) paid on a delivery entry
+    settled: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    seen: set[tuple[int, int, int, int]] = set()
+    for entry in entries:
+        body = entry.body
+        if not isinstance(body, Delivered) or entry.author.role is not Role.DEVICE:
+            continue
+        me = entry.author.index
+        settled.setdefault((me, entry.period), [])
+        where = f"device {me} round ({entry.period}, {body.interval})"
+        key = (me, entry.period, body.interval, body.seller)
+        if key in seen:
+            problems.append(
+                f"{where}: two delivered entries for its trade with device {body.seller}"
+            )
+            continue
+        seen.add(key)
+        clearing = clearings.get((me, entry.period, body.interval))
+        trade = next(
+            (
+                t
+                for t in (clearing.trades if clearing is not None else ())
+                if t.buyer.device == me and t.seller.device == body.seller
+            ),
+            None,
+        )
+        if trade is None:
+            problems.append(
+                f"{where}: delivered from device {body.seller} is no trade of its clearing"
+            )
+            continue
+        amount = paid.get((me, entry.period), {}).get(body.payment_hash)
+        if amount is None:
+            continue  # not paid: the seller cancelled
+        if amount != trade.amount_msat:
+            problems.append(
+                f"{where}: paid {amount} msat on the delivery from device {body.seller}, "
+                f"the trade is {trade.amount_msat} msat"
+            )
+            continue
+        if body.energy_wh < trade.energy_wh:
+            problems.append(
+                f"{where}: paid for {trade.energy_wh} Wh from device {body.seller} "
+                f"on a delivery of {body.energy_wh} Wh"
+            )
+        settled[(me, entry.period)].append(
+            (trade.seller.device, trade.energy_wh, trade.amount_msat)
+        )
+    for entry in entries:
+        body = entry.body
+        if not isinstance(body, Sale) or entry.author.role is not Role.DEVICE:
+            continue
+        trades = settled.get((entry.author.index, entry.period))
+        if trades is None:
+            continue  # this buyer does not pay on delivery in this period
+        sold = (body.seller, body.energy_wh, body.amount_msat)
+        if sold in trades:
+            trades.remove(sold)
+        else:
+            problems.append(
+                f"device {entry.author.index} period {entry.period}: sale of "
+                f"{body.energy_wh} Wh from device {body.seller} paid on delivery has no "
+                "delivered entry naming its payment"
             )
     return problems

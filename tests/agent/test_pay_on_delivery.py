@@ -108,6 +108,7 @@ async def test_a_short_delivery_is_cancelled_and_the_buyer_keeps_its_sats(rig: R
     assert seller.settled == []
     assert not [e for e in log if isinstance(e.body, Sale | Payment)]
     assert buyer.bought_wh == 0
+    assert check_pooled_sales(log, rig.site_id) == []  # a short delivery, cancelled
     invoice = await devices[0].node.lookup_invoice(payment_hash)
     assert invoice.state is InvoiceState.CANCELED
     assert devices[0].node.local_msat == seller_before
@@ -193,6 +194,7 @@ async def test_a_seller_restarted_with_a_short_delivery_held_cancels_it(rig: Rig
     assert restarted.cancelled == [delivered.payment_hash.hex()]
     assert not [e for e in log if isinstance(e.body, Sale | Payment)]
     assert devices[1].node.local_msat == buyer_before  # the held sats came back
+    assert check_pooled_sales(log, rig.site_id) == []
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
 
