@@ -244,13 +244,14 @@ class DeviceAgent:
             host=self.peers,
             node=self.node,
             paymaster=self.paymaster,
-            balance=self.balance,
+            balance=self.logged_balance,
             name=self.name,
             nodes=self.nodes,
             replica=self.replica,
             announce=self.announce_new,
             now=clock.now,
             config=self.config.energy,
+            book=self.book,
         )
         self.settler = InvoiceSettler(
             device=profile.index,
@@ -274,13 +275,23 @@ class DeviceAgent:
     # -- money -------------------------------------------------------------------
 
     async def balance(self, period: int) -> int:
+        """What this device may still spend in ``period``: its balance by its
+        replica less its payments held in flight (paid on delivery, not settled
+        yet: :meth:`~p2pgrid.ledger.BalanceBook.available`)."""
+        await self._feed_book()
+        return self.book.available(self.profile.index, period)
+
+    async def logged_balance(self, period: int) -> int:
         """This device's balance in ``period`` by its replica (the fold's, kept up to date)."""
+        await self._feed_book()
+        return self.book.balance(self.profile.index, period)
+
+    async def _feed_book(self) -> None:
         if not self._book_fed:
             async with self._feeding:
                 if not self._book_fed:
                     await self.book.follow(self.store)
                     self._book_fed = True
-        return self.book.balance(self.profile.index, period)
 
     async def forecast(self, period: int, next_interval: int) -> Forecast:
         """This device's outlook from ``next_interval`` to the end of ``period``

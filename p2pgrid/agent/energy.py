@@ -76,6 +76,7 @@ from p2pgrid.errors import P2PGridError, RetryableError, TimeoutExpired
 from p2pgrid.identity import MAX_DEVICE_INDEX
 from p2pgrid.ledger import (
     Author,
+    BalanceBook,
     Cleared,
     Delivered,
     Entry,
@@ -149,9 +150,14 @@ class EnergyDesk:
         announce: Callable[[], Awaitable[None]],
         now: Callable[[], float] = time.time,
         config: EnergyConfig | None = None,
+        book: BalanceBook | None = None,
     ) -> None:
         """``nodes``: the Lightning node (pubkey) of each device it may deal with;
-        ``announce`` publishes the entries this device wrote (the agent's)."""
+        ``announce`` publishes the entries this device wrote (the agent's);
+        ``balance``: the device's balance by the log (without held payments);
+        ``book``: the agent's balance book, told of each payment this desk holds
+        in flight (:meth:`~p2pgrid.ledger.BalanceBook.hold`), so the agent's other
+        spending sees it committed."""
         self.config = config if config is not None else EnergyConfig()
         self.me = me
         self.host = host
@@ -160,6 +166,7 @@ class EnergyDesk:
         self.writer: LogWriter = paymaster.writer
         self.store: LogStore = paymaster.writer.store
         self._balance = balance
+        self._book = book
         self.name = name
         self.nodes = nodes
         self.replica = replica
@@ -206,6 +213,10 @@ class EnergyDesk:
                     await self._resolved.wait_for(lambda: not self._holding.get(period))
         except TimeoutError:
             log.warning("[%s] held payments of period %d still in flight", self.name, period)
+
+    async def _free(self, period: int) -> int:
+        """The balance of ``period`` less the payments this desk holds in flight."""
+        return await self._balance(period) - self._holding.get(period, 0)
 
     # -- orders ------------------------------------------------------------------
 
@@ -288,7 +299,7 @@ class EnergyDesk:
         plan = demand_curve(
             need_wh,
             rate_msat_per_kwh=rate_msat_per_kwh,
-            balance_msat=await self._balance(period),
+            balance_msat=await self._free(period),
             flex=flex,
             reserve_msat=reserve_msat,
         )
@@ -628,7 +639,7 @@ class EnergyDesk:
             return self._refuse(seller, "the offer is not the cleared trade")
         if offer.amount_msat < MIN_PAYMENT_MSAT:
             return self._refuse(seller, f"{offer.amount_msat} msat is below the smallest payment")
-        if offer.amount_msat > await self._balance(period) - self._holding.get(period, 0):
+        if offer.amount_msat > await self._free(period):
             return 0  # cannot pay for it from the budget: buy from the grid (or not at all)
         try:
             decoded = await self.node.decode_invoice(offer.bolt11)
@@ -697,6 +708,10 @@ class EnergyDesk:
             return self._refuse(purpose.device, "not buying on delivery now")
         received = purpose.energy_wh * self.config.delivered_pct // 100
         self._holding[period] = self._holding.get(period, 0) + purpose.amount_msat
+        if self._book is not None:
+            self._book.hold(
+                payment_hash, device=self.me.device, period=period, amount_msat=purpose.amount_msat
+            )
         tasks.create_task(self._pay_held(bolt11, payment_hash, purpose, period))
         body = Delivered(interval, purpose.device, received, bytes.fromhex(payment_hash))
         await self.writer.append(body, period=period, timestamp_ms=int(self._now() * 1000))
@@ -732,7 +747,9 @@ class EnergyDesk:
                 purpose.amount_msat,
                 paid.payment.fee_msat,
             )
-        finally:
+        finally:  # settled (its sale entry now counts) or failed: no longer held
+            if self._book is not None:
+                self._book.release(payment_hash)
             async with self._resolved:
                 self._holding[period] -= purpose.amount_msat
                 self._resolved.notify_all()

@@ -30,6 +30,15 @@ So a late arrival costs one re-fold of its period (and of the later ones),
 not of the whole log; :attr:`BalanceBook.refolds` counts the periods re-folded.
 Invoice payments (``paid_msat``, which cross periods) are not kept: ask
 :func:`fold` for them.
+
+**Held amounts** (outside the fold): a payment that left the device but is not
+logged yet, a hold invoice paid on delivery and ACCEPTED at the seller
+(docs/market.md section 6.2), is committed though no entry shows it. Its payer
+records it with :meth:`BalanceBook.hold` and drops it with
+:meth:`BalanceBook.release` once settled (its ``sale`` entry now counts) or
+cancelled; :meth:`BalanceBook.available` is the balance less what is held, the
+amount the device may still spend. Holds are this process's own payments in
+flight, not log state: a replica's fold never sees them.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from p2pgrid.errors import FatalError
 from p2pgrid.ledger.bodies import CarryOver, SiteShareIn
 from p2pgrid.ledger.entry import Author, Entry
+from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.store import LogChange, LogStore
 from p2pgrid.ledger.views import DeviceAccount, _Period, _SiteCredits
@@ -83,6 +93,7 @@ class BalanceBook:
         self._folded: dict[int, _Folded] = {}  # up to date for periods below _stale
         self._stale: int | None = None  # the oldest period whose state may be out of date
         self._classes: dict[int, str] = {}
+        self._held: dict[str, tuple[int, int, int]] = {}  # hash -> (device, period, msat)
         self._store: LogStore | None = None
         #: Periods re-folded so far (the cost of late arrivals; for tests and benches).
         self.refolds = 0
@@ -177,6 +188,26 @@ class BalanceBook:
 
     def balance(self, device: int, period: int) -> int:
         return self.account(device, period).balance_msat
+
+    # -- held amounts --------------------------------------------------------------
+
+    def hold(self, payment_hash: str, *, device: int, period: int, amount_msat: int) -> None:
+        """Count ``amount_msat`` of ``device`` in ``period`` as committed until
+        :meth:`release`; holding one payment hash again changes nothing."""
+        if amount_msat <= 0:
+            raise LedgerError(f"a held amount is positive, not {amount_msat} msat")
+        self._held.setdefault(payment_hash, (device, period, amount_msat))
+
+    def release(self, payment_hash: str) -> None:
+        """The held payment resolved (settled and logged, or failed); safe twice."""
+        self._held.pop(payment_hash, None)
+
+    def held_msat(self, device: int, period: int) -> int:
+        return sum(a for d, p, a in self._held.values() if (d, p) == (device, period))
+
+    def available(self, device: int, period: int) -> int:
+        """:meth:`balance` less what ``device`` holds in payments of ``period``."""
+        return self.balance(device, period) - self.held_msat(device, period)
 
     def _refresh(self, upto: int) -> None:
         """Re-fold the stale periods up to ``upto``, the way :func:`fold` does."""

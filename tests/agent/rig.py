@@ -29,6 +29,7 @@ from p2pgrid.billing import FlatTariff, invoice_memo, model_ms
 from p2pgrid.ledger import (
     Allocation,
     Author,
+    BalanceBook,
     Entry,
     Invoice,
     LogStore,
@@ -181,9 +182,11 @@ class Rig:
         device: Device,
         balance: Callable[[int], Awaitable[int]],
         config: EnergyConfig | None = None,
+        book: BalanceBook | None = None,
     ) -> EnergyDesk:
-        """The device's energy desk, installed on its peers, with ``balance``; what
-        it logs reaches every device of the rig at once (:meth:`spread`)."""
+        """The device's energy desk, installed on its peers, with ``balance`` (and
+        ``book`` told of its held payments); what it logs reaches every device of
+        the rig at once (:meth:`spread`)."""
         desk = EnergyDesk(
             me=self.party(device.index),
             host=device.peers,
@@ -196,6 +199,7 @@ class Rig:
             announce=self.spread,
             now=self.clock,
             config=config,
+            book=book,
         )
         desk.install()
         return desk

@@ -17,7 +17,7 @@ from p2pgrid.agent.config import EnergyConfig
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.intents import IntentState
 from p2pgrid.agent.rounds import check_pooled_sales, round_book
-from p2pgrid.ledger import Delivered, Entry, Payment, Sale
+from p2pgrid.ledger import BalanceBook, Delivered, Entry, Payment, Sale
 from p2pgrid.lightning import InvoiceState
 from tests.agent.rig import Device, Rig
 
@@ -210,3 +210,38 @@ async def test_a_restarted_seller_resumes_nothing_resolved(rig: Rig) -> None:
     assert (restarted.settled, restarted.cancelled) == ([], [])
     assert len(seller.settled) == 1
     assert seller.cancelled == []
+
+
+async def test_a_held_payment_is_committed_in_the_buyers_balance_book(rig: Rig) -> None:
+    """While the seller holds the buyer's payment, the buyer's book counts it as
+    spent (``available``) though no entry shows it yet; settled, the sale does."""
+    devices = [await rig.device(i) for i in range(2)]
+    await rig.allocate(devices[1].store, 1, 1_000_000, PERIOD)
+    book = BalanceBook(site_hash=rig.site.membership.site_hash)
+    await book.follow(devices[1].store)
+
+    async def logged(period: int) -> int:
+        return book.balance(1, period)
+
+    settings = EnergyConfig(pay_on_delivery=True, delivery_wait_s=10.0)
+    buyer = rig.energy_desk(devices[1], logged, settings, book=book)
+    seller = desk(rig, devices[0])
+    async with seller.running(), buyer.running():
+        ask = await seller.offer(
+            period=PERIOD, interval=ROUND, export_wh=EXPORT_WH, rate_msat_per_kwh=RATE
+        )
+        assert ask is not None
+        assert await buyer.bid(100, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE)
+        rig.cut.add(0)  # the seller does not see the delivery yet: the payment stays held
+        await buyer.settle_round(period=PERIOD, interval=ROUND, peers=[devices[0].peers.ref])
+        (held,) = await devices[0].node.list_invoices()
+        await devices[0].node.wait_accepted(held.payment_hash)
+        assert book.balance(1, PERIOD) == 1_000_000
+        assert book.held_msat(1, PERIOD) == held.value_msat
+        assert book.available(1, PERIOD) == 1_000_000 - held.value_msat
+        rig.cut.clear()
+        await rig.spread()  # the seller sees the delivery and settles
+    assert seller.settled == [held.payment_hash]
+    assert book.held_msat(1, PERIOD) == 0
+    assert book.available(1, PERIOD) == book.balance(1, PERIOD) == 1_000_000 - held.value_msat
+    book.close()

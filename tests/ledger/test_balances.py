@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from p2pgrid.ledger import (
     BalanceBook,
     CarryOver,
     Entry,
+    LedgerError,
     MeterReading,
     Revoke,
     Role,
@@ -162,3 +164,20 @@ async def test_a_book_follows_its_store_through_batches_and_revocations(
     book.close()
     await store.ingest(s.add(Author.owner(), Allocation(1, 1)).raw)
     assert book.balance(1, 1) == 110_000  # no longer following
+
+
+def test_a_held_payment_is_committed_until_released(site: Site) -> None:
+    s = Script(site)
+    book = BalanceBook(site_hash=site.membership.site_hash)
+    book.add([s.add(Author.owner(), Allocation(1, 100)), s.add(Author.owner(), Allocation(2, 50))])
+    book.hold("ab" * 32, device=1, period=1, amount_msat=30)
+    book.hold("ab" * 32, device=1, period=1, amount_msat=30)  # the same payment: once
+    book.hold("cd" * 32, device=1, period=2, amount_msat=5)  # another period
+    assert (book.balance(1, 1), book.held_msat(1, 1), book.available(1, 1)) == (100, 30, 70)
+    assert (book.available(2, 1), book.available(1, 2)) == (50, -5)
+    book.release("ab" * 32)
+    book.release("ab" * 32)  # safe twice
+    assert (book.held_msat(1, 1), book.available(1, 1)) == (0, 100)
+    with pytest.raises(LedgerError):
+        book.hold("ef" * 32, device=1, period=1, amount_msat=0)
+    assert book.available(1, 1) == 100  # a refused hold changes nothing
