@@ -317,7 +317,10 @@ class DeviceAgent:
         if period != self.clock.period_of(self._interval):
             return 0  # only the current period's budget is shared
         forecast = await self.forecast(period, self._interval + 1)
-        return spare_msat(forecast, min_samples=self.config.share.min_forecast_samples)
+        received = self.book.account(self.profile.index, period).received_msat
+        return spare_msat(
+            forecast, min_samples=self.config.share.min_forecast_samples, received_msat=received
+        )
 
     def flexibility(self) -> Flexibility:
         """How much of this device's load can wait (its class; docs/market.md 2.8)."""

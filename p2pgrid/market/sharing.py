@@ -18,6 +18,10 @@ giver never gives what its forecast needs; a forecast resting on fewer than
 ``min_samples`` readings (the device does not know its routine yet) claims no
 headroom. A device whose forecast for the rest of the period exceeds its
 balance asks for that shortfall early, before the interval that runs short.
+**Budget received is not given on in the same period**: a share answers a
+request, so its receiver was short; its headroom is at most its balance less
+what it received in the period (at the last interval, where the forecast
+covers nothing, the balance would otherwise count whole as headroom).
 
 Between sites, a site's headroom is the sum of its devices' headrooms; what a
 site grants is then split among its devices in proportion to their headroom
@@ -52,13 +56,19 @@ def offer_amount(need_msat: int, headroom_msat: int, *, offer_pct: int = DEFAULT
     return min(need_msat, headroom_msat * offer_pct // 100)
 
 
-def spare_msat(forecast: Forecast, *, min_samples: int = 1) -> int:
+def spare_msat(forecast: Forecast, *, min_samples: int = 1, received_msat: int = 0) -> int:
     """What a device may give now: its balance beyond its forecast cost of the
-    rest of the period; nothing while the forecast rests on fewer than
-    ``min_samples`` readings."""
+    rest of the period, and never the ``received_msat`` it was given in this
+    period (a share answers a request: the device was short; it is spent first,
+    so at most ``balance - received`` is its own); nothing while the forecast
+    rests on fewer than ``min_samples`` readings."""
     if min_samples < 1:
         raise MarketError("min_samples is at least 1")
-    return forecast.headroom_msat if forecast.samples >= min_samples else 0
+    if received_msat < 0:
+        raise MarketError("received_msat is never negative")
+    if forecast.samples < min_samples:
+        return 0
+    return max(0, min(forecast.headroom_msat, forecast.balance_msat - received_msat))
 
 
 def early_need_msat(forecast: Forecast, *, min_samples: int = 1) -> int:
