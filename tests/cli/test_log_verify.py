@@ -1,7 +1,7 @@
 """``p2pgrid log verify``: a clean replica passes with its digest; every kind of
 defect (a forged signature, a hole in a chain, an equivocation, another site's
-file, a sale that no pooled clearing says) is exit 1 and named; a file that is
-no replica is exit 2."""
+file, a sale that no pooled clearing says, a delivery of no trade) is exit 1
+and named; a file that is no replica is exit 2."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Cleared,
+    Delivered,
     LogStore,
     LogWriter,
     MeterReading,
@@ -73,7 +74,7 @@ def test_a_clean_replica_passes_with_its_digest(tmp_path: Path) -> None:
     assert (code, by_key["digest"]) == (0, digest)
 
 
-async def _forge_a_pooled_sale(d: Deployment, path: Path) -> None:
+async def _forge_a_pooled_sale(d: Deployment, path: Path, *, delivered: bool = False) -> None:
     """The fridge logs a curve, a clearing its book does not give, and a sale."""
     identity = SiteIdentity.from_hex(d.site)
     async with await LogStore.open(path, identity, name="test") as store:
@@ -84,6 +85,9 @@ async def _forge_a_pooled_sale(d: Deployment, path: Path) -> None:
         cleared = Cleared(5, 200_000, bytes(32), "00000000")
         await writer.append(cleared, period=0, timestamp_ms=at)
         await writer.append(Sale(1, 100, 20_000), period=0, timestamp_ms=at)
+        if delivered:  # paid on delivery: a delivery of no trade, a sale of no delivery
+            shown = Delivered(5, 1, 100, bytes(range(32)))
+            await writer.append(shown, period=0, timestamp_ms=at)
 
 
 def test_a_sale_that_no_pooled_clearing_says_is_a_defect(tmp_path: Path) -> None:
@@ -100,6 +104,19 @@ def test_a_sale_that_no_pooled_clearing_says_is_a_defect(tmp_path: Path) -> None
     assert len(problems) == 2  # ...but the round and the sale do not add up
     assert "not the book it names" in problems[0]
     assert "no trade of its clearings" in problems[1]
+
+
+def test_a_delivery_of_no_trade_and_a_sale_without_delivery_are_defects(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    asyncio.run(_forge_a_pooled_sale(d, db, delivered=True))
+    code, out = _verify(db, "--site", d.site)
+    assert code == EXIT_FAILED
+    problems = out["pooled_sales"]
+    assert isinstance(problems, list)
+    assert any("delivered from device 1 is no trade of its clearing" in p for p in problems)
+    assert any("has no delivered entry naming its payment" in p for p in problems)
 
 
 def _tamper(db: Path, sql: str, *params: object) -> None:
