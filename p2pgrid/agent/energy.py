@@ -461,9 +461,12 @@ class EnergyDesk:
             round_ = (entry.period, body.interval)
             try:
                 book = round_book(
-                    entries, self.me.site_id, period=round_[0], interval=round_[1],
+                    entries,
+                    self.me.site_id,
+                    period=entry.period,
+                    interval=body.interval,
                     devices=body.devices,
-                )  # fmt: skip
+                )
             except MarketError:
                 continue
             if book.clearing.book_id != body.book_id:
