@@ -24,7 +24,9 @@ spreads peers; p2pgrid also dials the peers it learns from hellos).
 
 A fleet is measured once every agent has heard every other (warm-up messages at
 ``--rate``). Then every agent publishes ``--rate`` messages/s for ``--duration``
-seconds and, ``--drain`` seconds later, reports the latency of each message it
+seconds (with ``--devices K``: K messages at each tick, one per device of a
+gateway of K devices, so ten processes carry 10 x K agents' traffic) and,
+``--drain`` seconds later, reports the latency of each message it
 received (sender's wall clock to receiver's, same machine) and the counts. Loss
 is 1 - received / (sent x (agents - 1)). RSS is each agent's ``VmRSS`` read from
 ``/proc/PID/status`` after the measured phase.
@@ -35,8 +37,8 @@ in turn and prints each round's ratios (and their median); each row shows the
 1-minute load average.
 
 Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
-       [--duration 20] [--drain 3] [--fanout 4] [--modes raw p2pgrid]
-       [--repeat 1]
+       [--devices 1] [--duration 20] [--drain 3] [--fanout 4]
+       [--modes raw p2pgrid] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -183,7 +185,13 @@ async def measure(
     cpu_before = [probe.cpu_seconds() for probe in probes]
     measure_started = time.monotonic()
     for probe in probes:
-        await probe.send("measure", rate=args.rate, duration=args.duration, drain=args.drain)
+        await probe.send(
+            "measure",
+            rate=args.rate,
+            duration=args.duration,
+            drain=args.drain,
+            devices=args.devices,
+        )
     try:
         async with asyncio.timeout(args.duration + args.drain + REPORT_SLACK_S):
             await wait_all(probes, lambda probe: probe.report is not None)
@@ -196,7 +204,7 @@ async def measure(
     load = os.getloadavg()[0]
     rss_mb = sorted(probe.rss_kb() / 1024 for probe in probes)
     reports = [probe.report for probe in probes if probe.report is not None]
-    unreported = (agents - len(reports)) * int(args.rate * args.duration)
+    unreported = (agents - len(reports)) * int(args.rate * args.duration) * args.devices
     return summarise(mode, agents, reports, rss_mb, mesh_s, unreported, cpu_pct, load)
 
 
@@ -257,7 +265,8 @@ def summarise(
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print()
     print(
-        f"rate {args.rate} msg/s per agent, {args.duration} s measured, drain {args.drain} s, "
+        f"rate {args.rate} msg/s per device, {args.devices} device(s) per agent process, "
+        f"{args.duration} s measured, drain {args.drain} s, "
         f"fanout {args.fanout}, muxer {args.muxer}"
     )
     print(
@@ -324,7 +333,14 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--rate", type=float, default=1.0, help="messages/s per agent")
+    parser.add_argument("--rate", type=float, default=1.0, help="messages/s per device")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="devices each agent process publishes for: at each tick one message per device, "
+        "one after the other (the traffic of agents x devices agents on fewer processes)",
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait after")
     parser.add_argument("--fanout", type=int, default=4, help="bootstrap peers per agent")
@@ -349,6 +365,8 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.agents) < 2:
         parser.error("--agents needs at least 2 agents per run")
+    if args.devices < 1:
+        parser.error("--devices needs at least 1 device per agent")
     asyncio.run(run(args))
 
 

@@ -13,8 +13,10 @@ lines on stdout (the line protocol of :mod:`p2pgrid.jsonlines`):
 - ``{"event": "stopped"}`` when it exits.
 
 It reads commands, one JSON object per line, on stdin: ``{"cmd": "measure",
-"rate": R, "duration": D, "drain": T}`` publishes R messages/s for D seconds,
-waits T seconds and reports latency samples and counts; ``{"cmd": "stop"}`` or
+"rate": R, "duration": D, "drain": T, "devices": K}`` publishes R times a second
+for D seconds one message for each of K devices (default 1: the traffic of K
+agents from one process, as a gateway of K devices sends it), waits T seconds
+and reports latency samples and counts; ``{"cmd": "stop"}`` or
 end of input stops it. ``--raw`` runs the same workload on plain py-libp2p
 gossipsub in ``trio.run`` (no bridge, no envelope, no signatures, no pacing),
 as the benchmark's baseline.
@@ -121,17 +123,22 @@ async def _measure(
     epoch: int,
     rate: float,
     duration: float,
+    devices: int,
     sleep: Callable[[float], Any],
 ) -> int:
-    """Publish ``rate`` messages/s for ``duration`` s on a fixed schedule; returns count."""
-    count = int(rate * duration)
+    """Publish for ``devices`` devices, ``rate`` ticks/s for ``duration`` s on a fixed
+    schedule: at each tick one message per device, one after the other (as the
+    devices of a gateway do at the start of an interval); returns the count."""
+    ticks = int(rate * duration)
     start = time.monotonic()
-    for seq in range(count):
-        delay = start + seq / rate - time.monotonic()
+    for tick in range(ticks):
+        delay = start + tick / rate - time.monotonic()
         if delay > 0:
             await sleep(delay)
-        await publish(ProbeMsg(me, epoch, PHASE_MEASURE, seq, time.time_ns()))
-    return count
+        for device in range(devices):
+            seq = tick * devices + device
+            await publish(ProbeMsg(me, epoch, PHASE_MEASURE, seq, time.time_ns()))
+    return ticks * devices
 
 
 # -- p2pgrid mode (asyncio) -------------------------------------------------------
@@ -205,6 +212,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                         epoch=epoch,
                         rate=command["rate"],
                         duration=command["duration"],
+                        devices=command.get("devices", 1),
                         sleep=asyncio.sleep,
                     )
                     await host.flush()
@@ -353,6 +361,7 @@ async def run_raw(args: argparse.Namespace) -> None:
                             epoch=epoch,
                             rate=command["rate"],
                             duration=command["duration"],
+                            devices=command.get("devices", 1),
                             sleep=trio.sleep,
                         )
                         await trio.sleep(command["drain"])
