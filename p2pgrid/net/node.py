@@ -68,6 +68,8 @@ STREAM_READ_TIMEOUT_S = 10.0
 HANDLER_TIMEOUT_S = 30.0
 #: How many known peers a hello passes on.
 HELLO_KNOWN_PEERS = 32
+#: How long the host's advertised addresses are reused once read (see :class:`CachedAddrs`).
+ADDRS_CACHE_S = 1.0
 
 
 #: The answer frame of a refused request: empty (a real answer is a signed envelope).
@@ -120,6 +122,37 @@ class _Notifee(INotifee):
         pass
 
 
+class CachedAddrs:
+    """``host.get_addrs`` read at most once per ``ttl_s`` seconds.
+
+    py-libp2p 0.8.1 attaches the host's signed peer record to every gossipsub
+    publish RPC (each message published or forwarded) and, to know whether its
+    cached record is still current, rebuilds the advertised multiaddrs from the
+    listening sockets each time: ~5 % of an agent's CPU in a profile at 50
+    messages/s (docs/performance.md). A TCP host's addresses do not change while
+    it listens; an empty answer (not listening yet) is not kept.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], list[multiaddr.Multiaddr]],
+        ttl_s: float = ADDRS_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._addrs: list[multiaddr.Multiaddr] = []
+        self._until = 0.0
+
+    def __call__(self) -> list[multiaddr.Multiaddr]:
+        now = self._clock()
+        if not self._addrs or now >= self._until:
+            self._addrs = self._read()
+            self._until = now + self._ttl_s
+        return list(self._addrs)
+
+
 class TrioNode:
     """A py-libp2p host with gossipsub, p2pgrid validators, hellos and direct streams."""
 
@@ -157,6 +190,7 @@ class TrioNode:
             enable_mDNS=config.mdns,
         )
         self.peer_id: ID = self.host.get_id()
+        self.host.get_addrs = CachedAddrs(self.host.get_addrs)  # type: ignore[method-assign]
         self.gossipsub = Gossip(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             idontwant_min_bytes=config.idontwant_min_bytes,
