@@ -23,11 +23,16 @@ Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
 spreads peers; p2pgrid also dials the peers it learns from hellos).
 
 A fleet is measured once every agent has heard every other (warm-up messages at
-``--rate``). Then every agent publishes ``--rate`` messages/s for ``--duration``
-seconds (with ``--devices K``: K messages at each tick, one per device of a
-gateway of K devices, so ten processes carry 10 x K agents' traffic) and,
-``--drain`` seconds later, reports the latency of each message it
-received (sender's wall clock to receiver's, same machine) and the counts. Loss
+``--rate``) and then ``--settle`` seconds more (default 0) in which it keeps
+publishing its warm-up messages: p2pgrid's peer exchange goes on dialling the
+peers it learned (each agent up to ``NetConfig.target_peers``) after everyone
+was heard, and on a starved machine those handshakes compete with the measured
+messages; a settle time measures both modes in their steady state. Then every
+agent publishes ``--rate`` messages/s for ``--duration`` seconds (with
+``--devices K``: K messages at each tick, one per device of a gateway of K
+devices, so ten processes carry 10 x K agents' traffic) and, ``--drain``
+seconds later, reports the latency of each message it received (sender's wall
+clock to receiver's, same machine) and the counts. Loss
 is 1 - received / (sent x (agents - 1)). RSS is each agent's ``VmRSS`` read from
 ``/proc/PID/status`` after the measured phase.
 
@@ -37,7 +42,7 @@ in turn and prints each round's ratios (and their median); each row shows the
 1-minute load average.
 
 Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
-       [--devices 1] [--duration 20] [--drain 3] [--fanout 4]
+       [--devices 1] [--duration 20] [--drain 3] [--settle 0] [--fanout 4]
        [--modes raw p2pgrid] [--repeat 1]
 """
 
@@ -182,6 +187,7 @@ async def measure(
             file=sys.stderr,
         )
     mesh_s = time.monotonic() - started_at
+    await asyncio.sleep(args.settle)  # a workload phase: the formed fleet runs unmeasured
     cpu_before = [probe.cpu_seconds() for probe in probes]
     measure_started = time.monotonic()
     for probe in probes:
@@ -266,7 +272,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print()
     print(
         f"rate {args.rate} msg/s per device, {args.devices} device(s) per agent process, "
-        f"{args.duration} s measured, drain {args.drain} s, "
+        f"{args.duration} s measured, settle {args.settle} s, drain {args.drain} s, "
         f"fanout {args.fanout}, muxer {args.muxer}"
     )
     print(
@@ -343,6 +349,12 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait after")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds the formed fleet runs (warm-up messages) before the measured phase",
+    )
     parser.add_argument("--fanout", type=int, default=4, help="bootstrap peers per agent")
     parser.add_argument("--log-dir", help="where probes' stderr goes (default: a new temp dir)")
     parser.add_argument("--muxer", choices=["mplex", "yamux"], default="mplex")
