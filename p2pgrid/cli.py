@@ -368,11 +368,11 @@ def log_verify(
     if node is not None:
         from p2pgrid.reconcile import reconcile_replica_with_lnd
 
-        endpoint, author = node
-        checked = _run(reconcile_replica_with_lnd(replica, who, endpoint, author))
+        endpoint, authors = node
+        checked = _run(reconcile_replica_with_lnd(replica, who, endpoint, authors))
         data["lnd"] = {
             "node": endpoint.name,
-            "author": str(author),
+            "author": ", ".join(str(a) for a in authors),
             "ok": checked.ok,
             "payments": checked.payments,
             "moved_msat": checked.moved_msat,
@@ -397,8 +397,10 @@ def log_verify(
 
 def _lnd_node(
     config: Path | None, device: str | None, utility_file: Path | None
-) -> tuple[LndEndpoint, Author] | None:
-    """The lnd endpoint and log author of the node ``log verify`` checks, if any."""
+) -> tuple[LndEndpoint, tuple[Author, ...]] | None:
+    """The lnd endpoint and log authors of the node ``log verify`` checks, if any:
+    a device's own lnd, the utility's, or (a light device named) the site node,
+    whose authors are every light device of the site."""
     from p2pgrid.config.files import SiteFile, UtilityFile
     from p2pgrid.ledger import Author
 
@@ -406,11 +408,14 @@ def _lnd_node(
         assert config is not None
         site_file = SiteFile(config)
         row = site_file.device(device)
-        return site_file.lnd(row.name, row.lnd), Author.device(row.index)
+        if row.lightning == "site":
+            light = [d for d in site_file.model.devices if d.lightning == "site"]
+            return site_file.device_lnd(row), tuple(Author.device(d.index) for d in light)
+        return site_file.device_lnd(row), (Author.device(row.index),)
     if utility_file is not None:
         loaded = UtilityFile(utility_file)
         utility = loaded.model.utility
-        return loaded.lnd(utility.name, utility.lnd), Author.utility()
+        return loaded.lnd(utility.name, utility.lnd), (Author.utility(),)
     return None
 
 

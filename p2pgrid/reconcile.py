@@ -8,7 +8,9 @@ lists every disagreement:
 
 - every money entry of the log (a ``payment``, a ``share`` or ``site_share``
   with its proof memo) has exactly one SUCCEEDED lnd payment on its author's
-  node with the same hash, amount and routing fee;
+  node with the same hash, amount and routing fee; one whose payer and payee
+  are on one node (light devices of a site node) is an internal transfer: no
+  lnd payment, no fee, its invoice on that node cancelled;
 - every SUCCEEDED payment and every SETTLED invoice made during the run is in
   the log, and the invoice was paid to the party the log names (the utility for
   an ``invoice``, the seller for a ``sale``, the receiver for a share);
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
@@ -259,12 +261,18 @@ def reconcile(
             problems.append(f"{_where(m)}: no node known for the payer {m.entry.author}")
             continue
         logged[payer].add(m.payment_hash.hex())
+        payee = node_of(m.payee) if m.payee is not None else None
+        if payee == payer:  # light devices of one node: an internal transfer, no lnd
+            attempts = new_payments[payer].get(m.payment_hash.hex(), [])
+            internal = _internal_problem(m, after[payer], attempts)
+            if internal is not None:
+                problems.append(internal)
+            continue
         paid = _paid_problem(m, new_payments[payer].get(m.payment_hash.hex(), []), payer)
         if paid is not None:
             problems.append(paid)
         expected[payer] -= m.amount_msat + m.fee_msat
         fees += m.fee_msat
-        payee = node_of(m.payee) if m.payee is not None else None
         if payee is None or payee not in after:
             problems.append(f"{_where(m)}: the log names no known payee ({m.payee})")
             continue
@@ -302,55 +310,95 @@ def reconcile(
     return Reconciliation(tuple(problems), len(moves), sum(m.amount_msat for m in moves))
 
 
+def _internal_problem(
+    m: LogPayment, node: NodeSnapshot, payments: Iterable[LnPayment]
+) -> str | None:
+    """An internal transfer (payer and payee light on this node) against the node:
+    no fee, no lnd payment of its hash, its invoice on the node cancelled, not settled."""
+    if m.fee_msat:
+        return f"{_where(m)}: an internal transfer with a fee of {m.fee_msat} msat"
+    if any(p.status is PaymentStatus.SUCCEEDED for p in payments):
+        return f"{_where(m)}: an internal transfer that {node.name} also paid over Lightning"
+    invoice = next((i for i in node.invoices if i.payment_hash == m.payment_hash.hex()), None)
+    if invoice is None:
+        return f"{_where(m)}: an internal transfer to no invoice of {node.name}"
+    if invoice.state is not InvoiceState.CANCELED:
+        return f"{_where(m)}: an internal transfer whose invoice is {invoice.state.value}"
+    if invoice.value_msat != m.amount_msat:
+        return (
+            f"{_where(m)}: an internal transfer of {m.amount_msat} msat to an invoice "
+            f"of {invoice.value_msat}"
+        )
+    return None
+
+
 def reconcile_node(
-    node: NodeSnapshot, *, site: bytes, entries: Iterable[Entry], author: Author
+    node: NodeSnapshot, *, site: bytes, entries: Iterable[Entry], authors: Collection[Author]
 ) -> Reconciliation:
-    """One node's lnd ``node`` (its author in the log of ``site``: ``author``)
-    against one replica's ``entries`` (see the module's contract)."""
+    """One node's lnd ``node`` (its authors in the log of ``site``: ``authors``, one
+    device or the utility, or every light device of a site node) against one
+    replica's ``entries`` (see the module's contract).
+
+    A money entry between two of ``authors`` is an internal transfer (light
+    devices of one node, docs/protocol.md "Light devices"): it must touch no
+    lnd (no payment, no settled invoice, no fee) and its invoice on the node
+    must be cancelled. Every other entry of theirs is checked as one node's."""
     entries = list(entries)
-    me: Party = (site, author)
+    mine: set[Party] = {(site, a) for a in authors}
     moves = log_payments({site: entries})
     problems = _paid_twice(moves) + _in_flight(node)
     payments: dict[str, list[LnPayment]] = {}
     for p in node.payments:
         payments.setdefault(p.payment_hash, []).append(p)
     settled = {i.payment_hash: i for i in node.invoices if i.state is InvoiceState.SETTLED}
-    paid_by_me = {m.payment_hash.hex() for m in moves if (m.site, m.entry.author) == me}
-    paid_to_me = {m.payment_hash.hex() for m in moves if m.payee == me}
+
+    def pays(m: LogPayment) -> bool:
+        return (m.site, m.entry.author) in mine
+
+    def is_paid(m: LogPayment) -> bool:
+        return m.payee is not None and m.payee in mine
+
+    internal = {m.payment_hash.hex() for m in moves if pays(m) and is_paid(m)}
+    paid_by_me = {m.payment_hash.hex() for m in moves if pays(m)} - internal
+    paid_to_me = {m.payment_hash.hex() for m in moves if is_paid(m)} - internal
     for m in moves:
-        if (m.site, m.entry.author) == me:
-            problem = _paid_problem(m, payments.get(m.payment_hash.hex(), []), node.name)
-            if problem is not None:
-                problems.append(problem)
-        if m.payee == me:
-            problem = _received_problem(m, settled.get(m.payment_hash.hex()), node.name)
-            if problem is not None:
-                problems.append(problem)
+        h = m.payment_hash.hex()
+        if h in internal:
+            problem = _internal_problem(m, node, payments.get(h, []))
+        elif pays(m):
+            problem = _paid_problem(m, payments.get(h, []), node.name)
+        elif is_paid(m):
+            problem = _received_problem(m, settled.get(h), node.name)
+        else:
+            continue
+        if problem is not None:
+            problems.append(problem)
     # Money the log knows of (an invoice in it, a money entry) that moved on this
     # node without the entry that says so.
     known = {m.payment_hash.hex() for m in moves}
     known |= {e.body.payment_hash.hex() for e in entries if isinstance(e.body, Invoice)}
     for h, attempts in sorted(payments.items()):
         done = [p for p in attempts if p.status is PaymentStatus.SUCCEEDED]
-        if h in known and h not in paid_by_me and done:
+        if h in known and h not in paid_by_me | internal and done:
             total = sum(p.total_msat for p in done)
             problems.append(f"{node.name}: paid {h[:12]} ({total} msat) with no log entry")
     for h, invoice in sorted(settled.items()):
-        if h in known and h not in paid_to_me:
+        if h in known and h not in paid_to_me | internal:
             problems.append(
                 f"{node.name}: invoice {h[:12]} settled ({invoice.amt_paid_msat} msat) "
                 "with no log payment to it"
             )
-    mine = [m for m in moves if (m.site, m.entry.author) == me or m.payee == me]
-    return Reconciliation(tuple(problems), len(mine), sum(m.amount_msat for m in mine))
+    touching = [m for m in moves if pays(m) or is_paid(m)]
+    return Reconciliation(tuple(problems), len(touching), sum(m.amount_msat for m in touching))
 
 
 async def reconcile_replica_with_lnd(
-    replica: ReplicaFile, site: SiteIdentity, endpoint: LndEndpoint, author: Author
+    replica: ReplicaFile, site: SiteIdentity, endpoint: LndEndpoint, authors: Collection[Author]
 ) -> Reconciliation:
-    """``p2pgrid log verify --against-lnd``: the node at ``endpoint`` (author
-    ``author`` of ``site``) against the entries of a replica's file (read
-    read-only; an entry that does not decode is left to the replay's verdict)."""
+    """``p2pgrid log verify --against-lnd``: the node at ``endpoint`` (authors
+    ``authors`` of ``site``: one device, the utility, or a site node's light
+    devices) against the entries of a replica's file (read read-only; an entry
+    that does not decode is left to the replay's verdict)."""
     entries = []
     for raw in replica.raws:
         try:
@@ -363,7 +411,7 @@ async def reconcile_replica_with_lnd(
     except NodeUnreachable as exc:
         where = f"{endpoint.rest_host}:{endpoint.rest_port}"
         raise NodeUnreachable(f"lnd of {endpoint.name} at {where} does not answer: {exc}") from None
-    return reconcile_node(now, site=site.site_hash, entries=entries, author=author)
+    return reconcile_node(now, site=site.site_hash, entries=entries, authors=authors)
 
 
 def site_members(

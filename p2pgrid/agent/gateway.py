@@ -56,13 +56,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.setup import AgentSetup
+from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.errors import ConfigError, P2PGridError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogStore, LogWriter
-from p2pgrid.lightning import LndClient, NodeWatch, WatchedNode
+from p2pgrid.lightning import LndClient, LndEndpoint, NodeWatch, WatchedNode
+from p2pgrid.market import Party
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge, owner_topic, site_topic
 from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.service import Command, Service, on_hangup
@@ -133,10 +136,12 @@ async def open_device(
     bridge: TrioBridge,
     neighbours: Sequence[str] = (),
     make_paymaster: PaymasterFactory = Paymaster,
+    site: SiteNode | None = None,
 ) -> GatewayDevice:
     """Open device ``setup.name``'s parts on ``parts`` (their stops go there, in
     order) and build its agent. Its host runs on ``bridge`` and bootstraps from
-    ``neighbours`` too (the hosts of the gateway's other devices)."""
+    ``neighbours`` too (the hosts of the gateway's other devices). A light device
+    pays and is paid through ``site`` (the gateway's one client of its site node)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
     config = setup.config
@@ -152,10 +157,15 @@ async def open_device(
         rosters = [roster, *(m.roster for m in peer_logs.values())]
         return [site_topic(roster), *([owner_topic(rosters)] if len(rosters) > 1 else [])]
 
-    client = await parts.enter_async_context(LndClient(runtime.lnd))
-    watch = NodeWatch(name)  # lnd away is a state of the agent, not a crash
-    node = WatchedNode(client, watch)
-    pubkey = (await node.get_info()).pubkey
+    node: Wallet
+    if site is None:
+        client = await parts.enter_async_context(LndClient(runtime.lnd))
+        watch = NodeWatch(name)  # lnd away is a state of the agent, not a crash
+        node = WatchedNode(client, watch)
+        pubkey = (await node.get_info()).pubkey
+    else:  # a light device: its wallet on the site node, whose watch it shares
+        node = site.wallet(Party(identity.site_id, device.index))
+        watch, pubkey = site.watch, site.pubkey
     intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
     parts.push_async_callback(intents.close)
     bootstrap = (*runtime.bootstrap, *(a for a in neighbours if a not in runtime.bootstrap))
@@ -226,6 +236,37 @@ async def open_device(
     return GatewayDevice(setup, agent, store, host, pubkey, parts, log_node.entries)
 
 
+async def open_site_nodes(
+    stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]
+) -> dict[LndEndpoint, SiteNode]:
+    """One client (and one :class:`NodeWatch`) per site node the light devices of
+    ``setups`` pay through, on ``stack``; a node whose key is not the one the site
+    file names is refused before anything runs."""
+    sites: dict[LndEndpoint, SiteNode] = {}
+    for setup in setups:
+        spec = setup.site_node
+        if spec is None or setup.runtime.lnd in sites:
+            continue
+        client = await stack.enter_async_context(LndClient(setup.runtime.lnd))
+        watch = NodeWatch(setup.runtime.lnd.name)
+        node = WatchedNode(client, watch)
+        pubkey = (await node.get_info()).pubkey
+        if pubkey != spec.pubkey:
+            raise ConfigError(
+                f"the site node at {setup.runtime.lnd.base_url} is {pubkey[:16]}..., "
+                f"the site file's [site_lightning] pubkey is {spec.pubkey[:16]}..."
+            )
+        site_id = setup.identity.site_id
+        sites[setup.runtime.lnd] = SiteNode(
+            node,
+            pubkey,
+            {Party(site_id, i) for i in spec.light},
+            name=setup.runtime.lnd.name,
+            watch=watch,
+        )
+    return sites
+
+
 async def run_gateway(
     setups: Sequence[AgentSetup],
     source: CommandSource = commands,
@@ -252,12 +293,18 @@ async def run_gateway(
             bridge = TrioBridge()
             await bridge.start()
             stack.push_async_callback(bridge.stop)  # after every host
+        sites = await open_site_nodes(stack, setups)  # closed after every device
         for setup in setups:
             parts = contextlib.AsyncExitStack()
             stack.push_async_callback(parts.aclose)
             neighbours = [a for d in devices for a in d.host.addrs]
             opened = await open_device(
-                parts, setup, bridge=bridge, neighbours=neighbours, make_paymaster=make_paymaster
+                parts,
+                setup,
+                bridge=bridge,
+                neighbours=neighbours,
+                make_paymaster=make_paymaster,
+                site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
             )
             devices.append(opened)
 

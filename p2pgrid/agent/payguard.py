@@ -21,7 +21,7 @@ import hmac
 
 from p2pgrid.billing import MIN_BILL_MSAT
 from p2pgrid.lightning import DecodedInvoice
-from p2pgrid.market import Party
+from p2pgrid.market import MessageError, Party
 
 #: The smallest payment an agent sends or asks for (lnd's default min_htlc; the
 #: utility's bills are raised to the same floor, :data:`p2pgrid.billing.MIN_BILL_MSAT`).
@@ -81,6 +81,27 @@ def hold_preimage(
         f"{_party(buyer)}/{energy_wh}/{amount_msat}"
     )
     return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+
+
+def payee_of(memo: str) -> Party | None:
+    """The device an invoice of :func:`share_memo` or :func:`sale_memo` pays: a
+    share's requester (``to``), a sale's seller (``from``); None for any other
+    description. A site node tells its light devices' invoices apart by it
+    (:mod:`p2pgrid.agent.sitewallet`)."""
+    words = memo.split()
+    if len(words) < 6 or words[0] != "p2pgrid":
+        return None
+    share = words[1] == "share" and words[3] == "from" and words[5] == "to" and len(words) >= 7
+    sale = words[1] == "sale" and len(words) >= 8 and words[4:6] == ["Wh", "from"]
+    if not (share or sale):
+        return None
+    site_id, _, device = words[6].rpartition("/")
+    if not device.isdecimal():
+        return None
+    try:
+        return Party(site_id, int(device))
+    except MessageError:
+        return None
 
 
 def check_invoice(

@@ -31,6 +31,15 @@ class PeerSite:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiteNodeSpec:
+    """The site node a light device pays and is paid through (its ``runtime.lnd``
+    is that node's endpoint): its public key and the site's devices light on it."""
+
+    pubkey: str
+    light: frozenset[int]
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentSetup:
     """Everything one device agent is built from (typed, validated once).
 
@@ -57,6 +66,8 @@ class AgentSetup:
     #: The owner's entries file ``provision`` was read from: watched while the agent
     #: runs, and read again on SIGHUP (None: the launcher's fixed provisioning).
     entries_file: Path | None = None
+    #: A light device's site node (None: the device has its own lnd).
+    site_node: SiteNodeSpec | None = None
 
     @property
     def name(self) -> str:

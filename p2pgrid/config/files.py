@@ -35,7 +35,7 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
@@ -159,6 +159,13 @@ class OtherSiteModel(_Strict):
     lnd_pubkeys: dict[NonEmpty, PubkeyHex] = Field(default_factory=dict)
 
 
+class SiteLightningModel(_Strict):
+    """The site's own lnd, through which its light devices pay and are paid."""
+
+    lnd: LndModel
+    pubkey: PubkeyHex  # its node's public key: every light device's ``lnd_pubkey``
+
+
 class SiteDeviceModel(DeviceModel):
     key_file: NonEmpty
     data_dir: NonEmpty
@@ -166,8 +173,19 @@ class SiteDeviceModel(DeviceModel):
     listen_port: Port = 0
     bootstrap: list[Multiaddr] = Field(default_factory=list)
     mdns: bool = False
-    lnd: LndModel
+    #: "own": the device has its lnd (``lnd``); "site": a light device, paying and
+    #: paid through the site node (``[site_lightning]``), with no ``lnd`` of its own.
+    lightning: Literal["own", "site"] = "own"
+    lnd: LndModel | None = None
     lnd_pubkey: PubkeyHex | None = None  # where the site's peers pay this device
+
+    @model_validator(mode="after")
+    def _one_lnd(self) -> Self:
+        if self.lightning == "own" and self.lnd is None:
+            raise ValueError('a device names its lnd ([devices.lnd]) or says lightning = "site"')
+        if self.lightning == "site" and self.lnd is not None:
+            raise ValueError('a light device (lightning = "site") names no lnd of its own')
+        return self
 
 
 class SiteFileModel(_Strict):
@@ -178,6 +196,24 @@ class SiteFileModel(_Strict):
     devices: Annotated[list[SiteDeviceModel], Field(min_length=1)]
     agent: AgentConfig = AgentConfig()  # the agents' tuning; every key has a default
     other_sites: list[OtherSiteModel] = Field(default_factory=list)  # the owner's other sites
+    site_lightning: SiteLightningModel | None = None  # the site node of its light devices
+
+    @model_validator(mode="after")
+    def _light_on_the_site_node(self) -> Self:
+        for number, device in enumerate(self.devices):
+            if device.lightning != "site":
+                continue
+            if self.site_lightning is None:
+                raise ValueError(
+                    f'devices[{number}] ({device.name}) is light (lightning = "site"): '
+                    "the file needs a [site_lightning] section"
+                )
+            if device.lnd_pubkey not in (None, self.site_lightning.pubkey):
+                raise ValueError(
+                    f"devices[{number}].lnd_pubkey: a light device is paid on the site node "
+                    f"({self.site_lightning.pubkey[:16]}...), not {device.lnd_pubkey[:16]}..."
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
@@ -271,6 +307,19 @@ class SiteFile(_ConfigFile):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.model = _load(path, SiteFileModel)
+
+    def device_lnd(self, row: SiteDeviceModel) -> LndEndpoint:
+        """Where ``row``'s lnd is: its own, or the site node for a light device."""
+        if row.lnd is not None:
+            return self.lnd(row.name, row.lnd)
+        assert self.model.site_lightning is not None  # the model checked it
+        return self.lnd(f"{self.model.site.name}-site", self.model.site_lightning.lnd)
+
+    def lnd_pubkey(self, row: SiteDeviceModel) -> str | None:
+        """Where the site's peers pay ``row``: the site node for a light device."""
+        if row.lightning == "site" and self.model.site_lightning is not None:
+            return self.model.site_lightning.pubkey
+        return row.lnd_pubkey
 
     def device(self, name: str) -> SiteDeviceModel:
         for device in self.model.devices:

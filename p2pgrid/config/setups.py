@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from p2pgrid.agent.process import AgentSetup, PeerSite
+from p2pgrid.agent.setup import SiteNodeSpec
 from p2pgrid.config.files import SiteFile, UtilityFile
 from p2pgrid.config.keys import read_entries, read_key
 from p2pgrid.errors import ConfigError
@@ -60,7 +61,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
         timing=model.clock.timing(),
         tariff=site_file.tariff,
         runtime=Runtime(
-            lnd=site_file.lnd(row.name, row.lnd),
+            lnd=site_file.device_lnd(row),
             data_dir=site_file.resolve(row.data_dir),
             bootstrap=tuple(row.bootstrap),
             utility_pubkey=model.utility.lnd_pubkey,
@@ -73,7 +74,16 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
         parties=parties,
         config=model.agent,
         entries_file=entries_file,
+        site_node=_site_node(site_file) if row.lightning == "site" else None,
     )
+
+
+def _site_node(site_file: SiteFile) -> SiteNodeSpec:
+    """The site node of ``site_file``'s light devices: its key and who is light on it."""
+    model = site_file.model
+    assert model.site_lightning is not None  # a light row needs it (the model checked)
+    light = frozenset(d.index for d in model.devices if d.lightning == "site")
+    return SiteNodeSpec(pubkey=model.site_lightning.pubkey, light=light)
 
 
 def _other_sites(site_file: SiteFile) -> tuple[tuple[PeerSite, ...], dict[str, Party]]:
@@ -104,7 +114,7 @@ def agent_start(site_file: SiteFile) -> Command:
     return {
         "cmd": "start",
         "at": model.clock.start.timestamp(),
-        "nodes": {d.name: d.lnd_pubkey for d in model.devices if d.lnd_pubkey}
+        "nodes": {d.name: key for d in model.devices if (key := site_file.lnd_pubkey(d))}
         | {name: key for other in model.other_sites for name, key in other.lnd_pubkeys.items()},
     }
 

@@ -161,6 +161,7 @@ def _parse_invoice(raw: Mapping[str, Any]) -> Invoice:
         settle_index=int(raw.get("settle_index", 0)),
         creation_date=int(raw.get("creation_date", 0)),
         expiry_s=int(raw.get("expiry", 0)),
+        preimage=_b64_to_hex(raw["r_preimage"]) if raw.get("r_preimage") else "",
     )
 
 

@@ -78,6 +78,9 @@ class Invoice(_Model):
     settle_index: int
     creation_date: int
     expiry_s: int
+    #: The preimage (hex) the node holds for the invoice: "" for a hold invoice
+    #: until it is settled. Only the node's own client sees it (its macaroon).
+    preimage: str = ""
 
 
 class DecodedInvoice(_Model):

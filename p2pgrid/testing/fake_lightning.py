@@ -85,6 +85,7 @@ class _Invoice:
             settle_index=self.settle_index,
             creation_date=int(self.created),
             expiry_s=self.expiry_s,
+            preimage=self.preimage.hex(),
         )
 
 
@@ -340,6 +341,8 @@ class FakeNode:
         self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
     ) -> Payment:
         inv = self._get(payment_request)
+        if inv.node is self:  # as lnd: a node does not pay its own invoice
+            raise LndApiError(f"{self.name}: no self-payments allowed")
         if self.raise_next is not None:
             exc, self.raise_next = self.raise_next, None
             raise exc

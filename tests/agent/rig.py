@@ -23,8 +23,10 @@ from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Meterin
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.settlement import InvoiceSettler
 from p2pgrid.agent.sharing import ShareDesk
+from p2pgrid.agent.sitewallet import SiteNode, SiteWallet
 from p2pgrid.billing import FlatTariff, invoice_memo, model_ms
 from p2pgrid.ledger import (
     Allocation,
@@ -59,12 +61,18 @@ class Device:
     writer: LogWriter
     intents: IntentBook
     paymaster: Paymaster
-    node: FakeNode
+    node: FakeNode  # its own node, or the site node a light device is on
     peers: FakePeers
+    light: SiteWallet | None = None  # a light device's wallet on the site node
 
     @property
     def name(self) -> str:
-        return self.node.name
+        return f"dev{self.index}"
+
+    @property
+    def wallet(self) -> Wallet:
+        """What the device pays and is paid with: its node, or its site wallet."""
+        return self.light if self.light is not None else self.node
 
     async def meter(self, period: int, energy_wh: int, *, interval: int = 0) -> Entry:
         start = T0_MS + interval * QUARTER_MS
@@ -93,20 +101,37 @@ class Rig:
         self.before: dict[str, NodeSnapshot] = {}
         self.cut: set[int] = set()  # devices whose stores :meth:`spread` skips
 
-    async def device(self, index: int) -> Device:
+    def site_node(self, light: tuple[int, ...], name: str = "site") -> SiteNode:
+        """A site lnd ``name`` on which devices ``light`` are light (open them
+        with :meth:`device` ``(i, site=...)``)."""
+        node = self.ln.node(name)
+        return SiteNode(
+            node, node.pubkey, {self.party(i) for i in light}, name=name, now=self.clock
+        )
+
+    async def device(self, index: int, *, site: SiteNode | None = None) -> Device:
+        """Device ``index`` with its own fake lnd, or light on ``site``."""
         store = await self.site.open(self.tmp / f"dev{index}.db", f"dev{index}")
         writer = LogWriter(store, self.site.device(index), Author.device(index))
         intents = await IntentBook.open(self.tmp / f"dev{index}.intents.db", name=f"dev{index}")
-        node = self.ln.node(f"dev{index}")
+        light = site.wallet(self.party(index)) if site is not None else None
+        node = self.ln.nodes[site.name] if site is not None else self.ln.node(f"dev{index}")
         paymaster = Paymaster(
-            node=node,
+            node=light if light is not None else node,
             writer=writer,
             intents=intents,
             name=f"dev{index}",
             wall_ms=lambda: int(self.clock() * 1000),
         )
         device = Device(
-            index, store, writer, intents, paymaster, node, self.net.join(self.site_id, index)
+            index,
+            store,
+            writer,
+            intents,
+            paymaster,
+            node,
+            self.net.join(self.site_id, index),
+            light,
         )
         self.devices.append(device)
         self.stores.append(store)
@@ -139,7 +164,7 @@ class Rig:
 
     async def reconcile(self) -> Reconciliation:
         after = {n: await snapshot(n, node) for n, node in self.ln.nodes.items()}
-        devices = {d.index: d.name for d in self.devices}
+        devices = {d.index: d.node.name for d in self.devices}  # light: the site node
         return reconcile(
             before=self.before,
             after=after,
@@ -155,7 +180,7 @@ class Rig:
         desk = ShareDesk(
             me=self.party(device.index),
             host=device.peers,
-            node=device.node,
+            node=device.wallet,
             paymaster=device.paymaster,
             store=device.store,
             writer=device.writer,
@@ -190,7 +215,7 @@ class Rig:
         desk = EnergyDesk(
             me=self.party(device.index),
             host=device.peers,
-            node=device.node,
+            node=device.wallet,
             paymaster=device.paymaster,
             balance=balance,
             name=device.name,
@@ -211,7 +236,7 @@ class Rig:
             site_id=self.site_id,
             store=device.store,
             writer=device.writer,
-            node=device.node,
+            node=device.wallet,
             paymaster=device.paymaster,
             tariff=TARIFF,
             utility_pubkey=self.utility_node.pubkey,
@@ -251,7 +276,7 @@ class Rig:
                 writer=device.writer,
                 replica=replica,
                 peers=device.peers,
-                node=device.node,
+                node=device.wallet,
                 paymaster=device.paymaster,
             ),
             Metering(TARIFF, SeriesSource(consumed_wh), model_interval=lambda i: model_start + i),

@@ -73,7 +73,7 @@ async def _node_check(rig: Rig, name: str, author: Author) -> Reconciliation:
         await snapshot(name, rig.ln.nodes[name]),
         site=rig.site.membership.site_hash,
         entries=await rig.site_log(),
-        author=author,
+        authors=(author,),
     )
 
 
