@@ -21,7 +21,11 @@ shows the last sample, summed over the layout's processes, per device, the
 ratio processes / gateway, and the CPU the layout used while idle meanwhile
 (gossipsub heartbeats, anti-entropy rounds; % of one core, ``/proc/PID/stat``).
 
-Usage: .venv/bin/python bench/gateway_memory.py [--sizes 1 5 10 20] [--observe 15]
+With ``--light`` every device is light (``lightning = "site"``: no lnd of its
+own, paying through the site node of ``[site_lightning]``, here the one lnd):
+a gateway then holds one lnd client for all its devices, each process one.
+
+Usage: .venv/bin/python bench/gateway_memory.py [--sizes 1 5 10 20] [--observe 15] [--light]
 """
 
 from __future__ import annotations
@@ -57,7 +61,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def site_file_text(stack: Stack, owner: str, utility: str, devices: int, port0: int) -> str:
+def site_file_text(
+    stack: Stack, owner: str, utility: str, devices: int, port0: int, site_node: str | None
+) -> str:
+    """The bench's site file; ``site_node``: the lnd's key, every device light on it."""
     lnd = stack.endpoint(LND)
     lnd_table = (
         f'{{ rest_host = "{lnd.rest_host}", rest_port = {lnd.rest_port}, '
@@ -75,10 +82,12 @@ meter = {{ kind = "bdew", profile = "g0", annual_kwh = 4000 }}
 key_file = "keys/d{i}.key"
 data_dir = "data/d{i}"
 listen_port = {port0 if i == 0 else 0}
-lnd = {lnd_table}
+{'lightning = "site"' if site_node else f"lnd = {lnd_table}"}
 """
         for i in range(devices)
     ]
+    if site_node:
+        rows.append(f'\n[site_lightning]\npubkey = "{site_node}"\nlnd = {lnd_table}\n')
     return f"""
 [site]
 name = "bench"
@@ -102,12 +111,13 @@ lnd_pubkey = "{utility}"
 {"".join(rows)}"""
 
 
-def make_site(root: Path, stack: Stack, devices: int) -> Path:
+def make_site(root: Path, stack: Stack, devices: int, site_node: str | None) -> Path:
     """Keys, enrolments, an allocation and the site file, as the owner's commands make them."""
     utility = init_utility(root / "ukeys")["key"]
     created = init_site(root / "owner", root / "bench.entries", utility)
     path = root / "site.toml"
-    path.write_text(site_file_text(stack, created.site, utility, devices, free_port()))
+    text = site_file_text(stack, created.site, utility, devices, free_port(), site_node)
+    path.write_text(text)
     for i in range(devices):
         add_device(SiteFile(path), f"d{i}", None)
     allocate(SiteFile(path), 0, 1)
@@ -239,14 +249,21 @@ async def main(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="p2pgrid-gateway-bench-") as tmp:
             root = Path(tmp)
-            site = make_site(root, stack, max(args.sizes))
+            site_node = None
+            if args.light:
+                async with stack.client(LND) as client:
+                    site_node = (await client.get_info()).pubkey
+            site = make_site(root, stack, max(args.sizes), site_node)
             for size in args.sizes:
                 row = await measure(site, root, size, args.observe)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         await stack.down()
-    print(f"load average {os.getloadavg()[0]:.1f}; RSS (MB) after {args.observe:.0f} s idle;")
+    kind = "light devices (one site lnd)" if args.light else "devices with their own lnd client"
+    print(
+        f"{kind}; load average {os.getloadavg()[0]:.1f}; RSS (MB) after {args.observe:.0f} s idle;"
+    )
     print("CPU: % of one core over that time, all the layout's processes together")
     print(
         f"{'devices':>7} {'gateway':>9} {'per dev':>8} {'processes':>10} {'per dev':>8} "
@@ -266,6 +283,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--observe", type=float, default=15.0)
+    parser.add_argument("--light", action="store_true", help="every device light on the site lnd")
     return parser.parse_args()
 
 

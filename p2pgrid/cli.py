@@ -309,7 +309,8 @@ def log_verify(
         str | None,
         typer.Option(
             metavar="DEVICE",
-            help="also check the replica against this device's lnd (its row of --config)",
+            help="also check the replica against this device's lnd (its row of --config; "
+            "a light device's: the site node, against every light device's entries)",
         ),
     ] = None,
     against_utility_lnd: Annotated[
@@ -326,8 +327,11 @@ def log_verify(
     --against-utility-lnd, also check that node's lnd: its author's payment
     entries paid once on it (hash, amount, fee), the log's payments to it
     settled, no payment or settled invoice of a hash the log knows without its
-    entry, nothing in flight. Exit 0 if clean, 1 on any defect or mismatch,
-    2 on bad flags or files, 3 if the lnd does not answer."""
+    entry, nothing in flight. A light device's node is the site node: checked
+    against the union of every light device's entries, an internal transfer
+    between two of them touching no lnd (its invoice cancelled). Exit 0 if
+    clean, 1 on any defect or mismatch, 2 on bad flags or files, 3 if the lnd
+    does not answer."""
     from p2pgrid.agent.rounds import check_pooled_sales
     from p2pgrid.config.files import SiteFile
     from p2pgrid.identity import IdentityError, SiteIdentity

@@ -12,7 +12,10 @@ its replica of the site log (its own SQLite file), its libp2p host (its own
 peer id and port: on the wire a gateway of N devices is N agents, so a site can
 be split across gateways, or across a gateway and single agents, with no
 change), its lnd client, its payment intents (``<name>.intents.db``), its
-budget, forecast, decisions and dashboard. Devices of one gateway reach each
+budget, forecast, decisions and dashboard. Light devices (no lnd of their own,
+``lightning = "site"``) share the gateway's one client of their site node
+(:func:`open_site_nodes`), each through its own
+:class:`~p2pgrid.agent.sitewallet.SiteWallet`. Devices of one gateway reach each
 other through their hosts, over the same protocol as any peer: each host
 bootstraps from the hosts of the gateway opened before it, so they connect
 without any configuration.
@@ -41,9 +44,10 @@ payment) never reach this level: the agent handles them itself.
 
 Stop order: the command input, the devices' runs, then each device's parts in
 the reverse order of opening (dashboard, replica, host, database, intents, lnd
-client), then the bridge, last the command pipe. A deployed gateway watches
-each device's copy of the owner's entries file and reads them all again on
-SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
+client), then the site nodes' clients, then the bridge, last the command pipe.
+A deployed gateway watches each device's copy of the owner's entries file and
+reads them all again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a
+single agent does.
 """
 
 from __future__ import annotations

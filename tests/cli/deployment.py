@@ -138,11 +138,13 @@ budget_msat = 3000000
 
 
 def deploy(root: Path, **clock: Any) -> Deployment:
-    """Keys, files, enrolments and one period's allocation, made by the commands."""
+    """Keys, files, enrolments and one period's allocation, made by the commands
+    (``site_edit``: a change made to the site file's text before them)."""
     start = clock.pop("start", datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC))
     site_kw = {k: clock.pop(k) for k in ("lnd", "utility_lnd") if k in clock}
     utility_lnd_table = clock.pop("utility_lnd_table", None)
     devices = clock.pop("devices", DEVICES)
+    edit = clock.pop("site_edit", lambda text: text)  # a change to the site file's text
     utility_key = ok_json("utility", "init", "--key-dir", str(root / "ukeys"))["key"]
     entries = root / "store-1.entries"
     created = ok_json(
@@ -157,8 +159,10 @@ def deploy(root: Path, **clock: Any) -> Deployment:
     )
     site_file = root / "site.toml"
     site_file.write_text(
-        site_toml(
-            root, created["site"], utility_key, start=start, devices=devices, **clock, **site_kw
+        edit(
+            site_toml(
+                root, created["site"], utility_key, start=start, devices=devices, **clock, **site_kw
+            )
         )
     )
     utility_file = root / "utility.toml"

@@ -1,32 +1,45 @@
-"""A site split between a gateway of two devices and a single agent, on the real regtest stack.
+"""A site split between a gateway of two light devices and a single agent, on the
+real regtest stack.
 
-The site file names three devices, each on its own lnd of the stack. ``p2pgrid
-agent run --device s1-fridge --device s1-hvac`` runs two of them in one process
-(a gateway); ``p2pgrid agent run --device s1-oven`` runs the third alone; the
-utility runs from its file. They complete one compressed period together (four
-1.5 s intervals) over libp2p and Lightning. Asserted afterwards, on the files and
-on lnd: every device logged each interval's reading exactly once; every replica
-(the gateway's two, the agent's, the utility's) holds the same entries under one
-digest; the utility invoiced each device once and each invoice was paid once, for
-its amount, as lnd and the log agree to the msat (:mod:`p2pgrid.reconcile`).
+The site file names three devices: two light ones (``lightning = "site"``) that
+pay and are paid through the site node (``[site_lightning]``: the stack's
+dev-a), and one on its own lnd (dev-c). ``p2pgrid agent run --device s1-fridge
+--device s1-hvac`` runs the light two in one process (a gateway, one client of
+the site node); ``p2pgrid agent run --device s1-oven`` runs the third alone; the
+utility runs from its file. The owner's weights give the fridge nearly all the
+budget, so the others run short and ask it to share: to the hvac, on the same
+node, that is an internal transfer; to the oven it goes over Lightning. They
+complete one compressed period together (four 1.5 s intervals). Asserted
+afterwards, on the files and on lnd: every device logged each interval's reading
+exactly once; every replica (the gateway's two, the agent's, the utility's)
+holds the same entries under one digest; the utility invoiced each device once
+and each invoice was paid once, for its amount (checked in lnd); a share
+between the light devices moved no sat in lnd (no payment of its hash, its
+invoice cancelled); lnd and the log agree to the msat (:mod:`p2pgrid.reconcile`),
+and ``p2pgrid log verify --against-lnd`` of a light device checks the site node
+against both light devices' entries and finds it clean.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
+import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from p2pgrid.identity import SiteIdentity
-from p2pgrid.ledger import Author, LogStore, MeterReading
+from p2pgrid.ledger import Author, LogStore, MeterReading, Share
+from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.poll import wait_until
 from p2pgrid.reconcile import reconcile, site_members, snapshot
 from p2pgrid.regtest import Stack
-from tests.cli.deployment import deploy
+from tests.cli.deployment import cli, deploy
 from tests.regtest.nodes import EVENT_WAIT_S, Node, agree, inline
 
 #: The site: (name, index, meter), and the lnd of the stack each device pays from.
@@ -35,14 +48,37 @@ DEVICES = (
     ("s1-hvac", 1, '{ kind = "bdew", profile = "g0", annual_kwh = 9000 }'),
     ("s1-oven", 2, '{ kind = "bdew", profile = "h0", annual_kwh = 3000 }'),
 )
-LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-b", "s1-oven": "dev-c"}
-GATEWAY = ("s1-fridge", "s1-hvac")
+#: The lnd each device pays from: the two light ones, the site node's.
+LND = {"s1-fridge": "dev-a", "s1-hvac": "dev-a", "s1-oven": "dev-c"}
+SITE_NODE = "dev-a"
+GATEWAY = ("s1-fridge", "s1-hvac")  # light: lightning = "site"
 ALONE = "s1-oven"
 INTERVALS = 4
+#: The owner's split of the budget: the fridge has plenty to share.
+WEIGHTS = {"s1-fridge": 100, "s1-hvac": 1, "s1-oven": 1}
+
+
+def light_rows(site_node_table: str, site_node_pubkey: str) -> Callable[[str], str]:
+    """The site file's change: the gateway's devices light on the site node, weights."""
+
+    def edit(text: str) -> str:
+        for name in GATEWAY:
+            text = re.sub(
+                rf'(name = "{name}"\n(?:.*\n)*?)lnd = \{{[^}}]*\}}\n',
+                r'\1lightning = "site"\n',
+                text,
+            )
+        for name, weight in WEIGHTS.items():
+            text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nweight = {weight}\n')
+        return text + (
+            f'\n[site_lightning]\npubkey = "{site_node_pubkey}"\nlnd = {site_node_table}\n'
+        )
+
+    return edit
 
 
 async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path: Path) -> None:
-    nodes = ["utility", *LND.values()]
+    nodes = ["utility", *sorted(set(LND.values()))]
     before, pubkeys = {}, {}
     for node in nodes:
         async with stack.client(node) as client:
@@ -56,9 +92,10 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
         intervals_per_period=INTERVALS,
         periods=1,
         devices=DEVICES,
-        lnd={name: inline(stack.endpoint(node)) for name, node in LND.items()},
+        lnd={ALONE: inline(stack.endpoint(LND[ALONE]))},
         utility_lnd=pubkeys["utility"],
         utility_lnd_table=inline(stack.endpoint("utility")),
+        site_edit=light_rows(inline(stack.endpoint(SITE_NODE)), pubkeys[SITE_NODE]),
     )
     replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
     replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
@@ -71,8 +108,8 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
         addrs = (await utility.expect("ready"))["addrs"]["store-1"]
         text = d.site_file.read_text()
         for name, _, _ in DEVICES:
-            # The file names the lone agent's lnd node only: the gateway's devices
-            # learn each other's in their process (shares between them are paid there).
+            # The light devices are paid at the site node ([site_lightning]); the
+            # lone agent's row names its own lnd node.
             known = "" if name in GATEWAY else f'lnd_pubkey = "{pubkeys[LND[name]]}"\n'
             text = text.replace(
                 f'data_dir = "data/{name}"\n',
@@ -143,6 +180,28 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
     )
     assert money.ok, str(money)
     assert money.payments >= len(DEVICES)  # the three invoices at least, each paid once
+    light = {Author.device(i) for n, i, _ in DEVICES if n in GATEWAY}
+    internal = [
+        e.body
+        for e in entries
+        if isinstance(e.body, Share)
+        and e.author in light
+        and Author.device(e.body.to_device) in light
+    ]
+    assert internal, "no share between the light devices"
+    site_node = after[SITE_NODE]
+    for share in internal:
+        proof = parse_proof(share.memo)
+        assert proof is not None
+        assert proof.fee_msat == 0
+        assert proof.payment_hash.hex() not in {p.payment_hash for p in site_node.payments}
+        [invoice] = [i for i in site_node.invoices if i.payment_hash == proof.payment_hash.hex()]
+        assert invoice.state is InvoiceState.CANCELED
+    verify = ("log", "verify", str(replicas[1]), "-c", str(d.site_file))
+    # The command runs its own event loop: in a thread, off this test's.
+    checked = await asyncio.to_thread(cli, *verify, "--against-lnd", GATEWAY[1])
+    assert checked.exit_code == 0, checked.output
+    assert "lnd agrees" in checked.output, checked.output
 
 
 pytestmark = pytest.mark.timeout(600)
