@@ -84,7 +84,8 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
         async with stack.client(node) as client:
             before[node] = await snapshot(node, client)
             pubkeys[node] = (await client.get_info()).pubkey
-    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=20)
+    # 30 s for the processes to start (under load a 20 s lead missed intervals).
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
     d = deploy(
         tmp_path,
         start=start.replace(microsecond=0),
