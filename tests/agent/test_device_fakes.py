@@ -254,12 +254,14 @@ async def test_without_a_period_count_it_runs_period_after_period_until_stopped(
     agent, replica, clock = await rig.agent(device, stop_at=stop_at)
     replica.before_wait = rig.utility_for(device)
     run = asyncio.ensure_future(agent.run(periods=None))
-    await clock.stopped.wait()
-    digest = device.store.digest()
-    async with asyncio.timeout(60):  # a guard: on a fake clock this takes well under 1 s
-        while len(of(await device.store.entries(), Payment, me)) < 3:
-            digest = await device.store.wait_changed(digest)
-    run.cancel()
+    try:
+        await clock.stopped.wait()
+        digest = device.store.digest()
+        async with asyncio.timeout(60):  # a guard: on a fake clock this takes well under 1 s
+            while len(of(await device.store.entries(), Payment, me)) < 3:
+                digest = await device.store.wait_changed(digest)
+    finally:
+        run.cancel()  # also when the guard fires: no agent left running into the next test
     with pytest.raises(asyncio.CancelledError):
         await run
     entries = await device.store.entries()
