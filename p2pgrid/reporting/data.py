@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from p2pgrid.billing import Tariff
 from p2pgrid.ledger import Entry, Membership, fold, inefficiencies
 from p2pgrid.ledger.activity import (
     Activity,
@@ -84,6 +85,7 @@ def site_period(
     site_hash: bytes,
     peer_sites: Mapping[bytes, Membership],
     peer_names: Mapping[bytes, str],
+    tariff: Tariff | None = None,
 ) -> SitePeriod:
     entries = list(entries)
     view = fold(entries, site_hash=site_hash, peer_sites=peer_sites)
@@ -109,7 +111,7 @@ def site_period(
         )
     )
     return SitePeriod(
-        report=period_report(view, period, site=site, names=act.names),
+        report=period_report(view, period, site=site, names=act.names, tariff=tariff),
         names=act.names,
         flows=tuple(f for f in act.flows if f.period == period),
         payments=tuple(p for p in act.payments if p.period == period),
@@ -143,6 +145,8 @@ def to_json(data: SitePeriod) -> str:
         "paid_msat": r.paid_msat,
         "disputes": r.disputes,
         "overdraft_msat": r.overdraft_msat,
+        "grid_fee_msat": r.grid_fee_msat,
+        "transit_wh": r.transit_wh,
         "alert": r.alert,
         "devices": [dataclasses.asdict(line) for line in r.lines],
         "flows": [
