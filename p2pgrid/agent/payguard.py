@@ -83,6 +83,17 @@ def hold_preimage(
     return hmac.new(secret, key.encode(), hashlib.sha256).digest()
 
 
+def site_sale_memo(
+    order_id: bytes, seller: Party, buyer: Party, energy_wh: int, amount_msat: int
+) -> str:
+    """The description of a sale's invoice to a buyer of another site: binds it
+    to the seller's ``order`` entry (its id) and the trade."""
+    return (
+        f"p2pgrid site sale {order_id.hex()} {energy_wh} Wh from {_party(seller)} "
+        f"to {_party(buyer)} {amount_msat} msat"
+    )
+
+
 def check_invoice(
     decoded: DecodedInvoice,
     *,
