@@ -157,16 +157,18 @@ def report_table(report: PeriodReport) -> Table:
         title=f"site {escape(report.site)}, period {report.period}",  # names are data
         caption=caption,
     )
+    # A period with energy from other sites shows each device's grid fee line.
+    transit = ("transit Wh", "grid fee sat") if report.transit_wh else ()
     for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "overdraft sat",
                  "borrowed", "given",
-                 "bought Wh", "transit Wh", "grid fee sat", "sold Wh", "carried",
-                 "left sat", "fees sat",
+                 "bought Wh", *transit, "sold Wh", "carried", "left sat", "fees sat",
                  "findings"):  # fmt: skip
         table.add_column(
             name, justify="left" if name in {"device", "class", "findings"} else "right"
         )
     for line in report.lines:
         flagged = line.device in report.wasteful
+        fee = (f"{line.transit_wh:,}", _sat(line.grid_fee_msat)) if transit else ()
         table.add_row(
             escape(line.name or str(line.device)),  # from the log: any text
             escape(line.device_class),
@@ -177,8 +179,7 @@ def report_table(report: PeriodReport) -> Table:
             _sat(line.borrowed_msat),
             _sat(line.given_msat),
             f"{line.bought_wh:,}",
-            f"{line.transit_wh:,}",
-            _sat(line.grid_fee_msat),
+            *fee,
             f"{line.sold_wh:,}",
             _sat(line.carried_out_msat),
             _sat(line.balance_msat),
