@@ -94,6 +94,9 @@ class EnergyConfig(_Frozen):
     #: site's own name is ignored (a scenario-wide list names every site).
     #: (A TOML list is read as this tuple.)
     trade_sites: Annotated[tuple[SiteName, ...], Field(strict=False, max_length=64)] = ()
+    #: Purchases from neighbouring sites start this long after the site's round
+    #: closed, so that the round's own trades are invoiced first.
+    across_after_s: Seconds = 0.5
 
     @model_validator(mode="after")
     def _flex_prices_fall(self) -> EnergyConfig:

@@ -467,6 +467,9 @@ class DeviceAgent:
             try:
                 consumed -= await self._buy(consumed, interval, modelled, peers)
                 if consumed > 0 and self.transit.neighbours:  # then a neighbouring site's
+                    tuning = self.config.energy
+                    after = tuning.round_s + tuning.across_after_s
+                    await self.clock.until(self.clock.time_of(interval) + after)
                     consumed -= await self.transit.buy(
                         consumed,
                         period=period,
