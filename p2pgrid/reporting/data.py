@@ -23,7 +23,6 @@ from p2pgrid.ledger import Entry, Membership, fold, inefficiencies
 from p2pgrid.ledger.activity import (
     Activity,
     Flow,
-    FlowKind,
     PaymentLine,
     PeriodIndicators,
     activity,
@@ -65,14 +64,14 @@ class SitePeriod:
         return "?" if device is None else self.names.get(device, f"device {device}")
 
     def payer(self, flow: Flow) -> str:
-        """Who paid: a device of this site, or (site share in) one of another site."""
-        if flow.kind is FlowKind.SITE_SHARE_IN:
+        """Who paid: a device of this site, or one of another site."""
+        if flow.payer_abroad:
             return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payer}"
         return self.name(flow.payer)
 
     def payee(self, flow: Flow) -> str:
-        """Who was paid: a device of this site, or (site share) one of another site."""
-        if flow.kind is FlowKind.SITE_SHARE:
+        """Who was paid: a device of this site, or one of another site."""
+        if flow.payee_abroad:
             return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payee}"
         return self.name(flow.payee)
 

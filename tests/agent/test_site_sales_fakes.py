@@ -33,6 +33,7 @@ from p2pgrid.ledger import (
     bill,
     fold,
 )
+from p2pgrid.ledger.activity import FlowKind, activity
 from p2pgrid.market import Ask, Party
 from p2pgrid.net import Delivery, RequestRejected
 from p2pgrid.reconcile import Reconciliation, reconcile, site_members, snapshot
@@ -136,6 +137,18 @@ async def test_a_buyer_pays_a_producer_of_the_other_site_and_both_logs_check(two
     assert check_site_sales(sellers_log, y.site_hash, {x.site_hash: x}) == []
     view = fold(sellers_log, site_hash=y.site_hash, peer_sites={x.site_hash: x})
     assert view.account(SELLER, PERIOD).sold_msat == 12_000
+    # What the owners read: a flow to the other site in one log, from it in the other.
+    [out] = [f for f in activity(buyers_log).flows if f.kind is FlowKind.SITE_SALE]
+    [back] = [f for f in activity(sellers_log).flows if f.kind is FlowKind.SITE_SALE_IN]
+    assert (out.payer, out.payee, out.other_site, out.energy_wh) == (
+        BUYER,
+        SELLER,
+        y.site_hash.hex(),
+        60,
+    )
+    assert (back.payer, back.payee, back.other_site) == (BUYER, SELLER, x.site_hash.hex())
+    assert out.payee_abroad
+    assert back.payer_abroad
     # The buyer's bill: its grid energy plus the grid fee of the 60 Wh that crossed.
     await buyer.meter(PERIOD, 40, interval=ROUND)
     due = bill(await buyer.store.entries(), device=BUYER, period=PERIOD, tariff=TARIFF)
