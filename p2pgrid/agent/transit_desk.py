@@ -130,7 +130,16 @@ class TransitDesk:
                 except MarketError:
                     return 0
                 pooled = sum(t.energy_wh for t in book.clearing.trades if t.seller == me)
-        across = self.energy.sold_across.get((period, interval), 0)
+        # Invoiced across (in memory), at least what its log shows sold (a restart).
+        logged = sum(
+            e.body.energy_wh
+            for e in entries
+            if e.author == Author.device(me.device)
+            and isinstance(e.body, SiteSale)
+            and e.body.side == SaleSide.SOLD
+            and e.body.interval == interval
+        )
+        across = max(self.energy.sold_across.get((period, interval), 0), logged)
         return max(0, ask.energy_wh - pooled - across)
 
     async def _on_request(self, delivery: Delivery) -> SiteSaleOffer:
