@@ -205,8 +205,9 @@ class EnergyDesk:
         await self._announce()
 
     async def balance_of(self, period: int) -> int:
-        """The balance of ``period`` less the amounts held in flight."""
-        return await self._balance(period) - self._holding.get(period, 0)
+        """The balance of ``period`` less the amounts held in flight (for the
+        desk that buys from other sites)."""
+        return await self._free(period)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
