@@ -323,7 +323,9 @@ def log_verify(
 ) -> None:
     """Replay every entry of a replica into a fresh log: signatures, membership,
     chains, equivocations; recompute every pooled auction round and check every
-    sale (and, paid on delivery, every delivery) against it; print the digest. With --against-lnd or
+    sale (and, paid on delivery, every delivery) against it; with --config,
+    check every trade with another site (``site_sale``) against that site's
+    signed evidence; print the digest. With --against-lnd or
     --against-utility-lnd, also check that node's lnd: its author's payment
     entries paid once on it (hash, amount, fee), the log's payments to it
     settled, no payment or settled invoice of a hash the log knows without its
@@ -366,8 +368,21 @@ def log_verify(
         except MalformedError:
             continue  # counted by the replay above
     pooled = check_pooled_sales(entries, who.site_id) if verdict.same_site else []
-    ok = verdict.ok and not pooled
-    data: dict[str, Any] = {**dataclasses.asdict(verdict), "pooled_sales": pooled}
+    # Trades with other sites carry their signed evidence: checked against the
+    # site file's [[other_sites]] (without --config there is nothing to check it by).
+    across: list[str] = []
+    if verdict.same_site and config is not None:
+        from p2pgrid.agent.transit import check_site_sales
+        from p2pgrid.config.setups import other_site_logs
+
+        peers = _call(other_site_logs, SiteFile(config))
+        across = check_site_sales(entries, who.site_hash, peers)
+    ok = verdict.ok and not pooled and not across
+    data: dict[str, Any] = {
+        **dataclasses.asdict(verdict),
+        "pooled_sales": pooled,
+        "site_sales": across,
+    }
     title = "clean" if ok else "DEFECTS"
     if node is not None:
         from p2pgrid.reconcile import reconcile_replica_with_lnd

@@ -13,7 +13,8 @@ lists every disagreement:
   lnd payment, no fee, its invoice on that node cancelled;
 - every SUCCEEDED payment and every SETTLED invoice made during the run is in
   the log, and the invoice was paid to the party the log names (the utility for
-  an ``invoice``, the seller for a ``sale``, the receiver for a share);
+  an ``invoice``, the seller for a ``sale``, the producer of the other site
+  for a ``site_sale``, the receiver for a share);
 - no payment hash appears twice in the log; nothing is in flight;
 - per node, the change of its channels' local balance equals what the log says
   it received minus what it paid plus fees, to the msat; routing nodes (the
@@ -48,7 +49,9 @@ from p2pgrid.ledger import (
     Payment,
     Role,
     Sale,
+    SaleSide,
     Share,
+    SiteSale,
     SiteShare,
     decode_entry,
 )
@@ -130,15 +133,20 @@ def log_payments(logs: Mapping[bytes, Iterable[Entry]]) -> list[LogPayment]:
         entries = list(entries)
         invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
         sales: dict[tuple[Author, int], list[Entry]] = {}
+        across: dict[bytes, SiteSale] = {}  # payment hash -> the purchase it paid
         for e in entries:
             if isinstance(e.body, Sale):
                 sales.setdefault((e.author, e.body.amount_msat), []).append(e)
+            elif isinstance(e.body, SiteSale) and e.body.side == SaleSide.BOUGHT:
+                across[e.body.payment_hash] = e.body
         for e in entries:
             body = e.body
             if isinstance(body, Payment):
                 payee: Party | None = None
                 if body.payment_hash in invoices:
                     payee = (site, Author.utility())
+                elif (purchase := across.get(body.payment_hash)) is not None:
+                    payee = (purchase.other_site, Author.device(purchase.other_device))
                 elif sale := sales.get((e.author, body.amount_msat)):
                     bought = sale.pop(0)  # one sale per payment
                     assert isinstance(bought.body, Sale)

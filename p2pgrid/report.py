@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from p2pgrid.billing import Tariff, grid_fee_msat
 from p2pgrid.ledger import Inefficiency, LedgerView, inefficiencies
 
 
@@ -37,6 +38,8 @@ class DeviceLine:
     fees_msat: int
     findings: tuple[str, ...]
     name: str = ""  # the owner's label (device_info), if the log has one
+    transit_wh: int = 0  # bought from producers of other sites
+    grid_fee_msat: int = 0  # the grid fee line of its invoice (docs/market.md, section 7)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +51,15 @@ class PeriodReport:
     paid_msat: int
     disputes: int
     fees_msat: int = 0
+
+    @property
+    def grid_fee_msat(self) -> int:
+        """The grid fee lines of the period's bills: energy from other sites."""
+        return sum(line.grid_fee_msat for line in self.lines)
+
+    @property
+    def transit_wh(self) -> int:
+        return sum(line.transit_wh for line in self.lines)
 
     @property
     def overdraft_msat(self) -> int:
@@ -77,9 +89,16 @@ class PeriodReport:
 
 
 def period_report(
-    view: LedgerView, period: int, *, site: str, names: Mapping[int, str] | None = None
+    view: LedgerView,
+    period: int,
+    *,
+    site: str,
+    names: Mapping[int, str] | None = None,
+    tariff: Tariff | None = None,
 ) -> PeriodReport:
-    """The report of ``period``; ``names`` (device -> label) names the devices."""
+    """The report of ``period``; ``names`` (device -> label) names the devices;
+    with ``tariff``, each device's grid fee line (:func:`p2pgrid.billing.grid_fee_msat`
+    of its transit energy, as on its invoice)."""
     found: dict[int, Inefficiency] = {f.device: f for f in inefficiencies(view, period)}
     now = view.period(period)
     lines = []
@@ -102,6 +121,8 @@ def period_report(
                 fees_msat=acc.fees_msat,
                 findings=tuple(sorted(finding.findings)) if finding else (),
                 name=(names or {}).get(device, ""),
+                transit_wh=acc.transit_wh,
+                grid_fee_msat=grid_fee_msat(tariff, acc.transit_wh) if tariff else 0,
             )
         )
     return PeriodReport(
@@ -125,21 +146,29 @@ def report_table(report: PeriodReport) -> Table:
         f"invoiced {_sat(report.invoiced_msat)} sat, paid {_sat(report.paid_msat)} sat, "
         f"{report.disputes} dispute(s), routing fees {_sat(report.fees_msat)} sat"
     )
+    if report.transit_wh:
+        caption += (
+            f"\ngrid fee {_sat(report.grid_fee_msat)} sat on {report.transit_wh:,} Wh "
+            "bought from other sites (on the invoices)"
+        )
     if report.alert:
         caption += f"\n{report.alert}"
     table = Table(
         title=f"site {escape(report.site)}, period {report.period}",  # names are data
         caption=caption,
     )
+    # A period with energy from other sites shows each device's grid fee line.
+    transit = ("transit Wh", "grid fee sat") if report.transit_wh else ()
     for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "overdraft sat",
                  "borrowed", "given",
-                 "bought Wh", "sold Wh", "carried", "left sat", "fees sat",
+                 "bought Wh", *transit, "sold Wh", "carried", "left sat", "fees sat",
                  "findings"):  # fmt: skip
         table.add_column(
             name, justify="left" if name in {"device", "class", "findings"} else "right"
         )
     for line in report.lines:
         flagged = line.device in report.wasteful
+        fee = (f"{line.transit_wh:,}", _sat(line.grid_fee_msat)) if transit else ()
         table.add_row(
             escape(line.name or str(line.device)),  # from the log: any text
             escape(line.device_class),
@@ -150,6 +179,7 @@ def report_table(report: PeriodReport) -> Table:
             _sat(line.borrowed_msat),
             _sat(line.given_msat),
             f"{line.bought_wh:,}",
+            *fee,
             f"{line.sold_wh:,}",
             _sat(line.carried_out_msat),
             _sat(line.balance_msat),

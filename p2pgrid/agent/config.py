@@ -28,6 +28,7 @@ from p2pgrid.errors import ConfigError
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Msat = Annotated[int, Field(ge=0, le=10**12)]
+SiteName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Frozen(BaseModel):
@@ -86,6 +87,16 @@ class EnergyConfig(_Frozen):
     #: ...down to this one, in this many steps.
     flex_floor_pct: Annotated[int, Field(gt=0, lt=100)] = 50
     flex_steps: Annotated[int, Field(ge=1, le=31)] = 3
+    #: Neighbouring sites (by name, as ``[[other_sites]]`` or the scenario name
+    #: them) whose producers this device buys energy from, and whose devices it
+    #: sells to, after its own site's round (docs/market.md, section 6.3); the
+    #: utility bills the buyer a grid fee on that energy (section 7). This
+    #: site's own name is ignored (a scenario-wide list names every site).
+    #: (A TOML list is read as this tuple.)
+    trade_sites: Annotated[tuple[SiteName, ...], Field(strict=False, max_length=64)] = ()
+    #: Purchases from neighbouring sites start this long after the site's round
+    #: closed, so that the round's own trades are invoiced first.
+    across_after_s: Seconds = 0.5
 
     @model_validator(mode="after")
     def _flex_prices_fall(self) -> EnergyConfig:

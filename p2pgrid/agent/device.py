@@ -72,6 +72,7 @@ from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.ports import LogReplica, Peers, Wallet
 from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 from p2pgrid.agent.sharing import ShareDesk
+from p2pgrid.agent.transit_desk import TransitDesk
 from p2pgrid.billing import (
     METER_INTERVAL_S,
     BillingPeriod,
@@ -189,11 +190,14 @@ class DeviceAgent:
         config: AgentConfig | None = None,
         owner_sites: Mapping[str, SiteIdentity] | None = None,
         peer_logs: Mapping[bytes, Membership] | None = None,
+        trade_logs: Mapping[bytes, Membership] | None = None,
     ) -> None:
         """``owner_sites``: the owner's sites by id (this one too), whose devices
         may share across sites; ``peer_logs``: their log memberships by site
-        hash, to verify shares received from them. :attr:`nodes` (the Lightning
-        node of each device it deals with) is filled in before the run."""
+        hash, to verify shares received from them; ``trade_logs``: those of the
+        neighbouring sites it trades energy with (``energy.trade_sites``).
+        :attr:`nodes` (the Lightning node of each device it deals with) is
+        filled in before the run."""
         self.profile = profile
         self.config = config if config is not None else AgentConfig()
         self.owner_sites = dict(owner_sites or {})
@@ -253,6 +257,7 @@ class DeviceAgent:
             config=self.config.energy,
             book=self.book,
         )
+        self.transit = TransitDesk(self.energy, trade_logs or {})
         self.settler = InvoiceSettler(
             device=profile.index,
             site_id=profile.site_id,
@@ -271,6 +276,7 @@ class DeviceAgent:
         """Answer share requests and energy bids from the site's devices."""
         self.desk.install()
         self.energy.install()
+        self.transit.install()
 
     # -- money -------------------------------------------------------------------
 
@@ -460,6 +466,18 @@ class DeviceAgent:
         if consumed > 0:  # a neighbour's surplus first: cheaper than the grid
             try:
                 consumed -= await self._buy(consumed, interval, modelled, peers)
+                if consumed > 0 and self.transit.neighbours:  # then a neighbouring site's
+                    tuning = self.config.energy
+                    after = tuning.round_s + tuning.across_after_s
+                    await self.clock.until(self.clock.time_of(interval) + after)
+                    consumed -= await self.transit.buy(
+                        consumed,
+                        period=period,
+                        interval=interval,
+                        rate_msat_per_kwh=self.tariff.rate_msat_per_kwh(modelled),
+                        fee_msat_per_kwh=self.tariff.grid_fee_msat_per_kwh,
+                        peers=devices,
+                    )
             except RetryableError as exc:
                 self._node_away("buying from neighbours", exc)
         cost = charge_msat(self.tariff, [(modelled, consumed)])

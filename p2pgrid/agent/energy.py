@@ -175,6 +175,9 @@ class EnergyDesk:
         self.refused: list[str] = []  # why offers or trade requests were refused
         self._invoiced: dict[tuple[int, int, int], SaleOffer] = {}  # (period, interval, buyer)
         self._selling = asyncio.Lock()  # one book per round: checked and fixed under it
+        #: Wh of each round (period, interval) invoiced to buyers of neighbouring
+        #: sites (:mod:`p2pgrid.agent.transit_desk`): this site's buyers get what is left.
+        self.sold_across: dict[tuple[int, int], int] = {}
         self.offered_wh = 0  # invoiced to buyers (paid or not)
         self.bought_wh = 0
         #: Pay on delivery: the tasks of held sales (a seller's watches, a buyer's
@@ -188,6 +191,23 @@ class EnergyDesk:
 
     def install(self) -> None:
         self.host.handle(ENERGY_PROTOCOL, self._on_trade)
+
+    @property
+    def selling(self) -> asyncio.Lock:
+        """Held while a sale is checked and fixed (one book per round, and sales
+        to other sites): the seller's ask is never sold twice."""
+        return self._selling
+
+    def now(self) -> float:
+        return self._now()
+
+    async def announce(self) -> None:
+        await self._announce()
+
+    async def balance_of(self, period: int) -> int:
+        """The balance of ``period`` less the amounts held in flight (for the
+        desk that buys from other sites)."""
+        return await self._free(period)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -376,6 +396,12 @@ class EnergyDesk:
                 raise RequestRejected("the book gives no trade between us")
             if trade.amount_msat < MIN_PAYMENT_MSAT:
                 raise RequestRejected(f"{trade.amount_msat} msat is below the smallest payment")
+            across = self.sold_across.get((request.period, request.interval), 0)
+            if across:  # part of the ask went to other sites: the book must fit the rest
+                pooled = sum(t.energy_wh for t in clearing.trades if t.seller == self.me)
+                mine_ask = [o for o in book.orders if isinstance(o, Ask) and o.party == self.me]
+                if not mine_ask or pooled + across > mine_ask[0].energy_wh:
+                    raise RequestRejected("this round's ask went to other sites")
             if mine is None:
                 body = Cleared(
                     request.interval, clearing.price_msat_per_kwh, clearing.book_id, book.book

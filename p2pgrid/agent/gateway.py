@@ -153,6 +153,14 @@ async def open_device(
     owner_sites.update({p.membership.site.site_id: p.membership.site for p in setup.peer_sites})
     # The owner's other sites, as their provisioned enrolments make them up.
     peer_logs = {p.membership.site_hash: p.membership for p in setup.peer_sites}
+    # The neighbouring sites whose producers it trades energy with (its own name ignored).
+    trading = set(config.energy.trade_sites) - {setup.site_name}
+    unknown = trading - {p.name for p in setup.peer_sites}
+    if unknown:
+        raise ConfigError(f"energy.trade_sites: no other site named {', '.join(sorted(unknown))}")
+    trade_logs = {
+        p.membership.site_hash: p.membership for p in setup.peer_sites if p.name in trading
+    }
 
     def topics(roster: Roster) -> list[Topic]:
         """The site's topic and, since all sites of a setup belong to one owner
@@ -218,6 +226,7 @@ async def open_device(
         config=config,
         owner_sites=owner_sites,
         peer_logs=peer_logs,
+        trade_logs=trade_logs,
     )
     agent.install()
     feed = SiteFeed(

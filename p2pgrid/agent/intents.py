@@ -63,6 +63,7 @@ class PurposeKind(enum.Enum):
     SALE = "sale"  # a neighbour's energy: ``sale`` + ``payment`` entries
     SHARE = "share"  # a share of budget: a ``share`` entry (proof in its memo)
     SITE_SHARE = "site_share"  # to the owner's other site: a ``site_share`` entry
+    SITE_SALE = "site_sale"  # a producer's energy of another site: ``site_sale`` + ``payment``
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,7 +74,9 @@ class Purpose:
     amount_msat: int
     device: int = 0  # the payee device (share, sale seller); the payer itself for invoices
     energy_wh: int = 0  # sale
-    to_site: str = ""  # site_share: hex site hash of the receiving site
+    to_site: str = ""  # site_share, site_sale: hex site hash of the other site
+    interval: int = 0  # site_sale: the round's interval
+    evidence: str = ""  # site_sale: hex of the seller's signed ``order`` entry
     reference: str = ""  # the obligation, for people: invoice entry, request or bid id
 
     def to_json(self) -> str:

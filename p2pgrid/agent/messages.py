@@ -13,6 +13,13 @@ trade with a :class:`TradeRequest` naming the round and the book it cleared
 recomputes that clearing from its own log and answers a :class:`SaleOffer`
 whose ``bid_id`` is the book id, with an invoice for exactly the trade.
 
+Between sites (docs/market.md, section 6.3): a buyer asks a producer of a
+neighbouring site for energy of a round with a :class:`SiteTradeRequest`; the
+producer answers a :class:`SiteSaleOffer` carrying its signed ``order`` entry
+(the ask) and an invoice; once paid, the buyer hands it a
+:class:`SiteSaleReceipt` with its signed ``site_sale`` entry, and the producer
+answers one with its own.
+
 Encoding (the shared :mod:`p2pgrid.codec`): version byte ``0x01``, then the
 fields in order; ``hash32`` is 32 bytes, ``u64`` big-endian, ``bytes16`` a u16
 length then that many bytes (at most ``MAX_FIELD_BYTES``).
@@ -32,6 +39,9 @@ KIND_SHARE_INVOICE: Final = 0x0310
 KIND_SHARE_RECEIPT: Final = 0x0311
 KIND_SALE_OFFER: Final = 0x0312
 KIND_TRADE_REQUEST: Final = 0x0313
+KIND_SITE_TRADE_REQUEST: Final = 0x0314
+KIND_SITE_SALE_OFFER: Final = 0x0315
+KIND_SITE_SALE_RECEIPT: Final = 0x0316
 #: The devices a book may list (a TradeRequest's count is a u16).
 MAX_BOOK_DEVICES: Final = 1024
 MAX_FIELD_BYTES: Final = 4096
@@ -191,3 +201,93 @@ class TradeRequest:
         devices = tuple(r.u32() for _ in range(count))
         r.expect_end()
         return cls(period, interval, book, devices)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTradeRequest:
+    """A buyer of another site asks a producer for at most ``energy_wh`` of its
+    ask of round (``period``, ``interval``).
+    Layout: ``version u8, period u32, interval u32, energy_wh u64``."""
+
+    KIND: ClassVar[int] = KIND_SITE_TRADE_REQUEST
+    period: int
+    interval: int
+    energy_wh: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.period < 2**32 or not 0 <= self.interval < 2**32:
+            raise MessageError("period and interval are u32s")
+        if not 0 < self.energy_wh < 2**63:
+            raise MessageError("energy_wh within 1..2^63-1")
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.u32(self.period)
+        w.u32(self.interval)
+        w.u64(self.energy_wh)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        period, interval, energy = r.u32(), r.u32(), r.u64()
+        r.expect_end()
+        return cls(period, interval, energy)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSaleOffer:
+    """A producer's answer to a :class:`SiteTradeRequest`: ``energy_wh`` of the
+    ask in ``order_entry`` (its signed ``order`` log entry) for ``amount_msat``,
+    payable with ``bolt11``.
+    Layout: ``version u8, order_entry bytes16, energy_wh u64, amount_msat u64,
+    bolt11 bytes16``."""
+
+    KIND: ClassVar[int] = KIND_SITE_SALE_OFFER
+    order_entry: bytes
+    energy_wh: int
+    amount_msat: int
+    bolt11: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.energy_wh < 2**63 or not 0 < self.amount_msat < 2**63:
+            raise MessageError("energy_wh and amount_msat within 1..2^63-1")
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.var16(self.order_entry, MAX_FIELD_BYTES)
+        w.u64(self.energy_wh)
+        w.u64(self.amount_msat)
+        w.var16(self.bolt11.encode(), MAX_FIELD_BYTES)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        order = r.var16(MAX_FIELD_BYTES)
+        energy, amount = r.u64(), r.u64()
+        bolt11 = r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(order, energy, amount, _ascii(bolt11))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSaleReceipt:
+    """A signed ``site_sale`` log entry handed to the other side of the trade:
+    the buyer's (side BOUGHT) after it paid, the producer's (side SOLD) in answer.
+    Layout: ``version u8, entry bytes16``."""
+
+    KIND: ClassVar[int] = KIND_SITE_SALE_RECEIPT
+    entry: bytes
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.var16(self.entry, MAX_FIELD_BYTES)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        entry = r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(entry)

@@ -84,24 +84,36 @@ def hold_preimage(
 
 
 def payee_of(memo: str) -> Party | None:
-    """The device an invoice of :func:`share_memo` or :func:`sale_memo` pays: a
-    share's requester (``to``), a sale's seller (``from``); None for any other
-    description. A site node tells its light devices' invoices apart by it
-    (:mod:`p2pgrid.agent.sitewallet`)."""
+    """The device an invoice of :func:`share_memo`, :func:`sale_memo` or
+    :func:`site_sale_memo` pays: a share's requester (``to``), a sale's seller
+    (``from``); None for any other description. A site node tells its light
+    devices' invoices apart by it (:mod:`p2pgrid.agent.sitewallet`)."""
     words = memo.split()
     if len(words) < 6 or words[0] != "p2pgrid":
         return None
     share = words[1] == "share" and words[3] == "from" and words[5] == "to" and len(words) >= 7
     sale = words[1] == "sale" and len(words) >= 8 and words[4:6] == ["Wh", "from"]
-    if not (share or sale):
+    across = words[1:3] == ["site", "sale"] and len(words) >= 9 and words[5:7] == ["Wh", "from"]
+    if not (share or sale or across):
         return None
-    site_id, _, device = words[6].rpartition("/")
+    site_id, _, device = words[7 if across else 6].rpartition("/")
     if not device.isdecimal():
         return None
     try:
         return Party(site_id, int(device))
     except MessageError:
         return None
+
+
+def site_sale_memo(
+    order_id: bytes, seller: Party, buyer: Party, energy_wh: int, amount_msat: int
+) -> str:
+    """The description of a sale's invoice to a buyer of another site: binds it
+    to the seller's ``order`` entry (its id) and the trade."""
+    return (
+        f"p2pgrid site sale {order_id.hex()} {energy_wh} Wh from {_party(seller)} "
+        f"to {_party(buyer)} {amount_msat} msat"
+    )
 
 
 def check_invoice(

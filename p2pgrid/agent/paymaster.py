@@ -34,7 +34,17 @@ from p2pgrid.agent.intents import (
 )
 from p2pgrid.agent.ports import Wallet
 from p2pgrid.errors import ReportableError
-from p2pgrid.ledger import Body, Entry, LogWriter, Payment, Sale, Share, SiteShare
+from p2pgrid.ledger import (
+    Body,
+    Entry,
+    LogWriter,
+    Payment,
+    Sale,
+    SaleSide,
+    Share,
+    SiteSale,
+    SiteShare,
+)
 from p2pgrid.ledger.proof import parse_proof, proof_memo
 from p2pgrid.lightning import (
     InvoiceError,
@@ -81,6 +91,18 @@ def bodies_for(purpose: Purpose, payment: LnPayment) -> list[Body]:
             return [
                 SiteShare(bytes.fromhex(purpose.to_site), purpose.device, purpose.amount_msat, memo)
             ]
+        case PurposeKind.SITE_SALE:
+            bought = SiteSale(
+                SaleSide.BOUGHT,
+                bytes.fromhex(purpose.to_site),
+                purpose.device,
+                purpose.interval,
+                purpose.energy_wh,
+                purpose.amount_msat,
+                payment_hash,
+                bytes.fromhex(purpose.evidence),
+            )
+            return [bought, proof]
 
 
 class Paymaster:

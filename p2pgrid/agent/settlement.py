@@ -181,6 +181,12 @@ class InvoiceSettler:
             decoded,
             destination=self.utility_pubkey,
             amount_msat=body.amount_msat,
-            description=invoice_memo(self.site_id, self.device, period),
+            description=invoice_memo(
+                self.site_id,
+                self.device,
+                period,
+                transit_wh=due.transit_wh,
+                grid_fee_msat=due.grid_fee_msat,
+            ),
             now=self._now(),
         )

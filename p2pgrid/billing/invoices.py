@@ -70,5 +70,13 @@ def invoice_preimage(secret: bytes, site_id: str, device: int, period: int) -> b
     return hmac.new(secret, key, hashlib.sha256).digest()
 
 
-def invoice_memo(site_id: str, device: int, period: int) -> str:
-    return f"p2pgrid {site_id} device {device} period {period}"
+def invoice_memo(
+    site_id: str, device: int, period: int, *, transit_wh: int = 0, grid_fee_msat: int = 0
+) -> str:
+    """The description of the invoice of (site, device, period); a bill with a
+    grid fee names its line: ``; grid fee <msat> msat on <Wh> Wh from other sites``
+    (the payer recomputes the bill, so the description binds the fee too)."""
+    memo = f"p2pgrid {site_id} device {device} period {period}"
+    if grid_fee_msat:
+        memo += f"; grid fee {grid_fee_msat} msat on {transit_wh} Wh from other sites"
+    return memo

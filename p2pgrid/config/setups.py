@@ -18,6 +18,7 @@ from p2pgrid.config.keys import read_entries, read_key
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.jsonlines import commands, emit
+from p2pgrid.ledger import Membership
 from p2pgrid.ledger.activity import activity
 from p2pgrid.market import Party, Priority, SurplusPolicy
 from p2pgrid.provision import membership_of
@@ -104,6 +105,12 @@ def _other_sites(site_file: SiteFile) -> tuple[tuple[PeerSite, ...], dict[str, P
                 f"{', '.join(unknown)} in {row.entries} (devices: {', '.join(sorted(named))})"
             )
     return tuple(peer_sites), parties
+
+
+def other_site_logs(site_file: SiteFile) -> dict[bytes, Membership]:
+    """The log membership of each ``[[other_sites]]`` row of ``site_file``, by
+    site hash (to check the entries that carry another site's signed evidence)."""
+    return {p.membership.site_hash: p.membership for p in _other_sites(site_file)[0]}
 
 
 def agent_start(site_file: SiteFile) -> Command:

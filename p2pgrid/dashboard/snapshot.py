@@ -87,10 +87,10 @@ async def site_snapshot(feed: SiteFeed) -> dict[str, Any]:
             "ts_ms": f.timestamp_ms,
             "id": f.entry_id[:16],
             "from": act.name(f.payer)
-            if f.kind.value != "site_share_in"
+            if not f.payer_abroad
             else f"{site_names.get(f.other_site, 'other site')} #{f.payer}",
             "to": act.name(f.payee)
-            if f.kind.value != "site_share"
+            if not f.payee_abroad
             else f"{site_names.get(f.other_site, 'other site')} #{f.payee}",
             "msat": f.amount_msat,
             "wh": f.energy_wh,

@@ -37,7 +37,9 @@ from p2pgrid.ledger.bodies import (
     Payment,
     Role,
     Sale,
+    SaleSide,
     Share,
+    SiteSale,
     SiteShare,
     SiteShareIn,
 )
@@ -52,6 +54,8 @@ class FlowKind(enum.StrEnum):
     SALE = "sale"  # energy bought from a neighbour (buyer pays seller)
     SITE_SHARE = "site_share"  # budget given to a device of another site
     SITE_SHARE_IN = "site_share_in"  # budget received from another site
+    SITE_SALE = "site_sale"  # energy bought from a producer of another site
+    SITE_SALE_IN = "site_sale_in"  # energy sold to a device of another site
 
 
 class InvoiceState(enum.StrEnum):
@@ -64,8 +68,9 @@ class InvoiceState(enum.StrEnum):
 class Flow:
     """Money moved by one entry: ``payer`` to ``payee`` (device indexes).
 
-    ``other_site`` is the other site's hash (hex) for site shares: the payee of a
-    ``site_share`` and the payer of a ``site_share_in`` live there."""
+    ``other_site`` is the other site's hash (hex) for site shares and sales: the
+    payee of a ``site_share`` or a purchase (``site_sale``) and the payer of a
+    ``site_share_in`` or a sale (``site_sale_in``) live there."""
 
     kind: FlowKind
     period: int
@@ -76,6 +81,16 @@ class Flow:
     amount_msat: int
     energy_wh: int = 0
     other_site: str = ""
+
+    @property
+    def payer_abroad(self) -> bool:
+        """The payer is a device of ``other_site``."""
+        return self.kind in (FlowKind.SITE_SHARE_IN, FlowKind.SITE_SALE_IN)
+
+    @property
+    def payee_abroad(self) -> bool:
+        """The payee is a device of ``other_site``."""
+        return self.kind in (FlowKind.SITE_SHARE, FlowKind.SITE_SALE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -219,6 +234,21 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
             )
         elif isinstance(body, SiteShareIn):
             flows.append(_site_share_in(body, me, e, peer_sites))
+        elif isinstance(body, SiteSale):
+            bought = body.side == SaleSide.BOUGHT
+            if bought:
+                per["local"] += body.energy_wh  # from a neighbour, not the grid
+            flows.append(
+                Flow(
+                    FlowKind.SITE_SALE if bought else FlowKind.SITE_SALE_IN,
+                    *at,
+                    payer=me if bought else body.other_device,
+                    payee=body.other_device if bought else me,
+                    amount_msat=body.amount_msat,
+                    energy_wh=body.energy_wh,
+                    other_site=body.other_site.hex(),
+                )
+            )
         elif isinstance(body, Invoice):
             invoices[body.payment_hash] = e
         elif isinstance(body, Payment):

@@ -43,6 +43,7 @@ class EntryKind(enum.IntEnum):
     ORDER = 16
     CLEARED = 17
     DELIVERED = 18
+    SITE_SALE = 20
 
 
 ALL_DEVICES = 2**32 - 1  # a curtailment that applies to every device
@@ -413,6 +414,60 @@ class Delivered(Body):
         return (period, self.interval, self.seller)  # one per trade
 
 
+class SaleSide(enum.IntEnum):
+    """Which side of a cross-site trade a ``site_sale`` entry records."""
+
+    BOUGHT = 0  # the author is the buyer; evidence: the seller's ``order`` entry
+    SOLD = 1  # the author is the seller; evidence: the buyer's ``site_sale`` entry
+
+
+#: Where an entry's kind byte is (docs/protocol-log.md, section 2).
+_KIND_OFFSET = 58
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiteSale(Body):
+    """Energy traded in round (entry period, ``interval``) between the author
+    device and device ``other_device`` of *another* site (``other_site``, its
+    site hash), paid with the Lightning payment of ``payment_hash``
+    (docs/market.md, section 6.3).
+
+    ``side`` BOUGHT: the author bought ``energy_wh`` for ``amount_msat``;
+    ``evidence`` is the seller's signed ``order`` entry (an ``Ask`` of the
+    round) from its site's log. Debits the author like ``sale``; its Wh are the
+    author's transit energy, on which the utility bills the grid fee.
+    ``side`` SOLD: the author sold them; ``evidence`` is the buyer's signed
+    ``site_sale`` entry of side BOUGHT from its site's log, whose fields are
+    these. Credits the author only where a replica verifies it (like
+    ``site_share_in``)."""
+
+    KIND = EntryKind.SITE_SALE
+    ROLES = _DEVICE
+    SINCE = 4
+    side: int = _wire(FieldType.U8)
+    other_site: bytes = _wire(FieldType.HASH)
+    other_device: int = _wire(FieldType.U32)
+    interval: int = _wire(FieldType.U32)
+    energy_wh: int = _wire(FieldType.U64)
+    amount_msat: int = _wire(FieldType.U64)
+    payment_hash: bytes = _wire(FieldType.HASH)
+    evidence: bytes = _wire(FieldType.BYTES)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        if self.side not in {s.value for s in SaleSide}:
+            raise BodyError(f"unknown site_sale side {self.side}")
+        _positive("energy_wh", self.energy_wh)
+        _positive("amount_msat", self.amount_msat)
+        want = EntryKind.ORDER if self.side == SaleSide.BOUGHT else EntryKind.SITE_SALE
+        if len(self.evidence) <= _KIND_OFFSET or self.evidence[_KIND_OFFSET] != want:
+            raise BodyError(f"a site_sale of side {self.side} carries a {want.name.lower()} entry")
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        # One purchase (or one sale) per device of the other site and round.
+        site = int.from_bytes(self.other_site, "big")
+        return (period, self.interval, self.side, site, self.other_device)
+
+
 def _member_index(role: int, index: int) -> None:
     try:
         check_member_index(Role(role), index)
@@ -480,6 +535,7 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         Order,
         Cleared,
         Delivered,
+        SiteSale,
     )
 }
 _LAYOUT: dict[type[Body], tuple[tuple[str, FieldType], ...]] = {

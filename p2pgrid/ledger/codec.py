@@ -16,6 +16,7 @@ from p2pgrid.ledger.errors import MalformedError
 
 __all__ = [
     "HASH_LEN",
+    "MAX_BYTES_FIELD",
     "MAX_TEXT_BYTES",
     "MAX_U32",
     "MAX_U63",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 MAX_TEXT_BYTES = 1024
+#: The longest ``bytes`` field (version 4): a signed entry of another site as evidence.
+MAX_BYTES_FIELD = 2048
 PUBKEY_LEN = 33
 
 
@@ -38,6 +41,7 @@ class FieldType(enum.Enum):
     HASH = "hash32"  # exactly 32 bytes
     TEXT = "text"  # u16 length + UTF-8, at most MAX_TEXT_BYTES
     PUBKEY = "pubkey33"  # exactly 33 bytes (a compressed secp256k1 key)
+    BYTES = "bytes"  # u16 length + raw bytes, at most MAX_BYTES_FIELD
 
 
 class Writer(codec.Writer):
@@ -61,6 +65,10 @@ class Writer(codec.Writer):
             if not isinstance(value, bytes) or len(value) != PUBKEY_LEN:
                 raise MalformedError(f"pubkey field needs {PUBKEY_LEN} bytes")
             self.raw(value)
+        elif kind is FieldType.BYTES:
+            if not isinstance(value, bytes):
+                raise MalformedError("bytes field needs bytes")
+            self.var16(value, MAX_BYTES_FIELD)
         else:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise MalformedError(f"{kind.value} field needs a non-negative int")
@@ -86,4 +94,6 @@ class Reader(codec.Reader):
             return self.hash32()
         if kind is FieldType.PUBKEY:
             return self.raw(PUBKEY_LEN)
+        if kind is FieldType.BYTES:
+            return self.var16(MAX_BYTES_FIELD)
         return self.text()

@@ -34,10 +34,10 @@ from p2pgrid.ledger.codec import HASH_LEN, MAX_U32, MAX_U63, U16, Writer
 from p2pgrid.ledger.errors import MalformedError
 
 #: The newest entry format: version 2 added the kinds ``order`` and ``cleared``,
-#: version 3 the kind ``delivered``.
+#: version 3 the kind ``delivered``, version 4 the kind ``site_sale``.
 #: An entry is written with its kind's version (``Body.SINCE``), so a log of
 #: version 1 entries reads (and hashes) as before.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 DOMAIN_TAG = b"p2pgrid/log-entry/v1"
 HEADER_LEN = 61
 MAX_ENTRY_BYTES = 4096

@@ -27,6 +27,7 @@ OBLIGATION_KINDS = frozenset(
         EntryKind.DISPUTE,
         EntryKind.SITE_SHARE,
         EntryKind.INVOICE,
+        EntryKind.SITE_SALE,
     }
 )
 

@@ -85,6 +85,7 @@ _RECORD_KINDS = (
     EntryKind.ORDER.value,
     EntryKind.CLEARED.value,
     EntryKind.DELIVERED.value,
+    EntryKind.SITE_SALE.value,
 )
 _ANCESTORS = """
 WITH RECURSIVE anc(id, prev, seq) AS (

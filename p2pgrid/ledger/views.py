@@ -19,6 +19,11 @@ Money rules (all integer msat):
   entry, which counts only if it verifies against that site's membership (given
   to :func:`fold` as ``peer_sites``), names this site and this device, and has
   not been counted before. Without ``peer_sites`` nothing is credited.
+- ``site_sale`` (energy traded with a device of another site): the buyer's
+  (side BOUGHT) debits it like ``sale``; the seller's (side SOLD) credits its
+  proceeds only if its evidence, the buyer's signed ``site_sale``, verifies
+  against that site's membership, matches it field for field, names this site,
+  this device and this device's order, and was not counted before.
 - ``fees_msat`` is the Lightning routing fee a device paid on top of its
   payments (``payment`` entries, and the proofs in its ``share`` and
   ``site_share`` memos): real sats that left its node, not taken from its
@@ -49,7 +54,9 @@ from p2pgrid.ledger.bodies import (
     Payment,
     Role,
     Sale,
+    SaleSide,
     Share,
+    SiteSale,
     SiteShare,
     SiteShareIn,
 )
@@ -77,6 +84,7 @@ class DeviceAccount:
     energy_wh: int = 0  # metered consumption
     bought_wh: int = 0
     sold_wh: int = 0
+    transit_wh: int = 0  # of bought_wh: from producers of other sites (grid fee)
     balance_msat: int = 0  # left in the period
     fees_msat: int = 0  # Lightning routing fees paid on top of its payments
 
@@ -208,6 +216,18 @@ class _Period:
                 seller["sold_msat"] += body.amount_msat
                 seller["sold_wh"] += body.energy_wh
                 seller["balance_msat"] += body.amount_msat
+        elif isinstance(body, SiteSale) and body.side == SaleSide.BOUGHT:
+            if self.debit(me, body.amount_msat):
+                buyer = self.acc(me)
+                buyer["bought_msat"] += body.amount_msat
+                buyer["bought_wh"] += body.energy_wh
+            self.acc(me)["transit_wh"] += body.energy_wh  # billed as signed (ledger.bill)
+        elif isinstance(body, SiteSale):
+            if credit.verify_sale(body, entry.period, me):
+                seller = self.acc(me)
+                seller["sold_msat"] += body.amount_msat
+                seller["sold_wh"] += body.energy_wh
+                seller["balance_msat"] += body.amount_msat
         elif isinstance(body, SiteShare):
             if self.debit(me, body.amount_msat):
                 self.acc(me)["given_msat"] += body.amount_msat
@@ -271,6 +291,55 @@ class _SiteCredits:
                 self.counted.add(given.id)
                 return given.body.amount_msat
         return 0
+
+    def verify_sale(self, body: SiteSale, period: int, seller: int) -> bool:
+        """Whether a seller's ``site_sale`` (side SOLD) of ``period`` is a sale to
+        a buyer of another site that the buyer's signed entry proves, not counted
+        before (docs/market.md, section 6.3)."""
+        bought = verified_purchase(body, self.peer_sites)
+        if bought is None or bought.id in self.counted or self.site_hash is None:
+            return False
+        b = bought.body
+        assert isinstance(b, SiteSale)
+        try:
+            order = decode_entry(b.evidence, self.site_hash)
+        except MalformedError:
+            return False
+        if (
+            bought.period == period
+            and b.other_site == self.site_hash
+            and b.other_device == seller
+            and order.author == Author.device(seller)
+            and order.period == period
+        ):
+            self.counted.add(bought.id)
+            return True
+        return False
+
+
+def verified_purchase(body: SiteSale, peer_sites: Mapping[bytes, Membership]) -> Entry | None:
+    """The buyer's ``site_sale`` (side BOUGHT) that a seller's ``body`` (side SOLD)
+    carries, if it verifies against ``body.other_site``'s membership in
+    ``peer_sites`` (author, signature), is of that author, and states the same
+    round, energy, amount and payment; else None."""
+    membership = peer_sites.get(body.other_site)
+    if membership is None or body.side != SaleSide.SOLD:
+        return None
+    try:
+        bought = decode_entry(body.evidence, body.other_site)
+    except MalformedError:
+        return None
+    b = bought.body
+    if (
+        membership.check(bought) is None
+        and isinstance(b, SiteSale)
+        and b.side == SaleSide.BOUGHT
+        and bought.author == Author.device(body.other_device)
+        and (b.interval, b.energy_wh, b.amount_msat, b.payment_hash)
+        == (body.interval, body.energy_wh, body.amount_msat, body.payment_hash)
+    ):
+        return bought
+    return None
 
 
 def fold(

@@ -165,6 +165,8 @@ def decode(data: bytes) -> Message:
         for _ in range(count):
             author = Author.from_key(bytes(reader.u8() for _ in range(5)))
             seq, n, acc, tip = reader.u64(), reader.u64(), reader.hash32(), reader.hash32()
+            if seq < 1:  # a head is an author's with entries: its log holds 1..seq
+                raise MalformedError("a head's seq is at least 1")
             # One encoding per message: authors strictly ascending (no repeat).
             if heads and not heads[-1].author < author:
                 raise MalformedError("heads are not in strictly ascending author order")

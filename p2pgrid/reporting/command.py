@@ -105,6 +105,7 @@ async def run_report(console: Console, request: ReportRequest) -> list[Path]:
     out = request.out_dir or request.work_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    tariff = load_scenario(request.scenario).tariff  # the grid fee lines of the bills
     for period in periods:
         data = site_period(
             entries,
@@ -113,6 +114,7 @@ async def run_report(console: Console, request: ReportRequest) -> list[Path]:
             site_hash=membership.site_hash,
             peer_sites=peer_sites,
             peer_names={other.site_hash: name for name, other in others.items()},
+            tariff=tariff,
         )
         console.print(report_table(data.report))
         for f in data.findings:

@@ -18,11 +18,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from p2pgrid.billing import Tariff
 from p2pgrid.ledger import Entry, Membership, fold, inefficiencies
 from p2pgrid.ledger.activity import (
     Activity,
     Flow,
-    FlowKind,
     PaymentLine,
     PeriodIndicators,
     activity,
@@ -64,14 +64,14 @@ class SitePeriod:
         return "?" if device is None else self.names.get(device, f"device {device}")
 
     def payer(self, flow: Flow) -> str:
-        """Who paid: a device of this site, or (site share in) one of another site."""
-        if flow.kind is FlowKind.SITE_SHARE_IN:
+        """Who paid: a device of this site, or one of another site."""
+        if flow.payer_abroad:
             return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payer}"
         return self.name(flow.payer)
 
     def payee(self, flow: Flow) -> str:
-        """Who was paid: a device of this site, or (site share) one of another site."""
-        if flow.kind is FlowKind.SITE_SHARE:
+        """Who was paid: a device of this site, or one of another site."""
+        if flow.payee_abroad:
             return f"{self.other_sites.get(flow.other_site, 'other site')}: #{flow.payee}"
         return self.name(flow.payee)
 
@@ -84,6 +84,7 @@ def site_period(
     site_hash: bytes,
     peer_sites: Mapping[bytes, Membership],
     peer_names: Mapping[bytes, str],
+    tariff: Tariff | None = None,
 ) -> SitePeriod:
     entries = list(entries)
     view = fold(entries, site_hash=site_hash, peer_sites=peer_sites)
@@ -109,7 +110,7 @@ def site_period(
         )
     )
     return SitePeriod(
-        report=period_report(view, period, site=site, names=act.names),
+        report=period_report(view, period, site=site, names=act.names, tariff=tariff),
         names=act.names,
         flows=tuple(f for f in act.flows if f.period == period),
         payments=tuple(p for p in act.payments if p.period == period),
@@ -143,6 +144,8 @@ def to_json(data: SitePeriod) -> str:
         "paid_msat": r.paid_msat,
         "disputes": r.disputes,
         "overdraft_msat": r.overdraft_msat,
+        "grid_fee_msat": r.grid_fee_msat,
+        "transit_wh": r.transit_wh,
         "alert": r.alert,
         "devices": [dataclasses.asdict(line) for line in r.lines],
         "flows": [

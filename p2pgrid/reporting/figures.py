@@ -26,6 +26,8 @@ COLOURS = {
     FlowKind.SALE: "#f28e2b",
     FlowKind.SITE_SHARE: "#76b7b2",
     FlowKind.SITE_SHARE_IN: "#59a14f",
+    FlowKind.SITE_SALE: "#e15759",
+    FlowKind.SITE_SALE_IN: "#edc948",
 }
 
 

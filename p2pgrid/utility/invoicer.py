@@ -157,7 +157,13 @@ class Invoicer:
         """Create ``due``'s invoice on lnd (its derived preimage: the same invoice
         again after a crash) and log it."""
         device, period = due.device, due.period
-        memo = invoice_memo(self.site.site_id, device, period)
+        memo = invoice_memo(
+            self.site.site_id,
+            device,
+            period,
+            transit_wh=due.transit_wh,
+            grid_fee_msat=due.grid_fee_msat,
+        )
         preimage = invoice_preimage(self._secret, self.site.site_id, device, period)
         invoice = await self.watch.call(
             functools.partial(
@@ -179,12 +185,15 @@ class Invoicer:
         )
         entry = await self.writer.append(body, period=period, timestamp_ms=timestamp_ms)
         log.info(
-            "[%s] invoiced device %d for period %d: %d Wh, %d msat (%s...)",
+            "[%s] invoiced device %d for period %d: %d Wh, %d msat (grid fee %d msat on %d Wh)"
+            " (%s...)",
             self.name,
             device,
             period,
             due.energy_wh,
             due.amount_msat,
+            due.grid_fee_msat,
+            due.transit_wh,
             invoice.payment_hash[:12],
         )
         return entry

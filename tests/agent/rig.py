@@ -85,20 +85,33 @@ FAKE_INVOICE_EXPIRY_S = 365 * 24 * 3600
 
 
 class Rig:
-    def __init__(self, tmp: Path, *, hub: str = "utility") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        hub: str = "utility",
+        seed: bytes = b"desk tests site",
+        beside: Rig | None = None,
+    ) -> None:
         """``hub``: the node that routes (another than the utility's: its
-        invoices are paid through it, with a routing fee)."""
+        invoices are paid through it, with a routing fee). ``beside``: another
+        site's rig whose Lightning network, peers and clock this site shares
+        (its devices then need other indices: the nodes are named by them)."""
         self.tmp = tmp
-        self.site = Site.make(b"desk tests site")
+        self.site = Site.make(seed)
         self.site_id = self.site.identity.site_id
-        self.clock = ManualClock()
         self.hub = hub
-        self.ln = FakeLightning(now=self.clock, hub=hub)
-        self.utility_node = self.ln.node("utility")
-        if hub != "utility":
-            self.ln.node(hub)
-        self.mallory = self.ln.node("mallory")  # a node that is nobody's in this site
-        self.net = FakePeerNet()
+        if beside is not None:
+            self.clock, self.ln, self.net = beside.clock, beside.ln, beside.net
+            self.utility_node, self.mallory = beside.utility_node, beside.mallory
+        else:
+            self.clock = ManualClock()
+            self.ln = FakeLightning(now=self.clock, hub=hub)
+            self.utility_node = self.ln.node("utility")
+            if hub != "utility":
+                self.ln.node(hub)
+            self.mallory = self.ln.node("mallory")  # a node that is nobody's in this site
+            self.net = FakePeerNet()
         self.devices: list[Device] = []
         self.stores: list[LogStore] = []
         self.books: list[IntentBook] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.payguard import payee_of, sale_memo, share_memo
+from p2pgrid.agent.payguard import payee_of, sale_memo, share_memo, site_sale_memo
 from p2pgrid.agent.settlement import Settlement
 from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.billing import invoice_memo
@@ -61,6 +61,7 @@ def test_an_invoice_names_its_payee() -> None:
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000)) == giver
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000, on_delivery=True)) == giver
     assert payee_of("p2pgrid share x from a/0 to b/1 5 msat") is None  # not a site id
+    assert payee_of(site_sale_memo(b"\x02" * 32, giver, requester, 3, 5_000)) == giver
     assert payee_of("a bill") is None
 
 

@@ -24,12 +24,15 @@ from p2pgrid.ledger import (
     MeterReading,
     Order,
     Sale,
+    SaleSide,
+    SiteSale,
     sign_entry,
 )
-from p2pgrid.market import DemandCurve, Party, Step
+from p2pgrid.market import Ask, DemandCurve, Party, Step
 from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE
 from p2pgrid.testing.ports import free_port
 from tests.cli.deployment import Deployment, cli, deploy, lnd_table
+from tests.ledger.ledger_factory import Site
 from tests.test_service import _self_signed
 
 READINGS = 3
@@ -117,6 +120,34 @@ def test_a_delivery_of_no_trade_and_a_sale_without_delivery_are_defects(tmp_path
     assert isinstance(problems, list)
     assert any("delivered from device 1 is no trade of its clearing" in p for p in problems)
     assert any("has no delivered entry naming its payment" in p for p in problems)
+
+
+async def _forge_a_purchase_across(d: Deployment, path: Path) -> None:
+    """The fridge logs a purchase from a site its site file does not list."""
+    identity = SiteIdentity.from_hex(d.site)
+    stranger = Site.make(b"log verify: a site nobody listed")
+    ask = Ask(Party(stranger.identity.site_id, 2), 0, 5, 100, 200_000)
+    order = stranger.chain(Author.device(2)).next(Order(5, order_text(ask)), period=0)
+    bought = SiteSale(
+        SaleSide.BOUGHT, stranger.membership.site_hash, 2, 5, 60, 12_000, bytes(32), order.raw
+    )
+    async with await LogStore.open(path, identity, name="test") as store:
+        writer = LogWriter(store, read_key(d.root / "keys" / "s1-fridge.key"), Author.device(0))
+        await writer.append(bought, period=0, timestamp_ms=1_800_000_001_000)
+
+
+def test_a_purchase_from_a_site_the_file_does_not_list_is_a_defect(tmp_path: Path) -> None:
+    d = deploy(tmp_path)
+    db = tmp_path / "replica.db"
+    _replica(d, db)
+    asyncio.run(_forge_a_purchase_across(d, db))
+    code, out = _verify(db, "--config", str(d.site_file))
+    assert code == EXIT_FAILED
+    assert out["rejected"] == {}  # a valid entry...
+    problems = out["site_sales"]
+    assert isinstance(problems, list)
+    assert len(problems) == 1  # ...that no neighbouring site's ask backs
+    assert "not a neighbouring site" in problems[0]
 
 
 def _tamper(db: Path, sql: str, *params: object) -> None:

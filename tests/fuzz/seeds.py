@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import hashlib
 
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt, TradeRequest
+from p2pgrid.agent.messages import (
+    SaleOffer,
+    ShareInvoice,
+    ShareReceipt,
+    SiteSaleOffer,
+    SiteSaleReceipt,
+    SiteTradeRequest,
+    TradeRequest,
+)
+from p2pgrid.agent.rounds import order_text
 from p2pgrid.ledger import (
     Allocation,
     Author,
@@ -16,10 +25,13 @@ from p2pgrid.ledger import (
     Entry,
     Invoice,
     MeterReading,
+    Order,
     Payment,
     Role,
     Sale,
+    SaleSide,
     Share,
+    SiteSale,
     SiteShare,
     SiteShareIn,
     wire,
@@ -44,6 +56,11 @@ def _entries() -> list[Entry]:
     utility = SITE.chain(Author(Role.UTILITY, 0))
     giver = OTHER.chain(Author.device(2))
     given = giver.next(SiteShare(SITE.membership.site_hash, 1, 5_000, "ln proof"))
+    ask = Ask(Party(OTHER.identity.site_id, 2), 1, 17, 400, 200_000)
+    order = giver.next(Order(17, order_text(ask)))
+    other = OTHER.membership.site_hash
+    bought = SiteSale(SaleSide.BOUGHT, other, 2, 17, 60, 12_000, PAYMENT_HASH, order.raw)
+    purchase = device.next(bought)
     return [
         utility.next(Budget(900_000)),
         owner.next(Allocation(1, 300_000)),
@@ -58,6 +75,20 @@ def _entries() -> list[Entry]:
         device.next(Dispute(int(Role.UTILITY), 0, 1, "does not match")),
         device.next(SiteShareIn(given.raw.hex())),
         given,
+        order,
+        purchase,
+        giver.next(
+            SiteSale(
+                SaleSide.SOLD,
+                SITE.membership.site_hash,
+                1,
+                17,
+                60,
+                12_000,
+                PAYMENT_HASH,
+                purchase.raw,
+            )
+        ),
     ]
 
 
@@ -102,6 +133,9 @@ AGENT_MESSAGES = [
     ShareReceipt(b"\x01" * 32, PREIMAGE, ENTRY_SEEDS[4]),
     SaleOffer(b"\x02" * 32, 50, 12_500, BOLT11),
     TradeRequest(3, 17, b"\x04" * 32, (0, 2, 5)),
+    SiteTradeRequest(3, 17, 60),
+    SiteSaleOffer(ENTRY_SEEDS[-3], 60, 12_000, BOLT11),
+    SiteSaleReceipt(ENTRY_SEEDS[-2]),
 ]
 
 HELLO_SEEDS = [

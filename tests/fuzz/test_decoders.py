@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt, TradeRequest
+from p2pgrid.agent.messages import (
+    SaleOffer,
+    ShareInvoice,
+    ShareReceipt,
+    SiteSaleOffer,
+    SiteSaleReceipt,
+    SiteTradeRequest,
+    TradeRequest,
+)
 from p2pgrid.ledger import EntryKind, MalformedError, wire
 from p2pgrid.ledger.bodies import decode_body, encode_body
 from p2pgrid.ledger.entry import decode_entry
@@ -139,12 +147,32 @@ def test_market_messages(seed: object, data: st.DataObject) -> None:
     assert message.encode() == raw
 
 
-@pytest.mark.parametrize("cls", [ShareInvoice, ShareReceipt, SaleOffer, TradeRequest])
+AgentMessage = (
+    ShareInvoice
+    | ShareReceipt
+    | SaleOffer
+    | TradeRequest
+    | SiteTradeRequest
+    | SiteSaleOffer
+    | SiteSaleReceipt
+)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        ShareInvoice,
+        ShareReceipt,
+        SaleOffer,
+        TradeRequest,
+        SiteTradeRequest,
+        SiteSaleOffer,
+        SiteSaleReceipt,
+    ],
+)
 @budget(1 / 3)
 @given(data=st.data())
-def test_agent_messages(
-    cls: type[ShareInvoice | ShareReceipt | SaleOffer | TradeRequest], data: st.DataObject
-) -> None:
+def test_agent_messages(cls: type[AgentMessage], data: st.DataObject) -> None:
     tried("agent message")
     raw = data.draw(mutants([m.encode() for m in AGENT_MESSAGES]))
     try:

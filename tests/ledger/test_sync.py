@@ -344,3 +344,13 @@ async def test_a_push_answered_with_something_else_is_misbehaviour(
         with pytest.raises(SyncMisbehaviour) as caught:
             await Replicator(store, Liar(reply)).push("liar", entries)
         assert caught.value.reason == reason
+
+
+def test_a_head_of_seq_0_is_malformed() -> None:
+    """A peer's HEADS naming an author at seq 0 (with a count: "forked") once made
+    a puller ask for the range 1..0 and fail with an error no caller expected
+    (found by tests/fuzz/test_handlers.py); it is malformed at the decoder."""
+    head = AuthorHead(Author.device(1), 0, 9, b"\x01" * 32, b"\x02" * 32)
+    raw = wire.encode(wire.HeadsReply(Heads([head])))
+    with pytest.raises(MalformedError, match="seq is at least 1"):
+        wire.decode(raw)

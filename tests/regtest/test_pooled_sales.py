@@ -6,6 +6,12 @@ Asserts that in one round both producers are paid by the buyers at the one
 clearing price that any replica recomputes from the log (orders, ``cleared``
 entries, sales: :func:`p2pgrid.agent.rounds.check_pooled_sales`), and that lnd
 and the log agree to the msat (:func:`p2pgrid.reconcile.reconcile`).
+
+A neighbouring site's consumer (``street``) buys what the roofs have left after
+their round (docs/market.md 6.3): both sites log their side (``site_sale``),
+every replica's check passes (:func:`p2pgrid.agent.transit.check_site_sales`),
+and the utility's invoice of that consumer for the period carries the grid fee
+on that energy, paid, with lnd and both logs agreeing to the msat.
 """
 
 from __future__ import annotations
@@ -18,9 +24,23 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.agent.rounds import check_pooled_sales, round_book
+from p2pgrid.agent.transit import check_site_sales
+from p2pgrid.billing import grid_fee_msat, invoice_memo
 from p2pgrid.demo import check_money, snapshots
 from p2pgrid.launcher import RunResult, run_scenario
-from p2pgrid.ledger import Cleared, Entry, Order, Sale
+from p2pgrid.ledger import (
+    Author,
+    Cleared,
+    Entry,
+    Invoice,
+    Membership,
+    Order,
+    Payment,
+    Sale,
+    SaleSide,
+    SiteSale,
+    bill,
+)
 from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
@@ -75,7 +95,7 @@ def _paid_rounds(entries: list[Entry], site_id: str) -> dict[tuple[int, int], se
 
 async def test_both_producers_are_paid_in_one_round_as_the_log_clears_it(run: Run) -> None:
     scenario, _, result, _ = run
-    [site] = scenario.sites
+    site = scenario.sites[0]
     entries = await utility_log(scenario, result.work_dir, site.name)
     site_id = site.identity.site_id
     assert check_pooled_sales(entries, site_id) == []
@@ -101,3 +121,60 @@ async def test_lnd_and_the_log_agree_to_the_msat(run: Run) -> None:
         if isinstance(e.body, Sale)
     ]
     assert checked.payments >= len(sales) >= 2
+
+
+def _membership(run: Run, name: str, entries: list[Entry]) -> Membership:
+    scenario, _, result, _ = run
+    site = next(s for s in scenario.sites if s.name == name)
+    membership = Membership(result.identity(site))
+    membership.learn_from(entries)
+    return membership
+
+
+async def test_a_device_of_another_site_buys_and_pays_the_grid_fee_on_its_invoice(
+    run: Run,
+) -> None:
+    scenario, stack, result, _ = run
+    block_log = await utility_log(scenario, result.work_dir, "block")
+    street_log = await utility_log(scenario, result.work_dir, "street")
+    block = _membership(run, "block", block_log)
+    street = _membership(run, "street", street_log)
+    # The heat pump bought from the block's roofs; both logs show their side.
+    bought = [
+        e.body
+        for e in street_log
+        if isinstance(e.body, SiteSale) and e.body.side == SaleSide.BOUGHT
+    ]
+    sold = [
+        e.body for e in block_log if isinstance(e.body, SiteSale) and e.body.side == SaleSide.SOLD
+    ]
+    assert bought, "the heat pump bought nothing across"
+    assert {b.other_site for b in bought} == {block.site_hash}
+    assert {b.other_device for b in bought} <= {0, 1}  # the roofs
+    assert sorted(b.payment_hash for b in bought) == sorted(s.payment_hash for s in sold)
+    assert check_site_sales(street_log, street.site_hash, {block.site_hash: block}) == []
+    assert check_site_sales(block_log, block.site_hash, {street.site_hash: street}) == []
+    # The utility's invoice of the period carries the grid fee on that energy, paid.
+    transit = sum(b.energy_wh for b in bought)
+    [invoice] = [e for e in street_log if isinstance(e.body, Invoice)]
+    assert isinstance(invoice.body, Invoice)
+    due = bill(street_log, device=0, period=invoice.period, tariff=scenario.tariff)
+    assert (due.transit_wh, due.grid_fee_msat) == (
+        transit,
+        grid_fee_msat(scenario.tariff, transit),
+    )
+    assert due.grid_fee_msat > 0
+    assert invoice.body.amount_msat == due.amount_msat
+    async with stack.client(scenario.utility.name) as utility:
+        found = await utility.lookup_invoice(invoice.body.payment_hash.hex())
+    assert found.memo == invoice_memo(
+        street.site.site_id,
+        0,
+        invoice.period,
+        transit_wh=transit,
+        grid_fee_msat=due.grid_fee_msat,
+    )
+    assert found.amt_paid_msat == due.amount_msat
+    paid = {e.body.payment_hash for e in street_log if isinstance(e.body, Payment)}
+    assert invoice.body.payment_hash in paid
+    assert all(e.author == Author.device(0) for e in street_log if isinstance(e.body, SiteSale))
