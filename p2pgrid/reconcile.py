@@ -16,6 +16,8 @@ lists every disagreement:
   an ``invoice``, the seller for a ``sale``, the producer of the other site
   for a ``site_sale``, the receiver for a share);
 - no payment hash appears twice in the log; nothing is in flight;
+- every ``allowance_sale`` has its buyer's ``payment`` of its hash for its
+  price (that payment is paid to the seller, who logged the sale);
 - per node, the change of its channels' local balance equals what the log says
   it received minus what it paid plus fees, to the msat; routing nodes (the
   utility in a star) together earn exactly the fees the log's payers paid.
@@ -42,6 +44,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
+    AllowanceSale,
     Author,
     Entry,
     Invoice,
@@ -132,6 +135,7 @@ def log_payments(logs: Mapping[bytes, Iterable[Entry]]) -> list[LogPayment]:
     for site, entries in logs.items():
         entries = list(entries)
         invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
+        allowances = {e.body.payment_hash: e for e in entries if isinstance(e.body, AllowanceSale)}
         sales: dict[tuple[Author, int], list[Entry]] = {}
         across: dict[bytes, SiteSale] = {}  # payment hash -> the purchase it paid
         for e in entries:
@@ -147,6 +151,8 @@ def log_payments(logs: Mapping[bytes, Iterable[Entry]]) -> list[LogPayment]:
                     payee = (site, Author.utility())
                 elif (purchase := across.get(body.payment_hash)) is not None:
                     payee = (purchase.other_site, Author.device(purchase.other_device))
+                elif (sold := allowances.get(body.payment_hash)) is not None:
+                    payee = (site, sold.author)  # the seller logged the sale of allowance
                 elif sale := sales.get((e.author, body.amount_msat)):
                     bought = sale.pop(0)  # one sale per payment
                     assert isinstance(bought.body, Sale)
@@ -170,6 +176,36 @@ def log_payments(logs: Mapping[bytes, Iterable[Entry]]) -> list[LogPayment]:
                     )
                 )
     return out
+
+
+def allowance_problems(logs: Mapping[bytes, Iterable[Entry]]) -> list[str]:
+    """Every ``allowance_sale`` has its buyer's ``payment`` of the same hash for
+    exactly its price (the sats that left the buyer's node for it), and names
+    the author of that payment as its buyer."""
+    problems = []
+    for logged in logs.values():
+        entries = list(logged)
+        payments = {
+            e.body.payment_hash: e
+            for e in entries
+            if isinstance(e.body, Payment) and e.author.role is Role.DEVICE
+        }
+        for e in entries:
+            sold = e.body
+            if not isinstance(sold, AllowanceSale):
+                continue
+            paid = payments.get(sold.payment_hash)
+            where = f"{e} (allowance_sale, hash {sold.payment_hash.hex()[:12]})"
+            if paid is None:
+                problems.append(f"{where}: no payment of it in the log")
+            elif paid.author != Author.device(sold.buyer):
+                problems.append(f"{where}: paid by {paid.author}, sold to device {sold.buyer}")
+            elif isinstance(paid.body, Payment) and paid.body.amount_msat != sold.price_msat:
+                problems.append(
+                    f"{where}: the price is {sold.price_msat} msat, "
+                    f"the buyer paid {paid.body.amount_msat}"
+                )
+    return problems
 
 
 def _where(m: LogPayment) -> str:
@@ -238,6 +274,7 @@ def reconcile(
         return members.get(party)
 
     problems += _paid_twice(moves)
+    problems += allowance_problems(logs)
 
     # Every log payment: exactly one succeeded lnd payment on the payer's node.
     new_payments: dict[str, dict[str, list[LnPayment]]] = {}
@@ -354,7 +391,7 @@ def reconcile_node(
     entries = list(entries)
     mine: set[Party] = {(site, a) for a in authors}
     moves = log_payments({site: entries})
-    problems = _paid_twice(moves) + _in_flight(node)
+    problems = _paid_twice(moves) + _in_flight(node) + allowance_problems({site: entries})
     payments: dict[str, list[LnPayment]] = {}
     for p in node.payments:
         payments.setdefault(p.payment_hash, []).append(p)

@@ -5,6 +5,7 @@ from p2pgrid.ledger.bills import bill, invoices_of, metered_devices, paid_hashes
 from p2pgrid.ledger.bodies import (
     ALL_DEVICES,
     Allocation,
+    AllowanceSale,
     Body,
     BodyError,
     Budget,
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_ENTRY_BYTES",
     "SYNC_PROTOCOL_ID",
     "Allocation",
+    "AllowanceSale",
     "Author",
     "AuthorHead",
     "BalanceBook",

@@ -22,8 +22,9 @@ order makes that hold by these rules:
   periods of the entries it drops. The next question about that period or a
   later one re-folds from the oldest stale period, from the entries the book
   holds in memory (never the database), and only up to the period asked.
-- A ``carry_over`` changes the next period's opening balance and a
-  ``site_share_in`` what later periods may still credit: after applying one,
+- A ``carry_over`` changes the next period's opening balance, and a
+  ``site_share_in`` or an ``allowance_sale`` what later periods may still
+  credit (each counts once in the log): after applying one,
   the periods after it are stale.
 
 So a late arrival costs one re-fold of its period (and of the later ones),
@@ -48,7 +49,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from p2pgrid.errors import FatalError
-from p2pgrid.ledger.bodies import CarryOver, SiteShareIn
+from p2pgrid.ledger.bodies import AllowanceSale, CarryOver, SiteShareIn
 from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.ledger.membership import Membership
@@ -160,7 +161,7 @@ class BalanceBook:
         assert folded is not None
         folded.state.apply(entry, self._classes, folded.credit)
         folded.last = _key(entry)
-        if isinstance(entry.body, CarryOver | SiteShareIn):
+        if isinstance(entry.body, CarryOver | SiteShareIn | AllowanceSale):
             self._mark(entry.period + 1)
 
     def _insert(self, entry: Entry) -> None:

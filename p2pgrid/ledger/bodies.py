@@ -43,6 +43,7 @@ class EntryKind(enum.IntEnum):
     ORDER = 16
     CLEARED = 17
     DELIVERED = 18
+    ALLOWANCE_SALE = 19
     SITE_SALE = 20
 
 
@@ -468,6 +469,36 @@ class SiteSale(Body):
         return (period, self.interval, self.side, site, self.other_device)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AllowanceSale(Body):
+    """The author device (the seller) sold ``allowance_msat`` of its allowance
+    of the entry's period to device ``buyer``, who paid ``price_msat`` for it
+    over Lightning, outside its budget: the seller's invoice of
+    ``payment_hash``, settled with ``preimage`` (the proof,
+    SHA-256(preimage) == payment_hash). Authored by the seller, whose balance
+    is debited; the buyer's ``payment`` entry of the same hash records the
+    sats that left its node (docs/market.md, section 2.9)."""
+
+    KIND = EntryKind.ALLOWANCE_SALE
+    ROLES = _DEVICE
+    SINCE = 4
+    buyer: int = _wire(FieldType.U32)
+    allowance_msat: int = _wire(FieldType.U64)
+    price_msat: int = _wire(FieldType.U64)
+    payment_hash: bytes = _wire(FieldType.HASH)
+    preimage: bytes = _wire(FieldType.HASH)
+
+    def check(self, author_role: Role, author_index: int) -> None:
+        _positive("allowance_msat", self.allowance_msat)
+        _positive("price_msat", self.price_msat)
+        if self.price_msat > self.allowance_msat:
+            raise BodyError("allowance sells at most at its face value")
+        if self.buyer == author_index:
+            raise BodyError("a device cannot sell allowance to itself")
+        if hashlib.sha256(self.preimage).digest() != self.payment_hash:
+            raise BodyError("preimage does not match payment_hash")
+
+
 def _member_index(role: int, index: int) -> None:
     try:
         check_member_index(Role(role), index)
@@ -535,6 +566,7 @@ BODY_TYPES: dict[EntryKind, type[Body]] = {
         Order,
         Cleared,
         Delivered,
+        AllowanceSale,
         SiteSale,
     )
 }

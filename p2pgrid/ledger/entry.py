@@ -34,7 +34,8 @@ from p2pgrid.ledger.codec import HASH_LEN, MAX_U32, MAX_U63, U16, Writer
 from p2pgrid.ledger.errors import MalformedError
 
 #: The newest entry format: version 2 added the kinds ``order`` and ``cleared``,
-#: version 3 the kind ``delivered``, version 4 the kind ``site_sale``.
+#: version 3 the kind ``delivered``, version 4 the kinds ``allowance_sale`` and
+#: ``site_sale``.
 #: An entry is written with its kind's version (``Body.SINCE``), so a log of
 #: version 1 entries reads (and hashes) as before.
 FORMAT_VERSION = 4

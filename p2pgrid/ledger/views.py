@@ -32,9 +32,18 @@ Money rules (all integer msat):
   ``payment`` entries are logged later), each invoice once; a payment that pays
   no invoice (a neighbour's energy, recorded with its ``sale``) is not counted.
 
-So a balance never goes negative, and within a period
-``sum(allocation + carried_in + received + sold) ==
-sum(balance + spent + given + bought + carried_out)`` over devices.
+- ``allowance_sale`` (authored by the seller) moves ``allowance_msat`` of the
+  seller's allowance to the buyer *only if the seller's balance covers it* (else
+  ``unfunded``), once per payment hash over the whole log (its preimage is
+  checked when the entry is decoded). The ``price_msat`` the buyer paid for it
+  over Lightning is not budget: it is counted in ``allowance_paid_msat`` (buyer)
+  and ``allowance_earned_msat`` (seller), apart from the balance
+  (docs/market.md, section 2.9).
+
+So a balance never goes negative, and within a period, over devices,
+``sum(allocation + carried_in + received + sold + allowance_bought) ==
+sum(balance + spent + given + bought + carried_out + allowance_sold)`` and
+``sum(allowance_paid) == sum(allowance_earned)``.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from collections.abc import Iterable, Mapping
 
 from p2pgrid.ledger.bodies import (
     Allocation,
+    AllowanceSale,
     Body,
     Budget,
     CarryOver,
@@ -87,6 +97,10 @@ class DeviceAccount:
     transit_wh: int = 0  # of bought_wh: from producers of other sites (grid fee)
     balance_msat: int = 0  # left in the period
     fees_msat: int = 0  # Lightning routing fees paid on top of its payments
+    allowance_bought_msat: int = 0  # allowance bought from other devices (credited)
+    allowance_sold_msat: int = 0  # allowance sold to other devices (debited)
+    allowance_paid_msat: int = 0  # sats paid for allowance bought (not budget)
+    allowance_earned_msat: int = 0  # sats earned for allowance sold (not budget)
 
     @property
     def borrowed(self) -> bool:
@@ -237,6 +251,16 @@ class _Period:
                 acc = self.acc(me)
                 acc["received_msat"] += amount
                 acc["balance_msat"] += amount
+        elif isinstance(body, AllowanceSale):
+            counted = _ALLOWANCE + body.payment_hash
+            if counted not in credit.counted and self.debit(me, body.allowance_msat):
+                credit.counted.add(counted)
+                seller, buyer = self.acc(me), self.acc(body.buyer)
+                seller["allowance_sold_msat"] += body.allowance_msat
+                seller["allowance_earned_msat"] += body.price_msat
+                buyer["allowance_bought_msat"] += body.allowance_msat
+                buyer["allowance_paid_msat"] += body.price_msat
+                buyer["balance_msat"] += body.allowance_msat
         elif isinstance(body, CarryOver):
             if self.debit(me, body.amount_msat):
                 self.acc(me)["carried_out_msat"] += body.amount_msat
@@ -265,8 +289,14 @@ class _Period:
         )
 
 
+#: An ``allowance_sale`` counts once per payment hash: its key in
+#: :attr:`_SiteCredits.counted` (47 bytes, so never a 32-byte entry id there).
+_ALLOWANCE = b"allowance_sale:"
+
+
 class _SiteCredits:
-    """Checks ``site_share_in`` evidence against the owner's other sites, once each."""
+    """Checks ``site_share_in`` evidence against the owner's other sites, once
+    each; also holds the ``allowance_sale`` payment hashes counted so far."""
 
     def __init__(self, site_hash: bytes | None, peer_sites: Mapping[bytes, Membership]) -> None:
         self.site_hash = site_hash

@@ -34,7 +34,7 @@ PEERS = {OTHER.membership.site_hash: OTHER.membership}
 ops = st.lists(
     st.tuples(
         st.sampled_from(
-            ["alloc", "read", "share", "sale", "carry", "next", "fork", "site_in", "late"]
+            ["alloc", "read", "share", "sale", "carry", "allow", "next", "fork", "site_in", "late"]
         ),
         st.sampled_from(DEVICES),
         st.sampled_from(DEVICES),

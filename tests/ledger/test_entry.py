@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from p2pgrid.identity import verify
 from p2pgrid.ledger import (
     Allocation,
+    AllowanceSale,
     Author,
     Body,
     BodyError,
@@ -34,6 +35,7 @@ from p2pgrid.ledger.entry import DOMAIN_TAG, HEADER_LEN
 from tests.ledger.ledger_factory import T0_MS, Site
 
 PREIMAGE = bytes(range(32))
+PAID = hashlib.sha256(PREIMAGE).digest()
 SAMPLES: list[tuple[Author, Body]] = [
     (Author.device(1), MeterReading(T0_MS, 900, 250, 25_000)),
     (Author.utility(), Budget(10_000_000)),
@@ -49,6 +51,10 @@ SAMPLES: list[tuple[Author, Body]] = [
     (Author.device(2), Order(40, "0303" + "01" * 37)),
     (Author.device(2), Cleared(40, 120_000, b"\x02" * 32, "0000000100000002")),
     (Author.device(2), Delivered(40, 1, 60, b"\x03" * 32)),
+    (
+        Author.device(2),
+        AllowanceSale(1, 40_000, 32_000, PAID, PREIMAGE),
+    ),
 ]
 
 
@@ -128,6 +134,19 @@ def test_same_content_signed_twice_has_one_id(site: Site) -> None:
         (Author.device(1), Cleared(3, 1000, bytes(32), "0000000200000001")),  # not ascending
         (Author.device(1), Cleared(3, 1000, bytes(32), "000001")),  # not u32s
         (Author.device(1), Delivered(3, 1, 5, bytes(32))),  # from itself
+        (
+            Author.device(1),
+            AllowanceSale(1, 9, 9, PAID, PREIMAGE),
+        ),  # to itself
+        (
+            Author.device(1),
+            AllowanceSale(2, 9, 10, PAID, PREIMAGE),
+        ),  # above face value
+        (Author.device(1), AllowanceSale(2, 9, 9, bytes(32), PREIMAGE)),  # no proof
+        (
+            Author.device(1),
+            AllowanceSale(2, 9, 0, PAID, PREIMAGE),
+        ),  # no price
     ],
 )
 def test_invalid_bodies_cannot_be_signed(site: Site, author: Author, body: Body) -> None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from p2pgrid.ledger import (
     Allocation,
+    AllowanceSale,
     Author,
     Body,
     Budget,
@@ -128,6 +129,11 @@ def add_op(s: Script, op: str, a: int, b: int, amount: int, period: int) -> int:
         s.add(Author.device(a), Sale(b, 1 + amount // 1000, amount), period)
     elif op == "carry":
         s.add(Author.device(a), CarryOver(amount), period)
+    elif op == "allow" and a != b:  # the same (seller, amount) again: the same hash
+        preimage = hashlib.sha256(f"{a}/{amount}".encode()).digest()
+        price = -(-amount * 80 // 100)
+        paid = hashlib.sha256(preimage).digest()
+        s.add(Author.device(a), AllowanceSale(b, amount, price, paid, preimage), period)
     elif op == "next":
         return period + 1
     return period
@@ -135,7 +141,7 @@ def add_op(s: Script, op: str, a: int, b: int, amount: int, period: int) -> int:
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["alloc", "read", "share", "sale", "carry", "next"]),
+        st.sampled_from(["alloc", "read", "share", "sale", "carry", "allow", "next"]),
         st.sampled_from(DEVICES),
         st.sampled_from(DEVICES),
         st.integers(1, 50_000),
@@ -159,11 +165,27 @@ def test_balances_never_negative_and_sats_conserved(
         assert all(acc.balance_msat >= 0 for acc in accounts), number
         assert sum(a.given_msat for a in accounts) == sum(a.received_msat for a in accounts)
         assert sum(a.bought_msat for a in accounts) == sum(a.sold_msat for a in accounts)
+        assert sum(a.allowance_sold_msat for a in accounts) == sum(
+            a.allowance_bought_msat for a in accounts
+        )
+        assert sum(a.allowance_paid_msat for a in accounts) == sum(
+            a.allowance_earned_msat for a in accounts
+        )
         money_in = sum(
-            a.allocation_msat + a.carried_in_msat + a.received_msat + a.sold_msat for a in accounts
+            a.allocation_msat
+            + a.carried_in_msat
+            + a.received_msat
+            + a.sold_msat
+            + a.allowance_bought_msat
+            for a in accounts
         )
         money_out = sum(
-            a.balance_msat + a.spent_msat + a.given_msat + a.bought_msat + a.carried_out_msat
+            a.balance_msat
+            + a.spent_msat
+            + a.given_msat
+            + a.bought_msat
+            + a.carried_out_msat
+            + a.allowance_sold_msat
             for a in accounts
         )
         assert money_in == money_out
@@ -214,3 +236,24 @@ def test_a_share_from_another_site_counts_once_and_only_with_valid_evidence(site
     alloc = other.chain(Author.owner()).next(Allocation(2, 100_000), ts=T0_MS - 1000)
     other_view = fold([alloc, *other_script])
     assert other_view.account(2, 1).given_msat == 50_000
+
+
+def test_an_allowance_sale_moves_allowance_once_and_its_price_apart(site: Site) -> None:
+    """docs/market.md 2.9: the seller's balance pays the allowance (if it covers
+    it), the buyer's grows by it; the price is counted apart; one hash once."""
+    s = Script(site)
+    s.add(Author.owner(), Allocation(1, 100_000))
+    s.add(Author.owner(), Allocation(2, 10_000))
+    preimage = b"\x07" * 32
+    paid = hashlib.sha256(preimage).digest()
+    sale = AllowanceSale(2, 40_000, 32_000, paid, preimage)
+    s.add(Author.device(1), sale)
+    s.add(Author.device(1), sale)  # the same payment again: counted once
+    other = b"\x08" * 32
+    s.add(Author.device(1), AllowanceSale(2, 70_000, 56_000, hashlib.sha256(other).digest(), other))
+    pv = fold(s.entries).period(1)
+    seller, buyer = pv.account(1), pv.account(2)
+    assert (seller.balance_msat, buyer.balance_msat) == (60_000, 50_000)
+    assert (seller.allowance_sold_msat, buyer.allowance_bought_msat) == (40_000, 40_000)
+    assert (seller.allowance_earned_msat, buyer.allowance_paid_msat) == (32_000, 32_000)
+    assert seller.unfunded_msat == 70_000  # 60 000 left cannot pay 70 000
