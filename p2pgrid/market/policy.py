@@ -221,8 +221,8 @@ def offer_leftover(
     if rate_msat_per_kwh <= 0 or min_price_msat_per_kwh < 0 or window < 1:
         raise MarketError("a tariff rate > 0, a minimum price >= 0 and a window >= 1")
     headroom = forecast.headroom_msat
-    near_end = forecast.end_interval - forecast.first_interval <= window
-    offered = headroom * policy.sell.numerator // policy.sell.denominator if near_end else 0
+    left = forecast.end_interval - forecast.first_interval
+    offered = leftover_msat(headroom, policy, intervals_left=left, window=window)
     energy = min(offered * 1000 // rate_msat_per_kwh, MAX_ENERGY_WH)
     reserve = to_tick(max(min_price_msat_per_kwh, rate_msat_per_kwh))
     if reserve > MAX_PRICE_MSAT_PER_KWH:
@@ -230,3 +230,57 @@ def offer_leftover(
     interval = forecast.first_interval
     ask = Ask(party, forecast.period, interval, energy, reserve) if energy else None
     return LeftoverOffer(ask, headroom, offered if ask else 0, rate_msat_per_kwh)
+
+
+def leftover_msat(
+    headroom_msat: int,
+    policy: LeftoverPolicy,
+    *,
+    intervals_left: int,
+    window: int = DEFAULT_LEFTOVER_WINDOW,
+) -> int:
+    """What a device offers of its leftover budget (2.7 step 2):
+    ``floor(headroom x f)`` when at most ``window`` intervals of the period are
+    left, else 0. ``headroom_msat`` is its forecast's headroom (balance less what
+    the rest of the period is forecast to cost), so what the forecast needs is
+    never offered."""
+    if headroom_msat < 0 or intervals_left < 0 or window < 1:
+        raise MarketError("a headroom >= 0, intervals left >= 0 and a window >= 1")
+    if intervals_left > window:
+        return 0
+    return headroom_msat * policy.sell.numerator // policy.sell.denominator
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceDeal:
+    """One sale of allowance (docs/market.md, section 2.9): ``allowance_msat``
+    moves from the seller's balance to the buyer's, and the buyer pays
+    ``price_msat = ceil(allowance x price_pct / 100)`` over Lightning."""
+
+    allowance_msat: int
+    price_pct: int
+    price_msat: int
+
+
+def allowance_price_msat(allowance_msat: int, price_pct: int) -> int:
+    """``ceil(allowance x price_pct / 100)``: a share of face value, rounded up once."""
+    if allowance_msat < 0 or not 1 <= price_pct <= 100:
+        raise MarketError("an allowance >= 0 and a price of 1..100 % of face value")
+    return -(-allowance_msat * price_pct // 100)
+
+
+def allowance_deal(
+    *, offered_msat: int, requested_msat: int, price_pct: int, max_price_pct: int
+) -> AllowanceDeal | None:
+    """The sale between a seller offering ``offered_msat`` (its :func:`leftover_msat`)
+    at ``price_pct`` of face value and a buyer short of ``requested_msat`` that pays
+    at most ``max_price_pct``: none if the price is above the buyer's maximum or
+    nothing is offered or asked; else ``min(offered, requested)`` at the seller's
+    price. Never more than offered (so never what the seller's forecast needs)
+    nor more than asked, and never at more than face value."""
+    if offered_msat < 0 or requested_msat < 0 or not 0 <= max_price_pct <= 100:
+        raise MarketError("amounts >= 0 and a maximum price of 0..100 % of face value")
+    amount = min(offered_msat, requested_msat)
+    if price_pct > max_price_pct or amount == 0:
+        return None
+    return AllowanceDeal(amount, price_pct, allowance_price_msat(amount, price_pct))
