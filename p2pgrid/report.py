@@ -3,9 +3,11 @@
 Per device: class, allocation, energy used and its cost, its overdraft (the
 metered cost beyond its allocation and the shares it received: what the site
 budget did not cover), shares borrowed and given, energy bought and sold,
-carry-over, balance left, Lightning routing fees paid on top, and the findings of
-the inefficiency view (:func:`p2pgrid.ledger.inefficiencies`): the devices that
-consume more than they should, against their own history and their class.
+leftover allowance bought and sold and the sats paid and earned for it
+(docs/market.md 2.9), carry-over, balance left, Lightning routing fees paid on
+top, and the findings of the inefficiency view
+(:func:`p2pgrid.ledger.inefficiencies`): the devices that consume more than
+they should, against their own history and their class.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class DeviceLine:
     name: str = ""  # the owner's label (device_info), if the log has one
     transit_wh: int = 0  # bought from producers of other sites
     grid_fee_msat: int = 0  # the grid fee line of its invoice (docs/market.md, section 7)
+    allowance_bought_msat: int = 0
+    allowance_sold_msat: int = 0
+    allowance_paid_msat: int = 0  # sats paid for allowance bought (not budget)
+    allowance_earned_msat: int = 0  # sats earned for allowance sold (not budget)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +129,10 @@ def period_report(
                 name=(names or {}).get(device, ""),
                 transit_wh=acc.transit_wh,
                 grid_fee_msat=grid_fee_msat(tariff, acc.transit_wh) if tariff else 0,
+                allowance_bought_msat=acc.allowance_bought_msat,
+                allowance_sold_msat=acc.allowance_sold_msat,
+                allowance_paid_msat=acc.allowance_paid_msat,
+                allowance_earned_msat=acc.allowance_earned_msat,
             )
         )
     return PeriodReport(
@@ -159,9 +169,14 @@ def report_table(report: PeriodReport) -> Table:
     )
     # A period with energy from other sites shows each device's grid fee line.
     transit = ("transit Wh", "grid fee sat") if report.transit_wh else ()
+    # Leftover allowance traded (2.9): two columns, only in a period that has any.
+    allowance = any(line.allowance_bought_msat or line.allowance_sold_msat
+                    for line in report.lines)  # fmt: skip
     for name in ("device", "class", "alloc sat", "used Wh", "cost sat", "overdraft sat",
                  "borrowed", "given",
-                 "bought Wh", *transit, "sold Wh", "carried", "left sat", "fees sat",
+                 "bought Wh", *transit, "sold Wh",
+                 *(("allowance in/out sat", "allowance paid/earned sat") if allowance else ()),
+                 "carried", "left sat", "fees sat",
                  "findings"):  # fmt: skip
         table.add_column(
             name, justify="left" if name in {"device", "class", "findings"} else "right"
@@ -169,6 +184,14 @@ def report_table(report: PeriodReport) -> Table:
     for line in report.lines:
         flagged = line.device in report.wasteful
         fee = (f"{line.transit_wh:,}", _sat(line.grid_fee_msat)) if transit else ()
+        traded = (
+            (
+                f"{_sat(line.allowance_bought_msat)}/{_sat(line.allowance_sold_msat)}",
+                f"{_sat(line.allowance_paid_msat)}/{_sat(line.allowance_earned_msat)}",
+            )
+            if allowance
+            else ()
+        )
         table.add_row(
             escape(line.name or str(line.device)),  # from the log: any text
             escape(line.device_class),
@@ -181,6 +204,7 @@ def report_table(report: PeriodReport) -> Table:
             f"{line.bought_wh:,}",
             *fee,
             f"{line.sold_wh:,}",
+            *traded,
             _sat(line.carried_out_msat),
             _sat(line.balance_msat),
             _sat(line.fees_msat),

@@ -47,7 +47,7 @@ from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing import FlatTariff, MonthlyClock, PeriodClock, model_ms
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer, SiteIdentity
-from p2pgrid.market import Priority, SurplusPolicy
+from p2pgrid.market import KEEP_LEFTOVER, LeftoverPolicy, Priority, SurplusPolicy
 from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
 from p2pgrid.meter.source import CsvFormat, CsvSource
 from p2pgrid.scenario_schema import MeterModel, validate_scenario
@@ -92,6 +92,8 @@ class DeviceSpec:
     priority: Priority = Priority.NORMAL
     weight: int = 1  # share of the site budget
     policy: SurplusPolicy = SurplusPolicy.CARRY_OVER
+    #: Leftover allowance near a period's end (docs/market.md 2.9).
+    leftover: LeftoverPolicy = KEEP_LEFTOVER
     #: A device whose consumption is also fed by its own meter's production.
     producer: bool = False
 
@@ -249,6 +251,7 @@ def parse_scenario(
                     priority=Priority[d.priority.upper()],
                     weight=d.weight,
                     policy=SurplusPolicy(d.policy),
+                    leftover=LeftoverPolicy.parse(d.leftover),
                     producer=d.producer,
                 )
                 for d in s.devices

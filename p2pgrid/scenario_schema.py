@@ -31,6 +31,7 @@ from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing.tariff import FlatTariff
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
+from p2pgrid.market import LeftoverPolicy, MarketError
 from p2pgrid.meter.source import METER_INTERVAL_S, AtEnd, CsvFormat, MeterError, Unit
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
@@ -140,7 +141,19 @@ class DeviceModel(_Strict):
     priority: Literal["critical", "normal", "deferrable"] = "normal"
     weight: Annotated[int, Field(gt=0, le=10**9)] = 1
     policy: Literal["carry_over", "sell_energy", "sell"] = "carry_over"
+    #: Leftover allowance near the period's end (docs/market.md 2.7, 2.9):
+    #: ``carry_over``, ``sell`` or ``split(f)``.
+    leftover: NonEmpty = "carry_over"
     producer: bool = False
+
+    @field_validator("leftover")
+    @classmethod
+    def _leftover_policy(cls, value: str) -> str:
+        try:
+            LeftoverPolicy.parse(value)
+        except MarketError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 def devices_used_twice(devices: list[DeviceModel]) -> str | None:

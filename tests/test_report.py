@@ -8,7 +8,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from p2pgrid.ledger import Allocation, Author, DeviceInfo, MeterReading, Share, fold
+from p2pgrid.ledger import (
+    Allocation,
+    AllowanceSale,
+    Author,
+    DeviceInfo,
+    MeterReading,
+    Payment,
+    Share,
+    fold,
+)
 from p2pgrid.ledger.proof import proof_memo
 from p2pgrid.report import period_report, report_png, report_table
 from tests.ledger.ledger_factory import T0_MS, Site
@@ -59,3 +68,35 @@ def test_report_names_the_device_that_uses_more_than_it_should(tmp_path: Path) -
     width, height = struct.unpack(">II", data[16:24])
     assert width >= 400
     assert height == 400
+
+
+def test_report_shows_allowance_bought_and_sold_and_its_price() -> None:
+    site = Site.make(b"report allowance")
+    owner = site.chain(Author.owner())
+    entries = [owner.next(Allocation(d, 100_000)) for d in (0, 1)]
+    preimage = b"\x02" * 32
+    paid = hashlib.sha256(preimage).digest()
+    buyer = site.chain(Author.device(1))
+    entries.append(buyer.next(Payment(24_000, paid, preimage, 3), ts=T0_MS + 10_000))
+    seller = site.chain(Author.device(0))
+    sale = AllowanceSale(1, 30_000, 24_000, paid, preimage)
+    entries.append(seller.next(sale, ts=T0_MS + 11_000))
+    report = period_report(fold(entries), 1, site="abc")
+    by_device = {line.device: line for line in report.lines}
+    assert (by_device[0].allowance_sold_msat, by_device[0].allowance_earned_msat) == (
+        30_000,
+        24_000,
+    )
+    assert (by_device[1].allowance_bought_msat, by_device[1].allowance_paid_msat) == (
+        30_000,
+        24_000,
+    )
+    assert (by_device[0].balance_msat, by_device[1].balance_msat) == (70_000, 130_000)
+    console = Console(record=True, width=250)
+    console.print(report_table(report))
+    text = console.export_text()
+    assert "allowance in/out sat" in text
+    assert "0.000/30.000" in text  # device 0 sold 30 sat of allowance...
+    assert "0.000/24.000" in text  # ...and earned 24 sat for it
+    assert "30.000/0.000" in text
+    assert "24.000/0.000" in text

@@ -50,6 +50,15 @@ class ShareConfig(_Frozen):
     #: A device whose forecast for the rest of the period exceeds its balance asks
     #: for the shortfall early, at most once every this many intervals.
     early_ask_intervals: Annotated[int, Field(ge=1, le=100_000)] = 4
+    #: Leftover allowance (docs/market.md, section 2.9) is sold, and bought, in
+    #: the last this many intervals of a period (2.7 step 1).
+    leftover_window: Annotated[int, Field(ge=1, le=100_000)] = 4
+    #: A seller's price for its leftover allowance, in percent of face value.
+    leftover_price_pct: Annotated[int, Field(ge=1, le=100)] = 80
+    #: The most a buyer pays for allowance, in percent of face value (0: never buys).
+    allowance_max_price_pct: Annotated[int, Field(ge=0, le=100)] = 90
+    #: An allowance invoice is payable this long.
+    allowance_expiry_s: Annotated[int, Field(gt=0, le=86_400)] = 600
 
 
 class EnergyConfig(_Frozen):

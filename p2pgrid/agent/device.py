@@ -65,6 +65,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 
+from p2pgrid.agent.allowance import AllowanceDesk
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.payguard import MIN_PAYMENT_MSAT
@@ -102,15 +103,18 @@ from p2pgrid.ledger import (
 from p2pgrid.lightning import NodeWatch
 from p2pgrid.market import (
     DEFAULT_WINDOW_DAYS,
+    KEEP_LEFTOVER,
     CurvePlan,
     Flexibility,
     Forecast,
+    LeftoverPolicy,
     Party,
     Priority,
     SurplusPolicy,
     deferred_wh,
     early_need_msat,
     forecast_period,
+    leftover_msat,
     spare_msat,
 )
 from p2pgrid.meter import INTERVALS_PER_DAY, MeterSource, Reading
@@ -129,6 +133,8 @@ class DeviceProfile:
     priority: Priority
     policy: SurplusPolicy
     utility_pubkey: str  # the utility's lnd node
+    #: How much of its leftover allowance it sells near a period's end (2.9).
+    leftover: LeftoverPolicy = KEEP_LEFTOVER
 
 
 @dataclasses.dataclass
@@ -148,6 +154,8 @@ class AgentReport:
     offered_wh: int = 0  # to neighbours (reserved for a buyer; paid or not)
     shares_received_msat: int = 0
     carried_over_msat: int = 0
+    allowance_bought_msat: int = 0  # leftover allowance bought from site peers (logged)
+    allowance_sold_msat: int = 0  # ... and sold to them
     settlements: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)
     period_states: dict[int, str] = dataclasses.field(default_factory=dict)
 
@@ -258,6 +266,18 @@ class DeviceAgent:
             book=self.book,
         )
         self.transit = TransitDesk(self.energy, trade_logs or {})
+        self.allowance = AllowanceDesk(
+            me=me,
+            host=self.peers,
+            node=self.node,
+            paymaster=self.paymaster,
+            leftover=self.leftover,
+            name=self.name,
+            nodes=self.nodes,
+            announce=self.announce_new,
+            now=clock.now,
+            config=self.config.share,
+        )
         self.settler = InvoiceSettler(
             device=profile.index,
             site_id=profile.site_id,
@@ -277,6 +297,7 @@ class DeviceAgent:
         self.desk.install()
         self.energy.install()
         self.transit.install()
+        self.allowance.install()
 
     # -- money -------------------------------------------------------------------
 
@@ -323,10 +344,57 @@ class DeviceAgent:
         if period != self.clock.period_of(self._interval):
             return 0  # only the current period's budget is shared
         forecast = await self.forecast(period, self._interval + 1)
-        received = self.book.account(self.profile.index, period).received_msat
-        return spare_msat(
-            forecast, min_samples=self.config.share.min_forecast_samples, received_msat=received
+        return await self._spare(forecast, period, kept=True)
+
+    async def _spare(self, forecast: Forecast, period: int, *, kept: bool) -> int:
+        """2.2's spare of ``forecast``, never on budget received in ``period`` (shares,
+        and allowance bought: it was short); ``kept``: less what is set aside for
+        sale near the period's end and what open allowance offers hold (2.9)."""
+        acc = self.book.account(self.profile.index, period)
+        spare = spare_msat(
+            forecast,
+            min_samples=self.config.share.min_forecast_samples,
+            received_msat=acc.received_msat + acc.allowance_bought_msat,
         )
+        if not kept:
+            return spare
+        return max(0, spare - self._for_sale(spare) - self.allowance.held(period))
+
+    def _for_sale(self, spare_msat: int) -> int:
+        """The policy's share of ``spare_msat`` near the period's end, else 0."""
+        return leftover_msat(
+            spare_msat,
+            self.profile.leftover,
+            intervals_left=self._left_after(self._interval),
+            window=self.config.share.leftover_window,
+        )
+
+    def _left_after(self, interval: int) -> int:
+        """The intervals of ``interval``'s period after it."""
+        return self.clock.first_interval(self.clock.period_of(interval) + 1) - interval - 1
+
+    async def leftover(self, period: int) -> int:
+        """What this device sells of its allowance of ``period`` now: its policy's
+        share of its headroom near the period's end (docs/market.md 2.7, 2.9). The
+        headroom is forecast from the current interval on (it may not be metered
+        yet), so what the rest of the period needs is never sold."""
+        if period != self.clock.period_of(self._interval) or self.profile.leftover.sell == 0:
+            return 0
+        forecast = await self.forecast(period, self._interval)
+        return self._for_sale(await self._spare(forecast, period, kept=False))
+
+    async def _buy_allowance(self, need_msat: int, period: int, peers: list[PeerRef]) -> int:
+        """Buy leftover allowance from site peers for ``need_msat``, near the
+        period's end only (docs/market.md 2.9)."""
+        if self._left_after(self._interval) > self.config.share.leftover_window or not peers:
+            return 0
+        try:
+            got = await self.allowance.buy(need_msat, period, peers)
+        except RetryableError as exc:
+            self._node_away("buying allowance", exc)
+            return 0
+        self.report.allowance_bought_msat += got
+        return got
 
     def flexibility(self) -> Flexibility:
         """How much of this device's load can wait (its class; docs/market.md 2.8)."""
@@ -442,6 +510,7 @@ class DeviceAgent:
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
+        self.report.allowance_sold_msat = self.allowance.sold_msat
         return self.report
 
     async def _read_intervals(self) -> set[int]:
@@ -493,6 +562,8 @@ class DeviceAgent:
                 got = await self._ask(cost - await self.balance(period), period, others)
                 self.report.shares_received_msat += got
                 self.report.site_shares_received_msat += got
+            if await self.balance(period) < cost:  # leftover allowance of a site peer
+                await self._buy_allowance(cost - await self.balance(period), period, peers)
             if await self.balance(period) < cost and self.profile.priority is not Priority.CRITICAL:
                 await self._write(
                     Curtailment(self.profile.index, start_ms, METER_INTERVAL_S, 0), period
@@ -528,6 +599,7 @@ class DeviceAgent:
         )
         if not self.clock.is_last_of_period(interval):
             await self._ask_early(interval, peers)
+            await self._buy_allowance_early(interval, peers)
 
     async def _buy(self, need_wh: int, interval: int, modelled: int, peers: list[PeerRef]) -> int:
         """Bid this interval's need in its pooled round with the device's curve,
@@ -586,6 +658,17 @@ class DeviceAgent:
         log.info("[%s] forecast short by %d msat this period: asking early", self.name, need)
         self.report.shares_received_msat += await self._ask(need, period, peers)
 
+    async def _buy_allowance_early(self, interval: int, peers: list[PeerRef]) -> None:
+        """Near the period's end, buy leftover allowance for the forecast shortfall
+        of the rest of the period that shares did not cover."""
+        if self._left_after(interval) > self.config.share.leftover_window:
+            return
+        period = self.clock.period_of(interval)
+        rest = await self.forecast(period, interval + 1)
+        need = early_need_msat(rest, min_samples=self.config.share.min_forecast_samples)
+        if need >= MIN_PAYMENT_MSAT:
+            await self._buy_allowance(need, period, peers)
+
     async def _ask(self, need_msat: int, period: int, peers: list[PeerRef]) -> int:
         try:
             return await self.desk.ask(need_msat, period, peers)
@@ -597,6 +680,7 @@ class DeviceAgent:
         state = self.periods[period]
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
         await self.energy.resolved(period)  # held sale payments land first (bounded)
+        await self.allowance.close(period)  # paid allowance offers logged, the rest cancelled
         async with self.desk.giving:  # a share of this period in flight lands first
             left = await self.balance(period)
             floor = self.store.next_position(self.writer.author)[3]

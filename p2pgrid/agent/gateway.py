@@ -210,6 +210,7 @@ async def open_device(
             site_id=identity.site_id,
             priority=device.priority,
             policy=device.policy,
+            leftover=device.leftover,
             utility_pubkey=runtime.utility_pubkey,
         ),
         AgentParts(

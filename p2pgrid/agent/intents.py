@@ -64,6 +64,8 @@ class PurposeKind(enum.Enum):
     SHARE = "share"  # a share of budget: a ``share`` entry (proof in its memo)
     SITE_SHARE = "site_share"  # to the owner's other site: a ``site_share`` entry
     SITE_SALE = "site_sale"  # a producer's energy of another site: ``site_sale`` + ``payment``
+    ALLOWANCE = "allowance"  # leftover allowance bought: a ``payment`` entry (the seller
+    # logs the ``allowance_sale``)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class Purpose:
 
     kind: PurposeKind
     amount_msat: int
-    device: int = 0  # the payee device (share, sale seller); the payer itself for invoices
+    device: int = 0  # the payee device (share, sale or allowance seller); the payer for invoices
     energy_wh: int = 0  # sale
     to_site: str = ""  # site_share, site_sale: hex site hash of the other site
     interval: int = 0  # site_sale: the round's interval

@@ -20,6 +20,13 @@ producer answers a :class:`SiteSaleOffer` carrying its signed ``order`` entry
 :class:`SiteSaleReceipt` with its signed ``site_sale`` entry, and the producer
 answers one with its own.
 
+Near the end of a period a device short of allowance sends its site peers an
+:class:`AllowanceRequest`; a peer that sells leftover allowance answers an
+:class:`AllowanceOffer` with an invoice of its lnd for the price; the buyer
+pays it and sends the preimage in an :class:`AllowancePaid`; the seller logs
+its ``allowance_sale`` and answers an :class:`AllowanceReceipt` holding that
+signed entry (docs/market.md, section 2.9).
+
 Encoding (the shared :mod:`p2pgrid.codec`): version byte ``0x01``, then the
 fields in order; ``hash32`` is 32 bytes, ``u64`` big-endian, ``bytes16`` a u16
 length then that many bytes (at most ``MAX_FIELD_BYTES``).
@@ -27,11 +34,12 @@ length then that many bytes (at most ``MAX_FIELD_BYTES``).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Final, Self
 
-from p2pgrid.market import MessageError
+from p2pgrid.market import MessageError, Party
 from p2pgrid.market.codec import Reader, Writer
 
 VERSION: Final = 1
@@ -42,6 +50,10 @@ KIND_TRADE_REQUEST: Final = 0x0313
 KIND_SITE_TRADE_REQUEST: Final = 0x0314
 KIND_SITE_SALE_OFFER: Final = 0x0315
 KIND_SITE_SALE_RECEIPT: Final = 0x0316
+KIND_ALLOWANCE_REQUEST: Final = 0x0318
+KIND_ALLOWANCE_OFFER: Final = 0x0319
+KIND_ALLOWANCE_PAID: Final = 0x031A
+KIND_ALLOWANCE_RECEIPT: Final = 0x031B
 #: The devices a book may list (a TradeRequest's count is a u16).
 MAX_BOOK_DEVICES: Final = 1024
 MAX_FIELD_BYTES: Final = 4096
@@ -291,3 +303,161 @@ class SiteSaleReceipt:
         entry = r.var16(MAX_FIELD_BYTES)
         r.expect_end()
         return cls(entry)
+
+
+def _amount(name: str, value: int) -> None:
+    if not isinstance(value, int) or not 0 < value < 2**63:
+        raise MessageError(f"{name} within 1..2^63-1")
+
+
+def _pct(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or not low <= value <= 100:
+        raise MessageError(f"{name} within {low}..100")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceRequest:
+    """``buyer`` forecasts a shortfall of ``amount_msat`` in ``period`` and buys
+    allowance at up to ``max_price_pct`` of its face value; offers are welcome
+    until ``deadline_ms`` (wall time). Its :attr:`id` names the request.
+
+    Layout: ``version u8, buyer party (site_id 8s, device u32), period u32,
+    amount_msat u63, max_price_pct u8, deadline_ms u63``."""
+
+    KIND: ClassVar[int] = KIND_ALLOWANCE_REQUEST
+    buyer: Party
+    period: int
+    amount_msat: int
+    max_price_pct: int
+    deadline_ms: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.period < 2**32 or not 0 <= self.deadline_ms < 2**63:
+            raise MessageError("period is a u32 and deadline_ms a u63")
+        _amount("amount_msat", self.amount_msat)
+        _pct("max_price_pct", self.max_price_pct, 0)
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.raw(bytes.fromhex(self.buyer.site_id))
+        w.u32(self.buyer.device)
+        w.u32(self.period)
+        w.u64(self.amount_msat)
+        w.u8(self.max_price_pct)
+        w.u64(self.deadline_ms)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        buyer = Party(r.raw(8).hex(), r.u32())
+        period, amount, pct, deadline = r.u32(), r.u64(), r.u8(), r.u64()
+        r.expect_end()
+        return cls(buyer, period, amount, pct, deadline)
+
+    @property
+    def id(self) -> bytes:
+        """SHA-256 of the kind (u16) and the encoded bytes."""
+        return hashlib.sha256(self.KIND.to_bytes(2, "big") + self.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceOffer:
+    """``seller`` sells ``allowance_msat`` of its allowance to the request
+    ``request_id`` at ``price_pct`` of face value, ``price_msat``
+    (``ceil(allowance x price_pct / 100)``), payable with ``bolt11``.
+
+    Layout: ``version u8, request_id hash32, seller party, allowance_msat u63,
+    price_pct u8, price_msat u63, bolt11 var16``."""
+
+    KIND: ClassVar[int] = KIND_ALLOWANCE_OFFER
+    request_id: bytes
+    seller: Party
+    allowance_msat: int
+    price_pct: int
+    price_msat: int
+    bolt11: str
+
+    def __post_init__(self) -> None:
+        if len(self.request_id) != 32:
+            raise MessageError("request_id is 32 bytes")
+        _amount("allowance_msat", self.allowance_msat)
+        _amount("price_msat", self.price_msat)
+        _pct("price_pct", self.price_pct, 1)
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.raw(self.request_id)
+        w.raw(bytes.fromhex(self.seller.site_id))
+        w.u32(self.seller.device)
+        w.u64(self.allowance_msat)
+        w.u8(self.price_pct)
+        w.u64(self.price_msat)
+        w.var16(self.bolt11.encode(), MAX_FIELD_BYTES)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        request_id = r.hash32()
+        seller = Party(r.raw(8).hex(), r.u32())
+        allowance, pct, price = r.u64(), r.u8(), r.u64()
+        bolt11 = r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(request_id, seller, allowance, pct, price, _ascii(bolt11))
+
+
+@dataclass(frozen=True, slots=True)
+class AllowancePaid:
+    """The buyer paid the offer of ``request_id``: ``preimage`` is lnd's proof.
+
+    Layout: ``version u8, request_id hash32, preimage hash32``."""
+
+    KIND: ClassVar[int] = KIND_ALLOWANCE_PAID
+    request_id: bytes
+    preimage: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.request_id) != 32 or len(self.preimage) != 32:
+            raise MessageError("request_id and preimage are 32 bytes")
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.raw(self.request_id)
+        w.raw(self.preimage)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        request_id, preimage = r.hash32(), r.hash32()
+        r.expect_end()
+        return cls(request_id, preimage)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceReceipt:
+    """The seller's signed ``allowance_sale`` entry of the request ``request_id``.
+
+    Layout: ``version u8, request_id hash32, entry var16``."""
+
+    KIND: ClassVar[int] = KIND_ALLOWANCE_RECEIPT
+    request_id: bytes
+    sale_entry: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.request_id) != 32:
+            raise MessageError("request_id is 32 bytes")
+
+    def encode(self) -> bytes:
+        w = _writer()
+        w.raw(self.request_id)
+        w.var16(self.sale_entry, MAX_FIELD_BYTES)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = _reader(data)
+        request_id, entry = r.hash32(), r.var16(MAX_FIELD_BYTES)
+        r.expect_end()
+        return cls(request_id, entry)

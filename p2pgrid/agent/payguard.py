@@ -116,6 +116,22 @@ def site_sale_memo(
     )
 
 
+def allowance_memo(
+    request_id: bytes,
+    seller: Party,
+    buyer: Party,
+    allowance_msat: int,
+    price_msat: int,
+    period: int,
+) -> str:
+    """The description of an allowance invoice: binds it to one request, the
+    two parties, the allowance, its price and the period (docs/market.md 2.9)."""
+    return (
+        f"p2pgrid allowance {request_id.hex()} {allowance_msat} msat of period {period} "
+        f"from {_party(seller)} to {_party(buyer)} for {price_msat} msat"
+    )
+
+
 def check_invoice(
     decoded: DecodedInvoice,
     *,

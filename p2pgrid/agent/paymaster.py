@@ -81,7 +81,7 @@ def bodies_for(purpose: Purpose, payment: LnPayment) -> list[Body]:
     proof = Payment(purpose.amount_msat, payment_hash, preimage, payment.fee_msat)
     memo = proof_memo(payment_hash, preimage, payment.fee_msat)
     match purpose.kind:
-        case PurposeKind.INVOICE:
+        case PurposeKind.INVOICE | PurposeKind.ALLOWANCE:
             return [proof]
         case PurposeKind.SALE:
             return [Sale(purpose.device, purpose.energy_wh, purpose.amount_msat), proof]

@@ -20,7 +20,7 @@ from p2pgrid.identity import Role, SiteIdentity
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Membership
 from p2pgrid.ledger.activity import activity
-from p2pgrid.market import Party, Priority, SurplusPolicy
+from p2pgrid.market import LeftoverPolicy, Party, Priority, SurplusPolicy
 from p2pgrid.provision import membership_of
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import DeviceSpec, meter_spec
@@ -56,6 +56,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             priority=Priority[row.priority.upper()],
             weight=row.weight,
             policy=SurplusPolicy(row.policy),
+            leftover=LeftoverPolicy.parse(row.leftover),
             producer=row.producer,
         ),
         signer=signer,

@@ -64,6 +64,7 @@ from p2pgrid.market.messages import (
 )
 from p2pgrid.market.policy import (
     DEFAULT_LEFTOVER_WINDOW,
+    KEEP_LEFTOVER,
     AllowanceDeal,
     LeftoverOffer,
     LeftoverPolicy,
@@ -98,6 +99,7 @@ __all__ = [
     "DEFAULT_WINDOW_DAYS",
     "FIRM",
     "FORMAT_VERSION",
+    "KEEP_LEFTOVER",
     "KIND_ASK",
     "KIND_BID",
     "KIND_CLEARING",

@@ -173,6 +173,10 @@ class LeftoverPolicy:
         return f"split({float(self.sell)})"
 
 
+#: The default policy: nothing is sold, the whole leftover is carried over.
+KEEP_LEFTOVER: Final = LeftoverPolicy(Fraction(0))
+
+
 @dataclass(frozen=True, slots=True)
 class LeftoverOffer:
     """What a device offers of its leftover budget in one round, and what that
