@@ -1,0 +1,251 @@
+"""AllowanceDesk against fake Lightning and fake peers (real SQLite): leftover
+allowance is sold once, at the seller's price, paid by the buyer outside its
+budget and logged by both (docs/market.md, section 2.9); a seller that lies
+(another node, another description, another amount, a price off the rule or
+above the buyer's maximum, more than asked, an expiring invoice) is refused and
+paid nothing; a buyer that crashes mid-payment logs its payment on restart and
+the seller its sale at the period's close. Reconciliation passes after each."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.agent.allowance import ALLOWANCE_REQUEST_PROTOCOL, AllowanceDesk
+from p2pgrid.agent.config import ShareConfig
+from p2pgrid.agent.intents import PaymentIntent, Purpose, PurposeKind
+from p2pgrid.agent.messages import AllowanceOffer, AllowanceRequest
+from p2pgrid.agent.payguard import allowance_memo
+from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.ledger import AllowanceSale, Entry, Payment, fold
+from p2pgrid.lightning import InvoiceState
+from p2pgrid.net import Delivery, RequestRejected
+from tests.agent.rig import Device, Rig
+
+PERIOD = 1
+LEFTOVER = 50_000  # what the seller offers of its allowance
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path)
+    yield rig
+    await rig.close()
+
+
+def desk(rig: Rig, device: Device, leftover: int = 0) -> AllowanceDesk:
+    async def offered(period: int) -> int:
+        return leftover if period == PERIOD else 0
+
+    made = AllowanceDesk(
+        me=rig.party(device.index),
+        host=device.peers,
+        node=device.node,
+        paymaster=device.paymaster,
+        leftover=offered,
+        name=device.name,
+        nodes=rig.nodes,
+        announce=rig.spread,
+        now=rig.clock,
+        config=ShareConfig(),
+    )
+    made.install()
+    return made
+
+
+async def pair(rig: Rig) -> tuple[Device, Device, AllowanceDesk, AllowanceDesk]:
+    seller, buyer = await rig.device(0), await rig.device(1)
+    for device, amount in ((seller, 100_000), (buyer, 10_000)):  # one owner chain
+        await rig.allocate(seller.store, device.index, amount, PERIOD)
+    desks = desk(rig, seller, LEFTOVER), desk(rig, buyer)
+    await rig.spread()
+    await rig.start()
+    return seller, buyer, *desks
+
+
+def kind(entries: list[Entry], body: type) -> list[Entry]:
+    return [e for e in entries if isinstance(e.body, body)]
+
+
+async def test_allowance_is_sold_once_at_the_sellers_price_and_both_sides_log_it(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, buying = await pair(rig)
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 30_000
+    [sale] = kind(await buyer.store.entries(), AllowanceSale)  # ingested from the receipt
+    assert (sale.author.index, sale.period) == (0, PERIOD)
+    assert isinstance(sale.body, AllowanceSale)
+    assert (sale.body.buyer, sale.body.allowance_msat, sale.body.price_msat) == (1, 30_000, 24_000)
+    [paid] = kind(await buyer.store.entries(), Payment)
+    assert isinstance(paid.body, Payment)
+    assert (paid.body.payment_hash, paid.body.amount_msat) == (sale.body.payment_hash, 24_000)
+    view = fold(await rig.site_log()).period(PERIOD)
+    assert (view.account(0).balance_msat, view.account(1).balance_msat) == (70_000, 40_000)
+    assert (view.account(0).allowance_earned_msat, view.account(1).allowance_paid_msat) == (
+        24_000,
+        24_000,
+    )
+    assert (selling.sold_msat, buying.bought_msat, selling.held(PERIOD)) == (30_000, 30_000, 0)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == 24_000  # the price, not the allowance: that is budget
+    # the seller's node earned the price, the buyer's paid it and the route's fee
+    assert seller.node.local_msat - rig.before["dev0"].local_msat == 24_000
+
+
+async def test_a_seller_offers_only_its_leftover_less_what_open_offers_hold(rig: Rig) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    for amount, expected in ((30_000, 30_000), (40_000, 20_000)):
+        request = AllowanceRequest(rig.party(1), PERIOD, amount, 90, int(rig.clock() * 1000) + 5000)
+        reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+        assert reply.decode(AllowanceOffer).allowance_msat == expected
+    assert selling.held(PERIOD) == LEFTOVER
+    late = AllowanceRequest(rig.party(1), PERIOD, 1_000, 90, int(rig.clock() * 1000) + 6000)
+    with pytest.raises(RequestRejected, match="no leftover allowance"):
+        await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, late)
+    dear = AllowanceRequest(rig.party(1), PERIOD, 1_000, 50, int(rig.clock() * 1000) + 7000)
+    await selling.close(PERIOD)  # nothing was paid: both invoices are cancelled
+    states = {i.state for i in await seller.node.list_invoices()}
+    assert states == {InvoiceState.CANCELED}
+    assert selling.held(PERIOD) == 0
+    with pytest.raises(RequestRejected, match="closed"):
+        await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, dear)
+    assert kind(await seller.store.entries(), AllowanceSale) == []
+    assert (await rig.reconcile()).ok
+
+
+Lie = Callable[[Rig, Device, AllowanceRequest], Awaitable[AllowanceOffer]]
+
+
+async def _honest(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 24_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(24_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 24_000, invoice.payment_request)
+
+
+async def _to_another_node(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 24_000, period=PERIOD)
+    invoice = await rig.mallory.add_invoice(24_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 24_000, invoice.payment_request)
+
+
+async def _described_for_more(
+    rig: Rig, seller: Device, request: AllowanceRequest
+) -> AllowanceOffer:
+    # the description binds 40 000 msat of allowance: the offer says 30 000
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 40_000, 24_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(24_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 24_000, invoice.payment_request)
+
+
+async def _another_period(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 24_000, period=2)
+    invoice = await seller.node.add_invoice(24_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 24_000, invoice.payment_request)
+
+
+async def _bolt11_for_more(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    offer = await _honest(rig, seller, request)
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 24_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(24_001, memo)
+    return dataclasses.replace(offer, bolt11=invoice.payment_request)
+
+
+async def _price_off_the_rule(
+    rig: Rig, seller: Device, request: AllowanceRequest
+) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 27_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(27_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 27_000, invoice.payment_request)
+
+
+async def _above_the_buyers_max(
+    rig: Rig, seller: Device, request: AllowanceRequest
+) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 28_500, period=PERIOD)
+    invoice = await seller.node.add_invoice(28_500, memo)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 95, 28_500, invoice.payment_request)
+
+
+async def _more_than_asked(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 40_000, 32_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(32_000, memo)
+    return AllowanceOffer(request.id, rig.party(0), 40_000, 80, 32_000, invoice.payment_request)
+
+
+async def _expiring(rig: Rig, seller: Device, request: AllowanceRequest) -> AllowanceOffer:
+    memo = allowance_memo(request.id, rig.party(0), request.buyer, 30_000, 24_000, period=PERIOD)
+    invoice = await seller.node.add_invoice(24_000, memo, expiry_s=5)
+    return AllowanceOffer(request.id, rig.party(0), 30_000, 80, 24_000, invoice.payment_request)
+
+
+@pytest.mark.parametrize(
+    ("lie", "why"),
+    [
+        (_to_another_node, "pays node"),
+        (_described_for_more, "is for"),
+        (_another_period, "is for"),
+        (_bolt11_for_more, "asks 24001 msat"),
+        (_price_off_the_rule, "is not 80 %"),
+        (_above_the_buyers_max, "at most 90"),
+        (_more_than_asked, "30000 were asked"),
+        (_expiring, "expires"),
+    ],
+)
+async def test_a_lying_seller_is_refused_and_paid_nothing(rig: Rig, lie: Lie, why: str) -> None:
+    seller, buyer, _, buying = await pair(rig)
+
+    async def lying(delivery: Delivery) -> AllowanceOffer:
+        return await lie(rig, seller, delivery.decode(AllowanceRequest))
+
+    seller.peers.handle(ALLOWANCE_REQUEST_PROTOCOL, lying)
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 0
+    assert any(why in r for r in buying.refused), buying.refused
+    assert buyer.node.attempts == []
+    assert await buyer.intents.all() == []
+    assert kind(await buyer.store.entries(), Payment) == []
+    assert (await rig.reconcile()).ok
+
+
+async def test_the_honest_offer_of_the_lying_tests_is_paid(rig: Rig) -> None:
+    """The lies above differ from this offer in one field each."""
+    seller, buyer, _, buying = await pair(rig)
+
+    async def honest(delivery: Delivery) -> AllowanceOffer:
+        return await _honest(rig, seller, delivery.decode(AllowanceRequest))
+
+    seller.peers.handle(ALLOWANCE_REQUEST_PROTOCOL, honest)
+    await buying.buy(30_000, PERIOD, [seller.peers.ref])  # no receipt: not the desk's offer
+    assert len(buyer.node.attempts) == 1
+    assert [e.body.amount_msat for e in kind(await buyer.store.entries(), Payment)] == [24_000]
+
+
+async def test_a_buyer_that_crashes_mid_payment_logs_it_and_the_seller_sells_at_close(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    decoded = await buyer.node.decode_invoice(offer.bolt11)
+    purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
+    intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
+    await buyer.intents.record(intent)
+    await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)  # then the buyer crashes
+    restarted = Paymaster(node=buyer.node, writer=buyer.writer, intents=buyer.intents, name="dev1")
+    [resolved] = await restarted.recover()  # on start: the payment is logged
+    assert resolved.purpose.kind is PurposeKind.ALLOWANCE
+    await selling.close(PERIOD)  # the buyer never said so: the seller finds it paid
+    await rig.spread()
+    log = await rig.site_log()
+    [sale] = kind(log, AllowanceSale)
+    [paid] = kind(log, Payment)
+    assert isinstance(sale.body, AllowanceSale)
+    assert isinstance(paid.body, Payment)
+    assert sale.body.payment_hash == paid.body.payment_hash
+    assert fold(log).period(PERIOD).account(1).allowance_bought_msat == 30_000
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
