@@ -12,11 +12,18 @@ their round (docs/market.md 6.3): both sites log their side (``site_sale``),
 every replica's check passes (:func:`p2pgrid.agent.transit.check_site_sales`),
 and the utility's invoice of that consumer for the period carries the grid fee
 on that energy, paid, with lnd and both logs agreeing to the msat.
+
+Then, on the same stack, the site again (another seed) with a day of meter
+history, every device's leftover policy ``sell`` and the EV's allocation short
+of its forecast: near the period's end the EV buys leftover allowance from a
+roof with real sats (docs/market.md, section 2.9), the roof logs the
+``allowance_sale``, the EV the ``payment``, and lnd and the log agree to the msat.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +36,7 @@ from p2pgrid.billing import grid_fee_msat, invoice_memo
 from p2pgrid.demo import check_money, snapshots
 from p2pgrid.launcher import RunResult, run_scenario
 from p2pgrid.ledger import (
+    AllowanceSale,
     Author,
     Cleared,
     Entry,
@@ -40,8 +48,9 @@ from p2pgrid.ledger import (
     SaleSide,
     SiteSale,
     bill,
+    fold,
 )
-from p2pgrid.reconcile import NodeSnapshot
+from p2pgrid.reconcile import NodeSnapshot, Reconciliation
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.scenario import Scenario, load_scenario
@@ -50,24 +59,66 @@ from tests.regtest.conftest import TEST_ROOT
 
 SCENARIO = Path(__file__).with_name("pooled_site.toml")
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
+#: The allowance run's weights (budget 2 000 000 msat: 100 000 msat each): the
+#: roofs use nothing, the HVAC about its allocation, the EV more than its own.
+ALLOWANCE_WEIGHTS = {"roof-a": 6, "roof-b": 1, "hvac": 6, "ev": 7}
+
+
+def allowance_scenario(path: Path) -> Path:
+    """``pooled_site.toml`` a day later (the forecast has a day of history), with
+    every device selling its leftover and the weights above."""
+    text = SCENARIO.read_text()
+    # the block alone: no neighbouring site (the first run's) to trade with
+    text = text[: text.index('[[sites]]\nname = "street"')]
+    text = text.replace('trade_sites = ["block", "street"]\n', "")
+    text = text.replace("model_start_interval = 48 ", "model_start_interval = 144")
+    text = text.replace('seed = "p2pgrid pooled test block"', 'seed = "p2pgrid allowance block"')
+    blocks = text.split("[[sites.devices]]")
+    for i, block in enumerate(blocks[1:], start=1):
+        name = re.search(r'name = "([^"]+)"', block)
+        assert name is not None
+        weight = ALLOWANCE_WEIGHTS[name.group(1)]
+        block = re.sub(r"weight = \d+", f'weight = {weight}\nleftover = "sell"', block)
+        blocks[i] = block
+    path.write_text("[[sites.devices]]".join(blocks))
+    return path
 
 
 @pytest.fixture(scope="module")
-async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
-    tmp = tmp_path_factory.mktemp("pooled")
-    scenario = load_scenario(SCENARIO)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
+async def stack(daemons: Daemons) -> AsyncIterator[Stack]:
+    devices = tuple(d.name for s in load_scenario(SCENARIO).sites for d in s.devices)
     stack = Stack(
         StackConfig(name=f"pool-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
         daemons,
     )
     await stack.up()
     try:
-        before = await snapshots(scenario, stack)
-        result = await run_scenario(scenario, SCENARIO, stack, tmp / "run")
-        yield scenario, stack, result, before
+        yield stack
     finally:
         await stack.down()
+
+
+@pytest.fixture(scope="module")
+async def run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp = tmp_path_factory.mktemp("pooled")
+    scenario = load_scenario(SCENARIO)
+    before = await snapshots(scenario, stack)
+    result = await run_scenario(scenario, SCENARIO, stack, tmp / "run")
+    return scenario, stack, result, before
+
+
+@pytest.fixture(scope="module")
+async def allowance_run(
+    stack: Stack, run: Run, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Run, Reconciliation]:
+    """After ``run`` (one run at a time on the stack)."""
+    tmp = tmp_path_factory.mktemp("allowance")
+    path = allowance_scenario(tmp / "allowance.toml")
+    scenario = load_scenario(path)
+    before = await snapshots(scenario, stack)
+    result = await run_scenario(scenario, path, stack, tmp / "run")
+    money = await check_money(scenario, stack, result, before)
+    return (scenario, stack, result, before), money
 
 
 def _paid_rounds(entries: list[Entry], site_id: str) -> dict[tuple[int, int], set[int]]:
@@ -178,3 +229,35 @@ async def test_a_device_of_another_site_buys_and_pays_the_grid_fee_on_its_invoic
     paid = {e.body.payment_hash for e in street_log if isinstance(e.body, Payment)}
     assert invoice.body.payment_hash in paid
     assert all(e.author == Author.device(0) for e in street_log if isinstance(e.body, SiteSale))
+
+
+async def test_a_short_device_buys_leftover_allowance_from_a_roof_with_real_sats(
+    allowance_run: tuple[Run, Reconciliation],
+) -> None:
+    (scenario, _, result, _), money = allowance_run
+    [site] = scenario.sites
+    entries = await utility_log(scenario, result.work_dir, site.name)
+    sales = [e for e in entries if isinstance(e.body, AllowanceSale)]
+    assert sales, "no allowance was sold"
+    payments = {e.body.payment_hash: e for e in entries if isinstance(e.body, Payment)}
+    view = fold(entries)
+    period = sales[0].period
+    for sale in sales:
+        body = sale.body
+        assert isinstance(body, AllowanceSale)
+        assert sale.period == period
+        assert (sale.author.index, body.buyer) == (0, 3)  # roof-a (lowest index) to the EV
+        assert body.price_msat == -(-body.allowance_msat * 80 // 100)  # the default 80 %
+        paid = payments[body.payment_hash]  # the EV's payment of the same hash
+        assert isinstance(paid.body, Payment)
+        assert (paid.author.index, paid.body.amount_msat) == (3, body.price_msat)
+    sold = sum(s.body.allowance_msat for s in sales if isinstance(s.body, AllowanceSale))
+    price = sum(s.body.price_msat for s in sales if isinstance(s.body, AllowanceSale))
+    roof, ev = view.account(0, period), view.account(3, period)
+    assert (roof.allowance_sold_msat, ev.allowance_bought_msat) == (sold, sold)
+    assert (roof.allowance_earned_msat, ev.allowance_paid_msat) == (price, price)
+    reports = result.reports
+    assert reports["ev"]["allowance_bought_msat"] == sold
+    assert reports["roof-a"]["allowance_sold_msat"] == sold
+    assert money.ok, str(money)  # each price: the EV's lnd payment, the roof's settled invoice
+    print(f"allowance: {len(sales)} sale(s), {sold} msat for {price} msat; {money}")
