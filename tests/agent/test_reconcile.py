@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.ledger import Author, Invoice, Payment
+from p2pgrid.ledger import AllowanceSale, Author, Invoice, Payment
 from p2pgrid.reconcile import Reconciliation, reconcile_node, snapshot
 from tests.agent.rig import Device, Rig
 
@@ -113,3 +113,49 @@ async def test_one_node_with_a_wrong_amount_or_no_lnd_payment_is_found(rig: Rig)
     # Another device's node knows nothing of dev0's payments: none of them is its.
     await rig.device(1)
     assert (await _node_check(rig, "dev1", Author.device(1))).ok
+
+
+async def allowance_paid(rig: Rig, price: int) -> tuple[Device, Device, bytes, bytes]:
+    """Device 1 paid device 0's invoice of ``price`` msat for allowance."""
+    seller, buyer = await rig.device(0), await rig.device(1)
+    await rig.start()
+    invoice = await seller.node.add_invoice(price, "allowance")
+    payment = await buyer.node.pay_invoice(invoice.payment_request, fee_limit_msat=5_000)
+    return seller, buyer, bytes.fromhex(invoice.payment_hash), bytes.fromhex(payment.preimage)
+
+
+async def test_an_allowance_payment_is_paid_to_the_seller_that_logged_the_sale(rig: Rig) -> None:
+    seller, buyer, paid, preimage = await allowance_paid(rig, 24_000)
+    fee = rig.ln.route_fee_msat
+    await buyer.writer.append(Payment(24_000, paid, preimage, fee), period=1, timestamp_ms=0)
+    sale = AllowanceSale(1, 30_000, 24_000, paid, preimage)
+    await seller.writer.append(sale, period=1, timestamp_ms=1)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == 24_000
+    for name, index in (("dev0", 0), ("dev1", 1)):  # p2pgrid log verify --against-lnd
+        one = await _node_check(rig, name, Author.device(index))
+        assert one.ok, str(one)
+        assert one.payments == 1
+
+
+async def test_an_allowance_sale_without_its_payment_or_at_another_price_is_found(
+    rig: Rig,
+) -> None:
+    seller, buyer, paid, preimage = await allowance_paid(rig, 24_000)
+    fee = rig.ln.route_fee_msat
+    await buyer.writer.append(Payment(24_000, paid, preimage, fee), period=1, timestamp_ms=0)
+    await seller.writer.append(
+        AllowanceSale(1, 30_000, 20_000, paid, preimage), period=1, timestamp_ms=1
+    )
+    other = b"\x04" * 32
+    await seller.writer.append(
+        AllowanceSale(1, 5_000, 4_000, hashlib.sha256(other).digest(), other),
+        period=1,
+        timestamp_ms=2,
+    )
+    checked = await rig.reconcile()
+    assert [p for p in checked.problems if "the price is 20000 msat, the buyer paid 24000" in p]
+    assert [p for p in checked.problems if "no payment of it in the log" in p], str(checked)
+    one = await _node_check(rig, "dev0", Author.device(0))
+    assert [p for p in one.problems if "no payment of it in the log" in p], str(one)
