@@ -18,6 +18,7 @@ from p2pgrid.ledger import (
     Share,
     fold,
 )
+from p2pgrid.ledger.activity import FlowKind, activity
 from p2pgrid.ledger.proof import proof_memo
 from p2pgrid.report import period_report, report_png, report_table
 from tests.ledger.ledger_factory import T0_MS, Site
@@ -100,3 +101,10 @@ def test_report_shows_allowance_bought_and_sold_and_its_price() -> None:
     assert "0.000/24.000" in text  # ...and earned 24 sat for it
     assert "30.000/0.000" in text
     assert "24.000/0.000" in text
+    [flow] = activity(entries).flows  # the price's sats: buyer -> seller
+    assert (flow.kind, flow.payer, flow.payee, flow.amount_msat) == (
+        FlowKind.ALLOWANCE,
+        1,
+        0,
+        24_000,
+    )

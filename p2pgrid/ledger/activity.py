@@ -29,6 +29,7 @@ from collections.abc import Iterable
 
 from p2pgrid.ledger.bodies import (
     Allocation,
+    AllowanceSale,
     Curtailment,
     DeviceInfo,
     Dispute,
@@ -56,6 +57,7 @@ class FlowKind(enum.StrEnum):
     SITE_SHARE_IN = "site_share_in"  # budget received from another site
     SITE_SALE = "site_sale"  # energy bought from a producer of another site
     SITE_SALE_IN = "site_sale_in"  # energy sold to a device of another site
+    ALLOWANCE = "allowance"  # leftover allowance bought (buyer pays the price to the seller)
 
 
 class InvoiceState(enum.StrEnum):
@@ -106,7 +108,8 @@ class InvoiceLine:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PaymentLine:
-    """A Lightning payment a device logged: of an invoice, or of a neighbour's energy."""
+    """A Lightning payment a device logged: of an invoice, or to a neighbour (its
+    energy, or its leftover allowance)."""
 
     period: int
     timestamp_ms: int
@@ -247,6 +250,16 @@ def activity(entries: Iterable[Entry], *, peer_sites: Iterable[bytes] = ()) -> A
                     amount_msat=body.amount_msat,
                     energy_wh=body.energy_wh,
                     other_site=body.other_site.hex(),
+                )
+            )
+        elif isinstance(body, AllowanceSale):  # the sats of the price: buyer -> seller
+            flows.append(
+                Flow(
+                    FlowKind.ALLOWANCE,
+                    *at,
+                    payer=body.buyer,
+                    payee=me,
+                    amount_msat=body.price_msat,
                 )
             )
         elif isinstance(body, Invoice):

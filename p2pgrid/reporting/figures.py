@@ -28,6 +28,7 @@ COLOURS = {
     FlowKind.SITE_SHARE_IN: "#59a14f",
     FlowKind.SITE_SALE: "#e15759",
     FlowKind.SITE_SALE_IN: "#edc948",
+    FlowKind.ALLOWANCE: "#b07aa1",
 }
 
 
@@ -140,7 +141,7 @@ def _payments(ax: Any, data: SitePeriod) -> None:
         return
     t0 = min(p.timestamp_ms for p in data.payments)
     for of_invoice, colour, label in ((True, "#4e79a7", "invoice (utility)"),
-                                      (False, "#f28e2b", "neighbour's energy")):  # fmt: skip
+                                      (False, "#f28e2b", "to a neighbour")):  # fmt: skip
         pts = [p for p in data.payments if p.of_invoice is of_invoice]
         if pts:
             xs = [(p.timestamp_ms - t0) / 1000 for p in pts]
