@@ -135,6 +135,13 @@ BAD: list[tuple[str, str, str, str, str]] = [
     ),
     ("zero weight", FRIDGE_WEIGHT, "weight = 0\n", "weight", "greater than 0"),
     (
+        "leftover policy",
+        FRIDGE_WEIGHT,
+        FRIDGE_WEIGHT + 'leftover = "split(1.5)"\n',
+        "leftover",
+        "carry_over, sell or split",
+    ),
+    (
         "producer as text",
         "producer = true",
         'producer = "no"',
@@ -326,3 +333,10 @@ def test_the_processes_refuse_a_bad_scenario_without_a_traceback(
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert f"error: {path}: clock.periods: Input should be greater than 0" in run.stderr
+
+
+def test_a_device_s_leftover_policy_is_read_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "leftover.toml"
+    path.write_text(GOOD.replace(FRIDGE_WEIGHT, FRIDGE_WEIGHT + 'leftover = "split(0.3)"\n', 1))
+    fridge, solar = load_scenario(path).sites[0].devices
+    assert (str(fridge.leftover), str(solar.leftover)) == ("split(0.3)", "carry_over")

@@ -260,4 +260,3 @@ async def test_a_short_device_buys_leftover_allowance_from_a_roof_with_real_sats
     assert reports["ev"]["allowance_bought_msat"] == sold
     assert reports["roof-a"]["allowance_sold_msat"] == sold
     assert money.ok, str(money)  # each price: the EV's lnd payment, the roof's settled invoice
-    print(f"allowance: {len(sales)} sale(s), {sold} msat for {price} msat; {money}")
