@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pgrid.agent.messages import SaleOffer, ShareInvoice, ShareReceipt, TradeRequest
+from p2pgrid.agent.messages import (
+    AllowanceOffer,
+    AllowancePaid,
+    AllowanceReceipt,
+    AllowanceRequest,
+    SaleOffer,
+    ShareInvoice,
+    ShareReceipt,
+    TradeRequest,
+)
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role
 from p2pgrid.ledger import (
@@ -23,7 +32,7 @@ from p2pgrid.ledger import (
     fold,
 )
 from p2pgrid.ledger.proof import parse_proof, proof_memo
-from p2pgrid.market import MessageError, Priority
+from p2pgrid.market import MessageError, Party, Priority
 from p2pgrid.provision import owner_entries
 from p2pgrid.scenario import load_scenario, parse_scenario
 
@@ -135,3 +144,29 @@ def test_a_bad_scenario_is_a_clear_error() -> None:
         )
     with pytest.raises(ConfigError, match="cannot read scenario"):
         load_scenario(Path("/nonexistent.toml"))
+
+
+def test_allowance_messages_round_trip_and_refuse_bad_values() -> None:
+    """The vector of docs/protocol.md ("Selling leftover allowance")."""
+    request = AllowanceRequest(Party("00000000000000aa", 3), 7, 30_000, 90, 1_700_000_000_000)
+    raw = request.encode()
+    assert raw.hex() == ("0100000000000000aa000000030000000700000000000075305a0000018bcfe56800")
+    assert request.id.hex() == "b5d21eff3c39b1fc64ae3c5fd246088de14be42fbcc819bc553559934c347e13"
+    assert AllowanceRequest.decode(raw) == request
+    offer = AllowanceOffer(request.id, Party("00000000000000aa", 0), 30_000, 80, 24_000, "lnbcrt1")
+    paid = AllowancePaid(request.id, b"\x02" * 32)
+    receipt = AllowanceReceipt(request.id, b"entry bytes")
+    for message in (request, offer, paid, receipt):
+        data = message.encode()
+        assert type(message).decode(data) == message
+        for bad in (data[:-1], data + b"\x00"):
+            with pytest.raises(MessageError):
+                type(message).decode(bad)
+    for bad_request in (
+        lambda: AllowanceRequest(request.buyer, 7, 0, 90, 0),  # nothing asked
+        lambda: AllowanceRequest(request.buyer, 7, 1, 101, 0),  # above face value
+    ):
+        with pytest.raises(MessageError):
+            bad_request()
+    with pytest.raises(MessageError):
+        AllowanceOffer(request.id, offer.seller, 30_000, 0, 24_000, "")  # a price of 0 %

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 
 from p2pgrid.agent.messages import (
+    AllowanceOffer,
+    AllowancePaid,
+    AllowanceReceipt,
+    AllowanceRequest,
     SaleOffer,
     ShareInvoice,
     ShareReceipt,
@@ -136,6 +140,10 @@ AGENT_MESSAGES = [
     SiteTradeRequest(3, 17, 60),
     SiteSaleOffer(ENTRY_SEEDS[-3], 60, 12_000, BOLT11),
     SiteSaleReceipt(ENTRY_SEEDS[-2]),
+    AllowanceRequest(A, 3, 30_000, 90, 1_700_000_000_000),
+    AllowanceOffer(b"\x05" * 32, B, 30_000, 80, 24_000, BOLT11),
+    AllowancePaid(b"\x05" * 32, PREIMAGE),
+    AllowanceReceipt(b"\x05" * 32, ENTRY_SEEDS[4]),
 ]
 
 HELLO_SEEDS = [

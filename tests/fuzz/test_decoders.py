@@ -10,6 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pgrid.agent.messages import (
+    AllowanceOffer,
+    AllowancePaid,
+    AllowanceReceipt,
+    AllowanceRequest,
     SaleOffer,
     ShareInvoice,
     ShareReceipt,
@@ -155,6 +159,10 @@ AgentMessage = (
     | SiteTradeRequest
     | SiteSaleOffer
     | SiteSaleReceipt
+    | AllowanceRequest
+    | AllowanceOffer
+    | AllowancePaid
+    | AllowanceReceipt
 )
 
 
@@ -168,6 +176,10 @@ AgentMessage = (
         SiteTradeRequest,
         SiteSaleOffer,
         SiteSaleReceipt,
+        AllowanceRequest,
+        AllowanceOffer,
+        AllowancePaid,
+        AllowanceReceipt,
     ],
 )
 @budget(1 / 3)
