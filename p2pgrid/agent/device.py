@@ -27,9 +27,15 @@ interval of the (compressible) clock it:
    site peers for that shortfall early (at most every ``early_ask_intervals``).
    It gives a peer only what its balance holds beyond its own forecast
    (:func:`p2pgrid.market.spare_msat`).
+6. in the last ``share.leftover_window`` intervals of a period, buys leftover
+   allowance from its site peers for what is still short (after 5, and before
+   curtailing in 3), paying sats outside its budget; and sells its own leftover
+   by its :class:`~p2pgrid.market.LeftoverPolicy`, which it then does not give
+   as shares (:mod:`p2pgrid.agent.allowance`, docs/market.md 2.9).
 
 At a period's last interval it waits for any share payment in flight (so the
-period's money is final), applies its surplus policy (carry the balance over)
+period's money is final) and for the allowance sales its peers paid for (logged,
+the unpaid offers cancelled), applies its surplus policy (carry the balance over)
 and then settles the utility's invoice for that period as soon as it arrives
 (checked against its replica, :mod:`p2pgrid.agent.settlement`). Every entry it
 writes is announced to the site through its replica.
