@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.allowance import ALLOWANCE_REQUEST_PROTOCOL, AllowanceDesk
+from p2pgrid.agent.allowance import (
+    ALLOWANCE_PAID_PROTOCOL,
+    ALLOWANCE_REQUEST_PROTOCOL,
+    AllowanceDesk,
+)
 from p2pgrid.agent.config import ShareConfig
 from p2pgrid.agent.intents import PaymentIntent, Purpose, PurposeKind
-from p2pgrid.agent.messages import AllowanceOffer, AllowanceRequest
+from p2pgrid.agent.messages import AllowanceOffer, AllowancePaid, AllowanceReceipt, AllowanceRequest
 from p2pgrid.agent.payguard import allowance_memo
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.ledger import AllowanceSale, Entry, Payment, fold
@@ -249,3 +253,41 @@ async def test_a_buyer_that_crashes_mid_payment_logs_it_and_the_seller_sells_at_
     assert fold(log).period(PERIOD).account(1).allowance_bought_msat == 30_000
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
+
+
+async def test_a_seller_logs_a_sale_only_for_its_own_settled_invoice(rig: Rig) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    other = await rig.device(2)
+    await rig.spread()
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    guess = AllowancePaid(request.id, b"\x09" * 32)
+    with pytest.raises(RequestRejected, match="not the preimage"):
+        await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, guess)
+    payment = await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+    paid = AllowancePaid(request.id, bytes.fromhex(payment.preimage))
+    with pytest.raises(RequestRejected, match="no open allowance offer"):  # not its request
+        await other.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    assert kind(await seller.store.entries(), AllowanceSale) == []
+    first = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    again = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    assert first.decode(AllowanceReceipt) == again.decode(AllowanceReceipt)  # logged once
+    assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
+    assert selling.sold_msat == 30_000
+
+
+async def test_an_unpaid_offer_is_not_sold(rig: Rig) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    assert offer.allowance_msat == 30_000
+    # the preimage is the seller's secret: a buyer cannot know it without paying,
+    # so the seller's own view of it stands in for a buyer that claims to have paid
+    [held] = selling._open.values()
+    claim = AllowancePaid(request.id, held.preimage)
+    with pytest.raises(RequestRejected, match="not paid"):
+        await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, claim)
+    assert kind(await seller.store.entries(), AllowanceSale) == []
+    assert (await rig.reconcile()).ok
