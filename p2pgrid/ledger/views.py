@@ -31,7 +31,6 @@ Money rules (all integer msat):
 - ``paid_msat`` of a period is what was paid of *that period's* invoices (the
   ``payment`` entries are logged later), each invoice once; a payment that pays
   no invoice (a neighbour's energy, recorded with its ``sale``) is not counted.
-
 - ``allowance_sale`` (authored by the seller) moves ``allowance_msat`` of the
   seller's allowance to the buyer *only if the seller's balance covers it* (else
   ``unfunded``), once per payment hash over the whole log (its preimage is
