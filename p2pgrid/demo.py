@@ -80,21 +80,26 @@ async def run_demo(
     keep: bool,
     stack_name: str = "demo",
     stack_root: Path | None = None,
+    stack: Stack | None = None,
 ) -> RunResult:
     """Run the demo (see the module's contract) on a stack ``stack_name`` under
-    ``stack_root`` (default: where ``p2pgrid regtest`` keeps stacks)."""
+    ``stack_root`` (default: where ``p2pgrid regtest`` keeps stacks), brought up
+    here; or on ``stack``, one up already with a node per process of the scenario
+    (a test's, shared with others), which it leaves running."""
     path = scenario_path or default_scenario()
     scenario = load_scenario(path)
     prepare_work_dir(work_dir)
-    daemons = await ensure_daemons(console=console)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
-    config = StackConfig(name=stack_name, topology=utility_star(devices))
-    stack = Stack(
-        config if stack_root is None else dataclasses.replace(config, root=stack_root),
-        daemons,
-        console=console,
-    )
-    await stack.up()
+    own = stack is None
+    if stack is None:
+        daemons = await ensure_daemons(console=console)
+        devices = tuple(d.name for s in scenario.sites for d in s.devices)
+        config = StackConfig(name=stack_name, topology=utility_star(devices))
+        stack = Stack(
+            config if stack_root is None else dataclasses.replace(config, root=stack_root),
+            daemons,
+            console=console,
+        )
+        await stack.up()
     try:
         before = await snapshots(scenario, stack)
         start = start_after_lead(len(scenario.lnd_nodes))
@@ -116,12 +121,12 @@ async def run_demo(
         result = await run_deployment(deployment, observer=observer)
         await summary(result)
     finally:
-        if keep:
+        if own and keep:
             console.print(
                 f"stack [bold]{stack_name}[/] left running: stop it with "
                 f"`p2pgrid regtest down {stack_name}`"
             )
-        else:
+        elif own:  # a caller's stack is the caller's to stop
             await stack.down()
     return result
 

@@ -3,6 +3,13 @@
 Every test here is marked ``regtest`` and runs in CI: the daemons are built on
 first use (cached), and the stack lives under the p2pgrid cache dir, named after
 this pytest process so that a crashed session's stack is found and reaped.
+
+The modules that deploy the shipped two-site scenario (the demo, end to end, the
+restarts) share one more stack, :func:`two_sites_stack` (a utility and the six
+devices, each with a channel to it): bringing one up takes about a minute on a
+loaded 2-core machine. Each run on it snapshots every node first and checks only
+its own run's differences (:func:`p2pgrid.demo.snapshots`), so the modules hold
+in any order and each alone.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +25,12 @@ from p2pgrid.lightning import LndClient
 from p2pgrid.regtest import Daemons, Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.process import alive
 from p2pgrid.regtest.stack import default_root
+from p2pgrid.regtest.topology import utility_star
+from p2pgrid.scenario import load_scenario
 
 TEST_ROOT = default_root() / "pytest"
+#: The shipped two-site scenario: one owner's two stores, three devices each.
+TWO_SITES = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,6 +61,23 @@ async def daemons() -> Daemons:
 async def stack(daemons: Daemons) -> AsyncIterator[Stack]:
     await _reap_abandoned(daemons)
     config = StackConfig(name=f"session-{os.getpid()}", root=TEST_ROOT)
+    stack = Stack(config, daemons)
+    await stack.up()
+    try:
+        yield stack
+    finally:
+        await stack.down()
+
+
+@pytest.fixture(scope="session")
+async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
+    """The stack of :data:`TWO_SITES`' processes (every one its lnd; each device
+    with a channel to the utility), shared by the modules that run that scenario."""
+    scenario = load_scenario(TWO_SITES)
+    devices = tuple(d.name for s in scenario.sites for d in s.devices)
+    config = StackConfig(
+        name=f"two-sites-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)
+    )
     stack = Stack(config, daemons)
     await stack.up()
     try:

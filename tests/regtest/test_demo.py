@@ -1,5 +1,7 @@
 """``p2pgrid demo`` runs the deployed path: files, then ``p2pgrid utility run`` and
-``p2pgrid agent run`` processes, on its own regtest stack (the two-site scenario).
+``p2pgrid agent run`` processes, on the session's two-site stack (shared with the
+other modules that run that scenario: the demo's own stack comes up as the
+fixture's does, :meth:`p2pgrid.regtest.Stack.up`).
 
 Asserted: the demo printed the commands it ran, and they are the deployed
 commands on the files it wrote (which validate, and whose keys are fresh, not
@@ -13,7 +15,6 @@ report`` reads the demo's work directory.
 from __future__ import annotations
 
 import io
-import os
 import re
 from pathlib import Path
 
@@ -23,14 +24,13 @@ from rich.console import Console
 from p2pgrid.config import SiteFile, UtilityFile
 from p2pgrid.demo import default_scenario, run_demo, site_entries
 from p2pgrid.ledger import bill
-from p2pgrid.regtest import Daemons
+from p2pgrid.regtest import Stack
 from p2pgrid.reporting import ReportRequest, run_report
 from p2pgrid.scenario import load_scenario
-from tests.regtest.conftest import TEST_ROOT
 
 
 async def test_the_demo_runs_the_deployed_commands_from_files(
-    daemons: Daemons, tmp_path: Path
+    two_sites_stack: Stack, tmp_path: Path
 ) -> None:
     out = io.StringIO()
     console = Console(file=out, width=400, color_system=None)
@@ -40,8 +40,7 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
         scenario_path=None,
         work_dir=work,
         keep=False,
-        stack_name=f"demo-{os.getpid()}",
-        stack_root=TEST_ROOT,
+        stack=two_sites_stack,  # the session's, shared with the other two-site runs
     )
     printed = out.getvalue()
     scenario = load_scenario(default_scenario())

@@ -1,7 +1,8 @@
 """The mission end to end: one utility, two sites of one owner with three devices
 each, two billing periods; every agent and the utility a separate OS process,
 talking only through libp2p and Lightning, each with its own lnd on one regtest
-chain and its own SQLite log. The scenario is deployed as files with fresh keys
+chain and its own SQLite log (the session's two-site stack, shared with the
+other modules that run this scenario). The scenario is deployed as files with fresh keys
 and run as the demo runs it (:func:`p2pgrid.launcher.run_deployment`): ``p2pgrid
 agent run`` per device, the utility from the same ``utility.toml``.
 
@@ -13,10 +14,6 @@ not paid; and that lnd and the log agree to the msat (:func:`p2pgrid.reconcile.r
 """
 
 from __future__ import annotations
-
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -45,10 +42,9 @@ from p2pgrid.ledger import (
 from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.reconcile import NodeSnapshot
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import TWO_SITES
 from tests.regtest.key_material import (
     deployment_secrets,
     files_under,
@@ -57,7 +53,7 @@ from tests.regtest.key_material import (
     scenario_secrets,
 )
 
-SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+SCENARIO = TWO_SITES
 OVERCHARGED = ("store-1", 0, 1)  # the fridge's invoice of period 1: it always imports
 #: The utility of the run: billing the OVERCHARGED invoice 10 % above the log.
 OVERCHARGING_UTILITY = UtilityCommand(
@@ -73,28 +69,20 @@ async def utility_log(scenario: Scenario, result: RunResult, site: str) -> list[
 
 @pytest.fixture(scope="module")
 async def run(
-    daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]]:
+    two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]:
     tmp = tmp_path_factory.mktemp("e2e")
     scenario = load_scenario(SCENARIO)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"e2e-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
+    stack = two_sites_stack
+    before = await snapshots(scenario, stack)
+    deployment = write_deployment(
+        SCENARIO,
+        tmp / "run",
+        await lnd_nodes(stack, scenario.lnd_nodes),
+        start=start_after_lead(len(scenario.lnd_nodes)),
     )
-    await stack.up()
-    try:
-        before = await snapshots(scenario, stack)
-        deployment = write_deployment(
-            SCENARIO,
-            tmp / "run",
-            await lnd_nodes(stack, scenario.lnd_nodes),
-            start=start_after_lead(len(scenario.lnd_nodes)),
-        )
-        result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY)
-        yield scenario, stack, result, before
-    finally:
-        await stack.down()
+    result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY)
+    return scenario, stack, result, before
 
 
 async def test_every_replica_of_a_site_converges(run: tuple[Scenario, Stack, RunResult]) -> None:

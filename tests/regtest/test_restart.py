@@ -2,7 +2,8 @@
 
 The two-site scenario, deployed as files and run by ``p2pgrid utility run`` and
 ``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`, as the demo does),
-runs on its own regtest stack; while it runs, the fridge
+runs on the session's two-site stack (shared with the other modules that run
+this scenario); while it runs, the fridge
 of store 1 is killed mid-period 0 and started again (it misses the intervals
 that pass while it is down), and the hvac of store 2 is killed right after the
 utility issued its invoice of period 0 and started again (it pays that invoice
@@ -14,9 +15,7 @@ paid, every period settled.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,11 @@ from p2pgrid.ledger import Entry, Invoice, LogStore, MeterReading, Payment
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.poll import wait_until
 from p2pgrid.reconcile import NodeSnapshot
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import TWO_SITES
 
-SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+SCENARIO = TWO_SITES
 MID_PERIOD = "s1-fridge"
 AFTER_INVOICE = ("store-2", "s2-hvac", 1)  # site, device, index
 
@@ -55,28 +53,20 @@ async def _disrupt(running: Running) -> None:
 
 @pytest.fixture(scope="module")
 async def run(
-    daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]]:
+    two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]:
     tmp = tmp_path_factory.mktemp("restart")
     scenario = load_scenario(SCENARIO)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"restart-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
+    stack = two_sites_stack
+    before = await snapshots(scenario, stack)
+    deployment = write_deployment(
+        SCENARIO,
+        tmp / "run",
+        await lnd_nodes(stack, scenario.lnd_nodes),
+        start=start_after_lead(len(scenario.lnd_nodes)),
     )
-    await stack.up()
-    try:
-        before = await snapshots(scenario, stack)
-        deployment = write_deployment(
-            SCENARIO,
-            tmp / "run",
-            await lnd_nodes(stack, scenario.lnd_nodes),
-            start=start_after_lead(len(scenario.lnd_nodes)),
-        )
-        result = await run_deployment(deployment, during=_disrupt)
-        yield scenario, stack, result, before
-    finally:
-        await stack.down()
+    result = await run_deployment(deployment, during=_disrupt)
+    return scenario, stack, result, before
 
 
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]

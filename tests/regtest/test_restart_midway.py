@@ -1,6 +1,7 @@
 """The utility and agents killed with SIGKILL midway through invoicing and paying.
 
-One run of the two-site scenario on its own regtest stack, deployed as files
+One run of the two-site scenario on the session's two-site stack (shared with
+the other modules that run that scenario), deployed as files
 and run by ``p2pgrid utility run`` / ``agent run`` (the crashing processes:
 :mod:`p2pgrid.testing.crash` on the same files), four kills, each followed by a
 start of the product's command on the same files (:class:`p2pgrid.launcher.Running`):
@@ -32,12 +33,9 @@ the payments in flight at the kills are logged exactly once.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -57,13 +55,12 @@ from p2pgrid.ledger import Budget, Invoice, Payment, Role, Share, SiteShare
 from p2pgrid.ledger.proof import parse_proof
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.reconcile import NodeSnapshot
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import check_trial, replica_entries, replica_paths
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import TWO_SITES
 
-SHIPPED = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+SHIPPED = TWO_SITES
 READINGS_WAIT_S = 10.0
 CRASH = "p2pgrid.testing.crash"
 MID_INVOICING = ("store-1", 0, 2)  # site, period, the invoice it dies before logging
@@ -95,7 +92,7 @@ Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot], dict[str, int]]
 
 
 @pytest.fixture(scope="module")
-async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
+async def run(two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("midway")
     path = tmp / "scenario.toml"
     path.write_text(
@@ -105,38 +102,31 @@ async def run(daemons: Daemons, tmp_path_factory: pytest.TempPathFactory) -> Asy
     )
     scenario = load_scenario(path)
     assert scenario.utility.readings_wait_s == READINGS_WAIT_S
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"midway-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
-    )
-    await stack.up()
+    assert scenario.lnd_nodes == load_scenario(SHIPPED).lnd_nodes  # the stack's nodes
+    stack = two_sites_stack
     exits: dict[str, int] = {}
 
     async def disrupt(running: Running) -> None:
         await _disrupt(running, exits)
 
     site, period, n = MID_INVOICING
-    try:
-        before = await snapshots(scenario, stack)
-        deployment = write_deployment(
-            path,
-            tmp / "run",
-            await lnd_nodes(stack, scenario.lnd_nodes),
-            start=start_after_lead(len(scenario.lnd_nodes)),
-        )
-        result = await run_deployment(
-            deployment,
-            utility=UtilityCommand(CRASH, ("--after-invoices", f"{site}:{period}:{n}")),
-            agents={
-                name: AgentCommand(CRASH, ("--mid-payment", f"{kind}:{p}"))
-                for name, kind, p in (MID_SHARE, MID_INVOICE_PAYMENT)
-            },
-            during=disrupt,
-        )
-        yield scenario, stack, result, before, exits
-    finally:
-        await stack.down()
+    before = await snapshots(scenario, stack)
+    deployment = write_deployment(
+        path,
+        tmp / "run",
+        await lnd_nodes(stack, scenario.lnd_nodes),
+        start=start_after_lead(len(scenario.lnd_nodes)),
+    )
+    result = await run_deployment(
+        deployment,
+        utility=UtilityCommand(CRASH, ("--after-invoices", f"{site}:{period}:{n}")),
+        agents={
+            name: AgentCommand(CRASH, ("--mid-payment", f"{kind}:{p}"))
+            for name, kind, p in (MID_SHARE, MID_INVOICE_PAYMENT)
+        },
+        during=disrupt,
+    )
+    return scenario, stack, result, before, exits
 
 
 def _died_paying(result: RunResult, name: str) -> str:
