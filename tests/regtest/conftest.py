@@ -4,16 +4,18 @@ Every test here is marked ``regtest`` and runs in CI: the daemons are built on
 first use (cached), and the stack lives under the p2pgrid cache dir, named after
 this pytest process so that a crashed session's stack is found and reaped.
 
-The modules that deploy the shipped two-site scenario (the demo, end to end, the
+The modules that run the shipped two-site scenario (the demo, end to end, the
 restarts) share one more stack, :func:`two_sites_stack` (a utility and the six
-devices, each with a channel to it): bringing one up takes about a minute on a
-loaded 2-core machine. Each run on it snapshots every node first and checks only
-its own run's differences (:func:`p2pgrid.demo.snapshots`), so the modules hold
-in any order and each alone.
+devices, each with a channel to it), and those that run ``pooled_site.toml``
+(pooled sales, pay on delivery) :func:`pooled_stack`: bringing one up takes
+about a minute on a loaded 2-core machine. Each run on one snapshots every node
+first and checks only its own run's differences (:func:`p2pgrid.demo.snapshots`),
+so the modules hold in any order and each alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -31,6 +33,8 @@ from p2pgrid.scenario import load_scenario
 TEST_ROOT = default_root() / "pytest"
 #: The shipped two-site scenario: one owner's two stores, three devices each.
 TWO_SITES = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+#: One site's block of devices selling to each other (its seed: the test's to replace).
+POOLED = Path(__file__).with_name("pooled_site.toml")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,14 +73,13 @@ async def stack(daemons: Daemons) -> AsyncIterator[Stack]:
         await stack.down()
 
 
-@pytest.fixture(scope="session")
-async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
-    """The stack of :data:`TWO_SITES`' processes (every one its lnd; each device
-    with a channel to the utility), shared by the modules that run that scenario."""
-    scenario = load_scenario(TWO_SITES)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
+@contextlib.asynccontextmanager
+async def scenario_stack(daemons: Daemons, scenario: Path, name: str) -> AsyncIterator[Stack]:
+    """A stack of ``scenario``'s processes (every one its lnd; each device with a
+    channel to the utility), named ``name`` and this session's pid."""
+    devices = tuple(d.name for s in load_scenario(scenario).sites for d in s.devices)
     config = StackConfig(
-        name=f"two-sites-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)
+        name=f"{name}-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)
     )
     stack = Stack(config, daemons)
     await stack.up()
@@ -84,6 +87,21 @@ async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
         yield stack
     finally:
         await stack.down()
+
+
+@pytest.fixture(scope="session")
+async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
+    """The stack of :data:`TWO_SITES`, shared by the modules that run that scenario."""
+    async with scenario_stack(daemons, TWO_SITES, "two-sites") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+async def pooled_stack(daemons: Daemons) -> AsyncIterator[Stack]:
+    """The stack of :data:`POOLED` (one site's block of devices), shared by the
+    modules that run that scenario (pooled sales, pay on delivery)."""
+    async with scenario_stack(daemons, POOLED, "pooled") as stack:
+        yield stack
 
 
 @pytest.fixture

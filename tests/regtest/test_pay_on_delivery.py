@@ -1,5 +1,6 @@
 """Pay on delivery end to end (docs/market.md, section 6.2): the pooled site of
-``pooled_site.toml`` run twice on one regtest stack, every agent its own OS
+``pooled_site.toml`` run twice on the session's pooled stack (shared with
+``test_pooled_sales.py``, :func:`tests.regtest.conftest.pooled_stack`), every agent its own OS
 process with its own lnd. First with ``pay_on_delivery``: every buyer's
 ``delivered`` entry shows its whole trade, each seller settles its hold
 invoice, and the buyer logs the sale. Then (another site seed, so other
@@ -9,8 +10,6 @@ Both times lnd and the log reconcile to the msat."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,11 @@ from p2pgrid.launcher import RunResult, run_scenario
 from p2pgrid.ledger import Cleared, Delivered, Entry, Payment, Sale
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.reconcile import Reconciliation
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import utility_log
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import POOLED
 
-POOLED = Path(__file__).with_name("pooled_site.toml")
 SEED = 'seed = "p2pgrid pooled test block"'
 
 
@@ -51,29 +48,21 @@ async def _run(stack: Stack, tmp: Path, name: str, *, seed: str, energy: str) ->
 
 @pytest.fixture(scope="module")
 async def runs(
-    daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Stack, Run, Run]]:
+    pooled_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Stack, Run, Run]:
     tmp = tmp_path_factory.mktemp("delivery")
-    devices = tuple(d.name for s in load_scenario(POOLED).sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"pod-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
+    stack = pooled_stack
+    delivered = await _run(
+        stack, tmp, "delivered", seed="p2pgrid delivery block", energy="pay_on_delivery = true"
     )
-    await stack.up()
-    try:
-        delivered = await _run(
-            stack, tmp, "delivered", seed="p2pgrid delivery block", energy="pay_on_delivery = true"
-        )
-        short = await _run(
-            stack,
-            tmp,
-            "short",
-            seed="p2pgrid short delivery block",
-            energy="pay_on_delivery = true\ndelivered_pct = 50",
-        )
-        yield stack, delivered, short
-    finally:
-        await stack.down()
+    short = await _run(
+        stack,
+        tmp,
+        "short",
+        seed="p2pgrid short delivery block",
+        energy="pay_on_delivery = true\ndelivered_pct = 50",
+    )
+    return stack, delivered, short
 
 
 def _trades(entries: list[Entry], site_id: str) -> dict[bytes, tuple[int, int, int, int]]:

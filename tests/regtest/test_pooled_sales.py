@@ -1,6 +1,7 @@
 """The site's pooled auction end to end: two solar roofs and two consumers of one
 site (``pooled_site.toml``), every agent its own OS process with its own lnd on
-one regtest chain, talking only through libp2p and Lightning.
+one regtest chain (the session's pooled stack, shared with
+``test_pay_on_delivery.py``), talking only through libp2p and Lightning.
 
 Asserts that in one round both producers are paid by the buyers at the one
 clearing price that any replica recomputes from the log (orders, ``cleared``
@@ -22,10 +23,8 @@ roof with real sats (docs/market.md, section 2.9), the roof logs the
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -52,13 +51,12 @@ from p2pgrid.ledger import (
     fold,
 )
 from p2pgrid.reconcile import NodeSnapshot, Reconciliation
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import utility_log
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import POOLED
 
-SCENARIO = Path(__file__).with_name("pooled_site.toml")
+SCENARIO = POOLED
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
 #: The allowance run's weights (budget 2 000 000 msat: 100 000 msat each): the
 #: roofs use nothing, the HVAC about its allocation, the EV more than its own.
@@ -86,17 +84,9 @@ def allowance_scenario(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def stack(daemons: Daemons) -> AsyncIterator[Stack]:
-    devices = tuple(d.name for s in load_scenario(SCENARIO).sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"pool-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
-    )
-    await stack.up()
-    try:
-        yield stack
-    finally:
-        await stack.down()
+def stack(pooled_stack: Stack) -> Stack:
+    """The pooled stack of ``tests/regtest`` (shared with ``test_pay_on_delivery.py``)."""
+    return pooled_stack
 
 
 @pytest.fixture(scope="module")
