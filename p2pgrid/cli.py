@@ -20,7 +20,9 @@ code  meaning
 command has something to print. ``agent run`` and ``utility run`` print their
 events as JSON lines (``ready``, ``done``, ``stopped``) and log to stderr; with
 ``--control`` they also read commands on stdin (``digest``, ``status``, ``stop``:
-the line protocol of :mod:`p2pgrid.jsonlines`), as the demo's runs do.
+the line protocol of :mod:`p2pgrid.jsonlines`), as the demo's runs do; with
+``--await-start`` too, interval 0 is the ``at`` of the first ``start`` there, not the
+file's ``clock.start`` (a launcher's runs that start once every process is ready).
 """
 
 from __future__ import annotations
@@ -232,6 +234,20 @@ ControlOpt = Annotated[
         "stops): for a program that runs this one, as `p2pgrid demo` does",
     ),
 ]
+AwaitStartOpt = Annotated[
+    bool,
+    typer.Option(
+        "--await-start",
+        help="with --control: interval 0 is the `at` of the first `start` command on "
+        "stdin, not the file's clock.start (for a program that starts the clock once all "
+        "its processes are ready)",
+    ),
+]
+
+
+def _await_start_needs_control(control: bool, await_start: bool) -> None:
+    if await_start and not control:
+        raise ConfigError("--await-start reads interval 0 on stdin: it needs --control")
 
 
 @agent_app.command("run")
@@ -247,6 +263,7 @@ def agent_run(
         bool, typer.Option("--all", help="run every device of the site file (a gateway)")
     ] = False,
     control: ControlOpt = False,
+    await_start: AwaitStartOpt = False,
 ) -> None:
     """Run device agents from the site file until SIGTERM or SIGINT (exit 0): one
     device (--device N), several in one process (--device A --device B), or all
@@ -255,6 +272,7 @@ def agent_run(
     from p2pgrid.config import SiteFile, agent_setup, agent_start, node_commands
 
     def build() -> tuple[Any, Any]:
+        _await_start_needs_control(control, await_start)
         site = SiteFile(config)
         if all_devices == bool(device):
             raise ConfigError("name the devices to run: --device NAME (repeatable) or --all")
@@ -262,7 +280,7 @@ def agent_run(
         return [agent_setup(site, name) for name in names], agent_start(site)
 
     setups, start = _call(build)
-    run_process(run_gateway(setups, lambda: node_commands(start, control)))  # until stopped
+    run_process(run_gateway(setups, lambda: node_commands(start, control, await_start)))
 
 
 @utility_app.command("init")
@@ -281,6 +299,7 @@ def utility_init(
 def utility_run(
     config: Annotated[Path, typer.Option("--config", "-c", help="the utility file (TOML)")],
     control: ControlOpt = False,
+    await_start: AwaitStartOpt = False,
 ) -> None:
     """Run the utility from its file until SIGTERM or SIGINT (exit 0): budgets and
     invoices every period of every site. Exit 2: a bad file or key; 3: lnd unreachable."""
@@ -288,11 +307,12 @@ def utility_run(
     from p2pgrid.utility.process import run_utility
 
     def build() -> tuple[Any, Command]:
+        _await_start_needs_control(control, await_start)
         utility = UtilityFile(config)
         return utility_setup(utility), utility_start(utility)
 
     setup, start = _call(build)
-    run_process(run_utility(setup, source=lambda: node_commands(start, control)))
+    run_process(run_utility(setup, source=lambda: node_commands(start, control, await_start)))
 
 
 # -- checking ------------------------------------------------------------------

@@ -9,7 +9,9 @@ assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run)
   scenario written as deployment files (:mod:`p2pgrid.config.deployment`) with
   the commands an operator runs,
   ``p2pgrid utility run`` and ``p2pgrid agent run`` (:func:`command_line`);
-  their clock is the files', so nothing tells them to start.
+  their clock is the files', so nothing tells them to start (or, with
+  ``start_when_ready``, the launcher's: they run with ``--await-start`` and get
+  one ``start`` once all are ready, as in step 3 below).
 - :func:`run_scenario` (``test_netns``, ``test_dashboard``, the fault suite) starts
   ``python -m p2pgrid.utility`` / ``p2pgrid.agent`` from the scenario (keys
   from its seeds) and a runtime file each, as follows:
@@ -40,7 +42,8 @@ reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackCon
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
 agent with SIGKILL and starts it again with the same files (its data directory
 and runtime file) and the same ``start`` line (a deployment's: the same
-``p2pgrid agent run`` command, whose file gives the start); the agent rejoins the running
+``p2pgrid agent run`` command, whose file gives the start, or, with ``--await-start``,
+the same ``start`` line); the agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 :meth:`Running.restart_utility` does the same to the utility, which comes back
 on the same libp2p addresses (its ``ports.json``) and lnd node, and
@@ -176,7 +179,8 @@ class Running:
     utility_addrs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: The modules a restart runs (device, utility) with ``argv``, and whether it then
     #: sends ``start``: the children's (:func:`run_scenario`), or ``p2pgrid``'s
-    #: ``agent run`` / ``utility run``, whose clock is their file's (:func:`run_deployment`).
+    #: ``agent run`` / ``utility run``, whose clock is their file's (:func:`run_deployment`)
+    #: unless they run with ``--await-start``.
     programs: tuple[str, str] = ("p2pgrid.agent", "p2pgrid.utility")
     send_start: bool = True
 
@@ -192,7 +196,8 @@ class Running:
     async def restart(self, name: str) -> None:
         """SIGKILL device ``name`` and start it again on the same files; returns
         once it is ready and was told to start (same start time and nodes as
-        everyone), or (a deployment's) once it is ready: its file says when."""
+        everyone; a deployment's too with ``--await-start``), or (a deployment's
+        on its file's clock) once it is ready: its file says when."""
         await self.devices[name].kill()
         child, up = await self._respawn(self.programs[0], name)
         self.devices[name] = child
@@ -415,6 +420,9 @@ def start_after_lead(processes: int) -> dt.datetime:
 CLI_PREFIX = ("-v",)
 #: After each command: it also reads the launcher's commands (digest, status, stop).
 CLI_CONTROL = ("--control",)
+#: After those, in a run that starts the clock once every process is ready
+#: (``run_deployment(start_when_ready=True)``): interval 0 is the launcher's ``start``.
+CLI_AWAIT_START = ("--await-start",)
 
 
 async def lnd_nodes(stack: Stack, names: Sequence[str]) -> dict[str, LndNode]:
@@ -426,9 +434,14 @@ async def lnd_nodes(stack: Stack, names: Sequence[str]) -> dict[str, LndNode]:
     return nodes
 
 
-def command_line(deployment: Deployment, name: str) -> list[str]:
-    """The ``p2pgrid`` arguments the launcher runs process ``name`` of ``deployment`` with."""
-    return [*CLI_PREFIX, *deployment.argv(name), *CLI_CONTROL]
+def command_line(deployment: Deployment, name: str, *, await_start: bool = False) -> list[str]:
+    """The ``p2pgrid`` arguments the launcher runs process ``name`` of ``deployment``
+    with (``await_start``: interval 0 from the launcher, :data:`CLI_AWAIT_START`)."""
+    return [*CLI_PREFIX, *deployment.argv(name), *CLI_CONTROL, *_await(await_start)]
+
+
+def _await(await_start: bool) -> tuple[str, ...]:
+    return CLI_AWAIT_START if await_start else ()
 
 
 async def run_deployment(
@@ -438,11 +451,16 @@ async def run_deployment(
     during: Disruption | None = None,
     utility: UtilityCommand | None = None,
     agents: Mapping[str, AgentCommand] | None = None,
+    start_when_ready: bool = False,
 ) -> RunResult:
     """Run the processes of ``deployment`` the way an operator does, from its files:
     ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
     command a user runs, :func:`command_line`; each logs to ``<dir>/<name>.log``).
-    Interval 0 is the files' ``clock.start``: nothing is sent to start them. When
+    Interval 0 is the files' ``clock.start``: nothing is sent to start them. With
+    ``start_when_ready`` the launcher fixes interval 0 instead, :data:`START_DELAY_S`
+    after every process is ready (the commands get ``--await-start``; the files'
+    start is not used): the run does not wait out a lead written for a loaded
+    machine (:func:`start_after_lead`). When
     every process is done, the replicas' agreement and the invoices' state are
     asked for as in :func:`run_scenario`, then every process is stopped.
     ``during`` runs once every process is ready (see :class:`Running`; a restart
@@ -454,7 +472,9 @@ async def run_deployment(
     if utility is not None:
         programs[deployment.utility] = utility
     try:
-        return await _run_deployment(deployment, children, observer, during, programs)
+        return await _run_deployment(
+            deployment, children, observer, during, programs, start_when_ready
+        )
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
@@ -467,17 +487,19 @@ async def _run_deployment(
     observer: RunObserver | None,
     during: Disruption | None,
     programs: Mapping[str, UtilityCommand | AgentCommand],
+    start_when_ready: bool,
 ) -> RunResult:
     work_dir, uname = deployment.dir, deployment.utility
+    extra = _await(start_when_ready)
 
     async def spawn(name: str) -> ChildProcess:
         program = programs.get(name)
         if program is None:
-            child = await _spawn("p2pgrid", name, command_line(deployment, name), work_dir)
+            argv = command_line(deployment, name, await_start=start_when_ready)
+            child = await _spawn("p2pgrid", name, argv, work_dir)
         else:  # the command's options after ``run``, then the program's own
-            args = deployment.argv(name)[2:]
-            child = await _spawn(program.module, name, [*args, *CLI_CONTROL, *program.args],
-                                 work_dir)  # fmt: skip
+            args = [*deployment.argv(name)[2:], *CLI_CONTROL, *extra, *program.args]
+            child = await _spawn(program.module, name, args, work_dir)
         children.append(child)
         return child
 
@@ -492,7 +514,12 @@ async def _run_deployment(
             up = await child.expect("ready")
         dashboards[name] = str(up.get("dashboard", ""))
         pubkeys[name] = str(up["pubkey"])
-    late_s = time.time() - deployment.start.timestamp()
+    at = deployment.start.timestamp()
+    if start_when_ready:
+        at = time.time() + START_DELAY_S
+        for child in children:
+            await child.send("start", at=at)
+    late_s = time.time() - at
     if late_s > 0:
         log.warning("every process was up %.1f s after interval 0 began: intervals missed", late_s)
     if observer is not None:
@@ -502,17 +529,20 @@ async def _run_deployment(
         if during is not None:
             running = Running(
                 load_scenario(deployment.scenario),
-                deployment.start.timestamp(),
+                at,
                 work_dir,
                 devices,
                 children,
                 utility,
                 pubkeys,
-                {name: command_line(deployment, name) for name in deployment.names},
+                {
+                    name: command_line(deployment, name, await_start=start_when_ready)
+                    for name in deployment.names
+                },
                 utility_pubkey=str(ready["pubkey"]),
                 utility_addrs=ready["addrs"],
                 programs=("p2pgrid", "p2pgrid"),
-                send_start=False,
+                send_start=start_when_ready,
             )
             await during(running)
             utility = running.utility  # it may have been restarted

@@ -9,6 +9,7 @@ checked here, before any daemon is contacted: a bad file is exit code 2.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 
 from p2pgrid.agent.process import AgentSetup, PeerSite
@@ -192,25 +193,49 @@ def start_once(start: Command) -> AsyncIterator[Command]:
 
 
 def start_then_stdin(
-    start: Command, more: Callable[[], AsyncIterator[Command]] = commands
+    start: Command,
+    more: Callable[[], AsyncIterator[Command]] = commands,
+    *,
+    await_start: bool = False,
 ) -> AsyncIterator[Command]:
     """``start``, then the commands a parent process writes on stdin (``more``: the
     line protocol of :mod:`p2pgrid.jsonlines`: ``digest``, ``status``, ``stop``;
     end of input stops the node): ``--control`` of ``agent run`` and ``utility
-    run``. The clock is the file's: a ``start`` there is refused (an ``error`` event)."""
+    run``. The clock is the file's: a ``start`` there is refused (an ``error`` event).
+
+    With ``await_start`` (``--await-start``) interval 0 is the parent's instead: the
+    first ``start`` on stdin gives its ``at`` (epoch seconds; everything else of
+    ``start`` stays the file's) and is refused if it gives none; a later one is refused."""
 
     async def source() -> AsyncIterator[Command]:
-        yield start
+        started = not await_start
+        if started:
+            yield start
         async for command in more():
-            if command["cmd"] == "start":
+            if command["cmd"] != "start":
+                yield command
+            elif started:
                 emit("error", message="start comes from the file's [clock], not from stdin")
-                continue
-            yield command
+            elif not _is_time(command.get("at")):
+                emit("error", message=f"start wants `at`, epoch seconds: {command.get('at')!r}")
+            else:
+                started = True
+                yield {**start, "at": float(command["at"])}
 
     return source()
 
 
-def node_commands(start: Command, control: bool) -> AsyncIterator[Command]:
+def _is_time(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def node_commands(
+    start: Command, control: bool, await_start: bool = False
+) -> AsyncIterator[Command]:
     """The commands of a node run from files: :func:`start_then_stdin` with
-    ``--control``, else :func:`start_once`."""
-    return start_then_stdin(start) if control else start_once(start)
+    ``--control`` (and ``--await-start``: ``await_start``), else :func:`start_once`."""
+    if await_start and not control:
+        raise ConfigError("--await-start reads interval 0 on stdin: it needs --control")
+    return start_then_stdin(start, await_start=await_start) if control else start_once(start)

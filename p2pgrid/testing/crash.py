@@ -17,7 +17,8 @@ on the same files, :meth:`p2pgrid.launcher.Running.restart`):
     flight or done) and dies before anything is logged.
 
 The option says which process it is (the launcher runs it in place of the
-product's command on the same file: :class:`p2pgrid.launcher.UtilityCommand`,
+product's command on the same file, with the same ``--control`` and
+``--await-start``: :class:`p2pgrid.launcher.UtilityCommand`,
 :class:`~p2pgrid.launcher.AgentCommand`, :func:`~p2pgrid.launcher.run_deployment`).
 Nothing here is imported by the product.
 """
@@ -231,21 +232,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", "-c", type=Path, required=True, help="a site/utility file")
     parser.add_argument("--device", help="the device of the site file (the agent)")
     parser.add_argument("--control", action="store_true", help="as `... run --control`")
+    parser.add_argument("--await-start", action="store_true", help="as `... run --await-start`")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--after-invoices", type=_triple)
     which.add_argument("--mid-payment", type=_pair)
     parsed = parser.parse_args(args)
     if parsed.after_invoices is not None:
         utility_logging()
-        run_process(_dying_utility(parsed.config, parsed.control, parsed.after_invoices))
+        commands = (parsed.control, parsed.await_start)
+        run_process(_dying_utility(parsed.config, commands, parsed.after_invoices))
     elif parsed.device is None:
         parser.error("--mid-payment needs --device")
     else:
         agent_logging()
-        run_process(_dying_agent(parsed.config, parsed.device, parsed.control, parsed.mid_payment))
+        commands = (parsed.control, parsed.await_start)
+        run_process(_dying_agent(parsed.config, parsed.device, commands, parsed.mid_payment))
 
 
-async def _dying_utility(config: Path, control: bool, at: tuple[str, int, int]) -> None:
+async def _dying_utility(
+    config: Path, commands: tuple[bool, bool], at: tuple[str, int, int]
+) -> None:
     """``p2pgrid utility run --config CONFIG`` whose invoicer dies ``at`` (SITE:PERIOD:N)."""
     utility_file = UtilityFile(config)
     setup = utility_setup(utility_file)
@@ -253,17 +259,17 @@ async def _dying_utility(config: Path, control: bool, at: tuple[str, int, int]) 
     site, period, n = at
     make = functools.partial(DyingInvoicer, at=(site_ids[site], period, n))
     start = utility_start(utility_file)
-    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, control))
+    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, *commands))
 
 
 async def _dying_agent(
-    config: Path, device: str, control: bool, at: tuple[PurposeKind, int]
+    config: Path, device: str, commands: tuple[bool, bool], at: tuple[PurposeKind, int]
 ) -> None:
     """``p2pgrid agent run --config CONFIG --device DEVICE`` dying mid-payment ``at``."""
     site_file = SiteFile(config)
     setup, start = agent_setup(site_file, device), agent_start(site_file)
     pay = functools.partial(DyingPaymaster, at=at)
-    await run_device(setup, lambda: node_commands(start, control), make_paymaster=pay)
+    await run_device(setup, lambda: node_commands(start, *commands), make_paymaster=pay)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A utility process that bills chosen invoices above the log, for end-to-end tests.
 
-``python -m p2pgrid.testing.overcharge --config utility.toml [--control]
+``python -m p2pgrid.testing.overcharge --config utility.toml [--control [--await-start]]
 --overcharge SITE:DEVICE:PERIOD:PCT`` is ``p2pgrid utility run`` (the same
 setup from the same file, :mod:`p2pgrid.config.setups`, and the same
 :func:`p2pgrid.utility.process.run_utility`) with :class:`OverchargingInvoicer`:
@@ -62,14 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m p2pgrid.testing.overcharge")
     parser.add_argument("--config", type=Path, required=True, help="the utility file")
     parser.add_argument("--control", action="store_true", help="as `utility run --control`")
+    parser.add_argument("--await-start", action="store_true", help="as `... run --await-start`")
     parser.add_argument("--overcharge", type=overcharge_arg, action="append", default=[])
     args = parser.parse_args(argv)
     setup_logging()
-    run_process(run_overcharging(args.config, args.control, args.overcharge))
+    run_process(run_overcharging(args.config, (args.control, args.await_start), args.overcharge))
 
 
 async def run_overcharging(
-    config: Path, control: bool, overcharges: list[tuple[str, int, int, int]]
+    config: Path, commands: tuple[bool, bool], overcharges: list[tuple[str, int, int, int]]
 ) -> None:
     """``p2pgrid utility run --config CONFIG``, billing ``overcharges`` above the log."""
     utility_file = UtilityFile(config)
@@ -78,7 +79,7 @@ async def run_overcharging(
     overcharge = {(site_ids[s], d, p): pct for s, d, p, pct in overcharges}
     make = functools.partial(OverchargingInvoicer, overcharge=overcharge)
     start = utility_start(utility_file)
-    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, control))
+    await run_utility(setup, make_invoicer=make, source=lambda: node_commands(start, *commands))
 
 
 if __name__ == "__main__":

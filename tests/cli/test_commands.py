@@ -308,6 +308,22 @@ def test_the_utility_refuses_a_site_that_did_not_enrol_it(tmp_path: Path) -> Non
     assert "utility.toml: sites[0].entries" in _error_line(result.stderr)
 
 
+@pytest.mark.parametrize("process", ["agent", "utility"])
+def test_await_start_without_control_is_refused(tmp_path: Path, process: str) -> None:
+    d = deploy(tmp_path)
+    command = (
+        ["agent", "run", "--config", str(d.site_file), "--device", "s1-fridge"]
+        if process == "agent"
+        else ["utility", "run", "--config", str(d.utility_file)]
+    )
+    result = cli(*command, "--await-start")
+    assert result.exit_code == EXIT_CONFIG, result.output + result.stderr
+    _no_traceback(result)
+    assert "--await-start reads interval 0 on stdin: it needs --control" in _error_line(
+        result.stderr
+    )
+
+
 def test_a_bad_utility_file_names_the_key(tmp_path: Path) -> None:
     d = deploy(tmp_path)
     d.utility_file.write_text(d.utility_file.read_text().replace("budget_msat = 3000000", ""))

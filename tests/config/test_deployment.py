@@ -20,6 +20,7 @@ from p2pgrid.config import (
     UtilityFile,
     agent_setup,
     agent_start,
+    node_commands,
     read_key,
     start_then_stdin,
     utility_setup,
@@ -201,6 +202,43 @@ async def test_control_reads_stdin_after_the_file_s_start_and_refuses_another_st
     assert got == [start, {"cmd": "digest", "at": 1.0}, {"cmd": "status", "at": 1.0},
                    {"cmd": "stop", "at": 1.0}]  # fmt: skip
     assert '"event": "error"' in capsys.readouterr().out
+
+
+async def test_await_start_takes_interval_0_from_the_first_good_start_on_stdin(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent: list[Command] = [
+        {"cmd": "digest"},
+        {"cmd": "start"},  # no time: refused
+        {"cmd": "start", "at": "soon"},
+        {"cmd": "start", "at": True},
+        {"cmd": "start", "at": float("nan")},
+        {"cmd": "start", "at": 1234.5, "nodes": {"x": "y"}},
+        {"cmd": "start", "at": 99.0},  # a second start: refused
+        {"cmd": "stop"},
+    ]
+
+    async def stdin() -> AsyncIterator[Command]:
+        for command in sent:
+            yield command
+
+    start = {"cmd": "start", "at": START.timestamp(), "nodes": {"s1-fridge": "02ab"}}
+    got = [c async for c in start_then_stdin(start, stdin, await_start=True)]
+    # The file's start with the launcher's time: the file's nodes, not stdin's.
+    assert got == [
+        {"cmd": "digest"},
+        {"cmd": "start", "at": 1234.5, "nodes": {"s1-fridge": "02ab"}},
+        {"cmd": "stop"},
+    ]
+    out = capsys.readouterr().out
+    assert out.count('"event": "error"') == 5, out
+    assert "start wants `at`" in out
+    assert "not from stdin" in out
+
+
+def test_await_start_without_control_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs --control"):
+        node_commands({"cmd": "start", "at": START.timestamp()}, False, True)
 
 
 def test_the_scenario_s_agent_tuning_and_grid_fee_reach_the_files(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 each, two billing periods; every agent and the utility a separate OS process,
 talking only through libp2p and Lightning, each with its own lnd on one regtest
 chain and its own SQLite log (the session's two-site stack, shared with the
-other modules that run this scenario). The scenario is deployed as files with fresh keys
-and run as the demo runs it (:func:`p2pgrid.launcher.run_deployment`): ``p2pgrid
-agent run`` per device, the utility from the same ``utility.toml``.
+other modules that run this scenario). The scenario is deployed as files with
+fresh keys and run as the demo runs it (:func:`p2pgrid.launcher.run_deployment`):
+``p2pgrid agent run`` per device, the utility from the same ``utility.toml``;
+interval 0 is the launcher's, once every process is ready (``--await-start``),
+not the files' lead (the demo's test runs on that).
 
 Asserts that shares, carry-overs and curtailments happen and are in every
 replica; that every invoice is paid exactly once over Lightning except the one
@@ -79,9 +81,9 @@ async def run(
         SCENARIO,
         tmp / "run",
         await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),
+        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
     )
-    result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY)
+    result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY, start_when_ready=True)
     return scenario, stack, result, before
 
 

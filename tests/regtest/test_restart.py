@@ -1,9 +1,10 @@
 """Agents killed with SIGKILL and started again on the same files, mid-run.
 
 The two-site scenario, deployed as files and run by ``p2pgrid utility run`` and
-``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`, as the demo does),
-runs on the session's two-site stack (shared with the other modules that run
-this scenario); while it runs, the fridge
+``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`, as the demo does,
+interval 0 the launcher's once all are ready: ``--await-start``, also for the
+restarted agents), runs on the session's two-site stack (shared with the other
+modules that run this scenario); while it runs, the fridge
 of store 1 is killed mid-period 0 and started again (it misses the intervals
 that pass while it is down), and the hvac of store 2 is killed right after the
 utility issued its invoice of period 0 and started again (it pays that invoice
@@ -63,9 +64,9 @@ async def run(
         SCENARIO,
         tmp / "run",
         await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),
+        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
     )
-    result = await run_deployment(deployment, during=_disrupt)
+    result = await run_deployment(deployment, during=_disrupt, start_when_ready=True)
     return scenario, stack, result, before
 
 

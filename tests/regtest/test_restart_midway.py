@@ -2,7 +2,8 @@
 
 One run of the two-site scenario on the session's two-site stack (shared with
 the other modules that run that scenario), deployed as files
-and run by ``p2pgrid utility run`` / ``agent run`` (the crashing processes:
+and run by ``p2pgrid utility run`` / ``agent run`` (interval 0 the launcher's once
+all are ready: ``--await-start``; the crashing processes:
 :mod:`p2pgrid.testing.crash` on the same files), four kills, each followed by a
 start of the product's command on the same files (:class:`p2pgrid.launcher.Running`):
 
@@ -115,7 +116,7 @@ async def run(two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
         path,
         tmp / "run",
         await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),
+        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
     )
     result = await run_deployment(
         deployment,
@@ -125,6 +126,7 @@ async def run(two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
             for name, kind, p in (MID_SHARE, MID_INVOICE_PAYMENT)
         },
         during=disrupt,
+        start_when_ready=True,
     )
     return scenario, stack, result, before, exits
 
