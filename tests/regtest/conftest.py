@@ -7,8 +7,9 @@ this pytest process so that a crashed session's stack is found and reaped.
 The modules that run the shipped two-site scenario (the demo, end to end, the
 restarts) share one more stack, :func:`two_sites_stack` (a utility and the six
 devices, each with a channel to it), and those that run ``pooled_site.toml``
-(pooled sales, pay on delivery) :func:`pooled_stack`: bringing one up takes
-about a minute on a loaded 2-core machine. Each run on one snapshots every node
+(pooled sales, pay on delivery) :func:`pooled_stack` (each up until this
+directory's tests are done): bringing one up takes about a minute on a loaded
+2-core machine. Each run on one snapshots every node
 first and checks only its own run's differences (:func:`p2pgrid.demo.snapshots`),
 so the modules hold in any order and each alone.
 """
@@ -89,14 +90,14 @@ async def scenario_stack(daemons: Daemons, scenario: Path, name: str) -> AsyncIt
         await stack.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/regtest is done, not idle after it
 async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
     """The stack of :data:`TWO_SITES`, shared by the modules that run that scenario."""
     async with scenario_stack(daemons, TWO_SITES, "two-sites") as stack:
         yield stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def pooled_stack(daemons: Daemons) -> AsyncIterator[Stack]:
     """The stack of :data:`POOLED` (one site's block of devices), shared by the
     modules that run that scenario (pooled sales, pay on delivery)."""

@@ -1,5 +1,5 @@
 """``p2pgrid demo`` runs the deployed path: files, then ``p2pgrid utility run`` and
-``p2pgrid agent run`` processes, on the session's two-site stack (shared with the
+``p2pgrid agent run`` processes, on the shared two-site stack (shared with the
 other modules that run that scenario: the demo's own stack comes up as the
 fixture's does, :meth:`p2pgrid.regtest.Stack.up`).
 
@@ -40,7 +40,7 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
         scenario_path=None,
         work_dir=work,
         keep=False,
-        stack=two_sites_stack,  # the session's, shared with the other two-site runs
+        stack=two_sites_stack,  # shared with the other two-site runs
     )
     printed = out.getvalue()
     scenario = load_scenario(default_scenario())
