@@ -1,5 +1,5 @@
 """``p2pgrid demo`` runs the deployed path: files, then ``p2pgrid utility run`` and
-``p2pgrid agent run`` processes, on the shared two-site stack (shared with the
+``p2pgrid agent run`` processes, on the two-site stack (``two_sites_stack``, with the
 other modules that run that scenario: the demo's own stack comes up as the
 fixture's does, :meth:`p2pgrid.regtest.Stack.up`).
 

@@ -1,7 +1,7 @@
 """The mission end to end: one utility, two sites of one owner with three devices
 each, two billing periods; every agent and the utility a separate OS process,
 talking only through libp2p and Lightning, each with its own lnd on one regtest
-chain and its own SQLite log (the shared two-site stack, shared with the
+chain and its own SQLite log (the two-site stack ``two_sites_stack``, with the
 other modules that run this scenario). The scenario is deployed as files with
 fresh keys and run as the demo runs it (:func:`p2pgrid.launcher.run_deployment`):
 ``p2pgrid agent run`` per device, the utility from the same ``utility.toml``;

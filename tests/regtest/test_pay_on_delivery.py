@@ -1,5 +1,5 @@
 """Pay on delivery end to end (docs/market.md, section 6.2): the pooled site of
-``pooled_site.toml`` run twice on the shared pooled stack (shared with
+``pooled_site.toml`` run twice on the pooled stack (with
 ``test_pooled_sales.py``, :func:`tests.regtest.conftest.pooled_stack`), every agent its own OS
 process with its own lnd. First with ``pay_on_delivery``: every buyer's
 ``delivered`` entry shows its whole trade, each seller settles its hold

@@ -3,7 +3,7 @@
 The two-site scenario, deployed as files and run by ``p2pgrid utility run`` and
 ``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`, as the demo does,
 interval 0 the launcher's once all are ready: ``--await-start``, also for the
-restarted agents), runs on the shared two-site stack (shared with the other
+restarted agents), runs on the two-site stack (``two_sites_stack``, with the other
 modules that run this scenario); while it runs, the fridge
 of store 1 is killed mid-period 0 and started again (it misses the intervals
 that pass while it is down), and the hvac of store 2 is killed right after the

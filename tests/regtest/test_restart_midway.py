@@ -1,6 +1,6 @@
 """The utility and agents killed with SIGKILL midway through invoicing and paying.
 
-One run of the two-site scenario on the shared two-site stack (shared with
+One run of the two-site scenario on the two-site stack (``two_sites_stack``, with
 the other modules that run that scenario), deployed as files
 and run by ``p2pgrid utility run`` / ``agent run`` (interval 0 the launcher's once
 all are ready: ``--await-start``; the crashing processes:
