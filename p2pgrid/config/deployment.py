@@ -294,7 +294,7 @@ def _lnd(endpoint: LndEndpoint) -> dict[str, Any]:
 
 # -- TOML out --------------------------------------------------------------------------
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # the whole key (fullmatch: "$" admits a final "\n")
 
 
 def write_toml(path: Path, doc: Mapping[str, Any]) -> None:
@@ -319,7 +319,7 @@ def _pairs(table: Mapping[str, Any]) -> list[str]:
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
 def _string(text: str) -> str:
