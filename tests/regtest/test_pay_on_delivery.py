@@ -3,7 +3,7 @@
 ``test_pooled_sales.py``, :func:`tests.regtest.conftest.pooled_stack`), every agent its own OS
 process with its own lnd. First with ``pay_on_delivery``: every buyer's
 ``delivered`` entry shows its whole trade, each seller settles its hold
-invoice, and the buyer logs the sale. Then (another site seed, so other
+invoice, and the buyer logs the sale. Then (other site seeds, so other
 invoices) with buyers whose meters report half of each trade: every hold
 invoice is cancelled, no sale is logged and the buyers' held sats come back.
 Both times lnd and the log reconcile to the msat."""
@@ -25,7 +25,12 @@ from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import utility_log
 from tests.regtest.conftest import POOLED
 
-SEED = 'seed = "p2pgrid pooled test block"'
+#: The sites' seeds in the file: each run gives both its own (the same seeds on one
+#: stack would derive the same utility invoices as another run's).
+SEEDS = {
+    "block": 'seed = "p2pgrid pooled test block"',
+    "street": 'seed = "p2pgrid pooled test street"',
+}
 
 
 class Run:
@@ -38,8 +43,12 @@ class Run:
 
 async def _run(stack: Stack, tmp: Path, name: str, *, seed: str, energy: str) -> Run:
     path = tmp / f"{name}.toml"
-    text = POOLED.read_text().replace(SEED, f'seed = "{seed}"')
-    path.write_text(f"{text}\n[agent.energy]\n{energy}\n")
+    text = POOLED.read_text()
+    for site, line in SEEDS.items():
+        assert text.count(line) == 1, line
+        text = text.replace(line, f'seed = "{seed} {site}"')
+    assert text.count("[agent.energy]\n") == 1  # the file's table, given the run's keys too
+    path.write_text(text.replace("[agent.energy]\n", f"[agent.energy]\n{energy}\n", 1))
     scenario = load_scenario(path)
     before = await snapshots(scenario, stack)
     result = await run_scenario(scenario, path, stack, tmp / name)
@@ -53,13 +62,13 @@ async def runs(
     tmp = tmp_path_factory.mktemp("delivery")
     stack = pooled_stack
     delivered = await _run(
-        stack, tmp, "delivered", seed="p2pgrid delivery block", energy="pay_on_delivery = true"
+        stack, tmp, "delivered", seed="p2pgrid delivery", energy="pay_on_delivery = true"
     )
     short = await _run(
         stack,
         tmp,
         "short",
-        seed="p2pgrid short delivery block",
+        seed="p2pgrid short delivery",
         energy="pay_on_delivery = true\ndelivered_pct = 50",
     )
     return stack, delivered, short
