@@ -1,6 +1,6 @@
 """The site's pooled auction end to end: two solar roofs and two consumers of one
 site (``pooled_site.toml``), every agent its own OS process with its own lnd on
-one regtest chain (the shared pooled stack, shared with
+one regtest chain (the pooled stack it shares with
 ``test_pay_on_delivery.py``), talking only through libp2p and Lightning.
 
 Asserts that in one round both producers are paid by the buyers at the one
