@@ -12,16 +12,13 @@ assembly (both build the ``AgentSetup``/``UtilitySetup`` the node processes run)
   their clock is the files', so nothing tells them to start (or, with
   ``start_when_ready``, the launcher's: they run with ``--await-start`` and get
   one ``start`` once all are ready, as in step 3 below).
-- :func:`run_scenario` (``test_netns``, ``test_dashboard``, the fault suite) starts
-  ``python -m p2pgrid.utility`` / ``p2pgrid.agent`` from the scenario (keys
-  from its seeds) and a runtime file each, as follows:
+Every test that runs the processes deploys its scenario this way
+(``tests/regtest/deployed.py``); as follows:
 
-1. The site owners' entries are signed (:func:`p2pgrid.provision.owner_entries`).
-2. The utility starts; its ready line gives its lnd pubkey and, per site, the
-   multiaddrs devices bootstrap from.
-3. Every device agent starts, bootstrapping from its site's utility host and
-   the devices started before it; once all are ready, all get the same start time.
-4. When every process is done, the launcher waits until all replicas of each
+1. The utility starts; once its hosts listen (its ready line), the devices start.
+2. Every device agent starts, bootstrapping from the addresses its file names
+   (its site's utility host and the devices listed before it).
+3. When every process is done, the launcher waits until all replicas of each
    site have the same digest, asks the utility for its invoices' status, and
    stops everything.
 
@@ -40,17 +37,16 @@ reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackCon
 ``rest_host``).
 
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
-agent with SIGKILL and starts it again with the same files (its data directory
-and runtime file) and the same ``start`` line (a deployment's: the same
-``p2pgrid agent run`` command, whose file gives the start, or, with ``--await-start``,
-the same ``start`` line); the agent rejoins the running
+agent with SIGKILL and starts the same ``p2pgrid agent run`` command again (its
+file gives the start, or, with ``--await-start``, the same ``start`` line); the
+agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
 :meth:`Running.restart_utility` does the same to the utility, which comes back
 on the same libp2p addresses (its ``ports.json``) and lnd node, and
 :meth:`Running.exited` waits for a process that kills itself (a test program
 that crashes at a chosen point, :mod:`p2pgrid.testing.crash`). A restart always
-starts the product's program (``p2pgrid.agent``, ``p2pgrid.utility``; a
-deployment's ``p2pgrid agent run`` / ``utility run``), whatever program ran before.
+starts the product's command (``p2pgrid agent run`` / ``utility run``), whatever
+program ran before.
 """
 
 from __future__ import annotations
@@ -70,9 +66,7 @@ from p2pgrid.errors import TimeoutExpired
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 from p2pgrid.poll import wait_until
-from p2pgrid.provision import owner_entries
 from p2pgrid.regtest import Stack
-from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import Scenario, SiteSpec, load_scenario
 
 log = logging.getLogger(__name__)
@@ -104,21 +98,19 @@ def on_this_host(name: str) -> Placement:
 
 @dataclasses.dataclass(frozen=True)
 class UtilityCommand:
-    """The utility's program: ``python -m <module> --scenario S --runtime R <args>``
-    (:func:`run_scenario`), or ``python -m <module> --config utility.toml --control
-    <args>`` (:func:`run_deployment`: a test program in place of ``utility run``)."""
+    """A test program run in place of ``utility run`` on the same file:
+    ``python -m <module> --config utility.toml --control <args>``."""
 
-    module: str = "p2pgrid.utility"
+    module: str
     args: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class AgentCommand:
-    """A device's program: ``python -m <module> --scenario S --runtime R --name N <args>``
-    (:func:`run_scenario`), or ``python -m <module> --config site.toml --device N
-    --control <args>`` (:func:`run_deployment`: a test program in place of ``agent run``)."""
+    """A test program run in place of a device's ``agent run`` on the same file:
+    ``python -m <module> --config site.toml --device N --control <args>``."""
 
-    module: str = "p2pgrid.agent"
+    module: str
     args: tuple[str, ...] = ()
 
 
@@ -140,12 +132,12 @@ class RunResult:
     digests: dict[str, dict[str, str]]  # site -> replica name -> digest
     work_dir: Path
     dashboards: dict[str, str] = dataclasses.field(default_factory=dict)  # process -> URL
-    #: Each site's key by name, where not the scenario's seed key (a deployment's).
+    #: Each site's key by name (the deployment's: fresh, never the scenario's seeds).
     sites: dict[str, SiteIdentity] = dataclasses.field(default_factory=dict)
 
     def identity(self, site: SiteSpec) -> SiteIdentity:
-        """``site``'s key in this run: the deployment's, else the scenario's."""
-        return self.sites.get(site.name, site.identity)
+        """``site``'s key in this run (the deployment's)."""
+        return self.sites[site.name]
 
 
 async def _spawn(
@@ -177,12 +169,11 @@ class Running:
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
     utility_pubkey: str = ""
     utility_addrs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    #: The modules a restart runs (device, utility) with ``argv``, and whether it then
-    #: sends ``start``: the children's (:func:`run_scenario`), or ``p2pgrid``'s
-    #: ``agent run`` / ``utility run``, whose clock is their file's (:func:`run_deployment`)
-    #: unless they run with ``--await-start``.
-    programs: tuple[str, str] = ("p2pgrid.agent", "p2pgrid.utility")
-    send_start: bool = True
+    #: The modules a restart runs (device, utility) with ``argv``: ``p2pgrid``'s
+    #: ``agent run`` / ``utility run``; and whether it then sends ``start`` (they run
+    #: with ``--await-start``), else their clock is their file's.
+    programs: tuple[str, str] = ("p2pgrid", "p2pgrid")
+    send_start: bool = False
 
     def time_of(self, interval: int) -> float:
         return self.at + interval * self.scenario.interval_s
@@ -247,162 +238,6 @@ class Running:
 Disruption = Callable[[Running], Awaitable[None]]
 
 
-async def run_scenario(
-    scenario: Scenario,
-    scenario_path: Path,
-    stack: Stack,
-    work_dir: Path,
-    *,
-    utility: UtilityCommand = UtilityCommand(),
-    agents: Mapping[str, AgentCommand] | None = None,
-    observer: RunObserver | None = None,
-    during: Disruption | None = None,
-    place: Placer = on_this_host,
-) -> RunResult:
-    """Run ``scenario`` on ``stack``; ``utility`` says which program is the utility
-    (tests run one that bills wrong on purpose: ``p2pgrid.testing.overcharge``),
-    ``agents`` which program a device runs (by name; default :class:`AgentCommand`);
-    ``observer`` hears of the dashboards and the result while the processes run;
-    ``during`` runs once all started (it may restart agents, see :class:`Running`);
-    ``place`` says where each process lives (:class:`Placement`)."""
-    work_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
-    provision = {
-        site.name: [e.raw.hex() for e in owner_entries(scenario, site)] for site in scenario.sites
-    }
-    children: list[ChildProcess] = []
-    try:
-        return await _run(
-            scenario,
-            scenario_path,
-            stack,
-            work_dir,
-            provision,
-            children,
-            (utility, dict(agents or {})),
-            observer,
-            during,
-            place,
-        )
-    finally:
-        async with asyncio.TaskGroup() as stops:
-            for child in children:
-                stops.create_task(child.stop())
-
-
-async def _run(
-    scenario: Scenario,
-    scenario_path: Path,
-    stack: Stack,
-    work_dir: Path,
-    provision: dict[str, list[str]],
-    children: list[ChildProcess],
-    commands: tuple[UtilityCommand, dict[str, AgentCommand]],
-    observer: RunObserver | None,
-    during: Disruption | None,
-    place: Placer,
-) -> RunResult:
-    placements = {
-        name: place(name)
-        for name in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices))
-    }
-
-    def runtime_file(name: str, **fields: Any) -> str:
-        path = work_dir / f"{name}.runtime.json"
-        rt = Runtime(
-            stack.endpoint(name),
-            work_dir / name,
-            provision=provision,
-            listen_host=placements[name].listen_host,
-            **fields,
-        )
-        path.write_text(rt.to_json())
-        return str(path)
-
-    command, agent_commands = commands
-    uname = scenario.utility.name
-    argv = {uname: ["--scenario", str(scenario_path), "--runtime", runtime_file(uname)]}
-    utility = await _spawn(
-        command.module,
-        uname,
-        [*argv[uname], *command.args],
-        work_dir,
-        placement=placements[uname],
-    )
-    children.append(utility)
-    async with asyncio.timeout(READY_TIMEOUT_S):
-        ready = await utility.expect("ready")
-    dashboards = {uname: str(ready.get("dashboard", ""))}
-    devices: dict[str, ChildProcess] = {}
-    pubkeys: dict[str, str] = {}  # each device's lnd node, told to every agent at start
-    started: list[str] = []  # addrs of the devices already up, of every site
-    for site in scenario.sites:
-        for device in site.devices:
-            # Its site's utility host, and the devices started before it: hellos
-            # then spread the rest, across the owner's sites too.
-            rt = runtime_file(
-                device.name,
-                bootstrap=(*ready["addrs"][site.name], *started[-4:]),
-                utility_pubkey=ready["pubkey"],
-            )
-            argv[device.name] = [
-                "--scenario",
-                str(scenario_path),
-                "--runtime",
-                rt,
-                "--name",
-                device.name,
-            ]
-            program = agent_commands.get(device.name, AgentCommand())
-            child = await _spawn(
-                program.module,
-                device.name,
-                [*argv[device.name], *program.args],
-                work_dir,
-                placement=placements[device.name],
-            )
-            children.append(child)
-            devices[device.name] = child
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                up = await child.expect("ready")
-            started += up["addrs"]
-            pubkeys[device.name] = up["pubkey"]
-            dashboards[device.name] = str(up.get("dashboard", ""))
-    start = time.time() + START_DELAY_S
-    for child in children:
-        await child.send("start", at=start, nodes=pubkeys)
-    if observer is not None:
-        await observer.started(dashboards)
-    run_s = scenario.periods * scenario.intervals_per_period * scenario.interval_s
-    reports: dict[str, dict[str, Any]] = {}
-    async with asyncio.timeout(START_DELAY_S + run_s + SETTLE_MARGIN_S):
-        if during is not None:
-            running = Running(
-                scenario,
-                start,
-                work_dir,
-                devices,
-                children,
-                utility,
-                pubkeys,
-                argv,
-                placements=placements,
-                utility_pubkey=str(ready["pubkey"]),
-                utility_addrs=ready["addrs"],
-            )
-            await during(running)
-            utility = running.utility  # it may have been restarted
-        for name in list(devices):
-            reports[name] = (await devices[name].expect("done"))["report"]
-        invoices = (await utility.expect("done"))["invoices"]
-    sites = {site.name: [d.name for d in site.devices] for site in scenario.sites}
-    identities = {site.name: site.identity for site in scenario.sites}
-    return await _finish(
-        Ended(uname, sites, utility, devices, reports, invoices),
-        RunResult([], [], {}, {}, work_dir, dashboards, identities),
-        observer,
-    )
-
-
 #: From writing a deployment's files to its interval 0: every process starts and its
 #: hosts meet (on the loaded 2-core machine, 7 processes took ~48 s to be ready).
 START_LEAD_S = 10.0
@@ -452,6 +287,7 @@ async def run_deployment(
     utility: UtilityCommand | None = None,
     agents: Mapping[str, AgentCommand] | None = None,
     start_when_ready: bool = False,
+    place: Placer = on_this_host,
 ) -> RunResult:
     """Run the processes of ``deployment`` the way an operator does, from its files:
     ``p2pgrid utility run``, then one ``p2pgrid agent run`` per device (the
@@ -462,18 +298,20 @@ async def run_deployment(
     start is not used): the run does not wait out a lead written for a loaded
     machine (:func:`start_after_lead`). When
     every process is done, the replicas' agreement and the invoices' state are
-    asked for as in :func:`run_scenario`, then every process is stopped.
+    asked for (see the module's contract), then every process is stopped.
     ``during`` runs once every process is ready (see :class:`Running`; a restart
     runs the product's command again); ``utility`` and ``agents`` (by device name):
     test programs run in place of ``p2pgrid utility run`` / ``agent run`` on the same
-    files."""
+    files; ``place`` says where each process runs (its :class:`Placement`'s
+    ``prefix``; the files name its ``listen_host``: ``write_deployment``'s ``listen_hosts``)."""
     children: list[ChildProcess] = []
     programs: dict[str, UtilityCommand | AgentCommand] = dict(agents or {})
     if utility is not None:
         programs[deployment.utility] = utility
     try:
+        placements = {name: place(name) for name in deployment.names}
         return await _run_deployment(
-            deployment, children, observer, during, programs, start_when_ready
+            deployment, children, observer, during, programs, start_when_ready, placements
         )
     finally:
         async with asyncio.TaskGroup() as stops:
@@ -488,18 +326,19 @@ async def _run_deployment(
     during: Disruption | None,
     programs: Mapping[str, UtilityCommand | AgentCommand],
     start_when_ready: bool,
+    placements: dict[str, Placement],
 ) -> RunResult:
     work_dir, uname = deployment.dir, deployment.utility
     extra = _await(start_when_ready)
 
     async def spawn(name: str) -> ChildProcess:
-        program = programs.get(name)
+        program, where = programs.get(name), placements[name]
         if program is None:
             argv = command_line(deployment, name, await_start=start_when_ready)
-            child = await _spawn("p2pgrid", name, argv, work_dir)
+            child = await _spawn("p2pgrid", name, argv, work_dir, placement=where)
         else:  # the command's options after ``run``, then the program's own
             args = [*deployment.argv(name)[2:], *CLI_CONTROL, *extra, *program.args]
-            child = await _spawn(program.module, name, args, work_dir)
+            child = await _spawn(program.module, name, args, work_dir, placement=where)
         children.append(child)
         return child
 
@@ -539,6 +378,7 @@ async def _run_deployment(
                     name: command_line(deployment, name, await_start=start_when_ready)
                     for name in deployment.names
                 },
+                placements=placements,
                 utility_pubkey=str(ready["pubkey"]),
                 utility_addrs=ready["addrs"],
                 programs=("p2pgrid", "p2pgrid"),

@@ -1,26 +1,18 @@
 """A node process stops at any moment, in order, and ends with one line and an exit code.
 
 In-process: :class:`Service` with real asyncio tasks and a real SIGTERM to this
-process. As processes: the agent and the utility with lnd absent or unreachable.
+process. As processes (``agent run`` and ``utility run`` with lnd absent or
+unreachable): ``tests/cli/test_commands.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from p2pgrid.errors import ConfigError, FatalError, ReportableError, RetryableError
 from p2pgrid.service import (
@@ -31,9 +23,6 @@ from p2pgrid.service import (
     Service,
     exit_code,
 )
-from p2pgrid.testing.ports import free_port
-
-SCENARIO = Path(__file__).parent.parent / "p2pgrid" / "scenarios" / "two_sites.toml"
 
 
 class _Commands:
@@ -116,74 +105,3 @@ def test_exit_codes_follow_the_error_split() -> None:
     nested = ExceptionGroup("g", [ExceptionGroup("h", [RetryableError("lnd down")])])
     assert exit_code(nested) == (EXIT_UNAVAILABLE, "error: lnd down")
     assert exit_code(ValueError("a bug")) is None  # a bug keeps its traceback
-
-
-def _self_signed(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _runtime(tmp_path: Path, *, files: bool) -> Path:
-    cert, macaroon = tmp_path / "tls.cert", tmp_path / "admin.macaroon"
-    if files:
-        _self_signed(cert)
-        macaroon.write_bytes(b"\x02macaroon")
-        macaroon.chmod(0o600)
-    path = tmp_path / "runtime.json"
-    lnd = {
-        "name": "lnd-x",
-        "rest_host": "127.0.0.1",
-        "rest_port": free_port(),
-        "tls_cert": str(cert),
-        "macaroon": str(macaroon),
-    }
-    path.write_text(json.dumps({"lnd": lnd, "data_dir": str(tmp_path / "data")}))
-    return path
-
-
-@pytest.mark.parametrize(
-    ("module", "extra"), [("p2pgrid.agent", ["--name", "s1-fridge"]), ("p2pgrid.utility", [])]
-)
-@pytest.mark.parametrize(
-    ("files", "code", "says"),
-    [(False, EXIT_CONFIG, "cannot load TLS cert or macaroon"), (True, EXIT_UNAVAILABLE, "lnd-x")],
-    ids=["no-lnd-files", "lnd-down"],
-)
-def test_with_the_stack_down_a_process_says_so_in_one_line(
-    tmp_path: Path, module: str, extra: list[str], files: bool, code: int, says: str
-) -> None:
-    runtime = _runtime(tmp_path, files=files)
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            module,
-            "--scenario",
-            str(SCENARIO),
-            "--runtime",
-            str(runtime),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert run.returncode == code, run.stderr
-    assert "Traceback" not in run.stderr
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1
-    assert says in errors[0]

@@ -1,8 +1,8 @@
 """A site gateway: one OS process that runs the agents of one or more devices.
 
 ``p2pgrid agent run --config site.toml --device A --device B`` (or ``--all``)
-runs a gateway of those devices; ``--device A`` alone, and the launcher's child
-``python -m p2pgrid.agent``, are a gateway of one (:func:`run_device`).
+runs a gateway of those devices; ``--device A`` alone (and the test program
+:mod:`p2pgrid.testing.crash`) is a gateway of one (:func:`run_device`).
 
 What the devices of a gateway share: the process (one interpreter, one import
 of libp2p), the asyncio loop and one :class:`~p2pgrid.net.TrioBridge` that runs
@@ -76,8 +76,8 @@ from p2pgrid.service import Command, Service, on_hangup
 
 log = logging.getLogger(__name__)
 
-#: Where the commands come from: stdin's JSON lines (the launcher's child) or a
-#: fixed start (``p2pgrid agent run``). Called inside the running loop.
+#: Where the commands come from: the file's start (``p2pgrid agent run``), then
+#: stdin's JSON lines with ``--control``. Called inside the running loop.
 CommandSource = Callable[[], AsyncIterator[Command]]
 
 #: Builds a device's paymaster from :class:`Paymaster`'s keyword arguments.

@@ -1,9 +1,8 @@
 """What one device agent is built from: :class:`AgentSetup`, typed and validated once.
 
-A setup comes from a scenario and a runtime file (:func:`setup_from_scenario`,
-the launcher's children) or from a site file (:mod:`p2pgrid.config.setups`,
-``p2pgrid agent run``); :func:`p2pgrid.agent.gateway.run_gateway` assembles
-the agents of one or more setups the same way for both.
+A setup comes from a site file (:mod:`p2pgrid.config.setups`, ``p2pgrid agent
+run``; tests build their own); :func:`p2pgrid.agent.gateway.run_gateway`
+assembles the agents of one or more setups.
 """
 
 from __future__ import annotations
@@ -17,9 +16,8 @@ from p2pgrid.billing import FlatTariff
 from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.ledger import Membership
 from p2pgrid.market import Party
-from p2pgrid.provision import provisioned_membership
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import DeviceSpec, Scenario, Timing
+from p2pgrid.scenario import DeviceSpec, Timing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +41,8 @@ class SiteNodeSpec:
 class AgentSetup:
     """Everything one device agent is built from (typed, validated once).
 
-    Built from a scenario and a runtime file (:func:`setup_from_scenario`, the
-    launcher's children) or from a site file (:mod:`p2pgrid.config`, ``p2pgrid
-    agent run``); :func:`p2pgrid.agent.gateway.run_gateway` assembles the agent
-    the same way for both.
+    Built from a site file (:mod:`p2pgrid.config`, ``p2pgrid agent run``);
+    :func:`p2pgrid.agent.gateway.run_gateway` assembles the agent.
     """
 
     site_name: str
@@ -64,7 +60,7 @@ class AgentSetup:
     #: The agent's tuning (the project's defaults unless a site file's ``[agent]`` sets them).
     config: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     #: The owner's entries file ``provision`` was read from: watched while the agent
-    #: runs, and read again on SIGHUP (None: the launcher's fixed provisioning).
+    #: runs, and read again on SIGHUP (None: a test's fixed provisioning).
     entries_file: Path | None = None
     #: A light device's site node (None: the device has its own lnd).
     site_node: SiteNodeSpec | None = None
@@ -72,27 +68,3 @@ class AgentSetup:
     @property
     def name(self) -> str:
         return self.device.name
-
-
-def setup_from_scenario(scenario: Scenario, runtime: Runtime, name: str) -> AgentSetup:
-    """The setup of device ``name`` of a launcher's run (demo keys from the scenario)."""
-    site, device = scenario.site_of(name)
-    return AgentSetup(
-        site_name=site.name,
-        identity=site.identity,
-        device=device,
-        signer=site.device_signer(device.index),
-        timing=scenario.timing,
-        tariff=scenario.tariff,
-        runtime=runtime,
-        provision=tuple(bytes.fromhex(h) for h in runtime.provision.get(site.name, [])),
-        peer_sites=tuple(
-            PeerSite(s.name, provisioned_membership(s, runtime.provision.get(s.name, [])))
-            for s in scenario.sites
-            if s != site
-        ),
-        parties={
-            d.name: Party(s.identity.site_id, d.index) for s in scenario.sites for d in s.devices
-        },
-        config=scenario.agent,
-    )

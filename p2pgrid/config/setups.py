@@ -1,7 +1,7 @@
 """From deployment files to the typed setups the node processes are built from.
 
-``p2pgrid agent run`` and ``p2pgrid utility run`` call these, then the same
-assembly as the launcher's children (:func:`p2pgrid.agent.process.run_device`,
+``p2pgrid agent run`` and ``p2pgrid utility run`` call these, then assemble the
+node (:func:`p2pgrid.agent.process.run_gateway`,
 :func:`p2pgrid.utility.process.run_utility`). Every key and entry is read and
 checked here, before any daemon is contacted: a bad file is exit code 2.
 """

@@ -49,7 +49,7 @@ class NodeSpec:
     #: A bridge shared by several hosts of one process; a host runs its own otherwise.
     bridge: TrioBridge | None = None
     #: The owner's entries file the node watches while it runs (None: no file,
-    #: e.g. the launcher's children, whose provisioning is fixed for the run).
+    #: e.g. a test's node, whose provisioning is fixed for the run).
     entries_file: Path | None = None
     entries_check_s: float = ENTRIES_CHECK_S
 

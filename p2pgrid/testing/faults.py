@@ -2,8 +2,9 @@
 
 A :class:`Fault` is one row of the fault table (:data:`FAULTS`): what to do to which
 kind of process, and for how long. :class:`Injector` finds the process in ``/proc``
-(daemons by their data directory, agents and the utility by their work directory
-and name), applies the fault and undoes it:
+(daemons by their data directory, agents and the utility by their deployment's
+command: ``agent run --config <site file> --device <name>``), applies the fault
+and undoes it:
 
 - ``kill``: SIGKILL, then start it again on the same data directory after the
   outage (daemons by the stack; an agent or the utility by the ``restart`` the
@@ -37,6 +38,7 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from p2pgrid.config.deployment import Deployment
 from p2pgrid.errors import FatalError
 from p2pgrid.lightning import LndClient, NodeUnreachable
 from p2pgrid.poll import wait_until
@@ -170,12 +172,13 @@ class Injector:
     def __init__(
         self,
         stack: Stack,
-        work_dir: Path,
+        deployment: Deployment,
         trial: str,
         restart: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.stack = stack
-        self.work_dir = work_dir
+        self.deployment = deployment
+        self.work_dir = deployment.dir
         self.trial = trial
         #: Starts a killed agent or utility (by name) again on its files.
         self.restart = restart
@@ -197,12 +200,10 @@ class Injector:
         return pid
 
     def node_pid(self, name: str) -> int:
-        """The agent (or utility) process named ``name`` of this run."""
-        (pid,) = [
-            pid
-            for pid in processes_under(self.work_dir)
-            if f"/{name}.runtime.json" in _cmdline(pid)
-        ]
+        """The agent (or utility) process named ``name`` of this run: the one whose
+        command is its deployment's (``agent run --config <site file> --device <name>``)."""
+        command = " ".join(self.deployment.argv(name)) + " "
+        (pid,) = [pid for pid in processes_under(self.work_dir) if command in _cmdline(pid)]
         return pid
 
     # -- applying ------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""The utility node as an OS process: ``python -m p2pgrid.utility --scenario S --runtime R``
-(the launcher's child) or ``p2pgrid utility run --config utility.toml``. Both build one
-typed :class:`UtilitySetup` and run :func:`run_utility` on it. Run from a utility file,
-it watches each site's entries file while it runs and reads them again on SIGHUP
-(:mod:`p2pgrid.replication.entries_watch`).
+"""The utility node as an OS process: ``p2pgrid utility run --config utility.toml``
+builds one typed :class:`UtilitySetup` (:mod:`p2pgrid.config.setups`) and runs
+:func:`run_utility` on it, which watches each site's entries file while it runs and
+reads them again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`).
 
 For each site of the scenario it runs one libp2p host, one SQLite replica of
 the site's log and one invoicer on its lnd, all with the utility's key for that
@@ -26,7 +25,6 @@ where devices last saw it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -46,8 +44,8 @@ from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.provision import membership_of
 from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.runtime import Runtime
-from p2pgrid.scenario import Scenario, Timing, load_scenario
-from p2pgrid.service import Command, Service, on_hangup, run_process
+from p2pgrid.scenario import Timing
+from p2pgrid.service import Command, Service, on_hangup
 from p2pgrid.utility.invoicer import Invoicer
 from p2pgrid.utility.node import READINGS_WAIT_S, SiteDesk, UtilityNode
 
@@ -117,8 +115,7 @@ class UtilitySite:
 
 @dataclasses.dataclass(frozen=True)
 class UtilitySetup:
-    """Everything the utility process is built from (typed, validated once):
-    from a scenario and a runtime file (:func:`setup_from_scenario`) or from a
+    """Everything the utility process is built from (typed, validated once): from a
     utility file (:mod:`p2pgrid.config`, ``p2pgrid utility run``)."""
 
     name: str
@@ -129,30 +126,6 @@ class UtilitySetup:
     runtime: Runtime
     #: How long it waits at a period's end for the devices' last readings.
     readings_wait_s: float = READINGS_WAIT_S
-
-
-def setup_from_scenario(scenario: Scenario, runtime: Runtime) -> UtilitySetup:
-    """The utility of a launcher's run (demo keys from the scenario)."""
-    utility = scenario.utility
-    return UtilitySetup(
-        name=utility.name,
-        sites=tuple(
-            UtilitySite(
-                name=site.name,
-                identity=site.identity,
-                signer=utility.signer(site),
-                budget_msat=site.budget_msat,
-                devices=tuple(d.index for d in site.devices),
-                provision=tuple(bytes.fromhex(h) for h in runtime.provision.get(site.name, [])),
-            )
-            for site in scenario.sites
-        ),
-        timing=scenario.timing,
-        tariff=scenario.tariff,
-        invoice_secret=utility.invoice_secret,
-        runtime=runtime,
-        readings_wait_s=utility.readings_wait_s,
-    )
 
 
 async def run_utility(
@@ -308,32 +281,11 @@ async def run_utility(
     emit("stopped", name=setup.name)
 
 
-async def run_from_files(
-    scenario_path: Path, runtime_path: Path, *, make_invoicer: InvoicerFactory = Invoicer
-) -> None:
-    """The launcher's child: the utility of a scenario and a runtime file."""
-    setup = setup_from_scenario(load_scenario(scenario_path), Runtime.load(runtime_path))
-    await run_utility(setup, make_invoicer=make_invoicer)
-
-
-def argument_parser(prog: str = "python -m p2pgrid.utility") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--scenario", type=Path, required=True)
-    parser.add_argument("--runtime", type=Path, required=True)
-    return parser
-
-
 def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = argument_parser().parse_args(argv)
-    setup_logging()
-    run_process(run_from_files(args.scenario, args.runtime))
 
 
 def _periods_so_far(desks: list[SiteDesk]) -> int:

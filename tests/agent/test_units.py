@@ -1,5 +1,5 @@
 """Agent pieces without the network: the payment handshake's codec, the share
-proof, the scenario file and the owner's provisioning (folded for real)."""
+proof and the scenario file."""
 
 from __future__ import annotations
 
@@ -21,19 +21,8 @@ from p2pgrid.agent.messages import (
     TradeRequest,
 )
 from p2pgrid.errors import ConfigError
-from p2pgrid.identity import Role
-from p2pgrid.ledger import (
-    Author,
-    CarryOver,
-    LedgerError,
-    LogStore,
-    LogWriter,
-    Outcome,
-    fold,
-)
 from p2pgrid.ledger.proof import parse_proof, proof_memo
 from p2pgrid.market import MessageError, Party, Priority
-from p2pgrid.provision import owner_entries
 from p2pgrid.scenario import load_scenario, parse_scenario
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -93,43 +82,15 @@ def test_share_proof_must_match_its_hash() -> None:
     assert parse_proof("help") is None
 
 
-def test_the_shipped_scenario_and_its_provisioning() -> None:
+def test_the_shipped_scenario() -> None:
+    """Its sites, and devices that the market ranks apart (the owner's entries of a
+    deployment of it: tests/config/test_deployment.py)."""
     scenario = load_scenario(SCENARIO)
     assert [len(s.devices) for s in scenario.sites] == [3, 3]
     assert {d.priority for s in scenario.sites for d in s.devices} >= {
         Priority.CRITICAL,
         Priority.DEFERRABLE,
     }
-    for site in scenario.sites:
-        view = fold(owner_entries(scenario, site))
-        for period in range(scenario.periods):
-            accounts = view.period(period).accounts
-            assert sum(a.allocation_msat for a in accounts.values()) == site.budget_msat
-        assert set(view.device_classes) == {d.index for d in site.devices}
-
-
-async def test_provisioning_enrols_every_member_with_its_own_key(tmp_path: Path) -> None:
-    """A store given the owner's provisioned entries admits each device and the
-    utility with its own key, and refuses a device the owner did not enrol."""
-    scenario = load_scenario(SCENARIO)
-    site = scenario.sites[0]
-    entries = owner_entries(scenario, site)
-    async with await LogStore.open(tmp_path / "s.db", site.identity, name="s") as store:
-        report = await store.ingest_many([e.raw for e in entries])
-        assert {r.outcome for r in report.results} == {Outcome.STORED}
-        keys = {i: m.pubkey for i, m in store.roster.devices().items()}
-        assert keys == {d.index: site.device_signer(d.index).pubkey for d in site.devices}
-        utility = store.roster.member(Role.UTILITY, 0)
-        assert utility is not None
-        assert utility.pubkey == scenario.utility.signer(site).pubkey
-        secrets = {site.owner_signer.secret, scenario.utility.signer(site).secret}
-        secrets |= {site.device_signer(d.index).secret for d in site.devices}
-        assert len(secrets) == 2 + len(site.devices)  # no two members share a key
-        outsider = max(d.index for d in site.devices) + 1
-        writer = LogWriter(store, site.device_signer(0), Author.device(0))
-        await writer.append(CarryOver(1), period=0, timestamp_ms=1)
-        with pytest.raises(LedgerError, match="not a member"):
-            LogWriter(store, site.device_signer(outsider), Author.device(outsider))
 
 
 def test_a_bad_scenario_is_a_clear_error() -> None:

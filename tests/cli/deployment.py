@@ -13,6 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner, Result
 
 from p2pgrid.cli import app
@@ -43,6 +47,24 @@ class Deployment:
     entries: Path
     site: str  # the owner's public key
     utility_key: str
+
+
+def self_signed_cert(path: Path) -> None:
+    """A TLS certificate lnd could have made (for a node whose lnd is down)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def lnd_table(root: Path, name: str, port: int) -> str:

@@ -23,8 +23,7 @@ from p2pgrid.ledger import Allocation, LogStore, Outcome
 from p2pgrid.provision import membership_of
 from p2pgrid.service import EXIT_CONFIG, EXIT_UNAVAILABLE
 from p2pgrid.testing.ports import free_port
-from tests.cli.deployment import DEVICES, cli, deploy, lnd_table, ok_json
-from tests.test_service import _self_signed
+from tests.cli.deployment import DEVICES, cli, deploy, lnd_table, ok_json, self_signed_cert
 
 COMMANDS = [
     [],
@@ -348,22 +347,31 @@ def test_the_utility_file_sets_the_readings_wait(tmp_path: Path) -> None:
 
 def _lnd_files(root: Path, name: str) -> None:
     (root / name).mkdir()
-    _self_signed(root / name / "tls.cert")
+    self_signed_cert(root / name / "tls.cert")
     macaroon = root / name / "admin.macaroon"
     macaroon.write_bytes(b"\x02macaroon")
     macaroon.chmod(0o600)
 
 
 @pytest.mark.parametrize("node", ["agent", "utility"])
-def test_a_node_with_lnd_unreachable_exits_3_in_one_line(tmp_path: Path, node: str) -> None:
-    """As a real process (its own signal handlers and exit code)."""
+@pytest.mark.parametrize(
+    ("files", "code", "says"),
+    [(False, EXIT_CONFIG, "cannot load TLS cert or macaroon"), (True, EXIT_UNAVAILABLE, "")],
+    ids=["no-lnd-files", "lnd-down"],
+)
+def test_a_node_without_its_lnd_exits_in_one_line(
+    tmp_path: Path, node: str, files: bool, code: int, says: str
+) -> None:
+    """As a real process (its own signal handlers and exit code): lnd's files
+    missing is a bad configuration (2), lnd down is unavailable (3)."""
     port = free_port()
     d = deploy(
         tmp_path,
         lnd={"s1-fridge": lnd_table(tmp_path, "s1-fridge", port)},
         utility_lnd_table=lnd_table(tmp_path, "utility", port),
     )
-    _lnd_files(tmp_path, "s1-fridge" if node == "agent" else "utility")
+    if files:
+        _lnd_files(tmp_path, "s1-fridge" if node == "agent" else "utility")
     args = (
         ["agent", "run", "--config", str(d.site_file), "--device", "s1-fridge"]
         if node == "agent"
@@ -378,10 +386,11 @@ def test_a_node_with_lnd_unreachable_exits_3_in_one_line(tmp_path: Path, node: s
         stdin=subprocess.DEVNULL,
         env={**os.environ, "COLUMNS": "300"},
     )
-    assert run.returncode == EXIT_UNAVAILABLE, run.stderr
+    assert run.returncode == code, run.stderr
     assert "Traceback" not in run.stderr
     line = _error_line(run.stderr)
     assert "s1-fridge" in line if node == "agent" else "utility" in line
+    assert says in line
     assert not (tmp_path / "data" / "s1-fridge" / "s1-fridge.db").exists()  # nothing written
 
 

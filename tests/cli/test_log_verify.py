@@ -31,9 +31,8 @@ from p2pgrid.ledger import (
 from p2pgrid.market import Ask, DemandCurve, Party, Step
 from p2pgrid.service import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE
 from p2pgrid.testing.ports import free_port
-from tests.cli.deployment import Deployment, cli, deploy, lnd_table
+from tests.cli.deployment import Deployment, cli, deploy, lnd_table, self_signed_cert
 from tests.ledger.ledger_factory import Site
-from tests.test_service import _self_signed
 
 READINGS = 3
 ANY_SITE = Signer.generate().pubkey.hex()
@@ -297,7 +296,7 @@ def test_an_lnd_that_does_not_answer_is_exit_3_in_one_line(tmp_path: Path, node:
     )
     name = "s1-fridge" if node == "device" else "utility"
     (tmp_path / name).mkdir()
-    _self_signed(tmp_path / name / "tls.cert")
+    self_signed_cert(tmp_path / name / "tls.cert")
     macaroon = tmp_path / name / "admin.macaroon"
     macaroon.write_bytes(b"\x02macaroon")
     macaroon.chmod(0o600)

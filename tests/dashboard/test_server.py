@@ -23,8 +23,6 @@ from p2pgrid.ledger import (
     Share,
     fold,
 )
-from p2pgrid.lightning.lnd import LndEndpoint
-from p2pgrid.runtime import Runtime
 from tests.ledger.ledger_factory import T0_MS, Chain, Site
 
 EVENT_TIMEOUT_S = 10.0
@@ -118,17 +116,3 @@ async def test_a_token_guards_a_dashboard_beyond_loopback(site_store: SiteStore)
     assert (refused.status_code, wrong.status_code) == (401, 401)
     assert bearer.status_code == 200
     assert page.status_code == 200
-
-
-def test_the_runtime_file_carries_the_dashboard_config(tmp_path: Path) -> None:
-    lnd = LndEndpoint("n", "127.0.0.1", 10009, tmp_path / "tls.cert", tmp_path / "m.macaroon")
-    config = DashboardConfig(host="0.0.0.0", port=8088, token="a-long-enough-token!")
-    path = tmp_path / "rt.json"
-    path.write_text(Runtime(lnd, tmp_path, dashboard=config).to_json())
-    assert Runtime.load(path).dashboard == config
-    assert Runtime.load(path).lnd == lnd
-    bad = json.loads(path.read_text())
-    bad["dashboard"]["token"] = ""
-    path.write_text(json.dumps(bad))
-    with pytest.raises(ConfigError, match="token"):
-        Runtime.load(path)

@@ -87,29 +87,27 @@ def replica_paths(scenario: Scenario, work_dir: Path, site_name: str) -> dict[st
     return paths
 
 
-async def read_replica(
-    scenario: Scenario, site_name: str, path: Path, identity: SiteIdentity | None = None
-) -> tuple[bytes, list[Entry]]:
+async def read_replica(path: Path, identity: SiteIdentity) -> tuple[bytes, list[Entry]]:
     """The digest and entries of one replica file of a site (``identity``: the site's
-    key where the run was deployed from files with fresh keys, else the scenario's)."""
-    site = next(s for s in scenario.sites if s.name == site_name)
-    store = await LogStore.open(path, identity or site.identity, name=f"check-{path.stem}")
+    key, the deployment's)."""
+    store = await LogStore.open(path, identity, name=f"check-{path.stem}")
     try:
         return store.digest(), await store.entries()
     finally:
         await store.close()
 
 
-async def replica_entries(
-    scenario: Scenario, site_name: str, path: Path, identity: SiteIdentity | None = None
+async def replica_entries(path: Path, identity: SiteIdentity) -> list[Entry]:
+    return (await read_replica(path, identity))[1]
+
+
+async def utility_log(
+    scenario: Scenario, work_dir: Path, site_name: str, identity: SiteIdentity
 ) -> list[Entry]:
-    return (await read_replica(scenario, site_name, path, identity))[1]
-
-
-async def utility_log(scenario: Scenario, work_dir: Path, site_name: str) -> list[Entry]:
-    """The entries of the utility's replica of a site, after a run in ``work_dir``."""
+    """The entries of the utility's replica of a site (its key ``identity``: the
+    deployment's), after a run in ``work_dir``."""
     path = replica_paths(scenario, work_dir, site_name)[scenario.utility.name]
-    return await replica_entries(scenario, site_name, path)
+    return await replica_entries(path, identity)
 
 
 async def check_trial(
@@ -117,11 +115,10 @@ async def check_trial(
     stack: Stack,
     work_dir: Path,
     before: dict[str, NodeSnapshot],
-    sites: Mapping[str, SiteIdentity] | None = None,
+    sites: Mapping[str, SiteIdentity],
 ) -> Verdict:
     """Everything the trial left behind; ``before``: every node before the run;
-    ``sites``: each site's key if not the scenario's (:attr:`RunResult.sites`)."""
-    sites = sites or {}
+    ``sites``: each site's key (the deployment's, :attr:`RunResult.sites`)."""
     verdict = Verdict()
     left = processes_under(work_dir)
     if left:
@@ -151,7 +148,7 @@ async def check_trial(
             if not path.exists():
                 verdict.problem(f"{site.name}: replica {name} missing ({path})")
                 continue
-            digests[name], got = await read_replica(scenario, site.name, path, sites.get(site.name))
+            digests[name], got = await read_replica(path, sites[site.name])
             for e in got:  # the union of the replicas: what any of them holds
                 union[(e.author, e.seq)] = e
         if len(set(digests.values())) > 1:
@@ -327,12 +324,15 @@ def accounts_of(scenario: Scenario, site_name: str, entries: list[Entry]) -> Acc
     return out
 
 
-async def read_accounts(scenario: Scenario, work_dir: Path) -> Accounts:
+async def read_accounts(
+    scenario: Scenario, work_dir: Path, sites: Mapping[str, SiteIdentity]
+) -> Accounts:
     """The accounts of a run in ``work_dir``, from the utility's replica of each site
-    (the checker asserts separately that every replica of a site is the same)."""
+    (its key in ``sites``; the checker asserts separately that every replica of a
+    site is the same)."""
     out: dict[tuple[str, str, int], DevicePeriod] = {}
     for site in scenario.sites:
-        entries = await utility_log(scenario, work_dir, site.name)
+        entries = await utility_log(scenario, work_dir, site.name, sites[site.name])
         out.update(accounts_of(scenario, site.name, entries))
     return out
 

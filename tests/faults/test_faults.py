@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pgrid.regtest import Stack
-from p2pgrid.scenario import Scenario
+from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.faults import Action, Fault, Target, runnable
 from tests.faults.checker import Scope, compare_accounts, needs_no_market, read_accounts
 from tests.faults.conftest import SCENARIO
-from tests.faults.trials import References, keyed, record_of, run_once
+from tests.faults.trials import References, record_of, run_once
 
 #: The faults whose run is also judged against an uncut run: they cut links, they
 #: stop no process (a kill may make a device miss intervals, which is allowed).
@@ -57,14 +57,14 @@ async def test_fault_trial(
     references: References,
 ) -> None:
     shipped, stack = fault_stack
-    path, scenario = keyed(SCENARIO, f"trial {fault_seed}-{trial}", tmp_path)
+    scenario = load_scenario(SCENARIO)
     assert [s.name for s in scenario.sites] == [s.name for s in shipped.sites]
     fault, victims, moment = choose(scenario, fault_seed, trial)
     print(f"seed {fault_seed} trial {trial}: {fault.name} on {victims} at +{moment:.1f}s")
     done = await run_once(
         stack,
         scenario,
-        path,
+        SCENARIO,
         tmp_path / "run",
         fault=fault,
         victims=victims,
@@ -78,7 +78,7 @@ async def test_fault_trial(
         if isinstance(reference, str):
             done.verdict.problem(f"no uncut run to compare with: {reference[:2000]}")
         else:
-            cut = await read_accounts(scenario, done.work_dir)
+            cut = await read_accounts(scenario, done.work_dir, done.sites)
             differ = compare_accounts(reference, cut, scope)
         for line in differ:
             done.verdict.problem(f"accounts ({scope.value}): {line}")

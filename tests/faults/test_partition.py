@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pgrid.regtest import Stack
-from p2pgrid.scenario import Scenario
+from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.faults import FAULTS, Action
 from tests.faults.checker import Scope, compare_accounts, needs_no_market, read_accounts
 from tests.faults.conftest import NO_MARKET
-from tests.faults.trials import References, keyed, record_of, run_once
+from tests.faults.trials import References, record_of, run_once
 
 (PARTITION,) = [f for f in FAULTS if f.action is Action.PARTITION]
 
@@ -41,7 +41,7 @@ async def test_partition_against_uncut_run(
 ) -> None:
     shipped, stack = fault_stack
     seed = fault_seed + partition_trial
-    path, scenario = keyed(NO_MARKET, f"partition {seed}", tmp_path)
+    scenario = load_scenario(NO_MARKET)
     assert [d.name for s in scenario.sites for d in s.devices] == [
         d.name for s in shipped.sites for d in s.devices
     ]  # the suite's stack has their lnd nodes
@@ -57,7 +57,7 @@ async def test_partition_against_uncut_run(
     done = await run_once(
         stack,
         scenario,
-        path,
+        NO_MARKET,
         tmp_path / "run",
         fault=PARTITION,
         victims=victims,
@@ -68,7 +68,9 @@ async def test_partition_against_uncut_run(
     differ = (
         []
         if done.error
-        else compare_accounts(reference, await read_accounts(scenario, done.work_dir), Scope.EXACT)
+        else compare_accounts(
+            reference, await read_accounts(scenario, done.work_dir, done.sites), Scope.EXACT
+        )
     )
     for line in differ:
         done.verdict.problem(f"accounts (exact): {line}")

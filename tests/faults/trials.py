@@ -2,22 +2,23 @@
 by the one checker; and the uncut reference runs that partitions are judged against.
 
 Shared by the fault trials (``test_faults.py``) and the partition trials
-(``test_partition.py``). Every run on the shared stack runs its scenario under its
-own keys (:func:`keyed`): an invoice's preimage derives from the utility's seed,
-site, device and period, so two runs under one seed would make one invoice twice.
-Keys change nothing of the accounts that the comparison reads.
+(``test_partition.py``). Every run is deployed as an operator deploys it (files
+with fresh keys, :func:`tests.regtest.deployed.deploy`) and runs ``p2pgrid utility
+run`` and ``p2pgrid agent run`` (:func:`p2pgrid.launcher.run_deployment`): so every
+run on the shared stack has its own keys and invoice secret, and no invoice is
+made twice. Keys change nothing of the accounts that the comparison reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from pathlib import Path
 
 from p2pgrid.demo import snapshots
-from p2pgrid.launcher import Running, run_scenario
+from p2pgrid.identity import SiteIdentity
+from p2pgrid.launcher import Running, run_deployment
 from p2pgrid.poll import wait_until
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
@@ -31,16 +32,10 @@ from p2pgrid.testing.faults import (
     processes_under,
 )
 from tests.faults.checker import Accounts, Verdict, check_trial, read_accounts
+from tests.regtest.deployed import deploy
 
 #: Deadline for every process of the run to be up before the fault's clock starts.
 PROCESSES_UP_S = 120.0
-
-
-def keyed(source: Path, tag: str, dest_dir: Path) -> tuple[Path, Scenario]:
-    """``source`` with every seed (the keys') suffixed by ``tag``, written in ``dest_dir``."""
-    path = dest_dir / source.name
-    path.write_text(re.sub(r'^(seed = ".*)"$', rf'\1 {tag}"', source.read_text(), flags=re.M))
-    return path, load_scenario(path)
 
 
 @dataclasses.dataclass
@@ -49,6 +44,7 @@ class Outcome:
 
     verdict: Verdict
     work_dir: Path
+    sites: dict[str, SiteIdentity]  # each site's key (the deployment's)
     error: str = ""  # what ended the run, if it did not end by itself
     injected: list[Injected] = dataclasses.field(default_factory=list)
     seconds: int = 0
@@ -65,9 +61,9 @@ async def run_once(
     moment: float = 0.0,
     trial: str = "reference",
 ) -> Outcome:
-    """Run ``scenario`` (its file ``path``) in ``work``; with ``fault``, inject it on
-    ``victims`` ``moment`` seconds after every process of the run is up. Then heal
-    the stack and check the run (:func:`tests.faults.checker.check_trial`)."""
+    """Deploy ``scenario`` (its file ``path``) in ``work`` and run it; with ``fault``,
+    inject it on ``victims`` ``moment`` seconds after every process of the run is up.
+    Then heal the stack and check the run (:func:`tests.faults.checker.check_trial`)."""
     victims = victims or []
     # An agent or the utility killed is started again by the launcher, which keeps
     # the run's processes (and reads their "done" only once the restart is over).
@@ -88,11 +84,12 @@ async def run_once(
         run = running.result()
         await (run.restart_utility() if name == scenario.utility.name else run.restart(name))
 
-    injector = Injector(stack, work, trial=trial, restart=restart)
-    processes = 1 + sum(len(s.devices) for s in scenario.sites)
-    injected: list[Injected] = []
     started = time.monotonic()
     before = await snapshots(scenario, stack)
+    deployment = await deploy(path, stack, work)
+    injector = Injector(stack, deployment, trial=trial, restart=restart)
+    processes = len(deployment.names)
+    injected: list[Injected] = []
 
     async def inject(fault: Fault) -> None:
         async def all_up() -> bool:
@@ -114,23 +111,24 @@ async def run_once(
         async with asyncio.TaskGroup() as tasks:
             if fault is not None:
                 tasks.create_task(inject(fault))
-            tasks.create_task(run_scenario(scenario, path, stack, work, during=during))
+            tasks.create_task(run_deployment(deployment, during=during))
     except* Exception as group:  # noqa: BLE001 - a trial records whatever ended its run
         error = "; ".join(f"{type(e).__name__}: {e}"[:300] for e in group.exceptions)
     finally:
         clear_rules()
         await injector.heal()
-    verdict = await check_trial(scenario, stack, work, before)
+    sites = dict(deployment.identities)
+    verdict = await check_trial(scenario, stack, work, before, sites)
     if error:
         verdict.problem(f"run failed: {error}")
     await stack.wait_settled()
-    return Outcome(verdict, work, error, injected, round(time.monotonic() - started))
+    return Outcome(verdict, work, sites, error, injected, round(time.monotonic() - started))
 
 
 class References:
-    """The uncut runs of a pytest session, one per scenario file (its seeds are in
-    it): each is run on first use and its accounts kept for every later trial of
-    that scenario (a failed one is not run again: its failure is kept)."""
+    """The uncut runs of a pytest session, one per scenario file: each is run on
+    first use and its accounts kept for every later trial of that scenario (a
+    failed one is not run again: its failure is kept)."""
 
     def __init__(self, stack: Stack, root: Path) -> None:
         self.stack = stack
@@ -143,16 +141,12 @@ class References:
         that run failed."""
         async with self._lock:
             if source not in self._runs:
-                # Keys of their own: two scenarios under one utility seed and site
-                # seeds would derive the same invoice (site, device, period) twice.
-                n = len(self._runs)
-                where = self.root / f"reference-{n}-{source.stem}"
-                where.mkdir(parents=True)
-                path, scenario = keyed(source, f"reference {n} {source.stem}", where)
-                done = await run_once(self.stack, scenario, path, where / "run")
+                where = self.root / f"reference-{len(self._runs)}-{source.stem}"
+                scenario = load_scenario(source)
+                done = await run_once(self.stack, scenario, source, where)
                 print(f"uncut reference run of {source.name}: {done.seconds} s")
                 self._runs[source] = (
-                    await read_accounts(scenario, done.work_dir)
+                    await read_accounts(scenario, done.work_dir, done.sites)
                     if done.verdict.ok
                     else f"the uncut run of {source.name} failed:\n"
                     + "\n".join(done.verdict.problems)

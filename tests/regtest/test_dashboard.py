@@ -26,13 +26,14 @@ import pytest
 from playwright.async_api import Page, async_playwright
 from rich.console import Console
 
-from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.launcher import RunResult, run_deployment
 from p2pgrid.ledger import Invoice, LogStore, Payment, fold, invoices_of
 from p2pgrid.regtest import Daemons, Stack, StackConfig
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.reporting import ReportRequest, run_report
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.deployed import deploy
 
 pytestmark = pytest.mark.slow
 
@@ -150,11 +151,10 @@ async def browsed(
     await stack.up()
     try:
         watch, seen = BrowserWatch(), Seen()
+        deployment = await deploy(SCENARIO, stack, tmp / "run")
         async with asyncio.TaskGroup() as group:
             group.create_task(_browse(scenario, watch, tmp, seen))
-            run = group.create_task(
-                run_scenario(scenario, SCENARIO, stack, tmp / "run", observer=watch)
-            )
+            run = group.create_task(run_deployment(deployment, observer=watch))
         yield scenario, run.result(), seen
     finally:
         await stack.down()
@@ -183,13 +183,13 @@ async def test_the_page_numbers_equal_the_views(browsed: tuple[Scenario, RunResu
     logs = {}
     for site in scenario.sites:  # the utility's replicas: every site's log and members
         db = result.work_dir / scenario.utility.name / f"{scenario.utility.name}-{site.name}.db"
-        async with await LogStore.open(db, site.identity, name="check") as store:
+        async with await LogStore.open(db, result.sites[site.name], name="check") as store:
             logs[site.name] = (await store.entries(), store.digest().hex())
             memberships[site.name] = store.membership
     for site in scenario.sites:
         entries, digest = logs[site.name]
         peers = {m.site_hash: m for name, m in memberships.items() if name != site.name}
-        view = fold(entries, site_hash=site.identity.site_hash, peer_sites=peers)
+        view = fold(entries, site_hash=result.sites[site.name].site_hash, peer_sites=peers)
         shown = seen.numbers[site.name]
         assert shown["digest"] == digest
         period = shown["period"]

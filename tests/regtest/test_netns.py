@@ -16,15 +16,16 @@ kernel or container without network namespaces).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from p2pgrid.config.deployment import free_port
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import Placement, RunResult, run_scenario
+from p2pgrid.launcher import Placement, RunResult, run_deployment
 from p2pgrid.ledger import Invoice, Payment, bill
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.reconcile import NodeSnapshot
@@ -34,6 +35,7 @@ from p2pgrid.scenario import Scenario, load_scenario
 from p2pgrid.testing.netns import Lan, netns_refused
 from tests.faults.checker import utility_log
 from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.deployed import deploy
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
 
@@ -90,7 +92,9 @@ async def run(
     await stack.up()
     try:
         before = await snapshots(scenario, stack)
-        result = await run_scenario(scenario, path, stack, tmp / "run", place=place)
+        # A port free on this host's loopback: each namespace has its own ports, none used.
+        deployment = await deploy(path, stack, tmp / "run", place=place, port=lambda _: free_port())
+        result = await run_deployment(deployment, place=place)
         yield scenario, lan, stack, result, before
     finally:
         await stack.down()
@@ -98,18 +102,24 @@ async def run(
 
 def test_parties_dial_each_other_over_the_bridge_only(run: Run) -> None:
     """Every process listened on its namespace's address (which exists nowhere
-    else, so it ran there) and bootstrapped from other parties' bridge addresses."""
+    else, so it ran there) and bootstrapped from other parties' bridge addresses,
+    as its deployment file says."""
     scenario, lan, _, result, _ = run
     assert lan.subnet is not None
-    for name in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices)):
-        runtime = json.loads((result.work_dir / f"{name}.runtime.json").read_text())
-        party = name if name == scenario.utility.name else scenario.site_of(name)[0].name
-        assert runtime["listen_host"] == lan.address(party)
-        assert runtime["lnd"]["rest_host"] == lan.gateway
-        hosts = {addr.split("/")[2] for addr in runtime["bootstrap"]}
-        assert all(ipaddress.IPv4Address(h) in lan.subnet for h in hosts), (name, hosts)
-        if name != scenario.utility.name:  # its site's utility host is in another namespace
-            assert lan.address(scenario.utility.name) in hosts, name
+    uname = scenario.utility.name
+    utility = tomllib.loads((result.work_dir / "utility.toml").read_text())["utility"]
+    assert utility["listen_host"] == lan.address(uname)
+    assert utility["lnd"]["rest_host"] == lan.gateway
+    for site in scenario.sites:
+        doc = tomllib.loads((result.work_dir / f"{site.name}.toml").read_text())
+        rows = {row["name"]: row for row in doc["devices"]}
+        assert set(rows) == {d.name for d in site.devices}
+        for name, row in rows.items():
+            assert row["listen_host"] == lan.address(site.name), name
+            assert row["lnd"]["rest_host"] == lan.gateway, name
+            hosts = {addr.split("/")[2] for addr in row["bootstrap"]}
+            assert all(ipaddress.IPv4Address(h) in lan.subnet for h in hosts), (name, hosts)
+            assert lan.address(uname) in hosts, name  # its site's utility host: elsewhere
 
 
 async def test_every_replica_of_a_site_converges(run: Run) -> None:
@@ -125,7 +135,7 @@ async def test_every_invoice_is_paid_once(run: Run) -> None:
     status = {(s["site"], s["device"], s["period"]): s for s in result.invoice_status}
     owing = set()
     for site in scenario.sites:
-        entries = await utility_log(scenario, result.work_dir, site.name)
+        entries = await utility_log(scenario, result.work_dir, site.name, result.sites[site.name])
         for d in site.devices:
             if bill(entries, device=d.index, period=0, tariff=scenario.tariff).amount_msat:
                 owing.add((site.name, d.index, 0))

@@ -16,7 +16,7 @@ import pytest
 
 from p2pgrid.agent.rounds import check_pooled_sales, round_book
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.launcher import RunResult, run_deployment
 from p2pgrid.ledger import Cleared, Delivered, Entry, Payment, Sale
 from p2pgrid.lightning import InvoiceState, PaymentStatus
 from p2pgrid.reconcile import Reconciliation
@@ -24,6 +24,7 @@ from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import utility_log
 from tests.regtest.conftest import POOLED
+from tests.regtest.deployed import deploy
 
 #: The sites' seeds in the file: each run gives both its own (the same seeds on one
 #: stack would derive the same utility invoices as another run's).
@@ -37,8 +38,15 @@ class Run:
     def __init__(self, scenario: Scenario, result: RunResult, money: Reconciliation) -> None:
         self.scenario, self.result, self.money = scenario, result, money
 
+    @property
+    def site_id(self) -> str:
+        return self.result.identity(self.scenario.sites[0]).site_id
+
     async def log(self) -> list[Entry]:
-        return await utility_log(self.scenario, self.result.work_dir, self.scenario.sites[0].name)
+        site = self.scenario.sites[0]
+        return await utility_log(
+            self.scenario, self.result.work_dir, site.name, self.result.identity(site)
+        )
 
 
 async def _run(stack: Stack, tmp: Path, name: str, *, seed: str, energy: str) -> Run:
@@ -51,7 +59,7 @@ async def _run(stack: Stack, tmp: Path, name: str, *, seed: str, energy: str) ->
     path.write_text(text.replace("[agent.energy]\n", f"[agent.energy]\n{energy}\n", 1))
     scenario = load_scenario(path)
     before = await snapshots(scenario, stack)
-    result = await run_scenario(scenario, path, stack, tmp / name)
+    result = await run_deployment(await deploy(path, stack, tmp / name))
     return Run(scenario, result, await check_money(scenario, stack, result, before))
 
 
@@ -115,7 +123,7 @@ async def _invoice_states(stack: Stack, run: Run, hashes: set[bytes]) -> set[Inv
 async def test_delivered_trades_are_settled_and_logged(runs: tuple[Stack, Run, Run]) -> None:
     stack, run, _ = runs
     entries = await run.log()
-    site_id = run.scenario.sites[0].identity.site_id
+    site_id = run.site_id
     trades = _trades(entries, site_id)
     assert trades, "no pooled trade was made"
     delivered = [e.body for e in entries if isinstance(e.body, Delivered)]
@@ -138,7 +146,7 @@ async def test_short_deliveries_are_cancelled_and_the_buyers_sats_return(
 ) -> None:
     stack, _, run = runs
     entries = await run.log()
-    site_id = run.scenario.sites[0].identity.site_id
+    site_id = run.site_id
     trades = _trades(entries, site_id)
     assert trades, "no pooled trade was made"
     delivered = [e.body for e in entries if isinstance(e.body, Delivered)]

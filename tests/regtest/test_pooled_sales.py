@@ -33,7 +33,7 @@ from p2pgrid.agent.rounds import check_pooled_sales, round_book
 from p2pgrid.agent.transit import check_site_sales
 from p2pgrid.billing import grid_fee_msat, invoice_memo
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import RunResult, run_scenario
+from p2pgrid.launcher import RunResult, run_deployment
 from p2pgrid.ledger import (
     AllowanceSale,
     Author,
@@ -55,6 +55,7 @@ from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import utility_log
 from tests.regtest.conftest import POOLED
+from tests.regtest.deployed import deploy
 
 SCENARIO = POOLED
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
@@ -94,7 +95,7 @@ async def run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("pooled")
     scenario = load_scenario(SCENARIO)
     before = await snapshots(scenario, stack)
-    result = await run_scenario(scenario, SCENARIO, stack, tmp / "run")
+    result = await run_deployment(await deploy(SCENARIO, stack, tmp / "run"))
     return scenario, stack, result, before
 
 
@@ -107,7 +108,7 @@ async def allowance_run(
     path = allowance_scenario(tmp / "allowance.toml")
     scenario = load_scenario(path)
     before = await snapshots(scenario, stack)
-    result = await run_scenario(scenario, path, stack, tmp / "run")
+    result = await run_deployment(await deploy(path, stack, tmp / "run"))
     money = await check_money(scenario, stack, result, before)
     return (scenario, stack, result, before), money
 
@@ -138,8 +139,8 @@ def _paid_rounds(entries: list[Entry], site_id: str) -> dict[tuple[int, int], se
 async def test_both_producers_are_paid_in_one_round_as_the_log_clears_it(run: Run) -> None:
     scenario, _, result, _ = run
     site = scenario.sites[0]
-    entries = await utility_log(scenario, result.work_dir, site.name)
-    site_id = site.identity.site_id
+    entries = await utility_log(scenario, result.work_dir, site.name, result.identity(site))
+    site_id = result.identity(site).site_id
     assert check_pooled_sales(entries, site_id) == []
     orders = {e.author.index for e in entries if isinstance(e.body, Order)}
     assert orders == {0, 1, 2, 3}  # both roofs asked, both consumers bid
@@ -159,7 +160,9 @@ async def test_lnd_and_the_log_agree_to_the_msat(run: Run) -> None:
     assert checked.ok, str(checked)
     sales = [
         e
-        for e in await utility_log(scenario, result.work_dir, scenario.sites[0].name)
+        for e in await utility_log(
+            scenario, result.work_dir, scenario.sites[0].name, result.identity(scenario.sites[0])
+        )
         if isinstance(e.body, Sale)
     ]
     assert checked.payments >= len(sales) >= 2
@@ -177,8 +180,8 @@ async def test_a_device_of_another_site_buys_and_pays_the_grid_fee_on_its_invoic
     run: Run,
 ) -> None:
     scenario, stack, result, _ = run
-    block_log = await utility_log(scenario, result.work_dir, "block")
-    street_log = await utility_log(scenario, result.work_dir, "street")
+    block_log = await utility_log(scenario, result.work_dir, "block", result.sites["block"])
+    street_log = await utility_log(scenario, result.work_dir, "street", result.sites["street"])
     block = _membership(run, "block", block_log)
     street = _membership(run, "street", street_log)
     # The heat pump bought from the block's roofs; both logs show their side.
@@ -227,7 +230,7 @@ async def test_a_short_device_buys_leftover_allowance_from_a_roof_with_real_sats
 ) -> None:
     (scenario, _, result, _), money = allowance_run
     [site] = scenario.sites
-    entries = await utility_log(scenario, result.work_dir, site.name)
+    entries = await utility_log(scenario, result.work_dir, site.name, result.identity(site))
     sales = [e for e in entries if isinstance(e.body, AllowanceSale)]
     assert sales, "no allowance was sold"
     # every device sells its leftover, and the whole period is in the window: what

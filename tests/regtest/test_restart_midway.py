@@ -170,7 +170,7 @@ async def test_no_invoice_or_budget_is_issued_twice(run: Run) -> None:
     logged: dict[str, bytes] = {}  # memo -> payment hash
     for site in scenario.sites:
         for name, path in replica_paths(scenario, result.work_dir, site.name).items():
-            entries = await replica_entries(scenario, site.name, path, result.identity(site))
+            entries = await replica_entries(path, result.identity(site))
             budgets = Counter(
                 e.period
                 for e in entries
@@ -204,7 +204,7 @@ async def test_payments_in_flight_at_the_kills_are_logged_once(run: Run) -> None
         prefix = _died_paying(result, name)
         site, device = scenario.site_of(name)
         db = result.work_dir / name / f"{name}.db"
-        entries = await replica_entries(scenario, site.name, db, result.identity(site))
+        entries = await replica_entries(db, result.identity(site))
         hashes = []
         for e in entries:
             if e.author.role is not Role.DEVICE or e.author.index != device.index:

@@ -1,3 +1,0 @@
-from p2pgrid.agent.process import main
-
-main()

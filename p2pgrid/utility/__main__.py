@@ -1,3 +1,0 @@
-from p2pgrid.utility.process import main
-
-main()

@@ -1,0 +1,38 @@
+"""A scenario deployed on a test's stack: its files written as the demo writes them.
+
+:func:`deploy` writes the deployment of a scenario file (fresh keys,
+:func:`p2pgrid.config.deployment.write_deployment`) for the lnd nodes of ``stack``,
+interval 0 after the launcher's lead; the test then runs it with
+:func:`p2pgrid.launcher.run_deployment` (the same ``place``, if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from p2pgrid.config.deployment import Deployment, free_port, write_deployment
+from p2pgrid.launcher import Placer, lnd_nodes, on_this_host, start_after_lead
+from p2pgrid.regtest import Stack
+from p2pgrid.scenario import load_scenario
+
+
+async def deploy(
+    scenario_path: Path,
+    stack: Stack,
+    dir: Path,
+    *,
+    place: Placer = on_this_host,
+    port: Callable[[str], int] = free_port,
+) -> Deployment:
+    """The deployment of ``scenario_path`` in ``dir`` on ``stack``'s lnd nodes; each
+    process listens where ``place`` puts it (``port`` picks its ports)."""
+    names = load_scenario(scenario_path).lnd_nodes
+    return write_deployment(
+        scenario_path,
+        dir,
+        await lnd_nodes(stack, names),
+        start=start_after_lead(len(names)),
+        listen_hosts={name: place(name).listen_host for name in names},
+        port=port,
+    )
