@@ -29,7 +29,7 @@ NETWORK = (Action.PARTITION, Action.SLOW)
 
 def choose(scenario: Scenario, seed: int, trial: int) -> tuple[Fault, list[str], float]:
     """The trial's fault (in turn through the table, from the seed), victim and moment
-    (seconds after every process of the run is up)."""
+    (seconds after interval 0 of the run)."""
     rng = random.Random(seed + trial)
     faults = runnable()
     fault = faults[(seed + trial) % len(faults)]

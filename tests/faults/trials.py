@@ -62,7 +62,8 @@ async def run_once(
     trial: str = "reference",
 ) -> Outcome:
     """Deploy ``scenario`` (its file ``path``) in ``work`` and run it; with ``fault``,
-    inject it on ``victims`` ``moment`` seconds after every process of the run is up.
+    inject it on ``victims`` ``moment`` seconds into the run (after interval 0 of the
+    deployment's clock; not before every process of the run is up).
     Then heal the stack and check the run (:func:`tests.faults.checker.check_trial`)."""
     victims = victims or []
     # An agent or the utility killed is started again by the launcher, which keeps
@@ -99,7 +100,9 @@ async def run_once(
             await wait_until(all_up, timeout_s=PROCESSES_UP_S, what="the run's processes")
             if restarts:
                 await running  # the launcher can restart what is killed from here on
-            await asyncio.sleep(moment)  # the moment the seed chose: a timer, not a sync
+            # The moment the seed chose, on the run's clock: a timer, not a sync. (The
+            # processes are up well before interval 0: the deployment's start lead.)
+            await asyncio.sleep(max(0.0, deployment.start.timestamp() + moment - time.time()))
             done = await injector.inject(fault, victims)
             done.at_s = moment
             injected.append(done)
