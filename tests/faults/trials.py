@@ -98,11 +98,11 @@ async def run_once(
 
         try:
             await wait_until(all_up, timeout_s=PROCESSES_UP_S, what="the run's processes")
-            if restarts:
-                await running  # the launcher can restart what is killed from here on
-            # The moment the seed chose, on the run's clock: a timer, not a sync. (The
-            # processes are up well before interval 0: the deployment's start lead.)
-            await asyncio.sleep(max(0.0, deployment.start.timestamp() + moment - time.time()))
+            # Every process is ready and interval 0 fixed (the launcher's start); the
+            # launcher can restart what is killed from here on.
+            run = await running
+            # The moment the seed chose, on the run's clock: a timer, not a sync.
+            await asyncio.sleep(max(0.0, run.at + moment - time.time()))
             done = await injector.inject(fault, victims)
             done.at_s = moment
             injected.append(done)
@@ -114,7 +114,7 @@ async def run_once(
         async with asyncio.TaskGroup() as tasks:
             if fault is not None:
                 tasks.create_task(inject(fault))
-            tasks.create_task(run_deployment(deployment, during=during))
+            tasks.create_task(run_deployment(deployment, during=during, start_when_ready=True))
     except* Exception as group:  # noqa: BLE001 - a trial records whatever ended its run
         error = "; ".join(f"{type(e).__name__}: {e}"[:300] for e in group.exceptions)
     finally:

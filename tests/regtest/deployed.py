@@ -2,8 +2,9 @@
 
 :func:`deploy` writes the deployment of a scenario file (fresh keys,
 :func:`p2pgrid.config.deployment.write_deployment`) for the lnd nodes of ``stack``,
-interval 0 after the launcher's lead; the test then runs it with
-:func:`p2pgrid.launcher.run_deployment` (the same ``place``, if any).
+interval 0 after the launcher's lead (what a run by hand would use); the tests run
+it with :func:`p2pgrid.launcher.run_deployment` (the same ``place``, if any) and
+``start_when_ready=True``, so interval 0 is fixed once every process is ready.
 """
 
 from __future__ import annotations

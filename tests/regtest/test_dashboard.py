@@ -154,7 +154,9 @@ async def browsed(
         deployment = await deploy(SCENARIO, stack, tmp / "run")
         async with asyncio.TaskGroup() as group:
             group.create_task(_browse(scenario, watch, tmp, seen))
-            run = group.create_task(run_deployment(deployment, observer=watch))
+            run = group.create_task(
+                run_deployment(deployment, observer=watch, start_when_ready=True)
+            )
         yield scenario, run.result(), seen
     finally:
         await stack.down()

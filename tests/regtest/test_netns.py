@@ -94,7 +94,7 @@ async def run(
         before = await snapshots(scenario, stack)
         # A port free on this host's loopback: each namespace has its own ports, none used.
         deployment = await deploy(path, stack, tmp / "run", place=place, port=lambda _: free_port())
-        result = await run_deployment(deployment, place=place)
+        result = await run_deployment(deployment, place=place, start_when_ready=True)
         yield scenario, lan, stack, result, before
     finally:
         await stack.down()

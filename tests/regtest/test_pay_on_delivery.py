@@ -59,7 +59,7 @@ async def _run(stack: Stack, tmp: Path, name: str, *, seed: str, energy: str) ->
     path.write_text(text.replace("[agent.energy]\n", f"[agent.energy]\n{energy}\n", 1))
     scenario = load_scenario(path)
     before = await snapshots(scenario, stack)
-    result = await run_deployment(await deploy(path, stack, tmp / name))
+    result = await run_deployment(await deploy(path, stack, tmp / name), start_when_ready=True)
     return Run(scenario, result, await check_money(scenario, stack, result, before))
 
 

@@ -95,7 +95,7 @@ async def run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("pooled")
     scenario = load_scenario(SCENARIO)
     before = await snapshots(scenario, stack)
-    result = await run_deployment(await deploy(SCENARIO, stack, tmp / "run"))
+    result = await run_deployment(await deploy(SCENARIO, stack, tmp / "run"), start_when_ready=True)
     return scenario, stack, result, before
 
 
@@ -108,7 +108,7 @@ async def allowance_run(
     path = allowance_scenario(tmp / "allowance.toml")
     scenario = load_scenario(path)
     before = await snapshots(scenario, stack)
-    result = await run_deployment(await deploy(path, stack, tmp / "run"))
+    result = await run_deployment(await deploy(path, stack, tmp / "run"), start_when_ready=True)
     money = await check_money(scenario, stack, result, before)
     return (scenario, stack, result, before), money
 
