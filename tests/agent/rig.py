@@ -41,7 +41,7 @@ from p2pgrid.ledger import (
     invoices_of,
 )
 from p2pgrid.market import Party, Priority, SurplusPolicy
-from p2pgrid.meter import SeriesSource
+from p2pgrid.meter import MeterSource, SeriesSource
 from p2pgrid.reconcile import NodeSnapshot, Reconciliation, reconcile, site_members, snapshot
 from p2pgrid.testing.clock import ManualClock, SteppingClock
 from p2pgrid.testing.fake_lightning import FakeLightning, FakeNode
@@ -271,12 +271,16 @@ class Rig:
         stop_at: int | None = None,
         config: AgentConfig | None = None,
         model_start: int = 0,
+        meter: MeterSource | None = None,
+        clock: SteppingClock | None = None,
     ) -> tuple[DeviceAgent, LocalReplica, SteppingClock]:
         """A device agent of ``device`` (its store, writer, paymaster, node and
-        peers) whose meter reads ``consumed_wh`` (repeated), under the flat tariff;
-        run interval ``i`` is the meter's interval ``model_start + i``."""
+        peers) whose meter reads ``consumed_wh`` (repeated), or ``meter``, under
+        the flat tariff; run interval ``i`` is the meter's interval
+        ``model_start + i``. ``clock``: the agent's, instead of a stepping clock
+        over the rig's wall clock."""
         replica = LocalReplica(device.store)
-        clock = SteppingClock.over(
+        clock = clock or SteppingClock.over(
             self.clock, intervals_per_period=intervals_per_period, stop_at=stop_at
         )
         agent = DeviceAgent(
@@ -296,7 +300,9 @@ class Rig:
                 node=device.wallet,
                 paymaster=device.paymaster,
             ),
-            Metering(TARIFF, SeriesSource(consumed_wh), model_interval=lambda i: model_start + i),
+            Metering(
+                TARIFF, meter or SeriesSource(consumed_wh), model_interval=lambda i: model_start + i
+            ),
             clock,
             config=config,
         )
@@ -312,11 +318,16 @@ class Rig:
         await owner.append(Allocation(device, amount_msat), period=period, timestamp_ms=at_ms)
 
     def utility_for(
-        self, device: Device, *, intervals_per_period: int = INTERVALS_PER_PERIOD
+        self,
+        device: Device,
+        *,
+        intervals_per_period: int = INTERVALS_PER_PERIOD,
+        model_start: int = 0,
     ) -> Callable[[], Awaitable[None]]:
         """A ``before_wait`` hook of the device's replica: the utility invoices
         each period whose last interval the device has read (if it owes
-        anything), on its node, into the device's store, as replication would."""
+        anything), on its node, into the device's store, as replication would
+        (run interval ``i`` is the meter's ``model_start + i``, as in :meth:`agent`)."""
         writer = self.utility_writer(device.store)
         # Waits of the device overlap (one period's settlement, the next's metering):
         # one hook at a time, or two could each find no invoice and write one.
@@ -334,7 +345,7 @@ class Rig:
                 if e.author == device.writer.author and isinstance(e.body, MeterReading)
             }
             for period in sorted({e.period for e in entries}):
-                last = (period + 1) * intervals_per_period - 1
+                last = model_start + (period + 1) * intervals_per_period - 1
                 if model_ms(last) not in read:
                     continue
                 due = bill(entries, device=device.index, period=period, tariff=TARIFF)
