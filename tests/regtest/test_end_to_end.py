@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import pytest
 
-from p2pgrid.config.deployment import write_deployment
 from p2pgrid.demo import check_money, site_entries, snapshots
 from p2pgrid.launcher import (
     RunResult,
     UtilityCommand,
-    lnd_nodes,
     run_deployment,
-    start_after_lead,
 )
 from p2pgrid.ledger import (
     CarryOver,
@@ -47,6 +44,7 @@ from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TWO_SITES
+from tests.regtest.deployed import deploy
 from tests.regtest.key_material import (
     deployment_secrets,
     files_under,
@@ -77,12 +75,7 @@ async def run(
     scenario = load_scenario(SCENARIO)
     stack = two_sites_stack
     before = await snapshots(scenario, stack)
-    deployment = write_deployment(
-        SCENARIO,
-        tmp / "run",
-        await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
-    )
+    deployment = await deploy(SCENARIO, stack, tmp / "run")
     result = await run_deployment(deployment, utility=OVERCHARGING_UTILITY, start_when_ready=True)
     return scenario, stack, result, before
 

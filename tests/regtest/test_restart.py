@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from p2pgrid.config.deployment import write_deployment
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import Running, RunResult, lnd_nodes, run_deployment, start_after_lead
+from p2pgrid.launcher import Running, RunResult, run_deployment
 from p2pgrid.ledger import Entry, Invoice, LogStore, MeterReading, Payment
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.poll import wait_until
@@ -32,6 +31,7 @@ from p2pgrid.reconcile import NodeSnapshot
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.regtest.conftest import TWO_SITES
+from tests.regtest.deployed import deploy
 
 SCENARIO = TWO_SITES
 MID_PERIOD = "s1-fridge"
@@ -60,12 +60,7 @@ async def run(
     scenario = load_scenario(SCENARIO)
     stack = two_sites_stack
     before = await snapshots(scenario, stack)
-    deployment = write_deployment(
-        SCENARIO,
-        tmp / "run",
-        await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
-    )
+    deployment = await deploy(SCENARIO, stack, tmp / "run")
     result = await run_deployment(deployment, during=_disrupt, start_when_ready=True)
     return scenario, stack, result, before
 

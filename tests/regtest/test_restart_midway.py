@@ -41,16 +41,13 @@ from collections import Counter
 import pytest
 
 from p2pgrid.billing import invoice_memo
-from p2pgrid.config.deployment import write_deployment
 from p2pgrid.demo import snapshots
 from p2pgrid.launcher import (
     AgentCommand,
     Running,
     RunResult,
     UtilityCommand,
-    lnd_nodes,
     run_deployment,
-    start_after_lead,
 )
 from p2pgrid.ledger import Budget, Invoice, Payment, Role, Share, SiteShare
 from p2pgrid.ledger.proof import parse_proof
@@ -60,6 +57,7 @@ from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
 from tests.faults.checker import check_trial, replica_entries, replica_paths
 from tests.regtest.conftest import TWO_SITES
+from tests.regtest.deployed import deploy
 
 SHIPPED = TWO_SITES
 READINGS_WAIT_S = 10.0
@@ -112,12 +110,7 @@ async def run(two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
 
     site, period, n = MID_INVOICING
     before = await snapshots(scenario, stack)
-    deployment = write_deployment(
-        path,
-        tmp / "run",
-        await lnd_nodes(stack, scenario.lnd_nodes),
-        start=start_after_lead(len(scenario.lnd_nodes)),  # the files' (run by hand)
-    )
+    deployment = await deploy(path, stack, tmp / "run")
     result = await run_deployment(
         deployment,
         utility=UtilityCommand(CRASH, ("--after-invoices", f"{site}:{period}:{n}")),
