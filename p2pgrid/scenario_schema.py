@@ -140,7 +140,7 @@ class DeviceModel(_Strict):
     meter: MeterModel
     priority: Literal["critical", "normal", "deferrable"] = "normal"
     weight: Annotated[int, Field(gt=0, le=10**9)] = 1
-    policy: Literal["carry_over", "sell_energy", "sell"] = "carry_over"
+    policy: Literal["carry_over", "sell_energy"] = "carry_over"
     #: Leftover allowance near the period's end (docs/market.md 2.7, 2.9):
     #: ``carry_over``, ``sell`` or ``split(f)``.
     leftover: NonEmpty = "carry_over"
