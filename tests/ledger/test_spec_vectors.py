@@ -24,6 +24,7 @@ from p2pgrid.ledger import (
     RejectReason,
     Revoke,
     Share,
+    SiteSale,
     decode_entry,
     sign_entry,
 )
@@ -86,6 +87,33 @@ ORDER = (
     "66aafc411e0911420e31390f65e06778b8cd0ffa3fbb5a4dda513647e74368ec",
     "e92abc8cda7a85e4bc54d0499b8adce27298833be1b12e647e9d34cf366e33b318a29eda97a7423838c353de"
     "99cb693348bf8b8ce9ef77a28d2c6da82eaf7173",
+)
+# Entry S: site 2's device 1, seq 1, the ``order`` of its ask (the evidence of entry G)
+SITE2_OWNER_SECRET = hashlib.sha256(b"p2pgrid spec owner 2").digest()
+SITE2_DEVICE1_SECRET = hashlib.sha256(b"p2pgrid spec site 2 device 1").digest()
+SITE2_OWNER_PUB = "02064e779083390b8a41d5d8d32c4caf78a9f185f38b360149fee73abcf6254453"
+SITE2_DEVICE1_PUB = "03546dae217447a2fc8ec5e6816b19553445427de95482a4df1b9066d99dd4a936"
+SITE2_HASH = "dcea50affc6949adca2ea79f451697fea9925073bb45404642a564d98da9ab57"
+SITE2_ORDER_TEXT = "030301dcea50affc6949ad000000010000000700000028000000000000006400000000000249f0"
+SITE2_ORDER = (
+    SITE2_DEVICE1_PUB,
+    "0200000000010000000000000001" + "00" * 32 + "000000070000018bcfe564181000540000002800"
+    "4e" + SITE2_ORDER_TEXT.encode().hex(),
+    "d58301b0d36a1aa6c4e13e4beaad29c1b02b2e258fd12e0fd9c3aff780745e26",
+    "ae5d64dd223c2325513c6983fe97ffa22c3baf4d18af918c02fe42eb2948674bf99a30ab61d033d975a7b3f6"
+    "819e695362111355730e4b4769bbcd9306013e58",
+)
+# Entry G: device 1, seq 4 after F, a ``site_sale`` of side 0 (format version 4)
+SITE_SALE = (
+    DEVICE1_PUB,
+    "040000000001000000000000000466aafc411e0911420e31390f65e06778b8cd0ffa3fbb5a4dda513647e743"
+    "68ec000000070000018bcfe573b814012c00" + SITE2_HASH + "0000000100000028"
+    "00000000000000640000000000003a98"
+    "630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd"
+    "00d1" + SITE2_ORDER[1] + SITE2_ORDER[3],
+    "d123ed2f902e44e08332906b2e90ecf183ad35611ae468d78b31e03c9000aa65",
+    "f603f959fedded3435a82af009a12a494806bba863d680d4e533170f787917fd76adc48bcb7e7d020e4ece51"
+    "c30f592e3e4356352eae9e2fe0d6dc924af17438",
 )
 DIGEST_BEFORE_REVOKE = "5ba84a2e54ca2f641acefa081340e98569d74831bab5adf168e616e8b62c310d"
 DIGEST_AFTER_REVOKE = "860ede9153edb1bf609427944e33c4121fb358c7a61248e1e38ad17876454bf7"
@@ -188,3 +216,39 @@ async def test_order_vector_is_a_version_2_entry(tmp_path: Path) -> None:
     async with await LogStore.open(tmp_path / "o.sqlite", site, name="order") as store:
         report = await store.ingest_many([*raws, unsigned + sig])
         assert [r.outcome for r in report.results] == [Outcome.STORED] * 4
+
+
+def checked(vector: tuple[str, str, str, str], site_hash: str) -> bytes:
+    """The raw entry of ``vector`` once its id and signature are checked."""
+    signer_hex, unsigned_hex, id_hex, sig_hex = vector
+    unsigned, sig = bytes.fromhex(unsigned_hex), bytes.fromhex(sig_hex)
+    message = DOMAIN_TAG + bytes.fromhex(site_hash) + unsigned
+    assert hashlib.sha256(message).hexdigest() == id_hex
+    assert verify(bytes.fromhex(signer_hex), message, sig)
+    return unsigned + sig
+
+
+async def test_site_sale_vector_is_a_version_4_entry(tmp_path: Path) -> None:
+    assert Signer.from_secret(SITE2_OWNER_SECRET).pubkey.hex() == SITE2_OWNER_PUB
+    assert Signer.from_secret(SITE2_DEVICE1_SECRET).pubkey.hex() == SITE2_DEVICE1_PUB
+    site2 = SiteIdentity(bytes.fromhex(SITE2_OWNER_PUB))
+    assert site2.site_hash.hex() == SITE2_HASH
+    evidence = checked(SITE2_ORDER, SITE2_HASH)
+    assert len(evidence) == 0xD1
+    assert decode_entry(evidence, site2.site_hash).body == Order(40, SITE2_ORDER_TEXT)
+    raw = checked(SITE_SALE, SITE_HASH)
+    site_hash = bytes.fromhex(SITE_HASH)
+    paid = hashlib.sha256(bytes(range(32))).digest()
+    assert decode_entry(raw, site_hash).body == SiteSale(
+        0, site2.site_hash, 1, 40, 100, 15_000, paid, evidence
+    )
+    with pytest.raises(MalformedError, match="version"):
+        decode_entry(b"\x03" + raw[1:], site_hash)
+    side = 61  # the body's first byte (after the kind at 58 and the length)
+    with pytest.raises(MalformedError, match="carries a site_sale entry"):
+        decode_entry(raw[:side] + b"\x01" + raw[side + 1 :], site_hash)
+    raws = [bytes.fromhex(u + s) for _, u, _, s in (ENROL, E1, E2, ORDER)]
+    site = SiteIdentity(bytes.fromhex(OWNER_PUB))
+    async with await LogStore.open(tmp_path / "s.sqlite", site, name="site_sale") as store:
+        report = await store.ingest_many([*raws, raw])
+        assert [r.outcome for r in report.results] == [Outcome.STORED] * 5
