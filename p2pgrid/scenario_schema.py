@@ -230,6 +230,16 @@ class ScenarioModel(_Strict):
                 raise ValueError(f"{what} used twice: {', '.join(map(repr, twice))}")
         return self
 
+    @model_validator(mode="after")
+    def _trade_sites_are_sites(self) -> Self:
+        unknown = sorted(set(self.agent.energy.trade_sites) - {s.name for s in self.sites})
+        if unknown:
+            raise ValueError(
+                f"agent.energy.trade_sites: no site named {', '.join(map(repr, unknown))} "
+                f"(sites: {', '.join(repr(s.name) for s in self.sites)})"
+            )
+        return self
+
 
 def _key(loc: tuple[int | str, ...], data: Any) -> str:
     """``sites[0] ("store-1").devices[2] ("s1-ev").weight``: the key, with names."""

@@ -229,6 +229,17 @@ class SiteFileModel(_Strict):
             raise ValueError(f"other_sites: a site named twice: {', '.join(again)}")
         return self
 
+    @model_validator(mode="after")
+    def _trade_sites_are_other_sites(self) -> Self:
+        known = {self.site.name, *(s.name for s in self.other_sites)}
+        unknown = sorted(set(self.agent.energy.trade_sites) - known)
+        if unknown:
+            raise ValueError(
+                f"agent.energy.trade_sites: no [[other_sites]] row named {', '.join(unknown)} "
+                f"(other sites: {', '.join(sorted(known - {self.site.name})) or 'none'})"
+            )
+        return self
+
 
 class UtilitySection(_Strict):
     name: NonEmpty = "utility"

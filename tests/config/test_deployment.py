@@ -241,6 +241,26 @@ def test_await_start_without_control_is_refused() -> None:
         node_commands({"cmd": "start", "at": START.timestamp()}, False, True)
 
 
+def test_an_unknown_site_to_trade_with_is_refused(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario))
+    path = d.site_files["store-1"]
+    text = path.read_text()
+    for names in ('["store-2"]', '["store-1", "store-2"]'):  # its own name is ignored
+        path.write_text(text + f"\n[agent.energy]\ntrade_sites = {names}\n")
+        assert SiteFile(path).model.agent.energy.trade_sites[-1] == "store-2"
+    path.write_text(text + '\n[agent.energy]\ntrade_sites = ["store-2", "store-9"]\n')
+    with pytest.raises(ConfigError) as refused:
+        SiteFile(path)
+    assert str(refused.value).startswith("store-1.toml")
+    assert "agent.energy.trade_sites: no [[other_sites]] row named store-9" in str(refused.value)
+    assert "(other sites: store-2)" in str(refused.value)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(SCENARIO.read_text() + '\n[agent.energy]\ntrade_sites = ["store-9"]\n')
+    with pytest.raises(ConfigError, match=r"agent\.energy\.trade_sites: no site named 'store-9'"):
+        load_scenario(wrong)
+
+
 def test_the_scenario_s_agent_tuning_and_grid_fee_reach_the_files(tmp_path: Path) -> None:
     text = SCENARIO.read_text().replace(
         "[tariff]\n",
