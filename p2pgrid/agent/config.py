@@ -139,6 +139,10 @@ class AgentConfig(_Frozen):
     settle: SettleConfig = SettleConfig()
     #: Anti-entropy every few seconds: a compressed period lasts seconds.
     anti_entropy_s: Seconds = 2.0
+    #: How long a read of the device's lnd (the first one at start, then any)
+    #: retries an lnd that does not answer before it gives up: at start, the agent
+    #: then exits as unavailable (code 3). Writes that move money are tried once.
+    lnd_away_wait_s: Seconds = 60.0
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], *, source: str = "agent config") -> AgentConfig:

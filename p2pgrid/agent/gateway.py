@@ -173,7 +173,7 @@ async def open_device(
     if site is None:
         client = await parts.enter_async_context(LndClient(runtime.lnd))
         watch = NodeWatch(name)  # lnd away is a state of the agent, not a crash
-        node = WatchedNode(client, watch)
+        node = WatchedNode(client, watch, away_wait_s=config.lnd_away_wait_s)
         pubkey = (await node.get_info()).pubkey
     else:  # a light device: its wallet on the site node, whose watch it shares
         node = site.wallet(Party(identity.site_id, device.index))
@@ -263,7 +263,7 @@ async def open_site_nodes(
             continue
         client = await stack.enter_async_context(LndClient(setup.runtime.lnd))
         watch = NodeWatch(setup.runtime.lnd.name)
-        node = WatchedNode(client, watch)
+        node = WatchedNode(client, watch, away_wait_s=setup.config.lnd_away_wait_s)
         pubkey = (await node.get_info()).pubkey
         if pubkey != spec.pubkey:
             raise ConfigError(

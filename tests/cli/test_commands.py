@@ -363,12 +363,14 @@ def test_a_node_without_its_lnd_exits_in_one_line(
     tmp_path: Path, node: str, files: bool, code: int, says: str
 ) -> None:
     """As a real process (its own signal handlers and exit code): lnd's files
-    missing is a bad configuration (2), lnd down is unavailable (3)."""
+    missing is a bad configuration (2), lnd down is unavailable (3), once the
+    agent has waited ``[agent] lnd_away_wait_s`` for it (here 1 s)."""
     port = free_port()
     d = deploy(
         tmp_path,
         lnd={"s1-fridge": lnd_table(tmp_path, "s1-fridge", port)},
         utility_lnd_table=lnd_table(tmp_path, "utility", port),
+        site_edit=lambda text: text + "\n[agent]\nlnd_away_wait_s = 1.0\n",
     )
     if files:
         _lnd_files(tmp_path, "s1-fridge" if node == "agent" else "utility")
@@ -391,6 +393,8 @@ def test_a_node_without_its_lnd_exits_in_one_line(
     line = _error_line(run.stderr)
     assert "s1-fridge" in line if node == "agent" else "utility" in line
     assert says in line
+    if node == "agent" and files:
+        assert "node away for 1.0s" in line  # the configured wait, not the default 60 s
     assert not (tmp_path / "data" / "s1-fridge" / "s1-fridge.db").exists()  # nothing written
 
 
