@@ -15,6 +15,9 @@ the same owner (its identity, a copy of its entries file, its devices' lnd
 nodes) whose devices may share with this site's. ``p2pgrid agent run --config site.toml --device
 NAME`` runs one row. The **utility file** is the utility's: its key and invoice
 secret files, data directory, lnd, and one ``[[sites]]`` row per site it serves.
+Each process (a device row, the utility) may say where it serves its dashboard
+(``[devices.dashboard]``, ``[utility.dashboard]``: ``host``, ``port``,
+``token_file``); by default loopback on a free port.
 
 The clock is real time by default: 15-minute intervals, billing periods that
 are the calendar months of ``timezone`` (default UTC; period 0 is the month of
@@ -42,6 +45,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_v
 from p2pgrid.agent.config import AgentConfig
 from p2pgrid.billing import MODEL_EPOCH_MS, REAL_INTERVAL_S, FlatTariff
 from p2pgrid.billing.period import LONGEST_MONTH_INTERVALS, METER_INTERVAL_S
+from p2pgrid.dashboard import DashboardConfig
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import is_pubkey
 from p2pgrid.lightning.lnd import LndEndpoint
@@ -57,6 +61,7 @@ from p2pgrid.scenario_schema import (
     describe_errors,
     devices_used_twice,
 )
+from p2pgrid.secretfile import read_secret
 
 
 def _pubkey_hex(value: Any) -> Any:
@@ -88,6 +93,33 @@ def _listen_host(value: Any) -> Any:
 ListenHost = Annotated[str, BeforeValidator(_listen_host)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Multiaddr = Annotated[str, Field(pattern=r"^/(ip4|ip6|dns4|dns6)/.+/tcp/\d+/p2p/\w+$")]
+
+
+def _bind_host(value: Any) -> Any:
+    if isinstance(value, str) and value != "localhost":
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("not an IP address (or localhost)") from None
+    return value
+
+
+class DashboardModel(_Strict):
+    """Where a process serves its read-only dashboard (:mod:`p2pgrid.dashboard`):
+    loopback on a free port by default. A host beyond loopback needs
+    ``token_file``: a secret file (owner-only, like a key file) holding the token
+    every request must carry, of at least 16 characters."""
+
+    host: Annotated[str, BeforeValidator(_bind_host)] = "127.0.0.1"
+    port: Port = 0
+    token_file: str = ""
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Self:
+        loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        if not loopback and not self.token_file:
+            raise ValueError(f"host {self.host} is beyond loopback: it needs a token_file")
+        return self
 
 
 class LndModel(_Strict):
@@ -178,6 +210,7 @@ class SiteDeviceModel(DeviceModel):
     lightning: Literal["own", "site"] = "own"
     lnd: LndModel | None = None
     lnd_pubkey: PubkeyHex | None = None  # where the site's peers pay this device
+    dashboard: DashboardModel = DashboardModel()  # where this device's dashboard listens
 
     @model_validator(mode="after")
     def _one_lnd(self) -> Self:
@@ -251,6 +284,7 @@ class UtilitySection(_Strict):
     mdns: bool = False
     lnd: LndModel
     readings_wait_s: ReadingsWait = 60.0
+    dashboard: DashboardModel = DashboardModel()  # where the utility's dashboard listens
 
 
 class UtilitySiteModel(_Strict):
@@ -301,6 +335,25 @@ class _ConfigFile:
 
     def resolve(self, name: str) -> Path:
         return (self.path.parent / Path(name).expanduser()).resolve()
+
+    def dashboard(self, model: DashboardModel, key: str) -> DashboardConfig:
+        """The dashboard config of ``model`` (the table at ``key``), its token read
+        from its secret file."""
+        token = ""
+        if model.token_file:
+            path = self.resolve(model.token_file)
+            try:
+                token = read_secret(path).decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"{self.path.name}: {key}.token_file: {path} is not text"
+                ) from None
+            except ConfigError as exc:  # unreadable, or others may read it
+                raise type(exc)(f"{self.path.name}: {key}.token_file: {exc}") from None
+        try:
+            return DashboardConfig(model.host, model.port, token)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.path.name}: {key}: {exc}") from None
 
     def lnd(self, name: str, lnd: LndModel) -> LndEndpoint:
         return LndEndpoint(

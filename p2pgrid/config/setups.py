@@ -71,6 +71,9 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             listen_host=row.listen_host,
             listen_port=row.listen_port,
             mdns=row.mdns,
+            dashboard=site_file.dashboard(
+                row.dashboard, f'devices[{model.devices.index(row)}] ("{row.name}").dashboard'
+            ),
         ),
         provision=tuple(e.raw for e in entries),
         peer_sites=peer_sites,
@@ -177,6 +180,7 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
             bootstrap=tuple(model.utility.bootstrap),
             listen_host=model.utility.listen_host,
             mdns=model.utility.mdns,
+            dashboard=utility_file.dashboard(model.utility.dashboard, "utility.dashboard"),
         ),
     )
 

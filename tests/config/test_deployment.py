@@ -26,12 +26,14 @@ from p2pgrid.config import (
     utility_setup,
 )
 from p2pgrid.config.deployment import Deployment, LndNode, write_deployment, write_toml
+from p2pgrid.dashboard import DashboardConfig
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer
 from p2pgrid.ledger import Allocation, decode_entry
 from p2pgrid.lightning.lnd import LndEndpoint
 from p2pgrid.net import peer_id_of
 from p2pgrid.scenario import Scenario, load_scenario
+from p2pgrid.secretfile import InsecureSecretFile, write_secret
 from p2pgrid.service import Command
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
@@ -259,6 +261,51 @@ def test_an_unknown_site_to_trade_with_is_refused(tmp_path: Path) -> None:
     wrong.write_text(SCENARIO.read_text() + '\n[agent.energy]\ntrade_sites = ["store-9"]\n')
     with pytest.raises(ConfigError, match=r"agent\.energy\.trade_sites: no site named 'store-9'"):
         load_scenario(wrong)
+
+
+def test_a_device_and_the_utility_say_where_their_dashboard_listens(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIO)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario))
+    site, utility = d.site_files["store-1"], d.utility_file
+    site_text, utility_text = site.read_text(), utility.read_text()
+    assert agent_setup(SiteFile(site), "s1-fridge").runtime.dashboard == DashboardConfig()
+    assert utility_setup(UtilityFile(utility)).runtime.dashboard == DashboardConfig()
+    token = tmp_path / "keys" / "dash.token"
+    write_secret(token, b"a-token-of-24-characters\n")
+
+    def fridge(table: str) -> Path:
+        row = 'data_dir = "s1-fridge"\n'
+        site.write_text(site_text.replace(row, f"{row}dashboard = {{ {table} }}\n", 1))
+        return site
+
+    fridge('host = "0.0.0.0", port = 8088, token_file = "keys/dash.token"')
+    assert agent_setup(SiteFile(site), "s1-fridge").runtime.dashboard == DashboardConfig(
+        "0.0.0.0", 8088, "a-token-of-24-characters"
+    )
+    assert agent_setup(SiteFile(site), "s1-hvac").runtime.dashboard == DashboardConfig()
+    line = "readings_wait_s = 60.0\n"
+    utility.write_text(utility_text.replace(line, f"{line}dashboard = {{ port = 8089 }}\n"))
+    assert utility_setup(UtilityFile(utility)).runtime.dashboard == DashboardConfig(port=8089)
+
+    row = 'devices[0] ("s1-fridge").dashboard'
+    refused = {
+        'host = "0.0.0.0"': ": host 0.0.0.0 is beyond loopback: it needs a token_file",
+        'host = "dash.example"': ".host: not an IP address (or localhost)",
+        "port = 70000": ".port: Input should be less than or equal to 65535",
+        'token_file = "keys/none"': ".token_file: cannot read secret file",
+        'pin = "1234"': ".pin: unknown key (misspelt?)",
+    }
+    for table, says in refused.items():
+        with pytest.raises(ConfigError) as error:
+            agent_setup(SiteFile(fridge(table)), "s1-fridge")
+        assert str(error.value).startswith(f"store-1.toml: {row}{says}"), str(error.value)
+    write_secret(token, b"short\n")
+    fridge('host = "10.0.0.5", token_file = "keys/dash.token"')
+    with pytest.raises(ConfigError, match=r"dashboard: .* at least 16 characters"):
+        agent_setup(SiteFile(site), "s1-fridge")
+    token.chmod(0o644)
+    with pytest.raises(InsecureSecretFile, match=r"dashboard\.token_file: .*other users may read"):
+        agent_setup(SiteFile(site), "s1-fridge")
 
 
 def test_the_scenario_s_agent_tuning_and_grid_fee_reach_the_files(tmp_path: Path) -> None:
