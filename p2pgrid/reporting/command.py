@@ -4,7 +4,8 @@ For each chosen period of the site it prints the device table (names, not
 indexes) and writes ``<out>/<site>-p<N>.csv``, ``.json`` and ``.png`` (see
 :mod:`p2pgrid.reporting.data` and :mod:`p2pgrid.reporting.figures`). The log
 is read from one replica's SQLite file: by default the utility's copy in a
-demo's work directory, whose site files (``<site>.toml``) name the sites' keys.
+run's work directory, whose site files (``<site>.toml``, written by every
+deployment) name the sites' keys; a work dir without the site's file is refused.
 The command's logic lives here, apart from the argument parser, so it moves
 with it.
 """
@@ -61,21 +62,19 @@ def request_from(args: argparse.Namespace) -> ReportRequest:
 
 def site_identities(request: ReportRequest) -> tuple[str, dict[str, SiteIdentity]]:
     """The utility's name and each site's identity (its own first, then the owner's
-    other sites): from the site file ``<work_dir>/<site>.toml`` where the run was
-    deployed from files (the demo), else from the scenario's seeds."""
-    scenario = load_scenario(request.scenario)
+    other sites), from the site file ``<work_dir>/<site>.toml`` of the run's
+    deployment: a run's keys are its own, so the scenario's seeds do not name them."""
     site_file = request.work_dir / f"{request.site}.toml"
-    if site_file.is_file():
-        model = SiteFile(site_file).model
-        sites = {model.site.name: SiteIdentity.from_hex(model.site.owner_pubkey)}
-        sites |= {o.name: SiteIdentity.from_hex(o.owner_pubkey) for o in model.other_sites}
-        return scenario.utility.name, sites
-    site = next((s for s in scenario.sites if s.name == request.site), None)
-    if site is None:
-        names = ", ".join(s.name for s in scenario.sites)
-        raise ConfigError(f"no site {request.site!r} in {request.scenario} (sites: {names})")
-    others = {s.name: s.identity for s in scenario.sites if s != site}
-    return scenario.utility.name, {site.name: site.identity} | others
+    if not site_file.is_file():
+        there = sorted(p.name for p in request.work_dir.glob("*.toml"))
+        raise ConfigError(
+            f"no site {request.site!r} in {request.work_dir}: no site file {site_file.name} "
+            f"(TOML files there: {', '.join(there) or 'none'}); give the run's --work-dir"
+        )
+    model = SiteFile(site_file).model
+    sites = {model.site.name: SiteIdentity.from_hex(model.site.owner_pubkey)}
+    sites |= {o.name: SiteIdentity.from_hex(o.owner_pubkey) for o in model.other_sites}
+    return load_scenario(request.scenario).utility.name, sites
 
 
 async def run_report(console: Console, request: ReportRequest) -> list[Path]:

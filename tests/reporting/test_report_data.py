@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from p2pgrid.config.deployment import write_deployment
 from p2pgrid.errors import ConfigError
 from p2pgrid.ledger import (
     Allocation,
@@ -36,6 +37,8 @@ from p2pgrid.reporting import (
     to_csv,
     to_json,
 )
+from p2pgrid.scenario import load_scenario
+from tests.config.test_deployment import START, fake_lnd
 from tests.ledger.ledger_factory import T0_MS, Site
 
 PERIOD_MS = 3_600_000
@@ -126,9 +129,14 @@ def test_an_invoice_is_paid_once_its_payment_is_logged() -> None:
 async def test_the_command_refuses_an_unknown_site_or_a_missing_replica(tmp_path: Path) -> None:
     console = Console(record=True)
     scenario = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
-    ask = ReportRequest(scenario, "store-9", None, None, tmp_path, tmp_path / "out")
-    with pytest.raises(ConfigError, match="no site 'store-9'"):
-        await run_report(console, ask)
+    ask = ReportRequest(scenario, "store-1", None, None, tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"no site file store-1\.toml \(TOML files there: none\)"):
+        await run_report(console, ask)  # not the scenario's seeds: a run's keys are its own
+    lnd = fake_lnd(load_scenario(scenario))
+    write_deployment(scenario, tmp_path, lnd, start=START, port=lambda _: 0)
     with pytest.raises(ConfigError, match="no replica at"):
-        await run_report(console, dataclasses.replace(ask, site="store-1"))
+        await run_report(console, ask)
+    there = r"TOML files there: store-1\.toml, store-2\.toml, utility\.toml"
+    with pytest.raises(ConfigError, match=rf"no site 'store-9' .*\({there}\)"):
+        await run_report(console, dataclasses.replace(ask, site="store-9"))
     assert not (tmp_path / "out").exists()
