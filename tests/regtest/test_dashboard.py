@@ -1,13 +1,14 @@
 """The dashboard in a real headless browser during a real run.
 
-The scenario runs end to end (utility and agents as OS processes, real lnd,
-libp2p and SQLite); Debian's chromium, driven by Playwright through
-``executable_path`` (no browser download), opens the utility's dashboard as
-soon as the run starts. While the run goes on, every device of the scenario
-shows and a new entry arrives without a reload; once the run converged, the
-page's numbers (left, shares, paid) equal the views folded from the utility's
-replica, and a screenshot is saved (its path is printed). The report command
-then reads the same run's replica: files for every period, devices by name.
+The scenario runs end to end on the shared two-site stack (``two_sites_stack``:
+utility and agents as OS processes, real lnd, libp2p and SQLite); Debian's
+chromium, driven by Playwright through ``executable_path`` (no browser
+download), opens the utility's dashboard as soon as the run starts. While the
+run goes on, every device of the scenario shows and a new entry arrives without
+a reload; once the run converged, the page's numbers (left, shares, paid) equal
+the views folded from the utility's replica, and a screenshot is saved (its
+path is printed). The report command then reads the same run's replica: files
+for every period, devices by name.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import asyncio
 import csv
 import dataclasses
 import io
-import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,15 @@ from rich.console import Console
 
 from p2pgrid.launcher import RunResult, run_deployment
 from p2pgrid.ledger import Invoice, LogStore, Payment, fold, invoices_of
-from p2pgrid.regtest import Daemons, Stack, StackConfig
-from p2pgrid.regtest.topology import utility_star
+from p2pgrid.regtest import Stack
 from p2pgrid.reporting import ReportRequest, run_report
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.regtest.conftest import TEST_ROOT
+from tests.regtest.conftest import TWO_SITES
 from tests.regtest.deployed import deploy
 
 pytestmark = pytest.mark.slow
 
-SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+SCENARIO = TWO_SITES
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGE_TIMEOUT_MS = 60_000
 
@@ -139,27 +137,16 @@ async def _browse(scenario: Scenario, watch: BrowserWatch, shots: Path, seen: Se
 
 @pytest.fixture(scope="module")
 async def browsed(
-    daemons: Daemons, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Scenario, RunResult, Seen]]:
+    two_sites_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Scenario, RunResult, Seen]:
     tmp = tmp_path_factory.mktemp("dashboard")
     scenario = load_scenario(SCENARIO)
-    devices = tuple(d.name for s in scenario.sites for d in s.devices)
-    stack = Stack(
-        StackConfig(name=f"dash-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)),
-        daemons,
-    )
-    await stack.up()
-    try:
-        watch, seen = BrowserWatch(), Seen()
-        deployment = await deploy(SCENARIO, stack, tmp / "run")
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_browse(scenario, watch, tmp, seen))
-            run = group.create_task(
-                run_deployment(deployment, observer=watch, start_when_ready=True)
-            )
-        yield scenario, run.result(), seen
-    finally:
-        await stack.down()
+    watch, seen = BrowserWatch(), Seen()
+    deployment = await deploy(SCENARIO, two_sites_stack, tmp / "run")
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_browse(scenario, watch, tmp, seen))
+        run = group.create_task(run_deployment(deployment, observer=watch, start_when_ready=True))
+    return scenario, run.result(), seen
 
 
 def test_every_device_shows_while_the_run_goes_on(
