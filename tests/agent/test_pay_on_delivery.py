@@ -6,8 +6,6 @@ cancelled when it shows less (the buyer's sats come back, nothing but the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from p2pgrid.agent.intents import IntentState
 from p2pgrid.agent.rounds import check_pooled_sales, round_book
 from p2pgrid.ledger import BalanceBook, Delivered, Entry, Payment, Sale
 from p2pgrid.lightning import InvoiceState
+from tests.agent.held_sale import seller_killed_while_held
 from tests.agent.rig import Device, Rig
 
 PERIOD = 1
@@ -126,39 +125,28 @@ async def held_then_restarted(
     """One round whose seller is killed once the buyer's payment is ACCEPTED, before
     it heard the buyer's ``delivered`` entry; then a new desk of the seller (its
     node and log as they were) runs until it resolved what it found held."""
-    seller = desk(rig, devices[0], **seller_config)
-    started, killed = asyncio.Event(), asyncio.Event()
+    node = devices[0].node
 
-    async def sell_until_killed() -> None:
-        async with seller.running():
-            started.set()
-            await killed.wait()  # never set: the seller dies with its watch
+    async def held() -> str:
+        (invoice,) = await node.list_invoices()
+        await node.wait_accepted(invoice.payment_hash)
+        return invoice.payment_hash
 
-    async with asyncio.TaskGroup() as tasks, buyer.running():
-        selling = tasks.create_task(sell_until_killed())
-        await started.wait()
-        ask = await seller.offer(
-            period=PERIOD, interval=ROUND, export_wh=EXPORT_WH, rate_msat_per_kwh=RATE
-        )
-        assert ask is not None
-        assert await buyer.bid(100, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE)
-        rig.cut.add(0)  # the seller hears no more of the log
-        peers = [devices[0].peers.ref]
-        await buyer.settle_round(period=PERIOD, interval=ROUND, peers=peers)
-        (held,) = await devices[0].node.list_invoices()
-        await devices[0].node.wait_accepted(held.payment_hash)
-        selling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await selling
-        assert (seller.settled, seller.cancelled) == ([], [])
-        assert (await devices[0].node.lookup_invoice(held.payment_hash)).state is (
-            InvoiceState.ACCEPTED
-        )
-        rig.cut.clear()
-        await rig.spread()  # the buyer's ``delivered`` reaches the restarted seller
-        restarted = desk(rig, devices[0], **seller_config)
-        async with restarted.running():
-            pass  # leaving it waits for the holds it resumed
+    async def restart() -> EnergyDesk:
+        return desk(rig, devices[0], **seller_config)
+
+    restarted, _, _ = await seller_killed_while_held(
+        rig,
+        desk(rig, devices[0], **seller_config),
+        buyer,
+        seller_node=node,
+        seller_peers=[devices[0].peers.ref],
+        held=held,
+        restart=restart,
+        round=(PERIOD, ROUND),
+        export_wh=EXPORT_WH,
+        rate_msat_per_kwh=RATE,
+    )
     await rig.spread()
     return restarted
 

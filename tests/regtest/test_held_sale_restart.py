@@ -8,8 +8,6 @@ every msat moved is the trade's (and the routing fee)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from p2pgrid.market import Party
 from p2pgrid.poll import wait_until
 from p2pgrid.testing.fake_peers import FakePeerNet, FakePeers
 from p2pgrid.testing.fake_replica import LocalReplica
+from tests.agent.held_sale import seller_killed_while_held
 from tests.ledger.ledger_factory import Site
 from tests.regtest.test_payments import BALANCE_TIMEOUT_S, local_msat, wait_local
 
@@ -127,24 +126,8 @@ async def test_a_seller_restarted_with_an_accepted_hold_settles_it(
     seller_m, buyer_m = await site.join(0, dev_a), await site.join(1, dev_b)
     a0, b0 = await local_msat(dev_a), await local_msat(dev_b)
     seller, buyer = await site.desk(seller_m), await site.desk(buyer_m)
-    started, killed = asyncio.Event(), asyncio.Event()
 
-    async def sell_until_killed() -> None:
-        async with seller.running():
-            started.set()
-            await killed.wait()  # never set: the seller dies with its watch
-
-    async with asyncio.TaskGroup() as tasks, buyer.running():
-        selling = tasks.create_task(sell_until_killed())
-        await started.wait()
-        ask = await seller.offer(
-            period=PERIOD, interval=ROUND, export_wh=EXPORT_WH, rate_msat_per_kwh=RATE
-        )
-        assert ask is not None
-        assert await buyer.bid(100, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE)
-        site.cut.add(0)  # the seller hears no more of the log
-        bought = await buyer.settle_round(period=PERIOD, interval=ROUND, peers=[seller_m.peers.ref])
-        assert bought == EXPORT_WH, buyer.refused
+    async def held() -> str:
         (shown,) = [e.body for e in await buyer_m.store.entries() if isinstance(e.body, Delivered)]
         payment_hash = shown.payment_hash.hex()
 
@@ -152,16 +135,21 @@ async def test_a_seller_restarted_with_an_accepted_hold_settles_it(
             return (await dev_a.lookup_invoice(payment_hash)).state is InvoiceState.ACCEPTED
 
         await wait_until(accepted, timeout_s=BALANCE_TIMEOUT_S, what="the held payment")
-        selling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await selling
-        assert (seller.settled, seller.cancelled) == ([], [])
-        assert (await dev_a.lookup_invoice(payment_hash)).state is InvoiceState.ACCEPTED
-        site.cut.clear()
-        await site.spread()  # the restarted seller finds the buyer's delivery
-        restarted = await site.desk(seller_m)
-        async with restarted.running():
-            pass  # leaving it waits for the holds it resumed
+        return payment_hash
+
+    restarted, payment_hash, bought = await seller_killed_while_held(
+        site,
+        seller,
+        buyer,
+        seller_node=dev_a,
+        seller_peers=[seller_m.peers.ref],
+        held=held,
+        restart=lambda: site.desk(seller_m),
+        round=(PERIOD, ROUND),
+        export_wh=EXPORT_WH,
+        rate_msat_per_kwh=RATE,
+    )
+    assert bought == EXPORT_WH, buyer.refused
     assert restarted.settled == [payment_hash]
     invoice = await dev_a.lookup_invoice(payment_hash)
     assert invoice.state is InvoiceState.SETTLED
@@ -171,7 +159,7 @@ async def test_a_seller_restarted_with_an_accepted_hold_settles_it(
              for e in log if isinstance(e.body, Sale)]  # fmt: skip
     assert sales == [(0, EXPORT_WH, invoice.value_msat)]
     (paid,) = [e.body for e in log if isinstance(e.body, Payment)]
-    assert paid.payment_hash == shown.payment_hash
+    assert paid.payment_hash.hex() == payment_hash
     assert check_pooled_sales(log, site.site_id) == []
     await wait_local(dev_a, a0 + invoice.value_msat)
     await wait_local(dev_b, b0 - invoice.value_msat - paid.fee_msat)
