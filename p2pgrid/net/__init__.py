@@ -17,6 +17,7 @@ from p2pgrid.net.errors import (
 from p2pgrid.net.host import (
     DeviceKey,
     EventStream,
+    HostHub,
     NetStats,
     PeerHost,
     Subscription,
@@ -35,6 +36,7 @@ __all__ = [
     "EnvelopeError",
     "EventStream",
     "FrameError",
+    "HostHub",
     "MalformedMessage",
     "Membership",
     "Misbehaviour",

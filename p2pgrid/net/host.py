@@ -1,38 +1,41 @@
-"""PeerHost: the asyncio face of one agent's libp2p host.
+"""PeerHost: the asyncio face of one device on a libp2p host.
 
 Agents use only this: ``start``/``stop``, ``publish`` (paced, batched, signed),
 ``subscribe`` (async iterator of :class:`Delivery`), ``request``/``handle``
 (one signed frame each way over a direct stream), ``peers`` and ``events``
 (:class:`PeerJoined` / :class:`PeerLeft`). libp2p and trio stay behind
 :class:`~p2pgrid.net.node.TrioNode` and the :class:`TrioBridge`.
+
+A host speaks for one device; several devices of a gateway share one libp2p
+host, a :class:`~p2pgrid.net.hub.HostHub`, each through a :class:`PeerHost` of
+its own (``hub=``). Without a hub, a host makes a private hub of one. Peers are
+named by address (:mod:`p2pgrid.net.devices`): the peer id of a host of one
+device, ``<peer id>/<site>/<index>`` for a device of a host of several.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from p2pgrid.errors import ConfigError, ReportableError, TimeoutExpired
-from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
+from p2pgrid.net.devices import KIND_TARGET, DeviceId, decode_error, encode_target, parse_address
 from p2pgrid.net.envelope import (
     FIRST_APP_KIND,
+    KIND_ERROR,
     MAX_STREAM_ENVELOPE_BYTES,
     Envelope,
     Record,
     overhead,
-    seal,
 )
 from p2pgrid.net.errors import (
     BridgeClosed,
@@ -45,12 +48,30 @@ from p2pgrid.net.errors import (
     RequestRejected,
 )
 from p2pgrid.net.frames import PEER_ERRORS
+from p2pgrid.net.hub import (
+    DeviceKey,
+    HostHub,
+    host_key_seed,
+    peer_id_of,
+    response_context,
+    seal_as,
+)
 from p2pgrid.net.membership import Membership, Topic
 from p2pgrid.net.messages import Delivery, PeerEvent, PeerJoined, PeerLeft, WireMessage
-from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.node import LYING_REASONS, PeerRef, Reply, TrioNode
 from p2pgrid.net.pacing import TokenBucket, TopicPacer
-from p2pgrid.net.validator import EnvelopeValidator, Reason
+from p2pgrid.net.validator import Reason
+
+__all__ = [
+    "DeviceKey",
+    "EventStream",
+    "HostHub",
+    "NetStats",
+    "PeerHost",
+    "Subscription",
+    "host_key_seed",
+    "peer_id_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +81,6 @@ REQUEST_TIMEOUT_S = 10.0
 BRIDGE_SLACK_S = 1.0
 #: How long ``stop`` lets pending publishes drain.
 DRAIN_TIMEOUT_S = 5.0
-#: Domain of the libp2p host key derived from the member key (stable peer id).
-HOST_KEY_DOMAIN = b"p2pgrid/libp2p-host-key/v2"
-
-
-def host_key_seed(signer: Signer, site: SiteIdentity) -> bytes:
-    """The seed of the Ed25519 libp2p host key of ``site``'s member whose key is
-    ``signer``. The site is in it: a utility serves several sites with one key, one
-    host each, and two hosts with one peer id would take each other's connections."""
-    return hashlib.sha256(HOST_KEY_DOMAIN + signer.secret + site.site_hash).digest()
-
-
-def peer_id_of(signer: Signer, site: SiteIdentity) -> str:
-    """The libp2p peer id of ``site``'s host speaking with ``signer``, known before
-    it starts: what a deployment writes into its peers' ``bootstrap`` addresses."""
-    return str(ID.from_pubkey(create_new_key_pair(host_key_seed(signer, site)).public_key))
-
-
-@dataclass(frozen=True)
-class DeviceKey:
-    """Who this host speaks for: a member of a site and its signing key. The index
-    is a device's index, or ``OWNER_NET_INDEX`` / ``UTILITY_NET_INDEX``."""
-
-    site: SiteIdentity
-    device_index: int
-    signer: Signer = field(repr=False)
 
 
 @dataclass
@@ -199,7 +195,8 @@ RequestHandler = Callable[[Delivery], Awaitable[WireMessage]]
 
 
 class PeerHost:
-    """One agent's peer-to-peer host, usable from asyncio."""
+    """One device's peer-to-peer host, usable from asyncio: on a libp2p host of its
+    own, or on a gateway's :class:`HostHub` shared with the gateway's other devices."""
 
     def __init__(
         self,
@@ -209,20 +206,22 @@ class PeerHost:
         *,
         bridge: TrioBridge | None = None,
         name: str | None = None,
+        hub: HostHub | None = None,
     ) -> None:
         if not topics:
             raise ConfigError("a PeerHost needs at least one topic")
         self.config = config
         self.device = device
+        self.device_id: DeviceId = (device.site.site_id, device.device_index)
         self.topics = {topic.name: topic for topic in topics}
         self.name = name or f"{device.site.site_id}/{device.device_index}"
         self._members = Membership.union(topic.members for topic in topics)
-        self._bridge = bridge
-        self._owns_bridge = bridge is None
-        self._validator = EnvelopeValidator(replay_window_s=config.replay_window_s)
-        self.misbehaviour = Misbehaviour(
-            threshold=config.misbehaviour_threshold, ban_s=config.ban_s
+        self._owns_hub = hub is None
+        self.hub = (
+            hub if hub is not None else HostHub(config, [device], bridge=bridge, name=self.name)
         )
+        self._validator = self.hub.validator
+        self.misbehaviour = self.hub.misbehaviour
         self._epoch = secrets.randbits(32)
         self._seq: dict[str, int] = {}
         self._last_seq: dict[tuple[str, str, int, int], int] = {}
@@ -231,56 +230,53 @@ class PeerHost:
         self._handlers: dict[str, RequestHandler] = {}
         self._pacers: dict[str, TopicPacer] = {}
         self._stats = NetStats()
-        self._node: TrioNode | None = None
         self._runner: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._answering: set[asyncio.Task[None]] = set()  # request handlers in flight
         self._stop_requested = asyncio.Event()
         self._state = "new"
-        self.peer_id = ""
-        self.listen_addrs: tuple[str, ...] = ()
+        #: The libp2p peer id this device speaks from (its hub's), known before start.
+        self.peer_id = self.hub.peer_id
 
     # -- lifecycle ---------------------------------------------------------------
 
     @property
+    def address(self) -> str:
+        """How peers (and the hub's other devices) address this device."""
+        return self.hub.address(self.device_id)
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        return self.hub.listen_addrs
+
+    @property
     def addrs(self) -> tuple[str, ...]:
         """Listen multiaddrs ending in ``/p2p/<peer id>`` (for others' bootstrap lists)."""
-        return tuple(f"{addr}/p2p/{self.peer_id}" for addr in self.listen_addrs)
+        return self.hub.addrs
+
+    @property
+    def _node(self) -> TrioNode | None:
+        return self.hub._node
 
     async def start(self) -> None:
-        """Listen, subscribe, start discovery; returns once the host serves."""
+        """Listen (the hub's first device), subscribe; returns once the host serves."""
         if self._state != "new":
             raise ConfigError(f"{self.name}: start called in state {self._state}")
         self._state = "starting"
-        if self._bridge is None:
-            self._bridge = TrioBridge()
-            await self._bridge.start()
-        self._node = TrioNode(
-            config=self.config,
-            host_key_seed=host_key_seed(self.device.signer, self.device.site),
-            topics=list(self.topics.values()),
-            validator=self._validator,
-            misbehaviour=self.misbehaviour,
-            sealer=self._seal_context,
-            events=self,
-            bridge=self._bridge,
-            name=self.name,
-        )
-        self.peer_id = str(self._node.peer_id)
-        room = self.config.max_envelope_bytes - overhead(len(self._node.peer_id.to_bytes()))
+        try:
+            await self.hub.attach(self, list(self.topics.values()))
+        except BaseException:
+            self._state = "stopped"
+            if self._owns_hub:
+                await self.hub.stop()
+            raise
+        room = self.config.max_envelope_bytes - overhead(len(self.hub.peer_bytes))
         for topic in self.topics:
             bucket = TokenBucket(self.config.envelopes_per_s, self.config.envelope_burst)
             self._pacers[topic] = TopicPacer(
                 room_bytes=room, max_pending=self.config.max_pending_records, bucket=bucket
             )
-        try:
-            self.listen_addrs = await self._bridge.start_service(self._node.serve)
-        except BaseException:
-            self._state = "stopped"
-            if self._owns_bridge:
-                await self._bridge.stop()
-            raise
         ready = asyncio.Event()
         self._runner = asyncio.create_task(self._run(ready), name=f"net-host-{self.name}")
         await ready.wait()
@@ -299,7 +295,8 @@ class PeerHost:
                 task.cancel()
 
     async def stop(self) -> None:
-        """Stop input, drain pending publishes, stop libp2p, end iterators. Idempotent."""
+        """Stop input, drain pending publishes, leave the hub (a hub of its own: stop
+        libp2p), end iterators. Idempotent."""
         if self._state in ("stopping", "stopped", "new"):
             self._state = "stopped" if self._state == "new" else self._state
             return
@@ -311,11 +308,9 @@ class PeerHost:
         self._stop_requested.set()
         if self._runner is not None:
             await self._runner
-        if self._node is not None and self._bridge is not None and self._bridge.running:
-            with contextlib.suppress(BridgeClosed):
-                await self._bridge.run(self._node.stop)
-        if self._owns_bridge and self._bridge is not None:
-            await self._bridge.stop()
+        self.hub.detach(self)
+        if self._owns_hub:
+            await self.hub.stop()
         self._end_iterators()
         self._state = "stopped"
         log.info("%s: stopped", self.name)
@@ -336,9 +331,9 @@ class PeerHost:
         await self.stop()
 
     def _running_node(self) -> tuple[TrioBridge, TrioNode]:
-        if self._state != "running" or self._bridge is None or self._node is None:
+        if self._state != "running":
             raise NetClosed(f"{self.name}: host is {self._state}")
-        return self._bridge, self._node
+        return self.hub.running()
 
     # -- sealing -----------------------------------------------------------------
 
@@ -347,24 +342,13 @@ class PeerHost:
     ) -> bytes:
         """Seal for ``context``; ``one_shot`` contexts (a response's, unique per request)
         always use seq 1 and are not remembered, so answering does not grow memory."""
-        if self._node is None:
-            raise NetClosed("host not started")
         if one_shot:
             seq = 1
         else:
             seq = self._seq.get(context, 0) + 1
             self._seq[context] = seq
-        return seal(
-            self.device.signer,
-            context,
-            site_id=self.device.site.site_id,
-            device_index=self.device.device_index,
-            peer_id=self._node.peer_id.to_bytes(),
-            epoch=self._epoch,
-            seq=seq,
-            timestamp_ms=int(time.time() * 1000),
-            records=records,
-            max_bytes=max_bytes,
+        return seal_as(
+            self.device, self.hub.peer_bytes, self._epoch, seq, context, records, max_bytes
         )
 
     def seal(self, topic: str, messages: Sequence[WireMessage]) -> bytes:
@@ -412,12 +396,10 @@ class PeerHost:
         while True:
             records = await pacer.next_batch()
             data = self._seal_context(topic, records, self.config.max_envelope_bytes)
-            bridge, node = self._bridge, self._node
-            assert bridge is not None
-            assert node is not None
             try:
+                bridge, node = self.hub.running()
                 await bridge.run(node.publish, topic, data)
-            except BridgeClosed:
+            except (BridgeClosed, NetClosed):
                 return
             except PEER_ERRORS as exc:
                 log.warning("%s: publish on %s failed: %s", self.name, topic, exc)
@@ -425,7 +407,8 @@ class PeerHost:
             pacer.sent()
 
     def subscribe(self, topic: Topic | str) -> Subscription:
-        """Deliveries on ``topic`` from other members, from now on."""
+        """Deliveries on ``topic`` from other members (the hub's other devices
+        too), from now on."""
         name = self._topic(topic)
         sub = Subscription(self, name, self.config.subscriber_queue)
         if self._state in ("stopping", "stopped"):
@@ -434,13 +417,11 @@ class PeerHost:
             self._subscriptions[name].add(sub)
         return sub
 
-    # -- NodeEvents (called on the loop by the trio side) ------------------------
+    # -- from the hub (called on the loop) ---------------------------------------
 
-    def on_delivery(self, topic: str, envelope: Envelope) -> None:
-        if envelope.peer_id == (self._node.peer_id.to_bytes() if self._node else b""):
-            return  # our own publish, echoed by py-libp2p
+    def _deliver(self, topic: str, envelope: Envelope, peer: str) -> None:
+        """An accepted envelope on ``topic`` from the device at address ``peer``."""
         self._count_gaps(topic, envelope)
-        peer_id = _peer_str(envelope.peer_id)
         for record in envelope.records:
             if record.kind < FIRST_APP_KIND:
                 continue
@@ -448,11 +429,11 @@ class PeerHost:
                 topic=topic,
                 site_id=envelope.site_id,
                 device_index=envelope.device_index,
-                peer_id=peer_id,
+                peer_id=peer,
                 kind=record.kind,
                 data=record.data,
                 sent_at_ms=envelope.timestamp_ms,
-                on_malformed=self._reporter(peer_id),
+                on_malformed=self._reporter(peer),
             )
             self._stats.delivered_records += 1
             for sub in self._subscriptions.get(topic, ()):
@@ -469,26 +450,40 @@ class PeerHost:
         elif self._stats.sequence_gaps > 0:
             self._stats.sequence_gaps -= 1  # a late arrival filled a hole
 
-    def on_peer(self, joined: bool, peer: PeerRef) -> None:
+    def _on_peer(self, joined: bool, peer: PeerRef) -> None:
         event: PeerEvent = PeerJoined(peer) if joined else PeerLeft(peer)
         for queue in self._event_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
-    def on_crash(self, error: BaseException) -> None:
+    def _crashed(self) -> None:
         """The libp2p host died: end subscriptions and event streams; calls now fail."""
         if self._state != "running":
             return
         self._state = "crashed"
-        log.error("%s: the libp2p host crashed (%r); stop and restart the agent", self.name, error)
         self._end_iterators()
 
-    def on_request(self, protocol: str, envelope: Envelope, peer_id: str, reply: Reply) -> None:
+    def _serve(
+        self,
+        protocol: str,
+        envelope: Envelope,
+        record: Record,
+        peer: str,
+        reply: Reply,
+        context: str,
+        *,
+        named: bool,
+    ) -> None:
+        """Answer a validated request for this device (``named``: it named the device,
+        so a refusal may say why)."""
         handler = self._handlers.get(protocol)
         if handler is None or self._tasks is None or self._state != "running":
-            reply(None)
+            why = f"device {self.device_id[0]}/{self.device_id[1]} does not serve {protocol}"
+            reply(self.hub.error(context, why) if named else None)
             return
-        task = self._tasks.create_task(self._answer(handler, protocol, envelope, peer_id, reply))
+        task = self._tasks.create_task(
+            self._answer(handler, protocol, envelope, record, peer, reply, context)
+        )
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
@@ -497,35 +492,33 @@ class PeerHost:
         handler: RequestHandler,
         protocol: str,
         envelope: Envelope,
-        peer_id: str,
+        record: Record,
+        peer: str,
         reply: Reply,
+        context: str,
     ) -> None:
-        record = envelope.records[0]
         request = Delivery(
             topic=protocol,
             site_id=envelope.site_id,
             device_index=envelope.device_index,
-            peer_id=peer_id,
+            peer_id=peer,
             kind=record.kind,
             data=record.data,
             sent_at_ms=envelope.timestamp_ms,
-            on_malformed=self._reporter(peer_id),
+            on_malformed=self._reporter(peer),
         )
         try:
             answer = await handler(request)
             data = self._seal_context(
-                _response_context(protocol, envelope.body + envelope.signature),
-                [_record(answer)],
-                MAX_STREAM_ENVELOPE_BYTES,
-                one_shot=True,
+                context, [_record(answer)], MAX_STREAM_ENVELOPE_BYTES, one_shot=True
             )
         except PeerMisbehaved as exc:
             if not isinstance(exc, MalformedMessage):  # Delivery.decode counted those
-                self.report_misbehaviour(peer_id, f"{protocol}:{exc.reason}")
-            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)
+                self.report_misbehaviour(peer, f"{protocol}:{exc.reason}")
+            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer, exc)
             reply(None)
         except ReportableError as exc:
-            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer_id, exc)
+            log.info("%s: %s handler refused %s: %s", self.name, protocol, peer, exc)
             reply(None)
         except Exception:
             log.exception("%s: %s handler failed", self.name, protocol)
@@ -553,29 +546,39 @@ class PeerHost:
         *,
         timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> Delivery:
-        """Send ``message`` to ``peer_id`` on a direct stream and return its signed answer.
+        """Send ``message`` to the device at address ``peer_id`` (a peer id, or
+        ``<peer id>/<site>/<index>``: see :meth:`peers`) on a direct stream (a call,
+        for a device of this host's hub) and return its signed answer.
 
         Raises :class:`TimeoutExpired` after ``timeout_s``, :class:`PeerUnreachable`
         if the peer is gone, :class:`RequestRejected` if it refused or answered
         with an envelope that fails validation.
         """
         bridge, node = self._running_node()
-        frame = self._seal_context(protocol, [_record(message)], MAX_STREAM_ENVELOPE_BYTES)
+        try:
+            host_id, device = parse_address(peer_id)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from exc
+        records = [Record(KIND_TARGET, encode_target(device))] if device is not None else []
+        records.append(_record(message))
+        frame = self._seal_context(protocol, records, MAX_STREAM_ENVELOPE_BYTES)
         try:
             async with asyncio.timeout(timeout_s + BRIDGE_SLACK_S):
-                data = await bridge.run(node.request, peer_id, protocol, frame, timeout_s)
+                if self.hub.is_own(host_id):
+                    data = await self._call(protocol, frame, peer_id)
+                else:
+                    data = await bridge.run(node.request, host_id, protocol, frame, timeout_s)
         except (TimeoutError, trio.TooSlowError) as exc:
             raise TimeoutExpired(f"{protocol} request to {peer_id} timed out") from exc
         except RequestRefused as exc:
             raise RequestRejected(f"{peer_id} refused {protocol}: {exc}") from exc
         except PEER_ERRORS as exc:
             raise PeerUnreachable(f"{peer_id} unreachable for {protocol}: {exc}") from exc
-        target = _peer_bytes(peer_id)
         verdict = self._validator.check(
             data,
-            context=_response_context(protocol, frame),
+            context=response_context(protocol, frame),
             members=self._members,
-            sender_peer_id=target,
+            sender_peer_id=_peer_bytes(host_id),
             max_bytes=MAX_STREAM_ENVELOPE_BYTES,
         )
         if isinstance(verdict, Reason):
@@ -589,6 +592,11 @@ class PeerHost:
             count = len(verdict.records)
             raise RequestRejected(f"{peer_id} answered {protocol} with {count} records")
         record = verdict.records[0]
+        if record.kind == KIND_ERROR:
+            raise RequestRejected(f"{peer_id} refused {protocol}: {decode_error(record.data)}")
+        if device is not None and (verdict.site_id, verdict.device_index) != device:
+            self.report_misbehaviour(peer_id, f"{protocol}:answer_other_device")
+            raise RequestRejected(f"{peer_id} answered {protocol} as another device")
         return Delivery(
             topic=protocol,
             site_id=verdict.site_id,
@@ -600,17 +608,38 @@ class PeerHost:
             on_malformed=self._reporter(peer_id),
         )
 
+    async def _call(self, protocol: str, frame: bytes, peer: str) -> bytes:
+        """A request to a device of this hub: validated as one from a stream (this
+        host is the sender), handed to the device's handler, no stream."""
+        verdict = self._validator.check(
+            frame,
+            context=protocol,
+            members=self._members,
+            sender_peer_id=self.hub.peer_bytes,
+            max_bytes=MAX_STREAM_ENVELOPE_BYTES,
+        )
+        if isinstance(verdict, Reason):
+            raise RequestRefused(f"the request failed validation: {verdict}")
+        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def reply(data: bytes | None) -> None:
+            if not answer.done():
+                answer.set_result(data)
+
+        self.hub.dispatch(protocol, verdict, self.address, reply)
+        data = await answer
+        if data is None:
+            raise RequestRefused(f"{peer} refused the request")
+        return data
+
     # -- misbehaviour ------------------------------------------------------------
 
     def report_misbehaviour(self, peer_id: str, reason: str, *, scored: bool = True) -> None:
-        """Count ``reason`` against ``peer_id``; past the threshold the peer is
-        disconnected and refused for a while (see :mod:`p2pgrid.net.misbehaviour`).
-        ``scored=False``: counted only (something an honest peer may cause)."""
-        log.info("%s: peer %s misbehaved: %s", self.name, peer_id, reason)
-        if self.misbehaviour.record(peer_id, reason, scored=scored):
-            log.warning("%s: banned peer %s (last: %s)", self.name, peer_id, reason)
-            if self._node is not None and self._bridge is not None and self._bridge.running:
-                self._bridge.to_trio(self._node.drop_peer, peer_id)
+        """Count ``reason`` against the peer at address ``peer_id``; past the
+        threshold its peer id (every device behind it) is disconnected and refused
+        for a while (see :mod:`p2pgrid.net.misbehaviour`). ``scored=False``: counted
+        only (something an honest peer may cause)."""
+        self.hub.report_misbehaviour(peer_id, reason, scored=scored)
 
     def _reporter(self, peer_id: str) -> Callable[[str], None]:
         def report(reason: str) -> None:
@@ -621,39 +650,50 @@ class PeerHost:
     # -- peers -------------------------------------------------------------------
 
     async def wait_for_peer(self, peer_id: str, topic: Topic | str, *, timeout_s: float) -> None:
-        """Wait until ``peer_id`` is subscribed to ``topic`` as seen from here.
+        """Wait until the peer at address ``peer_id`` is subscribed to ``topic`` as
+        seen from here (at once for a device of this hub).
 
         Raises :class:`TimeoutExpired` after ``timeout_s``.
         """
         bridge, node = self._running_node()
         name = self._topic(topic)
+        host_id = peer_id.split("/")[0]
+        if self.hub.is_own(host_id):
+            return
         try:
             async with asyncio.timeout(timeout_s + BRIDGE_SLACK_S):
-                await bridge.run(node.wait_subscribed, peer_id, name, timeout_s)
+                await bridge.run(node.wait_subscribed, host_id, name, timeout_s)
         except (TimeoutError, trio.TooSlowError) as exc:
             raise TimeoutExpired(f"{peer_id} did not join {name} within {timeout_s}s") from exc
 
     def peers(self) -> tuple[PeerRef, ...]:
-        """Connected peers that proved their device with a signed hello."""
-        return self._node.peers() if self._node is not None else ()
+        """Devices proved by connected peers' signed hellos, then the other running
+        devices of this host's hub; each :class:`PeerRef`'s ``peer_id`` is the
+        address to request it at."""
+        if self._state != "running":
+            return ()
+        return self.hub.peers(exclude=self.device_id)
 
     def mesh_peers(self, topic: Topic | str) -> frozenset[str]:
         """The peers this host's gossipsub sends ``topic``'s messages to at once (its
         mesh); the topic's other subscribers hear of a message later, through a
         mesh peer's relay or the gossip of the next heartbeat."""
         name = self._topic(topic)
-        if self._node is None:
+        node = self.hub._node
+        if node is None:
             return frozenset()
-        return frozenset(str(peer) for peer in self._node.gossipsub.mesh.get(name, ()))
+        return frozenset(str(peer) for peer in node.gossipsub.mesh.get(name, ()))
 
     def events(self) -> EventStream:
-        """Peers joining and leaving from now on (``async for``); ends when the host stops."""
+        """Devices joining and leaving from now on (``async for``); ends when the host stops."""
         stream = EventStream(self, self.config.subscriber_queue)
         if self._state in ("stopping", "stopped"):
             stream.close()
         return stream
 
     def stats(self) -> NetStats:
+        """This device's counters; those of libp2p (peers, validation, misbehaviour,
+        gossipsub) are its hub's, shared with the hub's other devices."""
         snapshot = NetStats(**vars(self._stats))
         snapshot.accepted = self._validator.accepted
         snapshot.rejected = self._validator.counts()
@@ -662,9 +702,10 @@ class PeerHost:
         snapshot.misbehaviour = self.misbehaviour.counts()
         snapshot.banned = self.misbehaviour.banned_peers()
         snapshot.bans = self.misbehaviour.bans
-        if self._node is not None:
-            snapshot.dial_failures = self._node.dial_failures
-            gossip = self._node.gossipsub
+        node = self.hub._node
+        if node is not None:
+            snapshot.dial_failures = node.dial_failures
+            gossip = node.gossipsub
             snapshot.mesh_peers = sum(gossip.mesh_size(topic) for topic in self.topics)
             snapshot.rpcs_queued = gossip.counters.rpcs_queued
             snapshot.rpcs_dropped = gossip.counters.rpcs_dropped
@@ -677,14 +718,6 @@ def _record(message: WireMessage) -> Record:
     if message.KIND < FIRST_APP_KIND:
         raise EnvelopeError(f"kind {message.KIND:#06x} is reserved for the net layer")
     return Record(message.KIND, message.encode())
-
-
-def _response_context(protocol: str, request_frame: bytes) -> str:
-    return f"{protocol}#response/{hashlib.sha256(request_frame).hexdigest()[:32]}"
-
-
-def _peer_str(peer_id: bytes) -> str:
-    return str(ID(peer_id))
 
 
 def _peer_bytes(peer_id: str) -> bytes:

@@ -33,6 +33,15 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
+from p2pgrid.net.devices import (
+    KIND_DEVICES,
+    KIND_TARGET,
+    DeviceId,
+    DeviceProof,
+    address,
+    decode_devices,
+    encode_devices,
+)
 from p2pgrid.net.discovery import Redialer, parse_peer_addr
 from p2pgrid.net.envelope import (
     KIND_HELLO,
@@ -78,12 +87,23 @@ REFUSAL = b""
 
 @dataclass(frozen=True)
 class PeerRef:
-    """A connected peer whose signed hello named its site and device."""
+    """A device a connected peer proved in its signed hello.
+
+    ``peer_id`` is the address to send the device requests at: the host's
+    libp2p peer id when the host speaks for this device alone, else
+    ``<peer id>/<site id>/<device index>`` (:mod:`p2pgrid.net.devices`).
+    ``host_id`` is the libp2p peer id in either case (what a ban falls on).
+    """
 
     peer_id: str
     site_id: str
     device_index: int
     addrs: tuple[str, ...]
+    host_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            object.__setattr__(self, "host_id", self.peer_id.split("/")[0])
 
 
 Reply = Callable[[bytes | None], None]
@@ -168,8 +188,11 @@ class TrioNode:
         events: NodeEvents,
         bridge: TrioBridge,
         name: str,
+        devices: tuple[DeviceProof, ...] = (),
     ) -> None:
         self._config = config
+        #: The host's other devices, proved in its hello (none: a host of one device).
+        self._devices = devices
         self._topics = {topic.name: topic for topic in topics}
         self._members = Membership.union(topic.members for topic in topics)
         self._validator = validator
@@ -221,7 +244,8 @@ class TrioNode:
             is_connected=self._is_connected,
             is_banned=lambda peer: misbehaviour.banned(str(peer)),
         )
-        self._peers: dict[ID, PeerRef] = {}
+        #: Each joined peer's devices (one, or those its hello proved).
+        self._peers: dict[ID, tuple[PeerRef, ...]] = {}
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._finished = trio.Event()
@@ -338,7 +362,34 @@ class TrioNode:
         """Wait until ``peer_id`` announced ``topic`` to us; ``trio.TooSlowError`` if not."""
         await self.pubsub.wait_for_subscription(ID.from_base58(peer_id), topic, timeout_s)
 
+    async def add_topics(self, topics: Sequence[Topic]) -> None:
+        """Join ``topics`` too (another device of a hub started with topics of its own);
+        a topic joined already keeps its first membership."""
+        new = [t for t in topics if t.name not in self._topics]
+        if not new:
+            return
+        for topic in new:
+            self._topics[topic.name] = topic
+        self._members = Membership.union(topic.members for topic in self._topics.values())
+        for topic in new:
+            if self._config.enforce_membership:
+                self.pubsub.set_topic_validator(
+                    topic.name, self._topic_validator(topic.name), is_async_validator=False
+                )
+            sub = await self.pubsub.subscribe(topic.name)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._read_topic, topic.name, sub)
+
     # -- peers -------------------------------------------------------------------
+
+    def address_of(self, peer_id: bytes | ID, site_id: str, device_index: int) -> str:
+        """How the asyncio side names device ``(site_id, device_index)`` of peer
+        ``peer_id``: the peer id, unless its hello proved several devices."""
+        pid = peer_id if isinstance(peer_id, ID) else ID(peer_id)
+        refs = self._peers.get(pid, ())
+        if len(refs) > 1:
+            return address(str(pid), (site_id, device_index))
+        return str(pid)
 
     def _is_connected(self, peer_id: ID) -> bool:
         return bool(self.host.get_network().connections.get(peer_id))
@@ -375,10 +426,11 @@ class TrioNode:
         if self._is_connected(peer_id):
             return
         self._redialer.lost(peer_id)
-        peer = self._peers.pop(peer_id, None)
-        if peer is not None:
+        refs = self._peers.pop(peer_id, ())
+        if refs:
             log.info("%s: peer %s left", self.name, peer_id)
-            self._bridge.to_asyncio(self._events.on_peer, False, peer)
+        for ref in refs:
+            self._bridge.to_asyncio(self._events.on_peer, False, ref)
 
     def _on_mdns(self, info: PeerInfo) -> None:
         """Called on zeroconf's thread: hand the peer over to trio."""
@@ -386,13 +438,16 @@ class TrioNode:
 
     def _hello_bytes(self, exclude: ID) -> bytes:
         known = tuple(
-            f"{addr}/p2p/{peer.peer_id}"
-            for pid, peer in list(self._peers.items())[:HELLO_KNOWN_PEERS]
+            f"{addr}/p2p/{pid}"
+            for pid, refs in list(self._peers.items())[:HELLO_KNOWN_PEERS]
             if pid != exclude
-            for addr in peer.addrs[:1]
+            for addr in refs[0].addrs[:1]
         )
         hello = Hello(listen_addrs=self.listen_addrs, known_peers=known)
-        return self._seal(HELLO_PROTOCOL, [Record(KIND_HELLO, hello.encode())], MAX_ENVELOPE_BYTES)
+        records = [Record(KIND_HELLO, hello.encode())]
+        if self._devices:
+            records.append(Record(KIND_DEVICES, encode_devices(self._devices)))
+        return self._seal(HELLO_PROTOCOL, records, MAX_ENVELOPE_BYTES)
 
     async def _say_hello(self, peer_id: ID) -> None:
         with trio.move_on_after(HELLO_TIMEOUT_S):
@@ -435,19 +490,29 @@ class TrioNode:
             self.punish(peer_id, f"hello:{verdict}", scored=verdict in LYING_REASONS)
             return
         try:
-            if len(verdict.records) != 1 or verdict.records[0].kind != KIND_HELLO:
-                raise FrameError("a hello is exactly one record of kind 0x0001")
+            kinds = [r.kind for r in verdict.records]
+            if kinds not in ([KIND_HELLO], [KIND_HELLO, KIND_DEVICES]):
+                raise FrameError("a hello is a record of kind 0x0001, then at most one of 0x0003")
             hello = Hello.decode(verdict.records[0].data)
             addrs = [_listen_addr(a) for a in hello.listen_addrs]
+            proofs = decode_devices(verdict.records[1].data) if len(kinds) == 2 else ()
         except FrameError as exc:
             log.info("%s: malformed hello from %s: %s", self.name, peer_id, exc)
             self.punish(peer_id, "hello:malformed")
             return
-        ref = PeerRef(
-            peer_id=str(peer_id),
-            site_id=verdict.site_id,
-            device_index=verdict.device_index,
-            addrs=hello.listen_addrs,
+        devices = self._proved_devices(peer_id, verdict, proofs)
+        if devices is None:
+            return
+        several = len(devices) > 1
+        refs = tuple(
+            PeerRef(
+                peer_id=address(str(peer_id), device if several else None),
+                site_id=device[0],
+                device_index=device[1],
+                addrs=hello.listen_addrs,
+                host_id=str(peer_id),
+            )
+            for device in devices
         )
         self._redialer.want(PeerInfo(peer_id, addrs))
         for known in hello.known_peers:
@@ -457,9 +522,11 @@ class TrioNode:
                 log.debug("%s: ignoring known peer %r: %s", self.name, known, exc)
         if not self._is_connected(peer_id):
             return
-        is_new = peer_id not in self._peers
-        self._peers[peer_id] = ref
-        if is_new:
+        before = {(r.site_id, r.device_index) for r in self._peers.get(peer_id, ())}
+        self._peers[peer_id] = refs
+        for ref in refs:
+            if (ref.site_id, ref.device_index) in before:
+                continue
             log.info(
                 "%s: peer %s joined (site %s device %d)",
                 self.name,
@@ -469,8 +536,41 @@ class TrioNode:
             )
             self._bridge.to_asyncio(self._events.on_peer, True, ref)
 
+    def _proved_devices(
+        self, peer_id: ID, hello: Envelope, proofs: tuple[DeviceProof, ...]
+    ) -> list[DeviceId] | None:
+        """The devices a hello proves: its signer, then each other device of its
+        site that is a member here and signed the binding to ``peer_id``. None (the
+        hello refused, counted) if it lists a device of another site, a device
+        twice, or a proof that does not verify; a device that is not a member
+        here (not enrolled yet, revoked) is left out and counted, unscored."""
+        devices: list[DeviceId] = [(hello.site_id, hello.device_index)]
+        for proof in proofs:
+            device = (proof.site_id, proof.device_index)
+            reason = ""
+            if proof.site_id != hello.site_id:
+                reason = "foreign_device"
+            elif device in devices:
+                reason = "malformed"
+            else:
+                pubkey = self._members.device_pubkey(*device)
+                if pubkey is None:
+                    log.info("%s: %s speaks for non-member %s", self.name, peer_id, device)
+                    self.punish(peer_id, "hello:not_member_device", scored=False)
+                    continue
+                if not proof.verify(pubkey, peer_id.to_bytes()):
+                    reason = "bad_device_proof"
+            if reason:
+                log.info("%s: refused the hello of %s: %s %s", self.name, peer_id, reason, device)
+                tally = Reason.BAD_SIGNATURE if reason == "bad_device_proof" else Reason.MALFORMED
+                self._validator.rejected_hellos[tally] += 1
+                self.punish(peer_id, f"hello:{reason}")
+                return None
+            devices.append(device)
+        return devices
+
     def peers(self) -> tuple[PeerRef, ...]:
-        return tuple(self._peers.values())
+        return tuple(ref for refs in self._peers.values() for ref in refs)
 
     # -- direct streams ----------------------------------------------------------
 
@@ -518,8 +618,8 @@ class TrioNode:
                 sender_peer_id=peer_id.to_bytes(),
                 max_bytes=MAX_STREAM_ENVELOPE_BYTES,
             )
-            if not isinstance(verdict, Reason) and len(verdict.records) != 1:
-                verdict = Reason.MALFORMED  # a request is exactly one record
+            if not isinstance(verdict, Reason) and not _request_shape(verdict):
+                verdict = Reason.MALFORMED  # one record, after at most one target
             if isinstance(verdict, Reason):
                 log.info(
                     "%s: rejected a %s request from %s: %s", self.name, protocol, peer_id, verdict
@@ -559,6 +659,12 @@ class TrioNode:
 LYING_REASONS = frozenset(
     {Reason.TOO_LARGE, Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.PEER_MISMATCH}
 )
+
+
+def _request_shape(envelope: Envelope) -> bool:
+    """A request is one application record, after at most one target record."""
+    kinds = [r.kind for r in envelope.records]
+    return len(kinds) == 1 or (len(kinds) == 2 and kinds[0] == KIND_TARGET)
 
 
 def _listen_addr(addr: str) -> multiaddr.Multiaddr:

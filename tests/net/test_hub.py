@@ -1,0 +1,225 @@
+"""Several devices on one libp2p host (HostHub) over real py-libp2p hosts: the hello
+that proves each device, requests addressed to a device, local delivery, bans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+
+import pytest
+
+from p2pgrid.errors import ConfigError
+from p2pgrid.net import (
+    Delivery,
+    DeviceKey,
+    HostHub,
+    NetConfig,
+    PeerHost,
+    RequestRejected,
+    Subscription,
+    Topic,
+    TrioBridge,
+)
+from p2pgrid.net.devices import address, parse_address
+from p2pgrid.poll import wait_until
+from tests.net.conftest import Note
+from tests.sites import TestSite
+
+WAIT_S = 10.0
+PROTOCOL = "/p2pgrid/test/who/1"
+
+#: Opens a hub of ``keys`` and a started host per device (the first listens).
+MakeHub = Callable[..., Awaitable[list[PeerHost]]]
+
+
+@pytest.fixture
+async def make_hub(bridge: TrioBridge, topic: Topic) -> AsyncIterator[MakeHub]:
+    async with AsyncExitStack() as stack:
+
+        async def make(
+            keys: Sequence[DeviceKey], *, serve: Sequence[int] | None = None, **config: object
+        ) -> list[PeerHost]:
+            net = NetConfig(**config)  # type: ignore[arg-type]
+            hub = HostHub(net, keys, bridge=bridge, name=f"hub-{keys[0].device_index}")
+            stack.push_async_callback(hub.stop)
+            hosts = []
+            for key in keys:
+                if serve is not None and key.device_index not in serve:
+                    continue
+                host = PeerHost(net, key, [topic], hub=hub, name=f"dev-{key.device_index}")
+                await host.start()
+                stack.push_async_callback(host.stop)
+                hosts.append(host)
+            return hosts
+
+        yield make
+
+
+def keys(site: TestSite, indices: Sequence[int], signer: TestSite | None = None) -> list[DeviceKey]:
+    return [DeviceKey(site.identity, i, (signer or site).device(i)) for i in indices]
+
+
+async def listed(host: PeerHost, devices: set[tuple[str, int]]) -> None:
+    """Wait until ``host.peers()`` lists exactly ``devices``."""
+
+    async def done() -> bool:
+        return {(p.site_id, p.device_index) for p in host.peers()} == devices
+
+    await wait_until(done, timeout_s=WAIT_S, what=f"{host.name} to list {sorted(devices)}")
+
+
+def who_am_i(host: PeerHost) -> None:
+    async def answer(request: Delivery) -> Note:
+        note = request.decode(Note)
+        return Note(note.n, f"{host.device.device_index} from {request.device_index}")
+
+    host.handle(PROTOCOL, answer)
+
+
+async def drain(sub: Subscription, count: int) -> list[tuple[int, int]]:
+    async with asyncio.timeout(WAIT_S):
+        return [((d := await sub.get()).device_index, d.decode(Note).n) for _ in range(count)]
+
+
+async def test_two_hubs_of_three_devices_list_request_and_hear_each_device(
+    make_hub: MakeHub, owner: TestSite, topic: Topic
+) -> None:
+    site = owner.identity.site_id
+    left = await make_hub(keys(owner, [0, 1, 2]))
+    right = await make_hub(keys(owner, [3, 4, 5]), bootstrap=left[0].addrs)
+    everyone = {(site, i) for i in range(6)}
+    for host in (*left, *right):
+        await listed(host, everyone - {(site, host.device.device_index)})
+        who_am_i(host)
+    assert len({h.peer_id for h in left}) == 1  # one libp2p host each side
+    assert left[0].peer_id != right[0].peer_id
+    # Each device has an address of its own, and answers for itself.
+    by_index = {p.device_index: p for p in right[1].peers()}
+    assert parse_address(by_index[0].peer_id) == (left[0].peer_id, (site, 0))
+    assert by_index[0].host_id == left[0].peer_id
+    for target in (0, 1, 2, 3, 5):  # remote ones over a stream, local ones by a call
+        answer = await right[1].request(by_index[target].peer_id, PROTOCOL, Note(target))
+        assert answer.decode(Note) == Note(target, f"{target} from 4")
+        assert answer.device_index == target
+    # A publication reaches every other device, local and remote, not its author.
+    subs = {h.device.device_index: h.subscribe(topic) for h in (*left, *right)}
+    await left[1].publish(topic, Note(7))
+    for index, sub in subs.items():
+        if index != 1:
+            assert await drain(sub, 1) == [(1, 7)]
+    await right[0].publish(topic, Note(8))
+    assert await drain(subs[1], 1) == [(3, 8)]
+    assert subs[1].pending() == 0  # its own Note(7) never came back
+
+
+async def test_a_device_the_hub_does_not_serve_gets_a_clear_refusal(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    site = owner.identity.site_id
+    # Device 2 is proved in the hello, but its host is not running.
+    left = await make_hub(keys(owner, [0, 1, 2]), serve=[0, 1])
+    (right,) = await make_hub(keys(owner, [3]), bootstrap=left[0].addrs)
+    await listed(right, {(site, 0), (site, 1), (site, 2)})
+    for host in left:
+        who_am_i(host)
+    with pytest.raises(RequestRejected, match="is not running"):
+        await right.request(address(left[0].peer_id, (site, 2)), PROTOCOL, Note(1))
+    with pytest.raises(RequestRejected, match="not served here"):
+        await right.request(address(left[0].peer_id, (site, 9)), PROTOCOL, Note(1))
+    with pytest.raises(RequestRejected, match="refused"):  # names no device: which one?
+        await right.request(left[0].peer_id, PROTOCOL, Note(1))
+    answer = await right.request(address(left[0].peer_id, (site, 1)), PROTOCOL, Note(1))
+    assert answer.decode(Note) == Note(1, "1 from 3")
+
+
+async def test_a_host_of_one_and_a_hub_of_three_interoperate(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    site = owner.identity.site_id
+    (single,) = await make_hub(keys(owner, [0]))
+    hub = await make_hub(keys(owner, [1, 2, 3]), bootstrap=single.addrs)
+    await listed(single, {(site, 1), (site, 2), (site, 3)})
+    await listed(hub[0], {(site, 0), (site, 2), (site, 3)})
+    # The host of one is addressed by its peer id alone (as every host was before).
+    assert [p.peer_id for p in hub[0].peers() if p.device_index == 0] == [single.peer_id]
+    for host in (single, *hub):
+        who_am_i(host)
+    answer = await hub[2].request(single.peer_id, PROTOCOL, Note(5))
+    assert answer.decode(Note) == Note(5, "0 from 3")
+    to_2 = next(p.peer_id for p in single.peers() if p.device_index == 2)
+    assert (await single.request(to_2, PROTOCOL, Note(6))).decode(Note) == Note(6, "2 from 0")
+
+
+async def test_a_forged_device_proof_refuses_the_hello(
+    make_hub: MakeHub, owner: TestSite, other_owner: TestSite
+) -> None:
+    (honest,) = await make_hub(keys(owner, [0]))
+    # Device 2's proof is signed with a key that is not device 2's.
+    forged = [*keys(owner, [1]), *keys(owner, [2], signer=other_owner)]
+    liar = await make_hub(forged, serve=[1], bootstrap=honest.addrs)
+
+    async def refused() -> bool:
+        return (
+            honest.stats().misbehaviour.get(liar[0].peer_id, {}).get("hello:bad_device_proof", 0)
+            > 0
+        )
+
+    await wait_until(refused, timeout_s=WAIT_S, what="the forged proof to be refused")
+    assert honest.peers() == ()  # not even its honest device 1 is listed
+    assert honest.stats().rejected_hellos["bad_signature"] >= 1
+
+
+async def test_a_device_of_another_site_refuses_the_hello(
+    make_hub: MakeHub, owner: TestSite, other_owner: TestSite, bridge: TrioBridge, topic: Topic
+) -> None:
+    with pytest.raises(ConfigError, match="one site"):
+        HostHub(NetConfig(), [*keys(owner, [1]), *keys(other_owner, [2])])
+    (honest,) = await make_hub(keys(owner, [0]))
+    liar_hub = HostHub(NetConfig(bootstrap=honest.addrs), keys(owner, [1]), bridge=bridge)
+    foreign = keys(other_owner, [2])[0]  # slipped past the constructor's check
+    liar_hub.keys[(foreign.site.site_id, 2)] = foreign
+    liar = PeerHost(NetConfig(), liar_hub.first, [topic], hub=liar_hub)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(liar_hub.stop)
+        await liar.start()
+        stack.push_async_callback(liar.stop)
+
+        async def refused() -> bool:
+            counts = honest.stats().misbehaviour.get(liar.peer_id, {})
+            return counts.get("hello:foreign_device", 0) > 0
+
+        await wait_until(refused, timeout_s=WAIT_S, what="the foreign device to be refused")
+        assert honest.peers() == ()
+
+
+async def test_a_non_member_device_is_left_out_and_the_rest_listed(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    site = owner.identity.site_id
+    (honest,) = await make_hub(keys(owner, [0]))
+    # Device 100 signs its proof, but is not enrolled in the site (0..63 are).
+    await make_hub(keys(owner, [1, 100]), serve=[1], bootstrap=honest.addrs)
+    await listed(honest, {(site, 1)})
+    counts = next(iter(honest.stats().misbehaviour.values()))
+    assert counts["hello:not_member_device"] >= 1
+    assert honest.stats().banned == ()
+
+
+async def test_a_ban_falls_on_the_peer_id_and_every_device_behind_it(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    site = owner.identity.site_id
+    (judge,) = await make_hub(keys(owner, [0]), misbehaviour_threshold=2)
+    hub = await make_hub(keys(owner, [1, 2]), bootstrap=judge.addrs)
+    await listed(judge, {(site, 1), (site, 2)})
+    one = next(p for p in judge.peers() if p.device_index == 1)
+    judge.report_misbehaviour(one.peer_id, "test:lie")
+    judge.report_misbehaviour(one.peer_id, "test:lie")
+    assert judge.stats().banned == (hub[0].peer_id,)
+    await listed(judge, set())  # device 2, which did nothing, went with it
+    # A device's own hub never bans itself.
+    two = next(p for p in hub[0].peers() if p.device_index == 2)
+    for _ in range(5):
+        hub[0].report_misbehaviour(two.peer_id, "test:lie")
+    assert hub[0].stats().banned == ()
