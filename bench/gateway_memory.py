@@ -25,7 +25,10 @@ With ``--light`` every device is light (``lightning = "site"``: no lnd of its
 own, paying through the site node of ``[site_lightning]``, here the one lnd):
 a gateway then holds one lnd client for all its devices, each process one.
 
+With ``--gateway-only`` the ``processes`` layout is skipped (its columns are nan).
+
 Usage: .venv/bin/python bench/gateway_memory.py [--sizes 1 5 10 20] [--observe 15] [--light]
+[--gateway-only]
 """
 
 from __future__ import annotations
@@ -209,7 +212,9 @@ async def observe(pids: list[int], seconds: float) -> tuple[float, float, float]
     return last / 1024, peak / 1024, cpu
 
 
-async def measure(site: Path, log_dir: Path, size: int, observe_s: float) -> dict[str, float]:
+async def measure(
+    site: Path, log_dir: Path, size: int, observe_s: float, *, gateway_only: bool = False
+) -> dict[str, float]:
     names = [f"d{i}" for i in range(size)]
     agents = Agents(site, log_dir)
     try:
@@ -219,6 +224,17 @@ async def measure(site: Path, log_dir: Path, size: int, observe_s: float) -> dic
         g_last, g_peak, g_cpu = await observe([gateway.pid], observe_s)
     finally:
         await agents.stop()
+    if gateway_only:
+        nan = float("nan")
+        return {
+            "devices": size,
+            "gateway_mb": g_last,
+            "gateway_peak_mb": g_peak,
+            "processes_mb": nan,
+            "processes_peak_mb": nan,
+            "gateway_cpu_pct": g_cpu,
+            "processes_cpu_pct": nan,
+        }
     try:
         procs = [await agents.start([n]) for n in names]
         for proc in procs:
@@ -255,7 +271,7 @@ async def main(args: argparse.Namespace) -> None:
                     site_node = (await client.get_info()).pubkey
             site = make_site(root, stack, max(args.sizes), site_node)
             for size in args.sizes:
-                row = await measure(site, root, size, args.observe)
+                row = await measure(site, root, size, args.observe, gateway_only=args.gateway_only)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
@@ -284,6 +300,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--observe", type=float, default=15.0)
     parser.add_argument("--light", action="store_true", help="every device light on the site lnd")
+    parser.add_argument(
+        "--gateway-only", action="store_true", help="measure the gateway, not one process each"
+    )
     return parser.parse_args()
 
 

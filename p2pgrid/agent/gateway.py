@@ -5,25 +5,26 @@ runs a gateway of those devices; ``--device A`` alone (and the test program
 :mod:`p2pgrid.testing.crash`) is a gateway of one (:func:`run_device`).
 
 What the devices of a gateway share: the process (one interpreter, one import
-of libp2p), the asyncio loop and one :class:`~p2pgrid.net.TrioBridge` that runs
-every libp2p host. What each device keeps for itself, exactly as in a process
-of its own: its key and log author (its :class:`~p2pgrid.ledger.LogWriter`),
-its replica of the site log (its own SQLite file), its libp2p host (its own
-peer id and port: on the wire a gateway of N devices is N agents, so a site can
-be split across gateways, or across a gateway and single agents, with no
-change), its lnd client, its payment intents (``<name>.intents.db``), its
-budget, forecast, decisions and dashboard. Light devices (no lnd of their own,
-``lightning = "site"``) share the gateway's one client of their site node
+of libp2p), the asyncio loop, one :class:`~p2pgrid.net.TrioBridge`, and one
+libp2p host per site (:func:`open_hub`, a :class:`~p2pgrid.net.HostHub`: one
+peer id and port, the first device's; its hello proves every device of the
+gateway of that site, requests name their device, docs/protocol-net.md
+sections 6-7). What each device keeps for itself, exactly as in a process of
+its own: its key and log author (its :class:`~p2pgrid.ledger.LogWriter`), its
+replica of the site log (its own SQLite file), its
+:class:`~p2pgrid.net.PeerHost` (a view on the hub that signs with its key), its
+lnd client, its payment intents (``<name>.intents.db``), its budget, forecast,
+decisions and dashboard. Light devices (no lnd of their own, ``lightning =
+"site"``) share the gateway's one client of their site node
 (:func:`open_site_nodes`), each through its own
-:class:`~p2pgrid.agent.sitewallet.SiteWallet`. Devices of one gateway reach each
-other through their hosts, over the same protocol as any peer: each host
-bootstraps from the hosts of the gateway opened before it, so they connect
-without any configuration.
+:class:`~p2pgrid.agent.sitewallet.SiteWallet`. Devices of one gateway reach
+each other through their hub, over the same messages as any peer (a request
+between them is a call, not a stream); a site can be split across gateways, or
+across a gateway and single agents, with no change. Each hub bootstraps from
+the hubs of the gateway's other sites opened before it.
 
-Not shared (yet), and why: one host and one replica store per site would need a
-host that speaks for several devices (a hello naming several devices, requests
-addressed to a device, not a peer id) and a replica that serves the sync of
-devices that run no replica of their own; see docs/architecture.md, "Gateways".
+Not shared (yet): one replica store per site (each device's replica serves the
+sync on its own); see docs/architecture.md, "Gateways".
 
 Lifecycle: the bridge starts first; the devices open in the order given (a
 device that cannot open, a bad key file or an lnd that does not answer, fails
@@ -44,7 +45,8 @@ payment) never reach this level: the agent handles them itself.
 
 Stop order: the command input, the devices' runs, then each device's parts in
 the reverse order of opening (dashboard, replica, host, database, intents, lnd
-client), then the site nodes' clients, then the bridge, last the command pipe.
+client), each site's libp2p host after its devices' parts, then the site nodes'
+clients, then the bridge, last the command pipe.
 A deployed gateway watches each device's copy of the owner's entries file and
 reads them all again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a
 single agent does.
@@ -70,7 +72,17 @@ from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogStore, LogWriter
 from p2pgrid.lightning import LndClient, LndEndpoint, NodeWatch, WatchedNode
 from p2pgrid.market import Party
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge, owner_topic, site_topic
+from p2pgrid.net import (
+    DeviceKey,
+    HostHub,
+    NetConfig,
+    PeerHost,
+    Topic,
+    TrioBridge,
+    owner_topic,
+    peer_id_of,
+    site_topic,
+)
 from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.service import Command, Service, on_hangup
 
@@ -141,11 +153,14 @@ async def open_device(
     neighbours: Sequence[str] = (),
     make_paymaster: PaymasterFactory = Paymaster,
     site: SiteNode | None = None,
+    hub: HostHub | None = None,
 ) -> GatewayDevice:
     """Open device ``setup.name``'s parts on ``parts`` (their stops go there, in
     order) and build its agent. Its host runs on ``bridge`` and bootstraps from
-    ``neighbours`` too (the hosts of the gateway's other devices). A light device
-    pays and is paid through ``site`` (the gateway's one client of its site node)."""
+    ``neighbours`` too (the hosts of the gateway's other devices), or is a view
+    on ``hub``, the libp2p host it shares with the gateway's other devices of its
+    site (:func:`open_hubs`). A light device pays and is paid through ``site``
+    (the gateway's one client of its site node)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
     config = setup.config
@@ -199,6 +214,7 @@ async def open_device(
             provision=list(setup.provision),
             entries_file=setup.entries_file,
             bridge=bridge,
+            hub=hub,
         ),
     )
     store, host, replica = log_node.store, log_node.host, log_node.replica
@@ -281,6 +297,33 @@ async def open_site_nodes(
     return sites
 
 
+def open_hub(
+    stack: contextlib.AsyncExitStack,
+    members: Sequence[AgentSetup],
+    bridge: TrioBridge,
+    neighbours: Sequence[str] = (),
+) -> HostHub:
+    """The one libp2p host of the gateway's devices ``members`` (of one site),
+    stopped on ``stack`` (after the devices' hosts); its first device's host starts
+    it. It listens where the first device would (its port, its peer id), runs
+    mDNS if any of them does, and bootstraps from ``neighbours`` (the gateway's
+    hubs of other sites) and every address the devices' rows name but their own
+    (those devices speak through it now)."""
+    first = members[0].runtime
+    own = tuple(f"/p2p/{peer_id_of(s.signer, s.identity)}" for s in members)
+    rows = (addr for s in members for addr in s.runtime.bootstrap if not addr.endswith(own))
+    net = NetConfig(
+        listen_host=first.listen_host,
+        listen_port=first.listen_port,
+        bootstrap=tuple(dict.fromkeys((*rows, *neighbours))),
+        mdns=any(s.runtime.mdns for s in members),
+    )
+    keys = [DeviceKey(s.identity, s.device.index, s.signer) for s in members]
+    hub = HostHub(net, keys, bridge=bridge, name=f"{members[0].site_name}/host")
+    stack.push_async_callback(hub.stop)
+    return hub
+
+
 async def run_gateway(
     setups: Sequence[AgentSetup],
     source: CommandSource = commands,
@@ -308,10 +351,16 @@ async def run_gateway(
             await bridge.start()
             stack.push_async_callback(bridge.stop)  # after every host
         sites = await open_site_nodes(stack, setups)  # closed after every device
+        hubs: dict[str, HostHub] = {}  # one libp2p host per site of the gateway
         for setup in setups:
+            neighbours = [a for hub in hubs.values() for a in hub.addrs]
+            site_id = setup.identity.site_id
+            if site_id not in hubs:  # stopped after its devices' parts, pushed below
+                members = [s for s in setups if s.identity.site_id == site_id]
+                hubs[site_id] = open_hub(stack, members, bridge, neighbours)
+            hub = hubs[site_id]
             parts = contextlib.AsyncExitStack()
             stack.push_async_callback(parts.aclose)
-            neighbours = [a for d in devices for a in d.host.addrs]
             opened = await open_device(
                 parts,
                 setup,
@@ -319,6 +368,7 @@ async def run_gateway(
                 neighbours=neighbours,
                 make_paymaster=make_paymaster,
                 site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
+                hub=hub,
             )
             devices.append(opened)
 

@@ -162,7 +162,7 @@ class HostHub:
     async def attach(self, view: PeerHost, topics: Sequence[Topic]) -> None:
         """Serve ``view``'s device from now on; starts the host with the first one."""
         device = (view.device.site.site_id, view.device.device_index)
-        if self.keys.get(device) is not view.device:
+        if self.keys.get(device) != view.device:
             raise ConfigError(f"{self.name}: {device} is not one of this hub's devices")
         if device in self._views:
             raise ConfigError(f"{self.name}: {device} has a running host already")
@@ -193,8 +193,7 @@ class HostHub:
         own = self._id.to_bytes()
         proofs = tuple(
             DeviceProof.make(key.signer, device[0], device[1], own)
-            for device, key in self.keys.items()
-            if key is not self.first
+            for device, key in list(self.keys.items())[1:]
         )
         self._node = TrioNode(
             config=self.config,

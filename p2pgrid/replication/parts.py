@@ -3,7 +3,8 @@
 A device agent opens one :class:`NodeParts`, the utility one per site it
 serves. :func:`open_node_parts` opens the SQLite log (and ingests the owner's
 provisioning entries: they enrol the site's members into the store's roster),
-starts the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics,
+starts the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics
+(on a libp2p host of its own, or on a gateway's :class:`~p2pgrid.net.HostHub`),
 whose members are read from that roster, then starts the :class:`NetReplica`
 and, for a node run from the owner's entries file, the :class:`EntriesWatch`
 that ingests what the owner adds to that file while the node runs. Each part's
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from p2pgrid.identity import Roster, SiteIdentity
 from p2pgrid.ledger import LogStore
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
+from p2pgrid.net import DeviceKey, HostHub, NetConfig, PeerHost, Topic, TrioBridge
 from p2pgrid.replication.entries_watch import ENTRIES_CHECK_S, EntriesWatch
 from p2pgrid.replication.replica import NetReplica, ReplicaConfig, log_net_topic
 
@@ -48,6 +49,9 @@ class NodeSpec:
     provision: Sequence[bytes] = ()
     #: A bridge shared by several hosts of one process; a host runs its own otherwise.
     bridge: TrioBridge | None = None
+    #: The libp2p host shared with other devices of the site (a gateway's; its
+    #: owner starts and stops it): ``net`` and ``bridge`` are then the hub's.
+    hub: HostHub | None = None
     #: The owner's entries file the node watches while it runs (None: no file,
     #: e.g. a test's node, whose provisioning is fixed for the run).
     entries_file: Path | None = None
@@ -76,6 +80,7 @@ async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> N
         [log_topic, *spec.topics(store.roster)],
         bridge=spec.bridge,
         name=spec.name,
+        hub=spec.hub,
     )
     await host.start()
     parts.push_async_callback(host.stop)
