@@ -13,6 +13,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.net import (
     Delivery,
     DeviceKey,
+    FrameError,
     HostHub,
     NetConfig,
     PeerHost,
@@ -21,7 +22,15 @@ from p2pgrid.net import (
     Topic,
     TrioBridge,
 )
-from p2pgrid.net.devices import address, parse_address
+from p2pgrid.net.devices import (
+    DeviceProof,
+    address,
+    decode_devices,
+    decode_target,
+    encode_devices,
+    encode_target,
+    parse_address,
+)
 from p2pgrid.poll import wait_until
 from tests.net.conftest import Note
 from tests.sites import TestSite
@@ -223,3 +232,43 @@ async def test_a_ban_falls_on_the_peer_id_and_every_device_behind_it(
     for _ in range(5):
         hub[0].report_misbehaviour(two.peer_id, "test:lie")
     assert hub[0].stats().banned == ()
+
+
+async def test_a_hub_serves_only_the_devices_it_was_made_for(
+    bridge: TrioBridge, owner: TestSite, topic: Topic
+) -> None:
+    hub = HostHub(NetConfig(), keys(owner, [0, 1]), bridge=bridge)
+    stranger = PeerHost(NetConfig(), keys(owner, [2])[0], [topic], hub=hub)
+    impostor = PeerHost(NetConfig(), keys(owner, [1], signer=TestSite(b"x"))[0], [topic], hub=hub)
+    for host in (stranger, impostor):
+        with pytest.raises(ConfigError, match="not one of this hub's devices"):
+            await host.start()
+    await hub.stop()
+    with pytest.raises(ConfigError, match="each device once"):
+        HostHub(NetConfig(), keys(owner, [0, 0]))
+
+
+def test_device_lists_and_targets_round_trip_and_refuse_garbage(owner: TestSite) -> None:
+    peer = b"\x00\x24" + bytes(36)
+    site = owner.identity.site_id
+    proofs = tuple(DeviceProof.make(owner.device(i), site, i, peer) for i in (1, 2))
+    assert decode_devices(encode_devices(proofs)) == proofs
+    assert proofs[0].verify(owner.device(1).pubkey, peer)
+    assert not proofs[0].verify(owner.device(2).pubkey, peer)
+    assert not proofs[0].verify(owner.device(1).pubkey, peer + b"\x01")  # another host
+    for garbage in (
+        b"",
+        b"\x00\x00",
+        encode_devices(proofs)[:-1],
+        encode_devices(proofs) + b"\x00",
+    ):
+        with pytest.raises(FrameError):
+            decode_devices(garbage)
+    assert decode_target(encode_target((site, 7))) == (site, 7)
+    with pytest.raises(FrameError):
+        decode_target(b"\x00" * 11)
+    assert parse_address(address("12D3Koo", (site, 7))) == ("12D3Koo", (site, 7))
+    assert parse_address("12D3Koo") == ("12D3Koo", None)
+    for bad in ("a/b/c", f"p/{site}/x", f"p/{site}"):
+        with pytest.raises(ValueError, match="not a peer id"):
+            parse_address(bad)
