@@ -14,6 +14,8 @@ from p2pgrid.replication.merge import (
     check_not_behind,
     merge_replica,
     merged_path,
+    remove_replica,
+    retire_replica,
 )
 from p2pgrid.replication.parts import (
     NodeParts,
@@ -58,6 +60,8 @@ __all__ = [
     "merged_path",
     "open_log_store",
     "open_node_parts",
+    "remove_replica",
+    "retire_replica",
     "start_host",
     "start_replica",
 ]

@@ -10,8 +10,9 @@ nothing. Once merged, the file (and its SQLite sidecars) is renamed
 ``<file>.merged``: never merged nor run from again, kept for the operator. An
 entry refused (another site's file, a corrupt one) refuses the merge with a
 :class:`~p2pgrid.errors.ConfigError` naming the file and the reasons; the file
-stays as it was and the store keeps what it held before the batch (one
-transaction per ingest).
+stays as it was, and the store holds only entries that passed every check, as
+after any peer's batch. :func:`retire_replica` renames a merged file, for a
+caller that merges several and renames them only once all passed.
 
 :func:`check_not_behind` refuses a store that holds less of a device's own
 entries than the device's merged file did: the device's log went into another
@@ -50,9 +51,10 @@ def merged_path(path: Path) -> Path:
     return path.with_name(path.name + MERGED_SUFFIX)
 
 
-async def merge_replica(store: LogStore, path: Path) -> Merged:
+async def merge_replica(store: LogStore, path: Path, *, retire: bool = True) -> Merged:
     """Ingest the log of the replica file at ``path`` into ``store``, verified, and
-    rename the file ``<path>.merged`` (see the module's contract)."""
+    rename the file ``<path>.merged`` (see the module's contract); with ``retire``
+    false the caller renames it (:func:`retire_replica`) once all its checks passed."""
     try:
         old = await LogStore.open(path, store.membership.site, name=f"merge:{path.name}")
     except CorruptLogError as exc:  # a replica of another site
@@ -69,8 +71,20 @@ async def merge_replica(store: LogStore, path: Path) -> Merged:
             "`p2pgrid log verify`, or move it away to start this device from its peers"
         )
     stored = sum(r.outcome in (Outcome.STORED, Outcome.EQUIVOCATION) for r in report.results)
-    await asyncio.to_thread(_rename_merged, path)
+    if retire:
+        await retire_replica(path)
     return Merged(path, len(raws), stored)
+
+
+async def retire_replica(path: Path) -> None:
+    """Rename the merged replica file at ``path`` (and its sidecars) ``.merged``."""
+    await asyncio.to_thread(_rename_merged, path)
+
+
+def remove_replica(path: Path) -> None:
+    """Delete the replica file at ``path`` and its sidecars (a store just made, refused)."""
+    for suffix in ("", *SIDECARS):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _rename_merged(path: Path) -> None:
