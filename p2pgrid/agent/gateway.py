@@ -9,7 +9,7 @@ of libp2p), the asyncio loop, one :class:`~p2pgrid.net.TrioBridge` that runs
 every libp2p host, and, for its devices of one site, the site's log: one
 :class:`~p2pgrid.ledger.LogStore` (one SQLite file, :func:`site_log_file`) and
 one :class:`~p2pgrid.replication.NetReplica` (:class:`SiteLog`,
-:func:`open_site_logs`), so an entry is verified and stored once per gateway,
+:class:`SiteLogs`), so an entry is verified and stored once per gateway,
 not once per device. What each device keeps for itself, exactly as in a process
 of its own: its key and log author (its own :class:`~p2pgrid.ledger.LogWriter`
 on the shared store), its libp2p host (its own peer id and port: on the wire a
@@ -191,37 +191,53 @@ class SiteLog:
     ) -> tuple[NetReplica, EntriesWatch | None]:
         """The replica a device on ``host`` uses: started on ``host`` (and the
         owner's entries file watched) for the site's first device, its stops on
-        that device's ``parts``; for each other, answering on ``host`` too."""
+        that device's ``parts``; for each other, answering on ``host`` too (unless
+        ``host`` is the replica's own: one host for the gateway)."""
         if self.replica is None:
             self.replica, entries = await start_replica(parts, spec, self.store, host)
             self.anchor = spec.name
             return self.replica, entries
-        self.replica.serve_on(host)
+        if host.peer_id != self.replica.host.peer_id:  # one shared host: nothing more
+            self.replica.serve_on(host)
         return self.replica, None
 
 
-async def open_site_logs(
-    stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]
-) -> dict[str, SiteLog]:
-    """Open the log of each site of ``setups`` (by device name) on ``stack``, so it
-    closes after every device: the file of :func:`site_log_file` with the owner's
+class SiteLogs:
+    """The logs of the sites of a gateway's devices, each opened on ``stack`` (so
+    it closes after every device) when the first of its devices opens (:meth:`of`,
+    after that device's lnd answered: a gateway refused for an lnd writes no log).
+
+    A site's log is the file of :func:`site_log_file` with the owner's
     provisioning, and merged into it (:func:`~p2pgrid.replication.merge_replica`,
     each entry verified) the devices' earlier replica files (:func:`earlier_files`,
-    renamed ``.merged``), so a device moved into (or out of) a gateway resumes
-    from every entry it had, none twice. A store that holds less of a device's
-    own entries than its merged file did is refused (its log is in another
-    gateway's file): a :class:`ConfigError`, before anything runs."""
-    sites: dict[str, list[AgentSetup]] = {}
-    for setup in setups:
-        sites.setdefault(setup.identity.site_id, []).append(setup)
-    logs: dict[str, SiteLog] = {}
-    for members in sites.values():
+    then renamed ``.merged``), so a device moved into (or out of) a gateway
+    resumes from every entry it had, none twice. A store that holds less of a
+    device's own entries than its merged file did is refused (its log is in
+    another gateway's file): a :class:`ConfigError`, before anything runs, and
+    no new file left behind.
+    """
+
+    def __init__(self, stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]) -> None:
+        self._stack = stack
+        self._sites: dict[str, list[AgentSetup]] = {}
+        for setup in setups:
+            self._sites.setdefault(setup.identity.site_id, []).append(setup)
+        self._open: dict[str, SiteLog] = {}
+
+    async def of(self, setup: AgentSetup) -> SiteLog:
+        """The log of ``setup``'s site, opened now if it is the site's first device."""
+        site_id = setup.identity.site_id
+        if site_id not in self._open:
+            self._open[site_id] = await self._open_site(self._sites[site_id])
+        return self._open[site_id]
+
+    async def _open_site(self, members: list[AgentSetup]) -> SiteLog:
         path = site_log_file(members)
         path.parent.mkdir(parents=True, exist_ok=True)
         name = members[0].name if len(members) == 1 else path.stem
         first = members[0]
         fresh = not path.exists()
-        store = await open_log_store(stack, path, first.identity, name, first.provision)
+        store = await open_log_store(self._stack, path, first.identity, name, first.provision)
         earlier = [f for f in earlier_files(members) if f.is_file()]
         try:
             for old in earlier:
@@ -237,9 +253,7 @@ async def open_site_logs(
             raise
         for old in earlier:  # every check passed: the old files are never used again
             await retire_replica(old)
-        site_log = SiteLog(path, store, tuple(s.name for s in members))
-        logs.update({s.name: site_log for s in members})
-    return logs
+        return SiteLog(path, store, tuple(s.name for s in members))
 
 
 def check_gateway(setups: Sequence[AgentSetup]) -> None:
@@ -275,14 +289,14 @@ async def open_device(
     setup: AgentSetup,
     *,
     bridge: TrioBridge,
-    site_log: SiteLog,
+    logs: SiteLogs,
     neighbours: Sequence[str] = (),
     make_paymaster: PaymasterFactory = Paymaster,
     site: SiteNode | None = None,
 ) -> GatewayDevice:
     """Open device ``setup.name``'s parts on ``parts`` (their stops go there, in
-    order) and build its agent on ``site_log`` (its site's log in this gateway,
-    :func:`open_site_logs`). Its host runs on ``bridge`` and bootstraps from
+    order) and build its agent on its site's log in this gateway (``logs``,
+    opened after its lnd answered). Its host runs on ``bridge`` and bootstraps from
     ``neighbours`` too (the hosts of the gateway's other devices). A light device
     pays and is paid through ``site`` (the gateway's one client of its site node)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
@@ -319,6 +333,7 @@ async def open_device(
         watch, pubkey = site.watch, site.pubkey
     intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
     parts.push_async_callback(intents.close)
+    site_log = await logs.of(setup)
     bootstrap = (*runtime.bootstrap, *(a for a in neighbours if a not in runtime.bootstrap))
     spec = NodeSpec(
         name=name,
@@ -446,7 +461,7 @@ async def run_gateway(
             await bridge.start()
             stack.push_async_callback(bridge.stop)  # after every host
         sites = await open_site_nodes(stack, setups)  # closed after every device
-        logs = await open_site_logs(stack, setups)  # closed after every device
+        logs = SiteLogs(stack, setups)  # each closed after every device
         for setup in setups:
             parts = contextlib.AsyncExitStack()
             stack.push_async_callback(parts.aclose)
@@ -455,7 +470,7 @@ async def run_gateway(
                 parts,
                 setup,
                 bridge=bridge,
-                site_log=logs[setup.name],
+                logs=logs,
                 neighbours=neighbours,
                 make_paymaster=make_paymaster,
                 site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,

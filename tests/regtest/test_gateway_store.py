@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from p2pgrid.agent import gateway
-from p2pgrid.agent.gateway import open_device, open_site_logs, run_gateway, site_log_file
+from p2pgrid.agent.gateway import SiteLogs, open_device, run_gateway, site_log_file
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.config import SiteFile, agent_setup
@@ -117,13 +117,14 @@ async def test_own_files_merge_into_one_store_and_a_restart_resumes_it(
 
     # The gateway's own path: both devices' writers on the one store.
     async with contextlib.AsyncExitStack() as stack:
-        logs = await open_site_logs(stack, setups)
-        assert logs["s1-fridge"] is logs["s1-hvac"]
-        store = logs["s1-fridge"].store
+        logs = SiteLogs(stack, setups)
+        site_log = await logs.of(setups[0])
+        assert await logs.of(setups[1]) is site_log
+        store = site_log.store
         assert heads_of(setups, store) == {"s1-fridge": 3, "s1-hvac": 2}
         for s in setups:
             parts = await stack.enter_async_context(contextlib.AsyncExitStack())
-            device = await open_device(parts, s, bridge=bridge, site_log=logs[s.name])
+            device = await open_device(parts, s, bridge=bridge, logs=logs)
             assert device.store is store
             await write_readings(device.agent.writer, 2)
         assert heads_of(setups, store) == {"s1-fridge": 5, "s1-hvac": 4}
