@@ -497,6 +497,8 @@ async def run_gateway(
             await device.parts.aclose()
 
         async def run_periods(device: GatewayDevice) -> None:
+            if device.failed:
+                return  # failed with its site's replica before its run began
             device.run = asyncio.current_task()
             try:
                 report = await device.agent.run(device.setup.timing.periods)
