@@ -3,7 +3,7 @@
 Devices 0 and 1 of a gateway share one LogStore (one SQLite file) and one
 NetReplica, which runs on device 0's host and answers sync requests on device
 1's host too (:meth:`NetReplica.serve_on`); each writes with its own LogWriter.
-A peer (device 2, its own store and replica) that asks device 1's host gets the
+A peer (device 2, its own store) that asks device 1's host gets the
 whole shared log, and what it pushes there lands in the shared store; the
 shared replica never syncs with its own other host.
 """
@@ -16,9 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.ledger import Author, Entry, LedgerError, LogStore, LogWriter, MeterReading
+from p2pgrid.ledger import (
+    Author,
+    Entry,
+    LedgerError,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    Replicator,
+)
 from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
-from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.replication import HostTransport, NetReplica, ReplicaConfig, log_net_topic
 from tests.ledger.ledger_factory import T0_MS, Site
 
 JOIN_S = 20.0
@@ -69,22 +77,22 @@ async def test_a_peer_gets_the_shared_log_from_either_host(
         for _ in range(3):
             await _append(writer)
 
+    # The peer: its own store and host, and the sync protocol driven by hand
+    # (no replica of its own: what it holds came through the calls below).
     peer_store = await site.open(tmp_path / "peer.db", "peer")
     parts.push_async_callback(peer_store.close)
     peer_host = await _host(parts, site, bridge, peer_store, 2, host1.addrs[0])
-    peer = NetReplica(peer_store, peer_host, QUIET, topic=log_net_topic(peer_store.roster))
-    await peer.start()
-    parts.push_async_callback(peer.stop)
     topic = log_net_topic(shared.roster)
+    peer = Replicator(peer_store, HostTransport(peer_host, topic.name, request_timeout_s=JOIN_S))
     await peer_host.wait_for_peer(host1.peer_id, topic, timeout_s=JOIN_S)
 
     # Device 1's host answers from the shared store: both devices' entries.
-    report = await peer.replicator.sync_with(host1.peer_id)
+    report = await peer.sync_with(host1.peer_id)
     assert report.appended == 6
     assert peer_store.digest() == shared.digest()
     # A push to device 1's host lands in the shared store, as one to device 0's would.
     mine = await _append(LogWriter(peer_store, site.device(2), Author.device(2)))
-    pushed = await peer.replicator.push(host1.peer_id, [mine])
+    pushed = await peer.push(host1.peer_id, [mine])
     assert pushed.appended == 1
     assert shared.heads()[Author.device(2)].seq == mine.seq
     assert replica.stats().requests_served >= 2  # counted by the one replica
