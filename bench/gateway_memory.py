@@ -19,7 +19,11 @@ both layouts form the same network of N peers. Once every device printed its
 for ``--observe`` seconds (peers connecting, anti-entropy rounds); the table
 shows the last sample, summed over the layout's processes, per device, the
 ratio processes / gateway, and the CPU the layout used while idle meanwhile
-(gossipsub heartbeats, anti-entropy rounds; % of one core, ``/proc/PID/stat``).
+(gossipsub heartbeats, anti-entropy rounds; % of one core, ``/proc/PID/stat``),
+and how many times the layout stored (verified and ingested) each entry of the
+site log: the rows of its replica files over the distinct entries (N for N
+replicas; 1 for a gateway whose devices share their site's store). Each layout
+starts from empty data directories.
 
 With ``--light`` every device is light (``lightning = "site"``: no lnd of its
 own, paying through the site node of ``[site_lightning]``, here the one lnd):
@@ -39,8 +43,10 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -212,11 +218,29 @@ async def observe(pids: list[int], seconds: float) -> tuple[float, float, float]
     return last / 1024, peak / 1024, cpu
 
 
+def stored_copies(data: Path) -> float:
+    """How many times the layout stored each entry of the site log: the rows of
+    every replica file under ``data`` (each one a verified ingest) over the
+    distinct entries among them."""
+    ids: set[bytes] = set()
+    rows = 0
+    for path in data.rglob("*.db"):
+        if path.name.endswith(".intents.db"):
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = [bytes(r[0]) for r in db.execute("SELECT id FROM entries")]
+        rows += len(found)
+        ids.update(found)
+    return rows / max(1, len(ids))
+
+
 async def measure(
     site: Path, log_dir: Path, size: int, observe_s: float, *, gateway_only: bool = False
 ) -> dict[str, float]:
     names = [f"d{i}" for i in range(size)]
     agents = Agents(site, log_dir)
+    data = site.parent / "data"
+    shutil.rmtree(data, ignore_errors=True)  # each layout from empty replicas
     try:
         gateway = await agents.start(names)
         ready = await agents.ready(gateway, size)
@@ -224,6 +248,8 @@ async def measure(
         g_last, g_peak, g_cpu = await observe([gateway.pid], observe_s)
     finally:
         await agents.stop()
+    g_copies = stored_copies(data)
+    shutil.rmtree(data, ignore_errors=True)
     if gateway_only:
         nan = float("nan")
         return {
@@ -234,6 +260,8 @@ async def measure(
             "processes_peak_mb": nan,
             "gateway_cpu_pct": g_cpu,
             "processes_cpu_pct": nan,
+            "gateway_copies": g_copies,
+            "processes_copies": nan,
         }
     try:
         procs = [await agents.start([n]) for n in names]
@@ -242,6 +270,7 @@ async def measure(
         p_last, p_peak, p_cpu = await observe([p.pid for p in procs], observe_s)
     finally:
         await agents.stop()
+    p_copies = stored_copies(data)
     return {
         "devices": size,
         "gateway_mb": g_last,
@@ -250,6 +279,8 @@ async def measure(
         "processes_peak_mb": p_peak,
         "gateway_cpu_pct": g_cpu,
         "processes_cpu_pct": p_cpu,
+        "gateway_copies": g_copies,
+        "processes_copies": p_copies,
     }
 
 
@@ -283,7 +314,7 @@ async def main(args: argparse.Namespace) -> None:
     print("CPU: % of one core over that time, all the layout's processes together")
     print(
         f"{'devices':>7} {'gateway':>9} {'per dev':>8} {'processes':>10} {'per dev':>8} "
-        f"{'ratio':>6} {'CPU gw':>7} {'CPU procs':>9}"
+        f"{'ratio':>6} {'CPU gw':>7} {'CPU procs':>9} {'copies gw':>9} {'copies procs':>12}"
     )
     for r in rows:
         n = r["devices"]
@@ -291,7 +322,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{n:>7} {r['gateway_mb']:>9.0f} {r['gateway_mb'] / n:>8.1f} "
             f"{r['processes_mb']:>10.0f} {r['processes_mb'] / n:>8.1f} "
             f"{r['processes_mb'] / r['gateway_mb']:>6.2f} "
-            f"{r['gateway_cpu_pct']:>7.1f} {r['processes_cpu_pct']:>9.1f}"
+            f"{r['gateway_cpu_pct']:>7.1f} {r['processes_cpu_pct']:>9.1f} "
+            f"{r['gateway_copies']:>9.1f} {r['processes_copies']:>12.1f}"
         )
 
 

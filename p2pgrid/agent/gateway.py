@@ -5,15 +5,20 @@ runs a gateway of those devices; ``--device A`` alone (and the test program
 :mod:`p2pgrid.testing.crash`) is a gateway of one (:func:`run_device`).
 
 What the devices of a gateway share: the process (one interpreter, one import
-of libp2p), the asyncio loop, one :class:`~p2pgrid.net.TrioBridge`, and one
+of libp2p), the asyncio loop, one :class:`~p2pgrid.net.TrioBridge`, one
 libp2p host per site (:func:`open_hub`, a :class:`~p2pgrid.net.HostHub`: one
 peer id and port, the first device's; its hello proves every device of the
 gateway of that site, requests name their device, docs/protocol-net.md
-sections 6-7). What each device keeps for itself, exactly as in a process of
-its own: its key and log author (its :class:`~p2pgrid.ledger.LogWriter`), its
-replica of the site log (its own SQLite file), its
+sections 6-7), and, for its devices of one site, the site's log: one
+:class:`~p2pgrid.ledger.LogStore` (one SQLite file, :func:`site_log_file`) and
+one :class:`~p2pgrid.replication.NetReplica` (:class:`SiteLog`,
+:class:`SiteLogs`), so an entry is received, verified and stored once per
+gateway, not once per device. What each device keeps for itself, exactly as in
+a process of its own: its key and log author (its own
+:class:`~p2pgrid.ledger.LogWriter` on the shared store), its
 :class:`~p2pgrid.net.PeerHost` (a view on the hub that signs with its key), its
-lnd client, its payment intents (``<name>.intents.db``), its budget, forecast,
+lnd client, its payment intents (``<name>.intents.db``), its budget (its
+agent's :class:`~p2pgrid.ledger.BalanceBook` follows the shared store), forecast,
 decisions and dashboard. Light devices (no lnd of their own, ``lightning =
 "site"``) share the gateway's one client of their site node
 (:func:`open_site_nodes`), each through its own
@@ -23,8 +28,16 @@ between them is a call, not a stream); a site can be split across gateways, or
 across a gateway and single agents, with no change. Each hub bootstraps from
 the hubs of the gateway's other sites opened before it.
 
-Not shared (yet): one replica store per site (each device's replica serves the
-sync on its own); see docs/architecture.md, "Gateways".
+The site's replica runs on the host view of the first of its devices that
+opens (its *anchor*): gossip (every device's entries are announced there),
+anti-entropy, pushes; the other devices' views answer the sync requests their
+peers address to them from the same store (:meth:`NetReplica.serve_on`), and
+are never synced with. Files: a device alone keeps ``<data_dir>/<name>.db``; the
+devices of a site in a gateway of several share ``<site>.gateway.db`` in the
+data directory of the one with the lowest index; replica files the devices kept
+before (an upgraded deployment, a device moved between gateways) are merged
+into it on open, each entry verified, and renamed ``.merged``
+(:mod:`p2pgrid.replication.merge`).
 
 Lifecycle: the bridge starts first; the devices open in the order given (a
 device that cannot open, a bad key file or an lnd that does not answer, fails
@@ -37,27 +50,32 @@ Every line names its device, as a single agent's does.
 One device's failure while running (an error out of its run: a fatal one, a
 corrupt log, or a bug) stops that device alone: an ERROR log line, a ``{"event":
 "failed", "name": ..., "error": ...}`` line, its parts closed in order; the
-other devices go on trading. Once every device has failed the gateway stops;
-otherwise it stops when told to (``stop``, end of input, SIGTERM, SIGINT), and
-then ends with the first failure's exit code, so neither an operator nor a
-supervisor misses it. Expected conditions (a peer or lnd away, a refused
-payment) never reach this level: the agent handles them itself.
+other devices go on trading. The exception: a site's anchor takes its site's
+replica down with its host, so its site's other devices of the gateway stop with
+it (each its own ``failed`` line): they would run with no replication. Once
+every device has failed the gateway stops; otherwise it stops when told to
+(``stop``, end of input, SIGTERM, SIGINT), and then ends with the first
+failure's exit code, so neither an operator nor a supervisor misses it. Expected
+conditions (a peer or lnd away, a refused payment) never reach this level: the
+agent handles them itself.
 
 Stop order: the command input, the devices' runs, then each device's parts in
-the reverse order of opening (dashboard, replica, host, database, intents, lnd
-client), each site's libp2p host after its devices' parts, then the site nodes'
-clients, then the bridge, last the command pipe.
-A deployed gateway watches each device's copy of the owner's entries file and
-reads them all again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a
-single agent does.
+the reverse order of opening (dashboard, the site's replica on its anchor, host
+view, intents, lnd client), each site's libp2p host after its devices' parts,
+then the site logs' stores, then the site nodes' clients, then the bridge, last
+the command pipe. A deployed gateway watches the owner's entries file of each
+site it runs (on the site's anchor) and reads it again on SIGHUP
+(:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
@@ -66,7 +84,7 @@ from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.dashboard import Dashboard, SiteFeed
-from p2pgrid.errors import ConfigError, P2PGridError
+from p2pgrid.errors import ConfigError, FatalError, P2PGridError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogStore, LogWriter
@@ -83,7 +101,20 @@ from p2pgrid.net import (
     peer_id_of,
     site_topic,
 )
-from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
+from p2pgrid.replication import (
+    EntriesWatch,
+    NetReplica,
+    NodeSpec,
+    ReplicaConfig,
+    check_not_behind,
+    merge_replica,
+    merged_path,
+    open_log_store,
+    remove_replica,
+    retire_replica,
+    start_host,
+    start_replica,
+)
 from p2pgrid.service import Command, Service, on_hangup
 
 log = logging.getLogger(__name__)
@@ -102,7 +133,7 @@ class GatewayDevice:
 
     setup: AgentSetup
     agent: DeviceAgent
-    store: LogStore
+    site_log: SiteLog
     host: PeerHost
     #: Its lnd node: where the site's devices pay it.
     pubkey: str
@@ -111,10 +142,127 @@ class GatewayDevice:
     #: The watch of the owner's entries file (None: run without one).
     entries: EntriesWatch | None = None
     failed: bool = False
+    #: Its run, once ``start`` started it.
+    run: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
         return self.setup.name
+
+    @property
+    def store(self) -> LogStore:
+        return self.site_log.store
+
+
+def site_log_file(setups: Sequence[AgentSetup]) -> Path:
+    """The file of the site log of ``setups``, the devices of one site that one
+    gateway runs: a device alone keeps ``<data_dir>/<name>.db``, as a single agent
+    always did; several share ``<site>.gateway.db`` in the data directory of the
+    one with the lowest device index (so the file stays where it is whatever the
+    order of ``--device``, and two gateways of one site, which run different
+    devices, never open the same file)."""
+    if len(setups) == 1:
+        return setups[0].runtime.data_dir / f"{setups[0].name}.db"
+    first = min(setups, key=lambda s: s.device.index)
+    return first.runtime.data_dir / f"{first.site_name}.gateway.db"
+
+
+def earlier_files(setups: Sequence[AgentSetup]) -> list[Path]:
+    """The replica files the devices ``setups`` of one site may have kept before
+    this gateway (each alone: ``<name>.db``; in a gateway whose first device was
+    another: that one's ``<site>.gateway.db``), but for :func:`site_log_file`."""
+    now = site_log_file(setups)
+    files = [s.runtime.data_dir / f"{s.name}.db" for s in setups]
+    files += [s.runtime.data_dir / f"{s.site_name}.gateway.db" for s in setups]
+    return [f for f in dict.fromkeys(files) if f != now]
+
+
+@dataclasses.dataclass
+class SiteLog:
+    """The log of a gateway's devices of one site: one store, one replica.
+
+    The replica runs on the host of the first of them that opens (its *anchor*:
+    gossip, anti-entropy, announcements of every device's entries); the hosts of
+    the others answer the sync requests their peers send them from the same
+    store (:meth:`NetReplica.serve_on`). With one host for the whole gateway the
+    replica is simply the one on that host.
+    """
+
+    path: Path
+    store: LogStore
+    members: tuple[str, ...]
+    replica: NetReplica | None = None
+    #: The device whose host runs the replica (None until one opened).
+    anchor: str | None = None
+
+    async def serve(
+        self, parts: contextlib.AsyncExitStack, spec: NodeSpec, host: PeerHost
+    ) -> tuple[NetReplica, EntriesWatch | None]:
+        """The replica a device on ``host`` uses: started on ``host`` (and the
+        owner's entries file watched) for the site's first device, its stops on
+        that device's ``parts``; for each other, answering on ``host`` too (unless
+        ``host`` is the replica's own: one host for the gateway)."""
+        if self.replica is None:
+            self.replica, entries = await start_replica(parts, spec, self.store, host)
+            self.anchor = spec.name
+            return self.replica, entries
+        if host.peer_id != self.replica.host.peer_id:  # one shared host: nothing more
+            self.replica.serve_on(host)
+        return self.replica, None
+
+
+class SiteLogs:
+    """The logs of the sites of a gateway's devices, each opened on ``stack`` (so
+    it closes after every device) when the first of its devices opens (:meth:`of`,
+    after that device's lnd answered: a gateway refused for an lnd writes no log).
+
+    A site's log is the file of :func:`site_log_file` with the owner's
+    provisioning, and merged into it (:func:`~p2pgrid.replication.merge_replica`,
+    each entry verified) the devices' earlier replica files (:func:`earlier_files`,
+    then renamed ``.merged``), so a device moved into (or out of) a gateway
+    resumes from every entry it had, none twice. A store that holds less of a
+    device's own entries than its merged file did is refused (its log is in
+    another gateway's file): a :class:`ConfigError`, before anything runs, and
+    no new file left behind.
+    """
+
+    def __init__(self, stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]) -> None:
+        self._stack = stack
+        self._sites: dict[str, list[AgentSetup]] = {}
+        for setup in setups:
+            self._sites.setdefault(setup.identity.site_id, []).append(setup)
+        self._open: dict[str, SiteLog] = {}
+
+    async def of(self, setup: AgentSetup) -> SiteLog:
+        """The log of ``setup``'s site, opened now if it is the site's first device."""
+        site_id = setup.identity.site_id
+        if site_id not in self._open:
+            self._open[site_id] = await self._open_site(self._sites[site_id])
+        return self._open[site_id]
+
+    async def _open_site(self, members: list[AgentSetup]) -> SiteLog:
+        path = site_log_file(members)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        name = members[0].name if len(members) == 1 else path.stem
+        first = members[0]
+        fresh = not path.exists()
+        store = await open_log_store(self._stack, path, first.identity, name, first.provision)
+        earlier = [f for f in earlier_files(members) if f.is_file()]
+        try:
+            for old in earlier:
+                merged = await merge_replica(store, old, retire=False)
+                log.info("[%s] merged %s: %d entries, %d new", name, *dataclasses.astuple(merged))
+            for setup in members:
+                own = setup.runtime.data_dir / f"{setup.name}.db"
+                await check_not_behind(store, merged_path(own), Author.device(setup.device.index))
+        except ConfigError:
+            if fresh:  # refused: leave no file behind (an older one stays as it was)
+                await store.close()
+                remove_replica(path)
+            raise
+        for old in earlier:  # every check passed: the old files are never used again
+            await retire_replica(old)
+        return SiteLog(path, store, tuple(s.name for s in members))
 
 
 def check_gateway(setups: Sequence[AgentSetup]) -> None:
@@ -150,16 +298,18 @@ async def open_device(
     setup: AgentSetup,
     *,
     bridge: TrioBridge,
+    logs: SiteLogs,
     neighbours: Sequence[str] = (),
     make_paymaster: PaymasterFactory = Paymaster,
     site: SiteNode | None = None,
     hub: HostHub | None = None,
 ) -> GatewayDevice:
     """Open device ``setup.name``'s parts on ``parts`` (their stops go there, in
-    order) and build its agent. Its host runs on ``bridge`` and bootstraps from
+    order) and build its agent on its site's log in this gateway (``logs``,
+    opened after its lnd answered). Its host runs on ``bridge`` and bootstraps from
     ``neighbours`` too (the hosts of the gateway's other devices), or is a view
     on ``hub``, the libp2p host it shares with the gateway's other devices of its
-    site (:func:`open_hubs`). A light device pays and is paid through ``site``
+    site (:func:`open_hub`). A light device pays and is paid through ``site``
     (the gateway's one client of its site node)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
@@ -195,29 +345,29 @@ async def open_device(
         watch, pubkey = site.watch, site.pubkey
     intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
     parts.push_async_callback(intents.close)
+    site_log = await logs.of(setup)
     bootstrap = (*runtime.bootstrap, *(a for a in neighbours if a not in runtime.bootstrap))
-    log_node = await open_node_parts(
-        parts,
-        NodeSpec(
-            name=name,
-            db_path=runtime.data_dir / f"{name}.db",
-            site=identity,
-            net=NetConfig(
-                listen_host=runtime.listen_host,
-                listen_port=runtime.listen_port,
-                bootstrap=bootstrap,
-                mdns=runtime.mdns,
-            ),
-            key=DeviceKey(identity, device.index, setup.signer),
-            replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
-            topics=topics,
-            provision=list(setup.provision),
-            entries_file=setup.entries_file,
-            bridge=bridge,
-            hub=hub,
+    spec = NodeSpec(
+        name=name,
+        db_path=site_log.path,
+        site=identity,
+        net=NetConfig(
+            listen_host=runtime.listen_host,
+            listen_port=runtime.listen_port,
+            bootstrap=bootstrap,
+            mdns=runtime.mdns,
         ),
+        key=DeviceKey(identity, device.index, setup.signer),
+        replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
+        topics=topics,
+        provision=list(setup.provision),
+        entries_file=setup.entries_file,
+        bridge=bridge,
+        hub=hub,
     )
-    store, host, replica = log_node.store, log_node.host, log_node.replica
+    store = site_log.store
+    host = await start_host(parts, spec, store)
+    replica, entries = await site_log.serve(parts, spec, host)
     writer = LogWriter(store, setup.signer, Author.device(device.index))
     agent = DeviceAgent(
         DeviceProfile(
@@ -263,7 +413,7 @@ async def open_device(
         pubkey=pubkey,
         dashboard=dashboard.url,
     )
-    return GatewayDevice(setup, agent, store, host, pubkey, parts, log_node.entries)
+    return GatewayDevice(setup, agent, site_log, host, pubkey, parts, entries)
 
 
 async def open_site_nodes(
@@ -352,6 +502,7 @@ async def run_gateway(
             stack.push_async_callback(bridge.stop)  # after every host
         sites = await open_site_nodes(stack, setups)  # closed after every device
         hubs: dict[str, HostHub] = {}  # one libp2p host per site of the gateway
+        logs = SiteLogs(stack, setups)  # each closed after every device
         for setup in setups:
             neighbours = [a for hub in hubs.values() for a in hub.addrs]
             site_id = setup.identity.site_id
@@ -365,6 +516,7 @@ async def run_gateway(
                 parts,
                 setup,
                 bridge=bridge,
+                logs=logs,
                 neighbours=neighbours,
                 make_paymaster=make_paymaster,
                 site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
@@ -381,18 +533,40 @@ async def run_gateway(
             stack.enter_context(on_hangup(read_entries_again))  # removed before the devices stop
         service = Service()
 
+        async def fail(device: GatewayDevice, exc: Exception) -> None:
+            """Stop ``device`` alone (its run too), reported, its parts closed."""
+            failures.append(exc)
+            device.failed = True
+            emit("failed", name=device.name, error=str(exc) or type(exc).__name__)
+            if device.run is not None and device.run is not asyncio.current_task():
+                device.run.cancel()
+                await asyncio.wait([device.run])
+            await device.parts.aclose()
+
         async def run_periods(device: GatewayDevice) -> None:
+            if device.failed:
+                return  # failed with its site's replica before its run began
+            device.run = asyncio.current_task()
             try:
                 report = await device.agent.run(device.setup.timing.periods)
+            except asyncio.CancelledError:
+                if device.failed:
+                    return  # failed with its site's replica (see below): reported
+                raise
             except Exception as exc:  # one device's failure (a bug too) stops it alone
                 if isinstance(exc, P2PGridError):
                     log.error("[%s] failed, stopping this device: %s", device.name, exc)
                 else:
                     log.exception("[%s] failed, stopping this device", device.name)
-                failures.append(exc)
-                device.failed = True
-                emit("failed", name=device.name, error=str(exc) or type(exc).__name__)
-                await device.parts.aclose()
+                await fail(device, exc)
+                if device.site_log.anchor == device.name:
+                    # Its host ran its site's replica: the site's other devices
+                    # here have no replication left, so they stop too.
+                    for other in devices:
+                        if other.site_log is device.site_log and not other.failed:
+                            error = orphaned(other.name, device.name)
+                            log.error("%s", error)
+                            await fail(other, error)
                 if all(d.failed for d in devices):
                     service.stopping.set()  # nothing left to run
                 return
@@ -423,6 +597,14 @@ async def run_gateway(
             emit("stopped", name=device.name)
     if failures:
         raise ExceptionGroup("devices of the gateway failed", failures)
+
+
+def orphaned(name: str, anchor: str) -> FatalError:
+    """Why device ``name`` stops when ``anchor``, whose host ran their site's replica, failed."""
+    return FatalError(
+        f"[{name}] stopped with {anchor}: its host ran the replica of their site's log "
+        "in this gateway"
+    )
 
 
 async def run_device(

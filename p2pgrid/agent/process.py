@@ -8,8 +8,8 @@ site in one process. The deployed host's commands are one ``start`` at the file'
 ``clock.start``, then none (or, with ``--control``, those on stdin but ``start``).
 
 Each device opens its lnd client, its payment intents (``<name>.intents.db``) and its
-node's parts (its own SQLite log, libp2p host and replica:
-:func:`p2pgrid.replication.open_node_parts`), serves its dashboard over its
+libp2p host; the devices of one site share their site's SQLite log and replica
+(:class:`p2pgrid.agent.gateway.SiteLogs`); each serves its dashboard over that
 replica (:mod:`p2pgrid.dashboard`), prints ``{"event": "ready", "name": N, "addrs": [...],
 "pubkey": <its lnd node>, "dashboard": url}`` and waits for ``{"cmd": "start",
 "at": <epoch s of interval 0>, "nodes": {<device name>: <lnd pubkey>}}`` (the

@@ -8,7 +8,23 @@ store, host and replica. Arrows: replication -> ledger, net; never back.
 """
 
 from p2pgrid.replication.entries_watch import ENTRIES_CHECK_S, Announcer, EntriesWatch, Reload
-from p2pgrid.replication.parts import NodeParts, NodeSpec, open_node_parts
+from p2pgrid.replication.merge import (
+    MERGED_SUFFIX,
+    Merged,
+    check_not_behind,
+    merge_replica,
+    merged_path,
+    remove_replica,
+    retire_replica,
+)
+from p2pgrid.replication.parts import (
+    NodeParts,
+    NodeSpec,
+    open_log_store,
+    open_node_parts,
+    start_host,
+    start_replica,
+)
 from p2pgrid.replication.replica import (
     LOG_RECORD_KIND,
     HostTransport,
@@ -24,10 +40,12 @@ from p2pgrid.replication.replica import (
 __all__ = [
     "ENTRIES_CHECK_S",
     "LOG_RECORD_KIND",
+    "MERGED_SUFFIX",
     "Announcer",
     "EntriesWatch",
     "HostTransport",
     "LogRecord",
+    "Merged",
     "NetReplica",
     "NodeParts",
     "NodeSpec",
@@ -36,6 +54,14 @@ __all__ = [
     "ReplicaState",
     "ReplicaStats",
     "ReplicaStopped",
+    "check_not_behind",
     "log_net_topic",
+    "merge_replica",
+    "merged_path",
+    "open_log_store",
     "open_node_parts",
+    "remove_replica",
+    "retire_replica",
+    "start_host",
+    "start_replica",
 ]

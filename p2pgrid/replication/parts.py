@@ -1,9 +1,13 @@
 """The one way to open a node's replicated log: its store, its libp2p host and its replica.
 
-A device agent opens one :class:`NodeParts`, the utility one per site it
-serves. :func:`open_node_parts` opens the SQLite log (and ingests the owner's
-provisioning entries: they enrol the site's members into the store's roster),
-starts the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics
+The utility opens one :class:`NodeParts` per site it serves;
+:func:`open_node_parts` is :func:`open_log_store`, :func:`start_host` and
+:func:`start_replica` in turn, which a site gateway calls apart (its devices of
+one site: one store, one replica, each device's host a view on the site's
+:class:`~p2pgrid.net.HostHub`; :mod:`p2pgrid.agent.gateway`).
+They open the SQLite log (and ingest the owner's provisioning entries: they
+enrol the site's members into the store's roster),
+start the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics
 (on a libp2p host of its own, or on a gateway's :class:`~p2pgrid.net.HostHub`),
 whose members are read from that roster, then starts the :class:`NetReplica`
 and, for a node run from the owner's entries file, the :class:`EntriesWatch`
@@ -70,21 +74,50 @@ class NodeParts:
 
 async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> NodeParts:
     """Open the store, start the host and the replica; their stops go on ``parts``."""
-    store = await LogStore.open(spec.db_path, spec.site, name=spec.name)
+    store = await open_log_store(parts, spec.db_path, spec.site, spec.name, spec.provision)
+    host = await start_host(parts, spec, store)
+    replica, entries = await start_replica(parts, spec, store, host)
+    return NodeParts(store, host, replica, entries)
+
+
+async def open_log_store(
+    parts: contextlib.AsyncExitStack,
+    path: Path,
+    site: SiteIdentity,
+    name: str,
+    provision: Sequence[bytes] = (),
+) -> LogStore:
+    """Open the SQLite log at ``path`` and ingest the owner's ``provision``; its
+    close goes on ``parts``."""
+    store = await LogStore.open(path, site, name=name)
     parts.push_async_callback(store.close)
-    await store.ingest_many(list(spec.provision))
-    log_topic = log_net_topic(store.roster)
+    await store.ingest_many(list(provision))
+    return store
+
+
+async def start_host(parts: contextlib.AsyncExitStack, spec: NodeSpec, store: LogStore) -> PeerHost:
+    """Start ``spec``'s host on the log topic and ``spec.topics``, whose members
+    ``store``'s roster makes up; its stop goes on ``parts``."""
     host = PeerHost(
         spec.net,
         spec.key,
-        [log_topic, *spec.topics(store.roster)],
+        [log_net_topic(store.roster), *spec.topics(store.roster)],
         bridge=spec.bridge,
         name=spec.name,
         hub=spec.hub,
     )
     await host.start()
     parts.push_async_callback(host.stop)
-    replica = NetReplica(store, host, spec.replica, topic=log_topic)
+    return host
+
+
+async def start_replica(
+    parts: contextlib.AsyncExitStack, spec: NodeSpec, store: LogStore, host: PeerHost
+) -> tuple[NetReplica, EntriesWatch | None]:
+    """Start the replica of ``store`` on ``host`` (running, on the log topic) and,
+    if ``spec`` names one, the watch of the owner's entries file; their stops go
+    on ``parts``."""
+    replica = NetReplica(store, host, spec.replica, topic=log_net_topic(store.roster))
     await replica.start()
     parts.push_async_callback(replica.stop)
     entries = None
@@ -92,4 +125,4 @@ async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> N
         entries = EntriesWatch(store, replica, spec.entries_file, interval_s=spec.entries_check_s)
         await entries.start()
         parts.push_async_callback(entries.stop)
-    return NodeParts(store, host, replica, entries)
+    return replica, entries

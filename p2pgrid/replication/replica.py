@@ -242,6 +242,9 @@ class NetReplica:
         self._children: set[asyncio.Task[None]] = set()  # rounds and retry timers
         self._subscription: Subscription | None = None
         self._events: EventStream | None = None
+        #: The addresses of the other hosts this replica serves on (:meth:`serve_on`):
+        #: they answer from this very store, so they are never synced with.
+        self._own_peers: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -332,6 +335,23 @@ class NetReplica:
         async with self._changed:
             self._changed.notify_all()
 
+    def serve_on(self, host: PeerHost) -> None:
+        """Answer the sync requests (and pushes) that reach ``host`` too, from this
+        replica's store: a site gateway's other devices' hosts, each asked for the
+        log by its peers' anti-entropy, while gossip and this replica's own rounds
+        run on :attr:`host` alone. ``host`` is never synced with (it holds this
+        very log). A gap a push to ``host`` leaves is pulled from its sender
+        through :attr:`host`, as any round. Call it while the replica runs, after
+        ``host`` started; the handler goes when ``host`` stops."""
+        if self._state is not ReplicaState.RUNNING:
+            raise LedgerError(f"[{self.name}] serve_on called in state {self._state.value}")
+        if host.device.site.site_id not in self.sites:
+            raise ConfigError(f"[{self.name}] {host.name} is not a member of the log topic")
+        # Its address: a view on a hub shares the hub's peer id with this replica's host.
+        self._own_peers.add(host.address)
+        self._wanted.discard(host.address)
+        host.handle(SYNC_PROTOCOL_ID, self._serve)
+
     async def __aenter__(self) -> NetReplica:
         await self.start()
         return self
@@ -364,7 +384,7 @@ class NetReplica:
         took them. Best effort, like :meth:`publish`: a peer that is gone, slow
         (:data:`PUSH_TIMEOUT_S`) or refuses is logged, and gossip and anti-entropy
         deliver the entries anyway."""
-        mesh = self.host.mesh_peers(self.topic)
+        mesh = self.host.mesh_peers(self.topic) | self._own_peers
         targets = [p for p in (self._site_peers() if peers is None else peers) if p not in mesh]
         if not entries or not targets or self._state is not ReplicaState.RUNNING:
             return 0
@@ -397,7 +417,7 @@ class NetReplica:
 
     def request_sync(self, peer: str) -> None:
         """Run an anti-entropy round with ``peer`` soon (coalesced with one pending)."""
-        if self._state is ReplicaState.RUNNING:
+        if self._state is ReplicaState.RUNNING and peer not in self._own_peers:
             self._wanted.add(peer)
             self._wake.set()
 
@@ -449,7 +469,7 @@ class NetReplica:
     async def _peer_loop(self, events: EventStream) -> None:
         async for event in events:
             peer = event.peer
-            if peer.site_id not in self.sites:
+            if peer.site_id not in self.sites or peer.peer_id in self._own_peers:
                 continue
             if isinstance(event, PeerJoined):
                 log.info("[%s] peer %s joined: syncing", self.name, peer.peer_id)
@@ -466,6 +486,7 @@ class NetReplica:
             p.peer_id
             for p in self.host.peers()
             if p.site_id in self.sites
+            and p.peer_id not in self._own_peers
             and self.host.topics[self.topic].members.device_pubkey(p.site_id, p.device_index)
         ]
 

@@ -12,9 +12,10 @@ budget, so the others run short and ask it to share: to the hvac, on the same
 node, that is an internal transfer; to the oven it goes over Lightning. They
 complete one compressed period together (four 1.5 s intervals). Asserted
 afterwards, on the files and on lnd: every device logged each interval's reading
-exactly once; every replica (the gateway's two, the agent's, the utility's)
-holds the same entries under one digest; the utility invoiced each device once
-and each invoice was paid once, for its amount (checked in lnd); a share
+exactly once; every replica (the gateway's one, ``store-1.gateway.db`` in the
+fridge's data directory, shared by its two devices; the agent's; the
+utility's) holds the same entries under one digest; the utility invoiced each
+device once and each invoice was paid once, for its amount (checked in lnd); a share
 between the light devices moved no sat in lnd (no payment of its hash, its
 invoice cancelled); lnd and the log agree to the msat (:mod:`p2pgrid.reconcile`),
 and ``p2pgrid log verify --against-lnd`` of a light device checks the site node
@@ -100,7 +101,9 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
         site_edit=light_rows(inline(stack.endpoint(SITE_NODE)), pubkeys[SITE_NODE]),
     )
     replicas = [tmp_path / "data" / "utility" / "utility-store-1.db"]
-    replicas += [tmp_path / "data" / name / f"{name}.db" for name, _, _ in DEVICES]
+    # The gateway's devices: one file, in the data directory of the lowest index.
+    replicas += [tmp_path / "data" / GATEWAY[0] / "store-1.gateway.db"]
+    replicas += [tmp_path / "data" / ALONE / f"{ALONE}.db"]
     running: list[Node] = []
     try:
         utility = await Node.start(
@@ -156,6 +159,8 @@ async def test_a_gateway_and_a_single_agent_share_a_site(stack: Stack, tmp_path:
         finally:
             await store.close()
     assert len(digests) == 1, "the replicas disagree"
+    # The gateway's devices kept no replica of their own: each entry stored once there.
+    assert not [p for n in GATEWAY for p in (tmp_path / "data" / n).glob(f"{n}.db*")]
     entries = logs[replicas[0]]
     readings = Counter(
         (e.author, e.body.interval_start_ms) for e in entries if isinstance(e.body, MeterReading)

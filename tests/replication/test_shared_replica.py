@@ -1,0 +1,113 @@
+"""One store, one replica, two hosts: a site gateway's devices over REAL py-libp2p hosts.
+
+Devices 0 and 1 of a gateway share one LogStore (one SQLite file) and one
+NetReplica, which runs on device 0's host and answers sync requests on device
+1's host too (:meth:`NetReplica.serve_on`); each writes with its own LogWriter.
+A peer (device 2, its own store) that asks device 1's host gets the
+whole shared log, and what it pushes there lands in the shared store; the
+shared replica never syncs with its own other host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.ledger import (
+    Author,
+    Entry,
+    LedgerError,
+    LogStore,
+    LogWriter,
+    MeterReading,
+    Replicator,
+)
+from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.replication import HostTransport, NetReplica, ReplicaConfig, log_net_topic
+from tests.ledger.ledger_factory import T0_MS, Site
+
+JOIN_S = 20.0
+#: Long enough that no periodic round runs during the test: every sync is asked for.
+QUIET = ReplicaConfig(anti_entropy_interval_s=3600.0, seed=1)
+
+
+async def _append(writer: LogWriter) -> Entry:
+    seq = writer.store.next_position(writer.author)[0]
+    ts = T0_MS + 60_000 * seq
+    return await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+async def _host(
+    parts: AsyncExitStack, site: Site, bridge: TrioBridge, store: LogStore, index: int, boot: str
+) -> PeerHost:
+    host = PeerHost(
+        NetConfig(bootstrap=(boot,) if boot else ()),
+        DeviceKey(site.identity, index, site.device(index)),
+        [log_net_topic(store.roster)],
+        bridge=bridge,
+        name=f"dev{index}",
+    )
+    await host.start()
+    parts.push_async_callback(host.stop)
+    return host
+
+
+async def test_a_peer_gets_the_shared_log_from_either_host(
+    site: Site, bridge: TrioBridge, tmp_path: Path, parts: AsyncExitStack
+) -> None:
+    shared = await site.open(tmp_path / "site.gateway.db", "gateway")
+    parts.push_async_callback(shared.close)
+    host0 = await _host(parts, site, bridge, shared, 0, "")
+    host1 = await _host(parts, site, bridge, shared, 1, host0.addrs[0])
+    replica = NetReplica(shared, host0, QUIET, topic=log_net_topic(shared.roster))
+    await replica.start()
+    parts.push_async_callback(replica.stop)
+    replica.serve_on(host1)
+    writers = [LogWriter(shared, site.device(i), Author.device(i)) for i in (0, 1)]
+    for writer in writers:
+        for _ in range(3):
+            await _append(writer)
+
+    # The peer: its own store and host, and the sync protocol driven by hand
+    # (no replica of its own: what it holds came through the calls below).
+    peer_store = await site.open(tmp_path / "peer.db", "peer")
+    parts.push_async_callback(peer_store.close)
+    peer_host = await _host(parts, site, bridge, peer_store, 2, host1.addrs[0])
+    topic = log_net_topic(shared.roster)
+    peer = Replicator(peer_store, HostTransport(peer_host, topic.name, request_timeout_s=JOIN_S))
+    await peer_host.wait_for_peer(host1.peer_id, topic, timeout_s=JOIN_S)
+
+    # Device 1's host answers from the shared store: both devices' entries.
+    report = await peer.sync_with(host1.peer_id)
+    assert report.appended == 6
+    assert peer_store.digest() == shared.digest()
+    # A push to device 1's host lands in the shared store, as one to device 0's would.
+    mine = await _append(LogWriter(peer_store, site.device(2), Author.device(2)))
+    pushed = await peer.push(host1.peer_id, [mine])
+    assert pushed.appended == 1
+    assert shared.heads()[Author.device(2)].seq == mine.seq
+    assert replica.stats().requests_served >= 2  # counted by the one replica
+    # The shared replica's pushes never go to its own other host.
+    await host0.wait_for_peer(host1.peer_id, topic, timeout_s=JOIN_S)
+    await host0.wait_for_peer(peer_host.peer_id, topic, timeout_s=JOIN_S)
+    assert await replica.push([mine], [host1.peer_id]) == 0
+
+
+async def test_serve_on_needs_a_running_replica(
+    site: Site, bridge: TrioBridge, tmp_path: Path, parts: AsyncExitStack
+) -> None:
+    shared = await site.open(tmp_path / "site.gateway.db", "gateway")
+    parts.push_async_callback(shared.close)
+    host0 = await _host(parts, site, bridge, shared, 0, "")
+    replica = NetReplica(shared, host0, QUIET, topic=log_net_topic(shared.roster))
+    with pytest.raises(LedgerError, match="serve_on called in state new"):
+        replica.serve_on(host0)
