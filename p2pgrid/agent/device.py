@@ -487,6 +487,7 @@ class DeviceAgent:
         # Started late (first start or restart): the intervals that passed are missed.
         resume = self.clock.current_interval()
         self.seed_history()
+        await self.allowance.restore()  # allowance offers still open at a restart
         await self._resolve_open()
         read = await self._read_intervals()
         # Held sales (pay on delivery) live as long as the run; leaving it waits for them.

@@ -4,7 +4,9 @@ budget and logged by both (docs/market.md, section 2.9); a seller that lies
 (another node, another description, another amount, a price off the rule or
 above the buyer's maximum, more than asked, an expiring invoice) is refused and
 paid nothing; a buyer that crashes mid-payment logs its payment on restart and
-the seller its sale at the period's close. Reconciliation passes after each."""
+the seller its sale at the period's close; a seller restarted with an offer out
+(its receivable in the intents file) logs the sale once it is paid, and a
+sale logged before a restart is not logged again. Reconciliation passes after each."""
 
 from __future__ import annotations
 
@@ -291,3 +293,49 @@ async def test_an_unpaid_offer_is_not_sold(rig: Rig) -> None:
         await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, claim)
     assert kind(await seller.store.entries(), AllowanceSale) == []
     assert (await rig.reconcile()).ok
+
+
+async def test_a_seller_restarted_with_an_offer_out_logs_the_sale_it_is_paid_for(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    # the seller dies with its offer out; its restart knows only its files
+    restarted = desk(rig, seller, LEFTOVER)
+    await restarted.restore()
+    assert restarted.held(PERIOD) == 30_000  # not offered again
+    payment = await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+    paid = AllowancePaid(request.id, bytes.fromhex(payment.preimage))
+    first = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    [sale] = kind(await seller.store.entries(), AllowanceSale)
+    assert first.decode(AllowanceReceipt).sale_entry == sale.raw
+    assert isinstance(sale.body, AllowanceSale)
+    assert sale.body.payment_hash.hex() == payment.payment_hash
+    # restarted once more: nothing is open, the receipt is the logged sale, and the
+    # close logs nothing twice
+    again = desk(rig, seller, LEFTOVER)
+    await again.close(PERIOD)
+    retried = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    assert retried.decode(AllowanceReceipt).sale_entry == sale.raw
+    assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
+    assert (selling.sold_msat, again.held(PERIOD)) == (0, 0)
+
+
+async def test_a_seller_restarted_after_logging_a_sale_does_not_log_it_twice(rig: Rig) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+    [held] = selling._open.values()
+    body = AllowanceSale(
+        1, 30_000, offer.price_msat, bytes.fromhex(held.payment_hash), held.preimage
+    )
+    # the sale in the log, then the seller killed before its receivable was closed
+    await seller.writer.append(body, period=PERIOD, timestamp_ms=int(rig.clock() * 1000))
+    restarted = desk(rig, seller, LEFTOVER)
+    await restarted.close(PERIOD)
+    assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
+    assert await seller.intents.receivables(PurposeKind.ALLOWANCE) == []
