@@ -469,6 +469,13 @@ class DeviceAgent:
         else:
             self._unresolved = False
 
+    async def _hand_receipts(self, period: int) -> None:
+        """Hand the producers of neighbouring sites the receipts of purchases they
+        have not answered (docs/market.md 6.3, step 4): after a restart, or a
+        producer that was away."""
+        devices = [p for p in self.peers.peers() if p.device_index <= MAX_DEVICE_INDEX]
+        await self.transit.hand_receipts(period, devices)
+
     def _node_away(self, doing: str, exc: RetryableError) -> None:
         """lnd (or a peer) did not answer while ``doing``: skip it for now."""
         self._unresolved = True
@@ -501,6 +508,7 @@ class DeviceAgent:
                     self.periods[period] = BillingPeriod(period, owner=self.name)
                 if self._unresolved:
                     await self._resolve_open()
+                await self._hand_receipts(period)  # purchases across no producer answered
                 if model_ms(self.model_interval(interval)) in read:
                     self.report.resumed_intervals += 1
                 elif interval < resume:
@@ -514,6 +522,8 @@ class DeviceAgent:
                     settlements.create_task(
                         self.settle_when_invoiced(period, patient=periods is None)
                     )
+        if self.periods:
+            await self._hand_receipts(max(self.periods))
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
