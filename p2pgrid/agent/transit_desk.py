@@ -33,10 +33,11 @@ membership the device holds) what that producer's ask of round ``i`` has left:
    every replica that verifies the evidence. A receipt the producer did not
    answer (it was down, or the buyer died between its payment and the receipt:
    a restarted buyer logs the purchase when it resolves its payment intent) is
-   handed again at each interval (:meth:`TransitDesk.hand_receipts`) until the
-   producer answers; a restarted buyer hands every purchase of the current and
-   the previous period once more (the producer logs a purchase once: a second
-   receipt is answered with the sale it logged).
+   handed again once the period closes (:meth:`TransitDesk.hand_receipts`,
+   with back-off, until the producer answers or the agent's ``invoice_wait_s``
+   has passed); a restarted buyer hands every purchase of the period and the
+   one before once more (the producer logs a purchase once: a second receipt
+   is answered with the sale it logged).
 
 Every replica checks both sides with :func:`p2pgrid.agent.transit.check_site_sales`.
 A wrong offer or receipt is refused (logged, its peer scored) and changes nothing.
