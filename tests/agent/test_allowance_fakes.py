@@ -339,3 +339,18 @@ async def test_a_seller_restarted_after_logging_a_sale_does_not_log_it_twice(rig
     await restarted.close(PERIOD)
     assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
     assert await seller.intents.receivables(PurposeKind.ALLOWANCE) == []
+
+
+async def test_a_seller_logs_a_sale_at_the_close_after_writing_in_the_next_period(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)  # never says so
+    await seller.meter(PERIOD + 1, 0)  # the seller's first entry of the next period
+    await selling.close(PERIOD)  # the sale is of PERIOD, an obligation older than that
+    [sale] = kind(await seller.store.entries(), AllowanceSale)
+    assert sale.period == PERIOD
+    assert selling.sold_msat == 30_000
