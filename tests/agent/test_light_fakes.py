@@ -4,7 +4,9 @@ light devices is an internal transfer (no Lightning payment, the payee's invoice
 cancelled, the preimage in the entry); a share leaving the node and a light
 device's bill go over Lightning from the site node; an internal transfer is
 made only between light devices of one node, and a forged one is refused; the
-site node reconciles against the union of its light devices' entries."""
+site node reconciles against the union of its light devices' entries; a
+transfer logged just before a crash (its intent still open, the transfer no
+longer in the restarted wallet's memory) resolves as logged, by the chain."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from p2pgrid.agent.intents import IntentState, PaymentIntent, Purpose, PurposeKind
 from p2pgrid.agent.payguard import payee_of, sale_memo, share_memo, site_sale_memo
+from p2pgrid.agent.paymaster import Paymaster, bodies_for
 from p2pgrid.agent.settlement import Settlement
 from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.billing import invoice_memo
@@ -185,3 +189,23 @@ async def test_a_forged_internal_transfer_is_refused_or_found(rig: Rig) -> None:
     await light0.writer.append(Share(1, 9_000, memo), period=PERIOD, timestamp_ms=0)
     checked = await check_site_node(rig, site, Author.device(0), Author.device(1))
     assert [p for p in checked.problems if "whose invoice is OPEN" in p], str(checked)
+
+
+async def test_an_internal_transfer_logged_before_a_crash_resolves_as_logged(rig: Rig) -> None:
+    _, giver, requester, _ = await site_of_three(rig)
+    await rig.start()
+    memo = share_memo(b"\x05" * 32, rig.party(1), rig.party(0), 10_000)
+    invoice = await requester.wallet.add_invoice(10_000, memo)
+    purpose = Purpose(PurposeKind.SHARE, 10_000, device=1)
+    await giver.intents.record(PaymentIntent(invoice.payment_hash, invoice.payment_request,
+                                             PERIOD, purpose))  # fmt: skip
+    payment = await giver.wallet.pay_invoice(invoice.payment_request, fee_limit_msat=1_000)
+    for body in bodies_for(purpose, payment):  # logged, then killed before the mark
+        await giver.writer.append(body, period=PERIOD, timestamp_ms=int(rig.clock() * 1000))
+    restarted = rig.site_node((0, 1))  # a new process: its transfers are not in memory
+    wallet = restarted.wallet(rig.party(0))
+    assert await wallet.list_payments() == []
+    paymaster = Paymaster(node=wallet, writer=giver.writer, intents=giver.intents, name="dev0")
+    [resolved] = await paymaster.recover()
+    assert resolved.state is IntentState.LOGGED  # not "never sent": the chain has it
+    assert len([e for e in await giver.store.entries() if isinstance(e.body, Share)]) == 1
