@@ -48,11 +48,23 @@ from tests.regtest.test_pooled_sales import allowance_scenario
 CRASH = "p2pgrid.testing.crash"
 #: How long a crashing process may take to reach its crash point.
 CRASH_WAIT_S = 120.0
+READINGS_WAIT_S = 10.0
 BUYER_DIES = ("ev", "--mid-payment", "allowance:0")
 SELLER_DIES = ("roof-a", "--before-entry", "allowance_sale:0")
 ACROSS_DIES = ("heat-pump", "--mid-payment", "site_sale:0")
 
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot], dict[str, int]]
+
+
+def _short_wait(source: Path, path: Path) -> Path:
+    """``source`` with a short readings wait: a killed device misses intervals, and
+    the utility waits that long for their readings before it invoices."""
+    text = source.read_text()
+    path.write_text(
+        text.replace("[utility]\n", f"[utility]\nreadings_wait_s = {READINGS_WAIT_S}\n", 1)
+    )
+    assert load_scenario(path).utility.readings_wait_s == READINGS_WAIT_S
+    return path
 
 
 async def _run_with_kills(
@@ -85,14 +97,15 @@ async def _run_with_kills(
 @pytest.fixture(scope="module")
 async def allowance_run(pooled_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("allowance-kills")
-    path = allowance_scenario(tmp / "allowance.toml")
+    path = _short_wait(allowance_scenario(tmp / "allowance.toml"), tmp / "short.toml")
     return await _run_with_kills(pooled_stack, path, tmp / "run", (BUYER_DIES, SELLER_DIES))
 
 
 @pytest.fixture(scope="module")
 async def across_run(pooled_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("across-kills")
-    return await _run_with_kills(pooled_stack, POOLED, tmp / "run", (ACROSS_DIES,))
+    path = _short_wait(POOLED, tmp / "pooled.toml")
+    return await _run_with_kills(pooled_stack, path, tmp / "run", (ACROSS_DIES,))
 
 
 def _first_log(result: RunResult, name: str) -> str:
