@@ -6,7 +6,9 @@ above the buyer's maximum, more than asked, an expiring invoice) is refused and
 paid nothing; a buyer that crashes mid-payment logs its payment on restart and
 the seller its sale at the period's close; a seller restarted with an offer out
 (its receivable in the intents file) logs the sale once it is paid, and a
-sale logged before a restart is not logged again. Reconciliation passes after each."""
+sale logged before a restart is not logged again; a light device sells from
+its site node (its invoice's description names it in the payee field).
+Reconciliation passes after each."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def desk(rig: Rig, device: Device, leftover: int = 0) -> AllowanceDesk:
     made = AllowanceDesk(
         me=rig.party(device.index),
         host=device.peers,
-        node=device.node,
+        node=device.wallet,
         paymaster=device.paymaster,
         leftover=offered,
         name=device.name,
@@ -354,3 +356,23 @@ async def test_a_seller_logs_a_sale_at_the_close_after_writing_in_the_next_perio
     [sale] = kind(await seller.store.entries(), AllowanceSale)
     assert sale.period == PERIOD
     assert selling.sold_msat == 30_000
+
+
+async def test_a_light_device_sells_allowance_from_the_site_node(rig: Rig) -> None:
+    site = rig.site_node((0,))
+    seller, buyer = await rig.device(0, site=site), await rig.device(1)
+    for device, amount in ((seller, 100_000), (buyer, 10_000)):
+        await rig.allocate(seller.store, device.index, amount, PERIOD)
+    desk(rig, seller, LEFTOVER)
+    buying = desk(rig, buyer)
+    await rig.spread()
+    await rig.start()
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 30_000
+    [invoice] = await rig.ln.nodes[site.name].list_invoices()  # made on the site node
+    assert (invoice.state, invoice.amt_paid_msat) == (InvoiceState.SETTLED, 24_000)
+    [sale] = kind(await rig.site_log(), AllowanceSale)
+    assert isinstance(sale.body, AllowanceSale)
+    assert (sale.author.index, sale.body.payment_hash.hex()) == (0, invoice.payment_hash)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == 24_000

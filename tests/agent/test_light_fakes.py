@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from p2pgrid.agent.intents import IntentState, PaymentIntent, Purpose, PurposeKind
-from p2pgrid.agent.payguard import payee_of, sale_memo, share_memo, site_sale_memo
+from p2pgrid.agent.payguard import (
+    allowance_memo,
+    payee_of,
+    sale_memo,
+    share_memo,
+    site_sale_memo,
+)
 from p2pgrid.agent.paymaster import Paymaster, bodies_for
 from p2pgrid.agent.settlement import Settlement
 from p2pgrid.agent.sitewallet import SiteNode
@@ -64,8 +70,12 @@ def test_an_invoice_names_its_payee() -> None:
     assert payee_of(share_memo(b"\x01" * 32, requester, giver, 5_000)) == requester
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000)) == giver
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000, on_delivery=True)) == giver
-    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat") is None  # not a site id
     assert payee_of(site_sale_memo(b"\x02" * 32, giver, requester, 3, 5_000)) == giver
+    assert payee_of(allowance_memo(b"\x03" * 32, giver, requester, 6_000, 5_000, 2)) == giver
+    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat payee b/1") is None  # no site id
+    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat") is None  # no payee field
+    assert payee_of(share_memo(b"\x01" * 32, requester, giver, 5_000) + " ") is None
+    assert payee_of("p2pgrid x payee 0000000000000000/07") is None  # not canonical
     assert payee_of("a bill") is None
 
 
@@ -150,8 +160,13 @@ async def test_no_internal_transfer_but_between_light_devices_of_the_node(rig: R
     held = await light1.wallet.add_hold_invoice(
         "ab" * 32, 5_000, sale_memo(b"\x04" * 32, rig.party(1), me, 2, 5_000, on_delivery=True)
     )
+    # Leftover allowance: its seller logs the sale only for a SETTLED invoice.
+    offered = await light1.wallet.add_invoice(
+        5_000, allowance_memo(b"\x06" * 32, rig.party(1), me, 6_000, 5_000, period=PERIOD)
+    )
     await rig.start()
     for bolt11, why in (
+        (offered.payment_request, "only shares and sales"),
         (stray.payment_request, "no device light on this node"),
         (nameless.payment_request, "no device light on this node"),
         (mine.payment_request, "does not pay itself"),
