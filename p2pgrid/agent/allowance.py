@@ -23,8 +23,8 @@ signed ``allowance_sale`` from the answer.
 
 Seller: answers a request of a device of its site with the deal of what it
 offers now less what open offers hold, and an invoice of its lnd for the price
-(its own random preimage, kept in memory); a second request with the same id
-gets the same offer. Each offer is recorded (a
+(its own random preimage); a second request with the same id gets the same
+offer. Each offer is recorded (a
 :class:`~p2pgrid.agent.intents.Receivable` in the agent's intents file, with
 its preimage) before it is sent, and loaded again by a restarted seller
 (:meth:`AllowanceDesk.restore`). Once the buyer says it paid (or when the
