@@ -30,7 +30,7 @@ import pytest
 from p2pgrid.ledger import AllowanceSale, Payment
 from p2pgrid.lightning import InvoiceState
 from p2pgrid.regtest import Stack
-from tests.faults.checker import check_trial, utility_log
+from tests.faults.checker import utility_log
 from tests.regtest.test_pooled_sales import (
     Killed,
     allowance_scenario,
@@ -52,7 +52,7 @@ async def allowance_run(pooled_stack: Stack, tmp_path_factory: pytest.TempPathFa
 async def test_allowance_buyer_and_seller_died_where_they_were_meant_to(
     allowance_run: Killed,
 ) -> None:
-    _, _, result, _, exits = allowance_run
+    _, _, result, _, exits, _ = allowance_run
     assert exits == {BUYER_DIES[0]: -signal.SIGKILL, SELLER_DIES[0]: -signal.SIGKILL}
     first = {name: (result.work_dir / f"{name}.log").read_text() for name in exits}
     assert "is with lnd, not in the log" in first[BUYER_DIES[0]]
@@ -64,8 +64,7 @@ async def test_allowance_buyer_and_seller_died_where_they_were_meant_to(
 async def test_each_allowance_paid_is_sold_and_paid_once_to_the_msat(
     allowance_run: Killed,
 ) -> None:
-    scenario, stack, result, before, _ = allowance_run
-    verdict = await check_trial(scenario, stack, result.work_dir, before, result.sites)
+    scenario, stack, result, before, _, verdict = allowance_run
     assert verdict.ok, "\n".join(verdict.problems)
     [site] = scenario.sites
     entries = await utility_log(scenario, result.work_dir, site.name, result.identity(site))

@@ -61,14 +61,15 @@ from p2pgrid.lightning import InvoiceState
 from p2pgrid.reconcile import NodeSnapshot, Reconciliation
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.faults.checker import check_trial, utility_log
+from tests.faults.checker import Verdict, check_trial, utility_log
 from tests.regtest.conftest import POOLED
 from tests.regtest.deployed import deploy
 
 SCENARIO = POOLED
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
-#: A run and the exit code of each device killed in it.
-Killed = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot], dict[str, int]]
+#: A run, the exit code of each device killed in it and the fault suite checker's
+#: verdict (taken at once: a later run on the stack changes its nodes).
+Killed = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot], dict[str, int], Verdict]
 CRASH = "p2pgrid.testing.crash"
 #: How long a crashing process may take to reach its crash point.
 CRASH_WAIT_S = 120.0
@@ -142,7 +143,8 @@ async def run_with_kills(
         during=disrupt,
         start_when_ready=True,
     )
-    return scenario, stack, result, before, exits
+    verdict = await check_trial(scenario, stack, result.work_dir, before, result.sites)
+    return scenario, stack, result, before, exits, verdict
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +157,7 @@ async def killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Kill
 
 @pytest.fixture(scope="module")
 def run(killed: Killed) -> Run:
-    scenario, stack, result, before, _ = killed
+    scenario, stack, result, before, _, _ = killed
     return scenario, stack, result, before
 
 
@@ -320,11 +322,10 @@ async def test_a_short_device_buys_leftover_allowance_from_a_roof_with_real_sats
 
 
 async def test_a_buyer_across_killed_mid_payment_gets_its_sale_logged_once(killed: Killed) -> None:
-    scenario, stack, result, before, exits = killed
+    scenario, stack, result, before, exits, verdict = killed
     name = ACROSS_DIES[0]
     assert exits == {name: -signal.SIGKILL}
     assert "is with lnd, not in the log" in (result.work_dir / f"{name}.log").read_text()
-    verdict = await check_trial(scenario, stack, result.work_dir, before, result.sites)
     assert verdict.ok, "\n".join(verdict.problems)  # also: each purchase sold once
     block_log = await utility_log(scenario, result.work_dir, "block", result.sites["block"])
     street_log = await utility_log(scenario, result.work_dir, "street", result.sites["street"])
