@@ -23,12 +23,18 @@ signed ``allowance_sale`` from the answer.
 
 Seller: answers a request of a device of its site with the deal of what it
 offers now less what open offers hold, and an invoice of its lnd for the price
-(its own random preimage, kept in memory); a second request with the same id
-gets the same offer. Once the buyer says it paid (or when the seller closes the
-period, :meth:`AllowanceDesk.close`) it looks the invoice up: settled for the
-price, it logs the ``allowance_sale`` (buyer, allowance, price, hash, preimage)
-in the request's period, once; an offer still unpaid at the close is cancelled
-on lnd, so it cannot be paid after the period's carry-over.
+(its own random preimage); a second request with the same id gets the same
+offer. Each offer is recorded (a
+:class:`~p2pgrid.agent.intents.Receivable` in the agent's intents file, with
+its preimage) before it is sent, and loaded again by a restarted seller
+(:meth:`AllowanceDesk.restore`). Once the buyer says it paid (or when the
+seller closes the period, :meth:`AllowanceDesk.close`) it looks the invoice up:
+settled for the price, it logs the ``allowance_sale`` (buyer, allowance, price,
+hash, preimage) in the request's period, once (a sale of that hash already in
+the log is not written again); an offer still unpaid at the close is cancelled
+on lnd, so it cannot be paid after the period's carry-over. So a seller killed
+with an offer out, paid while it was down or between the payment and its
+entry, logs the sale when it next closes that period.
 
 Across the owner's other sites: not sold (an ``allowance_sale`` names its buyer
 by index in the seller's site).
@@ -45,7 +51,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from p2pgrid.agent.config import ShareConfig
-from p2pgrid.agent.intents import Purpose, PurposeKind
+from p2pgrid.agent.intents import (
+    IntentError,
+    Purpose,
+    PurposeKind,
+    Receivable,
+    ReceivableState,
+)
 from p2pgrid.agent.messages import (
     AllowanceOffer,
     AllowancePaid,
@@ -69,7 +81,7 @@ from p2pgrid.ledger import (
     paid_hashes,
 )
 from p2pgrid.lightning import InvoiceError, InvoiceState, LightningError
-from p2pgrid.market import Party, allowance_deal, allowance_price_msat
+from p2pgrid.market import MessageError, Party, allowance_deal, allowance_price_msat
 from p2pgrid.net import Delivery, PeerRef, RequestRejected
 
 log = logging.getLogger(__name__)
@@ -90,6 +102,25 @@ class _Open:
     @property
     def payment_hash(self) -> str:
         return hashlib.sha256(self.preimage).hexdigest()
+
+    def receivable(self) -> Receivable:
+        return Receivable(
+            self.payment_hash,
+            PurposeKind.ALLOWANCE,
+            self.period,
+            (self.buyer.site_id, self.buyer.device),
+            self.offer.encode(),
+            self.preimage,
+        )
+
+    @classmethod
+    def of(cls, receivable: Receivable) -> _Open:
+        try:
+            offer = AllowanceOffer.decode(receivable.offer)
+            buyer = Party(*receivable.payer)
+        except MessageError as exc:
+            raise IntentError(f"unreadable allowance offer {receivable.payment_hash[:16]}") from exc
+        return cls(buyer, receivable.period, offer, receivable.preimage)
 
 
 class AllowanceDesk:
@@ -120,6 +151,7 @@ class AllowanceDesk:
         self.paymaster = paymaster
         self.writer: LogWriter = paymaster.writer
         self.store: LogStore = paymaster.writer.store
+        self.intents = paymaster.intents
         self._leftover = leftover
         self.name = name
         self.nodes = nodes
@@ -128,6 +160,7 @@ class AllowanceDesk:
         self._open: dict[bytes, _Open] = {}  # request id -> open offer
         self._sold: dict[bytes, bytes] = {}  # request id -> the raw allowance_sale entry
         self._closed: set[int] = set()  # periods closed: no more offers of them
+        self._restored = False  # the open offers of the intents file are loaded
         #: Offers are made, logged and closed one at a time.
         self.selling = asyncio.Lock()
         self.refused: list[str] = []  # why offers were refused (buyer) or requests (seller)
@@ -137,6 +170,27 @@ class AllowanceDesk:
     def install(self) -> None:
         self.host.handle(ALLOWANCE_REQUEST_PROTOCOL, self._on_request)
         self.host.handle(ALLOWANCE_PAID_PROTOCOL, self._on_paid)
+
+    async def restore(self) -> None:
+        """Load the open offers recorded before a restart (once; before the first
+        request or close is served)."""
+        async with self.selling:
+            await self._restore()
+
+    async def _restore(self) -> None:
+        if self._restored:
+            return
+        for receivable in await self.intents.receivables(PurposeKind.ALLOWANCE):
+            held = _Open.of(receivable)
+            self._open[held.offer.request_id] = held
+            log.info(
+                "[%s] allowance offer %s... to device %d of period %d is open (restored)",
+                self.name,
+                held.payment_hash[:16],
+                held.buyer.device,
+                held.period,
+            )
+        self._restored = True
 
     def held(self, period: int) -> int:
         """Allowance of ``period`` that open offers hold (not to be given or sold again)."""
@@ -302,6 +356,7 @@ class AllowanceDesk:
         if request.buyer != buyer or buyer == self.me:
             raise self._reject(buyer, "the request names another device than its sender")
         async with self.selling:
+            await self._restore()
             held = self._open.get(request.id)
             if held is not None:  # a retried request: the same offer
                 return held.offer
@@ -342,7 +397,9 @@ class AllowanceDesk:
                 deal.price_msat,
                 invoice.payment_request,
             )
-            self._open[request.id] = _Open(buyer, request.period, offer, preimage)
+            opened = _Open(buyer, request.period, offer, preimage)
+            await self.intents.expect(opened.receivable())  # before the invoice leaves
+            self._open[request.id] = opened
         log.info(
             "[%s] offered %d msat of allowance to device %d for %d msat",
             self.name,
@@ -356,7 +413,12 @@ class AllowanceDesk:
         paid = delivery.decode(AllowancePaid)
         buyer = Party(delivery.site_id, delivery.device_index)
         async with self.selling:
+            await self._restore()
             sold = self._sold.get(paid.request_id)
+            if sold is None:  # sold before a restart?
+                logged = await self._logged_sale(hashlib.sha256(paid.preimage).digest())
+                if logged is not None and self._buyer_of(logged) == buyer:
+                    sold = logged.raw
             if sold is not None:
                 return AllowanceReceipt(paid.request_id, sold)
             held = self._open.get(paid.request_id)
@@ -390,9 +452,12 @@ class AllowanceDesk:
             bytes.fromhex(held.payment_hash),
             held.preimage,
         )
-        entry = await self.writer.append(
-            body, period=held.period, timestamp_ms=int(self._now() * 1000)
-        )
+        entry = await self._logged_sale(body.payment_hash)  # logged, then killed?
+        if entry is None:
+            entry = await self.writer.append(
+                body, period=held.period, timestamp_ms=int(self._now() * 1000)
+            )
+        await self.intents.end_receivable(held.payment_hash, ReceivableState.SOLD)
         del self._open[request_id]
         self._sold[request_id] = entry.raw
         self.sold_msat += offer.allowance_msat
@@ -406,12 +471,30 @@ class AllowanceDesk:
         )
         return entry
 
+    async def _logged_sale(self, payment_hash: bytes) -> Entry | None:
+        """This device's ``allowance_sale`` of ``payment_hash``, if in the log."""
+        me = Author.device(self.me.device)
+        for entry in await self.store.entries():
+            body = entry.body
+            if (
+                entry.author == me
+                and isinstance(body, AllowanceSale)
+                and body.payment_hash == payment_hash
+            ):
+                return entry
+        return None
+
+    def _buyer_of(self, sale: Entry) -> Party | None:
+        body = sale.body
+        return Party(self.me.site_id, body.buyer) if isinstance(body, AllowanceSale) else None
+
     async def close(self, period: int) -> None:
         """Before ``period``'s carry-over: log each open offer of it whose invoice
         was paid, and cancel the others on lnd (a payment racing the cancel
         settles first, and is then logged). An lnd that does not answer leaves
         the offer open (its invoice expires)."""
         async with self.selling:
+            await self._restore()
             self._closed.add(period)
             for request_id, held in list(self._open.items()):
                 if held.period != period:
@@ -433,6 +516,7 @@ class AllowanceDesk:
                         exc,
                     )
                     continue
+                await self.intents.end_receivable(held.payment_hash, ReceivableState.CANCELLED)
                 del self._open[request_id]
                 log.info(
                     "[%s] allowance offer to device %d cancelled", self.name, held.buyer.device

@@ -469,6 +469,29 @@ class DeviceAgent:
         else:
             self._unresolved = False
 
+    async def _hand_receipts(self, period: int) -> int:
+        """Hand the producers of neighbouring sites the receipts of purchases they
+        have not answered (docs/market.md 6.3, step 4): after a restart, or a
+        producer that was away. Returns how many are still unanswered."""
+        devices = [p for p in self.peers.peers() if p.device_index <= MAX_DEVICE_INDEX]
+        return await self.transit.hand_receipts(period, devices)
+
+    async def _receipts_taken(self, period: int) -> None:
+        """After ``period``'s close, hand again (with capped back-off, for at most
+        ``config.settle.invoice_wait_s``) the receipts of its purchases across that
+        no producer answered: a buyer restarted after its last interval has no
+        later interval to hand them in."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.settle.invoice_wait_s
+        fails = 0
+        while await self._hand_receipts(period) > 0:
+            fails += 1
+            if loop.time() >= deadline:
+                log.warning("[%s] receipts of period %d left unanswered", self.name, period)
+                return
+            delay = self.watch.backoff.delay(fails, self._rng)
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))  # back-off
+
     def _node_away(self, doing: str, exc: RetryableError) -> None:
         """lnd (or a peer) did not answer while ``doing``: skip it for now."""
         self._unresolved = True
@@ -487,6 +510,7 @@ class DeviceAgent:
         # Started late (first start or restart): the intervals that passed are missed.
         resume = self.clock.current_interval()
         self.seed_history()
+        await self.allowance.restore()  # allowance offers still open at a restart
         await self._resolve_open()
         read = await self._read_intervals()
         # Held sales (pay on delivery) live as long as the run; leaving it waits for them.
@@ -513,6 +537,8 @@ class DeviceAgent:
                     settlements.create_task(
                         self.settle_when_invoiced(period, patient=periods is None)
                     )
+                    # purchases across whose receipt no producer answered (a restart)
+                    settlements.create_task(self._receipts_taken(period))
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh

@@ -10,6 +10,15 @@ start, every open intent is resolved against lnd by its payment hash (lnd's
 payments list, then TrackPayment for one in flight) before anything else is
 paid, so a crash between paying and logging leaves no payment without its entry.
 
+The payee's side, for the sales whose entry the payee writes (leftover
+allowance, docs/market.md 2.9): an agent that hands a peer an invoice records
+a :class:`Receivable` in the same file and commits it *before* the invoice
+leaves it: the payment hash, its preimage, the period, the peer and the offer
+it answered. A receivable moves ``open -> sold`` once its sale is in the log,
+``open -> cancelled`` once its invoice is cancelled on lnd. A restarted payee
+loads its open receivables, so an invoice paid while it was down (or just
+before it died) is still looked up and logged, once.
+
 States and transitions (one log line each): ``open -> logged``,
 ``open -> failed``, ``failed -> open`` (the same invoice tried again); nothing
 leaves ``logged``.
@@ -37,6 +46,19 @@ CREATE TABLE IF NOT EXISTS payment_intents (
     purpose TEXT NOT NULL,
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
+)
+"""
+
+
+_RECEIVABLES = """
+CREATE TABLE IF NOT EXISTS receivables (
+    payment_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    payer TEXT NOT NULL,
+    offer TEXT NOT NULL,
+    preimage TEXT NOT NULL,
+    state TEXT NOT NULL
 )
 """
 
@@ -93,6 +115,25 @@ class Purpose:
             raise IntentError(f"unreadable intent purpose {text[:80]!r}: {exc}") from exc
 
 
+class ReceivableState(enum.Enum):
+    OPEN = "open"
+    SOLD = "sold"  # its sale is in the log
+    CANCELLED = "cancelled"  # its invoice is cancelled on lnd: it can no longer be paid
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receivable:
+    """An invoice this agent handed a peer and whose sale it logs once paid."""
+
+    payment_hash: str  # hex
+    kind: PurposeKind  # what is sold (``allowance``)
+    period: int  # the sale is logged in it
+    payer: tuple[str, int]  # the buying device: (site id, device index)
+    offer: bytes  # the encoded offer message the invoice answered
+    preimage: bytes
+    state: ReceivableState = ReceivableState.OPEN
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PaymentIntent:
     payment_hash: str  # hex
@@ -116,6 +157,7 @@ class IntentBook:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")  # an intent survives a power cut
         await db.execute(_SCHEMA)
+        await db.execute(_RECEIVABLES)
         await db.commit()
         return cls(db, name)
 
@@ -195,3 +237,72 @@ class IntentBook:
             to.value,
             detail,
         )
+
+    # -- receivables (the payee's side) ----------------------------------------------
+
+    async def expect(self, receivable: Receivable) -> None:
+        """Store ``receivable`` (open) and commit, before its invoice leaves the agent."""
+        site_id, device = receivable.payer
+        try:
+            await self._db.execute(
+                "INSERT INTO receivables VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    receivable.payment_hash,
+                    receivable.kind.value,
+                    receivable.period,
+                    f"{site_id}/{device}",
+                    receivable.offer.hex(),
+                    receivable.preimage.hex(),
+                    ReceivableState.OPEN.value,
+                ),
+            )
+        except aiosqlite.IntegrityError as exc:
+            what = f"invoice {receivable.payment_hash[:16]} is expected already"
+            raise IntentError(what) from exc
+        await self._db.commit()
+        log.info(
+            "[%s] receivable %s...: %s (period %d) -> open",
+            self.name,
+            receivable.payment_hash[:16],
+            receivable.kind.value,
+            receivable.period,
+        )
+
+    async def receivables(self, kind: PurposeKind) -> list[Receivable]:
+        """The open receivables of ``kind``, oldest first."""
+        query = (
+            "SELECT payment_hash, period, payer, offer, preimage FROM receivables "
+            "WHERE kind = ? AND state = ? ORDER BY rowid"
+        )
+        async with self._db.execute(query, (kind.value, ReceivableState.OPEN.value)) as cursor:
+            rows = await cursor.fetchall()
+        found = []
+        for payment_hash, period, payer, offer, preimage in rows:
+            site_id, _, device = str(payer).rpartition("/")
+            try:
+                found.append(
+                    Receivable(
+                        payment_hash,
+                        kind,
+                        period,
+                        (site_id, int(device)),
+                        bytes.fromhex(offer),
+                        bytes.fromhex(preimage),
+                    )
+                )
+            except ValueError as exc:
+                raise IntentError(f"unreadable receivable {payment_hash[:16]}: {exc}") from exc
+        return found
+
+    async def end_receivable(self, payment_hash: str, to: ReceivableState) -> None:
+        """``open -> sold`` or ``open -> cancelled``; anything else is an :class:`IntentError`."""
+        if to is ReceivableState.OPEN:
+            raise IntentError(f"receivable {payment_hash[:16]}: nothing goes back to open")
+        cursor = await self._db.execute(
+            "UPDATE receivables SET state = ? WHERE payment_hash = ? AND state = ?",
+            (to.value, payment_hash, ReceivableState.OPEN.value),
+        )
+        if cursor.rowcount != 1:
+            raise IntentError(f"receivable {payment_hash[:16]} is not open")
+        await self._db.commit()
+        log.info("[%s] receivable %s...: open -> %s", self.name, payment_hash[:16], to.value)

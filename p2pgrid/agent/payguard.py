@@ -5,6 +5,8 @@ the utility's node, or the lnd node of the device it deals with), exactly the
 amount owed, is bound to this obligation (its description is the canonical
 description of this (site, device, period) bill, share request or sale, so an
 invoice made for anything else does not match) and is not about to expire.
+Every description an agent builds here ends with its payee field,
+``payee <site_id>/<device>`` (:func:`payee_of`).
 :func:`check_invoice` returns why not, or ``None``.
 
 Amounts below :data:`MIN_PAYMENT_MSAT` are never sent: a Lightning channel
@@ -34,11 +36,20 @@ def _party(party: Party) -> str:
     return f"{party.site_id}/{party.device}"
 
 
+#: The last two words of every description an agent gives its invoices: the
+#: payee, ``payee <site_id>/<device>`` (docs/protocol.md, "Invoice descriptions").
+PAYEE_FIELD = "payee"
+
+
+def _payee(party: Party) -> str:
+    return f" {PAYEE_FIELD} {_party(party)}"
+
+
 def share_memo(request_id: bytes, requester: Party, giver: Party, amount_msat: int) -> str:
     """The description of a share invoice: binds it to one request and grant."""
     return (
         f"p2pgrid share {request_id.hex()} from {_party(giver)} "
-        f"to {_party(requester)} {amount_msat} msat"
+        f"to {_party(requester)} {amount_msat} msat" + _payee(requester)
     )
 
 
@@ -58,7 +69,7 @@ def sale_memo(
         f"p2pgrid sale {bid_id.hex()} {energy_wh} Wh from {_party(seller)} "
         f"to {_party(buyer)} {amount_msat} msat"
     )
-    return memo + " on delivery" if on_delivery else memo
+    return (memo + " on delivery" if on_delivery else memo) + _payee(seller)
 
 
 def hold_preimage(
@@ -84,20 +95,16 @@ def hold_preimage(
 
 
 def payee_of(memo: str) -> Party | None:
-    """The device an invoice of :func:`share_memo`, :func:`sale_memo` or
-    :func:`site_sale_memo` pays: a share's requester (``to``), a sale's seller
-    (``from``); None for any other description. A site node tells its light
-    devices' invoices apart by it (:mod:`p2pgrid.agent.sitewallet`)."""
-    words = memo.split()
-    if len(words) < 6 or words[0] != "p2pgrid":
+    """The device an invoice of this protocol pays: its description's payee field
+    (the last two words, ``payee <site_id>/<device>``, written by every builder
+    here: :func:`share_memo`, :func:`sale_memo`, :func:`site_sale_memo`,
+    :func:`allowance_memo`); None for any other description. A site node tells
+    its light devices' invoices apart by it (:mod:`p2pgrid.agent.sitewallet`)."""
+    words = memo.split(" ")
+    if len(words) < 4 or words[0] != "p2pgrid" or words[-2] != PAYEE_FIELD:
         return None
-    share = words[1] == "share" and words[3] == "from" and words[5] == "to" and len(words) >= 7
-    sale = words[1] == "sale" and len(words) >= 8 and words[4:6] == ["Wh", "from"]
-    across = words[1:3] == ["site", "sale"] and len(words) >= 9 and words[5:7] == ["Wh", "from"]
-    if not (share or sale or across):
-        return None
-    site_id, _, device = words[7 if across else 6].rpartition("/")
-    if not device.isdecimal():
+    site_id, _, device = words[-1].rpartition("/")
+    if not device.isdecimal() or device != str(int(device)):
         return None
     try:
         return Party(site_id, int(device))
@@ -112,7 +119,7 @@ def site_sale_memo(
     to the seller's ``order`` entry (its id) and the trade."""
     return (
         f"p2pgrid site sale {order_id.hex()} {energy_wh} Wh from {_party(seller)} "
-        f"to {_party(buyer)} {amount_msat} msat"
+        f"to {_party(buyer)} {amount_msat} msat" + _payee(seller)
     )
 
 
@@ -128,7 +135,7 @@ def allowance_memo(
     two parties, the allowance, its price and the period (docs/market.md 2.9)."""
     return (
         f"p2pgrid allowance {request_id.hex()} {allowance_msat} msat of period {period} "
-        f"from {_party(seller)} to {_party(buyer)} for {price_msat} msat"
+        f"from {_party(seller)} to {_party(buyer)} for {price_msat} msat" + _payee(seller)
     )
 
 

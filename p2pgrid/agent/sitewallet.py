@@ -11,18 +11,21 @@ period), its payment entries carry their preimages, its invoices are its own.
 :meth:`SiteNode.wallet` gives each light device its :class:`SiteWallet`, the
 :class:`~p2pgrid.agent.ports.Wallet` its agent pays and is paid with:
 
-- its invoices (a share's, a sale's) are made on the site node with the
-  description the protocol gives them, which names the payee
-  (:func:`~p2pgrid.agent.payguard.payee_of`): a wallet makes only invoices
-  that name its own device, and looks up, cancels or settles only those, so
-  the node tells which device each invoice pays;
+- its invoices (a share's, a sale's, an allowance offer's) are made on the
+  site node with the description the protocol gives them, whose last field
+  names the payee (:func:`~p2pgrid.agent.payguard.payee_of`): a wallet makes
+  only invoices that name its own device, and looks up, cancels or settles
+  only those, so the node tells which device each invoice pays;
 - a payment to another node leaves the site node over Lightning, as any
   device's would;
 - a payment to an invoice of the site node itself (the payee is on the same
   node: lnd cannot pay itself) is an **internal transfer**: no Lightning hop.
-  The wallet accepts it only if the invoice names a device that is light on
-  this node and not the payer, is OPEN, is not a hold invoice and has not
-  expired. It then cancels the invoice on the node (from then on no Lightning
+  The wallet accepts it only if the invoice is a share's or a sale's (their
+  payee takes the payer's receipt or entry as the proof; the payee of a sale
+  across sites or of leftover allowance logs its side only for an invoice
+  SETTLED on lnd, which an internal transfer never is), names a device that
+  is light on this node and not the payer, is OPEN, is not a hold invoice and
+  has not expired. It then cancels the invoice on the node (from then on no Lightning
   payment can settle it, so the payee is never paid twice) and answers a
   SUCCEEDED payment with fee 0 and the invoice's preimage, which the node
   released to its own client. The payer logs it as any payment (``share``
@@ -63,6 +66,10 @@ from p2pgrid.lightning import (
 from p2pgrid.market import Party
 
 log = logging.getLogger(__name__)
+
+#: The invoices paid by internal transfer (by their description's start): those
+#: whose payee never asks lnd whether they were paid.
+INTERNAL_KINDS = ("p2pgrid share ", "p2pgrid sale ")
 
 
 class SiteNode:
@@ -202,6 +209,8 @@ class SiteWallet:
             raise refuse("the invoice names no device light on this node")
         if payee == self.me:
             raise refuse("a device does not pay itself")
+        if not invoice.memo.startswith(INTERNAL_KINDS):
+            raise refuse("only shares and sales are paid internally")
         if invoice.state is not InvoiceState.OPEN:
             raise refuse(f"the invoice is {invoice.state.value}")
         if not invoice.preimage:

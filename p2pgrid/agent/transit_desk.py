@@ -30,7 +30,14 @@ membership the device holds) what that producer's ask of round ``i`` has left:
    (signed by a member of the buyer's site, its own order, its own invoice,
    SETTLED on its lnd for the amount) and logs its ``site_sale`` (side SOLD,
    the buyer's entry as evidence): its proceeds in its site's log, credited by
-   every replica that verifies the evidence.
+   every replica that verifies the evidence. A receipt the producer did not
+   answer (it was down, or the buyer died between its payment and the receipt:
+   a restarted buyer logs the purchase when it resolves its payment intent) is
+   handed again once the period closes (:meth:`TransitDesk.hand_receipts`,
+   with back-off, until the producer answers or the agent's ``invoice_wait_s``
+   has passed); a restarted buyer hands every purchase of the period and the
+   one before once more (the producer logs a purchase once: a second receipt
+   is answered with the sale it logged).
 
 Every replica checks both sides with :func:`p2pgrid.agent.transit.check_site_sales`.
 A wrong offer or receipt is refused (logged, its peer scored) and changes nothing.
@@ -87,6 +94,8 @@ class TransitDesk:
         self.sold_wh = 0
         #: (period, interval, buyer site id, buyer) -> the offer made (a retry: the same)
         self._offers: dict[tuple[int, int, str, int], SiteSaleOffer] = {}
+        #: purchases (entry id) whose producer answered their receipt, since the start
+        self._receipted: set[bytes] = set()
 
     def install(self) -> None:
         if self.neighbours:
@@ -389,8 +398,33 @@ class TransitDesk:
         await self._hand_receipt(peer, purchase)
         return offer.energy_wh
 
-    async def _hand_receipt(self, peer: PeerRef, purchase: Entry) -> None:
-        """Give the producer the signed purchase, so its site logs the proceeds."""
+    async def hand_receipts(self, period: int, peers: list[PeerRef]) -> int:
+        """Hand again the receipts of this device's purchases of ``period`` and the
+        one before that no producer has answered since the start (the producers
+        among ``peers``); returns how many are still unanswered."""
+        if not self.neighbours:
+            return 0
+        me = Author.device(self.energy.me.device)
+        by_party = {(p.site_id, p.device_index): p for p in self.peers_of(peers)}
+        left = 0
+        for p in (period - 1, period) if period > 0 else (period,):
+            for entry in await self.energy.store.entries(period=p):
+                body = entry.body
+                if (
+                    entry.author != me
+                    or not isinstance(body, SiteSale)
+                    or body.side != SaleSide.BOUGHT
+                    or entry.id in self._receipted
+                ):
+                    continue
+                peer = by_party.get((site_id_of(body.other_site), body.other_device))
+                if peer is None or not await self._hand_receipt(peer, entry):
+                    left += 1
+        return left
+
+    async def _hand_receipt(self, peer: PeerRef, purchase: Entry) -> bool:
+        """Give the producer the signed purchase, so its site logs the proceeds;
+        False if it did not answer (to be handed again)."""
         try:
             reply = await self.energy.host.request(
                 peer.peer_id,
@@ -399,11 +433,22 @@ class TransitDesk:
                 timeout_s=self.energy.config.bid_timeout_s,
             )
             reply.decode(SiteSaleReceipt)
-        except (RetryableError, RequestRejected) as exc:
+        except RetryableError as exc:
             log.warning(
-                "[%s] device %d of site %s did not take the receipt: %s",
+                "[%s] device %d of site %s did not take the receipt (handed again later): %s",
                 self.energy.name,
                 peer.device_index,
                 peer.site_id,
                 exc,
             )
+            return False
+        except RequestRejected as exc:  # an answer: handing it again changes nothing
+            log.warning(
+                "[%s] device %d of site %s refused the receipt: %s",
+                self.energy.name,
+                peer.device_index,
+                peer.site_id,
+                exc,
+            )
+        self._receipted.add(purchase.id)
+        return True

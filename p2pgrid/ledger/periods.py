@@ -28,6 +28,10 @@ OBLIGATION_KINDS = frozenset(
         EntryKind.SITE_SHARE,
         EntryKind.INVOICE,
         EntryKind.SITE_SALE,
+        # a seller logs a sale of leftover allowance it finds paid at the period's
+        # close, or after a restart: by then it may have written its next
+        # period's first order (docs/market.md 2.9)
+        EntryKind.ALLOWANCE_SALE,
     }
 )
 

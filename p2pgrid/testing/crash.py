@@ -16,6 +16,12 @@ on the same files, :meth:`p2pgrid.launcher.Running.restart`):
     records its intent, hands the payment to lnd, waits until lnd lists it (in
     flight or done) and dies before anything is logged.
 
+``python -m p2pgrid.testing.crash -c site.toml --device D [--control] --before-entry KIND:PERIOD``
+    ``p2pgrid agent run`` that dies instead of writing its first entry of ``KIND``
+    (an entry kind's name, e.g. ``allowance_sale``) of ``PERIOD`` through its
+    paymaster's writer: a seller whose invoice the buyer paid (settled on its lnd)
+    dies before its sale is in its log.
+
 The option says which process it is (the launcher runs it in place of the
 product's command on the same file, with the same ``--control`` and
 ``--await-start``: :class:`p2pgrid.launcher.UtilityCommand`,
@@ -35,6 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from p2pgrid.agent.gateway import PaymasterFactory
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.paymaster import Paid, Paymaster
 from p2pgrid.agent.ports import Wallet
@@ -49,7 +56,7 @@ from p2pgrid.config import (
     utility_setup,
     utility_start,
 )
-from p2pgrid.ledger import Body, Entry, Invoice, LogWriter
+from p2pgrid.ledger import Body, Entry, EntryKind, Invoice, LogWriter
 from p2pgrid.lightning import DecodedInvoice, Payment
 from p2pgrid.lightning import Invoice as LnInvoice
 from p2pgrid.poll import wait_until
@@ -102,6 +109,34 @@ class DyingInvoicer(Invoicer):
         site_id, period, n = at
         if self.site.site_id == site_id:
             self.writer = _DyingWriter(self.writer, period=period, n=n)
+
+
+# -- agent: dies before an entry ---------------------------------------------------
+
+
+class _DyingBeforeEntry(LogWriter):
+    """A device's writer (its lock shared: one chain) that dies instead of
+    writing its first entry of ``kind`` of ``period``."""
+
+    def __init__(self, writer: LogWriter, *, kind: EntryKind, period: int) -> None:
+        super().__init__(writer.store, writer.signer, writer.author)
+        self._lock = writer._lock
+        self.kind = kind
+        self.period = period
+
+    async def append(self, body: Body, *, period: int, timestamp_ms: int) -> Entry:
+        if self.kind == body.KIND and period == self.period:
+            die(f"{self.kind.name.lower()} of period {period} is not in the log")
+        return await super().append(body, period=period, timestamp_ms=timestamp_ms)
+
+
+def dying_before_entry(
+    *, at: tuple[EntryKind, int], writer: LogWriter, **paymaster: Any
+) -> Paymaster:
+    """A :class:`Paymaster` whose writer (the one the allowance desk logs its sales
+    with) dies before the first entry of kind ``at[0]`` of period ``at[1]``."""
+    kind, period = at
+    return Paymaster(writer=_DyingBeforeEntry(writer, kind=kind, period=period), **paymaster)
 
 
 # -- agent: dies mid-payment ------------------------------------------------------
@@ -225,6 +260,14 @@ def _pair(text: str) -> tuple[PurposeKind, int]:
         raise argparse.ArgumentTypeError(f"want KIND:PERIOD, got {text!r}") from exc
 
 
+def _entry_at(text: str) -> tuple[EntryKind, int]:
+    try:
+        kind, period = text.rsplit(":", 1)
+        return EntryKind[kind.upper()], int(period)
+    except (ValueError, KeyError) as exc:
+        raise argparse.ArgumentTypeError(f"want ENTRY_KIND:PERIOD, got {text!r}") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     program = "python -m p2pgrid.testing.crash"
@@ -236,17 +279,22 @@ def main(argv: list[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--after-invoices", type=_triple)
     which.add_argument("--mid-payment", type=_pair)
+    which.add_argument("--before-entry", type=_entry_at)
     parsed = parser.parse_args(args)
     if parsed.after_invoices is not None:
         utility_logging()
         commands = (parsed.control, parsed.await_start)
         run_process(_dying_utility(parsed.config, commands, parsed.after_invoices))
     elif parsed.device is None:
-        parser.error("--mid-payment needs --device")
+        parser.error("--mid-payment and --before-entry need --device")
     else:
         agent_logging()
         commands = (parsed.control, parsed.await_start)
-        run_process(_dying_agent(parsed.config, parsed.device, commands, parsed.mid_payment))
+        if parsed.mid_payment is not None:
+            pay: PaymasterFactory = functools.partial(DyingPaymaster, at=parsed.mid_payment)
+        else:
+            pay = functools.partial(dying_before_entry, at=parsed.before_entry)
+        run_process(_dying_agent(parsed.config, parsed.device, commands, pay))
 
 
 async def _dying_utility(
@@ -263,12 +311,11 @@ async def _dying_utility(
 
 
 async def _dying_agent(
-    config: Path, device: str, commands: tuple[bool, bool], at: tuple[PurposeKind, int]
+    config: Path, device: str, commands: tuple[bool, bool], pay: PaymasterFactory
 ) -> None:
-    """``p2pgrid agent run --config CONFIG --device DEVICE`` dying mid-payment ``at``."""
+    """``p2pgrid agent run --config CONFIG --device DEVICE`` whose paymaster dies."""
     site_file = SiteFile(config)
     setup, start = agent_setup(site_file, device), agent_start(site_file)
-    pay = functools.partial(DyingPaymaster, at=at)
     await run_device(setup, lambda: node_commands(start, *commands), make_paymaster=pay)
 
 

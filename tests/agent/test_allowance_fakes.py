@@ -4,7 +4,11 @@ budget and logged by both (docs/market.md, section 2.9); a seller that lies
 (another node, another description, another amount, a price off the rule or
 above the buyer's maximum, more than asked, an expiring invoice) is refused and
 paid nothing; a buyer that crashes mid-payment logs its payment on restart and
-the seller its sale at the period's close. Reconciliation passes after each."""
+the seller its sale at the period's close; a seller restarted with an offer out
+(its receivable in the intents file) logs the sale once it is paid, and a
+sale logged before a restart is not logged again; a light device sells from
+its site node (its invoice's description names it in the payee field).
+Reconciliation passes after each."""
 
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def desk(rig: Rig, device: Device, leftover: int = 0) -> AllowanceDesk:
     made = AllowanceDesk(
         me=rig.party(device.index),
         host=device.peers,
-        node=device.node,
+        node=device.wallet,
         paymaster=device.paymaster,
         leftover=offered,
         name=device.name,
@@ -291,3 +295,84 @@ async def test_an_unpaid_offer_is_not_sold(rig: Rig) -> None:
         await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, claim)
     assert kind(await seller.store.entries(), AllowanceSale) == []
     assert (await rig.reconcile()).ok
+
+
+async def test_a_seller_restarted_with_an_offer_out_logs_the_sale_it_is_paid_for(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    # the seller dies with its offer out; its restart knows only its files
+    restarted = desk(rig, seller, LEFTOVER)
+    await restarted.restore()
+    assert restarted.held(PERIOD) == 30_000  # not offered again
+    payment = await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+    paid = AllowancePaid(request.id, bytes.fromhex(payment.preimage))
+    first = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    [sale] = kind(await seller.store.entries(), AllowanceSale)
+    assert first.decode(AllowanceReceipt).sale_entry == sale.raw
+    assert isinstance(sale.body, AllowanceSale)
+    assert sale.body.payment_hash.hex() == payment.payment_hash
+    # restarted once more: nothing is open, the receipt is the logged sale, and the
+    # close logs nothing twice
+    again = desk(rig, seller, LEFTOVER)
+    await again.close(PERIOD)
+    retried = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_PAID_PROTOCOL, paid)
+    assert retried.decode(AllowanceReceipt).sale_entry == sale.raw
+    assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
+    assert (selling.sold_msat, again.held(PERIOD)) == (0, 0)
+
+
+async def test_a_seller_restarted_after_logging_a_sale_does_not_log_it_twice(rig: Rig) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+    [held] = selling._open.values()
+    body = AllowanceSale(
+        1, 30_000, offer.price_msat, bytes.fromhex(held.payment_hash), held.preimage
+    )
+    # the sale in the log, then the seller killed before its receivable was closed
+    await seller.writer.append(body, period=PERIOD, timestamp_ms=int(rig.clock() * 1000))
+    restarted = desk(rig, seller, LEFTOVER)
+    await restarted.close(PERIOD)
+    assert len(kind(await seller.store.entries(), AllowanceSale)) == 1
+    assert await seller.intents.receivables(PurposeKind.ALLOWANCE) == []
+
+
+async def test_a_seller_logs_a_sale_at_the_close_after_writing_in_the_next_period(
+    rig: Rig,
+) -> None:
+    seller, buyer, selling, _ = await pair(rig)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)  # never says so
+    await seller.meter(PERIOD + 1, 0)  # the seller's first entry of the next period
+    await selling.close(PERIOD)  # the sale is of PERIOD, an obligation older than that
+    [sale] = kind(await seller.store.entries(), AllowanceSale)
+    assert sale.period == PERIOD
+    assert selling.sold_msat == 30_000
+
+
+async def test_a_light_device_sells_allowance_from_the_site_node(rig: Rig) -> None:
+    site = rig.site_node((0,))
+    seller, buyer = await rig.device(0, site=site), await rig.device(1)
+    for device, amount in ((seller, 100_000), (buyer, 10_000)):
+        await rig.allocate(seller.store, device.index, amount, PERIOD)
+    desk(rig, seller, LEFTOVER)
+    buying = desk(rig, buyer)
+    await rig.spread()
+    await rig.start()
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 30_000
+    [invoice] = await rig.ln.nodes[site.name].list_invoices()  # made on the site node
+    assert (invoice.state, invoice.amt_paid_msat) == (InvoiceState.SETTLED, 24_000)
+    [sale] = kind(await rig.site_log(), AllowanceSale)
+    assert isinstance(sale.body, AllowanceSale)
+    assert (sale.author.index, sale.body.payment_hash.hex()) == (0, invoice.payment_hash)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == 24_000

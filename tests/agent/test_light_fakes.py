@@ -4,7 +4,9 @@ light devices is an internal transfer (no Lightning payment, the payee's invoice
 cancelled, the preimage in the entry); a share leaving the node and a light
 device's bill go over Lightning from the site node; an internal transfer is
 made only between light devices of one node, and a forged one is refused; the
-site node reconciles against the union of its light devices' entries."""
+site node reconciles against the union of its light devices' entries; a
+transfer logged just before a crash (its intent still open, the transfer no
+longer in the restarted wallet's memory) resolves as logged, by the chain."""
 
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.payguard import payee_of, sale_memo, share_memo, site_sale_memo
+from p2pgrid.agent.intents import IntentState, PaymentIntent, Purpose, PurposeKind
+from p2pgrid.agent.payguard import (
+    allowance_memo,
+    payee_of,
+    sale_memo,
+    share_memo,
+    site_sale_memo,
+)
+from p2pgrid.agent.paymaster import Paymaster, bodies_for
 from p2pgrid.agent.settlement import Settlement
 from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.billing import invoice_memo
@@ -60,8 +70,12 @@ def test_an_invoice_names_its_payee() -> None:
     assert payee_of(share_memo(b"\x01" * 32, requester, giver, 5_000)) == requester
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000)) == giver
     assert payee_of(sale_memo(b"\x01" * 32, giver, requester, 3, 5_000, on_delivery=True)) == giver
-    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat") is None  # not a site id
     assert payee_of(site_sale_memo(b"\x02" * 32, giver, requester, 3, 5_000)) == giver
+    assert payee_of(allowance_memo(b"\x03" * 32, giver, requester, 6_000, 5_000, 2)) == giver
+    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat payee b/1") is None  # no site id
+    assert payee_of("p2pgrid share x from a/0 to b/1 5 msat") is None  # no payee field
+    assert payee_of(share_memo(b"\x01" * 32, requester, giver, 5_000) + " ") is None
+    assert payee_of("p2pgrid x payee 0000000000000000/07") is None  # not canonical
     assert payee_of("a bill") is None
 
 
@@ -146,8 +160,13 @@ async def test_no_internal_transfer_but_between_light_devices_of_the_node(rig: R
     held = await light1.wallet.add_hold_invoice(
         "ab" * 32, 5_000, sale_memo(b"\x04" * 32, rig.party(1), me, 2, 5_000, on_delivery=True)
     )
+    # Leftover allowance: its seller logs the sale only for a SETTLED invoice.
+    offered = await light1.wallet.add_invoice(
+        5_000, allowance_memo(b"\x06" * 32, rig.party(1), me, 6_000, 5_000, period=PERIOD)
+    )
     await rig.start()
     for bolt11, why in (
+        (offered.payment_request, "only shares and sales"),
         (stray.payment_request, "no device light on this node"),
         (nameless.payment_request, "no device light on this node"),
         (mine.payment_request, "does not pay itself"),
@@ -185,3 +204,23 @@ async def test_a_forged_internal_transfer_is_refused_or_found(rig: Rig) -> None:
     await light0.writer.append(Share(1, 9_000, memo), period=PERIOD, timestamp_ms=0)
     checked = await check_site_node(rig, site, Author.device(0), Author.device(1))
     assert [p for p in checked.problems if "whose invoice is OPEN" in p], str(checked)
+
+
+async def test_an_internal_transfer_logged_before_a_crash_resolves_as_logged(rig: Rig) -> None:
+    _, giver, requester, _ = await site_of_three(rig)
+    await rig.start()
+    memo = share_memo(b"\x05" * 32, rig.party(1), rig.party(0), 10_000)
+    invoice = await requester.wallet.add_invoice(10_000, memo)
+    purpose = Purpose(PurposeKind.SHARE, 10_000, device=1)
+    await giver.intents.record(PaymentIntent(invoice.payment_hash, invoice.payment_request,
+                                             PERIOD, purpose))  # fmt: skip
+    payment = await giver.wallet.pay_invoice(invoice.payment_request, fee_limit_msat=1_000)
+    for body in bodies_for(purpose, payment):  # logged, then killed before the mark
+        await giver.writer.append(body, period=PERIOD, timestamp_ms=int(rig.clock() * 1000))
+    restarted = rig.site_node((0, 1))  # a new process: its transfers are not in memory
+    wallet = restarted.wallet(rig.party(0))
+    assert await wallet.list_payments() == []
+    paymaster = Paymaster(node=wallet, writer=giver.writer, intents=giver.intents, name="dev0")
+    [resolved] = await paymaster.recover()
+    assert resolved.state is IntentState.LOGGED  # not "never sent": the chain has it
+    assert len([e for e in await giver.store.entries() if isinstance(e.body, Share)]) == 1

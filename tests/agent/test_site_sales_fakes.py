@@ -5,7 +5,9 @@ network. A buyer pays exactly what the ask it was shown says, both sites log
 their side (``site_sale``), every replica's check passes, the buyer's bill
 carries the grid fee, the producer's own site gets only what is left of its
 ask; a forged or mismatched offer or receipt is refused and changes nothing
-(no payment, no entry); lnd and both logs reconcile to the msat."""
+(no payment, no entry); a receipt the producer missed (away, or the buyer
+restarted) is handed again until it answers, and logged once; lnd and both logs
+reconcile to the msat."""
 
 from __future__ import annotations
 
@@ -286,3 +288,31 @@ async def test_a_request_of_a_site_it_does_not_trade_with_is_refused(two: Two) -
     finally:
         await third.close()
     assert sides(await seller.store.entries(), SaleSide.SOLD) == []
+
+
+async def proceeds(two: Two) -> int:
+    """The producer's proceeds of PERIOD in its own site's log."""
+    x, y = two.buyers.site.membership, two.sellers.site.membership
+    view = fold(await two.sellers.site_log(), site_hash=y.site_hash, peer_sites={x.site_hash: x})
+    return view.account(SELLER, PERIOD).sold_msat
+
+
+async def test_a_receipt_the_producer_missed_is_handed_again_and_logged_once(two: Two) -> None:
+    seller, _, buyer, buying = await setup(two)
+    peers = list(buying.energy.host.peers())
+    handler = seller.peers.handlers.pop(SITE_RECEIPT_PROTOCOL)  # the producer is away
+    assert await buy(buying, 60) == 60
+    assert sides(await two.sellers.site_log(), SaleSide.SOLD) == []
+    assert await proceeds(two) == 0  # paid on lnd, not credited in the producer's site
+    assert await buying.hand_receipts(PERIOD, peers) == 1  # still away
+    seller.peers.handle(SITE_RECEIPT_PROTOCOL, handler)  # back
+    assert await buying.hand_receipts(PERIOD, peers) == 0
+    [sold] = sides(await two.sellers.site_log(), SaleSide.SOLD)
+    assert (sold.other_device, sold.energy_wh, sold.amount_msat) == (BUYER, 60, 12_000)
+    # a restarted buyer hands its purchases of the period once more: nothing twice
+    _, restarted = desks(two.buyers, buyer, two.sellers)
+    assert await restarted.hand_receipts(PERIOD + 1, peers) == 0
+    assert len(sides(await two.sellers.site_log(), SaleSide.SOLD)) == 1
+    assert await proceeds(two) == 12_000
+    checked = await two.reconcile()
+    assert checked.ok, str(checked)

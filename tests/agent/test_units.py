@@ -20,6 +20,13 @@ from p2pgrid.agent.messages import (
     ShareReceipt,
     TradeRequest,
 )
+from p2pgrid.agent.payguard import (
+    allowance_memo,
+    payee_of,
+    sale_memo,
+    share_memo,
+    site_sale_memo,
+)
 from p2pgrid.errors import ConfigError
 from p2pgrid.ledger.proof import parse_proof, proof_memo
 from p2pgrid.market import MessageError, Party, Priority
@@ -131,3 +138,36 @@ def test_allowance_messages_round_trip_and_refuse_bad_values() -> None:
             bad_request()
     with pytest.raises(MessageError):
         AllowanceOffer(request.id, offer.seller, 30_000, 0, 24_000, "")  # a price of 0 %
+
+
+def test_invoice_descriptions_end_with_their_payee() -> None:
+    """The vectors of docs/protocol.md ("Invoice descriptions")."""
+    rid = bytes(range(32))
+    one, three = Party("00000000000000aa", 1), Party("00000000000000aa", 3)
+    other = Party("00000000000000bb", 0)
+    head = "p2pgrid {} " + rid.hex()
+    vectors = {
+        share_memo(rid, three, one, 24_000): (
+            head.format("share") + " from 00000000000000aa/1 to 00000000000000aa/3 24000 msat"
+            " payee 00000000000000aa/3",
+            three,
+        ),
+        sale_memo(rid, one, three, 60, 12_000, on_delivery=True): (
+            head.format("sale") + " 60 Wh from 00000000000000aa/1 to 00000000000000aa/3"
+            " 12000 msat on delivery payee 00000000000000aa/1",
+            one,
+        ),
+        site_sale_memo(rid, one, other, 60, 12_000): (
+            head.format("site sale") + " 60 Wh from 00000000000000aa/1 to 00000000000000bb/0"
+            " 12000 msat payee 00000000000000aa/1",
+            one,
+        ),
+        allowance_memo(rid, one, three, 30_000, 24_000, 7): (
+            head.format("allowance") + " 30000 msat of period 7 from 00000000000000aa/1"
+            " to 00000000000000aa/3 for 24000 msat payee 00000000000000aa/1",
+            one,
+        ),
+    }
+    for memo, (expected, payee) in vectors.items():
+        assert memo == expected
+        assert payee_of(memo) == payee

@@ -13,6 +13,11 @@ it opens every replica's SQLite file of the run and asks every lnd. Per trial:
 - **money**: lnd and the log agree to the msat (:func:`p2pgrid.demo.check_money`,
   the project's one reconciliation, :mod:`p2pgrid.reconcile`), given snapshots of
   every node before the run;
+- **sales across sites**: every purchase a site logged (``site_sale`` BOUGHT) is
+  logged sold (``site_sale`` SOLD of the same payment hash) exactly once in the
+  seller's site, and nothing is sold that was not bought (:func:`unpaired_site_sales`:
+  reconciliation pays the buyer's entry to the seller's node, so a seller's
+  missing side shows nowhere else);
 - **processes**: none of the run is left alive.
 
 And, for a run with a partition, the accounts against those of an uncut run of
@@ -46,6 +51,8 @@ from p2pgrid.ledger import (
     Order,
     Payment,
     Role,
+    SaleSide,
+    SiteSale,
     bill,
     fold,
 )
@@ -110,6 +117,23 @@ async def utility_log(
     return await replica_entries(path, identity)
 
 
+def unpaired_site_sales(logs: Mapping[str, list[Entry]]) -> list[str]:
+    """Purchases across sites (``site_sale`` BOUGHT, by payment hash, over every
+    site's log) not logged sold exactly once by their seller's site, and sales
+    logged with no purchase."""
+    sides: dict[SaleSide, Counter[bytes]] = {SaleSide.BOUGHT: Counter(), SaleSide.SOLD: Counter()}
+    for entries in logs.values():
+        for e in entries:
+            if isinstance(e.body, SiteSale):
+                sides[e.body.side][e.body.payment_hash] += 1
+    bought, sold = sides[SaleSide.BOUGHT], sides[SaleSide.SOLD]
+    return [
+        f"site sale {h.hex()[:12]}: bought {bought[h]}x, sold {sold[h]}x"
+        for h in sorted(set(bought) | set(sold))
+        if (bought[h], sold[h]) != (1, 1)
+    ]
+
+
 async def check_trial(
     scenario: Scenario,
     stack: Stack,
@@ -141,6 +165,7 @@ async def check_trial(
         settled = {
             i.payment_hash for i in await utility.list_invoices() if i.state is InvoiceState.SETTLED
         }
+    logs: dict[str, list[Entry]] = {}  # site name -> the union of its replicas
     for site in scenario.sites:
         digests = {}
         union: dict[tuple[Author, int], Entry] = {}
@@ -157,6 +182,7 @@ async def check_trial(
             odd = [n for n, d in digests.items() if counts[d] < max(counts.values())]
             verdict.problem(f"{site.name}: replicas differ ({odd} against the rest)")
         entries = sorted(union.values(), key=lambda e: (e.author.role, e.author.index, e.seq))
+        logs[site.name] = entries
         readings = Counter(
             (e.author, e.body.interval_start_ms)
             for e in entries
@@ -192,6 +218,8 @@ async def check_trial(
                     )
                 elif payments[h] > 1:
                     verdict.problem(f"{where}: invoice {h.hex()[:12]} logged paid {payments[h]}x")
+    for problem in unpaired_site_sales(logs):
+        verdict.problem(problem)
     run = RunResult([], [], {}, {}, work_dir, sites=dict(sites))
     money = await check_money(scenario, stack, run, before)
     verdict.unreconciled = len(money.problems)

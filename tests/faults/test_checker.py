@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from p2pgrid.ledger import Author, Entry, Order, SaleSide, SiteSale
 from p2pgrid.scenario import load_scenario
-from tests.faults.checker import DevicePeriod, Scope, compare_accounts, needs_no_market
+from tests.faults.checker import (
+    DevicePeriod,
+    Scope,
+    compare_accounts,
+    needs_no_market,
+    unpaired_site_sales,
+)
 from tests.faults.conftest import NO_MARKET, SCENARIO
+from tests.ledger.ledger_factory import Site
 
 T0 = 1_704_103_200_000  # an interval start (modelled ms)
 STEP = 900_000
@@ -112,3 +120,29 @@ def test_one_msat_short_needs_the_market(tmp_path: Path, budget: int, enough: bo
     path = tmp_path / "budget.toml"
     path.write_text(text)
     assert needs_no_market(load_scenario(path)) is enough
+
+
+def test_a_purchase_across_sites_must_be_sold_once_by_the_sellers_site() -> None:
+    buyers, sellers = Site.make(b"checker: buyers"), Site.make(b"checker: sellers")
+    buyer, seller = buyers.chain(Author.device(0)), sellers.chain(Author.device(1))
+    order = seller.next(Order(3, "0303ff"))  # opaque to the log
+
+    def bought(h: bytes) -> Entry:
+        return buyer.next(
+            SiteSale(SaleSide.BOUGHT, sellers.membership.site_hash, 1, 3, 60, 12_000, h, order.raw)
+        )
+
+    def sold(purchase: Entry) -> Entry:
+        assert isinstance(purchase.body, SiteSale)
+        h = purchase.body.payment_hash
+        return seller.next(
+            SiteSale(SaleSide.SOLD, buyers.membership.site_hash, 0, 3, 60, 12_000, h, purchase.raw)
+        )
+
+    one, two = bought(b"\x01" * 32), bought(b"\x02" * 32)
+    logs = {"x": [one, two], "y": [order, sold(one)]}
+    assert unpaired_site_sales(logs) == [f"site sale {'02' * 6}: bought 1x, sold 0x"]
+    logs["y"].append(sold(two))
+    assert unpaired_site_sales(logs) == []
+    logs["y"].append(sold(two))  # sold twice
+    assert unpaired_site_sales(logs) == [f"site sale {'02' * 6}: bought 1x, sold 2x"]

@@ -12,7 +12,12 @@ A neighbouring site's consumer (``street``) buys what the roofs have left after
 their round (docs/market.md 6.3): both sites log their side (``site_sale``),
 every replica's check passes (:func:`p2pgrid.agent.transit.check_site_sales`),
 and the utility's invoice of that consumer for the period carries the grid fee
-on that energy, paid, with lnd and both logs agreeing to the msat.
+on that energy, paid, with lnd and both logs agreeing to the msat. The consumer
+is killed (SIGKILL, :mod:`p2pgrid.testing.crash`) in the middle of its first
+payment to a roof, before any receipt, and started again by the launcher on
+the same files: restarted, it logs the purchase (``site_sale`` + ``payment``)
+once and hands the roof its receipt, so the block's log credits the roof once
+(checked with the fault suite's checker too).
 
 Then, on the same stack, the site again (another seed) with a day of meter
 history, every device's leftover policy ``sell`` and the EV's allocation short
@@ -23,7 +28,9 @@ roof with real sats (docs/market.md, section 2.9), the roof logs the
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +40,7 @@ from p2pgrid.agent.rounds import check_pooled_sales, round_book
 from p2pgrid.agent.transit import check_site_sales
 from p2pgrid.billing import grid_fee_msat, invoice_memo
 from p2pgrid.demo import check_money, snapshots
-from p2pgrid.launcher import RunResult, run_deployment
+from p2pgrid.launcher import AgentCommand, Running, RunResult, run_deployment
 from p2pgrid.ledger import (
     AllowanceSale,
     Author,
@@ -50,15 +57,25 @@ from p2pgrid.ledger import (
     bill,
     fold,
 )
+from p2pgrid.lightning import InvoiceState
 from p2pgrid.reconcile import NodeSnapshot, Reconciliation
 from p2pgrid.regtest import Stack
 from p2pgrid.scenario import Scenario, load_scenario
-from tests.faults.checker import utility_log
+from tests.faults.checker import Verdict, check_trial, utility_log
 from tests.regtest.conftest import POOLED
 from tests.regtest.deployed import deploy
 
 SCENARIO = POOLED
 Run = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot]]
+#: A run, the exit code of each device killed in it and the fault suite checker's
+#: verdict (taken at once: a later run on the stack changes its nodes).
+Killed = tuple[Scenario, Stack, RunResult, dict[str, NodeSnapshot], dict[str, int], Verdict]
+CRASH = "p2pgrid.testing.crash"
+#: How long a crashing process may take to reach its crash point.
+CRASH_WAIT_S = 120.0
+READINGS_WAIT_S = 10.0
+#: The street's consumer dies in the middle of its first payment to a roof.
+ACROSS_DIES = ("heat-pump", "--mid-payment", "site_sale:0")
 #: The allowance run's weights (budget 2 000 000 msat: 100 000 msat each): the
 #: roofs use nothing, the HVAC about its allocation, the EV more than its own.
 ALLOWANCE_WEIGHTS = {"roof-a": 6, "roof-b": 1, "hvac": 6, "ev": 7}
@@ -90,12 +107,57 @@ def stack(pooled_stack: Stack) -> Stack:
     return pooled_stack
 
 
-@pytest.fixture(scope="module")
-async def run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    tmp = tmp_path_factory.mktemp("pooled")
-    scenario = load_scenario(SCENARIO)
+def short_wait(source: Path, path: Path) -> Path:
+    """``source`` with a short readings wait: a killed device misses intervals, and
+    the utility waits that long for their readings before it invoices."""
+    text = source.read_text()
+    path.write_text(
+        text.replace("[utility]\n", f"[utility]\nreadings_wait_s = {READINGS_WAIT_S}\n", 1)
+    )
+    assert load_scenario(path).utility.readings_wait_s == READINGS_WAIT_S
+    return path
+
+
+async def run_with_kills(
+    stack: Stack, path: Path, work: Path, kills: tuple[tuple[str, str, str], ...]
+) -> Killed:
+    """Deploy ``path`` in ``work`` and run it with each ``(device, option, at)`` of
+    ``kills`` dying there (:mod:`p2pgrid.testing.crash`) and started again by the
+    launcher on the same files (its exit code kept)."""
+    scenario = load_scenario(path)
+    exits: dict[str, int] = {}
+
+    async def restart_when_dead(running: Running, name: str) -> None:
+        exits[name] = await running.exited(name, CRASH_WAIT_S)
+        await running.restart(name)
+
+    async def disrupt(running: Running) -> None:
+        async with asyncio.TaskGroup() as restarts:
+            for name, _, _ in kills:
+                restarts.create_task(restart_when_dead(running, name))
+
     before = await snapshots(scenario, stack)
-    result = await run_deployment(await deploy(SCENARIO, stack, tmp / "run"), start_when_ready=True)
+    result = await run_deployment(
+        await deploy(path, stack, work),
+        agents={name: AgentCommand(CRASH, (option, at)) for name, option, at in kills},
+        during=disrupt,
+        start_when_ready=True,
+    )
+    verdict = await check_trial(scenario, stack, result.work_dir, before, result.sites)
+    return scenario, stack, result, before, exits, verdict
+
+
+@pytest.fixture(scope="module")
+async def killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Killed:
+    """The run, with the street's consumer killed mid-payment across."""
+    tmp = tmp_path_factory.mktemp("pooled")
+    path = short_wait(SCENARIO, tmp / "pooled.toml")
+    return await run_with_kills(stack, path, tmp / "run", (ACROSS_DIES,))
+
+
+@pytest.fixture(scope="module")
+def run(killed: Killed) -> Run:
+    scenario, stack, result, before, _, _ = killed
     return scenario, stack, result, before
 
 
@@ -257,3 +319,37 @@ async def test_a_short_device_buys_leftover_allowance_from_a_roof_with_real_sats
     assert reports["ev"]["allowance_bought_msat"] == sold
     assert reports["roof-a"]["allowance_sold_msat"] == sold
     assert money.ok, str(money)  # each price: the EV's lnd payment, the roof's settled invoice
+
+
+async def test_a_buyer_across_killed_mid_payment_gets_its_sale_logged_once(killed: Killed) -> None:
+    scenario, stack, result, before, exits, verdict = killed
+    name = ACROSS_DIES[0]
+    assert exits == {name: -signal.SIGKILL}
+    assert "is with lnd, not in the log" in (result.work_dir / f"{name}.log").read_text()
+    assert verdict.ok, "\n".join(verdict.problems)  # also: each purchase sold once
+    block_log = await utility_log(scenario, result.work_dir, "block", result.sites["block"])
+    street_log = await utility_log(scenario, result.work_dir, "street", result.sites["street"])
+
+    def sides(log: list[Entry], side: SaleSide) -> Counter[bytes]:
+        return Counter(
+            e.body.payment_hash for e in log if isinstance(e.body, SiteSale) and e.body.side == side
+        )
+
+    bought, sold = sides(street_log, SaleSide.BOUGHT), sides(block_log, SaleSide.SOLD)
+    paid = Counter(e.body.payment_hash for e in street_log if isinstance(e.body, Payment))
+    settled: set[bytes] = set()
+    for roof in ("roof-a", "roof-b"):
+        old = {i.payment_hash for i in before[roof].invoices}
+        async with stack.client(roof) as client:
+            settled |= {
+                bytes.fromhex(i.payment_hash)
+                for i in await client.list_invoices()
+                if i.payment_hash not in old
+                and i.state is InvoiceState.SETTLED
+                and i.memo.startswith("p2pgrid site sale ")
+            }
+    assert settled, "the heat pump bought nothing across"
+    assert set(bought) == set(sold) == settled
+    for payment_hash in settled:
+        counts = (bought[payment_hash], sold[payment_hash], paid[payment_hash])
+        assert counts == (1, 1, 1), payment_hash.hex()
