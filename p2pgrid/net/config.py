@@ -41,6 +41,10 @@ class NetConfig:
     #: Put the host's signed peer record only in the first gossipsub RPC to a
     #: peer (py-libp2p puts it in every RPC, and checks its signature in each).
     sender_record_once: bool = True
+    #: Send the messages this host publishes to every peer subscribed to the topic,
+    #: not only to its mesh (gossipsub v1.1 flood publishing): with more peers than
+    #: the mesh holds, the others need not wait for a relay or a heartbeat's gossip.
+    flood_publish: bool = True
     #: Dial learned peers until this many are connected (bootstrap peers always).
     target_peers: int = 12
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.

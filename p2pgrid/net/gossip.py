@@ -10,19 +10,26 @@ an agent that needs more CPU than it gets falls behind without bound: its
 32-slot outbound queues fill (priority control RPCs first, so messages are the
 ones dropped) and the rest arrives tens of seconds late.
 
-:class:`Gossip` changes two things, both optional parts of gossipsub:
+:class:`Gossip` changes three things, all optional parts of gossipsub:
 
 - it sends IDONTWANT only for messages of at least ``idontwant_min_bytes``
   (go-libp2p's ``IDontWantMessageThreshold``, 1 KiB: the same rule);
 - it puts its signed peer record only in the first RPC to each peer of a
-  connection (``sender_record_once``), not in every one.
+  connection (``sender_record_once``), not in every one;
+- it sends the messages it publishes itself to every peer subscribed to the
+  topic, not only to its mesh (``flood_publish``: gossipsub v1.1's flood
+  publishing, go-libp2p's default). py-libp2p 0.8.1 sends them to the mesh only
+  (D peers), so with more subscribers than the mesh holds the others hear of a
+  message only through a mesh peer's relay or the IHAVE of a later heartbeat
+  (1 s apart). Relays still go to the mesh only: a message costs its author
+  one RPC per subscriber, and the network as much as before.
 
 It also counts what leaves (see :class:`GossipCounters`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +67,13 @@ class Gossip(GossipSub):
         *args: Any,
         idontwant_min_bytes: int = IDONTWANT_MIN_BYTES,
         sender_record_once: bool = True,
+        flood_publish: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.idontwant_min_bytes = idontwant_min_bytes
         self.sender_record_once = sender_record_once
+        self.flood_publish = flood_publish
         self.counters = GossipCounters()
         # Peers that got our signed peer record since they (last) connected.
         self._record_sent: set[ID] = set()
@@ -76,6 +85,40 @@ class Gossip(GossipSub):
     def mesh_size(self, topic: str) -> int:
         """How many peers this host forwards ``topic``'s messages to."""
         return len(self.mesh.get(topic, ()))
+
+    def first_hop(self, topic: str) -> frozenset[ID]:
+        """The peers a message this host publishes on ``topic`` goes to at once: its
+        mesh, or with ``flood_publish`` every gossipsub peer subscribed to the topic."""
+        peers = set(self.mesh.get(topic, ()))
+        if self.flood_publish:
+            peers.update(self._subscribers(topic))
+        return frozenset(peers)
+
+    def _subscribers(self, topic: str) -> Iterator[ID]:
+        if self.pubsub is None:
+            return
+        for peer in self.pubsub.peer_topics.get(topic, ()):
+            if peer in self.peer_protocol:  # speaks gossipsub (or floodsub) with us
+                yield peer
+
+    def _get_peers_to_send(
+        self,
+        topic_ids: Iterable[str],
+        msg_forwarder: ID,
+        origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterable[ID]:
+        topics = list(topic_ids)
+        peers = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
+        own = self.pubsub is not None and origin == self.pubsub.my_id
+        if not (self.flood_publish and own):
+            return peers  # a relay: the mesh, as gossipsub has it
+        for topic in topics:
+            peers.update(self._subscribers(topic))
+        peers.discard(origin)
+        if msg_id is not None:  # a peer that said IDONTWANT still does not get it
+            peers = {p for p in peers if msg_id not in self.dont_send_message_ids.get(p, ())}
+        return peers
 
     async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
         self._idontwant_due = len(pubsub_msg.data) >= self.idontwant_min_bytes

@@ -684,6 +684,15 @@ class PeerHost:
             return frozenset()
         return frozenset(str(peer) for peer in node.gossipsub.mesh.get(name, ()))
 
+    def first_hop_peers(self, topic: Topic | str) -> frozenset[str]:
+        """The peers a message this host publishes on ``topic`` goes to at once: its
+        mesh, or with ``NetConfig.flood_publish`` every peer subscribed to the topic;
+        any other peer hears of it later, through a relay or a heartbeat's gossip."""
+        name = self._topic(topic)
+        if self._node is None:
+            return frozenset()
+        return frozenset(str(peer) for peer in self._node.gossipsub.first_hop(name))
+
     def events(self) -> EventStream:
         """Devices joining and leaving from now on (``async for``); ends when the host stops."""
         stream = EventStream(self, self.config.subscriber_queue)

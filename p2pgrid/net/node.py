@@ -218,6 +218,7 @@ class TrioNode:
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             idontwant_min_bytes=config.idontwant_min_bytes,
             sender_record_once=config.sender_record_once,
+            flood_publish=config.flood_publish,
             degree=config.mesh_degree,
             degree_low=config.mesh_degree_low,
             degree_high=config.mesh_degree_high,
