@@ -55,6 +55,7 @@ from p2pgrid.net import (
     WrongKind,
 )
 from p2pgrid.net import Membership as NetMembership
+from p2pgrid.net.devices import parse_address
 from p2pgrid.net.membership import EVERY_ROLE
 
 log = logging.getLogger(__name__)
@@ -378,14 +379,19 @@ class NetReplica:
     async def push(self, entries: Sequence[Entry], peers: Sequence[str] | None = None) -> int:
         """Hand entries already in the store over direct streams, now, all at once,
         to those of ``peers`` (default: the connected members of the site) that an
-        announcement does not reach at once: the peers outside this host's gossipsub
-        mesh of the log topic, which would hear of it only through a relay or the
-        next heartbeat's gossip (publish too, for the mesh). Returns how many peers
+        announcement does not reach at once (:meth:`PeerHost.first_hop_peers`: with
+        flood publishing every peer subscribed to the log topic gets it at once; else
+        only the gossipsub mesh), which would hear of it only through a relay or the
+        next heartbeat's gossip (publish too, for the others). Returns how many peers
         took them. Best effort, like :meth:`publish`: a peer that is gone, slow
         (:data:`PUSH_TIMEOUT_S`) or refuses is logged, and gossip and anti-entropy
         deliver the entries anyway."""
-        mesh = self.host.mesh_peers(self.topic) | self._own_peers
-        targets = [p for p in (self._site_peers() if peers is None else peers) if p not in mesh]
+        reached = self.host.first_hop_peers(self.topic)  # libp2p peer ids: a hub's devices too
+        targets = [
+            p
+            for p in (self._site_peers() if peers is None else peers)
+            if p not in self._own_peers and parse_address(p)[0] not in reached
+        ]
         if not entries or not targets or self._state is not ReplicaState.RUNNING:
             return 0
         chunks = _announce_chunks(entries)

@@ -74,6 +74,7 @@ class Cluster:
         *,
         offline_writes: int = 0,
         provision: Sequence[Entry] = (),
+        net: NetConfig | None = None,
     ) -> Agent:
         """Open (or reopen) agent ``index``'s store, ingest ``provision`` (owner's
         entries beyond the genesis), write offline, then go online."""
@@ -93,7 +94,7 @@ class Cluster:
         )
         topic = log_net_topic(store.roster)  # who may speak: as this replica's log enrols
         host = PeerHost(
-            NetConfig(bootstrap=bootstrap),
+            dataclasses.replace(net or NetConfig(), bootstrap=bootstrap),
             DeviceKey(self.site.identity, index, self.site.device(index)),
             [topic],
             bridge=self.bridge,
@@ -348,3 +349,45 @@ async def test_a_dead_peer_does_not_stop_anti_entropy_with_live_peers(cluster: C
     assert stats.gossip_appended == 0
     assert stats.gossip_dropped == stats.gossip_received >= 5
     assert stats.rounds_crashed == 0
+
+
+#: No heartbeat within a test (no mesh repair, no IHAVE gossip) and no periodic
+#: anti-entropy: an entry reaches a peer only by an announcement or a push.
+QUIET_NET = {"heartbeat_interval_s": 3600, "mesh_degree": 1, "mesh_degree_low": 1,
+             "mesh_degree_high": 1}  # fmt: skip
+QUIET_REPLICA = ReplicaConfig(anti_entropy_interval_s=3600.0)
+
+
+@pytest.mark.parametrize("flood", [True, False], ids=["flood", "mesh-only"])
+async def test_a_pushed_entry_reaches_peers_outside_the_mesh_without_a_heartbeat(
+    cluster: Cluster, flood: bool
+) -> None:
+    """A payment-like entry announced and pushed (as a device does with its
+    payment) is in every replica without a heartbeat or an anti-entropy round,
+    though the author's gossipsub mesh holds fewer peers than the site: with
+    flood publishing the announcement reaches them all and nothing is pushed;
+    without it the push goes to exactly the peers outside the mesh."""
+    net = NetConfig(flood_publish=flood, **QUIET_NET)  # type: ignore[arg-type]
+    for i in range(5):
+        await cluster.start(i, QUIET_REPLICA, net=net)
+    await cluster.joined_hub()
+    author = cluster.agents[4]
+    peers = {a.host.peer_id for a in cluster.agents.values() if a is not author}
+    await _count(
+        "every peer connected to the author",
+        lambda: {p.peer_id for p in author.host.peers()} == peers,
+    )
+    mesh = author.host.mesh_peers(author.replica.topic)
+    assert len(mesh) < len(peers)  # the premise: the mesh does not hold the site
+
+    entry = await _append(author.writer)
+    cluster.written.append(entry)
+    await author.replica.publish([entry])
+    pushed = await author.replica.push([entry])
+    assert pushed == (0 if flood else len(peers - mesh))
+    await cluster.converged()
+    for agent in cluster.agents.values():
+        if agent is not author:
+            stats = agent.replica.stats()
+            assert stats.pulled_appended == 0
+            assert stats.gossip_appended + stats.push_appended == 1
