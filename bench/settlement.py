@@ -33,7 +33,11 @@ invoice it prints the phases, as p50 over rounds and devices:
     spread      payment entry logged -> in every replica (utility and devices)
     end to end  invoice entry logged -> payment entry in every replica
 
-and the ratio end to end / raw payment of the same mode (target of issue 14: 1.5).
+and the ratio end to end / raw payment of the same mode (target of issue 14: 1.5),
+and the CPU time this process spent per round. ``--flood-publish alternate``
+switches every host's flood publishing (docs/protocol-net.md, section 1) off
+and on in alternate rounds and prints each setting apart: off is the old path
+(the mesh at once, pushes to the members outside it), under the same load.
 ``--replicas R`` adds R devices that use nothing (a host and a replica each, no
 lnd): with more than 6 peers a host's gossipsub mesh (degree 6) no longer holds
 every peer, which is where waiting for gossip costs a heartbeat.
@@ -236,6 +240,7 @@ async def open_site(
     marks: Marks,
     *,
     replicas: int,
+    flood_publish: bool = True,
 ) -> Site:
     run = secrets.token_bytes(16)  # fresh keys and invoice secret: no preimage of a past run
     owner = bench_key(run, "owner")
@@ -273,7 +278,7 @@ async def open_site(
                 name=name,
                 db_path=tmp / f"{name}.db",
                 site=identity,
-                net=NetConfig(bootstrap=bootstrap),
+                net=NetConfig(bootstrap=bootstrap, flood_publish=flood_publish),
                 key=DeviceKey(identity, index, signer),
                 replica=ReplicaConfig(anti_entropy_interval_s=2.0),
                 provision=provision,
@@ -439,6 +444,13 @@ async def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
     parser.add_argument("--stack", default=None, help="use this running stack")
+    parser.add_argument(
+        "--flood-publish",
+        choices=("on", "off", "alternate"),
+        default="on",
+        help="hosts send their own messages to every subscriber (on), to the mesh (off), "
+        "or off and on in alternate rounds, each setting reported apart",
+    )
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its noise as hosts stop
     names = device_names(args.devices)
@@ -458,7 +470,15 @@ async def main() -> None:
                 http, pay = raw_payer(stack.endpoint(name))
                 exits.push_async_callback(http.aclose)
                 raw.append(pay)
-            site = await open_site(exits, stack, names, tmp, marks, replicas=args.replicas)
+            site = await open_site(
+                exits,
+                stack,
+                names,
+                tmp,
+                marks,
+                replicas=args.replicas,
+                flood_publish=args.flood_publish != "off",
+            )
             print(
                 f"machine: {platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
@@ -473,24 +493,42 @@ async def main() -> None:
                 (f"{args.devices} at once", list(range(args.devices))),
             ):
                 raw_ms: list[float] = []
-                rows: list[dict[str, float]] = []
-                for _ in range(args.rounds):  # alternate: both see the same load
+                rows: dict[str, list[dict[str, float]]] = {}  # by flood publishing setting
+                cpu_ms: dict[str, list[float]] = {}
+                for n in range(args.rounds):  # alternate: both see the same load
                     raw_ms += [
                         s * 1000 for s in await raw_round(utility_lnd, [raw[i] for i in devices])
                     ]
                     await stack.wait_settled()
-                    rows += await settle_round(site, period, devices, marks)
+                    flood = args.flood_publish == "on" or (
+                        args.flood_publish == "alternate" and n % 2 == 1
+                    )
+                    if args.flood_publish == "alternate":
+                        for party in site.parties:  # the bench's switch, not an API
+                            party.parts.host._node.gossipsub.flood_publish = flood  # type: ignore[union-attr]
+                    setting = f"flood publish {'on' if flood else 'off'}"
+                    cpu0 = time.process_time()
+                    rows.setdefault(setting, []).extend(
+                        await settle_round(site, period, devices, marks)
+                    )
+                    cpu_ms.setdefault(setting, []).append((time.process_time() - cpu0) * 1000)
                     period += 1
                     await stack.wait_settled()
-                print(f"\n{mode}: {len(rows)} invoices, {len(raw_ms)} raw payments")
+                print(f"\n{mode}: {args.rounds} rounds, {len(raw_ms)} raw payments")
                 print(
                     f"  {'raw lnd payment':<28}{p50(raw_ms):>9.1f} ms p50  (max {max(raw_ms):.1f})"
                 )
-                for phase in PHASES:
-                    values = [r[phase] for r in rows]
-                    print(f"  {phase:<28}{p50(values):>9.1f} ms p50  (max {max(values):.1f})")
-                e2e = p50([r["end to end"] for r in rows])
-                print(f"  ratio end to end / raw lnd payment: {e2e / p50(raw_ms):.2f} (target 1.5)")
+                for setting, of_setting in sorted(rows.items()):
+                    print(f"  {setting}: {len(of_setting)} invoices")
+                    for phase in PHASES:
+                        values = [r[phase] for r in of_setting]
+                        print(f"    {phase:<26}{p50(values):>9.1f} ms p50  (max {max(values):.1f})")
+                    e2e = p50([r["end to end"] for r in of_setting])
+                    print(
+                        f"    {'CPU of this process':<26}{p50(cpu_ms[setting]):>9.1f} ms per round"
+                    )
+                    ratio = e2e / p50(raw_ms)
+                    print(f"    ratio end to end / raw lnd payment: {ratio:.2f} (target 1.5)")
     finally:
         if own:
             await stack.down()
