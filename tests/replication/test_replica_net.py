@@ -373,10 +373,8 @@ async def test_a_pushed_entry_reaches_peers_outside_the_mesh_without_a_heartbeat
     await cluster.joined_hub()
     author = cluster.agents[4]
     peers = {a.host.peer_id for a in cluster.agents.values() if a is not author}
-    await _count(
-        "every peer connected to the author",
-        lambda: {p.peer_id for p in author.host.peers()} == peers,
-    )
+    for peer in peers:  # connected, and subscribed to the log topic as the author sees it
+        await author.host.wait_for_peer(peer, cluster.topic, timeout_s=CONVERGE_S)
     mesh = author.host.mesh_peers(author.replica.topic)
     assert len(mesh) < len(peers)  # the premise: the mesh does not hold the site
 
