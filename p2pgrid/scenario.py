@@ -32,6 +32,14 @@ Example::
     priority = "critical"
     weight = 1
     meter = { kind = "bdew", profile = "g0", annual_kwh = 4000 }
+    [[sites.devices]]
+    name = "s1-hvac"
+    index = 1
+    device_class = "hvac"
+    lightning = "site"          # a light device: it pays through the site node
+    meter = { kind = "bdew", profile = "g0", annual_kwh = 9000 }
+    [sites.site_lightning]
+    node = "store-1-node"       # the site node (needed once a device is light)
 """
 
 from __future__ import annotations
@@ -96,6 +104,9 @@ class DeviceSpec:
     leftover: LeftoverPolicy = KEEP_LEFTOVER
     #: A device whose consumption is also fed by its own meter's production.
     producer: bool = False
+    #: A light device: no lnd of its own, it pays and is paid through its site's
+    #: node (``lightning = "site"``; docs/architecture.md, "Light devices").
+    light: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +115,20 @@ class SiteSpec:
     seed: str
     budget_msat: int
     devices: tuple[DeviceSpec, ...]
+    #: The lnd node its light devices pay and are paid through (None: it has none).
+    site_node: str | None = None
+
+    def node_of(self, device: DeviceSpec) -> str:
+        """The lnd node ``device`` pays from: its own (named as the device), or the
+        site node for a light device."""
+        if device.light:
+            assert self.site_node is not None  # the schema refuses a light device without
+            return self.site_node
+        return device.name
+
+    @property
+    def light_devices(self) -> tuple[DeviceSpec, ...]:
+        return tuple(d for d in self.devices if d.light)
 
     @property
     def owner_signer(self) -> Signer:
@@ -213,7 +238,28 @@ class Scenario:
 
     @property
     def lnd_nodes(self) -> tuple[str, ...]:
-        return (self.utility.name, *(d.name for s in self.sites for d in s.devices))
+        """Every lnd node of the run, one per process: the utility's, each device's
+        on its own lnd, each site node (the gateway of its site's light devices)."""
+        return (
+            self.utility.name,
+            *(d.name for s in self.sites for d in s.devices if not d.light),
+            *(s.site_node for s in self.sites if s.site_node is not None),
+        )
+
+    @property
+    def own_lnd_devices(self) -> tuple[str, ...]:
+        """The devices on an lnd of their own, by name (each node is named as its device)."""
+        return tuple(d.name for s in self.sites for d in s.devices if not d.light)
+
+    @property
+    def site_nodes(self) -> dict[str, int]:
+        """Each site node's name and how many light devices pay through it."""
+        return {s.site_node: len(s.light_devices) for s in self.sites if s.site_node is not None}
+
+    def node_of(self, device_name: str) -> str:
+        """The lnd node device ``device_name`` pays from (:meth:`SiteSpec.node_of`)."""
+        site, device = self.site_of(device_name)
+        return site.node_of(device)
 
 
 def meter_spec(model: MeterModel, base_dir: Path | None) -> MeterSpec:
@@ -253,9 +299,11 @@ def parse_scenario(
                     policy=SurplusPolicy(d.policy),
                     leftover=LeftoverPolicy.parse(d.leftover),
                     producer=d.producer,
+                    light=d.lightning == "site",
                 )
                 for d in s.devices
             ),
+            site_node=s.site_lightning.node if s.site_lightning is not None else None,
         )
         for s in model.sites
     )

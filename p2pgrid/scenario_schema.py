@@ -4,7 +4,9 @@ Validated once, when the file is read (:func:`validate_scenario`): every key has
 one type (no ``"no"`` read as true, no ``1.5`` truncated to ``1``), unknown keys
 are refused (a misspelt key is an error, not a default), and the rules that
 span keys are checked here (budgets and periods positive, ``interval_s`` finite,
-one device per index and per name, one seed per site, at least one site). Any
+one device per index and per name, one seed per site, at least one site, a
+site node for every site with light devices and light devices for every site
+node, one name per process and lnd node). Any
 problem is a :class:`~p2pgrid.errors.ConfigError` naming the file, the key and
 the problem, one line per problem. :mod:`p2pgrid.scenario` builds its frozen
 dataclasses from the validated models.
@@ -145,6 +147,9 @@ class DeviceModel(_Strict):
     #: ``carry_over``, ``sell`` or ``split(f)``.
     leftover: NonEmpty = "carry_over"
     producer: bool = False
+    #: "own": the device has its own lnd; "site": a light device, paying and paid
+    #: through its site's node (docs/architecture.md, "Light devices").
+    lightning: Literal["own", "site"] = "own"
 
     @field_validator("leftover")
     @classmethod
@@ -172,11 +177,21 @@ def devices_used_twice(devices: list[DeviceModel]) -> str | None:
 ReadingsWait = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 
+class SiteLightningModel(_Strict):
+    """A site's own lnd node, through which its light devices pay and are paid."""
+
+    #: The node's name: the stack's lnd node, and the process of the gateway that
+    #: runs the site's light devices.
+    node: NonEmpty
+
+
 class SiteModel(_Strict):
     name: NonEmpty
     seed: NonEmpty
     budget_msat: Positive
     devices: Annotated[list[DeviceModel], Field(min_length=1)]
+    #: The site node of its light devices (``lightning = "site"``), if it has any.
+    site_lightning: SiteLightningModel | None = None
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
@@ -184,6 +199,28 @@ class SiteModel(_Strict):
         if twice:
             raise ValueError(f"site {self.name!r}: {twice}")
         return self
+
+    @model_validator(mode="after")
+    def _light_devices_have_a_node(self) -> Self:
+        light = self.light_devices
+        if light and self.site_lightning is None:
+            raise ValueError(
+                f"site {self.name!r}: {', '.join(light)} "
+                f'{"is" if len(light) == 1 else "are"} light (lightning = "site") '
+                'but the site has no site node: give it site_lightning = { node = "<name>" }'
+            )
+        if self.site_lightning is not None and not light:
+            raise ValueError(
+                f"site {self.name!r}: site_lightning names node {self.site_lightning.node!r} "
+                'but no device of the site is light (lightning = "site"): '
+                "make some light or drop site_lightning"
+            )
+        return self
+
+    @property
+    def light_devices(self) -> list[str]:
+        """The names of its light devices, in the file's order."""
+        return [d.name for d in self.devices if d.lightning == "site"]
 
 
 class UtilityModel(_Strict):
@@ -220,10 +257,11 @@ class ScenarioModel(_Strict):
     @model_validator(mode="after")
     def _unique_across_sites(self) -> Self:
         names = [self.utility.name, *(d.name for s in self.sites for d in s.devices)]
+        names += [s.site_lightning.node for s in self.sites if s.site_lightning is not None]
         for what, values in (
             ("site name", [s.name for s in self.sites]),
             ("site seed", [s.seed for s in self.sites]),
-            ("process name (utility and devices; each runs its own lnd)", names),
+            ("name (the utility, devices and site nodes name processes and lnd nodes)", names),
         ):
             twice = sorted(v for v, n in Counter(values).items() if n > 1)
             if twice:

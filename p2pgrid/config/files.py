@@ -38,7 +38,7 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
@@ -205,9 +205,9 @@ class SiteDeviceModel(DeviceModel):
     listen_port: Port = 0
     bootstrap: list[Multiaddr] = Field(default_factory=list)
     mdns: bool = False
-    #: "own": the device has its lnd (``lnd``); "site": a light device, paying and
-    #: paid through the site node (``[site_lightning]``), with no ``lnd`` of its own.
-    lightning: Literal["own", "site"] = "own"
+    #: ``lightning`` (the scenario's key, :class:`DeviceModel`): "own", the device has
+    #: its lnd (``lnd``); "site", a light device, paying and paid through the site
+    #: node (``[site_lightning]``), with no ``lnd`` of its own.
     lnd: LndModel | None = None
     lnd_pubkey: PubkeyHex | None = None  # where the site's peers pay this device
     dashboard: DashboardModel = DashboardModel()  # where this device's dashboard listens

@@ -59,6 +59,7 @@ def agent_setup(site_file: SiteFile, device_name: str) -> AgentSetup:
             policy=SurplusPolicy(row.policy),
             leftover=LeftoverPolicy.parse(row.leftover),
             producer=row.producer,
+            light=row.lightning == "site",
         ),
         signer=signer,
         timing=model.clock.timing(),

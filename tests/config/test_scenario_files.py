@@ -329,3 +329,103 @@ def test_a_device_s_leftover_policy_is_read_exactly(tmp_path: Path) -> None:
     path.write_text(GOOD.replace(FRIDGE_WEIGHT, FRIDGE_WEIGHT + 'leftover = "split(0.3)"\n', 1))
     fridge, solar = load_scenario(path).sites[0].devices
     assert (str(fridge.leftover), str(solar.leftover)) == ("split(0.3)", "carry_over")
+
+
+#: ``GOOD`` with store-1's fridge and solar light on the site node ``store-1-node``.
+LIGHT = (
+    GOOD.replace(FRIDGE_WEIGHT, FRIDGE_WEIGHT + 'lightning = "site"\n', 1)
+    .replace("producer = true\n", 'producer = true\nlightning = "site"\n', 1)
+    .replace(SITE_2, '[sites.site_lightning]\nnode = "store-1-node"\n\n' + SITE_2)
+)
+
+
+def test_light_devices_pay_through_their_site_node(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, LIGHT))
+    store_1, store_2 = scenario.sites
+    assert store_1.site_node == "store-1-node"
+    assert store_2.site_node is None
+    assert [d.light for d in store_1.devices] == [True, True]
+    assert [d.light for d in store_2.devices] == [False]
+    assert {d.name: scenario.node_of(d.name) for s in scenario.sites for d in s.devices} == {
+        "fridge": "store-1-node",
+        "solar": "store-1-node",
+        "hvac": "hvac",
+    }
+    # One lnd per process: the utility, each device on its own, each site node.
+    assert scenario.lnd_nodes == ("utility", "hvac", "store-1-node")
+    assert scenario.site_nodes == {"store-1-node": 2}
+    assert scenario.own_lnd_devices == ("hvac",)
+
+
+def test_a_device_is_on_its_own_lnd_unless_it_says_otherwise(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, GOOD))
+    assert not any(d.light for s in scenario.sites for d in s.devices)
+    assert scenario.lnd_nodes == ("utility", "fridge", "solar", "hvac")
+    assert scenario.site_nodes == {}
+
+
+SITE_NODE = '[sites.site_lightning]\nnode = "store-1-node"\n'
+
+#: (id, the file: LIGHT changed, the key named, the problem named)
+BAD_LIGHT: list[tuple[str, str, str, str]] = [
+    (
+        "a light device in a site with no site node",
+        LIGHT.replace(SITE_NODE, ""),
+        'sites[0] ("store-1")',
+        "site 'store-1': fridge, solar are light (lightning = \"site\") but the site has "
+        "no site node",
+    ),
+    (
+        "a site node with no light device",
+        LIGHT.replace('lightning = "site"\n', ""),
+        'sites[0] ("store-1")',
+        "site_lightning names node 'store-1-node' but no device of the site is light",
+    ),
+    (
+        "a site node named as a device",
+        LIGHT.replace('node = "store-1-node"', 'node = "hvac"'),
+        "(top level)",
+        "name (the utility, devices and site nodes name processes and lnd nodes) used "
+        "twice: 'hvac'",
+    ),
+    (
+        "a site node named as the utility",
+        LIGHT.replace('node = "store-1-node"', 'node = "utility"'),
+        "(top level)",
+        "used twice: 'utility'",
+    ),
+    (
+        "lightning neither own nor site",
+        LIGHT.replace('lightning = "site"', 'lightning = "shared"', 1),
+        'devices[0] ("fridge").lightning',
+        "'own' or 'site'",
+    ),
+    (
+        "a site node without a name",
+        LIGHT.replace('node = "store-1-node"', 'node = ""'),
+        "site_lightning.node",
+        "at least 1 character",
+    ),
+    (
+        "a misspelt site node key",
+        LIGHT.replace('node = "store-1-node"', 'name = "store-1-node"'),
+        "site_lightning",
+        "unknown key",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"), [c[1:] for c in BAD_LIGHT], ids=[c[0] for c in BAD_LIGHT]
+)
+def test_a_bad_light_site_is_one_clear_error(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    assert text != LIGHT
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    assert key in message, message
+    assert problem in message, message
