@@ -222,6 +222,23 @@ class SiteModel(_Strict):
         """The names of its light devices, in the file's order."""
         return [d.name for d in self.devices if d.lightning == "site"]
 
+    def node_of(self, device: DeviceModel) -> str:
+        """The lnd node ``device`` pays from: its own (named as the device), or
+        the site node for a light device."""
+        if device.lightning == "site" and self.site_lightning is not None:
+            return self.site_lightning.node
+        return device.name
+
+    def processes(self) -> dict[str, tuple[str, ...]]:
+        """Its processes and the devices each runs, in the file's order: a device
+        on its own lnd runs alone (the process is named as the device); the light
+        devices run together in one gateway named as their site node, where the
+        first of them is (they share its one client of the node)."""
+        out: dict[str, list[str]] = {}
+        for d in self.devices:
+            out.setdefault(self.node_of(d), []).append(d.name)
+        return {name: tuple(devices) for name, devices in out.items()}
+
 
 class UtilityModel(_Strict):
     name: NonEmpty = "utility"

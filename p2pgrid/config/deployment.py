@@ -23,11 +23,18 @@ The files name:
   any of the owner's sites;
 - each site's ``other_sites`` (the scenario's sites are one owner's) with
   their devices' lnd nodes, and each device's own ``lnd_pubkey``;
+- a site with a site node (the scenario's ``site_lightning``): its
+  ``[site_lightning]`` (the node's endpoint and key) and its light devices'
+  rows with ``lightning = "site"`` and no lnd of their own; the other sites
+  pay a light device at the site node's key;
 - a compressed clock: the scenario's intervals, periods and modelled start
   (``model_start_interval``), interval 0 at ``start``.
 
-Where each process listens is ``listen_hosts`` (by process name; loopback by
-default), for processes placed in network namespaces.
+Where each device and the utility listen is ``listen_hosts`` (by name; loopback
+by default), for processes placed in network namespaces. The processes
+(:attr:`Deployment.processes`): the utility, each device on its own lnd alone,
+and per site node one gateway of its light devices (``agent run --device A
+--device B``), named as the node: its devices share its one client of the node.
 """
 
 from __future__ import annotations
@@ -81,21 +88,31 @@ class Deployment:
     utility_file: Path
     site_files: dict[str, Path]  # site name -> its site file
     device_sites: dict[str, str]  # device name -> its site's name, in the scenario's order
+    #: Each device process's name and the devices it runs (a gateway: several), in the
+    #: scenario's order (:meth:`p2pgrid.scenario_schema.SiteModel.processes`).
+    processes: dict[str, tuple[str, ...]]
     identities: dict[str, SiteIdentity]  # site name -> the owner's public key
     start: dt.datetime  # interval 0
     run_s: float  # from interval 0 to the end of the last period
 
     def argv(self, name: str) -> list[str]:
-        """The ``p2pgrid`` arguments that run process ``name`` (the utility or a device)."""
+        """The ``p2pgrid`` arguments that run process ``name`` (the utility, a device
+        or a gateway of light devices)."""
         if name == self.utility:
             return ["utility", "run", "--config", str(self.utility_file)]
-        site = self.device_sites[name]
-        return ["agent", "run", "--config", str(self.site_files[site]), "--device", name]
+        devices = self.processes[name]
+        site = self.device_sites[devices[0]]
+        chosen = [arg for d in devices for arg in ("--device", d)]
+        return ["agent", "run", "--config", str(self.site_files[site]), *chosen]
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Every process: the utility first, then the devices."""
-        return (self.utility, *self.device_sites)
+        """Every process: the utility first, then the devices' (:attr:`processes`)."""
+        return (self.utility, *self.processes)
+
+    def process_of(self, device: str) -> str:
+        """The process that runs ``device`` (its own, or its site node's gateway)."""
+        return next(name for name, devices in self.processes.items() if device in devices)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,12 +142,15 @@ def write_deployment(
     port: Callable[[str], int] = free_port,
 ) -> Deployment:
     """Write the deployment of the scenario at ``scenario_path`` into ``dir`` (see
-    the module's contract); ``lnd`` gives every process's lnd by name, ``port``
-    picks a free TCP port on a host. Refuses a ``dir`` that holds a deployment already."""
+    the module's contract); ``lnd`` gives every lnd node by name (the utility's, each
+    device's on its own lnd, each site node), ``port`` picks a free TCP port on a host.
+    Refuses a ``dir`` that holds a deployment already."""
     model = load_scenario_model(scenario_path)
     hosts = dict(listen_hosts or {})
     names = [model.utility.name, *(d.name for s in model.sites for d in s.devices)]
-    missing = [n for n in names if n not in lnd]
+    processes = {name: ds for s in model.sites for name, ds in s.processes().items()}
+    node = {d.name: s.node_of(d) for s in model.sites for d in s.devices}
+    missing = [n for n in (model.utility.name, *processes) if n not in lnd]
     if missing:
         raise ConfigError(f"no lnd node for {', '.join(missing)}")
     written = [dir / UTILITY_FILE, dir / "keys"]
@@ -168,10 +188,17 @@ def write_deployment(
                 "listen_host": device_host[d.name],
                 "listen_port": device_port[d.name],
                 "bootstrap": bootstrap.get(d.name, []),
-                "lnd": _lnd(lnd[d.name].endpoint),
-                "lnd_pubkey": lnd[d.name].pubkey,
             }
+            if d.lightning == "own":  # a light device is paid at [site_lightning]'s key
+                row |= {"lnd": _lnd(lnd[d.name].endpoint), "lnd_pubkey": lnd[d.name].pubkey}
             devices.append(row)
+        lightning = {}  # the site node of its light devices, if it has one
+        if site.site_lightning is not None:
+            site_lnd = lnd[site.site_lightning.node]
+            lightning["site_lightning"] = {
+                "pubkey": site_lnd.pubkey,
+                "lnd": _lnd(site_lnd.endpoint),
+            }
         return {
             "site": {
                 "name": site.name,
@@ -190,11 +217,12 @@ def write_deployment(
                     "name": other.name,
                     "owner_pubkey": owners[other.name].site,
                     "entries": f"{other.name}.entries",
-                    "lnd_pubkeys": {d.name: lnd[d.name].pubkey for d in other.devices},
+                    "lnd_pubkeys": {d.name: lnd[node[d.name]].pubkey for d in other.devices},
                 }
                 for other in model.sites
                 if other is not site
             ],
+            **lightning,
         }
 
     site_files = {s.name: dir / f"{s.name}.toml" for s in model.sites}
@@ -257,6 +285,7 @@ def write_deployment(
         utility_file=utility_file,
         site_files=site_files,
         device_sites={d.name: s.name for s in model.sites for d in s.devices},
+        processes=processes,
         identities=identities,
         start=start,
         run_s=model.clock.periods * model.clock.intervals_per_period * model.clock.interval_s,

@@ -4,6 +4,7 @@ and bootstrap addresses; the TOML reads back as it was written."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tempfile
 import tomllib
@@ -37,6 +38,8 @@ from p2pgrid.secretfile import InsecureSecretFile, write_secret
 from p2pgrid.service import Command
 
 SCENARIO = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+#: The demo's: store-1's fridge and hvac light on the site node store-1-node.
+LIGHT = SCENARIO.with_name("two_sites_light.toml")
 START = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
@@ -57,9 +60,11 @@ def fake_lnd(scenario: Scenario) -> dict[str, LndNode]:
     }
 
 
-def deploy(scenario: Scenario, dir: Path, lnd: dict[str, LndNode]) -> Deployment:
+def deploy(
+    scenario: Scenario, dir: Path, lnd: dict[str, LndNode], path: Path = SCENARIO
+) -> Deployment:
     ports = iter(range(20_000, 21_000))
-    return write_deployment(SCENARIO, dir, lnd, start=START, port=lambda _: next(ports))
+    return write_deployment(path, dir, lnd, start=START, port=lambda _: next(ports))
 
 
 def test_the_utility_file_builds_the_scenario_s_utility(tmp_path: Path) -> None:
@@ -129,6 +134,63 @@ def test_each_site_file_builds_its_devices_of_the_scenario(tmp_path: Path) -> No
     ]  # fmt: skip
 
 
+def test_light_devices_run_in_one_gateway_on_their_site_node(tmp_path: Path) -> None:
+    scenario = load_scenario(LIGHT)
+    lnd = fake_lnd(scenario)
+    assert set(lnd) == {"utility", "s1-ev", "s2-solar", "s2-hvac", "s2-heater", "store-1-node"}
+    d = deploy(scenario, tmp_path, lnd, LIGHT)
+    site_node = lnd["store-1-node"]
+    # One process per lnd node: the light two in one gateway, named as their node.
+    assert d.processes == {
+        "store-1-node": ("s1-fridge", "s1-hvac"),
+        "s1-ev": ("s1-ev",),
+        "s2-solar": ("s2-solar",),
+        "s2-hvac": ("s2-hvac",),
+        "s2-heater": ("s2-heater",),
+    }
+    assert d.names == ("utility", *d.processes)
+    assert d.process_of("s1-hvac") == "store-1-node"
+    assert d.process_of("s1-ev") == "s1-ev"
+    assert d.argv("store-1-node") == [
+        "agent", "run", "--config", str(d.site_files["store-1"]),
+        "--device", "s1-fridge", "--device", "s1-hvac",
+    ]  # fmt: skip
+    store_1 = SiteFile(d.site_files["store-1"])
+    assert store_1.model.site_lightning is not None
+    assert store_1.model.site_lightning.pubkey == site_node.pubkey
+    assert store_1.device_lnd(store_1.device("s1-ev")) == lnd["s1-ev"].endpoint
+    every_node = {dev.name: lnd[scenario.node_of(dev.name)].pubkey for s in scenario.sites
+                  for dev in s.devices}  # fmt: skip
+    for name in ("s1-fridge", "s1-hvac"):
+        row = store_1.device(name)
+        assert (row.lightning, row.lnd, row.lnd_pubkey) == ("site", None, None)
+        setup = agent_setup(store_1, name)
+        assert setup.device == scenario.sites[0].device(name)  # light, as the scenario says
+        # The site node's endpoint (named after the site in the file).
+        assert dataclasses.replace(setup.runtime.lnd, name="") == dataclasses.replace(
+            site_node.endpoint, name=""
+        )
+        assert setup.site_node is not None
+        assert setup.site_node.pubkey == site_node.pubkey
+        assert setup.site_node.light == frozenset({0, 1})
+    assert agent_setup(store_1, "s1-ev").site_node is None
+    # Every site pays a light device at the site node: its start's nodes and the
+    # other site's lnd_pubkeys.
+    store_2 = SiteFile(d.site_files["store-2"])
+    assert store_2.model.site_lightning is None
+    for site_file in (store_1, store_2):
+        assert agent_start(site_file)["nodes"] == every_node
+    [other] = store_2.model.other_sites
+    assert other.lnd_pubkeys["s1-fridge"] == other.lnd_pubkeys["s1-hvac"] == site_node.pubkey
+    with pytest.raises(ConfigError, match="no lnd node for store-1-node"):
+        write_deployment(
+            LIGHT,
+            tmp_path / "again",
+            {k: v for k, v in lnd.items() if k != "store-1-node"},
+            start=START,
+        )
+
+
 def test_every_deployment_has_its_own_keys_and_is_written_once(tmp_path: Path) -> None:
     scenario = load_scenario(SCENARIO)
     lnd = fake_lnd(scenario)
@@ -148,13 +210,14 @@ def test_every_deployment_has_its_own_keys_and_is_written_once(tmp_path: Path) -
         )
 
 
-def test_the_written_files_read_back_as_written(tmp_path: Path) -> None:
-    scenario = load_scenario(SCENARIO)
-    d = deploy(scenario, tmp_path, fake_lnd(scenario))
-    for path in (d.utility_file, *d.site_files.values()):
-        copy = tmp_path / f"copy-{path.name}"
-        write_toml(copy, tomllib.loads(path.read_text()))
-        assert copy.read_text() == path.read_text()
+@pytest.mark.parametrize("path", [SCENARIO, LIGHT], ids=["own lnd", "light devices"])
+def test_the_written_files_read_back_as_written(tmp_path: Path, path: Path) -> None:
+    scenario = load_scenario(path)
+    d = deploy(scenario, tmp_path, fake_lnd(scenario), path)
+    for written in (d.utility_file, *d.site_files.values()):
+        copy = tmp_path / f"copy-{written.name}"
+        write_toml(copy, tomllib.loads(written.read_text()))
+        assert copy.read_text() == written.read_text()
 
 
 text = st.text(st.characters(codec="utf-8"), max_size=40)
