@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from p2pgrid.errors import ConfigError
@@ -63,20 +64,35 @@ class Topology:
 UTILITY = "utility"
 DEVICE_CHANNEL_SAT = 5_000_000
 DEVICE_PUSH_SAT = 2_000_000
+#: lnd's largest channel without ``--protocol.wumbo-channels``: 2^24 - 1 sat.
+MAX_CHANNEL_SAT = 16_777_215
 
 
-def utility_star(devices: tuple[str, ...]) -> Topology:
-    """A utility and devices, each device with one channel to the utility.
+def utility_star(devices: Sequence[str], site_nodes: Mapping[str, int] | None = None) -> Topology:
+    """A utility and devices, each device with one channel to the utility; and
+    site nodes (``site_nodes``: each one's name and how many light devices pay
+    through it), each with one channel to the utility sized for all of them.
 
-    The device opens the channel and pushes ``DEVICE_PUSH_SAT`` to the utility's
-    side, so the utility can forward payments *to* devices (device -> device
-    payments route through it).
+    A device opens its channel of ``DEVICE_CHANNEL_SAT`` and pushes
+    ``DEVICE_PUSH_SAT`` to the utility's side, so the utility can forward
+    payments *to* devices (device -> device payments route through it). A site
+    node of ``n`` light devices opens ``n`` times that channel and push (its
+    light devices' bills, shares and sales all leave or reach it), at most
+    :data:`MAX_CHANNEL_SAT`, funded to open it.
     """
-    nodes = (NodeSpec(UTILITY), *(NodeSpec(d) for d in devices))
-    channels = tuple(
-        ChannelSpec(d, UTILITY, DEVICE_CHANNEL_SAT, push_sat=DEVICE_PUSH_SAT) for d in devices
-    )
-    return Topology(nodes=nodes, channels=channels)
+    loads = {**dict.fromkeys(devices, 1), **(site_nodes or {})}
+    if len(loads) != len(devices) + len(site_nodes or {}):
+        raise ConfigError(f"a site node named as a device: {sorted(set(devices) & set(loads))}")
+    nodes, channels = [NodeSpec(UTILITY)], []
+    for name, light in loads.items():
+        if light < 1:
+            raise ConfigError(f"site node {name!r} pays for {light} devices: at least one")
+        capacity = min(DEVICE_CHANNEL_SAT * light, MAX_CHANNEL_SAT)
+        push = capacity * DEVICE_PUSH_SAT // DEVICE_CHANNEL_SAT
+        fund = max(NodeSpec.fund_sat, capacity + NodeSpec.fund_sat // 2)
+        nodes.append(NodeSpec(name, fund_sat=fund))
+        channels.append(ChannelSpec(name, UTILITY, capacity, push_sat=push))
+    return Topology(nodes=tuple(nodes), channels=tuple(channels))
 
 
 DEFAULT_TOPOLOGY = utility_star(("dev-a", "dev-b", "dev-c"))
