@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -160,6 +160,22 @@ class ChildProcess:
                 return got
             if got["event"] == "error":
                 raise ProcessFailed(f"{self.name}: {got} (see {self.log_path})")
+
+    async def expect_each(self, event: str, names: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Read events until one named ``event`` of each device of ``names`` (every
+        line of an agent or gateway names its device: a gateway of several answers
+        for each; others are skipped). An ``error`` event, a ``failed`` event of one
+        of ``names`` or the end of the child raises :class:`ProcessFailed`."""
+        got: dict[str, dict[str, Any]] = {}
+        while len(got) < len(set(names)):
+            line = await self.next_event()
+            name = line.get("name")
+            ours = isinstance(name, str) and name in names
+            if line["event"] == event and isinstance(name, str) and ours and name not in got:
+                got[name] = line
+            elif line["event"] == "error" or (line["event"] == "failed" and ours):
+                raise ProcessFailed(f"{self.name}: {line} (see {self.log_path})")
+        return got
 
     async def send(self, cmd: str, **fields: Any) -> None:
         """Write one command line (nothing if the child has exited)."""

@@ -17,7 +17,11 @@ Every test that runs the processes deploys its scenario this way
 
 1. The utility starts; once its hosts listen (its ready line), the devices start.
 2. Every device agent starts, bootstrapping from the addresses its file names
-   (its site's utility host and the devices listed before it).
+   (its site's utility host and the devices listed before it): a device on its
+   own lnd in a process of its own, a site node's light devices together in one
+   gateway process (``agent run --device A --device B``, named as the node:
+   :attr:`p2pgrid.config.deployment.Deployment.processes`), whose one client of
+   the node they share; its lines name each device.
 3. When every process is done, the launcher waits until all replicas of each
    site have the same digest, asks the utility for its invoices' status, and
    stops everything.
@@ -31,13 +35,15 @@ give their addresses. A :class:`RunObserver` hears of them once the run starts
 Where each process lives is a :class:`Placement` (``place``): by default all
 run here and listen on loopback; a test of several hosts puts the utility and
 each site in its own network namespace (a command prefix, ``ip netns exec
-<ns>``) listening on that namespace's address. Nothing else changes: every
+<ns>``) listening on that namespace's address (a gateway: where its first
+device is placed). Nothing else changes: every
 process bootstraps from the addresses the others' ready lines gave, and
 reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackConfig`,
 ``rest_host``).
 
 A test may disrupt the run (``during``): :meth:`Running.restart` kills a device
-agent with SIGKILL and starts the same ``p2pgrid agent run`` command again (its
+agent (with a gateway's other devices) with SIGKILL and starts the same
+``p2pgrid agent run`` command again (its
 file gives the start, or, with ``--await-start``, the same ``start`` line); the
 agent rejoins the running
 scenario from its own replica (:meth:`p2pgrid.agent.device.DeviceAgent.run`).
@@ -71,7 +77,7 @@ from p2pgrid.scenario import Scenario, SiteSpec, load_scenario
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0  # per device: a gateway opens its devices one after another
 START_DELAY_S = 3.0  # between "all ready" and interval 0: the mesh settles
 SETTLE_MARGIN_S = 120.0  # after the last interval: invoices and payments
 CONVERGE_TIMEOUT_S = 60.0
@@ -165,6 +171,8 @@ class Running:
     utility: ChildProcess
     pubkeys: dict[str, str]
     argv: dict[str, list[str]]  # every process's arguments (the product's, no test extras)
+    #: Each device process's name and its devices (a gateway: several).
+    processes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     restarts: dict[str, int] = dataclasses.field(default_factory=dict)
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
     utility_pubkey: str = ""
@@ -184,16 +192,24 @@ class Running:
         if delay > 0:
             await asyncio.sleep(delay)
 
+    def process_of(self, device: str) -> str:
+        """The process that runs ``device`` (its own, or its site node's gateway)."""
+        return next((p for p, names in self.processes.items() if device in names), device)
+
     async def restart(self, name: str) -> None:
-        """SIGKILL device ``name`` and start it again on the same files; returns
-        once it is ready and was told to start (same start time and nodes as
-        everyone; a deployment's too with ``--await-start``), or (a deployment's
-        on its file's clock) once it is ready: its file says when."""
+        """SIGKILL device ``name`` (a gateway's: with its other devices) and start it
+        again on the same files; returns once it is ready and was told to start
+        (same start time and nodes as everyone; a deployment's too with
+        ``--await-start``), or (a deployment's on its file's clock) once it is
+        ready: its file says when."""
         await self.devices[name].kill()
-        child, up = await self._respawn(self.programs[0], name)
-        self.devices[name] = child
-        if up["pubkey"] != self.pubkeys[name]:
-            raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
+        process = self.process_of(name)
+        names = self.processes.get(process, (name,))
+        child, ready = await self._respawn(self.programs[0], process, names)
+        for device, up in ready.items():
+            self.devices[device] = child
+            if up["pubkey"] != self.pubkeys[device]:
+                raise ProcessFailed(f"{device} came back on another lnd node: {up['pubkey']}")
         if self.send_start:
             await child.send("start", at=self.at, nodes=self.pubkeys)
 
@@ -204,7 +220,8 @@ class Running:
         redial it."""
         name = self.scenario.utility.name
         await self.utility.kill()
-        self.utility, up = await self._respawn(self.programs[1], name)
+        self.utility, ready = await self._respawn(self.programs[1], name)
+        up = ready[name]
         if up["pubkey"] != self.utility_pubkey:
             raise ProcessFailed(f"{name} came back on another lnd node: {up['pubkey']}")
         if up["addrs"] != self.utility_addrs:
@@ -219,7 +236,11 @@ class Running:
         async with asyncio.timeout(timeout_s):
             return await child.wait()
 
-    async def _respawn(self, module: str, name: str) -> tuple[ChildProcess, dict[str, Any]]:
+    async def _respawn(
+        self, module: str, name: str, devices: tuple[str, ...] = ()
+    ) -> tuple[ChildProcess, dict[str, dict[str, Any]]]:
+        """Process ``name`` started again; its ready line (the utility's), or each
+        of ``devices``'."""
         n = self.restarts[name] = self.restarts.get(name, 0) + 1
         child = await _spawn(
             module,
@@ -230,8 +251,10 @@ class Running:
             self.placements.get(name, Placement()),
         )
         self.children.append(child)
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            return child, await child.expect("ready")
+        async with asyncio.timeout(READY_TIMEOUT_S * max(1, len(devices))):
+            if not devices:
+                return child, {name: await child.expect("ready")}
+            return child, await child.expect_each("ready", devices)
 
 
 #: What a test does to a running scenario; it returns before the last interval.
@@ -300,16 +323,19 @@ async def run_deployment(
     every process is done, the replicas' agreement and the invoices' state are
     asked for (see the module's contract), then every process is stopped.
     ``during`` runs once every process is ready (see :class:`Running`; a restart
-    runs the product's command again); ``utility`` and ``agents`` (by device name):
+    runs the product's command again); ``utility`` and ``agents`` (by process name: a
+    device's own, :attr:`~p2pgrid.config.deployment.Deployment.processes`):
     test programs run in place of ``p2pgrid utility run`` / ``agent run`` on the same
     files; ``place`` says where each process runs (its :class:`Placement`'s
-    ``prefix``; the files name its ``listen_host``: ``write_deployment``'s ``listen_hosts``)."""
+    ``prefix``; the files name its ``listen_host``: ``write_deployment``'s ``listen_hosts``;
+    a gateway of light devices lives where its first device is placed)."""
     children: list[ChildProcess] = []
     programs: dict[str, UtilityCommand | AgentCommand] = dict(agents or {})
     if utility is not None:
         programs[deployment.utility] = utility
     try:
-        placements = {name: place(name) for name in deployment.names}
+        placements = {deployment.utility: place(deployment.utility)}
+        placements |= {name: place(ds[0]) for name, ds in deployment.processes.items()}
         return await _run_deployment(
             deployment, children, observer, during, programs, start_when_ready, placements
         )
@@ -346,13 +372,16 @@ async def _run_deployment(
     async with asyncio.timeout(READY_TIMEOUT_S):
         ready = await utility.expect("ready")  # its hosts listen: devices dial them
     dashboards = {uname: str(ready.get("dashboard", ""))}
-    devices = {name: await spawn(name) for name in deployment.device_sites}
+    processes = deployment.processes
+    started = {name: await spawn(name) for name in processes}
+    devices = {d: started[name] for name, names in processes.items() for d in names}
     pubkeys = {}
-    for name, child in devices.items():
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            up = await child.expect("ready")
-        dashboards[name] = str(up.get("dashboard", ""))
-        pubkeys[name] = str(up["pubkey"])
+    for name, child in started.items():
+        async with asyncio.timeout(READY_TIMEOUT_S * len(processes[name])):
+            ready_devices = await child.expect_each("ready", processes[name])
+        for device, up in ready_devices.items():
+            dashboards[device] = str(up.get("dashboard", ""))
+            pubkeys[device] = str(up["pubkey"])
     at = deployment.start.timestamp()
     if start_when_ready:
         at = time.time() + START_DELAY_S
@@ -378,6 +407,7 @@ async def _run_deployment(
                     name: command_line(deployment, name, await_start=start_when_ready)
                     for name in deployment.names
                 },
+                processes=dict(processes),
                 placements=placements,
                 utility_pubkey=str(ready["pubkey"]),
                 utility_addrs=ready["addrs"],
@@ -386,14 +416,13 @@ async def _run_deployment(
             )
             await during(running)
             utility = running.utility  # it may have been restarted
-        for name in list(devices):
-            reports[name] = (await devices[name].expect("done"))["report"]
+        for names in processes.values():  # a restart may have replaced the process
+            done = await devices[names[0]].expect_each("done", names)
+            reports |= {device: line["report"] for device, line in done.items()}
+        reports = {device: reports[device] for device in deployment.device_sites}
         invoices = (await utility.expect("done"))["invoices"]
-    sites: dict[str, list[str]] = {}
-    for device, site in deployment.device_sites.items():
-        sites.setdefault(site, []).append(device)
     return await _finish(
-        Ended(uname, sites, utility, devices, reports, invoices),
+        Ended(uname, deployment.device_sites, processes, utility, devices, reports, invoices),
         RunResult([], [], {}, {}, work_dir, dashboards, dict(deployment.identities)),
         observer,
     )
@@ -404,7 +433,8 @@ class Ended:
     """A run whose processes are all done (and still serve their replicas)."""
 
     utility_name: str
-    sites: dict[str, list[str]]  # site name -> its devices' names
+    sites: dict[str, str]  # device name -> its site's name
+    processes: dict[str, tuple[str, ...]]  # device process name -> its devices
     utility: ChildProcess
     devices: dict[str, ChildProcess]
     reports: dict[str, dict[str, Any]]  # the devices' done reports
@@ -439,11 +469,11 @@ async def _converged(ended: Ended) -> dict[str, dict[str, str]]:
             site: {f"{ended.utility_name}/{site}": digest}
             for site, digest in (await ended.utility.expect("digest"))["digests"].items()
         }
-        for site, names in ended.sites.items():
-            for name in names:
-                await ended.devices[name].send("digest")
-                got = await ended.devices[name].expect("digest")
-                by_site[site][name] = got["digest"]
+        for names in ended.processes.values():  # a gateway answers for each device
+            child = ended.devices[names[0]]
+            await child.send("digest")
+            for name, got in (await child.expect_each("digest", names)).items():
+                by_site[ended.sites[name]][name] = got["digest"]
         latest.clear()
         latest.update(by_site)
         return by_site if all(len(set(d.values())) == 1 for d in by_site.values()) else None

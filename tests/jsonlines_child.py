@@ -1,4 +1,5 @@
-"""A child process for tests/test_jsonlines.py: echoes commands as events."""
+"""A child process for tests/test_jsonlines.py: echoes commands as events
+(``say``: the event its ``event`` names, with its other fields)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ async def main() -> None:
         async for command in commands_in:
             if command["cmd"] == "stop":
                 break
-            emit("echo", **command)
+            if command["cmd"] == "say":
+                emit(**{k: v for k, v in command.items() if k != "cmd"})
+            else:
+                emit("echo", **command)
     emit("stopped")
 
 

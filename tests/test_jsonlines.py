@@ -23,6 +23,24 @@ async def test_commands_go_in_and_events_come_out(tmp_path: Path) -> None:
         await child.kill()
 
 
+async def test_a_gateway_s_lines_are_read_for_each_of_its_devices(tmp_path: Path) -> None:
+    """``expect_each``: one line of the event per device, in any order, others
+    skipped; a ``failed`` line of one of them ends the wait."""
+    child = await ChildProcess.spawn("echo", "tests.jsonlines_child", [], tmp_path / "echo.log")
+    try:
+        await child.expect("ready")
+        for event, name in [("done", "b"), ("digest", "a"), ("done", "c"), ("done", "a")]:
+            await child.send("say", event=event, name=name, n=len(name))
+        got = await child.expect_each("done", ["a", "b"])
+        assert got == {n: {"event": "done", "name": n, "n": 1} for n in ("a", "b")}
+        await child.send("say", event="failed", name="x", error="boom")  # not one of theirs
+        await child.send("say", event="failed", name="b", error="boom")
+        with pytest.raises(ProcessFailed, match=r"'failed', 'name': 'b'"):
+            await child.expect_each("done", ["b"])
+    finally:
+        await child.kill()
+
+
 async def test_a_malformed_command_is_an_error_event_and_the_child_goes_on(
     tmp_path: Path,
 ) -> None:

@@ -26,14 +26,17 @@ async def deploy(
     place: Placer = on_this_host,
     port: Callable[[str], int] = free_port,
 ) -> Deployment:
-    """The deployment of ``scenario_path`` in ``dir`` on ``stack``'s lnd nodes; each
-    process listens where ``place`` puts it (``port`` picks its ports)."""
-    names = load_scenario(scenario_path).lnd_nodes
+    """The deployment of ``scenario_path`` in ``dir`` on ``stack``'s lnd nodes; the
+    utility and each device listen where ``place`` puts them (``port`` picks their
+    ports)."""
+    scenario = load_scenario(scenario_path)
+    names = scenario.lnd_nodes  # one per process
+    listening = (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices))
     return write_deployment(
         scenario_path,
         dir,
         await lnd_nodes(stack, names),
         start=start_after_lead(len(names)),
-        listen_hosts={name: place(name).listen_host for name in names},
+        listen_hosts={name: place(name).listen_host for name in listening},
         port=port,
     )
