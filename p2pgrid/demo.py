@@ -2,17 +2,22 @@
 the way an operator deploys them.
 
 Brings up btcd and one lnd per process of the scenario (funded, with channels to
-the utility), writes the scenario as deployment files into the work directory
+the utility): the utility's, each device's on its own lnd, each site node (the
+one lnd of a site's light devices, its channel sized for all of them: the
+shipped scenario, ``two_sites_light.toml``, has store-1's fridge and hvac
+light), writes the scenario as deployment files into the work directory
 (:func:`p2pgrid.config.deployment.write_deployment`: fresh keys made by the
 owner's own steps, ``utility.toml`` and one ``<site>.toml`` per site, fixed
 ports, a compressed clock whose interval 0 is a moment after every process can
 be up), prints the commands and runs them: ``p2pgrid utility run`` and one
-``p2pgrid agent run`` per device (:func:`p2pgrid.launcher.run_deployment`), each
-its own OS process. Then it prints each site's period reports (table and PNG),
+``p2pgrid agent run`` per device on its own lnd and per site node (a gateway of
+its light devices: :func:`p2pgrid.launcher.run_deployment`), each its own OS
+process. Then it prints each site's period reports (table and PNG),
 the invoices, whether every site's replicas agree, and whether every node's lnd
-agrees with the logs to the msat (:func:`check_money`). While it runs it prints
-the utility's dashboard address (every agent serves one too); with ``keep`` the
-processes and their dashboards stay up until Ctrl-C.
+agrees with the logs to the msat (:func:`check_money`: a site node's payments
+are its light devices', and a share between two of them an internal transfer).
+While it runs it prints the utility's dashboard address (every agent serves one
+too); with ``keep`` the processes and their dashboards stay up until Ctrl-C.
 
 The work directory is the demo's: a directory that a previous demo wrote (its
 marker file ``DEMO_MARKER``) is emptied first; any other non-empty one is refused.
@@ -51,7 +56,7 @@ from p2pgrid.regtest.topology import utility_star
 from p2pgrid.report import period_report, report_png, report_table
 from p2pgrid.scenario import Scenario, load_scenario
 
-DEFAULT_SCENARIO = "two_sites.toml"
+DEFAULT_SCENARIO = "two_sites_light.toml"
 #: Written into the work directory: a later demo may empty it.
 DEMO_MARKER = ".p2pgrid-demo"
 
@@ -92,8 +97,8 @@ async def run_demo(
     own = stack is None
     if stack is None:
         daemons = await ensure_daemons(console=console)
-        devices = tuple(d.name for s in scenario.sites for d in s.devices)
-        config = StackConfig(name=stack_name, topology=utility_star(devices))
+        topology = utility_star(scenario.own_lnd_devices, scenario.site_nodes)
+        config = StackConfig(name=stack_name, topology=topology)
         stack = Stack(
             config if stack_root is None else dataclasses.replace(config, root=stack_root),
             daemons,
@@ -228,9 +233,9 @@ async def print_reports(console: Console, scenario: Scenario, result: RunResult)
 
 
 async def snapshots(scenario: Scenario, stack: Stack) -> dict[str, NodeSnapshot]:
-    """Every node of the scenario as lnd shows it now."""
+    """Every lnd node of the scenario as lnd shows it now."""
     out = {}
-    for name in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices)):
+    for name in scenario.lnd_nodes:
         async with stack.client(name) as node:
             out[name] = await snapshot(name, node)
     return out
@@ -252,10 +257,11 @@ async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, lis
 async def check_money(
     scenario: Scenario, stack: Stack, result: RunResult, before: dict[str, NodeSnapshot]
 ) -> Reconciliation:
-    """Reconcile every node's lnd since ``before`` against the sites' logs."""
+    """Reconcile every node's lnd since ``before`` against the sites' logs (a light
+    device's money is its site node's)."""
     members: dict[Party, str] = {}
     for site in scenario.sites:
-        devices = {d.index: d.name for d in site.devices}
+        devices = {d.index: site.node_of(d) for d in site.devices}
         site_hash = result.identity(site).site_hash
         members |= site_members(site_hash, devices, utility=scenario.utility.name)
     return reconcile(

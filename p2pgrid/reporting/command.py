@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from(args: argparse.Namespace) -> ReportRequest:
-    default = importlib.resources.files("p2pgrid.scenarios") / "two_sites.toml"
+    # The demo's (p2pgrid.demo.DEFAULT_SCENARIO).
+    default = importlib.resources.files("p2pgrid.scenarios") / "two_sites_light.toml"
     return ReportRequest(
         scenario=args.scenario or Path(str(default)),
         site=args.site,

@@ -4,9 +4,10 @@ Every test here is marked ``regtest`` and runs in CI: the daemons are built on
 first use (cached), and the stack lives under the p2pgrid cache dir, named after
 this pytest process so that a crashed session's stack is found and reaped.
 
-The modules that run the shipped two-site scenario (the demo, end to end, the
-restarts) share one more stack, :func:`two_sites_stack` (a utility and the six
-devices, each with a channel to it), and those that run ``pooled_site.toml``
+The modules that run the shipped two-site scenarios (the demo's
+``two_sites_light.toml``, and ``two_sites.toml``: end to end, the restarts)
+share one more stack, :func:`two_sites_stack` (a utility, the six devices and
+the demo's site node of store-1, each with a channel to it), and those that run ``pooled_site.toml``
 (pooled sales, pay on delivery) :func:`pooled_stack` (each up until this
 directory's tests are done): bringing one up takes about a minute on a loaded
 2-core machine. Each run on one snapshots every node
@@ -34,6 +35,8 @@ from p2pgrid.scenario import load_scenario
 TEST_ROOT = default_root() / "pytest"
 #: The shipped two-site scenario: one owner's two stores, three devices each.
 TWO_SITES = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites.toml"
+#: The demo's: the same with store-1's fridge and hvac light on a site node.
+TWO_SITES_LIGHT = TWO_SITES.with_name("two_sites_light.toml")
 #: One site's block of devices selling to each other (its seed: the test's to replace).
 POOLED = Path(__file__).with_name("pooled_site.toml")
 
@@ -75,12 +78,21 @@ async def stack(daemons: Daemons) -> AsyncIterator[Stack]:
 
 
 @contextlib.asynccontextmanager
-async def scenario_stack(daemons: Daemons, scenario: Path, name: str) -> AsyncIterator[Stack]:
-    """A stack of ``scenario``'s processes (every one its lnd; each device with a
-    channel to the utility), named ``name`` and this session's pid."""
-    devices = tuple(d.name for s in load_scenario(scenario).sites for d in s.devices)
+async def scenario_stack(daemons: Daemons, name: str, *scenarios: Path) -> AsyncIterator[Stack]:
+    """A stack of the lnd nodes of ``scenarios`` (one per process: the utility's,
+    each device's on its own lnd, each site node; each with a channel to the
+    utility), named ``name`` and this session's pid."""
+    devices: dict[str, None] = {}  # ordered: the scenarios', in their order
+    site_nodes: dict[str, int] = {}
+    for path in scenarios:
+        scenario = load_scenario(path)
+        devices |= dict.fromkeys(scenario.own_lnd_devices)
+        for node, light in scenario.site_nodes.items():
+            site_nodes[node] = max(light, site_nodes.get(node, 0))
     config = StackConfig(
-        name=f"{name}-{os.getpid()}", root=TEST_ROOT, topology=utility_star(devices)
+        name=f"{name}-{os.getpid()}",
+        root=TEST_ROOT,
+        topology=utility_star(tuple(devices), site_nodes),
     )
     stack = Stack(config, daemons)
     await stack.up()
@@ -92,8 +104,9 @@ async def scenario_stack(daemons: Daemons, scenario: Path, name: str) -> AsyncIt
 
 @pytest.fixture(scope="package")  # stopped once tests/regtest is done, not idle after it
 async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
-    """The stack of :data:`TWO_SITES`, shared by the modules that run that scenario."""
-    async with scenario_stack(daemons, TWO_SITES, "two-sites") as stack:
+    """The stack of :data:`TWO_SITES` and :data:`TWO_SITES_LIGHT`, shared by the
+    modules that run them."""
+    async with scenario_stack(daemons, "two-sites", TWO_SITES, TWO_SITES_LIGHT) as stack:
         yield stack
 
 
@@ -101,7 +114,7 @@ async def two_sites_stack(daemons: Daemons) -> AsyncIterator[Stack]:
 async def pooled_stack(daemons: Daemons) -> AsyncIterator[Stack]:
     """The stack of :data:`POOLED` (one site's block of devices), shared by the
     modules that run that scenario (pooled sales, pay on delivery)."""
-    async with scenario_stack(daemons, POOLED, "pooled") as stack:
+    async with scenario_stack(daemons, "pooled", POOLED) as stack:
         yield stack
 
 

@@ -5,10 +5,12 @@ fixture's does, :meth:`p2pgrid.regtest.Stack.up`).
 
 Asserted: the demo printed the commands it ran, and they are the deployed
 commands on the files it wrote (which validate, and whose keys are fresh, not
-the scenario's seed keys); the two stores, each its own site file, still share
+the scenario's seed keys), store-1's light devices in one gateway on its site
+node; the two stores, each its own site file, still share
 budget between them (the owner's other sites); every invoice the logs call for
 is issued and paid, and every period settled; every site's replicas agree; lnd
-and the logs agree to the msat (the demo's own check, printed); and ``p2pgrid
+and the logs agree to the msat (the demo's own check, printed; the site node's
+payments are its light devices'); and ``p2pgrid
 report`` reads the demo's work directory.
 """
 
@@ -44,6 +46,8 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
     )
     printed = out.getvalue()
     scenario = load_scenario(default_scenario())
+    kinds = {d.light for site in scenario.sites for d in site.devices}
+    assert kinds == {True, False}  # the demo shows light devices and devices on their own lnd
     assert f"p2pgrid -v utility run --config {work / 'utility.toml'} --control" in printed
     for site in scenario.sites:
         site_file = SiteFile(work / f"{site.name}.toml")
@@ -52,9 +56,13 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
         assert [o.name for o in site_file.model.other_sites] == [
             s.name for s in scenario.sites if s != site
         ]
+        # A site node's light devices run in one gateway, every other device alone.
+        assert (site_file.model.site_lightning is None) == (site.site_node is None)
+        light = [d.name for d in site.light_devices]
         for device in site.devices:
-            command = f"p2pgrid -v agent run --config {site_file.path} --device {device.name}"
-            assert command + " --control" in printed
+            devices = " ".join(f"--device {n}" for n in (light if device.light else [device.name]))
+            command = f"p2pgrid -v agent run --config {site_file.path} {devices} --control"
+            assert command in printed
     assert [s.name for s in UtilityFile(work / "utility.toml").model.sites] == [
         s.name for s in scenario.sites
     ]
