@@ -49,7 +49,15 @@ from p2pgrid.launcher import (
 )
 from p2pgrid.ledger import Entry, LedgerView, LogStore, fold
 from p2pgrid.ledger.activity import activity
-from p2pgrid.reconcile import NodeSnapshot, Party, Reconciliation, reconcile, site_members, snapshot
+from p2pgrid.reconcile import (
+    NodeSnapshot,
+    Party,
+    Reconciliation,
+    log_payments,
+    reconcile,
+    site_members,
+    snapshot,
+)
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.stack import remove_tree
 from p2pgrid.regtest.topology import utility_star
@@ -116,6 +124,8 @@ async def run_demo(
         async def summary(result: RunResult) -> None:
             await print_reports(console, scenario, result)
             checked = await check_money(scenario, stack, result, before)
+            for line in await site_node_lines(scenario, result):
+                console.print(line)
             console.print(
                 f"lnd and the logs: [green]agree[/] ({checked})"
                 if checked.ok
@@ -254,20 +264,49 @@ async def site_entries(scenario: Scenario, result: RunResult) -> dict[bytes, lis
     return logs
 
 
-async def check_money(
-    scenario: Scenario, stack: Stack, result: RunResult, before: dict[str, NodeSnapshot]
-) -> Reconciliation:
-    """Reconcile every node's lnd since ``before`` against the sites' logs (a light
-    device's money is its site node's)."""
+def node_members(scenario: Scenario, result: RunResult) -> dict[Party, str]:
+    """The lnd node of every party of the run: a device's own, a light device's
+    site node, the utility's."""
     members: dict[Party, str] = {}
     for site in scenario.sites:
         devices = {d.index: site.node_of(d) for d in site.devices}
         site_hash = result.identity(site).site_hash
         members |= site_members(site_hash, devices, utility=scenario.utility.name)
+    return members
+
+
+async def check_money(
+    scenario: Scenario, stack: Stack, result: RunResult, before: dict[str, NodeSnapshot]
+) -> Reconciliation:
+    """Reconcile every node's lnd since ``before`` against the sites' logs (a light
+    device's money is its site node's)."""
     return reconcile(
         before=before,
         after=await snapshots(scenario, stack),
         logs=await site_entries(scenario, result),
-        members=members,
+        members=node_members(scenario, result),
         routers={scenario.utility.name},
     )
+
+
+async def site_node_lines(scenario: Scenario, result: RunResult) -> list[str]:
+    """A line per site node: its light devices, and how many of the logs' payments
+    from them were internal transfers (to another light device of the node: no
+    Lightning hop) or went over Lightning."""
+    members = node_members(scenario, result)
+    moves = log_payments(await site_entries(scenario, result))
+    lines = []
+    for site in scenario.sites:
+        if site.site_node is None:
+            continue
+        paying = [m for m in moves if members.get((m.site, m.entry.author)) == site.site_node]
+        inside = sum(
+            1 for m in paying if m.payee is not None and members.get(m.payee) == site.site_node
+        )
+        lines.append(
+            f"site node {escape(site.site_node)} of {escape(site.name)}: light devices "
+            + ", ".join(escape(d.name) for d in site.light_devices)
+            + f"; {inside} payment(s) between them (internal transfers, no Lightning hop), "
+            + f"{len(paying) - inside} over Lightning"
+        )
+    return lines

@@ -89,6 +89,17 @@ async def test_the_demo_runs_the_deployed_commands_from_files(
     assert set(statuses.values()) == {"paid"}, statuses
     assert sum(r["site_shares_received_msat"] for r in result.reports.values()) > 0
     assert "lnd and the logs: agree" in printed, printed[-3000:]
+    # The light devices paid (their invoices at least) from the site node.
+    for site in (s for s in scenario.sites if s.site_node is not None):
+        light = ", ".join(d.name for d in site.light_devices)
+        said = re.search(
+            rf"site node {site.site_node} of {site.name}: light devices {light}; "
+            r"(\d+) payment\(s\) between them \(internal transfers, no Lightning hop\), "
+            r"(\d+) over Lightning",
+            printed,
+        )
+        assert said is not None, printed[-3000:]
+        assert int(said[2]) >= 1
     # `p2pgrid report` on the demo's work directory finds the sites' fresh keys
     # in its site files.
     request = ReportRequest(default_scenario(), "store-2", None, None, work, tmp_path / "r")
