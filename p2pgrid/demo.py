@@ -115,7 +115,8 @@ async def run_demo(
         await stack.up()
     try:
         before = await snapshots(scenario, stack)
-        start = start_after_lead(len(scenario.lnd_nodes))
+        # Every device counts: a gateway opens its light devices one after another.
+        start = start_after_lead(1 + sum(len(s.devices) for s in scenario.sites))
         deployment = write_deployment(
             path, work_dir, await lnd_nodes(stack, scenario.lnd_nodes), start=start
         )
