@@ -570,7 +570,10 @@ async def run_gateway(
                 if all(d.failed for d in devices):
                     service.stopping.set()  # nothing left to run
                 return
-            emit("done", name=device.name, report=dataclasses.asdict(report))
+            # Its host's counters too (messages published, RPCs sent): what the
+            # scale bench reports as pubsub traffic per interval.
+            net = dataclasses.asdict(device.host.stats())
+            emit("done", name=device.name, report=dataclasses.asdict(report), net=net)
 
         async def handle(command: Command) -> None:
             if command["cmd"] == "start":

@@ -1,0 +1,77 @@
+"""The scale fleet's files (:mod:`p2pgrid.testing.fleet`): what the bench and its
+end-to-end test run is what the plan says, and files the product accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pgrid.config.deployment import LndNode
+from p2pgrid.config.files import SiteFile, UtilityFile
+from p2pgrid.config.keys import read_entries
+from p2pgrid.identity import Signer, SiteIdentity
+from p2pgrid.ledger import Allocation, Enrol, Role
+from p2pgrid.lightning import LndEndpoint
+from p2pgrid.testing.fleet import FleetNodes, FleetPlan, write_fleet
+
+#: Public keys in the form lnd prints (any valid point will do for the files).
+PUBKEYS = [Signer.generate().pubkey.hex() for _ in range(5)]
+
+
+def nodes(names: list[str], tmp_path: Path) -> dict[str, LndNode]:
+    return {
+        name: LndNode(
+            LndEndpoint(
+                name,
+                "127.0.0.1",
+                10_000 + i,
+                tmp_path / f"{name}.cert",
+                tmp_path / f"{name}.macaroon",
+            ),
+            PUBKEYS[i],
+        )
+        for i, name in enumerate(names)
+    }
+
+
+def test_the_plan_spreads_devices_and_own_lnds_over_the_sites() -> None:
+    plan = FleetPlan(devices=10, sites=3, light_fraction=0.7, interval_s=5.0, intervals=2)
+    assert [plan.site_size(s) for s in range(3)] == [4, 3, 3]
+    assert plan.lnd_devices == 3
+    assert list(plan.own_lnd()) == [(0, 0), (1, 0), (2, 0)]
+    with pytest.raises(ValueError, match="sites"):
+        FleetPlan(devices=2, sites=3, light_fraction=1.0, interval_s=5.0, intervals=2)
+    with pytest.raises(ValueError, match="light fraction"):
+        FleetPlan(devices=2, sites=1, light_fraction=1.5, interval_s=5.0, intervals=2)
+
+
+def test_the_fleet_files_enrol_and_allocate_every_device(tmp_path: Path) -> None:
+    plan = FleetPlan(devices=7, sites=2, light_fraction=0.75, interval_s=5.0, intervals=2)
+    names = ["utility", "site-a", "site-b", "own-1", "own-2"]
+    fleet = write_fleet(
+        tmp_path / "fleet",
+        plan,
+        FleetNodes(nodes(names, tmp_path), "utility", ("site-a", "site-b"), ("own-1", "own-2")),
+    )
+    assert [s.devices for s in fleet.sites] == [
+        ("s0-d0", "s0-d1", "s0-d2", "s0-d3"),
+        ("s1-d0", "s1-d1", "s1-d2"),
+    ]
+    assert (fleet.node_of["s0-d0"], fleet.node_of["s1-d0"]) == ("own-1", "own-2")
+    assert fleet.light == {n for s in fleet.sites for n in s.devices} - {"s0-d0", "s1-d0"}
+    assert {fleet.node_of[n] for n in fleet.light} == {"site-a", "site-b"}
+    utility = UtilityFile(fleet.utility_file).model
+    assert [s.name for s in utility.sites] == ["site-0", "site-1"]
+    for site, node in zip(fleet.sites, ("site-a", "site-b"), strict=True):
+        model = SiteFile(site.file).model
+        assert model.site_lightning is not None
+        assert model.site_lightning.pubkey == PUBKEYS[names.index(node)]
+        assert [d.lightning for d in model.devices][:2] == ["own", "site"]
+        assert (model.clock.intervals_per_period, model.clock.interval_s) == (2, 5.0)
+        entries = read_entries(site.file.parent / "site.entries", SiteIdentity.from_hex(site.owner))
+        enrolled = {e.body.index for e in entries if isinstance(e.body, Enrol)
+                    and e.body.role == Role.DEVICE}  # fmt: skip
+        allocated = sum(e.body.amount_msat for e in entries if isinstance(e.body, Allocation))
+        assert enrolled == set(site.index.values())
+        assert allocated == model.site.budget_msat
