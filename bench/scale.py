@@ -237,6 +237,12 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                         {"devices": plan.devices, "light": len(fleet.light), "completed": False,
                          "reason": reason}
                     )  # fmt: skip
+                    untried = [p.devices for p in plans if p.devices > plan.devices]
+                    rows += [
+                        {"devices": n, "light": "", "completed": False,
+                         "reason": f"not tried ({plan.devices} did not complete)"}
+                        for n in untried
+                    ]  # fmt: skip
                     break
                 await stack.wait_settled()
                 raw = await raw_lnd(stack, sites[0], args.payments)
