@@ -302,18 +302,48 @@ class FleetRun:
 
     def lateness_s(self) -> dict[str, list[float]]:
         """Per device, for each interval it logged a reading of, how long after the
-        interval's start that reading was written."""
+        interval's start that reading was written (an interval's work that ran
+        over delays the next reading: a device late on one is late here)."""
+        return {
+            name: [t - self._begun(i) for i, t in sorted(readings.items())]
+            for name, readings in self._readings().items()
+        }
+
+    def work_s(self) -> dict[str, list[float]]:
+        """Per device, for each interval but the last, how long after the interval's
+        start it wrote its last entry of that interval (its reading, buys, shares,
+        early asks, sales: every entry before its next reading)."""
         out: dict[str, list[float]] = {}
+        every = self._readings()
+        for site in self.fleet.sites:
+            names = {i: n for n, i in site.index.items()}
+            by_author: dict[int, list[float]] = {}
+            for entry in self.logs[site.name]:
+                if entry.author.role is Role.DEVICE:
+                    by_author.setdefault(entry.author.index, []).append(entry.timestamp_ms / 1000)
+            for index, times in by_author.items():
+                name = names[index]
+                readings = every[name]
+                for i in range(self.fleet.plan.intervals - 1):
+                    if i in readings and i + 1 in readings:
+                        during = [t for t in times if readings[i] <= t < readings[i + 1]]
+                        out.setdefault(name, []).append(max(during) - self._begun(i))
+        return out
+
+    def _begun(self, interval: int) -> float:
+        return self.at + interval * self.fleet.plan.interval_s
+
+    def _readings(self) -> dict[str, dict[int, float]]:
+        """Per device, the time (epoch s) it wrote its reading of each interval."""
+        out: dict[str, dict[int, float]] = {}
         interval_ms = METER_INTERVAL_S * 1000
         for site in self.fleet.sites:
             names = {i: n for n, i in site.index.items()}
             for entry in self.logs[site.name]:
                 if isinstance(entry.body, MeterReading) and entry.author.role is Role.DEVICE:
                     i = (entry.body.interval_start_ms - model_ms(0)) // interval_ms
-                    begun = self.at + i * self.fleet.plan.interval_s
-                    out.setdefault(names[entry.author.index], []).append(
-                        entry.timestamp_ms / 1000 - begun
-                    )
+                    name = names[entry.author.index]
+                    out.setdefault(name, {})[i] = entry.timestamp_ms / 1000
         return out
 
 

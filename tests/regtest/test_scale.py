@@ -12,8 +12,9 @@ Size: five devices a site, not the 25 the scale issue asks for. With one libp2p
 host per device (a gateway today), 25 hosts in one process dial each other
 while they open: on this 2-core machine under the other suites' load, four
 gateways of 25 were not all ready after 600 s (dials past their 5 s deadline,
-retried), where four of five are ready in ~80 s. Raise :data:`PLAN` to 4 x 25 once a gateway's devices
-share one host (docs/performance.md, "Hundreds of devices").
+retried), where four of five are ready in ~80 s. Raise :data:`PLAN` to 4 x 25
+once a gateway's devices share one host (docs/performance.md, "Hundreds of
+devices").
 
 Asserted afterwards: every device metered every interval, none missed, each
 reading written within its interval (on time); every replica of a site (the
