@@ -11,14 +11,13 @@ file; one compressed period of ``--intervals`` intervals of ``--interval-s``
 seconds, interval 0 fixed once every device is ready. It measures:
 
 - time per interval, against the interval's budget (``--interval-s``): how
-  long after its interval began each device's reading was written ("reading":
-  its buy round included; an interval whose work ran over makes the next
-  reading late, so "on time" is the share of readings written within their
-  interval) and its last entry of the interval ("work": reading, shares, early
-  asks, sales, every entry before its next reading; the last interval aside),
-  p50/p99 over every device and interval; and the growth exponent k of the
-  work's p50 with devices (p50 ~ N^k, least squares on the log-log of the
-  sizes that completed);
+  long after its interval began each device's reading was written (the
+  interval's critical work is done before it: the buy round, the asks for
+  shares or allowance of a device that runs short, a curtailment; an interval
+  whose work ran over makes the next reading late), p50/p99/max over every
+  device and interval, and "on time": the share written within their interval;
+  and the growth exponent k of the p50 with devices (p50 ~ N^k, least squares
+  on the log-log of the sizes that completed);
 - memory: the gateways' RSS at their highest, per device (the utility apart);
 - CPU: what every process of the run used from interval 0 to every device's
   ``done``, in % of one core (the machine's cores: ``nproc``);
@@ -102,7 +101,6 @@ def invoice_payments_per_s(run_: FleetRun) -> float:
 def summary(run_: FleetRun, raw_per_s: float) -> dict[str, Any]:
     plan = run_.fleet.plan
     late = [t for v in run_.lateness_s().values() for t in v]
-    work = [t for v in run_.work_s().values() for t in v] or [0.0]
     gateways = [s.name for s in run_.fleet.sites]
     peak_kb = max(sum(s.rss_kb[g] for g in gateways) for s in run_.samples)
     during = [s for s in run_.samples if 0 <= s.t_s <= run_.done_s]
@@ -124,8 +122,6 @@ def summary(run_: FleetRun, raw_per_s: float) -> dict[str, Any]:
         "p50_s": statistics.median(late),
         "p99_s": percentile(late, 0.99),
         "max_s": max(late),
-        "work_p50_s": statistics.median(work),
-        "work_p99_s": percentile(work, 0.99),
         "on_time": sum(t < plan.interval_s for t in late) / len(late),
         "missed": sum(r["missed_intervals"] for r in reports),
         "unsettled": sum(r["period_states"] != {"0": "settled"} for r in reports),
@@ -173,12 +169,11 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"of {args.interval_s} s (the budget of an interval), {os.cpu_count()} cores, "
         f"load average at the end {os.getloadavg()[0]:.1f}",
         "",
-        "| devices | light | ready s | reading p50 s | p99 s | max s | work p50 s | p99 s "
-        "| on time | missed "
+        "| devices | light | ready s | interval p50 s | p99 s | max s | on time | missed "
         "| gateway MB/device | CPU % | published/interval | RPCs/interval "
         "| invoice payments/s | raw lnd/s | entries/s per replica |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: |",
     ]
     for r in rows:
         if not r["completed"]:
@@ -186,20 +181,18 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             continue
         out.append(
             f"| {r['devices']} | {r['light']} | {r['ready_s']:.0f} | {r['p50_s']:.2f} "
-            f"| {r['p99_s']:.2f} | {r['max_s']:.2f} "
-            f"| {r['work_p50_s']:.2f} | {r['work_p99_s']:.2f} "
-            f"| {100 * r['on_time']:.0f} % | {r['missed']} "
+            f"| {r['p99_s']:.2f} | {r['max_s']:.2f} | {100 * r['on_time']:.0f} % | {r['missed']} "
             f"| {r['gateway_mb_per_device']:.1f} | {r['cpu_pct']:.0f} "
             f"| {r['published_per_interval']:.0f} | {r['rpcs_per_interval']:.0f} "
             f"| {r['invoice_payments_per_s']:.1f} | {r['raw_lnd_per_s']:.1f} "
             f"| {r['entries_per_s_per_replica']:.1f} |"
         )
     done = [r for r in rows if r["completed"]]
-    k = exponent(done, "work_p50_s")
+    k = exponent(done, "p50_s")
     m = exponent(done, "gateways_mb")
     out.append("")
     out.append(
-        "growth exponent (x ~ devices^k, sizes that completed): an interval's work p50 "
+        "growth exponent (x ~ devices^k, sizes that completed): time per interval p50 "
         + (f"k = {k:.2f}" if k is not None else "n/a")
         + "; gateways' memory "
         + (f"k = {m:.2f}" if m is not None else "n/a")

@@ -6,8 +6,9 @@ one utility file and one site file per site: ``devices`` spread evenly over
 (``lightning = "site"``: paying and paid through their site's node, the file's
 ``[site_lightning]``), the rest each on an lnd of its own (spread round-robin
 over the sites, the first rows of each); fresh keys, enrolments and one
-period's allocation; the clock compressed to ``intervals`` intervals of
-``interval_s`` seconds, one period.
+period's allocation (every third device weighs ten times the others: most
+devices run short and ask for shares); the clock compressed to ``intervals``
+intervals of ``interval_s`` seconds, one period.
 
 :func:`run_fleet` runs it with the commands an operator runs: ``p2pgrid utility
 run``, then one ``p2pgrid agent run --all`` per site (a gateway of the site's
@@ -61,7 +62,11 @@ SETTLE_MARGIN_S = 180.0
 CONVERGE_TIMEOUT_S = 120.0
 SAMPLE_PERIOD_S = 1.0
 UTILITY = "utility"
-BUDGET_MSAT_PER_DEVICE = 1_000_000
+#: A site's budget, per device: about what a device's meter costs in a period of
+#: three intervals; split 10 : 1 (every third row rich), so that most devices run
+#: short and ask the rich ones to share (the traffic of a site that trades).
+BUDGET_MSAT_PER_DEVICE = 100_000
+WEIGHT_RICH = 10
 
 
 class FleetFailed(RuntimeError):
@@ -187,6 +192,7 @@ name = "s{site}-d{row}"
 index = {row}
 device_class = "fridge"
 priority = "normal"
+weight = {WEIGHT_RICH if row % 3 == 0 else 1}
 meter = {{ kind = "bdew", profile = "{profile}", annual_kwh = {3000 + 500 * (row % 7)} }}
 key_file = "keys/s{site}-d{row}.key"
 data_dir = "data/s{site}-d{row}"
@@ -302,33 +308,14 @@ class FleetRun:
 
     def lateness_s(self) -> dict[str, list[float]]:
         """Per device, for each interval it logged a reading of, how long after the
-        interval's start that reading was written (an interval's work that ran
-        over delays the next reading: a device late on one is late here)."""
+        interval's start that reading was written: the interval's critical work
+        (its buy round, its asks for shares or allowance when short, its
+        curtailment) is done before it; an interval whose work ran over delays
+        the next reading, so a device late on one is late here."""
         return {
             name: [t - self._begun(i) for i, t in sorted(readings.items())]
             for name, readings in self._readings().items()
         }
-
-    def work_s(self) -> dict[str, list[float]]:
-        """Per device, for each interval but the last, how long after the interval's
-        start it wrote its last entry of that interval (its reading, buys, shares,
-        early asks, sales: every entry before its next reading)."""
-        out: dict[str, list[float]] = {}
-        every = self._readings()
-        for site in self.fleet.sites:
-            names = {i: n for n, i in site.index.items()}
-            by_author: dict[int, list[float]] = {}
-            for entry in self.logs[site.name]:
-                if entry.author.role is Role.DEVICE:
-                    by_author.setdefault(entry.author.index, []).append(entry.timestamp_ms / 1000)
-            for index, times in by_author.items():
-                name = names[index]
-                readings = every[name]
-                for i in range(self.fleet.plan.intervals - 1):
-                    if i in readings and i + 1 in readings:
-                        during = [t for t in times if readings[i] <= t < readings[i + 1]]
-                        out.setdefault(name, []).append(max(during) - self._begun(i))
-        return out
 
     def _begun(self, interval: int) -> float:
         return self.at + interval * self.fleet.plan.interval_s
