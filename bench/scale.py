@@ -170,10 +170,10 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"load average at the end {os.getloadavg()[0]:.1f}",
         "",
         "| devices | light | ready s | interval p50 s | p99 s | max s | on time | missed "
-        "| gateway MB/device | CPU % | published/interval | RPCs/interval "
+        "| unsettled | gateway MB/device | CPU % | published/interval | RPCs/interval "
         "| invoice payments/s | raw lnd/s | entries/s per replica |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if not r["completed"]:
@@ -182,6 +182,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         out.append(
             f"| {r['devices']} | {r['light']} | {r['ready_s']:.0f} | {r['p50_s']:.2f} "
             f"| {r['p99_s']:.2f} | {r['max_s']:.2f} | {100 * r['on_time']:.0f} % | {r['missed']} "
+            f"| {r['unsettled']} "
             f"| {r['gateway_mb_per_device']:.1f} | {r['cpu_pct']:.0f} "
             f"| {r['published_per_interval']:.0f} | {r['rpcs_per_interval']:.0f} "
             f"| {r['invoice_payments_per_s']:.1f} | {r['raw_lnd_per_s']:.1f} "
@@ -252,8 +253,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rows.append(summary(ran, raw))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
+        print(table(rows, args), flush=True)  # also when stopped (Ctrl-C) midway
         await stack.down()
-    print(table(rows, args))
     return rows
 
 
