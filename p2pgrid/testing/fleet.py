@@ -384,6 +384,11 @@ async def run_fleet(fleet: Fleet) -> FleetRun:
     children: list[ChildProcess] = []
     try:
         return await _run(fleet, children)
+    except BaseExceptionGroup as group:
+        # The sampler's TaskGroup wraps what the run raised; the caller wants that.
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
     finally:
         async with asyncio.TaskGroup() as stops:
             for child in children:
