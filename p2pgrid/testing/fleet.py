@@ -62,6 +62,9 @@ SETTLE_MARGIN_S = 180.0
 CONVERGE_TIMEOUT_S = 120.0
 SAMPLE_PERIOD_S = 1.0
 UTILITY = "utility"
+#: A host's counters that are a device's own (a device that shares its site's
+#: host counts what it published itself); the others are the host's.
+PER_DEVICE = ("published_records", "published_envelopes")
 #: A site's budget, per device: about what a device's meter costs in a period of
 #: three intervals; split 10 : 1 (every third row rich), so that most devices run
 #: short and ask the rich ones to share (the traffic of a site that trades).
@@ -296,14 +299,18 @@ class FleetRun:
     pids: Mapping[str, int]  # process (the utility, each site's gateway) -> pid
 
     def host_totals(self) -> dict[str, int]:
-        """The integer counters of every libp2p host of the run, summed, each host
-        once (devices that share a host report the same one)."""
-        hosts = {self.peer_ids[name]: net for name, net in self.net.items()}
+        """The integer counters of the run's libp2p hosts, summed: what each device
+        published (:data:`PER_DEVICE`) over every device, the rest (gossip RPCs,
+        peers) once per host (devices that share a host report the same ones)."""
         totals: dict[str, int] = {}
+        hosts = {self.peer_ids[name]: net for name, net in self.net.items()}
         for net in hosts.values():
             for key, value in net.items():
-                if isinstance(value, int):
+                if isinstance(value, int) and key not in PER_DEVICE:
                     totals[key] = totals.get(key, 0) + value
+        for net in self.net.values():
+            for key in PER_DEVICE:
+                totals[key] = totals.get(key, 0) + int(net.get(key, 0))
         return totals
 
     def lateness_s(self) -> dict[str, list[float]]:
