@@ -178,7 +178,8 @@ class Sale(Body):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CarryOver(Body):
-    """The author device carries ``amount_msat`` of its balance into the next period."""
+    """The author device carries ``amount_msat`` of its balance into the next
+    period: once per period (its record key), written at the period's close."""
 
     KIND = EntryKind.CARRY_OVER
     ROLES = _DEVICE
@@ -186,6 +187,9 @@ class CarryOver(Body):
 
     def check(self, author_role: Role, author_index: int) -> None:
         _positive("amount_msat", self.amount_msat)
+
+    def record_key(self, period: int) -> tuple[int, ...] | None:
+        return (period,)  # one carry-over per device and period
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -32,6 +32,11 @@ OBLIGATION_KINDS = frozenset(
         # close, or after a restart: by then it may have written its next
         # period's first order (docs/market.md 2.9)
         EntryKind.ALLOWANCE_SALE,
+        # a device carries its unspent balance over at the period's close, by
+        # then it may have written its next period's first order; or after a
+        # restart, if it was killed during the close (one per period: its
+        # record key)
+        EntryKind.CARRY_OVER,
     }
 )
 

@@ -14,6 +14,7 @@ from p2pgrid.ledger import (
     Author,
     CarryOver,
     CorruptLogError,
+    Curtailment,
     LedgerError,
     LogStore,
     LogWriter,
@@ -87,8 +88,8 @@ async def test_equivocation_is_kept_flagged_and_shown(site: Site, open_store: Op
     store = await open_store("a")
     chain = site.chain(Author.device(3))
     chain.next(MeterReading(T0_MS, 60, 10, 100))
-    honest = chain.next(CarryOver(10))
-    fork = chain.fork(CarryOver(999))
+    honest = chain.next(Curtailment(3, T0_MS, 60, 10))  # a chain entry with no record key
+    fork = chain.fork(Curtailment(3, T0_MS, 60, 999))
     report = await store.ingest_many([e.raw for e in chain.entries] + [fork.raw])
     assert [r.outcome for r in report.results] == [
         Outcome.STORED,
@@ -99,7 +100,7 @@ async def test_equivocation_is_kept_flagged_and_shown(site: Site, open_store: Op
     head = store.heads()[Author.device(3)]
     assert (head.seq, head.count, head.forked) == (2, 3, True)
     # A successor of either branch is accepted.
-    child = chain.sign(CarryOver(1), seq=3, prev=fork.id, ts=T0_MS + 10_000)
+    child = chain.sign(Curtailment(3, T0_MS, 60, 1), seq=3, prev=fork.id, ts=T0_MS + 10_000)
     assert (await store.ingest(child.raw)).results[0].outcome is Outcome.STORED
     assert fold(await store.entries()).equivocators == {Author.device(3)}
     await store.close()
@@ -132,13 +133,13 @@ async def test_database_of_another_site_is_refused(site: Site, tmp_path: Path) -
 async def test_writer_continues_its_chain(site: Site, open_store: OpenStore) -> None:
     store = await open_store("a")
     writer = LogWriter(store, site.device(4), Author.device(4))
-    first = await writer.append(CarryOver(1), period=2, timestamp_ms=T0_MS)
+    first = await writer.append(Curtailment(4, T0_MS, 60, 1), period=2, timestamp_ms=T0_MS)
     second = await writer.append(
-        CarryOver(2), period=2, timestamp_ms=T0_MS - 5
+        Curtailment(4, T0_MS, 60, 2), period=2, timestamp_ms=T0_MS - 5
     )  # clock stepped back
     assert (second.seq, second.prev, second.timestamp_ms) == (2, first.id, T0_MS)
     with pytest.raises(LedgerError):
-        await writer.append(CarryOver(3), period=1, timestamp_ms=T0_MS)
+        await writer.append(Curtailment(4, T0_MS, 60, 3), period=1, timestamp_ms=T0_MS)
     with pytest.raises(LedgerError):
         LogWriter(store, site.device(5), Author.device(4))
 

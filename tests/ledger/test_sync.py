@@ -16,6 +16,7 @@ from p2pgrid.ledger import (
     MalformedError,
     MeterReading,
     Replicator,
+    Share,
     SyncMisbehaviour,
     SyncProtocolError,
     wire,
@@ -112,10 +113,10 @@ async def test_forks_converge_and_are_flagged_everywhere(site: Site, open_store:
     a = net.join(await open_store("a"))
     b = net.join(await open_store("b"))
     chain = site.chain(Author.device(7))
-    base = [chain.next(CarryOver(i + 1)).raw for i in range(3)]
-    fork = chain.fork(CarryOver(99), at_seq=2)
-    fork_child = chain.sign(CarryOver(5), seq=3, prev=fork.id, ts=T0_MS + 9000)
-    fork_grandchild = chain.sign(CarryOver(6), seq=4, prev=fork_child.id, ts=T0_MS + 9001)
+    base = [chain.next(Share(0, i + 1, "")).raw for i in range(3)]
+    fork = chain.fork(Share(0, 99, ""), at_seq=2)
+    fork_child = chain.sign(Share(0, 5, ""), seq=3, prev=fork.id, ts=T0_MS + 9000)
+    fork_grandchild = chain.sign(Share(0, 6, ""), seq=4, prev=fork_child.id, ts=T0_MS + 9001)
     await a.store.ingest_many(base)
     await b.store.ingest_many([base[0], fork.raw, fork_child.raw, fork_grandchild.raw])
     assert a.store.equivocators == b.store.equivocators == frozenset()
@@ -186,7 +187,7 @@ async def test_failed_gap_pull_is_left_to_the_next_round(site: Site, open_store:
     a = net.join(await open_store("a"))
     b = net.join(await open_store("b"))
     chain = site.chain(Author.device(1))
-    raws = [chain.next(CarryOver(i + 1)).raw for i in range(3)]
+    raws = [chain.next(Share(0, i + 1, "")).raw for i in range(3)]
     await a.store.ingest_many(raws)
     net.leave("a")  # b cannot reach a for the pull
     report = await b.handle_announce(wire.encode(wire.Announce((raws[2],))), from_peer="a")
@@ -200,7 +201,7 @@ async def test_failed_gap_pull_is_left_to_the_next_round(site: Site, open_store:
 async def test_concurrent_batches_and_queries(site: Site, open_store: OpenStore) -> None:
     store = (net := LoopbackNetwork()).join(await open_store("a")).store
     chains = [site.chain(Author.device(d)) for d in range(1, 5)]
-    batches = [[c.next(CarryOver(i + 1)).raw for i in range(30)] for c in chains]
+    batches = [[c.next(Share(0, i + 1, "")).raw for i in range(30)] for c in chains]
     async with asyncio.TaskGroup() as tg:
         for batch in batches:
             tg.create_task(store.ingest_many(batch[::-1]))
