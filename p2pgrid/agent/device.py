@@ -35,10 +35,14 @@ interval of the (compressible) clock it:
 
 At a period's last interval it waits for any share payment in flight (so the
 period's money is final) and for the allowance sales its peers paid for (logged,
-the unpaid offers cancelled), applies its surplus policy (carry the balance over)
-and then settles the utility's invoice for that period as soon as it arrives
-(checked against its replica, :mod:`p2pgrid.agent.settlement`). Every entry it
-writes is announced to the site through its replica.
+the unpaid offers cancelled), carries its unspent balance over (a ``carry_over``
+of the period, under either :class:`~p2pgrid.market.SurplusPolicy`; once: the
+log's own ``carry_over`` of the period says it was closed before, not the
+chain's latest period, since a producer writes its next period's first
+``order`` before it closes this one) and then settles the utility's invoice
+for that period as soon as it arrives (checked against its replica,
+:mod:`p2pgrid.agent.settlement`). Every entry it writes is announced to the
+site through its replica.
 
 Its lnd not answering (killed, paused, restarting) is a condition, not a crash
 (:class:`~p2pgrid.lightning.NodeWatch`: one WARNING when it goes, one INFO when
@@ -715,24 +719,33 @@ class DeviceAgent:
         await self.allowance.close(period)  # paid allowance offers logged, the rest cancelled
         async with self.desk.giving:  # a share of this period in flight lands first
             left = await self.balance(period)
-            floor = self.store.next_position(self.writer.author)[3]
-            if floor > period:
-                # Closed before a restart: its carry-over (if any) was written then and
-                # the chain has moved on. A credit that landed after that close (a share
-                # or sale logged late by its payer) stays in this period's balance.
+            if await self._carried_over(period):
+                # Closed before a restart (or a kill during the close): its
+                # carry-over was written then. A credit that landed after it (a
+                # share or sale logged late by its payer) stays in this period.
                 if left > 0:
                     log.warning(
-                        "[%s] period %d was closed before the restart; %d msat credited "
-                        "after its close stay in it",
+                        "[%s] period %d was closed before; %d msat credited after its "
+                        "carry-over stay in it",
                         self.name,
                         period,
                         left,
                     )
-            elif left > 0 and self.profile.policy is SurplusPolicy.CARRY_OVER:
+            elif left > 0:  # under either policy: unspent budget is never left behind
                 await self._write(CarryOver(left), period)
                 self.report.carried_over_msat += left
                 log.info("[%s] carried %d msat over into period %d", self.name, left, period + 1)
         state.advance(PeriodState.CLOSED)  # waiting for the utility's invoice
+
+    async def _carried_over(self, period: int) -> bool:
+        """Does the log hold this device's ``carry_over`` of ``period``? (The
+        chain's latest period says nothing: a producer writes its next period's
+        first ``order`` before it closes this one.)"""
+        me = self.writer.author
+        return any(
+            e.author == me and isinstance(e.body, CarryOver)
+            for e in await self.store.entries(period=period)
+        )
 
     async def _invoiced(self, period: int) -> None:
         """Return once the utility's invoice of ``period`` for this device is in the replica."""

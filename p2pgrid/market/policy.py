@@ -1,10 +1,10 @@
 """What a device does with its leftover budget, at and near the end of a period.
 
-At the end of a period, its owner's :class:`SurplusPolicy` per device:
-``CARRY_OVER`` moves the whole unspent balance to the next period (a
-``CarryOver`` log entry); ``SELL_ENERGY`` writes no carry-over, so the unspent
-balance stays in the closed period (what a producer exports is offered in the
-pooled round whatever the policy).
+At the end of a period, its owner's :class:`SurplusPolicy` per device: under
+either policy the whole unspent balance moves to the next period (a
+``CarryOver`` log entry), so no budget is left in a closed period; what a
+producer exports is offered in the pooled round whatever the policy
+(docs/market.md 2.6).
 
 Near the end, :func:`leftover_msat` decides how much leftover budget a device
 offers in the last rounds of the period, by its :class:`LeftoverPolicy`

@@ -273,6 +273,7 @@ class Rig:
         model_start: int = 0,
         meter: MeterSource | None = None,
         clock: SteppingClock | None = None,
+        policy: SurplusPolicy = SurplusPolicy.CARRY_OVER,
     ) -> tuple[DeviceAgent, LocalReplica, SteppingClock]:
         """A device agent of ``device`` (its store, writer, paymaster, node and
         peers) whose meter reads ``consumed_wh`` (repeated), or ``meter``, under
@@ -289,7 +290,7 @@ class Rig:
                 index=device.index,
                 site_id=self.site_id,
                 priority=priority,
-                policy=SurplusPolicy.CARRY_OVER,
+                policy=policy,
                 utility_pubkey=self.utility_node.pubkey,
             ),
             AgentParts(
