@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 LND_CALL_TIMEOUT_S = 30.0
 """Deadline of one unary REST call."""
+DECODED_KEPT = 256
+"""Decoded invoices a client keeps (the most recently used), so that paying an
+invoice just checked does not decode it on the node again."""
 PAYMENT_GRACE_S = 30.0
 """How much longer than lnd's own payment timeout we wait on a payment stream."""
 TRACK_TIMEOUT_S = 120.0
@@ -189,6 +193,10 @@ class LndClient:
         #: of the client needs an answer sooner, e.g. a health probe).
         self.call_timeout_s = call_timeout_s
         self._client: httpx.AsyncClient | None = None
+        #: Invoices this node decoded, by payment request (a BOLT11 string decodes to
+        #: the same fields every time): :meth:`pay_invoice` of an invoice the caller
+        #: just checked needs no second round trip. At most :data:`DECODED_KEPT`.
+        self._decoded: OrderedDict[str, DecodedInvoice] = OrderedDict()
 
     async def __aenter__(self) -> LndClient:
         await self.open()
@@ -464,8 +472,22 @@ class LndClient:
         return await self.lookup_invoice(_b64_to_hex(raw["r_hash"]))
 
     async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
-        """Decode on the node; :class:`InvoiceError` if it is not a BOLT11 invoice."""
+        """Decode on the node; :class:`InvoiceError` if it is not a BOLT11 invoice.
+        The node's answer for one payment request is kept (the same string decodes
+        to the same fields): it is asked again only for a request it has not decoded
+        lately."""
         payment_request = check_bolt11(payment_request)
+        kept = self._decoded.get(payment_request)
+        if kept is not None:
+            self._decoded.move_to_end(payment_request)
+            return kept
+        decoded = await self._decode(payment_request)
+        self._decoded[payment_request] = decoded
+        while len(self._decoded) > DECODED_KEPT:
+            self._decoded.popitem(last=False)
+        return decoded
+
+    async def _decode(self, payment_request: str) -> DecodedInvoice:
         try:
             raw = await self._call("GET", f"/v1/payreq/{quote(payment_request, safe='')}")
         except LndApiError as exc:
@@ -600,8 +622,10 @@ class LndClient:
         """Pay an invoice and wait for the outcome. Idempotent per payment hash.
 
         Paying an invoice that this node already paid returns the first payment and
-        sends nothing. Raises :class:`PaymentFailed` (with lnd's reason),
-        :class:`InvoiceExpired` or :class:`InvoiceError`.
+        sends nothing. The payment hash comes from :meth:`decode_invoice` (no round
+        trip if the caller just decoded this request to check it). Raises
+        :class:`PaymentFailed` (with lnd's reason), :class:`InvoiceExpired` or
+        :class:`InvoiceError`.
         """
         decoded = await self.decode_invoice(payment_request)
         body = {
