@@ -194,10 +194,9 @@ class Paymaster:
     async def _in_log(self, payment_hash: str) -> bool:
         """Whether this author's chain already records a payment of this hash."""
         wanted = bytes.fromhex(payment_hash)
-        for entry in await self.writer.store.entries():
+        kinds = (Payment.KIND, Share.KIND, SiteShare.KIND)
+        for entry in await self.writer.store.entries(kinds=kinds, author=self.writer.author):
             body = entry.body
-            if entry.author != self.writer.author:
-                continue
             if isinstance(body, Payment) and body.payment_hash == wanted:
                 return True
             if isinstance(body, Share | SiteShare):

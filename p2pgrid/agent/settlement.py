@@ -40,6 +40,7 @@ from p2pgrid.ledger import (
     Invoice,
     LogStore,
     LogWriter,
+    Payment,
     Role,
     bill,
     invoices_of,
@@ -98,15 +99,12 @@ class InvoiceSettler:
 
     async def settle(self, period: int, *, timestamp_ms: int) -> list[SettleResult]:
         """Settle the invoices of ``period``; proofs and disputes belong to ``period``."""
-        everything = await self.store.entries()
-        of_period = [e for e in everything if e.period == period]
-        paid = paid_hashes(everything)
+        of_period = await self.store.entries(period=period)
+        paid = paid_hashes(await self.store.entries(kinds=(Payment.KIND,)))
         disputed = {
             e.body.target_seq
-            for e in everything
-            if isinstance(e.body, Dispute)
-            and e.author == self.writer.author
-            and e.body.target_role == Role.UTILITY
+            for e in await self.store.entries(kinds=(Dispute.KIND,), author=self.writer.author)
+            if isinstance(e.body, Dispute) and e.body.target_role == Role.UTILITY
         }
         results = []
         for entry in invoices_of(of_period, device=self.device, period=period):

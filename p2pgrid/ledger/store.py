@@ -40,7 +40,7 @@ import collections
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS entries (
     period INTEGER NOT NULL, ts INTEGER NOT NULL, kind INTEGER NOT NULL, raw BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_author_seq ON entries (author, seq);
+CREATE INDEX IF NOT EXISTS entries_kind_period ON entries (kind, period);
 CREATE TABLE IF NOT EXISTS pending (
     id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL
 ) WITHOUT ROWID;
@@ -326,13 +327,31 @@ class LogStore:
             acc = xor32(acc, bytes(eid))
         return acc
 
-    async def entries(self, *, period: int | None = None) -> list[Entry]:
+    async def entries(
+        self,
+        *,
+        period: int | None = None,
+        kinds: Collection[EntryKind] | None = None,
+        author: Author | None = None,
+    ) -> list[Entry]:
         """Log entries (with equivocation evidence), in fold order: by timestamp,
-        author, seq, id. Each author's entries keep their chain order."""
-        query = "SELECT raw FROM entries"
-        params: tuple[object, ...] = ()
+        author, seq, id. Each author's entries keep their chain order. Only those
+        of ``period``, of one of ``kinds``, of ``author``, if given (the others are
+        not decoded: a payer looking for its payments reads only those)."""
+        where: list[str] = []
+        params: list[object] = []
         if period is not None:
-            query, params = query + " WHERE period = ?", (period,)
+            where.append("period = ?")
+            params.append(period)
+        if kinds is not None:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(int(k) for k in kinds)
+        if author is not None:
+            where.append("author = ?")
+            params.append(author.key)
+        query = "SELECT raw FROM entries"
+        if where:
+            query += " WHERE " + " AND ".join(where)
         rows = await self._read(query + " ORDER BY ts, author, seq, id", params)
         site = self.membership.site_hash
         return [decode_entry(bytes(r[0]), site) for r in rows]

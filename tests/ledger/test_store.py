@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,13 @@ from p2pgrid.ledger import (
     CarryOver,
     CorruptLogError,
     Curtailment,
+    Entry,
     LedgerError,
     LogStore,
     LogWriter,
     MeterReading,
     Outcome,
+    Payment,
     fold,
 )
 from tests.ledger.ledger_factory import T0_MS, OpenStore, Site
@@ -184,3 +188,35 @@ async def test_a_long_gap_closes_at_once(site: Site, open_store: OpenStore) -> N
     report = await store.ingest(raws[0])
     assert [e.seq for e in report.appended] == list(range(1, 1501))
     assert store.pending_count == 0
+
+
+async def test_entries_of_kinds_author_and_period(site: Site, open_store: OpenStore) -> None:
+    """A reader asks for the payments of one author (or one period) only and
+    gets exactly those, in fold order."""
+    store = await open_store("a")
+    raws = []
+    for device in (1, 2):
+        chain = site.chain(Author.device(device))
+        for period in (1, 2):
+            raws.append(chain.next(MeterReading(T0_MS + period, 60, 10, 100), period=period).raw)
+            preimage = bytes([device, period]) * 16
+            proof = Payment(1000, hashlib.sha256(preimage).digest(), preimage, 0)
+            raws.append(chain.next(proof, period=period).raw)
+    await store.ingest_many(raws)
+    everything = await store.entries()
+
+    def expected(keep: Callable[[Entry], bool]) -> list[bytes]:
+        return [e.id for e in everything if keep(e)]
+
+    paid = await store.entries(kinds=(Payment.KIND,))
+    assert [e.id for e in paid] == expected(lambda e: isinstance(e.body, Payment))
+    mine = await store.entries(kinds=(Payment.KIND, CarryOver.KIND), author=Author.device(2))
+    assert [e.id for e in mine] == expected(
+        lambda e: isinstance(e.body, Payment) and e.author == Author.device(2)
+    )
+    of_two = await store.entries(period=2, author=Author.device(1))
+    assert [e.id for e in of_two] == expected(
+        lambda e: e.period == 2 and e.author == Author.device(1)
+    )
+    assert len(of_two) == 2
+    assert await store.entries(kinds=()) == []
