@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import random
@@ -300,6 +301,7 @@ class DeviceAgent:
             name=self.name,
             now=clock.now,
             config=self.config.settle,
+            announce=functools.partial(self.announce_new, push=True),  # to every replica now
         )
 
     def install(self) -> None:

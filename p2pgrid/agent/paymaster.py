@@ -3,7 +3,9 @@
 :meth:`Paymaster.pay` records the payment's intent (:mod:`p2pgrid.agent.intents`)
 and commits it, pays the invoice over Lightning, then writes the log entries the
 intent names in the period of the obligation (whatever period the clock has
-reached meanwhile), and marks the intent logged. A payment that lnd reports
+reached meanwhile), hands them to the caller's ``announce`` (if any: the entries
+are in the log then, so their replicas need not wait for the next write), and
+marks the intent logged. A payment that lnd reports
 failed (or an invoice it refuses to pay, e.g. expired) marks it failed and
 raises :class:`PayRefused` with lnd's reason; nothing was sent. Any other error
 (lnd unreachable mid-payment) leaves the intent open: :meth:`Paymaster.recover`
@@ -22,7 +24,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from p2pgrid.agent.intents import (
     IntentBook,
@@ -33,7 +35,7 @@ from p2pgrid.agent.intents import (
     PurposeKind,
 )
 from p2pgrid.agent.ports import Wallet
-from p2pgrid.errors import ReportableError
+from p2pgrid.errors import P2PGridError, ReportableError
 from p2pgrid.ledger import (
     Body,
     Entry,
@@ -56,6 +58,10 @@ from p2pgrid.lightning import (
 from p2pgrid.lightning import Payment as LnPayment
 
 log = logging.getLogger(__name__)
+
+
+#: Publishes what the agent logged since it last did (``DeviceAgent.announce_new``).
+Announce = Callable[[], Awaitable[None]]
 
 
 class PayRefused(ReportableError):
@@ -130,20 +136,36 @@ class Paymaster:
         self._paying: set[str] = set()
 
     async def pay(
-        self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
+        self,
+        bolt11: str,
+        payment_hash: str,
+        *,
+        period: int,
+        purpose: Purpose,
+        fee_limit_msat: int,
+        announce: Announce | None = None,
     ) -> Paid:
-        """Pay ``bolt11`` (already checked by the caller) for ``purpose`` in ``period``."""
+        """Pay ``bolt11`` (already checked by the caller) for ``purpose`` in ``period``.
+        ``announce``: called once the payment's entries are in the log, before the
+        intent is marked logged (publishing them need not wait for that write)."""
         if not self._recovered:
             await self.recover()
         self._paying.add(payment_hash)
         try:
             return await self._pay(bolt11, payment_hash, period=period, purpose=purpose,
-                                   fee_limit_msat=fee_limit_msat)  # fmt: skip
+                                   fee_limit_msat=fee_limit_msat, announce=announce)  # fmt: skip
         finally:
             self._paying.discard(payment_hash)
 
     async def _pay(
-        self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
+        self,
+        bolt11: str,
+        payment_hash: str,
+        *,
+        period: int,
+        purpose: Purpose,
+        fee_limit_msat: int,
+        announce: Announce | None,
     ) -> Paid:
         try:
             await self.intents.record(PaymentIntent(payment_hash, bolt11, period, purpose))
@@ -164,14 +186,16 @@ class Paymaster:
                     f"{purpose.kind.value} payment {payment_hash[:16]}: {why}"
                 ) from exc
             payment = outcome
-        return await self._logged(await self._intent(payment_hash), payment)
+        return await self._logged(await self._intent(payment_hash), payment, announce)
 
     async def _intent(self, payment_hash: str) -> PaymentIntent:
         intent = await self.intents.get(payment_hash)
         assert intent is not None  # recorded above
         return intent
 
-    async def _logged(self, intent: PaymentIntent, payment: LnPayment) -> Paid:
+    async def _logged(
+        self, intent: PaymentIntent, payment: LnPayment, announce: Announce | None = None
+    ) -> Paid:
         entries = []
         if not await self._in_log(payment.payment_hash):
             for body in bodies_for(intent.purpose, payment):
@@ -180,6 +204,12 @@ class Paymaster:
                         body, period=intent.period, timestamp_ms=self._wall_ms()
                     )
                 )
+        if announce is not None and entries:
+            try:  # the entries are in the log: whatever fails here, anti-entropy repairs
+                await announce()
+            except P2PGridError as exc:
+                log.warning("[%s] announcing payment %s...: %s", self.name,
+                            intent.payment_hash[:16], exc)  # fmt: skip
         await self.intents.resolve(intent.payment_hash, IntentState.LOGGED)
         log.info(
             "[%s] paid %s %d msat (+%d fee) for period %d, logged",

@@ -14,10 +14,11 @@ disputed the same way.
 Payments go through the :class:`~p2pgrid.agent.paymaster.Paymaster`: an intent
 is recorded before lnd pays, and the ``payment`` entry (amount, routing fee,
 preimage) is written in the invoice's period, whatever period the agent's clock
-has reached. Nothing is paid twice: an invoice whose payment hash already has a
-``payment`` entry is skipped, and lnd refuses a second payment of one hash (the
-client returns the first). A payment that fails is reported
-(:attr:`Settlement.FAILED` with lnd's reason) and tried again at the next call.
+has reached, and announced (the settler's ``announce``) as soon as it is in the
+log, before the intent is marked logged. Nothing is paid twice: an invoice whose
+payment hash already has a ``payment`` entry is skipped, and lnd refuses a
+second payment of one hash (the client returns the first). A payment that fails
+is reported (:attr:`Settlement.FAILED` with lnd's reason) and tried again at the next call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from p2pgrid.agent.config import SettleConfig
 from p2pgrid.agent.intents import Purpose, PurposeKind
 from p2pgrid.agent.payguard import check_invoice
-from p2pgrid.agent.paymaster import Paymaster, PayRefused
+from p2pgrid.agent.paymaster import Announce, Paymaster, PayRefused
 from p2pgrid.agent.ports import Wallet
 from p2pgrid.billing import Tariff, invoice_memo
 from p2pgrid.ledger import (
@@ -84,6 +85,7 @@ class InvoiceSettler:
         name: str,
         now: Callable[[], float] = time.time,
         config: SettleConfig | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self.device = device
         self.site_id = site_id
@@ -96,6 +98,8 @@ class InvoiceSettler:
         self.name = name
         self.config = config if config is not None else SettleConfig()
         self._now = now
+        #: Publishes the payment entry as soon as it is in the log (see module doc).
+        self._announce = announce
 
     async def settle(self, period: int, *, timestamp_ms: int) -> list[SettleResult]:
         """Settle the invoices of ``period``; proofs and disputes belong to ``period``."""
@@ -146,6 +150,7 @@ class InvoiceSettler:
                 period=entry.period,
                 purpose=purpose,
                 fee_limit_msat=self.config.fee_limit_msat,
+                announce=self._announce,
             )
         except PayRefused as exc:
             if isinstance(exc.__cause__, InvoiceExpired):

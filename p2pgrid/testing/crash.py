@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 from p2pgrid.agent.gateway import PaymasterFactory
 from p2pgrid.agent.intents import Purpose, PurposeKind
-from p2pgrid.agent.paymaster import Paid, Paymaster
+from p2pgrid.agent.paymaster import Announce, Paid, Paymaster
 from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.process import run_device
 from p2pgrid.agent.process import setup_logging as agent_logging
@@ -232,13 +232,19 @@ class DyingPaymaster(Paymaster):
         self.at = at
 
     async def pay(
-        self, bolt11: str, payment_hash: str, *, period: int, purpose: Purpose, fee_limit_msat: int
+        self,
+        bolt11: str,
+        payment_hash: str,
+        *,
+        period: int,
+        purpose: Purpose,
+        fee_limit_msat: int,
+        announce: Announce | None = None,
     ) -> Paid:
         if (purpose.kind, period) == self.at:
             self._wallet.armed = payment_hash
-        return await super().pay(
-            bolt11, payment_hash, period=period, purpose=purpose, fee_limit_msat=fee_limit_msat
-        )
+        return await super().pay(bolt11, payment_hash, period=period, purpose=purpose,
+                                 fee_limit_msat=fee_limit_msat, announce=announce)  # fmt: skip
 
 
 # -- command line -----------------------------------------------------------------

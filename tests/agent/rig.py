@@ -22,7 +22,7 @@ from p2pgrid.agent.config import AgentConfig, EnergyConfig
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.energy import EnergyDesk
 from p2pgrid.agent.intents import IntentBook
-from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.paymaster import Announce, Paymaster
 from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.settlement import InvoiceSettler
 from p2pgrid.agent.sharing import ShareDesk
@@ -246,7 +246,7 @@ class Rig:
         desk.install()
         return desk
 
-    def settler(self, device: Device) -> InvoiceSettler:
+    def settler(self, device: Device, announce: Announce | None = None) -> InvoiceSettler:
         """The device's settler of the utility's invoices, under the flat tariff."""
         return InvoiceSettler(
             device=device.index,
@@ -259,6 +259,7 @@ class Rig:
             utility_pubkey=self.utility_node.pubkey,
             name=device.name,
             now=self.clock,
+            announce=announce,
         )
 
     async def agent(

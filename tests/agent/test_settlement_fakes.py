@@ -13,6 +13,7 @@ import pytest
 from p2pgrid.agent.intents import IntentState
 from p2pgrid.agent.settlement import InvoiceSettler, Settlement, SettleResult
 from p2pgrid.billing import MIN_BILL_MSAT, invoice_memo
+from p2pgrid.errors import RetryableError
 from p2pgrid.ledger import Dispute, Entry, Invoice, Payment, bill
 from p2pgrid.lightning import InvoiceExpired
 from tests.agent.rig import TARIFF, Device, Rig
@@ -75,6 +76,35 @@ async def test_pays_the_invoice_it_owes_once_with_its_fee_logged(rig: Rig) -> No
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
     assert (checked.payments, checked.moved_msat) == (1, OWED_MSAT)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_the_payment_is_announced_once_logged_before_its_intent_is_resolved(
+    rig: Rig, fails: bool
+) -> None:
+    """The payment entry is published as soon as it is in the log: the intent's
+    last write comes after (and follows even if publishing fails)."""
+    device = await rig.device(0)
+    await device.meter(PERIOD, 1000)
+    seen: list[tuple[list[bytes], list[IntentState]]] = []
+
+    async def announce() -> None:
+        proofs = [e.body.payment_hash for e in await device.store.entries()
+                  if isinstance(e.body, Payment)]  # fmt: skip
+        seen.append((proofs, [i.state for i in await device.intents.all()]))
+        if fails:
+            raise RetryableError("no peer reached")
+
+    settler = rig.settler(device, announce)
+    await rig.start()
+    entry = await invoice_entry(rig, device, await honest_invoice(rig))
+    [result] = await settler.settle(PERIOD, timestamp_ms=0)
+    assert result.outcome is Settlement.PAID, result.detail
+    assert isinstance(entry.body, Invoice)
+    assert seen == [([entry.body.payment_hash], [IntentState.OPEN])]
+    assert [i.state for i in await device.intents.all()] == [IntentState.LOGGED]
+    await settler.settle(PERIOD, timestamp_ms=0)  # already paid: nothing new to announce
+    assert len(seen) == 1
 
 
 async def test_an_invoice_of_another_device_is_disputed(rig: Rig) -> None:
