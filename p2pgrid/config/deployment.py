@@ -15,12 +15,19 @@ and ``keys/<site>/<device>.key``), and names each process's data directory
 ``<dir>/<name>`` (the utility's replica of a site: ``<utility>-<site>.db``).
 The files name:
 
-- fixed ports: each device's ``listen_port`` and the utility's per site, free
-  on this host when written (:func:`free_port`);
+- fixed ports: one ``listen_port`` per device process and the utility's per
+  site, free on this host when written (:func:`free_port`). A gateway listens
+  on one address, its first device's: that row names the port; the rows of its
+  other devices name none (``listen_port`` 0, the schema's default: a port of
+  their own, free when started, would they ever run alone; the same port
+  written twice would read as two listeners on it, and collide if one were
+  moved out of the gateway on that host), and the same ``listen_host``;
 - bootstrap addresses, known before anything starts since a host's peer id
-  follows from its member key and site (:func:`p2pgrid.net.peer_id_of`): a device dials
-  its site's utility host and the (up to) four devices listed before it, of
-  any of the owner's sites;
+  follows from its member key and site (:func:`p2pgrid.net.peer_id_of`): a process
+  dials its site's utility host and the (up to) four device processes listed
+  before it, of any of the owner's sites, each named once (a gateway by its
+  first device's peer id, the one its host has); every device of a gateway
+  carries its process's list;
 - each site's ``other_sites`` (the scenario's sites are one owner's) with
   their devices' lnd nodes, and each device's own ``lnd_pubkey``;
 - a site with a site node (the scenario's ``site_lightning``): its
@@ -31,7 +38,8 @@ The files name:
   (``model_start_interval``), interval 0 at ``start``.
 
 Where each device and the utility listen is ``listen_hosts`` (by name; loopback
-by default), for processes placed in network namespaces. The processes
+by default; a gateway's devices where its first one is), for processes placed
+in network namespaces. The processes
 (:attr:`Deployment.processes`): the utility, each device on its own lnd alone,
 and per site node one gateway of its light devices (``agent run --device A
 --device B``), named as the node: its devices share its one client of the node.
@@ -168,8 +176,11 @@ def write_deployment(
     identities = {name: SiteIdentity.from_hex(c.site) for name, c in owners.items()}
     at = hosts.get(uname, "127.0.0.1")
     utility_host = {s.name: (at, port(at)) for s in model.sites}
-    device_host = {n: hosts.get(n, "127.0.0.1") for n in names[1:]}
-    device_port = {n: port(h) for n, h in device_host.items()}
+    # A process listens on one address, where its first device is placed: the
+    # devices of a gateway speak through its one host (p2pgrid.agent.gateway.open_hub).
+    first_of = {d: ds[0] for ds in processes.values() for d in ds}
+    device_host = {n: hosts.get(first_of[n], "127.0.0.1") for n in names[1:]}
+    process_port = {ds[0]: port(device_host[ds[0]]) for ds in processes.values()}
     clock = _clock(model, start)
     tariff = model.tariff.model_dump(mode="json", exclude_defaults=True)
     tariff["msat_per_kwh"] = model.tariff.msat_per_kwh
@@ -186,7 +197,7 @@ def write_deployment(
                 "key_file": f"keys/{site.name}/{d.name}.key",
                 "data_dir": d.name,
                 "listen_host": device_host[d.name],
-                "listen_port": device_port[d.name],
+                "listen_port": process_port.get(d.name),  # None: not written
                 "bootstrap": bootstrap.get(d.name, []),
             }
             if d.lightning == "own":  # a light device is paid at [site_lightning]'s key
@@ -234,16 +245,20 @@ def write_deployment(
         allocate(site_file, 0, model.clock.periods)
     utility_key = read_key(keys / uname / UTILITY_KEY)
     bootstrap: dict[str, list[str]] = {}
-    listed: list[str] = []  # the devices' own addresses, in the scenario's order
+    listed: list[str] = []  # the processes' addresses, in the scenario's order
     for site in model.sites:
         host, tcp = utility_host[site.name]
         peer = peer_id_of(utility_key, identities[site.name])
         at_utility = f"/ip4/{host}/tcp/{tcp}/p2p/{peer}"
         for d in site.devices:
+            first = first_of[d.name]
+            if first != d.name:  # a gateway's device: its process's list
+                bootstrap[d.name] = bootstrap[first]
+                continue
             bootstrap[d.name] = [at_utility, *listed[-4:]]
             key = read_key(site_files[site.name].parent / f"keys/{site.name}/{d.name}.key")
             listed.append(
-                f"/ip4/{device_host[d.name]}/tcp/{device_port[d.name]}/p2p/"
+                f"/ip4/{device_host[d.name]}/tcp/{process_port[d.name]}/p2p/"
                 + peer_id_of(key, identities[site.name])
             )
     for number, site in enumerate(model.sites):

@@ -182,6 +182,27 @@ def test_light_devices_run_in_one_gateway_on_their_site_node(tmp_path: Path) -> 
         assert agent_start(site_file)["nodes"] == every_node
     [other] = store_2.model.other_sites
     assert other.lnd_pubkeys["s1-fridge"] == other.lnd_pubkeys["s1-hvac"] == site_node.pubkey
+    # The gateway listens on one address, its first device's: the other row names
+    # no port, carries the process's bootstrap, and no list names it twice.
+    fridge, hvac = (agent_setup(store_1, n).runtime for n in ("s1-fridge", "s1-hvac"))
+    assert fridge.listen_port > 0
+    assert store_1.device("s1-hvac").listen_port == hvac.listen_port == 0
+    assert "listen_port" not in tomllib.loads(d.site_files["store-1"].read_text())["devices"][1]
+    assert hvac.listen_host == fridge.listen_host
+    assert hvac.bootstrap == fridge.bootstrap
+    fridge_id, hvac_id = (
+        peer_id_of(agent_setup(store_1, n).signer, d.identities["store-1"])
+        for n in ("s1-fridge", "s1-hvac")
+    )
+    at_gateway = f"/ip4/127.0.0.1/tcp/{fridge.listen_port}/p2p/{fridge_id}"
+    assert agent_setup(store_1, "s1-ev").runtime.bootstrap == (*fridge.bootstrap, at_gateway)
+    for site_file, site in ((store_1, scenario.sites[0]), (store_2, scenario.sites[1])):
+        for dev in site.devices:
+            listed = agent_setup(site_file, dev.name).runtime.bootstrap
+            assert not any(hvac_id in a for a in listed), dev.name  # no address has it
+            assert sum(fridge_id in a for a in listed) == (
+                dev.name not in d.processes["store-1-node"]
+            )
     with pytest.raises(ConfigError, match="no lnd node for store-1-node"):
         write_deployment(
             LIGHT,
