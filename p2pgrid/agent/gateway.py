@@ -266,30 +266,50 @@ class SiteLogs:
 
 
 def check_gateway(setups: Sequence[AgentSetup]) -> None:
-    """Refuse a gateway that cannot run: no device, a device twice, two devices on
-    one port, two mDNS responders in one process (py-libp2p's discovery is one
-    per process)."""
+    """Refuse a gateway that cannot run: no device, a device twice, two sites'
+    hosts on one port, two mDNS responders in one process (py-libp2p's discovery
+    is one per process).
+
+    A site's devices in a gateway speak through one host (:func:`open_hub`) that
+    listens where the first of them would (its ``listen_host``, its
+    ``listen_port``): the other rows' addresses are not used, so they may name
+    no port, or the same; a port of their own is logged as not used."""
     if not setups:
         raise ConfigError("a gateway runs at least one device")
     names = [s.name for s in setups]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"a gateway runs each device once: {', '.join(twice)} given twice")
-    ports: dict[tuple[str, int], list[str]] = {}
+    sites: dict[str, list[AgentSetup]] = {}  # site id -> its devices here, the host's first
     for s in setups:
-        if s.runtime.listen_port:
-            ports.setdefault((s.runtime.listen_host, s.runtime.listen_port), []).append(s.name)
-    for (host, port), names_on in ports.items():
-        if len(names_on) > 1:
+        sites.setdefault(s.identity.site_id, []).append(s)
+    ports: dict[tuple[str, int], list[str]] = {}
+    for first, *others in sites.values():
+        where = (first.runtime.listen_host, first.runtime.listen_port)
+        if first.runtime.listen_port:
+            ports.setdefault(where, []).append(f"{first.site_name} ({first.name})")
+        for other in others:
+            if other.runtime.listen_port not in (0, where[1]) or (
+                other.runtime.listen_port and other.runtime.listen_host != where[0]
+            ):
+                log.warning(
+                    "[%s] listen_port %d on %s is not used: the devices of %s in this "
+                    "gateway listen on %s's port (%d on %s)",
+                    other.name, other.runtime.listen_port, other.runtime.listen_host,
+                    first.site_name, first.name, where[1], where[0],
+                )  # fmt: skip
+    for (host, port), hosts in ports.items():
+        if len(hosts) > 1:
             raise ConfigError(
-                f"listen_port {port} on {host} is given to {', '.join(names_on)}: "
-                "each device of a gateway listens on its own port"
+                f"listen_port {port} on {host} is given to the hosts of {', '.join(hosts)}: "
+                "each site's host in a gateway listens on its own port (its first device's)"
             )
-    mdns = [s.name for s in setups if s.runtime.mdns]
+    mdns = [f"{ds[0].site_name} ({', '.join(s.name for s in ds if s.runtime.mdns)})"
+            for ds in sites.values() if any(s.runtime.mdns for s in ds)]  # fmt: skip
     if len(mdns) > 1:
         raise ConfigError(
-            f"mdns is on for {', '.join(mdns)}: one device of a gateway at most "
-            "(the others find their peers through it)"
+            f"mdns is on for the hosts of {', '.join(mdns)}: one site's host of a gateway "
+            "at most (the others find their peers through it)"
         )
 
 

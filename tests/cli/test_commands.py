@@ -443,24 +443,3 @@ def test_a_gateway_of_all_devices_checks_every_key(tmp_path: Path) -> None:
     line = _error_line(result.stderr)
     assert "devices[1].key_file" in line
     assert "not enrolled as device 1" in line
-
-
-def test_a_gateway_runs_one_mdns_responder_at_most(tmp_path: Path) -> None:
-    d = deploy(tmp_path)
-    text = d.site_file.read_text().replace('data_dir = "data/', 'mdns = true\ndata_dir = "data/')
-    d.site_file.write_text(text)
-    result = cli("agent", "run", "--config", str(d.site_file), "--all")
-    assert result.exit_code == EXIT_CONFIG
-    assert "mdns is on for s1-fridge, s1-hvac" in _error_line(result.stderr)
-
-
-def test_a_gateway_gives_each_device_its_own_port(tmp_path: Path) -> None:
-    d = deploy(tmp_path)
-    fixed = 'listen_port = 4001\ndata_dir = "data/'
-    text = d.site_file.read_text().replace('data_dir = "data/', fixed)
-    d.site_file.write_text(text)
-    result = cli("agent", "run", "--config", str(d.site_file), "--all")
-    assert result.exit_code == EXIT_CONFIG
-    assert "listen_port 4001 on 127.0.0.1 is given to s1-fridge, s1-hvac" in _error_line(
-        result.stderr
-    )
