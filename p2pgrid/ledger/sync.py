@@ -244,6 +244,10 @@ class Replicator:
         """One anti-entropy round: pull from ``peer`` what this replica lacks, in at
         most :data:`MAX_REQUESTS_PER_ROUND` requests (the next round goes on).
 
+        A round with a peer whose heads equal this replica's (equal digests: equal
+        logs) is its one HEADS_REQUEST and ends there: the periodic rounds of an
+        idle site cost one small request each.
+
         Raises :class:`SyncMisbehaviour` if the peer answers a range that its own
         heads claim with nothing, or with something that is not a reply.
         """
@@ -254,6 +258,8 @@ class Replicator:
             self.peer_digests[peer] = digest
             self._heard.set()
             self._heard = asyncio.Event()
+        if digest == self.store.digest():  # equal logs: nothing to decide per author
+            return SyncReport(peer=peer, **counts)
         # The owner's chain first: its enrolments admit the other authors' entries.
         for their in sorted(heads.heads.values(), key=lambda h: h.author.role is not Role.OWNER):
             if counts["requests"] >= MAX_REQUESTS_PER_ROUND:

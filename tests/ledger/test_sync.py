@@ -61,6 +61,31 @@ async def test_late_joiner_catches_up(site: Site, open_store: OpenStore) -> None
     assert (again.requests, again.appended) == (1, 0)
 
 
+async def test_a_round_with_equal_heads_ends_after_the_heads_request(
+    site: Site, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle site's periodic round: one HEADS_REQUEST, no per-author decision."""
+    net = LoopbackNetwork()
+    a = net.join(await open_store("a"))
+    await _write(site, a, 1, 3)
+    late = net.join(await open_store("late"))
+    decided: list[Author] = []
+    holds_all_of = late._holds_all_of
+
+    async def spy(their: AuthorHead) -> bool:
+        decided.append(their.author)
+        return await holds_all_of(their)
+
+    monkeypatch.setattr(late, "_holds_all_of", spy)
+    first = await late.sync_with("a")  # different heads: decided per author, pulled
+    assert first.appended == 3
+    assert Author.device(1) in decided
+    decided.clear()
+    again = await late.sync_with("a")
+    assert (again.requests, again.received, again.appended) == (1, 0, 0)
+    assert decided == []
+
+
 async def test_restarted_agent_catches_up(site: Site, open_store: OpenStore) -> None:
     net = LoopbackNetwork()
     a = net.join(await open_store("a"))
