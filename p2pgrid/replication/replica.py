@@ -8,9 +8,9 @@ and :class:`NetReplica` owns the tasks that feed it:
   log topic; announcements received there are ingested, and one that leaves a
   gap makes this replica pull from its sender;
 - **anti-entropy**: with a peer of the same site when it joins, with a few
-  random peers every ``anti_entropy_interval_s``, and again (backing off) after a
-  round that failed. A late joiner, a restarted agent or a healed partition
-  thereby reaches the same log.
+  random peers (one address per libp2p host) every ``anti_entropy_interval_s``,
+  and again (backing off) after a round that failed. A late joiner, a restarted
+  agent or a healed partition thereby reaches the same log.
 
 Every sync message (the bytes of :mod:`p2pgrid.ledger.wire`) travels as one net
 record of kind :data:`LOG_RECORD_KIND`; the net layer signs and checks the
@@ -49,6 +49,7 @@ from p2pgrid.net import (
     PeerHost,
     PeerJoined,
     PeerLeft,
+    PeerRef,
     RequestRejected,
     Subscription,
     Topic,
@@ -98,7 +99,8 @@ class ReplicaConfig:
 
     #: Mean time between periodic anti-entropy rounds (jittered by +-50 %).
     anti_entropy_interval_s: float = 10.0
-    #: Peers of the site pulled from in each periodic round, chosen at random.
+    #: Peers of the site pulled from in each periodic round, chosen at random, at
+    #: most one device address per libp2p host.
     peers_per_round: int = 2
     #: Rounds with different peers that may run at the same time.
     max_concurrent_rounds: int = 2
@@ -487,22 +489,35 @@ class NetReplica:
     # -- anti-entropy ------------------------------------------------------------
 
     def _site_peers(self) -> list[str]:
+        return [p.peer_id for p in self._site_peer_refs()]
+
+    def _site_peer_refs(self) -> list[PeerRef]:
         # A peer whose key was revoked since its hello is no longer a member.
         return [
-            p.peer_id
+            p
             for p in self.host.peers()
             if p.site_id in self.sites
             and p.peer_id not in self._own_peers
             and self.host.topics[self.topic].members.device_pubkey(p.site_id, p.device_index)
         ]
 
+    def periodic_peers(self) -> list[str]:
+        """The peers of one periodic round: ``peers_per_round`` random libp2p hosts of
+        the site, one random device address of each. A gateway's hub speaks for many
+        devices from one store: two of its devices in one round would pull the same
+        log twice."""
+        by_host: dict[str, list[str]] = {}
+        for ref in self._site_peer_refs():
+            by_host.setdefault(ref.host_id, []).append(ref.peer_id)
+        hosts = self._rng.sample(sorted(by_host), min(self.config.peers_per_round, len(by_host)))
+        return [self._rng.choice(by_host[host_id]) for host_id in hosts]
+
     async def _periodic_loop(self) -> None:
         interval = self.config.anti_entropy_interval_s
         while True:
             # A timer, not a synchronisation: rounds are due every ``interval``.
             await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
-            peers = self._site_peers()
-            for peer in self._rng.sample(peers, min(self.config.peers_per_round, len(peers))):
+            for peer in self.periodic_peers():
                 self.request_sync(peer)
 
     async def _schedule_loop(self) -> None:
