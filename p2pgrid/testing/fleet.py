@@ -47,7 +47,7 @@ from p2pgrid.billing.period import METER_INTERVAL_S, model_ms
 from p2pgrid.config.deployment import LndNode
 from p2pgrid.config.files import SiteFile
 from p2pgrid.config.owner import add_device, allocate, init_site, init_utility
-from p2pgrid.errors import TimeoutExpired
+from p2pgrid.errors import ReportableError, TimeoutExpired
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.jsonlines import ChildProcess, ProcessFailed
 from p2pgrid.ledger import Entry, LogStore, MeterReading, Role
@@ -72,7 +72,7 @@ BUDGET_MSAT_PER_DEVICE = 100_000
 WEIGHT_RICH = 10
 
 
-class FleetFailed(RuntimeError):
+class FleetFailed(ReportableError):
     """A process of the fleet ended, or a device failed, before the run was done."""
 
 
