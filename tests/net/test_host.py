@@ -228,7 +228,7 @@ async def test_a_peer_back_after_failed_dials_is_redialled_at_once(
     back-off, not after py-libp2p's 60 s negative dial cache runs out."""
     probe = await make_host(0)  # a's peer id (from its key); its address is elsewhere
     await probe.stop()
-    port = 47312  # where nothing listened yet: dials of it are refused
+    port = free_port()  # where nothing listens yet: dials of it are refused
     a_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{probe.peer_id}"
     b = await make_host(1, bootstrap=(a_addr,), reconnect_max_s=0.5)
 
