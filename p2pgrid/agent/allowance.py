@@ -36,6 +36,12 @@ on lnd, so it cannot be paid after the period's carry-over. So a seller killed
 with an offer out, paid while it was down or between the payment and its
 entry, logs the sale when it next closes that period.
 
+Two light devices of one site node (:mod:`p2pgrid.agent.sitewallet`) do not
+trade allowance: lnd cannot pay itself and allowance is no internal transfer, so
+a buyer does not ask a seller on its own node, and a seller refuses such a
+request before it makes an invoice (an offer that can never be paid would hold
+its leftover until the period's close).
+
 Across the owner's other sites: not sold (an ``allowance_sale`` names its buyer
 by index in the seller's site).
 """
@@ -209,6 +215,8 @@ class AllowanceDesk:
                 break
             if peer.site_id != self.me.site_id or peer.device_index > MAX_DEVICE_INDEX:
                 continue
+            if self._same_node(Party(peer.site_id, peer.device_index)):
+                continue  # its invoice would be on this node: never payable (see _same_node)
             deadline_ms = int((self._now() + self.config.offer_timeout_s) * 1000)
             request = AllowanceRequest(
                 self.me, period, need_msat - got, self.config.allowance_max_price_pct, deadline_ms
@@ -217,6 +225,14 @@ class AllowanceDesk:
         if got:
             log.info("[%s] bought %d msat of allowance in period %d", self.name, got, period)
         return got
+
+    def _same_node(self, other: Party) -> bool:
+        """Whether ``other`` is paid on this device's own Lightning node (two
+        light devices of one site node): lnd cannot pay itself and allowance is
+        no internal transfer (the seller logs a sale only for an invoice SETTLED
+        on lnd, :mod:`p2pgrid.agent.sitewallet`), so they never trade it."""
+        mine = self.nodes.get(self.me)
+        return mine is not None and self.nodes.get(other) == mine
 
     def _refuse(self, seller: int, why: str) -> int:
         self.refused.append(why)
@@ -355,6 +371,8 @@ class AllowanceDesk:
             raise self._reject(buyer, "only devices of this site buy allowance")
         if request.buyer != buyer or buyer == self.me:
             raise self._reject(buyer, "the request names another device than its sender")
+        if self._same_node(buyer):  # an offer never payable would hold leftover until the close
+            raise self._reject(buyer, "the buyer is on the same Lightning node")
         async with self.selling:
             await self._restore()
             held = self._open.get(request.id)

@@ -376,3 +376,27 @@ async def test_a_light_device_sells_allowance_from_the_site_node(rig: Rig) -> No
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
     assert checked.moved_msat == 24_000
+
+
+async def test_two_light_devices_of_one_node_do_not_trade_allowance(rig: Rig) -> None:
+    """Their node cannot pay itself and allowance is no internal transfer: the
+    buyer does not ask, and a seller asked anyway makes no invoice and holds nothing
+    (an offer it could never be paid for would lock its leftover until the close)."""
+    site = rig.site_node((0, 1))
+    seller, buyer = await rig.device(0, site=site), await rig.device(1, site=site)
+    for device, amount in ((seller, 100_000), (buyer, 10_000)):
+        await rig.allocate(seller.store, device.index, amount, PERIOD)
+    selling, buying = desk(rig, seller, LEFTOVER), desk(rig, buyer)
+    await rig.spread()
+    await rig.start()
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 0
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    with pytest.raises(RequestRejected, match="same Lightning node"):
+        await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    assert selling.held(PERIOD) == 0
+    assert await rig.ln.nodes[site.name].list_invoices() == []
+    assert await seller.intents.receivables(PurposeKind.ALLOWANCE) == []
+    assert buying.refused == []  # not an offer refused: never asked
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    assert checked.moved_msat == 0
