@@ -86,11 +86,20 @@ class Verdict:
 
 
 def replica_paths(scenario: Scenario, work_dir: Path, site_name: str) -> dict[str, Path]:
+    """Every replica file of a site after a run in ``work_dir``, by its keeper: the
+    utility's, each device's alone, and the one its site node's gateway keeps for
+    its light devices when it runs several (named as the node:
+    :func:`p2pgrid.agent.gateway.site_log_file`)."""
     site = next(s for s in scenario.sites if s.name == site_name)
     u = scenario.utility.name
     paths = {u: work_dir / u / f"{u}-{site_name}.db"}
+    shared = len(site.light_devices) > 1
     for d in site.devices:
-        paths[d.name] = work_dir / d.name / f"{d.name}.db"
+        if not (d.light and shared):
+            paths[d.name] = work_dir / d.name / f"{d.name}.db"
+    if shared and site.site_node is not None:
+        first = min(site.light_devices, key=lambda d: d.index)
+        paths[site.site_node] = work_dir / first.name / f"{site.name}.gateway.db"
     return paths
 
 
@@ -149,7 +158,7 @@ async def check_trial(
         verdict.hanging = len(left)
         verdict.problem(f"{len(left)} processes of the run still alive: {left}")
     paid_hashes: Counter[str] = Counter()
-    for node in (scenario.utility.name, *(d.name for s in scenario.sites for d in s.devices)):
+    for node in scenario.lnd_nodes:  # a light device pays from its site node
         async with stack.client(node) as client:
             for p in await client.list_payments():
                 if p.status is PaymentStatus.SUCCEEDED:

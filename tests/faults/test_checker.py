@@ -17,11 +17,13 @@ from tests.faults.checker import (
     Scope,
     compare_accounts,
     needs_no_market,
+    replica_paths,
     unpaired_site_sales,
 )
 from tests.faults.conftest import NO_MARKET, SCENARIO
 from tests.ledger.ledger_factory import Site
 
+SHIPPED_LIGHT = Path(__file__).parents[2] / "p2pgrid" / "scenarios" / "two_sites_light.toml"
 T0 = 1_704_103_200_000  # an interval start (modelled ms)
 STEP = 900_000
 
@@ -146,3 +148,22 @@ def test_a_purchase_across_sites_must_be_sold_once_by_the_sellers_site() -> None
     assert unpaired_site_sales(logs) == []
     logs["y"].append(sold(two))  # sold twice
     assert unpaired_site_sales(logs) == [f"site sale {'02' * 6}: bought 1x, sold 2x"]
+
+
+def test_the_light_devices_of_a_site_node_keep_one_replica_in_their_gateway() -> None:
+    """The demo's store-1: fridge and hvac light on store-1-node, one gateway
+    process whose one replica is ``store-1.gateway.db`` in the fridge's (lowest
+    index) data dir; the EV and every device of store-2 keep their own."""
+    scenario = load_scenario(SHIPPED_LIGHT)
+    work = Path("/run")
+    assert replica_paths(scenario, work, "store-1") == {
+        "utility": work / "utility" / "utility-store-1.db",
+        "s1-ev": work / "s1-ev" / "s1-ev.db",
+        "store-1-node": work / "s1-fridge" / "store-1.gateway.db",
+    }
+    assert set(replica_paths(scenario, work, "store-2")) == {
+        "utility",
+        "s2-solar",
+        "s2-hvac",
+        "s2-heater",
+    }
