@@ -182,10 +182,9 @@ class SiteLog:
     """The log of a gateway's devices of one site: one store, one replica.
 
     The replica runs on the host of the first of them that opens (its *anchor*:
-    gossip, anti-entropy, announcements of every device's entries); the hosts of
-    the others answer the sync requests their peers send them from the same
-    store (:meth:`NetReplica.serve_on`). With one host for the whole gateway the
-    replica is simply the one on that host.
+    gossip, anti-entropy, announcements of every device's entries); the host
+    views of the others (on the site's one hub) answer the sync requests their
+    peers address to them from the same store (:meth:`NetReplica.serve_on`).
     """
 
     path: Path
@@ -200,13 +199,14 @@ class SiteLog:
     ) -> tuple[NetReplica, EntriesWatch | None]:
         """The replica a device on ``host`` uses: started on ``host`` (and the
         owner's entries file watched) for the site's first device, its stops on
-        that device's ``parts``; for each other, answering on ``host`` too (unless
-        ``host`` is the replica's own: one host for the gateway)."""
+        that device's ``parts``; for each other, answering on ``host`` too. Every
+        view of a hub shares the hub's peer id, but requests name their device and
+        reach that device's view alone: each view answers, none is synced with."""
         if self.replica is None:
             self.replica, entries = await start_replica(parts, spec, self.store, host)
             self.anchor = spec.name
             return self.replica, entries
-        if host.peer_id != self.replica.host.peer_id:  # one shared host: nothing more
+        if host is not self.replica.host:
             self.replica.serve_on(host)
         return self.replica, None
 

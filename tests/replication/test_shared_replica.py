@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pgrid.agent.gateway import SiteLog
 from p2pgrid.ledger import (
     Author,
     Entry,
@@ -25,8 +26,15 @@ from p2pgrid.ledger import (
     MeterReading,
     Replicator,
 )
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
-from p2pgrid.replication import HostTransport, NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.net import DeviceKey, HostHub, NetConfig, PeerHost, TrioBridge
+from p2pgrid.replication import (
+    HostTransport,
+    NetReplica,
+    NodeSpec,
+    ReplicaConfig,
+    log_net_topic,
+    start_host,
+)
 from tests.ledger.ledger_factory import T0_MS, Site
 
 JOIN_S = 20.0
@@ -111,3 +119,50 @@ async def test_serve_on_needs_a_running_replica(
     replica = NetReplica(shared, host0, QUIET, topic=log_net_topic(shared.roster))
     with pytest.raises(LedgerError, match="serve_on called in state new"):
         replica.serve_on(host0)
+
+
+async def test_a_hubs_devices_answer_from_the_shared_store_and_are_never_synced_with(
+    site: Site, bridge: TrioBridge, tmp_path: Path, parts: AsyncExitStack
+) -> None:
+    """A gateway's way: devices 0 and 1 are views on one HostHub (one peer id),
+    one store, the replica on device 0's view (the anchor) and :class:`SiteLog`
+    serving it on device 1's view. A peer that asks device 1's address gets the
+    shared log; the replica counts neither of its hub's devices as a peer."""
+    shared = await site.open(tmp_path / "site.gateway.db", "gateway")
+    parts.push_async_callback(shared.close)
+    keys = [DeviceKey(site.identity, i, site.device(i)) for i in (0, 1)]
+    hub = HostHub(NetConfig(), keys, bridge=bridge, name="hub")
+    parts.push_async_callback(hub.stop)
+    site_log = SiteLog(tmp_path / "site.gateway.db", shared, ("d0", "d1"))
+    hosts = []
+    for key in keys:
+        spec = NodeSpec(
+            name=f"d{key.device_index}",
+            db_path=site_log.path,
+            site=site.identity,
+            net=hub.config,
+            key=key,
+            replica=QUIET,
+            bridge=bridge,
+            hub=hub,
+        )
+        host = await start_host(parts, spec, shared)
+        replica, _ = await site_log.serve(parts, spec, host)
+        hosts.append(host)
+    assert site_log.anchor == "d0"
+    writers = [LogWriter(shared, site.device(i), Author.device(i)) for i in (0, 1)]
+    for writer in writers:
+        await _append(writer)
+
+    peer_store = await site.open(tmp_path / "peer.db", "peer")
+    parts.push_async_callback(peer_store.close)
+    peer_host = await _host(parts, site, bridge, peer_store, 2, hub.addrs[0])
+    topic = log_net_topic(shared.roster)
+    peer = Replicator(peer_store, HostTransport(peer_host, topic.name, request_timeout_s=JOIN_S))
+    await peer_host.wait_for_peer(hosts[1].address, topic, timeout_s=JOIN_S)
+    report = await peer.sync_with(hosts[1].address)  # device 1's address, not the anchor's
+    assert report.appended == 2
+    assert peer_store.digest() == shared.digest()
+    own = {h.address for h in hosts}
+    assert own.isdisjoint(replica.periodic_peers())
+    assert await replica.push([], [hosts[1].address]) == 0
