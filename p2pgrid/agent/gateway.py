@@ -154,6 +154,15 @@ class GatewayDevice:
         return self.site_log.store
 
 
+def by_site(setups: Sequence[AgentSetup]) -> dict[str, list[AgentSetup]]:
+    """The devices ``setups`` of a gateway by site id, each site's in their order:
+    a site's first is its hub's first device (:func:`open_hub`)."""
+    sites: dict[str, list[AgentSetup]] = {}
+    for setup in setups:
+        sites.setdefault(setup.identity.site_id, []).append(setup)
+    return sites
+
+
 def site_log_file(setups: Sequence[AgentSetup]) -> Path:
     """The file of the site log of ``setups``, the devices of one site that one
     gateway runs: a device alone keeps ``<data_dir>/<name>.db``, as a single agent
@@ -228,9 +237,7 @@ class SiteLogs:
 
     def __init__(self, stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]) -> None:
         self._stack = stack
-        self._sites: dict[str, list[AgentSetup]] = {}
-        for setup in setups:
-            self._sites.setdefault(setup.identity.site_id, []).append(setup)
+        self._sites = by_site(setups)
         self._open: dict[str, SiteLog] = {}
 
     async def of(self, setup: AgentSetup) -> SiteLog:
@@ -280,9 +287,7 @@ def check_gateway(setups: Sequence[AgentSetup]) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"a gateway runs each device once: {', '.join(twice)} given twice")
-    sites: dict[str, list[AgentSetup]] = {}  # site id -> its devices here, the host's first
-    for s in setups:
-        sites.setdefault(s.identity.site_id, []).append(s)
+    sites = by_site(setups)  # site id -> its devices here, the host's first
     ports: dict[tuple[str, int], list[str]] = {}
     for first, *others in sites.values():
         where = (first.runtime.listen_host, first.runtime.listen_port)
@@ -522,13 +527,13 @@ async def run_gateway(
             stack.push_async_callback(bridge.stop)  # after every host
         sites = await open_site_nodes(stack, setups)  # closed after every device
         hubs: dict[str, HostHub] = {}  # one libp2p host per site of the gateway
+        members_of = by_site(setups)  # each site's devices here, its hub's first
         logs = SiteLogs(stack, setups)  # each closed after every device
         for setup in setups:
             neighbours = [a for hub in hubs.values() for a in hub.addrs]
             site_id = setup.identity.site_id
             if site_id not in hubs:  # stopped after its devices' parts, pushed below
-                members = [s for s in setups if s.identity.site_id == site_id]
-                hubs[site_id] = open_hub(stack, members, bridge, neighbours)
+                hubs[site_id] = open_hub(stack, members_of[site_id], bridge, neighbours)
             hub = hubs[site_id]
             parts = contextlib.AsyncExitStack()
             stack.push_async_callback(parts.aclose)
