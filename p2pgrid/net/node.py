@@ -385,10 +385,11 @@ class TrioNode:
 
     def address_of(self, peer_id: bytes | ID, site_id: str, device_index: int) -> str:
         """How the asyncio side names device ``(site_id, device_index)`` of peer
-        ``peer_id``: the peer id, unless its hello proved several devices."""
+        ``peer_id``: the peer id, unless its hello listed several devices (even if
+        only one of them is a member here: the peer still wants a target)."""
         pid = peer_id if isinstance(peer_id, ID) else ID(peer_id)
         refs = self._peers.get(pid, ())
-        if len(refs) > 1:
+        if refs and refs[0].peer_id != refs[0].host_id:
             return address(str(pid), (site_id, device_index))
         return str(pid)
 
@@ -504,7 +505,7 @@ class TrioNode:
         devices = self._proved_devices(peer_id, verdict, proofs)
         if devices is None:
             return
-        several = len(devices) > 1
+        several = bool(proofs)  # it wants a target, even if one device is a member here
         refs = tuple(
             PeerRef(
                 peer_id=address(str(peer_id), device if several else None),

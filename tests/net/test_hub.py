@@ -78,6 +78,11 @@ async def listed(host: PeerHost, devices: set[tuple[str, int]]) -> None:
     await wait_until(done, timeout_s=WAIT_S, what=f"{host.name} to list {sorted(devices)}")
 
 
+def topic_of(host: PeerHost) -> str:
+    (name,) = host.topics
+    return name
+
+
 def who_am_i(host: PeerHost) -> None:
     async def answer(request: Delivery) -> Note:
         note = request.decode(Note)
@@ -213,6 +218,27 @@ async def test_a_non_member_device_is_left_out_and_the_rest_listed(
     counts = next(iter(honest.stats().misbehaviour.values()))
     assert counts["hello:not_member_device"] >= 1
     assert honest.stats().banned == ()
+
+
+async def test_a_hub_with_one_member_device_here_is_still_addressed_by_device(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    """Its hello lists several devices, so it wants a target in each request, even
+    when only one of them is a member here (the others not enrolled yet)."""
+    site = owner.identity.site_id
+    (honest,) = await make_hub(keys(owner, [0]))
+    hub = await make_hub(keys(owner, [1, 100]), serve=[1], bootstrap=honest.addrs)
+    await listed(honest, {(site, 1)})
+    who_am_i(hub[0])
+    (ref,) = honest.peers()
+    assert parse_address(ref.peer_id) == (hub[0].peer_id, (site, 1))
+    answer = await honest.request(ref.peer_id, PROTOCOL, Note(4))
+    assert answer.decode(Note) == Note(4, "1 from 0")
+    # Its publications name the same address as its hello did.
+    sub = honest.subscribe(topic_of(hub[0]))
+    await hub[0].publish(topic_of(hub[0]), Note(5))
+    async with asyncio.timeout(WAIT_S):
+        assert (await sub.get()).peer_id == ref.peer_id
 
 
 async def test_a_ban_falls_on_the_peer_id_and_every_device_behind_it(
