@@ -5,6 +5,7 @@ from p2pgrid.net.config import NetConfig
 from p2pgrid.net.envelope import MAX_ENVELOPE_BYTES
 from p2pgrid.net.errors import (
     BridgeClosed,
+    DeviceAbsent,
     EnvelopeError,
     FrameError,
     MalformedMessage,
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_ENVELOPE_BYTES",
     "BridgeClosed",
     "Delivery",
+    "DeviceAbsent",
     "DeviceKey",
     "EnvelopeError",
     "EventStream",

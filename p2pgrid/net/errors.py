@@ -4,7 +4,8 @@ Split by what the caller does (see :mod:`p2pgrid.errors`):
 
 - retry later: :class:`BridgeClosed` (the trio side is not running),
   :class:`NetClosed` (the host is not running), :class:`PeerUnreachable`
-  (the peer could not be reached or dropped the stream);
+  (the peer could not be reached or dropped the stream), :class:`DeviceAbsent`
+  (the peer answered that the device asked is not there now);
 - give up and report: :class:`RequestRejected` (the peer refused or answered
   something invalid; on the trio side :class:`RequestRefused`),
   :class:`EnvelopeError` and :class:`FrameError` (malformed bytes from a peer),
@@ -22,6 +23,7 @@ from p2pgrid.errors import ReportableError, RetryableError
 
 __all__ = [
     "BridgeClosed",
+    "DeviceAbsent",
     "EnvelopeError",
     "FrameError",
     "MalformedMessage",
@@ -44,6 +46,12 @@ class NetClosed(RetryableError):
 
 class PeerUnreachable(RetryableError):
     """The peer could not be reached or dropped the stream."""
+
+
+class DeviceAbsent(PeerUnreachable):
+    """The peer answered with an error answer (docs/protocol-net.md section 7): the
+    device the request named is not served there, not running, or not serving the
+    protocol yet (a gateway's device that restarts, or starts after its hub)."""
 
 
 class RequestRejected(ReportableError):

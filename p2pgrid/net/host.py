@@ -39,6 +39,7 @@ from p2pgrid.net.envelope import (
 )
 from p2pgrid.net.errors import (
     BridgeClosed,
+    DeviceAbsent,
     EnvelopeError,
     MalformedMessage,
     NetClosed,
@@ -551,8 +552,10 @@ class PeerHost:
         for a device of this host's hub) and return its signed answer.
 
         Raises :class:`TimeoutExpired` after ``timeout_s``, :class:`PeerUnreachable`
-        if the peer is gone, :class:`RequestRejected` if it refused or answered
-        with an envelope that fails validation.
+        if the peer is gone (:class:`DeviceAbsent`: it answered that the device is
+        not served there, not running or not serving ``protocol``),
+        :class:`RequestRejected` if it refused or answered with an envelope that
+        fails validation.
         """
         bridge, node = self._running_node()
         try:
@@ -592,8 +595,8 @@ class PeerHost:
             count = len(verdict.records)
             raise RequestRejected(f"{peer_id} answered {protocol} with {count} records")
         record = verdict.records[0]
-        if record.kind == KIND_ERROR:
-            raise RequestRejected(f"{peer_id} refused {protocol}: {decode_error(record.data)}")
+        if record.kind == KIND_ERROR:  # the device is not there now: ask again later
+            raise DeviceAbsent(f"{peer_id} refused {protocol}: {decode_error(record.data)}")
         if device is not None and (verdict.site_id, verdict.device_index) != device:
             self.report_misbehaviour(peer_id, f"{protocol}:answer_other_device")
             raise RequestRejected(f"{peer_id} answered {protocol} as another device")

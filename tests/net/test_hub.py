@@ -12,6 +12,7 @@ import pytest
 from p2pgrid.errors import ConfigError
 from p2pgrid.net import (
     Delivery,
+    DeviceAbsent,
     DeviceKey,
     FrameError,
     HostHub,
@@ -137,10 +138,17 @@ async def test_a_device_the_hub_does_not_serve_gets_a_clear_refusal(
     await listed(right, {(site, 0), (site, 1), (site, 2)})
     for host in left:
         who_am_i(host)
-    with pytest.raises(RequestRejected, match="is not running"):
+    # An error answer: the device is not there now (retryable, as an absent peer).
+    with pytest.raises(DeviceAbsent, match="is not running"):
         await right.request(address(left[0].peer_id, (site, 2)), PROTOCOL, Note(1))
-    with pytest.raises(RequestRejected, match="not served here"):
+    with pytest.raises(DeviceAbsent, match="not served here"):
         await right.request(address(left[0].peer_id, (site, 9)), PROTOCOL, Note(1))
+    other = "/p2pgrid/test/other/1"  # served by device 0 alone: the host speaks it
+    left[0].handle(other, lambda request: asyncio.sleep(0, Note(0)))
+    with pytest.raises(DeviceAbsent, match="does not serve"):  # running, no handler yet
+        await right.request(address(left[0].peer_id, (site, 1)), other, Note(1))
+    with pytest.raises(DeviceAbsent, match="is not running"):  # a call inside the hub too
+        await left[0].request(address(left[0].peer_id, (site, 2)), PROTOCOL, Note(1))
     with pytest.raises(RequestRejected, match="refused"):  # names no device: which one?
         await right.request(left[0].peer_id, PROTOCOL, Note(1))
     answer = await right.request(address(left[0].peer_id, (site, 1)), PROTOCOL, Note(1))
