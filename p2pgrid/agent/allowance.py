@@ -492,13 +492,8 @@ class AllowanceDesk:
     async def _logged_sale(self, payment_hash: bytes) -> Entry | None:
         """This device's ``allowance_sale`` of ``payment_hash``, if in the log."""
         me = Author.device(self.me.device)
-        for entry in await self.store.entries():
-            body = entry.body
-            if (
-                entry.author == me
-                and isinstance(body, AllowanceSale)
-                and body.payment_hash == payment_hash
-            ):
+        for entry in await self.store.entries(kinds=(AllowanceSale.KIND,), author=me):
+            if isinstance(entry.body, AllowanceSale) and entry.body.payment_hash == payment_hash:
                 return entry
         return None
 
