@@ -164,17 +164,17 @@ class HostHub:
         device = (view.device.site.site_id, view.device.device_index)
         if self.keys.get(device) != view.device:
             raise ConfigError(f"{self.name}: {device} is not one of this hub's devices")
-        if device in self._views:
-            raise ConfigError(f"{self.name}: {device} has a running host already")
-        async with self._starting:
+        async with self._starting:  # one attach at a time: a device's second host waits, refused
+            if device in self._views:
+                raise ConfigError(f"{self.name}: {device} has a running host already")
             if self.state == "new":
                 await self._start(topics)
             bridge, node = self.running()
             await bridge.run(node.add_topics, list(topics))
-        ref = self._ref(device)
-        for other in self._views.values():
-            other._on_peer(True, ref)
-        self._views[device] = view
+            ref = self._ref(device)
+            for other in self._views.values():
+                other._on_peer(True, ref)
+            self._views[device] = view
 
     def detach(self, view: PeerHost) -> None:
         device = (view.device.site.site_id, view.device.device_index)

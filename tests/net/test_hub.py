@@ -282,6 +282,21 @@ async def test_a_hub_serves_only_the_devices_it_was_made_for(
         HostHub(NetConfig(), keys(owner, [0, 0]))
 
 
+async def test_two_hosts_of_one_device_started_at_once_are_refused_one(
+    bridge: TrioBridge, owner: TestSite, topic: Topic
+) -> None:
+    hub = HostHub(NetConfig(), keys(owner, [0, 1]), bridge=bridge)
+    twins = [PeerHost(NetConfig(), keys(owner, [1])[0], [topic], hub=hub) for _ in range(2)]
+    try:
+        started = await asyncio.gather(*(t.start() for t in twins), return_exceptions=True)
+        assert [type(s) for s in started].count(ConfigError) == 1
+        assert "has a running host already" in str(next(s for s in started if s is not None))
+    finally:
+        for twin in twins:
+            await twin.stop()
+        await hub.stop()
+
+
 def test_device_lists_and_targets_round_trip_and_refuse_garbage(owner: TestSite) -> None:
     peer = b"\x00\x24" + bytes(36)
     site = owner.identity.site_id
