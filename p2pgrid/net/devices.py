@@ -115,6 +115,12 @@ def address(peer_id: str, device: DeviceId | None) -> str:
     return peer_id if device is None else f"{peer_id}/{device[0]}/{device[1]}"
 
 
+def host_of(addr: str) -> str:
+    """The libp2p peer id of the host at address ``addr`` (either form): what a ban
+    falls on, and what tells two devices of one host apart from two hosts."""
+    return addr.split("/", 1)[0]
+
+
 def parse_address(addr: str) -> tuple[str, DeviceId | None]:
     """The peer id and the device (None: a host of one device) of ``addr``;
     :class:`ValueError` if it is neither form."""

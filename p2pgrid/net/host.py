@@ -28,7 +28,14 @@ from libp2p.peer.id import ID
 from p2pgrid.errors import ConfigError, ReportableError, TimeoutExpired
 from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
-from p2pgrid.net.devices import KIND_TARGET, DeviceId, decode_error, encode_target, parse_address
+from p2pgrid.net.devices import (
+    KIND_TARGET,
+    DeviceId,
+    decode_error,
+    encode_target,
+    host_of,
+    parse_address,
+)
 from p2pgrid.net.envelope import (
     FIRST_APP_KIND,
     KIND_ERROR,
@@ -660,7 +667,7 @@ class PeerHost:
         """
         bridge, node = self._running_node()
         name = self._topic(topic)
-        host_id = peer_id.split("/")[0]
+        host_id = host_of(peer_id)
         if self.hub.is_own(host_id):
             return
         try:

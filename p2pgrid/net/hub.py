@@ -50,6 +50,7 @@ from p2pgrid.net.devices import (
     address,
     decode_target,
     encode_error,
+    host_of,
 )
 from p2pgrid.net.envelope import KIND_ERROR, MAX_STREAM_ENVELOPE_BYTES, Envelope, Record, seal
 from p2pgrid.net.errors import BridgeClosed, FrameError, NetClosed
@@ -283,7 +284,7 @@ class HostHub:
     def report_misbehaviour(self, peer: str, reason: str, *, scored: bool = True) -> None:
         """Count ``reason`` against the peer behind address ``peer`` (a ban falls on
         the peer id: every device behind it). A device of this hub is logged only."""
-        host_id = peer.split("/")[0]
+        host_id = host_of(peer)
         if self.is_own(host_id):
             log.warning("%s: device %s of this host misbehaved: %s", self.name, peer, reason)
             return

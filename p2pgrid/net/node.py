@@ -41,6 +41,7 @@ from p2pgrid.net.devices import (
     address,
     decode_devices,
     encode_devices,
+    host_of,
 )
 from p2pgrid.net.discovery import Redialer, parse_peer_addr
 from p2pgrid.net.envelope import (
@@ -103,7 +104,7 @@ class PeerRef:
 
     def __post_init__(self) -> None:
         if not self.host_id:
-            object.__setattr__(self, "host_id", self.peer_id.split("/")[0])
+            object.__setattr__(self, "host_id", host_of(self.peer_id))
 
 
 Reply = Callable[[bytes | None], None]

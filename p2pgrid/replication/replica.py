@@ -56,7 +56,7 @@ from p2pgrid.net import (
     WrongKind,
 )
 from p2pgrid.net import Membership as NetMembership
-from p2pgrid.net.devices import parse_address
+from p2pgrid.net.devices import host_of
 from p2pgrid.net.membership import EVERY_ROLE
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ class NetReplica:
         targets = [
             p
             for p in (self._site_peers() if peers is None else peers)
-            if p not in self._own_peers and parse_address(p)[0] not in reached
+            if p not in self._own_peers and host_of(p) not in reached
         ]
         if not entries or not targets or self._state is not ReplicaState.RUNNING:
             return 0

@@ -30,6 +30,7 @@ from p2pgrid.net.devices import (
     decode_target,
     encode_devices,
     encode_target,
+    host_of,
     parse_address,
 )
 from p2pgrid.poll import wait_until
@@ -318,6 +319,7 @@ def test_device_lists_and_targets_round_trip_and_refuse_garbage(owner: TestSite)
         decode_target(b"\x00" * 11)
     assert parse_address(address("12D3Koo", (site, 7))) == ("12D3Koo", (site, 7))
     assert parse_address("12D3Koo") == ("12D3Koo", None)
+    assert host_of(address("12D3Koo", (site, 7))) == host_of("12D3Koo") == "12D3Koo"
     for bad in ("a/b/c", f"p/{site}/x", f"p/{site}"):
         with pytest.raises(ValueError, match="not a peer id"):
             parse_address(bad)
