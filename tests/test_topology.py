@@ -50,7 +50,11 @@ def test_a_site_node_of_many_devices_opens_lnd_s_largest_channel_and_is_funded_f
 
 @pytest.mark.parametrize(
     ("devices", "site_nodes", "problem"),
-    [(("a",), {"a": 2}, "site node named as a device"), ((), {"s": 0}, "at least one")],
+    [
+        (("a", "b"), {"a": 2}, r"site node named as a device: \['a'\]$"),
+        (("a", "a"), {}, r"a device named twice: \['a'\]$"),
+        ((), {"s": 0}, "at least one"),
+    ],
 )
 def test_a_bad_star_is_refused(
     devices: tuple[str, ...], site_nodes: dict[str, int], problem: str

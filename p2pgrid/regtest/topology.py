@@ -80,9 +80,14 @@ def utility_star(devices: Sequence[str], site_nodes: Mapping[str, int] | None = 
     light devices' bills, shares and sales all leave or reach it), at most
     :data:`MAX_CHANNEL_SAT`, funded to open it.
     """
-    loads = {**dict.fromkeys(devices, 1), **(site_nodes or {})}
-    if len(loads) != len(devices) + len(site_nodes or {}):
-        raise ConfigError(f"a site node named as a device: {sorted(set(devices) & set(loads))}")
+    site_nodes = site_nodes or {}
+    twice = sorted({d for d in devices if list(devices).count(d) > 1})
+    if twice:
+        raise ConfigError(f"a device named twice: {twice}")
+    clash = sorted(set(devices) & set(site_nodes))
+    if clash:
+        raise ConfigError(f"a site node named as a device: {clash}")
+    loads = {**dict.fromkeys(devices, 1), **site_nodes}
     nodes, channels = [NodeSpec(UTILITY)], []
     for name, light in loads.items():
         if light < 1:
