@@ -34,7 +34,11 @@ hash, preimage) in the request's period, once (a sale of that hash already in
 the log is not written again); an offer still unpaid at the close is cancelled
 on lnd, so it cannot be paid after the period's carry-over. So a seller killed
 with an offer out, paid while it was down or between the payment and its
-entry, logs the sale when it next closes that period.
+entry, logs the sale when it next closes that period. An offer whose lnd did
+not answer at its period's close stays open (and recorded) until a later
+close, which resolves every open offer of its period or an earlier one: the
+sale logged in the offer's period if the invoice was paid, else the invoice
+cancelled.
 
 Two light devices of one site node (:mod:`p2pgrid.agent.sitewallet`) do not
 trade allowance: lnd cannot pay itself and allowance is no internal transfer, so
@@ -505,13 +509,24 @@ class AllowanceDesk:
         """Before ``period``'s carry-over: log each open offer of it whose invoice
         was paid, and cancel the others on lnd (a payment racing the cancel
         settles first, and is then logged). An lnd that does not answer leaves
-        the offer open (its invoice expires)."""
+        the offer open (its invoice expires); so does every later close resolve
+        the offers of earlier periods still open (left open at their close, or
+        restored from the intents file): a paid one's sale is logged in its own
+        period, the others are cancelled."""
         async with self.selling:
             await self._restore()
             self._closed.add(period)
             for request_id, held in list(self._open.items()):
-                if held.period != period:
+                if held.period > period:
                     continue
+                if held.period < period:
+                    log.info(
+                        "[%s] allowance offer %s... of period %d still open at the close of %d",
+                        self.name,
+                        held.payment_hash[:16],
+                        held.period,
+                        period,
+                    )
                 try:
                     if await self._log_if_settled(request_id, held) is not None:
                         continue
@@ -532,5 +547,8 @@ class AllowanceDesk:
                 await self.intents.end_receivable(held.payment_hash, ReceivableState.CANCELLED)
                 del self._open[request_id]
                 log.info(
-                    "[%s] allowance offer to device %d cancelled", self.name, held.buyer.device
+                    "[%s] allowance offer to device %d of period %d cancelled",
+                    self.name,
+                    held.buyer.device,
+                    held.period,
                 )

@@ -6,7 +6,9 @@ above the buyer's maximum, more than asked, an expiring invoice) is refused and
 paid nothing; a buyer that crashes mid-payment logs its payment on restart and
 the seller its sale at the period's close; a seller restarted with an offer out
 (its receivable in the intents file) logs the sale once it is paid, and a
-sale logged before a restart is not logged again; a light device sells from
+sale logged before a restart is not logged again; an offer left open at its
+period's close (lnd not answering) is resolved at a later close, live or
+restarted (logged if paid, else cancelled); a light device sells from
 its site node (its invoice's description names it in the payee field).
 Reconciliation passes after each."""
 
@@ -28,8 +30,9 @@ from p2pgrid.agent.intents import PaymentIntent, Purpose, PurposeKind
 from p2pgrid.agent.messages import AllowanceOffer, AllowancePaid, AllowanceReceipt, AllowanceRequest
 from p2pgrid.agent.payguard import allowance_memo
 from p2pgrid.agent.paymaster import Paymaster
+from p2pgrid.agent.ports import Wallet
 from p2pgrid.ledger import AllowanceSale, Entry, Payment, fold
-from p2pgrid.lightning import InvoiceState
+from p2pgrid.lightning import Invoice, InvoiceState, NodeUnreachable
 from p2pgrid.net import Delivery, RequestRejected
 from tests.agent.rig import Device, Rig
 
@@ -44,14 +47,14 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await rig.close()
 
 
-def desk(rig: Rig, device: Device, leftover: int = 0) -> AllowanceDesk:
+def desk(rig: Rig, device: Device, leftover: int = 0, node: Wallet | None = None) -> AllowanceDesk:
     async def offered(period: int) -> int:
         return leftover if period == PERIOD else 0
 
     made = AllowanceDesk(
         me=rig.party(device.index),
         host=device.peers,
-        node=device.wallet,
+        node=node if node is not None else device.wallet,
         paymaster=device.paymaster,
         leftover=offered,
         name=device.name,
@@ -400,3 +403,67 @@ async def test_two_light_devices_of_one_node_do_not_trade_allowance(rig: Rig) ->
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
     assert checked.moved_msat == 0
+
+
+class _Unanswering:
+    """A seller's lnd that does not answer invoice look-ups and cancels (the rest
+    of :class:`Wallet` passes to ``node``)."""
+
+    def __init__(self, node: Wallet) -> None:
+        self.node = node
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.node, name)
+
+    async def lookup_invoice(self, payment_hash: str) -> Invoice:
+        raise NodeUnreachable("lnd does not answer")
+
+    async def cancel_invoice(self, payment_hash: str) -> None:
+        raise NodeUnreachable("lnd does not answer")
+
+
+@pytest.mark.parametrize("paid", [True, False], ids=["paid", "unpaid"])
+@pytest.mark.parametrize("restarted", [False, True], ids=["live", "restarted"])
+async def test_an_offer_left_open_at_its_close_is_resolved_at_a_later_close(
+    rig: Rig, paid: bool, restarted: bool
+) -> None:
+    seller, buyer, _, _ = await pair(rig)
+    unanswering = desk(rig, seller, LEFTOVER, node=_Unanswering(seller.node))  # type: ignore[arg-type]
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    decoded = await buyer.node.decode_invoice(offer.bolt11)
+    if paid:  # paid (and logged by the buyer), but the buyer never says so
+        purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
+        intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
+        await buyer.intents.record(intent)
+        await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+        await buyer.paymaster.recover()
+    await unanswering.close(PERIOD)  # lnd does not answer: the offer stays open
+    assert [r.payment_hash for r in await seller.intents.receivables(PurposeKind.ALLOWANCE)] == [
+        decoded.payment_hash
+    ]
+    # the desk that closed PERIOD goes on (its lnd back), or a restarted one from the files
+    selling = desk(rig, seller, LEFTOVER) if restarted else unanswering
+    selling.node = seller.wallet
+    await selling.restore()
+    await selling.close(PERIOD + 1)  # the next close resolves the offer of PERIOD
+    await selling.close(PERIOD + 2)  # and nothing more at the one after
+    assert await seller.intents.receivables(PurposeKind.ALLOWANCE) == []
+    assert selling.held(PERIOD) == 0
+    sales = kind(await seller.store.entries(), AllowanceSale)
+    invoice = await seller.node.lookup_invoice(decoded.payment_hash)
+    if paid:
+        [sale] = sales
+        assert isinstance(sale.body, AllowanceSale)
+        assert (sale.period, sale.body.buyer, sale.body.payment_hash.hex()) == (
+            PERIOD,
+            1,
+            decoded.payment_hash,
+        )
+        assert (invoice.state, selling.sold_msat) == (InvoiceState.SETTLED, 30_000)
+    else:
+        assert (sales, invoice.state, selling.sold_msat) == ([], InvoiceState.CANCELED, 0)
+    await rig.spread()
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
