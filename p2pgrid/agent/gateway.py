@@ -210,9 +210,15 @@ class SiteLog:
         owner's entries file watched) for the site's first device, its stops on
         that device's ``parts``; for each other, answering on ``host`` too. Every
         view of a hub shares the hub's peer id, but requests name their device and
-        reach that device's view alone: each view answers, none is synced with."""
+        reach that device's view alone: each view answers, none is synced with (the
+        hub's devices are all this site's here: the replica knows their addresses
+        from its start, before the hub announces them to it as they attach)."""
         if self.replica is None:
-            self.replica, entries = await start_replica(parts, spec, self.store, host)
+            hub = host.hub
+            serves = [a for a in map(hub.address, hub.keys) if a != host.address]
+            self.replica, entries = await start_replica(
+                parts, spec, self.store, host, serves=serves
+            )
             self.anchor = spec.name
             return self.replica, entries
         if host is not self.replica.host:

@@ -112,12 +112,20 @@ async def start_host(parts: contextlib.AsyncExitStack, spec: NodeSpec, store: Lo
 
 
 async def start_replica(
-    parts: contextlib.AsyncExitStack, spec: NodeSpec, store: LogStore, host: PeerHost
+    parts: contextlib.AsyncExitStack,
+    spec: NodeSpec,
+    store: LogStore,
+    host: PeerHost,
+    *,
+    serves: Sequence[str] = (),
 ) -> tuple[NetReplica, EntriesWatch | None]:
     """Start the replica of ``store`` on ``host`` (running, on the log topic) and,
     if ``spec`` names one, the watch of the owner's entries file; their stops go
-    on ``parts``."""
-    replica = NetReplica(store, host, spec.replica, topic=log_net_topic(store.roster))
+    on ``parts``. ``serves``: the addresses of the hosts it will also answer on
+    (:meth:`NetReplica.serve_on`), never synced with."""
+    replica = NetReplica(
+        store, host, spec.replica, topic=log_net_topic(store.roster), serves=serves
+    )
     await replica.start()
     parts.push_async_callback(replica.stop)
     entries = None

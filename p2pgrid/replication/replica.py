@@ -215,7 +215,11 @@ class NetReplica:
         config: ReplicaConfig,
         *,
         topic: Topic | str | None = None,
+        serves: Sequence[str] = (),
     ) -> None:
+        """``serves``: the addresses of the other hosts that will answer from this
+        very store (:meth:`serve_on`), known before they start, so that none is
+        taken for a peer in between (their hub announces them as it attaches them)."""
         self.store = store
         self.host = host
         self.config = config
@@ -245,9 +249,9 @@ class NetReplica:
         self._children: set[asyncio.Task[None]] = set()  # rounds and retry timers
         self._subscription: Subscription | None = None
         self._events: EventStream | None = None
-        #: The addresses of the other hosts this replica serves on (:meth:`serve_on`):
-        #: they answer from this very store, so they are never synced with.
-        self._own_peers: set[str] = set()
+        #: The addresses of the other hosts this replica serves on (:meth:`serve_on`,
+        #: ``serves``): they answer from this very store, so they are never synced with.
+        self._own_peers: set[str] = set(serves)
 
     @property
     def name(self) -> str:

@@ -166,3 +166,40 @@ async def test_a_hubs_devices_answer_from_the_shared_store_and_are_never_synced_
     own = {h.address for h in hosts}
     assert own.isdisjoint(replica.periodic_peers())
     assert await replica.push([], [hosts[1].address]) == 0
+
+
+async def test_a_hubs_later_device_is_never_the_anchors_peer_even_before_it_is_served(
+    site: Site, bridge: TrioBridge, tmp_path: Path, parts: AsyncExitStack
+) -> None:
+    """The hub announces device 1 to the anchor's view as device 1's host
+    attaches, before :class:`SiteLog` serves the replica on it: the replica knew
+    its address from its start, so it never syncs with it (nor counts it as a
+    peer) in between, and a sync it is asked for is not run."""
+    shared = await site.open(tmp_path / "site.gateway.db", "gateway")
+    parts.push_async_callback(shared.close)
+    keys = [DeviceKey(site.identity, i, site.device(i)) for i in (0, 1)]
+    hub = HostHub(NetConfig(), keys, bridge=bridge, name="hub")
+    parts.push_async_callback(hub.stop)
+    site_log = SiteLog(tmp_path / "site.gateway.db", shared, ("d0", "d1"))
+    specs = [
+        NodeSpec(
+            name=f"d{key.device_index}",
+            db_path=site_log.path,
+            site=site.identity,
+            net=hub.config,
+            key=key,
+            replica=QUIET,
+            bridge=bridge,
+            hub=hub,
+        )
+        for key in keys
+    ]
+    anchor = await start_host(parts, specs[0], shared)
+    replica, _ = await site_log.serve(parts, specs[0], anchor)
+    later = await start_host(parts, specs[1], shared)  # joined: the anchor's view is told
+    assert later.address in {p.peer_id for p in anchor.peers()}
+    assert later.address not in replica.periodic_peers()
+    replica.request_sync(later.address)
+    await site_log.serve(parts, specs[1], later)
+    assert replica.failures(later.address) == 0
+    assert replica.stats().rounds == 0  # nothing was run with it (QUIET: no periodic round)
