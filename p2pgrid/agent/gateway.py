@@ -264,7 +264,11 @@ class SiteLogs:
         try:
             for old in earlier:
                 merged = await merge_replica(store, old, retire=False)
-                log.info("[%s] merged %s: %d entries, %d new", name, *dataclasses.astuple(merged))
+                log.info(
+                    "[%s] merged %s: %d entries, %d new, %d equivocations",
+                    name,
+                    *dataclasses.astuple(merged),
+                )
             for setup in members:
                 own = setup.runtime.data_dir / f"{setup.name}.db"
                 await check_not_behind(store, merged_path(own), Author.device(setup.device.index))

@@ -12,7 +12,11 @@ entry refused (another site's file, a corrupt one) refuses the merge with a
 :class:`~p2pgrid.errors.ConfigError` naming the file and the reasons; the file
 stays as it was, and the store holds only entries that passed every check, as
 after any peer's batch. :func:`retire_replica` renames a merged file, for a
-caller that merges several and renames them only once all passed.
+caller that merges several and renames them only once all passed. An entry of
+the file that conflicts with the store's chain of its author (an equivocation,
+two entries at one sequence number) is kept as the log keeps any (evidence, its
+author flagged), logged as a warning naming the author and the sequence, and
+counted apart (:attr:`Merged.equivocations`), not as stored.
 
 :func:`check_not_behind` refuses a store that holds less of a device's own
 entries than the device's merged file did: the device's log went into another
@@ -24,12 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 
 from p2pgrid.errors import ConfigError
-from p2pgrid.ledger import Author, LogStore
+from p2pgrid.ledger import Author, LogStore, decode_entry
 from p2pgrid.ledger.errors import CorruptLogError
 from p2pgrid.ledger.outcome import Outcome
+
+log = logging.getLogger(__name__)
 
 #: What a merged replica file is renamed to: ``<file><MERGED_SUFFIX>``.
 MERGED_SUFFIX = ".merged"
@@ -43,7 +50,10 @@ class Merged:
 
     path: Path  # the file as it was named (now ``<path>.merged``)
     entries: int  # in the file's log
-    stored: int  # joined the store (the others it held already)
+    stored: int  # joined the store (the others it held already), equivocations apart
+    #: Entries that conflict with the store's chain of their author (a second
+    #: entry at one sequence number): kept as evidence, their author flagged.
+    equivocations: int = 0
 
 
 def merged_path(path: Path) -> Path:
@@ -70,10 +80,25 @@ async def merge_replica(store: LogStore, path: Path, *, retire: bool = True) -> 
             f"({', '.join(refused)}); nothing was renamed: check the file with "
             "`p2pgrid log verify`, or move it away to start this device from its peers"
         )
-    stored = sum(r.outcome in (Outcome.STORED, Outcome.EQUIVOCATION) for r in report.results)
+    stored = sum(r.outcome is Outcome.STORED for r in report.results)
+    forks = [
+        decode_entry(raw, store.membership.site_hash)
+        for raw, result in zip(raws, report.results, strict=True)
+        if result.outcome is Outcome.EQUIVOCATION
+    ]
+    for fork in forks:
+        log.warning(
+            "[%s] %s: %s %d signed another entry at sequence %d than this store holds "
+            "(an equivocation: kept as evidence, the author flagged)",
+            store.name,
+            path,
+            fork.author.role.name.lower(),
+            fork.author.index,
+            fork.seq,
+        )
     if retire:
         await retire_replica(path)
-    return Merged(path, len(raws), stored)
+    return Merged(path, len(raws), stored, len(forks))
 
 
 async def retire_replica(path: Path) -> None:

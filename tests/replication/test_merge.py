@@ -96,3 +96,25 @@ async def test_a_store_behind_a_devices_merged_file_is_refused(tmp_path: Path) -
         # Another device's merged file says nothing about device 0's chain.
         await check_not_behind(here, merged_path(tmp_path / "dev0.db"), Author.device(1))
         await check_not_behind(here, tmp_path / "no-such.db.merged", Author.device(0))
+
+
+async def test_a_file_whose_chain_conflicts_with_the_stores_is_counted_apart_and_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Device 1's key signed two chains (two files): the second file's entry at
+    sequence 1 is an equivocation, not "stored"; the operator is told which."""
+    await written(tmp_path / "dev1.db", 1, 2)
+    async with await SITE.open(tmp_path / "fork.db", "fork") as fork:  # another reading at 1
+        writer = LogWriter(fork, SITE.device(1), Author.device(1))
+        await writer.append(MeterReading(T0_MS, 900, 99, 100), period=1, timestamp_ms=T0_MS)
+    async with await SITE.open(tmp_path / "site.gateway.db", "site") as shared:
+        first = await merge_replica(shared, tmp_path / "dev1.db")
+        assert (first.stored, first.equivocations) == (2, 0)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            second = await merge_replica(shared, tmp_path / "fork.db")
+        assert (second.stored, second.equivocations) == (0, 1)
+        merge_log = "p2pgrid.replication.merge"
+        [warning] = [r.getMessage() for r in caplog.records if r.name == merge_log]
+        assert "device 1 signed another entry at sequence 1" in warning
+        assert shared.heads()[Author.device(1)].seq == 2  # nothing else changed
