@@ -334,17 +334,16 @@ async def open_device(
     *,
     bridge: TrioBridge,
     logs: SiteLogs,
-    neighbours: Sequence[str] = (),
     make_paymaster: PaymasterFactory = Paymaster,
     site: SiteNode | None = None,
     hub: HostHub | None = None,
 ) -> GatewayDevice:
     """Open device ``setup.name``'s parts on ``parts`` (their stops go there, in
     order) and build its agent on its site's log in this gateway (``logs``,
-    opened after its lnd answered). Its host runs on ``bridge`` and bootstraps from
-    ``neighbours`` too (the hosts of the gateway's other devices), or is a view
-    on ``hub``, the libp2p host it shares with the gateway's other devices of its
-    site (:func:`open_hub`). A light device pays and is paid through ``site``
+    opened after its lnd answered). Its host runs on ``bridge`` (bootstrapping from
+    its row's addresses), or is a view on ``hub``, the libp2p host it shares with
+    the gateway's other devices of its site (:func:`open_hub`, which bootstraps
+    from the gateway's other hubs). A light device pays and is paid through ``site``
     (the gateway's one client of its site node)."""
     name, identity, device, runtime = setup.name, setup.identity, setup.device, setup.runtime
     runtime.data_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +380,6 @@ async def open_device(
     intents = await IntentBook.open(runtime.data_dir / f"{name}.intents.db", name=name)
     parts.push_async_callback(intents.close)
     site_log = await logs.of(setup)
-    bootstrap = (*runtime.bootstrap, *(a for a in neighbours if a not in runtime.bootstrap))
     spec = NodeSpec(
         name=name,
         db_path=site_log.path,
@@ -389,7 +387,7 @@ async def open_device(
         net=NetConfig(
             listen_host=runtime.listen_host,
             listen_port=runtime.listen_port,
-            bootstrap=bootstrap,
+            bootstrap=runtime.bootstrap,
             mdns=runtime.mdns,
         ),
         key=DeviceKey(identity, device.index, setup.signer),
@@ -540,9 +538,9 @@ async def run_gateway(
         members_of = by_site(setups)  # each site's devices here, its hub's first
         logs = SiteLogs(stack, setups)  # each closed after every device
         for setup in setups:
-            neighbours = [a for hub in hubs.values() for a in hub.addrs]
             site_id = setup.identity.site_id
             if site_id not in hubs:  # stopped after its devices' parts, pushed below
+                neighbours = [a for hub in hubs.values() for a in hub.addrs]
                 hubs[site_id] = open_hub(stack, members_of[site_id], bridge, neighbours)
             hub = hubs[site_id]
             parts = contextlib.AsyncExitStack()
@@ -552,7 +550,6 @@ async def run_gateway(
                 setup,
                 bridge=bridge,
                 logs=logs,
-                neighbours=neighbours,
                 make_paymaster=make_paymaster,
                 site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
                 hub=hub,
