@@ -17,7 +17,8 @@ known: the owner (always, from the identity), the utility and the devices. The
 site's log store keeps its roster up to date from the owner's entries; the net
 layer reads the same roster to check envelopes. A roster's state is one
 immutable snapshot replaced as a whole on each change, so the net layer's
-thread reads a consistent state without a lock.
+thread reads a consistent state without a lock; a watcher (:meth:`Roster.watch`)
+is called after each change (the net layer re-reads what peers proved then).
 
 Signatures are BIP340 Schnorr (64 bytes) over the SHA-256 of the message bytes,
 made and checked with libsecp256k1 (coincurve).
@@ -29,7 +30,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import coincurve
@@ -205,6 +206,24 @@ class Roster:
     def __init__(self, site: SiteIdentity) -> None:
         self.site = site
         self._state = _RosterState({(Role.OWNER, 0): Member(site.owner_pubkey)}, {})
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` after every change of the roster from now on (on the
+        thread that changed it: it must only schedule its work)."""
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[], None]) -> None:
+        """Stop calling ``watcher``; safe for one that is not watching."""
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def _replace(self, state: _RosterState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        for watcher in list(self._watchers):
+            watcher()
 
     def member(self, role: Role, index: int) -> Member | None:
         state = self._state  # one read: a consistent snapshot
@@ -236,7 +255,7 @@ class Roster:
             return False
         enrolled = dict(state.enrolled)
         enrolled[(role, index)] = Member(pubkey, from_period)
-        self._state = _RosterState(enrolled, state.revoked)
+        self._replace(_RosterState(enrolled, state.revoked))
         return True
 
     def revoke(self, role: Role, index: int, last_seq: int) -> bool:
@@ -248,7 +267,7 @@ class Roster:
             return False
         revoked = dict(state.revoked)
         revoked[(role, index)] = last_seq
-        self._state = _RosterState(state.enrolled, revoked)
+        self._replace(_RosterState(state.enrolled, revoked))
         return True
 
     def snapshot(self) -> object:
@@ -257,4 +276,4 @@ class Roster:
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, _RosterState)
-        self._state = snapshot
+        self._replace(snapshot)

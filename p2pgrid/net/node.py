@@ -31,6 +31,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2pgrid.identity import Roster
 from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
 from p2pgrid.net.devices import (
@@ -52,7 +53,7 @@ from p2pgrid.net.envelope import (
     Record,
     parse,
 )
-from p2pgrid.net.errors import EnvelopeError, FrameError, RequestRefused
+from p2pgrid.net.errors import BridgeClosed, EnvelopeError, FrameError, RequestRefused
 from p2pgrid.net.frames import (
     PEER_ERRORS,
     STREAM_ERRORS,
@@ -105,6 +106,17 @@ class PeerRef:
     def __post_init__(self) -> None:
         if not self.host_id:
             object.__setattr__(self, "host_id", host_of(self.peer_id))
+
+
+@dataclass(frozen=True)
+class _Hello:
+    """What a joined peer's accepted hello says, kept to be read again when this
+    node's membership changes: its signing device, the other devices it lists
+    (with their proofs) and its listen addresses."""
+
+    first: DeviceId
+    proofs: tuple[DeviceProof, ...]
+    listen_addrs: tuple[str, ...]
 
 
 Reply = Callable[[bytes | None], None]
@@ -248,6 +260,10 @@ class TrioNode:
         )
         #: Each joined peer's devices (one, or those its hello proved).
         self._peers: dict[ID, tuple[PeerRef, ...]] = {}
+        #: Each joined peer's hello, read again when a roster of this node changes.
+        self._hellos: dict[ID, _Hello] = {}
+        self._watched: list[Roster] = []  # the rosters whose changes re-read the hellos
+        self._recheck_due = False
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._finished = trio.Event()
@@ -285,6 +301,7 @@ class TrioNode:
                     self.listen_addrs = tuple(
                         str(addr).split("/p2p/")[0] for addr in self.host.get_addrs()
                     )
+                    self._watch_rosters()
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         for name, sub in subscriptions:
@@ -305,6 +322,9 @@ class TrioNode:
             log.exception("%s: the libp2p host crashed", self.name)
             self._bridge.to_asyncio(self._events.on_crash, exc)
         finally:
+            for roster in self._watched:
+                roster.unwatch(self._membership_changed)
+            self._watched.clear()
             if self._config.mdns:
                 peerDiscovery.unregister_peer_discovered_handler(self._on_mdns)
             self._nursery = None
@@ -381,6 +401,9 @@ class TrioNode:
             sub = await self.pubsub.subscribe(topic.name)
             if self._nursery is not None:
                 self._nursery.start_soon(self._read_topic, topic.name, sub)
+        if self._nursery is not None:  # serving: the new rosters are watched too
+            self._watch_rosters()
+            self._membership_changed()
 
     # -- peers -------------------------------------------------------------------
 
@@ -429,6 +452,7 @@ class TrioNode:
         if self._is_connected(peer_id):
             return
         self._redialer.lost(peer_id)
+        self._hellos.pop(peer_id, None)
         refs = self._peers.pop(peer_id, ())
         if refs:
             log.info("%s: peer %s left", self.name, peer_id)
@@ -503,20 +527,10 @@ class TrioNode:
             log.info("%s: malformed hello from %s: %s", self.name, peer_id, exc)
             self.punish(peer_id, "hello:malformed")
             return
-        devices = self._proved_devices(peer_id, verdict, proofs)
+        said = _Hello((verdict.site_id, verdict.device_index), proofs, hello.listen_addrs)
+        devices = self._proved_devices(peer_id, said)
         if devices is None:
             return
-        several = bool(proofs)  # it wants a target, even if one device is a member here
-        refs = tuple(
-            PeerRef(
-                peer_id=address(str(peer_id), device if several else None),
-                site_id=device[0],
-                device_index=device[1],
-                addrs=hello.listen_addrs,
-                host_id=str(peer_id),
-            )
-            for device in devices
-        )
         self._redialer.want(PeerInfo(peer_id, addrs))
         for known in hello.known_peers:
             try:
@@ -525,10 +539,30 @@ class TrioNode:
                 log.debug("%s: ignoring known peer %r: %s", self.name, known, exc)
         if not self._is_connected(peer_id):
             return
-        before = {(r.site_id, r.device_index) for r in self._peers.get(peer_id, ())}
-        self._peers[peer_id] = refs
+        self._hellos[peer_id] = said
+        self._list(peer_id, said, devices)
+
+    def _list(self, peer_id: ID, said: _Hello, devices: Sequence[DeviceId]) -> None:
+        """List ``devices`` as the peer's devices: each new one joins, each listed
+        before and not now leaves (a later hello without it, a revocation here)."""
+        several = bool(said.proofs)  # it wants a target, even if one device is a member here
+        refs = tuple(
+            PeerRef(
+                peer_id=address(str(peer_id), device if several else None),
+                site_id=device[0],
+                device_index=device[1],
+                addrs=said.listen_addrs,
+                host_id=str(peer_id),
+            )
+            for device in devices
+        )
+        before = {(r.site_id, r.device_index): r for r in self._peers.get(peer_id, ())}
+        if refs:
+            self._peers[peer_id] = refs
+        else:
+            self._peers.pop(peer_id, None)
         for ref in refs:
-            if (ref.site_id, ref.device_index) in before:
+            if before.pop((ref.site_id, ref.device_index), None) is not None:
                 continue
             log.info(
                 "%s: peer %s joined (site %s device %d)",
@@ -538,28 +572,73 @@ class TrioNode:
                 ref.device_index,
             )
             self._bridge.to_asyncio(self._events.on_peer, True, ref)
+        for ref in before.values():
+            log.info(
+                "%s: peer %s no longer speaks for site %s device %d here",
+                self.name,
+                peer_id,
+                ref.site_id,
+                ref.device_index,
+            )
+            self._bridge.to_asyncio(self._events.on_peer, False, ref)
+
+    # -- membership changes ---------------------------------------------------------
+
+    def _watch_rosters(self) -> None:
+        for roster in self._members.rosters:
+            if roster not in self._watched:
+                roster.watch(self._membership_changed)
+                self._watched.append(roster)
+
+    def _membership_changed(self) -> None:
+        """A roster of this node changed (called where it changed, the asyncio
+        side: only schedules :meth:`_recheck_peers`, once for many changes)."""
+        if self._recheck_due:
+            return
+        self._recheck_due = True
+        try:
+            self._bridge.to_trio(self._recheck_peers)
+        except BridgeClosed:
+            self._recheck_due = False  # stopping: no peer to list any more
+
+    def _recheck_peers(self) -> None:
+        """Read each joined peer's hello again against the membership now: a device
+        it listed that became a member joins, one no longer a member leaves; a
+        hello whose signer is no longer a member, or with a proof that does not
+        verify now that its device is a member, is refused as a whole, as it would
+        be now: the peer is no longer listed (docs/protocol-net.md, section 6)."""
+        self._recheck_due = False
+        for peer_id, said in list(self._hellos.items()):
+            devices = None
+            if self._members.device_pubkey(*said.first) is not None:
+                devices = self._proved_devices(peer_id, said, again=True)
+            if devices is None:
+                del self._hellos[peer_id]
+            self._list(peer_id, said, devices or ())
 
     def _proved_devices(
-        self, peer_id: ID, hello: Envelope, proofs: tuple[DeviceProof, ...]
+        self, peer_id: ID, said: _Hello, *, again: bool = False
     ) -> list[DeviceId] | None:
         """The devices a hello proves: its signer, then each other device of its
         site that is a member here and signed the binding to ``peer_id``. None (the
         hello refused, counted) if it lists a device of another site, a device
         twice, or a proof that does not verify; a device that is not a member
-        here (not enrolled yet, revoked) is left out and counted, unscored."""
-        devices: list[DeviceId] = [(hello.site_id, hello.device_index)]
-        for proof in proofs:
+        here (not enrolled yet, revoked) is left out and counted, unscored (not
+        counted ``again``, when the hello is read again)."""
+        devices: list[DeviceId] = [said.first]
+        for proof in said.proofs:
             device = (proof.site_id, proof.device_index)
             reason = ""
-            if proof.site_id != hello.site_id:
+            if proof.site_id != said.first[0]:
                 reason = "foreign_device"
             elif device in devices:
                 reason = "malformed"
             else:
                 pubkey = self._members.device_pubkey(*device)
                 if pubkey is None:
-                    log.info("%s: %s speaks for non-member %s", self.name, peer_id, device)
-                    self.punish(peer_id, "hello:not_member_device", scored=False)
+                    if not again:
+                        log.info("%s: %s speaks for non-member %s", self.name, peer_id, device)
+                        self.punish(peer_id, "hello:not_member_device", scored=False)
                     continue
                 if not proof.verify(pubkey, peer_id.to_bytes()):
                     reason = "bad_device_proof"

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from p2pgrid.errors import ConfigError
+from p2pgrid.identity import Role
 from p2pgrid.net import (
     Delivery,
     DeviceAbsent,
@@ -17,7 +18,10 @@ from p2pgrid.net import (
     FrameError,
     HostHub,
     NetConfig,
+    PeerEvent,
     PeerHost,
+    PeerJoined,
+    PeerLeft,
     RequestRejected,
     Subscription,
     Topic,
@@ -226,6 +230,38 @@ async def test_a_non_member_device_is_left_out_and_the_rest_listed(
     await listed(honest, {(site, 1)})
     counts = next(iter(honest.stats().misbehaviour.values()))
     assert counts["hello:not_member_device"] >= 1
+    assert honest.stats().banned == ()
+
+
+async def test_a_listed_device_enrolled_here_later_joins_and_leaves_when_revoked(
+    make_hub: MakeHub, owner: TestSite, topic: Topic
+) -> None:
+    """The hub's hello listed device 100 before it was a member here: once its
+    enrolment joins this node's roster it is listed (PeerJoined) on the same
+    connection, addressed by device; revoked here, it leaves (PeerLeft)."""
+    site = owner.identity.site_id
+    (honest,) = await make_hub(keys(owner, [0]))
+    events = honest.events()
+    hub = await make_hub(keys(owner, [1, 100]), serve=[1], bootstrap=honest.addrs)
+    await listed(honest, {(site, 1)})
+
+    async def next_about(device: int) -> PeerEvent:
+        async with asyncio.timeout(WAIT_S):
+            async for event in events:
+                if event.peer.device_index == device:
+                    return event
+        raise AssertionError("the events ended")
+
+    (roster,) = topic.members.rosters  # the log of this node learns the enrolment
+    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
+    joined = await next_about(100)
+    assert isinstance(joined, PeerJoined)
+    assert parse_address(joined.peer.peer_id) == (hub[0].peer_id, (site, 100))
+    assert {(p.site_id, p.device_index) for p in honest.peers()} == {(site, 1), (site, 100)}
+    roster.revoke(Role.DEVICE, 100, 0)
+    left = await next_about(100)
+    assert isinstance(left, PeerLeft)
+    assert {(p.site_id, p.device_index) for p in honest.peers()} == {(site, 1)}
     assert honest.stats().banned == ()
 
 
