@@ -18,7 +18,10 @@ Tables: ``entries`` is the log (per author, entries 1..n with each ``prev`` the
 id of a stored predecessor, plus equivocating siblings kept as evidence);
 ``pending`` holds verified entries whose predecessor has not arrived yet.
 Heads (see :mod:`p2pgrid.ledger.heads`) are kept in memory, rebuilt from
-``entries`` on open, updated with each batch and restored if it rolls back.
+``entries`` on open, updated with each batch and restored if it rolls back;
+the frozen :class:`Heads` and the digest that :meth:`LogStore.heads` and
+:meth:`LogStore.digest` return are built once per change, not per call (every
+anti-entropy round asks for both).
 So is the index of *records* (:meth:`Body.record_key`): an entry whose key an
 ancestor in its author's chain already recorded is refused as
 ``duplicate_record`` (a second reading of an interval, budget of a period,
@@ -143,6 +146,8 @@ class LogStore:
         self.max_pending = DEFAULT_MAX_PENDING
         self.rejections: collections.Counter[Reason] = collections.Counter()
         self._heads: dict[Author, _Head] = {}
+        #: ``heads()`` and its digest as of the last change of ``_heads`` (None: stale).
+        self._frozen: tuple[Heads, bytes] | None = None
         self._pending: dict[Author, dict[int, int]] = {}  # author -> seq -> how many
         self._flagged: set[Author] = set()
         self._records: _RecordIndex = {}
@@ -264,6 +269,7 @@ class LogStore:
                 head.seq, head.tips = seq, {}
             if seq == head.seq:
                 head.tips[eid] = (ts, floor[author])
+        self._heads_changed()
         self._flagged = {a for a, h in self._heads.items() if h.count > h.seq}
         site = self.membership.site_hash
         for (raw,) in await self._conn.execute_fetchall(
@@ -294,11 +300,21 @@ class LogStore:
 
     def heads(self) -> Heads:
         """The per-author heads of the log (not of pending entries)."""
-        return Heads(h.frozen(a) for a, h in self._heads.items())
+        return self._frozen_heads()[0]
 
     def digest(self) -> bytes:
         """A hash over the heads: equal digests mean equal logs."""
-        return self.heads().digest()
+        return self._frozen_heads()[1]
+
+    def _frozen_heads(self) -> tuple[Heads, bytes]:
+        if self._frozen is None:
+            heads = Heads(h.frozen(a) for a, h in self._heads.items())
+            self._frozen = heads, heads.digest()
+        return self._frozen
+
+    def _heads_changed(self) -> None:
+        """Call on every change of ``_heads``: the next ``heads()`` rebuilds them."""
+        self._frozen = None
 
     @property
     def equivocators(self) -> frozenset[Author]:
@@ -454,6 +470,7 @@ class LogStore:
                     pending_before,
                     flagged_before,
                 )
+                self._heads_changed()
                 self.roster.restore(roster_before)
                 await self._conn.execute("ROLLBACK")
                 await self._load_records()
@@ -576,6 +593,7 @@ class LogStore:
         self._ops.append((_INSERT_ENTRY, _row(entry)))
         appended.append(entry)
         sibling = entry.seq <= head.seq
+        self._heads_changed()
         head = self._heads.setdefault(entry.author, head)
         head.count += 1
         head.acc = xor32(head.acc, entry.id)
@@ -619,6 +637,7 @@ class LogStore:
             if seq > head.seq:
                 head.seq, head.tips = seq, {}
             head.tips[bytes(eid)] = (ts, period)
+        self._heads_changed()
         if head.count:
             self._heads[author] = head
         else:
