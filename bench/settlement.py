@@ -44,6 +44,12 @@ every peer, which is where waiting for gossip costs a heartbeat.
 
     .venv/bin/python bench/settlement.py --devices 3 --replicas 7 --rounds 10
 
+It also prints the gossipsub RPCs all parties sent and the sync requests they
+served per round. ``--anti-entropy-interval`` sets every replica's periodic
+anti-entropy (default: the product's, as deployed; the bench ran at 2 s before
+2026-12-02), ``--mesh-degree`` every host's gossipsub degree, and ``--profile
+PATH`` writes a cProfile of the settlement rounds of each mode.
+
 All parties share this process's event loop (and the machine's cores with the
 lnds and btcd); in a deployment each agent is its own process.
 """
@@ -53,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import dataclasses
 import hashlib
 import logging
@@ -232,6 +239,21 @@ class Site:
         return [p.parts.store for p in self.parties]
 
 
+def net_config(
+    bootstrap: tuple[str, ...], *, flood_publish: bool, mesh_degree: int | None
+) -> NetConfig:
+    """The hosts' config: the product's, but for the switches the bench turns."""
+    config = NetConfig(bootstrap=bootstrap, flood_publish=flood_publish)
+    if mesh_degree is None:
+        return config
+    return dataclasses.replace(
+        config,
+        mesh_degree=mesh_degree,
+        mesh_degree_low=max(1, min(config.mesh_degree_low, mesh_degree - 1)),
+        mesh_degree_high=max(mesh_degree + 1, config.mesh_degree_high - (6 - mesh_degree)),
+    )
+
+
 async def open_site(
     exits: contextlib.AsyncExitStack,
     stack: Stack,
@@ -241,6 +263,8 @@ async def open_site(
     *,
     replicas: int,
     flood_publish: bool = True,
+    anti_entropy_interval_s: float = ReplicaConfig.anti_entropy_interval_s,
+    mesh_degree: int | None = None,
 ) -> Site:
     run = secrets.token_bytes(16)  # fresh keys and invoice secret: no preimage of a past run
     owner = bench_key(run, "owner")
@@ -278,9 +302,9 @@ async def open_site(
                 name=name,
                 db_path=tmp / f"{name}.db",
                 site=identity,
-                net=NetConfig(bootstrap=bootstrap, flood_publish=flood_publish),
+                net=net_config(bootstrap, flood_publish=flood_publish, mesh_degree=mesh_degree),
                 key=DeviceKey(identity, index, signer),
-                replica=ReplicaConfig(anti_entropy_interval_s=2.0),
+                replica=ReplicaConfig(anti_entropy_interval_s=anti_entropy_interval_s),
                 provision=provision,
                 bridge=bridge,
             ),
@@ -427,7 +451,15 @@ async def settle_round(
     return [{k: v * 1000 for k, v in row.items()} for row in rows]
 
 
-def p50(values: list[float]) -> float:
+def traffic(site: Site) -> tuple[int, int]:
+    """Gossipsub RPCs sent and sync requests served so far, summed over the parties."""
+    return (
+        sum(p.parts.host.stats().rpcs_queued for p in site.parties),
+        sum(p.parts.replica.stats().requests_served for p in site.parties),
+    )
+
+
+def p50(values: list[float] | list[int]) -> float:
     return statistics.median(values)
 
 
@@ -450,6 +482,27 @@ async def main() -> None:
         default="on",
         help="hosts send their own messages to every subscriber (on), to the mesh (off), "
         "or off and on in alternate rounds, each setting reported apart",
+    )
+    parser.add_argument(
+        "--anti-entropy-interval",
+        type=float,
+        default=ReplicaConfig.anti_entropy_interval_s,
+        help="mean seconds between a replica's periodic anti-entropy rounds "
+        "(default: the product's, %(default)s)",
+    )
+    parser.add_argument(
+        "--mesh-degree",
+        type=int,
+        default=None,
+        help="gossipsub mesh degree D of every host (default: the product's NetConfig)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a cProfile of this process's settlement rounds, one file per mode "
+        "(<path>.sequential.prof, <path>.<N>-at-once.prof): its one thread runs every party's "
+        "asyncio and trio code; SQLite's own threads are not in it",
     )
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its noise as hosts stop
@@ -478,6 +531,8 @@ async def main() -> None:
                 marks,
                 replicas=args.replicas,
                 flood_publish=args.flood_publish != "off",
+                anti_entropy_interval_s=args.anti_entropy_interval,
+                mesh_degree=args.mesh_degree,
             )
             print(
                 f"machine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -485,7 +540,9 @@ async def main() -> None:
             )
             print(
                 f"{args.devices} paying devices, {args.replicas} more replicas, "
-                f"{args.rounds} rounds per mode, 1,000 sat invoices"
+                f"{args.rounds} rounds per mode, 1,000 sat invoices, anti-entropy every "
+                f"{args.anti_entropy_interval:g} s, mesh degree "
+                f"{args.mesh_degree or NetConfig.mesh_degree}"
             )
             period = 1
             for mode, devices in (
@@ -495,6 +552,9 @@ async def main() -> None:
                 raw_ms: list[float] = []
                 rows: dict[str, list[dict[str, float]]] = {}  # by flood publishing setting
                 cpu_ms: dict[str, list[float]] = {}
+                rpcs: dict[str, list[int]] = {}
+                requests: dict[str, list[int]] = {}
+                profile = cProfile.Profile() if args.profile else None
                 for n in range(args.rounds):  # alternate: both see the same load
                     raw_ms += [
                         s * 1000 for s in await raw_round(utility_lnd, [raw[i] for i in devices])
@@ -507,13 +567,22 @@ async def main() -> None:
                         for party in site.parties:  # the bench's switch, not an API
                             party.parts.host._node.gossipsub.flood_publish = flood  # type: ignore[union-attr]
                     setting = f"flood publish {'on' if flood else 'off'}"
+                    traffic0 = traffic(site)
                     cpu0 = time.process_time()
+                    if profile is not None:
+                        profile.enable()
                     rows.setdefault(setting, []).extend(
                         await settle_round(site, period, devices, marks)
                     )
+                    if profile is not None:
+                        profile.disable()
                     cpu_ms.setdefault(setting, []).append((time.process_time() - cpu0) * 1000)
+                    rpcs.setdefault(setting, []).append(traffic(site)[0] - traffic0[0])
+                    requests.setdefault(setting, []).append(traffic(site)[1] - traffic0[1])
                     period += 1
                     await stack.wait_settled()
+                if profile is not None:
+                    profile.dump_stats(f"{args.profile}.{mode.replace(' ', '-')}.prof")
                 print(f"\n{mode}: {args.rounds} rounds, {len(raw_ms)} raw payments")
                 print(
                     f"  {'raw lnd payment':<28}{p50(raw_ms):>9.1f} ms p50  (max {max(raw_ms):.1f})"
@@ -526,6 +595,10 @@ async def main() -> None:
                     e2e = p50([r["end to end"] for r in of_setting])
                     print(
                         f"    {'CPU of this process':<26}{p50(cpu_ms[setting]):>9.1f} ms per round"
+                    )
+                    print(
+                        f"    {'gossipsub RPCs sent':<26}{p50(rpcs[setting]):>9.0f} per round, "
+                        f"sync requests served {p50(requests[setting]):.0f} (all parties)"
                     )
                     ratio = e2e / p50(raw_ms)
                     print(f"    ratio end to end / raw lnd payment: {ratio:.2f} (target 1.5)")
