@@ -98,7 +98,71 @@ def invoice_payments_per_s(run_: FleetRun) -> float:
     return len(paid) / max(0.001, (max(paid) - min(invoiced)) / 1000)
 
 
-def summary(run_: FleetRun, raw_per_s: float) -> dict[str, Any]:
+async def lnd_times(stack: Stack, payers: tuple[str, ...]) -> dict[bytes, tuple[float, float]]:
+    """Per payment hash of a succeeded payment of the ``payers``' lnd nodes: when
+    lnd was asked to pay it and when its HTLC settled (epoch s, lnd's records)."""
+    out: dict[bytes, tuple[float, float]] = {}
+    for payer in payers:
+        http, _ = raw_payer(stack.endpoint(payer))
+        try:
+            params = {"include_incomplete": "false", "max_payments": "100000"}
+            response = await http.get("/v1/payments", params=params)
+            response.raise_for_status()
+        finally:
+            await http.aclose()
+        for p in response.json().get("payments", []):
+            settled = [
+                int(h["resolve_time_ns"]) for h in p.get("htlcs", []) if h["status"] == "SUCCEEDED"
+            ]
+            if p["status"] == "SUCCEEDED" and settled:
+                hash_ = bytes.fromhex(p["payment_hash"])
+                out[hash_] = (int(p["creation_time_ns"]) / 1e9, max(settled) / 1e9)
+    return out
+
+
+PHASES = ("invoiced", "pay_sent", "htlc_settled", "logged")
+
+
+def phases(run_: FleetRun, lnd: dict[bytes, tuple[float, float]]) -> dict[str, Any]:
+    """Where the period's settlement goes: per paid invoice, seconds after the
+    period's end of its invoice entry (the utility's invoicing of it began), of
+    the payer's lnd asked to pay it (its device saw the invoice, checked it and
+    recorded its intent), of its HTLC settled, and of its payment entry; each as
+    first / p50 / last over the run's invoices (and per site, the last)."""
+    end = run_.at + run_.fleet.plan.intervals * run_.fleet.plan.interval_s
+    rows: list[tuple[float, ...]] = []
+    last_per_site: dict[str, float] = {}
+    for site, entries in run_.logs.items():
+        invoices = {e.body.payment_hash: e for e in entries if isinstance(e.body, Invoice)}
+        for e in entries:
+            if isinstance(e.body, Payment) and e.body.payment_hash in invoices:
+                sent, settled = lnd.get(e.body.payment_hash, (math.nan, math.nan))
+                invoiced = invoices[e.body.payment_hash].timestamp_ms / 1000
+                logged = e.timestamp_ms / 1000
+                rows.append((invoiced - end, sent - end, settled - end, logged - end))
+                last_per_site[site] = max(last_per_site.get(site, -math.inf), logged - end)
+    out: dict[str, Any] = {"paid": len(rows), "last_paid_per_site": last_per_site}
+    for k, name in enumerate(PHASES):
+        values = [r[k] for r in rows if not math.isnan(r[k])]
+        if values:
+            out[name] = {
+                "first": min(values),
+                "p50": statistics.median(values),
+                "last": max(values),
+            }
+    return out
+
+
+def paying_per_s(trace: dict[str, Any]) -> float:
+    """The payments' own pace: paid invoices over the time from the first lnd
+    payment sent to the last payment entry (what raw lnd/s compares with)."""
+    if not trace["paid"] or "pay_sent" not in trace:
+        return 0.0
+    span = trace["logged"]["last"] - trace["pay_sent"]["first"]
+    return float(trace["paid"]) / max(0.001, span)
+
+
+def summary(run_: FleetRun, raw_per_s: float, trace: dict[str, Any]) -> dict[str, Any]:
     plan = run_.fleet.plan
     late = [t for v in run_.lateness_s().values() for t in v]
     gateways = [s.name for s in run_.fleet.sites]
@@ -131,6 +195,9 @@ def summary(run_: FleetRun, raw_per_s: float) -> dict[str, Any]:
         "published_per_interval": hosts.get("published_envelopes", 0) / plan.intervals,
         "rpcs_per_interval": hosts.get("rpcs_queued", 0) / plan.intervals,
         "invoice_payments_per_s": invoice_payments_per_s(run_),
+        "settled_s": trace["logged"]["last"] if trace["paid"] else math.nan,
+        "paying_per_s": paying_per_s(trace),
+        "phases_s": trace,
         "raw_lnd_per_s": raw_per_s,
         "entries_per_s_per_replica": entries / run_.converged_s,
         "converged_s": run_.converged_s,
@@ -171,9 +238,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "| devices | light | ready s | interval p50 s | p99 s | max s | on time | missed "
         "| unsettled | gateway MB/device | CPU % | published/interval | RPCs/interval "
-        "| invoice payments/s | raw lnd/s | entries/s per replica |",
+        "| invoice payments/s | settled s | paying/s | raw lnd/s | entries/s per replica |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if not r["completed"]:
@@ -185,7 +252,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['unsettled']} "
             f"| {r['gateway_mb_per_device']:.1f} | {r['cpu_pct']:.0f} "
             f"| {r['published_per_interval']:.0f} | {r['rpcs_per_interval']:.0f} "
-            f"| {r['invoice_payments_per_s']:.1f} | {r['raw_lnd_per_s']:.1f} "
+            f"| {r['invoice_payments_per_s']:.1f} | {r['settled_s']:.1f} "
+            f"| {r['paying_per_s']:.1f} | {r['raw_lnd_per_s']:.1f} "
             f"| {r['entries_per_s_per_replica']:.1f} |"
         )
     done = [r for r in rows if r["completed"]]
@@ -230,8 +298,13 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         nodes = await lnd_nodes(stack, (UTILITY, *sites, *own))
         for plan in plans:
-            with tempfile.TemporaryDirectory(prefix="p2pgrid-scale-") as tmp:
-                fleet = write_fleet(Path(tmp), plan, FleetNodes(nodes, UTILITY, sites, own))
+            with contextlib.ExitStack() as keep:
+                if args.keep is None:
+                    tmp = keep.enter_context(tempfile.TemporaryDirectory(prefix="p2pgrid-scale-"))
+                    root = Path(tmp)
+                else:
+                    root = args.keep / f"n{plan.devices}"
+                fleet = write_fleet(root, plan, FleetNodes(nodes, UTILITY, sites, own))
                 try:
                     ran = await run_fleet(fleet)
                 except (FleetFailed, TimeoutError, P2PGridError) as exc:  # say why, stop growing
@@ -249,8 +322,9 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     ]  # fmt: skip
                     break
                 await stack.wait_settled()
+                trace = phases(ran, await lnd_times(stack, (*sites, *own)))
                 raw = await raw_lnd(stack, sites[0], args.payments)
-                rows.append(summary(ran, raw))
+                rows.append(summary(ran, raw, trace))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         print(table(rows, args), flush=True)  # also when stopped (Ctrl-C) midway
@@ -268,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval-s", type=float, default=10.0)
     parser.add_argument("--intervals", type=int, default=3)
     parser.add_argument("--payments", type=int, default=50, help="raw lnd payments per size")
+    parser.add_argument(
+        "--keep", type=Path, help="write each size's fleet (files, logs, replicas) under here"
+    )
     parser.add_argument("--short", action="store_true", help="one small size (the test's)")
     args = parser.parse_args(argv)
     if args.short:

@@ -115,8 +115,14 @@ async def test_a_hundred_devices_over_four_sites_complete_a_period(
     assert money.ok, str(money)
     assert money.payments >= PLAN.devices  # every invoice at least, each paid once
 
+    trace = scale_bench.phases(
+        run, await scale_bench.lnd_times(stack, (*SITE_NODES, *DEVICE_NODES))
+    )
+    assert trace["paid"] == PLAN.devices  # every paid invoice's lnd payment found
+    ordered = [trace[phase]["first"] for phase in scale_bench.PHASES]
+    assert ordered == sorted(ordered), trace  # invoiced, sent, settled, logged
     raw = await scale_bench.raw_lnd(stack, SITE_NODES[0], 10)
-    row = scale_bench.summary(run, raw)
+    row = scale_bench.summary(run, raw, trace)
     args = scale_bench.parse_args(
         ["--sizes", str(PLAN.devices), "--sites", str(PLAN.sites), "--intervals",
          str(PLAN.intervals), "--interval-s", str(PLAN.interval_s), "--light-fraction",
@@ -127,6 +133,8 @@ async def test_a_hundred_devices_over_four_sites_complete_a_period(
     assert row["missed"] == row["unsettled"] == 0
     assert row["raw_lnd_per_s"] > 0
     assert row["invoice_payments_per_s"] > 0
+    assert row["paying_per_s"] >= row["invoice_payments_per_s"]
+    assert 0 < row["settled_s"] < PLAN.interval_s * PLAN.intervals + 180
 
 
 pytestmark = pytest.mark.timeout(900)
