@@ -103,6 +103,7 @@ from p2pgrid.ledger import (
     CarryOver,
     Curtailment,
     Entry,
+    Invoice,
     LogStore,
     LogWriter,
     Membership,
@@ -754,7 +755,10 @@ class DeviceAgent:
         me = self.profile.index
         while True:
             seen = self._utility_seq()  # before reading: no write slips between
-            entries = await self.store.entries(period=period)
+            # The period's invoices only: every invoice the utility logs wakes
+            # every device of the site, so a read of the whole period here
+            # would cost each device's wait O(devices x entries).
+            entries = await self.store.entries(period=period, kinds=(Invoice.KIND,))
             if invoices_of(entries, device=me, period=period):
                 return
             await self.replica.wait_until(self._utility_wrote_since(seen))
@@ -798,7 +802,7 @@ class DeviceAgent:
         that a cut changes when a period is paid, never whether; else (a run of a
         given number of periods, which must end) it reports ``no_invoice``."""
         me, tuning = self.profile.index, self.config.settle
-        entries = await self.store.entries(period=period)
+        entries = await self.store.entries(period=period, author=self.writer.author)
         if bill(entries, device=me, period=period, tariff=self.tariff).amount_msat == 0:
             self.periods[period].advance(PeriodState.SETTLED)  # nothing to pay
             return []

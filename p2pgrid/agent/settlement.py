@@ -102,8 +102,13 @@ class InvoiceSettler:
         self._announce = announce
 
     async def settle(self, period: int, *, timestamp_ms: int) -> list[SettleResult]:
-        """Settle the invoices of ``period``; proofs and disputes belong to ``period``."""
-        of_period = await self.store.entries(period=period)
+        """Settle the invoices of ``period``; proofs and disputes belong to ``period``.
+
+        It reads only what it checks: the period's invoices and this device's own
+        entries of the period (its bill: :func:`p2pgrid.ledger.bill` folds nothing
+        else), not the whole period of every device of the site."""
+        invoices = await self.store.entries(period=period, kinds=(Invoice.KIND,))
+        mine = await self.store.entries(period=period, author=self.writer.author)
         paid = paid_hashes(await self.store.entries(kinds=(Payment.KIND,)))
         disputed = {
             e.body.target_seq
@@ -111,14 +116,14 @@ class InvoiceSettler:
             if isinstance(e.body, Dispute) and e.body.target_role == Role.UTILITY
         }
         results = []
-        for entry in invoices_of(of_period, device=self.device, period=period):
+        for entry in invoices_of(invoices, device=self.device, period=period):
             assert isinstance(entry.body, Invoice)
             if entry.body.payment_hash in paid:
                 results.append(SettleResult(entry, Settlement.ALREADY_PAID))
             elif entry.seq in disputed:
                 results.append(SettleResult(entry, Settlement.ALREADY_DISPUTED))
             else:
-                results.append(await self._settle_one(entry, of_period, timestamp_ms))
+                results.append(await self._settle_one(entry, mine, timestamp_ms))
         return results
 
     async def _dispute(self, entry: Entry, problem: str, timestamp_ms: int) -> SettleResult:
@@ -132,12 +137,10 @@ class InvoiceSettler:
         log.warning("[%s] disputed %s: %s", self.name, entry, problem)
         return SettleResult(entry, Settlement.DISPUTED, problem)
 
-    async def _settle_one(
-        self, entry: Entry, of_period: list[Entry], timestamp_ms: int
-    ) -> SettleResult:
+    async def _settle_one(self, entry: Entry, mine: list[Entry], timestamp_ms: int) -> SettleResult:
         body = entry.body
         assert isinstance(body, Invoice)
-        problem = await self._check(body, of_period, entry.period)
+        problem = await self._check(body, mine, entry.period)
         if problem is not None:
             return await self._dispute(entry, problem, timestamp_ms)
         purpose = Purpose(
@@ -166,9 +169,10 @@ class InvoiceSettler:
         )
         return SettleResult(entry, Settlement.PAID, fee_msat=paid.payment.fee_msat)
 
-    async def _check(self, body: Invoice, of_period: list[Entry], period: int) -> str | None:
-        """Why the invoice must not be paid, or None if it matches our replica."""
-        due = bill(of_period, device=self.device, period=period, tariff=self.tariff)
+    async def _check(self, body: Invoice, mine: list[Entry], period: int) -> str | None:
+        """Why the invoice must not be paid, or None if it matches our replica
+        (``mine``: this device's entries of ``period``, what its bill is folded from)."""
+        due = bill(mine, device=self.device, period=period, tariff=self.tariff)
         if (body.amount_msat, body.energy_wh) != (due.amount_msat, due.energy_wh):
             return (
                 f"invoice says {body.energy_wh} Wh / {body.amount_msat} msat, "
