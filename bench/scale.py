@@ -23,9 +23,19 @@ seconds, interval 0 fixed once every device is ready. It measures:
   ``done``, in % of one core (the machine's cores: ``nproc``);
 - pubsub: messages published (envelopes) and RPCs sent to peers (publishes and
   forwards), every host once, per interval (hellos and set-up included);
-- payments: the period's invoice payments per second (first invoice to last
-  payment in the log) against raw lnd REST payments in the same run (a site
-  node paying the utility, ``--payments`` at 8 at once: lnd's own pace);
+- payments: the period's invoice payments per second (first invoice entry to
+  last payment entry in the log: the utility's invoice creation on its lnd,
+  each invoice's way to its device, the device's check, intent, payment and
+  entry) against raw lnd REST payments in the same run (a site node paying the
+  utility, ``--payments`` at 8 at once, invoices made before the clock starts,
+  after the fleet stopped: lnd's own pace on a quieter machine); "settled s":
+  the period's end to the last payment entry (a site whose invoicing waited
+  for a device's last reading or for a sync shows here); "paying/s": the
+  payments alone, the first payment lnd was asked to send to the last payment
+  entry (what raw lnd/s compares with); and where the time goes, per paid
+  invoice after the period's end (``phases_s`` of the JSON line): its invoice
+  entry, its payment sent by the payer's lnd, its HTLC settled, its payment
+  entry (first / p50 / last, and each site's last payment);
 - entries per second into each replica: the site's entries over the time from
   interval 0 until its replicas answered one digest.
 
