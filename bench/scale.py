@@ -151,7 +151,11 @@ def phases(run_: FleetRun, lnd: dict[bytes, tuple[float, float]]) -> dict[str, A
                 logged = e.timestamp_ms / 1000
                 rows.append((invoiced - end, sent - end, settled - end, logged - end))
                 last_per_site[site] = max(last_per_site.get(site, -math.inf), logged - end)
-    out: dict[str, Any] = {"paid": len(rows), "last_paid_per_site": last_per_site}
+    out: dict[str, Any] = {
+        "paid": len(rows),
+        "found_in_lnd": sum(not math.isnan(r[1]) for r in rows),
+        "last_paid_per_site": last_per_site,
+    }
     for k, name in enumerate(PHASES):
         values = [r[k] for r in rows if not math.isnan(r[k])]
         if values:
