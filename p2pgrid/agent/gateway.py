@@ -37,7 +37,10 @@ devices of a site in a gateway of several share ``<site>.gateway.db`` in the
 data directory of the one with the lowest index; replica files the devices kept
 before (an upgraded deployment, a device moved between gateways) are merged
 into it on open, each entry verified, and renamed ``.merged``
-(:mod:`p2pgrid.replication.merge`).
+(:mod:`p2pgrid.replication.merge`). The gateway holds the lock of each of
+these files (``<file>.lock``, :mod:`p2pgrid.ledger.store_lock`) until it stops:
+a second process that would write one is refused (exit 2) before it opens
+anything.
 
 Lifecycle: the bridge starts first; the devices open in the order given (a
 device that cannot open, a bad key file or an lnd that does not answer, fails
@@ -62,10 +65,10 @@ agent handles them itself.
 Stop order: the command input, the devices' runs, then each device's parts in
 the reverse order of opening (dashboard, the site's replica on its anchor, host
 view, intents, lnd client), each site's libp2p host after its devices' parts,
-then the site logs' stores, then the site nodes' clients, then the bridge, last
-the command pipe. A deployed gateway watches the owner's entries file of each
-site it runs (on the site's anchor) and reads it again on SIGHUP
-(:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
+then the site logs' stores, then the site nodes' clients, then the bridge, then
+the log files' locks, last the command pipe. A deployed gateway watches the
+owner's entries file of each site it runs (on the site's anchor) and reads it
+again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ from p2pgrid.dashboard import Dashboard, SiteFeed
 from p2pgrid.errors import ConfigError, FatalError, P2PGridError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
-from p2pgrid.ledger import Author, LogStore, LogWriter
+from p2pgrid.ledger import Author, LogStore, LogWriter, lock_store
 from p2pgrid.lightning import LndClient, LndEndpoint, NodeWatch, WatchedNode
 from p2pgrid.market import Party
 from p2pgrid.net import (
@@ -239,12 +242,37 @@ class SiteLogs:
     device's own entries than its merged file did is refused (its log is in
     another gateway's file): a :class:`ConfigError`, before anything runs, and
     no new file left behind.
+
+    One process writes a log file: the gateway holds the lock of each site's
+    file, and of the earlier files it merges, until it stops
+    (:func:`~p2pgrid.ledger.lock_store`, taken by :meth:`claim` before anything
+    opens); a file another process holds is refused with
+    :class:`~p2pgrid.ledger.StoreInUse` (a :class:`ConfigError` naming the file
+    and the holder's pid), nothing opened or changed.
     """
 
     def __init__(self, stack: contextlib.AsyncExitStack, setups: Sequence[AgentSetup]) -> None:
         self._stack = stack
         self._sites = by_site(setups)
         self._open: dict[str, SiteLog] = {}
+        self._claimed: set[str] = set()
+
+    def claim(self) -> None:
+        """Lock every site's log file, and the earlier files to merge into it,
+        until ``stack`` closes; :class:`~p2pgrid.ledger.StoreInUse` if another
+        process holds one (the locks taken so far are released with the stack)."""
+        for site_id in self._sites:
+            self._claim(site_id)
+
+    def _claim(self, site_id: str) -> None:
+        if site_id in self._claimed:
+            return
+        members = self._sites[site_id]
+        path = site_log_file(members)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for file in (path, *(f for f in earlier_files(members) if f.is_file())):
+            self._stack.enter_context(lock_store(file))
+        self._claimed.add(site_id)
 
     async def of(self, setup: AgentSetup) -> SiteLog:
         """The log of ``setup``'s site, opened now if it is the site's first device."""
@@ -254,8 +282,8 @@ class SiteLogs:
         return self._open[site_id]
 
     async def _open_site(self, members: list[AgentSetup]) -> SiteLog:
+        self._claim(members[0].identity.site_id)
         path = site_log_file(members)
-        path.parent.mkdir(parents=True, exist_ok=True)
         name = members[0].name if len(members) == 1 else path.stem
         first = members[0]
         fresh = not path.exists()
@@ -529,6 +557,8 @@ async def run_gateway(
         aclose = getattr(commands_in, "aclose", None)
         if aclose is not None:
             stack.push_async_callback(aclose)  # closes the stdin pipe last
+        logs = SiteLogs(stack, setups)  # each store closed after every device
+        logs.claim()  # another process's log files: refused before anything opens
         if bridge is None:
             bridge = TrioBridge()
             await bridge.start()
@@ -536,7 +566,6 @@ async def run_gateway(
         sites = await open_site_nodes(stack, setups)  # closed after every device
         hubs: dict[str, HostHub] = {}  # one libp2p host per site of the gateway
         members_of = by_site(setups)  # each site's devices here, its hub's first
-        logs = SiteLogs(stack, setups)  # each closed after every device
         for setup in setups:
             site_id = setup.identity.site_id
             if site_id not in hubs:  # stopped after its devices' parts, pushed below

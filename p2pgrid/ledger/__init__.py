@@ -42,6 +42,7 @@ from p2pgrid.ledger.errors import (
     CorruptLogError,
     LedgerError,
     MalformedError,
+    StoreInUse,
 )
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.inefficiency import Finding, Inefficiency, consumption, inefficiencies
@@ -49,6 +50,7 @@ from p2pgrid.ledger.membership import Membership
 from p2pgrid.ledger.outcome import IngestReport, IngestResult, Outcome, RejectReason
 from p2pgrid.ledger.owner_file import OwnerFileError, parse_owner_file, read_owner_file
 from p2pgrid.ledger.store import LogChange, LogListener, LogStore
+from p2pgrid.ledger.store_lock import lock_path, lock_store
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
     Replicator,
@@ -114,6 +116,7 @@ __all__ = [
     "SiteSale",
     "SiteShare",
     "SiteShareIn",
+    "StoreInUse",
     "SyncMisbehaviour",
     "SyncProtocolError",
     "SyncReport",
@@ -124,6 +127,8 @@ __all__ = [
     "fold",
     "inefficiencies",
     "invoices_of",
+    "lock_path",
+    "lock_store",
     "log_topic",
     "metered_devices",
     "paid_hashes",

@@ -4,12 +4,13 @@ A refused entry is an expected event (a peer sent garbage), reported as a value
 (see :mod:`p2pgrid.ledger.outcome`), not raised. Exceptions are kept for the
 caller's own mistakes (:class:`LedgerError`), undecodable bytes at the codec
 (:class:`MalformedError`) and a database that breaks an invariant
-(:class:`CorruptLogError`).
+(:class:`CorruptLogError`), and a log file another process writes
+(:class:`StoreInUse`, :mod:`p2pgrid.ledger.store_lock`).
 """
 
 from __future__ import annotations
 
-from p2pgrid.errors import FatalError, ReportableError
+from p2pgrid.errors import ConfigError, FatalError, ReportableError
 
 
 class LedgerError(ReportableError):
@@ -22,3 +23,7 @@ class MalformedError(LedgerError):
 
 class CorruptLogError(FatalError):
     """The local database breaks an invariant of the log: stop and show it."""
+
+
+class StoreInUse(ConfigError):
+    """Another process (or another open in this one) holds the log file's lock."""

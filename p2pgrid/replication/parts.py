@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pgrid.identity import Roster, SiteIdentity
-from p2pgrid.ledger import LogStore
+from p2pgrid.ledger import LogStore, lock_store
 from p2pgrid.net import DeviceKey, HostHub, NetConfig, PeerHost, Topic, TrioBridge
 from p2pgrid.replication.entries_watch import ENTRIES_CHECK_S, EntriesWatch
 from p2pgrid.replication.replica import NetReplica, ReplicaConfig, log_net_topic
@@ -73,7 +73,11 @@ class NodeParts:
 
 
 async def open_node_parts(parts: contextlib.AsyncExitStack, spec: NodeSpec) -> NodeParts:
-    """Open the store, start the host and the replica; their stops go on ``parts``."""
+    """Lock the store's file (:func:`~p2pgrid.ledger.lock_store`: refused if
+    another process writes it), open the store, start the host and the replica;
+    their stops go on ``parts``."""
+    spec.db_path.parent.mkdir(parents=True, exist_ok=True)
+    parts.enter_context(lock_store(spec.db_path))
     store = await open_log_store(parts, spec.db_path, spec.site, spec.name, spec.provision)
     host = await start_host(parts, spec, store)
     replica, entries = await start_replica(parts, spec, store, host)
