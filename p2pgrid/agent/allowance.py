@@ -512,7 +512,8 @@ class AllowanceDesk:
         the offer open (its invoice expires); so does every later close resolve
         the offers of earlier periods still open (left open at their close, or
         restored from the intents file): a paid one's sale is logged in its own
-        period, the others are cancelled."""
+        period, the others are cancelled. Then the ended offers of the periods
+        before ``period`` leave the intents file."""
         async with self.selling:
             await self._restore()
             self._closed.add(period)
@@ -552,3 +553,6 @@ class AllowanceDesk:
                     held.buyer.device,
                     held.period,
                 )
+            # The ended offers of earlier periods are of no more use (those of
+            # this one are kept a period, for the record).
+            await self.intents.prune_receivables(before=period)

@@ -17,7 +17,10 @@ leaves it: the payment hash, its preimage, the period, the peer and the offer
 it answered. A receivable moves ``open -> sold`` once its sale is in the log,
 ``open -> cancelled`` once its invoice is cancelled on lnd. A restarted payee
 loads its open receivables, so an invoice paid while it was down (or just
-before it died) is still looked up and logged, once.
+before it died) is still looked up and logged, once. Ended receivables (sold,
+cancelled) are kept one period for the record, then deleted: at the close of
+period ``p`` the agent deletes the ended ones of the periods before ``p``
+(:meth:`IntentBook.prune_receivables`); open ones stay whatever their period.
 
 States and transitions (one log line each): ``open -> logged``,
 ``open -> failed``, ``failed -> open`` (the same invoice tried again); nothing
@@ -306,3 +309,21 @@ class IntentBook:
             raise IntentError(f"receivable {payment_hash[:16]} is not open")
         await self._db.commit()
         log.info("[%s] receivable %s...: open -> %s", self.name, payment_hash[:16], to.value)
+
+    async def prune_receivables(self, before: int) -> int:
+        """Delete the ended (sold, cancelled) receivables of the periods before
+        ``before`` and commit; open ones stay, whatever their period. The number
+        deleted."""
+        cursor = await self._db.execute(
+            "DELETE FROM receivables WHERE period < ? AND state != ?",
+            (before, ReceivableState.OPEN.value),
+        )
+        await self._db.commit()
+        if cursor.rowcount:
+            log.info(
+                "[%s] %d ended receivables of periods before %d deleted",
+                self.name,
+                cursor.rowcount,
+                before,
+            )
+        return cursor.rowcount

@@ -14,6 +14,7 @@ Reconciliation passes after each."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from p2pgrid.ledger import AllowanceSale, Entry, Payment, fold
 from p2pgrid.lightning import Invoice, InvoiceState, NodeUnreachable
 from p2pgrid.net import Delivery, RequestRejected
 from tests.agent.rig import Device, Rig
+from tests.agent.test_intents import rows
 
 PERIOD = 1
 LEFTOVER = 50_000  # what the seller offers of its allowance
@@ -126,6 +128,11 @@ async def test_a_seller_offers_only_its_leftover_less_what_open_offers_hold(rig:
         await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, dear)
     assert kind(await seller.store.entries(), AllowanceSale) == []
     assert (await rig.reconcile()).ok
+    # The cancelled offers stay in the intents file a period, then leave it.
+    book = rig.tmp / f"{seller.name}.intents.db"
+    assert set((await asyncio.to_thread(rows, book)).values()) == {(PERIOD, "cancelled")}
+    await selling.close(PERIOD + 1)
+    assert await asyncio.to_thread(rows, book) == {}
 
 
 Lie = Callable[[Rig, Device, AllowanceRequest], Awaitable[AllowanceOffer]]

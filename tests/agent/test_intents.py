@@ -1,21 +1,35 @@
 """Intent before money: a payment recorded before it is sent is resolved
 against lnd by its hash when the agent starts: logged if it was paid (in the
-period of its obligation), failed if lnd never sent it or it failed."""
+period of its obligation), failed if lnd never sent it or it failed. The payee's
+ended receivables leave the file a period after theirs; open ones stay."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.intents import IntentError, IntentState, PaymentIntent, Purpose, PurposeKind
+from p2pgrid.agent.intents import (
+    IntentBook,
+    IntentError,
+    IntentState,
+    PaymentIntent,
+    Purpose,
+    PurposeKind,
+    Receivable,
+    ReceivableState,
+)
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.billing import invoice_memo
 from p2pgrid.ledger import EntryKind, Invoice, Payment, Sale
 from p2pgrid.lightning.models import Payment as LnPayment
 from tests.agent.rig import Rig
+
+OPEN, SOLD, CANCELLED = ReceivableState.OPEN, ReceivableState.SOLD, ReceivableState.CANCELLED
 
 
 @pytest.fixture
@@ -193,3 +207,33 @@ async def test_recover_skips_an_intent_its_payment_resolved_while_recovery_ran(r
     }
     payments = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
     assert len(payments) == 1
+
+
+async def test_ended_receivables_of_earlier_periods_are_pruned_open_ones_stay(
+    tmp_path: Path,
+) -> None:
+    book = await IntentBook.open(tmp_path / "dev0.intents.db", name="dev0")
+    try:
+        kept = {}
+        for period, state in ((1, SOLD), (1, CANCELLED), (1, OPEN), (2, SOLD), (3, CANCELLED)):
+            payment_hash = f"{len(kept):064x}"
+            await book.expect(
+                Receivable(payment_hash, PurposeKind.ALLOWANCE, period, ("s", 1), b"o", b"p")
+            )
+            if state is not OPEN:
+                await book.end_receivable(payment_hash, state)
+            kept[payment_hash] = (period, state)
+        assert await book.prune_receivables(before=2) == 2  # period 1's sold and cancelled
+        assert await book.prune_receivables(before=2) == 0
+        left = await asyncio.to_thread(rows, tmp_path / "dev0.intents.db")
+        assert left == {h: (p, s.value) for h, (p, s) in kept.items() if p >= 2 or s is OPEN}
+        [still] = await book.receivables(PurposeKind.ALLOWANCE)  # the open one of period 1
+        assert still.period == 1
+    finally:
+        await book.close()
+
+
+def rows(path: Path) -> dict[str, tuple[int, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        found = db.execute("SELECT payment_hash, period, state FROM receivables").fetchall()
+    return {h: (p, s) for h, p, s in found}
