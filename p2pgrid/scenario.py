@@ -58,7 +58,7 @@ from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.market import KEEP_LEFTOVER, LeftoverPolicy, Priority, SurplusPolicy
 from p2pgrid.meter import MeterSource, bdew_profile, solar_profile
 from p2pgrid.meter.source import CsvFormat, CsvSource
-from p2pgrid.scenario_schema import MeterModel, validate_scenario
+from p2pgrid.scenario_schema import MeterModel, validate_scenario, warn_deprecated
 
 
 def demo_key(*labels: str) -> Signer:
@@ -283,6 +283,8 @@ def parse_scenario(
     (:mod:`p2pgrid.scenario_schema`). Relative meter paths are taken from
     ``base_dir`` (:func:`load_scenario`: the file's directory)."""
     model = validate_scenario(data, source=source)
+    for i, site in enumerate(model.sites):
+        warn_deprecated(site.devices, f"{source}: sites[{i}].devices")
     sites = tuple(
         SiteSpec(
             name=s.name,

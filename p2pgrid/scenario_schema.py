@@ -10,12 +10,17 @@ node, one name per process and lnd node). Any
 problem is a :class:`~p2pgrid.errors.ConfigError` naming the file, the key and
 the problem, one line per problem. :mod:`p2pgrid.scenario` builds its frozen
 dataclasses from the validated models.
+
+Deprecated values are read with a WARNING naming the file, the key and what to
+write instead (:func:`warn_deprecated`): a device's ``policy = "sell_energy"``
+does what ``carry_over`` does (docs/market.md 2.6).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -135,6 +140,9 @@ class MeterModel(_Strict):
             raise ValueError(str(exc)) from None
 
 
+log = logging.getLogger(__name__)
+
+
 class DeviceModel(_Strict):
     name: NonEmpty
     index: Annotated[int, Field(ge=0, le=MAX_DEVICE_INDEX)]
@@ -142,6 +150,7 @@ class DeviceModel(_Strict):
     meter: MeterModel
     priority: Literal["critical", "normal", "deferrable"] = "normal"
     weight: Annotated[int, Field(gt=0, le=10**9)] = 1
+    #: ``sell_energy`` is deprecated (:func:`warn_deprecated`): the same as ``carry_over``.
     policy: Literal["carry_over", "sell_energy"] = "carry_over"
     #: Leftover allowance near the period's end (docs/market.md 2.7, 2.9):
     #: ``carry_over``, ``sell`` or ``split(f)``.
@@ -159,6 +168,21 @@ class DeviceModel(_Strict):
         except MarketError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+
+def warn_deprecated(devices: Sequence[DeviceModel], where: str) -> None:
+    """Log a WARNING for each deprecated value of ``devices`` (the table at
+    ``where``: the file and its key), naming what to write instead."""
+    for i, device in enumerate(devices):
+        if device.policy == "sell_energy":
+            log.warning(
+                '%s[%d] (%s): policy = "sell_energy" is deprecated: it does what '
+                '"carry_over" does at the period\'s close (the unspent budget is carried '
+                'over; docs/market.md 2.6): write policy = "carry_over" or leave the key '
+                'out; to sell leftover budget before the close write leftover = "sell" '
+                "(or split(f)); a producer's surplus energy is offered whatever the policy",
+                where, i, device.name,
+            )  # fmt: skip
 
 
 def devices_used_twice(devices: list[DeviceModel]) -> str | None:

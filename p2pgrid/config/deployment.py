@@ -191,6 +191,8 @@ def write_deployment(
         devices = []
         for d in site.devices:
             row = d.model_dump(mode="json", exclude_defaults=True)
+            if row.get("policy") == "sell_energy":  # deprecated: the default's meaning
+                del row["policy"]
             row["meter"] = _meter(d.meter.model_dump(mode="json", exclude_defaults=True),
                                   scenario_path.parent)  # fmt: skip
             row |= {

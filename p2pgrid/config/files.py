@@ -60,6 +60,7 @@ from p2pgrid.scenario_schema import (
     _Strict,
     describe_errors,
     devices_used_twice,
+    warn_deprecated,
 )
 from p2pgrid.secretfile import read_secret
 
@@ -371,6 +372,7 @@ class SiteFile(_ConfigFile):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.model = _load(path, SiteFileModel)
+        warn_deprecated(self.model.devices, f"{path}: devices")
 
     def device_lnd(self, row: SiteDeviceModel) -> LndEndpoint:
         """Where ``row``'s lnd is: its own, or the site node for a light device."""

@@ -28,6 +28,8 @@ from p2pgrid.market.messages import PRICE_TICK_MSAT_PER_KWH
 
 class SurplusPolicy(enum.Enum):
     CARRY_OVER = "carry_over"
+    #: Deprecated (read with a warning, p2pgrid.scenario_schema.warn_deprecated):
+    #: the same as ``CARRY_OVER`` at the close; selling is the ``leftover`` policy's.
     SELL_ENERGY = "sell_energy"
 
 
