@@ -247,6 +247,9 @@ class DeviceAgent:
         self._interval = 0
         self._early_asked = -(10**9)  # the interval of the last early share request
         self._announced = 0  # own entries published up to this seq
+        #: One announcement at a time: two concurrent calls (the run and a desk)
+        #: would each publish the same new entries.
+        self._announcing = asyncio.Lock()
         self.periods: dict[int, BillingPeriod] = {}  # the state machine of each period
         me = Party(profile.site_id, profile.index)
         self.desk = ShareDesk(
@@ -442,18 +445,26 @@ class DeviceAgent:
         agent, its share desk or its settler); anti-entropy covers any loss.
         ``push``: also hand them directly, now, to the site's peers that the
         announcement does not reach at once (a period's payment: no replica waits
-        for a relay or a heartbeat's gossip)."""
+        for a relay or a heartbeat's gossip).
+
+        Calls run one at a time (each entry is published once); a call that
+        waited for another still pushes what was written before it was made,
+        though the other published it."""
         me = Author.device(self.profile.index)
-        head = self.store.heads().get(me)
-        if head is None or head.seq <= self._announced:
-            return
-        raws = await self.store.fetch_range(me, self._announced + 1, head.seq)
-        site = self.store.membership.site_hash
-        entries = [decode_entry(raw, site) for raw in raws]
-        await self.replica.publish(entries)
-        self._announced = head.seq
-        if push:
-            await self.replica.push(entries)
+        since = self._announced  # a push hands on what follows, whoever publishes it
+        async with self._announcing:
+            head = self.store.heads().get(me)
+            if head is None or head.seq <= since:
+                return
+            raws = await self.store.fetch_range(me, since + 1, head.seq)
+            site = self.store.membership.site_hash
+            entries = [decode_entry(raw, site) for raw in raws]
+            fresh = [e for e in entries if e.seq > self._announced]
+            if fresh:
+                await self.replica.publish(fresh)
+                self._announced = head.seq
+            if push:
+                await self.replica.push(entries)
 
     # -- the run -----------------------------------------------------------------
 

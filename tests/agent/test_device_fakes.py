@@ -446,3 +446,19 @@ async def test_a_curtailed_device_still_forecasts_its_need(rig: Rig) -> None:
     rest = await agent.forecast(0, 2)
     assert rest.import_wh == 200  # intervals 2 and 3 at the running mean of 100 Wh
     assert await agent.headroom(0) == 0
+
+
+async def test_concurrent_announcements_publish_each_entry_once(rig: Rig) -> None:
+    """The run and a desk may announce at once: each new entry is published
+    once, and a push waiting behind a plain announcement still hands them on."""
+    device = await rig.device(0)
+    agent, replica, _ = await rig.agent(device)
+    await rig.start()
+    for seq in range(3):
+        await device.writer.append(MeterReading(seq, 900, 10, 100), period=0, timestamp_ms=seq)
+    own = [e.id for e in await device.store.entries() if e.author == device.writer.author]
+    await asyncio.gather(agent.announce_new(), agent.announce_new(push=True), agent.announce_new())
+    assert [e.id for e in replica.published] == own
+    assert [e.id for e in replica.pushed] == own
+    await agent.announce_new(push=True)  # nothing new
+    assert (len(replica.published), len(replica.pushed)) == (len(own), len(own))
