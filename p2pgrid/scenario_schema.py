@@ -40,6 +40,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import MAX_DEVICE_INDEX  # the one limit of the log and the net layer
 from p2pgrid.market import LeftoverPolicy, MarketError
 from p2pgrid.meter.source import METER_INTERVAL_S, AtEnd, CsvFormat, MeterError, Unit
+from p2pgrid.utility.invoicer import LND_AWAY_WAIT_S
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
 Positive = Annotated[int, Field(gt=0, lt=2**63)]
@@ -268,6 +269,9 @@ class UtilityModel(_Strict):
     name: NonEmpty = "utility"
     seed: NonEmpty
     readings_wait_s: ReadingsWait = 60.0
+    #: How long an invoicing call retries an lnd that does not answer (the
+    #: utility file's ``[utility] lnd_away_wait_s``).
+    lnd_away_wait_s: ReadingsWait = LND_AWAY_WAIT_S
 
 
 class ClockModel(_Strict):

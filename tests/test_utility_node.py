@@ -27,7 +27,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer
 from p2pgrid.ledger import Author, Budget, Enrol, Entry, Invoice, LogStore, Revoke, Role
 from p2pgrid.lightning import Invoice as LnInvoice
-from p2pgrid.lightning import InvoiceError, LightningNode
+from p2pgrid.lightning import InvoiceError, LightningNode, NodeUnreachable
 from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaState, ReplicaStats
 from p2pgrid.testing.fake_lightning import FakeNode
@@ -466,3 +466,31 @@ async def test_an_incomplete_device_holds_no_other_site(tmp_path: Path) -> None:
     finally:
         await waiting.close()
         await ready.close()
+
+
+class _Away:
+    """An lnd that never answers."""
+
+    async def add_invoice(self, *args: object, **kwargs: object) -> LnInvoice:
+        raise NodeUnreachable("utility-lnd: ConnectError")
+
+
+async def test_invoicing_waits_for_an_absent_lnd_as_long_as_configured(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        away = Invoicer(
+            site=rig.site.identity,
+            store=store,
+            writer=desk.writer,
+            node=cast(LightningNode, _Away()),
+            tariff=TARIFF,
+            secret=b"s" * 32,
+            lnd_away_wait_s=0.3,
+        )
+        with pytest.raises(NodeUnreachable, match=r"away for 0\.3s"):
+            await away.invoice_period(0, timestamp_ms=T0_MS)
+        assert [e for e in await store.entries() if isinstance(e.body, Invoice)] == []
+        await store.close()
+    finally:
+        await rig.close()

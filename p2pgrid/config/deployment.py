@@ -277,6 +277,7 @@ def write_deployment(
                 "listen_host": hosts.get(uname, "127.0.0.1"),
                 "lnd": _lnd(lnd[uname].endpoint),
                 "readings_wait_s": model.utility.readings_wait_s,
+                "lnd_away_wait_s": model.utility.lnd_away_wait_s,
             },
             "clock": clock,
             "tariff": tariff,

@@ -63,6 +63,7 @@ from p2pgrid.scenario_schema import (
     warn_deprecated,
 )
 from p2pgrid.secretfile import read_secret
+from p2pgrid.utility.invoicer import LND_AWAY_WAIT_S
 
 
 def _pubkey_hex(value: Any) -> Any:
@@ -285,6 +286,8 @@ class UtilitySection(_Strict):
     mdns: bool = False
     lnd: LndModel
     readings_wait_s: ReadingsWait = 60.0
+    #: How long an invoicing or status call retries an lnd that does not answer.
+    lnd_away_wait_s: ReadingsWait = LND_AWAY_WAIT_S
     dashboard: DashboardModel = DashboardModel()  # where the utility's dashboard listens
 
 

@@ -175,6 +175,7 @@ def utility_setup(utility_file: UtilityFile) -> UtilitySetup:
         tariff=utility_file.tariff,
         invoice_secret=secret,
         readings_wait_s=model.utility.readings_wait_s,
+        lnd_away_wait_s=model.utility.lnd_away_wait_s,
         runtime=Runtime(
             lnd=utility_file.lnd(model.utility.name, model.utility.lnd),
             data_dir=utility_file.resolve(model.utility.data_dir),

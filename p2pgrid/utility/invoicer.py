@@ -14,7 +14,8 @@ a (device, period) that already has an invoice entry is skipped.
 An lnd that does not answer (killed, paused, restarting) is waited for: each
 call goes through a :class:`~p2pgrid.lightning.NodeWatch` (one WARNING when the
 node goes away, one INFO when it is back, retries with capped back-off) for at
-most :data:`LND_AWAY_WAIT_S`; both calls are idempotent (the derived preimage
+most ``lnd_away_wait_s`` (the utility file's ``[utility] lnd_away_wait_s``,
+:data:`LND_AWAY_WAIT_S` by default); both calls are idempotent (the derived preimage
 names one invoice; a lookup is a read).
 
 An ``invoice`` entry may name a period earlier than the utility's latest entry
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 #: How long a period's invoice stays payable (a day of modelled time is generous
 #: for agents that settle within seconds; a real deployment may want weeks).
 INVOICE_EXPIRY_S = 86_400
-#: How long an invoicing or status call waits for an lnd that does not answer.
+#: How long an invoicing or status call waits for an lnd that does not answer, by default.
 LND_AWAY_WAIT_S = 300.0
 #: Invoices of one period created on lnd at the same time, by default.
 INVOICE_CONCURRENCY = 8
@@ -90,6 +91,7 @@ class Invoicer:
         expiry_s: int = INVOICE_EXPIRY_S,
         watch: NodeWatch | None = None,
         concurrency: int = INVOICE_CONCURRENCY,
+        lnd_away_wait_s: float = LND_AWAY_WAIT_S,
     ) -> None:
         self.site = site
         #: The availability of ``node`` (shared by the sites of one utility).
@@ -105,6 +107,7 @@ class Invoicer:
             raise ConfigError(f"invoice concurrency must be >= 1, got {concurrency}")
         #: Invoices created on lnd at the same time (a semaphore bounds them).
         self.concurrency = concurrency
+        self.lnd_away_wait_s = lnd_away_wait_s
 
     def due(self, entries: list[Entry], *, device: int, period: int) -> Bill:
         """What ``device`` owes for ``period``: the bill folded from the log."""
@@ -124,7 +127,7 @@ class Invoicer:
         handed to ``deliver`` as soon as it is logged. Returns the invoice entries
         written now, in log order.
 
-        If one invoice fails (lnd away past :data:`LND_AWAY_WAIT_S`), the others
+        If one invoice fails (lnd away past :attr:`lnd_away_wait_s`), the others
         in flight are cancelled and its error is raised: an invoice created on lnd
         but not logged is created again, the same one, by the next call."""
         entries = await self.store.entries(period=period)
@@ -174,7 +177,7 @@ class Invoicer:
                 preimage=preimage,
             ),
             what=f"invoice of device {device} period {period}",
-            deadline_s=LND_AWAY_WAIT_S,
+            deadline_s=self.lnd_away_wait_s,
         )
         body = Invoice(
             device=device,
@@ -209,7 +212,7 @@ class Invoicer:
             found = await self.watch.call(
                 functools.partial(self.node.lookup_invoice, payment_hash),
                 what="invoice status",
-                deadline_s=LND_AWAY_WAIT_S,
+                deadline_s=self.lnd_away_wait_s,
             )
             state = found.state
             collection = {

@@ -46,7 +46,7 @@ from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node
 from p2pgrid.runtime import Runtime
 from p2pgrid.scenario import Timing
 from p2pgrid.service import Command, Service, on_hangup
-from p2pgrid.utility.invoicer import Invoicer
+from p2pgrid.utility.invoicer import LND_AWAY_WAIT_S, Invoicer
 from p2pgrid.utility.node import READINGS_WAIT_S, SiteDesk, UtilityNode
 
 ANTI_ENTROPY_S = 2.0
@@ -126,6 +126,8 @@ class UtilitySetup:
     runtime: Runtime
     #: How long it waits at a period's end for the devices' last readings.
     readings_wait_s: float = READINGS_WAIT_S
+    #: How long an invoicing or status call waits for an lnd that does not answer.
+    lnd_away_wait_s: float = LND_AWAY_WAIT_S
 
 
 async def run_utility(
@@ -189,6 +191,7 @@ async def run_utility(
                 secret=setup.invoice_secret,
                 name=f"{setup.name}/{site.name}",
                 watch=watch,
+                lnd_away_wait_s=setup.lnd_away_wait_s,
             )
             desks.append(
                 SiteDesk(

@@ -328,6 +328,8 @@ def test_await_start_without_control_is_refused() -> None:
 
 
 def test_an_unknown_site_to_trade_with_is_refused(tmp_path: Path) -> None:
+    """When the file is read: the one check, as a device's setup (alone or in a
+    gateway: :func:`agent_setup`) is made only from a read site file."""
     scenario = load_scenario(SCENARIO)
     d = deploy(scenario, tmp_path, fake_lnd(scenario))
     path = d.site_files["store-1"]
@@ -411,3 +413,23 @@ def test_the_scenario_s_agent_tuning_and_grid_fee_reach_the_files(tmp_path: Path
         for device in site.devices:
             assert agent_setup(site_file, device.name).config == scenario.agent
     assert UtilityFile(d.utility_file).model.tariff.grid_fee_msat_per_kwh == 30_000
+
+
+def test_the_utility_s_lnd_wait_is_the_utility_file_s(tmp_path: Path) -> None:
+    """``[utility] lnd_away_wait_s``: 300 s by default, the scenario's if it says,
+    carried into the utility file; a wait of 0 or past a day is refused."""
+    scenario = load_scenario(SCENARIO)
+    default = deploy(scenario, tmp_path / "default", fake_lnd(scenario))
+    assert utility_setup(UtilityFile(default.utility_file)).lnd_away_wait_s == 300.0
+    path = tmp_path / "scenario.toml"
+    seed = 'seed = "p2pgrid demo utility"\n'
+    path.write_text(SCENARIO.read_text().replace(seed, f"{seed}lnd_away_wait_s = 20.0\n"))
+    d = deploy(load_scenario(path), tmp_path / "set", fake_lnd(scenario), path)
+    assert utility_setup(UtilityFile(d.utility_file)).lnd_away_wait_s == 20.0
+    text = d.utility_file.read_text()
+    for wrong, says in (("0.0", "greater than 0"), ("100000.0", "less than or equal to 86400")):
+        d.utility_file.write_text(
+            text.replace("lnd_away_wait_s = 20.0", f"lnd_away_wait_s = {wrong}")
+        )
+        with pytest.raises(ConfigError, match=rf"utility\.lnd_away_wait_s: .*{says}"):
+            UtilityFile(d.utility_file)
