@@ -110,11 +110,12 @@ async def run(total: int, periods: int, devices: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = await LogStore.open(Path(tmp) / "log.db", site, name="bench")
         try:
-            for start in range(0, len(entries), 512):
-                await store.ingest_many([e.raw for e in entries[start : start + 512]])
+            for offset in range(0, len(entries), 512):
+                await store.ingest_many([e.raw for e in entries[offset : offset + 512]])
             held = await store.entries()
             print(f"log: {len(held)} entries, {periods} periods, {devices} devices (real SQLite)")
-            full, alone = [], []
+            full: list[float] = []
+            alone: list[float] = []
             for _ in range(QUESTIONS):
                 start = time.perf_counter()
                 fold(await store.entries(), site_hash=site.site_hash).account(0, last)
@@ -130,7 +131,8 @@ async def run(total: int, periods: int, devices: int) -> None:
     book.add(held)
     book.balance(0, last)
     first = time.perf_counter() - start
-    in_order, late = [], []
+    in_order: list[float] = []
+    late: list[float] = []
     for i in range(QUESTIONS):  # each question follows one new entry: its update is timed too
         fresh = log.sign(Author.device(i % devices), log.reading(), last)
         start = time.perf_counter()

@@ -197,6 +197,24 @@ class TimedWallet:
     async def cancel_invoice(self, payment_hash: str) -> None:
         await self.node.cancel_invoice(payment_hash)
 
+    async def add_hold_invoice(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        memo: str,
+        *,
+        expiry_s: int = 3600,
+        cltv_expiry: int = 80,
+        private: bool = False,
+    ) -> LnInvoice:
+        return await self.node.add_hold_invoice(
+            payment_hash, amount_msat, memo, expiry_s=expiry_s, cltv_expiry=cltv_expiry,
+            private=private,
+        )  # fmt: skip
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        await self.node.settle_invoice(preimage)
+
     async def pay_invoice(
         self, payment_request: str, *, fee_limit_msat: int, timeout_s: int = 60
     ) -> LnPayment:
@@ -358,7 +376,7 @@ async def open_site(
                 paymaster=Paymaster(node=wallet, writer=writer, intents=intents, name=name),
                 watch=watch,
             ),
-            Metering(TARIFF, SeriesSource([0]), lambda interval: interval),
+            Metering(TARIFF, SeriesSource((0,)), lambda interval: interval),
             clock,
         )
         agent.install()
