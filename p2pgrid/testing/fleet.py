@@ -402,6 +402,14 @@ async def run_fleet(fleet: Fleet) -> FleetRun:
                 stops.create_task(child.stop())
 
 
+def with_bootstrap(site_text: str, addrs: Sequence[str]) -> str:
+    """The site file ``site_text`` with ``addrs`` (the utility's host of the site)
+    as its first device's bootstrap: the site runs as one gateway, whose host
+    bootstraps from every row's addresses, so one row says it once."""
+    bootstrap = f"bootstrap = {json.dumps(list(addrs))}\n"
+    return site_text.replace("data_dir = ", bootstrap + "data_dir = ", 1)
+
+
 async def _spawn(fleet: Fleet, name: str, args: list[str]) -> ChildProcess:
     argv = [*args, "--control", "--await-start"]
     return await ChildProcess.spawn(name, "p2pgrid", argv, fleet.dir / f"{name}.log")
@@ -416,9 +424,7 @@ async def _run(fleet: Fleet, children: list[ChildProcess]) -> FleetRun:
         addrs = (await utility.expect("ready"))["addrs"]
     gateways: dict[str, ChildProcess] = {}
     for site in fleet.sites:
-        text = site.file.read_text()
-        bootstrap = f"bootstrap = {json.dumps(list(addrs[site.name]))}\n"
-        site.file.write_text(text.replace("data_dir = ", bootstrap + "data_dir = "))
+        site.file.write_text(with_bootstrap(site.file.read_text(), addrs[site.name]))
         gateways[site.name] = await _spawn(
             fleet, site.name, ["agent", "run", "-c", str(site.file), "--all"]
         )

@@ -13,7 +13,7 @@ from p2pgrid.config.keys import read_entries
 from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.ledger import Allocation, Enrol, Role
 from p2pgrid.lightning import LndEndpoint
-from p2pgrid.testing.fleet import FleetNodes, FleetPlan, write_fleet
+from p2pgrid.testing.fleet import FleetNodes, FleetPlan, with_bootstrap, write_fleet
 
 #: Public keys in the form lnd prints (any valid point will do for the files).
 PUBKEYS = [Signer.generate().pubkey.hex() for _ in range(5)]
@@ -75,3 +75,9 @@ def test_the_fleet_files_enrol_and_allocate_every_device(tmp_path: Path) -> None
         allocated = sum(e.body.amount_msat for e in entries if isinstance(e.body, Allocation))
         assert enrolled == set(site.index.values())
         assert allocated == model.site.budget_msat
+
+        # Before its gateway starts: the utility's address once, on its first row.
+        addrs = ["/ip4/127.0.0.1/tcp/4001/p2p/QmUtility"]
+        site.file.write_text(with_bootstrap(site.file.read_text(), addrs))
+        bootstraps = [d.bootstrap for d in SiteFile(site.file).model.devices]
+        assert bootstraps == [addrs] + [[]] * (len(site.devices) - 1)
