@@ -5,7 +5,9 @@ The utility opens one :class:`NodeParts` per site it serves;
 :func:`start_replica` in turn, which a site gateway calls apart (its devices of
 one site: one store, one replica, each device's host a view on the site's
 :class:`~p2pgrid.net.HostHub`; :mod:`p2pgrid.agent.gateway`).
-They open the SQLite log (and ingest the owner's provisioning entries: they
+They open the SQLite log (:func:`open_node_parts` first takes the file's
+writer lock, :func:`~p2pgrid.ledger.lock_store`; a gateway takes it itself,
+before its devices open; and they ingest the owner's provisioning entries: they
 enrol the site's members into the store's roster),
 start the :class:`~p2pgrid.net.PeerHost` on the log topic and any other topics
 (on a libp2p host of its own, or on a gateway's :class:`~p2pgrid.net.HostHub`),
