@@ -38,9 +38,9 @@ data directory of the one with the lowest index; replica files the devices kept
 before (an upgraded deployment, a device moved between gateways) are merged
 into it on open, each entry verified, and renamed ``.merged``
 (:mod:`p2pgrid.replication.merge`). The gateway holds the lock of each of
-these files (``<file>.lock``, :mod:`p2pgrid.ledger.store_lock`) until it stops:
-a second process that would write one is refused (exit 2) before it opens
-anything.
+these files and of each device's intents file (``<file>.lock``,
+:mod:`p2pgrid.ledger.store_lock`) until it stops: a second process that would
+write one is refused (exit 2) before it opens anything.
 
 Lifecycle: the bridge starts first; the devices open in the order given (a
 device that cannot open, a bad key file or an lnd that does not answer, fails
@@ -244,7 +244,8 @@ class SiteLogs:
     no new file left behind.
 
     One process writes a log file: the gateway holds the lock of each site's
-    file, and of the earlier files it merges, until it stops
+    file, of the earlier files it merges and of each device's intents file (so a
+    device is run by one process, whatever the gateways' files), until it stops
     (:func:`~p2pgrid.ledger.lock_store`, taken by :meth:`claim` before anything
     opens); a file another process holds is refused with
     :class:`~p2pgrid.ledger.StoreInUse` (a :class:`ConfigError` naming the file
@@ -269,8 +270,11 @@ class SiteLogs:
             return
         members = self._sites[site_id]
         path = site_log_file(members)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for file in (path, *(f for f in earlier_files(members) if f.is_file())):
+        # Each device's own intents file too: two gateways of one site that
+        # share a device have different log files, but not different intents.
+        intents = [s.runtime.data_dir / f"{s.name}.intents.db" for s in members]
+        for file in (path, *(f for f in earlier_files(members) if f.is_file()), *intents):
+            file.parent.mkdir(parents=True, exist_ok=True)
             self._stack.enter_context(lock_store(file))
         self._claimed.add(site_id)
 

@@ -1,14 +1,14 @@
 """One writer process per log file: an exclusive advisory lock held while a node uses it.
 
 A node (an agent alone, a gateway of several devices, the utility) holds
-:func:`lock_store`'s lock on each log file it opens to write, for as long as
-the store is open: an exclusive :func:`fcntl.flock` on the sibling file
-``<db>.lock``, taken without waiting. A second process (or a second open of the
-file in the same process: ``flock`` belongs to the open file description) that
-asks for it is refused at once with :class:`StoreInUse`, a
-:class:`~p2pgrid.errors.ConfigError` (exit 2) that names the log file and the
-process that holds it (the pid the holder wrote into the lock file), before it
-has opened or changed anything.
+:func:`lock_store`'s lock on each log file it opens to write (and a gateway on
+each device's intents file), for as long as the store is open: an exclusive
+:func:`fcntl.flock` on the sibling file ``<db>.lock``, taken without waiting.
+A second process (or a second open of the file in the same process: ``flock``
+belongs to the open file description) that asks for it is refused at once
+with :class:`StoreInUse`, a :class:`~p2pgrid.errors.ConfigError` (exit 2) that
+names the file and the process that holds it (the pid the holder wrote into
+the lock file), before it has opened or changed anything.
 
 SQLite's own locking does not serve here: it refuses a second writer only while
 a transaction is open (``database is locked`` after a busy timeout), and two
@@ -52,9 +52,8 @@ def lock_store(db: Path) -> Iterator[Path]:
         except BlockingIOError:
             holder = _holder(fd)
             raise StoreInUse(
-                f"{db}: the log is in use by {holder} (it holds {path}): one process "
-                "writes a log file; stop it first, or run this device from its own "
-                "data directory"
+                f"{db}: in use by {holder} (it holds {path}): one process writes "
+                "this file (a device runs in one process); stop that one first"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -37,7 +37,7 @@ def test_a_second_open_in_this_process_is_refused_and_the_lock_goes_with_its_hol
         with pytest.raises(StoreInUse) as refused, lock_store(db):
             pytest.fail("locked twice")
         assert isinstance(refused.value, ConfigError)
-        assert str(refused.value).startswith(f"{db}: the log is in use by this process")
+        assert str(refused.value).startswith(f"{db}: in use by this process")
         assert str(held) in str(refused.value)
         assert exit_code(refused.value) == (EXIT_CONFIG, f"error: {refused.value}")
     assert not db.exists()  # the lock never makes the log file
