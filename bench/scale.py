@@ -172,7 +172,7 @@ def paying_per_s(trace: dict[str, Any]) -> float:
     payment sent to the last payment entry (what raw lnd/s compares with)."""
     if not trace["paid"] or "pay_sent" not in trace:
         return 0.0
-    span = trace["logged"]["last"] - trace["pay_sent"]["first"]
+    span = float(trace["logged"]["last"]) - float(trace["pay_sent"]["first"])
     return float(trace["paid"]) / max(0.001, span)
 
 
