@@ -128,24 +128,9 @@ async def test_a_hubs_devices_answer_from_the_shared_store_and_are_never_synced_
     one store, the replica on device 0's view (the anchor) and :class:`SiteLog`
     serving it on device 1's view. A peer that asks device 1's address gets the
     shared log; the replica counts neither of its hub's devices as a peer."""
-    shared = await site.open(tmp_path / "site.gateway.db", "gateway")
-    parts.push_async_callback(shared.close)
-    keys = [DeviceKey(site.identity, i, site.device(i)) for i in (0, 1)]
-    hub = HostHub(NetConfig(), keys, bridge=bridge, name="hub")
-    parts.push_async_callback(hub.stop)
-    site_log = SiteLog(tmp_path / "site.gateway.db", shared, ("d0", "d1"))
+    shared, hub, site_log, specs = await _gateway_of_two(site, bridge, tmp_path, parts)
     hosts = []
-    for key in keys:
-        spec = NodeSpec(
-            name=f"d{key.device_index}",
-            db_path=site_log.path,
-            site=site.identity,
-            net=hub.config,
-            key=key,
-            replica=QUIET,
-            bridge=bridge,
-            hub=hub,
-        )
+    for spec in specs:
         host = await start_host(parts, spec, shared)
         replica, _ = await site_log.serve(parts, spec, host)
         hosts.append(host)
@@ -175,6 +160,23 @@ async def test_a_hubs_later_device_is_never_the_anchors_peer_even_before_it_is_s
     attaches, before :class:`SiteLog` serves the replica on it: the replica knew
     its address from its start, so it never syncs with it (nor counts it as a
     peer) in between, and a sync it is asked for is not run."""
+    shared, _, site_log, specs = await _gateway_of_two(site, bridge, tmp_path, parts)
+    anchor = await start_host(parts, specs[0], shared)
+    replica, _ = await site_log.serve(parts, specs[0], anchor)
+    later = await start_host(parts, specs[1], shared)  # joined: the anchor's view is told
+    assert later.address in {p.peer_id for p in anchor.peers()}
+    assert later.address not in replica.periodic_peers()
+    replica.request_sync(later.address)
+    await site_log.serve(parts, specs[1], later)
+    assert replica.failures(later.address) == 0
+    assert replica.stats().rounds == 0  # nothing was run with it (QUIET: no periodic round)
+
+
+async def _gateway_of_two(
+    site: Site, bridge: TrioBridge, tmp_path: Path, parts: AsyncExitStack
+) -> tuple[LogStore, HostHub, SiteLog, list[NodeSpec]]:
+    """A gateway's parts for devices 0 and 1 of ``site``: the shared store, one
+    HostHub, the SiteLog and each device's spec on the hub (no host started)."""
     shared = await site.open(tmp_path / "site.gateway.db", "gateway")
     parts.push_async_callback(shared.close)
     keys = [DeviceKey(site.identity, i, site.device(i)) for i in (0, 1)]
@@ -194,12 +196,4 @@ async def test_a_hubs_later_device_is_never_the_anchors_peer_even_before_it_is_s
         )
         for key in keys
     ]
-    anchor = await start_host(parts, specs[0], shared)
-    replica, _ = await site_log.serve(parts, specs[0], anchor)
-    later = await start_host(parts, specs[1], shared)  # joined: the anchor's view is told
-    assert later.address in {p.peer_id for p in anchor.peers()}
-    assert later.address not in replica.periodic_peers()
-    replica.request_sync(later.address)
-    await site_log.serve(parts, specs[1], later)
-    assert replica.failures(later.address) == 0
-    assert replica.stats().rounds == 0  # nothing was run with it (QUIET: no periodic round)
+    return shared, hub, site_log, specs
