@@ -32,7 +32,7 @@ from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaState, ReplicaStats
 from p2pgrid.testing.fake_lightning import FakeNode
 from p2pgrid.utility import Invoicer
-from p2pgrid.utility.node import SiteDesk, UtilityNode
+from p2pgrid.utility.node import SYNC_ATTEMPT_S, SiteDesk, UtilityNode
 from tests.agent.rig import QUARTER_MS, TARIFF, Rig
 from tests.ledger.ledger_factory import T0_MS
 
@@ -49,21 +49,53 @@ class _Host:
 
 class _QuietReplica:
     """A replica on which nothing arrives but what a test ingests into its store
-    (the late device); ``syncing``: its anti-entropy rounds succeed (with nothing
-    new), one per look."""
+    (the late device). Its site has the hosts ``hosts``; a round with one of them
+    (:meth:`sync_once`) succeeds (with nothing new) if ``syncing``, but a round
+    with a host in ``gates`` waits for its gate first (one never opened: a stream
+    that never opens) and one with a host in ``fails`` fails as many times as
+    listed there."""
 
     def __init__(self, store: LogStore) -> None:
         self.store = store
         self.host = _Host()
+        self.hosts = ["device host"]
         self.published: list[Entry] = []
         self.pushed: list[tuple[Entry, str]] = []
         self.syncing = True
-        self.rounds = 0
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fails: dict[str, int] = {}
+        self.tried: list[str] = []
+        self.cancelled: list[str] = []
         self.state = ReplicaState.RUNNING
+        self._ended = asyncio.Event()
+        self._trying = asyncio.Condition()
 
     def stats(self) -> ReplicaStats:
-        self.rounds += self.syncing
-        return ReplicaStats(rounds=self.rounds)
+        return ReplicaStats()
+
+    def host_peers(self, limit: int | None = None) -> list[str]:
+        return self.hosts[:limit]
+
+    async def until_tried(self, count: int) -> None:
+        async with self._trying:
+            await self._trying.wait_for(lambda: len(self.tried) >= count)
+
+    async def sync_once(self, peer: str, *, timeout_s: float) -> bool:
+        async with self._trying:
+            self.tried.append(peer)
+            self._trying.notify_all()
+        try:
+            if peer in self.gates:
+                await self.gates[peer].wait()
+            if self.fails.get(peer, 0) > 0:
+                self.fails[peer] -= 1
+                return False
+            return self.syncing
+        except asyncio.CancelledError:
+            self.cancelled.append(peer)
+            raise
+        finally:
+            self._ended.set()  # as the real one: wait_until looks again
 
     async def publish(self, entries: list[Entry]) -> None:
         self.published += entries
@@ -79,8 +111,16 @@ class _QuietReplica:
         pass
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Looks again at each change of the log and at the end of each round."""
         while not predicate():
-            await self.store.wait_changed(self.store.digest())
+            self._ended.clear()
+            changed = asyncio.ensure_future(self.store.wait_changed(self.store.digest()))
+            ended = asyncio.ensure_future(self._ended.wait())
+            try:
+                await asyncio.wait({changed, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                ended.cancel()
 
 
 async def _utility(rig: Rig, tmp: Path, *, late: bool = False) -> tuple[LogStore, SiteDesk]:
@@ -183,6 +223,58 @@ async def test_a_replica_that_synced_with_nobody_is_not_invoiced_from(tmp_path: 
             await node.run(1)
         invoices = [e.body.device for e in await store.entries() if isinstance(e.body, Invoice)]
         assert sorted(invoices) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_host_whose_stream_hangs_does_not_hold_the_invoices(tmp_path: Path) -> None:
+    """Under load a stream to one host may never open: after the period's end the
+    utility syncs with several hosts at once and invoices the incomplete device
+    as soon as one of them answered, not after the hung one's deadline."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)  # device 1 misses its last reading
+        quiet = _quiet(desk)
+        quiet.hosts = ["hung host", "loaded host"]
+        quiet.gates = {"hung host": asyncio.Event(), "loaded host": asyncio.Event()}
+        node = _node(desk)
+        node.readings_wait_s = 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(CLOSE_S), asyncio.TaskGroup() as tasks:
+            run = tasks.create_task(node.run(1))
+            await _until(store, lambda es: 0 in _invoiced(es))  # complete: at once
+            await quiet.until_tried(2)
+            assert sorted(quiet.tried) == ["hung host", "loaded host"]  # both at once
+            assert 1 not in _invoiced(await store.entries())  # no sync yet: not invoiced
+            quiet.gates["loaded host"].set()  # the second host answers
+            await run
+        assert loop.time() - started < SYNC_ATTEMPT_S  # the hung round's deadline never came
+        assert quiet.cancelled == ["hung host"]  # its round is not left running
+        assert sorted(_invoiced(await store.entries())) == [0, 1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_hosts_that_fail_the_sync_are_tried_again(tmp_path: Path) -> None:
+    """Every host of the site failed the round after the period's end (streams
+    that do not open under load): the utility tries again, backing off, and
+    invoices after the first round that succeeds."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        quiet = _quiet(desk)
+        quiet.hosts = ["a", "b"]
+        quiet.fails = {"a": 2, "b": 2}
+        node = _node(desk)
+        node.readings_wait_s = 0.0
+        async with asyncio.timeout(CLOSE_S):
+            await node.run(1)
+        assert quiet.tried.count("a") == 3  # two attempts failed, the third succeeded
+        assert quiet.fails == {"a": 0, "b": 0}
+        assert sorted(_invoiced(await store.entries())) == [0, 1]
         await store.close()
     finally:
         await rig.close()

@@ -435,8 +435,8 @@ class NetReplica:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, checked whenever this replica changed
-        the log (gossip, a round, a publish) or a round failed. The caller applies
-        the deadline."""
+        the log (gossip, a round, a publish), a round failed or a
+        :meth:`sync_once` ended. The caller applies the deadline."""
         async with self._changed:
             await self._changed.wait_for(lambda: predicate() or self._stopped())
 
@@ -510,10 +510,18 @@ class NetReplica:
         the site, one random device address of each. A gateway's hub speaks for many
         devices from one store: two of its devices in one round would pull the same
         log twice."""
+        return self.host_peers(self.config.peers_per_round)
+
+    def host_peers(self, limit: int | None = None) -> list[str]:
+        """At most ``limit`` (None: every) libp2p hosts of the site in random order,
+        one random device address of each: a gateway's hub speaks for many devices
+        from one store, and a stream that cannot open to one of its addresses
+        cannot open to the others either."""
         by_host: dict[str, list[str]] = {}
         for ref in self._site_peer_refs():
             by_host.setdefault(ref.host_id, []).append(ref.peer_id)
-        hosts = self._rng.sample(sorted(by_host), min(self.config.peers_per_round, len(by_host)))
+        count = len(by_host) if limit is None else min(limit, len(by_host))
+        hosts = self._rng.sample(sorted(by_host), count)
         return [self._rng.choice(by_host[host_id]) for host_id in hosts]
 
     async def _periodic_loop(self) -> None:
@@ -538,29 +546,54 @@ class NetReplica:
         a failure schedules a retry with this peer alone, never ends the others."""
         try:
             async with self._slots:
-                async with asyncio.timeout(self.config.round_timeout_s):
-                    report = await self.replicator.sync_with(peer)
+                failure = await self._pull_round(peer, self.config.round_timeout_s)
+            if failure is not None:
+                await self._failed(peer, failure)
+        finally:
+            self._syncing.discard(peer)
+            if peer in self._wanted:
+                self._wake.set()
+
+    async def sync_once(self, peer: str, *, timeout_s: float) -> bool:
+        """One anti-entropy round with ``peer``, begun now and ended within
+        ``timeout_s``: whether it succeeded (this replica then holds all that the
+        peer held when asked). Outside the rounds :meth:`request_sync` queues on
+        ``max_concurrent_rounds`` slots, so a caller that must know of a sync now
+        (the utility at a period's end) waits behind no round with a peer that
+        hangs; a failure is counted and logged, not retried (the caller decides).
+        Waiters of :meth:`wait_until` are woken by its end, whatever it was."""
+        if self._state is not ReplicaState.RUNNING or peer in self._own_peers:
+            return False
+        failure = await self._pull_round(peer, timeout_s)
+        if failure is not None:
+            self._stats.rounds_failed += 1
+            log.info("[%s] sync with %s failed: %s", self.name, peer, failure)
+        await self._notify()
+        return failure is None
+
+    async def _pull_round(self, peer: str, timeout_s: float) -> BaseException | None:
+        """Pull from ``peer`` within ``timeout_s``; count the round; return what
+        ended it if it failed (None: it succeeded)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                report = await self.replicator.sync_with(peer)
         except (RetryableError, TimeoutError) as exc:
             if isinstance(exc, SyncMisbehaviour):
                 self.host.report_misbehaviour(peer, f"sync:{exc.reason}")
-            await self._failed(peer, exc)
+            return exc
         except FatalError:
             raise  # our own store is corrupt: crash loudly, replicating more would spread it
         except Exception as exc:  # a bug in one round must not end anti-entropy for all
             log.exception("[%s] sync round with %s crashed", self.name, peer)
             self._stats.rounds_crashed += 1
-            await self._failed(peer, exc)
-        else:
-            self._stats.rounds += 1
-            self._failures.pop(peer, None)
-            if report.appended:
-                self._stats.pulled_appended += report.appended
-                log.info("[%s] pulled %d entries from %s", self.name, report.appended, peer)
-                await self._notify()
-        finally:
-            self._syncing.discard(peer)
-            if peer in self._wanted:
-                self._wake.set()
+            return exc
+        self._stats.rounds += 1
+        self._failures.pop(peer, None)
+        if report.appended:
+            self._stats.pulled_appended += report.appended
+            log.info("[%s] pulled %d entries from %s", self.name, report.appended, peer)
+            await self._notify()
+        return None
 
     async def _failed(self, peer: str, exc: BaseException) -> None:
         self._stats.rounds_failed += 1

@@ -31,8 +31,12 @@ period's budget is in its log) the utility grants the next period's budget:
   ``invoice`` states an obligation; docs/protocol-log.md, section 4). A device
   that never comes back is left open until the owner revokes it.
 - a fixed number of periods (``run(n)``: the demo, tests): the incomplete
-  devices are invoiced for what is logged (once the replica synced with some
-  device after the period's end), so that the run ends.
+  devices are invoiced for what is logged, so that the run ends; but only once
+  the replica synced with the site after the period's end: from the period's
+  end the utility runs rounds begun then with a few of the site's libp2p hosts
+  at once (each within a few seconds, the first that succeeds counts; after a
+  back-off, other hosts), so that a host that cannot open a stream under load
+  does not hold the invoices.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
 
+from p2pgrid.backoff import Backoff
 from p2pgrid.billing import BillingPeriod, PeriodClock, PeriodState
 from p2pgrid.ledger import Author, Budget, Entry, Invoice, LogStore, LogWriter, MeterReading
 from p2pgrid.replication import NetReplica, ReplicaState
@@ -57,6 +63,14 @@ log = logging.getLogger(__name__)
 READINGS_WAIT_S = 60.0
 #: Past the readings wait, how often the utility looks whether its replica synced.
 RECHECK_S = 1.0
+#: After a period's end, the site's libp2p hosts the utility syncs with at once
+#: (one device address each); the first round that succeeds ends the attempt.
+SYNC_FANOUT = 3
+#: Deadline of one such round: a stream that cannot open (a host under load)
+#: costs this, not the sync request timeout (30 s) nor a whole period.
+SYNC_ATTEMPT_S = 5.0
+#: Between attempts that all failed (or found no host), a capped back-off.
+SYNC_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 
 
 @dataclasses.dataclass
@@ -111,6 +125,15 @@ class _Chains:
             tuple(site.awaited_devices()) != self.awaited
             or any(_length(site, d) != self.lengths.get(d) for d in incomplete)
         )
+
+
+def _woken(
+    moved: Callable[[], bool], blind: bool, synced: Callable[[], bool]
+) -> Callable[[], bool]:
+    """What wakes a waiter of :meth:`UtilityNode._invoice_complete`: a move of the
+    incomplete devices' chains, or (``blind``: past the deadline, not synced yet)
+    the replica's first sync since the period ended."""
+    return lambda: moved() or (blind and synced())
 
 
 class UtilityNode:
@@ -188,14 +211,15 @@ class UtilityNode:
                 )
                 late.create_task(self._finish(site, period, last, state))
         else:
-            rounds = site.replica.stats().rounds
-
-            def synced() -> bool:
-                return begun or site.replica.stats().rounds > rounds
-
-            incomplete = await self._invoice_complete(
-                site, period, last, until=until, synced=synced
-            )
+            # Past the readings wait, only a replica synced since the period's
+            # end is invoiced from (unless it began before a restart).
+            synced = asyncio.Event()
+            async with asyncio.TaskGroup() as syncing:
+                sync = syncing.create_task(self._sync_after_end(site, period, synced))
+                incomplete = await self._invoice_complete(
+                    site, period, last, until=until, synced=lambda: begun or synced.is_set()
+                )
+                sync.cancel()  # done, or not needed: every device is complete or synced
             if incomplete:
                 log.warning(
                     "[utility] %s period %d: no last reading from devices %s; "
@@ -219,6 +243,46 @@ class UtilityNode:
         state.advance(PeriodState.CLOSED)
         self.states[(site.name, period)] = state
         log.info("[utility] %s period %d: every device invoiced", site.name, period)
+
+    async def _sync_after_end(self, site: SiteDesk, period: int, synced: asyncio.Event) -> None:
+        """Sync the replica with the site once after ``period``'s end, then set
+        ``synced``: rounds begun now, with up to :data:`SYNC_FANOUT` of the site's
+        hosts at once, each within :data:`SYNC_ATTEMPT_S`; the first that succeeds
+        wins (the others are cancelled). If all fail, the next attempt, after a
+        back-off, asks other hosts: one host that cannot open a stream holds the
+        invoices no longer than one attempt."""
+        rng = random.Random()
+        for fails in itertools.count(1):
+            peers = site.replica.host_peers(SYNC_FANOUT)
+            if peers and await self._first_sync(site, peers):
+                synced.set()
+                return
+            if fails == 1 or fails & (fails - 1) == 0:
+                log.info(
+                    "[utility] %s period %d: no sync yet after the period's end (%d attempts, "
+                    "hosts tried now: %s); trying again",
+                    site.name,
+                    period,
+                    fails,
+                    peers,
+                )
+            await asyncio.sleep(SYNC_BACKOFF.delay(fails, rng))  # a back-off timer
+
+    @staticmethod
+    async def _first_sync(site: SiteDesk, peers: list[str]) -> bool:
+        """A round with each of ``peers`` at once: whether one succeeded (the
+        rounds still running then are cancelled)."""
+        async with asyncio.TaskGroup() as rounds:
+            tries = [
+                rounds.create_task(site.replica.sync_once(peer, timeout_s=SYNC_ATTEMPT_S))
+                for peer in peers
+            ]
+            for done in asyncio.as_completed(tries):
+                if await done:
+                    for task in tries:
+                        task.cancel()
+                    return True
+        return False
 
     async def issue(
         self, site: SiteDesk, period: int, *, skip: frozenset[int] = frozenset()
@@ -267,9 +331,11 @@ class UtilityNode:
         """Invoice each device of ``period`` as soon as its period is complete in
         the replica, until all are or the loop's time ``until`` (None: no
         deadline, until the replica stops); returns the devices still incomplete
-        then. Past ``until`` it also waits for ``synced()``: a replica that synced
-        with nobody since the period ended (a utility just restarted, its
-        devices not redialled yet) knows nothing of the period's end."""
+        then. Past ``until`` it also waits for ``synced()`` (checked whenever the
+        replica ends a sync, at least every :data:`RECHECK_S`): a replica that
+        synced with nobody since the period ended (a utility just restarted, its
+        devices not redialled yet, or its hosts too loaded to open a stream)
+        knows nothing of the period's end."""
         loop = asyncio.get_running_loop()
         blind = False
         while True:
@@ -294,11 +360,14 @@ class UtilityNode:
                 # Woken by a change of the log; past the deadline, a round that
                 # appended nothing does not wake it: look again every RECHECK_S.
                 timeout = max(until - loop.time(), RECHECK_S)
-            for peer in site.replica.host.peers():
-                site.replica.request_sync(peer.peer_id)
+            # One address per host: a hub's devices answer from one store.
+            for peer in site.replica.host_peers():
+                site.replica.request_sync(peer)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await site.replica.wait_until(seen.moved(site, incomplete))
+                    await site.replica.wait_until(
+                        _woken(seen.moved(site, incomplete), blind, synced)
+                    )
             if until is None and site.replica.state is ReplicaState.STOPPED:
                 return incomplete  # shutting down: nothing more comes (a restart waits again)
 

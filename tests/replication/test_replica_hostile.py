@@ -124,3 +124,63 @@ async def test_pushes_over_real_hosts_are_ingested_or_refused_with_a_reason(
         await receiver.stop()
         await store.close()
         await theirs.close()
+
+
+async def test_a_peer_that_never_answers_costs_one_sync_its_deadline_only(
+    site: Site, bridge: TrioBridge, tmp_path: Path
+) -> None:
+    """:meth:`NetReplica.sync_once` with a peer whose answer never comes (a host
+    too loaded to answer) fails at its own deadline, not the sync request timeout
+    (30 s); the same call with a peer that answers pulls what it holds and wakes
+    the waiters."""
+    store = await site.open(tmp_path / "asker.sqlite")
+    theirs = await site.open(tmp_path / "honest.sqlite")
+    topic = log_net_topic(store.roster)
+
+    def host(index: int, config: NetConfig) -> PeerHost:
+        key = DeviceKey(site.identity, index, site.device(index))
+        return PeerHost(config, key, [topic], bridge=bridge, name=f"once-{index}")
+
+    asker = host(1, NetConfig())
+    await asker.start()
+    hung = host(2, NetConfig(bootstrap=asker.addrs))
+    await hung.start()
+    honest = host(3, NetConfig(bootstrap=asker.addrs))
+    await honest.start()
+    never = asyncio.Event()
+
+    async def hang(request: Delivery) -> LogRecord:
+        await never.wait()
+        raise AssertionError("never answers")
+
+    hung.handle(SYNC_PROTOCOL_ID, hang)
+    config = ReplicaConfig(anti_entropy_interval_s=3600.0)
+    replica = NetReplica(store, asker, config, topic=topic)
+    theirs_replica = NetReplica(theirs, honest, config, topic=topic)
+    writer = LogWriter(theirs, site.device(3), Author.device(3))
+    await writer.append(MeterReading(T0_MS, 900, 7, 1_750), period=1, timestamp_ms=T0_MS)
+    try:
+        await replica.start()
+        await theirs_replica.start()
+        for peer in (hung, honest):
+            await peer.wait_for_peer(asker.peer_id, topic, timeout_s=WAIT_S)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await replica.sync_once(hung.peer_id, timeout_s=1.0)
+        assert loop.time() - started < config.request_timeout_s / 2
+        assert replica.stats().rounds_failed >= 1
+        async with asyncio.timeout(WAIT_S), asyncio.TaskGroup() as tasks:
+            woken = tasks.create_task(replica.wait_until(lambda: Author.device(3) in store.heads()))
+            assert await replica.sync_once(honest.peer_id, timeout_s=WAIT_S)
+        await woken
+        assert store.heads()[Author.device(3)].seq == 1
+        await replica.stop()
+        assert not await replica.sync_once(honest.peer_id, timeout_s=WAIT_S)  # stopped
+    finally:
+        await replica.stop()
+        await theirs_replica.stop()
+        await honest.stop()
+        await hung.stop()
+        await asker.stop()
+        await store.close()
+        await theirs.close()
