@@ -65,6 +65,7 @@ class _QuietReplica:
         self.gates: dict[str, asyncio.Event] = {}
         self.fails: dict[str, int] = {}
         self.tried: list[str] = []
+        self.deadlines: list[float] = []
         self.cancelled: list[str] = []
         self.state = ReplicaState.RUNNING
         self._ended = asyncio.Event()
@@ -83,6 +84,7 @@ class _QuietReplica:
     async def sync_once(self, peer: str, *, timeout_s: float) -> bool:
         async with self._trying:
             self.tried.append(peer)
+            self.deadlines.append(timeout_s)
             self._trying.notify_all()
         try:
             if peer in self.gates:
@@ -274,6 +276,9 @@ async def test_hosts_that_fail_the_sync_are_tried_again(tmp_path: Path) -> None:
             await node.run(1)
         assert quiet.tried.count("a") == 3  # two attempts failed, the third succeeded
         assert quiet.fails == {"a": 0, "b": 0}
+        # A host slower than the first deadline is given longer each attempt.
+        assert quiet.deadlines[:4] == [SYNC_ATTEMPT_S] * 2 + [SYNC_ATTEMPT_S * 2] * 2
+        assert quiet.deadlines[4] == SYNC_ATTEMPT_S * 4
         assert sorted(_invoiced(await store.entries())) == [0, 1]
         await store.close()
     finally:

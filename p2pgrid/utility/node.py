@@ -66,9 +66,13 @@ RECHECK_S = 1.0
 #: After a period's end, the site's libp2p hosts the utility syncs with at once
 #: (one device address each); the first round that succeeds ends the attempt.
 SYNC_FANOUT = 3
-#: Deadline of one such round: a stream that cannot open (a host under load)
-#: costs this, not the sync request timeout (30 s) nor a whole period.
+#: Deadline of the first such round: a stream that cannot open (a host under
+#: load) costs this, not the sync request timeout (30 s) nor a whole period. It
+#: doubles with each attempt that failed, up to :data:`SYNC_ATTEMPT_MAX_S`: a
+#: site whose one host answers in more than 5 s (a gateway at load 13) is still
+#: synced with.
 SYNC_ATTEMPT_S = 5.0
+SYNC_ATTEMPT_MAX_S = 30.0
 #: Between attempts that all failed (or found no host), a capped back-off.
 SYNC_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 
@@ -247,14 +251,16 @@ class UtilityNode:
     async def _sync_after_end(self, site: SiteDesk, period: int, synced: asyncio.Event) -> None:
         """Sync the replica with the site once after ``period``'s end, then set
         ``synced``: rounds begun now, with up to :data:`SYNC_FANOUT` of the site's
-        hosts at once, each within :data:`SYNC_ATTEMPT_S`; the first that succeeds
-        wins (the others are cancelled). If all fail, the next attempt, after a
-        back-off, asks other hosts: one host that cannot open a stream holds the
-        invoices no longer than one attempt."""
+        hosts at once, each within :data:`SYNC_ATTEMPT_S` (doubling per failed
+        attempt); the first that succeeds wins (the others are cancelled). If all
+        fail, the next attempt, after a back-off, asks other hosts at random: one
+        host that cannot open a stream holds the invoices no longer than one
+        attempt when the site has others."""
         rng = random.Random()
+        deadline = Backoff(initial_s=SYNC_ATTEMPT_S, max_s=SYNC_ATTEMPT_MAX_S)
         for fails in itertools.count(1):
             peers = site.replica.host_peers(SYNC_FANOUT)
-            if peers and await self._first_sync(site, peers):
+            if peers and await self._first_sync(site, peers, deadline.ceiling(fails)):
                 synced.set()
                 return
             if fails == 1 or fails & (fails - 1) == 0:
@@ -269,12 +275,12 @@ class UtilityNode:
             await asyncio.sleep(SYNC_BACKOFF.delay(fails, rng))  # a back-off timer
 
     @staticmethod
-    async def _first_sync(site: SiteDesk, peers: list[str]) -> bool:
-        """A round with each of ``peers`` at once: whether one succeeded (the
-        rounds still running then are cancelled)."""
+    async def _first_sync(site: SiteDesk, peers: list[str], timeout_s: float) -> bool:
+        """A round with each of ``peers`` at once, each within ``timeout_s``:
+        whether one succeeded (the rounds still running then are cancelled)."""
         async with asyncio.TaskGroup() as rounds:
             tries = [
-                rounds.create_task(site.replica.sync_once(peer, timeout_s=SYNC_ATTEMPT_S))
+                rounds.create_task(site.replica.sync_once(peer, timeout_s=timeout_s))
                 for peer in peers
             ]
             for done in asyncio.as_completed(tries):
@@ -357,8 +363,8 @@ class UtilityNode:
                             site.name,
                             period,
                         )
-                # Woken by a change of the log; past the deadline, a round that
-                # appended nothing does not wake it: look again every RECHECK_S.
+                # Woken by a change of the log and, past the deadline while not
+                # synced, by the end of a sync; look again every RECHECK_S anyway.
                 timeout = max(until - loop.time(), RECHECK_S)
             # One address per host: a hub's devices answer from one store.
             for peer in site.replica.host_peers():
