@@ -51,7 +51,18 @@ anti-entropy (default: the product's, as deployed; the bench ran at 2 s before
 PATH`` writes a cProfile of the settlement rounds of each mode.
 
 All parties share this process's event loop (and the machine's cores with the
-lnds and btcd); in a deployment each agent is its own process.
+lnds and btcd); in a deployment each agent is its own process. ``--processes``
+runs each of the ``--replicas`` members in its own OS process
+(``bench/settlement_replica.py``: a host, a replica and a store, as above), as
+deployed; the utility and the paying devices stay in this process (the probes of
+check and payment are there). A member reports on its stdout when each invoice
+and payment entry joins its store, stamped with ``time.time()``: every mark of
+the bench is on that wall clock (one machine, one clock), so ``spread`` ends when
+the last process, this one or a member's, holds the entry. The CPU line then
+adds the members' processes' CPU per round (from ``/proc``), and the RPC counts
+include theirs.
+
+    .venv/bin/python bench/settlement.py --devices 4 --replicas 6 --rounds 10 --processes
 """
 
 from __future__ import annotations
@@ -62,23 +73,27 @@ import contextlib
 import cProfile
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import platform
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from lnd_payments import raw_payer  # the baseline: one /v2/router/send per payment
+from settlement_replica import MemberSpec, net_config
 
 from p2pgrid.agent.device import AgentParts, DeviceAgent, DeviceProfile, Metering
 from p2pgrid.agent.intents import IntentBook
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.billing import BillingPeriod, FlatTariff, PeriodClock
 from p2pgrid.identity import UTILITY_NET_INDEX, Role, Signer, SiteIdentity
+from p2pgrid.jsonlines import MAX_LINE_BYTES, STOP_TIMEOUT_S, ChildProcess, ProcessFailed
 from p2pgrid.ledger import (
     Author,
     Enrol,
@@ -106,6 +121,7 @@ from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.replication import NodeParts, NodeSpec, ReplicaConfig, open_node_parts
+from p2pgrid.testing.probe_driver import cpu_seconds
 from p2pgrid.utility import Invoicer
 from p2pgrid.utility.node import SiteDesk, UtilityNode
 
@@ -115,6 +131,9 @@ T0_MS = 1_700_000_000_000
 QUARTER_MS = 900_000
 #: Deadline of one round (every payment entry in every replica).
 ROUND_TIMEOUT_S = 120.0
+#: Per member process: an interpreter importing p2pgrid and libp2p (~3 s of CPU),
+#: on a machine whose two cores other work shares.
+START_S_PER_PROCESS = 30.0
 PHASES = ("issue", "to device", "check", "pay (lnd)", "log", "spread", "end to end")
 
 
@@ -146,7 +165,8 @@ async def raw_round(
 
 @dataclasses.dataclass
 class Marks:
-    """When each invoice and payment entry joined each store (perf_counter seconds)."""
+    """When each invoice and payment entry joined each store (``time.time()`` seconds:
+    the members in child processes stamp theirs on the same clock)."""
 
     invoice_at: dict[bytes, dict[str, float]] = dataclasses.field(default_factory=dict)
     payment_at: dict[bytes, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -155,15 +175,20 @@ class Marks:
 
     def listener(self, store_name: str) -> Callable[[LogChange], None]:
         def heard(change: LogChange) -> None:
-            now = time.perf_counter()
+            now = time.time()
             for entry in change.appended:
                 body = entry.body
                 if isinstance(body, Invoice):
-                    self.invoice_at.setdefault(body.payment_hash, {}).setdefault(store_name, now)
+                    self.mark("invoice", body.payment_hash, store_name, now)
                 elif isinstance(body, Payment):
-                    self.payment_at.setdefault(body.payment_hash, {}).setdefault(store_name, now)
+                    self.mark("payment", body.payment_hash, store_name, now)
 
         return heard
+
+    def mark(self, kind: str, payment_hash: bytes, store_name: str, at: float) -> None:
+        """The entry of ``kind`` (invoice, payment) joined ``store_name``'s store ``at``."""
+        of_kind = self.invoice_at if kind == "invoice" else self.payment_at
+        of_kind.setdefault(payment_hash, {}).setdefault(store_name, at)
 
 
 class TimedWallet:
@@ -188,7 +213,7 @@ class TimedWallet:
 
     async def decode_invoice(self, payment_request: str) -> DecodedInvoice:
         decoded = await self.node.decode_invoice(payment_request)
-        self.marks.checked_at.setdefault(decoded.payment_hash, time.perf_counter())
+        self.marks.checked_at.setdefault(decoded.payment_hash, time.time())
         return decoded
 
     async def lookup_invoice(self, payment_hash: str) -> LnInvoice:
@@ -221,7 +246,7 @@ class TimedWallet:
         paid = await self.node.pay_invoice(
             payment_request, fee_limit_msat=fee_limit_msat, timeout_s=timeout_s
         )
-        self.marks.paid_at.setdefault(paid.payment_hash, time.perf_counter())
+        self.marks.paid_at.setdefault(paid.payment_hash, time.time())
         return paid
 
     async def track_payment(self, payment_hash: str) -> LnPayment:
@@ -229,6 +254,93 @@ class TimedWallet:
 
     async def list_payments(self) -> list[LnPayment]:
         return await self.node.list_payments()
+
+
+# -- the members in their own processes (--processes) ------------------------------
+
+
+class RemoteMember:
+    """An idle member in its own OS process (``bench/settlement_replica.py``), seen
+    from the bench: its entry events go into the bench's marks as they come."""
+
+    def __init__(self, name: str, child: ChildProcess, marks: Marks) -> None:
+        self.name = name
+        self.child = child
+        self.marks = marks
+        self.peer_id = ""
+        self._changed = asyncio.Condition()
+        self._stats: asyncio.Future[tuple[int, int]] | None = None
+        self._stopping = False
+        self._done = asyncio.Event()
+
+    @classmethod
+    async def spawn(cls, spec: MemberSpec, tmp: Path, marks: Marks) -> RemoteMember:
+        spec_path = tmp / f"{spec.name}.json"
+        spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
+        log_path = tmp / f"{spec.name}.stderr"
+        with log_path.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).with_name("settlement_replica.py")),
+                str(spec_path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                limit=MAX_LINE_BYTES,
+            )
+        return cls(spec.name, ChildProcess(spec.name, proc, log_path), marks)
+
+    async def ready(self) -> None:
+        """Wait (under the caller's deadline) until it is on the log topic."""
+        self.peer_id = (await self.child.expect("ready"))["peer_id"]
+
+    async def read(self) -> None:
+        """Fold its events into the marks until it stops."""
+        try:
+            while True:
+                try:
+                    event = await self.child.next_event()
+                except ProcessFailed:
+                    if self._stopping:
+                        return
+                    raise
+                match event["event"]:
+                    case "entry":
+                        self.marks.mark(
+                            event["kind"], bytes.fromhex(event["hash"]), self.name, event["at"]
+                        )
+                        async with self._changed:
+                            self._changed.notify_all()
+                    case "stats" if self._stats is not None:
+                        self._stats.set_result((event["rpcs"], event["served"]))
+                    case "stopped":
+                        return
+                    case "error":
+                        raise ProcessFailed(f"{self.name}: {event} (see {self.child.log_path})")
+        finally:
+            self._done.set()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def traffic(self) -> tuple[int, int]:
+        """Gossipsub RPCs its host sent and sync requests its replica served so far."""
+        self._stats = asyncio.get_running_loop().create_future()
+        await self.child.send("stats")
+        async with asyncio.timeout(ROUND_TIMEOUT_S):
+            return await self._stats
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.child.pid)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.child.send("stop")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await self._done.wait()
+        await self.child.kill()
 
 
 # -- the site ----------------------------------------------------------------------
@@ -251,25 +363,11 @@ class Site:
     desk: SiteDesk
     parties: list[Party]  # the utility first
     agents: list[DeviceAgent]
+    remotes: list[RemoteMember]  # the idle members in their own processes
 
     @property
     def stores(self) -> list[LogStore]:
         return [p.parts.store for p in self.parties]
-
-
-def net_config(
-    bootstrap: tuple[str, ...], *, flood_publish: bool, mesh_degree: int | None
-) -> NetConfig:
-    """The hosts' config: the product's, but for the switches the bench turns."""
-    config = NetConfig(bootstrap=bootstrap, flood_publish=flood_publish)
-    if mesh_degree is None:
-        return config
-    return dataclasses.replace(
-        config,
-        mesh_degree=mesh_degree,
-        mesh_degree_low=max(1, min(config.mesh_degree_low, mesh_degree - 1)),
-        mesh_degree_high=max(mesh_degree + 1, config.mesh_degree_high - (6 - mesh_degree)),
-    )
 
 
 async def open_site(
@@ -283,6 +381,7 @@ async def open_site(
     flood_publish: bool = True,
     anti_entropy_interval_s: float = ReplicaConfig.anti_entropy_interval_s,
     mesh_degree: int | None = None,
+    processes: bool = False,
 ) -> Site:
     run = secrets.token_bytes(16)  # fresh keys and invoice secret: no preimage of a past run
     owner = bench_key(run, "owner")
@@ -383,15 +482,44 @@ async def open_site(
         await agent.recover()
         parties.append(Party(name, parts, writer))
         agents.append(agent)
+    remotes: list[RemoteMember] = []
     for j, reader in enumerate(readers):  # devices that use nothing: replicas only
         i = len(names) + j
-        parts = await node(reader, i, keys[i], u_parts.host.addrs)
-        parties.append(Party(reader, parts, LogWriter(parts.store, keys[i], Author.device(i))))
+        if not processes:
+            parts = await node(reader, i, keys[i], u_parts.host.addrs)
+            parties.append(Party(reader, parts, LogWriter(parts.store, keys[i], Author.device(i))))
+            continue
+        spec = MemberSpec(
+            name=reader,
+            index=i,
+            secret=keys[i].secret.hex(),
+            owner_pubkey=owner.pubkey.hex(),
+            provision=[raw.hex() for raw in provision],
+            bootstrap=list(u_parts.host.addrs),
+            utility_peer_id=u_parts.host.peer_id,
+            db_path=str(tmp / f"{reader}.db"),
+            flood_publish=flood_publish,
+            mesh_degree=mesh_degree,
+            anti_entropy_interval_s=anti_entropy_interval_s,
+        )
+        remote = await RemoteMember.spawn(spec, tmp, marks)
+        exits.push_async_callback(remote.child.kill)  # if it never gets ready
+        remotes.append(remote)
+    if remotes:
+        tasks = await exits.enter_async_context(asyncio.TaskGroup())
+        async with asyncio.timeout(START_S_PER_PROCESS * len(remotes)):
+            for remote in remotes:
+                await remote.ready()
+        for remote in remotes:
+            tasks.create_task(remote.read())
+            exits.push_async_callback(remote.stop)  # before the task group ends
+    topic = u_parts.replica.topic
     for party in parties[1:]:  # every device on the log topic with the utility
-        topic = party.parts.replica.topic
         await party.parts.host.wait_for_peer(u_parts.host.peer_id, topic, timeout_s=60)
         await u_parts.host.wait_for_peer(party.parts.host.peer_id, topic, timeout_s=60)
-    return Site(un, desk, parties, agents)
+    for remote in remotes:  # each has waited for the utility before it got ready
+        await u_parts.host.wait_for_peer(remote.peer_id, topic, timeout_s=60)
+    return Site(un, desk, parties, agents, remotes)
 
 
 async def holds(store_party: Party, predicate: Callable[[], bool]) -> None:
@@ -429,20 +557,23 @@ async def settle_round(
         await agent.close_period(period)
     async with asyncio.timeout(ROUND_TIMEOUT_S), asyncio.TaskGroup() as tasks:
         settling = [tasks.create_task(site.agents[i].settle_when_invoiced(period)) for i in devices]
-        began = time.perf_counter()
+        began = time.time()
         issued = await site.utility.issue(site.desk, period)
     for task in settling:
         outcomes = [r.outcome.value for r in task.result()]
         if outcomes != ["paid"]:
             raise RuntimeError(f"a device did not pay its invoice: {outcomes}")
     hashes = [e.body.payment_hash for e in issued if isinstance(e.body, Invoice)]
-    names = [p.name for p in site.parties]
+    names = [p.name for p in site.parties] + [r.name for r in site.remotes]
+
+    def has_all(name: str) -> Callable[[], bool]:
+        return lambda: all(name in marks.payment_at.get(h, {}) for h in hashes)
+
     for party in site.parties:  # every payment entry in every replica
-        name = party.name
-        await holds(
-            party,
-            lambda name=name: all(name in marks.payment_at.get(h, {}) for h in hashes),  # type: ignore[misc]
-        )
+        await holds(party, has_all(party.name))
+    for remote in site.remotes:
+        async with asyncio.timeout(ROUND_TIMEOUT_S):
+            await remote.wait_until(has_all(remote.name))
     rows = []
     for entry in issued:
         body = entry.body
@@ -469,12 +600,19 @@ async def settle_round(
     return [{k: v * 1000 for k, v in row.items()} for row in rows]
 
 
-def traffic(site: Site) -> tuple[int, int]:
-    """Gossipsub RPCs sent and sync requests served so far, summed over the parties."""
+async def traffic(site: Site) -> tuple[int, int]:
+    """Gossipsub RPCs sent and sync requests served so far, summed over the parties
+    (those in child processes too)."""
+    remote = [await r.traffic() for r in site.remotes]
     return (
-        sum(p.parts.host.stats().rpcs_queued for p in site.parties),
-        sum(p.parts.replica.stats().requests_served for p in site.parties),
+        sum(p.parts.host.stats().rpcs_queued for p in site.parties) + sum(r[0] for r in remote),
+        sum(p.parts.replica.stats().requests_served for p in site.parties)
+        + sum(r[1] for r in remote),
     )
+
+
+def children_cpu_s(site: Site) -> float:
+    return sum(r.cpu_s() for r in site.remotes)
 
 
 def p50(values: list[float] | list[int]) -> float:
@@ -522,7 +660,16 @@ async def main() -> None:
         "(<path>.sequential.prof, <path>.<N>-at-once.prof): its one thread runs every party's "
         "asyncio and trio code; SQLite's own threads are not in it",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run each of the --replicas members in its own OS process "
+        "(bench/settlement_replica.py), as deployed; the utility and the paying devices "
+        "stay in this process",
+    )
     args = parser.parse_args()
+    if args.processes and args.flood_publish == "alternate":
+        parser.error("--flood-publish alternate switches the hosts of this process only")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its noise as hosts stop
     names = device_names(args.devices)
     own = args.stack is None
@@ -551,6 +698,7 @@ async def main() -> None:
                 flood_publish=args.flood_publish != "off",
                 anti_entropy_interval_s=args.anti_entropy_interval,
                 mesh_degree=args.mesh_degree,
+                processes=args.processes,
             )
             print(
                 f"machine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -560,7 +708,8 @@ async def main() -> None:
                 f"{args.devices} paying devices, {args.replicas} more replicas, "
                 f"{args.rounds} rounds per mode, 1,000 sat invoices, anti-entropy every "
                 f"{args.anti_entropy_interval:g} s, mesh degree "
-                f"{args.mesh_degree or NetConfig.mesh_degree}"
+                f"{args.mesh_degree or NetConfig.mesh_degree}; the {args.replicas} replicas "
+                + ("each in its own process" if args.processes else "in this process")
             )
             period = 1
             for mode, devices in (
@@ -570,6 +719,7 @@ async def main() -> None:
                 raw_ms: list[float] = []
                 rows: dict[str, list[dict[str, float]]] = {}  # by flood publishing setting
                 cpu_ms: dict[str, list[float]] = {}
+                children_ms: dict[str, list[float]] = {}
                 rpcs: dict[str, list[int]] = {}
                 requests: dict[str, list[int]] = {}
                 profile = cProfile.Profile() if args.profile else None
@@ -585,8 +735,8 @@ async def main() -> None:
                         for party in site.parties:  # the bench's switch, not an API
                             party.parts.host._node.gossipsub.flood_publish = flood  # type: ignore[union-attr]
                     setting = f"flood publish {'on' if flood else 'off'}"
-                    traffic0 = traffic(site)
-                    cpu0 = time.process_time()
+                    traffic0 = await traffic(site)
+                    cpu0, children0 = time.process_time(), children_cpu_s(site)
                     if profile is not None:
                         profile.enable()
                     rows.setdefault(setting, []).extend(
@@ -595,8 +745,12 @@ async def main() -> None:
                     if profile is not None:
                         profile.disable()
                     cpu_ms.setdefault(setting, []).append((time.process_time() - cpu0) * 1000)
-                    rpcs.setdefault(setting, []).append(traffic(site)[0] - traffic0[0])
-                    requests.setdefault(setting, []).append(traffic(site)[1] - traffic0[1])
+                    children_ms.setdefault(setting, []).append(
+                        (children_cpu_s(site) - children0) * 1000
+                    )
+                    traffic1 = await traffic(site)
+                    rpcs.setdefault(setting, []).append(traffic1[0] - traffic0[0])
+                    requests.setdefault(setting, []).append(traffic1[1] - traffic0[1])
                     period += 1
                     await stack.wait_settled()
                 if profile is not None:
@@ -614,6 +768,11 @@ async def main() -> None:
                     print(
                         f"    {'CPU of this process':<26}{p50(cpu_ms[setting]):>9.1f} ms per round"
                     )
+                    if site.remotes:
+                        print(
+                            f"    {'CPU of the members':<26}{p50(children_ms[setting]):>9.1f} "
+                            f"ms per round, {len(site.remotes)} processes together"
+                        )
                     print(
                         f"    {'gossipsub RPCs sent':<26}{p50(rpcs[setting]):>9.0f} per round, "
                         f"sync requests served {p50(requests[setting]):.0f} (all parties)"
