@@ -262,6 +262,9 @@ class TrioNode:
         self._peers: dict[ID, tuple[PeerRef, ...]] = {}
         #: Each joined peer's hello, read again when a roster of this node changes.
         self._hellos: dict[ID, _Hello] = {}
+        #: Each connected peer's latest hello refused only because its signing device
+        #: is not a member here (yet): checked again, as a fresh hello, on a change.
+        self._refused: dict[ID, bytes] = {}
         self._watched: list[Roster] = []  # the rosters whose changes re-read the hellos
         self._recheck_due = False
         self._nursery: trio.Nursery | None = None
@@ -453,6 +456,7 @@ class TrioNode:
             return
         self._redialer.lost(peer_id)
         self._hellos.pop(peer_id, None)
+        self._refused.pop(peer_id, None)
         refs = self._peers.pop(peer_id, ())
         if refs:
             log.info("%s: peer %s left", self.name, peer_id)
@@ -502,7 +506,12 @@ class TrioNode:
                 return
             self._accept_hello(peer_id, data)
 
-    def _accept_hello(self, peer_id: ID, data: bytes) -> None:
+    def _accept_hello(self, peer_id: ID, data: bytes, *, again: bool = False) -> None:
+        """Check a peer's hello and list the devices it proves. One refused only
+        because its signing device is not a member here is kept (the latest, while
+        the connection lasts) and checked ``again`` on a change of membership: not
+        counted again if still refused so, a fresh exchange if it is stale by then."""
+        self._refused.pop(peer_id, None)  # the latest hello replaces a refused one
         if self._misbehaviour.banned(str(peer_id)):
             return
         verdict = self._validator.check(
@@ -513,6 +522,15 @@ class TrioNode:
             hello=True,
         )
         if isinstance(verdict, Reason):
+            if verdict is Reason.NOT_MEMBER:
+                if self._is_connected(peer_id):
+                    self._refused[peer_id] = data
+                if again:
+                    return  # counted when it came
+            elif again and verdict is Reason.STALE:
+                if self._nursery is not None:  # its hello is too old now: ask again
+                    self._nursery.start_soon(self._say_hello, peer_id)
+                return
             log.info("%s: rejected the hello of %s: %s", self.name, peer_id, verdict)
             self.punish(peer_id, f"hello:{verdict}", scored=verdict in LYING_REASONS)
             return
@@ -606,7 +624,9 @@ class TrioNode:
         it listed that became a member joins, one no longer a member leaves; a
         hello whose signer is no longer a member, or with a proof that does not
         verify now that its device is a member, is refused as a whole, as it would
-        be now: the peer is no longer listed (docs/protocol-net.md, section 6)."""
+        be now: the peer is no longer listed. Then check each hello refused for a
+        non-member signer again, as a fresh hello: one that passes now joins
+        (docs/protocol-net.md, section 6)."""
         self._recheck_due = False
         for peer_id, said in list(self._hellos.items()):
             devices = None
@@ -615,6 +635,8 @@ class TrioNode:
             if devices is None:
                 del self._hellos[peer_id]
             self._list(peer_id, said, devices or ())
+        for peer_id, data in list(self._refused.items()):
+            self._accept_hello(peer_id, data, again=True)
 
     def _proved_devices(
         self, peer_id: ID, said: _Hello, *, again: bool = False

@@ -265,6 +265,64 @@ async def test_a_listed_device_enrolled_here_later_joins_and_leaves_when_revoked
     assert honest.stats().banned == ()
 
 
+async def test_a_peer_whose_signer_is_enrolled_here_later_joins_without_reconnecting(
+    make_hub: MakeHub, owner: TestSite, topic: Topic
+) -> None:
+    """Its hello was refused (signed by device 100, not a member here yet) and
+    kept: once device 100's enrolment joins this node's roster, the same hello is
+    checked again and the peer joins (PeerJoined) on the same connection."""
+    site = owner.identity.site_id
+    (honest,) = await make_hub(keys(owner, [0]))
+    events = honest.events()
+    (late,) = await make_hub(keys(owner, [100]), bootstrap=honest.addrs)
+
+    async def refused() -> bool:  # both exchanges: the one each side opened
+        return honest.stats().misbehaviour.get(late.peer_id, {}).get("hello:not_member", 0) == 2
+
+    await wait_until(refused, timeout_s=WAIT_S, what="the non-member's hellos to be refused")
+    assert honest.peers() == ()
+    (roster,) = topic.members.rosters  # the log of this node learns the enrolment
+    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
+    async with asyncio.timeout(WAIT_S):
+        joined = await anext(events)
+    assert isinstance(joined, PeerJoined)
+    assert (joined.peer.peer_id, joined.peer.site_id, joined.peer.device_index) == (
+        late.peer_id,
+        site,
+        100,
+    )
+    assert {(p.site_id, p.device_index) for p in honest.peers()} == {(site, 100)}
+    # the refusal is not counted again when the kept hello is checked again
+    assert honest.stats().misbehaviour[late.peer_id]["hello:not_member"] == 2
+    assert honest.stats().banned == ()
+
+
+async def test_a_kept_hello_that_does_not_verify_once_its_signer_is_enrolled_is_refused(
+    make_hub: MakeHub, owner: TestSite, other_owner: TestSite, topic: Topic
+) -> None:
+    """Checked again as a fresh hello: signed with another key than the one
+    device 100 is enrolled with here, it is refused (bad signature, scored)."""
+    (honest,) = await make_hub(keys(owner, [0]))
+    (liar,) = await make_hub(keys(owner, [100], signer=other_owner), bootstrap=honest.addrs)
+
+    def count(reason: str) -> int:
+        return honest.stats().misbehaviour.get(liar.peer_id, {}).get(reason, 0)
+
+    async def refused_as_non_member() -> bool:
+        return count("hello:not_member") == 2
+
+    await wait_until(refused_as_non_member, timeout_s=WAIT_S, what="the hellos to be refused")
+    (roster,) = topic.members.rosters
+    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
+
+    async def refused_as_forged() -> bool:
+        return count("hello:bad_signature") == 1
+
+    await wait_until(refused_as_forged, timeout_s=WAIT_S, what="the kept hello to be refused")
+    assert honest.peers() == ()
+    assert count("hello:not_member") == 2  # not counted again
+
+
 async def test_a_hub_with_one_member_device_here_is_still_addressed_by_device(
     make_hub: MakeHub, owner: TestSite
 ) -> None:
