@@ -286,7 +286,7 @@ class UtilitySection(_Strict):
     mdns: bool = False
     lnd: LndModel
     readings_wait_s: ReadingsWait = 60.0
-    #: How long an invoicing or status call retries an lnd that does not answer.
+    #: How long the first call at start and an invoicing or status call retry an absent lnd.
     lnd_away_wait_s: ReadingsWait = LND_AWAY_WAIT_S
     dashboard: DashboardModel = DashboardModel()  # where the utility's dashboard listens
 

@@ -39,7 +39,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.identity import UTILITY_NET_INDEX, Signer, SiteIdentity
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, Invoice, LogWriter, Membership, decode_entry
-from p2pgrid.lightning import LndClient, NodeWatch
+from p2pgrid.lightning import LndClient, NodeWatch, WatchedNode
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.provision import membership_of
 from p2pgrid.replication import EntriesWatch, NodeSpec, ReplicaConfig, open_node_parts
@@ -126,7 +126,8 @@ class UtilitySetup:
     runtime: Runtime
     #: How long it waits at a period's end for the devices' last readings.
     readings_wait_s: float = READINGS_WAIT_S
-    #: How long an invoicing or status call waits for an lnd that does not answer.
+    #: How long the first call at start, and an invoicing or status call, waits
+    #: for an lnd that does not answer.
     lnd_away_wait_s: float = LND_AWAY_WAIT_S
 
 
@@ -146,8 +147,11 @@ async def run_utility(
         if aclose is not None:
             parts.push_async_callback(aclose)  # closes the stdin pipe last
         node = await parts.enter_async_context(LndClient(runtime.lnd))
-        pubkey = (await node.get_info()).pubkey  # lnd first: unreachable is exit 3, early
         watch = NodeWatch(setup.name)  # one lnd, watched for every site's invoicer
+        # lnd first, waited for as the agent does at its start (a WARNING while
+        # away); still away after ``lnd_away_wait_s`` is exit 3, before anything opens
+        first = WatchedNode(node, watch, away_wait_s=setup.lnd_away_wait_s)
+        pubkey = (await first.get_info()).pubkey
         bridge = TrioBridge()
         await bridge.start()
         parts.push_async_callback(bridge.stop)

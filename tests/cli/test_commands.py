@@ -364,7 +364,8 @@ def test_a_node_without_its_lnd_exits_in_one_line(
 ) -> None:
     """As a real process (its own signal handlers and exit code): lnd's files
     missing is a bad configuration (2), lnd down is unavailable (3), once the
-    agent has waited ``[agent] lnd_away_wait_s`` for it (here 1 s)."""
+    agent has waited ``[agent] lnd_away_wait_s`` for it (here 1 s), the utility
+    ``[utility] lnd_away_wait_s`` (here 0.3 s), each with a WARNING while waiting."""
     port = free_port()
     d = deploy(
         tmp_path,
@@ -372,6 +373,9 @@ def test_a_node_without_its_lnd_exits_in_one_line(
         utility_lnd_table=lnd_table(tmp_path, "utility", port),
         site_edit=lambda text: text + "\n[agent]\nlnd_away_wait_s = 1.0\n",
     )
+    text = d.utility_file.read_text()
+    named = 'name = "utility"\n'
+    d.utility_file.write_text(text.replace(named, f"{named}lnd_away_wait_s = 0.3\n", 1))
     if files:
         _lnd_files(tmp_path, "s1-fridge" if node == "agent" else "utility")
     args = (
@@ -393,8 +397,9 @@ def test_a_node_without_its_lnd_exits_in_one_line(
     line = _error_line(run.stderr)
     assert "s1-fridge" in line if node == "agent" else "utility" in line
     assert says in line
-    if node == "agent" and files:
-        assert "node away for 1.0s" in line  # the configured wait, not the default 60 s
+    if files:  # the configured wait, not the default (agent 60 s, utility 300 s)
+        assert f"node away for {1.0 if node == 'agent' else 0.3}s" in line
+        assert "Lightning node away" in run.stderr  # the line while it waits
     assert not (tmp_path / "data" / "s1-fridge" / "s1-fridge.db").exists()  # nothing written
 
 
