@@ -731,6 +731,9 @@ class DeviceAgent:
         state.advance(PeriodState.CLOSING)  # no new trades of this period from here
         await self.energy.resolved(period)  # held sale payments land first (bounded)
         await self.allowance.close(period)  # paid allowance offers logged, the rest cancelled
+        # Resolved intents of periods before the previous one are of no more use
+        # (the invoice of ``period - 1``, paid during ``period``, stays a period).
+        await self.paymaster.intents.prune_intents(before=period - 1)
         async with self.desk.giving:  # a share of this period in flight lands first
             left = await self.balance(period)
             if await self._carried_over(period):

@@ -21,6 +21,12 @@ before it died) is still looked up and logged, once. Ended receivables (sold,
 cancelled) are kept one period for the record, then deleted: at the close of
 period ``p`` the agent deletes the ended ones of the periods before ``p``
 (:meth:`IntentBook.prune_receivables`); open ones stay whatever their period.
+Resolved payment intents (logged, failed) are kept one period longer: at the
+close of period ``p`` the agent deletes those of the periods before ``p - 1``
+(:meth:`IntentBook.prune_intents`; the invoice of ``p - 1``, paid during ``p``,
+stays a period); an open intent stays whatever its period. A payment whose
+intent was deleted is still never paid twice: its entry is in the log, which
+the payer checks first, and lnd refuses a second payment of a paid hash.
 
 States and transitions (one log line each): ``open -> logged``,
 ``open -> failed``, ``failed -> open`` (the same invoice tried again); nothing
@@ -322,6 +328,24 @@ class IntentBook:
         if cursor.rowcount:
             log.info(
                 "[%s] %d ended receivables of periods before %d deleted",
+                self.name,
+                cursor.rowcount,
+                before,
+            )
+        return cursor.rowcount
+
+    async def prune_intents(self, before: int) -> int:
+        """Delete the resolved (logged, failed) payment intents of the periods
+        before ``before`` and commit; open ones stay, whatever their period. The
+        number deleted."""
+        cursor = await self._db.execute(
+            "DELETE FROM payment_intents WHERE period < ? AND state != ?",
+            (before, IntentState.OPEN.value),
+        )
+        await self._db.commit()
+        if cursor.rowcount:
+            log.info(
+                "[%s] %d resolved payment intents of periods before %d deleted",
                 self.name,
                 cursor.rowcount,
                 before,

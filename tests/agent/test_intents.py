@@ -1,7 +1,8 @@
 """Intent before money: a payment recorded before it is sent is resolved
 against lnd by its hash when the agent starts: logged if it was paid (in the
 period of its obligation), failed if lnd never sent it or it failed. The payee's
-ended receivables leave the file a period after theirs; open ones stay."""
+ended receivables leave the file a period after theirs, resolved payment intents
+two periods after theirs; open ones stay."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from p2pgrid.lightning.models import Payment as LnPayment
 from tests.agent.rig import Rig
 
 OPEN, SOLD, CANCELLED = ReceivableState.OPEN, ReceivableState.SOLD, ReceivableState.CANCELLED
+OPEN_INTENT, LOGGED, FAILED = IntentState.OPEN, IntentState.LOGGED, IntentState.FAILED
 
 
 @pytest.fixture
@@ -237,3 +239,50 @@ def rows(path: Path) -> dict[str, tuple[int, str]]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         found = db.execute("SELECT payment_hash, period, state FROM receivables").fetchall()
     return {h: (p, s) for h, p, s in found}
+
+
+async def test_resolved_intents_before_the_previous_period_are_pruned_open_ones_stay(
+    tmp_path: Path,
+) -> None:
+    book = await IntentBook.open(tmp_path / "dev0.intents.db", name="dev0")
+    try:
+        states = {}
+        for period, state in ((0, LOGGED), (0, FAILED), (0, OPEN_INTENT), (1, LOGGED), (2, FAILED)):
+            payment_hash = f"{len(states):064x}"
+            purpose = Purpose(PurposeKind.INVOICE, 1_000)
+            await book.record(PaymentIntent(payment_hash, f"lnbc{len(states)}", period, purpose))
+            if state is not OPEN_INTENT:
+                await book.resolve(payment_hash, state, "test")
+            states[payment_hash] = (period, state)
+        assert await book.prune_intents(before=1) == 2  # period 0's logged and failed
+        assert await book.prune_intents(before=1) == 0
+        left = {i.payment_hash: (i.period, i.state) for i in await book.all()}
+        assert left == {h: (p, s) for h, (p, s) in states.items() if p >= 1 or s is OPEN_INTENT}
+        [still] = await book.open_intents()  # the open one of period 0 stays, to be resolved
+        assert still.period == 0
+        # A pruned hash paid again is recorded afresh (the log and lnd refuse it twice).
+        purpose = Purpose(PurposeKind.INVOICE, 1_000)
+        await book.record(PaymentIntent(f"{0:064x}", "lnbc0", 0, purpose))
+    finally:
+        await book.close()
+
+
+async def test_a_period_close_prunes_the_resolved_intents_before_the_previous_period(
+    rig: Rig,
+) -> None:
+    """An agent that ran three periods keeps the invoice intents of the last two;
+    the closes deleted the older resolved ones (here period 0's, paid and failed)."""
+    device = await rig.device(0)
+    for period in range(3):
+        await rig.allocate(device.store, 0, 200_000, period=period)
+    purpose = Purpose(PurposeKind.INVOICE, 1_000)
+    await device.intents.record(PaymentIntent(f"{7:064x}", "lnbc7", 0, purpose))
+    await device.intents.resolve(f"{7:064x}", FAILED, "an earlier try")
+    agent, replica, _ = await rig.agent(device)
+    replica.before_wait = rig.utility_for(device)
+    await rig.start()
+    report = await agent.run(periods=3)
+    assert [s for _, s, _ in report.settlements] == ["paid"] * 3
+    left = [(i.period, i.state, i.purpose.kind) for i in await device.intents.all()]
+    assert left == [(1, LOGGED, PurposeKind.INVOICE), (2, LOGGED, PurposeKind.INVOICE)]
+    assert (await rig.reconcile()).ok
