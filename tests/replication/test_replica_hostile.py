@@ -5,12 +5,13 @@ answered with an ERROR and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from p2pgrid.ledger import Author, LogWriter, MeterReading, wire
 from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.sync import SYNC_PROTOCOL_ID
-from p2pgrid.net import Delivery, DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.net import Delivery, DeviceKey, NetConfig, PeerHost, Topic, TrioBridge
 from p2pgrid.poll import wait_until
 from p2pgrid.replication import LogRecord, NetReplica, ReplicaConfig, log_net_topic
 from tests.ledger.ledger_factory import T0_MS, Site
@@ -18,17 +19,25 @@ from tests.ledger.ledger_factory import T0_MS, Site
 WAIT_S = 20.0
 
 
+def _hosts(
+    site: Site, topic: Topic, bridge: TrioBridge, prefix: str
+) -> Callable[[int, NetConfig], PeerHost]:
+    """Makes the host of ``site``'s device ``index`` on ``topic``, named ``<prefix>-<index>``."""
+
+    def host(index: int, config: NetConfig) -> PeerHost:
+        key = DeviceKey(site.identity, index, site.device(index))
+        return PeerHost(config, key, [topic], bridge=bridge, name=f"{prefix}-{index}")
+
+    return host
+
+
 async def test_a_peer_claiming_2_63_and_sending_nothing_is_counted(
     site: Site, bridge: TrioBridge, tmp_path: Path
 ) -> None:
     store = await site.open(tmp_path / "victim.sqlite")
     topic = log_net_topic(store.roster)  # devices 0..63, as the genesis enrols them
-    identity = site.identity
 
-    def host(index: int, config: NetConfig) -> PeerHost:
-        key = DeviceKey(identity, index, site.device(index))
-        return PeerHost(config, key, [topic], bridge=bridge, name=f"sync-{index}")
-
+    host = _hosts(site, topic, bridge, "sync")
     victim = host(1, NetConfig())
     await victim.start()
     liar = host(2, NetConfig(bootstrap=victim.addrs))
@@ -75,10 +84,7 @@ async def test_pushes_over_real_hosts_are_ingested_or_refused_with_a_reason(
     theirs = await site.open(tmp_path / "pusher.sqlite")
     topic = log_net_topic(store.roster)
 
-    def host(index: int, config: NetConfig) -> PeerHost:
-        key = DeviceKey(site.identity, index, site.device(index))
-        return PeerHost(config, key, [topic], bridge=bridge, name=f"push-{index}")
-
+    host = _hosts(site, topic, bridge, "push")
     receiver = host(1, NetConfig())
     await receiver.start()
     pusher = host(2, NetConfig(bootstrap=receiver.addrs))
@@ -137,10 +143,7 @@ async def test_a_peer_that_never_answers_costs_one_sync_its_deadline_only(
     theirs = await site.open(tmp_path / "honest.sqlite")
     topic = log_net_topic(store.roster)
 
-    def host(index: int, config: NetConfig) -> PeerHost:
-        key = DeviceKey(site.identity, index, site.device(index))
-        return PeerHost(config, key, [topic], bridge=bridge, name=f"once-{index}")
-
+    host = _hosts(site, topic, bridge, "once")
     asker = host(1, NetConfig())
     await asker.start()
     hung = host(2, NetConfig(bootstrap=asker.addrs))
