@@ -40,6 +40,7 @@ import enum
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import aiosqlite
 
@@ -320,34 +321,29 @@ class IntentBook:
         """Delete the ended (sold, cancelled) receivables of the periods before
         ``before`` and commit; open ones stay, whatever their period. The number
         deleted."""
-        cursor = await self._db.execute(
-            "DELETE FROM receivables WHERE period < ? AND state != ?",
-            (before, ReceivableState.OPEN.value),
-        )
-        await self._db.commit()
-        if cursor.rowcount:
-            log.info(
-                "[%s] %d ended receivables of periods before %d deleted",
-                self.name,
-                cursor.rowcount,
-                before,
-            )
-        return cursor.rowcount
+        return await self._prune("receivables", ReceivableState.OPEN.value, before)
 
     async def prune_intents(self, before: int) -> int:
         """Delete the resolved (logged, failed) payment intents of the periods
         before ``before`` and commit; open ones stay, whatever their period. The
         number deleted."""
+        return await self._prune("payment_intents", IntentState.OPEN.value, before)
+
+    async def _prune(
+        self, table: Literal["receivables", "payment_intents"], open_state: str, before: int
+    ) -> int:
+        """Delete the rows of ``table`` of the periods before ``before`` whose
+        state is not ``open_state``, and commit."""
         cursor = await self._db.execute(
-            "DELETE FROM payment_intents WHERE period < ? AND state != ?",
-            (before, IntentState.OPEN.value),
+            f"DELETE FROM {table} WHERE period < ? AND state != ?", (before, open_state)
         )
         await self._db.commit()
         if cursor.rowcount:
             log.info(
-                "[%s] %d resolved payment intents of periods before %d deleted",
+                "[%s] %d %s no longer open, of periods before %d, deleted",
                 self.name,
                 cursor.rowcount,
+                table,
                 before,
             )
         return cursor.rowcount
