@@ -7,9 +7,12 @@ holds neither the other devices nor the other sites.
 
 A utility killed mid-invoicing and started again closes the period again: it must
 issue only the missing invoices (never a second one, never a second budget) and
-must not wait for late readings a second time (it gave up on them before it began
-to invoice), or every restart would delay the period's other invoices by the whole
-readings wait.
+must not wait for late readings a second time: the readings wait runs from the
+period's end, so a restart within it waits only what is left, and one after it
+not at all, or every restart would delay the period's other invoices by the whole
+readings wait. Nor may it take an invoice of the period in its log for a wait
+that was over (a complete device is invoiced during the wait): it would invoice
+the others short.
 """
 
 from __future__ import annotations
@@ -153,9 +156,10 @@ def _quiet(desk: SiteDesk) -> _QuietReplica:
     return cast(_QuietReplica, desk.replica)
 
 
-def _node(desk: SiteDesk) -> UtilityNode:
-    # Two intervals per period, period 0 long over.
-    clock = PeriodClock(2, 1.0, time.time() - 100)
+def _node(desk: SiteDesk, *, ended_s_ago: float = 0.0) -> UtilityNode:
+    """The utility of ``desk``: two intervals of 1 s per period, period 0 ended
+    ``ended_s_ago`` (its readings wait runs from then)."""
+    clock = PeriodClock(2, 1.0, time.time() - 2.0 - ended_s_ago)
     return UtilityNode(
         clock=clock,
         model_ms=lambda i: T0_MS + i * QUARTER_MS,
@@ -168,14 +172,16 @@ async def test_a_restarted_utility_issues_the_missing_invoices_at_once(tmp_path:
     rig = Rig(tmp_path)
     try:
         store, desk = await _utility(rig, tmp_path, late=True)
-        # Before the kill: the budget and device 0's invoice; device 1's readings
-        # reached the replica after that.
+        # Before the kill, past the readings wait (60 s, the period ended 100 s
+        # ago): the budget and device 0's invoice; device 1's readings (not its
+        # last) reached the replica after that.
         await desk.writer.append(Budget(900_000), period=0, timestamp_ms=T0_MS)
         first = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
         assert [e.body.device for e in first if isinstance(e.body, Invoice)] == [0]
         await store.ingest_many(await rig.devices[1].store.export())
-        node = _node(desk)  # the restarted utility, on the same replica
-        async with asyncio.timeout(CLOSE_S):  # not the (endless) readings wait again
+        node = _node(desk, ended_s_ago=100.0)  # the restarted utility, on the same replica
+        node.readings_wait_s = 60.0
+        async with asyncio.timeout(CLOSE_S):  # not the readings wait again
             await node.run(1)
         entries = await store.entries()
         invoices = [(e.body.device, e.period) for e in entries if isinstance(e.body, Invoice)]
@@ -183,6 +189,64 @@ async def test_a_restarted_utility_issues_the_missing_invoices_at_once(tmp_path:
         assert sorted(invoices) == [(0, 0), (1, 0)]  # each once
         assert budgets == [0]
         assert [e.body.device for e in node.invoiced if isinstance(e.body, Invoice)] == [1]
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_utility_restarted_within_the_readings_wait_does_not_invoice_short(
+    tmp_path: Path,
+) -> None:
+    """Killed during the readings wait, after invoicing the complete device 0: the
+    restarted utility still waits for device 1's last reading (here the wait is
+    endless), then invoices it in full; before, it took device 0's invoice for a
+    wait that was over and invoiced device 1 at once for what was logged."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path, late=True)
+        await desk.writer.append(Budget(900_000), period=0, timestamp_ms=T0_MS)
+        first = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        assert [e.body.device for e in first if isinstance(e.body, Invoice)] == [0]
+        dev1 = await rig.device(1)
+        await store.ingest_many(await dev1.store.export())  # its interval 0, not 1
+        node = _node(desk)  # restarted, the period just ended
+        node.readings_wait_s = NEVER_S
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(WAIT_S * 4):
+                await node.run(1)
+        assert 1 not in _invoiced(await store.entries())  # not invoiced short
+        await dev1.meter(0, 200, interval=1)  # its last reading comes in
+        await store.ingest_many(await dev1.store.export())
+        node = _node(desk)
+        node.readings_wait_s = NEVER_S
+        async with asyncio.timeout(CLOSE_S):
+            await node.run(1)
+        bills = {
+            e.body.device: e.body.energy_wh
+            for e in await store.entries()
+            if isinstance(e.body, Invoice)
+        }
+        assert bills == {0: 200, 1: 500}  # device 1 in full, each once
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_a_restart_waits_only_what_is_left_of_the_readings_wait(tmp_path: Path) -> None:
+    """The readings wait runs from the period's end: a utility restarted 29.5 s
+    into a 30 s wait invoices the incomplete device for what is logged after
+    what is left of it, not after another 30 s."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)  # device 1 misses its last reading
+        node = _node(desk, ended_s_ago=29.5)
+        node.readings_wait_s = 30.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(CLOSE_S):
+            await node.run(1)
+        assert loop.time() - started < 15.0  # what was left (0.5 s), not the whole wait
+        assert sorted(_invoiced(await store.entries())) == [0, 1]
         await store.close()
     finally:
         await rig.close()

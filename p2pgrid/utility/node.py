@@ -19,9 +19,13 @@ logs that last interval, but its first entry after it comes back completes the
 period. Each invoice is pushed to its device as soon as it is logged (besides
 being announced on the site's topic).
 
-``readings_wait_s`` after the period's end (or at once for a period it had
-begun to invoice before a restart: an invoice of the period or the next
-period's budget is in its log) the utility grants the next period's budget:
+``readings_wait_s`` after the period's end the utility grants the next period's
+budget. The wait runs from the period's end on the clock, not from the close's
+start: a utility restarted within it waits only what is left of it, one
+restarted after it not at all (and one that had closed the period before the
+restart, the next period's budget in its log, issues what is missing at once).
+An invoice of the period in its log does not mean the wait was over: complete
+devices are invoiced as soon as they are complete, during the wait. Then:
 
 - run until stopped (``run(None)``, the deployed ``utility run``): the devices
   still incomplete are named in one WARNING and waited for without a deadline
@@ -195,14 +199,16 @@ class UtilityNode:
     ) -> None:
         state = BillingPeriod(period, owner=f"utility/{site.name}")
         state.advance(PeriodState.CLOSING)  # the period's last interval has passed
-        begun = await self._begun_before(site, period)
-        if begun:
+        closed = await self._closed_before(site, period)
+        if closed:
             log.info(
-                "[utility] %s period %d: invoiced before a restart; issuing what is missing",
+                "[utility] %s period %d: closed before a restart; issuing what is missing",
                 site.name,
                 period,
             )
-        until = asyncio.get_running_loop().time() + (0.0 if begun else self.readings_wait_s)
+        # The readings wait runs from the period's end, wherever the close starts.
+        left_s = self.clock.time_of(last + 1) + self.readings_wait_s - self.clock.now()
+        until = asyncio.get_running_loop().time() + (0.0 if closed else max(0.0, left_s))
         if periods is None:
             incomplete = await self._invoice_complete(site, period, last, until=until)
             if incomplete:
@@ -216,12 +222,12 @@ class UtilityNode:
                 late.create_task(self._finish(site, period, last, state))
         else:
             # Past the readings wait, only a replica synced since the period's
-            # end is invoiced from (unless it began before a restart).
+            # end is invoiced from (unless it closed the period before a restart).
             synced = asyncio.Event()
             async with asyncio.TaskGroup() as syncing:
                 sync = syncing.create_task(self._sync_after_end(site, period, synced))
                 incomplete = await self._invoice_complete(
-                    site, period, last, until=until, synced=lambda: begun or synced.is_set()
+                    site, period, last, until=until, synced=lambda: closed or synced.is_set()
                 )
                 sync.cancel()  # done, or not needed: every device is complete or synced
             if incomplete:
@@ -311,19 +317,17 @@ class UtilityNode:
         self.invoiced.extend(entries)
         return entries
 
-    async def _begun_before(self, site: SiteDesk, period: int) -> bool:
-        """Whether this utility began invoicing ``period`` before (it was restarted):
-        its log holds an invoice of the period or the next period's budget. The
-        readings wait was over then; waiting again would only delay the rest (a
-        run until stopped still waits for the devices that are incomplete)."""
+    async def _closed_before(self, site: SiteDesk, period: int) -> bool:
+        """Whether this utility closed ``period`` before (it was restarted): its log
+        holds the next period's budget, granted once the readings wait was over
+        and the period invoiced (a run until stopped still waits for the devices
+        that were incomplete then). An invoice of the period alone says nothing
+        of the wait: a complete device is invoiced during it."""
         me = site.writer.author
-        for p, kind in ((period, Invoice), (period + 1, Budget)):
-            if any(
-                e.author == me and isinstance(e.body, kind)
-                for e in await site.store.entries(period=p)
-            ):
-                return True
-        return False
+        return any(
+            e.author == me and isinstance(e.body, Budget)
+            for e in await site.store.entries(period=period + 1)
+        )
 
     async def _invoice_complete(
         self,
