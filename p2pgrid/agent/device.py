@@ -690,6 +690,16 @@ class DeviceAgent:
                 interval,
                 price,
             )
+        if bought + deferred > need_wh:  # a round's price is the one it was settled at
+            log.warning(
+                "[%s] interval %d: bought %d and deferred %d Wh of a need of %d Wh",
+                self.name,
+                interval,
+                bought,
+                deferred,
+                need_wh,
+            )
+            return need_wh
         return bought + deferred
 
     async def _ask_early(self, interval: int, peers: list[PeerRef]) -> None:

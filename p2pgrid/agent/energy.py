@@ -329,9 +329,18 @@ class EnergyDesk:
         return plan if await self._order(curve) else None
 
     async def round_price(self, *, period: int, interval: int) -> int | None:
-        """The price energy had in round (period, interval) by this replica: the
-        clearing price, or with no trade the cheapest ask (nobody sold for less);
-        None without an ask or if the round does not clear."""
+        """The price energy had in round (period, interval) for this device: the
+        price it settled the round at (its ``cleared`` entry), else by this
+        replica the clearing price, or with no trade the cheapest ask (nobody
+        sold for less); None without an ask or if the round does not clear.
+
+        A settled round keeps the price it was settled at: an order that reaches
+        the replica after the settlement (a late bid) may clear the book anew at
+        another price, but the device bought at this one, and what it defers is
+        priced against it (bought + deferred never exceeds its need)."""
+        cleared = (await self._mine(period, interval))[1]
+        if cleared is not None:
+            return cleared.price_msat_per_kwh
         entries = await self.store.entries(period=period)
         try:
             book = round_book(entries, self.me.site_id, period=period, interval=interval)

@@ -302,6 +302,36 @@ async def test_a_flexible_ev_buys_more_when_cheap_and_defers_when_dear(rig: Rig)
     assert (await rig.reconcile()).ok
 
 
+async def test_a_late_bid_does_not_reprice_a_settled_round(rig: Rig) -> None:
+    """The EV settled its round at 100 000 msat/kWh (all 100 Wh bought); then a
+    bid for 2 000 Wh at the tariff reaches its replica, and the book would now
+    clear higher. The round's price for the EV stays the one it settled at: its
+    flexible steps were all bought, nothing is deferred (before, the new price
+    deferred 50 Wh on top of the 100 bought, a negative draw from the grid)."""
+    roof, ev, late = await rig.device(0), await rig.device(1), await rig.device(2)
+    selling, buying = desk(rig, roof), desk(rig, ev)
+    selling.config = EnergyConfig(ask_pct=40)
+    await rig.start()
+    assert await selling.offer(
+        period=PERIOD, interval=ROUND, export_wh=1_000, rate_msat_per_kwh=RATE
+    )
+    flex = Flexibility(flexible_pct=50, top_pct=90, floor_pct=50, steps=3)
+    plan = await buying.bid_plan(
+        100, period=PERIOD, interval=ROUND, rate_msat_per_kwh=RATE, flex=flex
+    )
+    assert plan is not None
+    bought = await settle(rig, buying)
+    assert bought == 100
+    await bid(desk(rig, late), 2_000)
+    await rig.spread()
+    entries = await ev.store.entries(period=PERIOD)
+    book = round_book(entries, rig.site_id, period=PERIOD, interval=ROUND)
+    assert book.clearing.price_msat_per_kwh > 100_000  # the book now clears higher
+    price = await buying.round_price(period=PERIOD, interval=ROUND)
+    assert price == 100_000
+    assert bought + deferred_wh(plan, price) <= 100
+
+
 async def test_flexible_load_priced_below_every_ask_is_deferred_without_a_trade(rig: Rig) -> None:
     seller, ev = await rig.device(0), await rig.device(1)
     selling, buying = desk(rig, seller), desk(rig, ev)
