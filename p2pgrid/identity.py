@@ -20,6 +20,13 @@ immutable snapshot replaced as a whole on each change, so the net layer's
 thread reads a consistent state without a lock; a watcher (:meth:`Roster.watch`)
 is called after each change (the net layer re-reads what peers proved then).
 
+A log store changes the roster in batches that may roll back: between
+:meth:`Roster.begin` and :meth:`Roster.commit` (or :meth:`Roster.rollback`) its
+enrolments and revocations go to a draft that only :meth:`Roster.draft_member`
+reads (the store checks the rest of the batch against it). Every other reader
+sees, and every watcher hears of, committed changes only: once per committed
+batch, never for a rolled-back one.
+
 Signatures are BIP340 Schnorr (64 bytes) over the SHA-256 of the message bytes,
 made and checked with libsecp256k1 (coincurve).
 """
@@ -159,6 +166,13 @@ class _RosterState:
     enrolled: Mapping[tuple[Role, int], Member]
     revoked: Mapping[tuple[Role, int], int]  # the lowest last_seq of any revocation
 
+    def member(self, role: Role, index: int) -> Member | None:
+        member = self.enrolled.get((role, index))
+        if member is None:
+            return None
+        last_seq = self.revoked.get((role, index))
+        return member if last_seq is None else dataclasses.replace(member, last_seq=last_seq)
+
 
 def check_member_index(role: Role, index: int) -> None:
     """Raise :class:`IdentityError` unless ``(role, index)`` may be enrolled."""
@@ -206,11 +220,13 @@ class Roster:
     def __init__(self, site: SiteIdentity) -> None:
         self.site = site
         self._state = _RosterState({(Role.OWNER, 0): Member(site.owner_pubkey)}, {})
+        #: The changes of the batch in flight (None: no batch), see :meth:`begin`.
+        self._draft: _RosterState | None = None
         self._watchers: list[Callable[[], None]] = []
 
     def watch(self, watcher: Callable[[], None]) -> None:
-        """Call ``watcher()`` after every change of the roster from now on (on the
-        thread that changed it: it must only schedule its work)."""
+        """Call ``watcher()`` after every committed change of the roster from now on
+        (on the thread that changed it: it must only schedule its work)."""
         self._watchers.append(watcher)
 
     def unwatch(self, watcher: Callable[[], None]) -> None:
@@ -219,19 +235,49 @@ class Roster:
             self._watchers.remove(watcher)
 
     def _replace(self, state: _RosterState) -> None:
+        if self._draft is not None:
+            self._draft = state  # published by commit, dropped by rollback
+            return
         if state is self._state:
             return
         self._state = state
         for watcher in list(self._watchers):
             watcher()
 
+    # -- batches -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Hold the changes from now on in a draft (a log store's batch, which may
+        still roll back): :meth:`member` and the other readers keep the committed
+        state, watchers hear nothing, until :meth:`commit`."""
+        if self._draft is not None:
+            raise RuntimeError("a roster holds one batch at a time")
+        self._draft = self._state
+
+    def commit(self) -> None:
+        """Publish the batch's changes (once, for all of them) and call the watchers
+        if there were any. Without a batch, nothing to do."""
+        draft, self._draft = self._draft, None
+        if draft is not None:
+            self._replace(draft)
+
+    def rollback(self) -> None:
+        """Forget the batch's changes: readers and watchers never saw them."""
+        self._draft = None
+
+    # -- reading -------------------------------------------------------------------
+
     def member(self, role: Role, index: int) -> Member | None:
-        state = self._state  # one read: a consistent snapshot
-        member = state.enrolled.get((role, index))
-        if member is None:
-            return None
-        last_seq = state.revoked.get((role, index))
-        return member if last_seq is None else dataclasses.replace(member, last_seq=last_seq)
+        """The member as committed (``last_seq`` set if revoked), or None."""
+        return self._state.member(role, index)  # one read: a consistent snapshot
+
+    def draft_member(self, role: Role, index: int) -> Member | None:
+        """The member as the batch in flight has it (the committed one without a
+        batch): what a log store checks the rest of its batch against."""
+        return self._working().member(role, index)
+
+    def _working(self) -> _RosterState:
+        return self._state if self._draft is None else self._draft
 
     def net_pubkey(self, index: int) -> bytes | None:
         """The key of the member with net index ``index``, unless it is not
@@ -244,13 +290,17 @@ class Roster:
 
     def devices(self) -> dict[int, Member]:
         """Enrolled devices by index (revoked ones included, with ``last_seq``)."""
-        devices = (index for role, index in self._state.enrolled if role is Role.DEVICE)
-        return {index: m for index in devices if (m := self.member(Role.DEVICE, index))}
+        state = self._state  # one read: a consistent snapshot
+        devices = (index for role, index in state.enrolled if role is Role.DEVICE)
+        return {index: m for index in devices if (m := state.member(Role.DEVICE, index))}
+
+    # -- changing ----------------------------------------------------------------
 
     def enrol(self, role: Role, index: int, pubkey: bytes, from_period: int) -> bool:
-        """Record an enrolment; False if ``(role, index)`` was already enrolled."""
+        """Record an enrolment; False if ``(role, index)`` was already enrolled
+        (in the batch's draft if one is open)."""
         check_member_index(role, index)
-        state = self._state
+        state = self._working()
         if (role, index) in state.enrolled:
             return False
         enrolled = dict(state.enrolled)
@@ -259,9 +309,10 @@ class Roster:
         return True
 
     def revoke(self, role: Role, index: int, last_seq: int) -> bool:
-        """Record a revocation; False if an equal or lower one was already known."""
+        """Record a revocation; False if an equal or lower one was already known
+        (in the batch's draft if one is open)."""
         check_member_index(role, index)
-        state = self._state
+        state = self._working()
         known = state.revoked.get((role, index))
         if known is not None and known <= last_seq:
             return False
@@ -269,11 +320,3 @@ class Roster:
         revoked[(role, index)] = last_seq
         self._replace(_RosterState(state.enrolled, revoked))
         return True
-
-    def snapshot(self) -> object:
-        """An opaque copy of the state, for :meth:`restore` (a rolled-back batch)."""
-        return self._state
-
-    def restore(self, snapshot: object) -> None:
-        assert isinstance(snapshot, _RosterState)
-        self._replace(snapshot)

@@ -37,7 +37,9 @@ class Membership:
         self._xonly: dict[bytes, coincurve.PublicKeyXOnly] = {}
 
     def member(self, author: Author) -> Member | None:
-        return self.roster.member(author.role, author.index)
+        """The author as a member, counting the changes of the store's batch in
+        flight (see :meth:`~p2pgrid.identity.Roster.begin`)."""
+        return self.roster.draft_member(author.role, author.index)
 
     def is_member(self, author: Author) -> bool:
         return self.member(author) is not None

@@ -33,7 +33,11 @@ Listeners (:meth:`LogStore.subscribe`) hear of each committed batch as a
 (whose dropped entries they must forget), synchronously, right after the
 commit and before any other task runs, so a view fed by them (e.g.
 :class:`~p2pgrid.ledger.balances.BalanceBook`) is never behind the log a query
-reads. A rolled-back batch notifies nobody.
+reads. The roster changes with the batch the same way: its enrolments and
+revocations are a draft that only the batch's own checks read, published right
+after the commit (the roster's watchers, e.g. the net layer re-reading its
+peers' hellos, hear of it then, once) and dropped if the batch rolls back. A
+rolled-back batch notifies nobody.
 """
 
 from __future__ import annotations
@@ -450,9 +454,9 @@ class LogStore:
             }
             pending_before = {a: dict(s) for a, s in self._pending.items()}
             flagged_before = set(self._flagged)
-            roster_before = self.roster.snapshot()
             self._revoked = []
             await self._conn.execute("BEGIN IMMEDIATE")
+            self.roster.begin()  # readers and watchers see the batch's members once committed
             try:
                 for i, entry in candidates:
                     if entry.id in held:
@@ -471,12 +475,13 @@ class LogStore:
                     flagged_before,
                 )
                 self._heads_changed()
-                self.roster.restore(roster_before)
+                self.roster.rollback()
                 await self._conn.execute("ROLLBACK")
                 await self._load_records()
                 raise
             # Still under the lock and with no await before it: no query or batch
-            # runs between the commit and the listeners.
+            # runs between the commit and the roster's watchers and listeners.
+            self.roster.commit()
             change = LogChange(tuple(appended), tuple(self._revoked))
             if change.appended or change.revoked:
                 for listener in list(self._listeners):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -19,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pgrid.identity import MAX_DEVICE_INDEX, Role, Signer, SiteIdentity
+from p2pgrid.identity import MAX_DEVICE_INDEX, Member, Role, Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
     BodyError,
     CarryOver,
     Enrol,
+    EntryKind,
     IngestReport,
     LogStore,
     MeterReading,
@@ -286,6 +288,44 @@ async def test_a_revoked_device_is_cut_after_its_last_seq(
     async with await LogStore.open(tmp_path / "a.sqlite", site.identity, name="again") as again:
         assert again.roster.devices()[1].last_seq == 3
         assert (await again.ingest(later.raw)).results[0].reason is RejectReason.REVOKED
+
+
+async def test_the_roster_changes_only_with_a_committed_batch(
+    site: Site, open_bare: OpenBare, tmp_path: Path
+) -> None:
+    """A batch that enrols device 3 and rolls back (the disk refuses device 3's
+    reading) leaves the roster as it was and wakes no watcher: before, the
+    watchers heard the enrolment and then its undoing (the net layer saw a peer
+    join and leave over a batch that never was). A committed batch that enrols
+    two devices wakes them once, with both members readable."""
+    store = await open_bare("a")
+    heard: list[tuple[Member | None, Member | None]] = []
+    store.roster.watch(
+        lambda: heard.append(
+            (store.roster.member(Role.DEVICE, 3), store.roster.member(Role.DEVICE, 4))
+        )
+    )
+    owner = _owner(site)
+    enrolments = [owner.next(_enrol(i, site), period=0).raw for i in (3, 4)]
+    reading = _readings(site, 3, 1).entries[0].raw
+    with sqlite3.connect(tmp_path / "a.sqlite") as disk:  # another connection: a real refusal
+        disk.execute(
+            "CREATE TRIGGER refuse_readings BEFORE INSERT ON entries "
+            f"WHEN NEW.kind = {EntryKind.METER_READING.value} "
+            "BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END"
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="the disk refuses"):
+        await store.ingest_many([*enrolments, reading])
+    assert heard == []
+    assert store.roster.devices() == {}
+    assert store.roster.draft_member(Role.DEVICE, 3) is None  # the draft is gone too
+    assert (await store.ingest(reading)).results[0].reason is RejectReason.NON_MEMBER
+
+    with sqlite3.connect(tmp_path / "a.sqlite") as disk:
+        disk.execute("DROP TRIGGER refuse_readings")
+    report = await store.ingest_many([*enrolments, reading])
+    assert [r.outcome for r in report.results] == [Outcome.STORED] * 3
+    assert heard == [(Member(site.device(3).pubkey), Member(site.device(4).pubkey))]
 
 
 def _revocation_universe(site: Site) -> tuple[list[bytes], set[tuple[int, int]]]:
