@@ -356,7 +356,14 @@ class PeerHost:
             seq = self._seq.get(context, 0) + 1
             self._seq[context] = seq
         return seal_as(
-            self.device, self.hub.peer_bytes, self._epoch, seq, context, records, max_bytes
+            self.device,
+            self.hub.peer_bytes,
+            self._epoch,
+            seq,
+            context,
+            records,
+            max_bytes,
+            clock=self.hub.clock,
         )
 
     def seal(self, topic: str, messages: Sequence[WireMessage]) -> bytes:

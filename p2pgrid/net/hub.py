@@ -32,7 +32,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -103,7 +103,11 @@ class HostHub:
         *,
         bridge: TrioBridge | None = None,
         name: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (seconds since the epoch) stamps every envelope the hub's devices
+        seal and is what the replay window of the envelopes it receives is read
+        against (a test shares a clock it moves between hubs)."""
         if not devices:
             raise ConfigError("a host hub speaks for at least one device")
         first = devices[0]
@@ -121,7 +125,8 @@ class HostHub:
         self._seed = host_key_seed(first.signer, first.site)
         self._id = ID.from_pubkey(create_new_key_pair(self._seed).public_key)
         self.peer_id = str(self._id)
-        self.validator = EnvelopeValidator(replay_window_s=config.replay_window_s)
+        self.clock = clock
+        self.validator = EnvelopeValidator(replay_window_s=config.replay_window_s, clock=clock)
         self.misbehaviour = Misbehaviour(
             threshold=config.misbehaviour_threshold, ban_s=config.ban_s
         )
@@ -244,6 +249,7 @@ class HostHub:
             context,
             records,
             max_bytes,
+            clock=self.clock,
         )
 
     def error(self, context: str, reason: str) -> bytes:
@@ -257,6 +263,7 @@ class HostHub:
             context,
             [record],
             MAX_STREAM_ENVELOPE_BYTES,
+            clock=self.clock,
         )
 
     # -- peers -------------------------------------------------------------------
@@ -367,8 +374,10 @@ def seal_as(
     context: str,
     records: Sequence[Record],
     max_bytes: int,
+    *,
+    clock: Callable[[], float],
 ) -> bytes:
-    """An envelope of ``key``'s device, sent from the host ``peer_id``, now."""
+    """An envelope of ``key``'s device, sent from the host ``peer_id``, now (by ``clock``)."""
     return seal(
         key.signer,
         context,
@@ -377,7 +386,7 @@ def seal_as(
         peer_id=peer_id,
         epoch=epoch,
         seq=seq,
-        timestamp_ms=int(time.time() * 1000),
+        timestamp_ms=int(clock() * 1000),
         records=records,
         max_bytes=max_bytes,
     )

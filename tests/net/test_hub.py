@@ -4,10 +4,12 @@ that proves each device, requests addressed to a device, local delivery, bans.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
 import pytest
+from libp2p.peer.id import ID
 
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Role
@@ -38,6 +40,7 @@ from p2pgrid.net.devices import (
     parse_address,
 )
 from p2pgrid.poll import wait_until
+from p2pgrid.testing.clock import ManualClock
 from tests.net.conftest import Note
 from tests.sites import TestSite
 
@@ -53,10 +56,15 @@ async def make_hub(bridge: TrioBridge, topic: Topic) -> AsyncIterator[MakeHub]:
     async with AsyncExitStack() as stack:
 
         async def make(
-            keys: Sequence[DeviceKey], *, serve: Sequence[int] | None = None, **config: object
+            keys: Sequence[DeviceKey],
+            *,
+            serve: Sequence[int] | None = None,
+            clock: Callable[[], float] = time.time,
+            **config: object,
         ) -> list[PeerHost]:
             net = NetConfig(**config)  # type: ignore[arg-type]
-            hub = HostHub(net, keys, bridge=bridge, name=f"hub-{keys[0].device_index}")
+            name = f"hub-{keys[0].device_index}"
+            hub = HostHub(net, keys, bridge=bridge, name=name, clock=clock)
             stack.push_async_callback(hub.stop)
             hosts = []
             for key in keys:
@@ -321,6 +329,78 @@ async def test_a_kept_hello_that_does_not_verify_once_its_signer_is_enrolled_is_
     await wait_until(refused_as_forged, timeout_s=WAIT_S, what="the kept hello to be refused")
     assert honest.peers() == ()
     assert count("hello:not_member") == 2  # not counted again
+
+
+async def test_a_later_hello_that_no_longer_proves_a_device_makes_it_leave(
+    make_hub: MakeHub, owner: TestSite, bridge: TrioBridge
+) -> None:
+    """A joined peer's later hello replaces its list: a device it no longer proves
+    (its gateway stopped serving it) leaves (PeerLeft), the others stay listed,
+    and nothing is counted against the peer."""
+    site = owner.identity.site_id
+    (honest,) = await make_hub(keys(owner, [0]))
+    events = honest.events()
+    gateway = await make_hub(keys(owner, [1, 2, 3]), bootstrap=honest.addrs)
+    await listed(honest, {(site, 1), (site, 2), (site, 3)})
+
+    async def both_hellos_read() -> bool:  # the exchange each side opened: none in flight
+        return honest.stats().accepted == 2
+
+    await wait_until(both_hellos_read, timeout_s=WAIT_S, what="both first hellos to be read")
+    node = gateway[0]._node
+    assert node is not None
+    # Its hello proves devices 2 and 3 besides its signer, 1; from now on only 2.
+    assert [(p.device_index) for p in node._devices] == [2, 3]
+    node._devices = node._devices[:1]
+    await bridge.run(node._say_hello, ID.from_base58(honest.peer_id))
+    async with asyncio.timeout(WAIT_S):
+        seen = [await anext(events) for _ in range(4)]
+    joined = {(e.peer.site_id, e.peer.device_index) for e in seen if isinstance(e, PeerJoined)}
+    assert joined == {(site, 1), (site, 2), (site, 3)}
+    left = seen[-1]
+    assert isinstance(left, PeerLeft)
+    assert (left.peer.peer_id, left.peer.device_index) == (gateway[0].hub.address((site, 3)), 3)
+    assert {(p.site_id, p.device_index) for p in honest.peers()} == {(site, 1), (site, 2)}
+    assert honest.stats().accepted == 3
+    assert honest.stats().misbehaviour == {}
+
+
+async def test_a_kept_hello_gone_stale_by_its_recheck_gets_a_new_hello_exchange(
+    make_hub: MakeHub, owner: TestSite, topic: Topic
+) -> None:
+    """The non-member's kept hello is older than the replay window when its signer
+    is enrolled here: instead of refusing it (stale, the peer's fault in nothing)
+    this node opens a new hello exchange, whose fresh hello admits the peer on
+    the same connection. Both hubs read one hand-moved clock: no waiting."""
+    site = owner.identity.site_id
+    clock = ManualClock()
+    (honest,) = await make_hub(keys(owner, [0]), clock=clock)
+    events = honest.events()
+    (late,) = await make_hub(keys(owner, [100]), bootstrap=honest.addrs, clock=clock)
+
+    def count(reason: str) -> int:
+        return honest.stats().misbehaviour.get(late.peer_id, {}).get(reason, 0)
+
+    async def refused() -> bool:  # both exchanges: the one each side opened
+        return count("hello:not_member") == 2
+
+    await wait_until(refused, timeout_s=WAIT_S, what="the non-member's hellos to be refused")
+    assert honest.stats().accepted == 0
+    clock.t += honest.hub.config.replay_window_s + 1  # the kept hello is stale now
+    (roster,) = topic.members.rosters
+    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
+    async with asyncio.timeout(WAIT_S):
+        joined = await anext(events)
+    assert isinstance(joined, PeerJoined)
+    assert (joined.peer.peer_id, joined.peer.site_id, joined.peer.device_index) == (
+        late.peer_id,
+        site,
+        100,
+    )
+    assert honest.stats().accepted == 1  # the new exchange's hello, not the kept one
+    assert count("hello:stale") == 0  # an honest peer's old hello is not held against it
+    assert count("hello:not_member") == 2
+    assert honest.stats().banned == ()
 
 
 async def test_a_hub_with_one_member_device_here_is_still_addressed_by_device(
