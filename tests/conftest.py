@@ -17,6 +17,9 @@ with warnings.catch_warnings():
 # After bitcoinlib's silenced import (p2pgrid.net imports it too).
 from p2pgrid.net import TrioBridge
 
+#: A store left open fails the session by name instead of hanging pytest at exit.
+pytest_plugins = ("tests.open_stores",)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Options of the fault suite (``tests/faults``): here, because pytest reads
