@@ -11,6 +11,7 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -20,15 +21,27 @@ from p2pgrid.net import NetConfig
 from p2pgrid.testing.probe_driver import ProbeFleet, ProbeProcess, ProbeSpec, wait_all
 
 AGENTS = 10
-SEED = "p2pgrid-process-tests-site"
+#: The test site's seed: its devices' keys, so their peer ids. One per pytest
+#: process: two runs of these tests at once on one machine (parallel suites) would
+#: otherwise have the same peer ids, and a probe redialling a killed peer's old
+#: port could reach the other run's probe of that device, which noise accepts.
+SEED = f"p2pgrid-process-tests-site-{os.getpid()}"
 #: Seconds between a probe's warm-up messages (what makes it heard).
 INTERVAL_S = 0.5
-#: Ten interpreters importing libp2p on two busy cores.
-START_TIMEOUT_S = 30.0
+# The deadlines below only stop a test that hangs: none is a bound the behaviour
+# is judged by (each wait ends at the event it waits for, read from the probes'
+# lines). They are generous because on two cores shared with other suites (load
+# 12-16) the same runs took several times longer than on an idle machine: nine
+# interpreters importing libp2p at once took over 30 s to listen, and one
+# restarted probe over 30 s as well.
+#: Ten interpreters importing libp2p (~1.3 s of CPU each) on two busy cores.
+START_TIMEOUT_S = 180.0
 #: Discovery from one bootstrap address, then one message from each agent.
-MESH_TIMEOUT_S = 30.0
+MESH_TIMEOUT_S = 120.0
 #: A restarted agent redials, re-grafts and is heard.
-REJOIN_TIMEOUT_S = 20.0
+REJOIN_TIMEOUT_S = 120.0
+#: A graceful stop of every probe at once: each drains and closes its host.
+STOP_TIMEOUT_S = 60.0
 #: The agent that is killed and restarted (not the bootstrap agent).
 VICTIM = 4
 #: The victim's first run is chatty (20 messages/s): py-libp2p 0.8.1 numbers a
@@ -80,7 +93,8 @@ async def hear_all(
     except TimeoutError:
         pass  # reported by the assertion below, with who missed whom
     gaps = missing(probes, times)
-    assert not gaps, f"not heard within {deadline_s}s: {'; '.join(gaps)}"
+    logs = ", ".join(str(probe.log_path) for probe in probes)
+    assert not gaps, f"not heard within {deadline_s}s: {'; '.join(gaps)} (stderr: {logs})"
 
 
 async def test_ten_agents_discover_from_one_bootstrap_and_a_restarted_agent_rejoins(
@@ -115,7 +129,7 @@ async def test_ten_agents_discover_from_one_bootstrap_and_a_restarted_agent_rejo
     survivors = [p for p in probes if p is not restarted]
     assert all(p.returncode is None for p in survivors), "an agent died after the kill"
     async with asyncio.TaskGroup() as tasks:  # a graceful stop still works after the churn
-        stops = [tasks.create_task(probe.stop()) for probe in probes]
+        stops = [tasks.create_task(probe.stop(STOP_TIMEOUT_S)) for probe in probes]
     codes = {probe.spec.index: stop.result() for probe, stop in zip(probes, stops, strict=True)}
     assert codes == dict.fromkeys(codes, 0), [p.stderr_tail() for p in probes]
 
