@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import coincurve
 
-from p2pgrid.errors import ReportableError
+from p2pgrid.errors import FatalError, ReportableError
 
 SIGNATURE_LEN = 64
 PUBKEY_LEN = 33
@@ -251,7 +251,7 @@ class Roster:
         still roll back): :meth:`member` and the other readers keep the committed
         state, watchers hear nothing, until :meth:`commit`."""
         if self._draft is not None:
-            raise RuntimeError("a roster holds one batch at a time")
+            raise FatalError("a roster holds one batch at a time (a bug: batches overlap)")
         self._draft = self._state
 
     def commit(self) -> None:
