@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pgrid.identity import MAX_DEVICE_INDEX, Member, Role, Signer, SiteIdentity
+from p2pgrid.errors import FatalError
+from p2pgrid.identity import MAX_DEVICE_INDEX, Member, Role, Roster, Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Body,
@@ -326,6 +327,39 @@ async def test_the_roster_changes_only_with_a_committed_batch(
     report = await store.ingest_many([*enrolments, reading])
     assert [r.outcome for r in report.results] == [Outcome.STORED] * 3
     assert heard == [(Member(site.device(3).pubkey), Member(site.device(4).pubkey))]
+
+
+def test_a_roster_batch_is_seen_whole_at_its_commit_and_never_after_a_rollback(
+    site: Site,
+) -> None:
+    """The roster's draft, without a store: the batch's own reads see its changes,
+    other readers and watchers only the committed state, once per batch."""
+    roster = Roster(site.identity)
+    calls: list[int] = []
+    roster.watch(lambda: calls.append(len(roster.devices())))
+    roster.begin()
+    assert roster.enrol(Role.DEVICE, 1, site.device(1).pubkey, 0)
+    assert roster.revoke(Role.DEVICE, 1, 5)
+    assert not roster.enrol(Role.DEVICE, 1, site.device(2).pubkey, 0)  # the draft counts
+    assert roster.draft_member(Role.DEVICE, 1) == Member(site.device(1).pubkey, 0, 5)
+    assert roster.member(Role.DEVICE, 1) is None
+    assert roster.net_pubkey(1) is None
+    with pytest.raises(FatalError):
+        roster.begin()  # batches never overlap
+    roster.rollback()
+    assert roster.draft_member(Role.DEVICE, 1) is None
+    assert calls == []
+    roster.begin()
+    roster.enrol(Role.DEVICE, 1, site.device(1).pubkey, 0)
+    roster.enrol(Role.DEVICE, 2, site.device(2).pubkey, 0)
+    assert calls == []
+    roster.commit()
+    assert calls == [2]  # once, with both
+    assert roster.net_pubkey(2) == site.device(2).pubkey
+    roster.begin()
+    roster.commit()  # a batch that changed nothing wakes nobody
+    roster.enrol(Role.DEVICE, 3, site.device(3).pubkey, 0)  # no batch: published at once
+    assert calls == [2, 3]
 
 
 def _revocation_universe(site: Site) -> tuple[list[bytes], set[tuple[int, int]]]:
