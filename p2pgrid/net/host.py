@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -241,7 +241,8 @@ class PeerHost:
         self._runner: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._answering: set[asyncio.Task[None]] = set()  # request handlers in flight
+        #: Request handlers in flight, and the protocol each answers.
+        self._answering: dict[asyncio.Task[None], str] = {}
         self._stop_requested = asyncio.Event()
         self._state = "new"
         #: The libp2p peer id this device speaks from (its hub's), known before start.
@@ -499,8 +500,8 @@ class PeerHost:
         task = self._tasks.create_task(
             self._answer(handler, protocol, envelope, record, peer, reply, context)
         )
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
+        self._answering[task] = protocol
+        task.add_done_callback(self._answered)
 
     async def _answer(
         self,
@@ -527,6 +528,9 @@ class PeerHost:
             data = self._seal_context(
                 context, [_record(answer)], MAX_STREAM_ENVELOPE_BYTES, one_shot=True
             )
+        except asyncio.CancelledError:  # stopped or withdrawn: no answer, at once
+            reply(None)
+            raise
         except PeerMisbehaved as exc:
             if not isinstance(exc, MalformedMessage):  # Delivery.decode counted those
                 self.report_misbehaviour(peer, f"{protocol}:{exc.reason}")
@@ -552,6 +556,28 @@ class PeerHost:
         bridge, node = self._running_node()
         self._handlers[protocol] = handler
         bridge.to_trio(node.handle, protocol)
+
+    @property
+    def serving(self) -> frozenset[str]:
+        """The protocols this device answers now (:meth:`handle`)."""
+        return frozenset(self._handlers)
+
+    def withdraw(self, protocols: Iterable[str]) -> None:
+        """Stop answering ``protocols``: their handlers go and their answers in
+        flight are cancelled (no reply: the requester's call fails as for a peer
+        gone); a request on one now gets the error answer of a protocol this
+        device does not serve. The host runs on for its other protocols (a
+        gateway's failed device whose view carries its site's replica keeps the
+        replica's sync protocol, docs/architecture.md "Gateways")."""
+        gone = set(protocols)
+        for protocol in gone:
+            self._handlers.pop(protocol, None)
+        for task, protocol in list(self._answering.items()):
+            if protocol in gone:
+                task.cancel()
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering.pop(task, None)
 
     async def request(
         self,

@@ -168,6 +168,52 @@ async def test_a_device_the_hub_does_not_serve_gets_a_clear_refusal(
     assert answer.decode(Note) == Note(1, "1 from 3")
 
 
+async def test_a_withdrawn_protocol_is_refused_its_answers_end_and_the_rest_is_served(
+    make_hub: MakeHub, owner: TestSite
+) -> None:
+    """What a gateway does to a failed device whose view carries its site's replica:
+    its agent's protocols go (answers in flight end at once with a refusal, new
+    requests get the device's error answer), its other protocols answer on."""
+    site = owner.identity.site_id
+    left = await make_hub(keys(owner, [0, 1]))
+    (right,) = await make_hub(keys(owner, [3]), bootstrap=left[0].addrs)
+    await listed(right, {(site, 0), (site, 1)})
+    slow, kept = "/p2pgrid/test/slow/1", "/p2pgrid/test/kept/1"
+    started = asyncio.Event()
+
+    async def never(request: Delivery) -> Note:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    who_am_i(left[0])
+    left[0].handle(slow, never)
+    left[0].handle(kept, lambda request: asyncio.sleep(0, Note(0, "kept")))
+    assert left[0].serving == {PROTOCOL, slow, kept}
+    at0 = address(left[0].peer_id, (site, 0))
+
+    async def refused(host: PeerHost, n: int) -> str:
+        with pytest.raises(RequestRejected, match="refused") as raised:
+            await host.request(at0, slow, Note(n))
+        return str(raised.value)
+
+    async with asyncio.timeout(WAIT_S), asyncio.TaskGroup() as tasks:  # at once, not at
+        remote = tasks.create_task(refused(right, 1))  # the requests' own timeouts
+        await started.wait()
+        started.clear()
+        local = tasks.create_task(refused(left[1], 2))  # a call inside the hub
+        await started.wait()
+        left[0].withdraw([slow, PROTOCOL])
+    assert slow in remote.result()
+    assert slow in local.result()
+    assert left[0].serving == {kept}
+    with pytest.raises(DeviceAbsent, match="does not serve"):
+        await right.request(at0, PROTOCOL, Note(3))
+    answer = await right.request(at0, kept, Note(4))
+    assert answer.decode(Note) == Note(0, "kept")
+    await listed(right, {(site, 0), (site, 1)})  # still there: its host runs on
+
+
 async def test_a_host_of_one_and_a_hub_of_three_interoperate(
     make_hub: MakeHub, owner: TestSite
 ) -> None:
