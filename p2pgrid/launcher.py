@@ -35,8 +35,8 @@ give their addresses. A :class:`RunObserver` hears of them once the run starts
 Where each process lives is a :class:`Placement` (``place``): by default all
 run here and listen on loopback; a test of several hosts puts the utility and
 each site in its own network namespace (a command prefix, ``ip netns exec
-<ns>``) listening on that namespace's address (a gateway: where its first
-device is placed). Nothing else changes: every
+<ns>``) listening on that namespace's address (a gateway: where its hub
+device, the lowest index, is placed). Nothing else changes: every
 process bootstraps from the addresses the others' ready lines gave, and
 reaches its lnd at the address the stack gives (:class:`p2pgrid.regtest.StackConfig`,
 ``rest_host``).
@@ -328,7 +328,7 @@ async def run_deployment(
     test programs run in place of ``p2pgrid utility run`` / ``agent run`` on the same
     files; ``place`` says where each process runs (its :class:`Placement`'s
     ``prefix``; the files name its ``listen_host``: ``write_deployment``'s ``listen_hosts``;
-    a gateway of light devices lives where its first device is placed)."""
+    a gateway of light devices lives where its hub device, the lowest index, is placed)."""
     children: list[ChildProcess] = []
     programs: dict[str, UtilityCommand | AgentCommand] = dict(agents or {})
     if utility is not None:

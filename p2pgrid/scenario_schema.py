@@ -255,14 +255,20 @@ class SiteModel(_Strict):
         return device.name
 
     def processes(self) -> dict[str, tuple[str, ...]]:
-        """Its processes and the devices each runs, in the file's order: a device
-        on its own lnd runs alone (the process is named as the device); the light
-        devices run together in one gateway named as their site node, where the
-        first of them is (they share its one client of the node)."""
-        out: dict[str, list[str]] = {}
+        """Its processes and the devices each runs, in the file's order of their
+        first device: a device on its own lnd runs alone (the process is named as
+        the device); the light devices run together in one gateway named as their
+        site node (they share its one client of the node), by device index: its
+        first is the device its host speaks as and listens for
+        (:func:`p2pgrid.agent.gateway.hub_device`, the lowest index), where the
+        gateway is placed."""
+        out: dict[str, list[DeviceModel]] = {}
         for d in self.devices:
-            out.setdefault(self.node_of(d), []).append(d.name)
-        return {name: tuple(devices) for name, devices in out.items()}
+            out.setdefault(self.node_of(d), []).append(d)
+        return {
+            name: tuple(d.name for d in sorted(devices, key=lambda d: d.index))
+            for name, devices in out.items()
+        }
 
 
 class UtilityModel(_Strict):

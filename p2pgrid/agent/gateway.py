@@ -87,7 +87,7 @@ from p2pgrid.agent.ports import Wallet
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.agent.sitewallet import SiteNode
 from p2pgrid.dashboard import Dashboard, SiteFeed
-from p2pgrid.errors import ConfigError, FatalError, P2PGridError
+from p2pgrid.errors import ConfigError, P2PGridError
 from p2pgrid.identity import Roster
 from p2pgrid.jsonlines import commands, emit
 from p2pgrid.ledger import Author, LogStore, LogWriter, lock_store
@@ -140,10 +140,11 @@ class GatewayDevice:
     host: PeerHost
     #: Its lnd node: where the site's devices pay it.
     pubkey: str
-    #: Its own parts, closed when it fails or when the gateway stops.
+    #: Its own parts, closed when it fails or when the gateway stops (the host
+    #: view that runs its site's replica is the site's: :class:`SiteLog`).
     parts: contextlib.AsyncExitStack
-    #: The watch of the owner's entries file (None: run without one).
-    entries: EntriesWatch | None = None
+    #: The protocols its agent answers on ``host`` (withdrawn when it fails).
+    protocols: frozenset[str] = frozenset()
     failed: bool = False
     #: Its run, once ``start`` started it.
     run: asyncio.Task[None] | None = None
@@ -156,26 +157,47 @@ class GatewayDevice:
     def store(self) -> LogStore:
         return self.site_log.store
 
+    @property
+    def carries_replica(self) -> bool:
+        """Whether its host view runs its site's replica (the view is the site's)."""
+        return self.site_log.replica is not None and self.site_log.replica.host is self.host
+
 
 def by_site(setups: Sequence[AgentSetup]) -> dict[str, list[AgentSetup]]:
-    """The devices ``setups`` of a gateway by site id, each site's in their order:
-    a site's first is its hub's first device (:func:`open_hub`)."""
+    """The devices ``setups`` of a gateway by site id (the sites in the order of
+    their first device in ``setups``), each site's by device index: a site's first
+    is its *hub device* (:func:`hub_device`), whatever the order of ``--device``."""
     sites: dict[str, list[AgentSetup]] = {}
     for setup in setups:
         sites.setdefault(setup.identity.site_id, []).append(setup)
-    return sites
+    return {site: sorted(members, key=lambda s: s.device.index) for site, members in sites.items()}
+
+
+def hub_device(members: Sequence[AgentSetup]) -> AgentSetup:
+    """The device that the gateway's one host of a site speaks as: of ``members``
+    (that site's devices in the gateway), the one with the lowest device index.
+    Its key makes the host's peer id and signs its hello, its row's
+    ``listen_host``/``listen_port`` are where it listens, its data directory holds
+    the site's log file (:func:`site_log_file`) and its host view runs the site's
+    replica. The rule reads the device set, never the order of ``--device``: the
+    same devices always give the same peer id and address; a device of a lower
+    index joining the gateway (or the hub device leaving it) moves the host to
+    that device's identity and row (docs/deploy.md, section 4)."""
+    if not members:
+        raise ConfigError("a gateway's host speaks for at least one device")
+    return min(members, key=lambda s: s.device.index)
 
 
 def site_log_file(setups: Sequence[AgentSetup]) -> Path:
     """The file of the site log of ``setups``, the devices of one site that one
     gateway runs: a device alone keeps ``<data_dir>/<name>.db``, as a single agent
     always did; several share ``<site>.gateway.db`` in the data directory of the
-    one with the lowest device index (so the file stays where it is whatever the
-    order of ``--device``, and two gateways of one site, which run different
-    devices, never open the same file)."""
+    hub device (:func:`hub_device`: the lowest device index; so the file stays
+    where it is whatever the order of ``--device``, and two gateways of one site,
+    which run different devices, never open the same file)."""
     if len(setups) == 1:
         return setups[0].runtime.data_dir / f"{setups[0].name}.db"
-    first = min(setups, key=lambda s: s.device.index)
+    first = hub_device(setups)
     return first.runtime.data_dir / f"{first.site_name}.gateway.db"
 
 
@@ -191,27 +213,41 @@ def earlier_files(setups: Sequence[AgentSetup]) -> list[Path]:
 
 @dataclasses.dataclass
 class SiteLog:
-    """The log of a gateway's devices of one site: one store, one replica.
+    """The log of a gateway's devices of one site: one store, one replica, owned by
+    the gateway (closed on ``parts``, after the site's devices and before its hub),
+    not by one of its devices.
 
-    The replica runs on the host of the first of them that opens (its *anchor*:
-    gossip, anti-entropy, announcements of every device's entries); the host
-    views of the others (on the site's one hub) answer the sync requests their
-    peers address to them from the same store (:meth:`NetReplica.serve_on`).
+    The replica runs on the host view of the first of them that opens (its
+    *anchor*, the hub device: gossip, anti-entropy, announcements of every
+    device's entries); that view is the site's too (on ``parts``): if the anchor
+    device fails, the view stays, withdrawn from its agent's protocols, and the
+    replica runs on for the others. The host views of the others (on the site's
+    one hub) answer the sync requests their peers address to them from the same
+    store (:meth:`NetReplica.serve_on`).
     """
 
     path: Path
     store: LogStore
     members: tuple[str, ...]
+    #: What the site's shared parts close on: the store, the anchor's host view,
+    #: the replica and the owner's entries file watch.
+    parts: contextlib.AsyncExitStack
     replica: NetReplica | None = None
-    #: The device whose host runs the replica (None until one opened).
+    #: The device whose host view runs the replica (None until one opened).
     anchor: str | None = None
+    #: The watch of the owner's entries file (None: run without one).
+    entries: EntriesWatch | None = None
 
-    async def serve(
-        self, parts: contextlib.AsyncExitStack, spec: NodeSpec, host: PeerHost
-    ) -> tuple[NetReplica, EntriesWatch | None]:
-        """The replica a device on ``host`` uses: started on ``host`` (and the
-        owner's entries file watched) for the site's first device, its stops on
-        that device's ``parts``; for each other, answering on ``host`` too. Every
+    async def host_for(self, parts: contextlib.AsyncExitStack, spec: NodeSpec) -> PeerHost:
+        """Start device ``spec.name``'s host (view): the site's first device's on
+        the site's ``parts`` (it will carry the site's replica, :meth:`serve`), every
+        other's on its own ``parts``."""
+        return await start_host(self.parts if self.replica is None else parts, spec, self.store)
+
+    async def serve(self, spec: NodeSpec, host: PeerHost) -> NetReplica:
+        """The replica a device on ``host`` uses: for the site's first device,
+        started on ``host`` (and the owner's entries file watched), its stops on
+        the site's ``parts``; for each other, answering on ``host`` too. Every
         view of a hub shares the hub's peer id, but requests name their device and
         reach that device's view alone: each view answers, none is synced with (the
         hub's devices are all this site's here: the replica knows their addresses
@@ -219,20 +255,21 @@ class SiteLog:
         if self.replica is None:
             hub = host.hub
             serves = [a for a in map(hub.address, hub.keys) if a != host.address]
-            self.replica, entries = await start_replica(
-                parts, spec, self.store, host, serves=serves
+            self.replica, self.entries = await start_replica(
+                self.parts, spec, self.store, host, serves=serves
             )
             self.anchor = spec.name
-            return self.replica, entries
+            return self.replica
         if host is not self.replica.host:
             self.replica.serve_on(host)
-        return self.replica, None
+        return self.replica
 
 
 class SiteLogs:
-    """The logs of the sites of a gateway's devices, each opened on ``stack`` (so
-    it closes after every device) when the first of its devices opens (:meth:`of`,
-    after that device's lnd answered: a gateway refused for an lnd writes no log).
+    """The logs of the sites of a gateway's devices, each opened on its site's
+    stack (:meth:`parts_of`, closed on ``stack`` after the site's devices) when the
+    first of its devices opens (:meth:`of`, after that device's lnd answered: a
+    gateway refused for an lnd writes no log).
 
     A site's log is the file of :func:`site_log_file` with the owner's
     provisioning, and merged into it (:func:`~p2pgrid.replication.merge_replica`,
@@ -257,6 +294,23 @@ class SiteLogs:
         self._sites = by_site(setups)
         self._open: dict[str, SiteLog] = {}
         self._claimed: set[str] = set()
+        self._parts: dict[str, contextlib.AsyncExitStack] = {}
+
+    def parts_of(self, site_id: str) -> contextlib.AsyncExitStack:
+        """The stack the shared parts of site ``site_id`` close on (its store, its
+        replica and the host view that runs it): made, and its close pushed on
+        ``stack``, at the first call. :func:`run_gateway` calls it as it opens the
+        site's hub, so these close after the site's devices' parts, before the hub."""
+        if site_id not in self._parts:
+            parts = contextlib.AsyncExitStack()
+            self._stack.push_async_callback(parts.aclose)
+            self._parts[site_id] = parts
+        return self._parts[site_id]
+
+    @property
+    def opened(self) -> tuple[SiteLog, ...]:
+        """The sites' logs opened so far."""
+        return tuple(self._open.values())
 
     def claim(self) -> None:
         """Lock every site's log file, and the earlier files to merge into it,
@@ -286,12 +340,14 @@ class SiteLogs:
         return self._open[site_id]
 
     async def _open_site(self, members: list[AgentSetup]) -> SiteLog:
-        self._claim(members[0].identity.site_id)
-        path = site_log_file(members)
-        name = members[0].name if len(members) == 1 else path.stem
         first = members[0]
+        site_id = first.identity.site_id
+        self._claim(site_id)
+        path = site_log_file(members)
+        name = first.name if len(members) == 1 else path.stem
         fresh = not path.exists()
-        store = await open_log_store(self._stack, path, first.identity, name, first.provision)
+        parts = self.parts_of(site_id)
+        store = await open_log_store(parts, path, first.identity, name, first.provision)
         earlier = [f for f in earlier_files(members) if f.is_file()]
         try:
             for old in earlier:
@@ -311,30 +367,46 @@ class SiteLogs:
             raise
         for old in earlier:  # every check passed: the old files are never used again
             await retire_replica(old)
-        return SiteLog(path, store, tuple(s.name for s in members))
+        return SiteLog(path, store, tuple(s.name for s in members), parts)
 
 
 def check_gateway(setups: Sequence[AgentSetup]) -> None:
     """Refuse a gateway that cannot run: no device, a device twice, two sites'
-    hosts on one port, two mDNS responders in one process (py-libp2p's discovery
-    is one per process).
+    hosts on one port, a site's host on a free port while another of its rows
+    names one, two mDNS responders in one process (py-libp2p's discovery is one
+    per process).
 
     A site's devices in a gateway speak through one host (:func:`open_hub`) that
-    listens where the first of them would (its ``listen_host``, its
-    ``listen_port``): the other rows' addresses are not used, so they may name
-    no port, or the same; a port of their own is logged as not used."""
+    listens where its hub device (:func:`hub_device`: the lowest index) would (its
+    ``listen_host``, its ``listen_port``): the other rows' addresses are not used,
+    so they may name no port, or the same; a port of their own is logged as not
+    used. A hub device's row that names no port while another row does is refused:
+    the host would take a free port and the hub device's peer id, where the file
+    says peers find it at the other row's port (a gateway written when the first
+    ``--device`` made the host: move the port to the hub device's row)."""
     if not setups:
         raise ConfigError("a gateway runs at least one device")
     names = [s.name for s in setups]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"a gateway runs each device once: {', '.join(twice)} given twice")
-    sites = by_site(setups)  # site id -> its devices here, the host's first
+    sites = by_site(setups)  # site id -> its devices here, the hub device first
     ports: dict[tuple[str, int], list[str]] = {}
     for first, *others in sites.values():
         where = (first.runtime.listen_host, first.runtime.listen_port)
         if first.runtime.listen_port:
             ports.setdefault(where, []).append(f"{first.site_name} ({first.name})")
+        else:
+            named = [o for o in others if o.runtime.listen_port]
+            if named:
+                raise ConfigError(
+                    f"{first.site_name}: the gateway's host of "
+                    f"{', '.join(s.name for s in (first, *others))} speaks as {first.name} (the "
+                    f"lowest device index, {first.device.index}) and listens on its row's "
+                    f"listen_port, which names none, while {named[0].name}'s row names "
+                    f"{named[0].runtime.listen_port}: give that listen_port on {first.name}'s "
+                    f"row (and {first.name}'s peer id in the peers' bootstrap addresses)"
+                )
         for other in others:
             if other.runtime.listen_port not in (0, where[1]) or (
                 other.runtime.listen_port and other.runtime.listen_host != where[0]
@@ -349,7 +421,8 @@ def check_gateway(setups: Sequence[AgentSetup]) -> None:
         if len(hosts) > 1:
             raise ConfigError(
                 f"listen_port {port} on {host} is given to the hosts of {', '.join(hosts)}: "
-                "each site's host in a gateway listens on its own port (its first device's)"
+                "each site's host in a gateway listens on its own port (its hub device's, "
+                "the lowest index)"
             )
     mdns = [f"{ds[0].site_name} ({', '.join(s.name for s in ds if s.runtime.mdns)})"
             for ds in sites.values() if any(s.runtime.mdns for s in ds)]  # fmt: skip
@@ -429,8 +502,9 @@ async def open_device(
         hub=hub,
     )
     store = site_log.store
-    host = await start_host(parts, spec, store)
-    replica, entries = await site_log.serve(parts, spec, host)
+    host = await site_log.host_for(parts, spec)
+    replica = await site_log.serve(spec, host)
+    others = host.serving  # the replica's sync protocol; the agent's come next
     writer = LogWriter(store, setup.signer, Author.device(device.index))
     agent = DeviceAgent(
         DeviceProfile(
@@ -459,6 +533,7 @@ async def open_device(
         trade_logs=trade_logs,
     )
     agent.install()
+    protocols = host.serving - others
     feed = SiteFeed(
         name=setup.site_name,
         store=store,
@@ -476,7 +551,7 @@ async def open_device(
         pubkey=pubkey,
         dashboard=dashboard.url,
     )
-    return GatewayDevice(setup, agent, site_log, host, pubkey, parts, entries)
+    return GatewayDevice(setup, agent, site_log, host, pubkey, parts, protocols)
 
 
 async def open_site_nodes(
@@ -517,12 +592,16 @@ def open_hub(
     neighbours: Sequence[str] = (),
 ) -> HostHub:
     """The one libp2p host of the gateway's devices ``members`` (of one site),
-    stopped on ``stack`` (after the devices' hosts); its first device's host starts
-    it. It listens where the first device would (its port, its peer id), runs
-    mDNS if any of them does, and bootstraps from ``neighbours`` (the gateway's
-    hubs of other sites) and every address the devices' rows name but their own
-    (those devices speak through it now)."""
-    first = members[0].runtime
+    stopped on ``stack`` (after the devices' hosts); the first device's host to
+    start starts it. It speaks as their hub device (:func:`hub_device`, the lowest
+    index, whatever the order of ``members``): that device's key makes its peer
+    id, its row gives the port it listens on. It runs mDNS if any of them does,
+    and bootstraps from ``neighbours`` (the gateway's hubs of other sites) and
+    every address the devices' rows name but their own (those devices speak
+    through it now)."""
+    head = hub_device(members)
+    ordered = [head, *(s for s in members if s is not head)]
+    first = head.runtime
     own = tuple(f"/p2p/{peer_id_of(s.signer, s.identity)}" for s in members)
     rows = (addr for s in members for addr in s.runtime.bootstrap if not addr.endswith(own))
     net = NetConfig(
@@ -531,8 +610,15 @@ def open_hub(
         bootstrap=tuple(dict.fromkeys((*rows, *neighbours))),
         mdns=any(s.runtime.mdns for s in members),
     )
-    keys = [DeviceKey(s.identity, s.device.index, s.signer) for s in members]
-    hub = HostHub(net, keys, bridge=bridge, name=f"{members[0].site_name}/host")
+    keys = [DeviceKey(s.identity, s.device.index, s.signer) for s in ordered]
+    hub = HostHub(net, keys, bridge=bridge, name=f"{head.site_name}/host")
+    if len(members) > 1:
+        log.info(
+            "[%s] the gateway's host of %s speaks as %s (the lowest device index): "
+            "peer id %s, listen_port %d on %s",
+            head.site_name, ", ".join(s.name for s in ordered), head.name, hub.peer_id,
+            first.listen_port, first.listen_host,
+        )  # fmt: skip
     stack.push_async_callback(hub.stop)
     return hub
 
@@ -567,39 +653,50 @@ async def run_gateway(
             stack.push_async_callback(bridge.stop)  # after every host
         sites = await open_site_nodes(stack, setups)  # closed after every device
         hubs: dict[str, HostHub] = {}  # one libp2p host per site of the gateway
-        members_of = by_site(setups)  # each site's devices here, its hub's first
-        for setup in setups:
-            site_id = setup.identity.site_id
-            if site_id not in hubs:  # stopped after its devices' parts, pushed below
-                neighbours = [a for hub in hubs.values() for a in hub.addrs]
-                hubs[site_id] = open_hub(stack, members_of[site_id], bridge, neighbours)
-            hub = hubs[site_id]
-            parts = contextlib.AsyncExitStack()
-            stack.push_async_callback(parts.aclose)
-            opened = await open_device(
-                parts,
-                setup,
-                bridge=bridge,
-                logs=logs,
-                make_paymaster=make_paymaster,
-                site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
-                hub=hub,
-            )
-            devices.append(opened)
+        # The devices open site by site, each site's hub device first (its anchor).
+        for site_id, members in by_site(setups).items():
+            neighbours = [a for hub in hubs.values() for a in hub.addrs]
+            hubs[site_id] = open_hub(stack, members, bridge, neighbours)  # stops last of the site
+            logs.parts_of(site_id)  # the site's store and replica: after its devices' parts
+            for setup in members:
+                parts = contextlib.AsyncExitStack()
+                stack.push_async_callback(parts.aclose)
+                opened = await open_device(
+                    parts,
+                    setup,
+                    bridge=bridge,
+                    logs=logs,
+                    make_paymaster=make_paymaster,
+                    site=sites.get(setup.runtime.lnd) if setup.site_node is not None else None,
+                    hub=hubs[site_id],
+                )
+                devices.append(opened)
+        watches = [w for site_log in logs.opened if (w := site_log.entries) is not None]
 
-        def read_entries_again() -> None:  # SIGHUP: every running device's entries file, now
-            for device in devices:
-                if device.entries is not None and not device.failed:
-                    device.entries.poke()
+        def read_entries_again() -> None:  # SIGHUP: every site's entries file, now
+            for watch in watches:
+                watch.poke()
 
-        if any(d.entries is not None for d in devices):
+        if watches:
             stack.enter_context(on_hangup(read_entries_again))  # removed before the devices stop
         service = Service()
 
         async def fail(device: GatewayDevice, exc: Exception) -> None:
-            """Stop ``device`` alone (its run too), reported, its parts closed."""
+            """Stop ``device`` alone (its run too), reported, its parts closed. A host
+            view that runs its site's replica is the site's: it stays, answering its
+            peers' sync requests for the gateway's other devices, but no longer for
+            the failed device's agent (its protocols withdrawn first)."""
             failures.append(exc)
             device.failed = True
+            if device.carries_replica:
+                device.host.withdraw(device.protocols)
+                running = [
+                    d.name for d in devices if d.site_log is device.site_log and not d.failed
+                ]
+                log.warning(
+                    "[%s] its host view stays up: it runs the replica of %s's log for %s",
+                    device.name, device.setup.site_name, ", ".join(running) or "no device",
+                )  # fmt: skip
             emit("failed", name=device.name, error=str(exc) or type(exc).__name__)
             if device.run is not None and device.run is not asyncio.current_task():
                 device.run.cancel()
@@ -607,29 +704,15 @@ async def run_gateway(
             await device.parts.aclose()
 
         async def run_periods(device: GatewayDevice) -> None:
-            if device.failed:
-                return  # failed with its site's replica before its run began
             device.run = asyncio.current_task()
             try:
                 report = await device.agent.run(device.setup.timing.periods)
-            except asyncio.CancelledError:
-                if device.failed:
-                    return  # failed with its site's replica (see below): reported
-                raise
             except Exception as exc:  # one device's failure (a bug too) stops it alone
                 if isinstance(exc, P2PGridError):
                     log.error("[%s] failed, stopping this device: %s", device.name, exc)
                 else:
                     log.exception("[%s] failed, stopping this device", device.name)
-                await fail(device, exc)
-                if device.site_log.anchor == device.name:
-                    # Its host ran its site's replica: the site's other devices
-                    # here have no replication left, so they stop too.
-                    for other in devices:
-                        if other.site_log is device.site_log and not other.failed:
-                            error = orphaned(other.name, device.name)
-                            log.error("%s", error)
-                            await fail(other, error)
+                await fail(device, exc)  # its siblings go on: the site's parts are the gateway's
                 if all(d.failed for d in devices):
                     service.stopping.set()  # nothing left to run
                 return
@@ -663,14 +746,6 @@ async def run_gateway(
             emit("stopped", name=device.name)
     if failures:
         raise ExceptionGroup("devices of the gateway failed", failures)
-
-
-def orphaned(name: str, anchor: str) -> FatalError:
-    """Why device ``name`` stops when ``anchor``, whose host ran their site's replica, failed."""
-    return FatalError(
-        f"[{name}] stopped with {anchor}: its host ran the replica of their site's log "
-        "in this gateway"
-    )
 
 
 async def run_device(

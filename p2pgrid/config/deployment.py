@@ -17,7 +17,8 @@ The files name:
 
 - fixed ports: one ``listen_port`` per device process and the utility's per
   site, free on this host when written (:func:`free_port`). A gateway listens
-  on one address, its first device's: that row names the port; the rows of its
+  on one address, its hub device's (the lowest index of its devices,
+  :func:`p2pgrid.agent.gateway.hub_device`): that row names the port; the rows of its
   other devices name none (``listen_port`` 0, the schema's default: a port of
   their own, free when started, would they ever run alone; the same port
   written twice would read as two listeners on it, and collide if one were
@@ -26,7 +27,7 @@ The files name:
   follows from its member key and site (:func:`p2pgrid.net.peer_id_of`): a process
   dials its site's utility host and the (up to) four device processes listed
   before it, of any of the owner's sites, each named once (a gateway by its
-  first device's peer id, the one its host has); every device of a gateway
+  hub device's peer id, the one its host has); every device of a gateway
   carries its process's list;
 - each site's ``other_sites`` (the scenario's sites are one owner's) with
   their devices' lnd nodes, and each device's own ``lnd_pubkey``;
@@ -38,7 +39,7 @@ The files name:
   (``model_start_interval``), interval 0 at ``start``.
 
 Where each device and the utility listen is ``listen_hosts`` (by name; loopback
-by default; a gateway's devices where its first one is), for processes placed
+by default; a gateway's devices where its hub device is), for processes placed
 in network namespaces. The processes
 (:attr:`Deployment.processes`): the utility, each device on its own lnd alone,
 and per site node one gateway of its light devices (``agent run --device A
@@ -176,8 +177,9 @@ def write_deployment(
     identities = {name: SiteIdentity.from_hex(c.site) for name, c in owners.items()}
     at = hosts.get(uname, "127.0.0.1")
     utility_host = {s.name: (at, port(at)) for s in model.sites}
-    # A process listens on one address, where its first device is placed: the
-    # devices of a gateway speak through its one host (p2pgrid.agent.gateway.open_hub).
+    # A process listens on one address, where its hub device (its lowest index,
+    # the first of ``processes``) is placed: the devices of a gateway speak through
+    # its one host, as that device (p2pgrid.agent.gateway.open_hub).
     first_of = {d: ds[0] for ds in processes.values() for d in ds}
     device_host = {n: hosts.get(first_of[n], "127.0.0.1") for n in names[1:]}
     process_port = {ds[0]: port(device_host[ds[0]]) for ds in processes.values()}
@@ -253,9 +255,7 @@ def write_deployment(
         peer = peer_id_of(utility_key, identities[site.name])
         at_utility = f"/ip4/{host}/tcp/{tcp}/p2p/{peer}"
         for d in site.devices:
-            first = first_of[d.name]
-            if first != d.name:  # a gateway's device: its process's list
-                bootstrap[d.name] = bootstrap[first]
+            if first_of[d.name] != d.name:  # a gateway's device: its process's list, below
                 continue
             bootstrap[d.name] = [at_utility, *listed[-4:]]
             key = read_key(site_files[site.name].parent / f"keys/{site.name}/{d.name}.key")
@@ -263,6 +263,7 @@ def write_deployment(
                 f"/ip4/{device_host[d.name]}/tcp/{process_port[d.name]}/p2p/"
                 + peer_id_of(key, identities[site.name])
             )
+    bootstrap |= {d: bootstrap[first] for d, first in first_of.items() if d != first}
     for number, site in enumerate(model.sites):
         write_toml(site_files[site.name], site_doc(number, bootstrap))
     utility_file = dir / UTILITY_FILE

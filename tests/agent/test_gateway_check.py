@@ -1,20 +1,26 @@
-"""check_gateway: a site's devices in a gateway speak through one host, listening
-where the first of them would, so only that device's port counts; what cannot
-run (two sites' hosts on one port, two mDNS responders, a device twice) is
-refused before anything opens, with a ConfigError that names it."""
+"""check_gateway and the hub device: a site's devices in a gateway speak through
+one host, as the one of them with the lowest device index (whatever the order of
+``--device``): its key makes the peer id, its row's port is where the host
+listens, so only that port counts; what cannot run (two sites' hosts on one
+port, a hub device's row without the port another row names, two mDNS
+responders, a device twice) is refused before anything opens, with a
+ConfigError that names it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
 
 import pytest
 
-from p2pgrid.agent.gateway import check_gateway
+from p2pgrid.agent.gateway import by_site, check_gateway, hub_device, open_hub, site_log_file
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.config import SiteFile, agent_setup
 from p2pgrid.errors import ConfigError
+from p2pgrid.net import TrioBridge, peer_id_of
 from p2pgrid.scenario import load_scenario
 from tests.config.test_deployment import LIGHT, deploy, fake_lnd
 
@@ -82,7 +88,7 @@ def test_two_sites_hosts_on_one_port_are_refused(setups: dict[str, AgentSetup]) 
     assert str(refused.value) == (
         "listen_port 4001 on 127.0.0.1 is given to the hosts of store-1 (s1-fridge), "
         "store-2 (s2-solar): each site's host in a gateway listens on its own port "
-        "(its first device's)"
+        "(its hub device's, the lowest index)"
     )
     # A later device's port is not where anything listens: no clash.
     check_gateway([one, at(setups["s2-solar"], 4002), at(setups["s2-hvac"], 4001)])
@@ -105,3 +111,53 @@ def test_no_device_or_one_twice_is_refused(setups: dict[str, AgentSetup]) -> Non
     fridge = setups["s1-fridge"]
     with pytest.raises(ConfigError, match="each device once: s1-fridge given twice"):
         check_gateway([fridge, setups["s1-hvac"], fridge])
+
+
+def test_the_host_speaks_as_the_lowest_index_whatever_the_order_of_devices(
+    setups: dict[str, AgentSetup], caplog: pytest.LogCaptureFixture
+) -> None:
+    fridge, hvac, ev = (at(setups[n], p) for n, p in (("s1-fridge", 4001), ("s1-hvac", 0),
+                                                        ("s1-ev", 4003)))  # fmt: skip
+    site = fridge.identity.site_id
+    stack = contextlib.AsyncExitStack()  # never entered: the hubs are not started
+
+    def host_of(members: list[AgentSetup]) -> tuple[str, str, int]:
+        hub = open_hub(stack, members, TrioBridge())
+        return hub.first.signer.pubkey.hex(), hub.peer_id, hub.config.listen_port
+
+    expected = (fridge.signer.pubkey.hex(), peer_id_of(fridge.signer, fridge.identity), 4001)
+    for order in itertools.permutations([fridge, hvac, ev]):
+        members = list(order)
+        assert hub_device(members) is fridge
+        assert [s.name for s in by_site(members)[site]] == ["s1-fridge", "s1-hvac", "s1-ev"]
+        assert host_of(members) == expected
+        assert site_log_file(members) == fridge.runtime.data_dir / "store-1.gateway.db"
+        with caplog.at_level(logging.WARNING):
+            check_gateway(members)
+        [record] = caplog.records  # the ev's own port, whichever --device came first
+        assert record.getMessage().startswith("[s1-ev] listen_port 4003 on 127.0.0.1 is not used")
+        caplog.clear()
+    # Another device set, another host: the lowest index of the set.
+    for pair in ([ev, at(hvac, 4002)], [at(hvac, 4002), ev]):
+        assert host_of(pair)[1:] == (peer_id_of(hvac.signer, hvac.identity), 4002)
+    # A device alone is its own host, as `agent run --device X` always was.
+    assert host_of([ev])[1:] == (peer_id_of(ev.signer, ev.identity), 4003)
+
+
+def test_a_hub_device_without_the_port_another_row_names_is_refused(
+    setups: dict[str, AgentSetup],
+) -> None:
+    """A gateway written when its first --device made the host (the port on the
+    hvac's row, run as ``--device s1-hvac --device s1-fridge``) would now listen as
+    the fridge on a free port: refused, with the fix, in either order."""
+    fridge, hvac = at(setups["s1-fridge"], 0), at(setups["s1-hvac"], 4002)
+    for order in ([hvac, fridge], [fridge, hvac]):
+        with pytest.raises(ConfigError) as refused:
+            check_gateway(order)
+        assert str(refused.value) == (
+            "store-1: the gateway's host of s1-fridge, s1-hvac speaks as s1-fridge (the "
+            "lowest device index, 0) and listens on its row's listen_port, which names "
+            "none, while s1-hvac's row names 4002: give that listen_port on s1-fridge's "
+            "row (and s1-fridge's peer id in the peers' bootstrap addresses)"
+        )
+    check_gateway([at(setups["s1-fridge"], 0), at(setups["s1-hvac"], 0)])  # free ports: fine

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import tempfile
 import tomllib
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pgrid.agent.gateway import check_gateway
 from p2pgrid.billing import split_budget
 from p2pgrid.config import (
     SiteFile,
@@ -210,6 +212,41 @@ def test_light_devices_run_in_one_gateway_on_their_site_node(tmp_path: Path) -> 
             {k: v for k, v in lnd.items() if k != "store-1-node"},
             start=START,
         )
+
+
+def test_a_gateway_is_written_as_its_lowest_index_whatever_the_file_s_order(
+    tmp_path: Path,
+) -> None:
+    """The demo's scenario with store-1's light devices' indices swapped: the hvac
+    (index 0) is listed after the fridge (index 1). The gateway's host speaks as
+    the hvac (p2pgrid.agent.gateway.hub_device), so its row names the port, every
+    list names the gateway by the hvac's peer id, and the run's check passes."""
+    text = LIGHT.read_text()
+    for name, index in (("s1-fridge", 1), ("s1-hvac", 0)):
+        text = re.sub(
+            rf'(name = "{name}"\n(?:.*\n)*?)index = \d', rf"\g<1>index = {index}", text, count=1
+        )
+    path = tmp_path / "swapped.toml"
+    path.write_text(text)
+    scenario = load_scenario(path)
+    d = deploy(scenario, tmp_path / "run", fake_lnd(scenario), path)
+    assert d.processes["store-1-node"] == ("s1-hvac", "s1-fridge")
+    store_1 = SiteFile(d.site_files["store-1"])
+    hvac, fridge = (agent_setup(store_1, n) for n in ("s1-hvac", "s1-fridge"))
+    assert (hvac.device.index, fridge.device.index) == (0, 1)
+    assert hvac.runtime.listen_port > 0
+    assert fridge.runtime.listen_port == 0
+    assert fridge.runtime.bootstrap == hvac.runtime.bootstrap
+    check_gateway([fridge, hvac])  # as `agent run --device s1-fridge --device s1-hvac` runs it
+    at_gateway = f"/ip4/127.0.0.1/tcp/{hvac.runtime.listen_port}/p2p/" + peer_id_of(
+        hvac.signer, hvac.identity
+    )
+    assert at_gateway in agent_setup(store_1, "s1-ev").runtime.bootstrap
+    fridge_id = peer_id_of(fridge.signer, fridge.identity)
+    for site in scenario.sites:
+        for dev in site.devices:
+            listed = agent_setup(SiteFile(d.site_files[site.name]), dev.name).runtime.bootstrap
+            assert not any(fridge_id in a for a in listed), dev.name
 
 
 def test_every_deployment_has_its_own_keys_and_is_written_once(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ devices run as one gateway (:func:`p2pgrid.agent.gateway.run_gateway`).
   nothing merged again, nothing doubled.
 - A device whose log was merged into another gateway's store is refused: its
   store would be behind its own chain (it would sign a second entry 1).
-- The device whose host runs the site's replica fails: the site's other device
-  of the gateway stops with it (it has no replication left), both reported.
+- The device whose host view runs the site's replica fails: it stops alone (a
+  ``failed`` line); the view and the replica are the site's and run on for the
+  other device (a peer's entry still reaches it), and a restart resumes.
 """
 
 from __future__ import annotations
@@ -31,15 +32,31 @@ from typing import Any
 import pytest
 
 from p2pgrid.agent import gateway
-from p2pgrid.agent.gateway import SiteLogs, open_device, run_gateway, site_log_file
+from p2pgrid.agent.gateway import (
+    GatewayDevice,
+    SiteLogs,
+    open_device,
+    run_gateway,
+    site_log_file,
+)
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.config import SiteFile, agent_setup
+from p2pgrid.config.keys import read_key
 from p2pgrid.errors import ConfigError, FatalError
-from p2pgrid.ledger import Author, LogStore, LogWriter, MeterReading
-from p2pgrid.net import TrioBridge
+from p2pgrid.identity import UTILITY_NET_INDEX
+from p2pgrid.ledger import (
+    SYNC_PROTOCOL_ID,
+    Author,
+    Budget,
+    Entry,
+    LogStore,
+    LogWriter,
+    MeterReading,
+)
+from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.regtest import Stack
-from p2pgrid.replication import merged_path
+from p2pgrid.replication import NodeSpec, ReplicaConfig, merged_path, open_node_parts
 from p2pgrid.service import EXIT_FAILED, Command, exit_code
 from tests.cli.deployment import DEVICES, deploy
 from tests.regtest.nodes import inline
@@ -156,26 +173,90 @@ class FailsAtStart(Paymaster):
         raise FatalError("intents file corrupt")
 
 
-async def test_the_device_running_the_replica_fails_with_its_site(
+async def test_the_device_running_the_replica_fails_alone_and_the_replica_runs_on(
     setups: list[AgentSetup],
     bridge: TrioBridge,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    anchor = setups[0].name  # opened first: its host runs the site's replica
+    """Before, the anchor's failure took its site's replica down with its host view,
+    and the site's other devices of the gateway with it (each a ``failed`` line,
+    the gateway out at once). Now the view and the replica are the site's: the
+    anchor stops alone, its view answers its log's sync protocol only, and the
+    replica on it still takes in a peer's entry for the device that runs on; a
+    restart resumes the log with that entry."""
+    anchor, other = setups[0].name, setups[1].name  # index 0: the hub device, opened first
+    identity = setups[0].identity
+    opened: dict[str, GatewayDevice] = {}
+    open_device = gateway.open_device
+
+    async def recording(*args: Any, **kwargs: Any) -> GatewayDevice:
+        device = await open_device(*args, **kwargs)
+        opened[device.name] = device
+        return device
+
+    monkeypatch.setattr(gateway, "open_device", recording)
+    reported = asyncio.Event()
+    emit = gateway.emit
+
+    def emit_and_see(event: str, **fields: Any) -> None:
+        emit(event, **fields)
+        if event == "failed":
+            reported.set()
+
+    monkeypatch.setattr(gateway, "emit", emit_and_see)
 
     def make_paymaster(**kwargs: Any) -> Paymaster:
         return (FailsAtStart if kwargs["name"] == anchor else Paymaster)(**kwargs)
 
+    utility_signer = read_key(tmp_path / "ukeys" / "utility.key")
+    budget: list[Entry] = []
+
     async def commands() -> AsyncIterator[Command]:
         yield {"cmd": "start", "at": time.time() + 86_400}  # the other waits a day
-        await asyncio.Event().wait()  # the gateway stops once both failed
+        await reported.wait()
+        failed = opened[anchor]
+        assert failed.carries_replica
+        assert failed.host.serving == {SYNC_PROTOCOL_ID}  # its agent's protocols withdrawn
+        # The utility, a member of the site, writes an entry the gateway lacks and
+        # announces it: the site's replica, on the failed anchor's view, takes it in.
+        async with contextlib.AsyncExitStack() as parts:
+            spec = NodeSpec(
+                name="utility",
+                db_path=tmp_path / "utility.db",
+                site=identity,
+                net=NetConfig(bootstrap=failed.host.addrs),
+                key=DeviceKey(identity, UTILITY_NET_INDEX, utility_signer),
+                replica=ReplicaConfig(),
+                provision=list(setups[0].provision),
+                bridge=bridge,
+            )
+            node = await open_node_parts(parts, spec)
+            writer = LogWriter(node.store, utility_signer, Author.utility())
+            budget.append(await writer.append(Budget(1_000), period=0, timestamp_ms=T0_MS))
+            await node.replica.publish(budget)
+            store = opened[other].store
+
+            def has_it() -> bool:
+                return Author.utility() in store.heads()
+
+            replica = opened[other].site_log.replica
+            assert replica is not None
+            async with asyncio.timeout(30):  # gossip, or the replica's round on the join
+                await replica.wait_until(has_it)
+            assert has_it()
+        yield {"cmd": "digest"}  # then end of input: the gateway stops
 
     with pytest.raises(ExceptionGroup) as raised:
         await run_gateway(setups, commands, make_paymaster=make_paymaster, bridge=bridge)
     assert exit_code(raised.value) == (EXIT_FAILED, "error: intents file corrupt")
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    failed = [(e["name"], e["error"]) for e in events if e["event"] == "failed"]
-    assert failed[0] == (anchor, "intents file corrupt")
-    assert failed[1][0] == "s1-hvac"
-    assert "its host ran the replica" in failed[1][1]
-    assert not [e for e in events if e["event"] == "stopped"]
+    seen = [(e["event"], e.get("name")) for e in events if e["event"] != "ready"]
+    assert seen == [("failed", anchor), ("digest", other), ("stopped", other)]
+    [digest] = [e["digest"] for e in events if e["event"] == "digest"]
+    monkeypatch.setattr(gateway, "emit", emit)
+    again = await digests(setups, bridge)  # restarted, the anchor sound again: resumed
+    assert again == {anchor: digest, other: digest}
+    async with await LogStore.open(site_log_file(setups), identity, name="check") as store:
+        assert [e.raw for e in await store.entries(author=Author.utility())] == [budget[0].raw]

@@ -33,7 +33,6 @@ from p2pgrid.replication import (
     NodeSpec,
     ReplicaConfig,
     log_net_topic,
-    start_host,
 )
 from tests.ledger.ledger_factory import T0_MS, Site
 
@@ -131,8 +130,8 @@ async def test_a_hubs_devices_answer_from_the_shared_store_and_are_never_synced_
     shared, hub, site_log, specs = await _gateway_of_two(site, bridge, tmp_path, parts)
     hosts = []
     for spec in specs:
-        host = await start_host(parts, spec, shared)
-        replica, _ = await site_log.serve(parts, spec, host)
+        host = await site_log.host_for(parts, spec)  # the anchor's: the site's parts
+        replica = await site_log.serve(spec, host)
         hosts.append(host)
     assert site_log.anchor == "d0"
     writers = [LogWriter(shared, site.device(i), Author.device(i)) for i in (0, 1)]
@@ -160,14 +159,14 @@ async def test_a_hubs_later_device_is_never_the_anchors_peer_even_before_it_is_s
     attaches, before :class:`SiteLog` serves the replica on it: the replica knew
     its address from its start, so it never syncs with it (nor counts it as a
     peer) in between, and a sync it is asked for is not run."""
-    shared, _, site_log, specs = await _gateway_of_two(site, bridge, tmp_path, parts)
-    anchor = await start_host(parts, specs[0], shared)
-    replica, _ = await site_log.serve(parts, specs[0], anchor)
-    later = await start_host(parts, specs[1], shared)  # joined: the anchor's view is told
+    _, _, site_log, specs = await _gateway_of_two(site, bridge, tmp_path, parts)
+    anchor = await site_log.host_for(parts, specs[0])
+    replica = await site_log.serve(specs[0], anchor)
+    later = await site_log.host_for(parts, specs[1])  # joined: the anchor's view is told
     assert later.address in {p.peer_id for p in anchor.peers()}
     assert later.address not in replica.periodic_peers()
     replica.request_sync(later.address)
-    await site_log.serve(parts, specs[1], later)
+    await site_log.serve(specs[1], later)
     assert replica.failures(later.address) == 0
     assert replica.stats().rounds == 0  # nothing was run with it (QUIET: no periodic round)
 
@@ -182,7 +181,9 @@ async def _gateway_of_two(
     keys = [DeviceKey(site.identity, i, site.device(i)) for i in (0, 1)]
     hub = HostHub(NetConfig(), keys, bridge=bridge, name="hub")
     parts.push_async_callback(hub.stop)
-    site_log = SiteLog(tmp_path / "site.gateway.db", shared, ("d0", "d1"))
+    # The site's parts (the anchor's view, the replica) close before the hub and the store.
+    site_parts = await parts.enter_async_context(AsyncExitStack())
+    site_log = SiteLog(tmp_path / "site.gateway.db", shared, ("d0", "d1"), site_parts)
     specs = [
         NodeSpec(
             name=f"d{key.device_index}",
