@@ -7,9 +7,11 @@ runs a gateway of those devices; ``--device A`` alone (and the test program
 What the devices of a gateway share: the process (one interpreter, one import
 of libp2p), the asyncio loop, one :class:`~p2pgrid.net.TrioBridge`, one
 libp2p host per site (:func:`open_hub`, a :class:`~p2pgrid.net.HostHub`: one
-peer id and port, the first device's; its hello proves every device of the
-gateway of that site, requests name their device, docs/protocol-net.md
-sections 6-7), and, for its devices of one site, the site's log: one
+peer id and port, those of its *hub device*, the site's device of the lowest
+index in the gateway (:func:`hub_device`), whatever the order of ``--device``;
+its hello proves every device of the gateway of that site, requests name their
+device, docs/protocol-net.md sections 6-7), and, for its devices of one site,
+the site's log: one
 :class:`~p2pgrid.ledger.LogStore` (one SQLite file, :func:`site_log_file`) and
 one :class:`~p2pgrid.replication.NetReplica` (:class:`SiteLog`,
 :class:`SiteLogs`), so an entry is received, verified and stored once per
@@ -29,20 +31,24 @@ across a gateway and single agents, with no change. Each hub bootstraps from
 the hubs of the gateway's other sites opened before it.
 
 The site's replica runs on the host view of the first of its devices that
-opens (its *anchor*): gossip (every device's entries are announced there),
-anti-entropy, pushes; the other devices' views answer the sync requests their
-peers address to them from the same store (:meth:`NetReplica.serve_on`), and
-are never synced with. Files: a device alone keeps ``<data_dir>/<name>.db``; the
-devices of a site in a gateway of several share ``<site>.gateway.db`` in the
-data directory of the one with the lowest index; replica files the devices kept
-before (an upgraded deployment, a device moved between gateways) are merged
-into it on open, each entry verified, and renamed ``.merged``
+opens, its hub device (its *anchor*): gossip (every device's entries are
+announced there), anti-entropy, pushes; the other devices' views answer the
+sync requests their peers address to them from the same store
+(:meth:`NetReplica.serve_on`), and are never synced with. The store, the
+replica and the anchor's view are the site's, not the anchor device's
+(:class:`SiteLog`, closed after the site's devices, before its hub). Files: a
+device alone keeps ``<data_dir>/<name>.db``; the devices of a site in a gateway
+of several share ``<site>.gateway.db`` in the data directory of the hub
+device; replica files the devices kept before (an upgraded deployment, a
+device moved between gateways) are merged into it on open, each entry
+verified, and renamed ``.merged``
 (:mod:`p2pgrid.replication.merge`). The gateway holds the lock of each of
 these files and of each device's intents file (``<file>.lock``,
 :mod:`p2pgrid.ledger.store_lock`) until it stops: a second process that would
 write one is refused (exit 2) before it opens anything.
 
-Lifecycle: the bridge starts first; the devices open in the order given (a
+Lifecycle: the bridge starts first; the devices open site by site (the sites in
+the order of their first device given), each site's hub device first (a
 device that cannot open, a bad key file or an lnd that does not answer, fails
 the whole gateway with the exit codes of :mod:`p2pgrid.service`: nothing has
 run yet); each prints its ``ready`` line. ``start`` starts every device's run
@@ -52,23 +58,26 @@ Every line names its device, as a single agent's does.
 
 One device's failure while running (an error out of its run: a fatal one, a
 corrupt log, or a bug) stops that device alone: an ERROR log line, a ``{"event":
-"failed", "name": ..., "error": ...}`` line, its parts closed in order; the
-other devices go on trading. The exception: a site's anchor takes its site's
-replica down with its host, so its site's other devices of the gateway stop with
-it (each its own ``failed`` line): they would run with no replication. Once
-every device has failed the gateway stops; otherwise it stops when told to
+"failed", "name": ..., "error": ...}`` line, its parts closed in order (its run
+cancelled: a payment in flight stays an open intent, resolved by hash when the
+gateway starts again); the other devices go on trading. The anchor too: its
+host view stays up for the site's replica (a WARNING line says so), its agent's
+protocols withdrawn (:meth:`~p2pgrid.net.PeerHost.withdraw`: its peers' requests
+to it get an error answer, as to a device not running), so its siblings keep
+their replication. Once every device has failed the gateway stops; otherwise it stops when told to
 (``stop``, end of input, SIGTERM, SIGINT), and then ends with the first
 failure's exit code, so neither an operator nor a supervisor misses it. Expected
 conditions (a peer or lnd away, a refused payment) never reach this level: the
 agent handles them itself.
 
 Stop order: the command input, the devices' runs, then each device's parts in
-the reverse order of opening (dashboard, the site's replica on its anchor, host
-view, intents, lnd client), each site's libp2p host after its devices' parts,
-then the site logs' stores, then the site nodes' clients, then the bridge, then
-the log files' locks, last the command pipe. A deployed gateway watches the
-owner's entries file of each site it runs (on the site's anchor) and reads it
-again on SIGHUP (:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
+the reverse order of opening (dashboard, host view but the anchor's, intents,
+lnd client), then each site's shared parts (the entries watch, the replica, the
+anchor's host view, the store), then the site's libp2p host, then the site
+nodes' clients, then the bridge, then the log files' locks, last the command
+pipe. A deployed gateway watches the owner's entries file of each site it runs
+(with the site's replica) and reads it again on SIGHUP
+(:mod:`p2pgrid.replication.entries_watch`), as a single agent does.
 """
 
 from __future__ import annotations
@@ -203,7 +212,7 @@ def site_log_file(setups: Sequence[AgentSetup]) -> Path:
 
 def earlier_files(setups: Sequence[AgentSetup]) -> list[Path]:
     """The replica files the devices ``setups`` of one site may have kept before
-    this gateway (each alone: ``<name>.db``; in a gateway whose first device was
+    this gateway (each alone: ``<name>.db``; in a gateway whose hub device was
     another: that one's ``<site>.gateway.db``), but for :func:`site_log_file`."""
     now = site_log_file(setups)
     files = [s.runtime.data_dir / f"{s.name}.db" for s in setups]
