@@ -39,6 +39,7 @@ from p2pgrid.agent.gateway import (
     run_gateway,
     site_log_file,
 )
+from p2pgrid.agent.intents import IntentBook, IntentState, Purpose, PurposeKind
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.setup import AgentSetup
 from p2pgrid.config import SiteFile, agent_setup
@@ -48,12 +49,15 @@ from p2pgrid.identity import UTILITY_NET_INDEX
 from p2pgrid.ledger import (
     SYNC_PROTOCOL_ID,
     Author,
+    Body,
     Budget,
     Entry,
     LogStore,
     LogWriter,
     MeterReading,
+    Payment,
 )
+from p2pgrid.lightning import InvoiceState, LndClient, PaymentStatus
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.regtest import Stack
 from p2pgrid.replication import NodeSpec, ReplicaConfig, merged_path, open_node_parts
@@ -260,3 +264,136 @@ async def test_the_device_running_the_replica_fails_alone_and_the_replica_runs_o
     assert again == {anchor: digest, other: digest}
     async with await LogStore.open(site_log_file(setups), identity, name="check") as store:
         assert [e.raw for e in await store.entries(author=Author.utility())] == [budget[0].raw]
+
+
+class LogFailsOnPayment(LogWriter):
+    """The anchor's writer: its store breaks as the paid payment's entry is written."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__(writer.store, writer.signer, writer.author)
+
+    async def append(self, body: Body, *, period: int, timestamp_ms: int) -> Entry:
+        if isinstance(body, Payment):
+            raise FatalError("the log failed writing the payment")
+        return await super().append(body, period=period, timestamp_ms=timestamp_ms)
+
+
+class PaysAtStart(Paymaster):
+    """Pays ``bolt11`` (a real invoice) as the agent starts, after recovering."""
+
+    def __init__(self, *, bolt11: str, payment_hash: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bolt11, self.payment_hash = bolt11, payment_hash
+
+    async def recover(self) -> list[Any]:
+        done = await super().recover()
+        purpose = Purpose(PurposeKind.INVOICE, AMOUNT_MSAT, device=0)
+        await self.pay(self.bolt11, self.payment_hash, period=0, purpose=purpose,
+                       fee_limit_msat=10_000)  # fmt: skip
+        return done
+
+
+class Recovered(Paymaster):
+    """A paymaster that says when its start's recovery is done."""
+
+    def __init__(self, *, done: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.done = done
+
+    async def recover(self) -> list[Any]:
+        try:
+            return await super().recover()
+        finally:
+            self.done.set()
+
+
+AMOUNT_MSAT = 21_000
+
+
+async def test_the_anchor_failing_after_lnd_paid_leaves_an_intent_a_restart_logs_once(
+    setups: list[AgentSetup],
+    bridge: TrioBridge,
+    dev_a: LndClient,
+    dev_b: LndClient,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Money stays exact across the anchor's failure: lnd paid, the log entry
+    failed, the anchor stops alone (its sibling answers on), the payment stays an
+    open intent; the gateway started again logs it once from lnd, by its hash."""
+    anchor, other = setups[0].name, setups[1].name  # the fridge pays on dev-a
+    invoice = await dev_b.add_invoice(AMOUNT_MSAT, "p2pgrid test: paid before the log")
+
+    def failing(**kwargs: Any) -> Paymaster:
+        if kwargs["name"] != anchor:
+            return Paymaster(**kwargs)
+        writer = LogFailsOnPayment(kwargs.pop("writer"))
+        return PaysAtStart(bolt11=invoice.payment_request, payment_hash=invoice.payment_hash,
+                           writer=writer, **kwargs)  # fmt: skip
+
+    reported = asyncio.Event()
+    emit = gateway.emit
+
+    def emit_and_see(event: str, **fields: Any) -> None:
+        emit(event, **fields)
+        if event == "failed":
+            reported.set()
+
+    monkeypatch.setattr(gateway, "emit", emit_and_see)
+
+    async def until_failed() -> AsyncIterator[Command]:
+        yield {"cmd": "start", "at": time.time() + 86_400}  # the other waits a day
+        await reported.wait()
+        yield {"cmd": "digest"}  # then end of input: the gateway stops
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await run_gateway(setups, until_failed, make_paymaster=failing, bridge=bridge)
+    assert exit_code(raised.value) == (EXIT_FAILED, "error: the log failed writing the payment")
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    seen = [(e["event"], e.get("name")) for e in events if e["event"] != "ready"]
+    assert seen == [("failed", anchor), ("digest", other), ("stopped", other)]
+
+    paid = [p for p in await dev_a.list_payments() if p.payment_hash == invoice.payment_hash]
+    assert [p.status for p in paid] == [PaymentStatus.SUCCEEDED]  # the sats left
+    intents_file = setups[0].runtime.data_dir / f"{anchor}.intents.db"
+
+    async def intent_state() -> IntentState:
+        book = await IntentBook.open(intents_file, name=anchor)
+        try:
+            intent = await book.get(invoice.payment_hash)
+            assert intent is not None
+            return intent.state
+        finally:
+            await book.close()
+
+    async def payments_logged() -> list[bytes]:
+        async with await LogStore.open(site_log_file(setups), setups[0].identity, name="c") as s:
+            return [
+                e.body.payment_hash
+                for e in await s.entries(author=Author.device(setups[0].device.index))
+                if isinstance(e.body, Payment)
+            ]
+
+    assert await intent_state() is IntentState.OPEN  # not lost: resolved at the next start
+    assert await payments_logged() == []
+
+    recovered = asyncio.Event()
+
+    async def restart() -> AsyncIterator[Command]:
+        yield {"cmd": "start", "at": time.time() + 86_400}
+        await recovered.wait()
+
+    def resumed(**kwargs: Any) -> Paymaster:
+        if kwargs["name"] == anchor:
+            return Recovered(done=recovered, **kwargs)
+        return Paymaster(**kwargs)
+
+    monkeypatch.setattr(gateway, "emit", emit)
+    await run_gateway(setups, restart, make_paymaster=resumed, bridge=bridge)
+    assert await intent_state() is IntentState.LOGGED
+    assert await payments_logged() == [bytes.fromhex(invoice.payment_hash)]  # once
+    paid = [p for p in await dev_a.list_payments() if p.payment_hash == invoice.payment_hash]
+    assert len(paid) == 1  # and paid once
+    settled = await dev_b.lookup_invoice(invoice.payment_hash)
+    assert settled.state is InvoiceState.SETTLED
+    assert settled.amt_paid_msat == AMOUNT_MSAT
