@@ -297,6 +297,31 @@ def test_a_key_not_enrolled_is_refused(tmp_path: Path) -> None:
     assert "not enrolled as device 0" in line
 
 
+def test_a_gateway_whose_port_is_on_a_higher_index_row_is_refused_in_any_order(
+    tmp_path: Path,
+) -> None:
+    """The host of a gateway speaks as its lowest index (the fridge, 0) and listens
+    on its row's port; the file names the port on the hvac's row (as for a gateway
+    once run as ``--device s1-hvac --device s1-fridge``): exit 2 in either order,
+    the line says which row wants the port, nothing opened."""
+    d = deploy(tmp_path)
+    text = d.site_file.read_text()
+    row = 'data_dir = "data/s1-hvac"'
+    d.site_file.write_text(text.replace(row, row + "\nlisten_port = 4002", 1))
+    for first, second in (("s1-hvac", "s1-fridge"), ("s1-fridge", "s1-hvac")):
+        result = cli("agent", "run", "--config", str(d.site_file),
+                     "--device", first, "--device", second)  # fmt: skip
+        assert result.exit_code == EXIT_CONFIG, result.output + result.stderr
+        _no_traceback(result)
+        assert _error_line(result.stderr) == (
+            "error: store-1: the gateway's host of s1-fridge, s1-hvac speaks as s1-fridge "
+            "(the lowest device index, 0) and listens on its row's listen_port, which names "
+            "none, while s1-hvac's row names 4002: give that listen_port on s1-fridge's row "
+            "(and s1-fridge's peer id in the peers' bootstrap addresses)"
+        )
+    assert not (tmp_path / "data").exists()
+
+
 def test_the_utility_refuses_a_site_that_did_not_enrol_it(tmp_path: Path) -> None:
     d = deploy(tmp_path)
     ok_json("utility", "init", "--key-dir", str(tmp_path / "other"))
