@@ -152,8 +152,9 @@ class GatewayDevice:
     #: Its own parts, closed when it fails or when the gateway stops (the host
     #: view that runs its site's replica is the site's: :class:`SiteLog`).
     parts: contextlib.AsyncExitStack
-    #: The protocols its agent answers on ``host`` (withdrawn when it fails).
-    protocols: frozenset[str] = frozenset()
+    #: What ``host`` answered before its agent was built (the site replica's
+    #: sync): kept when it fails; whatever its agent answers is withdrawn.
+    replica_protocols: frozenset[str] = frozenset()
     failed: bool = False
     #: Its run, once ``start`` started it.
     run: asyncio.Task[None] | None = None
@@ -513,7 +514,7 @@ async def open_device(
     store = site_log.store
     host = await site_log.host_for(parts, spec)
     replica = await site_log.serve(spec, host)
-    others = host.serving  # the replica's sync protocol; the agent's come next
+    replica_protocols = host.serving  # the replica's sync; the agent's come next
     writer = LogWriter(store, setup.signer, Author.device(device.index))
     agent = DeviceAgent(
         DeviceProfile(
@@ -542,7 +543,6 @@ async def open_device(
         trade_logs=trade_logs,
     )
     agent.install()
-    protocols = host.serving - others
     feed = SiteFeed(
         name=setup.site_name,
         store=store,
@@ -560,7 +560,7 @@ async def open_device(
         pubkey=pubkey,
         dashboard=dashboard.url,
     )
-    return GatewayDevice(setup, agent, site_log, host, pubkey, parts, protocols)
+    return GatewayDevice(setup, agent, site_log, host, pubkey, parts, replica_protocols)
 
 
 async def open_site_nodes(
@@ -698,7 +698,7 @@ async def run_gateway(
             failures.append(exc)
             device.failed = True
             if device.carries_replica:
-                device.host.withdraw(device.protocols)
+                device.host.withdraw(device.host.serving - device.replica_protocols)
                 running = [
                     d.name for d in devices if d.site_log is device.site_log and not d.failed
                 ]

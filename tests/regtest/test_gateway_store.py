@@ -193,11 +193,13 @@ async def test_the_device_running_the_replica_fails_alone_and_the_replica_runs_o
     anchor, other = setups[0].name, setups[1].name  # index 0: the hub device, opened first
     identity = setups[0].identity
     opened: dict[str, GatewayDevice] = {}
+    served: dict[str, frozenset[str]] = {}  # what each device's view answered once open
     open_device = gateway.open_device
 
     async def recording(*args: Any, **kwargs: Any) -> GatewayDevice:
         device = await open_device(*args, **kwargs)
         opened[device.name] = device
+        served[device.name] = device.host.serving
         return device
 
     monkeypatch.setattr(gateway, "open_device", recording)
@@ -222,7 +224,9 @@ async def test_the_device_running_the_replica_fails_alone_and_the_replica_runs_o
         await reported.wait()
         failed = opened[anchor]
         assert failed.carries_replica
+        assert served[anchor] > {SYNC_PROTOCOL_ID}  # the replica's and its agent's
         assert failed.host.serving == {SYNC_PROTOCOL_ID}  # its agent's protocols withdrawn
+        assert opened[other].host.serving == served[other]  # the sibling's untouched
         # The utility, a member of the site, writes an entry the gateway lacks and
         # announces it: the site's replica, on the failed anchor's view, takes it in.
         async with contextlib.AsyncExitStack() as parts:
