@@ -543,6 +543,9 @@ async def open_device(
         trade_logs=trade_logs,
     )
     agent.install()
+    # Its balance book follows the site's store, which outlives the device: a
+    # failed device's book stops hearing of the others' entries.
+    parts.callback(agent.book.close)
     feed = SiteFeed(
         name=setup.site_name,
         store=store,
