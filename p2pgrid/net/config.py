@@ -45,6 +45,11 @@ class NetConfig:
     #: not only to its mesh (gossipsub v1.1 flood publishing): with more peers than
     #: the mesh holds, the others need not wait for a relay or a heartbeat's gossip.
     flood_publish: bool = True
+    #: Put in each envelope this host publishes the tags of the peers it sends it
+    #: to at once, and relay no message to the peers its author tagged: with flood
+    #: publishing, members connected to each other relay nothing to each other
+    #: (p2pgrid.net.gossip; docs/protocol-net.md sections 1 and 4).
+    first_hop_claims: bool = True
     #: Dial learned peers until this many are connected (bootstrap peers always).
     target_peers: int = 12
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.

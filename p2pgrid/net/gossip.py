@@ -24,11 +24,27 @@ ones dropped) and the rest arrives tens of seconds late.
   (1 s apart). Relays still go to the mesh only: a message costs its author
   one RPC per subscriber, and the network as much as before.
 
+And it tells the relays whom its own message already reached
+(``first_hop_claims``): a host that publishes puts in the envelope a net-layer
+record of kind :data:`KIND_FIRST_HOP`, the tags (:func:`peer_tag`) of the
+peers it sends the message to at once (with flood publishing every connected
+subscriber); a host that relays the message sends it to none of the tagged
+peers. With flood publishing a site whose members are all connected to each
+other then relays nothing (each of them got the author's copy), and a member
+not connected to the author still gets every relay it got before (it is not
+tagged). py-libp2p, like every gossipsub router, relays to its whole mesh:
+~5 copies per member, ~50 for one entry among 11 members (docs/performance.md).
+Receivers that do not know the record ignore it (net-layer kinds are not
+delivered to applications, docs/protocol-net.md section 4). A tagged peer
+whose copy the author's full outbound queue dropped is named in an IHAVE from
+the author at the next heartbeat, since no relay brings it.
+
 It also counts what leaves (see :class:`GossipCounters`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +53,39 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 
+from p2pgrid.net.envelope import parse
+from p2pgrid.net.errors import EnvelopeError
+
 #: Smallest message that is worth an IDONTWANT to every mesh peer (go-libp2p's
 #: default threshold).
 IDONTWANT_MIN_BYTES = 1024
+#: Net-layer record kind of an envelope published on a topic: the tags of the
+#: peers its author's host sent it to at once (docs/protocol-net.md section 4).
+KIND_FIRST_HOP = 0x0005
+#: Bytes of a peer's tag: the first bytes of SHA-256 of its binary peer id.
+TAG_BYTES = 8
+#: Most tags in one first-hop record (a host with more peers tags these only:
+#: the others get the relays, as without the record).
+MAX_FIRST_HOP_TAGS = 64
+#: What a first-hop record can add to an envelope (record head and tags).
+FIRST_HOP_RECORD_BYTES = 6 + TAG_BYTES * MAX_FIRST_HOP_TAGS
+
+
+def peer_tag(peer_id: bytes) -> bytes:
+    """The tag of a peer in a first-hop record: SHA-256(binary peer id)[:8]."""
+    return hashlib.sha256(peer_id).digest()[:TAG_BYTES]
+
+
+def encode_first_hop(tags: Iterable[bytes]) -> bytes:
+    """A first-hop record's data: the tags, concatenated (sorted, at most 64)."""
+    return b"".join(sorted(tags)[:MAX_FIRST_HOP_TAGS])
+
+
+def decode_first_hop(data: bytes) -> frozenset[bytes]:
+    """The tags of a first-hop record; empty if malformed (then nobody is skipped)."""
+    if len(data) % TAG_BYTES or len(data) > TAG_BYTES * MAX_FIRST_HOP_TAGS:
+        return frozenset()
+    return frozenset(data[i : i + TAG_BYTES] for i in range(0, len(data), TAG_BYTES))
 
 
 @dataclass
@@ -57,6 +103,14 @@ class GossipCounters:
     sender_records: int = 0
     #: Messages too small for an IDONTWANT (none was sent for them).
     idontwant_skipped: int = 0
+    #: RPCs that carried an IHAVE (heartbeat gossip).
+    ihave_sent: int = 0
+    #: Relayed copies not sent: the message's author had sent it to the peer
+    #: (its first-hop record tags the peer).
+    relays_skipped: int = 0
+    #: Own messages whose copy a full queue dropped: named in an IHAVE to that
+    #: peer at the next heartbeat (the relays skip it: it was tagged).
+    own_drops_gossiped: int = 0
 
 
 class Gossip(GossipSub):
@@ -68,12 +122,20 @@ class Gossip(GossipSub):
         idontwant_min_bytes: int = IDONTWANT_MIN_BYTES,
         sender_record_once: bool = True,
         flood_publish: bool = True,
+        first_hop_claims: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.idontwant_min_bytes = idontwant_min_bytes
         self.sender_record_once = sender_record_once
         self.flood_publish = flood_publish
+        self.first_hop_claims = first_hop_claims
+        # The first-hop tags of the message publish() is forwarding (set and used
+        # before its first await, like _idontwant_due).
+        self._tagged: frozenset[bytes] = frozenset()
+        self._tags: dict[ID, bytes] = {}
+        # Own messages a full queue dropped: peer -> (message id, topic).
+        self._own_dropped: dict[ID, set[tuple[bytes, str]]] = {}
         self.counters = GossipCounters()
         # Peers that got our signed peer record since they (last) connected.
         self._record_sent: set[ID] = set()
@@ -94,6 +156,20 @@ class Gossip(GossipSub):
             peers.update(self._subscribers(topic))
         return frozenset(peers)
 
+    def tag(self, peer: ID) -> bytes:
+        tag = self._tags.get(peer)
+        if tag is None:
+            tag = self._tags[peer] = peer_tag(peer.to_bytes())
+        return tag
+
+    def first_hop_record(self, topic: str) -> bytes | None:
+        """The data of the first-hop record for a message this host publishes on
+        ``topic`` now (None: ``first_hop_claims`` off, or no peer to tag)."""
+        if not self.first_hop_claims:
+            return None
+        peers = self.first_hop(topic)
+        return encode_first_hop(self.tag(p) for p in peers) if peers else None
+
     def _subscribers(self, topic: str) -> Iterator[ID]:
         if self.pubsub is None:
             return
@@ -111,24 +187,47 @@ class Gossip(GossipSub):
         topics = list(topic_ids)
         peers = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
         own = self.pubsub is not None and origin == self.pubsub.my_id
-        if not (self.flood_publish and own):
-            return peers  # a relay: the mesh, as gossipsub has it
-        for topic in topics:
-            peers.update(self._subscribers(topic))
-        peers.discard(origin)
+        if self.flood_publish and own:
+            for topic in topics:
+                peers.update(self._subscribers(topic))
+            peers.discard(origin)
+        elif self._tagged:  # a relay: the mesh, less the peers the author sent it to
+            relayed = {p for p in peers if self.tag(p) not in self._tagged}
+            self.counters.relays_skipped += len(peers) - len(relayed)
+            peers = relayed
         if msg_id is not None:  # a peer that said IDONTWANT still does not get it
             peers = {p for p in peers if msg_id not in self.dont_send_message_ids.get(p, ())}
         return peers
 
     async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
         self._idontwant_due = len(pubsub_msg.data) >= self.idontwant_min_bytes
-        await super().publish(msg_forwarder, pubsub_msg)
+        own = self.pubsub is not None and ID(pubsub_msg.from_id) == self.pubsub.my_id
+        self._tagged = frozenset() if own else first_hop_tags(pubsub_msg.data)
+        try:
+            await super().publish(msg_forwarder, pubsub_msg)
+        finally:
+            self._tagged = frozenset()
 
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
         if not self._idontwant_due:
             self.counters.idontwant_skipped += 1
             return
         await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+    def gossip_heartbeat(self) -> Any:
+        """py-libp2p's IHAVEs of this heartbeat, and to each peer whose copy of an own
+        message a full queue dropped, an IHAVE naming it (no relay brings it: the
+        first-hop record tagged the peer)."""
+        peers_to_gossip = super().gossip_heartbeat()
+        own_dropped, self._own_dropped = self._own_dropped, {}
+        for peer, dropped in own_dropped.items():
+            for msg_id, topic in dropped:
+                if msg_id in self.mcache.msgs:
+                    ids = peers_to_gossip[peer].setdefault(topic, [])
+                    if msg_id not in ids:
+                        ids.append(msg_id)
+                    self.counters.own_drops_gossiped += 1
+        return peers_to_gossip
 
     async def emit_idontwant(self, msg_ids: list[bytes], to_peer: ID) -> None:
         self.counters.idontwant_sent += 1
@@ -143,15 +242,38 @@ class Gossip(GossipSub):
         self.counters.rpcs_queued += 1
         self.counters.sender_records += rpc.HasField("senderRecord")
         self.counters.messages_sent += len(rpc.publish)
+        if rpc.HasField("control") and rpc.control.ihave:
+            self.counters.ihave_sent += 1
         super().send_rpc(peer_id, rpc, priority)
 
     def remove_peer(self, peer_id: ID) -> None:
         self._record_sent.discard(peer_id)
+        self._tags.pop(peer_id, None)
+        self._own_dropped.pop(peer_id, None)
         super().remove_peer(peer_id)
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         self.counters.rpcs_dropped += 1
+        if self.pubsub is not None:
+            me = self.pubsub.my_id.to_bytes()
+            for msg in rpc.publish:
+                if msg.from_id == me and msg.topicIDs:  # tagged, so no relay brings it
+                    key = (self.pubsub.get_message_id(msg), msg.topicIDs[0])
+                    self._own_dropped.setdefault(peer_id, set()).add(key)
         super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+
+def first_hop_tags(data: bytes) -> frozenset[bytes]:
+    """The tags of the first-hop record of the envelope ``data`` (a validated
+    message's); empty if it has none, or if it is not an envelope."""
+    try:
+        envelope = parse(data)
+    except EnvelopeError:
+        return frozenset()
+    for record in envelope.records:
+        if record.kind == KIND_FIRST_HOP:
+            return decode_first_hop(record.data)
+    return frozenset()
 
 
 def _without_sender_record(rpc: rpc_pb2.RPC) -> rpc_pb2.RPC:

@@ -56,6 +56,7 @@ from p2pgrid.net.errors import (
     RequestRejected,
 )
 from p2pgrid.net.frames import PEER_ERRORS
+from p2pgrid.net.gossip import FIRST_HOP_RECORD_BYTES, KIND_FIRST_HOP
 from p2pgrid.net.hub import (
     DeviceKey,
     HostHub,
@@ -123,6 +124,15 @@ class NetStats:
     idontwant_sent: int = 0
     #: Gossipsub RPCs that carried this host's signed peer record.
     sender_records: int = 0
+    #: Message copies queued to peers (one per peer and message), and RPCs that
+    #: carried an IHAVE (heartbeat gossip).
+    messages_sent: int = 0
+    ihave_sent: int = 0
+    #: Relayed copies not sent because the author had sent the message to the
+    #: peer (its first-hop record), and own messages a full queue dropped that
+    #: were named in an IHAVE to that peer instead (``NetConfig.first_hop_claims``).
+    relays_skipped: int = 0
+    own_drops_gossiped: int = 0
 
 
 class Subscription:
@@ -281,6 +291,8 @@ class PeerHost:
                 await self.hub.stop()
             raise
         room = self.config.max_envelope_bytes - overhead(len(self.hub.peer_bytes))
+        if self.config.first_hop_claims:
+            room -= FIRST_HOP_RECORD_BYTES
         for topic in self.topics:
             bucket = TokenBucket(self.config.envelopes_per_s, self.config.envelope_burst)
             self._pacers[topic] = TopicPacer(
@@ -411,9 +423,14 @@ class PeerHost:
     async def _flush_loop(self, topic: str, pacer: TopicPacer) -> None:
         while True:
             records = await pacer.next_batch()
-            data = self._seal_context(topic, records, self.config.max_envelope_bytes)
             try:
                 bridge, node = self.hub.running()
+                # The peers libp2p sends it to at once (same thread, just before):
+                # relays skip them (p2pgrid.net.gossip, first-hop records).
+                first_hop = node.gossipsub.first_hop_record(topic)
+                if first_hop is not None:
+                    records = [*records, Record(KIND_FIRST_HOP, first_hop)]
+                data = self._seal_context(topic, records, self.config.max_envelope_bytes)
                 await bridge.run(node.publish, topic, data)
             except (BridgeClosed, NetClosed):
                 return
@@ -763,6 +780,10 @@ class PeerHost:
             snapshot.rpcs_dropped = gossip.counters.rpcs_dropped
             snapshot.idontwant_sent = gossip.counters.idontwant_sent
             snapshot.sender_records = gossip.counters.sender_records
+            snapshot.messages_sent = gossip.counters.messages_sent
+            snapshot.ihave_sent = gossip.counters.ihave_sent
+            snapshot.relays_skipped = gossip.counters.relays_skipped
+            snapshot.own_drops_gossiped = gossip.counters.own_drops_gossiped
         return snapshot
 
 

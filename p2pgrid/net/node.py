@@ -232,6 +232,7 @@ class TrioNode:
             idontwant_min_bytes=config.idontwant_min_bytes,
             sender_record_once=config.sender_record_once,
             flood_publish=config.flood_publish,
+            first_hop_claims=config.first_hop_claims,
             degree=config.mesh_degree,
             degree_low=config.mesh_degree_low,
             degree_high=config.mesh_degree_high,

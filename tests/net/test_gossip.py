@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from p2pgrid.net import PeerHost, Subscription, Topic
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb.rpc_pb2 import RPC
+
+from p2pgrid.net import PeerHost, Subscription, Topic, TrioBridge
 from p2pgrid.net.gossip import IDONTWANT_MIN_BYTES
 from p2pgrid.poll import wait_until
 from tests.net.conftest import MakeHost, Note
@@ -27,9 +30,11 @@ async def take(sub: Subscription) -> Note:
 async def test_idontwant_only_for_large_messages_and_one_sender_record_per_peer(
     make_host: MakeHost, topic: Topic
 ) -> None:
-    hub = await make_host(0)
-    left = await make_host(1, bootstrap=hub.addrs)
-    right = await make_host(2, bootstrap=hub.addrs)
+    # The hub relays left's messages to right: without first-hop records (right
+    # may have connected to left, whose records would then tag it).
+    hub = await make_host(0, first_hop_claims=False)
+    left = await make_host(1, bootstrap=hub.addrs, first_hop_claims=False)
+    right = await make_host(2, bootstrap=hub.addrs, first_hop_claims=False)
     await mesh_of(hub, 2)
     await mesh_of(left, 1)
     sub = right.subscribe(topic)
@@ -83,3 +88,81 @@ async def test_without_flood_publishing_the_first_hop_is_the_mesh(
         await hub.wait_for_peer(leaf.peer_id, topic, timeout_s=WAIT_S)
     assert hub.first_hop_peers(topic) == hub.mesh_peers(topic)
     assert len(hub.first_hop_peers(topic)) < len(leaves)
+
+
+async def connected(host: PeerHost, others: list[PeerHost], topic: Topic) -> None:
+    for other in others:
+        await host.wait_for_peer(other.peer_id, topic, timeout_s=WAIT_S)
+
+
+async def test_relays_skip_the_peers_the_author_sent_its_message_to(
+    make_host: MakeHost, topic: Topic
+) -> None:
+    """First-hop records: three members connected to each other relay nothing to
+    each other (each got the author's copy), where py-libp2p relays to the mesh."""
+    x = await make_host(0)
+    y = await make_host(1, bootstrap=x.addrs)
+    z = await make_host(2, bootstrap=x.addrs + y.addrs)
+    for host, others in ((x, [y, z]), (y, [x, z]), (z, [x, y])):
+        await connected(host, others, topic)
+        await mesh_of(host, 2)  # the premise: each would relay to the other one
+    assert z.first_hop_peers(topic) == {x.peer_id, y.peer_id}
+    subs = [x.subscribe(topic), y.subscribe(topic)]
+
+    await z.publish(topic, Note(5, "invoice"))
+    for sub in subs:
+        assert (await take(sub)).n == 5  # the record is not delivered: only the Note
+    for relay in (x, y):
+        stats = relay.stats()
+        assert stats.relays_skipped == 1  # to the other one (never to the author)
+        assert stats.messages_sent == 0
+
+
+async def test_a_member_not_connected_to_the_author_still_gets_the_relay(
+    make_host: MakeHost, topic: Topic
+) -> None:
+    """left - hub - right, left and right not connected: left's record tags the hub
+    only, so the hub relays to right as before."""
+    line = {"target_peers": 1}  # no peer exchange dial: left and right stay apart
+    hub = await make_host(0, **line)
+    left = await make_host(1, bootstrap=hub.addrs, **line)
+    right = await make_host(2, bootstrap=hub.addrs, **line)
+    await connected(hub, [left, right], topic)
+    await connected(left, [hub], topic)
+    assert left.first_hop_peers(topic) == {hub.peer_id}
+    sub = right.subscribe(topic)
+
+    await left.publish(topic, Note(6, "payment"))
+    assert (await take(sub)).n == 6
+    stats = hub.stats()
+    assert stats.relays_skipped == 0
+    assert stats.messages_sent == 1
+
+
+async def test_an_own_copy_a_full_queue_dropped_is_named_in_an_ihave_to_that_peer(
+    make_host: MakeHost, topic: Topic, bridge: TrioBridge
+) -> None:
+    """A tagged peer gets no relay, so when the author's own copy to it is dropped
+    (a full outbound queue) the author names it in an IHAVE at the next heartbeat."""
+    author = await make_host(0)
+    peer = await make_host(1, bootstrap=author.addrs)
+    await connected(author, [peer], topic)
+    sub = peer.subscribe(topic)
+    await author.publish(topic, Note(7, "invoice"))
+    await take(sub)
+    node = author._node
+    assert node is not None
+    gossip = node.gossipsub
+    (message,) = gossip.mcache.msgs.values()
+    before = author.stats()
+
+    async def drop() -> None:  # what py-libp2p does when the peer's 32-slot queue is full
+        gossip._handle_dropped_rpc(ID.from_base58(peer.peer_id), RPC(publish=[message]), "full")
+
+    await bridge.run(drop)
+
+    async def gossiped() -> bool:
+        return author.stats().own_drops_gossiped == 1
+
+    await wait_until(gossiped, timeout_s=WAIT_S, what="an IHAVE of the dropped copy")
+    assert author.stats().ihave_sent == before.ihave_sent + 1
