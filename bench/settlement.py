@@ -37,7 +37,10 @@ and the ratio end to end / raw payment of the same mode (target of issue 14: 1.5
 and the CPU time this process spent per round. ``--flood-publish alternate``
 switches every host's flood publishing (docs/protocol-net.md, section 1) off
 and on in alternate rounds and prints each setting apart: off is the old path
-(the mesh at once, pushes to the members outside it), under the same load.
+(the mesh at once, pushes to the members outside it), under the same load;
+``--first-hop alternate`` does the same with ``NetConfig.first_hop_claims``
+(off: every relay goes to the whole mesh, as py-libp2p relays; on: not to the
+peers the author sent the message to, docs/protocol-net.md section 1).
 ``--replicas R`` adds R devices that use nothing (a host and a replica each, no
 lnd): with more than 6 peers a host's gossipsub mesh (degree 6) no longer holds
 every peer, which is where waiting for gossip costs a heartbeat.
@@ -312,7 +315,7 @@ class RemoteMember:
                         async with self._changed:
                             self._changed.notify_all()
                     case "stats" if self._stats is not None:
-                        self._stats.set_result((event["rpcs"], event["served"]))
+                        self._stats.set_result(tuple(event[key] for key in TRAFFIC))
                     case "stopped":
                         return
                     case "error":
@@ -324,8 +327,8 @@ class RemoteMember:
         async with self._changed:
             await self._changed.wait_for(predicate)
 
-    async def traffic(self) -> tuple[int, int]:
-        """Gossipsub RPCs its host sent and sync requests its replica served so far."""
+    async def traffic(self) -> tuple[int, ...]:
+        """:data:`TRAFFIC` of its host and replica so far."""
         self._stats = asyncio.get_running_loop().create_future()
         await self.child.send("stats")
         async with asyncio.timeout(ROUND_TIMEOUT_S):
@@ -600,15 +603,28 @@ async def settle_round(
     return [{k: v * 1000 for k, v in row.items()} for row in rows]
 
 
-async def traffic(site: Site) -> tuple[int, int]:
-    """Gossipsub RPCs sent and sync requests served so far, summed over the parties
-    (those in child processes too)."""
-    remote = [await r.traffic() for r in site.remotes]
-    return (
-        sum(p.parts.host.stats().rpcs_queued for p in site.parties) + sum(r[0] for r in remote),
-        sum(p.parts.replica.stats().requests_served for p in site.parties)
-        + sum(r[1] for r in remote),
-    )
+#: What :func:`traffic` sums: the gossipsub RPCs sent (queued), of which the
+#: message copies and the IHAVEs, the relays skipped (the author had sent the
+#: message to the peer: its first-hop record), and the sync requests served.
+TRAFFIC = ("rpcs", "copies", "ihave", "skipped", "served")
+
+
+async def traffic(site: Site) -> tuple[int, ...]:
+    """:data:`TRAFFIC` so far, summed over the parties (those in child processes too)."""
+    totals = [0] * len(TRAFFIC)
+    for party in site.parties:
+        net, served = party.parts.host.stats(), party.parts.replica.stats().requests_served
+        counts = (
+            net.rpcs_queued,
+            net.messages_sent,
+            net.ihave_sent,
+            net.relays_skipped,
+            served,
+        )
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+    for remote in site.remotes:
+        totals = [t + c for t, c in zip(totals, await remote.traffic(), strict=True)]
+    return tuple(totals)
 
 
 def children_cpu_s(site: Site) -> float:
@@ -638,6 +654,14 @@ async def main() -> None:
         default="on",
         help="hosts send their own messages to every subscriber (on), to the mesh (off), "
         "or off and on in alternate rounds, each setting reported apart",
+    )
+    parser.add_argument(
+        "--first-hop",
+        choices=("on", "off", "alternate"),
+        default="on",
+        help="hosts tag in each envelope they publish the peers they send it to, and relay "
+        "nothing to the peers its author tagged (on, the product's default), or neither "
+        "(off), or off and on in alternate rounds, each setting reported apart",
     )
     parser.add_argument(
         "--anti-entropy-interval",
@@ -670,6 +694,8 @@ async def main() -> None:
     args = parser.parse_args()
     if args.processes and args.flood_publish == "alternate":
         parser.error("--flood-publish alternate switches the hosts of this process only")
+    if args.processes and args.first_hop == "alternate":
+        parser.error("--first-hop alternate switches the hosts of this process only")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # its noise as hosts stop
     names = device_names(args.devices)
     own = args.stack is None
@@ -720,8 +746,7 @@ async def main() -> None:
                 rows: dict[str, list[dict[str, float]]] = {}  # by flood publishing setting
                 cpu_ms: dict[str, list[float]] = {}
                 children_ms: dict[str, list[float]] = {}
-                rpcs: dict[str, list[int]] = {}
-                requests: dict[str, list[int]] = {}
+                counts: dict[str, dict[str, list[int]]] = {}  # setting -> TRAFFIC key -> rounds
                 profile = cProfile.Profile() if args.profile else None
                 for n in range(args.rounds):  # alternate: both see the same load
                     raw_ms += [
@@ -734,7 +759,12 @@ async def main() -> None:
                     if args.flood_publish == "alternate":
                         for party in site.parties:  # the bench's switch, not an API
                             party.parts.host._node.gossipsub.flood_publish = flood  # type: ignore[union-attr]
+                    tag = args.first_hop == "on" or (args.first_hop == "alternate" and n % 2 == 1)
+                    for party in site.parties:  # the bench's switch, not an API
+                        party.parts.host._node.gossipsub.first_hop_claims = tag  # type: ignore[union-attr]
                     setting = f"flood publish {'on' if flood else 'off'}"
+                    if args.first_hop != "on":
+                        setting += f", first hop {'on' if tag else 'off'}"
                     traffic0 = await traffic(site)
                     cpu0, children0 = time.process_time(), children_cpu_s(site)
                     if profile is not None:
@@ -749,8 +779,9 @@ async def main() -> None:
                         (children_cpu_s(site) - children0) * 1000
                     )
                     traffic1 = await traffic(site)
-                    rpcs.setdefault(setting, []).append(traffic1[0] - traffic0[0])
-                    requests.setdefault(setting, []).append(traffic1[1] - traffic0[1])
+                    per_key = counts.setdefault(setting, {key: [] for key in TRAFFIC})
+                    for key, after, before in zip(TRAFFIC, traffic1, traffic0, strict=True):
+                        per_key[key].append(after - before)
                     period += 1
                     await stack.wait_settled()
                 if profile is not None:
@@ -773,9 +804,12 @@ async def main() -> None:
                             f"    {'CPU of the members':<26}{p50(children_ms[setting]):>9.1f} "
                             f"ms per round, {len(site.remotes)} processes together"
                         )
+                    c = {key: p50(values) for key, values in counts[setting].items()}
                     print(
-                        f"    {'gossipsub RPCs sent':<26}{p50(rpcs[setting]):>9.0f} per round, "
-                        f"sync requests served {p50(requests[setting]):.0f} (all parties)"
+                        f"    {'gossipsub RPCs sent':<26}{c['rpcs']:>9.0f} per round "
+                        f"({c['copies']:.0f} message copies, {c['ihave']:.0f} IHAVEs; "
+                        f"{c['skipped']:.0f} relays skipped), "
+                        f"sync requests served {c['served']:.0f} (all parties)"
                     )
                     ratio = e2e / p50(raw_ms)
                     print(f"    ratio end to end / raw lnd payment: {ratio:.2f} (target 1.5)")

@@ -10,8 +10,10 @@ line protocol of :mod:`p2pgrid.jsonlines`:
 - ``{"event": "entry", "kind": "invoice" | "payment", "hash": hex, "at": s}`` when an
   invoice or payment entry joins its store, ``at`` being ``time.time()`` in this
   process (the bench's marks use the same wall clock: one machine, one clock);
-- ``{"event": "stats", "rpcs", "served"}`` answering the command ``stats``: the
-  gossipsub RPCs its host sent and the sync requests its replica served so far;
+- ``{"event": "stats", "rpcs", "copies", "ihave", "skipped", "served"}`` answering
+  the command ``stats``: the gossipsub RPCs its host sent (of which message copies
+  and IHAVEs; the relays it skipped) and the sync requests its replica served so
+  far;
 - ``{"event": "stopped"}`` after the command ``stop`` (or the end of its stdin).
 
 :func:`net_config` is the hosts' config of both the bench and this process.
@@ -108,9 +110,13 @@ async def run(spec: MemberSpec) -> None:
         emit("ready", peer_id=parts.host.peer_id, addrs=list(parts.host.addrs))
         async for command in commands():
             if command["cmd"] == "stats":
+                net = parts.host.stats()
                 emit(
                     "stats",
-                    rpcs=parts.host.stats().rpcs_queued,
+                    rpcs=net.rpcs_queued,
+                    copies=net.messages_sent,
+                    ihave=net.ihave_sent,
+                    skipped=net.relays_skipped,
                     served=parts.replica.stats().requests_served,
                 )
             elif command["cmd"] != "stop":
