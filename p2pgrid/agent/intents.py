@@ -31,10 +31,43 @@ the payer checks first, and lnd refuses a second payment of a paid hash.
 States and transitions (one log line each): ``open -> logged``,
 ``open -> failed``, ``failed -> open`` (the same invoice tried again); nothing
 leaves ``logged``.
+
+Durability. The file is SQLite in WAL mode. A commit survives a crash of the
+process whatever ``synchronous`` says (it is in the OS's cache); what
+``synchronous`` decides is what a power cut or an OS crash keeps. Only the
+commits that open an intent (a new one, or ``failed -> open``) and that expect
+a receivable must be on disk before they return, because money moves right
+after them: they are made with ``synchronous=FULL`` (the WAL is synced at each
+of them). The commits that resolve an intent (``open -> logged``,
+``open -> failed``) and the prunings are made with ``synchronous=NORMAL`` (no
+sync; the next FULL commit, or a checkpoint, syncs them with it); a
+receivable's end (``sold``, ``cancelled``: once per offer) stays FULL. That is
+safe:
+
+- A power cut keeps a *prefix* of the file's commits, never a later one
+  without an earlier one (the WAL is appended in order and its frames are
+  chained by checksums; a sync writes every frame before it), and that prefix
+  holds every FULL commit, so every intent opened before a payment.
+- A resolution lost that way leaves its intent ``open``, exactly as a crash
+  between paying and marking it does: the restarted agent resolves it by hash
+  against lnd before it pays anything (:meth:`Paymaster.recover`), and logs
+  the payment's entries only if its author's chain does not hold them yet
+  (``Paymaster._in_log``), so once; an intent lnd never sent or failed is
+  failed again. Nothing reads ``logged`` or ``failed`` to decide a payment:
+  a second payment of a hash is refused by the payer's log check and by lnd.
+- A pruning lost that way leaves rows that are no longer open; the next close
+  deletes them.
+
+``synchronous=FULL`` on the resolution never ordered it after the log's own
+commit either: the log (another file, ``synchronous=NORMAL``, see
+:mod:`p2pgrid.ledger.store`) may lose its last commits in a power cut while
+this file keeps the ``logged`` mark, with or without this change
+(docs/security.md, "Known gaps").
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import json
@@ -160,6 +193,8 @@ class IntentBook:
     def __init__(self, db: aiosqlite.Connection, name: str) -> None:
         self._db = db
         self.name = name
+        self._synced = True  # the connection's synchronous is FULL (set by open)
+        self._writing = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, name: str) -> IntentBook:
@@ -170,6 +205,48 @@ class IntentBook:
         await db.execute(_RECEIVABLES)
         await db.commit()
         return cls(db, name)
+
+    async def _write(
+        self, sql: str, params: tuple[object, ...], *, durable: bool
+    ) -> aiosqlite.Cursor:
+        """Run one write statement and commit it, as its own transaction;
+        ``durable``: on disk before this returns (``synchronous=FULL``), else
+        only ordered before the next durable commit (``NORMAL``; see the
+        module's "Durability")."""
+        # Once started, a write runs to its commit even if the caller is
+        # cancelled: a transaction left open would be committed by the next
+        # writer's commit (a resolution synced or not as *that* one says) and
+        # SQLite refuses to change ``synchronous`` inside it.
+        write = asyncio.ensure_future(self._write_now(sql, params, durable))
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if write.cancelled():
+                    raise
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return write.result()
+
+    async def _write_now(
+        self, sql: str, params: tuple[object, ...], durable: bool
+    ) -> aiosqlite.Cursor:
+        # One write at a time: the agent's desks and settler share this
+        # connection, and a pragma or commit of one must not land inside
+        # another's transaction.
+        async with self._writing:
+            if durable != self._synced:  # SQLite refuses to change it inside a transaction
+                await self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._synced = durable
+            try:
+                cursor = await self._db.execute(sql, params)
+            except aiosqlite.Error:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+            return cursor
 
     async def close(self) -> None:
         await self._db.close()
@@ -186,7 +263,7 @@ class IntentBook:
                 )
             await self.resolve(intent.payment_hash, IntentState.OPEN, "retry")
             return
-        await self._db.execute(
+        await self._write(
             "INSERT INTO payment_intents VALUES (?, ?, ?, ?, ?, ?)",
             (
                 intent.payment_hash,
@@ -196,8 +273,8 @@ class IntentBook:
                 IntentState.OPEN.value,
                 "",
             ),
+            durable=True,  # before any sat moves
         )
-        await self._db.commit()
         log.info(
             "[%s] intent %s...: %s %d msat (period %d) -> open",
             self.name,
@@ -227,6 +304,9 @@ class IntentBook:
         ]
 
     async def resolve(self, payment_hash: str, to: IntentState, detail: str = "") -> None:
+        """Move the intent to ``to`` and commit: durably for ``failed -> open``
+        (a retry pays next), without a sync for ``logged`` and ``failed`` (lost in
+        a power cut, the intent is open again and resolved against lnd)."""
         intent = await self.get(payment_hash)
         if intent is None:
             raise IntentError(f"no intent for payment {payment_hash[:16]}")
@@ -234,11 +314,11 @@ class IntentBook:
             raise IntentError(
                 f"intent {payment_hash[:16]}: {intent.state.value} -> {to.value} forbidden"
             )
-        await self._db.execute(
+        await self._write(
             "UPDATE payment_intents SET state = ?, detail = ? WHERE payment_hash = ?",
             (to.value, detail, payment_hash),
+            durable=to is IntentState.OPEN,
         )
-        await self._db.commit()
         log.info(
             "[%s] intent %s...: %s -> %s %s",
             self.name,
@@ -254,7 +334,7 @@ class IntentBook:
         """Store ``receivable`` (open) and commit, before its invoice leaves the agent."""
         site_id, device = receivable.payer
         try:
-            await self._db.execute(
+            await self._write(
                 "INSERT INTO receivables VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     receivable.payment_hash,
@@ -265,11 +345,11 @@ class IntentBook:
                     receivable.preimage.hex(),
                     ReceivableState.OPEN.value,
                 ),
+                durable=True,  # before the invoice leaves
             )
         except aiosqlite.IntegrityError as exc:
             what = f"invoice {receivable.payment_hash[:16]} is expected already"
             raise IntentError(what) from exc
-        await self._db.commit()
         log.info(
             "[%s] receivable %s...: %s (period %d) -> open",
             self.name,
@@ -308,13 +388,13 @@ class IntentBook:
         """``open -> sold`` or ``open -> cancelled``; anything else is an :class:`IntentError`."""
         if to is ReceivableState.OPEN:
             raise IntentError(f"receivable {payment_hash[:16]}: nothing goes back to open")
-        cursor = await self._db.execute(
+        cursor = await self._write(
             "UPDATE receivables SET state = ? WHERE payment_hash = ? AND state = ?",
             (to.value, payment_hash, ReceivableState.OPEN.value),
+            durable=True,  # once per offer, not per payment: left as it was
         )
         if cursor.rowcount != 1:
             raise IntentError(f"receivable {payment_hash[:16]} is not open")
-        await self._db.commit()
         log.info("[%s] receivable %s...: open -> %s", self.name, payment_hash[:16], to.value)
 
     async def prune_receivables(self, before: int) -> int:
@@ -334,10 +414,11 @@ class IntentBook:
     ) -> int:
         """Delete the rows of ``table`` of the periods before ``before`` whose
         state is not ``open_state``, and commit."""
-        cursor = await self._db.execute(
-            f"DELETE FROM {table} WHERE period < ? AND state != ?", (before, open_state)
+        cursor = await self._write(
+            f"DELETE FROM {table} WHERE period < ? AND state != ?",
+            (before, open_state),
+            durable=False,  # lost in a power cut: the next close deletes them
         )
-        await self._db.commit()
         if cursor.rowcount:
             log.info(
                 "[%s] %d %s no longer open, of periods before %d, deleted",

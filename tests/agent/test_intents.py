@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.billing import invoice_memo
 from p2pgrid.ledger import EntryKind, Invoice, Payment, Sale
 from p2pgrid.lightning.models import Payment as LnPayment
-from tests.agent.rig import Rig
+from tests.agent.rig import Device, Rig
 
 OPEN, SOLD, CANCELLED = ReceivableState.OPEN, ReceivableState.SOLD, ReceivableState.CANCELLED
 OPEN_INTENT, LOGGED, FAILED = IntentState.OPEN, IntentState.LOGGED, IntentState.FAILED
@@ -286,3 +287,117 @@ async def test_a_period_close_prunes_the_resolved_intents_before_the_previous_pe
     left = [(i.period, i.state, i.purpose.kind) for i in await device.intents.all()]
     assert left == [(1, LOGGED, PurposeKind.INVOICE), (2, LOGGED, PurposeKind.INVOICE)]
     assert (await rig.reconcile()).ok
+
+
+def _copy_intents(src: Path, dst: Path) -> None:
+    """The intents file as a power cut may leave it: its database and WAL as
+    they are now (a later commit made without a sync may never reach the disk)."""
+    dst.mkdir()
+    for suffix in ("", "-wal"):
+        if Path(f"{src}{suffix}").exists():
+            shutil.copyfile(f"{src}{suffix}", dst / f"{src.name}{suffix}")
+
+
+def _put_back(kept: Path, path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    for suffix in ("", "-wal"):
+        if (kept / f"{path.name}{suffix}").exists():
+            shutil.copyfile(kept / f"{path.name}{suffix}", f"{path}{suffix}")
+
+
+async def _power_cut(rig: Rig, device: Device, kept: Path) -> IntentBook:
+    """Stop the device's intents file and put back the files of ``kept``; the
+    device reopens it (its log and lnd are as they are)."""
+    path = rig.tmp / f"{device.name}.intents.db"
+    await device.intents.close()
+    await asyncio.to_thread(_put_back, kept, path)
+    book = await IntentBook.open(path, name=device.name)
+    rig.books[rig.books.index(device.intents)] = book
+    device.intents = book
+    return book
+
+
+@pytest.mark.parametrize("outcome", ["paid", "failed"])
+async def test_a_resolution_lost_in_a_power_cut_is_resolved_again_once(
+    rig: Rig, outcome: str
+) -> None:
+    """The resolution of an intent is committed without a sync: a power cut
+    right after it may keep the file as it was when the intent was opened (the
+    last synced commit, before lnd was asked). The restarted agent finds the
+    intent open and resolves it against lnd: the payment logged once (its entry
+    survived in the log: not written twice), or failed again."""
+    device = await rig.device(0)
+    await rig.start()
+    invoice = await rig.utility_node.add_invoice(5_000, invoice_memo(rig.site_id, 0, 1))
+    body = Invoice(0, 5_000, 20, bytes.fromhex(invoice.payment_hash), invoice.payment_request)
+    await rig.utility_writer(device.store).append(body, period=1, timestamp_ms=0)
+    purpose = Purpose(PurposeKind.INVOICE, 5_000)
+    kept = rig.tmp / "kept"
+    lnd_pay = device.node.pay_invoice
+
+    async def pay_after_the_open_commit(payment_request: str, *, fee_limit_msat: int) -> LnPayment:
+        await asyncio.to_thread(_copy_intents, rig.tmp / "dev0.intents.db", kept)
+        return await lnd_pay(payment_request, fee_limit_msat=fee_limit_msat)
+
+    device.node.pay_invoice = pay_after_the_open_commit  # type: ignore[method-assign]
+    if outcome == "failed":
+        device.node.fail_next = "NO_ROUTE"
+    with contextlib.nullcontext() if outcome == "paid" else pytest.raises(PayRefused):
+        await device.paymaster.pay(
+            invoice.payment_request, invoice.payment_hash, period=1, purpose=purpose,
+            fee_limit_msat=0,
+        )  # fmt: skip
+    resolved = LOGGED if outcome == "paid" else FAILED
+    assert [i.state for i in await device.intents.all()] == [resolved]
+    logged = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
+    assert len(logged) == (1 if outcome == "paid" else 0)
+
+    book = await _power_cut(rig, device, kept)  # the resolution never reached the disk
+    assert [i.state for i in await book.all()] == [OPEN_INTENT]
+    device.node.pay_invoice = lnd_pay  # type: ignore[method-assign]
+    restarted = Paymaster(node=device.node, writer=device.writer, intents=book, name="dev0")
+    [again] = await restarted.recover()
+    assert again.state is resolved
+    assert [e for e in await device.store.entries() if isinstance(e.body, Payment)] == logged
+    assert await restarted.recover() == []
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
+    if outcome == "failed":  # the same invoice tried again: paid and logged once
+        await restarted.pay(
+            invoice.payment_request, invoice.payment_hash, period=1, purpose=purpose,
+            fee_limit_msat=0,
+        )  # fmt: skip
+        payments = [e for e in await device.store.entries() if isinstance(e.body, Payment)]
+        assert len(payments) == 1
+        assert (await rig.reconcile()).ok
+
+
+async def test_concurrent_writes_of_one_book_are_each_their_own_transaction(
+    tmp_path: Path,
+) -> None:
+    """The agent's settler and desks write to one intents file at once: opens
+    (synced), resolutions (not synced) and prunings interleave, and each stays
+    its own transaction (a resolution's ``synchronous`` never lands inside an
+    open's transaction, nor the other way)."""
+    book = await IntentBook.open(tmp_path / "dev0.intents.db", name="dev0")
+    try:
+        purpose = Purpose(PurposeKind.INVOICE, 1_000)
+        resolved = [f"{i:064x}" for i in range(20)]
+        for payment_hash in resolved:
+            await book.record(PaymentIntent(payment_hash, "lnbc", 1, purpose))
+        opened = [f"{i:064x}" for i in range(20, 40)]
+        await asyncio.gather(
+            *(book.resolve(h, LOGGED) for h in resolved),
+            *(book.record(PaymentIntent(h, "lnbc", 2, purpose)) for h in opened),
+            *(book.prune_intents(before=0) for _ in range(5)),
+        )
+        states = {i.payment_hash: i.state for i in await book.all()}
+        assert states == {h: LOGGED for h in resolved} | {h: OPEN_INTENT for h in opened}
+    finally:
+        await book.close()
+    again = await IntentBook.open(tmp_path / "dev0.intents.db", name="dev0")
+    try:
+        assert {i.payment_hash for i in await again.open_intents()} == set(opened)
+    finally:
+        await again.close()
