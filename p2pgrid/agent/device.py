@@ -74,7 +74,7 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from p2pgrid.agent.allowance import AllowanceDesk
 from p2pgrid.agent.config import AgentConfig
@@ -97,6 +97,7 @@ from p2pgrid.billing import (
 from p2pgrid.errors import RetryableError
 from p2pgrid.identity import MAX_DEVICE_INDEX, SiteIdentity
 from p2pgrid.ledger import (
+    AllowanceSale,
     Author,
     BalanceBook,
     Body,
@@ -167,7 +168,9 @@ class AgentReport:
     shares_received_msat: int = 0
     carried_over_msat: int = 0
     allowance_bought_msat: int = 0  # leftover allowance bought from site peers (logged)
-    allowance_sold_msat: int = 0  # ... and sold to them
+    #: ... and sold to them: the allowance of this device's own ``allowance_sale``
+    #: entries of the periods of the run, from its log (an earlier life's too)
+    allowance_sold_msat: int = 0
     settlements: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)
     period_states: dict[int, str] = dataclasses.field(default_factory=dict)
 
@@ -560,8 +563,19 @@ class DeviceAgent:
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
-        self.report.allowance_sold_msat = self.allowance.sold_msat
+        self.report.allowance_sold_msat = await self.allowance_sold(self.periods)
         return self.report
+
+    async def allowance_sold(self, periods: Collection[int]) -> int:
+        """The allowance this device sold in ``periods``, by its own ``allowance_sale``
+        entries in its replica (logged by this process or before a restart)."""
+        me = self.writer.author
+        sold = {  # once per payment hash, as the fold counts a sale
+            e.body.payment_hash: e.body.allowance_msat
+            for e in await self.store.entries(kinds=(AllowanceSale.KIND,), author=me)
+            if isinstance(e.body, AllowanceSale) and e.period in periods
+        }
+        return sum(sold.values())
 
     async def _read_intervals(self) -> set[int]:
         """Start times of the intervals this device has a reading of in its replica."""

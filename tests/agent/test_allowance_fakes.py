@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -474,3 +475,28 @@ async def test_an_offer_left_open_at_its_close_is_resolved_at_a_later_close(
     await rig.spread()
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
+
+
+async def test_a_restarted_seller_reports_the_sales_of_its_earlier_life(rig: Rig) -> None:
+    """The agent's report counts the allowance its device sold in the run's
+    periods from its own ``allowance_sale`` entries in its log: a sale logged
+    before a restart (here by the desk of its first life, on the same files)
+    is in the restarted agent's report; one of a period outside it is not."""
+    seller, _, selling, buying = await pair(rig)
+    first_life, replica, _ = await rig.agent(seller)
+    replica.before_wait = rig.utility_for(seller)
+    await first_life.run(periods=PERIOD)  # the periods before PERIOD
+    selling.install()  # its first life sells in PERIOD (this desk, on the same files)
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 30_000
+    assert selling.sold_msat == 30_000
+    # ... and is killed; the restarted agent runs on into PERIOD
+    restarted, replica, _ = await rig.agent(seller)  # the same store, intents and node
+    replica.before_wait = rig.utility_for(seller)
+    report = await restarted.run(periods=PERIOD + 1)
+    assert restarted.allowance.sold_msat == 0  # this process sold nothing itself
+    assert report.allowance_sold_msat == 30_000
+    preimage = b"\x08" * 32
+    later = AllowanceSale(1, 5_000, 4_000, hashlib.sha256(preimage).digest(), preimage)
+    await seller.writer.append(later, period=PERIOD + 1, timestamp_ms=int(rig.clock() * 1000))
+    assert await restarted.allowance_sold({PERIOD}) == 30_000
+    assert await restarted.allowance_sold({PERIOD, PERIOD + 1}) == 35_000
