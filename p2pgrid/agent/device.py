@@ -759,7 +759,11 @@ class DeviceAgent:
         # (the invoice of ``period - 1``, paid during ``period``, stays a period).
         await self.paymaster.intents.prune_intents(before=period - 1)
         async with self.desk.giving:  # a share of this period in flight lands first
-            left = await self.balance(period)
+            # An allowance offer still open here (its lnd did not answer the
+            # close) may be paid: what it holds stays in the period, so that
+            # its sale, logged in it at a later close, is funded; if it is
+            # cancelled instead, that allowance stays in the closed period.
+            left = max(0, await self.balance(period) - self.allowance.held(period))
             if await self._carried_over(period):
                 # Closed before a restart (or a kill during the close): its
                 # carry-over was written then. A credit that landed after it (a

@@ -33,7 +33,7 @@ from p2pgrid.agent.messages import AllowanceOffer, AllowancePaid, AllowanceRecei
 from p2pgrid.agent.payguard import allowance_memo
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.ports import Wallet
-from p2pgrid.ledger import AllowanceSale, Entry, Payment, fold
+from p2pgrid.ledger import AllowanceSale, Entry, LedgerView, Payment, fold
 from p2pgrid.lightning import Invoice, InvoiceState, NodeUnreachable
 from p2pgrid.net import Delivery, RequestRejected
 from tests.agent.rig import Device, Rig
@@ -70,10 +70,14 @@ def desk(rig: Rig, device: Device, leftover: int = 0, node: Wallet | None = None
     return made
 
 
-async def pair(rig: Rig) -> tuple[Device, Device, AllowanceDesk, AllowanceDesk]:
+async def pair(
+    rig: Rig, *, first: int = PERIOD
+) -> tuple[Device, Device, AllowanceDesk, AllowanceDesk]:
+    """Seller 0 and buyer 1 with their desks, allocated from period ``first`` to PERIOD."""
     seller, buyer = await rig.device(0), await rig.device(1)
-    for device, amount in ((seller, 100_000), (buyer, 10_000)):  # one owner chain
-        await rig.allocate(seller.store, device.index, amount, PERIOD)
+    for period in range(first, PERIOD + 1):
+        for device, amount in ((seller, 100_000), (buyer, 10_000)):  # one owner chain
+            await rig.allocate(seller.store, device.index, amount, period)
     desks = desk(rig, seller, LEFTOVER), desk(rig, buyer)
     await rig.spread()
     await rig.start()
@@ -500,3 +504,81 @@ async def test_a_restarted_seller_reports_the_sales_of_its_earlier_life(rig: Rig
     await seller.writer.append(later, period=PERIOD + 1, timestamp_ms=int(rig.clock() * 1000))
     assert await restarted.allowance_sold({PERIOD}) == 30_000
     assert await restarted.allowance_sold({PERIOD, PERIOD + 1}) == 35_000
+
+
+def _conserved(view: LedgerView, period: int) -> None:
+    """The fold's identities of ``period`` (docs/market.md 2.9, step 5)."""
+    accounts = view.period(period).accounts.values()
+    money_in = sum(
+        a.allocation_msat + a.carried_in_msat + a.received_msat + a.sold_msat
+        + a.allowance_bought_msat
+        for a in accounts
+    )  # fmt: skip
+    money_out = sum(
+        a.balance_msat + a.spent_msat + a.given_msat + a.bought_msat + a.carried_out_msat
+        + a.allowance_sold_msat
+        for a in accounts
+    )  # fmt: skip
+    assert money_in == money_out
+    assert sum(a.allowance_sold_msat for a in accounts) == sum(
+        a.allowance_bought_msat for a in accounts
+    )
+    assert sum(a.allowance_paid_msat for a in accounts) == sum(
+        a.allowance_earned_msat for a in accounts
+    )
+
+
+@pytest.mark.parametrize("paid", [True, False], ids=["paid", "unpaid"])
+async def test_an_offer_open_at_the_carry_over_keeps_its_allowance_in_its_period(
+    rig: Rig, paid: bool
+) -> None:
+    """The seller's lnd does not answer at the close of PERIOD: its offer stays
+    open, and the carry-over leaves in PERIOD what the offer holds. Paid, the
+    sale logged at a later close (in PERIOD, after the carry-over) is funded:
+    the buyer's allowance and the price both show; unpaid, the held allowance
+    stays in the seller's closed period. Every msat of PERIOD is accounted for
+    across seller, buyer and carry-over, and the next period carries in exactly
+    what was carried out."""
+    seller, buyer, _, _ = await pair(rig, first=0)
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    decoded = await buyer.node.decode_invoice(offer.bolt11)
+    if paid:  # paid (and logged by the buyer), but the buyer never says so
+        purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
+        intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
+        await buyer.intents.record(intent)
+        await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+        await buyer.paymaster.recover()
+    # The seller's agent (restarted: its desk loads the open offer from the
+    # intents file) runs both periods; its lnd does not answer the desk.
+    agent, replica, _ = await rig.agent(seller, consumed_wh=(20,))  # 5 000 msat an interval
+    replica.before_wait = rig.utility_for(seller)
+    agent.allowance.node = _Unanswering(seller.node)  # type: ignore[assignment]
+    report = await agent.run(periods=PERIOD + 1)
+    assert agent.allowance.held(PERIOD) == 30_000  # still open after the close
+    left = 100_000 - 4 * 5_000  # of each period's allocation
+    carried = left + left - 30_000  # PERIOD's carry-over holds back what the offer holds
+    assert report.carried_over_msat == left + carried
+    agent.allowance.node = seller.wallet  # lnd is back: the next close resolves it
+    await agent.allowance.close(PERIOD + 1)
+    await rig.spread()
+    view = fold(await rig.site_log())
+    seller_acc, buyer_acc = view.account(0, PERIOD), view.account(1, PERIOD)
+    assert (seller_acc.carried_out_msat, seller_acc.unfunded_msat) == (carried, 0)
+    assert view.account(0, PERIOD + 1).carried_in_msat == carried
+    if paid:
+        assert (seller_acc.allowance_sold_msat, seller_acc.balance_msat) == (30_000, 0)
+        assert (buyer_acc.allowance_bought_msat, buyer_acc.balance_msat) == (30_000, 40_000)
+        assert (seller_acc.allowance_earned_msat, buyer_acc.allowance_paid_msat) == (
+            offer.price_msat,
+            offer.price_msat,
+        )
+        assert await agent.allowance_sold({PERIOD}) == 30_000
+    else:
+        assert (seller_acc.allowance_sold_msat, seller_acc.balance_msat) == (0, 30_000)
+        assert (buyer_acc.allowance_bought_msat, buyer_acc.balance_msat) == (0, 10_000)
+    for period in (0, PERIOD, PERIOD + 1):
+        _conserved(view, period)
+    checked = await rig.reconcile()
+    assert checked.ok, str(checked)
