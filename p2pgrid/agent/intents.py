@@ -53,15 +53,17 @@ safe:
   against lnd before it pays anything (:meth:`Paymaster.recover`), and logs
   the payment's entries only if its author's chain does not hold them yet
   (``Paymaster._in_log``), so once; an intent lnd never sent or failed is
-  failed again. Nothing reads ``logged`` or ``failed`` to decide a payment:
-  a second payment of a hash is refused by the payer's log check and by lnd.
+  failed again. Only :meth:`IntentBook.record` reads ``logged`` or
+  ``failed`` (to refuse or reopen), and nothing is recorded before that
+  recovery; a second payment of a hash is refused by the payer's log check
+  and by lnd too.
 - A pruning lost that way leaves rows that are no longer open; the next close
   deletes them.
 
 ``synchronous=FULL`` on the resolution never ordered it after the log's own
 commit either: the log (another file, ``synchronous=NORMAL``, see
 :mod:`p2pgrid.ledger.store`) may lose its last commits in a power cut while
-this file keeps the ``logged`` mark, with or without this change
+this file keeps the ``logged`` mark, whether that mark is synced or not
 (docs/security.md, "Known gaps").
 """
 
