@@ -36,7 +36,9 @@ interval of the (compressible) clock it:
 At a period's last interval it waits for any share payment in flight (so the
 period's money is final) and for the allowance sales its peers paid for (logged,
 the unpaid offers cancelled), carries its unspent balance over (a ``carry_over``
-of the period, under either :class:`~p2pgrid.market.SurplusPolicy`; once: the
+of the period, under either :class:`~p2pgrid.market.SurplusPolicy`, less what
+offers still open hold: their lnd did not answer, and a later close logs their
+sale in the period or cancels them, docs/market.md 2.9; once: the
 log's own ``carry_over`` of the period says it was closed before, not the
 chain's latest period, since a producer writes its next period's first
 ``order`` before it closes this one) and then settles the utility's invoice

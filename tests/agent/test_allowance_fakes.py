@@ -8,9 +8,11 @@ the seller its sale at the period's close; a seller restarted with an offer out
 (its receivable in the intents file) logs the sale once it is paid, and a
 sale logged before a restart is not logged again; an offer left open at its
 period's close (lnd not answering) is resolved at a later close, live or
-restarted (logged if paid, else cancelled); a light device sells from
-its site node (its invoice's description names it in the payee field).
-Reconciliation passes after each."""
+restarted (logged if paid, else cancelled), and the seller's carry-over
+leaves what it holds in its period, so every msat is accounted for; a
+restarted seller's report counts the sales of its earlier life (from its
+log); a light device sells from its site node (its invoice's description
+names it in the payee field). Reconciliation passes after each."""
 
 from __future__ import annotations
 

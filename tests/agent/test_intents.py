@@ -2,7 +2,10 @@
 against lnd by its hash when the agent starts: logged if it was paid (in the
 period of its obligation), failed if lnd never sent it or it failed. The payee's
 ended receivables leave the file a period after theirs, resolved payment intents
-two periods after theirs; open ones stay."""
+two periods after theirs; open ones stay. A resolution (committed unsynced)
+lost in a power cut, the file back as it was at the intent's synced open, is
+resolved again against lnd, once; concurrent writes of one file are each their
+own transaction."""
 
 from __future__ import annotations
 
