@@ -760,7 +760,10 @@ class DeviceAgent:
         # Resolved intents of periods before the previous one are of no more use
         # (the invoice of ``period - 1``, paid during ``period``, stays a period).
         await self.paymaster.intents.prune_intents(before=period - 1)
-        async with self.desk.giving:  # a share of this period in flight lands first
+        # A share of this period in flight lands first; no allowance sale is
+        # logged between the balance read and the carry-over (a sale logged
+        # after the read would leave the carry-over unfunded).
+        async with self.desk.giving, self.allowance.selling:
             # An allowance offer still open here (its lnd did not answer the
             # close) may be paid: what it holds stays in the period, so that
             # its sale, logged in it at a later close, is funded; if it is
