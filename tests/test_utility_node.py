@@ -18,6 +18,7 @@ the others short.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +26,13 @@ from typing import cast
 
 import pytest
 
-from p2pgrid.billing import PeriodClock
+from p2pgrid.agent.settlement import Settlement
+from p2pgrid.billing import PeriodClock, invoice_memo, invoice_preimage
 from p2pgrid.errors import ConfigError
 from p2pgrid.identity import Signer
 from p2pgrid.ledger import Author, Budget, Enrol, Entry, Invoice, LogStore, Revoke, Role
 from p2pgrid.lightning import Invoice as LnInvoice
-from p2pgrid.lightning import InvoiceError, LightningNode, NodeUnreachable
+from p2pgrid.lightning import InvoiceError, InvoiceState, LightningNode, NodeUnreachable
 from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaState, ReplicaStats
 from p2pgrid.testing.fake_lightning import FakeNode
@@ -496,6 +498,92 @@ async def test_a_crash_mid_invoicing_leaves_each_invoice_issued_once(tmp_path: P
         on_lnd = [i for i in rig.ln.invoices.values() if i.node is rig.utility_node]
         assert len(on_lnd) == 2  # one lnd invoice per (device, period)
         assert again  # what the crash left out
+        await store.close()
+    finally:
+        await rig.close()
+
+
+class _Killed(Exception):
+    """The utility killed (in a test)."""
+
+
+class _KilledAfterLnd:
+    """The utility's lnd, with the utility killed right after lnd created the
+    invoice of a device in ``devices``, before the invoicer could log it."""
+
+    def __init__(self, node: FakeNode, devices: frozenset[int]) -> None:
+        self.node = node
+        self.devices = devices
+
+    async def add_invoice(
+        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, preimage: bytes | None = None
+    ) -> LnInvoice:
+        made = await self.node.add_invoice(amount_msat, memo, expiry_s=expiry_s, preimage=preimage)
+        if int(memo.split(" device ")[1].split()[0]) in self.devices:
+            raise _Killed(f"killed after lnd created {made.payment_hash[:12]}")
+        return made
+
+
+async def _killed_invoicing(rig: Rig, desk: SiteDesk) -> None:
+    """The utility, past the readings wait, invoices device 1 for what is logged
+    (its last reading missing) and is killed after lnd created that invoice,
+    before its entry; device 1's last reading then reaches the replica (and the
+    utility is started again, on the same lnd)."""
+    desk.invoicer.node = cast(LightningNode, _KilledAfterLnd(rig.utility_node, frozenset({1})))
+    with pytest.raises(_Killed):
+        await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+    assert 1 not in _invoiced(await desk.store.entries())
+    dev1 = rig.devices[1]
+    await dev1.meter(0, 200, interval=1)
+    await desk.store.ingest_many(await dev1.store.export())
+    desk.invoicer.node = rig.utility_node
+
+
+def _lnd_invoices(rig: Rig, device: int) -> list[LnInvoice]:
+    """The utility lnd's invoices of ``device`` (period 0), in creation order."""
+    memo = invoice_memo(rig.site_id, device, 0)
+    return [
+        i.view() for i in rig.ln.invoices.values() if i.node is rig.utility_node and i.memo == memo
+    ]
+
+
+async def test_a_bill_changed_before_a_restart_revises_the_unlogged_invoice(
+    tmp_path: Path,
+) -> None:
+    """The unlogged lnd invoice of the old bill was never delivered: the restarted
+    utility cancels it on lnd and invoices the new bill once, under the next
+    revision's preimage (before, lnd's "exists" refused it at every restart); the
+    device accepts and pays it once."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)  # device 1 misses its last reading
+        await rig.start()
+        await _killed_invoicing(rig, desk)
+        (old,) = _lnd_invoices(rig, 1)
+        again = await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        assert 1 in [e.body.device for e in again if isinstance(e.body, Invoice)]
+        body = _invoiced(await store.entries())[1].body
+        assert isinstance(body, Invoice)
+        dev1 = rig.devices[1]
+        full = desk.invoicer.due(await dev1.store.entries(), device=1, period=0)
+        assert (body.energy_wh, body.amount_msat) == (500, full.amount_msat)
+        assert old.value_msat < full.amount_msat  # revision 0 billed the 300 Wh logged then
+        revision_1 = invoice_preimage(b"s" * 32, rig.site_id, 1, 0, revision=1)
+        assert body.payment_hash == hashlib.sha256(revision_1).digest()
+        states = [(i.payment_hash, i.state) for i in _lnd_invoices(rig, 1)]
+        assert states == [
+            (old.payment_hash, InvoiceState.CANCELED),
+            (body.payment_hash.hex(), InvoiceState.OPEN),
+        ]
+        assert await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS) == []
+        await dev1.store.ingest_many(await store.export())
+        (paid,) = await rig.settler(dev1).settle(0, timestamp_ms=T0_MS)
+        assert paid.outcome is Settlement.PAID
+        (again_paid,) = await rig.settler(dev1).settle(0, timestamp_ms=T0_MS)
+        assert again_paid.outcome is Settlement.ALREADY_PAID
+        report = await rig.reconcile()
+        assert report.ok, report.problems
+        assert rig.utility_node.local_msat - rig.before["utility"].local_msat == full.amount_msat
         await store.close()
     finally:
         await rig.close()

@@ -63,11 +63,20 @@ def bill_of_usage(
     return Bill(device, period, sum(wh for _, wh in usage), amount, transit_wh, fee)
 
 
-def invoice_preimage(secret: bytes, site_id: str, device: int, period: int) -> bytes:
-    """The preimage of the invoice for (site, device, period): derived, so that a
-    utility that crashed after creating an invoice re-creates the very same one."""
-    key = f"p2pgrid/invoice/v1/{site_id}/{device}/{period}".encode()
-    return hmac.new(secret, key, hashlib.sha256).digest()
+def invoice_preimage(
+    secret: bytes, site_id: str, device: int, period: int, *, revision: int = 0
+) -> bytes:
+    """The preimage of revision ``revision`` of the invoice for (site, device,
+    period): derived, so that a utility that crashed after creating an invoice
+    re-creates the very same one. Revision 0 is the invoice's first (its key has
+    no revision part); revision ``r`` > 0 replaces an unlogged revision that lnd
+    holds with another bill, cancelled (its hash is burned), or an expired one:
+    ``HMAC-SHA256(secret, "p2pgrid/invoice/v1/<site_id>/<device>/<period>/<r>")``
+    (:meth:`p2pgrid.utility.Invoicer.invoice_period`)."""
+    key = f"p2pgrid/invoice/v1/{site_id}/{device}/{period}"
+    if revision:
+        key += f"/{revision}"
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
 
 
 def invoice_memo(

@@ -4,6 +4,7 @@ from p2pgrid.lightning.availability import NODE_RETRY, NodeState, NodeWatch
 from p2pgrid.lightning.errors import (
     AuthError,
     InvoiceError,
+    InvoiceExists,
     InvoiceExpired,
     LightningError,
     LndApiError,
@@ -36,6 +37,7 @@ __all__ = [
     "DecodedInvoice",
     "Invoice",
     "InvoiceError",
+    "InvoiceExists",
     "InvoiceExpired",
     "InvoiceState",
     "LightningError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from p2pgrid.errors import ConfigError, P2PGridError, ReportableError, RetryableError
+from p2pgrid.lightning.models import Invoice
 
 
 class LightningError(P2PGridError):
@@ -33,6 +34,16 @@ class LndApiError(LightningError, ReportableError):
 
 class InvoiceError(LightningError, ReportableError):
     """An invoice is malformed, expired, or otherwise not payable."""
+
+
+class InvoiceExists(InvoiceError):
+    """An invoice of the payment hash asked for exists on the node with another
+    amount or description: nothing was created. ``existing`` is that invoice
+    (in any state), so the caller can decide what to do with it."""
+
+    def __init__(self, message: str, *, existing: Invoice) -> None:
+        super().__init__(message)
+        self.existing = existing
 
 
 class InvoiceExpired(InvoiceError):

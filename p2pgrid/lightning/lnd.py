@@ -35,6 +35,7 @@ from p2pgrid.errors import ConfigError
 from p2pgrid.lightning.errors import (
     AuthError,
     InvoiceError,
+    InvoiceExists,
     InvoiceExpired,
     LndApiError,
     LndFilesError,
@@ -443,7 +444,9 @@ class LndClient:
 
         With a ``preimage`` (32 bytes) the payment hash is its SHA-256, so the same
         preimage always names the same invoice: adding it again returns the
-        invoice that exists (if amount and memo match) instead of a second one.
+        invoice that exists (in whatever state: it may be settled or cancelled)
+        if amount and memo match, instead of a second one, and raises
+        :class:`InvoiceExists` (carrying it) if they do not.
         """
         if amount_msat <= 0:
             raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
@@ -464,9 +467,10 @@ class LndClient:
                 raise
             existing = await self.lookup_invoice(hashlib.sha256(preimage).hexdigest())
             if existing.value_msat != amount_msat or existing.memo != memo:
-                raise InvoiceError(
+                raise InvoiceExists(
                     f"{self.endpoint.name}: invoice {existing.payment_hash[:12]} exists with "
-                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}"
+                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}",
+                    existing=existing,
                 ) from exc
             return existing
         return await self.lookup_invoice(_b64_to_hex(raw["r_hash"]))
@@ -532,7 +536,7 @@ class LndClient:
         hold it: lnd cancels an accepted hold invoice that nears it.
 
         Adding the same hash again returns the invoice that exists (if amount and
-        memo match), so the call is safe to retry.
+        memo match; else :class:`InvoiceExists`), so the call is safe to retry.
         """
         if amount_msat <= 0:
             raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
@@ -551,9 +555,10 @@ class LndClient:
                 raise
             existing = await self.lookup_invoice(payment_hash)
             if existing.value_msat != amount_msat or existing.memo != memo:
-                raise InvoiceError(
+                raise InvoiceExists(
                     f"{self.endpoint.name}: invoice {payment_hash[:12]} exists with "
-                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}"
+                    f"{existing.value_msat} msat / {existing.memo!r}, not {amount_msat} / {memo!r}",
+                    existing=existing,
                 ) from exc
             return existing
         return await self.lookup_invoice(payment_hash)

@@ -4,10 +4,13 @@
 :class:`p2pgrid.lightning.LightningNode`) that pay each other's invoices at
 once. It keeps lnd's rules that matter to the payers: an invoice names its
 destination node, amount, description, payment hash and expiry (checked
-against the network's controllable clock); paying an expired invoice raises
-:class:`~p2pgrid.lightning.InvoiceExpired`; an amount below ``min_htlc_msat``
-fails with ``NO_ROUTE``; a paid hash is never paid twice (the first payment is
-returned); a settled invoice cannot be cancelled. A *hold* invoice
+against the network's controllable clock); adding an invoice of a payment hash
+the node has returns it if amount and description match, else raises
+:class:`~p2pgrid.lightning.InvoiceExists` (nothing created); paying an expired
+invoice raises :class:`~p2pgrid.lightning.InvoiceExpired`; an amount below
+``min_htlc_msat`` fails with ``NO_ROUTE``; a paid hash is never paid twice (the
+first payment is returned); a settled invoice cannot be cancelled (a cancelled
+one can, again: a no-op). A *hold* invoice
 (``add_hold_invoice``) takes a payment as lnd does: the payer's sats leave its
 balance and the invoice is ACCEPTED, the payer's ``pay_invoice`` waiting, until
 the payee settles it (``settle_invoice``: the payee is credited, the payment
@@ -39,6 +42,7 @@ from p2pgrid.lightning import (
     DecodedInvoice,
     Invoice,
     InvoiceError,
+    InvoiceExists,
     InvoiceExpired,
     InvoiceState,
     LndApiError,
@@ -213,9 +217,15 @@ class FakeNode:
             raise InvoiceError(f"invoice amount must be positive, got {amount_msat} msat")
         preimage = preimage if preimage is not None else secrets.token_bytes(32)
         payment_hash = hashlib.sha256(preimage).hexdigest()
-        for inv in self.net.invoices.values():
-            if inv.payment_hash == payment_hash and inv.node is self:
-                return inv.view()  # the same preimage names the same invoice
+        for inv in self._mine():
+            if inv.payment_hash == payment_hash:  # the same preimage names the same invoice
+                if (inv.amount_msat, inv.memo) != (amount_msat, memo):
+                    raise InvoiceExists(
+                        f"{self.name}: invoice {payment_hash[:12]} exists with "
+                        f"{inv.amount_msat} msat / {inv.memo!r}, not {amount_msat} / {memo!r}",
+                        existing=inv.view(),
+                    )
+                return inv.view()
         inv = _Invoice(
             node=self,
             payment_hash=payment_hash,
@@ -291,7 +301,9 @@ class FakeNode:
         for inv in self._mine():
             if inv.payment_hash == payment_hash:
                 if (inv.amount_msat, inv.memo) != (amount_msat, memo):
-                    raise InvoiceError(f"{self.name}: invoice exists with other terms")
+                    raise InvoiceExists(
+                        f"{self.name}: invoice exists with other terms", existing=inv.view()
+                    )
                 return inv.view()
         inv = _Invoice(
             node=self,

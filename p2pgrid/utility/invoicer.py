@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from p2pgrid.billing import Bill, Tariff, invoice_memo, invoice_preimage
-from p2pgrid.errors import ConfigError
+from p2pgrid.errors import ConfigError, FatalError
 from p2pgrid.identity import SiteIdentity
 from p2pgrid.ledger import (
     Entry,
@@ -44,7 +44,8 @@ from p2pgrid.ledger import (
     invoices_of,
     metered_devices,
 )
-from p2pgrid.lightning import InvoiceState, LightningNode, NodeWatch
+from p2pgrid.lightning import Invoice as LnInvoice
+from p2pgrid.lightning import InvoiceExists, InvoiceState, LightningNode, NodeWatch
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,33 @@ LND_AWAY_WAIT_S = 300.0
 #: Invoices of one period created on lnd at the same time, by default.
 INVOICE_CONCURRENCY = 8
 
+#: Revisions of one (device, period)'s invoice tried before the utility stops:
+#: each past the first takes a kill between lnd and the log with a bill changed
+#: before the restart (or an unlogged invoice expired), so reaching this many
+#: means lnd or the utility is wrong.
+MAX_INVOICE_REVISIONS = 64
+
 #: Hands a just-logged invoice entry to the site (gossip, and a push to its device).
 Deliver = Callable[[Entry], Awaitable[None]]
+
+
+class UnloggedInvoiceError(FatalError):
+    """lnd holds an invoice of a (device, period) with no invoice entry that the
+    utility can neither log nor replace: paid (SETTLED or ACCEPTED) for another
+    amount or memo than the log's bill, or :data:`MAX_INVOICE_REVISIONS` used up.
+
+    Invoices reach devices only once logged, so money arrived for an invoice that
+    nobody was given: the utility's log lost entries (a data directory restored
+    from an old copy), a holder of its lnd macaroon paid it, or a bug. The
+    utility cannot settle this alone: lnd refuses to cancel a settled invoice
+    (and cancelling an accepted one fails the payer back from under its payment),
+    a replacement would bill the period twice, and an entry of it would be
+    disputed by the device (its amount is not the bill every side folds). So it
+    stops, naming the invoice (``invoice``), before it invoices anything else."""
+
+    def __init__(self, message: str, *, invoice: LnInvoice | None = None) -> None:
+        super().__init__(message)
+        self.invoice = invoice
 
 
 class Collection(enum.Enum):
@@ -157,8 +183,8 @@ class Invoicer:
         return sorted(written, key=lambda e: e.seq)
 
     async def _issue(self, due: Bill, timestamp_ms: int) -> Entry:
-        """Create ``due``'s invoice on lnd (its derived preimage: the same invoice
-        again after a crash) and log it."""
+        """Create ``due``'s invoice on lnd (:meth:`_lnd_invoice`: the same invoice
+        again after a crash, a revised one if the bill changed) and log it."""
         device, period = due.device, due.period
         memo = invoice_memo(
             self.site.site_id,
@@ -167,18 +193,7 @@ class Invoicer:
             transit_wh=due.transit_wh,
             grid_fee_msat=due.grid_fee_msat,
         )
-        preimage = invoice_preimage(self._secret, self.site.site_id, device, period)
-        invoice = await self.watch.call(
-            functools.partial(
-                self.node.add_invoice,
-                due.amount_msat,
-                memo,
-                expiry_s=self.expiry_s,
-                preimage=preimage,
-            ),
-            what=f"invoice of device {device} period {period}",
-            deadline_s=self.lnd_away_wait_s,
-        )
+        invoice = await self._lnd_invoice(due, memo)
         body = Invoice(
             device=device,
             amount_msat=due.amount_msat,
@@ -200,6 +215,99 @@ class Invoicer:
             invoice.payment_hash[:12],
         )
         return entry
+
+    async def _lnd_invoice(self, due: Bill, memo: str) -> LnInvoice:
+        """The lnd invoice to log for ``due`` (described ``memo``), of the first
+        revision of its derived preimage that lnd does not hold (created now) or
+        holds with this amount and memo and not cancelled (created before a
+        crash). The caller logs no invoice of (device, period) yet, and invoices
+        reach devices only once logged, so a revision that lnd holds is one that
+        no device ever saw:
+
+        - OPEN with another amount or memo (the bill changed between the crash
+          and now): cancelled on lnd, then the next revision, so that lnd never
+          holds two OPEN invoices of one (device, period);
+        - CANCELED (cancelled so, or expired): its hash is burned, the next one;
+        - paid (SETTLED or ACCEPTED) with this amount and memo: logged as is (the
+          invoice the bill asks for; a WARNING, as nobody could have paid it);
+          with another: :class:`UnloggedInvoiceError`, nothing cancelled, created
+          or logged (see its docstring)."""
+        device, period = due.device, due.period
+        what = f"invoice of device {device} period {period}"
+        for revision in range(MAX_INVOICE_REVISIONS):
+            preimage = invoice_preimage(
+                self._secret, self.site.site_id, device, period, revision=revision
+            )
+            try:
+                invoice = await self.watch.call(
+                    functools.partial(
+                        self.node.add_invoice,
+                        due.amount_msat,
+                        memo,
+                        expiry_s=self.expiry_s,
+                        preimage=preimage,
+                    ),
+                    what=what,
+                    deadline_s=self.lnd_away_wait_s,
+                )
+            except InvoiceExists as exc:  # created before a crash, for another bill
+                invoice = exc.existing
+            terms = (invoice.value_msat, invoice.memo) == (due.amount_msat, memo)
+            if invoice.state is InvoiceState.CANCELED:
+                log.info(
+                    "[%s] %s: revision %d (%s...) is cancelled on lnd, never logged; "
+                    "trying the next",
+                    self.name,
+                    what,
+                    revision,
+                    invoice.payment_hash[:12],
+                )
+                continue
+            if invoice.state is not InvoiceState.OPEN:  # paid, though never delivered
+                if not terms:
+                    raise UnloggedInvoiceError(
+                        f"site {self.site.site_id} {what}: lnd's invoice {invoice.payment_hash}"
+                        f" (revision {revision}) is {invoice.state.value}, "
+                        f"{invoice.amt_paid_msat} msat paid of {invoice.value_msat} / "
+                        f"{invoice.memo!r}, but it was never logged and the bill is "
+                        f"{due.amount_msat} msat / {memo!r}: not cancelled, replaced nor "
+                        "logged; find who paid it (docs/operations.md, restarting the utility)",
+                        invoice=invoice,
+                    )
+                log.warning(
+                    "[%s] %s: revision %d (%s...) was %s on lnd before it was logged; "
+                    "logging it as is",
+                    self.name,
+                    what,
+                    revision,
+                    invoice.payment_hash[:12],
+                    invoice.state.value,
+                )
+                return invoice
+            if terms:
+                return invoice
+            log.warning(
+                "[%s] %s: revision %d (%s...) of %d msat / %r, created before a crash "
+                "and never logged, is cancelled on lnd: the bill is now %d msat / %r",
+                self.name,
+                what,
+                revision,
+                invoice.payment_hash[:12],
+                invoice.value_msat,
+                invoice.memo,
+                due.amount_msat,
+                memo,
+            )
+            # lnd cancels a cancelled invoice again as a no-op: safe to retry.
+            await self.watch.call(
+                functools.partial(self.node.cancel_invoice, invoice.payment_hash),
+                what=f"cancel of an unlogged {what}",
+                deadline_s=self.lnd_away_wait_s,
+            )
+        raise UnloggedInvoiceError(
+            f"site {self.site.site_id} {what}: {MAX_INVOICE_REVISIONS} revisions of its "
+            "invoice are on lnd, none logged"
+        )
 
     async def status(self, period: int) -> list[InvoiceStatus]:
         """Each invoice of ``period`` as lnd sees it: paid, open or canceled."""
