@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from p2pgrid.lightning import InvoiceError, InvoiceState, LightningNode, NodeUnr
 from p2pgrid.net import PeerRef
 from p2pgrid.replication import NetReplica, ReplicaState, ReplicaStats
 from p2pgrid.testing.fake_lightning import FakeNode
-from p2pgrid.utility import Invoicer
+from p2pgrid.utility import MAX_INVOICE_REVISIONS, Invoicer, UnloggedInvoiceError
 from p2pgrid.utility.node import SYNC_ATTEMPT_S, SiteDesk, UtilityNode
 from tests.agent.rig import QUARTER_MS, TARIFF, Rig
 from tests.ledger.ledger_factory import T0_MS
@@ -587,6 +588,143 @@ async def test_a_bill_changed_before_a_restart_revises_the_unlogged_invoice(
         await store.close()
     finally:
         await rig.close()
+
+
+async def test_an_unlogged_invoice_paid_for_another_bill_stops_the_utility(
+    tmp_path: Path,
+) -> None:
+    """Someone paid the unlogged invoice of the old bill (nobody was given it):
+    the restarted utility neither cancels, replaces nor logs it, and stops with
+    an error naming it, at every restart; the utility holds that payment only."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        await rig.start()
+        await _killed_invoicing(rig, desk)
+        (old,) = _lnd_invoices(rig, 1)
+        await rig.mallory.pay_invoice(old.payment_request, fee_limit_msat=0)
+        for _ in range(2):
+            with pytest.raises(UnloggedInvoiceError, match=f"{old.payment_hash} .* is SETTLED"):
+                await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        assert 1 not in _invoiced(await store.entries())
+        (paid,) = _lnd_invoices(rig, 1)  # no second invoice of the period
+        assert (paid.payment_hash, paid.state) == (old.payment_hash, InvoiceState.SETTLED)
+        gained = rig.utility_node.local_msat - rig.before["utility"].local_msat
+        assert gained == old.value_msat
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_an_unlogged_invoice_paid_for_the_bill_is_logged_as_is(tmp_path: Path) -> None:
+    """The bill did not change: the paid unlogged invoice is the one it asks for,
+    logged as is at the restart, no other created; the device cannot pay it
+    again (lnd refuses a settled invoice): paid once."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        await rig.start()
+        desk.invoicer.node = cast(LightningNode, _KilledAfterLnd(rig.utility_node, frozenset({1})))
+        with pytest.raises(_Killed):
+            await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        desk.invoicer.node = rig.utility_node
+        (old,) = _lnd_invoices(rig, 1)
+        await rig.mallory.pay_invoice(old.payment_request, fee_limit_msat=0)
+        await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        body = _invoiced(await store.entries())[1].body
+        assert isinstance(body, Invoice)
+        assert (body.payment_hash.hex(), body.amount_msat) == (old.payment_hash, old.value_msat)
+        assert [i.payment_hash for i in _lnd_invoices(rig, 1)] == [old.payment_hash]
+        dev1 = rig.devices[1]
+        await dev1.store.ingest_many(await store.export())
+        (result,) = await rig.settler(dev1).settle(0, timestamp_ms=T0_MS)
+        assert result.outcome is Settlement.FAILED
+        assert dev1.node.local_msat == rig.before["dev1"].local_msat
+        gained = rig.utility_node.local_msat - rig.before["utility"].local_msat
+        assert gained == old.value_msat
+        await store.close()
+    finally:
+        await rig.close()
+
+
+async def test_an_expired_unlogged_invoice_is_replaced_and_the_replacement_found_again(
+    tmp_path: Path,
+) -> None:
+    """lnd cancelled the unlogged invoice (it expired while the utility was down):
+    its hash is burned, revision 1 is created; killed again before its entry,
+    the next start finds revision 1 (after the cancelled revision 0) and logs it,
+    no revision 2."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        killing = cast(LightningNode, _KilledAfterLnd(rig.utility_node, frozenset({1})))
+        desk.invoicer.node = killing
+        with pytest.raises(_Killed):
+            await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        (expired,) = _lnd_invoices(rig, 1)
+        await rig.utility_node.cancel_invoice(expired.payment_hash)  # as lnd at expiry
+        with pytest.raises(_Killed):
+            await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        desk.invoicer.node = rig.utility_node
+        await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS)
+        body = _invoiced(await store.entries())[1].body
+        assert isinstance(body, Invoice)
+        revision_1 = hashlib.sha256(
+            invoice_preimage(b"s" * 32, rig.site_id, 1, 0, revision=1)
+        ).hexdigest()
+        on_lnd = [(i.payment_hash, i.state) for i in _lnd_invoices(rig, 1)]
+        assert on_lnd == [
+            (expired.payment_hash, InvoiceState.CANCELED),
+            (revision_1, InvoiceState.OPEN),
+        ]
+        assert body.payment_hash.hex() == revision_1
+        await store.close()
+    finally:
+        await rig.close()
+
+
+class _ExpiresAtOnce:
+    """A utility lnd on which every invoice is cancelled as soon as it is created."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    async def add_invoice(
+        self, amount_msat: int, memo: str, *, expiry_s: int = 3600, preimage: bytes | None = None
+    ) -> LnInvoice:
+        made = await self.node.add_invoice(amount_msat, memo, expiry_s=expiry_s, preimage=preimage)
+        await self.node.cancel_invoice(made.payment_hash)
+        return await self.node.lookup_invoice(made.payment_hash)
+
+
+async def test_revisions_are_bounded(tmp_path: Path) -> None:
+    """An lnd on which every revision is cancelled does not keep the utility
+    creating invoices: it stops after MAX_INVOICE_REVISIONS, nothing logged."""
+    rig = Rig(tmp_path)
+    try:
+        store, desk = await _utility(rig, tmp_path)
+        desk.invoicer.node = cast(LightningNode, _ExpiresAtOnce(rig.utility_node))
+        with pytest.raises(UnloggedInvoiceError, match=f"{MAX_INVOICE_REVISIONS} revisions"):
+            await desk.invoicer.invoice_period(0, timestamp_ms=T0_MS, skip=frozenset({1}))
+        assert _invoiced(await store.entries()) == {}
+        assert len(_lnd_invoices(rig, 0)) == MAX_INVOICE_REVISIONS
+        await store.close()
+    finally:
+        await rig.close()
+
+
+def test_revision_0_of_an_invoice_preimage_is_the_first_derivation() -> None:
+    """Logs and lnd invoices of utilities before revisions stay valid: revision 0
+    is HMAC-SHA256(secret, "p2pgrid/invoice/v1/<site>/<device>/<period>");
+    revision r > 0 appends "/<r>"."""
+    secret = b"s" * 32
+    first = hmac.new(secret, b"p2pgrid/invoice/v1/0a1b/3/7", hashlib.sha256).digest()
+    second = hmac.new(secret, b"p2pgrid/invoice/v1/0a1b/3/7/2", hashlib.sha256).digest()
+    assert invoice_preimage(secret, "0a1b", 3, 7) == first
+    assert invoice_preimage(secret, "0a1b", 3, 7, revision=0) == first
+    assert invoice_preimage(secret, "0a1b", 3, 7, revision=2) == second
+    revisions = {invoice_preimage(secret, "0a1b", 3, 7, revision=r) for r in range(4)}
+    assert len(revisions) == 4
 
 
 async def test_the_node_pushes_each_invoice_to_its_device(tmp_path: Path) -> None:

@@ -7,16 +7,27 @@ BOLT11 invoice per (device, period) on its own lnd and records it in the log as 
 ``concurrency`` lnd calls at a time), and each entry is handed to the caller's
 ``deliver`` as soon as it is logged (the utility node publishes it and pushes it to its
 device), not once the whole period is invoiced. The invoice's preimage is derived from
-the utility's secret and (site, device, period), so a utility that crashed between
-creating the lnd invoice and logging it re-creates the same invoice, never a second one;
-a (device, period) that already has an invoice entry is skipped.
+the utility's secret, (site, device, period) and a revision (0 first,
+:func:`p2pgrid.billing.invoice_preimage`), so a utility that crashed between creating
+the lnd invoice and logging it re-creates the same invoice, never a second one; a
+(device, period) that already has an invoice entry is skipped.
+
+An invoice on lnd that is not in the log was never delivered (entries reach devices
+only once logged). If the bill changed between the crash and the restart (the
+device's last reading, or a sale changing its grid fee, came in), that OPEN invoice
+is cancelled on lnd and the next revision created; a cancelled (or expired) revision
+is passed over. Revisions are tried in order at each issue, so lnd never holds two
+OPEN invoices of one (device, period), and what is logged is always the bill of the
+log. An unlogged invoice that lnd shows paid is never cancelled nor replaced: logged
+as is if it bills what the log bills, else :class:`UnloggedInvoiceError` (fatal).
 
 An lnd that does not answer (killed, paused, restarting) is waited for: each
 call goes through a :class:`~p2pgrid.lightning.NodeWatch` (one WARNING when the
 node goes away, one INFO when it is back, retries with capped back-off) for at
 most ``lnd_away_wait_s`` (the utility file's ``[utility] lnd_away_wait_s``,
-:data:`LND_AWAY_WAIT_S` by default); both calls are idempotent (the derived preimage
-names one invoice; a lookup is a read).
+:data:`LND_AWAY_WAIT_S` by default); every call is idempotent (a derived preimage
+names one invoice; a lookup is a read; lnd cancels a cancelled invoice again as a
+no-op).
 
 An ``invoice`` entry may name a period earlier than the utility's latest entry
 (a device whose readings came late is invoiced after the next period's budget;
@@ -79,7 +90,8 @@ class UnloggedInvoiceError(FatalError):
     (and cancelling an accepted one fails the payer back from under its payment),
     a replacement would bill the period twice, and an entry of it would be
     disputed by the device (its amount is not the bill every side folds). So it
-    stops, naming the invoice (``invoice``), before it invoices anything else."""
+    stops (exit 1), naming the invoice (``invoice``), and stops so at every
+    start until the operator has found out."""
 
     def __init__(self, message: str, *, invoice: LnInvoice | None = None) -> None:
         super().__init__(message)
@@ -155,7 +167,8 @@ class Invoicer:
 
         If one invoice fails (lnd away past :attr:`lnd_away_wait_s`), the others
         in flight are cancelled and its error is raised: an invoice created on lnd
-        but not logged is created again, the same one, by the next call."""
+        but not logged is found again by the next call, the same one (or, if the
+        bill changed meanwhile, cancelled and revised: :meth:`_lnd_invoice`)."""
         entries = await self.store.entries(period=period)
         bills = [
             due

@@ -29,11 +29,11 @@ from p2pgrid.ledger import (
     Payment,
     bill,
 )
-from p2pgrid.lightning import InvoiceState, LndApiError, LndClient, PaymentStatus
+from p2pgrid.lightning import InvoiceExists, InvoiceState, LndApiError, LndClient, PaymentStatus
 from p2pgrid.poll import wait_until
 from p2pgrid.reconcile import snapshot
 from p2pgrid.regtest import Stack
-from p2pgrid.utility import Collection, Invoicer
+from p2pgrid.utility import INVOICE_EXPIRY_S, Collection, Invoicer
 from tests.ledger.ledger_factory import T0_MS, Site
 
 TARIFF = FlatTariff(250_000)  # 250 sat/kWh
@@ -138,7 +138,81 @@ async def test_devices_pay_each_period_invoice_once_after_checking_it(
         same = await utility.add_invoice(490_000, memo, preimage=preimage)
         assert same.payment_hash == issued[0].body.payment_hash.hex()  # type: ignore[union-attr]
         assert same.state is InvoiceState.SETTLED
+        with pytest.raises(InvoiceExists) as other:  # another bill: the invoice, no new one
+            await utility.add_invoice(490_001, memo, preimage=preimage)
+        assert other.value.existing.payment_hash == same.payment_hash
+        assert other.value.existing.state is InvoiceState.SETTLED
     finally:
+        for store in stores.values():
+            await store.close()
+
+
+async def test_an_unlogged_invoice_of_an_older_bill_is_cancelled_and_revised_on_real_lnd(
+    tmp_path: Path, stack: Stack, utility: LndClient, dev_a: LndClient
+) -> None:
+    """A utility killed after lnd created device 0's invoice of 400 Wh, before its
+    entry; the device's last reading then reached its replica. Started again, it
+    cancels that invoice on lnd (never delivered) and logs revision 1 of the full
+    bill, which the device checks and pays once."""
+    site = Site.make(b"revised invoice test site")
+    period = 9
+    site_id = site.identity.site_id
+    stores = {n: await site.open(tmp_path / f"{n}.db", n) for n in ("utility", "dev-a")}
+    intents = await IntentBook.open(tmp_path / "dev-a.intents.db", name="dev-a")
+    try:
+        utility_writer = LogWriter(stores["utility"], site.utility, Author.utility())
+        device_writer = LogWriter(stores["dev-a"], site.device(0), Author.device(0))
+        memo = invoice_memo(site_id, 0, period)
+        killed = await utility.add_invoice(  # what the killed utility left on lnd
+            100_000,
+            memo,
+            expiry_s=INVOICE_EXPIRY_S,
+            preimage=invoice_preimage(SECRET, site_id, 0, period),
+        )
+        await meter(device_writer, period, [400, 350])  # 750 Wh: 187,500 msat
+        await merge(stores["utility"], stores["dev-a"])
+        invoicer = Invoicer(
+            site=site.identity,
+            store=stores["utility"],
+            writer=utility_writer,
+            node=utility,
+            tariff=TARIFF,
+            secret=SECRET,
+        )
+        [entry] = await invoicer.invoice_period(period, timestamp_ms=T0_MS)
+        assert isinstance(entry.body, Invoice)
+        assert entry.body.amount_msat == 187_500
+        revised = await utility.lookup_invoice(entry.body.payment_hash.hex())
+        assert (revised.value_msat, revised.memo, revised.state) == (
+            187_500,
+            memo,
+            InvoiceState.OPEN,
+        )
+        assert revised.preimage == invoice_preimage(SECRET, site_id, 0, period, revision=1).hex()
+        assert (await utility.lookup_invoice(killed.payment_hash)).state is InvoiceState.CANCELED
+
+        await merge(stores["dev-a"], stores["utility"])
+        before = (await dev_a.channel_balance()).local_msat
+        settler = InvoiceSettler(
+            device=0,
+            site_id=site_id,
+            store=stores["dev-a"],
+            writer=device_writer,
+            node=dev_a,
+            paymaster=Paymaster(node=dev_a, writer=device_writer, intents=intents, name="dev-a"),
+            tariff=TARIFF,
+            utility_pubkey=(await utility.get_info()).pubkey,
+            name="dev-a",
+        )
+        [result] = await settler.settle(period, timestamp_ms=T0_MS)
+        assert result.outcome is Settlement.PAID, result.detail
+        [again] = await settler.settle(period, timestamp_ms=T0_MS)
+        assert again.outcome is Settlement.ALREADY_PAID
+        await stack.wait_settled()
+        assert before - (await dev_a.channel_balance()).local_msat == 187_500 + result.fee_msat
+        assert (await utility.lookup_invoice(revised.payment_hash)).state is InvoiceState.SETTLED
+    finally:
+        await intents.close()
         for store in stores.values():
             await store.close()
 
