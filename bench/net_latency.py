@@ -12,11 +12,15 @@ mode (``--modes``):
    envelopes, validators, hellos and peer exchange, paced publishing, the
    gossipsub tuning of :mod:`p2pgrid.net.gossip`);
 3. optional: ``p2pgrid-untuned`` (p2pgrid with py-libp2p's gossipsub behaviour,
-   as before :mod:`p2pgrid.net.gossip`) and ``raw-tuned`` (plain py-libp2p with
-   that tuning: what is left is the layer's own cost).
+   as before :mod:`p2pgrid.net.gossip`), ``raw-tuned`` (plain py-libp2p with
+   that tuning: what is left is the layer's own cost) and ``p2pgrid-dial-all``
+   (p2pgrid dialling every peer it learns at once, up to 8 dials at a time, as
+   before its dial policy: :mod:`p2pgrid.net.discovery`).
 
 Every router counts what it sends (RPCs, RPCs dropped by full outbound queues,
-IDONTWANTs) and its mesh size; the notes column shows them.
+IDONTWANTs) and its mesh size, and a p2pgrid host the dials it started and the
+connections it opened in the measured phase (``dials``, ``conns``: the start's
+dialling still going on); the notes column shows them.
 
 Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
 ``--fanout - 1`` random earlier agents (py-libp2p alone has no peer exchange that
@@ -44,6 +48,7 @@ in turn and prints each round's ratios (and their median); each row shows the
 Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
        [--devices 1] [--duration 20] [--drain 3] [--settle 0] [--fanout 4]
        [--modes raw p2pgrid] [--repeat 1]
+       (modes: raw raw-tuned p2pgrid p2pgrid-untuned p2pgrid-dial-all)
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ async def measure(
                     muxer=args.muxer,
                     untuned_gossip=mode == "p2pgrid-untuned",
                     tuned_gossip=mode == "raw-tuned",
+                    dial_all=mode == "p2pgrid-dial-all",
                 )
                 for i in wave
             ]
@@ -293,7 +299,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print()
     by_key = {(r.agents, r.round, r.mode): r for r in results}
     pairs = [(mode, "raw") for mode in args.modes if mode != "raw"]
-    pairs += [("p2pgrid", "raw-tuned")] if {"p2pgrid", "raw-tuned"} <= set(args.modes) else []
+    for base in ("raw-tuned", "p2pgrid-dial-all"):
+        pairs += [("p2pgrid", base)] if {"p2pgrid", base} <= set(args.modes) else []
     for agents in args.agents:
         for layer_mode, base_mode in pairs:
             p99_ratios = []
@@ -367,12 +374,14 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["raw", "raw-tuned", "p2pgrid", "p2pgrid-untuned"],
+        choices=["raw", "raw-tuned", "p2pgrid", "p2pgrid-untuned", "p2pgrid-dial-all"],
         default=["raw", "p2pgrid"],
         help="p2pgrid-untuned: p2pgrid with py-libp2p's gossipsub behaviour, as before "
         "p2pgrid.net.gossip (mesh up to 12, an IDONTWANT per message, a signed peer "
         "record in every RPC); raw-tuned: plain py-libp2p with p2pgrid.net.gossip's "
-        "tuning (and so p2pgrid.net's imports in its memory)",
+        "tuning (and so p2pgrid.net's imports in its memory); p2pgrid-dial-all: p2pgrid "
+        "dialling every learned peer at once (up to 8 dials at a time), as before its "
+        "dial policy (NetConfig.max_concurrent_dials, learned_dial_delay_s)",
     )
     args = parser.parse_args()
     if min(args.agents) < 2:

@@ -52,6 +52,16 @@ class NetConfig:
     first_hop_claims: bool = True
     #: Dial learned peers until this many are connected (bootstrap peers always).
     target_peers: int = 12
+    #: Outgoing dials in flight at once (bootstrap and learned peers). A new agent
+    #: learns most of a site's peers from its first hellos; each dial (Noise,
+    #: mplex, pubsub streams, a hello each way) costs CPU that an agent given a
+    #: few % of a core takes from its messages (docs/performance.md).
+    max_concurrent_dials: int = 2
+    #: A peer learned from a hello or mDNS is first dialled after a random delay
+    #: of up to this many seconds; the host of the two with the lower peer id
+    #: waits this much longer, so two hosts that learned of each other at once
+    #: (each from a hello of a third) do not both dial: one connection, not two.
+    learned_dial_delay_s: float = 1.0
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.
     reconnect_min_s: float = 0.25
     reconnect_max_s: float = 10.0

@@ -5,8 +5,19 @@ The :class:`Redialer` holds the peers we want to be connected to:
 - bootstrap peers from the config: dialled at start and redialled forever
   (so an agent started alone waits for them to appear);
 - peers learned from hellos (peer exchange) and from mDNS: dialled while fewer
-  than ``target_peers`` are connected, redialled after they leave up to
-  ``reconnect_attempts`` times.
+  than ``target_peers`` are connected or being dialled, redialled after they
+  leave up to ``reconnect_attempts`` times.
+
+The start of a fleet is a storm of dials: a new agent learns most of its site's
+peers from its first hellos, and each connection costs both ends CPU (Noise,
+mplex, pubsub streams, a signed hello each way) that an agent given a few % of a
+core takes from its messages. So at most ``max_concurrent_dials`` dials run at
+once (a slow machine dials more slowly rather than all at once), and a learned
+peer is first dialled after a random delay of up to ``learned_dial_delay_s``,
+plus as much again if this host's peer id is the lower of the two: two hosts
+that learn of each other at once (each from a hello of a third) would both dial
+and open two connections with two hello exchanges each; this way the one with
+the higher id dials first and the other finds it connected.
 
 Delays double from ``reconnect_min_s`` to ``reconnect_max_s`` with +-25 % jitter,
 and reset once a connection succeeds. These delays are the only back-off: py-libp2p's
@@ -35,7 +46,6 @@ log = logging.getLogger(__name__)
 
 #: A single dial gives up after this long (py-libp2p's connect takes >= 250 ms).
 DIAL_TIMEOUT_S = 5.0
-MAX_CONCURRENT_DIALS = 8
 
 
 @dataclass
@@ -72,15 +82,17 @@ class Redialer:
         name: str,
         is_connected: Callable[[ID], bool],
         is_banned: Callable[[ID], bool] = lambda peer: False,
+        rng: random.Random | None = None,
     ) -> None:
         self._host = host
         self._config = config
         self._name = name
         self._is_connected = is_connected
         self._is_banned = is_banned
+        self._rng = rng or random.Random()
         self._wanted: dict[ID, _Wanted] = {}
         self._wake = trio.Event()
-        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
+        #: Dials started, and those that failed (the peer down, unreachable, slow).
         self.dials = 0
         self.dial_failures = 0
 
@@ -90,13 +102,26 @@ class Redialer:
             return
         entry = self._wanted.get(info.peer_id)
         if entry is None:
-            self._wanted[info.peer_id] = _Wanted(list(info.addrs), bootstrap)
+            entry = self._wanted[info.peer_id] = _Wanted(list(info.addrs), bootstrap)
+            if not bootstrap:
+                entry.next_at = trio.current_time() + self.first_delay(info.peer_id)
         else:
+            if bootstrap and not entry.bootstrap:
+                entry.next_at = min(entry.next_at, trio.current_time())
             entry.bootstrap = entry.bootstrap or bootstrap
             for addr in info.addrs:
                 if addr not in entry.addrs:
                     entry.addrs.append(addr)
         self._wake.set()
+
+    def first_delay(self, peer_id: ID) -> float:
+        """How long after it is learned a peer is first dialled: a random part of
+        ``learned_dial_delay_s``, plus all of it if this host's id is the lower."""
+        spread = self._config.learned_dial_delay_s
+        delay = spread * self._rng.random()
+        if self._host.get_id().to_bytes() < peer_id.to_bytes():
+            delay += spread  # the peer dials first if it knows us too
+        return delay
 
     def forget(self, peer_id: ID) -> None:
         """Stop dialling a peer (a banned one); bootstrap peers too, until wanted again."""
@@ -118,7 +143,7 @@ class Redialer:
     def _schedule_retry(self, entry: _Wanted) -> None:
         cfg = self._config
         entry.delay = min(max(entry.delay * 2, cfg.reconnect_min_s), cfg.reconnect_max_s)
-        entry.next_at = trio.current_time() + entry.delay * random.uniform(0.75, 1.25)
+        entry.next_at = trio.current_time() + entry.delay * self._rng.uniform(0.75, 1.25)
 
     def _connected_count(self) -> int:
         return len(self._host.get_connected_peers())
@@ -126,37 +151,55 @@ class Redialer:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                now = trio.current_time()
-                next_at = now + self._config.reconnect_max_s
-                room = self._config.target_peers - self._connected_count()
-                for peer_id, entry in list(self._wanted.items()):
-                    if entry.dialling or self._is_connected(peer_id):
-                        continue
-                    if not entry.bootstrap and entry.attempts >= self._config.reconnect_attempts:
-                        del self._wanted[peer_id]
-                        continue
-                    if entry.next_at > now:
-                        next_at = min(next_at, entry.next_at)
-                        continue
-                    if not entry.bootstrap and room <= 0:
-                        continue
-                    room -= 1
-                    entry.dialling = True
-                    nursery.start_soon(self._dial, peer_id, entry)
+                self._start_due_dials(nursery)
                 self._wake = trio.Event()
-                with trio.move_on_at(next_at):
+                with trio.move_on_at(self._next_due()):
                     await self._wake.wait()
+
+    def _start_due_dials(self, nursery: trio.Nursery) -> None:
+        """Start the dials that are due, bootstrap peers first, then the longest
+        due, while fewer than ``max_concurrent_dials`` run; learned peers only
+        while fewer than ``target_peers`` are connected or being dialled."""
+        cfg = self._config
+        now = trio.current_time()
+        in_flight = sum(entry.dialling for entry in self._wanted.values())
+        room = cfg.target_peers - self._connected_count() - in_flight
+        due: list[tuple[ID, _Wanted]] = []
+        for peer_id, entry in list(self._wanted.items()):
+            if entry.dialling or self._is_connected(peer_id):
+                continue
+            if not entry.bootstrap and entry.attempts >= cfg.reconnect_attempts:
+                del self._wanted[peer_id]
+            elif entry.next_at <= now:
+                due.append((peer_id, entry))
+        due.sort(key=lambda item: (not item[1].bootstrap, item[1].next_at))
+        for peer_id, entry in due[: max(0, cfg.max_concurrent_dials - in_flight)]:
+            if not entry.bootstrap:
+                if room <= 0:
+                    continue
+                room -= 1
+            entry.dialling = True
+            nursery.start_soon(self._dial, peer_id, entry)
+
+    def _next_due(self) -> float:
+        """When the next waiting dial falls due (at most ``reconnect_max_s`` from now).
+        One due already but held back waits for a wake: a dial ending, a peer lost."""
+        now = trio.current_time()
+        next_at = now + self._config.reconnect_max_s
+        for entry in self._wanted.values():
+            if not entry.dialling and entry.next_at > now:
+                next_at = min(next_at, entry.next_at)
+        return next_at
 
     async def _dial(self, peer_id: ID, entry: _Wanted) -> None:
         try:
-            async with self._limiter:
-                entry.attempts += 1
-                self.dials += 1
-                _forget_failed_dial(self._host, peer_id)
-                with trio.move_on_after(DIAL_TIMEOUT_S) as scope:
-                    await self._host.connect(PeerInfo(peer_id, entry.addrs))
-                if scope.cancelled_caught:
-                    raise TimeoutError("dial timed out")
+            entry.attempts += 1
+            self.dials += 1
+            _forget_failed_dial(self._host, peer_id)
+            with trio.move_on_after(DIAL_TIMEOUT_S) as scope:
+                await self._host.connect(PeerInfo(peer_id, entry.addrs))
+            if scope.cancelled_caught:
+                raise TimeoutError("dial timed out")
             entry.delay = 0.0
         except PEER_ERRORS as exc:
             self.dial_failures += 1

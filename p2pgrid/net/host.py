@@ -111,6 +111,9 @@ class NetStats:
     peers: int = 0
     #: Dials of wanted peers (bootstrap, learned) that failed (the peer down, unreachable).
     dial_failures: int = 0
+    #: Dials of wanted peers started, and connections opened (dialled or accepted).
+    dials: int = 0
+    connections_opened: int = 0
     #: What each peer did wrong: peer id -> reason -> count (see net/misbehaviour.py).
     misbehaviour: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Peers banned now, and bans so far.
@@ -774,6 +777,8 @@ class PeerHost:
         node = self.hub._node
         if node is not None:
             snapshot.dial_failures = node.dial_failures
+            snapshot.dials = node.dials
+            snapshot.connections_opened = node.connections_opened
             gossip = node.gossipsub
             snapshot.mesh_peers = sum(gossip.mesh_size(topic) for topic in self.topics)
             snapshot.rpcs_queued = gossip.counters.rpcs_queued

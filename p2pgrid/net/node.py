@@ -272,11 +272,18 @@ class TrioNode:
         self._scope: trio.CancelScope | None = None
         self._finished = trio.Event()
         self.listen_addrs: tuple[str, ...] = ()
+        #: Connections opened so far, both ways (several to one peer count apart).
+        self.connections_opened = 0
 
     @property
     def dial_failures(self) -> int:
         """Failed dials of wanted peers so far (trio side; read as a snapshot)."""
         return self._redialer.dial_failures
+
+    @property
+    def dials(self) -> int:
+        """Dials of wanted peers started so far (trio side; read as a snapshot)."""
+        return self._redialer.dials
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -425,6 +432,7 @@ class TrioNode:
         return bool(self.host.get_network().connections.get(peer_id))
 
     def peer_connected(self, peer_id: ID) -> None:
+        self.connections_opened += 1
         if self._misbehaviour.banned(str(peer_id)):
             log.info("%s: refused banned peer %s", self.name, peer_id)
             self.drop_peer(str(peer_id))

@@ -169,6 +169,8 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
         config = dataclasses.replace(
             config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
         )
+    if args.dial_all:  # as p2pgrid dialled before its dial policy (net/discovery.py)
+        config = dataclasses.replace(config, max_concurrent_dials=8, learned_dial_delay_s=0.0)
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -230,6 +232,8 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                             "rpcs": stats.rpcs_queued - before.rpcs_queued,
                             "rpc_drops": stats.rpcs_dropped - before.rpcs_dropped,
                             "idontwant": stats.idontwant_sent - before.idontwant_sent,
+                            "dials": stats.dials - before.dials,
+                            "conns": stats.connections_opened - before.connections_opened,
                         },
                     )
             warm.cancel()
@@ -399,6 +403,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="p2pgrid with py-libp2p's gossipsub behaviour (mesh up to 12, an IDONTWANT "
         "per message, a signed peer record in every RPC), as before p2pgrid.net.gossip",
+    )
+    parser.add_argument(
+        "--dial-all",
+        action="store_true",
+        help="p2pgrid dialling every learned peer at once, up to 8 dials at a time, as "
+        "before its dial policy (NetConfig.max_concurrent_dials, learned_dial_delay_s)",
     )
     args = parser.parse_args(argv)
     if args.raw:
