@@ -19,8 +19,12 @@ mode (``--modes``):
 
 Every router counts what it sends (RPCs, RPCs dropped by full outbound queues,
 IDONTWANTs) and its mesh size, and a p2pgrid host the dials it started and the
-connections it opened in the measured phase (``dials``, ``conns``: the start's
-dialling still going on); the notes column shows them.
+connections it opened before the measured phase (``start_dials``,
+``start_conns``: a connection counts at both ends, so a full mesh of N agents is
+N x (N - 1), more is duplicates) and in it (``dials``, ``conns``: the start's
+dialling still going on), its hello exchanges that failed (``hello_failures``)
+and, after it, its connected peers (``connected/agent``, against ``peers/agent``
+whose hello it accepted); the notes column shows them, summed over the agents.
 
 Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
 ``--fanout - 1`` random earlier agents (py-libp2p alone has no peer exchange that
@@ -253,6 +257,8 @@ def summarise(
     peers = counters.pop("peers", 0)
     mesh = counters.pop("mesh", 0)
     notes = [f"peers/agent {peers / len(reports):.1f}", f"mesh/agent {mesh / len(reports):.1f}"]
+    if "connected" in counters:  # peers joined (a hello accepted) of those connected
+        notes.append(f"connected/agent {counters.pop('connected') / len(reports):.1f}")
     if "rpcs" in counters and sent:
         notes.append(f"RPCs/message {counters['rpcs'] / sent:.1f}")
     notes += [f"{key} {value}" for key, value in sorted(counters.items())]  # summed over agents

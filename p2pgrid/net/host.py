@@ -111,9 +111,12 @@ class NetStats:
     peers: int = 0
     #: Dials of wanted peers (bootstrap, learned) that failed (the peer down, unreachable).
     dial_failures: int = 0
-    #: Dials of wanted peers started, and connections opened (dialled or accepted).
+    #: Dials of wanted peers started, connections opened (dialled or accepted),
+    #: peers connected now, and hello exchanges that failed (each try).
     dials: int = 0
     connections_opened: int = 0
+    connected: int = 0
+    hello_failures: int = 0
     #: What each peer did wrong: peer id -> reason -> count (see net/misbehaviour.py).
     misbehaviour: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Peers banned now, and bans so far.
@@ -779,6 +782,8 @@ class PeerHost:
             snapshot.dial_failures = node.dial_failures
             snapshot.dials = node.dials
             snapshot.connections_opened = node.connections_opened
+            snapshot.connected = len(node.host.get_connected_peers())
+            snapshot.hello_failures = node.hello_failures
             gossip = node.gossipsub
             snapshot.mesh_peers = sum(gossip.mesh_size(topic) for topic in self.topics)
             snapshot.rpcs_queued = gossip.counters.rpcs_queued

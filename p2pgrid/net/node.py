@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2pgrid.backoff import Backoff
 from p2pgrid.identity import Roster
 from p2pgrid.net.bridge import TrioBridge
 from p2pgrid.net.config import NetConfig
@@ -73,6 +75,13 @@ log = logging.getLogger(__name__)
 HELLO_PROTOCOL = f"{PROTOCOL_PREFIX}/hello"
 #: A hello exchange (open stream, both frames) must finish within this.
 HELLO_TIMEOUT_S = 5.0
+#: A hello exchange that failed (too slow, a stream refused) is tried again after
+#: these delays while the connection lasts and the peer has not joined by its own
+#: hello, this many times in all: at a busy start (agents given a few % of a core)
+#: many exchanges take longer than HELLO_TIMEOUT_S, and a peer whose exchanges all
+#: failed stayed connected but unlisted (no log sync with it, no trade) for good.
+HELLO_BACKOFF = Backoff(initial_s=1.0, max_s=8.0)
+HELLO_TRIES = 6
 #: A request's frame must arrive within this after the stream opens.
 STREAM_READ_TIMEOUT_S = 10.0
 #: The asyncio handler of a request must answer within this.
@@ -186,6 +195,28 @@ class CachedAddrs:
         return list(self._addrs)
 
 
+async def retry_while_wanted(
+    attempt: Callable[[], Awaitable[bool]],
+    wanted: Callable[[], bool],
+    *,
+    backoff: Backoff,
+    tries: int,
+    rng: random.Random,
+) -> int:
+    """Run ``attempt`` until it succeeds, at most ``tries`` times, waiting
+    ``backoff``'s delay after each failure and giving up once ``wanted()`` is false
+    (checked after each wait). Returns the failed attempts."""
+    fails = 0
+    while not await attempt():
+        fails += 1
+        if fails >= tries:
+            return fails
+        await trio.sleep(backoff.delay(fails, rng))  # a back-off timer
+        if not wanted():
+            return fails
+    return fails
+
+
 class TrioNode:
     """A py-libp2p host with gossipsub, p2pgrid validators, hellos and direct streams."""
 
@@ -272,8 +303,11 @@ class TrioNode:
         self._scope: trio.CancelScope | None = None
         self._finished = trio.Event()
         self.listen_addrs: tuple[str, ...] = ()
-        #: Connections opened so far, both ways (several to one peer count apart).
+        #: Connections opened so far, both ways (several to one peer count apart),
+        #: and hello exchanges that failed (each try).
         self.connections_opened = 0
+        self.hello_failures = 0
+        self._rng = random.Random()
 
     @property
     def dial_failures(self) -> int:
@@ -490,6 +524,20 @@ class TrioNode:
         return self._seal(HELLO_PROTOCOL, records, MAX_ENVELOPE_BYTES)
 
     async def _say_hello(self, peer_id: ID) -> None:
+        """Exchange hellos with a peer; tried again (``HELLO_BACKOFF``, ``HELLO_TRIES``)
+        while it stays connected and has not joined by a hello of its own."""
+        fails = await retry_while_wanted(
+            lambda: self._hello_once(peer_id),
+            lambda: self._is_connected(peer_id) and peer_id not in self._hellos,
+            backoff=HELLO_BACKOFF,
+            tries=HELLO_TRIES,
+            rng=self._rng,
+        )
+        if fails >= HELLO_TRIES:
+            log.info("%s: no hello with %s after %d tries", self.name, peer_id, fails)
+
+    async def _hello_once(self, peer_id: ID) -> bool:
+        """One hello exchange: False if it failed or took over ``HELLO_TIMEOUT_S``."""
         with trio.move_on_after(HELLO_TIMEOUT_S):
             try:
                 stream = await self.host.new_stream(peer_id, [TProtocol(HELLO_PROTOCOL)])
@@ -500,8 +548,11 @@ class TrioNode:
                     await close_stream(stream)
             except STREAM_ERRORS as exc:
                 log.debug("%s: hello to %s failed: %s", self.name, peer_id, exc)
-                return
-            self._accept_hello(peer_id, data)
+            else:
+                self._accept_hello(peer_id, data)
+                return True
+        self.hello_failures += 1
+        return False
 
     async def _serve_hello(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id

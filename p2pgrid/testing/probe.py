@@ -234,6 +234,10 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                             "idontwant": stats.idontwant_sent - before.idontwant_sent,
                             "dials": stats.dials - before.dials,
                             "conns": stats.connections_opened - before.connections_opened,
+                            "start_dials": before.dials,
+                            "start_conns": before.connections_opened,
+                            "connected": stats.connected,
+                            "hello_failures": stats.hello_failures,
                         },
                     )
             warm.cancel()

@@ -1,4 +1,5 @@
-"""The dial policy of :class:`~p2pgrid.net.discovery.Redialer`, against a fake host.
+"""The dial policy of :class:`~p2pgrid.net.discovery.Redialer`, against a fake host,
+and the retries of a failed hello exchange (:func:`~p2pgrid.net.node.retry_while_wanted`).
 
 Time is trio's ``MockClock``: it moves only when a test jumps it, and each step
 waits until every task is blocked (``wait_all_tasks_blocked``), so what the
@@ -18,8 +19,10 @@ import trio.testing
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from p2pgrid.backoff import Backoff
 from p2pgrid.net import NetConfig
 from p2pgrid.net.discovery import Redialer
+from p2pgrid.net.node import retry_while_wanted
 
 
 def peer(n: int) -> ID:
@@ -182,3 +185,45 @@ def test_a_bootstrap_peer_is_dialled_at_once_and_first() -> None:
         assert host.dialled() == [peer(7), peer(9)]  # before peer 8, due for longer
 
     run(replace(BASE, max_concurrent_dials=1, learned_dial_delay_s=1.0), 5, scenario)
+
+
+# -- hellos tried again ------------------------------------------------------------
+
+
+def attempts_of(outcomes: list[bool], wanted_for: int = 99, tries: int = 6) -> list[float]:
+    """When ``retry_while_wanted`` tried (virtual seconds), each attempt's outcome
+    taken from ``outcomes``; ``wanted()`` is true for its first ``wanted_for`` calls."""
+    times: list[float] = []
+    asked = 0
+
+    async def attempt() -> bool:
+        times.append(trio.current_time())
+        return outcomes[len(times) - 1]
+
+    def wanted() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= wanted_for
+
+    async def main() -> None:
+        fails = await retry_while_wanted(
+            attempt, wanted, backoff=Backoff(1.0, 8.0), tries=tries, rng=HalfRandom()
+        )
+        assert fails == sum(not ok for ok in outcomes[: len(times)])
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return times
+
+
+def test_a_failed_hello_is_tried_again_after_the_back_off() -> None:
+    # HalfRandom takes a quarter off each delay: 0.75 s, then 1.5 s.
+    assert attempts_of([False, False, True]) == [0.0, 0.75, 2.25]
+
+
+def test_a_hello_is_not_tried_again_once_no_longer_wanted() -> None:
+    # The peer left, or joined by its own hello, during the first wait.
+    assert attempts_of([False, True], wanted_for=0) == [0.0]
+
+
+def test_a_hello_is_tried_at_most_tries_times() -> None:
+    assert len(attempts_of([False] * 10, tries=3)) == 3
