@@ -62,6 +62,10 @@ class NetConfig:
     #: waits this much longer, so two hosts that learned of each other at once
     #: (each from a hello of a third) do not both dial: one connection, not two.
     learned_dial_delay_s: float = 1.0
+    #: Tries of a hello exchange on one connection: a failed one (over 5 s, a
+    #: stream refused) is tried again after 1 s, doubling to 8 s, while the
+    #: connection lasts and the peer has not joined by a hello of its own.
+    hello_tries: int = 6
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.
     reconnect_min_s: float = 0.25
     reconnect_max_s: float = 10.0

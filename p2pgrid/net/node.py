@@ -77,11 +77,11 @@ HELLO_PROTOCOL = f"{PROTOCOL_PREFIX}/hello"
 HELLO_TIMEOUT_S = 5.0
 #: A hello exchange that failed (too slow, a stream refused) is tried again after
 #: these delays while the connection lasts and the peer has not joined by its own
-#: hello, this many times in all: at a busy start (agents given a few % of a core)
-#: many exchanges take longer than HELLO_TIMEOUT_S, and a peer whose exchanges all
-#: failed stayed connected but unlisted (no log sync with it, no trade) for good.
+#: hello, ``NetConfig.hello_tries`` times in all: at a busy start (agents given a
+#: few % of a core) many exchanges take longer than HELLO_TIMEOUT_S, and a peer
+#: whose exchanges all failed stayed connected but unlisted (no log sync with it,
+#: no trade) until it reconnected.
 HELLO_BACKOFF = Backoff(initial_s=1.0, max_s=8.0)
-HELLO_TRIES = 6
 #: A request's frame must arrive within this after the stream opens.
 STREAM_READ_TIMEOUT_S = 10.0
 #: The asyncio handler of a request must answer within this.
@@ -524,16 +524,18 @@ class TrioNode:
         return self._seal(HELLO_PROTOCOL, records, MAX_ENVELOPE_BYTES)
 
     async def _say_hello(self, peer_id: ID) -> None:
-        """Exchange hellos with a peer; tried again (``HELLO_BACKOFF``, ``HELLO_TRIES``)
-        while it stays connected and has not joined by a hello of its own."""
+        """Exchange hellos with a peer; tried again (``HELLO_BACKOFF``, up to
+        ``hello_tries`` times) while it stays connected and has not joined by a
+        hello of its own."""
+        tries = self._config.hello_tries
         fails = await retry_while_wanted(
             lambda: self._hello_once(peer_id),
             lambda: self._is_connected(peer_id) and peer_id not in self._hellos,
             backoff=HELLO_BACKOFF,
-            tries=HELLO_TRIES,
+            tries=tries,
             rng=self._rng,
         )
-        if fails >= HELLO_TRIES:
+        if fails >= tries:
             log.info("%s: no hello with %s after %d tries", self.name, peer_id, fails)
 
     async def _hello_once(self, peer_id: ID) -> bool:

@@ -170,7 +170,9 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
             config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
         )
     if args.dial_all:  # as p2pgrid dialled before its dial policy (net/discovery.py)
-        config = dataclasses.replace(config, max_concurrent_dials=8, learned_dial_delay_s=0.0)
+        config = dataclasses.replace(
+            config, max_concurrent_dials=8, learned_dial_delay_s=0.0, hello_tries=1
+        )
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -411,8 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dial-all",
         action="store_true",
-        help="p2pgrid dialling every learned peer at once, up to 8 dials at a time, as "
-        "before its dial policy (NetConfig.max_concurrent_dials, learned_dial_delay_s)",
+        help="p2pgrid dialling every learned peer at once, up to 8 dials at a time, and "
+        "trying a hello once, as before its dial policy (NetConfig.max_concurrent_dials, "
+        "learned_dial_delay_s, hello_tries)",
     )
     args = parser.parse_args(argv)
     if args.raw:
