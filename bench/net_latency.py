@@ -14,9 +14,8 @@ mode (``--modes``):
 3. optional: ``p2pgrid-untuned`` (p2pgrid with py-libp2p's gossipsub behaviour,
    as before :mod:`p2pgrid.net.gossip`), ``raw-tuned`` (plain py-libp2p with
    that tuning: what is left is the layer's own cost) and ``p2pgrid-dial-all``
-   (p2pgrid dialling every peer it learns at once, up to 8 dials at a time, and
-   trying each hello exchange once, as before its dial policy:
-   :mod:`p2pgrid.net.discovery`, ``NetConfig.hello_tries``).
+   (p2pgrid dialling up to 8 peers at a time and trying each hello exchange
+   once, as before ``NetConfig.max_concurrent_dials`` and ``hello_tries``).
 
 Every router counts what it sends (RPCs, RPCs dropped by full outbound queues,
 IDONTWANTs) and its mesh size, and a p2pgrid host the dials it started and the
@@ -387,9 +386,8 @@ def main() -> None:
         "p2pgrid.net.gossip (mesh up to 12, an IDONTWANT per message, a signed peer "
         "record in every RPC); raw-tuned: plain py-libp2p with p2pgrid.net.gossip's "
         "tuning (and so p2pgrid.net's imports in its memory); p2pgrid-dial-all: p2pgrid "
-        "dialling every learned peer at once (up to 8 dials at a time), as before its "
-        "dial policy, and trying each hello once (NetConfig.max_concurrent_dials, "
-        "learned_dial_delay_s, hello_tries)",
+        "dialling up to 8 peers at a time and trying each hello exchange once, as "
+        "before NetConfig.max_concurrent_dials and hello_tries",
     )
     args = parser.parse_args()
     if min(args.agents) < 2:

@@ -57,11 +57,6 @@ class NetConfig:
     #: mplex, pubsub streams, a hello each way) costs CPU that an agent given a
     #: few % of a core takes from its messages (docs/performance.md).
     max_concurrent_dials: int = 2
-    #: A peer learned from a hello or mDNS is first dialled after a random delay
-    #: of up to this many seconds; the host of the two with the lower peer id
-    #: waits this much longer, so two hosts that learned of each other at once
-    #: (each from a hello of a third) do not both dial: one connection, not two.
-    learned_dial_delay_s: float = 1.0
     #: Tries of a hello exchange on one connection: a failed one (over 5 s, a
     #: stream refused) is tried again after 1 s, doubling to 8 s, while the
     #: connection lasts and the peer has not joined by a hello of its own.

@@ -8,16 +8,11 @@ The :class:`Redialer` holds the peers we want to be connected to:
   than ``target_peers`` are connected or being dialled, redialled after they
   leave up to ``reconnect_attempts`` times.
 
-The start of a fleet is a storm of dials: a new agent learns most of its site's
-peers from its first hellos, and each connection costs both ends CPU (Noise,
-mplex, pubsub streams, a signed hello each way) that an agent given a few % of a
-core takes from its messages. So at most ``max_concurrent_dials`` dials run at
-once (a slow machine dials more slowly rather than all at once), and a learned
-peer is first dialled after a random delay of up to ``learned_dial_delay_s``,
-plus as much again if this host's peer id is the lower of the two: two hosts
-that learn of each other at once (each from a hello of a third) would both dial
-and open two connections with two hello exchanges each; this way the one with
-the higher id dials first and the other finds it connected.
+A new agent learns most of its site's peers from its first hellos, and each
+connection costs both ends CPU (Noise, mplex, pubsub streams, a signed hello
+each way) that an agent given a few % of a core takes from its messages. So at
+most ``max_concurrent_dials`` dials run at once, bootstrap peers first: a slow
+machine dials more slowly rather than all at once.
 
 Delays double from ``reconnect_min_s`` to ``reconnect_max_s`` with +-25 % jitter,
 and reset once a connection succeeds. These delays are the only back-off: py-libp2p's
@@ -102,9 +97,7 @@ class Redialer:
             return
         entry = self._wanted.get(info.peer_id)
         if entry is None:
-            entry = self._wanted[info.peer_id] = _Wanted(list(info.addrs), bootstrap)
-            if not bootstrap:
-                entry.next_at = trio.current_time() + self.first_delay(info.peer_id)
+            self._wanted[info.peer_id] = _Wanted(list(info.addrs), bootstrap)
         else:
             if bootstrap and not entry.bootstrap:
                 entry.next_at = min(entry.next_at, trio.current_time())
@@ -113,15 +106,6 @@ class Redialer:
                 if addr not in entry.addrs:
                     entry.addrs.append(addr)
         self._wake.set()
-
-    def first_delay(self, peer_id: ID) -> float:
-        """How long after it is learned a peer is first dialled: a random part of
-        ``learned_dial_delay_s``, plus all of it if this host's id is the lower."""
-        spread = self._config.learned_dial_delay_s
-        delay = spread * self._rng.random()
-        if self._host.get_id().to_bytes() < peer_id.to_bytes():
-            delay += spread  # the peer dials first if it knows us too
-        return delay
 
     def forget(self, peer_id: ID) -> None:
         """Stop dialling a peer (a banned one); bootstrap peers too, until wanted again."""

@@ -170,9 +170,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
             config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
         )
     if args.dial_all:  # as p2pgrid dialled before its dial policy (net/discovery.py)
-        config = dataclasses.replace(
-            config, max_concurrent_dials=8, learned_dial_delay_s=0.0, hello_tries=1
-        )
+        config = dataclasses.replace(config, max_concurrent_dials=8, hello_tries=1)
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -413,9 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dial-all",
         action="store_true",
-        help="p2pgrid dialling every learned peer at once, up to 8 dials at a time, and "
-        "trying a hello once, as before its dial policy (NetConfig.max_concurrent_dials, "
-        "learned_dial_delay_s, hello_tries)",
+        help="p2pgrid dialling up to 8 peers at a time and trying a hello exchange once, "
+        "as before NetConfig.max_concurrent_dials and hello_tries",
     )
     args = parser.parse_args(argv)
     if args.raw:

@@ -115,7 +115,7 @@ async def step(clock: trio.testing.MockClock, seconds: float = 0.0) -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
-BASE = NetConfig(max_concurrent_dials=2, learned_dial_delay_s=0.0)
+BASE = NetConfig(max_concurrent_dials=2)
 
 
 def test_learned_peers_are_dialled_a_few_at_a_time() -> None:
@@ -136,33 +136,18 @@ def test_learned_peers_are_dialled_a_few_at_a_time() -> None:
     run(BASE, 1, scenario)
 
 
-def test_the_higher_id_dials_a_learned_peer_first() -> None:
-    # HalfRandom: each first delay is half of learned_dial_delay_s (1 s), plus 1 s
-    # for a peer whose id is above ours (we are 5: peer 7 waits, peer 3 does not).
+def test_a_waiting_peer_that_connected_meanwhile_is_not_dialled() -> None:
     async def scenario(redialer: Redialer, host: FakeHost, clock: trio.testing.MockClock) -> None:
         redialer.want(info(7))
-        redialer.want(info(3))
-        await step(clock, 0.4)
-        assert host.dials == []
-        await step(clock, 0.2)
-        assert host.dialled() == [peer(3)]
-        await step(clock, 0.8)
-        assert host.dialled() == [peer(3)]
-        await step(clock, 0.2)
-        assert host.dialled() == [peer(3), peer(7)]
+        redialer.want(info(8))
+        await step(clock)
+        assert host.dialled() == [peer(7)]  # one at a time: peer 8 waits its turn
+        host.connected.add(peer(8))  # its own dial to us came in
+        host.finish(peer(7))
+        await step(clock, 30.0)
+        assert host.dialled() == [peer(7)]
 
-    run(replace(BASE, learned_dial_delay_s=1.0), 5, scenario)
-
-
-def test_a_learned_peer_that_dialled_us_meanwhile_is_not_dialled() -> None:
-    async def scenario(redialer: Redialer, host: FakeHost, clock: trio.testing.MockClock) -> None:
-        redialer.want(info(7))  # due at 1.5 s: its host has the higher id, it dials
-        await step(clock, 1.0)
-        host.connected.add(peer(7))  # its dial came in
-        await step(clock, 5.0)
-        assert host.dials == []
-
-    run(replace(BASE, learned_dial_delay_s=1.0), 5, scenario)
+    run(replace(BASE, max_concurrent_dials=1), 5, scenario)
 
 
 def test_dials_in_flight_count_towards_the_target() -> None:
@@ -184,15 +169,16 @@ def test_a_bootstrap_peer_is_dialled_at_once_and_first() -> None:
     async def scenario(redialer: Redialer, host: FakeHost, clock: trio.testing.MockClock) -> None:
         redialer.want(info(7))
         redialer.want(info(8))
-        await step(clock, 3.0)  # both learned peers due, one dialling
+        await step(clock)  # both learned peers due, one dialling
         assert host.dialled() == [peer(7)]
+        await step(clock, 1.0)
         redialer.want(info(9), bootstrap=True)
         await step(clock)
         host.finish(peer(7))
         await step(clock)
-        assert host.dialled() == [peer(7), peer(9)]  # before peer 8, due for longer
+        assert host.dialled() == [peer(7), peer(9)]  # before peer 8, waiting since 0 s
 
-    run(replace(BASE, max_concurrent_dials=1, learned_dial_delay_s=1.0), 5, scenario)
+    run(replace(BASE, max_concurrent_dials=1), 5, scenario)
 
 
 # -- hellos tried again ------------------------------------------------------------
