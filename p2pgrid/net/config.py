@@ -52,11 +52,11 @@ class NetConfig:
     first_hop_claims: bool = True
     #: Dial learned peers until this many are connected (bootstrap peers always).
     target_peers: int = 12
-    #: Outgoing dials in flight at once (bootstrap and learned peers). A new agent
-    #: learns most of a site's peers from its first hellos; each dial (Noise,
-    #: mplex, pubsub streams, a hello each way) costs CPU that an agent given a
-    #: few % of a core takes from its messages (docs/performance.md).
-    max_concurrent_dials: int = 2
+    #: Outgoing dials in flight at once (bootstrap peers first). Fewer (2) was
+    #: measured at the start of a starved fleet: its mesh completed later, with
+    #: more of its connections among the measured messages, and lost no less
+    #: (docs/performance.md, "The start's dials, measured").
+    max_concurrent_dials: int = 8
     #: Tries of a hello exchange on one connection: a failed one (over 5 s, a
     #: stream refused) is tried again after 1 s, doubling to 8 s, while the
     #: connection lasts and the peer has not joined by a hello of its own.

@@ -8,11 +8,9 @@ The :class:`Redialer` holds the peers we want to be connected to:
   than ``target_peers`` are connected or being dialled, redialled after they
   leave up to ``reconnect_attempts`` times.
 
-A new agent learns most of its site's peers from its first hellos, and each
-connection costs both ends CPU (Noise, mplex, pubsub streams, a signed hello
-each way) that an agent given a few % of a core takes from its messages. So at
-most ``max_concurrent_dials`` dials run at once, bootstrap peers first: a slow
-machine dials more slowly rather than all at once.
+At most ``max_concurrent_dials`` dials run at once, bootstrap peers first, then
+the peers waiting longest; a waiting peer that connects to us meanwhile is not
+dialled.
 
 Delays double from ``reconnect_min_s`` to ``reconnect_max_s`` with +-25 % jitter,
 and reset once a connection succeeds. These delays are the only back-off: py-libp2p's

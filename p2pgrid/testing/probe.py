@@ -169,8 +169,8 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
         config = dataclasses.replace(
             config, mesh_degree_high=12, idontwant_min_bytes=0, sender_record_once=False
         )
-    if args.dial_all:  # as p2pgrid dialled before its dial policy (net/discovery.py)
-        config = dataclasses.replace(config, max_concurrent_dials=8, hello_tries=1)
+    if args.hello_once:  # as p2pgrid tried its hellos before NetConfig.hello_tries
+        config = dataclasses.replace(config, hello_tries=1)
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -409,10 +409,9 @@ def main(argv: list[str] | None = None) -> None:
         "per message, a signed peer record in every RPC), as before p2pgrid.net.gossip",
     )
     parser.add_argument(
-        "--dial-all",
+        "--hello-once",
         action="store_true",
-        help="p2pgrid dialling up to 8 peers at a time and trying a hello exchange once, "
-        "as before NetConfig.max_concurrent_dials and hello_tries",
+        help="p2pgrid trying each hello exchange once, as before NetConfig.hello_tries",
     )
     args = parser.parse_args(argv)
     if args.raw:

@@ -45,8 +45,8 @@ class ProbeSpec:
     untuned_gossip: bool = False
     #: raw mode with p2pgrid's gossipsub tuning (see the probe's --tuned-gossip).
     tuned_gossip: bool = False
-    #: p2pgrid mode dialling as before its dial policy (see the probe's --dial-all).
-    dial_all: bool = False
+    #: p2pgrid mode trying each hello exchange once, as before NetConfig.hello_tries.
+    hello_once: bool = False
     #: Where it listens (and what it advertises), and whether it also finds peers by mDNS.
     host: str = "127.0.0.1"
     mdns: bool = False
@@ -63,8 +63,8 @@ class ProbeSpec:
             args.append("--untuned-gossip")
         if self.tuned_gossip:
             args.append("--tuned-gossip")
-        if self.dial_all:
-            args.append("--dial-all")
+        if self.hello_once:
+            args.append("--hello-once")
         for addr in self.bootstrap:
             args += ["--bootstrap", addr]
         if self.raw:
