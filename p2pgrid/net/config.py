@@ -58,7 +58,7 @@ class NetConfig:
     #: (docs/performance.md, "The start's dials, measured").
     max_concurrent_dials: int = 8
     #: Tries of a hello exchange on one connection: a failed one (over 5 s, a
-    #: stream refused) is tried again after 1 s, doubling to 8 s, while the
+    #: stream refused) is tried again after ~1 s, doubling to 8 s, while the
     #: connection lasts and the peer has not joined by a hello of its own.
     hello_tries: int = 6
     #: Redial back-off: first delay, cap, and how often a learned peer is retried.
