@@ -80,6 +80,7 @@ from typing import Literal
 import aiosqlite
 
 from p2pgrid.errors import FatalError
+from p2pgrid.finish import to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +220,7 @@ class IntentBook:
         # cancelled: a transaction left open would be committed by the next
         # writer's commit (a resolution synced or not as *that* one says) and
         # SQLite refuses to change ``synchronous`` inside it.
-        write = asyncio.ensure_future(self._write_now(sql, params, durable))
-        cancelled = False
-        while not write.done():
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                if write.cancelled():
-                    raise
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        return write.result()
+        return await to_the_end(self._write_now(sql, params, durable))
 
     async def _write_now(
         self, sql: str, params: tuple[object, ...], durable: bool

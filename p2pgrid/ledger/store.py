@@ -53,6 +53,7 @@ from types import TracebackType
 
 import aiosqlite
 
+from p2pgrid.finish import to_the_end
 from p2pgrid.identity import Roster, SiteIdentity
 from p2pgrid.ledger.bodies import BodyError, EntryKind, Revoke, Role
 from p2pgrid.ledger.codec import HASH_LEN
@@ -428,18 +429,7 @@ class LogStore:
         # handed whatever happens to the awaiting task, so a cancel landing while
         # COMMIT runs would otherwise roll the in-memory heads back under a
         # committed batch.
-        batch = asyncio.ensure_future(self._write_batch(candidates, results))
-        cancelled = False
-        while not batch.done():
-            try:
-                await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                if batch.cancelled():
-                    raise
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        return batch.result()
+        return await to_the_end(self._write_batch(candidates, results))
 
     async def _write_batch(
         self, candidates: list[tuple[int, Entry]], results: list[IngestResult | None]

@@ -36,7 +36,7 @@ from p2pgrid.agent.payguard import allowance_memo
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.ports import Wallet
 from p2pgrid.ledger import AllowanceSale, Entry, LedgerView, Payment, fold
-from p2pgrid.lightning import Invoice, InvoiceState, NodeUnreachable
+from p2pgrid.lightning import DecodedInvoice, Invoice, InvoiceState, NodeUnreachable
 from p2pgrid.net import Delivery, RequestRejected
 from tests.agent.rig import Device, Rig
 from tests.agent.test_intents import rows
@@ -88,6 +88,24 @@ async def pair(
 
 def kind(entries: list[Entry], body: type) -> list[Entry]:
     return [e for e in entries if isinstance(e.body, body)]
+
+
+async def _offered(
+    rig: Rig, seller: Device, buyer: Device, *, paid: bool
+) -> tuple[AllowanceOffer, DecodedInvoice]:
+    """The seller's offer of 30 000 msat of allowance to the buyer in PERIOD;
+    ``paid``: paid (and logged by the buyer), but the buyer never says so."""
+    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
+    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
+    offer = reply.decode(AllowanceOffer)
+    decoded = await buyer.node.decode_invoice(offer.bolt11)
+    if paid:
+        purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
+        intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
+        await buyer.intents.record(intent)
+        await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
+        await buyer.paymaster.recover()
+    return offer, decoded
 
 
 async def test_allowance_is_sold_once_at_the_sellers_price_and_both_sides_log_it(
@@ -443,16 +461,7 @@ async def test_an_offer_left_open_at_its_close_is_resolved_at_a_later_close(
 ) -> None:
     seller, buyer, _, _ = await pair(rig)
     unanswering = desk(rig, seller, LEFTOVER, node=_Unanswering(seller.node))  # type: ignore[arg-type]
-    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
-    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
-    offer = reply.decode(AllowanceOffer)
-    decoded = await buyer.node.decode_invoice(offer.bolt11)
-    if paid:  # paid (and logged by the buyer), but the buyer never says so
-        purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
-        intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
-        await buyer.intents.record(intent)
-        await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
-        await buyer.paymaster.recover()
+    _, decoded = await _offered(rig, seller, buyer, paid=paid)
     await unanswering.close(PERIOD)  # lnd does not answer: the offer stays open
     assert [r.payment_hash for r in await seller.intents.receivables(PurposeKind.ALLOWANCE)] == [
         decoded.payment_hash
@@ -542,16 +551,7 @@ async def test_an_offer_open_at_the_carry_over_keeps_its_allowance_in_its_period
     across seller, buyer and carry-over, and the next period carries in exactly
     what was carried out."""
     seller, buyer, _, _ = await pair(rig, first=0)
-    request = AllowanceRequest(rig.party(1), PERIOD, 30_000, 90, int(rig.clock() * 1000) + 5000)
-    reply = await buyer.peers.request(seller.peers.peer_id, ALLOWANCE_REQUEST_PROTOCOL, request)
-    offer = reply.decode(AllowanceOffer)
-    decoded = await buyer.node.decode_invoice(offer.bolt11)
-    if paid:  # paid (and logged by the buyer), but the buyer never says so
-        purpose = Purpose(PurposeKind.ALLOWANCE, offer.price_msat, device=0)
-        intent = PaymentIntent(decoded.payment_hash, offer.bolt11, PERIOD, purpose)
-        await buyer.intents.record(intent)
-        await buyer.node.pay_invoice(offer.bolt11, fee_limit_msat=20_000)
-        await buyer.paymaster.recover()
+    offer, _ = await _offered(rig, seller, buyer, paid=paid)
     # The seller's agent (restarted: its desk loads the open offer from the
     # intents file) runs both periods; its lnd does not answer the desk.
     agent, replica, _ = await rig.agent(seller, consumed_wh=(20,))  # 5 000 msat an interval
