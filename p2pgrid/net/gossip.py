@@ -39,12 +39,22 @@ delivered to applications, docs/protocol-net.md section 4). A tagged peer
 whose copy the author's full outbound queue dropped is named in an IHAVE from
 the author at the next heartbeat, since no relay brings it.
 
+It forgives a departed peer its prune backoff, once per backoff period
+(:meth:`Gossip.remove_peer`): py-libp2p keeps ``back_off[topic][peer]`` when a
+peer disconnects, so an agent restarted with the same peer id within 60 s of
+having pruned us (its heartbeat does when its mesh is over D_high) had its
+GRAFT refused, the backoff renewed for 60 s more and a PRUNE sent back: it
+stayed out of our mesh for a minute or more and heard our relays only through
+the IHAVE gossip of a heartbeat (docs/protocol-net.md, docs/reliability.md).
+py-libp2p already drops the peer's score and GRAFT-flood record on disconnect.
+
 It also counts what leaves (see :class:`GossipCounters`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +121,9 @@ class GossipCounters:
     #: Own messages whose copy a full queue dropped: named in an IHAVE to that
     #: peer at the next heartbeat (the relays skip it: it was tagged).
     own_drops_gossiped: int = 0
+    #: Departed peers whose prune backoff was forgotten (the first departure of
+    #: a peer in a backoff period; see :meth:`Gossip.remove_peer`).
+    backoffs_forgiven: int = 0
 
 
 class Gossip(GossipSub):
@@ -137,6 +150,8 @@ class Gossip(GossipSub):
         # Own messages a full queue dropped: peer -> (message id, topic).
         self._own_dropped: dict[ID, set[tuple[bytes, str]]] = {}
         self.counters = GossipCounters()
+        # When each departed peer's backoff was last forgiven (monotonic seconds).
+        self._forgiven_at: dict[ID, float] = {}
         # Peers that got our signed peer record since they (last) connected.
         self._record_sent: set[ID] = set()
         # Whether the message publish() is forwarding is large enough for an
@@ -247,10 +262,36 @@ class Gossip(GossipSub):
         super().send_rpc(peer_id, rpc, priority)
 
     def remove_peer(self, peer_id: ID) -> None:
+        """Forget a disconnected peer, and its prune backoff if it was not forgiven
+        one in the last backoff period.
+
+        A peer that comes back (a restarted process with the same key) starts
+        with no memory of having pruned us, and GRAFTs at once. Forgiving it
+        once per ``prune_back_off`` bounds what a peer that lies gains by
+        reconnecting: one mesh entry per backoff period (a full connection and
+        handshake each), where the backoff alone allows one; a GRAFT in between
+        is refused and penalised as before.
+        """
         self._record_sent.discard(peer_id)
         self._tags.pop(peer_id, None)
         self._own_dropped.pop(peer_id, None)
         super().remove_peer(peer_id)
+        self._forgive_backoff(peer_id)
+
+    def _forgive_backoff(self, peer_id: ID) -> None:
+        now = time.monotonic()
+        period = float(self.prune_back_off)
+        for peer, at in list(self._forgiven_at.items()):  # a few entries: departures
+            if now - at >= period:
+                del self._forgiven_at[peer]
+        if peer_id in self._forgiven_at:
+            return  # forgiven within this period: the backoff stands
+        backed_off = [t for t, peers in self.back_off.items() if peer_id in peers]
+        for topic in backed_off:
+            del self.back_off[topic][peer_id]
+        if backed_off:
+            self._forgiven_at[peer_id] = now
+            self.counters.backoffs_forgiven += 1
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         self.counters.rpcs_dropped += 1

@@ -139,6 +139,9 @@ class NetStats:
     #: were named in an IHAVE to that peer instead (``NetConfig.first_hop_claims``).
     relays_skipped: int = 0
     own_drops_gossiped: int = 0
+    #: Departed peers whose prune backoff was forgotten, so that the restarted
+    #: peer is grafted back at once (once per backoff period and peer).
+    backoffs_forgiven: int = 0
 
 
 class Subscription:
@@ -794,6 +797,7 @@ class PeerHost:
             snapshot.ihave_sent = gossip.counters.ihave_sent
             snapshot.relays_skipped = gossip.counters.relays_skipped
             snapshot.own_drops_gossiped = gossip.counters.own_drops_gossiped
+            snapshot.backoffs_forgiven = gossip.counters.backoffs_forgiven
         return snapshot
 
 

@@ -166,3 +166,56 @@ async def test_an_own_copy_a_full_queue_dropped_is_named_in_an_ihave_to_that_pee
 
     await wait_until(gossiped, timeout_s=WAIT_S, what="an IHAVE of the dropped copy")
     assert author.stats().ihave_sent == before.ihave_sent + 1
+
+
+async def test_a_restarted_peer_is_grafted_back_at_once_despite_an_old_backoff(
+    make_host: MakeHost, topic: Topic, bridge: TrioBridge
+) -> None:
+    """A peer that pruned us (its heartbeat does when its mesh is over D_high) and
+    then restarts with the same peer id is taken back into our mesh when it
+    reconnects, not refused for the rest of the backoff it asked for (60 s)."""
+    hub = await make_host(0)
+    peer = await make_host(1, bootstrap=hub.addrs)
+    await connected(hub, [peer], topic)
+    hub_id, peer_id = ID.from_base58(hub.peer_id), ID.from_base58(peer.peer_id)
+    hub_node, peer_node = hub._node, peer._node
+    assert hub_node is not None
+    assert peer_node is not None
+
+    async def prune() -> None:  # what the peer's heartbeat sends when its mesh is too big
+        await peer_node.gossipsub.emit_prune(topic.name, hub_id, False, False)
+
+    await bridge.run(prune)
+
+    async def backed_off() -> bool:
+        return peer_id in hub_node.gossipsub.back_off.get(topic.name, {})
+
+    await wait_until(backed_off, timeout_s=WAIT_S, what="the hub's backoff for the peer")
+    await peer.stop()
+
+    async def gone() -> bool:
+        return peer_id not in hub_node.pubsub.peers
+
+    await wait_until(gone, timeout_s=WAIT_S, what="the hub noticing the peer left")
+    restarted = await make_host(1, bootstrap=hub.addrs)
+    assert restarted.peer_id == peer.peer_id
+
+    async def meshed() -> bool:
+        return restarted.peer_id in hub.mesh_peers(topic)
+
+    await wait_until(meshed, timeout_s=WAIT_S, what="the restarted peer in the hub's mesh")
+    assert hub.stats().backoffs_forgiven == 1
+    sub = restarted.subscribe(topic)
+    await hub.publish(topic, Note(8, "after restart"))
+    assert (await take(sub)).n == 8
+
+    # A peer that lies: it prunes again and reconnects to dodge the backoff. Once
+    # per backoff period only: this time the backoff outlives its departure.
+    peer_node = restarted._node
+    assert peer_node is not None
+    await bridge.run(prune)
+    await wait_until(backed_off, timeout_s=WAIT_S, what="the hub's second backoff")
+    await restarted.stop()
+    await wait_until(gone, timeout_s=WAIT_S, what="the hub noticing the peer left again")
+    assert peer_id in hub_node.gossipsub.back_off[topic.name]
+    assert hub.stats().backoffs_forgiven == 1
