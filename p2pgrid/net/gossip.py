@@ -47,6 +47,10 @@ GRAFT refused, the backoff renewed for 60 s more and a PRUNE sent back: it
 stayed out of our mesh for a minute or more and heard our relays only through
 the IHAVE gossip of a heartbeat (docs/protocol-net.md, docs/reliability.md).
 py-libp2p already drops the peer's score and GRAFT-flood record on disconnect.
+And a peer its heartbeat prunes is backed off here too (:meth:`Gossip.mesh_heartbeat`,
+as go-libp2p does): py-libp2p recorded none, so a heartbeat whose mesh fell
+under D_low could GRAFT the peer it had just pruned, which that peer refuses
+and penalises as a GRAFT flood (within 10 s of a PRUNE).
 
 It also counts what leaves (see :class:`GossipCounters`).
 """
@@ -228,6 +232,17 @@ class Gossip(GossipSub):
             self.counters.idontwant_skipped += 1
             return
         await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+    def mesh_heartbeat(self) -> Any:
+        """py-libp2p's mesh maintenance, and a backoff (``prune_back_off``) for each
+        peer it prunes, before the PRUNE leaves: the heartbeats that follow do not
+        GRAFT it again within the backoff the PRUNE announces (go-libp2p's
+        ``prunePeer``)."""
+        peers_to_graft, peers_to_prune = super().mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        return peers_to_graft, peers_to_prune
 
     def gossip_heartbeat(self) -> Any:
         """py-libp2p's IHAVEs of this heartbeat, and to each peer whose copy of an own

@@ -219,3 +219,31 @@ async def test_a_restarted_peer_is_grafted_back_at_once_despite_an_old_backoff(
     await wait_until(gone, timeout_s=WAIT_S, what="the hub noticing the peer left again")
     assert peer_id in hub_node.gossipsub.back_off[topic.name]
     assert hub.stats().backoffs_forgiven == 1
+
+
+async def test_a_peer_the_heartbeat_prunes_is_backed_off_here_too(
+    make_host: MakeHost, topic: Topic
+) -> None:
+    """The heartbeat that prunes a mesh over D_high records a backoff for the pruned
+    peer (as go-libp2p does), so the next heartbeat, its mesh under D_low, does not
+    GRAFT it back at once: the pruned peer would refuse that GRAFT and penalise it
+    as a flood (a GRAFT within 10 s of a PRUNE)."""
+    hub = await make_host(0, mesh_degree=1, mesh_degree_low=1, mesh_degree_high=1)
+    leaves = [await make_host(i, bootstrap=hub.addrs) for i in (1, 2)]
+    await connected(hub, leaves, topic)
+    hub_node = hub._node
+    assert hub_node is not None
+    leaf_nodes = [leaf._node for leaf in leaves]
+    hub_id = ID.from_base58(hub.peer_id)
+
+    async def pruned() -> list[PeerHost] | None:  # the leaves the hub sent a PRUNE
+        return [
+            leaf
+            for leaf, node in zip(leaves, leaf_nodes, strict=True)
+            if node is not None and hub_id in node.gossipsub.back_off.get(topic.name, {})
+        ] or None
+
+    # Both leaves GRAFT the hub (their meshes are empty); its heartbeat prunes one.
+    (leaf,) = await wait_until(pruned, timeout_s=WAIT_S, what="a PRUNE from the hub")
+    assert ID.from_base58(leaf.peer_id) in hub_node.gossipsub.back_off.get(topic.name, {})
+    assert leaf.peer_id not in hub.mesh_peers(topic)
