@@ -283,9 +283,9 @@ class Gossip(GossipSub):
         A peer that comes back (a restarted process with the same key) starts
         with no memory of having pruned us, and GRAFTs at once. Forgiving it
         once per ``prune_back_off`` bounds what a peer that lies gains by
-        reconnecting: one mesh entry per backoff period (a full connection and
-        handshake each), where the backoff alone allows one; a GRAFT in between
-        is refused and penalised as before.
+        reconnecting: one mesh entry per backoff period more than the backoff
+        alone allows (each paid with a new connection and handshake); a GRAFT
+        in between is refused and penalised as before.
         """
         self._record_sent.discard(peer_id)
         self._tags.pop(peer_id, None)
