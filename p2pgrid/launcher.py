@@ -77,7 +77,11 @@ from p2pgrid.scenario import Scenario, SiteSpec, load_scenario
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 60.0  # per device: a gateway opens its devices one after another
+#: Per device (a gateway opens its devices one after another): a deadline for a
+#: process that will never say "ready", not a pace. A device whose meter reads
+#: a BDEW profile imports pandas and demandlib before it is ready; on a 2-core
+#: machine at load 20 a whole start (imports, lnd, host, replica) took ~70 s.
+READY_TIMEOUT_S = 120.0
 START_DELAY_S = 3.0  # between "all ready" and interval 0: the mesh settles
 SETTLE_MARGIN_S = 120.0  # after the last interval: invoices and payments
 CONVERGE_TIMEOUT_S = 60.0
