@@ -20,7 +20,9 @@ public way to ask, whatever a gateway's storage), samples the processes' memory
 and CPU all along (``/proc``), and reads each site's log from the utility's
 replica of that site (a path of the utility's own, not the devices'). A device
 that reports ``failed``, or a process that ends, fails the run
-(:class:`FleetFailed`) with its log's tail.
+(:class:`FleetFailed`) with its log's tail; so does a deadline passed (every
+device ready, every device done and the utility's invoices after the period),
+saying how many devices of each site were.
 
 :class:`FleetRun` is what the bench prints and the test asserts: per device its
 report and the lateness of its reading of every interval (its log entry's
@@ -39,7 +41,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -369,10 +371,13 @@ async def _sample(pids: Mapping[str, int], zero: list[float], into: list[Sample]
         await asyncio.sleep(SAMPLE_PERIOD_S)  # the sampling period, not a synchronisation
 
 
-async def _each(child: ChildProcess, event: str, names: Sequence[str]) -> dict[str, Any]:
-    """The ``event`` line of every device of ``names`` (a gateway's), by name; a
-    ``failed`` line or the process's end raises :class:`FleetFailed`."""
-    got: dict[str, Any] = {}
+async def _each(
+    child: ChildProcess, event: str, names: Sequence[str], got: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``event`` line of every device of ``names`` (a gateway's), by name, into
+    ``got`` (so a caller that times out sees how far it came); a ``failed`` line or
+    the process's end raises :class:`FleetFailed`."""
+    got = {} if got is None else got
     while len(got) < len(names):
         try:
             line = await child.next_event()
@@ -434,9 +439,10 @@ async def _run(fleet: Fleet, children: list[ChildProcess]) -> FleetRun:
         sampler = group.create_task(_sample(pids, zero, samples))
         try:
             peer_ids = {}
-            async with asyncio.timeout(READY_TIMEOUT_S):
+            seen: dict[str, dict[str, Any]] = {site.name: {} for site in fleet.sites}
+            async with saying_who(fleet.sites, "ready", seen, READY_TIMEOUT_S):
                 for site in fleet.sites:
-                    ready = await _each(gateways[site.name], "ready", site.devices)
+                    ready = await _each(gateways[site.name], "ready", site.devices, seen[site.name])
                     peer_ids.update({n: str(e["peer_id"]) for n, e in ready.items()})
             ready_s = time.monotonic() - spawned
             at = time.time() + START_DELAY_S
@@ -446,9 +452,10 @@ async def _run(fleet: Fleet, children: list[ChildProcess]) -> FleetRun:
             run_s = START_DELAY_S + plan.intervals * plan.interval_s + SETTLE_MARGIN_S
             reports: dict[str, Any] = {}
             net: dict[str, Any] = {}
-            async with asyncio.timeout(run_s):
+            seen = {site.name: {} for site in fleet.sites}
+            async with saying_who(fleet.sites, "done", seen, run_s):
                 for site in fleet.sites:
-                    done = await _each(gateways[site.name], "done", site.devices)
+                    done = await _each(gateways[site.name], "done", site.devices, seen[site.name])
                     reports.update({n: e["report"] for n, e in done.items()})
                     net.update({n: e.get("net", {}) for n, e in done.items()})
                 invoices = (await utility.expect("done"))["invoices"]
@@ -479,6 +486,33 @@ async def _run(fleet: Fleet, children: list[ChildProcess]) -> FleetRun:
         samples=samples,
         pids=pids,
     )
+
+
+@contextlib.asynccontextmanager
+async def saying_who(
+    sites: Sequence[FleetSite],
+    event: str,
+    seen: Mapping[str, Mapping[str, Any]],
+    timeout_s: float,
+) -> AsyncIterator[None]:
+    """``asyncio.timeout(timeout_s)`` whose expiry raises :class:`FleetFailed`
+    saying how many devices of each site had printed their ``event`` line
+    (``seen``: the lines read, by site). The gateways are read in turn, so a site
+    after the first one short is "not read"; if every device's line was read, what
+    the time ran out on was the utility's."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        counts, short = [], False
+        for site in sites:
+            got = len(seen.get(site.name, {}))
+            counts.append(f"{site.name} " + ("not read" if short else f"{got}/{len(site.devices)}"))
+            short = short or got < len(site.devices)
+        who = "" if short else f"; the {UTILITY}'s not"
+        raise FleetFailed(
+            f"no {event!r} line of every device after {timeout_s:.0f} s: {', '.join(counts)}{who}"
+        ) from exc
 
 
 async def _converged(

@@ -3,6 +3,7 @@ end-to-end test run is what the plan says, and files the product accepts."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,15 @@ from p2pgrid.config.keys import read_entries
 from p2pgrid.identity import Signer, SiteIdentity
 from p2pgrid.ledger import Allocation, Enrol, Role
 from p2pgrid.lightning import LndEndpoint
-from p2pgrid.testing.fleet import FleetNodes, FleetPlan, with_bootstrap, write_fleet
+from p2pgrid.testing.fleet import (
+    FleetFailed,
+    FleetNodes,
+    FleetPlan,
+    FleetSite,
+    saying_who,
+    with_bootstrap,
+    write_fleet,
+)
 
 #: Public keys in the form lnd prints (any valid point will do for the files).
 PUBKEYS = [Signer.generate().pubkey.hex() for _ in range(5)]
@@ -81,3 +90,37 @@ def test_the_fleet_files_enrol_and_allocate_every_device(tmp_path: Path) -> None
         site.file.write_text(with_bootstrap(site.file.read_text(), addrs))
         bootstraps = [d.bootstrap for d in SiteFile(site.file).model.devices]
         assert bootstraps == [addrs] + [[]] * (len(site.devices) - 1)
+
+
+def fleet_sites(sizes: list[int], tmp_path: Path) -> list[FleetSite]:
+    sites = []
+    for s, n in enumerate(sizes):
+        names = tuple(f"s{s}-d{d}" for d in range(n))
+        sites.append(FleetSite(f"site-{s}", tmp_path / f"site-{s}.toml", PUBKEYS[s], names,
+                               {name: d for d, name in enumerate(names)}))  # fmt: skip
+    return sites
+
+
+async def test_a_passed_deadline_says_how_far_each_site_came(tmp_path: Path) -> None:
+    sites = fleet_sites([3, 2, 2], tmp_path)
+    seen = {"site-0": {"s0-d0": {}, "s0-d1": {}, "s0-d2": {}}, "site-1": {"s1-d0": {}}}
+    with pytest.raises(FleetFailed) as failed:
+        async with saying_who(sites, "done", seen, 0.01):
+            await asyncio.Event().wait()  # never set: the deadline passes
+    assert str(failed.value) == (
+        "no 'done' line of every device after 0 s: site-0 3/3, site-1 1/2, site-2 not read"
+    )
+    assert isinstance(failed.value.__cause__, TimeoutError)
+
+
+async def test_a_passed_deadline_with_every_device_read_names_the_utility(tmp_path: Path) -> None:
+    sites = fleet_sites([1, 1], tmp_path)
+    seen = {"site-0": {"s0-d0": {}}, "site-1": {"s1-d0": {}}}
+    with pytest.raises(FleetFailed, match=r"site-0 1/1, site-1 1/1; the utility's not$"):
+        async with saying_who(sites, "done", seen, 0.01):
+            await asyncio.Event().wait()
+
+
+async def test_within_its_deadline_nothing_is_raised(tmp_path: Path) -> None:
+    async with saying_who(fleet_sites([1], tmp_path), "ready", {}, 5.0):
+        pass
