@@ -252,9 +252,14 @@ class EnergyDesk:
 
     async def _mine(self, period: int, interval: int) -> tuple[Order | None, Cleared | None]:
         """This device's ``order`` and ``cleared`` entries of round (period, interval)."""
+        return self._own(await self.store.entries(period=period), interval)
+
+    def _own(self, entries: list[Entry], interval: int) -> tuple[Order | None, Cleared | None]:
+        """This device's ``order`` and ``cleared`` entries of round ``interval``
+        among ``entries`` (its period's)."""
         order = cleared = None
         me = Author.device(self.me.device)
-        for entry in await self.store.entries(period=period):
+        for entry in entries:
             body = entry.body
             if entry.author != me or not isinstance(body, Order | Cleared):
                 continue
@@ -338,10 +343,10 @@ class EnergyDesk:
         the replica after the settlement (a late bid) may clear the book anew at
         another price, but the device bought at this one, and what it defers is
         priced against it (bought + deferred never exceeds its need)."""
-        cleared = (await self._mine(period, interval))[1]
+        entries = await self.store.entries(period=period)
+        cleared = self._own(entries, interval)[1]
         if cleared is not None:
             return cleared.price_msat_per_kwh
-        entries = await self.store.entries(period=period)
         try:
             book = round_book(entries, self.me.site_id, period=period, interval=interval)
         except MarketError:
@@ -610,15 +615,11 @@ class EnergyDesk:
         """After the round closed: clear it from this replica, log the ``cleared``
         entry and pay each seller its trade; returns the Wh bought. A round is
         settled once (a second call, after a restart say, buys nothing)."""
-        if (await self._mine(period, interval))[1] is not None:
+        entries = await self.store.entries(period=period)
+        if self._own(entries, interval)[1] is not None:
             return 0
         try:
-            book = round_book(
-                await self.store.entries(period=period),
-                self.me.site_id,
-                period=period,
-                interval=interval,
-            )
+            book = round_book(entries, self.me.site_id, period=period, interval=interval)
         except MarketError as exc:
             log.warning("[%s] round %d/%d does not clear: %s", self.name, period, interval, exc)
             return 0
