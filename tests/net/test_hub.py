@@ -17,6 +17,7 @@ from p2pgrid.net import (
     Delivery,
     DeviceAbsent,
     DeviceKey,
+    EventStream,
     FrameError,
     HostHub,
     NetConfig,
@@ -319,6 +320,33 @@ async def test_a_listed_device_enrolled_here_later_joins_and_leaves_when_revoked
     assert honest.stats().banned == ()
 
 
+async def _refused_as_non_member(honest: PeerHost, late: PeerHost) -> None:
+    """Until ``honest`` refused both hello exchanges of ``late`` (the one each side
+    opened): ``late``'s signer, device 100, is no member here yet."""
+
+    async def refused() -> bool:
+        return honest.stats().misbehaviour.get(late.peer_id, {}).get("hello:not_member", 0) == 2
+
+    await wait_until(refused, timeout_s=WAIT_S, what="the non-member's hellos to be refused")
+
+
+async def _enrolled_and_joined(
+    topic: Topic, owner: TestSite, events: EventStream, late: PeerHost
+) -> None:
+    """Enrol device 100 in the roster of ``topic``'s node; ``late`` then joins it:
+    the next event of ``events``, on the same connection."""
+    (roster,) = topic.members.rosters
+    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
+    async with asyncio.timeout(WAIT_S):
+        joined = await anext(events)
+    assert isinstance(joined, PeerJoined)
+    assert (joined.peer.peer_id, joined.peer.site_id, joined.peer.device_index) == (
+        late.peer_id,
+        owner.identity.site_id,
+        100,
+    )
+
+
 async def test_a_peer_whose_signer_is_enrolled_here_later_joins_without_reconnecting(
     make_hub: MakeHub, owner: TestSite, topic: Topic
 ) -> None:
@@ -330,21 +358,9 @@ async def test_a_peer_whose_signer_is_enrolled_here_later_joins_without_reconnec
     events = honest.events()
     (late,) = await make_hub(keys(owner, [100]), bootstrap=honest.addrs)
 
-    async def refused() -> bool:  # both exchanges: the one each side opened
-        return honest.stats().misbehaviour.get(late.peer_id, {}).get("hello:not_member", 0) == 2
-
-    await wait_until(refused, timeout_s=WAIT_S, what="the non-member's hellos to be refused")
+    await _refused_as_non_member(honest, late)
     assert honest.peers() == ()
-    (roster,) = topic.members.rosters  # the log of this node learns the enrolment
-    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
-    async with asyncio.timeout(WAIT_S):
-        joined = await anext(events)
-    assert isinstance(joined, PeerJoined)
-    assert (joined.peer.peer_id, joined.peer.site_id, joined.peer.device_index) == (
-        late.peer_id,
-        site,
-        100,
-    )
+    await _enrolled_and_joined(topic, owner, events, late)  # the log of this node learns it
     assert {(p.site_id, p.device_index) for p in honest.peers()} == {(site, 100)}
     # the refusal is not counted again when the kept hello is checked again
     assert honest.stats().misbehaviour[late.peer_id]["hello:not_member"] == 2
@@ -418,7 +434,6 @@ async def test_a_kept_hello_gone_stale_by_its_recheck_gets_a_new_hello_exchange(
     is enrolled here: instead of refusing it (stale, the peer's fault in nothing)
     this node opens a new hello exchange, whose fresh hello admits the peer on
     the same connection. Both hubs read one hand-moved clock: no waiting."""
-    site = owner.identity.site_id
     clock = ManualClock()
     (honest,) = await make_hub(keys(owner, [0]), clock=clock)
     events = honest.events()
@@ -427,22 +442,10 @@ async def test_a_kept_hello_gone_stale_by_its_recheck_gets_a_new_hello_exchange(
     def count(reason: str) -> int:
         return honest.stats().misbehaviour.get(late.peer_id, {}).get(reason, 0)
 
-    async def refused() -> bool:  # both exchanges: the one each side opened
-        return count("hello:not_member") == 2
-
-    await wait_until(refused, timeout_s=WAIT_S, what="the non-member's hellos to be refused")
+    await _refused_as_non_member(honest, late)
     assert honest.stats().accepted == 0
     clock.t += honest.hub.config.replay_window_s + 1  # the kept hello is stale now
-    (roster,) = topic.members.rosters
-    roster.enrol(Role.DEVICE, 100, owner.device(100).pubkey, 0)
-    async with asyncio.timeout(WAIT_S):
-        joined = await anext(events)
-    assert isinstance(joined, PeerJoined)
-    assert (joined.peer.peer_id, joined.peer.site_id, joined.peer.device_index) == (
-        late.peer_id,
-        site,
-        100,
-    )
+    await _enrolled_and_joined(topic, owner, events, late)
     assert honest.stats().accepted == 1  # the new exchange's hello, not the kept one
     assert count("hello:stale") == 0  # an honest peer's old hello is not held against it
     assert count("hello:not_member") == 2
