@@ -53,6 +53,20 @@ under D_low could GRAFT the peer it had just pruned, which that peer refuses
 and penalises as a GRAFT flood (within 10 s of a PRUNE).
 
 It also counts what leaves (see :class:`GossipCounters`).
+
+:class:`SitePubsub` (py-libp2p's ``Pubsub``) opens its pubsub stream to a newly
+connected peer again when the first open fails in protocol negotiation.
+py-libp2p 0.8.1 retries the open, while the peer stays connected, only when it
+fails with ``SwarmException`` or ``StreamClosed``; a multistream negotiation
+that times out or whose read fails (a host starved of CPU at its start) raises
+``StreamFailure``, which it treats as final: the peer stayed connected but was
+never registered, for the life of the connection. Each side sends its
+subscriptions on the stream it opens, so the pair was half registered: the side
+whose open failed knew the peer's subscriptions but never sent it anything
+(not in ``peers``: every message skipped, and queued for it in vain), and the
+peer had it in ``peers`` with no subscription on record (never in its mesh,
+never flood-published to). Each message between the two had to find a third
+member that relays it, or waited for anti-entropy.
 """
 
 from __future__ import annotations
@@ -63,9 +77,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from libp2p.host.exceptions import StreamFailure
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
 
 from p2pgrid.net.envelope import parse
 from p2pgrid.net.errors import EnvelopeError
@@ -128,6 +145,9 @@ class GossipCounters:
     #: Departed peers whose prune backoff was forgotten (the first departure of
     #: a peer in a backoff period; see :meth:`Gossip.remove_peer`).
     backoffs_forgiven: int = 0
+    #: Pubsub stream opens to a connected peer that failed in negotiation and are
+    #: tried again (see :class:`SitePubsub`).
+    stream_open_retries: int = 0
 
 
 class Gossip(GossipSub):
@@ -317,6 +337,32 @@ class Gossip(GossipSub):
                     key = (self.pubsub.get_message_id(msg), msg.topicIDs[0])
                     self._own_dropped.setdefault(peer_id, set()).add(key)
         super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+
+class SitePubsub(Pubsub):
+    """py-libp2p's ``Pubsub`` whose failed stream opens to a connected peer are
+    tried again, whatever the failure (see the module's docstring)."""
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        try:
+            await super()._handle_new_peer(peer_id)
+        except StreamFailure as exc:
+            if refused_every_protocol(exc):
+                raise  # it does not speak gossipsub: final, as in py-libp2p
+            # A negotiation that timed out, or whose read or write failed: the
+            # retry loop (_handle_new_peer_with_retry) tries again, with its capped
+            # back-off (0.5 s doubling to 10 s), while the peer stays connected, as
+            # it does for a SwarmException.
+            if isinstance(self.router, Gossip):
+                self.router.counters.stream_open_retries += 1
+            raise SwarmException(f"pubsub stream to {peer_id} failed: {exc}") from exc
+
+
+def refused_every_protocol(exc: StreamFailure) -> bool:
+    """Whether a stream open failed because the peer answered "na" to every
+    protocol offered (py-libp2p 0.8.1's ``MultiselectClient.select_one_of``
+    says so in its message; nothing else tells it from a timeout)."""
+    return str(exc.__cause__).startswith("protocols not supported")
 
 
 def first_hop_tags(data: bytes) -> frozenset[bytes]:

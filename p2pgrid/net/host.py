@@ -142,6 +142,9 @@ class NetStats:
     #: Departed peers whose prune backoff was forgotten, so that the restarted
     #: peer is grafted back at once (once per backoff period and peer).
     backoffs_forgiven: int = 0
+    #: Pubsub stream opens to a connected peer that failed in negotiation (a
+    #: starved start) and were tried again.
+    stream_open_retries: int = 0
 
 
 class Subscription:
@@ -798,6 +801,7 @@ class PeerHost:
             snapshot.relays_skipped = gossip.counters.relays_skipped
             snapshot.own_drops_gossiped = gossip.counters.own_drops_gossiped
             snapshot.backoffs_forgiven = gossip.counters.backoffs_forgiven
+            snapshot.stream_open_retries = gossip.counters.stream_open_retries
         return snapshot
 
 

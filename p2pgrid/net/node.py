@@ -27,7 +27,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
@@ -64,7 +63,7 @@ from p2pgrid.net.frames import (
     read_frame,
     write_frame,
 )
-from p2pgrid.net.gossip import Gossip
+from p2pgrid.net.gossip import Gossip, SitePubsub
 from p2pgrid.net.membership import PROTOCOL_PREFIX, Membership, Topic
 from p2pgrid.net.misbehaviour import Misbehaviour
 from p2pgrid.net.muxer import muxer_options
@@ -274,7 +273,7 @@ class TrioNode:
             # Every peer of a one-machine test shares 127.0.0.1.
             eclipse_protection_enabled=False,
         )
-        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        self.pubsub = SitePubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p 0.8.1 starts its pubsub seqno counter at int(time.time()) and adds
         # one per publish. Our peer id is stable (derived from the device key), so a
         # restarted agent that published faster than 1/s before would reuse seqnos

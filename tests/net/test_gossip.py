@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.host.exceptions import StreamFailure
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.pubsub.pb.rpc_pb2 import RPC
 
 from p2pgrid.net import PeerHost, Subscription, Topic, TrioBridge
 from p2pgrid.net.gossip import IDONTWANT_MIN_BYTES
+from p2pgrid.net.node import TrioNode
 from p2pgrid.poll import wait_until
 from tests.net.conftest import MakeHost, Note
 
@@ -247,3 +254,78 @@ async def test_a_peer_the_heartbeat_prunes_is_backed_off_here_too(
     (leaf,) = await wait_until(pruned, timeout_s=WAIT_S, what="a PRUNE from the hub")
     assert ID.from_base58(leaf.peer_id) in hub_node.gossipsub.back_off.get(topic.name, {})
     assert leaf.peer_id not in hub.mesh_peers(topic)
+
+
+def _failing_pubsub_opens(node: TrioNode, failures: list[Exception]) -> list[ID]:
+    """Make ``node``'s pubsub stream opens raise ``failures`` one after the other (as
+    py-libp2p's ``BasicHost.new_stream`` does when a negotiation times out), then
+    open as usual; returns the peers whose opens failed."""
+    real = node.host.new_stream
+    failed: list[ID] = []
+
+    async def new_stream(peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        if failures and any("meshsub" in p for p in protocol_ids):
+            failed.append(peer_id)
+            raise failures.pop(0)
+        return await real(peer_id, protocol_ids)
+
+    node.host.new_stream = new_stream  # type: ignore[method-assign]
+    return failed
+
+
+def _stream_failure(cause: str) -> StreamFailure:
+    try:
+        raise StreamFailure("failed to open a stream") from MultiselectClientError(cause)
+    except StreamFailure as exc:
+        return exc
+
+
+async def test_a_pubsub_stream_whose_negotiation_timed_out_is_opened_again(
+    make_host: MakeHost, topic: Topic
+) -> None:
+    """py-libp2p 0.8.1 gave up on a pubsub stream whose negotiation timed out (a
+    starved start) although the peer stayed connected: neither side then sent the
+    other anything on the topic (one had no stream, the other no subscription on
+    record). It is opened again while the peer stays connected."""
+    left = await make_host(0)
+    assert left._node is not None
+    failed = _failing_pubsub_opens(
+        left._node, [_stream_failure("response timed out after 30s, protocols tried: [...]")]
+    )
+    right = await make_host(1, bootstrap=left.addrs)
+    await connected(left, [right], topic)
+    await connected(right, [left], topic)
+    assert [str(peer) for peer in failed] == [right.peer_id]
+    assert left.stats().stream_open_retries == 1
+    left_sub, right_sub = left.subscribe(topic), right.subscribe(topic)
+    await left.publish(topic, Note(1, "left to right"))
+    assert (await take(right_sub)).n == 1
+    await right.publish(topic, Note(2, "right to left"))
+    assert (await take(left_sub)).n == 2
+
+
+async def test_a_peer_that_refuses_gossipsub_is_not_asked_again(
+    make_host: MakeHost, topic: Topic, bridge: TrioBridge
+) -> None:
+    left = await make_host(0)
+    right = await make_host(1, bootstrap=left.addrs)
+    await connected(left, [right], topic)
+    node = left._node
+    assert node is not None
+    refusal = _stream_failure("protocols not supported: tried [...], timeout=30s")
+    timeout = _stream_failure("response timed out after 30s, protocols tried: [...]")
+    _failing_pubsub_opens(node, [refusal, timeout])
+    peer = ID.from_base58(right.peer_id)
+    del node.pubsub.peers[peer]  # so that a new open is tried (no retry task is started)
+
+    async def open_once() -> type[Exception]:
+        try:
+            await node.pubsub._handle_new_peer(peer)
+        except Exception as exc:  # noqa: BLE001 - the test reads its type
+            return type(exc)
+        raise AssertionError("the injected failure did not happen")
+
+    assert await bridge.run(open_once) is StreamFailure  # final: not retried
+    assert left.stats().stream_open_retries == 0
+    assert await bridge.run(open_once) is SwarmException  # the retry loop's kind
+    assert left.stats().stream_open_retries == 1
