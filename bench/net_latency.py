@@ -21,9 +21,11 @@ IDONTWANTs) and its mesh size, and a p2pgrid host the dials it started and the
 connections it opened before the measured phase (``start_dials``,
 ``start_conns``: a connection counts at both ends, so a full mesh of N agents is
 N x (N - 1), more is duplicates) and in it (``dials``, ``conns``: the start's
-dialling still going on), its hello exchanges that failed (``hello_failures``)
-and, after it, its connected peers (``connected/agent``, against ``peers/agent``
-whose hello it accepted); the notes column shows them, summed over the agents.
+dialling still going on), its hello exchanges that failed (``hello_failures``),
+its pubsub stream opens that failed in negotiation and were tried again
+(``stream_retries``) and, after it, its connected peers (``connected/agent``,
+against ``peers/agent`` whose hello it accepted); the notes column shows them,
+summed over the agents.
 
 Both fleets get the same bootstrap lists: agent ``i`` dials agent 0 and up to
 ``--fanout - 1`` random earlier agents (py-libp2p alone has no peer exchange that

@@ -238,6 +238,7 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
                             "start_conns": before.connections_opened,
                             "connected": stats.connected,
                             "hello_failures": stats.hello_failures,
+                            "stream_retries": stats.stream_open_retries,
                         },
                     )
             warm.cancel()
