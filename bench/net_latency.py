@@ -13,8 +13,10 @@ mode (``--modes``):
    gossipsub tuning of :mod:`p2pgrid.net.gossip`);
 3. optional: ``p2pgrid-untuned`` (p2pgrid with py-libp2p's gossipsub behaviour,
    as before :mod:`p2pgrid.net.gossip`), ``raw-tuned`` (plain py-libp2p with
-   that tuning: what is left is the layer's own cost) and ``p2pgrid-hello-once``
-   (p2pgrid trying each hello exchange once, as before ``NetConfig.hello_tries``).
+   that tuning: what is left is the layer's own cost), ``p2pgrid-hello-once``
+   (p2pgrid trying each hello exchange once, as before ``NetConfig.hello_tries``)
+   and ``p2pgrid-no-first-hop`` (p2pgrid whose relays go to the whole mesh, as
+   before ``NetConfig.first_hop_claims``).
 
 Every router counts what it sends (RPCs, RPCs dropped by full outbound queues,
 IDONTWANTs) and its mesh size, and a p2pgrid host the dials it started and the
@@ -53,7 +55,8 @@ in turn and prints each round's ratios (and their median); each row shows the
 Usage: .venv/bin/python bench/net_latency.py [--agents 10 50] [--rate 1]
        [--devices 1] [--duration 20] [--drain 3] [--settle 0] [--fanout 4]
        [--modes raw p2pgrid] [--repeat 1]
-       (modes: raw raw-tuned p2pgrid p2pgrid-untuned p2pgrid-hello-once)
+       (modes: raw raw-tuned p2pgrid p2pgrid-untuned p2pgrid-hello-once
+        p2pgrid-no-first-hop)
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ async def measure(
                     untuned_gossip=mode == "p2pgrid-untuned",
                     tuned_gossip=mode == "raw-tuned",
                     hello_once=mode == "p2pgrid-hello-once",
+                    no_first_hop=mode == "p2pgrid-no-first-hop",
                 )
                 for i in wave
             ]
@@ -306,7 +310,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print()
     by_key = {(r.agents, r.round, r.mode): r for r in results}
     pairs = [(mode, "raw") for mode in args.modes if mode != "raw"]
-    for base in ("raw-tuned", "p2pgrid-hello-once"):
+    for base in ("raw-tuned", "p2pgrid-hello-once", "p2pgrid-no-first-hop"):
         pairs += [("p2pgrid", base)] if {"p2pgrid", base} <= set(args.modes) else []
     for agents in args.agents:
         for layer_mode, base_mode in pairs:
@@ -381,13 +385,21 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["raw", "raw-tuned", "p2pgrid", "p2pgrid-untuned", "p2pgrid-hello-once"],
+        choices=[
+            "raw",
+            "raw-tuned",
+            "p2pgrid",
+            "p2pgrid-untuned",
+            "p2pgrid-hello-once",
+            "p2pgrid-no-first-hop",
+        ],
         default=["raw", "p2pgrid"],
         help="p2pgrid-untuned: p2pgrid with py-libp2p's gossipsub behaviour, as before "
         "p2pgrid.net.gossip (mesh up to 12, an IDONTWANT per message, a signed peer "
         "record in every RPC); raw-tuned: plain py-libp2p with p2pgrid.net.gossip's "
         "tuning (and so p2pgrid.net's imports in its memory); p2pgrid-hello-once: p2pgrid "
-        "trying each hello exchange once, as before NetConfig.hello_tries",
+        "trying each hello exchange once, as before NetConfig.hello_tries; "
+        "p2pgrid-no-first-hop: p2pgrid without first-hop records (relays to the whole mesh)",
     )
     args = parser.parse_args()
     if min(args.agents) < 2:

@@ -171,6 +171,8 @@ async def run_p2pgrid(args: argparse.Namespace) -> None:
         )
     if args.hello_once:  # as p2pgrid tried its hellos before NetConfig.hello_tries
         config = dataclasses.replace(config, hello_tries=1)
+    if args.no_first_hop:  # relays to the whole mesh, as before first-hop records
+        config = dataclasses.replace(config, first_hop_claims=False)
     host = PeerHost(
         config,
         DeviceKey(roster.site, args.index, key("device", args.index)),
@@ -413,6 +415,11 @@ def main(argv: list[str] | None = None) -> None:
         "--hello-once",
         action="store_true",
         help="p2pgrid trying each hello exchange once, as before NetConfig.hello_tries",
+    )
+    parser.add_argument(
+        "--no-first-hop",
+        action="store_true",
+        help="p2pgrid without first-hop records (relays go to the whole mesh)",
     )
     args = parser.parse_args(argv)
     if args.raw:

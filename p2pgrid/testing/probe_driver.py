@@ -47,6 +47,8 @@ class ProbeSpec:
     tuned_gossip: bool = False
     #: p2pgrid mode trying each hello exchange once, as before NetConfig.hello_tries.
     hello_once: bool = False
+    #: p2pgrid mode without first-hop records (NetConfig.first_hop_claims off).
+    no_first_hop: bool = False
     #: Where it listens (and what it advertises), and whether it also finds peers by mDNS.
     host: str = "127.0.0.1"
     mdns: bool = False
@@ -65,6 +67,8 @@ class ProbeSpec:
             args.append("--tuned-gossip")
         if self.hello_once:
             args.append("--hello-once")
+        if self.no_first_hop:
+            args.append("--no-first-hop")
         for addr in self.bootstrap:
             args += ["--bootstrap", addr]
         if self.raw:
