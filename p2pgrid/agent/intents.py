@@ -60,11 +60,15 @@ safe:
 - A pruning lost that way leaves rows that are no longer open; the next close
   deletes them.
 
-``synchronous=FULL`` on the resolution never ordered it after the log's own
-commit either: the log (another file, ``synchronous=NORMAL``, see
-:mod:`p2pgrid.ledger.store`) may lose its last commits in a power cut while
-this file keeps the ``logged`` mark, whether that mark is synced or not
-(docs/security.md, "Known gaps").
+The log's own commit comes first. An intent is marked ``logged`` only after
+the :meth:`~p2pgrid.ledger.writer.LogWriter.append` of each of its entries
+returned (:meth:`Paymaster._logged`), and the log (another file) commits an
+entry its writer signs with ``synchronous=FULL`` (:mod:`p2pgrid.ledger.store`,
+"Durability"): the payment's entries are on disk before the mark is written,
+let alone synced. So the mark never outlives, in a power cut, the entries it
+stands for; an intent marked ``logged`` from an entry found in the log
+(``in the log``, on recovery) counts on that entry the same way (this device's
+entries reach its log synced, or come back from the peers that hold them).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from typing import Literal
 
 import aiosqlite
 
+from p2pgrid.commit_sync import CommitSync
 from p2pgrid.errors import FatalError
 from p2pgrid.finish import to_the_end
 
@@ -196,7 +201,7 @@ class IntentBook:
     def __init__(self, db: aiosqlite.Connection, name: str) -> None:
         self._db = db
         self.name = name
-        self._synced = True  # the connection's synchronous is FULL (set by open)
+        self._sync = CommitSync(db, full=True)  # set by open
         self._writing = asyncio.Lock()
 
     @classmethod
@@ -229,9 +234,7 @@ class IntentBook:
         # connection, and a pragma or commit of one must not land inside
         # another's transaction.
         async with self._writing:
-            if durable != self._synced:  # SQLite refuses to change it inside a transaction
-                await self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._synced = durable
+            await self._sync.before_transaction(full=durable)  # refused inside a transaction
             try:
                 cursor = await self._db.execute(sql, params)
             except aiosqlite.Error:

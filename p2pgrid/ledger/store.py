@@ -38,6 +38,28 @@ revocations are a draft that only the batch's own checks read, published right
 after the commit (the roster's watchers, e.g. the net layer re-reading its
 peers' hellos, hear of it then, once) and dropped if the batch rolls back. A
 rolled-back batch notifies nobody.
+
+Durability. The database is in WAL mode, where a committed batch survives a
+killed process whatever ``synchronous`` says; ``synchronous`` decides what a
+power cut or an OS crash keeps (:mod:`p2pgrid.commit_sync`). A batch of entries
+this process signed (``ingest(..., durable=True)``: every
+:meth:`~p2pgrid.ledger.writer.LogWriter.append`, so the agent's, the utility's
+and each device's of a gateway's shared store) is committed with
+``synchronous=FULL``: on disk before the call returns, so before the entry can
+be read by anyone: published (the agent hands the net layer what
+:meth:`fetch_range` reads after the append returned; a peer's pull reads it
+through the same lock, after the commit), or taken as the record of a payment
+(:mod:`p2pgrid.agent.paymaster` marks the payment's intent ``logged`` after its
+entries' append returned). So a power cut never takes back an entry that a peer
+may hold or an intent counts on: the restarted writer continues its chain after
+it and never signs another entry at its sequence number. Peers' entries (sync,
+gossip, the owner's entries file) are committed with ``synchronous=NORMAL``: a
+power cut may lose the last of those batches (never a later one without an
+earlier one: the WAL keeps a prefix of the commits), and anti-entropy fetches
+them again from the peers that hold them. Each synced commit syncs every
+earlier one with it. The heads in memory move with a batch before its commit
+(their digest may name an entry not yet synced); its bytes leave only through
+queries, which wait for the commit.
 """
 
 from __future__ import annotations
@@ -53,6 +75,7 @@ from types import TracebackType
 
 import aiosqlite
 
+from p2pgrid.commit_sync import CommitSync
 from p2pgrid.finish import to_the_end
 from p2pgrid.identity import Roster, SiteIdentity
 from p2pgrid.ledger.bodies import BodyError, EntryKind, Revoke, Role
@@ -145,6 +168,7 @@ class LogStore:
 
     def __init__(self, conn: aiosqlite.Connection, site: SiteIdentity, name: str) -> None:
         self._conn = conn
+        self._sync = CommitSync(conn, full=False)  # set to NORMAL by _setup
         #: This replica's own view of who is a member (never shared with another store).
         self.membership = Membership(site)
         self.name = name
@@ -221,7 +245,8 @@ class LogStore:
     async def _setup(self) -> None:
         await self._conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit survives a process crash; a power cut may lose
-        # the last commits but never leaves a torn log.
+        # the last commits but never leaves a torn log. A batch of the writer's
+        # own entries is synced (``durable``; see the module's "Durability").
         await self._conn.execute("PRAGMA synchronous=NORMAL")
         await self._conn.executescript(_SCHEMA)
         site = self.membership.site_hash
@@ -403,11 +428,17 @@ class LogStore:
 
     # -- ingest ---------------------------------------------------------------
 
-    async def ingest(self, raw: bytes) -> IngestReport:
-        return await self.ingest_many([raw])
+    async def ingest(self, raw: bytes, *, durable: bool = False) -> IngestReport:
+        return await self.ingest_many([raw], durable=durable)
 
-    async def ingest_many(self, raws: Sequence[bytes]) -> IngestReport:
-        """Verify and store a batch in one transaction; see :class:`Outcome`."""
+    async def ingest_many(self, raws: Sequence[bytes], *, durable: bool = False) -> IngestReport:
+        """Verify and store a batch in one transaction; see :class:`Outcome`.
+
+        ``durable``: the batch is on disk when this returns (committed with
+        ``synchronous=FULL``), as an entry this process signed must be before
+        anyone reads it (:class:`~p2pgrid.ledger.writer.LogWriter`); without it
+        (peers' entries) a power cut may lose the batch, and sync brings its
+        entries again (see the module's "Durability")."""
         if self._closed:
             raise LedgerError(f"[{self.name}] store is closed")
         results: list[IngestResult | None] = [None] * len(raws)
@@ -429,10 +460,13 @@ class LogStore:
         # handed whatever happens to the awaiting task, so a cancel landing while
         # COMMIT runs would otherwise roll the in-memory heads back under a
         # committed batch.
-        return await to_the_end(self._write_batch(candidates, results))
+        return await to_the_end(self._write_batch(candidates, results, durable))
 
     async def _write_batch(
-        self, candidates: list[tuple[int, Entry]], results: list[IngestResult | None]
+        self,
+        candidates: list[tuple[int, Entry]],
+        results: list[IngestResult | None],
+        durable: bool,
     ) -> IngestReport:
         async with self._lock:  # one batch at a time: gossip and pulls interleave
             if self._closed:
@@ -445,6 +479,7 @@ class LogStore:
             pending_before = {a: dict(s) for a, s in self._pending.items()}
             flagged_before = set(self._flagged)
             self._revoked = []
+            await self._sync.before_transaction(full=durable)  # refused inside a transaction
             await self._conn.execute("BEGIN IMMEDIATE")
             self.roster.begin()  # readers and watchers see the batch's members once committed
             try:

@@ -1,8 +1,11 @@
 """Writing one's own entries: the next sequence number and link come from the store.
 
 An agent writes only through its :class:`LogWriter`, one at a time, and the
-entry is stored before it is published; so a restarted agent continues its chain
-from what it stored and never signs two entries with the same sequence number.
+entry is stored, synced to disk (``synchronous=FULL``, see
+:mod:`p2pgrid.ledger.store`, "Durability"), before :meth:`LogWriter.append`
+returns, so before it is published or counted; so a restarted agent, even
+after a power cut, continues its chain from what it stored and never signs two
+entries with the same sequence number.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class LogWriter:
                 timestamp_ms=max(timestamp_ms, min_ts),
                 body=body,
             )
-            report = await self.store.ingest(entry.raw)
+            report = await self.store.ingest(entry.raw, durable=True)  # before anyone reads it
             result = report.results[0]
             if result.outcome is not Outcome.STORED:
                 raise LedgerError(f"own entry {entry} not stored: {result.outcome} {result.reason}")

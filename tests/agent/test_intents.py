@@ -5,7 +5,8 @@ ended receivables leave the file a period after theirs, resolved payment intents
 two periods after theirs; open ones stay. A resolution (committed unsynced)
 lost in a power cut, the file back as it was at the intent's synced open, is
 resolved again against lnd, once; concurrent writes of one file are each their
-own transaction."""
+own transaction. A payment's entries are committed to the log synced before
+they are announced and before its intent is marked logged."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from p2pgrid.agent.intents import (
 )
 from p2pgrid.agent.paymaster import Paymaster, PayRefused
 from p2pgrid.billing import invoice_memo
-from p2pgrid.ledger import EntryKind, Invoice, Payment, Sale
+from p2pgrid.ledger import EntryKind, Invoice, LogChange, Payment, Sale
 from p2pgrid.lightning.models import Payment as LnPayment
 from tests.agent.rig import Device, Rig
+from tests.commit_trace import Commit, CommitTrace, Timeline
 
 OPEN, SOLD, CANCELLED = ReceivableState.OPEN, ReceivableState.SOLD, ReceivableState.CANCELLED
 OPEN_INTENT, LOGGED, FAILED = IntentState.OPEN, IntentState.LOGGED, IntentState.FAILED
@@ -404,3 +406,65 @@ async def test_concurrent_writes_of_one_book_are_each_their_own_transaction(
         assert {i.payment_hash for i in await again.open_intents()} == set(opened)
     finally:
         await again.close()
+
+
+@pytest.mark.parametrize("path", ["pay", "recover"])
+async def test_a_payments_entries_are_synced_before_announced_and_marked_logged(
+    rig: Rig, path: str
+) -> None:
+    """The intent's ``logged`` mark stands for the payment's log entries, so
+    they must outlive it in a power cut: their batch commits to the log with
+    ``synchronous=FULL`` and has returned (the store's listeners hear of it)
+    before the entries are announced to peers and before the mark is written;
+    whether the payment is logged right after lnd paid or by recovery."""
+    buyer, seller = await rig.device(1), await rig.device(0)
+    await rig.start()
+    invoice = await seller.node.add_invoice(10_000, "a sale")
+    purpose = Purpose(PurposeKind.SALE, 10_000, device=0, energy_wh=50)
+    timeline = Timeline()
+    log_trace = CommitTrace("NORMAL", source="log commit", timeline=timeline)
+    await log_trace.attach(buyer.store._conn)
+    intents_trace = CommitTrace("FULL", source="intents commit", timeline=timeline)
+    await intents_trace.attach(buyer.intents._db)
+
+    def committed(change: LogChange) -> None:
+        for entry in change.appended:
+            timeline.add("log returned", entry.id)
+
+    buyer.store.subscribe(committed)
+
+    async def announce() -> None:
+        timeline.add("announce", None)
+
+    if path == "pay":
+        paid = await buyer.paymaster.pay(
+            invoice.payment_request, invoice.payment_hash, period=2, purpose=purpose,
+            fee_limit_msat=5_000, announce=announce,
+        )  # fmt: skip
+        entries = paid.entries
+    else:
+        await buyer.intents.record(
+            PaymentIntent(invoice.payment_hash, invoice.payment_request, 2, purpose)
+        )
+        await buyer.node.pay_invoice(invoice.payment_request, fee_limit_msat=5_000)
+        [resolved] = await buyer.paymaster.recover()  # (the process died before logging)
+        assert resolved.state is LOGGED
+        entries = tuple(e for e in await buyer.store.entries() if e.author == buyer.writer.author)
+    assert [type(e.body) for e in entries] == [Sale, Payment]
+
+    def marked_logged(what: object) -> bool:
+        return isinstance(what, Commit) and what.writes(f"'{LOGGED.value}'")
+
+    mark = timeline.index("intents commit", marked_logged)
+    for entry in entries:
+        [commit] = [c for c in log_trace.commits if c.inserts("entries", entry.id)]
+        assert commit.level == "FULL"
+        stored = timeline.index("log commit", lambda what, c=commit: what is c)
+        returned = timeline.index("log returned", lambda what, e=entry: what == e.id)
+        assert stored < returned < mark
+    if path == "pay":
+        assert timeline.index("log returned", lambda what: what == entries[-1].id) < (
+            timeline.index("announce", lambda what: True)
+        )
+    assert intents_trace.levels()[-1] == "NORMAL"  # the mark itself: not synced (see intents.py)
+    assert (await rig.reconcile()).ok

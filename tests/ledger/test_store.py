@@ -169,7 +169,9 @@ async def test_crash_at_any_moment_leaves_a_valid_log(site: Site, tmp_path: Path
     store = await site.open(path)
     async with store:
         heads = store.heads()
-        assert heads[Author.device(1)].seq >= 1
+        # Every own append that returned before the kill is there (a killed
+        # process keeps what the OS cached: this is no test of a power cut).
+        assert heads[Author.device(1)].seq >= 5
         assert heads[Author.device(2)].seq % 20 == 0  # batches are all or nothing
         assert heads[Author.device(2)].seq // 20 in {
             heads[Author.device(1)].seq,
