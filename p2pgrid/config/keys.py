@@ -10,7 +10,8 @@ The **entries file** (``site.toml``'s ``site.entries``) holds the owner's signed
 log entries (enrolments, device descriptions, allocations, revocations), one
 per line in hex, in the order of the owner's chain (seq 1, 2, ...). It is public
 (every entry is signed; nothing in it is secret): the owner's commands append
-to it, every agent and the utility of the site load it when they start and again
+to it (the whole file rewritten, and synced to disk before the command ends),
+every agent and the utility of the site load it when they start and again
 whenever it changes while they run (:mod:`p2pgrid.replication.entries_watch`),
 and the replicated log carries it on to replicas that lack it.
 """
@@ -68,8 +69,9 @@ def append_owner_entries(
     path: Path, owner: Signer, bodies: Sequence[tuple[int, Body]], *, create: bool = False
 ) -> list[Entry]:
     """Sign ``(period, body)`` pairs as the owner, continuing its chain in ``path``,
-    and rewrite the file whole (a temp file, then rename). ``create``: the file
-    must not exist yet; otherwise it must.
+    and rewrite the file whole (a temp file, then rename), synced to disk
+    before this returns. ``create``: the file must not exist yet; otherwise it
+    must.
 
     The log refuses an owner entry of a period before the chain's highest one
     (``time_regression``, docs/protocol-log.md section 4), so an enrolment,
@@ -106,8 +108,26 @@ def append_owner_entries(
                 body=body,
             )
         )
+    _write_synced(path, "".join(e.raw.hex() + "\n" for e in entries))
+    return entries[len(existing) :]
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` whole (a temp file, then rename), on disk
+    when this returns: the temp file is synced before the rename and the
+    directory after it. The owner's entries may be published as soon as a node
+    reads the file; a power cut must not take the file back to an older chain,
+    or the owner's next command would sign another entry at a sequence number
+    that peers hold (an equivocation of the owner)."""
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(e.raw.hex() + "\n" for e in entries), encoding="ascii")
+    with tmp.open("w", encoding="ascii") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
-    return entries[len(existing) :]
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
