@@ -46,9 +46,10 @@ this process signed (``ingest(..., durable=True)``: every
 :meth:`~p2pgrid.ledger.writer.LogWriter.append`, so the agent's, the utility's
 and each device's of a gateway's shared store) is committed with
 ``synchronous=FULL``: on disk before the call returns, so before the entry can
-be read by anyone: published (the agent hands the net layer what
-:meth:`fetch_range` reads after the append returned; a peer's pull reads it
-through the same lock, after the commit), or taken as the record of a payment
+be read by anyone: published or handed to a peer (the agents and the utility
+hand the net layer, or a receipt, the entry the append returned or what
+:meth:`fetch_range` reads after it; a peer's pull reads it through the same
+lock, after the commit), or taken as the record of a payment
 (:mod:`p2pgrid.agent.paymaster` marks the payment's intent ``logged`` after its
 entries' append returned). So a power cut never takes back an entry that a peer
 may hold or an intent counts on: the restarted writer continues its chain after
