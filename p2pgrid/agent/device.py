@@ -169,7 +169,10 @@ class AgentReport:
     offered_wh: int = 0  # to neighbours (reserved for a buyer; paid or not)
     shares_received_msat: int = 0
     carried_over_msat: int = 0
-    allowance_bought_msat: int = 0  # leftover allowance bought from site peers (logged)
+    #: Leftover allowance bought from site peers: the allowance of the sellers'
+    #: ``allowance_sale`` entries naming this device, of the periods of the run,
+    #: from its log (an earlier life's purchases too)
+    allowance_bought_msat: int = 0
     #: ... and sold to them: the allowance of this device's own ``allowance_sale``
     #: entries of the periods of the run, from its log (an earlier life's too)
     allowance_sold_msat: int = 0
@@ -410,12 +413,10 @@ class DeviceAgent:
         if self._left_after(self._interval) > self.config.share.leftover_window or not peers:
             return 0
         try:
-            got = await self.allowance.buy(need_msat, period, peers)
+            return await self.allowance.buy(need_msat, period, peers)
         except RetryableError as exc:
             self._node_away("buying allowance", exc)
             return 0
-        self.report.allowance_bought_msat += got
-        return got
 
     def flexibility(self) -> Flexibility:
         """How much of this device's load can wait (its class; docs/market.md 2.8)."""
@@ -565,6 +566,7 @@ class DeviceAgent:
         self.report.period_states = {p: s.state.value for p, s in self.periods.items()}
         self.report.bought_wh = self.energy.bought_wh
         self.report.offered_wh = self.energy.offered_wh
+        self.report.allowance_bought_msat = await self.allowance_bought(self.periods)
         self.report.allowance_sold_msat = await self.allowance_sold(self.periods)
         return self.report
 
@@ -578,6 +580,21 @@ class DeviceAgent:
             if isinstance(e.body, AllowanceSale) and e.period in periods
         }
         return sum(sold.values())
+
+    async def allowance_bought(self, periods: Collection[int]) -> int:
+        """The allowance this device bought in ``periods``, by the sellers'
+        ``allowance_sale`` entries naming it in its replica (taken from a receipt
+        by this process or before a restart, or replicated)."""
+        me = self.writer.author
+        bought = {  # once per payment hash, as the fold counts a sale
+            e.body.payment_hash: e.body.allowance_msat
+            for e in await self.store.entries(kinds=(AllowanceSale.KIND,))
+            if isinstance(e.body, AllowanceSale)
+            and e.author != me
+            and Author.device(e.body.buyer) == me
+            and e.period in periods
+        }
+        return sum(bought.values())
 
     async def _read_intervals(self) -> set[int]:
         """Start times of the intervals this device has a reading of in its replica."""

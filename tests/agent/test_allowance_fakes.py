@@ -10,9 +10,10 @@ sale logged before a restart is not logged again; an offer left open at its
 period's close (lnd not answering) is resolved at a later close, live or
 restarted (logged if paid, else cancelled), and the seller's carry-over
 leaves what it holds in its period, so every msat is accounted for; a
-restarted seller's report counts the sales of its earlier life (from its
-log); a light device sells from its site node (its invoice's description
-names it in the payee field). Reconciliation passes after each."""
+restarted seller's report counts the sales of its earlier life, a restarted
+buyer's its purchases (from its log); a light device sells from its site node
+(its invoice's description names it in the payee field). Reconciliation passes
+after each."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from p2pgrid.agent.messages import AllowanceOffer, AllowancePaid, AllowanceRecei
 from p2pgrid.agent.payguard import allowance_memo
 from p2pgrid.agent.paymaster import Paymaster
 from p2pgrid.agent.ports import Wallet
-from p2pgrid.ledger import AllowanceSale, Entry, LedgerView, Payment, fold
+from p2pgrid.ledger import AllowanceSale, Entry, LedgerView, Outcome, Payment, fold
 from p2pgrid.lightning import DecodedInvoice, Invoice, InvoiceState, NodeUnreachable
 from p2pgrid.net import Delivery, RequestRejected
 from tests.agent.rig import Device, Rig
@@ -584,3 +585,33 @@ async def test_an_offer_open_at_the_carry_over_keeps_its_allowance_in_its_period
         _conserved(view, period)
     checked = await rig.reconcile()
     assert checked.ok, str(checked)
+
+
+async def test_a_restarted_buyer_reports_the_purchases_of_its_earlier_life(rig: Rig) -> None:
+    """The agent's report counts the allowance its device bought in the run's
+    periods from the sellers' ``allowance_sale`` entries naming it in its log: a
+    purchase logged before a restart (here by the desk of its first life, on the
+    same files) is in the restarted agent's report; a sale to another device, or
+    of a period outside the run, is not."""
+    seller, buyer, selling, buying = await pair(rig)
+    first_life, replica, _ = await rig.agent(buyer, consumed_wh=(0,))
+    replica.before_wait = rig.utility_for(buyer)
+    await first_life.run(periods=PERIOD)  # the periods before PERIOD
+    selling.install()
+    assert await buying.buy(30_000, PERIOD, [seller.peers.ref]) == 30_000  # its first life
+    assert buying.bought_msat == 30_000
+    # ... and is killed; the restarted agent runs on into PERIOD (needing nothing)
+    restarted, replica, _ = await rig.agent(buyer, consumed_wh=(0,))
+    replica.before_wait = rig.utility_for(buyer)
+    report = await restarted.run(periods=PERIOD + 1)
+    assert restarted.allowance.bought_msat == 0  # this process bought nothing itself
+    assert report.allowance_bought_msat == 30_000
+    assert report.allowance_sold_msat == 0
+    now = int(rig.clock() * 1000)
+    for to, period in ((buyer.index, PERIOD + 1), (2, PERIOD)):  # outside the run, another's
+        preimage = bytes([to + period]) * 32
+        sale = AllowanceSale(to, 5_000, 4_000, hashlib.sha256(preimage).digest(), preimage)
+        entry = await seller.writer.append(sale, period=period, timestamp_ms=now)
+        assert (await buyer.store.ingest(entry.raw)).results[0].outcome is Outcome.STORED
+    assert await restarted.allowance_bought({PERIOD}) == 30_000
+    assert await restarted.allowance_bought({PERIOD, PERIOD + 1}) == 35_000
