@@ -5,9 +5,10 @@ trace, with the parameters bound) and splits them into transactions: each
 :class:`Commit` holds the statements between ``BEGIN`` and ``COMMIT`` (or,
 for a connection that lets Python's sqlite3 open its transactions, between
 two commits) and the level the last ``PRAGMA synchronous`` before it set.
-A pragma inside a transaction would be refused by SQLite; the trace fails the
-test on one all the same. Events of several traces (and of the test) can share
-one :class:`Timeline`, to check their order.
+SQLite refuses a pragma inside a transaction (an error to the caller, not
+traced); :meth:`CommitTrace.levels` fails the test should one ever run there.
+Events of several traces (and of the test) can share one :class:`Timeline`, to
+check their order.
 """
 
 from __future__ import annotations
