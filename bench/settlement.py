@@ -122,6 +122,7 @@ from p2pgrid.market import Priority, SurplusPolicy
 from p2pgrid.meter import SeriesSource
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
 from p2pgrid.regtest import Stack, StackConfig, ensure_daemons
+from p2pgrid.regtest import process as regtest_process
 from p2pgrid.regtest.topology import utility_star
 from p2pgrid.replication import NodeParts, NodeSpec, ReplicaConfig, open_node_parts
 from p2pgrid.testing.probe_driver import cpu_seconds
@@ -631,6 +632,73 @@ def children_cpu_s(site: Site) -> float:
     return sum(r.cpu_s() for r in site.remotes)
 
 
+@dataclasses.dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds used so far by this process, the members' processes and the daemons."""
+
+    bench: float
+    members: float
+    daemons: float
+
+    def __sub__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(
+            self.bench - other.bench, self.members - other.members, self.daemons - other.daemons
+        )
+
+    @property
+    def total(self) -> float:
+        return self.bench + self.members + self.daemons
+
+
+class CpuMeter:
+    """Reads the CPU of every process a round runs on: this one, the members' (``--processes``)
+    and the stack's daemons (btcd and every lnd, found by the stack's directory in their
+    command lines; ``/proc/PID/stat``, in ticks of 10 ms)."""
+
+    def __init__(self, site: Site, stack: Stack) -> None:
+        self.site = site
+        found = regtest_process.find(stack.config.dir)
+        self.daemons = [d.pid for d in found]
+        self.lnds = sum("--lnddir" in d.cmdline for d in found)
+
+    def sample(self) -> CpuSample:
+        return CpuSample(
+            time.process_time(),
+            children_cpu_s(self.site),
+            sum(cpu_seconds(pid) for pid in self.daemons),
+        )
+
+    async def idle_per_s(self, seconds: float) -> CpuSample:
+        """CPU per second of every process while nothing is settled: the part of a round's
+        CPU that is paid by the second (heartbeats, anti-entropy, pollers), not per entry."""
+        t0, cpu0 = time.perf_counter(), self.sample()
+        await asyncio.sleep(seconds)  # a measuring window, not a synchronisation
+        cpu, elapsed = self.sample() - cpu0, time.perf_counter() - t0
+        return CpuSample(cpu.bench / elapsed, cpu.members / elapsed, cpu.daemons / elapsed)
+
+
+def ms(sample: CpuSample) -> CpuSample:
+    return CpuSample(sample.bench * 1000, sample.members * 1000, sample.daemons * 1000)
+
+
+def cpu_floor_lines(label: str, cpu_ms: list[CpuSample], target_ms: float) -> list[str]:
+    """The CPU of a round by process, and its floor on this machine's cores against
+    ``target_ms``: a round that needs C ms of CPU cannot take less than C / cores of wall time."""
+    bench = p50([c.bench for c in cpu_ms])
+    members = p50([c.members for c in cpu_ms])
+    daemons = p50([c.daemons for c in cpu_ms])
+    total = p50([c.total for c in cpu_ms])
+    cores = os.cpu_count() or 1
+    floor = total / cores
+    verdict = "ABOVE the target" if floor > target_ms else "below the target"
+    return [
+        f"{'CPU of ' + label:<26}{total:>9.1f} ms per round: bench {bench:.1f} + members "
+        f"{members:.1f} + daemons {daemons:.1f}",
+        f"{'CPU floor':<26}{floor:>9.1f} ms per round on {cores} cores, target "
+        f"{target_ms:.1f} ms (1.5 x raw p50): floor {verdict}",
+    ]
+
+
 def p50(values: list[float] | list[int]) -> float:
     return statistics.median(values)
 
@@ -691,6 +759,13 @@ async def main() -> None:
         "(bench/settlement_replica.py), as deployed; the utility and the paying devices "
         "stay in this process",
     )
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=5.0,
+        help="seconds over which the CPU per second of every process is measured before the "
+        "rounds, nothing being settled (the part of a round's CPU paid by the second)",
+    )
     args = parser.parse_args()
     if args.processes and args.flood_publish == "alternate":
         parser.error("--flood-publish alternate switches the hosts of this process only")
@@ -737,21 +812,26 @@ async def main() -> None:
                 f"{args.mesh_degree or NetConfig.mesh_degree}; the {args.replicas} replicas "
                 + ("each in its own process" if args.processes else "in this process")
             )
+            meter = CpuMeter(site, stack)
             period = 1
             for mode, devices in (
                 ("sequential", [0]),
                 (f"{args.devices} at once", list(range(args.devices))),
             ):
                 raw_ms: list[float] = []
+                raw_cpu: list[CpuSample] = []
                 rows: dict[str, list[dict[str, float]]] = {}  # by flood publishing setting
                 cpu_ms: dict[str, list[float]] = {}
                 children_ms: dict[str, list[float]] = {}
+                round_cpu: dict[str, list[CpuSample]] = {}
                 counts: dict[str, dict[str, list[int]]] = {}  # setting -> TRAFFIC key -> rounds
                 profile = cProfile.Profile() if args.profile else None
                 for n in range(args.rounds):  # alternate: both see the same load
+                    raw0 = meter.sample()
                     raw_ms += [
                         s * 1000 for s in await raw_round(utility_lnd, [raw[i] for i in devices])
                     ]
+                    raw_cpu.append(ms(meter.sample() - raw0))
                     await stack.wait_settled()
                     flood = args.flood_publish == "on" or (
                         args.flood_publish == "alternate" and n % 2 == 1
@@ -767,6 +847,7 @@ async def main() -> None:
                         setting += f", first hop {'on' if tag else 'off'}"
                     traffic0 = await traffic(site)
                     cpu0, children0 = time.process_time(), children_cpu_s(site)
+                    round0 = meter.sample()
                     if profile is not None:
                         profile.enable()
                     rows.setdefault(setting, []).extend(
@@ -774,6 +855,7 @@ async def main() -> None:
                     )
                     if profile is not None:
                         profile.disable()
+                    round_cpu.setdefault(setting, []).append(ms(meter.sample() - round0))
                     cpu_ms.setdefault(setting, []).append((time.process_time() - cpu0) * 1000)
                     children_ms.setdefault(setting, []).append(
                         (children_cpu_s(site) - children0) * 1000
@@ -790,6 +872,9 @@ async def main() -> None:
                 print(
                     f"  {'raw lnd payment':<28}{p50(raw_ms):>9.1f} ms p50  (max {max(raw_ms):.1f})"
                 )
+                target_ms = 1.5 * p50(raw_ms)
+                for line in cpu_floor_lines("raw payments", raw_cpu, target_ms):
+                    print(f"  {line}")
                 for setting, of_setting in sorted(rows.items()):
                     print(f"  {setting}: {len(of_setting)} invoices")
                     for phase in PHASES:
@@ -813,6 +898,15 @@ async def main() -> None:
                     )
                     ratio = e2e / p50(raw_ms)
                     print(f"    ratio end to end / raw lnd payment: {ratio:.2f} (target 1.5)")
+                    for line in cpu_floor_lines("a round", round_cpu[setting], target_ms):
+                        print(f"    {line}")
+            idle = await meter.idle_per_s(args.idle_window)
+            print(
+                f"\nidle, after the rounds ({args.idle_window:g} s, nothing settled), CPU per "
+                f"second: bench {idle.bench * 1000:.1f} ms, members {idle.members * 1000:.1f} ms "
+                f"({len(site.remotes)} processes), daemons {idle.daemons * 1000:.1f} ms (btcd and "
+                f"{meter.lnds} lnd)"
+            )
     finally:
         if own:
             await stack.down()
