@@ -46,13 +46,18 @@ def raw_payer(endpoint: LndEndpoint) -> tuple[httpx.AsyncClient, Callable[[str],
             "fee_limit_msat": str(FEE_LIMIT_MSAT),
             "no_inflight_updates": True,
         }
+        succeeded = False
+        # Read to the stream's end (lnd ends it right after the final update): a
+        # response closed before its end closes its connection, and the next payment
+        # would pay a new TCP connection and TLS handshake (as LndClient does not).
         async with client.stream("POST", "/v2/router/send", json=body) as response:
             async for line in response.aiter_lines():
                 status = json.loads(line)["result"]["status"]
-                if status == "SUCCEEDED":
-                    return
                 if status == "FAILED":
                     raise RuntimeError(line)
+                succeeded = succeeded or status == "SUCCEEDED"
+        if not succeeded:
+            raise RuntimeError("the payment stream ended before the payment succeeded")
 
     return client, pay
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import re
 import secrets
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from p2pgrid.lightning.errors import (
     InvoiceError,
     InvoiceExists,
     InvoiceExpired,
+    LightningError,
     LndApiError,
     LndFilesError,
     NodeUnreachable,
@@ -65,6 +67,11 @@ DECODED_KEPT = 256
 invoice just checked does not decode it on the node again."""
 PAYMENT_GRACE_S = 30.0
 """How much longer than lnd's own payment timeout we wait on a payment stream."""
+STREAM_END_S = 1.0
+"""How long a payment stream (``/v2/router/send``, ``/v2/router/track``) is read on
+after its final update for its end (lnd ends it right after), so that its connection
+goes back to the client's pool; a stream not ended by then is closed, and its
+connection with it."""
 TRACK_TIMEOUT_S = 120.0
 """Deadline of tracking one payment to its final state (an HTLC held by a stalled
 hop can take longer: the caller then tracks again later, by payment hash)."""
@@ -99,6 +106,11 @@ MAX_BOLT11_CHARS = 7089
 #: One case only (bech32); checked before the string goes anywhere near a URL.
 _BOLT11 = re.compile(r"ln[a-z0-9]{1,24}1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{104,}")
 _HASH_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_final(raw: Json) -> bool:
+    """Whether a payment update of lnd is the payment's last (succeeded or failed)."""
+    return _parse_payment(raw).status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED)
 
 
 def check_bolt11(payment_request: str) -> str:
@@ -294,7 +306,7 @@ class LndClient:
 
     async def _stream(
         self, method: str, path: str, *, body: Json | None = None, read_timeout_s: float | None
-    ) -> AsyncIterator[Json]:
+    ) -> AsyncGenerator[Json, None]:
         timeout = httpx.Timeout(self.call_timeout_s, read=read_timeout_s)
         try:
             async with self._http.stream(method, path, json=body, timeout=timeout) as response:
@@ -312,6 +324,36 @@ class LndClient:
             raise LndApiError(f"{self.endpoint.name}: invalid URL for {method}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise self._wrap_transport(exc) from exc
+
+    async def _until_final(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Json | None = None,
+        read_timeout_s: float | None,
+        final: Callable[[Json], bool],
+    ) -> Json | None:
+        """The first message of a stream for which ``final`` holds (None if the stream
+        ends without one), once the stream has ended.
+
+        The rest of the stream is read, at most :data:`STREAM_END_S` (lnd ends a
+        payment stream right after its final update): httpx closes the connection
+        of a response closed before its end, so returning at the final update
+        would cost the client's next call a new TCP connection and TLS handshake
+        (CPU on both sides, and round trips before the call is sent)."""
+        messages = self._stream(method, path, body=body, read_timeout_s=read_timeout_s)
+        try:
+            async for message in messages:
+                if final(message):
+                    with contextlib.suppress(TimeoutError, LightningError):
+                        async with asyncio.timeout(STREAM_END_S):
+                            async for _ in messages:
+                                pass  # after the final update: nothing lnd sends matters
+                    return message
+            return None
+        finally:
+            await messages.aclose()
 
     # -- node ------------------------------------------------------------------------------
 
@@ -591,12 +633,11 @@ class LndClient:
         deadline_s = timeout_s + PAYMENT_GRACE_S
         try:
             async with asyncio.timeout(deadline_s + self.call_timeout_s * _PHASES):
-                async for raw in self._stream(
-                    "POST", "/v2/router/send", body=body, read_timeout_s=deadline_s
-                ):
-                    payment = _parse_payment(raw)
-                    if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
-                        return self._final(payment)
+                raw = await self._until_final(
+                    "POST", "/v2/router/send", body=body, read_timeout_s=deadline_s, final=_is_final
+                )
+            if raw is not None:
+                return self._final(_parse_payment(raw))
         except TimeoutError as exc:  # sent or not: the caller resolves it by payment hash
             raise self._timed_out("POST", "/v2/router/send", deadline_s) from exc
         except LndApiError as exc:
@@ -663,14 +704,15 @@ class LndClient:
         path += "?no_inflight_updates=true"
         try:
             async with asyncio.timeout(timeout_s + self.call_timeout_s * _PHASES):
-                async for raw in self._stream("GET", path, read_timeout_s=timeout_s):
-                    payment = _parse_payment(raw)
-                    if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
-                        return self._final(payment)
+                raw = await self._until_final(
+                    "GET", path, read_timeout_s=timeout_s, final=_is_final
+                )
         except TimeoutError as exc:
             raise NodeUnreachable(
                 f"{self.endpoint.name}: payment {payment_hash[:16]}... not final in {timeout_s}s"
             ) from exc
+        if raw is not None:
+            return self._final(_parse_payment(raw))
         raise NodeUnreachable(f"{self.endpoint.name}: track of {payment_hash[:16]}... ended early")
 
     async def list_payments(self) -> list[Payment]:
