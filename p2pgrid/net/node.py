@@ -457,9 +457,12 @@ class TrioNode:
         only one of them is a member here: the peer still wants a target)."""
         pid = peer_id if isinstance(peer_id, ID) else ID(peer_id)
         refs = self._peers.get(pid, ())
-        if refs and refs[0].peer_id != refs[0].host_id:
-            return address(str(pid), (site_id, device_index))
-        return str(pid)
+        if not refs:
+            return str(pid)
+        host_id = refs[0].host_id  # str(pid), kept since its hello: no base58 per delivery
+        if refs[0].peer_id != host_id:
+            return address(host_id, (site_id, device_index))
+        return host_id
 
     def _is_connected(self, peer_id: ID) -> bool:
         return bool(self.host.get_network().connections.get(peer_id))
