@@ -634,15 +634,20 @@ def children_cpu_s(site: Site) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class CpuSample:
-    """CPU seconds used so far by this process, the members' processes and the daemons."""
+    """CPU seconds used so far by this process, the members' processes and the daemons,
+    and the wall clock (``time.perf_counter()``) when they were read."""
 
     bench: float
     members: float
     daemons: float
+    wall: float = 0.0
 
     def __sub__(self, other: CpuSample) -> CpuSample:
         return CpuSample(
-            self.bench - other.bench, self.members - other.members, self.daemons - other.daemons
+            self.bench - other.bench,
+            self.members - other.members,
+            self.daemons - other.daemons,
+            self.wall - other.wall,
         )
 
     @property
@@ -666,19 +671,22 @@ class CpuMeter:
             time.process_time(),
             children_cpu_s(self.site),
             sum(cpu_seconds(pid) for pid in self.daemons),
+            time.perf_counter(),
         )
 
     async def idle_per_s(self, seconds: float) -> CpuSample:
         """CPU per second of every process while nothing is settled: the part of a round's
         CPU that is paid by the second (heartbeats, anti-entropy, pollers), not per entry."""
-        t0, cpu0 = time.perf_counter(), self.sample()
+        cpu0 = self.sample()
         await asyncio.sleep(seconds)  # a measuring window, not a synchronisation
-        cpu, elapsed = self.sample() - cpu0, time.perf_counter() - t0
-        return CpuSample(cpu.bench / elapsed, cpu.members / elapsed, cpu.daemons / elapsed)
+        cpu = self.sample() - cpu0
+        return CpuSample(cpu.bench / cpu.wall, cpu.members / cpu.wall, cpu.daemons / cpu.wall)
 
 
 def ms(sample: CpuSample) -> CpuSample:
-    return CpuSample(sample.bench * 1000, sample.members * 1000, sample.daemons * 1000)
+    return CpuSample(
+        sample.bench * 1000, sample.members * 1000, sample.daemons * 1000, sample.wall * 1000
+    )
 
 
 def cpu_floor_lines(label: str, cpu_ms: list[CpuSample], target_ms: float) -> list[str]:
@@ -688,12 +696,13 @@ def cpu_floor_lines(label: str, cpu_ms: list[CpuSample], target_ms: float) -> li
     members = p50([c.members for c in cpu_ms])
     daemons = p50([c.daemons for c in cpu_ms])
     total = p50([c.total for c in cpu_ms])
+    wall = p50([c.wall for c in cpu_ms])
     cores = os.cpu_count() or 1
     floor = total / cores
     verdict = "ABOVE the target" if floor > target_ms else "below the target"
     return [
         f"{'CPU of ' + label:<26}{total:>9.1f} ms per round: bench {bench:.1f} + members "
-        f"{members:.1f} + daemons {daemons:.1f}",
+        f"{members:.1f} + daemons {daemons:.1f}, in {wall:.1f} ms of wall time",
         f"{'CPU floor':<26}{floor:>9.1f} ms per round on {cores} cores, target "
         f"{target_ms:.1f} ms (1.5 x raw p50): floor {verdict}",
     ]
