@@ -532,10 +532,17 @@ async def holds(store_party: Party, predicate: Callable[[], bool]) -> None:
 
 
 async def settle_round(
-    site: Site, period: int, devices: list[int], marks: Marks
+    site: Site,
+    period: int,
+    devices: list[int],
+    marks: Marks,
+    meter: CpuMeter | None = None,
+    timed_cpu: list[CpuSample] | None = None,
 ) -> list[dict[str, float]]:
     """One period: ``devices`` meter, the utility invoices, they settle. The phases
-    of each invoice (ms)."""
+    of each invoice (ms). With a ``meter``, appends to ``timed_cpu`` the CPU of the
+    timed part (from the period's invoicing until every payment entry is in every
+    replica: issue and end to end, not the readings before it)."""
     utility = site.parties[0]
     for i in devices:
         agent = site.agents[i]
@@ -559,6 +566,7 @@ async def settle_round(
         agent = site.agents[i]
         agent.periods[period] = BillingPeriod(period, owner=agent.name)
         await agent.close_period(period)
+    timed0 = meter.sample() if meter is not None else None
     async with asyncio.timeout(ROUND_TIMEOUT_S), asyncio.TaskGroup() as tasks:
         settling = [tasks.create_task(site.agents[i].settle_when_invoiced(period)) for i in devices]
         began = time.time()
@@ -578,6 +586,8 @@ async def settle_round(
     for remote in site.remotes:
         async with asyncio.timeout(ROUND_TIMEOUT_S):
             await remote.wait_until(has_all(remote.name))
+    if meter is not None and timed0 is not None and timed_cpu is not None:
+        timed_cpu.append(ms(meter.sample() - timed0))
     rows = []
     for entry in issued:
         body = entry.body
@@ -833,6 +843,7 @@ async def main() -> None:
                 cpu_ms: dict[str, list[float]] = {}
                 children_ms: dict[str, list[float]] = {}
                 round_cpu: dict[str, list[CpuSample]] = {}
+                timed: dict[str, list[CpuSample]] = {}  # from the invoicing to the end
                 counts: dict[str, dict[str, list[int]]] = {}  # setting -> TRAFFIC key -> rounds
                 profile = cProfile.Profile() if args.profile else None
                 for n in range(args.rounds):  # alternate: both see the same load
@@ -860,7 +871,9 @@ async def main() -> None:
                     if profile is not None:
                         profile.enable()
                     rows.setdefault(setting, []).extend(
-                        await settle_round(site, period, devices, marks)
+                        await settle_round(
+                            site, period, devices, marks, meter, timed.setdefault(setting, [])
+                        )
                     )
                     if profile is not None:
                         profile.disable()
@@ -908,6 +921,8 @@ async def main() -> None:
                     ratio = e2e / p50(raw_ms)
                     print(f"    ratio end to end / raw lnd payment: {ratio:.2f} (target 1.5)")
                     for line in cpu_floor_lines("a round", round_cpu[setting], target_ms):
+                        print(f"    {line}")
+                    for line in cpu_floor_lines("the timed part", timed[setting], target_ms):
                         print(f"    {line}")
             idle = await meter.idle_per_s(args.idle_window)
             print(
