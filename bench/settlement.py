@@ -118,6 +118,8 @@ from p2pgrid.lightning import (
 )
 from p2pgrid.lightning import Invoice as LnInvoice
 from p2pgrid.lightning import Payment as LnPayment
+from p2pgrid.lightning import lnd as lnd_module
+from p2pgrid.lightning.lnd import STREAM_END_S
 from p2pgrid.market import Priority, SurplusPolicy
 from p2pgrid.meter import SeriesSource
 from p2pgrid.net import DeviceKey, NetConfig, TrioBridge
@@ -779,6 +781,16 @@ async def main() -> None:
         "stay in this process",
     )
     parser.add_argument(
+        "--keep-connections",
+        choices=("on", "off", "alternate"),
+        default="on",
+        help="the lnd clients of this process read a payment stream to its end so its "
+        "connection is reused (on, the product's), or close it at the final update as "
+        "before 2026-12-02 (off: the next call opens a new TLS connection), or off and on "
+        "in alternate rounds, each setting reported apart (the raw payer keeps its "
+        "connection either way)",
+    )
+    parser.add_argument(
         "--idle-window",
         type=float,
         default=5.0,
@@ -862,7 +874,13 @@ async def main() -> None:
                     tag = args.first_hop == "on" or (args.first_hop == "alternate" and n % 2 == 1)
                     for party in site.parties:  # the bench's switch, not an API
                         party.parts.host._node.gossipsub.first_hop_claims = tag  # type: ignore[union-attr]
+                    keep = args.keep_connections == "on" or (
+                        args.keep_connections == "alternate" and n % 2 == 1
+                    )
+                    lnd_module.STREAM_END_S = STREAM_END_S if keep else 0.0  # the bench's switch
                     setting = f"flood publish {'on' if flood else 'off'}"
+                    if args.keep_connections != "on":
+                        setting += f", lnd connections {'kept' if keep else 'closed'}"
                     if args.first_hop != "on":
                         setting += f", first hop {'on' if tag else 'off'}"
                     traffic0 = await traffic(site)

@@ -125,3 +125,19 @@ async def test_a_stream_that_does_not_end_is_closed_after_the_bound(
     assert body.closed
     assert not body.read_to_end
     await client.aclose()
+
+
+async def test_no_bound_closes_the_stream_at_the_final_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``STREAM_END_S = 0`` is the behaviour before the streams were read to their end
+    (the settlement benchmark compares the two)."""
+    monkeypatch.setattr(lnd_module, "STREAM_END_S", 0.0)
+    lnd = FakeLnd([update("SUCCEEDED"), update("SUCCEEDED")])
+    client = client_of(lnd)
+    payment = await client.pay_invoice(REAL, fee_limit_msat=10)
+    assert payment.status is PaymentStatus.SUCCEEDED
+    [body] = lnd.bodies
+    assert body.closed
+    assert not body.read_to_end
+    await client.aclose()
