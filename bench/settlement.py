@@ -720,6 +720,11 @@ def cpu_floor_lines(label: str, cpu_ms: list[CpuSample], target_ms: float) -> li
     ]
 
 
+def keeps_connections(setting: str, n: int) -> bool:
+    """Whether round ``n`` runs with the lnd clients' connections kept (``--keep-connections``)."""
+    return setting == "on" or (setting == "alternate" and n % 2 == 1)
+
+
 def p50(values: list[float] | list[int]) -> float:
     return statistics.median(values)
 
@@ -787,8 +792,9 @@ async def main() -> None:
         help="the lnd clients of this process read a payment stream to its end so its "
         "connection is reused (on, the product's), or close it at the final update as "
         "before 2026-12-02 (off: the next call opens a new TLS connection), or off and on "
-        "in alternate rounds, each setting reported apart (the raw payer keeps its "
-        "connection either way)",
+        "in alternate rounds, each setting reported apart: a round under the connections "
+        "it begins with, which the previous round's payments left (the raw payer keeps "
+        "its connection either way)",
     )
     parser.add_argument(
         "--idle-window",
@@ -874,10 +880,12 @@ async def main() -> None:
                     tag = args.first_hop == "on" or (args.first_hop == "alternate" and n % 2 == 1)
                     for party in site.parties:  # the bench's switch, not an API
                         party.parts.host._node.gossipsub.first_hop_claims = tag  # type: ignore[union-attr]
-                    keep = args.keep_connections == "on" or (
-                        args.keep_connections == "alternate" and n % 2 == 1
-                    )
-                    lnd_module.STREAM_END_S = STREAM_END_S if keep else 0.0  # the bench's switch
+                    # A round is reported under the connections it begins with, which the
+                    # previous round's payments left: its own payments are made with the
+                    # setting of the next round.
+                    keep = keeps_connections(args.keep_connections, n)
+                    end_s = STREAM_END_S if keeps_connections(args.keep_connections, n + 1) else 0.0
+                    lnd_module.STREAM_END_S = end_s  # the bench's switch, not an API
                     setting = f"flood publish {'on' if flood else 'off'}"
                     if args.keep_connections != "on":
                         setting += f", lnd connections {'kept' if keep else 'closed'}"
