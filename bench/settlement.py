@@ -66,6 +66,16 @@ adds the members' processes' CPU per round (from ``/proc``), and the RPC counts
 include theirs.
 
     .venv/bin/python bench/settlement.py --devices 4 --replicas 6 --rounds 10 --processes
+
+The CPU lines read every process a round runs on: this one, the members' and the
+stack's daemons (btcd and every lnd, ``/proc/PID/stat``), for the raw payments, the
+whole round and its timed part (from the invoicing until every payment entry is in
+every replica), each with its **floor**, the CPU divided by the machine's cores (a
+round cannot take less wall time), next to the target (1.5 x the raw p50); after
+the rounds, every process's CPU per second while nothing is settled.
+``--keep-connections alternate`` closes the lnd clients' payment streams at their
+final update in alternate rounds (``lnd.STREAM_END_S = 0``, as before 2026-12-02:
+the next call opens a new TLS connection).
 """
 
 from __future__ import annotations
