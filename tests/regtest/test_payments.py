@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ from p2pgrid.lightning import (
     PaymentFailed,
     PaymentStatus,
 )
+from p2pgrid.lightning import lnd as lnd_module
 from p2pgrid.poll import wait_until
 
 FEE_LIMIT_MSAT = 50_000
@@ -102,6 +104,21 @@ async def test_paying_the_same_invoice_twice_pays_once(
     paid = [p for p in await dev_a.list_payments() if p.payment_hash == invoice.payment_hash]
     assert [p.status for p in paid] == [PaymentStatus.SUCCEEDED]
     assert (await utility.lookup_invoice(invoice.payment_hash)).amt_paid_msat == amount
+
+
+async def test_lnd_ends_a_payment_stream_right_after_its_final_update(
+    dev_a: LndClient, utility: LndClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client reads a payment stream to its end, so that its connection is reused,
+    for at most ``STREAM_END_S``: lnd ends the stream at the final update, so a
+    payment and a track return at once, not when the bound runs out."""
+    monkeypatch.setattr(lnd_module, "STREAM_END_S", 60.0)
+    invoice = await utility.add_invoice(1_000_000, "stream end")
+    started = time.monotonic()
+    paid = await dev_a.pay_invoice(invoice.payment_request, fee_limit_msat=FEE_LIMIT_MSAT)
+    tracked = await dev_a.track_payment(invoice.payment_hash)
+    assert (paid.status, tracked.status) == (PaymentStatus.SUCCEEDED, PaymentStatus.SUCCEEDED)
+    assert time.monotonic() - started < 30.0  # not the 60 s bound, twice
 
 
 async def test_expired_invoice_fails_typed_and_moves_nothing(
