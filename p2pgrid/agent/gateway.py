@@ -504,7 +504,11 @@ async def open_device(
             mdns=runtime.mdns,
         ),
         key=DeviceKey(identity, device.index, setup.signer),
-        replica=ReplicaConfig(anti_entropy_interval_s=config.anti_entropy_s),
+        replica=ReplicaConfig(
+            anti_entropy_interval_s=config.anti_entropy_s,
+            own_chain_wait_s=config.own_chain_wait_s,
+            empty_chain_waits=config.empty_chain_waits,
+        ),
         topics=topics,
         provision=list(setup.provision),
         entries_file=setup.entries_file,
@@ -515,7 +519,12 @@ async def open_device(
     host = await site_log.host_for(parts, spec)
     replica = await site_log.serve(spec, host)
     replica_protocols = host.serving  # the replica's sync; the agent's come next
-    writer = LogWriter(store, setup.signer, Author.device(device.index))
+    author = Author.device(device.index)
+    # Its chain back from its peers before its first entry: its log file may be
+    # older than its last entry (the site replica's config: its anchor's).
+    writer = LogWriter(
+        store, setup.signer, author, before_first=lambda: replica.take_own_chain(author)
+    )
     agent = DeviceAgent(
         DeviceProfile(
             name=name,

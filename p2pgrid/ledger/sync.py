@@ -27,7 +27,7 @@ from p2pgrid.errors import P2PGridError, RetryableError
 from p2pgrid.ledger.bodies import Role
 from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.errors import MalformedError
-from p2pgrid.ledger.heads import AuthorHead
+from p2pgrid.ledger.heads import AuthorHead, Heads
 from p2pgrid.ledger.outcome import IngestReport, Outcome, RejectReason
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.wire import (
@@ -110,6 +110,9 @@ class Replicator:
         self.transport = transport
         #: Each peer's log digest as its last heads reply gave it (what this node knows).
         self.peer_digests: dict[str, bytes] = {}
+        #: Each peer's heads as its last heads reply gave them (since this replicator
+        #: was made): what a node restarted on an older log learns of its own chain.
+        self.peer_heads: dict[str, Heads] = {}
         self._heard = asyncio.Event()  # set (and replaced) when a peer's digest changes
 
     @property
@@ -254,6 +257,7 @@ class Replicator:
         counts = {"requests": 1, "received": 0, "appended": 0, "rejected": 0}
         heads = await self._ask(peer, HeadsRequest())
         assert isinstance(heads, HeadsReply)
+        self.peer_heads[peer] = heads.heads
         if self.peer_digests.get(peer) != (digest := heads.heads.digest()):
             self.peer_digests[peer] = digest
             self._heard.set()

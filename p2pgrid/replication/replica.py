@@ -10,7 +10,12 @@ and :class:`NetReplica` owns the tasks that feed it:
 - **anti-entropy**: with a peer of the same site when it joins, with a few
   random peers (one address per libp2p host) every ``anti_entropy_interval_s``,
   and again (backing off) after a round that failed. A late joiner, a restarted
-  agent or a healed partition thereby reaches the same log.
+  agent or a healed partition thereby reaches the same log;
+- **its own chain back** (:meth:`NetReplica.take_own_chain`, awaited by a
+  node's :class:`~p2pgrid.ledger.LogWriter` before its first entry): a node
+  whose log file is older than its last entry (restored, lost, emptied) takes
+  the entries of its own chain that its peers hold before it signs one more,
+  rather than sign a second entry at a sequence number they hold.
 
 Every sync message (the bytes of :mod:`p2pgrid.ledger.wire`) travels as one net
 record of kind :data:`LOG_RECORD_KIND`; the net layer signs and checks the
@@ -31,7 +36,7 @@ from typing import Any, ClassVar, Self
 from p2pgrid.backoff import Backoff
 from p2pgrid.errors import ConfigError, FatalError, RetryableError
 from p2pgrid.identity import Roster
-from p2pgrid.ledger.entry import Entry
+from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.errors import LedgerError
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
@@ -73,6 +78,9 @@ SYNC_ROUND_TIMEOUT_S = 300.0
 #: Deadline of one push (a direct ANNOUNCE and its PUSHED answer) to one peer; the
 #: push is an acceleration: gossip and anti-entropy still deliver what it did not.
 PUSH_TIMEOUT_S = 5.0
+#: How long a node's first own entry waits for a peer to say what it holds of the
+#: node's chain (:meth:`NetReplica.take_own_chain`).
+OWN_CHAIN_WAIT_S = 10.0
 #: First delay before retrying a failed round with a peer; doubles (jittered) up to
 #: ``ReplicaConfig.retry_max_s`` (by default the anti-entropy interval).
 RETRY_MIN_S = 0.25
@@ -115,6 +123,14 @@ class ReplicaConfig:
     retry_min_s: float = RETRY_MIN_S
     #: Longest delay between retries with one peer (``None``: the anti-entropy interval).
     retry_max_s: float | None = None
+    #: How long a node's first own entry after a start waits for a peer of the site
+    #: to answer (:meth:`NetReplica.take_own_chain`). When none did, a node whose
+    #: log holds entries of its own writes on from them (a WARNING)...
+    own_chain_wait_s: float = OWN_CHAIN_WAIT_S
+    #: ...and one whose log holds none of its own waits on (a WARNING each
+    #: ``own_chain_wait_s``), as its peers may hold its chain; False: it writes its
+    #: first entry after ``own_chain_wait_s`` too (a brand-new node alone on purpose).
+    empty_chain_waits: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gossip_loss <= 1.0:
@@ -123,6 +139,8 @@ class ReplicaConfig:
             raise ConfigError("anti_entropy_interval_s must be > 0 and peers_per_round >= 1")
         if self.max_concurrent_rounds < 1:
             raise ConfigError("max_concurrent_rounds must be >= 1")
+        if not self.own_chain_wait_s > 0:
+            raise ConfigError("own_chain_wait_s must be > 0")
         _ = self.retry_backoff  # checks the retry bounds now, not at the first failure
 
     @property
@@ -443,6 +461,63 @@ class NetReplica:
     def stats(self) -> ReplicaStats:
         return dataclasses.replace(self._stats)
 
+    def holds_own_chain(self, author: Author) -> bool:
+        """Whether a peer answered a heads request since this replica was made and
+        this replica holds ``author``'s chain up to that peer's head of it (or the
+        peer held none of it)."""
+        my_seq = self._seq(author)
+        return any(
+            (theirs := heads.get(author)) is None or theirs.seq <= my_seq
+            for heads in self.replicator.peer_heads.values()
+        )
+
+    async def take_own_chain(self, author: Author) -> None:
+        """Take ``author``'s chain (a member this node writes as) back from the
+        site's peers before its first entry after a start: return once a peer
+        answered and this replica holds what that peer holds of the chain
+        (:meth:`holds_own_chain`; anti-entropy pulls it, verified as any entry).
+
+        It asks every reachable peer now. When none answered within
+        ``own_chain_wait_s``: with entries of its own in the log, a WARNING and
+        return (its log is its chain as of its last clean stop or synced entry; a
+        site whose peers are all down still works); with none, a WARNING and wait
+        on, a WARNING each ``own_chain_wait_s`` (unless ``empty_chain_waits`` is
+        off). Raises :class:`ReplicaStopped` if the replica stops meanwhile."""
+        if self.holds_own_chain(author):
+            return
+        local = self._seq(author)
+        log.info("[%s] taking %s's chain (seq %d here) back from peers", self.name, author, local)
+        for peer in self.host_peers():
+            self.request_sync(peer)
+        wait_s = self.config.own_chain_wait_s
+        waited = 0.0
+        while not self.holds_own_chain(author):
+            if self._state is not ReplicaState.RUNNING:
+                raise ReplicaStopped(f"[{self.name}] {self._state.value} before {author} wrote")
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self.wait_until(lambda: self.holds_own_chain(author))
+                continue
+            except TimeoutError:
+                waited += wait_s
+            if local > 0 or not self.config.empty_chain_waits:
+                log.warning(
+                    "[%s] no peer answered in %.0f s: %s writes on from seq %d of its local "
+                    "log (a peer that holds more of its chain will flag an equivocation)",
+                    *(self.name, waited, author, local),
+                )
+                return
+            log.warning(
+                "[%s] no peer answered in %.0f s and the log holds no entry of %s: its first "
+                "entry waits for a peer (its peers may hold its chain)",
+                *(self.name, waited, author),
+            )
+        log.info("[%s] %s's chain is at seq %d: writing on", self.name, author, self._seq(author))
+
+    def _seq(self, author: Author) -> int:
+        head = self.store.heads().get(author)
+        return 0 if head is None else head.seq
+
     # -- inbound -----------------------------------------------------------------
 
     async def _serve(self, request: Delivery) -> LogRecord:
@@ -592,7 +667,7 @@ class NetReplica:
         if report.appended:
             self._stats.pulled_appended += report.appended
             log.info("[%s] pulled %d entries from %s", self.name, report.appended, peer)
-            await self._notify()
+        await self._notify()  # also with nothing new: the peer's heads are news
         return None
 
     async def _failed(self, peer: str, exc: BaseException) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -185,7 +186,13 @@ async def run_utility(
             if log_node.entries is not None:
                 watches.append(log_node.entries)
             store, host, replica = log_node.store, log_node.host, log_node.replica
-            writer = LogWriter(store, site.signer, Author.utility())
+            # Its chain back from the site's devices before its first invoice there.
+            writer = LogWriter(
+                store,
+                site.signer,
+                Author.utility(),
+                before_first=functools.partial(replica.take_own_chain, Author.utility()),
+            )
             invoicer = make_invoicer(
                 site=identity,
                 store=store,
