@@ -38,6 +38,7 @@ from p2pgrid.errors import ConfigError, FatalError, RetryableError
 from p2pgrid.identity import Roster
 from p2pgrid.ledger.entry import Author, Entry
 from p2pgrid.ledger.errors import LedgerError
+from p2pgrid.ledger.heads import Heads
 from p2pgrid.ledger.store import LogStore
 from p2pgrid.ledger.sync import (
     SYNC_PROTOCOL_ID,
@@ -270,6 +271,9 @@ class NetReplica:
         #: The addresses of the other hosts this replica serves on (:meth:`serve_on`,
         #: ``serves``): they answer from this very store, so they are never synced with.
         self._own_peers: set[str] = set(serves)
+        #: Peers whose round was misbehaviour since the start: what their heads
+        #: claim of a chain is not waited for (:meth:`take_own_chain`).
+        self._misbehaved: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -468,8 +472,13 @@ class NetReplica:
         my_seq = self._seq(author)
         return any(
             (theirs := heads.get(author)) is None or theirs.seq <= my_seq
-            for heads in self.replicator.peer_heads.values()
+            for heads in self._answers().values()
         )
+
+    def _answers(self) -> dict[str, Heads]:
+        """The peers' last heads replies, but those of peers that misbehaved."""
+        heads = self.replicator.peer_heads
+        return {peer: h for peer, h in heads.items() if peer not in self._misbehaved}
 
     async def take_own_chain(self, author: Author) -> None:
         """Take ``author``'s chain (a member this node writes as) back from the
@@ -477,12 +486,15 @@ class NetReplica:
         answered and this replica holds what that peer holds of the chain
         (:meth:`holds_own_chain`; anti-entropy pulls it, verified as any entry).
 
-        It asks every reachable peer now. When none answered within
-        ``own_chain_wait_s``: with entries of its own in the log, a WARNING and
-        return (its log is its chain as of its last clean stop or synced entry; a
-        site whose peers are all down still works); with none, a WARNING and wait
-        on, a WARNING each ``own_chain_wait_s`` (unless ``empty_chain_waits`` is
-        off). Raises :class:`ReplicaStopped` if the replica stops meanwhile."""
+        It asks every reachable peer now. A peer that answered with more of the
+        chain is waited for until its rounds pulled it (a WARNING each
+        ``own_chain_wait_s``): writing before would fork the chain. When no peer
+        answered within ``own_chain_wait_s``: with entries of its own in the log,
+        a WARNING and return (its log is its chain as of its last clean stop or
+        synced entry; a site whose peers are all down still works); with none, a
+        WARNING and wait on, a WARNING each ``own_chain_wait_s`` (unless
+        ``empty_chain_waits`` is off). Raises :class:`ReplicaStopped` if the
+        replica stops meanwhile."""
         if self.holds_own_chain(author):
             return
         local = self._seq(author)
@@ -500,23 +512,37 @@ class NetReplica:
                 continue
             except TimeoutError:
                 waited += wait_s
-            if local > 0 or not self.config.empty_chain_waits:
+            if self._answers():  # a peer holds more of it: writing would fork it
                 log.warning(
-                    "[%s] no peer answered in %.0f s: %s writes on from seq %d of its local "
+                    "[%s] %s's chain: a peer holds up to seq %d, this log up to %d after %.1f s: "
+                    "its next entry waits until it is pulled",
+                    *(self.name, author, self._peers_seq(author), self._seq(author), waited),
+                )
+            elif local > 0 or not self.config.empty_chain_waits:
+                log.warning(
+                    "[%s] no peer answered in %.1f s: %s writes on from seq %d of its local "
                     "log (a peer that holds more of its chain will flag an equivocation)",
                     *(self.name, waited, author, local),
                 )
                 return
-            log.warning(
-                "[%s] no peer answered in %.0f s and the log holds no entry of %s: its first "
-                "entry waits for a peer (its peers may hold its chain)",
-                *(self.name, waited, author),
-            )
+            else:
+                log.warning(
+                    "[%s] no peer answered in %.1f s and the log holds no entry of %s: its "
+                    "first entry waits for a peer (its peers may hold its chain)",
+                    *(self.name, waited, author),
+                )
         log.info("[%s] %s's chain is at seq %d: writing on", self.name, author, self._seq(author))
 
     def _seq(self, author: Author) -> int:
         head = self.store.heads().get(author)
         return 0 if head is None else head.seq
+
+    def _peers_seq(self, author: Author) -> int:
+        """The highest seq of ``author`` a peer's last heads reply gave."""
+        return max(
+            (h.seq for heads in self._answers().values() if (h := heads.get(author))),
+            default=0,
+        )
 
     # -- inbound -----------------------------------------------------------------
 
@@ -655,6 +681,7 @@ class NetReplica:
         except (RetryableError, TimeoutError) as exc:
             if isinstance(exc, SyncMisbehaviour):
                 self.host.report_misbehaviour(peer, f"sync:{exc.reason}")
+                self._misbehaved.add(peer)  # its heads no longer hold a first entry back
             return exc
         except FatalError:
             raise  # our own store is corrupt: crash loudly, replicating more would spread it

@@ -13,15 +13,17 @@ import dataclasses
 import itertools
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-from p2pgrid.ledger import Author, Entry, LogStore, LogWriter, MeterReading
-from p2pgrid.net import DeviceKey, NetConfig, PeerHost, TrioBridge
-from p2pgrid.replication import NetReplica, ReplicaConfig, log_net_topic
+from p2pgrid.ledger import Author, Entry, LogStore, LogWriter, MeterReading, wire
+from p2pgrid.ledger.heads import AuthorHead, Heads
+from p2pgrid.ledger.sync import SYNC_PROTOCOL_ID
+from p2pgrid.net import Delivery, DeviceKey, NetConfig, PeerHost, TrioBridge
+from p2pgrid.replication import LogRecord, NetReplica, ReplicaConfig, log_net_topic
 from tests.ledger.ledger_factory import T0_MS, Site
 
 #: Deadline of every wait of these tests on a peer or an entry.
@@ -55,13 +57,21 @@ class Nodes:
     def path(self, index: int) -> Path:
         return self.tmp_path / f"node-{index}.sqlite"
 
-    async def start(self, index: int, config: ReplicaConfig, *, dial: int | None = None) -> Node:
+    async def start(
+        self,
+        index: int,
+        config: ReplicaConfig,
+        *,
+        dial: int | None = None,
+        bootstrap: Sequence[str] = (),
+    ) -> Node:
         """Open node ``index``'s store and go online (dialling node ``dial``); its
         writer takes its chain back before its first entry, as an agent's does."""
         stack = AsyncExitStack()
         store = await self.site.open(self.path(index), f"node-{index}")
         stack.push_async_callback(store.close)
-        bootstrap = () if dial is None else self.running[dial].host.addrs
+        if dial is not None:
+            bootstrap = [*bootstrap, *self.running[dial].host.addrs]
         host = PeerHost(
             NetConfig(bootstrap=tuple(bootstrap)),
             DeviceKey(self.site.identity, index, self.site.device(index)),
@@ -250,3 +260,46 @@ async def test_alone_a_device_with_an_empty_log_waits_for_a_peer(nodes: Nodes) -
     await _pulled(peer, device, WRITTEN + 1)
     assert peer.store.heads()[DEVICE].count == WRITTEN + 1  # one chain
     assert DEVICE not in peer.store.equivocators
+
+
+async def test_a_peer_that_claims_the_chain_and_sends_nothing_does_not_hold_it(
+    nodes: Nodes,
+) -> None:
+    """A member's host claims device 1's chain up to 2^63-1 and answers each range
+    with nothing: its round ends as misbehaviour, its claim is dropped, and the
+    device writes on from its log after ``own_chain_wait_s`` as with no peer."""
+    device = await nodes.start(1, _config(0.05, empty_chain_waits=False))
+    assert (await _append(device)).seq == 1  # a new device alone on purpose
+    await nodes.stop(1)
+    topic = log_net_topic(device.store.roster)
+    liar = PeerHost(
+        NetConfig(),
+        DeviceKey(nodes.site.identity, 2, nodes.site.device(2)),
+        [topic],
+        bridge=nodes.bridge,
+        name="liar-2",
+    )
+    claim = AuthorHead(DEVICE, 2**63 - 1, 2**63 - 1, b"\x01" * 32, b"\x02" * 32)
+    asked = asyncio.Event()
+
+    async def lie(request: Delivery) -> LogRecord:
+        message = wire.decode(request.decode(LogRecord).data)
+        if isinstance(message, wire.HeadsRequest):
+            asked.set()
+            return LogRecord(wire.encode(wire.HeadsReply(Heads([claim]))))
+        assert isinstance(message, wire.RangeRequest)
+        return LogRecord(wire.encode(wire.RangeReply(message.first + 255, ())))
+
+    await liar.start()
+    try:
+        liar.handle(SYNC_PROTOCOL_ID, lie)
+        with _watch("writes on from seq 1") as lines:
+            device = await nodes.start(1, _config(0.5), bootstrap=liar.addrs)
+            async with asyncio.timeout(WAIT_S):
+                await asked.wait()
+            assert (await _append(device)).seq == 2
+        assert lines.seen.is_set(), lines.messages
+        assert not device.replica.holds_own_chain(DEVICE)  # no honest answer: none held
+    finally:
+        await nodes.stop(1)
+        await liar.stop()
