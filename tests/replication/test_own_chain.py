@@ -124,11 +124,24 @@ def _config(wait_s: float = WAIT_S, *, empty_chain_waits: bool = True) -> Replic
 _MINUTES = itertools.count(1)
 
 
-async def _append(node: Node) -> Entry:
+async def _append(node: Node, writer: LogWriter | None = None) -> Entry:
     ts = T0_MS + 60_000 * next(_MINUTES)
-    entry = await node.writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
+    writer = writer or node.writer
+    entry = await writer.append(MeterReading(ts, 60, 5, 50), period=1, timestamp_ms=ts)
     await node.replica.publish([entry])
     return entry
+
+
+def _sibling(node: Node, site: Site, index: int) -> LogWriter:
+    """Device ``index``'s writer on ``node``'s store and replica (a gateway's other
+    device of the site), gated as the gateway gates it."""
+    author = Author.device(index)
+    return LogWriter(
+        node.store,
+        site.device(index),
+        author,
+        before_first=lambda: node.replica.take_own_chain(author),
+    )
 
 
 async def _pulled(node: Node, source: Node, seq: int) -> None:
@@ -186,6 +199,32 @@ async def test_a_device_on_an_older_log_continues_its_chain(nodes: Nodes, emptie
         assert (head.seq, head.count) == (WRITTEN + 1, WRITTEN + 1)  # one chain
         assert DEVICE not in node.store.equivocators
     assert device.replica.stats().pulled_appended >= WRITTEN - (0 if emptied else IN_COPY)
+
+
+async def test_each_device_of_a_gateway_takes_its_chain_back_from_the_shared_replica(
+    nodes: Nodes,
+) -> None:
+    """Devices 1 and 2 share one store and one replica (a gateway's site log);
+    its file emptied, each device continues its own chain."""
+    sibling = Author.device(2)
+    peer = await nodes.start(0, _config())
+    gateway = await nodes.start(1, _config(), dial=0)
+    for _ in range(IN_COPY):
+        await _append(gateway)
+        await _append(gateway, _sibling(gateway, nodes.site, 2))
+    assert await peer.replica.sync_once(gateway.host.address, timeout_s=WAIT_S)
+    assert (_seq(peer, DEVICE), _seq(peer, sibling)) == (IN_COPY, IN_COPY)
+    await nodes.stop(1)
+    gateway.path.unlink()
+    gateway = await nodes.start(1, _config(), dial=0)
+    second = _sibling(gateway, nodes.site, 2)
+    assert (await _append(gateway, second)).seq == IN_COPY + 1
+    assert (await _append(gateway)).seq == IN_COPY + 1
+    assert await peer.replica.sync_once(gateway.host.address, timeout_s=WAIT_S)
+    for author in (DEVICE, sibling):
+        head = peer.store.heads()[author]
+        assert (head.seq, head.count) == (IN_COPY + 1, IN_COPY + 1)
+    assert not peer.store.equivocators
 
 
 async def test_without_the_gate_the_same_device_equivocates(nodes: Nodes) -> None:
