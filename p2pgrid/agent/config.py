@@ -141,12 +141,13 @@ class AgentConfig(_Frozen):
     anti_entropy_s: Seconds = 2.0
     #: How long the device's first entry after a start waits for a peer of its site
     #: to say what it holds of the device's chain (which the agent then takes back:
-    #: its log file may be older than its last entry). None answered: a device with
-    #: entries in its log writes on from them (a WARNING)...
+    #: its log file may be older than its last entry). None answered: the device
+    #: writes on from its log (a WARNING)...
     own_chain_wait_s: Seconds = 10.0
-    #: ...and one with none waits on for a peer (a WARNING each ``own_chain_wait_s``);
-    #: false: it writes its first entry then too (a brand-new device alone on purpose).
-    empty_chain_waits: bool = True
+    #: ...unless its log holds no entry of its own and this is true: it then waits
+    #: on for a peer (a WARNING each ``own_chain_wait_s``); set it to start a device
+    #: on an empty or restored data directory while its peers may be down.
+    empty_chain_waits: bool = False
     #: How long a read of the device's lnd (the first one at start, then any)
     #: retries an lnd that does not answer before it gives up: at start, the agent
     #: then exits as unavailable (code 3). Writes that move money are tried once.

@@ -128,10 +128,12 @@ class ReplicaConfig:
     #: to answer (:meth:`NetReplica.take_own_chain`). When none did, a node whose
     #: log holds entries of its own writes on from them (a WARNING)...
     own_chain_wait_s: float = OWN_CHAIN_WAIT_S
-    #: ...and one whose log holds none of its own waits on (a WARNING each
-    #: ``own_chain_wait_s``), as its peers may hold its chain; False: it writes its
-    #: first entry after ``own_chain_wait_s`` too (a brand-new node alone on purpose).
-    empty_chain_waits: bool = True
+    #: ...and so does one whose log holds none of its own, unless this is True: it
+    #: then waits on for a peer (a WARNING each ``own_chain_wait_s``), as its peers
+    #: may hold its chain (an operator restoring a node on an empty data directory).
+    #: Off by default: a brand-new node alone (a gateway of a whole site before its
+    #: utility runs) must still write.
+    empty_chain_waits: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gossip_loss <= 1.0:
@@ -491,9 +493,9 @@ class NetReplica:
         ``own_chain_wait_s``): writing before would fork the chain. When no peer
         answered within ``own_chain_wait_s``: with entries of its own in the log,
         a WARNING and return (its log is its chain as of its last clean stop or
-        synced entry; a site whose peers are all down still works); with none, a
-        WARNING and wait on, a WARNING each ``own_chain_wait_s`` (unless
-        ``empty_chain_waits`` is off). Raises :class:`ReplicaStopped` if the
+        synced entry; a site whose peers are all down still works); with none,
+        the same unless ``empty_chain_waits``: then a WARNING each
+        ``own_chain_wait_s`` and wait on. Raises :class:`ReplicaStopped` if the
         replica stops meanwhile."""
         if self.holds_own_chain(author):
             return

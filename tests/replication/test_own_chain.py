@@ -111,7 +111,7 @@ async def nodes(site: Site, bridge: TrioBridge, tmp_path: Path) -> AsyncIterator
         await running.stop_all()
 
 
-def _config(wait_s: float = WAIT_S, *, empty_chain_waits: bool = True) -> ReplicaConfig:
+def _config(wait_s: float = WAIT_S, *, empty_chain_waits: bool = False) -> ReplicaConfig:
     return ReplicaConfig(
         anti_entropy_interval_s=60.0,  # rounds on joins only: the test's own
         own_chain_wait_s=wait_s,
@@ -268,9 +268,11 @@ def _watch(text: str) -> Iterator[_Lines]:
         logger.removeHandler(handler)
 
 
-async def test_alone_a_device_with_its_entries_writes_on_with_a_warning(nodes: Nodes) -> None:
-    lone = await nodes.start(1, _config(0.05, empty_chain_waits=False))
-    assert (await _append(lone)).seq == 1  # brand new and alone on purpose: written
+async def test_alone_a_device_writes_on_after_the_wait_with_a_warning(nodes: Nodes) -> None:
+    with _watch("writes on from seq 0") as first:
+        lone = await nodes.start(1, _config(0.05))  # the default: empty_chain_waits off
+        assert (await _append(lone)).seq == 1  # brand new and alone: written after the wait
+    assert first.seen.is_set(), first.messages
     await nodes.stop(1)
     with _watch("writes on from seq 1") as lines:
         again = await nodes.start(1, _config(0.05))  # defaults: its log holds entries
@@ -278,7 +280,7 @@ async def test_alone_a_device_with_its_entries_writes_on_with_a_warning(nodes: N
     assert lines.seen.is_set(), lines.messages
 
 
-async def test_alone_a_device_with_an_empty_log_waits_for_a_peer(nodes: Nodes) -> None:
+async def test_alone_a_device_with_an_empty_log_waits_for_a_peer_if_told(nodes: Nodes) -> None:
     peer = await nodes.start(0, _config())
     device = await nodes.start(1, _config(), dial=0)
     for _ in range(WRITTEN):
@@ -288,7 +290,7 @@ async def test_alone_a_device_with_an_empty_log_waits_for_a_peer(nodes: Nodes) -
     device.path.unlink()  # its data directory lost, and its peer away
     await nodes.stop(0)
     with _watch("its first entry waits for a peer") as lines:
-        device = await nodes.start(1, _config(0.05))
+        device = await nodes.start(1, _config(0.05, empty_chain_waits=True))
         async with asyncio.timeout(WAIT_S), asyncio.TaskGroup() as tasks:
             first = tasks.create_task(_append(device))
             await lines.seen.wait()
@@ -307,8 +309,8 @@ async def test_a_peer_that_claims_the_chain_and_sends_nothing_does_not_hold_it(
     """A member's host claims device 1's chain up to 2^63-1 and answers each range
     with nothing: its round ends as misbehaviour, its claim is dropped, and the
     device writes on from its log after ``own_chain_wait_s`` as with no peer."""
-    device = await nodes.start(1, _config(0.05, empty_chain_waits=False))
-    assert (await _append(device)).seq == 1  # a new device alone on purpose
+    device = await nodes.start(1, _config(0.05))
+    assert (await _append(device)).seq == 1  # a new device alone
     await nodes.stop(1)
     topic = log_net_topic(device.store.roster)
     liar = PeerHost(
