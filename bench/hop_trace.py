@@ -51,21 +51,18 @@ from typing import Any
 import trio
 from libp2p.pubsub import pubsub as lp_pubsub
 from libp2p.pubsub.pb import rpc_pb2
-from settlement import Marks, RemoteMember
+from settlement import Marks, RemoteMember, owner_chain
 from settlement_replica import MemberSpec, net_config
 
 from p2pgrid.identity import UTILITY_NET_INDEX, Role, Signer, SiteIdentity
 from p2pgrid.ledger import (
     Author,
     Enrol,
-    Entry,
     LogChange,
     LogStore,
     LogWriter,
     MeterReading,
-    sign_entry,
 )
-from p2pgrid.ledger.entry import GENESIS_PREV
 from p2pgrid.ledger.sync import Replicator
 from p2pgrid.net import DeviceKey, TrioBridge
 from p2pgrid.net.bridge import TrioBridge as Bridge
@@ -315,20 +312,7 @@ async def main() -> None:
     keys = [key(run, f"device {i}") for i in range(devices)]
     bodies = [Enrol(Role.UTILITY, 0, utility_key.pubkey, "utility", 0)]
     bodies += [Enrol(Role.DEVICE, i, k.pubkey, f"device-{i}", 0) for i, k in enumerate(keys)]
-    genesis: list[Entry] = []
-    for body in bodies:
-        genesis.append(
-            sign_entry(
-                owner,
-                identity.site_hash,
-                author=Author.owner(),
-                seq=len(genesis) + 1,
-                prev=genesis[-1].id if genesis else GENESIS_PREV,
-                period=0,
-                timestamp_ms=T0_MS + len(genesis),
-                body=body,
-            )
-        )
+    genesis = owner_chain(owner, identity, bodies)
     provision = [e.raw for e in genesis]
     instrument()
     count_turns(asyncio.get_running_loop())

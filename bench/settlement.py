@@ -95,7 +95,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from lnd_payments import raw_payer  # the baseline: one /v2/router/send per payment
@@ -109,6 +109,7 @@ from p2pgrid.identity import UTILITY_NET_INDEX, Role, Signer, SiteIdentity
 from p2pgrid.jsonlines import MAX_LINE_BYTES, STOP_TIMEOUT_S, ChildProcess, ProcessFailed
 from p2pgrid.ledger import (
     Author,
+    Body,
     Enrol,
     Entry,
     Invoice,
@@ -151,6 +152,25 @@ ROUND_TIMEOUT_S = 120.0
 #: on a machine whose two cores other work shares.
 START_S_PER_PROCESS = 30.0
 PHASES = ("issue", "to device", "check", "pay (lnd)", "log", "spread", "end to end")
+
+
+def owner_chain(owner: Signer, identity: SiteIdentity, bodies: Sequence[Body]) -> list[Entry]:
+    """The owner's chain of ``bodies`` (its enrolments), signed in order from genesis."""
+    chain: list[Entry] = []
+    for body in bodies:
+        chain.append(
+            sign_entry(
+                owner,
+                identity.site_hash,
+                author=Author.owner(),
+                seq=len(chain) + 1,
+                prev=chain[-1].id if chain else GENESIS_PREV,
+                period=0,
+                timestamp_ms=T0_MS + len(chain),
+                body=body,
+            )
+        )
+    return chain
 
 
 def device_names(n: int) -> tuple[str, ...]:
@@ -409,21 +429,7 @@ async def open_site(
     bodies += [
         Enrol(Role.DEVICE, i, k.pubkey, [*names, *readers][i], 0) for i, k in enumerate(keys)
     ]
-    genesis: list[Entry] = []
-    for body in bodies:
-        genesis.append(
-            sign_entry(
-                owner,
-                identity.site_hash,
-                author=Author.owner(),
-                seq=len(genesis) + 1,
-                prev=genesis[-1].id if genesis else GENESIS_PREV,
-                period=0,
-                timestamp_ms=T0_MS + len(genesis),
-                body=body,
-            )
-        )
-    provision = [e.raw for e in genesis]
+    provision = [e.raw for e in owner_chain(owner, identity, bodies)]
     bridge = TrioBridge()
     await bridge.start()
     exits.push_async_callback(bridge.stop)
