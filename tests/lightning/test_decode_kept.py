@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
 from p2pgrid.lightning import InvoiceError, PaymentStatus
-from p2pgrid.lightning.lnd import DECODED_KEPT, LndClient, LndEndpoint
+from p2pgrid.lightning.lnd import DECODED_KEPT, LndClient
+from tests.lightning.mock_lnd import mock_client
 from tests.lightning.test_bolt11 import REAL
 
 PREIMAGE = bytes(range(32))
@@ -45,12 +45,7 @@ class FakeLnd:
 
 
 def client_of(lnd: FakeLnd) -> LndClient:
-    endpoint = LndEndpoint("fake", "127.0.0.1", 1, Path("/nonexistent"), Path("/nonexistent"))
-    client = LndClient(endpoint)
-    client._client = httpx.AsyncClient(
-        base_url=endpoint.base_url, transport=httpx.MockTransport(lnd.handle)
-    )
-    return client
+    return mock_client(lnd.handle)
 
 
 async def test_paying_a_checked_invoice_decodes_it_once() -> None:

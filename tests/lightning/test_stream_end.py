@@ -10,14 +10,14 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from p2pgrid.lightning import PaymentFailed, PaymentStatus
 from p2pgrid.lightning import lnd as lnd_module
-from p2pgrid.lightning.lnd import LndClient, LndEndpoint
+from p2pgrid.lightning.lnd import LndClient
+from tests.lightning.mock_lnd import mock_client
 from tests.lightning.test_bolt11 import REAL
 
 PREIMAGE = bytes(range(32))
@@ -73,12 +73,7 @@ class FakeLnd:
 
 
 def client_of(lnd: FakeLnd) -> LndClient:
-    endpoint = LndEndpoint("fake", "127.0.0.1", 1, Path("/nonexistent"), Path("/nonexistent"))
-    client = LndClient(endpoint)
-    client._client = httpx.AsyncClient(
-        base_url=endpoint.base_url, transport=httpx.MockTransport(lnd.handle)
-    )
-    return client
+    return mock_client(lnd.handle)
 
 
 async def test_a_payment_returns_once_its_stream_has_ended() -> None:
