@@ -573,28 +573,28 @@ class DeviceAgent:
     async def allowance_sold(self, periods: Collection[int]) -> int:
         """The allowance this device sold in ``periods``, by its own ``allowance_sale``
         entries in its replica (logged by this process or before a restart)."""
-        me = self.writer.author
-        sold = {  # once per payment hash, as the fold counts a sale
-            e.body.payment_hash: e.body.allowance_msat
-            for e in await self.store.entries(kinds=(AllowanceSale.KIND,), author=me)
-            if isinstance(e.body, AllowanceSale) and e.period in periods
-        }
-        return sum(sold.values())
+        return await self._allowance_sales(periods, sold=True)
 
     async def allowance_bought(self, periods: Collection[int]) -> int:
         """The allowance this device bought in ``periods``, by the sellers'
         ``allowance_sale`` entries naming it in its replica (taken from a receipt
         by this process or before a restart, or replicated)."""
+        return await self._allowance_sales(periods, sold=False)
+
+    async def _allowance_sales(self, periods: Collection[int], *, sold: bool) -> int:
+        """The allowance of the ``allowance_sale`` entries of ``periods`` this device
+        logged (``sold``) or that other devices logged naming it as the buyer."""
         me = self.writer.author
-        bought = {  # once per payment hash, as the fold counts a sale
+        sales = {  # once per payment hash, as the fold counts a sale
             e.body.payment_hash: e.body.allowance_msat
-            for e in await self.store.entries(kinds=(AllowanceSale.KIND,))
+            for e in await self.store.entries(
+                kinds=(AllowanceSale.KIND,), author=me if sold else None
+            )
             if isinstance(e.body, AllowanceSale)
-            and e.author != me
-            and Author.device(e.body.buyer) == me
             and e.period in periods
+            and (sold or (e.author != me and Author.device(e.body.buyer) == me))
         }
-        return sum(bought.values())
+        return sum(sales.values())
 
     async def _read_intervals(self) -> set[int]:
         """Start times of the intervals this device has a reading of in its replica."""
